@@ -1,0 +1,147 @@
+"""Audio front end: WAV reading, resampling and fixed-size log-mel features.
+
+Pure numpy/torch/stdlib (scipy only for resampling), so the same code turns the
+shipped demo clips and a user's WAV files into identical features. Every
+feature in the project is made by `log_mel(wave, **DEMO_AUDIO_SPEC)`.
+"""
+
+from __future__ import annotations
+
+import math
+import wave as _wave
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill_export.errors import DataError
+
+# One spec, used by tools/make_demo_audio.py to build the shipped asset and at
+# run time for user WAVs. hop 200 @ 8 kHz = 25 ms, so 32 frames span 0.8 s:
+# a typical 0.6-0.9 s spoken digit fills the window.
+DEMO_AUDIO_SPEC: dict = {
+    "sample_rate": 8000,
+    "n_mels": 32,
+    "n_fft": 256,
+    "hop_length": 200,
+    "n_frames": 32,
+    "f_min": 20.0,
+    "f_max": 4000.0,
+}
+
+# Power floor: 10*log10(EPS) = -100 dB is the value of silence and of padding.
+EPS = 1e-10
+FLOOR_DB = 10.0 * math.log10(EPS)
+# Frames more than TRIM_DB below the loudest frame count as silence when trimming.
+TRIM_DB = 40.0
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a PCM WAV file; return (mono float32 wave in [-1, 1], sample rate)."""
+    path = Path(path)
+    try:
+        with _wave.open(str(path), "rb") as f:
+            n_ch, width, sr, n = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
+            raw = f.readframes(n)
+    except FileNotFoundError:
+        raise DataError(f"audio file not found: {path}") from None
+    except (_wave.Error, EOFError, OSError) as e:
+        raise DataError(f"cannot read WAV file {path}: {e}") from None
+    if n_ch < 1 or sr <= 0:
+        raise DataError(f"cannot read WAV file {path}: {n_ch} channels at {sr} Hz")
+    if width == 1:  # 8-bit WAV is unsigned, centred on 128
+        x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 4:
+        x = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
+    else:
+        raise DataError(f"cannot read WAV file {path}: unsupported sample width {8 * width} bits")
+    usable = (len(x) // n_ch) * n_ch
+    if usable == 0:
+        raise DataError(f"cannot read WAV file {path}: no audio samples")
+    x = x[:usable].reshape(-1, n_ch).mean(axis=1)  # (T,) stereo -> mono
+    return np.ascontiguousarray(x, dtype=np.float32), sr
+
+
+def resample(wave: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Polyphase resampling of a 1-D wave; output length = ceil(len * new_sr / orig_sr)."""
+    wave = np.asarray(wave)
+    if orig_sr == new_sr:
+        return wave.copy()
+    from scipy.signal import resample_poly  # scipy comes with scikit-learn
+
+    g = math.gcd(int(orig_sr), int(new_sr))
+    return resample_poly(wave, int(new_sr) // g, int(orig_sr) // g).astype(wave.dtype, copy=False)
+
+
+def _hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(m):
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
+    """Triangular filters on the HTK mel scale, peak 1 (no area norm): (n_mels, n_fft//2+1)."""
+    f_max = sample_rate / 2.0 if f_max is None else f_max
+    fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)  # (F,)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2))  # (M+2,)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (M, 1) each
+    up = (fft_hz[None, :] - lo) / (mid - lo)
+    down = (hi - fft_hz[None, :]) / (hi - mid)
+    return torch.from_numpy(np.maximum(0.0, np.minimum(up, down))).float()  # (M, F)
+
+
+def log_mel(
+    wave: torch.Tensor | np.ndarray,
+    sample_rate: int = 8000,
+    n_mels: int = 32,
+    n_fft: int = 256,
+    hop_length: int = 200,
+    n_frames: int = 32,
+    f_min: float = 20.0,
+    f_max: float = 4000.0,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Fixed-size log-mel spectrogram in dB of one mono wave (T,) -> (n_mels, n_frames) float32.
+
+    Power is scaled so a full-scale sine reads about 0 dB; silence is FLOOR_DB.
+    `normalize` scales the wave to peak 1 first, so loudness does not matter.
+    Leading/trailing frames more than TRIM_DB below the loudest frame are
+    trimmed; the rest is centre-cropped, or centred and padded with FLOOR_DB.
+    Computed in float64 so features do not depend on FFT rounding.
+    """
+    x = torch.as_tensor(np.asarray(wave) if not torch.is_tensor(wave) else wave).detach().cpu().double()
+    if x.ndim != 1:
+        raise DataError(f"log_mel expects a mono wave of shape (T,), got {tuple(x.shape)}")
+    if normalize:
+        peak = x.abs().max() if x.numel() else torch.tensor(0.0, dtype=x.dtype)
+        if peak > 0:
+            x = x / peak
+    if x.numel() < n_fft:  # (T,) -> (>= n_fft,)
+        x = torch.nn.functional.pad(x, (0, n_fft - x.numel()))
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    spec = torch.stft(x, n_fft, hop_length=hop_length, window=window, center=True,
+                      pad_mode="constant", return_complex=True)  # (F, L)
+    power = spec.abs().pow(2) / (window.sum() ** 2 / 4.0)  # (F, L); full-scale sine -> ~1 at its bin
+    fb = mel_filterbank(n_fft, n_mels, sample_rate, f_min, f_max).double()  # (M, F)
+    mel = fb @ power  # (M, L)
+    db = 10.0 * torch.log10(mel + EPS)  # (M, L)
+
+    # Trim silence by frame energy.
+    frame_db = 10.0 * torch.log10(mel.sum(dim=0) + EPS)  # (L,)
+    loud = torch.nonzero(frame_db > frame_db.max() - TRIM_DB).flatten()
+    if loud.numel():
+        db = db[:, int(loud[0]) : int(loud[-1]) + 1]  # (M, L')
+
+    # Centre-crop or centre-pad to exactly n_frames.
+    length = db.shape[1]
+    if length >= n_frames:
+        start = (length - n_frames) // 2
+        db = db[:, start : start + n_frames]
+    else:
+        left = (n_frames - length) // 2
+        db = torch.nn.functional.pad(db, (left, n_frames - length - left), value=FLOOR_DB)
+    return db.float()  # (n_mels, n_frames)

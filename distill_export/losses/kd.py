@@ -1,0 +1,161 @@
+"""Knowledge-distillation loss: the plain PyTorch reference and the dispatcher.
+
+Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015):
+
+    loss = α·CE(s, y) + (1−α)·T²·KL(softmax(t/T) ‖ softmax(s/T))
+
+The T² factor keeps the soft term's gradient scale independent of T.
+Rows whose label equals ``ignore_index`` are unlabeled: they keep the KD term
+and drop the CE term. With ``reduction="mean"`` the CE term is averaged over
+labeled rows only and the KD term over all rows (KL's ``batchmean``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from distill_export.errors import LossInputError
+
+IMPLS = ("auto", "fused", "reference")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_kd_inputs(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
+    ignore_index: int,
+    reduction: str,
+    check_label_range: bool = True,
+) -> None:
+    """Raise LossInputError for inputs that would otherwise give a silent wrong answer."""
+    if student_logits.dim() != 2:
+        raise LossInputError(f"student logits must be 2-D (N, C), got shape {tuple(student_logits.shape)}")
+    if student_logits.shape != teacher_logits.shape:
+        raise LossInputError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape"
+        )
+    if not temperature > 0:
+        raise LossInputError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise LossInputError(f"alpha must be in [0, 1], got {alpha}")
+    if reduction not in REDUCTIONS:
+        raise LossInputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if labels is None:
+        return
+    if labels.shape != student_logits.shape[:1]:
+        raise LossInputError(
+            f"labels must have shape ({student_logits.shape[0]},), got {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point:
+        raise LossInputError(f"labels must be integers, got {labels.dtype}")
+    if check_label_range:
+        # One host sync; callers on a hot CUDA path may skip it with check_label_range=False.
+        n_classes = student_logits.shape[1]
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_classes))
+        if bool(bad.any()):
+            first = labels[bad][0].item()
+            raise LossInputError(
+                f"label {first} is out of range for {n_classes} classes "
+                f"(use ignore_index={ignore_index} for unlabeled rows)"
+            )
+
+
+def kd_loss_reference(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Plain PyTorch KD loss, computed in fp32. Gradient flows to the student only."""
+    s = student_logits.float()  # (N, C)
+    t = teacher_logits.detach().float()  # (N, C)
+    n_rows = s.shape[0]
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    log_p_t = F.log_softmax(t / temperature, dim=-1)
+    p_t = log_p_t.exp()
+    # Classes the teacher gives zero probability (−inf logits) contribute 0, not 0·(−inf)=NaN.
+    kl_terms = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t))
+    kl_rows = kl_terms.sum(dim=-1)  # (N,)
+    soft_rows = (1.0 - alpha) * temperature**2 * kl_rows
+
+    if labels is None or alpha == 0.0:
+        ce_rows = torch.zeros_like(kl_rows)
+        n_labeled = torch.zeros((), device=s.device)
+    else:
+        labeled = labels != ignore_index
+        safe_labels = torch.where(labeled, labels, torch.zeros_like(labels)).long()
+        log_p = F.log_softmax(s, dim=-1)
+        picked = log_p.gather(1, safe_labels[:, None]).squeeze(1)
+        # where() (not multiply) so a −inf logit on an unlabeled row cannot leak NaN.
+        ce_rows = torch.where(labeled, -picked, torch.zeros_like(picked))
+        n_labeled = labeled.sum().float()
+
+    if reduction == "none":
+        return alpha * ce_rows + soft_rows
+    if reduction == "sum":
+        return alpha * ce_rows.sum() + soft_rows.sum()
+    ce_mean = ce_rows.sum() / n_labeled.clamp(min=1.0)
+    return alpha * ce_mean + soft_rows.sum() / max(n_rows, 1)
+
+
+def _fused_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    impl: str = "auto",
+    check_label_range: bool = True,
+) -> torch.Tensor:
+    """The one KD loss the trainer calls.
+
+    impl="auto" uses the fused Triton kernel on CUDA and the reference elsewhere;
+    "fused" on CPU is only allowed under TRITON_INTERPRET=1 (for tests).
+    """
+    if impl not in IMPLS:
+        raise LossInputError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_kd_inputs(
+        student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction,
+        check_label_range=check_label_range,
+    )
+    device = student_logits.device
+    use_fused = impl == "fused" or (impl == "auto" and device.type == "cuda")
+    if use_fused:
+        if not _fused_available(device):
+            raise LossInputError(
+                "impl='fused' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernel "
+                "on CPU for testing); use impl='reference' or 'auto' on CPU"
+            )
+        from distill_export.losses.kd_triton import kd_loss_fused
+
+        return kd_loss_fused(
+            student_logits, teacher_logits, labels,
+            temperature=temperature, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
+        )
+    return kd_loss_reference(
+        student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
+    )
+
+
+def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T): the teacher's soft labels."""
+    return F.softmax(logits.float() / temperature, dim=-1)

@@ -1,0 +1,75 @@
+"""The multimodal fusion teacher: one conv encoder per modality, fused by an MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distill_export.nets.students import conv_bn
+
+
+class ConvEncoder(nn.Module):
+    """(B, C, H, W) -> (B, 4·width): three conv stages, each twice as wide."""
+
+    def __init__(self, in_channels: int, width: int):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            conv_bn(in_channels, w), conv_bn(w, w), nn.MaxPool2d(2),
+            conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+            conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.out_dim = 4 * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FusionTeacher(nn.Module):
+    """Late fusion: concat(encoder_m(x_m) for m in modalities) -> MLP -> fused features -> logits.
+
+    Modality dropout (training only) zeroes a whole modality's embedding for a random
+    subset of samples, so the teacher cannot lean on one modality alone and its image
+    pathway stays informative: that is the knowledge an image-only student can absorb.
+    """
+
+    def __init__(
+        self,
+        modalities: dict[str, int],  # name -> input channels
+        num_classes: int,
+        width: int = 16,
+        fused_dim: int = 256,
+        modality_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.modality_names = sorted(modalities)
+        self.encoders = nn.ModuleDict(
+            {m: ConvEncoder(modalities[m], width) for m in self.modality_names}
+        )
+        in_dim = sum(e.out_dim for e in self.encoders.values())
+        self.fusion = nn.Sequential(
+            nn.Linear(in_dim, fused_dim), nn.ReLU(inplace=True), nn.Dropout(0.2),
+            nn.Linear(fused_dim, fused_dim), nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(fused_dim, num_classes)
+        self.feature_dim = fused_dim
+        self.modality_dropout = modality_dropout
+
+    def forward_features(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds = [self.encoders[m](inputs[m]) for m in self.modality_names]  # each (B, 4w)
+        if self.training and self.modality_dropout > 0 and len(embeds) > 1:
+            embeds = self._drop_modalities(embeds)
+        feats = self.fusion(torch.cat(embeds, dim=1))  # (B, fused_dim)
+        return feats, self.head(feats)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward_features(inputs)[1]
+
+    def _drop_modalities(self, embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+        batch = embeds[0].shape[0]
+        drop = torch.rand(batch, device=embeds[0].device) < self.modality_dropout
+        # Which modality each dropped sample loses; never both.
+        which = torch.randint(len(embeds), (batch,), device=embeds[0].device)
+        return [
+            e * (~(drop & (which == i))).to(e.dtype).unsqueeze(1) for i, e in enumerate(embeds)
+        ]

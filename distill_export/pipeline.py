@@ -1,0 +1,202 @@
+"""The stages in order. Each reads and writes the run directory, so each also runs alone.
+
+    data -> train_teacher -> distill -> export -> validate -> profile -> report
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+
+from distill_export.config import RunConfig
+from distill_export.errors import ParityError
+from distill_export.rundir import RunDir
+
+console = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _timed(run: RunDir, stage: str):
+    start = time.perf_counter()
+    yield
+    run.update_report(timings={stage: round(time.perf_counter() - start, 3)})
+
+
+def _setup(config: RunConfig):
+    from distill_export.data import load_dataset
+    from distill_export.device import resolve_device, seed_everything
+
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    data = load_dataset(config.data, config.seed)
+    return data, device
+
+
+def _teacher_path(config: RunConfig, run: RunDir) -> Path:
+    return Path(config.teacher.path) if config.teacher.path else run.file("teacher.pt")
+
+
+def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
+    from distill_export.train_teacher import evaluate_teacher, load_teacher, train_teacher
+
+    if data is None:
+        data, device = _setup(config)
+    with _timed(run, "train_teacher"):
+        if config.teacher.path:
+            console.print(f"using teacher {config.teacher.path}")
+            training = {"source": str(config.teacher.path)}
+        else:
+            training = train_teacher(config, data, device, run.file("teacher.pt"), quiet)
+        teacher = load_teacher(_teacher_path(config, run), data).to(device)
+        metrics = evaluate_teacher(teacher, data, device)
+        # The modality gap: what the teacher knows from the student's modality alone.
+        others = [m for m in data.modalities if m != config.data.student_modality]
+        probe = {
+            f"without_{m}": evaluate_teacher(teacher, data, device, drop=m)["accuracy"] for m in others
+        }
+    run.update_report(
+        dataset={"name": data.name, "class_names": data.class_names, **data.info},
+        metrics={"teacher": metrics},
+        teacher={"training": training, "modality_probe": probe},
+    )
+
+
+def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
+    from distill_export.distill import evaluate_student, save_student, train_baseline, train_student
+    from distill_export.train import predict
+    from distill_export.train_teacher import load_teacher
+
+    if data is None:
+        data, device = _setup(config)
+    teacher_path = _teacher_path(config, run)
+    if not teacher_path.exists():
+        run.require("teacher.pt", "train-teacher")
+    teacher = load_teacher(teacher_path, data).to(device)
+    modality = config.data.student_modality
+    with _timed(run, "teacher_outputs"):
+        # Teacher logits/features on the (non-augmented) training set, computed once.
+        train_inputs = {m: v.to(device) for m, v in data.train.inputs.items()}
+        t_feats, t_logits = predict(teacher.forward_features, train_inputs, len(data.train))
+    with _timed(run, "baseline"):
+        baseline, base_train = train_baseline(config, data, device, quiet)
+    with _timed(run, "distill"):
+        student, kd_train = train_student(config, data, t_logits, t_feats, device, quiet)
+    base_metrics = evaluate_student(baseline, data, modality, device)
+    kd_metrics = evaluate_student(student, data, modality, device)
+    teacher_name = f"fusion_teacher({'+'.join(sorted(data.modalities))})"
+    save_student(run.file("baseline.pt"), baseline, config, data, teacher_name, {"student": config.student.name, "role": "baseline"})
+    save_student(run.file("student.pt"), student, config, data, teacher_name, {"student": config.student.name, "role": "kd"})
+    teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
+    run.update_report(
+        metrics={"student": kd_metrics, "baseline": base_metrics},
+        kd_gain=kd_metrics["accuracy"] - base_metrics["accuracy"],
+        distill={
+            "student": config.student.name,
+            "temperature": config.distill.temperature,
+            "alpha": config.distill.alpha,
+            "beta": config.distill.beta,
+            "label_fraction": config.data.label_fraction,
+            "labeled_train_rows": int(data.train.labeled.sum()),
+            "train_rows": len(data.train),
+            "kd_loss_impl": config.distill.kd_impl if device.type == "cuda" else "reference",
+            "student_training": kd_train,
+            "baseline_training": base_train,
+            "teacher_accuracy_retention": (kd_metrics["accuracy"] / teacher_acc) if teacher_acc else None,
+        },
+    )
+
+
+def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
+    from distill_export.distill import load_student
+    from distill_export.export import ExportOptions, ExportSource, export_formats
+    from distill_export.files import sha256_file
+    from distill_export.train import predict
+    from distill_export.validate import PARITY_FILE, save_parity_data
+
+    if data is None:
+        data, device = _setup(config)
+    student_path = run.require("student.pt", "distill")
+    student, meta = load_student(student_path)
+    modality = config.data.student_modality
+    with _timed(run, "export"):
+        # Reference logits of the PyTorch student on the test split, on CPU in fp32:
+        # every exported artifact is judged against these.
+        x_test = data.test.inputs[modality]
+        _, ref_logits = predict(student.forward_features, x_test, len(data.test))
+        save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), ref_logits.numpy())
+        n_cal = min(config.export.calibration_samples, len(data.train))
+        source = ExportSource(
+            model=student, meta=meta, checkpoint_sha256=sha256_file(student_path), out_dir=run.path,
+            calibration=data.train.inputs[modality][:n_cal].numpy(),
+        )
+        options = ExportOptions(
+            opset=config.export.opset, calibration_samples=n_cal,
+            calibration_method=config.export.calibration_method,
+        )
+        results = export_formats(source, config.export.formats, options)
+    exports = {}
+    for fmt, res in results.items():
+        entry = res.to_dict()
+        entry["path"] = str(Path(entry["path"]).relative_to(run.path))
+        exports[fmt] = entry
+    run.update_report(exports=exports)
+
+
+def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
+    from distill_export.validate import PARITY_FILE, load_parity_data, validate_exports
+
+    report = run.load_report()
+    exports = {
+        fmt: {**art, "path": str(run.file(art["path"]))} for fmt, art in report.get("exports", {}).items()
+    }
+    parity = load_parity_data(run.file(PARITY_FILE))
+    teacher_acc = report.get("metrics", {}).get("teacher", {}).get("accuracy")
+    num_classes = parity["logits"].shape[1]
+    with _timed(run, "validate"):
+        results = validate_exports(exports, parity, config.validate, num_classes, teacher_acc)
+    report = run.load_report()
+    for fmt, res in results.items():
+        report["exports"][fmt]["parity"] = res
+    run.update_report(exports=report["exports"])
+    return results
+
+
+def stage_profile(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> list[dict]:
+    from distill_export.profile_run import benches_for_run
+    from distill_export.profile import profile, speedups
+
+    benches = benches_for_run(config, run)
+    with _timed(run, "profile"):
+        rows = profile(benches, config.profile, None if quiet else console.log)
+    run.update_report(latency=rows, speedups=speedups(rows))
+    return rows
+
+
+def stage_report(run: RunDir) -> None:
+    from distill_export.report import write_reports
+
+    write_reports(run)
+
+
+def run_all(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
+    """Every stage in order; raises ParityError (exit 1) after the report if a gate failed."""
+    run.save_config(config)
+    start = time.perf_counter()
+    with _timed(run, "data"):
+        data, device = _setup(config)
+    stage_train_teacher(config, run, quiet, data, device)
+    stage_distill(config, run, quiet, data, device)
+    stage_export(config, run, quiet, data, device)
+    parity = stage_validate(config, run, quiet)
+    stage_profile(config, run, quiet)
+    run.update_report(timings={"total": round(time.perf_counter() - start, 3)})
+    stage_report(run)
+    failed = [fmt for fmt, res in parity.items() if not res["passed"]]
+    if failed:
+        raise ParityError(f"parity gates failed for {', '.join(failed)}; see {run.file('report.md')}")
+    return run.load_report()

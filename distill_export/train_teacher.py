@@ -1,0 +1,81 @@
+"""Stage 1: train the multimodal fusion teacher (or load the user's)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distill_export.data import Dataset
+from distill_export.metrics import classification_metrics
+from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
+from distill_export.nets.teacher import FusionTeacher
+from distill_export.train import TrainSpec, predict, train_loop
+
+
+def teacher_kwargs(data: Dataset, width: int, modality_dropout: float) -> dict:
+    return {
+        "modalities": {m: spec.shape[0] for m, spec in data.modalities.items()},
+        "num_classes": data.num_classes,
+        "width": width,
+        "modality_dropout": modality_dropout,
+    }
+
+
+def load_teacher(path, data: Dataset | None = None) -> FusionTeacher:
+    payload = load_checkpoint(path, kind="teacher")
+    model = load_state(FusionTeacher(**payload["arch_kwargs"]), payload["state_dict"], path)
+    if data is not None:
+        from distill_export.errors import CheckpointError
+
+        kw = payload["arch_kwargs"]
+        if kw["num_classes"] != data.num_classes:
+            raise CheckpointError(
+                f"teacher {path} predicts {kw['num_classes']} classes, the data has {data.num_classes}"
+            )
+        missing = set(kw["modalities"]) - set(data.modalities)
+        if missing:
+            raise CheckpointError(f"teacher {path} needs modalities the data lacks: {sorted(missing)}")
+    return model.eval()
+
+
+def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | None = None) -> dict:
+    """Test metrics; `drop` zeroes one modality's input (a probe of the modality gap)."""
+    inputs = {m: v.to(device) for m, v in data.test.inputs.items()}
+    if drop:
+        inputs[drop] = torch.zeros_like(inputs[drop])
+    _, logits = predict(teacher.forward_features, inputs, len(data.test))
+    return classification_metrics(logits.numpy(), data.test.labels.numpy(), data.num_classes)
+
+
+def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False) -> dict:
+    """Train on the labeled training rows, pick the best epoch on val, save, return metrics."""
+    cfg = config.teacher
+    torch.manual_seed(config.seed)
+    kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout)
+    teacher = FusionTeacher(**kwargs).to(device)
+    train = data.train.subset(data.train.labeled.nonzero().squeeze(1))
+    x = {m: v.to(device) for m, v in train.inputs.items()}
+    y = train.labels.to(device)
+    val_x = {m: v.to(device) for m, v in data.val.inputs.items()}
+    val_y = data.val.labels.numpy()
+
+    def batch_loss(rows):
+        rows = rows.to(device)
+        return F.cross_entropy(teacher({m: v[rows] for m, v in x.items()}), y[rows])
+
+    def val_accuracy():
+        _, logits = predict(teacher.forward_features, val_x, len(data.val))
+        return float((logits.argmax(1).numpy() == val_y).mean())
+
+    spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed)
+    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, "teacher ", quiet)
+    save_checkpoint(
+        out_path, teacher, kind="teacher", arch="fusion_teacher", arch_kwargs=kwargs,
+        meta={
+            "class_names": data.class_names,
+            "dataset": data.name,
+            "best_epoch": result.best_epoch,
+            "input_shapes": {m: list(spec.shape) for m, spec in data.modalities.items()},
+        },
+    )
+    return {"best_epoch": result.best_epoch, "history": result.history}

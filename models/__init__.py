@@ -1,0 +1,1 @@
+"""YAML recipes (teacher/student/data/hyper-parameters), shipped as ``distill_export.models``."""
