@@ -25,11 +25,21 @@ class DataConfig:
     pca_variance: float = 0.25  # demo: image variance kept by PCA (lower = harder)
     audio_snr_db: float = 0.0  # demo: noise mixed into the audio
     skip_bad_rows: bool = False
+    # Manifests (data/manifest.py): image side in pixels (0 = the first image's size),
+    # image_mode auto|grayscale|rgb, text_encoder hashed|wordllama (optional package),
+    # max_train_rows > 0 subsamples the training rows (a recipe's time budget).
+    image_size: int = 0
+    image_mode: str = "auto"
+    text_encoder: str = "hashed"
+    max_train_rows: int = 0
 
 
 @dataclass
 class TeacherConfig:
-    path: str | None = None  # a checkpoint to load instead of training one
+    # Instead of training one: our checkpoint (.pt), a torch.export program (.pt2), or
+    # "package.module:factory" (with `weights`, a state_dict .pt or .safetensors file).
+    path: str | None = None
+    weights: str | None = None
     epochs: int = 10
     lr: float = 3e-3
     batch_size: int = 64
@@ -52,7 +62,15 @@ class DistillConfig:
     temperature: float = 4.0
     alpha: float = 0.5
     beta: float = 0.0  # feature distillation weight (0 = off)
+    # What the teacher sees when it makes the soft targets: "full" (every modality) or
+    # "student" (only the student's modality, other embeddings zeroed as in modality dropout).
+    teacher_view: str = "full"
     kd_impl: str = "auto"
+    # none | shift (random ±2 px translation of the student's input; the teacher then runs
+    # on every augmented batch, so the teacher-output cache is not used).
+    augment: str = "none"
+    teacher_cache: bool = True  # teacher outputs on the train set, stored as safetensors
+    teacher_cache_dir: str | None = None  # default: the run directory
 
 
 @dataclass
@@ -209,6 +227,16 @@ def validate_config(config: RunConfig) -> None:
         raise ConfigError(f"distill.alpha must be in [0, 1], got {config.distill.alpha}")
     if config.distill.beta < 0:
         raise ConfigError(f"distill.beta must be >= 0, got {config.distill.beta}")
+    if config.distill.teacher_view not in ("full", "student"):
+        raise ConfigError(f"distill.teacher_view must be full or student, got {config.distill.teacher_view!r}")
+    choices = {"data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
+               "distill.augment": ("none", "shift")}
+    for key, allowed in choices.items():
+        value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if config.data.image_size < 0 or config.data.max_train_rows < 0:
+        raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {config.device!r}")
     for name in ("epochs",):

@@ -34,6 +34,9 @@ def _setup(config: RunConfig):
     device = resolve_device(config.device)
     seed_everything(config.seed)
     data = load_dataset(config.data, config.seed)
+    from distill_export.nets.external import preflight
+
+    preflight(config, data)  # a student/teacher that cannot fit the data fails before training
     return data, device
 
 
@@ -52,7 +55,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
             training = {"source": str(config.teacher.path)}
         else:
             training = train_teacher(config, data, device, run.file("teacher.pt"), quiet)
-        teacher = load_teacher(_teacher_path(config, run), data).to(device)
+        teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights).to(device)
         metrics = evaluate_teacher(teacher, data, device)
         # The modality gap: what the teacher knows from the student's modality alone.
         others = [m for m in data.modalities if m != config.data.student_modality]
@@ -68,27 +71,31 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
 
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.distill import evaluate_student, save_student, train_baseline, train_student
-    from distill_export.train import predict
+    from distill_export.teacher_cache import teacher_targets
     from distill_export.train_teacher import load_teacher
 
     if data is None:
         data, device = _setup(config)
+
     teacher_path = _teacher_path(config, run)
-    if not teacher_path.exists():
+    if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
-    teacher = load_teacher(teacher_path, data).to(device)
+    teacher = load_teacher(teacher_path, data, config.teacher.weights).to(device)
     modality = config.data.student_modality
     with _timed(run, "teacher_outputs"):
-        # Teacher logits/features on the (non-augmented) training set, computed once.
-        train_inputs = {m: v.to(device) for m, v in data.train.inputs.items()}
-        t_feats, t_logits = predict(teacher.forward_features, train_inputs, len(data.train))
+        # Teacher logits/features on the (non-augmented) training set: computed once and
+        # cached in the run directory (teacher_cache.py), or online when augmenting.
+        drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
+        forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
+        targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop)
     with _timed(run, "baseline"):
-        baseline, base_train = train_baseline(config, data, device, quiet)
+        baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment)
     with _timed(run, "distill"):
-        student, kd_train = train_student(config, data, t_logits, t_feats, device, quiet)
+        student, kd_train = train_student(config, data, targets.logits, targets.feats, device, quiet,
+                                          online_teacher=targets.online, augment=targets.augment)
     base_metrics = evaluate_student(baseline, data, modality, device)
     kd_metrics = evaluate_student(student, data, modality, device)
-    teacher_name = f"fusion_teacher({'+'.join(sorted(data.modalities))})"
+    teacher_name = str(config.teacher.path) if config.teacher.path else f"fusion_teacher({'+'.join(sorted(data.modalities))})"
     save_student(run.file("baseline.pt"), baseline, config, data, teacher_name, {"student": config.student.name, "role": "baseline"})
     save_student(run.file("student.pt"), student, config, data, teacher_name, {"student": config.student.name, "role": "kd"})
     teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
@@ -107,6 +114,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "student_training": kd_train,
             "baseline_training": base_train,
             "teacher_accuracy_retention": (kd_metrics["accuracy"] / teacher_acc) if teacher_acc else None,
+            "augment": config.distill.augment,
+            "teacher_cache": targets.info,
         },
     )
 
@@ -128,16 +137,15 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
         # every exported artifact is judged against these.
         x_test = data.test.inputs[modality]
         _, ref_logits = predict(student.forward_features, x_test, len(data.test))
-        save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), ref_logits.numpy())
+        checkpoint_sha256 = sha256_file(student_path)
+        save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), ref_logits.numpy(),
+                         checkpoint_sha256)
         n_cal = min(config.export.calibration_samples, len(data.train))
         source = ExportSource(
-            model=student, meta=meta, checkpoint_sha256=sha256_file(student_path), out_dir=run.path,
-            calibration=data.train.inputs[modality][:n_cal].numpy(),
+            model=student, meta=meta, checkpoint_sha256=checkpoint_sha256, out_dir=run.path,
+            calibration=data.train.inputs[modality][:n_cal].numpy(),  # train rows are shuffled
         )
-        options = ExportOptions(
-            opset=config.export.opset, calibration_samples=n_cal,
-            calibration_method=config.export.calibration_method,
-        )
+        options = ExportOptions.from_config(config.export, calibration_samples=n_cal)
         results = export_formats(source, config.export.formats, options)
     exports = {}
     for fmt, res in results.items():

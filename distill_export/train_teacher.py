@@ -8,26 +8,41 @@ import torch.nn.functional as F
 from distill_export.data import Dataset
 from distill_export.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
+from distill_export.nets.encoders import encoder_input_size
 from distill_export.nets.teacher import FusionTeacher
 from distill_export.train import TrainSpec, predict, train_loop
 
 
 def teacher_kwargs(data: Dataset, width: int, modality_dropout: float) -> dict:
     return {
-        "modalities": {m: spec.shape[0] for m, spec in data.modalities.items()},
+        "modalities": {m: encoder_input_size(spec) for m, spec in data.modalities.items()},
         "num_classes": data.num_classes,
         "width": width,
         "modality_dropout": modality_dropout,
+        "kinds": {m: spec.kind for m, spec in data.modalities.items()},
     }
 
 
-def load_teacher(path, data: Dataset | None = None) -> FusionTeacher:
-    payload = load_checkpoint(path, kind="teacher")
+def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeacher:
+    """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory."""
+    from distill_export.errors import CheckpointError
+    from distill_export.nets.external import is_external_teacher, load_external_teacher
+
+    if is_external_teacher(path):
+        return load_external_teacher(path, data, weights)
+    try:
+        payload = load_checkpoint(path, kind="teacher")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; a teacher is a distill-export checkpoint (.pt), a torch.export "
+                              "program (.pt2) or package.module:factory") from None
     model = load_state(FusionTeacher(**payload["arch_kwargs"]), payload["state_dict"], path)
     if data is not None:
-        from distill_export.errors import CheckpointError
-
         kw = payload["arch_kwargs"]
+        shapes = payload.get("meta", {}).get("input_shapes", {})
+        for m, shape in shapes.items():
+            if m in data.modalities and tuple(shape) != tuple(data.modalities[m].shape):
+                raise CheckpointError(f"teacher {path} was trained on {m} of shape {tuple(shape)}; "
+                                      f"the data gives {tuple(data.modalities[m].shape)}")
         if kw["num_classes"] != data.num_classes:
             raise CheckpointError(
                 f"teacher {path} predicts {kw['num_classes']} classes, the data has {data.num_classes}"
@@ -39,11 +54,10 @@ def load_teacher(path, data: Dataset | None = None) -> FusionTeacher:
 
 
 def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | None = None) -> dict:
-    """Test metrics; `drop` zeroes one modality's input (a probe of the modality gap)."""
+    """Test metrics; `drop` zeroes one modality's embedding (a probe of the modality gap)."""
     inputs = {m: v.to(device) for m, v in data.test.inputs.items()}
-    if drop:
-        inputs[drop] = torch.zeros_like(inputs[drop])
-    _, logits = predict(teacher.forward_features, inputs, len(data.test))
+    forward = lambda x: teacher.forward_features(x, drop=(drop,) if drop else ())  # noqa: E731
+    _, logits = predict(forward, inputs, len(data.test))
     return classification_metrics(logits.numpy(), data.test.labels.numpy(), data.num_classes)
 
 

@@ -35,16 +35,20 @@ class FusionTeacher(nn.Module):
 
     def __init__(
         self,
-        modalities: dict[str, int],  # name -> input channels
+        modalities: dict[str, int],  # name -> input channels (text: hash buckets)
         num_classes: int,
         width: int = 16,
         fused_dim: int = 256,
         modality_dropout: float = 0.0,
+        kinds: dict[str, str] | None = None,  # name -> image|audio|text|vector; default conv
     ):
+        from distill_export.nets.encoders import encoder_for
+
         super().__init__()
         self.modality_names = sorted(modalities)
+        kinds = kinds or {}
         self.encoders = nn.ModuleDict(
-            {m: ConvEncoder(modalities[m], width) for m in self.modality_names}
+            {m: encoder_for(kinds.get(m, "image"), modalities[m], width) for m in self.modality_names}
         )
         in_dim = sum(e.out_dim for e in self.encoders.values())
         self.fusion = nn.Sequential(
@@ -55,8 +59,15 @@ class FusionTeacher(nn.Module):
         self.feature_dim = fused_dim
         self.modality_dropout = modality_dropout
 
-    def forward_features(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds = [self.encoders[m](inputs[m]) for m in self.modality_names]  # each (B, 4w)
+    def forward_features(
+        self, inputs: dict[str, torch.Tensor], drop: tuple[str, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`drop` names modalities whose embedding is zeroed, as modality dropout does in
+        training: the teacher's view of the data through the remaining modalities."""
+        embeds = [
+            torch.zeros_like(e) if m in drop else e
+            for m, e in ((m, self.encoders[m](inputs[m])) for m in self.modality_names)
+        ]  # each (B, 4w)
         if self.training and self.modality_dropout > 0 and len(embeds) > 1:
             embeds = self._drop_modalities(embeds)
         feats = self.fusion(torch.cat(embeds, dim=1))  # (B, fused_dim)

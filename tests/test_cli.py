@@ -1,0 +1,136 @@
+"""End-to-end CLI behaviour: artifacts, report keys, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from distill_export.cli import app
+
+runner = CliRunner()
+
+
+def test_run_writes_every_artifact(tiny_run):
+    for name in ("config.yaml", "teacher.pt", "student.pt", "baseline.pt", "student.onnx",
+                 "report.json", "report.md", "report.html"):
+        assert (tiny_run / name).is_file(), name
+
+
+def test_report_json_has_documented_keys(tiny_run):
+    report = json.loads((tiny_run / "report.json").read_text())
+    for model in ("teacher", "student", "baseline"):
+        for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "confusion_matrix"):
+            assert key in report["metrics"][model], (model, key)
+        cm = report["metrics"][model]["confusion_matrix"]
+        assert len(cm) == 10 and sum(map(sum, cm)) == report["metrics"][model]["n"]
+    assert report["kd_gain"] == pytest.approx(
+        report["metrics"]["student"]["accuracy"] - report["metrics"]["baseline"]["accuracy"]
+    )
+    parity = report["exports"]["onnx"]["parity"]
+    for key in ("max_abs_diff", "top1_agreement", "accuracy"):
+        assert key in parity
+    assert parity["max_abs_diff"] <= 1e-4 and parity["top1_agreement"] >= 0.999
+    row = report["latency"][0]
+    for key in ("model", "backend", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "throughput"):
+        assert key in row
+    assert {r["model"] for r in report["latency"]} >= {"teacher", "student"}
+    for stage in ("train_teacher", "distill", "export", "validate", "profile", "total"):
+        assert report["timings"][stage] >= 0
+
+
+def test_onnx_has_dynamic_batch_and_metadata(tiny_run):
+    model = onnx.load(str(tiny_run / "student.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value  # symbolic batch
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["class_names"]) == [str(d) for d in range(10)]
+    assert props["input_name"] == "image"
+    assert json.loads(props["input_shape"])[1:] == [1, 28, 28]
+    assert float(props["norm_std"]) > 0
+
+
+def test_stages_rerun_on_the_run_directory(tiny_run, tmp_path):
+    result = runner.invoke(app, ["validate", str(tiny_run)])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+
+
+def _error(result) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    text = result.output.strip()
+    assert "Traceback" not in text
+    return text
+
+
+def test_unknown_student_lists_choices(tmp_path):
+    result = runner.invoke(app, ["run", "--student", "resnet9000", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    text = _error(result)
+    assert "resnet9000" in text and "mobilenet_v3_small" in text and "tiny_cnn" in text
+
+
+def test_config_typo_names_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("distill:\n  temperture: 2\n")
+    result = runner.invoke(app, ["run", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    text = _error(result)
+    assert "temperture" in text and "temperature" in text
+
+
+def test_config_that_is_code_is_refused(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    result = runner.invoke(app, ["run", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "not valid YAML" in _error(result)
+
+
+def test_unwritable_out_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["run", "--out", str(blocker / "sub")])
+    assert result.exit_code == 2
+    assert "cannot be written" in _error(result)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04garbage"])
+def test_corrupt_teacher_file(tmp_path, content):
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(content)
+    result = runner.invoke(app, ["run", "--teacher", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "teacher.pt" in _error(result)
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+
+    bad = tmp_path / "evil.pt"
+    import torch
+
+    torch.save({"format": "distill-export/1", "x": Evil()}, bad, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    result = runner.invoke(app, ["run", "--teacher", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_stage_on_a_directory_that_is_not_a_run(tmp_path):
+    result = runner.invoke(app, ["distill", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "not a run directory" in _error(result)
+
+
+def test_help_explains_every_option():
+    result = runner.invoke(app, ["run", "--help"])
+    assert result.exit_code == 0
+    for opt in ("--student", "--temperature", "--alpha", "--beta", "--label-fraction", "--config", "--device", "--seed"):
+        assert opt in result.output

@@ -1,0 +1,72 @@
+"""Students and teacher: registry, shapes, features, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill_export.errors import CheckpointError, ConfigError
+from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
+from distill_export.nets.students import create_student, student_names
+from distill_export.nets.teacher import FusionTeacher
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "mobilenet_v3_small", "shufflenet_v2_x0_5", "resnet18"])
+def test_students_take_small_single_channel_images(name):
+    torch.manual_seed(0)
+    net = create_student(name, num_classes=10, in_channels=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    feats, logits = net.forward_features(x)
+    assert logits.shape == (2, 10)
+    assert feats.shape == (2, net.feature_dim)
+    assert torch.allclose(net(x), logits)
+
+
+def test_registry_lists_the_choices():
+    assert set(student_names()) >= {"tiny_cnn", "mobilenet_v3_small", "shufflenet_v2_x0_5", "resnet18"}
+    with pytest.raises(ConfigError, match="tiny_cnn"):
+        create_student("vgg99", 10)
+
+
+def test_teacher_is_much_larger_than_the_default_student():
+    teacher = FusionTeacher({"image": 1, "audio": 1}, 10, width=16)
+    student = create_student("tiny_cnn", 10)
+    n_t = sum(p.numel() for p in teacher.parameters())
+    n_s = sum(p.numel() for p in student.parameters())
+    assert n_t >= 10 * n_s
+
+
+def test_teacher_drop_zeroes_a_modality():
+    torch.manual_seed(0)
+    teacher = FusionTeacher({"image": 1, "audio": 1}, 10, width=4).eval()
+    x = {"image": torch.randn(3, 1, 28, 28), "audio": torch.randn(3, 1, 32, 32)}
+    _, full = teacher.forward_features(x)
+    _, no_audio = teacher.forward_features(x, drop=("audio",))
+    x2 = {**x, "audio": torch.randn(3, 1, 32, 32)}
+    _, no_audio2 = teacher.forward_features(x2, drop=("audio",))
+    assert not torch.allclose(full, no_audio)
+    assert torch.allclose(no_audio, no_audio2)  # the audio no longer matters
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = create_student("tiny_cnn", 10)
+    path = tmp_path / "s.pt"
+    save_checkpoint(path, net, "student", "tiny_cnn", {"num_classes": 10, "in_channels": 1}, {"k": "v"})
+    payload = load_checkpoint(path, kind="student")
+    other = load_state(create_student("tiny_cnn", 10), payload["state_dict"], path)
+    for a, b in zip(net.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match="expected a 'teacher'"):
+        load_checkpoint(path, kind="teacher")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_state(create_student("resnet18", 10), payload["state_dict"], path)
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    net = create_student("tiny_cnn", 10)
+    path = tmp_path / "s.pt"
+    save_checkpoint(path, net, "student", "tiny_cnn", {"num_classes": 10, "in_channels": 1}, {})
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
