@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from distill_export.errors import DistillExportError
 
@@ -27,9 +28,14 @@ out = Console()
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<timestamp>).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="Safe-YAML config; flags override it.")]
 Recipe = Annotated[Optional[str], typer.Option("--recipe", help="A shipped recipe by name (e.g. avdigits).")]
-Student = Annotated[Optional[str], typer.Option("--student", help="Student architecture: tiny_cnn, mobilenet_v3_small, shufflenet_v2_x0_5, resnet18.")]
+Student = Annotated[Optional[str], typer.Option("--student", help="Student architecture: tiny_cnn, mobilenet_v3_small, shufflenet_v2_x0_5, resnet18, or package.module:factory.")]
 StudentInit = Annotated[Optional[Path], typer.Option("--student-init", help="Initial student weights (a checkpoint or a state_dict file).")]
-Teacher = Annotated[Optional[Path], typer.Option("--teacher", help="A teacher checkpoint to use instead of training one.")]
+Teacher = Annotated[Optional[str], typer.Option("--teacher", help="A teacher to use instead of training one: our checkpoint (.pt), a torch.export program (.pt2), or package.module:factory.")]
+TeacherWeights = Annotated[Optional[Path], typer.Option("--teacher-weights", help="Weights for a package.module:factory teacher (state_dict .pt or .safetensors).")]
+Data = Annotated[Optional[str], typer.Option("--data", help="avdigits (built-in demo) or a manifest .csv/.jsonl: one column per modality, label, optional split.")]
+StudentModality = Annotated[Optional[str], typer.Option("--student-modality", help="The modality (manifest column) the student sees, e.g. image.")]
+SkipBadRows = Annotated[Optional[bool], typer.Option("--skip-bad-rows", help="Skip manifest rows that fail validation instead of stopping.", show_default=False)]
+Augment = Annotated[Optional[str], typer.Option("--augment", help="Student input augmentation: none or shift (the teacher then runs online; no teacher-output cache).")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, batching and which labels are kept.")]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs for the student and the baseline (same budget).")]
@@ -38,7 +44,11 @@ Temperature = Annotated[Optional[float], typer.Option("--temperature", "-T", hel
 Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Weight of the hard-label CE term, in [0, 1].")]
 Beta = Annotated[Optional[float], typer.Option("--beta", help="Weight of feature distillation (0 = off).")]
 LabelFraction = Annotated[Optional[float], typer.Option("--label-fraction", help="Fraction of training labels kept; the rest are unlabeled rows the student distills on.")]
-Formats = Annotated[Optional[str], typer.Option("--format", "--formats", help="Comma-separated export formats, e.g. onnx,onnx-fp16,onnx-int8.")]
+Formats = Annotated[Optional[str], typer.Option("--format", "--formats", help="Comma-separated export formats: onnx, onnx-fp16, onnx-int8, tensorrt-fp32, tensorrt-fp16, tensorrt-int8.")]
+Opset = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset for the export (>= 17).")]
+CalibrationSamples = Annotated[Optional[int], typer.Option("--calibration-samples", help="Training rows that calibrate INT8 (default 256).")]
+CalibrationMethod = Annotated[Optional[str], typer.Option("--calibration-method", help="INT8 calibration: minmax, entropy or percentile.")]
+Gate = Annotated[Optional[list[str]], typer.Option("--gate", help="Override a parity gate, NAME=VALUE (repeatable): fp32_max_abs, fp32_agreement, fp16_agreement, int8_agreement, int8_max_accuracy_drop.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory written by an earlier stage.")]
 
@@ -51,7 +61,7 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except DistillExportError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -67,7 +77,9 @@ def _overrides(**flags) -> dict:
         "teacher": "teacher.path", "device": "device", "seed": "seed", "epochs": "distill.epochs",
         "teacher_epochs": "teacher.epochs", "temperature": "distill.temperature",
         "alpha": "distill.alpha", "beta": "distill.beta", "label_fraction": "data.label_fraction",
-        "formats": "export.formats",
+        "formats": "export.formats", "opset": "export.opset", "calibration_samples": "export.calibration_samples",
+        "calibration_method": "export.calibration_method", "data": "data.source", "student_modality": "data.student_modality",
+        "skip_bad_rows": "data.skip_bad_rows", "teacher_weights": "teacher.weights", "augment": "distill.augment",
     }
     return {keys[k]: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
 
@@ -96,7 +108,9 @@ def run(
     student_init: StudentInit = None, teacher: Teacher = None, device: Device = None, seed: Seed = None,
     epochs: Epochs = None, teacher_epochs: TeacherEpochs = None, temperature: Temperature = None,
     alpha: Alpha = None, beta: Beta = None, label_fraction: LabelFraction = None,
-    formats: Formats = None, quiet: Quiet = False,
+    formats: Formats = None, data: Data = None, student_modality: StudentModality = None,
+    skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, augment: Augment = None,
+    quiet: Quiet = False,
 ):
     """Every stage in one command: train the teacher, distill, export, validate, profile, report.
 
@@ -110,7 +124,8 @@ def run(
     cfg = _load(recipe, config, out=out_dir, student=student, student_init=student_init, teacher=teacher,
                 device=device, seed=seed, epochs=epochs, teacher_epochs=teacher_epochs,
                 temperature=temperature, alpha=alpha, beta=beta, label_fraction=label_fraction,
-                formats=formats)
+                formats=formats, data=data, student_modality=student_modality, skip_bad_rows=skip_bad_rows,
+                teacher_weights=teacher_weights, augment=augment)
     rd = RunDir.create(cfg.out)
     err.print(f"run directory: {rd.path}")
     try:
@@ -127,14 +142,16 @@ def run(
 def train_teacher_cmd(
     out_dir: Out = None, config: ConfigFile = None, recipe: Recipe = None, teacher: Teacher = None,
     device: Device = None, seed: Seed = None, teacher_epochs: TeacherEpochs = None,
-    label_fraction: LabelFraction = None, quiet: Quiet = False,
+    label_fraction: LabelFraction = None, data: Data = None, student_modality: StudentModality = None,
+    skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, quiet: Quiet = False,
 ):
     """Stage 1: train the multimodal teacher (or evaluate --teacher) into a new run directory."""
     from distill_export.pipeline import stage_train_teacher
     from distill_export.rundir import RunDir
 
     cfg = _load(recipe, config, out=out_dir, teacher=teacher, device=device, seed=seed,
-                teacher_epochs=teacher_epochs, label_fraction=label_fraction)
+                teacher_epochs=teacher_epochs, label_fraction=label_fraction, data=data,
+                student_modality=student_modality, skip_bad_rows=skip_bad_rows, teacher_weights=teacher_weights)
     rd = RunDir.create(cfg.out)
     rd.save_config(cfg)
     stage_train_teacher(cfg, rd, quiet)
@@ -146,13 +163,14 @@ def train_teacher_cmd(
 def distill(
     run_dir: RunDirArg, student: Student = None, student_init: StudentInit = None, epochs: Epochs = None,
     temperature: Temperature = None, alpha: Alpha = None, beta: Beta = None, seed: Seed = None,
-    device: Device = None, quiet: Quiet = False,
+    device: Device = None, augment: Augment = None, quiet: Quiet = False,
 ):
     """Stage 2: distill the student and train the labels-only baseline."""
     from distill_export.pipeline import stage_distill
 
     rd, cfg = _existing(run_dir, student=student, student_init=student_init, epochs=epochs,
-                        temperature=temperature, alpha=alpha, beta=beta, seed=seed, device=device)
+                        temperature=temperature, alpha=alpha, beta=beta, seed=seed, device=device,
+                        augment=augment)
     rd.save_config(cfg)
     stage_distill(cfg, rd, quiet)
     report = rd.load_report()
@@ -162,11 +180,14 @@ def distill(
 
 @app.command()
 @guarded
-def export(run_dir: RunDirArg, formats: Formats = None, quiet: Quiet = False):
-    """Stage 3: export the student (default: ONNX FP32)."""
+def export(run_dir: RunDirArg, formats: Formats = None, opset: Opset = None,
+           calibration_samples: CalibrationSamples = None, calibration_method: CalibrationMethod = None,
+           quiet: Quiet = False):
+    """Stage 3: export the student (default: ONNX FP32), one file per format."""
     from distill_export.pipeline import stage_export
 
-    rd, cfg = _existing(run_dir, formats=formats)
+    rd, cfg = _existing(run_dir, formats=formats, opset=opset, calibration_samples=calibration_samples,
+                        calibration_method=calibration_method)
     rd.save_config(cfg)
     stage_export(cfg, rd, quiet)
     for fmt, art in rd.load_report()["exports"].items():
@@ -175,30 +196,54 @@ def export(run_dir: RunDirArg, formats: Formats = None, quiet: Quiet = False):
 
 @app.command()
 @guarded
-def validate(run_dir: RunDirArg, quiet: Quiet = False):
+def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     """Stage 4: parity of every export against the PyTorch student; exit 1 if a gate fails."""
+    from distill_export.config import apply_overrides
     from distill_export.errors import ParityError
     from distill_export.pipeline import stage_validate
     from distill_export.report import print_parity
+    from distill_export.validate import failed_gates, parse_gate_flags, print_gates
 
     rd, cfg = _existing(run_dir)
+    apply_overrides(cfg, parse_gate_flags(gate), "--gate")
     results = stage_validate(cfg, rd, quiet)
     print_parity(rd.load_report(), out)
-    failed = [fmt for fmt, r in results.items() if not r["passed"]]
-    if failed:
-        raise ParityError(f"parity gates failed for {', '.join(failed)}")
+    print_gates(results, out)
+    if failed := failed_gates(results):
+        raise ParityError(f"parity gates failed: {'; '.join(failed)}")
+
+
+ProfileTargets = Annotated[list[Path], typer.Argument(metavar="TARGET", help="Run directories, .onnx files, TensorRT .engine files or checkpoints (.pt).", show_default=False)]
+TargetPreset = Annotated[Optional[str], typer.Option("--target", help="Hardware preset: cpu-1t (one thread, like a small ARM core), cpu-4t, gpu.")]
+Threads = Annotated[Optional[str], typer.Option("--threads", help="CPU thread counts to sweep, e.g. 1,2 (0 = all cores; default 1,2,4,all, capped at the core count).")]
+Batches = Annotated[Optional[str], typer.Option("--batch", help="Batch sizes to sweep (default 1,8,32,128).")]
+Backends = Annotated[Optional[str], typer.Option("--backend", help="Backends by name (default: by --target/--device): torch-cpu, torch-cpu-cl, torch-cpu-compile, torch-cuda, torch-cuda-fp16, torch-cuda-fp16-cl, torch-cuda-compile, torch-cuda-graphs, ort-cpu, ort-cuda, ort-trt, tensorrt.")]
+InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Per-sample input shape for files that do not fix it, e.g. 1,28,28.")]
+Warmup = Annotated[Optional[float], typer.Option("--warmup", help="Warm-up seconds per model and cell (default 0.2).")]
+MinTime = Annotated[Optional[float], typer.Option("--min-time", help="Minimum timed seconds per model and cell (default 0.5).")]
+MinIters = Annotated[Optional[int], typer.Option("--min-iters", help="Minimum timed calls per model and cell (default 20).")]
+ProfileOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write profile.json, latency.csv and plots here (a lone run directory is updated in place).")]
 
 
 @app.command()
 @guarded
-def profile(run_dir: RunDirArg, quiet: Quiet = False):
-    """Stage 5: latency and throughput of teacher and student, interleaved in one run."""
-    from distill_export.pipeline import stage_profile
+def profile(
+    targets: ProfileTargets, target: TargetPreset = None, threads: Threads = None, batch: Batches = None,
+    backend: Backends = None, device: Device = None, input_shape: InputShape = None, warmup: Warmup = None,
+    min_time: MinTime = None, min_iters: MinIters = None, out_dir: ProfileOut = None, quiet: Quiet = False,
+):
+    """Stage 5: latency and throughput of teacher and student on a hardware target, interleaved in one run."""
+    from distill_export.profiling.command import profile_command
     from distill_export.report import print_latency
 
-    rd, cfg = _existing(run_dir)
-    stage_profile(cfg, rd, quiet)
-    print_latency(rd.load_report(), out)
+    result, written = profile_command(
+        targets, preset=target, threads=threads, batches=batch, backends=backend, device=device,
+        input_shape=input_shape, warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, out=out_dir,
+        progress=None if quiet else err.log,
+    )
+    print_latency({"latency": result.rows, "speedups": result.speedups, "profile": result.meta}, out)
+    if written:
+        out.print("written: " + ", ".join(str(p) for p in written), highlight=False)
 
 
 @app.command()

@@ -23,7 +23,7 @@ class DataConfig:
     student_modality: str = "image"
     label_fraction: float = 1.0  # fraction of training rows that keep their label
     pca_variance: float = 0.25  # demo: image variance kept by PCA (lower = harder)
-    audio_snr_db: float = 0.0  # demo: noise mixed into the audio
+    audio_snr_db: float = -10.0  # demo: noise mixed into the audio
     skip_bad_rows: bool = False
     # Manifests (data/manifest.py): image side in pixels (0 = the first image's size),
     # image_mode auto|grayscale|rgb, text_encoder hashed|wordllama (optional package),
@@ -44,7 +44,7 @@ class TeacherConfig:
     lr: float = 3e-3
     batch_size: int = 64
     width: int = 16
-    modality_dropout: float = 0.3  # zero one modality per sample while training
+    modality_dropout: float = 0.5  # zero one modality per sample while training
 
 
 @dataclass
@@ -239,6 +239,10 @@ def validate_config(config: RunConfig) -> None:
         raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {config.device!r}")
+    from distill_export.export.base import ExportOptions, parse_formats
+
+    parse_formats(config.export.formats)  # an unknown format fails now, not after training
+    ExportOptions.from_config(config.export)  # calibration method and sample count
     for name in ("epochs",):
         for section in (config.teacher, config.distill):
             if getattr(section, name) < 1:

@@ -1,6 +1,6 @@
 """Stage 2: distill the single-modality student, and train the labels-only baseline.
 
-Both start from the same initial weights and get the same epochs, so ``kd_gain``
+Both start from the same initial weights and get the same number of optimiser steps, so ``kd_gain``
 (student accuracy − baseline accuracy) measures what the teacher added.
 The baseline learns from labeled rows only; the student distills on every training
 row, with the CE term only where a label exists (kd_loss's ignore_index).
@@ -8,6 +8,7 @@ row, with the CE term only where a label exists (kd_loss's ignore_index).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -83,8 +84,8 @@ def _val_accuracy_fn(model: SplitNet, data: Dataset, modality: str, device):
     return val_accuracy
 
 
-def train_baseline(config, data: Dataset, device, quiet: bool = False) -> tuple[SplitNet, dict]:
-    """Labels only, labeled rows only."""
+def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=None) -> tuple[SplitNet, dict]:
+    """Labels only, labeled rows only (with the student's augmentation, if any)."""
     modality = config.data.student_modality
     model = new_student(config, data).to(device)
     labeled = data.train.labeled.nonzero().squeeze(1)
@@ -93,9 +94,10 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False) -> tuple[
 
     def batch_loss(rows):
         rows = rows.to(device)
-        return F.cross_entropy(model(x[rows]), y[rows])
+        xb = x[rows] if augment is None else augment(x[rows])
+        return F.cross_entropy(model(xb), y[rows])
 
-    spec = _spec(config)
+    spec = dataclasses.replace(_spec(config), rows_per_epoch=len(data.train))  # same steps as the student
     result = train_loop(
         [model], batch_loss, len(y), _val_accuracy_fn(model, data, modality, device), spec,
         "baseline", quiet,
@@ -104,38 +106,54 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False) -> tuple[
 
 
 def train_student(
-    config, data: Dataset, teacher_logits: torch.Tensor, teacher_feats: torch.Tensor, device,
-    quiet: bool = False,
+    config, data: Dataset, teacher_logits: torch.Tensor | None, teacher_feats: torch.Tensor, device,
+    quiet: bool = False, online_teacher=None, augment=None,
 ) -> tuple[SplitNet, dict]:
     """KD on every training row: soft targets from the teacher, CE where a label exists.
 
-    teacher_logits: (N_train, C) and teacher_feats: (N_train, D), computed once.
+    teacher_logits: (N_train, C) and teacher_feats: (N_train, D), computed once (the cache).
+    With `augment` (a batch transform) the teacher must see each augmented batch:
+    online_teacher(rows, x_batch) -> (feats, logits) replaces teacher_logits (None), and
+    teacher_feats then only supplies feature standardisation statistics.
     """
     cfg = config.distill
     modality = config.data.student_modality
     model = new_student(config, data).to(device)
     x = data.train.inputs[modality].to(device)
     y = data.train.labels.to(device)
-    t_logits = teacher_logits.to(device)
+    t_logits = teacher_logits.to(device) if teacher_logits is not None else None
     modules: list[nn.Module] = [model]
     projector = None
+    if cfg.beta > 0 and (teacher_feats.shape[1] == 0 or not model.feature_dim):
+        from distill_export.errors import ConfigError
+
+        who = "teacher" if teacher_feats.shape[1] == 0 else "student"
+        raise ConfigError(f"feature distillation (distill.beta={cfg.beta}) needs features and the {who} "
+                          "returns logits only: set --beta 0")
     if cfg.beta > 0:
         # Feature distillation: match a learned projection of the student's penultimate
         # features to the teacher's fused features, standardised so β is scale-free.
         mean, std = teacher_feats.mean(0), teacher_feats.std(0).clamp(min=1e-6)
         t_feats = ((teacher_feats - mean) / std).to(device)
+        mean, std = mean.to(device), std.to(device)
         projector = nn.Linear(model.feature_dim, t_feats.shape[1]).to(device)
         modules.append(projector)
 
     def batch_loss(rows):
         rows = rows.to(device)
-        feats, logits = model.forward_features(x[rows])
+        xb = x[rows] if augment is None else augment(x[rows])
+        if online_teacher is not None:
+            tf, tl = online_teacher(rows, xb)
+            tf = (tf - mean) / std if projector is not None else None
+        else:
+            tl, tf = t_logits[rows], (t_feats[rows] if projector is not None else None)
+        feats, logits = model.forward_features(xb)
         loss = kd_loss(
-            logits, t_logits[rows], y[rows], temperature=cfg.temperature, alpha=cfg.alpha,
+            logits, tl, y[rows], temperature=cfg.temperature, alpha=cfg.alpha,
             ignore_index=IGNORE_INDEX, impl=cfg.kd_impl, check_label_range=False,
         )
         if projector is not None:
-            loss = loss + cfg.beta * F.mse_loss(projector(feats), t_feats[rows])
+            loss = loss + cfg.beta * F.mse_loss(projector(feats), tf)
         return loss
 
     result = train_loop(

@@ -122,15 +122,16 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
 
 def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.distill import load_student
-    from distill_export.export import ExportOptions, ExportSource, export_formats
+    from distill_export.export import ExportOptions, ExportSource, check_formats, export_formats
     from distill_export.files import sha256_file
     from distill_export.train import predict
     from distill_export.validate import PARITY_FILE, save_parity_data
 
+    check_formats(config.export.formats)  # e.g. TensorRT without a GPU: fail before any work
+    student_path = run.require("student.pt", "distill")
+    student, meta = load_student(student_path)  # a missing or corrupt checkpoint fails before the data loads
     if data is None:
         data, device = _setup(config)
-    student_path = run.require("student.pt", "distill")
-    student, meta = load_student(student_path)
     modality = config.data.student_modality
     with _timed(run, "export"):
         # Reference logits of the PyTorch student on the test split, on CPU in fp32:
@@ -175,14 +176,13 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
 
 
 def stage_profile(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> list[dict]:
-    from distill_export.profile_run import benches_for_run
-    from distill_export.profile import profile, speedups
+    from distill_export.profiling import make_settings, profile_targets
 
-    benches = benches_for_run(config, run)
+    settings = make_settings(config.profile, device=config.device)
     with _timed(run, "profile"):
-        rows = profile(benches, config.profile, None if quiet else console.log)
-    run.update_report(latency=rows, speedups=speedups(rows))
-    return rows
+        result = profile_targets([run.path], settings, None if quiet else console.log)
+    run.update_report(latency=result.rows, speedups=result.speedups, profile=result.meta)
+    return result.rows
 
 
 def stage_report(run: RunDir) -> None:
@@ -193,6 +193,9 @@ def stage_report(run: RunDir) -> None:
 
 def run_all(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     """Every stage in order; raises ParityError (exit 1) after the report if a gate failed."""
+    from distill_export.export import check_formats
+
+    check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it: fail before training
     run.save_config(config)
     start = time.perf_counter()
     with _timed(run, "data"):

@@ -38,20 +38,62 @@ def parity_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def _opt(v) -> str:
+    return "-" if v is None else str(v)
+
+
 def latency_table(report: dict) -> list[list[str]]:
-    rows = []
+    """Measured rows, then one line per skipped model/backend with its reason."""
+    rows, skipped = [], []
     for r in report.get("latency", []):
         if "skipped" in r:
-            rows.append([r["model"], r["format"], r["backend"], str(r["batch"]), str(r["threads"]), "skipped: " + r["skipped"], "", "", ""])
+            skipped.append([r["model"], r["format"], r["backend"], _opt(r.get("batch")), _opt(r.get("threads")),
+                            "skipped: " + r["skipped"], "", "", "", "", ""])
             continue
         rows.append([
             r["model"], r["format"], r["backend"], str(r["batch"]), str(r["threads"]),
-            f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['throughput']:.0f}",
+            f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+            f"{r['p99_ms']:.3f}", f"{r['cpu_p50_ms']:.3f}" if "cpu_p50_ms" in r else "-", f"{r['throughput']:.0f}",
         ])
+    return rows + skipped
+
+
+LATENCY_HEADER = ["model", "format", "backend", "batch", "threads", "mean ± std ms", "p50 ms", "p90 ms", "p99 ms",
+                  "CPU ms/call p50", "samples/s"]
+SPEEDUP_HEADER = ["model", "format", "backend", "batch", "threads", "speedup (p50)", "speedup (CPU time)", "vs"]
+
+
+def _speedup(s: dict) -> float:
+    return s.get("speedup", s.get("speedup_vs_teacher"))  # older reports used the longer key
+
+
+def speedup_table(report: dict, batch: int | None = None) -> list[list[str]]:
+    rows = []
+    for s in report.get("speedups", []):
+        if batch is None or s["batch"] == batch:
+            rows.append([s["model"], s["format"], s["backend"], str(s["batch"]), str(s["threads"]),
+                         f"×{_speedup(s):.2f}", f"×{s['cpu_speedup']:.2f}" if "cpu_speedup" in s else "-",
+                         s.get("reference", "teacher")])
     return rows
 
 
-LATENCY_HEADER = ["model", "format", "backend", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "samples/s"]
+def profile_context(report: dict) -> str:
+    """One line: where and how the latency rows were measured."""
+    meta = report.get("profile") or {}
+    if not meta:
+        return ""
+    m, v, st = meta.get("machine", {}), meta.get("versions", {}), meta.get("settings", {})
+    parts = [f"{m.get('cpu', '?')} ({m.get('usable_cores', m.get('cores', '?'))} cores"
+             + (f", load {m['load_average_1m']}" if "load_average_1m" in m else "") + ")"]
+    parts.append(", ".join(f"{k} {v[k]}" for k in ("python", "torch", "onnxruntime", "tensorrt") if k in v))
+    if st:
+        parts.append(f"warm-up {st.get('warmup_s')} s, then at least {st.get('min_iters')} calls and "
+                     f"{st.get('min_time_s')} s per model and cell, interleaved; latency is wall time per call, "
+                     "'CPU ms/call' (one thread) the calling thread's CPU time, which other processes cannot inflate")
+    if meta.get("peak_rss_mb") is not None:
+        parts.append(f"peak RSS {meta['peak_rss_mb']:.0f} MiB")
+    parts += meta.get("notes", [])
+    return "; ".join(p for p in parts if p) + "."
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -74,59 +116,101 @@ def kd_verdict(report: dict) -> str:
     return f"Distillation made no measurable difference ({100 * gain:+.1f} points vs the baseline, {setting})."
 
 
-def plot_latency(report: dict, out: Path) -> Path | None:
-    import matplotlib
-
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None where matplotlib is not installed
+    (the runtime-only install): reports then say the plots were skipped."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+PLOTS_SKIPPED = "plots skipped: matplotlib is not installed (pip install matplotlib)"
+
+
+def _series_label(r: dict) -> str:
+    return f"{r['model']} ({r['format']}, {r['backend']})"
+
+
+def plot_latency(report: dict, out: Path) -> Path | None:
+    """p50 latency (with p90 whiskers) and throughput against batch, one column per thread count."""
+    plt = _pyplot()
     rows = [r for r in report.get("latency", []) if "p50_ms" in r]
-    if not rows:
+    if plt is None or not rows:
         return None
     threads = sorted({r["threads"] for r in rows})
-    fig, axes = plt.subplots(1, len(threads), figsize=(5 * len(threads), 3.8), squeeze=False)
-    for ax, t in zip(axes[0], threads):
-        series: dict[str, list] = {}
-        for r in rows:
-            if r["threads"] == t:
-                series.setdefault(f"{r['model']} ({r['format']}, {r['backend']})", []).append((r["batch"], r["p50_ms"]))
-        for label, pts in sorted(series.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="p50 latency (ms)", title=f"{t} thread(s)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(2, len(threads), figsize=(5.2 * len(threads), 7.2), squeeze=False, sharex=True)
+    labels = sorted({_series_label(r) for r in rows})
+    colors = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}
+    for col, t in enumerate(threads):
+        lat_ax, thr_ax = axes[0][col], axes[1][col]
+        for label in labels:
+            pts = sorted((r["batch"], r["p50_ms"], r["p90_ms"], r["throughput"]) for r in rows
+                         if r["threads"] == t and _series_label(r) == label)
+            if not pts:
+                continue
+            b, p50, p90, thr = (list(v) for v in zip(*pts, strict=True))
+            up = [hi - lo for lo, hi in zip(p50, p90, strict=True)]
+            lat_ax.errorbar(b, p50, yerr=[[0] * len(b), up], marker="o",
+                            capsize=2, label=label, color=colors[label])
+            thr_ax.plot(b, thr, marker="o", label=label, color=colors[label])
+        lat_ax.set(xscale="log", yscale="log", ylabel="latency per call, p50 (ms; bar to p90)",
+                   title=f"{t} CPU thread(s)")
+        thr_ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="throughput (samples/s)")
+        for ax in (lat_ax, thr_ax):
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("latency and throughput vs batch (same run, models interleaved)")
     fig.tight_layout()
     return _save(fig, out / "latency_vs_batch.png")
 
 
-def plot_tradeoff(report: dict, out: Path) -> Path | None:
-    """Accuracy vs p50 latency at batch 1 on one thread: teacher, student, each export."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lat = {(r["model"], r["format"]): r["p50_ms"] for r in report.get("latency", [])
-           if "p50_ms" in r and r["batch"] == 1 and r["threads"] == min(x["threads"] for x in report["latency"])}
-    points = []
+def tradeoff_points(report: dict) -> list[tuple[str, float, float]]:
+    """(label, p50 ms at batch 1 on the fewest CPU threads measured, test accuracy) for the
+    teacher, the student and each export, on every backend each was measured on."""
+    lat = [r for r in report.get("latency", []) if "p50_ms" in r and r["batch"] == 1]
+    if not lat:
+        return []
+    fewest = min(r["threads"] for r in lat)
     metrics = report.get("metrics", {})
-    if ("teacher", "pytorch") in lat and "teacher" in metrics:
-        points.append(("teacher (pytorch)", lat[("teacher", "pytorch")], metrics["teacher"]["accuracy"]))
-    if ("student", "pytorch") in lat and "student" in metrics:
-        points.append(("student (pytorch)", lat[("student", "pytorch")], metrics["student"]["accuracy"]))
-    for fmt, art in report.get("exports", {}).items():
-        if ("student", fmt) in lat and art.get("parity"):
-            points.append((f"student ({fmt})", lat[("student", fmt)], art["parity"]["accuracy"]))
-    if not points:
+    exports = report.get("exports", {})
+    points = []
+    for r in lat:
+        if r["threads"] != fewest and r.get("device", "cpu") == "cpu":
+            continue
+        if r["format"] == "pytorch" and r["model"] in metrics:
+            acc = metrics[r["model"]]["accuracy"]
+        elif r["model"] == "student" and (exports.get(r["format"]) or {}).get("parity"):
+            acc = exports[r["format"]]["parity"]["accuracy"]
+        else:
+            continue
+        points.append((f"{r['model']} ({r['format']}, {r['backend']})", r["p50_ms"], acc))
+    return points
+
+
+def plot_tradeoff(report: dict, out: Path) -> Path | None:
+    """Accuracy vs p50 latency at batch 1: teacher, student, each export format."""
+    plt = _pyplot()
+    points = tradeoff_points(report)
+    if plt is None or not points:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for label, x, y in points:
-        ax.scatter(x, 100 * y, s=40)
-        ax.annotate(label, (x, 100 * y), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set(xscale="log", xlabel="p50 latency, batch 1, 1 thread (ms)", ylabel="test accuracy (%)",
-           title="accuracy vs latency")
-    ax.grid(True, alpha=0.3)
+    fewest = min(r["threads"] for r in report["latency"] if "p50_ms" in r and r["batch"] == 1)
+    from matplotlib.ticker import NullFormatter
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    for i, (label, x, y) in enumerate(points):
+        ax.scatter(x, 100 * y, s=55, color=plt.get_cmap("tab10")(i % 10), marker="os^DvP*X"[i % 8], label=label)
+    xs = [x for _, x, _ in points]
+    ax.set(xscale="log", xlim=(min(xs) / 1.8, max(xs) * 1.8),
+           xlabel=f"p50 latency, batch 1, {fewest} CPU thread(s) (ms, log scale)", ylabel="test accuracy (%)",
+           title="accuracy vs latency (up and left is better)")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _save(fig, out / "accuracy_vs_latency.png")
 
@@ -140,7 +224,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def render_markdown(report: dict, plots: list[Path]) -> str:
+def make_plots(report: dict, out: Path) -> tuple[list[Path], str]:
+    """The plots this report has data for, and a note when none could be drawn."""
+    if _pyplot() is None:
+        return [], PLOTS_SKIPPED
+    plots = [p for p in (plot_latency(report, out), plot_tradeoff(report, out)) if p]
+    return plots, ""
+
+
+def render_markdown(report: dict, plots: list[Path], note: str = "") -> str:
     ds = report.get("dataset", {})
     parts = ["# distill-export report", ""]
     if ds:
@@ -159,13 +251,15 @@ def render_markdown(report: dict, plots: list[Path]) -> str:
         parts += ["## Exports and parity (vs the PyTorch student)", "",
                   _md_table(["format", "precision", "size", "max abs diff", "top-1 agreement", "accuracy", "gates"], parity_rows(report)), ""]
     if report.get("latency"):
-        parts += ["## Latency", "", _md_table(LATENCY_HEADER, latency_table(report)), ""]
-        sp = [s for s in report.get("speedups", []) if s["batch"] == 1]
-        if sp:
-            parts += ["Student speedup over the teacher (p50, same run): "
-                      + "; ".join(f"{s['format']} b{s['batch']}/{s['threads']}t ×{s['speedup_vs_teacher']:.1f}" for s in sp), ""]
+        parts += ["## Latency", "", profile_context(report), "", _md_table(LATENCY_HEADER, latency_table(report)), "",
+                  "All rows: [latency.csv](latency.csv). Page with tables and plots: [report.html](report.html).", ""]
+        if speedup_table(report, batch=1):
+            parts += ["Speedups at batch 1 (p50 of the reference / p50 of the model, same run and cell):", "",
+                      _md_table(SPEEDUP_HEADER, speedup_table(report, batch=1)), ""]
     for p in plots:
-        parts += [f"![{p.stem}](plots/{p.name})", ""]
+        parts += [f"[![{p.stem}](plots/{p.name})](plots/{p.name})", ""]
+    if note:
+        parts += [f"_{note}_", ""]
     if report.get("timings"):
         parts += ["## Timings (s)", "", ", ".join(f"{k}: {v:.1f}" for k, v in report["timings"].items()), ""]
     return "\n".join(parts)
@@ -177,20 +271,48 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(report: dict, plots: list[Path]) -> str:
+def render_html(report: dict, plots: list[Path], note: str = "") -> str:
     """Self-contained page: no scripts, no fonts, no network fetches; plots by relative path."""
+    esc = html.escape
+    ds = report.get("dataset", {})
     sections = ["<h1>distill-export report</h1>"]
-    sections += ["<h2>Accuracy (test split)</h2>", _html_table(["model", "accuracy", "macro F1", "macro precision", "macro recall"], accuracy_rows(report))]
+    if ds:
+        sections.append(f"<p>Dataset <b>{esc(str(ds.get('name')))}</b>: {esc(str(ds.get('sizes')))}, "
+                        f"{esc(str(ds.get('labeled_train_rows')))} labeled training rows.</p>")
+    if accuracy_rows(report):
+        sections += ["<h2>Accuracy (test split)</h2>",
+                     _html_table(["model", "accuracy", "macro F1", "macro precision", "macro recall"], accuracy_rows(report))]
     if "kd_gain" in report:
-        sections.append(f"<p><b>kd_gain</b> = {100 * report['kd_gain']:+.2f} points. {html.escape(kd_verdict(report))}</p>")
+        sections.append(f"<p><b>kd_gain</b> = {100 * report['kd_gain']:+.2f} points. {esc(kd_verdict(report))}</p>")
+    probe = report.get("teacher", {}).get("modality_probe")
+    if probe:
+        sections.append("<p>Teacher accuracy with one modality zeroed (the modality gap): "
+                        + esc(", ".join(f"{k}: {_pct(v)}" for k, v in probe.items())) + "</p>")
     if parity_rows(report):
-        sections += ["<h2>Exports and parity</h2>", _html_table(["format", "precision", "size", "max abs diff", "top-1 agreement", "accuracy", "gates"], parity_rows(report))]
-    if report.get("latency"):
-        sections += ["<h2>Latency</h2>", _html_table(LATENCY_HEADER, latency_table(report))]
+        header = ["format", "precision", "size", "max abs diff", "top-1 agreement", "accuracy", "gates"]
+        sections += ["<h2>Exports and parity (vs the PyTorch student)</h2>", _html_table(header, parity_rows(report))]
+    if plots or note:
+        sections.append("<h2>Plots</h2>")
     for p in plots:
-        sections.append(f'<p><img src="plots/{html.escape(p.name)}" alt="{html.escape(p.stem)}"></p>')
-    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>distill-export report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>\n"
+        sections.append(f'<figure><a href="plots/{esc(p.name)}"><img src="plots/{esc(p.name)}" alt="{esc(p.stem)}"></a>'
+                        f"<figcaption>{esc(p.stem.replace('_', ' '))}</figcaption></figure>")
+    if note:
+        sections.append(f"<p><i>{esc(note)}</i></p>")
+    if report.get("latency"):
+        sections += ["<h2>Latency</h2>", f"<p>{esc(profile_context(report))}</p>"]
+        if speedup_table(report):
+            sections += ["<h3>Speedups (p50 of the reference / p50 of the model, same run and cell)</h3>",
+                         _html_table(SPEEDUP_HEADER, speedup_table(report))]
+        sections += ["<h3>All rows</h3>", _html_table(LATENCY_HEADER, latency_table(report)),
+                     '<p>As CSV: <a href="latency.csv">latency.csv</a>.</p>']
+    if report.get("timings"):
+        sections += ["<h2>Timings (s)</h2>",
+                     f"<p>{esc(', '.join(f'{k}: {v:.1f}' for k, v in report['timings'].items()))}</p>"]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+             "th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}figcaption{font-size:12px;color:#555}")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>distill-export report</title>"
+            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
 
 
 def write_latency_csv(report: dict, path: Path) -> None:
@@ -210,11 +332,23 @@ def write_latency_csv(report: dict, path: Path) -> None:
 
 def write_reports(run: RunDir) -> None:
     report = run.load_report()
-    plots_dir = run.file("plots")
-    plots = [p for p in (plot_latency(report, plots_dir), plot_tradeoff(report, plots_dir)) if p]
+    plots, note = make_plots(report, run.file("plots"))
     write_latency_csv(report, run.file("latency.csv"))
-    write_text(run.file("report.md"), render_markdown(report, plots))
-    write_text(run.file("report.html"), render_html(report, plots))
+    write_text(run.file("report.md"), render_markdown(report, plots, note))
+    write_text(run.file("report.html"), render_html(report, plots, note))
+
+
+def write_profile_outputs(out: Path, rows: list[dict], speedups: list[dict], meta: dict) -> list[Path]:
+    """`profile --out DIR` on files: profile.json, latency.csv, a latency plot and profile.html."""
+    from distill_export.files import write_json
+
+    report = {"latency": rows, "speedups": speedups, "profile": meta}
+    write_json(out / "profile.json", report)
+    write_latency_csv(report, out / "latency.csv")
+    plot = plot_latency(report, out / "plots")
+    note = PLOTS_SKIPPED if _pyplot() is None else ""
+    write_text(out / "profile.html", render_html(report, [plot] if plot else [], note))
+    return [out / "profile.json", out / "latency.csv", out / "profile.html"] + ([plot] if plot else [])
 
 
 # ----- terminal summaries -----------------------------------------------------------------
@@ -239,34 +373,58 @@ def print_parity(report: dict, console) -> None:
 
 
 def print_latency(report: dict, console) -> None:
-    rows = latency_table(report)
+    """Measured rows as a table (report.md/html add mean ± std), skipped ones as lines."""
+    lat = report.get("latency", [])
+    rows = [[r["model"], r["format"], r["backend"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.3f}",
+             f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['throughput']:.0f}"] for r in lat if "p50_ms" in r]
     if rows:
-        console.print(_rich_table("Latency", LATENCY_HEADER, rows))
+        header = ["model", "format", "backend", "batch", "thr", "p50 ms", "p90 ms", "p99 ms", "samples/s"]
+        console.print(_rich_table("Latency", header, rows))
+    for r in lat:
+        if "skipped" in r:
+            where = f" at batch {r['batch']}, {r['threads']} thread(s)" if r.get("batch") is not None else ""
+            console.print(f"skipped {r['model']} ({r['format']}) on {r['backend']}{where}: {r['skipped']}", highlight=False)
+    if speedup_table(report, batch=1):
+        console.print(_rich_table("Speedups at batch 1 (p50, same run)", SPEEDUP_HEADER, speedup_table(report, batch=1)))
+    if profile_context(report):
+        console.print(profile_context(report), highlight=False)
+
+
+def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Accuracy, parity and p50 at batch 1 per model/format/backend; speedup on the fewest threads."""
+    lat: dict[tuple, dict[int, float]] = {}
+    for r in report.get("latency", []):
+        if "p50_ms" in r and r["batch"] == 1:
+            lat.setdefault((r["model"], r["format"]), {}).setdefault(r["backend"], {})[r["threads"]] = r["p50_ms"]
+    threads = sorted({t for by_backend in lat.values() for v in by_backend.values() for t in v})
+    speed = {(s["model"], s["format"], s["backend"]): _speedup(s) for s in report.get("speedups", [])
+             if s["batch"] == 1 and threads and s["threads"] == threads[0]}
+    metrics = report.get("metrics", {})
+    exports = report.get("exports", {})
+    entries = [(m, "pytorch", _pct(metrics[m]["accuracy"]), "-") for m in ("teacher", "baseline", "student") if m in metrics]
+    for fmt, art in exports.items():
+        p = art.get("parity") or {}
+        entries.append(("student", fmt, _pct(p.get("accuracy")) if p else "-",
+                        ("PASS" if p.get("passed") else "FAIL") if p else "-"))
+    listed = {(m, f) for m, f, _, _ in entries}
+    entries += [(m, f, "-", "-") for (m, f) in lat if (m, f) not in listed]  # profiled files without metrics
+    rows = []
+    for model, fmt, acc, parity in entries:
+        for backend, p50 in (lat.get((model, fmt)) or {"-": {}}).items():
+            sp = speed.get((model, fmt, backend))
+            rows.append([model, fmt, backend, acc, parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads],
+                         f"×{sp:.1f}" if sp else "-"])
+    header = ["model", "format", "backend", "accuracy", "parity", *[f"p50 ms b1 {t}t" for t in threads],
+              f"speedup b1 {threads[0]}t" if threads else "speedup"]
+    return header, rows
 
 
 def print_summary(report: dict, console) -> None:
     """After `run`: accuracy, parity and p50 latency per model/format, and the speedups."""
-    lat = {}
-    for r in report.get("latency", []):
-        if "p50_ms" in r and r["batch"] == 1:
-            lat.setdefault((r["model"], r["format"]), {})[r["threads"]] = r["p50_ms"]
-    threads = sorted({t for v in lat.values() for t in v})
-    rows = []
-    metrics = report.get("metrics", {})
-    for name in ("teacher", "baseline", "student"):
-        if name in metrics:
-            p50 = lat.get((name, "pytorch"), {})
-            rows.append([name, "pytorch", _pct(metrics[name]["accuracy"]), "-", *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads]])
-    for fmt, art in report.get("exports", {}).items():
-        p = art.get("parity", {})
-        p50 = lat.get(("student", fmt), {})
-        parity = ("PASS" if p.get("passed") else "FAIL") if p else "-"
-        rows.append(["student", fmt, _pct(p.get("accuracy")) if p else "-", parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads]])
-    header = ["model", "format", "accuracy", "parity", *[f"p50 ms b1/{t}t" for t in threads]]
-    console.print(_rich_table("Summary (test split)", header, rows))
+    header, rows = summary_rows(report)
+    console.print(_rich_table("Summary (test split; latency at batch 1, same run)", header, rows))
     if "kd_gain" in report:
         console.print(f"kd_gain: {100 * report['kd_gain']:+.2f} points. {kd_verdict(report)}")
-    sp = [s for s in report.get("speedups", []) if s["batch"] == 1]
-    if sp:
-        console.print("student speedup over teacher (p50, batch 1): " + ", ".join(
-            f"{s['format']}@{s['threads']}t ×{s['speedup_vs_teacher']:.1f}" for s in sp))
+    for r in report.get("latency", []):
+        if "skipped" in r and r.get("batch") is None:
+            console.print(f"not profiled: {r['model']} ({r['format']}) on {r['backend']}: {r['skipped']}", highlight=False)

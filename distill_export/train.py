@@ -23,6 +23,11 @@ class TrainSpec:
     batch_size: int
     weight_decay: float = 1e-4
     seed: int = 0
+    # Rows drawn per epoch. Models that train on the labeled subset only (teacher,
+    # baseline) set it to the full training-set size, so every model gets the same
+    # number of optimiser steps: with 10% of the labels, a labels-only baseline would
+    # otherwise get a tenth of the student's updates and look worse than it is.
+    rows_per_epoch: int | None = None
 
 
 @dataclass
@@ -44,7 +49,8 @@ def train_loop(
     modules = list(modules)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    steps_per_epoch = max(1, -(-n_rows // spec.batch_size))
+    per_epoch = spec.rows_per_epoch or n_rows
+    steps_per_epoch = max(1, -(-per_epoch // spec.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.15
     )
@@ -61,9 +67,10 @@ def train_loop(
         for epoch in range(spec.epochs):
             for m in modules:
                 m.train()
-            order = torch.randperm(n_rows, generator=gen)
+            passes = -(-per_epoch // n_rows)
+            order = torch.cat([torch.randperm(n_rows, generator=gen) for _ in range(passes)])[:per_epoch]
             total, count = 0.0, 0
-            for start in range(0, n_rows, spec.batch_size):
+            for start in range(0, per_epoch, spec.batch_size):
                 rows = order[start : start + spec.batch_size]
                 loss = batch_loss(rows)
                 opt.zero_grad(set_to_none=True)

@@ -81,7 +81,7 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False) 
         _, logits = predict(teacher.forward_features, val_x, len(data.val))
         return float((logits.argmax(1).numpy() == val_y).mean())
 
-    spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed)
+    spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train))
     result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, "teacher ", quiet)
     save_checkpoint(
         out_path, teacher, kind="teacher", arch="fusion_teacher", arch_kwargs=kwargs,

@@ -7,6 +7,7 @@ check its own runtime against the model that was trained.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from distill_export.errors import ConfigError, DataError
 from distill_export.metrics import classification_metrics
 
 PARITY_FILE = "parity_data.npz"
+GATE_NAMES = {  # ValidateConfig field -> (precision, metric, kind)
+    "fp32_max_abs": ("fp32", "max_abs_diff", "max"),
+    "fp32_agreement": ("fp32", "top1_agreement", "min"),
+    "fp16_agreement": ("fp16", "top1_agreement", "min"),
+    "int8_agreement": ("int8", "top1_agreement", "min"),
+    "int8_max_accuracy_drop": ("int8", "accuracy_drop", "max"),
+}
 
 
 @dataclass
@@ -34,33 +42,55 @@ class Gate:
 
 
 def gates_for(precision: str, cfg) -> list[tuple[str, str, float]]:
-    """(metric, kind, limit) per precision; limits come from ValidateConfig."""
-    if precision == "fp32":
-        return [("max_abs_diff", "max", cfg.fp32_max_abs), ("top1_agreement", "min", cfg.fp32_agreement)]
-    if precision == "fp16":
-        return [("top1_agreement", "min", cfg.fp16_agreement)]
-    if precision == "int8":
-        return [
-            ("top1_agreement", "min", cfg.int8_agreement),
-            ("accuracy_drop", "max", cfg.int8_max_accuracy_drop),
-        ]
-    raise ConfigError(f"no parity gates for precision {precision!r}")
+    """(metric, kind, limit) per precision; limits come from ValidateConfig (see GATE_NAMES)."""
+    gates = [(metric, kind, float(getattr(cfg, key)))
+             for key, (prec, metric, kind) in GATE_NAMES.items() if prec == precision]
+    if not gates:
+        raise ConfigError(f"no parity gates for precision {precision!r}")
+    return gates
 
 
-def save_parity_data(path: str | Path, x: np.ndarray, labels: np.ndarray, reference_logits: np.ndarray) -> None:
+def parse_gate_flags(flags: list[str] | None) -> dict[str, float]:
+    """`--gate fp32_max_abs=1e-5` -> {"validate.fp32_max_abs": 1e-5}; unknown names fail."""
+    import difflib
+
+    out = {}
+    for flag in flags or []:
+        key, sep, value = flag.partition("=")
+        key = key.strip()
+        if not sep or key not in GATE_NAMES:
+            close = difflib.get_close_matches(key, list(GATE_NAMES), n=1)
+            hint = f"did you mean {close[0]}?" if close else f"gates: {', '.join(GATE_NAMES)}"
+            raise ConfigError(f"--gate expects NAME=VALUE, got {flag!r} ({hint})")
+        try:
+            out[f"validate.{key}"] = float(value)
+        except ValueError:
+            raise ConfigError(f"--gate {key}: expected a number, got {value!r}") from None
+    return out
+
+
+def save_parity_data(path: str | Path, x: np.ndarray, labels: np.ndarray, reference_logits: np.ndarray,
+                     checkpoint_sha256: str = "") -> None:
+    """Test inputs, labels and the PyTorch student's logits (and which student.pt made them)."""
     from distill_export.files import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, x=x.astype(np.float32), labels=labels, logits=reference_logits.astype(np.float32))
+            np.savez(f, x=x.astype(np.float32), labels=labels, logits=reference_logits.astype(np.float32),
+                     checkpoint_sha256=np.array(checkpoint_sha256))
 
 
 def load_parity_data(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} is missing; run `distill-export export` first")
-    with np.load(path) as f:
-        return {k: f[k] for k in ("x", "labels", "logits")}
+    try:
+        with np.load(path) as f:
+            data = {k: f[k] for k in ("x", "labels", "logits")}
+            data["checkpoint_sha256"] = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
+    return data
 
 
 def compare(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -82,16 +112,56 @@ def compare(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, nu
     }
 
 
-def make_runner(artifact: dict, threads: int = 0):
-    """(x, batch_size) -> logits for one artifact from report.json's exports."""
+def _artifact_facts(artifact: dict, session=None) -> dict:
+    """Metadata an artifact carries about itself: ONNX metadata_props or the engine's stamp."""
+    if session is not None:
+        from distill_export.runtimes import onnx_metadata
+
+        return onnx_metadata(session)
+    stamp = Path(f"{artifact['path']}.json")
+    try:
+        return json.loads(stamp.read_text()) if stamp.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_source(artifact: dict, facts: dict, checkpoint_sha256: str) -> None:
+    """An artifact left from an earlier export of another student.pt would be judged against
+    the wrong reference logits: say so instead of failing its gates for no visible reason."""
+    made_from = facts.get("source_checkpoint_sha256")
+    if checkpoint_sha256 and made_from and made_from != checkpoint_sha256:
+        raise DataError(
+            f"{artifact['path']} was exported from another student.pt (sha256 {made_from[:12]}…) than the "
+            f"parity data ({checkpoint_sha256[:12]}…); re-run `distill-export export` with --format {artifact['format']}"
+        )
+
+
+def make_runner(artifact: dict, threads: int = 0, sample_shape: tuple[int, ...] | None = None,
+                checkpoint_sha256: str = ""):
+    """(x, batch_size) -> logits for one artifact from report.json's exports.
+
+    With `sample_shape` (one input row, e.g. (1, 28, 28)) the artifact's input signature is
+    checked against the run's data first.
+    """
     if artifact["runtime"] == "onnxruntime":
-        from distill_export.runtimes import onnx_session, run_onnx
+        from distill_export.runtimes import check_input_signature, onnx_session, run_onnx
 
         session = onnx_session(artifact["path"], threads)
+        if sample_shape is not None:
+            check_input_signature(session, artifact["path"], tuple(sample_shape))
+        _check_source(artifact, _artifact_facts(artifact, session), checkpoint_sha256)
         return lambda x, bs: run_onnx(session, x, bs)
     if artifact["runtime"] == "tensorrt":
         from distill_export.export.tensorrt import engine_runner
 
+        facts = _artifact_facts(artifact)
+        declared = facts.get("input_shape", [])[1:]
+        if sample_shape is not None and declared and list(declared) != list(sample_shape):
+            raise DataError(
+                f"{artifact['path']} expects input of shape [batch, {', '.join(map(str, declared))}], "
+                f"the run's data has [batch, {', '.join(map(str, sample_shape))}]"
+            )
+        _check_source(artifact, facts, checkpoint_sha256)
         return engine_runner(artifact["path"])
     raise ConfigError(f"unknown runtime {artifact['runtime']!r} for {artifact['path']}")
 
@@ -100,8 +170,8 @@ def validate_artifact(
     artifact: dict, parity: dict[str, np.ndarray], cfg, num_classes: int, teacher_accuracy: float | None
 ) -> dict:
     """Parity at batch 1 and at a larger batch (so the dynamic axis is exercised)."""
-    run = make_runner(artifact)
     x, labels, reference = parity["x"], parity["labels"], parity["logits"]
+    run = make_runner(artifact, 0, tuple(x.shape[1:]), parity.get("checkpoint_sha256", ""))
     per_batch = {}
     outputs = {}
     for bs in cfg.batch_sizes:
@@ -141,3 +211,36 @@ def validate_exports(exports: dict, parity: dict[str, np.ndarray], cfg, num_clas
         fmt: validate_artifact(art, parity, cfg, num_classes, teacher_accuracy)
         for fmt, art in exports.items()
     }
+
+
+def failed_gates(results: dict[str, dict]) -> list[str]:
+    """One phrase per failed gate, e.g. "onnx-int8 top1_agreement 0.9700 < 0.98"."""
+    out = []
+    for fmt, res in results.items():
+        for name, g in res["gates"].items():
+            if not g["passed"]:
+                op = "<" if g["kind"] == "min" else ">"
+                out.append(f"{fmt} {name} {g['value']:.4g} {op} {g['limit']:.4g}")
+    return out
+
+
+def gate_rows(results: dict[str, dict]) -> list[list[str]]:
+    """format, precision-free gate table: one row per gate with its value, limit and verdict."""
+    rows = []
+    for fmt, res in results.items():
+        for name, g in res["gates"].items():
+            op = ">=" if g["kind"] == "min" else "<="
+            rows.append([fmt, name, f"{g['value']:.6g}", f"{op} {g['limit']:.6g}", "PASS" if g["passed"] else "FAIL"])
+    return rows
+
+
+def print_gates(results: dict[str, dict], console) -> None:
+    from rich.table import Table
+
+    table = Table(title="Parity gates (worst case over batch sizes)")
+    for col in ("format", "gate", "value", "limit", "result"):
+        table.add_column(col)
+    for row in gate_rows(results):
+        style = "green" if row[-1] == "PASS" else "bold red"
+        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
+    console.print(table)

@@ -1,4 +1,4 @@
-"""Datasets: the built-in AV-Digits demo and (later) user manifests."""
+"""Datasets: the built-in AV-Digits demo and user manifests (data/manifest.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,19 @@ __all__ = ["IGNORE_INDEX", "Dataset", "ModalitySpec", "Split", "load_dataset"]
 
 def load_dataset(config, seed: int) -> Dataset:
     """Build the dataset a run's DataConfig names."""
-    from distill_export.errors import ConfigError
+    from distill_export.errors import ConfigError, DataError
 
     if config.source == "avdigits":
         from distill_export.data.avdigits import build_avdigits
 
-        return build_avdigits(config, seed)
-    raise ConfigError(f"unknown data source {config.source!r} (choices: avdigits)")
+        data = build_avdigits(config, seed)
+    elif config.source.lower().endswith((".csv", ".jsonl")) or "/" in config.source:
+        from distill_export.data.manifest import build_manifest_dataset
+
+        data = build_manifest_dataset(config, seed)
+    else:
+        raise ConfigError(f"unknown data source {config.source!r} (avdigits, or a manifest .csv/.jsonl)")
+    if config.student_modality not in data.modalities:
+        raise DataError(f"student modality {config.student_modality!r} is not in the data "
+                        f"(modalities: {', '.join(sorted(data.modalities))})")
+    return data

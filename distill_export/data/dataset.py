@@ -17,6 +17,13 @@ class ModalitySpec:
     mean: float  # normalisation already applied to the tensors; exported as metadata
     std: float
     layout: str = "NCHW"
+    # image | audio (conv encoders), text (int64 token ids, embedding bag), vector (MLP).
+    # Empty: the name if it is a kind, else "image".
+    kind: str = ""
+
+    def __post_init__(self):
+        if not self.kind:
+            self.kind = self.name if self.name in ("image", "audio", "text", "vector") else "image"
 
 
 @dataclass

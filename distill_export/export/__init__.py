@@ -3,7 +3,7 @@
 Each exporter turns an ``ExportSource`` (the PyTorch student plus what derived formats
 need) into one artifact under the run directory and returns an ``ExportResult``.
 Derived formats (FP16, INT8, TensorRT) start from the FP32 ONNX, so ``onnx`` always
-runs first.
+runs first (each format declares what it ``requires``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from distill_export.export.base import (
     ExportOptions,
     ExportResult,
     ExportSource,
+    check_formats,
     export_formats,
     format_names,
+    parse_formats,
     register_format,
 )
 
@@ -21,7 +23,9 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "ExportSource",
+    "check_formats",
     "export_formats",
     "format_names",
+    "parse_formats",
     "register_format",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -9,6 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from distill_export.errors import ConfigError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+MIN_OPSET = 17  # the dynamo exporter's floor, and where the ops these students need settled
 
 
 @dataclass
@@ -21,10 +25,38 @@ class ExportOptions:
     prefer_dynamo: bool = True
     calibration_samples: int = 256
     calibration_method: str = "minmax"  # minmax | entropy | percentile
+    calibration_batch: int = 32  # rows per calibration step
+    int8_per_channel: bool = True
+    int8_fp32_classifier: bool = True  # keep the final Gemm/MatMul in FP32
     fp16_keep_io_types: bool = True
     trt_min_batch: int = 1
     trt_opt_batch: int = 32
     trt_max_batch: int = 128
+    trt_workspace_mib: int = 1024
+    trt_timing_cache: str | None = None  # default: trt-timing.cache in the run directory
+
+    def __post_init__(self) -> None:
+        if self.opset < MIN_OPSET:
+            raise ConfigError(f"opset {self.opset} is too low for the ONNX export; use --opset {MIN_OPSET} or higher")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"unknown calibration method {self.calibration_method!r} "
+                f"(choices: {', '.join(CALIBRATION_METHODS)})"
+            )
+        if self.calibration_samples < 1:
+            raise ConfigError(f"calibration samples must be >= 1, got {self.calibration_samples}")
+        if not 1 <= self.trt_min_batch <= self.trt_opt_batch <= self.trt_max_batch:
+            raise ConfigError(
+                "TensorRT batch profile must satisfy 1 <= min <= opt <= max, got "
+                f"{self.trt_min_batch}/{self.trt_opt_batch}/{self.trt_max_batch}"
+            )
+
+    @classmethod
+    def from_config(cls, export_config, **overrides) -> "ExportOptions":
+        """Take every ExportConfig field that is also an option (opset, calibration_*, ...)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in vars(export_config).items() if k in names}
+        return cls(**{**values, **overrides})
 
 
 @dataclass
@@ -52,13 +84,25 @@ class ExportResult:
 
 
 Exporter = Callable[[ExportSource, ExportOptions], ExportResult]
-_REGISTRY: dict[str, Exporter] = {}
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    name: str
+    fn: Exporter
+    precision: str
+    requires: tuple[str, ...]  # formats that must be exported first (their artifacts are read)
+    preflight: Callable[[str], None] | None = None  # raises BackendUnavailable when it cannot run here
+
+
+_REGISTRY: dict[str, FormatSpec] = {}
 _MODULES = ("onnx", "onnx_fp16", "onnx_int8", "tensorrt")  # importing registers the formats
 
 
-def register_format(name: str) -> Callable[[Exporter], Exporter]:
+def register_format(name: str, precision: str, requires: tuple[str, ...] = ("onnx",),
+                    preflight: Callable[[str], None] | None = None) -> Callable[[Exporter], Exporter]:
     def deco(fn: Exporter) -> Exporter:
-        _REGISTRY[name] = fn
+        _REGISTRY[name] = FormatSpec(name, fn, precision, tuple(requires), preflight)
         return fn
 
     return deco
@@ -78,22 +122,45 @@ def format_names() -> list[str]:
     return list(_REGISTRY)
 
 
+def format_spec(name: str) -> FormatSpec:
+    _load_all()
+    return _REGISTRY[name]
+
+
 def parse_formats(spec: list[str] | str) -> list[str]:
+    """Requested formats in build order: each after the formats it is derived from."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     known = format_names()
     for n in names:
         if n not in known:
             raise ConfigError(f"unknown export format {n!r} (choices: {', '.join(known)})")
-    # Derived formats are built from the FP32 ONNX: make sure it comes first.
-    ordered = ["onnx"] + [n for n in names if n != "onnx"]
+    ordered: list[str] = []
+
+    def visit(n: str) -> None:
+        for dep in _REGISTRY[n].requires:
+            visit(dep)
+        if n not in ordered:
+            ordered.append(n)
+
+    for n in ["onnx", *names]:  # the FP32 ONNX always: parity data and every derived format hang off it
+        visit(n)
     return ordered
 
 
+def check_formats(formats: list[str] | str) -> list[str]:
+    """Known names, in build order, each runnable here (TensorRT: library and GPU present)."""
+    names = parse_formats(formats)
+    for name in names:
+        if _REGISTRY[name].preflight:
+            _REGISTRY[name].preflight(name)
+    return names
+
+
 def export_formats(source: ExportSource, formats: list[str], options: ExportOptions) -> dict[str, ExportResult]:
-    for name in parse_formats(formats):
+    for name in check_formats(formats):
         start = time.perf_counter()
-        result = _REGISTRY[name](source, options)
-        result.seconds = time.perf_counter() - start
+        result = _REGISTRY[name].fn(source, options)
+        result.seconds = round(time.perf_counter() - start, 3)
         source.artifacts[name] = result
     return source.artifacts

@@ -28,6 +28,10 @@ def student_names() -> list[str]:
 
 
 def create_student(name: str, num_classes: int, in_channels: int = 1) -> "SplitNet":
+    if ":" in name:  # "package.module:factory", a user's own student (nets/external.py)
+        from distill_export.nets.external import create_factory_student
+
+        return create_factory_student(name, num_classes, in_channels)
     if name not in _REGISTRY:
         raise ConfigError(f"unknown student {name!r} (choices: {', '.join(student_names())})")
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)

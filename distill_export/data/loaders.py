@@ -1,0 +1,144 @@
+"""Modality loaders for manifest datasets: one file or cell in, one array out.
+
+image: a file read with PIL -> (C, H, W) float32 in [0, 1], C = 1 (grayscale) or 3 (RGB).
+audio: a WAV read with the stdlib (data/audio.py) -> (1, n_mels, n_frames) log-mel in dB,
+       resampled to DEMO_AUDIO_SPEC's rate first when the file has another one.
+text:  a string -> (max_tokens,) int64 ids of hashed character n-grams (0 = padding),
+       tokenizer-free; FusionTeacher reads them with an EmbeddingBag.
+
+Every problem is a DataError whose message names the problem, not the row: the manifest
+reader adds file:line.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from distill_export.data.audio import DEMO_AUDIO_SPEC, log_mel, read_wav, resample
+from distill_export.errors import DataError
+
+KINDS = ("image", "audio", "text")
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+AUDIO_EXTS = {".wav", ".wave"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+# Text: hashed character n-grams inside word boundaries (fastText-style), no vocabulary.
+TEXT_BUCKETS = 1 << 14  # ids 1..TEXT_BUCKETS-1; 0 is padding
+TEXT_NGRAMS = (2, 3, 4)
+TEXT_MAX_TOKENS = 256
+
+
+def kind_of_column(name: str, values: list[str]) -> str:
+    """Modality kind of a manifest column: by its name (image, audio_left, caption_text...),
+    else by its first non-empty values' file extensions, else text."""
+    low = name.lower()
+    for kind in KINDS:
+        if low == kind or low.startswith(kind + "_") or low.endswith("_" + kind):
+            return kind
+    exts = [Path(v).suffix.lower() for v in values if v][:20]
+    if exts and all(e in IMAGE_EXTS for e in exts):
+        return "image"
+    if exts and all(e in AUDIO_EXTS for e in exts):
+        return "audio"
+    return "text"
+
+
+# ----- image ---------------------------------------------------------------------------------
+def read_image(path: str | Path):
+    """Open and fully decode an image; return the PIL image (mode untouched)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"image file is empty: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later
+            if im.width == 0 or im.height == 0:
+                raise DataError(f"image has no pixels: {path}")
+            return im.copy()
+    except UnidentifiedImageError:
+        raise DataError(f"not an image PIL can read: {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"corrupt image {path}: {str(exc)[:120]}") from None
+
+
+def image_to_array(im, size: tuple[int, int], rgb: bool) -> np.ndarray:
+    """PIL image -> (C, H, W) float32 in [0, 1]; size is (height, width)."""
+    from PIL import Image
+
+    im = im.convert("RGB" if rgb else "L")
+    if (im.height, im.width) != tuple(size):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    x = np.asarray(im, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
+    return x[None] if x.ndim == 2 else np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def is_grayscale(im) -> bool:
+    if im.mode in GRAY_MODES:
+        return True
+    if im.mode == "P":
+        return im.convert("RGB").convert("L").convert("RGB").tobytes() == im.convert("RGB").tobytes()
+    return False
+
+
+# ----- audio ---------------------------------------------------------------------------------
+def load_audio(path: str | Path, spec: dict | None = None) -> tuple[np.ndarray, int]:
+    """WAV -> ((1, n_mels, n_frames) float32 log-mel dB, the file's sample rate).
+
+    A file at another rate is resampled to spec['sample_rate']; the caller reports it.
+    """
+    spec = spec or DEMO_AUDIO_SPEC
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"audio file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"audio file is empty: {path}")
+    wave, sr = read_wav(path)
+    if not np.isfinite(wave).all():
+        raise DataError(f"audio file holds non-finite samples: {path}")
+    if sr != spec["sample_rate"]:
+        wave = resample(wave, sr, spec["sample_rate"])
+    return log_mel(wave, **spec).numpy()[None], sr
+
+
+# ----- text ----------------------------------------------------------------------------------
+def _bucket(gram: str) -> int:
+    return zlib.crc32(gram.encode("utf-8")) % (TEXT_BUCKETS - 1) + 1  # stable across runs
+
+
+def hash_text(text: str, max_tokens: int = TEXT_MAX_TOKENS) -> np.ndarray:
+    """Text -> (max_tokens,) int64 bucket ids of its words and their character n-grams."""
+    ids: list[int] = []
+    for word in text.lower().split():
+        ids.append(_bucket("w:" + word))
+        padded = f"<{word}>"
+        for n in TEXT_NGRAMS:
+            ids.extend(_bucket(padded[i : i + n]) for i in range(max(0, len(padded) - n + 1)))
+    out = np.zeros(max_tokens, dtype=np.int64)
+    ids = ids[:max_tokens]
+    out[: len(ids)] = ids
+    return out
+
+
+def sentence_embeddings(texts: list[str]) -> np.ndarray:
+    """Optional: (N, D) float32 sentence embeddings from the `wordllama` package, whose
+    pip wheel ships its weights (no download). Only used with data.text_encoder=wordllama."""
+    try:
+        import wordllama  # optional dependency
+    except ImportError:
+        raise DataError("data.text_encoder=wordllama needs the optional package: pip install wordllama "
+                        "(or use the default text_encoder=hashed)") from None
+    try:
+        # The wheel ships weights/ and tokenizers/; pointing cache_dir at the package makes
+        # load() find both there and never reach for the network.
+        model = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+        emb = model.embed(texts)
+    except Exception as exc:  # noqa: BLE001 - a third-party model; say what broke
+        raise DataError(f"wordllama could not embed the text column: {str(exc)[:200]}") from None
+    return np.asarray(emb, dtype=np.float32)

@@ -1,0 +1,377 @@
+"""Manifest datasets: a CSV or JSONL file listing one sample per row.
+
+Columns: one per modality (an image path, a WAV path, or the text itself), `label`
+(empty = an unlabeled row, used for distillation only), and optionally `split`
+(train/val/test; without it the labeled rows are split 80/10/10 per class with the seed).
+`id` is ignored. Paths are relative to the manifest's folder. A column's kind comes from
+its name (image, audio, text, or name_kind / kind_name), else from its file extensions.
+
+Every row is read and checked before any training: bad rows are listed as file:line and
+the run fails (DataError, exit 2), or they are skipped with data.skip_bad_rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from distill_export.data.audio import DEMO_AUDIO_SPEC
+from distill_export.data.dataset import IGNORE_INDEX, Dataset, ModalitySpec, Split, keep_label_fraction
+from distill_export.data import loaders
+from distill_export.errors import DataError
+
+RESERVED = ("label", "split", "id")
+SPLITS = ("train", "val", "test")
+HELD_OUT_FRACTION = {"val": 0.1, "test": 0.1}  # per class, when there is no split column
+_EXTRA = "\0extra"  # DictReader's key for fields beyond the header
+LAYOUTS = {"image": "NCHW", "audio": "NCHW", "text": "NL", "vector": "NC"}
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Row:
+    line: int
+    cells: dict[str, str]  # modality column -> path or text, stripped
+    label: str | None  # None: unlabeled
+    split: str | None  # None: drawn with the seed
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> decoded array
+
+
+@dataclass
+class Problem:
+    line: int
+    message: str
+
+
+class ManifestError(DataError):
+    """Bad rows in a manifest; `problems` lists them (file:line and what is wrong)."""
+
+    def __init__(self, message: str, problems: list[Problem]):
+        super().__init__(message)
+        self.problems = problems
+
+
+def resolve_manifest(source: str) -> Path:
+    path = Path(os.path.expandvars(os.path.expanduser(source)))
+    if path.is_dir():
+        for name in ("manifest.csv", "manifest.jsonl"):
+            if (path / name).is_file():
+                return path / name
+        raise DataError(f"no manifest.csv or manifest.jsonl in {path}")
+    if not path.is_file():
+        hint = " (tools/prepare_avmnist.py writes the AV-MNIST one)" if "avmnist" in str(path) else ""
+        raise DataError(f"manifest {path} does not exist{hint}")
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise DataError(f"manifest {path} must be a .csv or .jsonl file")
+    return path
+
+
+# ----- parsing -------------------------------------------------------------------------------
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, dict]]]:
+    records = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, restkey=_EXTRA)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if len(set(columns)) != len(columns):
+            raise DataError(f"{path}:1: duplicate column names in the header: {columns}")
+        reader.fieldnames = columns
+        for rec in reader:
+            line = reader.line_num
+            if _EXTRA in rec:
+                n = len(columns) + len(rec[_EXTRA])
+                problems.append(Problem(line, f"{n} fields, the header has {len(columns)}"))
+                continue
+            if any(v is None for v in rec.values()):
+                problems.append(Problem(line, f"fewer fields than the header's {len(columns)}"))
+                continue
+            records.append((line, rec))
+    return columns, records
+
+
+def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, dict]]]:
+    records, columns = [], {}
+    with open(path, encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(line, f"not valid JSON: {exc.msg}"))
+                continue
+            if not isinstance(rec, dict):
+                problems.append(Problem(line, "not a JSON object"))
+                continue
+            columns.update(dict.fromkeys(rec))
+            records.append((line, rec))
+    return list(columns), records
+
+
+def read_rows(path: Path) -> tuple[list[str], list[str], list[Row], list[Problem]]:
+    """Parse the manifest: (modality columns, all columns, rows, format problems)."""
+    problems: list[Problem] = []
+    try:
+        reader = _read_jsonl if path.suffix.lower() == ".jsonl" else _read_csv
+        columns, records = reader(path, problems)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}") from None
+    if "label" not in columns:
+        raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(columns) or 'none'})")
+    modalities = [c for c in columns if c not in RESERVED]
+    if not modalities:
+        raise DataError(f"manifest {path} has no modality column, only {', '.join(columns)}")
+    rows = []
+    for line, rec in records:
+        label = _cell(rec.get("label"))
+        split = _cell(rec.get("split")).lower() if "split" in columns else None
+        rows.append(Row(line, {m: _cell(rec.get(m)) for m in modalities}, label or None, split))
+    return modalities, columns, rows, problems
+
+
+# ----- checks --------------------------------------------------------------------------------
+def _check_cells(row: Row) -> str | None:
+    if row.split is not None and row.split not in SPLITS:
+        return f"unknown split {row.split!r} (train, val or test)" if row.split else "empty split (train, val or test)"
+    if row.label is None and row.split in ("val", "test"):
+        return f"missing label in the {row.split} split (unlabeled rows serve distillation only, so belong to train)"
+    for col, value in row.cells.items():
+        if not value:
+            return f"empty {col!r} cell"
+    return None
+
+
+def _draw_splits(rows: list[Row], seed: int) -> None:
+    """Per label, shuffle and put 10% in val and 10% in test; unlabeled rows go to train."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.label is None:
+            row.split = "train"
+        else:
+            by_label.setdefault(row.label, []).append(row)
+    for label in sorted(by_label):
+        group = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+        n_val = int(round(HELD_OUT_FRACTION["val"] * len(group)))
+        n_test = int(round(HELD_OUT_FRACTION["test"] * len(group)))
+        for i, row in enumerate(group):
+            row.split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+
+
+def _class_order(labels: set[str]) -> list[str]:
+    try:
+        return sorted(labels, key=lambda s: (float(s), s))  # numeric labels in numeric order
+    except ValueError:
+        return sorted(labels)
+
+
+def report_problems(path: Path, problems: list[Problem], skipping: bool) -> None:
+    verb = "skipping" if skipping else "bad row"
+    for p in sorted(problems, key=lambda p: p.line):
+        console.print(f"{path}:{p.line}: {verb}: {p.message}")
+
+
+# ----- loading -------------------------------------------------------------------------------
+class _Decoder:
+    """Decodes one modality column; remembers what it needs to finish (image size/channels)."""
+
+    def __init__(self, column: str, kind: str, config, base: Path):
+        self.column, self.kind, self.base = column, kind, base
+        size = int(getattr(config, "image_size", 0) or 0)
+        self.size: tuple[int, int] | None = (size, size) if size > 0 else None
+        self.mode = str(getattr(config, "image_mode", "auto")).lower()
+        self.text_encoder = str(getattr(config, "text_encoder", "hashed")).lower()
+        self.sample_rates: dict[int, int] = {}
+        self.any_color = False
+
+    def path(self, cell: str) -> Path:
+        p = Path(os.path.expanduser(cell))
+        return p if p.is_absolute() else self.base / p
+
+    def decode(self, cell: str) -> np.ndarray | str:
+        if self.kind == "image":
+            im = loaders.read_image(self.path(cell))
+            if self.size is None:
+                self.size = (im.height, im.width)  # auto: the first readable image's size
+            rgb = self.mode == "rgb" or (self.mode == "auto" and not loaders.is_grayscale(im))
+            self.any_color |= rgb
+            return loaders.image_to_array(im, self.size, rgb)
+        if self.kind == "audio":
+            x, sr = loaders.load_audio(self.path(cell), DEMO_AUDIO_SPEC)
+            self.sample_rates[sr] = self.sample_rates.get(sr, 0) + 1
+            return x
+        if self.text_encoder == "wordllama":
+            return cell  # embedded in one batch in finish()
+        return loaders.hash_text(cell)
+
+    def finish(self, values: list) -> list[np.ndarray]:
+        """Make every row's array the same shape (gray -> RGB when any image is in color)."""
+        if self.kind == "image" and self.any_color:
+            return [np.repeat(v, 3, axis=0) if v.shape[0] == 1 else v for v in values]
+        if self.kind == "text" and self.text_encoder == "wordllama":
+            return list(loaders.sentence_embeddings(values))
+        return values
+
+    @property
+    def final_kind(self) -> str:
+        return "vector" if self.kind == "text" and self.text_encoder == "wordllama" else self.kind
+
+
+def build_manifest_dataset(config, seed: int) -> Dataset:
+    """Read, check and decode a manifest into the in-memory Dataset the pipeline consumes."""
+    path = resolve_manifest(config.source)
+    modalities, columns, rows, problems = read_rows(path)
+    has_split = "split" in columns
+    kinds = {m: loaders.kind_of_column(m, [r.cells[m] for r in rows[:50]]) for m in modalities}
+
+    good = []
+    for row in rows:
+        msg = _check_cells(row)
+        if msg:
+            problems.append(Problem(row.line, msg))
+        else:
+            good.append(row)
+    if not has_split:
+        _draw_splits(good, seed)
+
+    # Optional subsample of the training rows (a recipe's budget), before decoding.
+    subsampled_from = None
+    sampled_out: set[str] = set()  # labels of training rows left out: still known classes
+    max_train = int(getattr(config, "max_train_rows", 0) or 0)
+    train_rows = [r for r in good if r.split == "train"]
+    if 0 < max_train < len(train_rows):
+        rng = np.random.default_rng(seed)
+        keep = {id(train_rows[i]) for i in rng.choice(len(train_rows), max_train, replace=False)}
+        subsampled_from = len(train_rows)
+        sampled_out = {r.label for r in train_rows if id(r) not in keep and r.label is not None}
+        good = [r for r in good if r.split != "train" or id(r) in keep]
+
+    decoders = {m: _Decoder(m, kinds[m], config, path.parent) for m in modalities}
+    decoded = []
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny STFTs: threads only add overhead
+    try:
+        for row in good:
+            try:
+                row.values = {m: decoders[m].decode(row.cells[m]) for m in modalities}
+            except DataError as exc:
+                problems.append(Problem(row.line, str(exc)))
+                continue
+            decoded.append(row)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+    known = {r.label for r in decoded if r.split == "train" and r.label is not None} | sampled_out
+    ok = []
+    for row in decoded:
+        if row.label is not None and row.label not in known:
+            problems.append(Problem(row.line, f"unknown label {row.label!r}: no training row has it"))
+        else:
+            ok.append(row)
+
+    if problems:
+        skip = bool(getattr(config, "skip_bad_rows", False))
+        report_problems(path, problems, skipping=skip)
+        if not skip:
+            raise ManifestError(
+                f"{len(problems)} bad row{'s' * (len(problems) > 1)} in {path} (listed above; first: "
+                f"line {min(p.line for p in problems)}); fix them or pass --skip-bad-rows", problems)
+        console.print(f"{path}: skipped {len(problems)} bad rows")
+
+    classes = _class_order(known & {r.label for r in ok})
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise DataError(f"{path}: the labeled training rows hold one class only ({found}); a classifier needs two or more")
+    for name in SPLITS:
+        n = sum(1 for r in ok if r.split == name and (r.label is not None or name != "train"))
+        if n == 0:
+            what = "labeled training rows" if name == "train" else f"rows in the {name} split"
+            raise DataError(f"{path}: no {what}" + (" (see its 'split' column)" if has_split else ""))
+
+    index = {c: i for i, c in enumerate(classes)}
+    per_split: dict[str, list[Row]] = {s: [r for r in ok if r.split == s] for s in SPLITS}
+    for m, dec in decoders.items():  # uniform shapes per modality, over all splits at once
+        flat = dec.finish([r.values[m] for s in SPLITS for r in per_split[s]])
+        it = iter(flat)
+        for s in SPLITS:
+            for r in per_split[s]:
+                r.values[m] = next(it)
+
+    raw = {
+        s: ({m: torch.from_numpy(np.stack([r.values[m] for r in per_split[s]])) for m in modalities},
+            torch.tensor([index[r.label] if r.label is not None else IGNORE_INDEX for r in per_split[s]],
+                         dtype=torch.int64))
+        for s in SPLITS
+    }
+    specs, stats = {}, {}
+    for m, dec in decoders.items():
+        x = raw["train"][0][m]
+        kind = dec.final_kind
+        if kind == "text":
+            mean, std = 0.0, 1.0  # token ids: nothing to normalise
+        else:
+            # float64 numpy: the same stats whatever torch's thread count (the cache hashes the result)
+            xd = x.numpy().astype(np.float64)
+            mean, std = float(xd.mean()), float(xd.std(ddof=1))
+            std = std if std > 0 else 1.0
+        stats[m] = (mean, std)
+        specs[m] = ModalitySpec(m, tuple(x.shape[1:]), mean, std, LAYOUTS[kind], kind=kind)
+    splits = {}
+    for s, (inputs, labels) in raw.items():
+        if s == "train":
+            labels = _hide_labels(labels, config.label_fraction, seed)
+        inputs = {m: (v if specs[m].kind == "text" else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
+        splits[s] = Split(inputs, labels)
+
+    resampled = {sr: n for d in decoders.values() for sr, n in d.sample_rates.items() if sr != DEMO_AUDIO_SPEC["sample_rate"]}
+    if resampled:
+        console.print(f"{path}: resampled {sum(resampled.values())} WAV files to {DEMO_AUDIO_SPEC['sample_rate']} Hz "
+                      f"(from {', '.join(f'{sr} Hz' for sr in sorted(resampled))})")
+    name = path.parent.name if path.stem == "manifest" else path.stem
+    return Dataset(
+        name=name, train=splits["train"], val=splits["val"], test=splits["test"],
+        class_names=classes, modalities=specs,
+        info={
+            "manifest": str(path),
+            "kinds": {m: s.kind for m, s in specs.items()},
+            "sizes": {s: len(sp) for s, sp in splits.items()},
+            "labeled_train_rows": int(splits["train"].labeled.sum()),
+            "unlabeled_train_rows": sum(1 for r in per_split["train"] if r.label is None),
+            "label_fraction": config.label_fraction,
+            "split": "column" if has_split else f"drawn per class with seed {seed}",
+            "skipped_rows": len(problems),
+            "train_rows_subsampled_from": subsampled_from,
+            "resampled_wavs": {str(k): v for k, v in resampled.items()},
+            "preprocessing": {
+                "image_size": getattr(config, "image_size", 0), "image_mode": getattr(config, "image_mode", "auto"),
+                "audio": DEMO_AUDIO_SPEC, "text_encoder": getattr(config, "text_encoder", "hashed"),
+                "text": {"buckets": loaders.TEXT_BUCKETS, "ngrams": list(loaders.TEXT_NGRAMS),
+                         "max_tokens": loaders.TEXT_MAX_TOKENS},
+            },
+        },
+    )
+
+
+def _hide_labels(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """label_fraction applies to the labeled training rows; unlabeled rows stay unlabeled."""
+    if fraction >= 1.0:
+        return labels
+    labeled = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+    out = labels.clone()
+    out[labeled] = keep_label_fraction(labels[labeled], fraction, seed)
+    return out

@@ -1,0 +1,131 @@
+"""INT8 ONNX: static QDQ quantisation with onnxruntime.quantization.
+
+The FP32 ONNX is pre-processed (``quant_pre_process``: shape inference and graph
+optimisation, so Conv+BN+ReLU chains quantise as one), calibrated on rows drawn from the
+training split (``ExportSource.calibration``) with MinMax, Entropy or Percentile, and
+quantised with per-channel weights; the classifier head stays FP32. The result holds only standard ONNX ops
+(QuantizeLinear/DequantizeLinear around FP32 ops); ONNX Runtime fuses them into integer
+kernels when it loads the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from distill_export.errors import ExportError
+from distill_export.export.base import ExportOptions, ExportResult, ExportSource, register_format
+from distill_export.export.onnx import _reason, model_name, prune_opset_imports, set_metadata
+from distill_export.export.onnx_fp16 import fp32_artifact
+from distill_export.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def _reader(calibration: np.ndarray, input_name: str, batch: int):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        """Yields {input_name: (B, *shape)} batches of the calibration rows, once."""
+
+        def __init__(self) -> None:
+            self.batches = iter([calibration[i : i + batch] for i in range(0, len(calibration), batch)])
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {input_name: np.ascontiguousarray(x, dtype=np.float32)}
+
+    return Reader()
+
+
+def quantize_qdq(fp32_path: Path, out_path: Path, calibration: np.ndarray, options: ExportOptions,
+                 symmetric_activations: bool = False) -> dict:
+    """Static QDQ quantisation of `fp32_path` into `out_path`; returns what was done.
+
+    ``symmetric_activations`` gives zero-point-0 int8 activations, which TensorRT requires.
+    For ONNX Runtime on CPU, activations are asymmetric uint8 (a ReLU output uses all 256
+    levels) with int8 weights: on x86 these U8S8 kernels ran mobilenet_v3_small ~6x faster
+    than S8S8 here (tools/bench_export.py).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="int8-") as work, contextlib.redirect_stdout(io.StringIO()):
+        # (the Entropy/Percentile calibrators print their progress: keep stdout to ours)
+        pre = Path(work) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        keep = classifier_nodes(onnx.load(str(pre))) if options.int8_fp32_classifier else []
+        quantize_static(
+            str(pre), str(out_path), _reader(calibration, input_name, options.calibration_batch),
+            quant_format=QuantFormat.QDQ, per_channel=options.int8_per_channel,
+            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=methods[options.calibration_method],
+            nodes_to_exclude=keep,
+            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+        )
+    return {
+        "quantizer": "onnxruntime.quantization.quantize_static",
+        "quant_format": "QDQ",
+        "calibration_method": options.calibration_method,
+        "calibration_samples": int(len(calibration)),
+        "per_channel": options.int8_per_channel,
+        "activations": "int8 symmetric" if symmetric_activations else "uint8 asymmetric",
+        "weights": "int8 symmetric",
+        "fp32_nodes": keep,
+    }
+
+
+def classifier_nodes(model) -> list[str]:
+    """The last Gemm/MatMul (the classifier head): kept in FP32. It costs little to run and
+    is where quantisation error turns into flipped top-1 predictions; on the 1-epoch demo
+    student, keeping it moved top-1 agreement from 97.8% to 99.2%."""
+    heads = [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    return heads[-1:]
+
+
+def calibration_rows(source: ExportSource, options: ExportOptions, fmt: str) -> np.ndarray:
+    cal = source.calibration
+    if cal is None or len(cal) == 0:
+        raise ExportError(
+            f"cannot export student {model_name(source)} to {fmt}: no calibration rows were given "
+            "(they come from the training split); use onnx-fp16 for a smaller model without calibration"
+        )
+    return np.asarray(cal[: options.calibration_samples], dtype=np.float32)
+
+
+@register_format("onnx-int8", precision="int8")
+def export_onnx_int8(source: ExportSource, options: ExportOptions) -> ExportResult:
+    import onnx
+
+    name = model_name(source)
+    fp32 = fp32_artifact(source, "onnx-int8")
+    cal = calibration_rows(source, options, "onnx-int8")
+    final = source.out_dir / "student-int8.onnx"
+    with atomic_path(final) as tmp:
+        try:
+            details = quantize_qdq(fp32, tmp, cal, options)
+            model = onnx.load(str(tmp))
+            prune_opset_imports(model)
+            props = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+            set_metadata(model, {**props, "format": "onnx-int8", "precision": "int8",
+                                 "calibration_method": options.calibration_method,
+                                 "calibration_samples": str(len(cal))})
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:
+            raise ExportError(
+                f"cannot quantise student {name} to onnx-int8 ({options.calibration_method} calibration): "
+                f"{_reason(exc)}; try --calibration-method minmax, or onnx-fp16"
+            ) from None
+        onnx.save(model, str(tmp))
+    return ExportResult(
+        format="onnx-int8", path=str(final), precision="int8", runtime="onnxruntime",
+        size_bytes=final.stat().st_size, seconds=0.0, details=details,
+    )

@@ -1,0 +1,360 @@
+"""Bring-your-own teachers and students.
+
+Teacher (config teacher.path, `--teacher`):
+  * a torch.export program (.pt2): loads without the user's code;
+  * "package.module:factory" (+ teacher.weights, a state_dict .pt or .safetensors file);
+  * our own checkpoint (.pt), handled by train_teacher.load_teacher.
+External teachers get their inputs by modality name (``net(image=..., audio=...)``) and
+return logits, (features, logits) or {"logits": ..., "features": ...}. ExternalTeacher
+adapts them to FusionTeacher's ``forward_features(inputs, drop) -> (features, logits)``;
+a teacher without features yields (B, 0) features, and feature distillation refuses it.
+
+Student (config student.name): a registry name, or "package.module:factory", called with
+the keyword arguments it accepts among num_classes and in_channels.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill_export.errors import CheckpointError, ConfigError
+
+_FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def is_factory(spec) -> bool:
+    s = str(spec)
+    return bool(_FACTORY.match(s)) and not Path(s).exists()
+
+
+def is_export_program(path) -> bool:
+    """A .pt2 name, or a zip archive laid out as torch.export.save writes it."""
+    p = Path(str(path))
+    if p.suffix == ".pt2":
+        return True
+    try:
+        with zipfile.ZipFile(p) as z:
+            return any(n.endswith("/archive_format") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def is_external_teacher(spec) -> bool:
+    return is_factory(spec) or is_export_program(spec)
+
+
+def import_factory(spec: str, what: str):
+    module, _, attr = str(spec).partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+        raise ConfigError(f"{what} {spec!r}: cannot import module {module!r}: {type(exc).__name__}: {exc}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{what} {spec!r}: module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{what} {spec!r} is not callable")
+    return obj
+
+
+def call_factory(fn, spec: str, what: str, **available) -> nn.Module:
+    """Call fn with the keyword arguments it accepts; it must return an nn.Module."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = available
+    else:
+        kwargs = {k: v for k, v in available.items() if k in params}
+    try:
+        net = fn(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{what} {spec}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
+                          f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"{what} {spec} returned a {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def load_weights(net: nn.Module, path) -> nn.Module:
+    """A state_dict from .safetensors, a torch.save'd dict, or one of our checkpoints."""
+    from distill_export.nets.checkpoint import load_state
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"teacher weights {path} do not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path} is not a readable state_dict: {str(exc).strip()[:200]}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no state_dict")
+    return load_state(net, state, path)
+
+
+# ----- teachers ------------------------------------------------------------------------------
+def split_outputs(out, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits | (features, logits) | {"logits", "features"?} -> (features or (B, 0), logits)."""
+    feats = None
+    if isinstance(out, dict):
+        logits, feats = out.get("logits"), out.get("features")
+    elif isinstance(out, (tuple, list)) and len(out) == 2:
+        feats, logits = out
+    else:
+        logits = out
+    if not isinstance(logits, torch.Tensor) or (feats is not None and not isinstance(feats, torch.Tensor)):
+        raise CheckpointError(f"teacher {source} must return logits, (features, logits) or "
+                              f"{{'logits', 'features'}}; it returned {type(out).__name__}")
+    if feats is None:
+        feats = logits.new_zeros(logits.shape[0], 0)
+    return feats.flatten(1), logits
+
+
+class ExternalTeacher(nn.Module):
+    """Adapts a user's teacher to forward_features(inputs: dict, drop) -> (features, logits).
+
+    `drop` zeroes the named modalities' *inputs* (an external teacher has no embeddings
+    we can reach), the closest analogue of FusionTeacher's embedding drop.
+    """
+
+    def __init__(self, net: nn.Module, input_names: list[str], source: str, positional: bool = False,
+                 exported: bool = False, input_shapes: dict[str, tuple] | None = None):
+        super().__init__()
+        self.net = net
+        self.modality_names = list(input_names)
+        self.source = source
+        self.positional = positional
+        self.exported = exported
+        self.input_shapes = input_shapes or {}  # per sample; None marks a dynamic dim
+        self.has_features: bool | None = None  # known after the first forward
+        self.feature_dim = 0
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        if not self.exported:  # an exported program's module refuses train()/eval()
+            self.net.train(mode)
+        return self
+
+    def forward_features(self, inputs: dict[str, torch.Tensor], drop: tuple[str, ...] = ()):
+        args = {m: torch.zeros_like(inputs[m]) if m in drop else inputs[m] for m in self.modality_names}
+        out = self.net(*args.values()) if self.positional else self.net(**args)
+        feats, logits = split_outputs(out, self.source)
+        self.has_features = feats.shape[1] > 0
+        self.feature_dim = int(feats.shape[1])
+        return feats, logits
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward_features(inputs)[1]
+
+
+def load_export_program(path) -> ExternalTeacher:
+    import logging
+
+    path = Path(str(path))
+    if not path.is_file():
+        raise CheckpointError(f"teacher program {path} does not exist")
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; we say it in one line
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is not a torch.export program (.pt2): {first[:200]}") from None
+    finally:
+        quiet.setLevel(level)
+    names = list(ep.graph_signature.user_inputs)
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    shapes = {}
+    for name in names:
+        val = placeholders[name].meta.get("val") if name in placeholders else None
+        if val is not None and hasattr(val, "shape"):
+            shapes[name] = tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:])
+    in_spec = ep.module_call_graph[0].signature.in_spec if ep.module_call_graph[0].signature else None
+    positional = False
+    children = list(in_spec.children()) if in_spec is not None else []
+    if len(children) == 2:  # (args, kwargs)
+        positional = children[0].num_children > 0 and not children[1].context
+    # check_teacher compares every static input dim with the data before the first call;
+    # the program's own guards are skipped because a program exported from forward(**inputs)
+    # carries guards that cannot be evaluated after loading.
+    try:
+        module = ep.module(check_guards=False)
+    except TypeError:  # an older torch without the switch
+        module = ep.module()
+    return ExternalTeacher(module, names, str(path), positional=positional, exported=True,
+                           input_shapes=shapes)
+
+
+def load_factory_teacher(spec: str, weights=None, data=None) -> ExternalTeacher:
+    fn = import_factory(spec, "teacher factory")
+    available = {}
+    if data is not None:
+        available = {"num_classes": data.num_classes, "modalities": {m: s.shape for m, s in data.modalities.items()}}
+    net = call_factory(fn, spec, "teacher factory", **available)
+    if weights:
+        load_weights(net, weights)
+    params = inspect.signature(net.forward).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        names = sorted(data.modalities) if data is not None else []
+    else:
+        names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                 and (p.default is p.empty or (data is not None and n in data.modalities))]
+    return ExternalTeacher(net.eval(), names, spec)
+
+
+def load_external_teacher(spec, data=None, weights=None) -> ExternalTeacher:
+    teacher = load_factory_teacher(str(spec), weights, data) if is_factory(spec) else load_export_program(spec)
+    if data is not None:
+        check_teacher(teacher, data)
+    return teacher.eval()
+
+
+def check_teacher(teacher: ExternalTeacher, data) -> None:
+    """Inputs the data has, per-sample shapes that match, and one logit per class."""
+    src = teacher.source
+    missing = [m for m in teacher.modality_names if m not in data.modalities]
+    if missing:
+        raise CheckpointError(f"teacher {src} takes inputs {teacher.modality_names}; the data has no "
+                              f"{', '.join(missing)} (modalities: {', '.join(sorted(data.modalities))})")
+    for m, shape in teacher.input_shapes.items():
+        have = tuple(data.modalities[m].shape)
+        if len(shape) != len(have) or any(s is not None and s != h for s, h in zip(shape, have)):
+            want = tuple("*" if s is None else s for s in shape)
+            raise CheckpointError(f"teacher {src} expects {m} of shape {want} per sample; the data gives {have}")
+    batch = {m: data.train.inputs[m][:2] for m in teacher.modality_names}
+    try:
+        with torch.no_grad():
+            _, logits = teacher.forward_features(batch)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        shapes = ", ".join(f"{m} {tuple(v.shape)}" for m, v in batch.items())
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"teacher {src} fails on a batch of the data ({shapes}): {first[:200]}") from None
+    if logits.ndim != 2 or logits.shape[1] != data.num_classes:
+        raise CheckpointError(f"teacher {src} returns logits of shape {tuple(logits.shape)} for 2 rows; the data "
+                              f"has {data.num_classes} classes ({', '.join(data.class_names[:12])})")
+
+
+def teacher_identity(spec, weights=None) -> str:
+    """Content hash of what the teacher computes: its file, or factory + weights + module source."""
+    import hashlib
+
+    from distill_export.files import sha256_file
+
+    h = hashlib.sha256()
+    if is_factory(spec):
+        h.update(str(spec).encode())
+        module = importlib.import_module(str(spec).partition(":")[0])
+        src = getattr(module, "__file__", None)
+        if src and Path(src).is_file():
+            h.update(sha256_file(src).encode())
+    else:
+        h.update(sha256_file(spec).encode())
+    if weights:
+        h.update(sha256_file(weights).encode())
+    return h.hexdigest()
+
+
+def export_teacher_program(teacher: nn.Module, example: dict[str, torch.Tensor], path) -> Path:
+    """Save a FusionTeacher (or any forward_features(dict) model) as a .pt2 that takes its
+    inputs by modality name, returns (features, logits), and has a dynamic batch dim."""
+    names = sorted(example)
+
+    class ByName(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **inputs):
+            return self.inner.forward_features(inputs)
+
+    # Name the inputs in the signature: export then records image=..., audio=... rather
+    # than one **inputs (whose guards the loaded program cannot evaluate).
+    P = inspect.Parameter
+    ByName.forward.__signature__ = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD)] + [P(m, P.POSITIONAL_OR_KEYWORD) for m in names])
+
+    batch = torch.export.Dim("batch", min=1)
+    ep = torch.export.export(ByName(teacher.eval()), (), {m: example[m] for m in names},
+                             dynamic_shapes={m: {0: batch} for m in names})
+    path = Path(path)
+    torch.export.save(ep, str(path))
+    return path
+
+
+# ----- students ------------------------------------------------------------------------------
+class FactoryStudent(nn.Module):
+    """A user's student: forward(x) -> logits; forward_features from the net if it has one,
+    else (B, 0) features (feature distillation then refuses it)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.feature_dim = int(getattr(net, "feature_dim", 0) or 0) if hasattr(net, "forward_features") else 0
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self.net, "forward_features"):
+            feats, logits = self.net.forward_features(x)
+            return feats, logits
+        logits = self.net(x)
+        return logits.new_zeros(logits.shape[0], 0), logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def create_factory_student(spec: str, num_classes: int, in_channels: int = 1) -> FactoryStudent:
+    fn = import_factory(spec, "student factory")
+    return FactoryStudent(call_factory(fn, spec, "student factory", num_classes=num_classes, in_channels=in_channels))
+
+
+# ----- before any training -------------------------------------------------------------------
+def preflight(config, data) -> None:
+    """Fail on a student or teacher that cannot work with this data before anything trains."""
+    from distill_export.nets.students import create_student
+
+    modality = config.data.student_modality
+    spec = data.modalities[modality]
+    name = config.student.name
+    if spec.kind in ("text", "vector") and not is_factory(name):
+        raise ConfigError(f"student modality {modality!r} is {spec.kind}; the built-in students take images or "
+                          f"spectrograms: pass --student package.module:factory for a {spec.kind} student")
+    if config.distill.augment != "none" and spec.kind not in ("image", "audio"):
+        raise ConfigError(f"distill.augment={config.distill.augment} shifts images/spectrograms, not {spec.kind}")
+    if is_factory(name):
+        student = create_student(name, data.num_classes, in_channels=spec.shape[0]).eval()
+        x = data.train.inputs[modality][:2]
+        try:
+            with torch.no_grad():
+                feats, logits = student.forward_features(x)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"student {name} fails on a batch of {modality} {tuple(x.shape)}: {str(exc)[:200]}") from None
+        if logits.ndim != 2 or logits.shape[1] != data.num_classes:
+            raise ConfigError(f"student {name} returns logits of shape {tuple(logits.shape)}; the data has "
+                              f"{data.num_classes} classes")
+        if config.distill.beta > 0 and feats.shape[1] == 0:
+            raise ConfigError(f"student {name} has no forward_features, so feature distillation "
+                              f"(distill.beta={config.distill.beta}) cannot work: set --beta 0")
+    if config.teacher.path:
+        from distill_export.train_teacher import load_teacher
+
+        teacher = load_teacher(config.teacher.path, data, weights=config.teacher.weights)
+        if config.distill.beta > 0 and getattr(teacher, "has_features", True) is False:
+            raise ConfigError(f"teacher {config.teacher.path} returns logits only, so feature distillation "
+                              f"(distill.beta={config.distill.beta}) cannot work: set --beta 0, or return "
+                              "(features, logits) from the teacher")

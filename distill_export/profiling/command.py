@@ -1,0 +1,66 @@
+"""`distill-export profile TARGET...`: settings from flags, one session, results saved.
+
+A single run-directory target is updated in place (report.json `latency`, `speedups`
+and `profile`, latency.csv, report.md/html and plots); otherwise results go to --out
+when it is given (profile.json, latency.csv, plots/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from distill_export.errors import ConfigError
+from distill_export.profiling.session import ProfileResult, profile_targets
+from distill_export.profiling.settings import make_settings, parse_ints
+
+
+def parse_shape(spec: str | None) -> tuple[int, ...] | None:
+    dims = parse_ints(spec, "--input-shape")
+    if dims is not None and (not dims or any(d < 1 for d in dims)):
+        raise ConfigError(f"--input-shape: expected positive per-sample dimensions like 1,28,28, got {spec!r}")
+    return tuple(dims) if dims else None
+
+
+def profile_command(
+    targets: list[Path], *, preset: str | None = None, threads: str | None = None, batches: str | None = None,
+    backends: str | None = None, device: str | None = None, input_shape: str | None = None,
+    warmup_s: float | None = None, min_time_s: float | None = None, min_iters: int | None = None,
+    out: Path | None = None, progress: Callable[[str], None] | None = None,
+) -> tuple[ProfileResult, list[Path]]:
+    """Returns the result and the files written."""
+    from distill_export.config import ProfileConfig
+
+    run_dir = targets[0] if len(targets) == 1 and Path(targets[0]).is_dir() else None
+    base = ProfileConfig()
+    if run_dir is not None:
+        from distill_export.rundir import RunDir
+
+        base = RunDir.existing(run_dir).load_config().profile  # the run's time budget
+    for name, value in (("warmup_s", warmup_s), ("min_time_s", min_time_s), ("min_iters", min_iters)):
+        if value is not None:
+            setattr(base, name, value)
+    settings = make_settings(
+        base, preset=preset, batches=parse_ints(batches, "--batch"), threads=parse_ints(threads, "--threads"),
+        backends=backends, device=device or "auto", standalone=True, input_shape=parse_shape(input_shape),
+    )
+    result = profile_targets(targets, settings, progress)
+    return result, save(result, run_dir, out)
+
+
+def save(result: ProfileResult, run_dir: Path | None, out: Path | None) -> list[Path]:
+    from distill_export.report import write_profile_outputs
+
+    written = []
+    if run_dir is not None and out is None:
+        from distill_export.report import write_reports
+        from distill_export.rundir import RunDir
+
+        run = RunDir.existing(run_dir)
+        run.update_report(latency=result.rows, speedups=result.speedups, profile=result.meta)
+        write_reports(run)
+        written += [run.file("report.json"), run.file("latency.csv"), run.file("report.html")]
+    elif out is not None:
+        from distill_export.files import ensure_writable_dir
+
+        written += write_profile_outputs(ensure_writable_dir(out), result.rows, result.speedups, result.meta)
+    return written

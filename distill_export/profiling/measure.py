@@ -1,0 +1,190 @@
+"""The method, as trtexec or Olive measure: for every (batch, threads) cell, warm each
+model up for a set time, then time the models interleaved in rounds (A B C, B C A, ...)
+until each has both a minimum count and a minimum time, so machine drift and load from
+other processes hit every model alike. Speedups are ratios of medians from that one run.
+
+Timing is wall-clock around a call that returns only when the work is done: ONNX Runtime
+and TensorRT return host arrays, and the PyTorch CUDA backends synchronize the device.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from distill_export.errors import BackendUnavailable
+
+ROUNDS = 5  # interleaving rounds per cell; more rounds cancel slower drift
+
+
+@dataclass
+class Bench:
+    """One model on one backend. make(batch, threads) returns a zero-argument callable
+    that runs one inference and returns when it is done; it may raise BackendUnavailable
+    for a cell it cannot run (a fixed-batch engine, say), which becomes a skipped row."""
+
+    model: str  # teacher | student | baseline | a file's stem
+    backend: str  # pytorch-cpu | pytorch-cuda-fp16 | onnxruntime-cpu | tensorrt ...
+    fmt: str  # pytorch | onnx | onnx-int8 | tensorrt-fp16 ...
+    make: Callable[[int, int], Callable[[], object]] | None = None
+    device: str = "cpu"
+    info: dict = field(default_factory=dict)  # params, macs, size_bytes, path
+    skipped: str | None = None  # why it cannot run at all on this machine
+    gpu_memory: Callable[[], float | None] | None = None  # peak MiB since the last reset, if known
+    reset_gpu_memory: Callable[[], None] | None = None
+
+
+@dataclass
+class Sweep:
+    batches: list[int]
+    threads: list[int]  # resolved thread counts, >= 1
+    warmup_s: float = 0.2
+    min_time_s: float = 0.5
+    min_iters: int = 20
+
+
+def latency_stats(samples_s, batch: int) -> dict:
+    """Statistics of per-call latencies (seconds in, milliseconds out); throughput in samples/s.
+
+    Percentiles interpolate linearly between order statistics (numpy's default)."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no latency samples")
+    mean = float(ms.mean())
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+    return {
+        "mean_ms": mean,
+        "std_ms": float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        "min_ms": float(ms.min()),
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "max_ms": float(ms.max()),
+        "iterations": int(ms.size),
+        "throughput": batch * 1e3 / mean if mean > 0 else 0.0,
+    }
+
+
+def time_calls(fn: Callable[[], object], seconds: float, min_calls: int,
+               clock: Callable[[], float] = time.perf_counter, cpu: list[float] | None = None) -> list[float]:
+    """Call fn until both `min_calls` calls and `seconds` have passed; per-call wall seconds.
+
+    With `cpu`, also append each call's CPU time of this thread: on one thread the work runs
+    on the caller, and its CPU time does not count the time other processes held the core."""
+    out: list[float] = []
+    deadline = clock() + seconds
+    while len(out) < min_calls or clock() < deadline:
+        c0 = time.thread_time() if cpu is not None else 0.0
+        t0 = clock()
+        fn()
+        out.append(clock() - t0)
+        if cpu is not None:
+            cpu.append(time.thread_time() - c0)
+    return out
+
+
+def _row(b: Bench, batch: int | None, threads: int | None) -> dict:
+    return {"model": b.model, "format": b.fmt, "backend": b.backend, "device": b.device,
+            "batch": batch, "threads": threads, **b.info}
+
+
+def measure_cell(benches: list[Bench], batch: int, threads: int, sweep: Sweep) -> list[dict]:
+    """Interleaved measurement of every runnable bench at one (batch, threads) setting."""
+    live: list[tuple[Bench, Callable]] = []
+    rows: list[dict] = []
+    memory: dict[int, float | None] = {}
+    gc.collect()
+    for b in benches:
+        if b.reset_gpu_memory:
+            b.reset_gpu_memory()
+        try:
+            fn = b.make(batch, threads)
+        except BackendUnavailable as exc:
+            rows.append(_row(b, batch, threads) | {"skipped": str(exc)})
+            continue
+        time_calls(fn, sweep.warmup_s, 3)
+        memory[id(b)] = b.gpu_memory() if b.gpu_memory else None
+        live.append((b, fn))
+    samples: list[list[float]] = [[] for _ in live]
+    # CPU time per call where it means latency without preemption: one thread, on the CPU.
+    cpu: list[list[float] | None] = [[] if threads == 1 and b.device == "cpu" else None for b, _ in live]
+    per_round_s = sweep.min_time_s / ROUNDS
+    per_round_calls = max(1, math.ceil(sweep.min_iters / ROUNDS))
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside one model's window would be charged to it alone
+    try:
+        for r in range(ROUNDS):
+            for k in range(len(live)):  # rotate the order each round: no model always goes first
+                i = (k + r) % len(live)
+                samples[i] += time_calls(live[i][1], per_round_s, per_round_calls, cpu=cpu[i])
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    for (b, _), s, c in zip(live, samples, cpu, strict=True):
+        extra = {"gpu_peak_mb": memory[id(b)]} if memory[id(b)] is not None else {}
+        if c:
+            extra["cpu_p50_ms"] = float(np.percentile(np.asarray(c) * 1e3, 50))
+        rows.append(_row(b, batch, threads) | latency_stats(s, batch) | extra)
+    return rows
+
+
+def run_sweep(benches: list[Bench], sweep: Sweep, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Every (threads, batch) cell; GPU benches run only in the cell with the most threads.
+
+    Benches that cannot run at all give one row each, after the measured ones, with batch
+    and threads null and the reason under "skipped"."""
+    rows: list[dict] = []
+    live = [b for b in benches if not b.skipped]
+    cpu_threads = sorted(sweep.threads)
+    for threads in cpu_threads if live else []:
+        cell_benches = [b for b in live if b.device == "cpu" or threads == cpu_threads[-1]]
+        for batch in sweep.batches:
+            if progress:
+                progress(f"profiling batch {batch}, {threads} thread(s): {len(cell_benches)} model/backend pairs")
+            rows += measure_cell(cell_benches, batch, threads, sweep)
+    return rows + [_row(b, None, None) | {"skipped": b.skipped} for b in benches if b.skipped]
+
+
+def speedups(rows: list[dict], reference: str | None = None) -> list[dict]:
+    """p50 ratios reference/model for every measured row, from the same run and cell.
+
+    The reference is the teacher (or `reference`, or the first model measured) on
+    PyTorch eager fp32 of the same device when there is one, else on the same backend.
+    Where the reference model was also run on the row's own backend, that like-for-like
+    ratio is given too; on one CPU thread, so is the ratio of CPU times per call."""
+    measured = [r for r in rows if "p50_ms" in r]
+    if not measured:
+        return []
+    models = [r["model"] for r in measured]
+    ref_model = reference or ("teacher" if "teacher" in models else models[0])
+    ref_rows = {(r["backend"], r["format"], r["batch"], r["threads"]): r for r in measured if r["model"] == ref_model}
+    by_key = {k: r["p50_ms"] for k, r in ref_rows.items()}
+    out = []
+    for r in measured:
+        if r["model"] == ref_model:
+            continue
+        eager = f"pytorch-{r['device']}"
+        ref_backend = eager if (eager, "pytorch", r["batch"], r["threads"]) in by_key else r["backend"]
+        ref_fmt = "pytorch" if ref_backend == eager else r["format"]
+        ref = by_key.get((ref_backend, ref_fmt, r["batch"], r["threads"]))
+        if ref is None:
+            continue
+        entry = {
+            "model": r["model"], "format": r["format"], "backend": r["backend"],
+            "batch": r["batch"], "threads": r["threads"], "reference": f"{ref_model} ({ref_backend})",
+            "speedup": ref / r["p50_ms"],
+        }
+        ref_cpu = ref_rows[(ref_backend, ref_fmt, r["batch"], r["threads"])].get("cpu_p50_ms")
+        if ref_cpu and r.get("cpu_p50_ms"):
+            entry["cpu_speedup"] = ref_cpu / r["cpu_p50_ms"]  # from CPU time: immune to other load
+        same = by_key.get((r["backend"], r["format"], r["batch"], r["threads"]))
+        if same is not None and r["backend"] != ref_backend:
+            entry["speedup_same_backend"] = same / r["p50_ms"]
+        out.append(entry)
+    return out

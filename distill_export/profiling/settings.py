@@ -1,0 +1,160 @@
+"""What to measure: a hardware preset (or threads and batches by hand), the backends,
+and the timing budget. Built from ProfileConfig (the `run` pipeline) or from flags."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+
+from distill_export.device import all_threads
+from distill_export.errors import BackendUnavailable, ConfigError
+from distill_export.profiling.backends import (
+    BACKENDS,
+    CPU_DEFAULT,
+    GPU_DEFAULT,
+    cuda_missing,
+    parse_backends,
+    require,
+    unavailable,
+)
+from distill_export.profiling.measure import Sweep
+
+STANDALONE_BATCHES = [1, 8, 32, 128]  # `distill-export profile`; `run` keeps ProfileConfig's quicker [1, 32]
+STANDALONE_THREADS = [1, 2, 4, 0]  # 0 = every core
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    help: str
+    threads: tuple[int, ...]
+    backends: tuple[str, ...]
+
+
+PRESETS = {
+    p.name: p
+    for p in [
+        Preset("cpu-1t", "one CPU thread, like a small ARM core", (1,), tuple(CPU_DEFAULT)),
+        Preset("cpu-4t", "four CPU threads, like a quad-core edge board", (4,), tuple(CPU_DEFAULT)),
+        Preset("gpu", "the CUDA GPU: PyTorch fp32/fp16 and CUDA graphs, ONNX Runtime CUDA and "
+               "TensorRT EPs, TensorRT engines", (0,), tuple(GPU_DEFAULT)),
+    ]
+}
+
+
+@dataclass
+class ProfileSettings:
+    sweep: Sweep
+    backends: list[str]  # names in BACKENDS
+    explicit: bool = False  # backends named by the user: an unavailable one is an error
+    preset: str | None = None
+    input_shape: tuple[int, ...] | None = None  # per sample, for targets that do not say
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"preset": self.preset, "backends": self.backends, **asdict(self.sweep),
+                "input_shape": list(self.input_shape) if self.input_shape else None}
+
+
+def resolve_threads(requested: list[int], cores: int | None = None) -> tuple[list[int], list[str]]:
+    """0 means every core; counts above the core count are capped (with a note); deduped, sorted."""
+    cores = cores or all_threads()
+    notes, out = [], []
+    for t in requested:
+        if t < 0:
+            raise ConfigError(f"threads must be >= 0 (0 = all cores), got {t}")
+        n = cores if t == 0 else t
+        if n > cores:
+            notes.append(f"{t} threads asked for, this machine has {cores} cores: measured with {cores}")
+            n = cores
+        out.append(n)
+    return sorted(set(out)), notes
+
+
+def _positive(name: str, values: list[int]) -> list[int]:
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"{name} must be positive integers, got {values}")
+    return list(dict.fromkeys(values))
+
+
+def parse_ints(spec: str | list[int] | None, what: str) -> list[int] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, list):
+        return spec
+    try:
+        return [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r}") from None
+
+
+def make_settings(
+    config,  # ProfileConfig: warm-up and time budget, and the sweep when no flag overrides it
+    *,
+    preset: str | None = None,
+    batches: list[int] | None = None,
+    threads: list[int] | None = None,
+    backends: str | list[str] | None = None,
+    device: str = "auto",
+    standalone: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+) -> ProfileSettings:
+    """Flags beat the preset, the preset beats the config. `device` (auto|cpu|cuda) picks the
+    default backends when neither a preset nor --backend does."""
+    if preset is not None and preset not in PRESETS:
+        close = difflib.get_close_matches(preset, list(PRESETS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown target preset {preset!r} ({hint}choices: {', '.join(PRESETS)})")
+    p = PRESETS.get(preset) if preset else None
+    if batches is None:
+        batches = STANDALONE_BATCHES if standalone else list(config.batches)
+    if threads is None:
+        threads = list(p.threads) if p else (STANDALONE_THREADS if standalone else list(config.threads))
+    resolved_threads, notes = resolve_threads(_nonempty(threads))
+
+    explicit = backends is not None
+    if explicit:
+        names = parse_backends(backends)
+        for n in names:
+            require(BACKENDS[n])
+    elif p is not None:
+        names = list(p.backends)
+        if p.name == "gpu":
+            _require_some_gpu(names)
+    else:
+        names = _auto_backends(device)
+    sweep = Sweep(
+        batches=_positive("batch sizes", list(batches)), threads=resolved_threads,
+        warmup_s=float(config.warmup_s), min_time_s=float(config.min_time_s), min_iters=int(config.min_iters),
+    )
+    if sweep.warmup_s < 0 or sweep.min_time_s < 0 or sweep.min_iters < 1:
+        raise ConfigError("profile warm-up and min time must be >= 0 and min iterations >= 1")
+    return ProfileSettings(sweep, names, explicit, preset, tuple(input_shape) if input_shape else None, notes)
+
+
+def _nonempty(values: list[int]) -> list[int]:
+    if not values:
+        raise ConfigError("threads: give at least one thread count")
+    return list(values)
+
+
+def _auto_backends(device: str) -> list[str]:
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cpu":
+        return list(CPU_DEFAULT)
+    if device == "cuda":
+        _require_some_gpu(GPU_DEFAULT)
+        return list(dict.fromkeys(CPU_DEFAULT + GPU_DEFAULT))
+    # auto: the edge CPU story always; the GPU backends too when PyTorch sees a GPU
+    return list(dict.fromkeys(CPU_DEFAULT + GPU_DEFAULT)) if not cuda_missing() else list(CPU_DEFAULT)
+
+
+def _require_some_gpu(names: list[str]) -> None:
+    """A GPU asked for where no GPU backend can run is an error, not a page of skipped rows."""
+    if any(unavailable(BACKENDS[n]) is None for n in names):
+        return
+    raise BackendUnavailable(
+        "a GPU target was asked for but no GPU backend can run here: PyTorch sees no CUDA GPU, ONNX Runtime "
+        "has no CUDA or TensorRT execution provider and TensorRT is not installed; on an NVIDIA machine "
+        "install a CUDA build of torch, onnxruntime-gpu or tensorrt (see `--backend` to pick one)")

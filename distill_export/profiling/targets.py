@@ -1,0 +1,251 @@
+"""What `profile TARGET...` measures: a run directory (teacher, student and every export),
+an .onnx file, a TensorRT .engine, or one of our PyTorch checkpoints (nets/checkpoint.py).
+
+Each target becomes one Bench per selected backend that runs its kind of file; a backend
+this machine lacks becomes a skipped Bench carrying the reason. torch is imported only
+for checkpoints, so ONNX files profile on a box with only onnxruntime and numpy."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from distill_export.errors import CheckpointError, ConfigError, DataError
+from distill_export.profiling.backends import BACKENDS, Backend, unavailable
+from distill_export.profiling.measure import Bench
+from distill_export.profiling.modelinfo import onnx_info, size_bytes
+from distill_export.profiling.settings import ProfileSettings
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".pt2")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def target_kind(path: Path) -> str:
+    """run | onnx | engine | torch, or a one-line error for anything else."""
+    if path.is_dir():
+        return "run"
+    if not path.exists():
+        raise ConfigError(f"profile target {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return "engine"
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "torch"
+    raise ConfigError(f"unsupported profile target {path}: expected a run directory, an .onnx file, "
+                      f"a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+
+
+def benches_for_targets(targets: list[str | Path], settings: ProfileSettings) -> list[Bench]:
+    if not targets:
+        raise ConfigError("give at least one profile target: a run directory, .onnx, .engine or checkpoint")
+    benches: list[Bench] = []
+    for target in targets:
+        path = Path(target)
+        kind = target_kind(path)
+        if kind == "run":
+            found = run_dir_benches(path, settings)
+        else:
+            found = {"onnx": onnx_benches, "engine": engine_benches, "torch": checkpoint_benches}[kind](path, settings)
+            if not found:
+                names = [b.name for b in BACKENDS.values() if b.runs == kind]
+                raise ConfigError(f"no selected backend runs {path.name}; add one of {', '.join(names)} to --backend")
+        benches += found
+    return _dedupe(benches)
+
+
+def _selected(settings: ProfileSettings, runs: str) -> list[Backend]:
+    return [BACKENDS[n] for n in settings.backends if BACKENDS[n].runs == runs]
+
+
+def _skipped(model: str, fmt: str, backend: Backend, reason: str, info: dict) -> Bench:
+    return Bench(model, backend.label, fmt, None, backend.device, dict(info), reason)
+
+
+def _dedupe(benches: list[Bench]) -> list[Bench]:
+    """Two targets giving the same (model, format, backend): tell them apart by their folder."""
+    seen: dict[tuple, int] = {}
+    for b in benches:
+        seen[(b.model, b.fmt, b.backend)] = seen.get((b.model, b.fmt, b.backend), 0) + 1
+    for b in benches:
+        if seen[(b.model, b.fmt, b.backend)] > 1 and "path" in b.info:
+            b.model = f"{b.model}@{Path(b.info['path']).parent.name or '.'}"
+    return benches
+
+
+# ----- ONNX ----------------------------------------------------------------------------------
+
+
+def onnx_benches(path: Path, settings: ProfileSettings, model: str | None = None, fmt: str = "onnx",
+                 info: dict | None = None, input_shape: tuple[int, ...] | None = None) -> list[Bench]:
+    model = model or path.stem
+    backends = _selected(settings, "onnx")
+    if not backends:
+        return []
+    info = {"path": str(path), "size_bytes": size_bytes(path), **(info or onnx_info(path))}
+    shape = settings.input_shape or input_shape
+    if unavailable(BACKENDS["ort-cpu"]) is None:
+        # Open it once up front: a corrupt file or an unfeedable input fails here, in one line.
+        from distill_export.profiling.ort_runner import input_specs, open_session
+
+        input_specs(open_session(path, 1, BACKENDS["ort-cpu"]), path, shape)
+    out = []
+    for backend in backends:
+        reason = unavailable(backend)
+        if reason:
+            out.append(_skipped(model, fmt, backend, reason, info))
+            continue
+        from distill_export.profiling.ort_runner import ort_bench
+
+        out.append(ort_bench(model, fmt, path, backend, info, shape))
+    return out
+
+
+def onnx_input_shape(path: Path) -> tuple[int, ...] | None:
+    """The per-sample shape of an ONNX file's first input, when it is static."""
+    if unavailable(BACKENDS["ort-cpu"]):
+        return None
+    from distill_export.profiling.ort_runner import open_session
+
+    dims = open_session(path, 1, BACKENDS["ort-cpu"]).get_inputs()[0].shape[1:]
+    return tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
+
+
+# ----- TensorRT --------------------------------------------------------------------------------
+
+
+def engine_benches(path: Path, settings: ProfileSettings, model: str | None = None, fmt: str = "tensorrt",
+                   input_shape: tuple[int, ...] | None = None) -> list[Bench]:
+    model = model or path.stem
+    info = {"path": str(path), "size_bytes": size_bytes(path)}
+    out = []
+    for backend in _selected(settings, "engine"):
+        reason = unavailable(backend)
+        if reason:
+            out.append(_skipped(model, fmt, backend, reason, info))
+            continue
+        from distill_export.profiling.trt_runner import engine_bench
+
+        out.append(engine_bench(model, fmt, path, backend, info, settings.input_shape or input_shape))
+    return out
+
+
+# ----- PyTorch checkpoints ---------------------------------------------------------------------
+
+
+def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str | None = None,
+                       weights: str | None = None) -> list[Bench]:
+    """Our checkpoint (teacher or student), or an external teacher (.pt2, package.module:factory)."""
+    backends = _selected(settings, "torch")
+    if not backends:
+        return []
+    is_file = Path(str(path)).is_file()
+    if is_file and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a PyTorch zip archive)")
+    info = {"path": str(path), **({"size_bytes": size_bytes(path)} if is_file else {})}
+    live = [b for b in backends if not unavailable(b)]
+    if not live:  # no torch (an edge box), or no GPU for the GPU backends
+        name = model or Path(str(path)).stem
+        return [_skipped(name, "pytorch", b, unavailable(b), info) for b in backends]
+    loaded = load_torch_model(path, weights)
+    name = model or loaded["model"]
+    info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
+    out = []
+    for backend in backends:
+        reason = unavailable(backend) or loaded.get("skip")
+        if reason:
+            out.append(_skipped(name, "pytorch", backend, reason, info))
+            continue
+        from distill_export.profiling.torch_runner import torch_bench
+
+        out.append(torch_bench(name, loaded["module"], loaded["example"], backend, info))
+    return out
+
+
+def load_torch_model(path, weights=None) -> dict:
+    """{"module", "example"(batch -> input), "model" (teacher|student|baseline), "params", "macs",
+    "input_shape" (students), "skip" (why it cannot be timed, e.g. unknown input shapes)}."""
+    import torch
+
+    from distill_export.nets.checkpoint import load_checkpoint
+    from distill_export.profiling.torch_runner import count_macs, count_params
+    from distill_export.train_teacher import load_teacher
+
+    try:
+        from distill_export.nets.external import is_external_teacher
+    except ImportError:  # an older tree without bring-your-own teachers
+        is_external_teacher = lambda p: False  # noqa: E731
+
+    gen = torch.Generator().manual_seed(0)
+    student_shape = None
+    if is_external_teacher(path):
+        module, kind = load_teacher(path, None, weights), "teacher"
+        shapes = dict(getattr(module, "input_shapes", {}) or {})
+    else:
+        payload = load_checkpoint(path)
+        kind = payload["kind"]
+        if kind == "teacher":
+            module = load_teacher(path)
+            shapes = payload.get("meta", {}).get("input_shapes") or dict(getattr(module, "input_shapes", {}) or {})
+        elif kind == "student":
+            from distill_export.distill import load_student
+
+            module, meta = load_student(path)
+            student_shape = tuple(meta["input_shape"])
+            kind = "baseline" if meta.get("role") == "baseline" else "student"
+        else:
+            raise CheckpointError(f"{path} holds a {kind!r}; the profiler runs teacher and student checkpoints")
+    if student_shape is not None:
+        example = lambda b: torch.randn(b, *student_shape, generator=gen)  # noqa: E731
+    else:
+        if not shapes or any(d is None for s in shapes.values() for d in s):
+            return {"module": module, "example": None, "model": kind, "params": count_params(module),
+                    "macs": None, "skip": f"the input shapes of {path} are not fixed; cannot build an input"}
+        example = lambda b: {m: torch.randn(b, *s, generator=gen) for m, s in shapes.items()}  # noqa: E731
+    return {"module": module, "example": example, "model": kind, "params": count_params(module),
+            "macs": count_macs(module, example(1)), "input_shape": student_shape}
+
+
+# ----- run directories ---------------------------------------------------------------------------
+
+
+def run_dir_benches(path: Path, settings: ProfileSettings) -> list[Bench]:
+    """Teacher and student checkpoints on the PyTorch backends, every export on its runtime."""
+    from distill_export.rundir import RunDir
+
+    run = RunDir.existing(path)
+    config = run.load_config()
+    report = run.load_report()
+    exports = report.get("exports", {})
+    benches: list[Bench] = []
+
+    teacher = config.teacher.path or run.file("teacher.pt")
+    if config.teacher.path is None and not Path(teacher).is_file():
+        teacher = None
+    student_path = run.file("student.pt")
+    if teacher is not None:
+        benches += checkpoint_benches(teacher, settings, "teacher", getattr(config.teacher, "weights", None))
+    student_benches = checkpoint_benches(student_path, settings, "student") if student_path.is_file() else []
+    benches += student_benches
+    # The exports are the student: same parameters and MACs (when torch could count them).
+    student_info = {k: student_benches[0].info[k] for k in ("params", "macs") if student_benches and k in student_benches[0].info}
+    for fmt, art in exports.items():
+        file = run.file(art["path"])
+        if not file.is_file():
+            raise DataError(f"export {fmt} of {path} is missing ({file}); run `distill-export export {path}` again")
+        if art.get("runtime") == "onnxruntime":
+            benches += onnx_benches(file, settings, "student", fmt, student_info or None)
+        elif art.get("runtime") == "tensorrt":
+            benches += engine_benches(file, settings, "student", fmt, _student_shape(run, exports))
+    if not benches:
+        raise ConfigError(f"{path} has nothing to profile yet; run `distill-export distill {path}` first")
+    return benches
+
+
+def _student_shape(run, exports: dict) -> tuple[int, ...] | None:
+    """The student's per-sample input shape, read from its FP32 ONNX export (no torch needed)."""
+    for art in exports.values():
+        if art.get("runtime") == "onnxruntime" and run.file(art["path"]).is_file():
+            return onnx_input_shape(run.file(art["path"]))
+    return None

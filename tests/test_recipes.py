@@ -1,0 +1,61 @@
+"""Recipes in models/: shipped with the package, loadable by name, overridden by flags."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from distill_export.config import load_config, recipe_names, recipe_path
+from distill_export.errors import ConfigError
+
+
+def test_shipped_recipes():
+    assert {"avdigits", "avmnist"} <= set(recipe_names())
+
+
+@pytest.mark.parametrize("name", ["avdigits", "avmnist"])
+def test_every_recipe_names_data_teacher_student_and_hyper_parameters(name):
+    raw = yaml.safe_load(recipe_path(name).read_text())
+    assert {"description", "data", "student", "distill"} <= set(raw)
+    cfg = load_config(name)  # validates
+    assert cfg.data.source and cfg.student.name and cfg.distill.temperature > 0
+
+
+def test_avmnist_recipe():
+    cfg = load_config("avmnist")
+    assert cfg.data.source.endswith("avmnist/manifest.csv")
+    assert cfg.data.student_modality == "image"
+    assert cfg.data.max_train_rows == 3000
+    assert cfg.student.name == "tiny_cnn"
+
+
+def test_flags_override_the_recipe(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("data:\n  source: /data/mine.jsonl\n")
+    cfg = load_config("avmnist", f, {"distill.temperature": 2.0, "student.name": "pkg.mod:make",
+                                     "data.skip_bad_rows": "true", "teacher.path": "t.pt2"})
+    assert cfg.data.source == "/data/mine.jsonl"  # the user's file over the recipe
+    assert cfg.distill.temperature == 2.0 and cfg.student.name == "pkg.mod:make"
+    assert cfg.data.skip_bad_rows is True and cfg.teacher.path == "t.pt2"
+    assert cfg.data.max_train_rows == 3000  # untouched recipe keys stay
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(ConfigError, match="avmnist"):
+        load_config("avmnsit")
+
+
+@pytest.mark.parametrize("key, value", [("data.image_mode", "cmyk"), ("distill.augment", "mixup"),
+                                        ("data.text_encoder", "bert"), ("data.max_train_rows", -1)])
+def test_bad_new_values_are_named(key, value):
+    with pytest.raises(ConfigError, match=key.split(".")[1]):
+        load_config("avmnist", None, {key: value})
+
+
+def test_cli_flags_reach_the_config():
+    from distill_export.cli import _overrides
+
+    got = _overrides(data="m.csv", student_modality="audio", skip_bad_rows=True, teacher="pkg.m:f",
+                     teacher_weights="w.safetensors", augment="shift")
+    assert got == {"data.source": "m.csv", "data.student_modality": "audio", "data.skip_bad_rows": True,
+                   "teacher.path": "pkg.m:f", "teacher.weights": "w.safetensors", "distill.augment": "shift"}

@@ -1,0 +1,141 @@
+"""Benchmark the teacher-output cache: distillation epochs with the teacher's outputs read
+from the cache vs. the teacher run on every batch (what training without a cache, or with
+augmentation, costs), for teachers of growing cost relative to the student.
+
+    python tools/bench_cache.py --widths 8 16 32 --rows 2000 --repeats 3 --out bench-results/cache
+
+For each teacher width it measures, interleaved in one run (A B A B ...):
+  * forward cost per row of teacher and student (their ratio is "teacher_cost_x"),
+  * one distillation epoch (distill.train_student, including its validation pass) with
+    cached outputs and with the teacher online; the ratio is "epoch_speedup_x",
+  * the cache's one-off costs: computing the outputs once, saving, and loading (a hit).
+Teachers are randomly initialised: only their cost matters here. Writes JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def forward_cost(fn, inputs, rows: int, repeats: int) -> float:
+    """Seconds per row of a no-grad forward pass, batch 64, best of `repeats`."""
+    from distill_export.train import predict
+
+    return min(timed(lambda: predict(fn, inputs, rows, batch_size=64)) for _ in range(repeats)) / rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="avdigits", help="data (and student) from this recipe")
+    ap.add_argument("--data", default=None, help="a manifest instead of the recipe's data")
+    ap.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32], help="teacher widths to try")
+    ap.add_argument("--rows", type=int, default=2000, help="training rows used (0 = all)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="bench-results/cache")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(REPO))
+    from distill_export.config import load_config
+    from distill_export.data import load_dataset
+    from distill_export.distill import new_student, train_student
+    from distill_export.nets.teacher import FusionTeacher
+    from distill_export.teacher_cache import CacheKey, load, save
+    from distill_export.train import predict
+    from distill_export.train_teacher import teacher_kwargs
+
+    torch.set_num_threads(args.threads)
+    overrides = {"distill.epochs": 1}
+    if args.data:
+        overrides["data.source"] = args.data
+    cfg = load_config(args.recipe, None, overrides)
+    data = load_dataset(cfg.data, cfg.seed)
+    if args.rows and args.rows < len(data.train):
+        data.train = data.train.subset(torch.arange(args.rows))
+    n = len(data.train)
+    device = torch.device("cpu")
+    inputs = data.train.inputs
+    modality = cfg.data.student_modality
+    student = new_student(cfg, data).eval()
+    header = (f"{platform.node()} {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+              f"{args.threads} thread(s); data {data.name}: {n} train rows, inputs "
+              + ", ".join(f"{m} {tuple(s.shape)}" for m, s in data.modalities.items())
+              + f"; student {cfg.student.name} on {modality}, batch {cfg.distill.batch_size}")
+    print(header, flush=True)
+
+    results = []
+    for width in args.widths:
+        torch.manual_seed(0)
+        teacher = FusionTeacher(**teacher_kwargs(data, width, 0.0)).eval()
+        t_row = forward_cost(teacher.forward_features, inputs, n, args.repeats)
+        s_row = forward_cost(student.forward_features, inputs[modality], n, args.repeats)
+
+        compute_s = timed(lambda: predict(teacher.forward_features, inputs, n))
+        feats, logits = predict(teacher.forward_features, inputs, n)
+        key = CacheKey("bench", f"w{width}", "bench")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "teacher_outputs.safetensors"
+            save_s = timed(lambda: save(path, key, feats, logits))
+            load_s = timed(lambda: load(path, key, n))
+
+        @torch.no_grad()
+        def online(rows, x_student):
+            return teacher.forward_features({m: v[rows] for m, v in inputs.items()})
+
+        cached_times, online_times = [], []
+        if not results:  # warm-up: the first training call pays one-off allocation costs
+            train_student(cfg, data, logits, feats, device, quiet=True)
+        for _ in range(args.repeats):  # interleaved: A B A B ...
+            cached_times.append(timed(lambda: train_student(cfg, data, logits, feats, device, quiet=True)))
+            online_times.append(timed(lambda: train_student(cfg, data, None, feats, device, quiet=True,
+                                                            online_teacher=online)))
+        row = {
+            "teacher_width": width,
+            "teacher_ms_per_row": 1e3 * t_row, "student_ms_per_row": 1e3 * s_row,
+            "teacher_cost_x": t_row / s_row,
+            "epoch_cached_s": statistics.median(cached_times), "epoch_online_s": statistics.median(online_times),
+            "epoch_speedup_x": statistics.median(online_times) / statistics.median(cached_times),
+            "cache_compute_s": compute_s, "cache_save_s": save_s, "cache_load_s": load_s,
+            "cache_bytes": (feats.numel() + logits.numel()) * 4,
+        }
+        results.append(row)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+    lines = [header, "", "| teacher width | teacher cost (x student, fwd/row) | epoch cached (s) | epoch online (s) | "
+             "epoch speedup | cache: compute / save / load (s) |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['teacher_width']} | {r['teacher_cost_x']:.1f}x | {r['epoch_cached_s']:.2f} | "
+                     f"{r['epoch_online_s']:.2f} | {r['epoch_speedup_x']:.2f}x | {r['cache_compute_s']:.2f} / "
+                     f"{r['cache_save_s']:.3f} / {r['cache_load_s']:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_cache.json").write_text(json.dumps({"header": header, "results": results}, indent=2))
+    with open(out / "bench_cache.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(results[0]))
+        w.writeheader()
+        w.writerows(results)
+    (out / "bench_cache.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
