@@ -169,3 +169,22 @@ def test_max_train_rows_subsamples_before_decoding(manifest):
     assert len(data.train) <= 2 and data.info["train_rows_subsampled_from"] == 12
     assert data.class_names == ["cat", "dog", "owl"]  # val/test labels stay known
     assert len(data.val) == 3 and len(data.test) == 3
+
+
+def test_run_end_to_end_on_an_image_audio_text_manifest(tmp_path, tiny_config_file):
+    """The whole pipeline on user data with a text column: the profiler must feed the
+    teacher token ids, not floats."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    manifest = make_manifest(tmp_path / "data", per_class=6, unlabeled=3)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--data", str(manifest), "--config", str(tiny_config_file),
+                                      "--format", "onnx", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert {r["model"] for r in report["latency"] if "p50_ms" in r} >= {"teacher", "student"}
+    assert report["exports"]["onnx"]["parity"]["passed"]

@@ -202,7 +202,16 @@ def load_torch_model(path, weights=None) -> dict:
         if not shapes or any(d is None for s in shapes.values() for d in s):
             return {"module": module, "example": None, "model": kind, "params": count_params(module),
                     "macs": None, "skip": f"the input shapes of {path} are not fixed; cannot build an input"}
-        example = lambda b: {m: torch.randn(b, *s, generator=gen) for m, s in shapes.items()}  # noqa: E731
+        # Text inputs are hashed n-gram ids (B, L) into `buckets` embedding rows, not floats.
+        kinds = (payload.get("arch_kwargs", {}).get("kinds") or {}) if not is_external_teacher(path) else {}
+        buckets = (payload.get("arch_kwargs", {}).get("modalities") or {}) if kinds else {}
+
+        def example(b):
+            return {
+                m: torch.randint(1, max(2, int(buckets.get(m, 2))), (b, *s), generator=gen)
+                if kinds.get(m) == "text" else torch.randn(b, *s, generator=gen)
+                for m, s in shapes.items()
+            }
     return {"module": module, "example": example, "model": kind, "params": count_params(module),
             "macs": count_macs(module, example(1)), "input_shape": student_shape}
 
