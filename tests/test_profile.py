@@ -252,7 +252,7 @@ def test_profile_run_dir_writes_rows_speedups_csv_and_report(run_copy):
     for r in report["latency"]:
         assert r["params"] > 0 and r["macs"] > 0 and r["size_bytes"] > 0 and r["threads"] == 1
         assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
-    assert {(s["format"], s["batch"]) for s in report["speedups"]} == {(f, b) for f in ("pytorch", "onnx") for b in (1, 4)}
+    assert {(s["format"], s["batch"]) for s in report["speedups"]} == {(f, b) for f in ("pytorch", *onnx_formats) for b in (1, 4)}
     assert all(s["speedup"] > 0 for s in report["speedups"])
     meta = report["profile"]
     assert meta["settings"]["batches"] == [1, 4] and meta["machine"]["cores"] >= 1 and meta["peak_rss_mb"] > 0
