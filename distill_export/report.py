@@ -354,12 +354,15 @@ def write_profile_outputs(out: Path, rows: list[dict], speedups: list[dict], met
 # ----- terminal summaries -----------------------------------------------------------------
 
 
-def _rich_table(title: str, header: list[str], rows: list[list[str]]):
+def _rich_table(title: str, header: list[str], rows: list[list[str]], keep_whole: int = 0):
+    """keep_whole: how many leading columns (names) never wrap; the numeric headers wrap instead."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for h in header:
-        table.add_column(h)
+    # A light box and one space of padding, so the summary fits an 80-column terminal.
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for i, h in enumerate(header):
+        table.add_column(h, overflow="fold", no_wrap=i < keep_whole)
     for r in rows:
         table.add_row(*r)
     return table
@@ -412,17 +415,18 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     for model, fmt, acc, parity in entries:
         for backend, p50 in (lat.get((model, fmt)) or {"-": {}}).items():
             sp = speed.get((model, fmt, backend))
-            rows.append([model, fmt, backend, acc, parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads],
+            short = backend.replace("onnxruntime", "ort")  # keeps the table within 80 columns
+            rows.append([model, fmt, short, acc, parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads],
                          f"×{sp:.1f}" if sp else "-"])
-    header = ["model", "format", "backend", "accuracy", "parity", *[f"p50 ms b1 {t}t" for t in threads],
-              f"speedup b1 {threads[0]}t" if threads else "speedup"]
+    header = ["model", "format", "backend", "acc.", "parity", *[f"p50 ms b1 {t}t" for t in threads],
+              f"faster b1 {threads[0]}t" if threads else "faster"]
     return header, rows
 
 
 def print_summary(report: dict, console) -> None:
     """After `run`: accuracy, parity and p50 latency per model/format, and the speedups."""
     header, rows = summary_rows(report)
-    console.print(_rich_table("Summary (test split; latency at batch 1, same run)", header, rows))
+    console.print(_rich_table("Summary (test split; latency at batch 1, same run)", header, rows, keep_whole=3))
     if "kd_gain" in report:
         console.print(f"kd_gain: {100 * report['kd_gain']:+.2f} points. {kd_verdict(report)}")
     for r in report.get("latency", []):
