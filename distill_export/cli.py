@@ -126,7 +126,10 @@ def run(
                 temperature=temperature, alpha=alpha, beta=beta, label_fraction=label_fraction,
                 formats=formats, data=data, student_modality=student_modality, skip_bad_rows=skip_bad_rows,
                 teacher_weights=teacher_weights, augment=augment)
-    rd = RunDir.create(cfg.out)
+    from distill_export.pipeline import preflight
+
+    preflight(cfg)
+    rd = RunDir.create(cfg.out, fresh=True)
     err.print(f"run directory: {rd.path}")
     try:
         report = run_all(cfg, rd, quiet)
@@ -152,7 +155,10 @@ def train_teacher_cmd(
     cfg = _load(recipe, config, out=out_dir, teacher=teacher, device=device, seed=seed,
                 teacher_epochs=teacher_epochs, label_fraction=label_fraction, data=data,
                 student_modality=student_modality, skip_bad_rows=skip_bad_rows, teacher_weights=teacher_weights)
-    rd = RunDir.create(cfg.out)
+    from distill_export.pipeline import preflight
+
+    preflight(cfg)
+    rd = RunDir.create(cfg.out, fresh=True)
     rd.save_config(cfg)
     stage_train_teacher(cfg, rd, quiet)
     out.print(f"teacher written to {rd.path}")

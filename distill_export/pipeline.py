@@ -101,7 +101,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
     run.update_report(
         metrics={"student": kd_metrics, "baseline": base_metrics},
-        kd_gain=kd_metrics["accuracy"] - base_metrics["accuracy"],
+        kd_gain=round(kd_metrics["accuracy"] - base_metrics["accuracy"], 6),  # a fraction, like accuracy
         distill={
             "student": config.student.name,
             "temperature": config.distill.temperature,
@@ -189,6 +189,25 @@ def stage_report(run: RunDir) -> None:
     from distill_export.report import write_reports
 
     write_reports(run)
+
+
+def preflight(config: RunConfig) -> None:
+    """Cheap checks of what the user asked for, before any directory is made or model trained."""
+    from pathlib import Path as _Path
+
+    from distill_export.device import resolve_device
+    from distill_export.errors import ConfigError, DataError
+    from distill_export.export import check_formats
+    from distill_export.nets.students import student_names
+
+    name = config.student.name
+    if ":" not in name and name not in student_names():
+        raise ConfigError(f"unknown student {name!r} (choices: {', '.join(student_names())}, or package.module:factory)")
+    resolve_device(config.device)  # --device cuda without a GPU fails here
+    src = config.data.source
+    if src.endswith((".csv", ".jsonl")) and not _Path(src).expanduser().is_file():
+        raise DataError(f"manifest {src} does not exist")
+    check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it
 
 
 def run_all(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:

@@ -232,12 +232,18 @@ def make_plots(report: dict, out: Path) -> tuple[list[Path], str]:
     return plots, ""
 
 
+def _sizes(ds: dict) -> str:
+    """{'train': 3500, ...} -> 'train 3,500 / val 500 / test 1,000 rows'."""
+    sizes = ds.get("sizes") or {}
+    return " / ".join(f"{k} {v:,}" for k, v in sizes.items()) + " rows" if sizes else "sizes unknown"
+
+
 def render_markdown(report: dict, plots: list[Path], note: str = "") -> str:
     ds = report.get("dataset", {})
     parts = ["# distill-export report", ""]
     if ds:
         parts.append(
-            f"Dataset **{ds.get('name')}**: {ds.get('sizes')}, {ds.get('labeled_train_rows')} labeled training rows. "
+            f"Dataset **{ds.get('name')}**: {_sizes(ds)}, {ds.get('labeled_train_rows')} labeled training rows. "
             f"Test audio voices are never seen in training."
         )
     parts += ["", "## Accuracy (test split)", "", _md_table(["model", "accuracy", "macro F1", "macro precision", "macro recall"], accuracy_rows(report)), ""]
@@ -277,7 +283,7 @@ def render_html(report: dict, plots: list[Path], note: str = "") -> str:
     ds = report.get("dataset", {})
     sections = ["<h1>distill-export report</h1>"]
     if ds:
-        sections.append(f"<p>Dataset <b>{esc(str(ds.get('name')))}</b>: {esc(str(ds.get('sizes')))}, "
+        sections.append(f"<p>Dataset <b>{esc(str(ds.get('name')))}</b>: {esc(_sizes(ds))}, "
                         f"{esc(str(ds.get('labeled_train_rows')))} labeled training rows.</p>")
     if accuracy_rows(report):
         sections += ["<h2>Accuracy (test split)</h2>",

@@ -27,8 +27,12 @@ class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, path: str | Path | None) -> "RunDir":
-        return cls(ensure_writable_dir(path or default_run_dir()))
+    def create(cls, path: str | Path | None, fresh: bool = False) -> "RunDir":
+        """fresh: refuse a directory that already holds a run, rather than mixing two runs."""
+        target = Path(path or default_run_dir())
+        if fresh and ((target / "report.json").exists() or (target / "config.yaml").exists()):
+            raise ConfigError(f"--out {target} already holds a run; choose a new --out or delete it")
+        return cls(ensure_writable_dir(target))
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":

@@ -27,7 +27,7 @@ def test_report_json_has_documented_keys(tiny_run):
         cm = report["metrics"][model]["confusion_matrix"]
         assert len(cm) == 10 and sum(map(sum, cm)) == report["metrics"][model]["n"]
     assert report["kd_gain"] == pytest.approx(
-        report["metrics"]["student"]["accuracy"] - report["metrics"]["baseline"]["accuracy"]
+        report["metrics"]["student"]["accuracy"] - report["metrics"]["baseline"]["accuracy"], abs=1e-6
     )
     parity = report["exports"]["onnx"]["parity"]
     for key in ("max_abs_diff", "top1_agreement", "accuracy"):
@@ -71,6 +71,26 @@ def test_unknown_student_lists_choices(tmp_path):
     assert result.exit_code == 2
     text = _error(result)
     assert "resnet9000" in text and "mobilenet_v3_small" in text and "tiny_cnn" in text
+    assert not (tmp_path / "r").exists()  # caught before any directory is made or model trained
+
+
+def test_run_refuses_a_directory_that_holds_a_run(tiny_run):
+    before = (tiny_run / "report.json").read_text()
+    result = runner.invoke(app, ["run", "--out", str(tiny_run)])
+    assert result.exit_code == 2
+    assert "already holds a run" in _error(result)
+    assert (tiny_run / "report.json").read_text() == before
+
+
+def test_outputs_are_readable_by_others(tiny_run):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.json", "student.onnx", "student.pt"):
+        mode = stat.S_IMODE((tiny_run / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))
 
 
 def test_config_typo_names_the_key(tmp_path):
