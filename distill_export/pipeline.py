@@ -193,28 +193,22 @@ def stage_report(run: RunDir) -> None:
 
 def preflight(config: RunConfig) -> None:
     """Cheap checks of what the user asked for, before any directory is made or model trained."""
-    from pathlib import Path as _Path
-
     from distill_export.device import resolve_device
-    from distill_export.errors import ConfigError, DataError
+    from distill_export.errors import DataError
     from distill_export.export import check_formats
-    from distill_export.nets.students import student_names
+    from distill_export.nets.students import check_student_name
 
-    name = config.student.name
-    if ":" not in name and name not in student_names():
-        raise ConfigError(f"unknown student {name!r} (choices: {', '.join(student_names())}, or package.module:factory)")
+    check_student_name(config.student.name)
     resolve_device(config.device)  # --device cuda without a GPU fails here
     src = config.data.source
-    if src.endswith((".csv", ".jsonl")) and not _Path(src).expanduser().is_file():
+    if src.endswith((".csv", ".jsonl")) and not Path(src).expanduser().is_file():
         raise DataError(f"manifest {src} does not exist")
     check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it
 
 
 def run_all(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     """Every stage in order; raises ParityError (exit 1) after the report if a gate failed."""
-    from distill_export.export import check_formats
-
-    check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it: fail before training
+    preflight(config)  # fail before training, not after
     run.save_config(config)
     start = time.perf_counter()
     with _timed(run, "data"):

@@ -32,9 +32,14 @@ def create_student(name: str, num_classes: int, in_channels: int = 1) -> "SplitN
         from distill_export.nets.external import create_factory_student
 
         return create_factory_student(name, num_classes, in_channels)
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown student {name!r} (choices: {', '.join(student_names())})")
+    check_student_name(name)
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)
+
+
+def check_student_name(name: str) -> None:
+    """A registry name or package.module:factory; anything else is a ConfigError listing the choices."""
+    if ":" not in name and name not in _REGISTRY:
+        raise ConfigError(f"unknown student {name!r} (choices: {', '.join(student_names())}, or package.module:factory)")
 
 
 class SplitNet(nn.Module):
