@@ -204,6 +204,17 @@ def preflight(config: RunConfig) -> None:
     if src.endswith((".csv", ".jsonl")) and not Path(src).expanduser().is_file():
         raise DataError(f"manifest {src} does not exist")
     check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it
+    if config.teacher.path:
+        from distill_export.errors import CheckpointError
+        from distill_export.nets.external import is_export_program, is_factory
+
+        teacher = Path(config.teacher.path).expanduser()
+        if not is_factory(config.teacher.path) and not teacher.exists():
+            raise CheckpointError(f"teacher {config.teacher.path} does not exist")
+        if is_export_program(teacher):
+            from distill_export.nets.pt2_safety import check_pt2_archive
+
+            check_pt2_archive(teacher)  # a .pt2 that would unpickle code is refused before anything is made
 
 
 def run_all(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:

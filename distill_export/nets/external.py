@@ -166,11 +166,15 @@ def load_export_program(path) -> ExternalTeacher:
     path = Path(str(path))
     if not path.is_file():
         raise CheckpointError(f"teacher program {path} does not exist")
+    from distill_export.nets.pt2_safety import check_pt2_archive, weights_only_loads
+
+    check_pt2_archive(path)  # torch.export.load unpickles with weights_only=False: refuse such entries first
     quiet = logging.getLogger("torch.export")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; we say it in one line
     try:
-        ep = torch.export.load(str(path))
+        with weights_only_loads():
+            ep = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path} is not a torch.export program (.pt2): {first[:200]}") from None

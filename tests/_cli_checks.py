@@ -1,0 +1,26 @@
+"""Assertions shared by the hardening tests: a bad input gives one line, no traceback, a code."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def one_line_error(result, code: int = 2) -> str:
+    """The CLI exited with `code`, printed exactly one non-empty line and no traceback."""
+    text = (result.output or "").strip()
+    assert result.exit_code == code, (result.exit_code, text, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under folder (missing folder: {})."""
+    folder = Path(folder)
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
