@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -122,6 +124,131 @@ def _suggest(key: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (choices: {', '.join(choices)})"
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """repr(value) for an error message, cut to `limit` characters (a value can be huge)."""
+    short = reprlib.Repr()  # bounded walk: a huge or deeply nested value is never expanded in full
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = limit, limit, 8, 8, 3
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----- numeric ranges -------------------------------------------------------------------------
+# (low, high, low_inclusive, high_inclusive). Every int/float config value is finite; these
+# bound them. Exact dotted keys first, then the last part of the key (so a new field named
+# like these is covered without an edit here); any other number only has to be finite.
+_INF = float("inf")
+_AT_LEAST_1 = (1, 1_000_000, True, True)
+_FRACTION = (0.0, 1.0, True, True)
+_RANGES: dict[str, tuple] = {
+    "seed": (0, 2**32 - 1, True, True),  # numpy's seed range
+    "data.label_fraction": (0.0, 1.0, False, True),
+    "data.pca_variance": (0.0, 1.0, False, True),
+    "data.audio_snr_db": (-100.0, 100.0, True, True),
+    "data.image_size": (0, 4096, True, True),
+    "data.max_train_rows": (0, _INF, True, True),
+    "teacher.width": (1, 4096, True, True),
+    "teacher.modality_dropout": _FRACTION,
+    "distill.alpha": _FRACTION,
+    "distill.beta": (0.0, 1e6, True, True),
+    "export.opset": (17, 99, True, True),  # the upper end is refined by the installed onnx below
+    "export.calibration_samples": (1, 10_000_000, True, True),
+    "validate.fp32_max_abs": (0.0, 1e6, True, True),
+    "validate.fp32_agreement": _FRACTION,
+    "validate.fp16_agreement": _FRACTION,
+    "validate.int8_agreement": _FRACTION,
+    "validate.int8_max_accuracy_drop": _FRACTION,
+    "profile.threads": (0, 4096, True, True),  # 0 = all cores
+    "profile.min_iters": (1, 10_000_000, True, True),
+    "profile.warmup_s": (0.0, 3600.0, True, True),
+    "profile.min_time_s": (0.0, 3600.0, True, True),
+}
+_RANGES_BY_NAME: dict[str, tuple] = {
+    "epochs": (1, 100_000, True, True),
+    "lr": (0.0, 100.0, False, True),
+    "batch_size": _AT_LEAST_1,
+    "batch_sizes": _AT_LEAST_1,
+    "batches": _AT_LEAST_1,
+    "temperature": (0.0, 1000.0, False, True),
+    "weight_decay": (0.0, 100.0, True, True),
+    "weight": (0.0, 1e6, True, True),
+    "seed": (0, 2**32 - 1, True, True),
+}
+_SECONDS = (0.0, 86_400.0, True, True)  # keys ending in _s
+_NONEMPTY = {"validate.batch_sizes", "profile.batches", "profile.threads", "export.formats"}
+
+
+def _range_for(key: str):
+    name = key.rsplit(".", 1)[-1]
+    if key in _RANGES:
+        return _RANGES[key]
+    for suffix, rng in _RANGES_BY_NAME.items():
+        if name == suffix or name.endswith("_" + suffix):
+            return rng
+    return _SECONDS if name.endswith("_s") else None
+
+
+def _interval(rng) -> str:
+    lo, hi, lo_in, hi_in = rng
+    fmt = lambda v: "inf" if v == _INF else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return f"{'[' if lo_in else '('}{fmt(lo)}, {fmt(hi)}{']' if hi_in else ')'}"
+
+
+def _check_number(key: str, value, rng) -> None:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {_show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if rng is None:
+        return
+    lo, hi, lo_in, hi_in = rng
+    if value < lo or value > hi or (value == lo and not lo_in) or (value == hi and not hi_in):
+        raise ConfigError(f"{key} must be in {_interval(rng)}, got {_show(value)}")
+
+
+def _check_finite_nested(key: str, value) -> None:
+    """Numbers inside free-form values (lists of mappings such as distill.terms) must be finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite_nested(f"{key}.{_show(k, 40).strip(chr(39))}", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite_nested(f"{key}[{i}]", v)
+
+
+def check_numbers(config, prefix: str = "") -> None:
+    """Walk the dataclass fields: every int/float (and list of them) finite and in range."""
+    for f in dataclasses.fields(config):
+        key = f"{prefix}{f.name}"
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_numbers(value, key + ".")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_number(key, value, _range_for(key))
+        elif isinstance(value, list):
+            if key in _NONEMPTY and not value:
+                raise ConfigError(f"{key} must not be empty")
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                for v in value:
+                    _check_number(key, v, _range_for(key))
+            else:
+                _check_finite_nested(key, value)
+
+
+def _check_opset(opset: int) -> None:
+    """No higher than the installed onnx knows (a typo like 99 fails now, not after training)."""
+    try:
+        import onnx
+
+        newest = int(onnx.defs.onnx_opset_version())
+    except Exception:  # noqa: BLE001 - no onnx (a runtime-only install): the export stage says so
+        return
+    if opset > newest:
+        raise ConfigError(f"export.opset must be at most {newest} (the newest the installed onnx "
+                          f"{onnx.__version__} knows), got {opset}")
+
+
 def _coerce(value: Any, current: Any, where: str) -> Any:
     """Convert a YAML/flag value to the type of the field's default."""
     if value is None or current is None:
@@ -131,14 +258,16 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {_show(value)}")
     if isinstance(current, list):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
         kind = type(current[0]) if current else str
         return [_coerce(v.strip() if isinstance(v, str) else v, kind(), where) for v in items]
     try:
+        if isinstance(value, (bool, dict, list)) and isinstance(current, (int, float)):
+            raise TypeError  # yes/no is not a number; int(True) would quietly give 1
         if isinstance(current, float):
             return float(value)
         if isinstance(current, int):
@@ -146,44 +275,77 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
                 raise ValueError
             return int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a {type(current).__name__}, got {value!r}") from None
+        kind = "an integer" if isinstance(current, int) else "a number"
+        raise ConfigError(f"{where}: expected {kind}, got {_show(value)}") from None
+    if isinstance(current, str) and isinstance(value, (dict, list)):
+        raise ConfigError(f"{where}: expected a string, got {_show(value)}")
     return str(value) if isinstance(current, str) else value
+
+
+def _optional_str(config, key: str) -> bool:
+    """A field declared `str | None` (annotations are strings here)."""
+    kind = str(next(f.type for f in dataclasses.fields(config) if f.name == key)).replace(" ", "")
+    return kind in ("str|None", "None|str", "Optional[str]")
 
 
 def apply_overrides(config: RunConfig, values: dict[str, Any], origin: str = "config") -> RunConfig:
     """Apply nested ({section: {key: v}}) or dotted ({"section.key": v}) values; unknown keys fail."""
     for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{origin}: keys must be strings, got {_show(key)}")
         if "." in key:
             head, rest = key.split(".", 1)
             apply_overrides(config, {head: {rest: value}}, origin)
             continue
         names = [f.name for f in dataclasses.fields(config)]
         if key not in names:
-            raise ConfigError(f"unknown key {key!r} in {origin}{_suggest(key, names)}")
+            raise ConfigError(f"unknown key {_show(key)} in {origin}{_suggest(str(key)[:80], names)}")
         current = getattr(config, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{origin}: {key!r} must be a mapping, got {value!r}")
+                raise ConfigError(f"{origin}: {key!r} must be a mapping, got {_show(value)}")
             apply_overrides(current, value, f"{origin}: {key}")
+        elif current is None and value is not None and not isinstance(value, str) and _optional_str(config, key):
+            # an optional path/name (teacher.path, student.init_weights, ...): a string or nothing
+            if isinstance(value, (dict, list, bool)):
+                raise ConfigError(f"{origin}: {key} expected a string, got {_show(value)}")
+            setattr(config, key, str(value))
         else:
             setattr(config, key, _coerce(value, current, f"{origin}: {key}"))
     return config
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML mapping from a user file: data only (no tags that build objects), bounded in
+    bytes, nesting, aliases and alias expansion (safe_yaml.py); every failure is one line."""
+    from distill_export import safe_yaml
+
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(safe_yaml.MAX_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > safe_yaml.MAX_BYTES:
+        raise ConfigError(f"{what} {path} is larger than {safe_yaml.MAX_BYTES // 1024} KiB; a config is a few KiB")
     try:
-        data = yaml.safe_load(text)  # data only: never a loader that builds objects
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start}): not a YAML file") from None
+    try:
+        data = safe_yaml.load(text)  # data only: never a loader that builds objects
+    except safe_yaml.YamlLimitError as exc:
+        raise ConfigError(f"{what} {path} is refused: {exc}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{what} {path} is not valid YAML: {first[:160]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
+        raise ConfigError(f"{what} {path} must be a mapping at the top level, got {type(data).__name__}")
+    if any(not isinstance(k, str) for k in data):
+        raise ConfigError(f"{what} {path}: keys must be strings, got "
+                          f"{_show(next(k for k in data if not isinstance(k, str)))}")
     return data
 
 
@@ -219,6 +381,8 @@ def load_config(
 
 
 def validate_config(config: RunConfig) -> None:
+    check_numbers(config)  # every number finite and in range, named by its key, before anything else
+    _check_opset(config.export.opset)
     if not 0.0 < config.data.label_fraction <= 1.0:
         raise ConfigError(f"data.label_fraction must be in (0, 1], got {config.data.label_fraction}")
     if config.distill.temperature <= 0:
@@ -228,17 +392,17 @@ def validate_config(config: RunConfig) -> None:
     if config.distill.beta < 0:
         raise ConfigError(f"distill.beta must be >= 0, got {config.distill.beta}")
     if config.distill.teacher_view not in ("full", "student"):
-        raise ConfigError(f"distill.teacher_view must be full or student, got {config.distill.teacher_view!r}")
+        raise ConfigError(f"distill.teacher_view must be full or student, got {_show(config.distill.teacher_view)}")
     choices = {"data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
                "distill.augment": ("none", "shift")}
     for key, allowed in choices.items():
         value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
         if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_show(value)}")
     if config.data.image_size < 0 or config.data.max_train_rows < 0:
         raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
     if config.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {config.device!r}")
+        raise ConfigError(f"device must be auto, cpu or cuda, got {_show(config.device)}")
     from distill_export.export.base import ExportOptions, parse_formats
 
     parse_formats(config.export.formats)  # an unknown format fails now, not after training

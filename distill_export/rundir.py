@@ -54,8 +54,14 @@ class RunDir:
         write_text(self.file("config.yaml"), yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     def load_config(self) -> RunConfig:
-        data = yaml.safe_load(self.file("config.yaml").read_text()) or {}
-        return config_from_dict(data)
+        from distill_export.config import read_yaml
+
+        path = self.file("config.yaml")
+        data = read_yaml(path, what="run config")  # bounded safe YAML; a corrupt file is named in one line
+        try:
+            return config_from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def load_report(self) -> dict:
         p = self.file("report.json")

@@ -21,6 +21,9 @@ from distill_export.profiling.measure import Sweep
 
 STANDALONE_BATCHES = [1, 8, 32, 128]  # `distill-export profile`; `run` keeps ProfileConfig's quicker [1, 32]
 STANDALONE_THREADS = [1, 2, 4, 0]  # 0 = every core
+MAX_SECONDS = 3600.0  # per model and cell: warm-up, min time
+MAX_ITERS = 10_000_000
+MAX_BATCH = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,8 @@ def resolve_threads(requested: list[int], cores: int | None = None) -> tuple[lis
 
 
 def _positive(name: str, values: list[int]) -> list[int]:
-    if not values or any(v < 1 for v in values):
-        raise ConfigError(f"{name} must be positive integers, got {values}")
+    if not values or any(v < 1 or v > MAX_BATCH for v in values):
+        raise ConfigError(f"{name} must be integers in [1, {MAX_BATCH}], got {str(values)[:80]}")
     return list(dict.fromkeys(values))
 
 
@@ -127,8 +130,11 @@ def make_settings(
         batches=_positive("batch sizes", list(batches)), threads=resolved_threads,
         warmup_s=float(config.warmup_s), min_time_s=float(config.min_time_s), min_iters=int(config.min_iters),
     )
-    if sweep.warmup_s < 0 or sweep.min_time_s < 0 or sweep.min_iters < 1:
-        raise ConfigError("profile warm-up and min time must be >= 0 and min iterations >= 1")
+    for name, value in (("warm-up (--warmup)", sweep.warmup_s), ("min time (--min-time)", sweep.min_time_s)):
+        if not 0 <= value <= MAX_SECONDS:  # also false for NaN; inf would time forever
+            raise ConfigError(f"profile {name} must be in [0, {MAX_SECONDS}] seconds, got {value}")
+    if not 1 <= sweep.min_iters <= MAX_ITERS:
+        raise ConfigError(f"profile min iterations (--min-iters) must be in [1, {MAX_ITERS}], got {sweep.min_iters}")
     return ProfileSettings(sweep, names, explicit, preset, tuple(input_shape) if input_shape else None, notes)
 
 

@@ -1,0 +1,81 @@
+"""Safe YAML with bounds: data only (SafeLoader), and a document that cannot blow up.
+
+A 331-byte "billion laughs" file (anchors of anchors) expands to billions of nodes when
+anything walks it (a repr in an error message, a deep copy, a dump). Here the composed node
+graph is measured before any Python object is built: its size with every alias expanded,
+its nesting depth, its alias count and its byte length all have limits, and a recursive
+alias is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+MAX_BYTES = 1024 * 1024  # a config is a few KiB
+MAX_ALIASES = 1000
+MAX_DEPTH = 64
+MAX_EXPANDED_NODES = 100_000  # scalars + collections, every alias expanded
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A document over one of the bounds; the message says which."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise YamlLimitError(f"more than {MAX_ALIASES} aliases (*name)")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise YamlLimitError(f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node, memo: dict[int, int], active: set[int]) -> int:
+    """Nodes in the document with every alias expanded; shared nodes are measured once."""
+    key = id(node)
+    if key in active:
+        raise YamlLimitError("a recursive alias (an anchor used inside itself)")
+    if key in memo:
+        return memo[key]
+    total = 1
+    if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+        active.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        for child in children:
+            total += _expanded_size(child, memo, active)
+            if total > MAX_EXPANDED_NODES:
+                break  # no need to count further
+        active.discard(key)
+    memo[key] = total
+    return total
+
+
+def load(text: str) -> Any:
+    """yaml.safe_load with the bounds above; raises yaml.YAMLError (YamlLimitError for a bound)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
+        raise YamlLimitError(f"{size} bytes, more than the {MAX_BYTES} allowed")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_size(node, {}, set())
+        if n > MAX_EXPANDED_NODES:
+            raise YamlLimitError(f"aliases expand it to more than {MAX_EXPANDED_NODES} values (an alias bomb?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
