@@ -154,10 +154,43 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
         entry["path"] = str(Path(entry["path"]).relative_to(run.path))
         exports[fmt] = entry
     run.update_report(exports=exports)
+    with _timed(run, "export_teacher"):
+        run.update_report(teacher_exports={"onnx": _export_teacher(config, run, data, options)})
+
+
+def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
+    """The teacher as FP32 ONNX (one input per modality) plus its parity data, so it is profiled
+    on the same runtimes as the student. A teacher that will not export is recorded with the
+    reason (one warning line) and the run goes on: {"skipped": reason}."""
+    from distill_export.errors import DistillExportError
+    from distill_export.export.teacher_onnx import export_teacher_onnx
+    from distill_export.train import predict
+    from distill_export.train_teacher import load_teacher
+    from distill_export.validate import TEACHER_PARITY_FILE, save_teacher_parity_data
+
+    path = _teacher_path(config, run)
+    try:
+        if not config.teacher.path and not path.is_file():
+            raise DistillExportError(f"{path} is missing (run `distill-export train-teacher`)")
+        teacher = load_teacher(path, data, config.teacher.weights).cpu().eval()
+        names = [m for m in teacher.modality_names if m in data.test.inputs]
+        inputs = {m: data.test.inputs[m] for m in names}
+        _, logits = predict(teacher.forward_features, inputs, len(data.test))
+        res = export_teacher_onnx(teacher, inputs, run.path, options, str(config.teacher.path or "teacher.pt"))
+    except (DistillExportError, RuntimeError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        console.print(f"[yellow]warning:[/] the teacher was not exported to ONNX, so it is profiled on PyTorch "
+                      f"only: {reason}", highlight=False)
+        return {"skipped": reason}
+    save_teacher_parity_data(run.file(TEACHER_PARITY_FILE), {m: v.numpy() for m, v in inputs.items()},
+                             data.test.labels.numpy(), logits.numpy())
+    entry = res.to_dict()
+    entry["path"] = str(Path(entry["path"]).relative_to(run.path))
+    return entry
 
 
 def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
-    from distill_export.validate import PARITY_FILE, load_parity_data, validate_exports
+    from distill_export.validate import PARITY_FILE, failed_gates, load_parity_data, validate_exports
 
     report = run.load_report()
     exports = {
@@ -172,6 +205,22 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     for fmt, res in results.items():
         report["exports"][fmt]["parity"] = res
     run.update_report(exports=report["exports"])
+    teacher_onnx = (report.get("teacher_exports") or {}).get("onnx") or {}
+    if teacher_onnx.get("path"):
+        # The teacher's ONNX is not shipped: a failed gate is reported, not fatal, and its rows stay.
+        from distill_export.validate import TEACHER_PARITY_FILE, load_teacher_parity_data, validate_teacher_onnx
+
+        teacher_parity = load_teacher_parity_data(run.file(TEACHER_PARITY_FILE))
+        teacher_onnx["parity"] = validate_teacher_onnx(run.file(teacher_onnx["path"]), teacher_parity,
+                                                       config.validate, num_classes)
+        run.update_report(teacher_exports={**report["teacher_exports"], "onnx": teacher_onnx})
+        if not teacher_onnx["parity"]["passed"]:
+            console.print("[yellow]warning:[/] the teacher's ONNX fails its FP32 parity gates: "
+                          + "; ".join(failed_gates({"teacher onnx": teacher_onnx["parity"]})), highlight=False)
+    if run.load_report().get("latency"):  # profiled before: parity decides what is recommended
+        from distill_export.recommend import update_run
+
+        update_run(run)
     return results
 
 
@@ -182,6 +231,9 @@ def stage_profile(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     with _timed(run, "profile"):
         result = profile_targets([run.path], settings, None if quiet else console.log)
     run.update_report(latency=result.rows, speedups=result.speedups, profile=result.meta)
+    from distill_export.recommend import update_run
+
+    update_run(run)  # the fastest gate-passing artifact per profiled target
     return result.rows
 
 

@@ -60,11 +60,20 @@ def latency_table(report: dict) -> list[list[str]]:
 
 LATENCY_HEADER = ["model", "format", "backend", "batch", "threads", "mean ± std ms", "p50 ms", "p90 ms", "p99 ms",
                   "CPU ms/call p50", "samples/s"]
-SPEEDUP_HEADER = ["model", "format", "backend", "batch", "threads", "speedup (p50)", "speedup (CPU time)", "vs"]
+SPEEDUP_HEADER = ["model", "format", "backend", "batch", "threads", "speedup (p50)", "speedup (CPU time)", "vs",
+                  "same runtime"]
 
 
 def _speedup(s: dict) -> float:
     return s.get("speedup", s.get("speedup_vs_teacher"))  # older reports used the longer key
+
+
+def like_for_like(s: dict) -> bool:
+    """Whether a speedup compares the two models on the same runtime (older reports: read the
+    reference's backend from its label, "teacher (pytorch-cpu)")."""
+    if "like_for_like" in s:
+        return bool(s["like_for_like"])
+    return str(s.get("reference", "")).endswith(f"({s['backend']})")
 
 
 def speedup_table(report: dict, batch: int | None = None) -> list[list[str]]:
@@ -73,8 +82,34 @@ def speedup_table(report: dict, batch: int | None = None) -> list[list[str]]:
         if batch is None or s["batch"] == batch:
             rows.append([s["model"], s["format"], s["backend"], str(s["batch"]), str(s["threads"]),
                          f"×{_speedup(s):.2f}", f"×{s['cpu_speedup']:.2f}" if "cpu_speedup" in s else "-",
-                         s.get("reference", "teacher")])
+                         s.get("reference", "teacher"), "yes" if like_for_like(s) else "no (runtimes differ)"])
     return rows
+
+
+def headline_speedups(report: dict, batch: int = 1) -> list[str]:
+    """Student vs teacher on the same runtime, one line per backend at `batch` on the fewest
+    threads measured (and one per GPU backend); a backend the teacher did not run on says why."""
+    lat = [r for r in report.get("latency", []) if "p50_ms" in r and r["batch"] == batch]
+    if not lat:
+        return []
+    fewest = min(r["threads"] for r in lat if r.get("device", "cpu") == "cpu") if any(
+        r.get("device", "cpu") == "cpu" for r in lat) else None
+    cells = {(r["backend"], r["threads"]) for r in lat if r["model"] == "student"
+             and (r.get("device", "cpu") != "cpu" or r["threads"] == fewest)}
+    why_not = {r["backend"]: r["skipped"] for r in report.get("latency", [])
+               if r["model"] == "teacher" and "skipped" in r}
+    lines = []
+    for backend, threads in sorted(cells):
+        found = [s for s in report.get("speedups", []) if like_for_like(s) and s["model"] == "student"
+                 and s["backend"] == backend and s["batch"] == batch and s["threads"] == threads]
+        where = f"{backend}, batch {batch}, {threads} thread(s)"
+        if found:
+            parts = ", ".join(f"×{_speedup(s):.1f} ({s['format']})" for s in found)
+            lines.append(f"student vs teacher on the same runtime ({where}): {parts}")
+        else:
+            reason = why_not.get(backend, "the teacher was not measured on this runtime")
+            lines.append(f"student vs teacher on the same runtime ({where}): no teacher row: {reason}")
+    return lines
 
 
 def profile_context(report: dict) -> str:
@@ -259,9 +294,18 @@ def render_markdown(report: dict, plots: list[Path], note: str = "") -> str:
     if report.get("latency"):
         parts += ["## Latency", "", profile_context(report), "", _md_table(LATENCY_HEADER, latency_table(report)), "",
                   "All rows: [latency.csv](latency.csv). Page with tables and plots: [report.html](report.html).", ""]
+        if headline_speedups(report):
+            parts += ["**Like for like** (student vs teacher on the same runtime; the cross-runtime ratios below, "
+                      "marked 'no', mix the runtime's gain with the student's):", ""]
+            parts += [f"- {line}" for line in headline_speedups(report)] + [""]
         if speedup_table(report, batch=1):
             parts += ["Speedups at batch 1 (p50 of the reference / p50 of the model, same run and cell):", "",
                       _md_table(SPEEDUP_HEADER, speedup_table(report, batch=1)), ""]
+    if recommendation_lines(report):
+        parts += ["## Recommended artifact per target", "",
+                  "The fastest export that passed every parity gate, never one slower than the FP32 ONNX "
+                  "(artifacts within 5% of the fastest count as tied; the smaller accuracy drop wins):", ""]
+        parts += [f"- {line}" for line in recommendation_lines(report)] + [""]
     for p in plots:
         parts += [f"[![{p.stem}](plots/{p.name})](plots/{p.name})", ""]
     if note:
@@ -306,6 +350,12 @@ def render_html(report: dict, plots: list[Path], note: str = "") -> str:
         sections.append(f"<p><i>{esc(note)}</i></p>")
     if report.get("latency"):
         sections += ["<h2>Latency</h2>", f"<p>{esc(profile_context(report))}</p>"]
+        if headline_speedups(report):
+            sections += ["<h3>Like for like (student vs teacher on the same runtime)</h3>",
+                         "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in headline_speedups(report)) + "</ul>"]
+        if recommendation_lines(report):
+            sections += ["<h3>Recommended artifact per target</h3>",
+                         "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in recommendation_lines(report)) + "</ul>"]
         if speedup_table(report):
             sections += ["<h3>Speedups (p50 of the reference / p50 of the model, same run and cell)</h3>",
                          _html_table(SPEEDUP_HEADER, speedup_table(report))]
@@ -407,10 +457,14 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             lat.setdefault((r["model"], r["format"]), {}).setdefault(r["backend"], {})[r["threads"]] = r["p50_ms"]
     threads = sorted({t for by_backend in lat.values() for v in by_backend.values() for t in v})
     speed = {(s["model"], s["format"], s["backend"]): _speedup(s) for s in report.get("speedups", [])
-             if s["batch"] == 1 and threads and s["threads"] == threads[0]}
+             if s["batch"] == 1 and threads and s["threads"] == threads[0] and like_for_like(s)}
     metrics = report.get("metrics", {})
     exports = report.get("exports", {})
     entries = [(m, "pytorch", _pct(metrics[m]["accuracy"]), "-") for m in ("teacher", "baseline", "student") if m in metrics]
+    t_onnx = (report.get("teacher_exports") or {}).get("onnx") or {}
+    if t_onnx.get("parity"):  # the teacher's own ONNX: its accuracy, and parity vs the PyTorch teacher
+        entries.insert(1, ("teacher", "onnx", _pct(t_onnx["parity"]["accuracy"]),
+                           "PASS" if t_onnx["parity"]["passed"] else "FAIL"))
     for fmt, art in exports.items():
         p = art.get("parity") or {}
         entries.append(("student", fmt, _pct(p.get("accuracy")) if p else "-",
@@ -425,7 +479,7 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             rows.append([model, fmt, short, acc, parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads],
                          f"×{sp:.1f}" if sp else "-"])
     header = ["model", "format", "backend", "acc.", "parity", *[f"p50 ms b1 {t}t" for t in threads],
-              f"faster b1 {threads[0]}t" if threads else "faster"]
+              f"× teacher same rt b1 {threads[0]}t" if threads else "× teacher"]
     return header, rows
 
 
@@ -433,8 +487,37 @@ def print_summary(report: dict, console) -> None:
     """After `run`: accuracy, parity and p50 latency per model/format, and the speedups."""
     header, rows = summary_rows(report)
     console.print(_rich_table("Summary (test split; latency at batch 1, same run)", header, rows, keep_whole=3))
+    print_deployment(report, console)
     if "kd_gain" in report:
         console.print(f"kd_gain: {100 * report['kd_gain']:+.2f} points. {kd_verdict(report)}")
     for r in report.get("latency", []):
         if "skipped" in r and r.get("batch") is None:
             console.print(f"not profiled: {r['model']} ({r['format']}) on {r['backend']}: {r['skipped']}", highlight=False)
+
+
+def print_deployment(report: dict, console) -> None:
+    """The like-for-like speedups (student vs teacher, same runtime) and the recommended
+    artifact per profiled target."""
+    for line in headline_speedups(report):
+        console.print(line, highlight=False)
+    for line in recommendation_lines(report):
+        console.print(line, highlight=False)
+
+
+def recommendation_lines(report: dict) -> list[str]:
+    """One line per target of report.json `recommended` (see recommend.py)."""
+    lines = []
+    for target, rec in (report.get("recommended") or {}).items():
+        if not rec.get("format"):
+            lines.append(f"recommended for {target}: none ({rec.get('reason', 'no artifact qualifies')})")
+            continue
+        vs_fp32 = rec.get("speedup_vs_fp32_onnx")
+        vs_teacher = rec.get("speedup_vs_teacher")
+        facts = [f"p50 {rec['p50_ms']:.3f} ms at batch {rec['batch']}",
+                 f"accuracy drop {100 * rec['accuracy_drop']:+.2f} points" if rec.get("accuracy_drop") is not None else "",
+                 f"×{vs_fp32:.2f} vs student FP32 ONNX" if vs_fp32 else "",
+                 f"×{vs_teacher:.1f} vs {rec['teacher_reference']}" if vs_teacher else
+                 f"no teacher on {rec['backend']} ({rec.get('teacher_missing', 'not measured')})"]
+        lines.append(f"recommended for {target}: {rec['format']} on {rec['backend']} ({rec.get('path', '')}): "
+                     + ", ".join(f for f in facts if f))
+    return lines

@@ -66,3 +66,22 @@ def run_onnx(session, x: np.ndarray, batch_size: int) -> np.ndarray:
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(outs).astype(np.float32)
+
+
+def run_onnx_inputs(session, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """Logits of a multi-input model (a teacher: one input per modality), `batch_size` rows per
+    call. inputs: name -> (N, *shape), each cast to the dtype its ONNX input declares."""
+    dtypes = {i.name: _NP_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+    missing = sorted(set(dtypes) - set(inputs))
+    if missing:
+        raise DataError(f"no data for ONNX input(s) {', '.join(missing)}")
+    n = len(next(iter(inputs.values())))
+    outs = [
+        session.run(None, {k: inputs[k][i : i + batch_size].astype(t, copy=False) for k, t in dtypes.items()})[0]
+        for i in range(0, n, batch_size)
+    ]
+    return np.concatenate(outs).astype(np.float32)
+
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32, "tensor(double)": np.float64}

@@ -112,6 +112,19 @@ def compare(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, nu
     }
 
 
+def worst_case(per_batch: dict[str, dict]) -> dict:
+    """Gates use the worst case over batch sizes."""
+    return {
+        "max_abs_diff": max(m["max_abs_diff"] for m in per_batch.values()),
+        "mean_abs_diff": max(m["mean_abs_diff"] for m in per_batch.values()),
+        "min_cosine": min(m["min_cosine"] for m in per_batch.values()),
+        "top1_agreement": min(m["top1_agreement"] for m in per_batch.values()),
+        "accuracy": min(m["accuracy"] for m in per_batch.values()),
+        "accuracy_drop": max(m["accuracy_drop"] for m in per_batch.values()),
+        "reference_accuracy": next(iter(per_batch.values()))["reference_accuracy"],
+    }
+
+
 def _artifact_facts(artifact: dict, session=None) -> dict:
     """Metadata an artifact carries about itself: ONNX metadata_props or the engine's stamp."""
     if session is not None:
@@ -181,16 +194,7 @@ def validate_artifact(
                 f"{artifact['path']} returned logits of shape {outputs[bs].shape}, expected {reference.shape}"
             )
         per_batch[str(bs)] = compare(outputs[bs], reference, labels, num_classes)
-    # Gates use the worst case over batch sizes.
-    worst = {
-        "max_abs_diff": max(m["max_abs_diff"] for m in per_batch.values()),
-        "mean_abs_diff": max(m["mean_abs_diff"] for m in per_batch.values()),
-        "min_cosine": min(m["min_cosine"] for m in per_batch.values()),
-        "top1_agreement": min(m["top1_agreement"] for m in per_batch.values()),
-        "accuracy": min(m["accuracy"] for m in per_batch.values()),
-        "accuracy_drop": max(m["accuracy_drop"] for m in per_batch.values()),
-        "reference_accuracy": next(iter(per_batch.values()))["reference_accuracy"],
-    }
+    worst = worst_case(per_batch)
     gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for(artifact["precision"], cfg)]
     result = {
         **worst,
@@ -211,6 +215,51 @@ def validate_exports(exports: dict, parity: dict[str, np.ndarray], cfg, num_clas
         fmt: validate_artifact(art, parity, cfg, num_classes, teacher_accuracy)
         for fmt, art in exports.items()
     }
+
+
+TEACHER_PARITY_FILE = "teacher_parity_data.npz"
+
+
+def save_teacher_parity_data(path: str | Path, inputs: dict[str, np.ndarray], labels: np.ndarray,
+                             reference_logits: np.ndarray) -> None:
+    """The teacher's test inputs (one array per modality), labels and PyTorch logits."""
+    from distill_export.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, labels=labels, logits=reference_logits.astype(np.float32),
+                     **{f"x__{m}": v for m, v in inputs.items()})
+
+
+def load_teacher_parity_data(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing; run `distill-export export` first")
+    try:
+        with np.load(path) as f:
+            return {"inputs": {k[3:]: f[k] for k in f.files if k.startswith("x__")},
+                    "labels": f["labels"], "logits": f["logits"]}
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
+
+
+def validate_teacher_onnx(path: str | Path, parity: dict, cfg, num_classes: int) -> dict:
+    """Parity of the teacher's FP32 ONNX (one input per modality) against the PyTorch teacher,
+    with the FP32 gates (fp32_max_abs, fp32_agreement), worst case over cfg.batch_sizes."""
+    from distill_export.runtimes import onnx_session, run_onnx_inputs
+
+    session = onnx_session(path, 0)
+    reference, labels = parity["logits"], parity["labels"]
+    per_batch = {}
+    for bs in cfg.batch_sizes:
+        out = run_onnx_inputs(session, parity["inputs"], bs)
+        if out.shape != reference.shape:
+            raise DataError(f"{path} returned logits of shape {out.shape}, expected {reference.shape}")
+        per_batch[str(bs)] = compare(out, reference, labels, num_classes)
+    worst = worst_case(per_batch)
+    gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for("fp32", cfg)]
+    return {**worst, "per_batch": per_batch, "gates": {g.name: g.to_dict() for g in gates},
+            "passed": all(g.passed for g in gates)}
 
 
 def failed_gates(results: dict[str, dict]) -> list[str]:

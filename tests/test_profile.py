@@ -136,14 +136,15 @@ def test_speedups_are_ratios_of_medians_from_the_same_cell():
         row("teacher", "onnxruntime-cpu", "onnx", 1, 1, 4.0), row("student", "onnxruntime-cpu", "onnx", 1, 1, 1.0),
         {"model": "student", "backend": "tensorrt", "format": "tensorrt", "batch": None, "threads": None, "skipped": "x"},
     ]
-    got = {(s["format"], s["threads"]): s for s in speedups(rows)}
-    assert set(got) == {("pytorch", 1), ("pytorch", 2), ("onnx", 1)}
-    assert got[("pytorch", 1)]["speedup"] == pytest.approx(5.0)
-    assert got[("pytorch", 1)]["cpu_speedup"] == pytest.approx(5.0)
-    assert got[("pytorch", 2)]["speedup"] == pytest.approx(2.0) and "cpu_speedup" not in got[("pytorch", 2)]
-    assert got[("onnx", 1)]["speedup"] == pytest.approx(10.0)  # vs the teacher in PyTorch eager
-    assert got[("onnx", 1)]["speedup_same_backend"] == pytest.approx(4.0)  # vs the teacher on ORT too
-    assert got[("onnx", 1)]["reference"] == "teacher (pytorch-cpu)"
+    got = {(s["format"], s["threads"], s["like_for_like"]): s for s in speedups(rows)}
+    assert set(got) == {("pytorch", 1, True), ("pytorch", 2, True), ("onnx", 1, True), ("onnx", 1, False)}
+    assert got[("pytorch", 1, True)]["speedup"] == pytest.approx(5.0)
+    assert got[("pytorch", 1, True)]["cpu_speedup"] == pytest.approx(5.0)
+    assert got[("pytorch", 2, True)]["speedup"] == pytest.approx(2.0) and "cpu_speedup" not in got[("pytorch", 2, True)]
+    assert got[("onnx", 1, False)]["speedup"] == pytest.approx(10.0)  # vs the teacher in PyTorch eager
+    assert got[("onnx", 1, False)]["reference"] == "teacher (pytorch-cpu)"
+    assert got[("onnx", 1, True)]["speedup"] == pytest.approx(4.0)  # vs the teacher on ORT too
+    assert got[("onnx", 1, True)]["reference"] == "teacher (onnxruntime-cpu)"
 
 
 # ----- settings: presets, threads, backends ------------------------------------------------------
@@ -246,7 +247,8 @@ def test_profile_run_dir_writes_rows_speedups_csv_and_report(run_copy):
     # Every ONNX export of the run (the demo recipe exports onnx and onnx-int8) gets its rows.
     onnx_formats = [f for f, art in report["exports"].items() if art["runtime"] == "onnxruntime"]
     assert "onnx" in onnx_formats
-    expected = [("teacher", "pytorch", "pytorch-cpu"), ("student", "pytorch", "pytorch-cpu")]
+    expected = [("teacher", "pytorch", "pytorch-cpu"), ("student", "pytorch", "pytorch-cpu"),
+                ("teacher", "onnx", "onnxruntime-cpu")]  # the teacher's own ONNX: like-for-like rows
     expected += [("student", f, "onnxruntime-cpu") for f in onnx_formats]
     assert got == {(m, f, be, b) for m, f, be in expected for b in (1, 4)}
     for r in report["latency"]:

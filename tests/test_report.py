@@ -35,6 +35,7 @@ def synthetic_report() -> dict:
     for threads, scale in ((1, 1.0), (2, 0.6)):
         for batch in (1, 32):
             latency += [_lat("teacher", "pytorch", "pytorch-cpu", batch, threads, 1.0 * batch * scale),
+                        _lat("teacher", "onnx", "onnxruntime-cpu", batch, threads, 0.4 * batch * scale),
                         _lat("student", "pytorch", "pytorch-cpu", batch, threads, 0.2 * batch * scale),
                         _lat("student", "onnx", "onnxruntime-cpu", batch, threads, 0.05 * batch * scale)]
     latency.append({"model": "student", "format": "tensorrt-fp16", "backend": "tensorrt", "device": "cuda",
@@ -51,8 +52,10 @@ def synthetic_report() -> dict:
                                         "passed": True}}},
         "latency": latency,
         "speedups": [{"model": "student", "format": f, "backend": b, "batch": 1, "threads": 1,
-                      "reference": "teacher (pytorch-cpu)", "speedup": s}
-                     for f, b, s in (("pytorch", "pytorch-cpu", 5.0), ("onnx", "onnxruntime-cpu", 20.0))],
+                      "reference": f"teacher ({ref})", "like_for_like": ref == b, "speedup": s}
+                     for f, b, ref, s in (("pytorch", "pytorch-cpu", "pytorch-cpu", 5.0),
+                                          ("onnx", "onnxruntime-cpu", "onnxruntime-cpu", 8.0),
+                                          ("onnx", "onnxruntime-cpu", "pytorch-cpu", 20.0))],
         "profile": {"machine": {"cpu": "Test CPU", "cores": 2, "load_average_1m": 0.5},
                     "versions": {"python": "3.11", "onnxruntime": "1.x"}, "peak_rss_mb": 100.0,
                     "settings": {"warmup_s": 0.2, "min_time_s": 0.5, "min_iters": 20}, "notes": []},
@@ -98,7 +101,7 @@ def test_without_matplotlib_plots_are_skipped_with_a_note(tmp_path, monkeypatch)
 
 def test_latency_table_puts_skipped_rows_last_with_their_reason():
     rows = latency_table(synthetic_report())
-    assert len(rows) == 13
+    assert len(rows) == 17
     assert rows[-1][:3] == ["student", "tensorrt-fp16", "tensorrt"]
     assert rows[-1][5].startswith("skipped: TensorRT is not installed")
 
@@ -116,7 +119,11 @@ def test_terminal_summary_has_accuracy_parity_p50_and_speedups():
     console = Console(record=True, width=200)
     print_summary(synthetic_report(), console)
     text = console.export_text()
-    assert "97.0%" in text and "PASS" in text and "×20.0" in text and "×5.0" in text
+    assert "97.0%" in text and "PASS" in text and "×8.0" in text and "×5.0" in text
+    # The headline is like for like; the cross-runtime ×20 (ORT student vs eager teacher) is not in it.
+    assert "×20.0" not in text
+    assert ("student vs teacher on the same runtime (onnxruntime-cpu, batch 1, 1 thread(s)): ×8.0 (onnx)"
+            in text.replace("\n", " "))
     assert "p50 ms b1 1t" in text and "p50 ms b1 2t" in text
     assert "not profiled: student (tensorrt-fp16) on tensorrt: TensorRT is not installed" in text
     console = Console(record=True, width=200)

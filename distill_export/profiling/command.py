@@ -57,6 +57,9 @@ def save(result: ProfileResult, run_dir: Path | None, out: Path | None) -> list[
 
         run = RunDir.existing(run_dir)
         run.update_report(latency=result.rows, speedups=result.speedups, profile=result.meta)
+        from distill_export.recommend import update_run
+
+        update_run(run)
         write_reports(run)
         written += [run.file("report.json"), run.file("latency.csv"), run.file("report.html")]
     elif out is not None:

@@ -151,40 +151,55 @@ def run_sweep(benches: list[Bench], sweep: Sweep, progress: Callable[[str], None
     return rows + [_row(b, None, None) | {"skipped": b.skipped} for b in benches if b.skipped]
 
 
+FP32_FORMATS = ("pytorch", "onnx")  # what a reference (the teacher) runs as, by preference
+
+
+def _fp32_rank(fmt: str) -> int:
+    return FP32_FORMATS.index(fmt) if fmt in FP32_FORMATS else len(FP32_FORMATS)
+
+
 def speedups(rows: list[dict], reference: str | None = None) -> list[dict]:
     """p50 ratios reference/model for every measured row, from the same run and cell.
 
-    The reference is the teacher (or `reference`, or the first model measured) on
-    PyTorch eager fp32 of the same device when there is one, else on the same backend.
-    Where the reference model was also run on the row's own backend, that like-for-like
-    ratio is given too; on one CPU thread, so is the ratio of CPU times per call."""
+    The reference is the teacher (or `reference`, or the first model measured). Each row
+    gets up to two entries:
+
+    - ``like_for_like: true``: the reference on the row's own backend (PyTorch vs PyTorch,
+      ONNX Runtime vs ONNX Runtime), in its FP32 form there (``pytorch``, else ``onnx``):
+      what the smaller model bought, and the headline;
+    - ``like_for_like: false``: the reference on PyTorch eager fp32 of the same device, for a
+      row on another runtime: the student's gain and the runtime's gain mixed together.
+
+    On one CPU thread each entry also carries the ratio of CPU times per call."""
     measured = [r for r in rows if "p50_ms" in r]
     if not measured:
         return []
     models = [r["model"] for r in measured]
     ref_model = reference or ("teacher" if "teacher" in models else models[0])
-    ref_rows = {(r["backend"], r["format"], r["batch"], r["threads"]): r for r in measured if r["model"] == ref_model}
-    by_key = {k: r["p50_ms"] for k, r in ref_rows.items()}
+    ref_rows: dict[tuple, dict] = {}  # (backend, batch, threads) -> the reference's FP32 row there
+    for r in measured:
+        if r["model"] != ref_model:
+            continue
+        key = (r["backend"], r["batch"], r["threads"])
+        if key not in ref_rows or _fp32_rank(r["format"]) < _fp32_rank(ref_rows[key]["format"]):
+            ref_rows[key] = r
     out = []
     for r in measured:
         if r["model"] == ref_model:
             continue
         eager = f"pytorch-{r['device']}"
-        ref_backend = eager if (eager, "pytorch", r["batch"], r["threads"]) in by_key else r["backend"]
-        ref_fmt = "pytorch" if ref_backend == eager else r["format"]
-        ref = by_key.get((ref_backend, ref_fmt, r["batch"], r["threads"]))
-        if ref is None:
-            continue
-        entry = {
-            "model": r["model"], "format": r["format"], "backend": r["backend"],
-            "batch": r["batch"], "threads": r["threads"], "reference": f"{ref_model} ({ref_backend})",
-            "speedup": ref / r["p50_ms"],
-        }
-        ref_cpu = ref_rows[(ref_backend, ref_fmt, r["batch"], r["threads"])].get("cpu_p50_ms")
-        if ref_cpu and r.get("cpu_p50_ms"):
-            entry["cpu_speedup"] = ref_cpu / r["cpu_p50_ms"]  # from CPU time: immune to other load
-        same = by_key.get((r["backend"], r["format"], r["batch"], r["threads"]))
-        if same is not None and r["backend"] != ref_backend:
-            entry["speedup_same_backend"] = same / r["p50_ms"]
-        out.append(entry)
+        for ref_backend, like in ((r["backend"], True), (eager, False)):
+            if not like and r["backend"] == eager:
+                continue
+            ref = ref_rows.get((ref_backend, r["batch"], r["threads"]))
+            if ref is None:
+                continue
+            entry = {
+                "model": r["model"], "format": r["format"], "backend": r["backend"],
+                "batch": r["batch"], "threads": r["threads"], "reference": f"{ref_model} ({ref_backend})",
+                "reference_format": ref["format"], "like_for_like": like, "speedup": ref["p50_ms"] / r["p50_ms"],
+            }
+            if ref.get("cpu_p50_ms") and r.get("cpu_p50_ms"):
+                entry["cpu_speedup"] = ref["cpu_p50_ms"] / r["cpu_p50_ms"]  # from CPU time: immune to other load
+            out.append(entry)
     return out

@@ -235,6 +235,7 @@ def run_dir_benches(path: Path, settings: ProfileSettings) -> list[Bench]:
     student_path = run.file("student.pt")
     if teacher is not None:
         benches += checkpoint_benches(teacher, settings, "teacher", getattr(config.teacher, "weights", None))
+    benches += teacher_onnx_benches(run, report, settings)
     student_benches = checkpoint_benches(student_path, settings, "student") if student_path.is_file() else []
     benches += student_benches
     # The exports are the student: same parameters and MACs (when torch could count them).
@@ -250,6 +251,23 @@ def run_dir_benches(path: Path, settings: ProfileSettings) -> list[Bench]:
     if not benches:
         raise ConfigError(f"{path} has nothing to profile yet; run `distill-export distill {path}` first")
     return benches
+
+
+def teacher_onnx_benches(run, report: dict, settings: ProfileSettings) -> list[Bench]:
+    """The teacher's FP32 ONNX (one input per modality) on the ONNX backends, so the student's
+    ONNX rows have a teacher on the same runtime; a teacher that was not exported gives skipped
+    rows that say why."""
+    art = (report.get("teacher_exports") or {}).get("onnx")
+    if not art:
+        return []  # a run exported before teachers were
+    if art.get("skipped"):
+        reason = f"the teacher was not exported to ONNX: {art['skipped']}"
+        return [_skipped("teacher", "onnx", b, reason, {}) for b in _selected(settings, "onnx")]
+    file = run.file(art["path"])
+    if not file.is_file():
+        return [_skipped("teacher", "onnx", b, f"{file} is missing; run `distill-export export` again", {})
+                for b in _selected(settings, "onnx")]
+    return onnx_benches(file, settings, "teacher", "onnx")
 
 
 def _student_shape(run, exports: dict) -> tuple[int, ...] | None:
