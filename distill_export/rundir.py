@@ -65,7 +65,19 @@ class RunDir:
 
     def load_report(self) -> dict:
         p = self.file("report.json")
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not p.exists():
+            return {}
+        try:
+            report = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ConfigError(f"{p} is corrupt (not valid JSON{where}); restore it or re-run the stage "
+                              "that writes it") from None
+        except RecursionError:
+            raise ConfigError(f"{p} is corrupt (nested too deeply)") from None
+        if not isinstance(report, dict):
+            raise ConfigError(f"{p} is corrupt: expected a JSON object, got {type(report).__name__}")
+        return report
 
     def update_report(self, **sections) -> dict:
         """Merge top-level sections into report.json (dicts merge one level deep)."""

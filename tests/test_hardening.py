@@ -186,3 +186,179 @@ def test_valid_config_with_aliases_still_loads(tmp_path):
     cfg.write_text("teacher: &t\n  lr: 0.002\n  epochs: 2\nprofile:\n  batches: &b [1, 2]\nvalidate:\n  batch_sizes: *b\n")
     config = load_config("avdigits", cfg)
     assert config.teacher.lr == 0.002 and config.validate.batch_sizes == [1, 2]
+
+
+# ----- the CLI wrapper: OS errors, MemoryError, decode errors, SIGTERM -------------------------
+def _raise_in_preflight(monkeypatch, exc):
+    def boom(config):
+        raise exc
+    monkeypatch.setattr("distill_export.pipeline.preflight", boom)
+
+
+@pytest.mark.parametrize("exc,needle", [
+    (OSError(28, "No space left on device", "/data/runs/a/report.json"), "no space left on the device"),
+    (OSError(36, "File name too long", "/data/" + "n" * 300), "file name is too long"),
+    (OSError(13, "Permission denied", "/data/runs/a"), "Permission denied"),
+    (MemoryError(), "out of memory"),
+    (__import__("json").JSONDecodeError("Expecting value", "{x", 1), "invalid JSON"),
+    (yaml.YAMLError("mapping values are not allowed here\n  in <file>"), "invalid YAML"),
+], ids=["ENOSPC", "ENAMETOOLONG", "EACCES", "MemoryError", "JSONDecodeError", "YAMLError"])
+def test_wrapper_turns_faults_into_one_line(exc, needle, monkeypatch, tmp_path):
+    _raise_in_preflight(monkeypatch, exc)
+    line = one_line_error(runner.invoke(app, ["run", "--out", str(tmp_path / "r")]), 2)
+    assert needle in line and len(line) < 400
+    assert not (tmp_path / "r").exists()
+
+
+def test_real_over_long_paths_are_one_line(tmp_path):
+    long = "p" * 300  # one component over NAME_MAX (255)
+    cases = [["run", "--out", str(tmp_path / long)],
+             ["run", "--config", str(tmp_path / f"{long}.yaml")],
+             ["run", "--data", str(tmp_path / f"{long}.csv"), "--out", str(tmp_path / "r1")],
+             ["run", "--teacher", str(tmp_path / f"{long}.pt2"), "--out", str(tmp_path / "r2")],
+             ["profile", str(tmp_path / f"{long}.onnx"), "--quiet"],
+             ["report", str(tmp_path / long)]]
+    for args in cases:
+        result = runner.invoke(app, args)
+        line = one_line_error(result, 2)
+        assert len(line) < 600, (args[:2], line)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_sigterm_is_one_line_like_ctrl_c(tmp_path, tiny_config_file):
+    """A real process: SIGTERM while it works gives one line and a non-zero exit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "distill_export.cli", "run", "--config", str(tiny_config_file),
+                             "--out", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # "run directory: ..." is printed once the command runs
+    assert "run directory" in first, first
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    lines = [x for x in (stdout + stderr).splitlines() if x.strip()]
+    assert proc.returncode == 143, (proc.returncode, lines[-5:])
+    assert "Traceback" not in stdout + stderr
+    assert lines == ["terminated (SIGTERM)"], lines
+
+
+def test_sigterm_handler_is_restored_after_a_command(tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    runner.invoke(app, ["run", "--seed", "-1", "--out", str(tmp_path / "r")])
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ----- corrupt files in a run directory ---------------------------------------------------------
+@pytest.fixture
+def fake_run(tmp_path) -> Path:
+    """A run directory with a valid config.yaml and report.json (no artifacts)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(RunConfig().to_dict(), sort_keys=False))
+    (run / "report.json").write_text('{"exports": {}}\n')
+    return run
+
+
+@pytest.mark.parametrize("content", ['{"exports": {', "[1, 2]", "\xff\xfe garbage", "[" * 100000 + "]" * 100000])
+@pytest.mark.parametrize("command", ["validate", "report", "export"])
+def test_corrupt_report_json_is_named(command, content, fake_run):
+    (fake_run / "report.json").write_bytes(content.encode("latin-1"))
+    if command == "export":
+        (fake_run / "student.pt").write_bytes(b"")  # exists; export reads the report later
+    before = snapshot(fake_run)
+    result = runner.invoke(app, [command, str(fake_run), "--quiet"] if command != "report" else [command, str(fake_run)])
+    line = one_line_error(result, 2)
+    assert "report.json" in line or "student.pt" in line, line
+    assert snapshot(fake_run) == before
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("distill: [1, 2\n", "not valid YAML"),
+    ("- just a list\n", "mapping"),
+    ("distill:\n  temperture: 2\n", "temperture"),
+    ("distill:\n  temperature: .nan\n", "distill.temperature"),
+    (BILLION_LAUGHS + "seed: *i\n", "alias"),
+    ("\x00\x01binary", "not valid YAML"),
+])
+@pytest.mark.parametrize("command", ["distill", "export", "validate"])
+def test_corrupt_run_config_is_named(command, content, needle, fake_run):
+    (fake_run / "config.yaml").write_text(content)
+    before = snapshot(fake_run)
+    line = one_line_error(runner.invoke(app, [command, str(fake_run), "--quiet"]), 2)
+    assert needle in line
+    assert "config.yaml" in line or needle == "distill.temperature"
+    assert snapshot(fake_run) == before
+
+
+# ----- manifest audio ---------------------------------------------------------------------------
+def _wav(path: Path, sample_rate: int, seconds: float, channels: int = 1) -> Path:
+    import struct
+
+    n = int(sample_rate * seconds)
+    data = b"\x00\x00" * n * channels
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, channels, sample_rate, (sample_rate * 2 * channels) & 0xFFFFFFFF, 2 * channels, 16) + b"data" + struct.pack("<I", len(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + data)
+    return path
+
+
+@pytest.mark.parametrize("rate,seconds,needle", [
+    (500, 0.5, "sample rate 500 Hz is outside 1 kHz-384 kHz"),
+    (999, 0.5, "sample rate 999 Hz"),
+    (400_000, 0.01, "sample rate 400000 Hz"),
+    (4_000_000_000, 0.0, "sample rate 4000000000 Hz"),
+    (1000, 61.0, "61.0 s long, more than the 60 s limit"),
+])
+def test_manifest_audio_header_limits_name_the_row(rate, seconds, needle, tmp_path):
+    from _byo_fixtures import make_manifest, read_rows, write_rows
+
+    manifest = make_manifest(tmp_path, modalities=("image", "audio"))
+    rows = read_rows(manifest)
+    rows[2]["audio"] = "wav/bad.wav"  # line 4 of the file (header is line 1)
+    _wav(tmp_path / "wav" / "bad.wav", rate, seconds)
+    write_rows(manifest, rows)
+    result = runner.invoke(app, ["train-teacher", "--data", str(manifest), "--out", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{manifest}:4: bad row: WAV file" in result.output and needle in result.output, result.output
+    assert not (tmp_path / "r" / "teacher.pt").exists()
+
+
+def test_audio_limits_at_the_edges_and_configurable(tmp_path):
+    from types import SimpleNamespace
+
+    from distill_export.data.audio import read_wav
+    from distill_export.data.manifest import _Decoder
+    from distill_export.errors import DataError
+
+    assert read_wav(_wav(tmp_path / "lo.wav", 1000, 0.1))[1] == 1000
+    assert read_wav(_wav(tmp_path / "hi.wav", 384_000, 0.01))[1] == 384_000
+    ten = _wav(tmp_path / "ten.wav", 8000, 10.0)
+    assert len(read_wav(ten)[0]) == 80_000
+    with pytest.raises(DataError, match="more than the 5 s limit"):
+        read_wav(ten, max_seconds=5)
+    strict = _Decoder("audio", "audio", SimpleNamespace(max_audio_seconds=5.0), tmp_path)
+    with pytest.raises(DataError, match="5 s limit"):
+        strict.decode("ten.wav")
+    assert _Decoder("audio", "audio", SimpleNamespace(), tmp_path).decode("ten.wav").shape[0] == 1
+
+
+def test_manifest_path_too_long_names_the_row(tmp_path):
+    from _byo_fixtures import make_manifest, read_rows, write_rows
+
+    manifest = make_manifest(tmp_path, modalities=("image", "audio"))
+    rows = read_rows(manifest)
+    rows[0]["audio"] = "a" * 5000 + ".wav"
+    rows[1]["image"] = "b" * 300 + "/x.png"
+    write_rows(manifest, rows)
+    result = runner.invoke(app, ["train-teacher", "--data", str(manifest), "--out", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{manifest}:2: bad row: audio 'aaaa" in result.output and "File name too long" in result.output
+    assert f"{manifest}:3: bad row: image 'bbbb" in result.output
+    assert max(len(x) for x in result.output.splitlines()) < 400

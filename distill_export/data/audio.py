@@ -29,6 +29,13 @@ DEMO_AUDIO_SPEC: dict = {
     "f_max": 4000.0,
 }
 
+# What a WAV header may claim: rates outside this are a corrupt or hostile header (1 Hz would
+# resample to 8000x its length), and a longer clip than MAX_AUDIO_SECONDS is refused before its
+# samples are read (config data.max_audio_seconds where the config has it).
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+MAX_AUDIO_SECONDS = 60.0
+
 # Power floor: 10*log10(EPS) = -100 dB is the value of silence and of padding.
 EPS = 1e-10
 FLOOR_DB = 10.0 * math.log10(EPS)
@@ -36,17 +43,32 @@ FLOOR_DB = 10.0 * math.log10(EPS)
 TRIM_DB = 40.0
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a PCM WAV file; return (mono float32 wave in [-1, 1], sample rate)."""
+def _check_header(path: Path, n_ch: int, width: int, sr: int, n: int, max_seconds: float) -> None:
+    """Refuse absurd header values before any sample is read."""
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise DataError(f"WAV file {path}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE // 1000} kHz-"
+                        f"{MAX_SAMPLE_RATE // 1000} kHz (a corrupt header?)")
+    if not 1 <= n_ch <= 64:
+        raise DataError(f"WAV file {path}: {n_ch} channels (1-64 supported; a corrupt header?)")
+    if n / sr > max_seconds:
+        raise DataError(f"WAV file {path}: the clip is {n / sr:.1f} s long, more than the {max_seconds:g} s "
+                        "limit (data.max_audio_seconds); cut it or raise the limit")
+
+
+def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int]:
+    """Read a PCM WAV file; return (mono float32 wave in [-1, 1], sample rate). Sample rates
+    outside 1-384 kHz and clips longer than max_seconds are refused (DataError)."""
     path = Path(path)
     try:
         with _wave.open(str(path), "rb") as f:
             n_ch, width, sr, n = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
-            raw = f.readframes(n)
+            _check_header(path, n_ch, width, sr, n, max_seconds)
+            # A header may understate the length: read no more than the limit allows.
+            raw = f.readframes(min(n, int(max_seconds * sr) + 1))
     except FileNotFoundError:
         raise DataError(f"audio file not found: {path}") from None
     except (_wave.Error, EOFError, OSError) as e:
-        raise DataError(f"cannot read WAV file {path}: {e}") from None
+        raise DataError(f"cannot read WAV file {path}: {str(e)[:120]}") from None
     if n_ch < 1 or sr <= 0:
         raise DataError(f"cannot read WAV file {path}: {n_ch} channels at {sr} Hz")
     if width == 1:  # 8-bit WAV is unsigned, centred on 128

@@ -88,10 +88,11 @@ def is_grayscale(im) -> bool:
 
 
 # ----- audio ---------------------------------------------------------------------------------
-def load_audio(path: str | Path, spec: dict | None = None) -> tuple[np.ndarray, int]:
+def load_audio(path: str | Path, spec: dict | None = None, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """WAV -> ((1, n_mels, n_frames) float32 log-mel dB, the file's sample rate).
 
     A file at another rate is resampled to spec['sample_rate']; the caller reports it.
+    Rates outside 1-384 kHz and clips over max_seconds (default audio.MAX_AUDIO_SECONDS) fail.
     """
     spec = spec or DEMO_AUDIO_SPEC
     path = Path(path)
@@ -99,7 +100,7 @@ def load_audio(path: str | Path, spec: dict | None = None) -> tuple[np.ndarray, 
         raise DataError(f"audio file not found: {path}")
     if path.stat().st_size == 0:
         raise DataError(f"audio file is empty: {path}")
-    wave, sr = read_wav(path)
+    wave, sr = read_wav(path) if max_seconds is None else read_wav(path, max_seconds=max_seconds)
     if not np.isfinite(wave).all():
         raise DataError(f"audio file holds non-finite samples: {path}")
     if sr != spec["sample_rate"]:

@@ -198,12 +198,23 @@ class _Decoder:
         self.text_encoder = str(getattr(config, "text_encoder", "hashed")).lower()
         self.sample_rates: dict[int, int] = {}
         self.any_color = False
+        from distill_export.data.audio import MAX_AUDIO_SECONDS
+
+        # data.max_audio_seconds where the config declares it, else the default limit
+        self.max_audio_seconds = float(getattr(config, "max_audio_seconds", None) or MAX_AUDIO_SECONDS)
 
     def path(self, cell: str) -> Path:
         p = Path(os.path.expanduser(cell))
         return p if p.is_absolute() else self.base / p
 
     def decode(self, cell: str) -> np.ndarray | str:
+        try:
+            return self._decode(cell)
+        except OSError as exc:  # e.g. a path longer than the file system allows (ENAMETOOLONG)
+            shown = cell if len(cell) <= 80 else cell[:77] + "..."
+            raise DataError(f"{self.column} {shown!r}: {exc.strerror or type(exc).__name__}") from None
+
+    def _decode(self, cell: str) -> np.ndarray | str:
         if self.kind == "image":
             im = loaders.read_image(self.path(cell))
             if self.size is None:
@@ -212,7 +223,7 @@ class _Decoder:
             self.any_color |= rgb
             return loaders.image_to_array(im, self.size, rgb)
         if self.kind == "audio":
-            x, sr = loaders.load_audio(self.path(cell), DEMO_AUDIO_SPEC)
+            x, sr = loaders.load_audio(self.path(cell), DEMO_AUDIO_SPEC, max_seconds=self.max_audio_seconds)
             self.sample_rates[sr] = self.sample_rates.get(sr, 0) + 1
             return x
         if self.text_encoder == "wordllama":
