@@ -170,6 +170,12 @@ def test_run_exports_validates_and_profiles_the_teacher_like_for_like(tiny_run):
     assert ("pytorch", "pytorch-cpu") in like and ("pytorch", "pytorch-cpu") not in cross
     md = (tiny_run / "report.md").read_text()
     assert "**Like for like**" in md and "no (runtimes differ)" in md
+    # The recommendation for the one profiled target: a gate-passing export, its teacher on ORT.
+    rec = report["recommended"]["cpu-1t"]
+    assert report["exports"][rec["format"]]["parity"]["passed"] and rec["backend"] == "onnxruntime-cpu"
+    assert rec["speedup_vs_teacher"] == pytest.approx(t_ort["p50_ms"] / rec["p50_ms"])
+    assert rec["p50_ms"] <= s_ort["p50_ms"]
+    assert "## Recommended artifact per target" in md and "recommended for cpu-1t: " in md
 
 
 # ----- speedups: like for like vs cross-runtime ---------------------------------------------------
