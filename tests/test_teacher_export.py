@@ -205,3 +205,30 @@ def test_without_a_teacher_on_ort_only_the_cross_runtime_ratio_remains():
     rows = [_row("teacher", "pytorch-cpu", "pytorch", 10.0), _row("student", "onnxruntime-cpu", "onnx", 0.5)]
     (only,) = speedups(rows)
     assert only["like_for_like"] is False and only["speedup"] == pytest.approx(20.0)
+
+
+def test_an_external_pt2_teacher_is_exported_too(tmp_path):
+    """A torch.export program loaded as an ExternalTeacher re-exports to ONNX with the same
+    logits as the module it came from (a program that will not re-trace is skipped with a reason,
+    as in test_pipeline_records_why_the_teacher_was_not_exported)."""
+    import sys
+
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _byo_fixtures import synthetic_dataset
+    from distill_export.nets.external import ExternalTeacher, export_teacher_program
+    from distill_export.train_teacher import load_teacher, teacher_kwargs
+
+    data = synthetic_dataset()
+    torch.manual_seed(0)
+    fusion = FusionTeacher(**teacher_kwargs(data, 4, 0.0)).eval()
+    program = export_teacher_program(fusion, {m: v[:2] for m, v in data.train.inputs.items()}, tmp_path / "t.pt2")
+    teacher = load_teacher(program, data)
+    assert isinstance(teacher, ExternalTeacher)
+    res = export_teacher_onnx(teacher, dict(data.test.inputs), tmp_path, ExportOptions())
+    sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {m: v.numpy() for m, v in data.test.inputs.items()})[0]
+    with torch.inference_mode():
+        want = fusion(dict(data.test.inputs)).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
