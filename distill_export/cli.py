@@ -3,10 +3,12 @@ errors into one-line messages and exit codes (2: bad input, 1: a parity gate fai
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -190,10 +192,18 @@ def run(
     from distill_export.pipeline import preflight
 
     preflight(cfg)
-    rd = RunDir.create(cfg.out, fresh=True)
+    from distill_export.pipeline import _setup
+    from distill_export.rundir import RUN_STAGES, check_free
+
+    check_free(cfg.out)  # a folder of the user's files or a run: refused before the data loads
+    started = time.perf_counter()
+    dataset, dev = _setup(cfg)  # the data, student and teacher are checked before any directory is made
+    loaded_s = round(time.perf_counter() - started, 3)
+    rd = RunDir.create(cfg.out, fresh=True, stages=RUN_STAGES)  # an atomic claim: one run per folder
+    rd.update_report(timings={"data": loaded_s})
     err.print(f"run directory: {rd.path}")
     try:
-        report = run_all(cfg, rd, quiet)
+        report = run_all(cfg, rd, quiet, data=dataset, device=dev)
     except ParityError:
         print_summary(rd.load_report(), out)
         raise
@@ -219,9 +229,18 @@ def train_teacher_cmd(
     from distill_export.pipeline import preflight
 
     preflight(cfg)
-    rd = RunDir.create(cfg.out, fresh=True)
-    rd.save_config(cfg)
-    stage_train_teacher(cfg, rd, quiet)
+    from distill_export.pipeline import _setup
+    from distill_export.rundir import check_free
+
+    check_free(cfg.out)
+    dataset, dev = _setup(cfg)  # checked before any directory is made
+    rd = RunDir.create(cfg.out, fresh=True, stages=("train_teacher",))
+    try:
+        stage_train_teacher(cfg, rd, quiet, dataset, dev)
+        rd.save_config(cfg)  # written by the stage that succeeded, with the settings it used
+    except Exception:
+        rd.discard()  # this command made the folder and finished nothing in it
+        raise
     out.print(f"teacher written to {rd.path}")
 
 
@@ -238,8 +257,10 @@ def distill(
     rd, cfg = _existing(run_dir, student=student, student_init=student_init, epochs=epochs,
                         temperature=temperature, alpha=alpha, beta=beta, seed=seed, device=device,
                         augment=augment)
-    rd.save_config(cfg)
-    stage_distill(cfg, rd, quiet)
+    rd.require_stages(("train_teacher",), "distill")
+    with rd.transaction():  # a failure leaves the run directory exactly as it was
+        stage_distill(cfg, rd, quiet)
+        rd.save_config(cfg)  # only after success: config.yaml describes the artifacts beside it
     report = rd.load_report()
     out.print(f"student {100 * report['metrics']['student']['accuracy']:.1f}%, baseline "
               f"{100 * report['metrics']['baseline']['accuracy']:.1f}%, kd_gain {100 * report['kd_gain']:+.1f} points")
@@ -255,8 +276,10 @@ def export(run_dir: RunDirArg, formats: Formats = None, opset: Opset = None,
 
     rd, cfg = _existing(run_dir, formats=formats, opset=opset, calibration_samples=calibration_samples,
                         calibration_method=calibration_method)
-    rd.save_config(cfg)
-    stage_export(cfg, rd, quiet)
+    rd.require_stages(("distill",), "export")
+    with rd.transaction():
+        stage_export(cfg, rd, quiet)
+        rd.save_config(cfg)
     for fmt, art in rd.load_report()["exports"].items():
         out.print(f"{fmt}: {rd.file(art['path'])} ({art['size_bytes'] / 1024:.1f} KiB)")
 
@@ -273,7 +296,9 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
 
     rd, cfg = _existing(run_dir)
     apply_overrides(cfg, parse_gate_flags(gate), "--gate")
-    results = stage_validate(cfg, rd, quiet)
+    rd.require_stages(("export",), "validate")
+    with rd.transaction():
+        results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure
     print_parity(rd.load_report(), out)
     print_gates(results, out)
     if failed := failed_gates(results):
@@ -292,6 +317,14 @@ MinIters = Annotated[Optional[int], typer.Option("--min-iters", help="Minimum ti
 ProfileOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write profile.json, latency.csv and plots here (a lone run directory is updated in place).")]
 
 
+def _lone_run(targets: list[Path], out_dir: Path | None):
+    from distill_export.rundir import RunDir
+
+    if out_dir is None and len(targets) == 1 and Path(targets[0]).is_dir() and (Path(targets[0]) / "config.yaml").is_file():
+        return RunDir(Path(targets[0]))
+    return None
+
+
 @app.command()
 @guarded
 def profile(
@@ -303,11 +336,15 @@ def profile(
     from distill_export.profiling.command import profile_command
     from distill_export.report import print_latency
 
-    result, written = profile_command(
-        targets, preset=target, threads=threads, batches=batch, backends=backend, device=device,
-        input_shape=input_shape, warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, out=out_dir,
-        progress=None if quiet else err.log,
-    )
+    run = _lone_run(targets, out_dir)  # profiling one run directory updates it in place
+    with run.transaction() if run is not None else contextlib.nullcontext():
+        result, written = profile_command(
+            targets, preset=target, threads=threads, batches=batch, backends=backend, device=device,
+            input_shape=input_shape, warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, out=out_dir,
+            progress=None if quiet else err.log,
+        )
+        if run is not None:
+            run.mark_stage("profile")
     print_latency({"latency": result.rows, "speedups": result.speedups, "profile": result.meta}, out)
     if written:
         out.print("written: " + ", ".join(str(p) for p in written), highlight=False)
@@ -321,7 +358,9 @@ def report(run_dir: RunDirArg):
     from distill_export.rundir import RunDir
 
     rd = RunDir.existing(run_dir)
-    stage_report(rd)
+    rd.require_stages(None, "report")  # an unfinished run: name the missing stages, write nothing
+    with rd.transaction():
+        stage_report(rd)
     out.print(f"report: {rd.file('report.md')}")
 
 

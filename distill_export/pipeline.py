@@ -14,7 +14,7 @@ from rich.console import Console
 
 from distill_export.config import RunConfig
 from distill_export.errors import ParityError
-from distill_export.rundir import RunDir
+from distill_export.rundir import RunDir, records_stage
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def _teacher_path(config: RunConfig, run: RunDir) -> Path:
     return Path(config.teacher.path) if config.teacher.path else run.file("teacher.pt")
 
 
+@records_stage("train_teacher")
 def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.train_teacher import evaluate_teacher, load_teacher, train_teacher
 
@@ -69,6 +70,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
     )
 
 
+@records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.distill import evaluate_student, save_student, train_baseline, train_student
     from distill_export.teacher_cache import teacher_targets
@@ -120,6 +122,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     )
 
 
+@records_stage("export")
 def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.distill import load_student
     from distill_export.export import ExportOptions, ExportSource, check_formats, export_formats
@@ -189,6 +192,7 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
     return entry
 
 
+@records_stage("validate")
 def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     from distill_export.validate import PARITY_FILE, failed_gates, load_parity_data, validate_exports
 
@@ -224,6 +228,7 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     return results
 
 
+@records_stage("profile")
 def stage_profile(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> list[dict]:
     from distill_export.profiling import make_settings, profile_targets
 
@@ -237,6 +242,7 @@ def stage_profile(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     return result.rows
 
 
+@records_stage("report")
 def stage_report(run: RunDir) -> None:
     from distill_export.report import write_reports
 
@@ -269,13 +275,14 @@ def preflight(config: RunConfig) -> None:
             check_pt2_archive(teacher)  # a .pt2 that would unpickle code is refused before anything is made
 
 
-def run_all(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
+def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> dict:
     """Every stage in order; raises ParityError (exit 1) after the report if a gate failed."""
     preflight(config)  # fail before training, not after
     run.save_config(config)
     start = time.perf_counter()
-    with _timed(run, "data"):
-        data, device = _setup(config)
+    if data is None:  # the CLI loads and checks the data before it makes the run directory
+        with _timed(run, "data"):
+            data, device = _setup(config)
     stage_train_teacher(config, run, quiet, data, device)
     stage_distill(config, run, quiet, data, device)
     stage_export(config, run, quiet, data, device)

@@ -2,12 +2,22 @@
 
 Layout: config.yaml, teacher.pt, baseline.pt, student.pt, student*.onnx,
 report.json (each stage updates its own keys), report.md, report.html, plots/.
+
+Stage state lives in one place, report.json["stages"]: {stage: {"status": "pending"|"done",
+"finished": time}}. A run is claimed by creating report.json exclusively (O_EXCL), so two
+concurrent `run --out X` cannot both win; `report` and the stage commands read the record to
+know which stages finished. config.yaml is written by a stage command only after it succeeds,
+and `transaction()` puts the directory back as it was when a stage command fails.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +28,43 @@ from distill_export.errors import ConfigError
 from distill_export.files import ensure_writable_dir, write_json, write_text
 
 
+RUN_STAGES = ("train_teacher", "distill", "export", "validate", "profile", "report")
+BACKUP_DIR = ".stage-backup"  # hard links of the files as they were before a stage command
+# What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
+_NEXT = {"train_teacher": "start a new run (`distill-export run --out NEW`)", "distill": "`distill-export distill {run}`",
+         "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
+         "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}
+
+
 def default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+class RunClaimed(ConfigError):
+    """The directory was claimed by another run between our check and our claim."""
+
+
+def _check_free(target: Path) -> None:
+    """--out must be new, or an empty folder: never a run, never a folder of the user's files."""
+    if not target.exists():
+        if target.is_symlink():
+            raise ConfigError(f"--out {target} is a dangling symbolic link; choose another --out")
+        return
+    if not target.is_dir():
+        raise ConfigError(f"--out {target} is a file, not a folder; choose another --out")
+    names = sorted(p.name for p in target.iterdir())
+    if "report.json" in names or "config.yaml" in names:
+        raise ConfigError(f"--out {target} already holds a run; choose a new --out or delete it")
+    if names:
+        shown = ", ".join(repr(n[:40]) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ConfigError(f"--out {target} is not empty and is not a run directory ({len(names)} entries: {shown}); "
+                          "a run writes only into a new or empty folder: choose another --out")
+
+
+def check_free(path: str | Path | None) -> None:
+    """The --out check, cheap, before any data loads (the claim repeats it, atomically)."""
+    if path is not None:
+        _check_free(Path(path))
 
 
 @dataclass
@@ -27,12 +72,105 @@ class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, path: str | Path | None, fresh: bool = False) -> "RunDir":
-        """fresh: refuse a directory that already holds a run, rather than mixing two runs."""
-        target = Path(path or default_run_dir())
-        if fresh and ((target / "report.json").exists() or (target / "config.yaml").exists()):
-            raise ConfigError(f"--out {target} already holds a run; choose a new --out or delete it")
-        return cls(ensure_writable_dir(target))
+    def create(cls, path: str | Path | None, fresh: bool = False, stages: tuple[str, ...] = ()) -> "RunDir":
+        """fresh: claim a new or empty folder atomically (refusing a run or a folder of other
+        files); `stages` are the stages this run means to finish, recorded as pending."""
+        if not fresh:
+            return cls(ensure_writable_dir(Path(path or default_run_dir())))
+        if path is None:  # runs/<timestamp>, -2, -3, ... if another run took this second
+            base = default_run_dir()
+            for i in range(1, 100):
+                try:
+                    return cls._claim(base if i == 1 else base.with_name(f"{base.name}-{i}"), stages)
+                except RunClaimed:
+                    continue
+        return cls._claim(Path(path), stages)
+
+    @classmethod
+    def _claim(cls, target: Path, stages: tuple[str, ...]) -> "RunDir":
+        _check_free(target)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target / "report.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            if target.is_dir():
+                raise RunClaimed(f"--out {target} already holds a run (another run claimed it just now); "
+                                 "choose a new --out") from None
+            raise ConfigError(f"--out {target} is a file, not a folder; choose another --out") from None
+        except OSError as exc:
+            raise ConfigError(f"--out {target} cannot be written: {exc.strerror or exc}") from None
+        record = {"stages": {s: {"status": "pending"} for s in stages}}
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+        return cls(target)
+
+    def discard(self) -> None:
+        """Remove a run this process claimed and that finished no stage (nothing in it is the user's)."""
+        if any(v.get("status") == "done" for v in (self.stages() or {}).values()):
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # ----- stage state -------------------------------------------------------------------------
+    def stages(self) -> dict | None:
+        """The stage record, or None for a run made before stages were recorded."""
+        stages = self.load_report().get("stages")
+        return stages if isinstance(stages, dict) else None
+
+    def mark_stage(self, name: str) -> None:
+        stages = dict(self.stages() or {})
+        stages[name] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.update_report(stages=stages)
+
+    def missing_stages(self, needed: tuple[str, ...] | None = None) -> list[str]:
+        """Stages (planned ones, or `needed`) that have not finished; [] for an unrecorded run."""
+        stages = self.stages()
+        if stages is None:
+            return []
+        wanted = needed if needed is not None else tuple(s for s in stages if s != "report")
+        return [s for s in wanted if stages.get(s, {}).get("status") != "done"]
+
+    def require_stages(self, needed: tuple[str, ...] | None, command: str) -> None:
+        """Refuse `command` unless `needed` (None: every planned stage) finished."""
+        missing = self.missing_stages(needed)
+        if missing:
+            hint = _NEXT[missing[0]].format(run=self.path)
+            raise ConfigError(f"{self.path} is unfinished: stage{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                              f"did not finish, so `{command}` cannot run; next: {hint}")
+
+    @contextmanager
+    def transaction(self):
+        """Run a stage command so that, if it fails, the directory is left exactly as it was:
+        every file is hard-linked aside first (writes here are atomic renames, so the links keep
+        the old contents); on an error the files are put back and the ones the stage added are
+        removed. Ctrl-C/SIGTERM keep what the stage wrote (a later resume may want it)."""
+        backup = self.path / BACKUP_DIR
+        shutil.rmtree(backup, ignore_errors=True)  # left by a stage that was killed
+        before = self._files()
+        dirs_before = {p for p in self.path.rglob("*") if p.is_dir() and BACKUP_DIR not in p.parts}
+        for rel in before:
+            dst = backup / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self.path / rel, dst)
+            except OSError:
+                shutil.copy2(self.path / rel, dst)
+        try:
+            yield self
+        except Exception:
+            for rel in self._files() - before:
+                (self.path / rel).unlink(missing_ok=True)
+            for rel in before:
+                os.replace(backup / rel, self.path / rel)
+            added = {p for p in self.path.rglob("*") if p.is_dir() and BACKUP_DIR not in p.parts} - dirs_before
+            for d in sorted(added, key=lambda p: len(p.parts), reverse=True):
+                shutil.rmtree(d, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(backup, ignore_errors=True)
+
+    def _files(self) -> set[Path]:
+        return {p.relative_to(self.path) for p in self.path.rglob("*")
+                if (p.is_file() or p.is_symlink()) and BACKUP_DIR not in p.relative_to(self.path).parts}
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
@@ -47,6 +185,9 @@ class RunDir:
     def require(self, name: str, stage: str) -> Path:
         p = self.file(name)
         if not p.exists():
+            if stage == "train-teacher":  # a stage that makes a new run directory: it cannot be re-entered
+                raise ConfigError(f"{p} is missing: the teacher stage of {self.path} never finished; "
+                                  "start a new run (`distill-export run --out NEW` or `train-teacher --out NEW`)")
             raise ConfigError(f"{p} is missing; run `distill-export {stage} {self.path}` first")
         return p
 
@@ -89,3 +230,20 @@ class RunDir:
                 report[key] = value
         write_json(self.file("report.json"), report)
         return report
+
+
+def records_stage(name: str):
+    """Decorate a pipeline stage(config, run, ...): when it returns, the run records `name` as done."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            run = next((a for a in (*args, *kwargs.values()) if isinstance(a, RunDir)), None)
+            if run is not None:
+                run.mark_stage(name)
+            return result
+
+        return wrapper
+
+    return decorate

@@ -244,6 +244,9 @@ def test_sigterm_is_one_line_like_ctrl_c(tmp_path, tiny_config_file):
     assert proc.returncode == 143, (proc.returncode, lines[-5:])
     assert "Traceback" not in stdout + stderr
     assert lines == ["terminated (SIGTERM)"], lines
+    if (out / "config.yaml").exists():  # killed after the claim: `report` names what is missing
+        line = one_line_error(runner.invoke(app, ["report", str(out)]), 2)
+        assert "unfinished" in line and "train_teacher" in line
 
 
 def test_sigterm_handler_is_restored_after_a_command(tmp_path):
@@ -362,3 +365,148 @@ def test_manifest_path_too_long_names_the_row(tmp_path):
     assert f"{manifest}:2: bad row: audio 'aaaa" in result.output and "File name too long" in result.output
     assert f"{manifest}:3: bad row: image 'bbbb" in result.output
     assert max(len(x) for x in result.output.splitlines()) < 400
+
+
+# ----- run directories ---------------------------------------------------------------------------
+def test_out_into_a_folder_of_user_files_is_refused(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n")
+    (mine / "student.onnx").write_bytes(b"my model")
+    before = snapshot(mine)
+    for command in ("run", "train-teacher"):
+        line = one_line_error(runner.invoke(app, [command, "--out", str(mine), "--quiet"]), 2)
+        assert "not empty and is not a run directory" in line
+    assert snapshot(mine) == before
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert "is a file" in one_line_error(runner.invoke(app, ["run", "--out", str(f)]), 2)
+    assert f.read_text() == "x"
+
+
+def test_an_empty_folder_can_be_a_run(tmp_path):
+    from distill_export.rundir import RUN_STAGES, RunDir
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rd = RunDir.create(empty, fresh=True, stages=RUN_STAGES)
+    assert rd.missing_stages() == [s for s in RUN_STAGES if s != "report"]
+
+
+def test_bad_data_makes_no_run_directory(tmp_path):
+    from _byo_fixtures import make_manifest
+
+    manifest = make_manifest(tmp_path / "data", modalities=("image", "audio"))
+    (manifest.parent / "wav" / "dog_3.wav").unlink()
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["run", "--data", str(manifest), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not out.exists()  # the data is checked before the directory is made
+
+
+def test_concurrent_runs_cannot_both_claim_a_folder(tmp_path):
+    """Eight processes race for one --out (new, then an existing empty folder): one wins."""
+    import subprocess
+    import sys
+
+    for target in (tmp_path / "new" / "run", tmp_path / "empty"):
+        if target.name == "empty":
+            target.mkdir()
+        code = ("import sys, time\nfrom distill_export.rundir import RunDir, RUN_STAGES\n"
+                "from distill_export.errors import ConfigError\n"
+                "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+                "try:\n    RunDir.create(sys.argv[1], fresh=True, stages=RUN_STAGES)\n    print('won')\n"
+                "except ConfigError as exc:\n    print('lost', exc)\n")
+        go = time.time() + 3.0
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(target), str(go)], stdout=subprocess.PIPE, text=True)
+                 for _ in range(8)]
+        outcomes = [p.communicate(timeout=60)[0].strip() for p in procs]
+        assert sum(o == "won" for o in outcomes) == 1, outcomes
+        assert all(o == "won" or "already holds a run" in o for o in outcomes), outcomes
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    return copy
+
+
+def test_finished_run_records_every_stage(run_copy):
+    import json
+
+    from distill_export.rundir import RUN_STAGES
+
+    stages = json.loads((run_copy / "report.json").read_text())["stages"]
+    assert {s: stages[s]["status"] for s in RUN_STAGES} == {s: "done" for s in RUN_STAGES}
+    assert runner.invoke(app, ["report", str(run_copy)]).exit_code == 0
+
+
+def test_failed_stage_leaves_the_run_directory_as_it_was(run_copy):
+    """The issue's case: `distill RUN -T 7` with a broken teacher.pt must not rewrite config.yaml."""
+    (run_copy / "teacher.pt").write_bytes(b"not a checkpoint")
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["distill", str(run_copy), "-T", "7", "--quiet"]), 2)
+    assert "teacher.pt" in line
+    assert snapshot(run_copy) == before
+    assert yaml.safe_load((run_copy / "config.yaml").read_text())["distill"]["temperature"] == 4.0
+
+
+def test_stage_that_fails_midway_is_rolled_back(run_copy, monkeypatch):
+    """export writes parity_data.npz and a new file, then fails: both are undone."""
+    from distill_export.errors import ExportError
+
+    def fail_after_writing(source, formats, options):
+        (source.out_dir / "student-half.onnx").write_bytes(b"half")
+        (source.out_dir / "student.onnx").unlink()
+        raise ExportError("exporter crashed halfway")
+
+    monkeypatch.setattr("distill_export.export.export_formats", fail_after_writing)
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["export", str(run_copy), "--opset", "20", "--quiet"]), 2)
+    assert "halfway" in line
+    assert snapshot(run_copy) == before
+    assert not (run_copy / ".stage-backup").exists()
+
+
+def test_report_on_an_unfinished_run_names_the_missing_stages(tmp_path):
+    from distill_export.rundir import RUN_STAGES, RunDir
+
+    rd = RunDir.create(tmp_path / "run", fresh=True, stages=RUN_STAGES)
+    rd.save_config(RunConfig())
+    rd.mark_stage("train_teacher")
+    before = snapshot(rd.path)
+    line = one_line_error(runner.invoke(app, ["report", str(rd.path)]), 2)
+    assert "unfinished" in line and "distill, export, validate, profile" in line
+    assert f"distill-export distill {rd.path}" in line
+    assert snapshot(rd.path) == before
+    # the stage commands refuse to skip ahead, and say what to run
+    line = one_line_error(runner.invoke(app, ["validate", str(rd.path)]), 2)
+    assert "export" in line and snapshot(rd.path) == before
+
+
+def test_killed_teacher_stage_gives_a_valid_hint(tmp_path):
+    from distill_export.rundir import RUN_STAGES, RunDir
+
+    rd = RunDir.create(tmp_path / "run", fresh=True, stages=RUN_STAGES)
+    rd.save_config(RunConfig())  # `run` saves its config first; then it was killed in training
+    line = one_line_error(runner.invoke(app, ["distill", str(rd.path)]), 2)
+    assert "train_teacher" in line and "distill-export run --out NEW" in line
+    assert "distill-export train-teacher " + str(rd.path) not in line  # the old, invalid hint
+
+
+def test_train_teacher_that_fails_leaves_no_folder(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise ConfigError("teacher training failed")
+
+    monkeypatch.setattr("distill_export.pipeline.stage_train_teacher", boom)
+    monkeypatch.setattr("distill_export.pipeline._setup", lambda config: (None, None))  # no data needed
+    out = tmp_path / "r"
+    assert "teacher training failed" in one_line_error(
+        runner.invoke(app, ["train-teacher", "--out", str(out), "--quiet"]), 2)
+    assert not out.exists()

@@ -101,6 +101,7 @@ def _path_of(src: Path, rel_config: str, key_index: int = 0) -> str:
 def hostile(kind: str, clean: Path, folder: Path, marker: Path) -> Path:
     """Build one hostile archive of the given kind from the clean program."""
     evil = pickle.dumps(Payload(marker))
+    evil += b"\0" * (-len(evil) % 8)  # bytes after STOP are ignored; torch wants whole elements
     dst = folder / f"{kind}.pt2"
     if kind == "weight_use_pickle":
         weight = "data/weights/" + _path_of(clean, "model_weights_config.json")
