@@ -46,6 +46,8 @@ Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisa
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs for the student and the baseline (same budget).")]
 TeacherEpochs = Annotated[Optional[int], typer.Option("--teacher-epochs", help="Epochs for the teacher.")]
 Temperature = Annotated[Optional[float], typer.Option("--temperature", "-T", help="KD temperature T > 0.")]
+Method = Annotated[Optional[str], typer.Option("--method", help="Distillation method (a preset of terms): hinton, ls_kd, dkd, dist, c2kd, pseudo_label, kd_pseudo_label, labels_only. distill.terms in --config lists terms explicitly.")]
+Control = Annotated[Optional[bool], typer.Option("--self-training-control/--no-self-training-control", help="Also distill from an image-only teacher of the same size (what unlabeled rows give without the other modality).", show_default=False)]
 Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Weight of the hard-label CE term, in [0, 1].")]
 Beta = Annotated[Optional[float], typer.Option("--beta", help="Weight of feature distillation (0 = off).")]
 LabelFraction = Annotated[Optional[float], typer.Option("--label-fraction", help="Fraction of training labels kept; the rest are unlabeled rows the student distills on.")]
@@ -143,6 +145,7 @@ def _overrides(**flags) -> dict:
         "formats": "export.formats", "opset": "export.opset", "calibration_samples": "export.calibration_samples",
         "calibration_method": "export.calibration_method", "data": "data.source", "student_modality": "data.student_modality",
         "skip_bad_rows": "data.skip_bad_rows", "teacher_weights": "teacher.weights", "augment": "distill.augment",
+        "method": "distill.method", "self_training_control": "distill.self_training_control",
     }
     return {keys[k]: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
 
@@ -173,7 +176,7 @@ def run(
     alpha: Alpha = None, beta: Beta = None, label_fraction: LabelFraction = None,
     formats: Formats = None, data: Data = None, student_modality: StudentModality = None,
     skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, augment: Augment = None,
-    quiet: Quiet = False,
+    method: Method = None, self_training_control: Control = None, quiet: Quiet = False,
 ):
     """Every stage in one command: train the teacher, distill, export, validate, profile, report.
 
@@ -188,7 +191,8 @@ def run(
                 device=device, seed=seed, epochs=epochs, teacher_epochs=teacher_epochs,
                 temperature=temperature, alpha=alpha, beta=beta, label_fraction=label_fraction,
                 formats=formats, data=data, student_modality=student_modality, skip_bad_rows=skip_bad_rows,
-                teacher_weights=teacher_weights, augment=augment)
+                teacher_weights=teacher_weights, augment=augment, method=method,
+                self_training_control=self_training_control)
     from distill_export.pipeline import preflight
 
     preflight(cfg)
@@ -249,21 +253,51 @@ def train_teacher_cmd(
 def distill(
     run_dir: RunDirArg, student: Student = None, student_init: StudentInit = None, epochs: Epochs = None,
     temperature: Temperature = None, alpha: Alpha = None, beta: Beta = None, seed: Seed = None,
-    device: Device = None, augment: Augment = None, quiet: Quiet = False,
+    device: Device = None, augment: Augment = None, method: Method = None,
+    self_training_control: Control = None, quiet: Quiet = False,
 ):
     """Stage 2: distill the student and train the labels-only baseline."""
     from distill_export.pipeline import stage_distill
 
     rd, cfg = _existing(run_dir, student=student, student_init=student_init, epochs=epochs,
                         temperature=temperature, alpha=alpha, beta=beta, seed=seed, device=device,
-                        augment=augment)
+                        augment=augment, method=method, self_training_control=self_training_control)
     rd.require_stages(("train_teacher",), "distill")
     with rd.transaction():  # a failure leaves the run directory exactly as it was
         stage_distill(cfg, rd, quiet)
         rd.save_config(cfg)  # only after success: config.yaml describes the artifacts beside it
     report = rd.load_report()
     out.print(f"student {100 * report['metrics']['student']['accuracy']:.1f}%, baseline "
-              f"{100 * report['metrics']['baseline']['accuracy']:.1f}%, kd_gain {100 * report['kd_gain']:+.1f} points")
+              f"{100 * report['metrics']['baseline']['accuracy']:.1f}%, kd_gain {100 * report['kd_gain']:+.1f} points "
+              f"({report.get('kd_verdict', '')})")
+
+
+Trials = Annotated[int, typer.Option("--trials", help="Trials to run (budget).")]
+Minutes = Annotated[Optional[float], typer.Option("--minutes", help="Stop after this many minutes (budget).")]
+TuneMethods = Annotated[Optional[str], typer.Option("--methods", help="Comma-separated presets to search (default: every preset that uses the teacher).")]
+TuneOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the best config (default RUN/tuned.yaml).")]
+
+
+@app.command()
+@guarded
+def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, methods: TuneMethods = None,
+         out_file: TuneOut = None, quiet: Quiet = False):
+    """Search the distillation method, weights, T and thresholds on the validation split (Optuna).
+
+    Writes the best setting as YAML for `distill-export run --config`; the test split is not read.
+    """
+    from distill_export.tune import TuneBudget, tune as run_tune
+
+    budget = TuneBudget(trials, minutes)
+    budget.check()  # a bad budget fails before the data loads
+    rd, cfg = _existing(run_dir)
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    path = out_file or rd.file("tuned.yaml")
+    summary = run_tune(cfg, rd, names, budget, Path(path), quiet)
+    best = summary["best"]
+    out.print(f"best of {summary['completed']} trials ({summary['pruned']} pruned, {summary['seconds']:.0f} s): "
+              f"{best['method']}, validation accuracy {100 * best['val_accuracy']:.1f}%")
+    out.print(f"config: {path}  (use: distill-export run --config {path})", highlight=False)
 
 
 @app.command()

@@ -61,9 +61,18 @@ class DistillConfig:
     lr: float = 3e-3
     batch_size: int = 64
     weight_decay: float = 1e-4
-    temperature: float = 4.0
-    alpha: float = 0.5
-    beta: float = 0.0  # feature distillation weight (0 = off)
+    # The objective (methods/): a preset by name, α·ce + (1−α)·<its terms> + β·feature
+    # (choices: distill_export.methods.preset_names()), or explicit weighted terms, e.g.
+    # [{name: kd, weight: 0.5, temperature: 4}, {name: ce, weight: 0.5}], which win over `method`.
+    method: str = "hinton"
+    terms: list = field(default_factory=list)
+    temperature: float = 4.0  # for every term that takes one and does not set its own
+    alpha: float = 0.5  # a preset's CE weight
+    beta: float = 0.0  # a preset's feature-distillation weight (0 = off)
+    # Also distill from an image-only teacher of the same size trained on the same labeled rows
+    # (self-training without the other modality): separates what the extra modality gave from
+    # what the unlabeled rows alone give.
+    self_training_control: bool = False
     # What the teacher sees when it makes the soft targets: "full" (every modality) or
     # "student" (only the student's modality, other embeddings zeroed as in modality dropout).
     teacher_view: str = "full"
@@ -81,6 +90,9 @@ class ExportConfig:
     opset: int = 18
     calibration_samples: int = 256
     calibration_method: str = "minmax"
+    # INT8 recipe (export/onnx_int8.py INT8_RECIPES): "auto" is the student architecture's
+    # measured best (docs/export.md), else "qdq".
+    int8_recipe: str = "auto"
 
 
 @dataclass
@@ -261,6 +273,8 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected true/false, got {_show(value)}")
     if isinstance(current, list):
         items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list) and items and all(isinstance(v, dict) for v in items):
+            return items  # a list of mappings (distill.terms): checked by the code that reads it
         if not isinstance(items, list):
             raise ConfigError(f"{where}: expected a list, got {_show(value)}")
         kind = type(current[0]) if current else str
@@ -391,6 +405,9 @@ def validate_config(config: RunConfig) -> None:
         raise ConfigError(f"distill.alpha must be in [0, 1], got {config.distill.alpha}")
     if config.distill.beta < 0:
         raise ConfigError(f"distill.beta must be >= 0, got {config.distill.beta}")
+    from distill_export.methods import term_specs
+
+    term_specs(config.distill)  # unknown terms/presets, bad weights or hyperparameters fail now
     if config.distill.teacher_view not in ("full", "student"):
         raise ConfigError(f"distill.teacher_view must be full or student, got {_show(config.distill.teacher_view)}")
     choices = {"data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),

@@ -3,7 +3,7 @@
 Both start from the same initial weights and get the same number of optimiser steps, so ``kd_gain``
 (student accuracy − baseline accuracy) measures what the teacher added.
 The baseline learns from labeled rows only; the student distills on every training
-row, with the CE term only where a label exists (kd_loss's ignore_index).
+row with the configured objective (methods/: a weighted sum of terms, CE only where a label exists).
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import dataclasses
 from pathlib import Path
 
 import torch
+import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from distill_export.data import IGNORE_INDEX, Dataset
+from distill_export.data import Dataset
 from distill_export.errors import CheckpointError
-from distill_export.losses import kd_loss
+from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
 from distill_export.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.students import SplitNet, create_student
@@ -67,10 +68,16 @@ def load_student(path) -> tuple[SplitNet, dict]:
     return load_state(model, payload["state_dict"], path).eval(), payload["meta"]
 
 
-def evaluate_student(model: nn.Module, data: Dataset, modality: str, device) -> dict:
+def test_predictions(model: nn.Module, data: Dataset, modality: str, device) -> np.ndarray:
+    """(N_test,) predicted classes on the test split (read once, at the end of a run)."""
     x = data.test.inputs[modality].to(device)
     _, logits = predict(model.forward_features, x, len(data.test))
-    return classification_metrics(logits.numpy(), data.test.labels.numpy(), data.num_classes)
+    return logits.argmax(1).numpy()
+
+
+def evaluate_student(model: nn.Module, data: Dataset, modality: str, device) -> dict:
+    pred = test_predictions(model, data, modality, device)
+    return classification_metrics(np.eye(data.num_classes)[pred], data.test.labels.numpy(), data.num_classes)
 
 
 def _val_accuracy_fn(model: SplitNet, data: Dataset, modality: str, device):
@@ -102,65 +109,62 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
         [model], batch_loss, len(y), _val_accuracy_fn(model, data, modality, device), spec,
         "baseline", quiet,
     )
-    return model, {"best_epoch": result.best_epoch, "history": result.history}
+    return model, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                   "history": result.history}
+
+
+def build_objective(config, data: Dataset, student: SplitNet, teacher_feature_dim: int) -> Objective:
+    """The objective config.distill describes, with its learned parts built for these models."""
+    objective = Objective(term_specs(config.distill), kd_impl=config.distill.kd_impl)
+    objective.setup(SetupInfo(data.num_classes, student.feature_dim or 0, teacher_feature_dim))
+    return objective
 
 
 def train_student(
     config, data: Dataset, teacher_logits: torch.Tensor | None, teacher_feats: torch.Tensor, device,
-    quiet: bool = False, online_teacher=None, augment=None,
+    quiet: bool = False, online_teacher=None, augment=None, on_epoch=None, label: str = "student ",
 ) -> tuple[SplitNet, dict]:
-    """KD on every training row: soft targets from the teacher, CE where a label exists.
+    """Distill on every training row with the configured objective (methods/).
 
-    teacher_logits: (N_train, C) and teacher_feats: (N_train, D), computed once (the cache).
-    With `augment` (a batch transform) the teacher must see each augmented batch:
-    online_teacher(rows, x_batch) -> (feats, logits) replaces teacher_logits (None), and
-    teacher_feats then only supplies feature standardisation statistics.
+    teacher_logits: (N_train, C) and teacher_feats: (N_train, D), computed once (the cache);
+    either may be None/empty when no term needs it. With `augment` (a batch transform) the
+    teacher must see each augmented batch: online_teacher(rows, x_batch) -> (feats, logits)
+    replaces teacher_logits (None), and teacher_feats then only supplies standardisation stats.
     """
-    cfg = config.distill
     modality = config.data.student_modality
-    model = new_student(config, data).to(device)
+    student = new_student(config, data)
+    teacher_dim = teacher_feats.shape[1] if teacher_feats is not None and teacher_feats.dim() == 2 else 0
+    module = DistillModule(student, build_objective(config, data, student, teacher_dim)).to(device)
+    needs = module.objective.needs
     x = data.train.inputs[modality].to(device)
     y = data.train.labels.to(device)
-    t_logits = teacher_logits.to(device) if teacher_logits is not None else None
-    modules: list[nn.Module] = [model]
-    projector = None
-    if cfg.beta > 0 and (teacher_feats.shape[1] == 0 or not model.feature_dim):
-        from distill_export.errors import ConfigError
-
-        who = "teacher" if teacher_feats.shape[1] == 0 else "student"
-        raise ConfigError(f"feature distillation (distill.beta={cfg.beta}) needs features and the {who} "
-                          "returns logits only: set --beta 0")
-    if cfg.beta > 0:
-        # Feature distillation: match a learned projection of the student's penultimate
-        # features to the teacher's fused features, standardised so β is scale-free.
+    t_logits = teacher_logits.to(device) if teacher_logits is not None and "logits" in needs else None
+    t_feats = mean = std = None
+    if "features" in needs:
+        # Standardised per dimension with training-set statistics, so the feature weight is scale-free.
         mean, std = teacher_feats.mean(0), teacher_feats.std(0).clamp(min=1e-6)
-        t_feats = ((teacher_feats - mean) / std).to(device)
+        t_feats = ((teacher_feats - mean) / std).to(device) if online_teacher is None else None
         mean, std = mean.to(device), std.to(device)
-        projector = nn.Linear(model.feature_dim, t_feats.shape[1]).to(device)
-        modules.append(projector)
 
     def batch_loss(rows):
         rows = rows.to(device)
         xb = x[rows] if augment is None else augment(x[rows])
         if online_teacher is not None:
             tf, tl = online_teacher(rows, xb)
-            tf = (tf - mean) / std if projector is not None else None
+            tf = (tf - mean) / std if mean is not None else None
         else:
-            tl, tf = t_logits[rows], (t_feats[rows] if projector is not None else None)
-        feats, logits = model.forward_features(xb)
-        loss = kd_loss(
-            logits, tl, y[rows], temperature=cfg.temperature, alpha=cfg.alpha,
-            ignore_index=IGNORE_INDEX, impl=cfg.kd_impl, check_label_range=False,
-        )
-        if projector is not None:
-            loss = loss + cfg.beta * F.mse_loss(projector(feats), tf)
-        return loss
+            tl = t_logits[rows] if t_logits is not None else None
+            tf = t_feats[rows] if t_feats is not None else None
+        logits, side = module(xb)
+        return module.objective(TermInputs(logits, y[rows], tl, tf, side))
 
     result = train_loop(
-        modules, batch_loss, len(y), _val_accuracy_fn(model, data, modality, device), _spec(config),
-        "student ", quiet,
+        [module], batch_loss, len(y), _val_accuracy_fn(student, data, modality, device), _spec(config),
+        label, quiet, on_epoch=on_epoch,
     )
-    return model, {"best_epoch": result.best_epoch, "history": result.history}
+    terms = [s.to_dict() for s in module.objective.specs]
+    return student, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                     "history": result.history, "terms": terms}
 
 
 def _spec(config) -> TrainSpec:

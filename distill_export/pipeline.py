@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from distill_export.config import RunConfig
@@ -70,10 +71,45 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
     )
 
 
+def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, needs, quiet, label, cache_file):
+    """Teacher outputs (cached) then one distilled student. Returns (student, training info, cache info)."""
+    from distill_export.distill import train_student
+    from distill_export.teacher_cache import teacher_targets
+
+    modality = config.data.student_modality
+    # What the teacher sees when it makes the targets: every modality, or (teacher_view: student)
+    # the student's only, the others' embeddings zeroed as in modality dropout.
+    drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
+    forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
+    targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop, needs=needs,
+                              teacher_file=teacher_file, cache_file=cache_file)
+    student, info = train_student(config, data, targets.logits, targets.feats, device, quiet,
+                                  online_teacher=targets.online, augment=targets.augment, label=label)
+    return student, info, targets
+
+
+def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> tuple[dict, object]:
+    """An image-only teacher of the same size on the same labeled rows, distilled the same way:
+    what the unlabeled rows give without the other modality."""
+    from distill_export.train_teacher import evaluate_teacher, load_teacher, train_teacher
+
+    modality = config.data.student_modality
+    path = run.file("control_teacher.pt")
+    training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ")
+    teacher = load_teacher(path, data).to(device)
+    teacher_metrics = evaluate_teacher(teacher, data, device)
+    student, info, _ = _distill_from(config, run, data, device, teacher, path, needs, quiet, "control ",
+                                     "control_teacher_outputs.safetensors")
+    return {"teacher_accuracy": teacher_metrics["accuracy"], "teacher_training": training,
+            "student_training": info}, student
+
+
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
-    from distill_export.distill import evaluate_student, save_student, train_baseline, train_student
-    from distill_export.teacher_cache import teacher_targets
+    from distill_export.distill import save_student, test_predictions, train_baseline
+    from distill_export.methods import Objective, term_specs
+    from distill_export.metrics import classification_metrics
+    from distill_export.significance import compare
     from distill_export.train_teacher import load_teacher
 
     if data is None:
@@ -84,28 +120,43 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         run.require("teacher.pt", "train-teacher")
     teacher = load_teacher(teacher_path, data, config.teacher.weights).to(device)
     modality = config.data.student_modality
-    with _timed(run, "teacher_outputs"):
-        # Teacher logits/features on the (non-augmented) training set: computed once and
-        # cached in the run directory (teacher_cache.py), or online when augmenting.
-        drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
-        forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
-        targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop)
+    needs = Objective(term_specs(config.distill)).needs  # what the teacher-output cache stores
+    with _timed(run, "distill"):
+        student, kd_train, targets = _distill_from(config, run, data, device, teacher, None, needs, quiet,
+                                                   "student ", "teacher_outputs.safetensors")
     with _timed(run, "baseline"):
         baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment)
-    with _timed(run, "distill"):
-        student, kd_train = train_student(config, data, targets.logits, targets.feats, device, quiet,
-                                          online_teacher=targets.online, augment=targets.augment)
-    base_metrics = evaluate_student(baseline, data, modality, device)
-    kd_metrics = evaluate_student(student, data, modality, device)
+    models = {"student": student, "baseline": baseline}
+    control = None
+    if config.distill.self_training_control:
+        with _timed(run, "self_training_control"):
+            control, models["self_training"] = _self_training_control(config, run, data, device, needs, quiet)
+    # The test split, read once, at the end: every comparison below uses these predictions.
+    labels = data.test.labels.numpy()
+    preds = {name: test_predictions(m, data, modality, device) for name, m in models.items()}
+    eye = np.eye(data.num_classes)
+    metrics = {name: classification_metrics(eye[p], labels, data.num_classes) for name, p in preds.items()}
     teacher_name = str(config.teacher.path) if config.teacher.path else f"fusion_teacher({'+'.join(sorted(data.modalities))})"
     save_student(run.file("baseline.pt"), baseline, config, data, teacher_name, {"student": config.student.name, "role": "baseline"})
     save_student(run.file("student.pt"), student, config, data, teacher_name, {"student": config.student.name, "role": "kd"})
     teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
+    kd_vs_base = compare(preds["student"], preds["baseline"], labels, seed=config.seed)
+    comparisons = {"student_vs_baseline": kd_vs_base}
+    if control is not None:
+        comparisons["self_training_vs_baseline"] = compare(preds["self_training"], preds["baseline"], labels, seed=config.seed)
+        comparisons["student_vs_self_training"] = compare(preds["student"], preds["self_training"], labels, seed=config.seed)
     run.update_report(
-        metrics={"student": kd_metrics, "baseline": base_metrics},
-        kd_gain=round(kd_metrics["accuracy"] - base_metrics["accuracy"], 6),  # a fraction, like accuracy
+        metrics=metrics,
+        kd_gain=kd_vs_base["gain"],  # a fraction, like accuracy
+        kd_gain_ci95=kd_vs_base["ci95"],
+        kd_gain_p_value=kd_vs_base["p_value"],
+        kd_verdict=kd_vs_base["verdict"],
+        comparisons=comparisons,
         distill={
             "student": config.student.name,
+            "method": "terms" if config.distill.terms else config.distill.method,
+            "terms": kd_train["terms"],
+            "teacher_needs": sorted(needs),
             "temperature": config.distill.temperature,
             "alpha": config.distill.alpha,
             "beta": config.distill.beta,
@@ -115,7 +166,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "kd_loss_impl": config.distill.kd_impl if device.type == "cuda" else "reference",
             "student_training": kd_train,
             "baseline_training": base_train,
-            "teacher_accuracy_retention": (kd_metrics["accuracy"] / teacher_acc) if teacher_acc else None,
+            "self_training_control": control,
+            "teacher_accuracy_retention": (metrics["student"]["accuracy"] / teacher_acc) if teacher_acc else None,
             "augment": config.distill.augment,
             "teacher_cache": targets.info,
         },

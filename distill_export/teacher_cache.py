@@ -10,7 +10,8 @@ miss can say what changed:
   preprocessing  the modality specs (shape, normalisation, kind), the data's preprocessing
                  settings and the teacher's view (distill.teacher_view)
 
-Labels are not part of the key: the teacher's outputs do not depend on them, so runs that
+The file stores only what the objective's terms need (``needs``: "logits", "features"); a
+file that lacks a needed tensor is a miss. Labels are not part of the key: the teacher's outputs do not depend on them, so runs that
 keep different label fractions share one cache. With augmentation on (distill.augment) the
 cache is not used: the teacher runs on every augmented batch instead.
 """
@@ -67,8 +68,11 @@ def make_key(teacher_id: str, data, names, view: tuple[str, ...] = ()) -> CacheK
                     preprocessing_fingerprint(data, names, view))
 
 
-def load(path: Path, key: CacheKey, rows: int) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
-    """((features, logits), "hit") or (None, why it is a miss)."""
+ALL_OUTPUTS = ("features", "logits")
+
+
+def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """({output: tensor} for each needed output, "hit") or (None, why it is a miss)."""
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
@@ -81,35 +85,43 @@ def load(path: Path, key: CacheKey, rows: int) -> tuple[tuple[torch.Tensor, torc
             changed = [part for part in ("teacher", "data", "preprocessing") if meta.get(part) != getattr(key, part)]
             if changed:
                 return None, f"the {' and the '.join(changed)} changed"
-            feats, logits = f.get_tensor("features"), f.get_tensor("logits")
+            missing = [name for name in needs if name not in f.keys()]
+            if missing:
+                return None, f"the cache lacks the teacher's {' and '.join(missing)}"
+            tensors = {name: f.get_tensor(name) for name in needs}
     except (SafetensorError, OSError, KeyError) as exc:
         return None, f"unreadable cache ({str(exc)[:80]})"
-    if logits.shape[0] != rows or feats.shape[0] != rows:
-        return None, f"cache holds {logits.shape[0]} rows, the training set has {rows}"
-    return (feats, logits), "hit"
+    for t in tensors.values():
+        if t.shape[0] != rows:
+            return None, f"cache holds {t.shape[0]} rows, the training set has {rows}"
+    return tensors, "hit"
 
 
-def save(path: Path, key: CacheKey, feats: torch.Tensor, logits: torch.Tensor) -> None:
+def save(path: Path, key: CacheKey, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({"features": feats.contiguous(), "logits": logits.contiguous()}, str(tmp), metadata=key.metadata())
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=key.metadata())
 
 
 def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                   use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(features, logits, info): from the cache on a hit, else computed (and stored)."""
+                   use_cache: bool = True, needs=ALL_OUTPUTS) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
+    """(features, logits, info): from the cache on a hit, else computed (and stored).
+    An output no term needs is None (and not stored)."""
+    needs = tuple(n for n in ALL_OUTPUTS if n in needs)
     if not use_cache:
         feats, logits = compute()
         return feats, logits, {"status": "disabled"}
-    hit, why = load(path, key, rows)
+    hit, why = load(path, key, rows, needs)
     if hit is not None:
         console.print(f"teacher outputs: cache hit ({path})")
-        return hit[0], hit[1], {"status": "hit", "path": str(path)}
+        return hit.get("features"), hit.get("logits"), {"status": "hit", "path": str(path)}
     console.print(f"teacher outputs: cache miss ({why}); computing them once for {rows} rows")
     feats, logits = compute()
-    save(path, key, feats, logits)
-    return feats, logits, {"status": "miss", "reason": why, "path": str(path)}
+    computed = {"features": feats, "logits": logits}
+    save(path, key, {n: computed[n] for n in needs})
+    return ((feats if "features" in needs else None), (logits if "logits" in needs else None),
+            {"status": "miss", "reason": why, "path": str(path)})
 
 
 @dataclass
@@ -117,15 +129,17 @@ class TeacherTargets:
     """What the distill stage needs from the teacher: precomputed outputs, or (augmentation
     on) a function that runs the teacher on each augmented batch."""
 
-    logits: torch.Tensor | None  # (N_train, C), None in online mode
-    feats: torch.Tensor  # (N_train, D), or (<= STATS_ROWS, D) in online mode: standardisation stats
+    logits: torch.Tensor | None  # (N_train, C); None in online mode or when no term needs logits
+    feats: torch.Tensor | None  # (N_train, D), or (<= STATS_ROWS, D) in online mode: standardisation stats
     online: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     info: dict = field(default_factory=dict)
 
 
-def teacher_targets(config, run, data, forward, device, teacher_names, view: tuple[str, ...] = ()) -> TeacherTargets:
-    """forward(inputs: dict) -> (features, logits), the teacher as the distill stage sees it."""
+def teacher_targets(config, run, data, forward, device, teacher_names, view: tuple[str, ...] = (),
+                    needs=ALL_OUTPUTS, teacher_file=None, cache_file: str = CACHE_FILE) -> TeacherTargets:
+    """forward(inputs: dict) -> (features, logits), the teacher as the distill stage sees it.
+    `needs`: the teacher outputs the objective's terms read (what the cache stores)."""
     from distill_export.data.augment import make_augment
     from distill_export.nets.external import teacher_identity
     from distill_export.train import predict
@@ -150,14 +164,16 @@ def teacher_targets(config, run, data, forward, device, teacher_names, view: tup
         return TeacherTargets(None, stats_feats, online, augment,
                               {"status": "not used", "reason": f"augment={config.distill.augment}"})
 
-    spec = config.teacher.path or run.file("teacher.pt")
-    key = make_key(teacher_identity(spec, config.teacher.weights), data, names, view)
+    spec = teacher_file or config.teacher.path or run.file("teacher.pt")
+    weights = None if teacher_file else config.teacher.weights
+    key = make_key(teacher_identity(spec, weights), data, names, view)
     if config.distill.teacher_cache_dir:  # shared between runs: one file per teacher
         path = Path(config.distill.teacher_cache_dir).expanduser() / f"teacher_outputs-{key.teacher[:16]}.safetensors"
     else:
-        path = run.file(CACHE_FILE)
+        path = run.file(cache_file)
     feats, logits, info = cached_outputs(
         path, key, len(data.train),
         lambda: predict(forward, train_inputs, len(data.train)), use_cache=config.distill.teacher_cache,
+        needs=needs,
     )
     return TeacherTargets(logits, feats, info=info)

@@ -1,8 +1,10 @@
 """One training loop for the teacher, the baseline and the distilled student.
 
-Each caller supplies ``batch_loss(rows) -> loss`` over row indices of its training set
-and ``val_accuracy() -> float``; the loop owns the optimiser, schedule, progress bar
-and best-epoch selection on validation.
+Each caller supplies ``batch_loss(rows) -> loss`` (or ``(loss, {part: value})``, whose
+parts are averaged into the history) over row indices of its training set and
+``val_accuracy() -> float``; the loop owns the optimiser, schedule, progress bar and
+best-epoch selection on validation. ``on_epoch(epoch, val_accuracy)`` runs after each
+epoch (tune's pruning raises from it).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def train_loop(
     spec: TrainSpec,
     label: str,
     quiet: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     modules = list(modules)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -70,24 +73,33 @@ def train_loop(
             passes = -(-per_epoch // n_rows)
             order = torch.cat([torch.randperm(n_rows, generator=gen) for _ in range(passes)])[:per_epoch]
             total, count = 0.0, 0
+            part_sums: dict[str, float] = {}
             for start in range(0, per_epoch, spec.batch_size):
                 rows = order[start : start + spec.batch_size]
                 loss = batch_loss(rows)
+                loss, parts = loss if isinstance(loss, tuple) else (loss, {})
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 total += float(loss.detach()) * len(rows)
+                for name, value in parts.items():
+                    part_sums[name] = part_sums.get(name, 0.0) + float(value) * len(rows)
                 count += len(rows)
                 progress.advance(task)
             for m in modules:
                 m.eval()
             acc = val_accuracy()
-            history.append({"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": acc})
+            entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": acc}
+            if part_sums:
+                entry["train_loss_parts"] = {k: v / max(count, 1) for k, v in part_sums.items()}
+            history.append(entry)
             if acc > best.best_val_accuracy:
                 best = TrainResult(best_epoch=epoch + 1, best_val_accuracy=acc)
                 best_states = [copy.deepcopy(m.state_dict()) for m in modules]
             progress.update(task, status=f"epoch {epoch + 1}/{spec.epochs} val acc {acc:.3f}")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, acc)
     for m, state in zip(modules, best_states or []):
         m.load_state_dict(state)
         m.eval()

@@ -13,13 +13,14 @@ from distill_export.nets.teacher import FusionTeacher
 from distill_export.train import TrainSpec, predict, train_loop
 
 
-def teacher_kwargs(data: Dataset, width: int, modality_dropout: float) -> dict:
+def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalities=None) -> dict:
+    specs = {m: s for m, s in data.modalities.items() if modalities is None or m in modalities}
     return {
-        "modalities": {m: encoder_input_size(spec) for m, spec in data.modalities.items()},
+        "modalities": {m: encoder_input_size(spec) for m, spec in specs.items()},
         "num_classes": data.num_classes,
         "width": width,
         "modality_dropout": modality_dropout,
-        "kinds": {m: spec.kind for m, spec in data.modalities.items()},
+        "kinds": {m: spec.kind for m, spec in specs.items()},
     }
 
 
@@ -61,11 +62,13 @@ def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | 
     return classification_metrics(logits.numpy(), data.test.labels.numpy(), data.num_classes)
 
 
-def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False) -> dict:
-    """Train on the labeled training rows, pick the best epoch on val, save, return metrics."""
+def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, modalities=None,
+                  label: str = "teacher ") -> dict:
+    """Train on the labeled training rows, pick the best epoch on val, save, return metrics.
+    `modalities` restricts the teacher (the self-training control sees the student's only)."""
     cfg = config.teacher
     torch.manual_seed(config.seed)
-    kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout)
+    kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities)
     teacher = FusionTeacher(**kwargs).to(device)
     train = data.train.subset(data.train.labeled.nonzero().squeeze(1))
     x = {m: v.to(device) for m, v in train.inputs.items()}
@@ -82,14 +85,14 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False) 
         return float((logits.argmax(1).numpy() == val_y).mean())
 
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train))
-    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, "teacher ", quiet)
+    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet)
     save_checkpoint(
         out_path, teacher, kind="teacher", arch="fusion_teacher", arch_kwargs=kwargs,
         meta={
             "class_names": data.class_names,
             "dataset": data.name,
             "best_epoch": result.best_epoch,
-            "input_shapes": {m: list(spec.shape) for m, spec in data.modalities.items()},
+            "input_shapes": {m: list(spec.shape) for m, spec in data.modalities.items() if m in kwargs["modalities"]},
         },
     )
     return {"best_epoch": result.best_epoch, "history": result.history}

@@ -93,7 +93,7 @@ def main() -> None:
         key = CacheKey("bench", f"w{width}", "bench")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "teacher_outputs.safetensors"
-            save_s = timed(lambda: save(path, key, feats, logits))
+            save_s = timed(lambda: save(path, key, {"features": feats, "logits": logits}))
             load_s = timed(lambda: load(path, key, n))
 
         @torch.no_grad()

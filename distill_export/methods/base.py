@@ -1,0 +1,146 @@
+"""The pieces every distillation term shares: its inputs, its base class and the registry.
+
+A term is one loss (CE on labels, Hinton KD, DKD, ...). An objective is a weighted sum of
+terms (objective.py). Adding a method is one file in this package that defines a ``Term``
+subclass decorated with ``@register_term``, plus its test: the trainer, the CLI, the
+pipeline and the report only ever see the registry (torchdistill's loss registry is the model).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from distill_export.errors import ConfigError
+
+IGNORE_INDEX = -100  # an unlabeled row's label (data.IGNORE_INDEX)
+TEACHER_OUTPUTS = ("logits", "features")  # what a term may need from the teacher
+
+_TERMS: dict[str, type["Term"]] = {}
+
+
+@dataclass
+class TermInputs:
+    """One batch as the terms see it. B rows, C classes."""
+
+    student_logits: torch.Tensor  # (B, C)
+    labels: torch.Tensor  # (B,) int64; IGNORE_INDEX marks an unlabeled row
+    teacher_logits: torch.Tensor | None = None  # (B, C), no gradient
+    teacher_features: torch.Tensor | None = None  # (B, D_t), standardised, no gradient
+    # What each term computed inside the trainable module's forward (Term.student_side),
+    # keyed by the term's slot name, e.g. the feature term's projection (B, D_t).
+    student_side: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def labeled(self) -> torch.Tensor:  # (B,) bool
+        return self.labels != IGNORE_INDEX
+
+
+@dataclass
+class SetupInfo:
+    """What a term may need to build its learned parts, known once the data and teacher are."""
+
+    num_classes: int
+    student_feature_dim: int  # 0: the student exposes logits only
+    teacher_feature_dim: int  # 0: the teacher returns logits only
+
+
+class Term(nn.Module):
+    """One loss term. Subclasses set ``name``, ``needs``, ``summary`` and implement ``loss``.
+
+    ``needs`` names the teacher outputs the term reads ("logits", "features"): the
+    teacher-output cache stores exactly the union over the objective's terms.
+    ``search`` gives tune's search space for the term's hyperparameters:
+    name -> (low, high, "log" | "linear").
+    Constructor keyword arguments are the term's hyperparameters (YAML keys).
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    summary: ClassVar[str] = ""
+    search: ClassVar[dict[str, tuple[float, float, str]]] = {}
+
+    def setup(self, info: SetupInfo) -> None:
+        """Build learned parts (projectors). Called once, before training."""
+
+    def student_side(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """Run inside the trainable module's forward (so DDP sees every learned part)."""
+        return None
+
+    def loss(self, batch: TermInputs, slot: str) -> torch.Tensor:
+        """The term's unweighted scalar loss; ``slot`` keys batch.student_side."""
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != "self"}
+
+
+def register_term(cls: type[Term]) -> type[Term]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no name")
+    if cls.name in _TERMS:
+        raise TypeError(f"term {cls.name!r} is registered twice")
+    unknown = set(cls.needs) - set(TEACHER_OUTPUTS)
+    if unknown:
+        raise TypeError(f"term {cls.name!r} needs unknown teacher outputs {sorted(unknown)}")
+    _TERMS[cls.name] = cls
+    return cls
+
+
+def term_names() -> list[str]:
+    _load_builtin_terms()
+    return sorted(_TERMS)
+
+
+def term_class(name: str) -> type[Term]:
+    _load_builtin_terms()
+    if name not in _TERMS:
+        raise ConfigError(f"unknown distillation term {name!r} (choices: {', '.join(sorted(_TERMS))})")
+    return _TERMS[name]
+
+
+def term_parameters(name: str) -> list[str]:
+    return [k for k in inspect.signature(term_class(name).__init__).parameters if k != "self"]
+
+
+_loaded = False
+
+
+def _load_builtin_terms() -> None:
+    """Import every module of this package once, so each registers its terms."""
+    global _loaded
+    if _loaded:
+        return
+    import importlib
+    import pkgutil
+
+    import distill_export.methods as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    _loaded = True
+
+
+def check_positive(name: str, value: float, term: str) -> float:
+    value = float(value)
+    if not (value > 0 and value < float("inf")):
+        raise ConfigError(f"term {term}: {name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_open_unit(name: str, value: float, term: str) -> float:
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"term {term}: {name} must be in (0, 1), got {value}")
+    return value
+
+
+def check_non_negative(name: str, value: float, term: str) -> float:
+    value = float(value)
+    if not (value >= 0 and value < float("inf")):
+        raise ConfigError(f"term {term}: {name} must be a finite number >= 0, got {value}")
+    return value

@@ -1,0 +1,32 @@
+"""Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015).
+
+    kd = T² · KL(softmax(t/T) ‖ softmax(s/T)),   averaged over every row (KL's batchmean)
+
+The T² factor keeps the gradient's scale independent of T. On CUDA it runs as the fused
+Triton kernel (losses/kd_triton.py: loss and gradient in one pass); elsewhere the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from distill_export.losses import kd_loss
+from distill_export.methods.base import Term, TermInputs, check_positive, register_term
+
+
+@register_term
+class HintonKD(Term):
+    name = "kd"
+    needs = frozenset({"logits"})
+    summary = "Hinton KD: T²·KL(teacher ‖ student) at temperature T, every row"
+    search = {"temperature": (1.0, 8.0, "log")}
+    impl = "auto"  # kd_loss's dispatch: the fused kernel on CUDA (distill.kd_impl)
+
+    def __init__(self, temperature: float = 4.0):
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature, self.name)
+
+    def loss(self, batch: TermInputs, slot: str) -> torch.Tensor:
+        # alpha=0: kd_loss's CE part is off; the objective weighs this term and `ce` itself.
+        return kd_loss(batch.student_logits, batch.teacher_logits, None, temperature=self.temperature,
+                       alpha=0.0, impl=self.impl)

@@ -1,0 +1,157 @@
+"""An objective: a weighted sum of registered terms, chosen by a preset name or listed in YAML.
+
+    distill:
+      method: hinton            # a preset: α·ce + (1−α)·<its distillation terms> + β·feature
+      terms:                    # or explicit terms (this wins over `method`)
+        - {name: kd, weight: 0.5, temperature: 4}
+        - {name: ce, weight: 0.5}
+
+A term that takes a temperature and does not set one gets distill.temperature.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill_export.errors import ConfigError
+from distill_export.methods.base import SetupInfo, Term, TermInputs, term_class, term_parameters
+
+# Preset name -> (distillation terms sharing the (1−α) weight, what it is). Data, not code.
+PRESETS: dict[str, tuple[tuple[str, ...], str]] = {
+    "labels_only": ((), "CE on labeled rows only (no teacher): the baseline's objective"),
+    "hinton": (("kd",), "Hinton KD on every row + CE on labeled rows"),
+    "ls_kd": (("ls_kd",), "KD on standardised logits + CE"),
+    "dkd": (("dkd",), "decoupled KD + CE"),
+    "dist": (("dist",), "DIST relation matching + CE"),
+    "c2kd": (("selective_kd",), "selective non-target KD (rank-agreement mask) + CE"),
+    "pseudo_label": (("pseudo_label",), "teacher pseudo-labels on unlabeled rows + CE"),
+    "kd_pseudo_label": (("kd", "pseudo_label"), "Hinton KD + teacher pseudo-labels + CE"),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+@dataclass
+class TermSpec:
+    name: str
+    weight: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, **self.params}
+
+
+def term_specs(distill) -> list[TermSpec]:
+    """The objective a DistillConfig describes, validated (one-line ConfigErrors)."""
+    specs = _explicit_specs(distill.terms) if distill.terms else _preset_specs(distill)
+    for spec in specs:
+        params = term_parameters(spec.name)  # also rejects an unknown term name
+        unknown = sorted(set(spec.params) - set(params))
+        if unknown:
+            raise ConfigError(f"term {spec.name} has no parameter {unknown[0]!r} "
+                              f"(its parameters: {', '.join(params) or 'none'})")
+        if "temperature" in params and "temperature" not in spec.params:
+            spec.params["temperature"] = distill.temperature
+        if not (math.isfinite(spec.weight) and spec.weight >= 0):
+            raise ConfigError(f"term {spec.name}: weight must be a finite number >= 0, got {spec.weight}")
+    if not any(s.weight > 0 for s in specs):
+        raise ConfigError("every distillation term has weight 0: nothing to train on")
+    for spec in specs:  # builds each term once, so a bad hyperparameter fails now
+        term_class(spec.name)(**spec.params)
+    # A zero-weight term is dropped: it would still count in `needs` and build learned parts
+    # that never get a gradient (which DDP refuses).
+    return [s for s in specs if s.weight > 0]
+
+
+def _preset_specs(distill) -> list[TermSpec]:
+    if distill.method not in PRESETS:
+        raise ConfigError(f"unknown distillation method {distill.method!r} (choices: {', '.join(PRESETS)})")
+    names, _ = PRESETS[distill.method]
+    if not 0.0 <= distill.alpha <= 1.0:  # also false for NaN
+        raise ConfigError(f"distill.alpha must be in [0, 1], got {distill.alpha}")
+    if not (distill.beta >= 0 and math.isfinite(distill.beta)):
+        raise ConfigError(f"distill.beta must be a finite number >= 0, got {distill.beta}")
+    specs = [TermSpec("ce", distill.alpha if names else 1.0)]
+    specs += [TermSpec(n, (1.0 - distill.alpha) / len(names)) for n in names]
+    if distill.beta > 0:
+        specs.append(TermSpec("feature", distill.beta))
+    return specs
+
+
+def _explicit_specs(items) -> list[TermSpec]:
+    specs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"distill.terms[{i}] must be a mapping with a name, e.g. {{name: kd, weight: 0.5}}")
+        params = dict(item)
+        name = str(params.pop("name"))
+        try:
+            weight = float(params.pop("weight", 1.0))
+        except (TypeError, ValueError):
+            raise ConfigError(f"distill.terms[{i}] ({name}): weight must be a number") from None
+        specs.append(TermSpec(name, weight, params))
+    return specs
+
+
+class Objective(nn.Module):
+    """Σ weight_i · term_i. Holds the terms (and their learned parts) as submodules."""
+
+    def __init__(self, specs: list[TermSpec], kd_impl: str = "auto"):
+        super().__init__()
+        self.specs = specs
+        self.terms = nn.ModuleDict()
+        for i, spec in enumerate(specs):
+            term = term_class(spec.name)(**spec.params)
+            if hasattr(term, "impl"):
+                term.impl = kd_impl
+            self.terms[f"{i}_{spec.name}"] = term  # slot name: position keeps two terms of one kind apart
+        self.weights = {slot: s.weight for slot, s in zip(self.terms, specs)}
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset().union(*(type(t).needs for t in self.terms.values()))
+
+    def setup(self, info: SetupInfo) -> None:
+        for term in self.terms.values():
+            term.setup(info)
+
+    def forward(self, batch: TermInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(weighted total, {term name: unweighted value}) for one batch."""
+        total = batch.student_logits.new_zeros((), dtype=torch.float32)
+        parts = {}
+        for slot, term in self.terms.items():
+            if self.weights[slot] == 0:
+                continue
+            value = term.loss(batch, slot)
+            total = total + self.weights[slot] * value
+            name = slot.split("_", 1)[1]
+            parts[name if name not in parts else slot] = value.detach()  # two terms of one kind stay apart
+        return total, parts
+
+
+class DistillModule(nn.Module):
+    """The student and every learned part of the objective: the one module DDP wraps.
+
+    forward(x) -> (logits (B, C), {slot: what each term computes from the student's features}).
+    """
+
+    def __init__(self, student: nn.Module, objective: Objective):
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        feats, logits = self.student.forward_features(x)
+        side = {}
+        for slot, term in self.objective.terms.items():
+            out = term.student_side(feats, logits)
+            if out is not None:
+                side[slot] = out
+        return logits, side

@@ -1,0 +1,145 @@
+"""`distill-export tune RUN`: search the objective (method, term weights, T, thresholds) on the
+validation split with Optuna (TPE sampler, median pruning on per-epoch validation accuracy).
+
+It never reads the test split: each trial trains a student against the run's teacher and is
+scored by its best validation accuracy. The best setting is written as YAML that
+`distill-export run --config` takes, so the test split is read once, by that run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from distill_export.errors import ConfigError
+from distill_export.files import write_text
+
+console = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class TuneBudget:
+    trials: int = 30
+    minutes: float | None = None
+
+    def check(self) -> None:
+        if not self.trials > 0:
+            raise ConfigError(f"tune budget: --trials must be > 0, got {self.trials}")
+        if self.minutes is not None and not (self.minutes > 0 and self.minutes < float("inf")):
+            raise ConfigError(f"tune budget: --minutes must be a finite number > 0, got {self.minutes}")
+
+
+def candidate_methods(names: list[str] | None) -> list[str]:
+    """Presets to search: the given ones (checked), or every preset that uses the teacher."""
+    from distill_export.methods import PRESETS
+
+    teacherless = [n for n, (terms, _) in PRESETS.items() if not terms]
+    if not names:
+        return [n for n in PRESETS if n not in teacherless]
+    for n in names:
+        if n not in PRESETS:
+            raise ConfigError(f"unknown distillation method {n!r} (choices: {', '.join(PRESETS)})")
+    return list(dict.fromkeys(names))
+
+
+def suggest_terms(trial, methods: list[str], temperature_default: float) -> list[dict]:
+    """One trial's objective as explicit terms: a preset, α, and each term's search space."""
+    from distill_export.methods import PRESETS, term_class
+
+    method = trial.suggest_categorical("method", methods)
+    alpha = trial.suggest_float("alpha", 0.05, 0.95)
+    names = PRESETS[method][0]
+    terms = [{"name": "ce", "weight": round(alpha, 4)}]
+    for name in names:
+        term = {"name": name, "weight": round((1 - alpha) / len(names), 4)}
+        for param, (low, high, scale) in term_class(name).search.items():
+            # One shared name per hyperparameter (e.g. "kd.temperature") lets TPE learn across trials.
+            value = trial.suggest_float(f"{name}.{param}", low, high, log=scale == "log")
+            term[param] = round(value, 4)
+        terms.append(term)
+    trial.set_user_attr("terms", terms)
+    return terms
+
+
+def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: Path, quiet: bool = False) -> dict:
+    """Run the study; write the best config (YAML) and every trial (tune.json). Returns the summary."""
+    import optuna
+
+    from distill_export.distill import train_student
+    from distill_export.methods import Objective, term_specs
+    from distill_export.pipeline import _setup, _teacher_path
+    from distill_export.teacher_cache import teacher_targets
+    from distill_export.train_teacher import load_teacher
+
+    budget.check()
+    methods = candidate_methods(methods)
+    if not config.teacher.path:
+        run.require("teacher.pt", "train-teacher")
+    data, device = _setup(config)
+    teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights).to(device)
+    modality = config.data.student_modality
+    drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
+    forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
+    targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop,
+                              needs=("features", "logits"))
+
+    def objective(trial) -> float:
+        trial_config = _with_terms(config, suggest_terms(trial, methods, config.distill.temperature))
+        term_specs(trial_config.distill)  # a suggested setting that is invalid fails loudly, not silently
+
+        def report(epoch: int, val_accuracy: float) -> None:
+            trial.report(val_accuracy, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        _, info = train_student(trial_config, data, targets.logits, targets.feats, device, quiet=True,
+                                online_teacher=targets.online, augment=targets.augment, on_epoch=report)
+        return info["best_val_accuracy"]
+
+    def progress(study, trial) -> None:
+        if quiet:
+            return
+        value = "pruned" if trial.value is None else f"val {100 * trial.value:.1f}%"
+        best = f"{100 * study.best_value:.1f}%" if any(t.value is not None for t in study.trials) else "-"
+        console.print(f"trial {trial.number + 1}: {trial.params.get('method')} {value} (best {best})")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=config.seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.distill.epochs // 3))
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=budget.trials,
+                   timeout=None if budget.minutes is None else 60 * budget.minutes, callbacks=[progress])
+    completed = [t for t in study.trials if t.value is not None]
+    if not completed:
+        raise ConfigError("tune: no trial completed within the budget; give it more --minutes")
+    best = study.best_trial
+    best_terms = best.user_attrs["terms"]
+    summary = {
+        "best": {"method": best.params["method"], "terms": best_terms, "val_accuracy": best.value},
+        "split": "validation", "trials": len(study.trials), "completed": len(completed),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "seconds": round(time.perf_counter() - start, 1),
+        "all": [{"number": t.number, "state": t.state.name, "params": t.params, "val_accuracy": t.value}
+                for t in study.trials],
+    }
+    header = (f"# distill-export tune: best of {len(completed)} completed trials on the validation split\n"
+              f"# (val accuracy {100 * best.value:.1f}%, method {best.params['method']}). Use: "
+              f"distill-export run --config {out_path.name}\n")
+    write_text(out_path, header + yaml.safe_dump({"distill": {"terms": best_terms}}, sort_keys=False))
+    write_text(run.file("tune.json"), json.dumps(summary, indent=2))
+    Objective(term_specs(_with_terms(config, best_terms).distill))  # the written file loads
+    return summary
+
+
+def _with_terms(config, terms: list[dict]):
+    import copy
+
+    trial_config = copy.deepcopy(config)
+    trial_config.distill.terms = terms
+    return trial_config
