@@ -28,6 +28,7 @@ class ExportOptions:
     calibration_batch: int = 32  # rows per calibration step
     int8_per_channel: bool = True
     int8_fp32_classifier: bool = True  # keep the final Gemm/MatMul in FP32
+    int8_recipe: str = "auto"  # onnx_int8.INT8_RECIPES name; auto: the architecture's measured best
     fp16_keep_io_types: bool = True
     trt_min_batch: int = 1
     trt_opt_batch: int = 32
@@ -43,6 +44,11 @@ class ExportOptions:
                 f"unknown calibration method {self.calibration_method!r} "
                 f"(choices: {', '.join(CALIBRATION_METHODS)})"
             )
+        if self.int8_recipe != "auto":
+            from distill_export.export.onnx_int8 import INT8_RECIPES
+
+            if self.int8_recipe not in INT8_RECIPES:
+                raise ConfigError(f"unknown INT8 recipe {self.int8_recipe!r} (choices: auto, {', '.join(INT8_RECIPES)})")
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration samples must be >= 1, got {self.calibration_samples}")
         if not 1 <= self.trt_min_batch <= self.trt_opt_batch <= self.trt_max_batch:
