@@ -5,13 +5,25 @@ parts are averaged into the history) over row indices of its training set and
 ``val_accuracy() -> float``; the loop owns the optimiser, schedule, progress bar and
 best-epoch selection on validation. ``on_epoch(epoch, val_accuracy)`` runs after each
 epoch (tune's pruning raises from it).
+
+With a ``Checkpoint``, the loop writes its whole state after every epoch, atomically (a
+temporary file renamed into place): the models, optimiser, scheduler, RNG states (torch,
+numpy, python, CUDA, the loop's batch-order generator), the epoch, the best-so-far and the
+history. When the file is there (and was written for the same training: its ``key``), the
+loop continues after its last epoch, so a killed run resumes with the metrics an
+uninterrupted one would have had. The file holds only tensors, numbers, strings and
+lists/dicts of them, so it loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
+
+import numpy as np
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -39,6 +51,66 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+CHECKPOINT_FORMAT = "distill-export/train-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where one training writes its per-epoch state, and what it is a state of: a checkpoint
+    whose key differs (other settings, another model) is not resumed from."""
+
+    path: Path
+    key: str = ""
+
+
+def _rng_state() -> dict:
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_checkpoint(ckpt: Checkpoint, key: str) -> dict | None:
+    """The saved state, or None (no file, another training's file, or unreadable: start afresh)."""
+    if not ckpt.path.is_file():
+        return None
+    from rich.console import Console
+
+    try:
+        state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file is not fatal: the training starts again
+        Console(stderr=True).print(f"warning: {ckpt.path} is unreadable ({str(exc)[:80]}); training from the start",
+                                   highlight=False, soft_wrap=True)
+        return None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("key") != key:
+        return None  # written for other settings: not ours to continue
+    return state
+
+
+def _checkpoint_key(ckpt: Checkpoint, spec: "TrainSpec", n_rows: int, modules: list[nn.Module]) -> str:
+    import hashlib
+
+    shapes = [[(k, tuple(v.shape)) for k, v in m.state_dict().items()] for m in modules]
+    return f"{ckpt.key}|{spec}|rows={n_rows}|{hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]}"
+
+
 def train_loop(
     modules: Iterable[nn.Module],
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
@@ -48,6 +120,7 @@ def train_loop(
     label: str,
     quiet: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     modules = list(modules)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -61,13 +134,29 @@ def train_loop(
     best = TrainResult(best_epoch=-1, best_val_accuracy=-1.0)
     best_states = None
     history: list[dict] = []
+    start_epoch = 0
+    key = _checkpoint_key(checkpoint, spec, n_rows, modules) if checkpoint is not None else ""
+    saved = _load_checkpoint(checkpoint, key) if checkpoint is not None else None
+    if saved is not None:  # continue after the last finished epoch, exactly where it stood
+        for m, state in zip(modules, saved["models"]):
+            m.load_state_dict(state)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["rng"]["loop"])
+        _set_rng_state(saved["rng"])
+        start_epoch = saved["epoch"]
+        history = list(saved["history"])
+        best = TrainResult(best_epoch=saved["best"]["epoch"], best_val_accuracy=saved["best"]["val_accuracy"])
+        best_states = saved["best"]["states"] if saved["best"]["states"] is not None else saved["models"]
+        best_states = best_states if best.best_epoch > 0 else None
     columns = (
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
     )
     with Progress(*columns, disable=quiet, transient=False) as progress:
-        task = progress.add_task(label, total=spec.epochs * steps_per_epoch, status="")
-        for epoch in range(spec.epochs):
+        task = progress.add_task(label, total=spec.epochs * steps_per_epoch, status="",
+                                 completed=start_epoch * steps_per_epoch)
+        for epoch in range(start_epoch, spec.epochs):
             for m in modules:
                 m.train()
             passes = -(-per_epoch // n_rows)
@@ -97,6 +186,17 @@ def train_loop(
             if acc > best.best_val_accuracy:
                 best = TrainResult(best_epoch=epoch + 1, best_val_accuracy=acc)
                 best_states = [copy.deepcopy(m.state_dict()) for m in modules]
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint.path, {
+                    "format": CHECKPOINT_FORMAT, "key": key, "label": label.strip(), "epoch": epoch + 1,
+                    "epochs": spec.epochs, "models": [m.state_dict() for m in modules],
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "rng": {"loop": gen.get_state(), **_rng_state()},
+                    # the best states are the current ones when this epoch is the best (stored once)
+                    "best": {"epoch": best.best_epoch, "val_accuracy": best.best_val_accuracy,
+                             "states": None if best.best_epoch == epoch + 1 else best_states},
+                    "history": history,
+                })
             progress.update(task, status=f"epoch {epoch + 1}/{spec.epochs} val acc {acc:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch + 1, acc)
@@ -105,6 +205,22 @@ def train_loop(
         m.eval()
     best.history = history
     return best
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    from distill_export.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def checkpoint_progress(path: Path) -> tuple[int, int] | None:
+    """(finished epochs, epochs) of a training checkpoint, or None if it cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"]), int(state["epochs"])
+    except Exception:
+        return None
 
 
 @torch.no_grad()
