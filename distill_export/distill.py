@@ -91,7 +91,8 @@ def _val_accuracy_fn(model: SplitNet, data: Dataset, modality: str, device):
     return val_accuracy
 
 
-def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=None) -> tuple[SplitNet, dict]:
+def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=None,
+                   checkpoint=None) -> tuple[SplitNet, dict]:
     """Labels only, labeled rows only (with the student's augmentation, if any)."""
     modality = config.data.student_modality
     model = new_student(config, data).to(device)
@@ -107,7 +108,7 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
     spec = dataclasses.replace(_spec(config), rows_per_epoch=len(data.train))  # same steps as the student
     result = train_loop(
         [model], batch_loss, len(y), _val_accuracy_fn(model, data, modality, device), spec,
-        "baseline", quiet,
+        "baseline", quiet, checkpoint=checkpoint,
     )
     return model, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                    "history": result.history}
@@ -123,6 +124,7 @@ def build_objective(config, data: Dataset, student: SplitNet, teacher_feature_di
 def train_student(
     config, data: Dataset, teacher_logits: torch.Tensor | None, teacher_feats: torch.Tensor, device,
     quiet: bool = False, online_teacher=None, augment=None, on_epoch=None, label: str = "student ",
+    checkpoint=None,
 ) -> tuple[SplitNet, dict]:
     """Distill on every training row with the configured objective (methods/).
 
@@ -160,7 +162,7 @@ def train_student(
 
     result = train_loop(
         [module], batch_loss, len(y), _val_accuracy_fn(student, data, modality, device), _spec(config),
-        label, quiet, on_epoch=on_epoch,
+        label, quiet, on_epoch=on_epoch, checkpoint=checkpoint,
     )
     terms = [s.to_dict() for s in module.objective.specs]
     return student, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,

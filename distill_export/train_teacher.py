@@ -63,9 +63,10 @@ def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | 
 
 
 def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, modalities=None,
-                  label: str = "teacher ") -> dict:
+                  label: str = "teacher ", checkpoint=None) -> dict:
     """Train on the labeled training rows, pick the best epoch on val, save, return metrics.
-    `modalities` restricts the teacher (the self-training control sees the student's only)."""
+    `modalities` restricts the teacher (the self-training control sees the student's only);
+    `checkpoint` (train.Checkpoint) is written every epoch and resumed from when present."""
     cfg = config.teacher
     torch.manual_seed(config.seed)
     kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities)
@@ -85,7 +86,7 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
         return float((logits.argmax(1).numpy() == val_y).mean())
 
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train))
-    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet)
+    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet, checkpoint=checkpoint)
     save_checkpoint(
         out_path, teacher, kind="teacher", arch="fusion_teacher", arch_kwargs=kwargs,
         meta={
