@@ -118,3 +118,38 @@ def test_random_shift_moves_pixels_only():
     assert y.shape == x.shape and torch.equal(y.sum((1, 2, 3)), x.sum((1, 2, 3)))
     moved = [tuple(int(i) for i in (img[0] == 1).nonzero()[0]) for img in y]
     assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in moved) and len(set(moved)) > 1
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_cache_file_is_a_miss_with_its_reason(run, damage):
+    data = synthetic_dataset()
+    first = targets(run, data, CountingTeacher())
+    path = run.file(CACHE_FILE)
+    blob = path.read_bytes()
+    path.write_bytes(b"\x00not a safetensors file" if damage == "garbage" else blob[: len(blob) // 2])
+    t = CountingTeacher()
+    again = targets(run, data, t)
+    assert again.info["status"] == "miss" and again.info["reason"].startswith("unreadable cache"), again.info
+    assert t.rows == len(data.train) and torch.equal(again.logits, first.logits)  # recomputed, and rewritten
+    assert targets(run, data, CountingTeacher()).info["status"] == "hit"
+
+
+def test_cache_with_the_wrong_row_count_is_a_miss_with_its_reason(run):
+    """A file whose key matches but that holds one row fewer (written by hand: the key hashes
+    the inputs, so only a damaged or hand-made file can get here)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    data = synthetic_dataset()
+    targets(run, data, CountingTeacher())
+    path = run.file(CACHE_FILE)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k)[:-1].contiguous() for k in f.keys()}
+    save_file(tensors, str(path), metadata=meta)
+    t = CountingTeacher()
+    again = targets(run, data, t)
+    n = len(data.train)
+    assert again.info["status"] == "miss"
+    assert again.info["reason"] == f"cache holds {n - 1} rows, the training set has {n}"
+    assert t.rows == n and again.logits.shape[0] == n
