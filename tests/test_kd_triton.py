@@ -137,13 +137,37 @@ def test_interpreter_subprocess():
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
-# (loss atol, loss rtol, grad atol, grad rtol). Losses are accumulated in fp32 in
-# both implementations, so only the gradient store (in the input dtype) differs.
-TOL = {
-    torch.float32: (1e-5, 1e-5, 1e-5, 1e-5),
-    torch.float16: (1e-4, 1e-4, 2e-4, 5e-3),
-    torch.bfloat16: (1e-4, 1e-4, 2e-3, 2e-2),
+# Loss tolerances (atol, rtol) per input dtype. Both implementations upcast the logits and
+# accumulate in fp32, so even for fp16/bf16 inputs the losses (O(1)-O(10)) differ only by fp32
+# summation order: observed <= 2e-6. fp32: 1e-5 (5x margin); fp16/bf16: 1e-4 (50x margin, kept
+# loose only because a GPU's fast exp/log differ from CPU ones by a few fp32 ulps more).
+LOSS_TOL = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-4, 1e-4),
+    torch.bfloat16: (1e-4, 1e-4),
 }
+# fp32 gradients (atol, rtol). Gradient values here are 1e-8..0.3 (median ~2e-4); the kernel and
+# the reference sum each row in different orders, so a small element, being a difference of
+# O(max) terms, is known only to a few fp32 ulps of the row's largest term (observed |diff|
+# <= 6e-8, relative error up to 0.2% on elements ~1e-8). atol 1e-5 bounds that with margin; it is
+# larger than the smallest ~6% of the values, which fp32 cannot resolve better in either code.
+FP32_GRAD_TOL = (1e-5, 1e-5)
+# fp16/bf16 gradients: both implementations compute the gradient in fp32 and round it once to
+# the input dtype (the reference through autograd's cast back through `.float()`), so they are
+# compared in units of the dtype's own spacing at each reference value (its ulp, subnormals
+# included): |fused - ref| <= GRAD_ULPS·ulp(ref) + floor, floor = fp32 eps·max|ref| (the fp32
+# cancellation bound above, which matters only for elements far below max|ref|).
+# fp16: one ulp, two roundings of nearly equal fp32 values land on the same or adjacent values
+#   (observed max 1.0 ulp).
+# bf16: two ulps, because Triton's interpreter converts fp32 -> bf16 by truncation, not
+#   round-to-nearest (observed max 2.0 ulp; compiled on a GPU, 1).
+GRAD_ULPS = {torch.float16: 1, torch.bfloat16: 2}
+# No tolerance may be loose for most of the values it checks: at least MIN_TIGHT of the nonzero
+# reference elements must get a tolerance within TIGHT_REL of their own magnitude. (The old
+# bf16 atol of 2e-3 exceeded ~93% of the values; fp16 subnormals, below 6.1e-5, have an
+# absolute spacing of 6e-8, so the smallest of them cannot be checked relatively by anything.)
+TIGHT_REL = 0.05
+MIN_TIGHT = 0.9
 TEMPERATURES = (0.5, 1.0, 2.0, 4.0)
 ALPHAS = (0.0, 0.5, 1.0)
 T_ALPHA_GRID = list(itertools.product(TEMPERATURES, ALPHAS))  # 12 pairs
@@ -169,7 +193,7 @@ def _inputs(n_rows, n_classes, device, dtype=torch.float32, seed=0, scale=3.0):
 
 def _compare(s, t, y, *, temperature, alpha, reduction="mean", grad_output=None, **fused_kwargs):
     """Run fused and reference on copies of s; assert loss and grad agree; return both losses."""
-    la, lr, ga, gr = TOL[s.dtype]
+    la, lr = LOSS_TOL[s.dtype]
     s_f = s.detach().clone().requires_grad_(True)
     s_r = s.detach().clone().requires_grad_(True)
     loss_f = kd_loss_fused(s_f, t, y, temperature=temperature, alpha=alpha, reduction=reduction, **fused_kwargs)
@@ -183,8 +207,48 @@ def _compare(s, t, y, *, temperature, alpha, reduction="mean", grad_output=None,
     loss_f.backward(grad_output)
     loss_r.backward(grad_output)
     assert s_f.grad.dtype == s.dtype
-    torch.testing.assert_close(s_f.grad.float(), s_r.grad.float(), atol=ga, rtol=gr)
+    _assert_grad_close(s_f.grad, s_r.grad)
     return loss_f.detach(), loss_r.detach()
+
+
+def _assert_grad_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Fused vs reference gradient, both in the input dtype (see FP32_GRAD_TOL, GRAD_ULPS)."""
+    if want.dtype == torch.float32:
+        atol, rtol = FP32_GRAD_TOL
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+        return
+    w = want.abs()
+    ulp = (torch.nextafter(w, torch.full_like(w, float("inf"))) - w).float()  # spacing at each value
+    floor = torch.finfo(torch.float32).eps * w.float().max()
+    tol = GRAD_ULPS[want.dtype] * ulp + floor
+    diff = (got.float() - want.float()).abs()
+    bad = ~(diff <= tol)  # NaN fails too
+    assert not bool(bad.any()), (
+        f"{int(bad.sum())} of {bad.numel()} gradient elements off by more than {GRAD_ULPS[want.dtype]} ulp "
+        f"(+ floor {float(floor):.3g}); worst {float((diff / ulp)[bad].max()):.2f} ulp")
+    nonzero = w != 0
+    if bool(nonzero.any()):
+        tight = float((tol <= TIGHT_REL * w.float())[nonzero].float().mean())
+        assert tight >= MIN_TIGHT, f"only {tight:.1%} of the elements get a tolerance within {TIGHT_REL:.0%} of their value"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_gradient_check_is_not_vacuous(dtype):
+    """The fp16/bf16 gradient check rejects what the old atol (2e-4 / 2e-3) let through: a 1%
+    error everywhere, or one median-sized element off by GRAD_ULPS + 2 ulp."""
+    s, t, y = _inputs(4, 1271, "cpu", dtype=dtype, seed=3)
+    s = s.requires_grad_(True)
+    kd_loss_reference(s, t, y, 2.0, 0.5, -100).backward(torch.tensor(1.7))
+    want = s.grad
+    _assert_grad_close(want.clone(), want)
+    with pytest.raises(AssertionError):
+        _assert_grad_close((want.float() * 1.01).to(dtype), want)
+    i = int((want.float().abs() - want.float().abs().median()).abs().argmin())
+    bumped = want.clone().flatten()
+    for _ in range(GRAD_ULPS[dtype] + 2):
+        bumped[i] = torch.nextafter(bumped[i], torch.tensor(float("inf"), dtype=dtype))
+    with pytest.raises(AssertionError):
+        _assert_grad_close(bumped.view_as(want), want)
 
 
 # --- agreement with the reference -------------------------------------------------------
