@@ -57,6 +57,7 @@ CalibrationSamples = Annotated[Optional[int], typer.Option("--calibration-sample
 CalibrationMethod = Annotated[Optional[str], typer.Option("--calibration-method", help="INT8 calibration: minmax, entropy or percentile.")]
 Gate = Annotated[Optional[list[str]], typer.Option("--gate", help="Override a parity gate, NAME=VALUE (repeatable): fp32_max_abs, fp32_agreement, fp16_agreement, int8_agreement, int8_max_accuracy_drop.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run in this directory: finished stages are reused, training continues from its last epoch checkpoint. Flags and --config must match the run's config.yaml.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory written by an earlier stage.")]
 
 
@@ -167,6 +168,48 @@ def _existing(run_dir: Path, **flags):
     return run, config
 
 
+def _differences(saved, wanted, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (`out` is where, not what)."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        keys = [k for k in dict.fromkeys([*saved, *wanted]) if not (prefix == "" and k == "out")]
+        return [d for k in keys for d in _differences(saved.get(k), wanted.get(k), f"{prefix}{k}.")]
+    if saved == wanted or (isinstance(saved, (list, tuple)) and isinstance(wanted, (list, tuple))
+                           and list(saved) == list(wanted)):
+        return []
+    return [prefix[:-1]]
+
+
+def _resume_config(run_dir: Path, recipe, config_file, flags: dict):
+    """The run to resume and its config; flags or --config that change it are refused, naming the keys."""
+    from distill_export.config import _show, apply_overrides, config_from_dict, load_config, validate_config
+    from distill_export.rundir import RunDir
+
+    if flags.get("out") is not None:
+        raise DistillExportError("--resume continues the run in its own directory; drop --out")
+    rd = RunDir.resumable(run_dir)
+    saved = rd.load_config()
+    overrides = _overrides(**flags)
+    if recipe or config_file:  # a whole config: compare all of it
+        wanted = load_config(recipe or "avdigits", config_file, overrides)
+    else:  # flags only: they must agree with the run's values
+        wanted = apply_overrides(config_from_dict(saved.to_dict()), overrides, "flags")
+        validate_config(wanted)
+    a, b = saved.to_dict(), wanted.to_dict()
+    diff = _differences(a, b)
+    if diff:
+        def value(d, key):
+            for part in key.split("."):
+                d = d.get(part) if isinstance(d, dict) else None
+            return _show(d, 40)
+
+        shown = "; ".join(f"{k}: run {value(a, k)}, given {value(b, k)}" for k in diff[:6])
+        more = f"; and {len(diff) - 6} more" if len(diff) > 6 else ""
+        raise DistillExportError(f"--resume {run_dir}: the config differs from the run's config.yaml in "
+                                 f"{len(diff)} key{'s' * (len(diff) > 1)} ({shown}{more}); resume without "
+                                 "them, or start a new run with `--out NEW`")
+    return rd, saved
+
+
 @app.command()
 @guarded
 def run(
@@ -176,23 +219,37 @@ def run(
     alpha: Alpha = None, beta: Beta = None, label_fraction: LabelFraction = None,
     formats: Formats = None, data: Data = None, student_modality: StudentModality = None,
     skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, augment: Augment = None,
-    method: Method = None, self_training_control: Control = None, quiet: Quiet = False,
+    method: Method = None, self_training_control: Control = None, quiet: Quiet = False, resume: Resume = None,
 ):
     """Every stage in one command: train the teacher, distill, export, validate, profile, report.
 
-    With no arguments it runs the built-in AV-Digits demo on the CPU, offline.
+    With no arguments it runs the built-in AV-Digits demo on the CPU, offline. `--resume RUN`
+    continues an interrupted run (SIGKILL, SIGTERM, Ctrl-C) where it stopped.
     """
     from distill_export.errors import ParityError
     from distill_export.pipeline import run_all
     from distill_export.report import print_summary
     from distill_export.rundir import RunDir
 
-    cfg = _load(recipe, config, out=out_dir, student=student, student_init=student_init, teacher=teacher,
-                device=device, seed=seed, epochs=epochs, teacher_epochs=teacher_epochs,
-                temperature=temperature, alpha=alpha, beta=beta, label_fraction=label_fraction,
-                formats=formats, data=data, student_modality=student_modality, skip_bad_rows=skip_bad_rows,
-                teacher_weights=teacher_weights, augment=augment, method=method,
-                self_training_control=self_training_control)
+    flags = dict(out=out_dir, student=student, student_init=student_init, teacher=teacher,
+                 device=device, seed=seed, epochs=epochs, teacher_epochs=teacher_epochs,
+                 temperature=temperature, alpha=alpha, beta=beta, label_fraction=label_fraction,
+                 formats=formats, data=data, student_modality=student_modality, skip_bad_rows=skip_bad_rows,
+                 teacher_weights=teacher_weights, augment=augment, method=method,
+                 self_training_control=self_training_control)
+    if resume is not None:
+        rd, cfg = _resume_config(resume, recipe, config, flags)
+        with rd.lock():  # a run still going in that directory is not resumed under its feet
+            err.print(rd.resume_summary(), highlight=False, soft_wrap=True)
+            try:
+                report = run_all(cfg, rd, quiet, resume=True)
+            except ParityError:
+                print_summary(rd.load_report(), out)
+                raise
+        print_summary(report, out)
+        out.print(f"report: {rd.file('report.md')}  ({rd.file('report.html')})")
+        return
+    cfg = _load(recipe, config, **flags)
     from distill_export.pipeline import preflight
 
     preflight(cfg)
@@ -207,7 +264,8 @@ def run(
     rd.update_report(timings={"data": loaded_s})
     err.print(f"run directory: {rd.path}")
     try:
-        report = run_all(cfg, rd, quiet, data=dataset, device=dev)
+        with rd.lock():  # held while the run works: `run --resume` of it meanwhile is refused
+            report = run_all(cfg, rd, quiet, data=dataset, device=dev)
     except ParityError:
         print_summary(rd.load_report(), out)
         raise

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from distill_export.config import RunConfig
 from distill_export.errors import ParityError
-from distill_export.rundir import RunDir, records_stage
+from distill_export.rundir import RUN_STAGES, RunDir, records_stage
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -45,6 +45,19 @@ def _teacher_path(config: RunConfig, run: RunDir) -> Path:
     return Path(config.teacher.path) if config.teacher.path else run.file("teacher.pt")
 
 
+def _checkpoint(config: RunConfig, run: RunDir, label: str):
+    """Where the training `label` checkpoints each epoch; keyed by the settings that shape it,
+    so a stage re-run with other settings starts afresh instead of continuing another training."""
+    import hashlib
+    import json
+
+    from distill_export.train import Checkpoint
+
+    shaping = {k: v for k, v in config.to_dict().items() if k in ("seed", "device", "data", "teacher", "student", "distill")}
+    key = hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()
+    return Checkpoint(run.checkpoint_path(label), f"{label}:{key}")
+
+
 @records_stage("train_teacher")
 def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.train_teacher import evaluate_teacher, load_teacher, train_teacher
@@ -56,7 +69,8 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
             console.print(f"using teacher {config.teacher.path}")
             training = {"source": str(config.teacher.path)}
         else:
-            training = train_teacher(config, data, device, run.file("teacher.pt"), quiet)
+            training = train_teacher(config, data, device, run.file("teacher.pt"), quiet,
+                                     checkpoint=_checkpoint(config, run, "teacher"))
         teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights).to(device)
         metrics = evaluate_teacher(teacher, data, device)
         # The modality gap: what the teacher knows from the student's modality alone.
@@ -83,8 +97,10 @@ def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, need
     forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
     targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop, needs=needs,
                               teacher_file=teacher_file, cache_file=cache_file)
+    name = "student" if label.strip() == "student" else f"{label.strip()}_student"
     student, info = train_student(config, data, targets.logits, targets.feats, device, quiet,
-                                  online_teacher=targets.online, augment=targets.augment, label=label)
+                                  online_teacher=targets.online, augment=targets.augment, label=label,
+                                  checkpoint=_checkpoint(config, run, name))
     return student, info, targets
 
 
@@ -95,7 +111,8 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
 
     modality = config.data.student_modality
     path = run.file("control_teacher.pt")
-    training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ")
+    training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ",
+                             checkpoint=_checkpoint(config, run, "control_teacher"))
     teacher = load_teacher(path, data).to(device)
     teacher_metrics = evaluate_teacher(teacher, data, device)
     student, info, _ = _distill_from(config, run, data, device, teacher, path, needs, quiet, "control ",
@@ -125,7 +142,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         student, kd_train, targets = _distill_from(config, run, data, device, teacher, None, needs, quiet,
                                                    "student ", "teacher_outputs.safetensors")
     with _timed(run, "baseline"):
-        baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment)
+        baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment,
+                                              checkpoint=_checkpoint(config, run, "baseline"))
     models = {"student": student, "baseline": baseline}
     control = None
     if config.distill.self_training_control:
@@ -327,19 +345,35 @@ def preflight(config: RunConfig) -> None:
             check_pt2_archive(teacher)  # a .pt2 that would unpickle code is refused before anything is made
 
 
-def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> dict:
-    """Every stage in order; raises ParityError (exit 1) after the report if a gate failed."""
+def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None,
+            resume: bool = False) -> dict:
+    """Every stage in order; raises ParityError (exit 1) after the report if a gate failed.
+    resume: the stages recorded done (the run's first ones) are skipped and their artifacts
+    reused; the first unfinished one continues from its training checkpoints; the rest run."""
     preflight(config)  # fail before training, not after
-    run.save_config(config)
+    todo = run.resume_plan()[1] if resume else list(RUN_STAGES)
+    if resume:
+        run.update_report(resumed=[*run.load_report().get("resumed", []),
+                                   {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_stage": todo[0]}])
+    else:
+        run.save_config(config)
     start = time.perf_counter()
-    if data is None:  # the CLI loads and checks the data before it makes the run directory
+    if data is None and set(todo) & {"train_teacher", "distill", "export"}:
+        # the CLI loads and checks the data before it makes the run directory
         with _timed(run, "data"):
             data, device = _setup(config)
-    stage_train_teacher(config, run, quiet, data, device)
-    stage_distill(config, run, quiet, data, device)
-    stage_export(config, run, quiet, data, device)
-    parity = stage_validate(config, run, quiet)
-    stage_profile(config, run, quiet)
+    if "train_teacher" in todo:
+        stage_train_teacher(config, run, quiet, data, device)
+    if "distill" in todo:
+        stage_distill(config, run, quiet, data, device)
+    if "export" in todo:
+        stage_export(config, run, quiet, data, device)
+    if "validate" in todo:
+        parity = stage_validate(config, run, quiet)
+    else:  # validated before the interruption
+        parity = {fmt: art["parity"] for fmt, art in run.load_report().get("exports", {}).items() if "parity" in art}
+    if "profile" in todo:
+        stage_profile(config, run, quiet)
     run.update_report(timings={"total": round(time.perf_counter() - start, 3)})
     stage_report(run)
     failed = [fmt for fmt, res in parity.items() if not res["passed"]]

@@ -8,6 +8,10 @@ Stage state lives in one place, report.json["stages"]: {stage: {"status": "pendi
 concurrent `run --out X` cannot both win; `report` and the stage commands read the record to
 know which stages finished. config.yaml is written by a stage command only after it succeeds,
 and `transaction()` puts the directory back as it was when a stage command fails.
+
+Training stages write a checkpoint per epoch under checkpoints/ (train.Checkpoint); a stage's
+checkpoints are deleted once it is recorded done. `run --resume` (`RunDir.resumable`) skips the
+stages recorded done and continues the first unfinished one from its checkpoints.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ from distill_export.files import ensure_writable_dir, write_json, write_text
 
 RUN_STAGES = ("train_teacher", "distill", "export", "validate", "profile", "report")
 BACKUP_DIR = ".stage-backup"  # hard links of the files as they were before a stage command
+CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a stage is unfinished
+# The trainings each stage checkpoints (deleted when the stage is recorded done).
+STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),
+                     "distill": ("student", "baseline", "control_teacher", "control_student")}
 # What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
-_NEXT = {"train_teacher": "start a new run (`distill-export run --out NEW`)", "distill": "`distill-export distill {run}`",
+_NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
+         "distill": "`distill-export distill {run}`",
          "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
          "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}
 
@@ -54,7 +63,8 @@ def _check_free(target: Path) -> None:
         raise ConfigError(f"--out {target} is a file, not a folder; choose another --out")
     names = sorted(p.name for p in target.iterdir())
     if "report.json" in names or "config.yaml" in names:
-        raise ConfigError(f"--out {target} already holds a run; choose a new --out or delete it")
+        raise ConfigError(f"--out {target} already holds a run; choose a new --out or delete it "
+                          f"(an interrupted run continues with `distill-export run --resume {target}`)")
     if names:
         shown = ", ".join(repr(n[:40]) for n in names[:3]) + (", ..." if len(names) > 3 else "")
         raise ConfigError(f"--out {target} is not empty and is not a run directory ({len(names)} entries: {shown}); "
@@ -120,6 +130,87 @@ class RunDir:
         stages = dict(self.stages() or {})
         stages[name] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.update_report(stages=stages)
+
+    # ----- training checkpoints and resume -----------------------------------------------------
+    def checkpoint_path(self, label: str) -> Path:
+        return self.path / CHECKPOINT_DIR / f"{label}.pt"
+
+    def drop_checkpoints(self, stage: str) -> None:
+        """Delete a finished stage's training checkpoints (and the folder once it is empty)."""
+        folder = self.path / CHECKPOINT_DIR
+        if not folder.is_dir():
+            return
+        for label in STAGE_CHECKPOINTS.get(stage, ()):
+            self.checkpoint_path(label).unlink(missing_ok=True)
+            for tmp in folder.glob(f".{label}.pt.*.tmp"):  # left by a kill during a write
+                tmp.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # another stage's checkpoints are still there
+
+    @classmethod
+    def resumable(cls, path: str | Path) -> "RunDir":
+        """A run that `run --resume` can continue: one made by `run`, with unfinished stages."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"--resume {path}: no such run directory")
+        if not (path / "report.json").is_file():
+            raise ConfigError(f"--resume {path} is not a run directory (no report.json)")
+        run = cls(path)
+        stages = run.stages()
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"--resume {path}: the run was stopped before it wrote config.yaml, so there is "
+                              "nothing to resume; start a new run (`distill-export run --out NEW`)")
+        if stages is None:
+            raise ConfigError(f"--resume {path}: the run does not record its stages (made by an older version); "
+                              "start a new run")
+        if not run.missing_stages(RUN_STAGES):
+            raise ConfigError(f"--resume {path}: the run already finished (every stage is done); "
+                              f"its report is {path / 'report.md'}")
+        return run
+
+    def resume_plan(self) -> tuple[list[str], list[str]]:
+        """(stages reused, stages to run): the done prefix is reused, the rest runs in order."""
+        missing = self.missing_stages(RUN_STAGES)
+        first = RUN_STAGES.index(missing[0]) if missing else len(RUN_STAGES)
+        return list(RUN_STAGES[:first]), list(RUN_STAGES[first:])
+
+    def resume_summary(self) -> str:
+        """One line: what is reused, where training continues, what runs after."""
+        from distill_export.train import checkpoint_progress
+
+        reused, todo = self.resume_plan()
+        parts = [f"resuming {self.path}:", f"{', '.join(reused)} done (reused);" if reused else "no stage done;"]
+        if todo:
+            found = []
+            for label in STAGE_CHECKPOINTS.get(todo[0], ()):
+                progress = checkpoint_progress(self.checkpoint_path(label)) if self.checkpoint_path(label).is_file() else None
+                if progress:
+                    found.append(f"{label} at epoch {progress[0]}/{progress[1]}")
+            where = f" from checkpoints ({', '.join(found)})" if found else ""
+            parts.append(f"running {todo[0]}{where}" + (f", then {', '.join(todo[1:])}" if todo[1:] else ""))
+        return " ".join(parts)
+
+    @contextmanager
+    def lock(self):
+        """Hold an exclusive lock on the run directory while a `run` works in it, so a
+        `run --resume` of a run that is still going is refused (the lock dies with the process)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield self
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ConfigError(f"{self.path} is in use by another distill-export process; "
+                                  "wait for it to finish or stop it first") from None
+            yield self
+        finally:
+            os.close(fd)
 
     def missing_stages(self, needed: tuple[str, ...] | None = None) -> list[str]:
         """Stages (planned ones, or `needed`) that have not finished; [] for an unrecorded run."""
@@ -242,6 +333,7 @@ def records_stage(name: str):
             run = next((a for a in (*args, *kwargs.values()) if isinstance(a, RunDir)), None)
             if run is not None:
                 run.mark_stage(name)
+                run.drop_checkpoints(name)  # its artifacts are written: the training state is spent
             return result
 
         return wrapper
