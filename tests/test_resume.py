@@ -127,6 +127,7 @@ def _start_paused(args: list[str], out: Path, pause: str) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # real runs in subprocesses (~20 s each on 2 busy cores)
 def test_sigkill_during_student_training_then_resume_gives_the_same_metrics(setup, reference):
     root, args = setup
     out = root / "killed"
@@ -155,6 +156,7 @@ def test_sigkill_during_student_training_then_resume_gives_the_same_metrics(setu
     assert "already finished" in one_line_error(runner.invoke(app, ["run", "--resume", str(out)]))
 
 
+@pytest.mark.slow  # real runs in subprocesses (~20 s each on 2 busy cores)
 def test_sigterm_is_one_line_and_the_run_resumes(setup, reference):
     """SIGTERM while the self-training control's teacher trains (student and baseline are done
     but not saved: they come back from their last checkpoints)."""
@@ -176,6 +178,7 @@ def test_sigterm_is_one_line_and_the_run_resumes(setup, reference):
     assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.slow  # real runs in subprocesses (~20 s each on 2 busy cores)
 def test_kill_after_training_resumes_the_later_stages(setup, reference, tmp_path):
     """A run killed after distill (export not recorded): resume reuses teacher and students and
     runs export onwards, with the same metrics."""
