@@ -152,3 +152,16 @@ def test_an_unknown_recipe_in_the_config_fails_before_any_work():
         validate_config(config)
     config.export.int8_recipe = "qdq-conv"
     assert ExportOptions.from_config(config.export).int8_recipe == "qdq-conv"
+
+
+def test_a_recipe_that_writes_non_standard_operators_is_refused(fp32, tmp_path):
+    """QOperator turns the gate's Mul and the residual Add into com.microsoft QLinearMul/QLinearAdd:
+    the export says so in one line and leaves no file (the project's ONNX files are standard ops)."""
+    _, cal, _ = fp32
+    torch.manual_seed(0)
+    source = ExportSource(_DwNet().eval(), META, "0" * 64, tmp_path, calibration=cal)
+    with pytest.raises(ExportError) as info:
+        export_formats(source, ["onnx-int8"], ExportOptions(int8_recipe="qoperator"))
+    msg = str(info.value)
+    assert "com.microsoft:QLinearAdd" in msg and "qoperator-conv" in msg and "\n" not in msg
+    assert not (tmp_path / "student-int8.onnx").exists()

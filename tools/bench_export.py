@@ -415,12 +415,18 @@ def main() -> None:
         t0 = time.perf_counter()
         results = export_formats(source, list(FORMATS), options)
         export_total = time.perf_counter() - t0
-        sessions = {f: onnx_session(results[f].path, args.threads) for f in FORMATS}
-        sizes = {f: results[f].size_bytes for f in FORMATS}
-        accuracy = {
-            f: classification_metrics(run_onnx(s, x_test, 64), labels, len(meta["class_names"]))["accuracy"]
-            for f, s in sessions.items()
-        }
+        paths = {f: results[f].path for f in FORMATS}
+        from distill_export.export.onnx_int8 import INT8_RECIPES, quantize_qdq
+
+        for r in args.int8_recipes:  # the same FP32 model and calibration rows, another recipe
+            out = Path(work) / f"int8-{r}.onnx"
+            quantize_qdq(Path(paths["onnx"]), out, source.calibration, options, recipe=INT8_RECIPES[r])
+            paths[f"int8:{r}"] = str(out)
+        sessions = {f: onnx_session(p, args.threads) for f, p in paths.items()}
+        sizes = {f: Path(p).stat().st_size for f, p in paths.items()}
+        logits = {f: run_onnx(s, x_test, 64) for f, s in sessions.items()}
+        accuracy = {f: classification_metrics(v, labels, len(meta["class_names"]))["accuracy"] for f, v in logits.items()}
+        agreement = {f: float((v.argmax(1) == logits["onnx"].argmax(1)).mean()) for f, v in logits.items()}
         latency = {b: interleaved_p50(sessions, x_test, b, args.seconds, args.rounds) for b in args.batches}
 
     shape = f"(B, {', '.join(map(str, meta['input_shape']))})"
@@ -430,16 +436,17 @@ def main() -> None:
           f"calibration {args.calibration_method}, {options.calibration_samples} rows")
     print(f"export time, all CPU formats: {export_total:.2f} s "
           f"({', '.join(f'{f} {results[f].seconds:.2f}' for f in FORMATS)}; exporter {results['onnx'].details['exporter']})")
-    header = f"{'format':<10} {'size KiB':>9} {'accuracy':>9} {'drop pts':>9}"
+    header = f"{'format':<22} {'size KiB':>9} {'accuracy':>9} {'drop pts':>9} {'agree':>7}"
     for b in args.batches:
         header += f" {f'p50 ms b{b}':>11} {f'vs fp32 b{b}':>11}"
     print(header)
     rows = []
-    for f in FORMATS:
+    for f in sessions:
         drop = 100 * (accuracy["onnx"] - accuracy[f])
-        line = f"{f:<10} {sizes[f] / 1024:>9.1f} {100 * accuracy[f]:>8.2f}% {drop:>9.2f}"
+        line = f"{f:<22} {sizes[f] / 1024:>9.1f} {100 * accuracy[f]:>8.2f}% {drop:>9.2f} {100 * agreement[f]:>6.1f}%"
         row = {"format": f, "size_bytes": sizes[f], "accuracy": accuracy[f], "accuracy_drop_points": drop,
-               "export_seconds": results[f].seconds}
+               "top1_agreement_vs_fp32": agreement[f],
+               **({"export_seconds": results[f].seconds} if f in results else {})}
         for b in args.batches:
             p50 = latency[b][f]["p50_ms"]
             speedup = latency[b]["onnx"]["p50_ms"] / p50

@@ -21,7 +21,7 @@ import numpy as np
 
 from distill_export.errors import ExportError
 from distill_export.export.base import ExportOptions, ExportResult, ExportSource, register_format
-from distill_export.export.onnx import _reason, model_name, prune_opset_imports, set_metadata
+from distill_export.export.onnx import _reason, model_name, nonstandard_ops, prune_opset_imports, set_metadata
 from distill_export.export.onnx_fp16 import fp32_artifact
 from distill_export.files import atomic_path
 
@@ -57,7 +57,11 @@ INT8_RECIPES = {r.name: r for r in (
                op_types=("Conv", "Gemm", "MatMul")),
 )}
 DEFAULT_RECIPE = "qdq"
-RECIPE_BY_STUDENT: dict[str, str] = {}  # architecture -> recipe measured best (docs/export.md)
+# Architecture -> the recipe measured best at 224x224x3, 1 thread (docs/export.md, "INT8 recipes").
+# mobilenet_v3_small: qdq-conv-no-dw was the fastest INT8 or tied with it in three interleaved
+# runs (0.71-0.88x FP32, against 0.50-0.72x for qdq) with the smallest logit error; INT8 is still
+# slower than FP32 there, so the recommendation (recommend.py) picks the FP32 ONNX.
+RECIPE_BY_STUDENT: dict[str, str] = {"mobilenet_v3_small": "qdq-conv-no-dw"}
 
 
 def recipe_for(name: str, student: str | None) -> Int8Recipe:
@@ -193,6 +197,11 @@ def export_onnx_int8(source: ExportSource, options: ExportOptions) -> ExportResu
                 f"cannot quantise student {name} to onnx-int8 ({options.calibration_method} calibration): "
                 f"{_reason(exc)}; try --calibration-method minmax, or onnx-fp16"
             ) from None
+        if bad := nonstandard_ops(model):  # QOperator: QLinearAdd, QLinearMul ... (ONNX Runtime only)
+            raise ExportError(
+                f"INT8 recipe {details['recipe']} gave student {name} non-standard operators {', '.join(bad)}, "
+                "which only ONNX Runtime runs; use export.int8_recipe qoperator-conv or a qdq recipe"
+            )
         onnx.save(model, str(tmp))
     return ExportResult(
         format="onnx-int8", path=str(final), precision="int8", runtime="onnxruntime",
