@@ -351,7 +351,9 @@ def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, devi
     resume: the stages recorded done (the run's first ones) are skipped and their artifacts
     reused; the first unfinished one continues from its training checkpoints; the rest run."""
     preflight(config)  # fail before training, not after
-    todo = run.resume_plan()[1] if resume else list(RUN_STAGES)
+    reused, todo = run.resume_plan() if resume else ([], list(RUN_STAGES))
+    for stage in reused:  # killed between recording a stage and deleting its checkpoints
+        run.drop_checkpoints(stage)
     if resume:
         run.update_report(resumed=[*run.load_report().get("resumed", []),
                                    {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_stage": todo[0]}])

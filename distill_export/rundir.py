@@ -154,7 +154,8 @@ class RunDir:
         """A run that `run --resume` can continue: one made by `run`, with unfinished stages."""
         path = Path(path)
         if not path.is_dir():
-            raise ConfigError(f"--resume {path}: no such run directory")
+            what = "is a file, not a run directory" if path.exists() else "no such run directory"
+            raise ConfigError(f"--resume {path}: {what}")
         if not (path / "report.json").is_file():
             raise ConfigError(f"--resume {path} is not a run directory (no report.json)")
         run = cls(path)

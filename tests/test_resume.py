@@ -259,7 +259,7 @@ def test_resume_refuses_what_is_not_an_unfinished_run(tmp_path, killed_run):
     (tmp_path / "mine" / "report.md").write_text("my notes")
     (tmp_path / "file").write_text("x")
     for target, needle in [(tmp_path / "nowhere", "no such run directory"), (tmp_path / "empty", "not a run directory"),
-                           (tmp_path / "mine", "not a run directory"), (tmp_path / "file", "no such run directory")]:
+                           (tmp_path / "mine", "not a run directory"), (tmp_path / "file", "is a file")]:
         line = one_line_error(runner.invoke(app, ["run", "--resume", str(target)]))
         assert needle in line, line
     assert (tmp_path / "mine" / "report.md").read_text() == "my notes"
