@@ -240,7 +240,7 @@ def run(
     if resume is not None:
         rd, cfg = _resume_config(resume, recipe, config, flags)
         with rd.lock():  # a run still going in that directory is not resumed under its feet
-            err.print(rd.resume_summary(), highlight=False, soft_wrap=True)
+            err.print(rd.resume_summary(), highlight=False, soft_wrap=True, markup=False)
             try:
                 report = run_all(cfg, rd, quiet, resume=True)
             except ParityError:
