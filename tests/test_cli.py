@@ -13,10 +13,25 @@ from distill_export.cli import app
 runner = CliRunner()
 
 
-def test_run_writes_every_artifact(tiny_run):
-    for name in ("config.yaml", "teacher.pt", "student.pt", "baseline.pt", "student.onnx",
-                 "report.json", "report.md", "report.html"):
-        assert (tiny_run / name).is_file(), name
+def test_run_writes_every_artifact_and_each_is_what_it_claims(tiny_run):
+    from distill_export.files import sha256_file
+    from distill_export.nets.checkpoint import load_checkpoint
+    from distill_export.rundir import RunDir
+
+    run = RunDir(tiny_run)
+    assert run.load_config().distill.epochs == 1  # the settings the run used (the tiny config)
+    assert load_checkpoint(tiny_run / "teacher.pt", kind="teacher")["arch"] == "fusion_teacher"
+    roles = {name: load_checkpoint(tiny_run / f"{name}.pt", kind="student")["meta"]["role"]
+             for name in ("student", "baseline")}
+    assert roles == {"student": "kd", "baseline": "baseline"}
+    props = {p.key: p.value for p in onnx.load(str(tiny_run / "student.onnx")).metadata_props}
+    assert props["source_checkpoint_sha256"] == sha256_file(tiny_run / "student.pt")  # made from this student
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert {s["status"] for s in report["stages"].values()} == {"done"}
+    md, html = (tiny_run / "report.md").read_text(), (tiny_run / "report.html").read_text()
+    for model in ("teacher", "student", "baseline"):
+        shown = f"{100 * report['metrics'][model]['accuracy']:.1f}%"
+        assert shown in md and shown in html, (model, shown)
 
 
 def test_report_json_has_documented_keys(tiny_run):
@@ -37,8 +52,12 @@ def test_report_json_has_documented_keys(tiny_run):
     for key in ("model", "backend", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "throughput"):
         assert key in row
     assert {r["model"] for r in report["latency"]} >= {"teacher", "student"}
-    for stage in ("train_teacher", "distill", "export", "validate", "profile", "total"):
-        assert report["timings"][stage] >= 0
+    timings = report["timings"]
+    for stage in ("train_teacher", "distill", "baseline", "export", "validate", "profile", "total"):
+        assert timings[stage] > 0, stage  # measured, not a placeholder
+    # The stages run one after another inside `total` (the data load is timed before it).
+    inside = sum(v for k, v in timings.items() if k not in ("total", "data"))
+    assert inside <= timings["total"] + 0.01 * len(timings), timings  # each is rounded to 1 ms
 
 
 def test_onnx_has_dynamic_batch_and_metadata(tiny_run):
@@ -54,9 +73,28 @@ def test_onnx_has_dynamic_batch_and_metadata(tiny_run):
 
 
 def test_stages_rerun_on_the_run_directory(tiny_run, tmp_path):
-    result = runner.invoke(app, ["validate", str(tiny_run)])
+    """export, validate and report rerun on a copy of the shared run (never on the run itself):
+    the files they write are removed first, so they exist again only if the stages really ran."""
+    import shutil
+
+    from _cli_checks import snapshot
+
+    before = snapshot(tiny_run)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("student.onnx", "parity_data.npz", "report.md", "report.html"):
+        (run / name).unlink()
+    result = runner.invoke(app, ["export", str(run), "--format", "onnx", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (run / "student.onnx").is_file() and (run / "parity_data.npz").is_file()
+    result = runner.invoke(app, ["validate", str(run)])
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
+    assert json.loads((run / "report.json").read_text())["exports"]["onnx"]["parity"]["passed"] is True
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "kd_gain" in (run / "report.md").read_text() and (run / "report.html").stat().st_size > 0
+    assert snapshot(tiny_run) == before  # the shared fixture is untouched
 
 
 def _error(result) -> str:

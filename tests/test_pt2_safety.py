@@ -259,3 +259,14 @@ def test_profile_runs_a_clean_pt2(clean):
     result = runner.invoke(app, ["profile", str(clean), *PROFILE_FAST])
     assert result.exit_code == 0, result.output
     assert "teacher" in result.output or "clean" in result.output
+
+
+@pytest.mark.parametrize("kind", ["weight_use_pickle", "constant_use_pickle"])
+def test_pickled_payload_is_refused_by_the_archive_check_itself(kind, clean, tmp_path):
+    """The inspection names use_pickle, before torch.export.load runs at all; the weights-only
+    guard around the load is only the second line (it alone would also refuse these files,
+    which is why test_hostile_archive_is_refused_and_runs_nothing cannot tell the two apart)."""
+    path = hostile(kind, clean, tmp_path, tmp_path / "MARKER")
+    with pytest.raises(CheckpointError, match=r"stored as a pickle \(use_pickle: True\)"):
+        check_pt2_archive(path)
+    assert not (tmp_path / "MARKER").exists()
