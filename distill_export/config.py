@@ -34,6 +34,7 @@ class DataConfig:
     image_mode: str = "auto"
     text_encoder: str = "hashed"
     max_train_rows: int = 0
+    max_audio_seconds: float = 60.0  # manifests: a longer clip is refused, naming its row
 
 
 @dataclass
