@@ -479,7 +479,7 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             rows.append([model, fmt, short, acc, parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads],
                          f"×{sp:.1f}" if sp else "-"])
     header = ["model", "format", "backend", "acc.", "parity", *[f"p50 ms b1 {t}t" for t in threads],
-              f"× teacher same rt b1 {threads[0]}t" if threads else "× teacher"]
+              f"faster b1 {threads[0]}t" if threads else "faster"]
     return header, rows
 
 
