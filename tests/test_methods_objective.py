@@ -185,7 +185,8 @@ def test_temperature_is_inherited_only_when_unset():
         {"name": "kd"}, {"name": "ls_kd", "temperature": 1.5}, {"name": "ce"}, {"name": "pseudo_label"}]))
     assert specs[0].params == {"temperature": 3.0}
     assert specs[1].params == {"temperature": 1.5}
-    assert specs[2].params == {} and specs[3].params == {}  # terms without a temperature get none
+    # Terms without a temperature get none; every term's defaults are recorded (for the report).
+    assert specs[2].params == {} and specs[3].params == {"threshold": 0.7}
     assert all(sp.weight == 1.0 for sp in specs)  # weight defaults to 1
     objective = Objective(specs)
     assert objective.terms["0_kd"].temperature == 3.0 and objective.terms["1_ls_kd"].temperature == 1.5

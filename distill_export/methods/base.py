@@ -76,7 +76,7 @@ class Term(nn.Module):
         raise NotImplementedError
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != "self"}
+        return {k: getattr(self, k) for k in _init_parameters(type(self))}
 
 
 def register_term(cls: type[Term]) -> type[Term]:
@@ -104,7 +104,13 @@ def term_class(name: str) -> type[Term]:
 
 
 def term_parameters(name: str) -> list[str]:
-    return [k for k in inspect.signature(term_class(name).__init__).parameters if k != "self"]
+    return _init_parameters(term_class(name))
+
+
+def _init_parameters(cls: type) -> list[str]:
+    """The named keyword parameters of a term's constructor (its YAML keys)."""
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [k for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self" and p.kind not in skip]
 
 
 _loaded = False

@@ -63,8 +63,8 @@ def term_specs(distill) -> list[TermSpec]:
             raise ConfigError(f"term {spec.name}: weight must be a finite number >= 0, got {spec.weight}")
     if not any(s.weight > 0 for s in specs):
         raise ConfigError("every distillation term has weight 0: nothing to train on")
-    for spec in specs:  # builds each term once, so a bad hyperparameter fails now
-        term_class(spec.name)(**spec.params)
+    for spec in specs:  # builds each term once, so a bad hyperparameter fails now, and records
+        spec.params = term_class(spec.name)(**spec.params).hyperparameters()  # its defaults for the report
     # A zero-weight term is dropped: it would still count in `needs` and build learned parts
     # that never get a gradient (which DDP refuses).
     return [s for s in specs if s.weight > 0]
