@@ -284,11 +284,17 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
         # The teacher's ONNX is not shipped: a failed gate is reported, not fatal, and its rows stay.
         from distill_export.validate import TEACHER_PARITY_FILE, load_teacher_parity_data, validate_teacher_onnx
 
-        teacher_parity = load_teacher_parity_data(run.file(TEACHER_PARITY_FILE))
-        teacher_onnx["parity"] = validate_teacher_onnx(run.file(teacher_onnx["path"]), teacher_parity,
-                                                       config.validate, num_classes)
+        from distill_export.errors import DistillExportError
+
+        try:
+            teacher_parity = load_teacher_parity_data(run.file(TEACHER_PARITY_FILE))
+            teacher_onnx["parity"] = validate_teacher_onnx(run.file(teacher_onnx["path"]), teacher_parity,
+                                                           config.validate, num_classes)
+        except DistillExportError as exc:  # e.g. a deleted npz: the student's gates still count
+            console.print(f"[yellow]warning:[/] the teacher's ONNX was not validated: {exc}", highlight=False)
+            teacher_onnx["parity"] = None
         run.update_report(teacher_exports={**report["teacher_exports"], "onnx": teacher_onnx})
-        if not teacher_onnx["parity"]["passed"]:
+        if teacher_onnx["parity"] and not teacher_onnx["parity"]["passed"]:
             console.print("[yellow]warning:[/] the teacher's ONNX fails its FP32 parity gates: "
                           + "; ".join(failed_gates({"teacher onnx": teacher_onnx["parity"]})), highlight=False)
     if run.load_report().get("latency"):  # profiled before: parity decides what is recommended
