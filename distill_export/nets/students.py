@@ -82,6 +82,17 @@ def tiny_cnn(num_classes: int, in_channels: int = 1) -> SplitNet:
     return SplitNet(backbone, nn.Linear(32, num_classes))
 
 
+def _bn_momentum(model: nn.Module, momentum: float = 0.1) -> nn.Module:
+    """torchvision's MobileNetV3 uses BatchNorm momentum 0.01, tuned for ImageNet's hundreds of
+    thousands of steps. A distillation run takes a few hundred, so the running statistics lag
+    the weights and the eval-mode model (what validation picks epochs on, and what ONNX exports)
+    is near chance. PyTorch's default 0.1 tracks within a few dozen steps."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+    return model
+
+
 def _first_conv_to(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """The same stem conv with `in_channels` inputs and stride 1 (small inputs)."""
     return nn.Conv2d(
@@ -94,7 +105,7 @@ def _first_conv_to(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 def mobilenet_v3_small(num_classes: int, in_channels: int = 1) -> SplitNet:
     from torchvision.models import mobilenet_v3_small as tv
 
-    net = tv(weights=None, num_classes=num_classes)
+    net = _bn_momentum(tv(weights=None, num_classes=num_classes))
     net.features[0][0] = _first_conv_to(net.features[0][0], in_channels)
     head = net.classifier[-1]
     backbone = nn.Sequential(net.features, net.avgpool, nn.Flatten(), *net.classifier[:-1])
