@@ -152,6 +152,9 @@ def test_feature_distillation_needs_teacher_features(user_module, data):
         preflight(cfg, data)
     cfg.distill.beta = 0.0
     preflight(cfg, data)  # fine without feature distillation
+    cfg.distill.terms = [{"name": "ce"}, {"name": "feature", "weight": 0.5}]  # the term listed explicitly
+    with pytest.raises(ConfigError, match="returns logits only, so the feature term"):
+        preflight(cfg, data)
 
 
 def test_factory_student(user_module, data):
@@ -162,7 +165,7 @@ def test_factory_student(user_module, data):
     cfg.student.name = f"{user_module}:student"
     preflight(cfg, data)
     cfg.distill.beta = 1.0
-    with pytest.raises(ConfigError, match="feature distillation"):
+    with pytest.raises(ConfigError, match="no forward_features, so the feature term"):
         preflight(cfg, data)
     cfg.distill.beta = 0.0
     cfg.student.name = "no_such_pkg:student"

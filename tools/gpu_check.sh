@@ -75,7 +75,7 @@ fi
 # --noconftest: these tests need no shared fixture, and the image may lack the
 # conftest's imports; TRITON_INTERPRET must be unset for a native run.
 step kd_tests "$T_TESTS" env -u TRITON_INTERPRET "$PY" -m pytest \
-    tests/test_kd_triton.py tests/test_kd_loss.py -q -rfEs --noconftest -p no:cacheprovider \
+    tests/test_kd_triton.py tests/test_kd_loss.py tests/test_methods.py -q -rfEs --noconftest -p no:cacheprovider \
     --junitxml="$OUT/junit-kd.xml"
 
 # --- 4. benchmark: fused vs eager vs reference vs torch.compile (vs Liger if present) ---

@@ -340,6 +340,10 @@ def preflight(config, data) -> None:
                           f"spectrograms: pass --student package.module:factory for a {spec.kind} student")
     if config.distill.augment != "none" and spec.kind not in ("image", "audio"):
         raise ConfigError(f"distill.augment={config.distill.augment} shifts images/spectrograms, not {spec.kind}")
+    from distill_export.methods import Objective, term_specs
+
+    # A term that needs features (the feature term, --beta > 0 or in distill.terms).
+    wants_features = "features" in Objective(term_specs(config.distill)).needs
     if is_factory(name):
         student = create_student(name, data.num_classes, in_channels=spec.shape[0]).eval()
         x = data.train.inputs[modality][:2]
@@ -351,14 +355,14 @@ def preflight(config, data) -> None:
         if logits.ndim != 2 or logits.shape[1] != data.num_classes:
             raise ConfigError(f"student {name} returns logits of shape {tuple(logits.shape)}; the data has "
                               f"{data.num_classes} classes")
-        if config.distill.beta > 0 and feats.shape[1] == 0:
-            raise ConfigError(f"student {name} has no forward_features, so feature distillation "
-                              f"(distill.beta={config.distill.beta}) cannot work: set --beta 0")
+        if wants_features and feats.shape[1] == 0:
+            raise ConfigError(f"student {name} has no forward_features, so the feature term "
+                              "cannot work: set --beta 0 (or drop the feature term)")
     if config.teacher.path:
         from distill_export.train_teacher import load_teacher
 
         teacher = load_teacher(config.teacher.path, data, weights=config.teacher.weights)
-        if config.distill.beta > 0 and getattr(teacher, "has_features", True) is False:
-            raise ConfigError(f"teacher {config.teacher.path} returns logits only, so feature distillation "
-                              f"(distill.beta={config.distill.beta}) cannot work: set --beta 0, or return "
+        if wants_features and getattr(teacher, "has_features", True) is False:
+            raise ConfigError(f"teacher {config.teacher.path} returns logits only, so the feature term "
+                              "cannot work: set --beta 0 (or drop the feature term), or return "
                               "(features, logits) from the teacher")
