@@ -104,8 +104,10 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     def progress(study, trial) -> None:
         if quiet:
             return
-        value = "pruned" if trial.value is None else f"val {100 * trial.value:.1f}%"
-        best = f"{100 * study.best_value:.1f}%" if any(t.value is not None for t in study.trials) else "-"
+        value = ("pruned" if trial.state == optuna.trial.TrialState.PRUNED
+                 else f"val {100 * trial.value:.1f}%")
+        done = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        best = f"{100 * study.best_value:.1f}%" if done else "-"
         console.print(f"trial {trial.number + 1}: {trial.params.get('method')} {value} (best {best})")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -115,7 +117,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     start = time.perf_counter()
     study.optimize(objective, n_trials=budget.trials,
                    timeout=None if budget.minutes is None else 60 * budget.minutes, callbacks=[progress])
-    completed = [t for t in study.trials if t.value is not None]
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise ConfigError("tune: no trial completed within the budget; give it more --minutes")
     best = study.best_trial
