@@ -17,7 +17,7 @@ def _pct(x) -> str:
 def accuracy_rows(report: dict) -> list[list[str]]:
     metrics = report.get("metrics", {})
     rows = []
-    for name in ("teacher", "baseline", "student"):
+    for name in ("teacher", "baseline", "self_training", "student"):
         m = metrics.get(name)
         if m:
             rows.append([name, _pct(m["accuracy"]), f"{m['macro_f1']:.3f}", f"{m['macro_precision']:.3f}", f"{m['macro_recall']:.3f}"])
@@ -137,18 +137,73 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _setting(d: dict) -> str:
+    terms = d.get("terms")
+    if terms:
+        shown = " + ".join(
+            f"{t['weight']:g}·{t['name']}" + (f"(T={t['temperature']:g})" if "temperature" in t else "")
+            + (f"(threshold={t['threshold']:g})" if "threshold" in t else "") for t in terms)
+        method = d.get("method", "terms")
+        desc = f"{method}: {shown}" if method != "terms" else shown
+    else:  # older reports
+        desc = f"T={d.get('temperature')}, α={d.get('alpha')}, β={d.get('beta')}"
+    return f"{desc}; {_pct(d.get('label_fraction', 1.0))} of training labels"
+
+
+def _ci(c: dict | None) -> str:
+    if not c or "ci95" not in c:
+        return ""
+    lo, hi = c["ci95"]
+    return f"95% CI {100 * lo:+.1f} to {100 * hi:+.1f}, McNemar p={c['p_value']:.2g}"
+
+
 def kd_verdict(report: dict) -> str:
+    """One honest sentence on whether distillation paid, with its paired test when present."""
     gain = report.get("kd_gain")
     if gain is None:
         return ""
     d = report.get("distill", {})
-    lab = d.get("label_fraction", 1.0)
-    setting = f"T={d.get('temperature')}, α={d.get('alpha')}, β={d.get('beta')}, {_pct(lab)} of training labels"
-    if gain > 0.005:
-        return f"Distillation helped: the student beats the labels-only baseline by {100 * gain:+.1f} points ({setting}), in this one run."
-    if gain < -0.005:
-        return f"Distillation did not help: the student is {100 * -gain:.1f} points below the labels-only baseline ({setting})."
-    return f"Distillation made no measurable difference ({100 * gain:+.1f} points vs the baseline, {setting})."
+    setting = _setting(d)
+    comp = report.get("comparisons", {}).get("student_vs_baseline")
+    verdict = report.get("kd_verdict")
+    if verdict is None:  # older reports: no paired test
+        verdict = "paid" if gain > 0.005 else "hurt" if gain < -0.005 else "no significant difference"
+        stats = "one run, no paired test"
+    else:
+        stats = _ci(comp)
+    if verdict == "paid":
+        text = f"Distillation paid: the student beats the labels-only baseline by {100 * gain:+.1f} points ({stats})."
+    elif verdict == "hurt":
+        text = f"Distillation hurt: the student is {100 * -gain:.1f} points below the labels-only baseline ({stats})."
+    else:
+        text = f"No significant difference from the labels-only baseline ({100 * gain:+.1f} points; {stats})."
+    control = report.get("comparisons", {}).get("student_vs_self_training")
+    if control:
+        st = report.get("comparisons", {}).get("self_training_vs_baseline", {})
+        text += (f" Self-training control (an image-only teacher of the same size, same rows and terms): "
+                 f"{100 * st.get('gain', 0):+.1f} points over the baseline; the teacher's other modalities "
+                 f"added {100 * control['gain']:+.1f} points over it ({_ci(control)}).")
+    return f"{text} Setting: {setting}."
+
+
+def _modality_gap_note(report: dict) -> str:
+    """Why distillation can or cannot pay here: what the teacher knows from the student's modality."""
+    probe = report.get("teacher", {}).get("modality_probe") or {}
+    teacher = report.get("metrics", {}).get("teacher", {}).get("accuracy")
+    base = report.get("metrics", {}).get("baseline", {}).get("accuracy")
+    if not probe or teacher is None or base is None:
+        return ""
+    alone = min(probe.values())
+    lab = report.get("distill", {}).get("label_fraction", 1.0)
+    note = (f"The teacher scores {_pct(teacher)}; with only the student's modality it scores {_pct(alone)}, "
+            f"the baseline {_pct(base)}.")
+    if alone <= base + 0.01:
+        note += (" Through the student's modality alone the teacher knows no more than the baseline: its edge lives "
+                 "in modalities the student cannot see (the modality gap), so distillation has little to transfer.")
+    elif lab < 1.0:
+        note += (" The teacher knows more than the baseline through the student's own modality, and it labels the "
+                 f"{_pct(1 - lab)} of training rows that have no label: that is where distillation can pay.")
+    return note
 
 
 def _pyplot():
@@ -284,6 +339,7 @@ def render_markdown(report: dict, plots: list[Path], note: str = "") -> str:
     parts += ["", "## Accuracy (test split)", "", _md_table(["model", "accuracy", "macro F1", "macro precision", "macro recall"], accuracy_rows(report)), ""]
     if "kd_gain" in report:
         parts += [f"**kd_gain** = student − baseline = {100 * report['kd_gain']:+.2f} points. {kd_verdict(report)}", ""]
+        parts += [_modality_gap_note(report), ""]
     probe = report.get("teacher", {}).get("modality_probe")
     if probe:
         parts += ["Teacher accuracy with one modality zeroed (the modality gap): "
@@ -334,6 +390,7 @@ def render_html(report: dict, plots: list[Path], note: str = "") -> str:
                      _html_table(["model", "accuracy", "macro F1", "macro precision", "macro recall"], accuracy_rows(report))]
     if "kd_gain" in report:
         sections.append(f"<p><b>kd_gain</b> = {100 * report['kd_gain']:+.2f} points. {esc(kd_verdict(report))}</p>")
+        sections.append(f"<p>{esc(_modality_gap_note(report))}</p>")
     probe = report.get("teacher", {}).get("modality_probe")
     if probe:
         sections.append("<p>Teacher accuracy with one modality zeroed (the modality gap): "
@@ -460,7 +517,8 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
              if s["batch"] == 1 and threads and s["threads"] == threads[0] and like_for_like(s)}
     metrics = report.get("metrics", {})
     exports = report.get("exports", {})
-    entries = [(m, "pytorch", _pct(metrics[m]["accuracy"]), "-") for m in ("teacher", "baseline", "student") if m in metrics]
+    entries = [(m, "pytorch", _pct(metrics[m]["accuracy"]), "-") for m in ("teacher", "baseline", "self_training", "student")
+               if m in metrics]
     t_onnx = (report.get("teacher_exports") or {}).get("onnx") or {}
     if t_onnx.get("parity"):  # the teacher's own ONNX: its accuracy, and parity vs the PyTorch teacher
         entries.insert(1, ("teacher", "onnx", _pct(t_onnx["parity"]["accuracy"]),
