@@ -78,6 +78,9 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
         probe = {
             f"without_{m}": evaluate_teacher(teacher, data, device, drop=m)["accuracy"] for m in others
         }
+        if len(others) > 1:  # with 3+ modalities, also the student's modality alone
+            student_only = f"only_{config.data.student_modality}"
+            probe[student_only] = evaluate_teacher(teacher, data, device, drop=tuple(others))["accuracy"]
     run.update_report(
         dataset={"name": data.name, "class_names": data.class_names, **data.info},
         metrics={"teacher": metrics},

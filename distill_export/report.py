@@ -191,9 +191,12 @@ def _modality_gap_note(report: dict) -> str:
     probe = report.get("teacher", {}).get("modality_probe") or {}
     teacher = report.get("metrics", {}).get("teacher", {}).get("accuracy")
     base = report.get("metrics", {}).get("baseline", {}).get("accuracy")
-    if not probe or teacher is None or base is None:
+    # The teacher through the student's modality alone: the single `without_<other>` probe with
+    # two modalities, the `only_<student>` probe with more (each `without_` keeps the rest).
+    only = [v for k, v in probe.items() if k.startswith("only_")]
+    alone = only[0] if only else (next(iter(probe.values())) if len(probe) == 1 else None)
+    if alone is None or teacher is None or base is None:
         return ""
-    alone = min(probe.values())
     lab = report.get("distill", {}).get("label_fraction", 1.0)
     note = (f"The teacher scores {_pct(teacher)}; with only the student's modality it scores {_pct(alone)}, "
             f"the baseline {_pct(base)}.")

@@ -54,10 +54,11 @@ def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeach
     return model.eval()
 
 
-def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | None = None) -> dict:
-    """Test metrics; `drop` zeroes one modality's embedding (a probe of the modality gap)."""
+def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | tuple[str, ...] | None = None) -> dict:
+    """Test metrics; `drop` zeroes one modality's (or several) embedding (a probe of the modality gap)."""
     inputs = {m: v.to(device) for m, v in data.test.inputs.items()}
-    forward = lambda x: teacher.forward_features(x, drop=(drop,) if drop else ())  # noqa: E731
+    dropped = (drop,) if isinstance(drop, str) else tuple(drop or ())
+    forward = lambda x: teacher.forward_features(x, drop=dropped)  # noqa: E731
     _, logits = predict(forward, inputs, len(data.test))
     return classification_metrics(logits.numpy(), data.test.labels.numpy(), data.num_classes)
 

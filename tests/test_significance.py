@@ -63,3 +63,17 @@ def test_compare_reports_gain_interval_p_and_discordant_counts():
     assert out["discordant"] == [20, 5]
     assert out["p_value"] < 0.01 and out["verdict"] == "paid"
     assert out["ci95"][0] > 0 and out["ci95"][1] > out["gain"]
+
+
+def test_modality_gap_note_uses_the_student_modality_alone():
+    """With 3+ modalities each `without_<m>` probe keeps the others: only `only_<student>` says
+    what the teacher knows through the student's modality alone."""
+    from distill_export.report import _modality_gap_note
+
+    base = {"metrics": {"teacher": {"accuracy": 0.9}, "baseline": {"accuracy": 0.6}}, "distill": {"label_fraction": 0.1}}
+    two = _modality_gap_note({**base, "teacher": {"modality_probe": {"without_audio": 0.61}}})
+    assert "scores 61.0%" in two and "modality gap" in two
+    three = {"without_audio": 0.8, "without_text": 0.85}
+    assert _modality_gap_note({**base, "teacher": {"modality_probe": three}}) == ""  # no single-modality probe
+    note = _modality_gap_note({**base, "teacher": {"modality_probe": {**three, "only_image": 0.75}}})
+    assert "scores 75.0%" in note and "labels the 90.0%" in note
