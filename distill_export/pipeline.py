@@ -127,7 +127,7 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.distill import save_student, test_predictions, train_baseline
-    from distill_export.methods import Objective, term_specs
+    from distill_export.methods import teacher_needs
     from distill_export.metrics import classification_metrics
     from distill_export.significance import compare
     from distill_export.train_teacher import load_teacher
@@ -140,7 +140,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         run.require("teacher.pt", "train-teacher")
     teacher = load_teacher(teacher_path, data, config.teacher.weights).to(device)
     modality = config.data.student_modality
-    needs = Objective(term_specs(config.distill)).needs  # what the teacher-output cache stores
+    needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     with _timed(run, "distill"):
         student, kd_train, targets = _distill_from(config, run, data, device, teacher, None, needs, quiet,
                                                    "student ", "teacher_outputs.safetensors")

@@ -47,7 +47,7 @@ def candidate_methods(names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def suggest_terms(trial, methods: list[str], temperature_default: float) -> list[dict]:
+def suggest_terms(trial, methods: list[str]) -> list[dict]:
     """One trial's objective as explicit terms: a preset, α, and each term's search space."""
     from distill_export.methods import PRESETS, term_class
 
@@ -71,7 +71,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     import optuna
 
     from distill_export.distill import train_student
-    from distill_export.methods import Objective, term_specs
+    from distill_export.methods import term_specs
     from distill_export.pipeline import _setup, _teacher_path
     from distill_export.teacher_cache import teacher_targets
     from distill_export.train_teacher import load_teacher
@@ -89,7 +89,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
                               needs=("features", "logits"))
 
     def objective(trial) -> float:
-        trial_config = _with_terms(config, suggest_terms(trial, methods, config.distill.temperature))
+        trial_config = _with_terms(config, suggest_terms(trial, methods))
         term_specs(trial_config.distill)  # a suggested setting that is invalid fails loudly, not silently
 
         def report(epoch: int, val_accuracy: float) -> None:
@@ -135,7 +135,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
               f"distill-export run --config {out_path.name}\n")
     write_text(out_path, header + yaml.safe_dump({"distill": {"terms": best_terms}}, sort_keys=False))
     write_text(run.file("tune.json"), json.dumps(summary, indent=2))
-    Objective(term_specs(_with_terms(config, best_terms).distill))  # the written file loads
+    term_specs(_with_terms(config, best_terms).distill)  # the written file loads
     return summary
 
 

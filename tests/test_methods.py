@@ -35,10 +35,9 @@ from distill_export.errors import ConfigError
 from distill_export.methods import SetupInfo, TermInputs, term_class
 from distill_export.methods.selective_kd import kendall_tau
 
-ATOL = 1e-5
-RTOL = 1e-5
+from _methods_helpers import IGNORE, _close, _random
+
 HAND_ATOL = 2e-6
-IGNORE = -100
 SLOT = "0_term"
 
 
@@ -70,29 +69,6 @@ def _ref_value_grad(fn, s, *args, **kwargs):
     loss = fn(s, *args, **kwargs)
     (grad,) = torch.autograd.grad(loss, s)
     return loss.detach(), grad
-
-
-def _random(n_rows=6, n_classes=5, seed=0, scale=2.0, unlabeled=(1, 4)):
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(n_rows, n_classes, generator=g) * scale
-    t = torch.randn(n_rows, n_classes, generator=g) * scale
-    y = torch.randint(0, n_classes, (n_rows,), generator=g)
-    for r in unlabeled:
-        if r < n_rows:
-            y[r] = IGNORE
-    return s, t, y
-
-
-def _close(got, want, atol=ATOL, rtol=RTOL):
-    """|got − want| ≤ atol + rtol·|want| elementwise, as torch.testing.assert_close (whose first call
-    costs ~1 s of lazy imports, too slow for these tests)."""
-    got, want = torch.as_tensor(got).float(), torch.as_tensor(want).float()
-    assert got.shape == want.shape, (got.shape, want.shape)
-    assert bool(torch.isfinite(got).all()), got
-    err = (got - want).abs()
-    bad = err > atol + rtol * want.abs()
-    assert not bool(bad.any()), (f"max |diff| {err.max().item():.3g} (atol {atol}, rtol {rtol})"
-                                 f"\ngot  {got}\nwant {want}")
 
 
 def _kl(p, q):

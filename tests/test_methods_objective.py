@@ -29,9 +29,7 @@ from distill_export.methods import (
 )
 from distill_export.methods import base as methods_base
 
-ATOL = 1e-5
-RTOL = 1e-5
-IGNORE = -100
+from _methods_helpers import IGNORE, _close, _random
 BUILTIN_TERMS = {"ce", "kd", "ls_kd", "dkd", "dist", "selective_kd", "pseudo_label", "feature"}
 
 
@@ -42,34 +40,11 @@ def _cfg(**overrides):
     return SimpleNamespace(**base)
 
 
-def _random(n_rows=6, n_classes=5, seed=0, scale=2.0, unlabeled=(1, 4)):
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(n_rows, n_classes, generator=g) * scale
-    t = torch.randn(n_rows, n_classes, generator=g) * scale
-    y = torch.randint(0, n_classes, (n_rows,), generator=g)
-    for r in unlabeled:
-        if r < n_rows:
-            y[r] = IGNORE
-    return s, t, y
-
-
 def _objective_value_grad(objective, s, t, y):
     z = s.detach().clone().requires_grad_(True)
     total, parts = objective(TermInputs(student_logits=z, labels=y, teacher_logits=t))
     (grad,) = torch.autograd.grad(total, z)
     return total.detach(), grad, parts
-
-
-def _close(got, want, atol=ATOL, rtol=RTOL):
-    """|got − want| ≤ atol + rtol·|want| elementwise, as torch.testing.assert_close (whose first call
-    costs ~1 s of lazy imports, too slow for these tests)."""
-    got, want = torch.as_tensor(got).float(), torch.as_tensor(want).float()
-    assert got.shape == want.shape, (got.shape, want.shape)
-    assert bool(torch.isfinite(got).all()), got
-    err = (got - want).abs()
-    bad = err > atol + rtol * want.abs()
-    assert not bool(bad.any()), (f"max |diff| {err.max().item():.3g} (atol {atol}, rtol {rtol})"
-                                 f"\ngot  {got}\nwant {want}")
 
 
 def _one_line_config_error(fn, *match):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from distill_export.errors import ConfigError
-from distill_export.methods.base import SetupInfo, Term, TermInputs, term_class, term_parameters
+from distill_export.methods.base import SetupInfo, TermInputs, term_class, term_parameters
 
 # Preset name -> (distillation terms sharing the (1−α) weight, what it is). Data, not code.
 PRESETS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -70,6 +70,12 @@ def term_specs(distill) -> list[TermSpec]:
     return [s for s in specs if s.weight > 0]
 
 
+def teacher_needs(distill) -> frozenset[str]:
+    """The teacher outputs the configured objective reads ("logits", "features"): what the
+    teacher-output cache stores and what preflight checks the teacher returns."""
+    return frozenset().union(*(term_class(s.name).needs for s in term_specs(distill)))
+
+
 def _preset_specs(distill) -> list[TermSpec]:
     if distill.method not in PRESETS:
         raise ConfigError(f"unknown distillation method {distill.method!r} (choices: {', '.join(PRESETS)})")
@@ -115,7 +121,7 @@ class Objective(nn.Module):
         self.weights = {slot: s.weight for slot, s in zip(self.terms, specs)}
 
     @property
-    def needs(self) -> frozenset[str]:
+    def needs(self) -> frozenset[str]:  # the same union as teacher_needs(config)
         return frozenset().union(*(type(t).needs for t in self.terms.values()))
 
     def setup(self, info: SetupInfo) -> None:

@@ -340,10 +340,10 @@ def preflight(config, data) -> None:
                           f"spectrograms: pass --student package.module:factory for a {spec.kind} student")
     if config.distill.augment != "none" and spec.kind not in ("image", "audio"):
         raise ConfigError(f"distill.augment={config.distill.augment} shifts images/spectrograms, not {spec.kind}")
-    from distill_export.methods import Objective, term_specs
+    from distill_export.methods import teacher_needs
 
     # A term that needs features (the feature term, --beta > 0 or in distill.terms).
-    wants_features = "features" in Objective(term_specs(config.distill)).needs
+    wants_features = "features" in teacher_needs(config.distill)
     if is_factory(name):
         student = create_student(name, data.num_classes, in_channels=spec.shape[0]).eval()
         x = data.train.inputs[modality][:2]
