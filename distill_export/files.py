@@ -61,6 +61,35 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# Archive members that differ between two saves of the same model: torch.save's per-save id, and
+# the example inputs a torch.export program carries (they do not change what it computes).
+_VOLATILE_MEMBERS = (".data/serialization_id", "data/sample_inputs/")
+
+
+def torch_archive_hash(path: str | Path) -> str:
+    """Content hash of a torch.save (.pt) or torch.export (.pt2) archive: sha256 over its members'
+    names and bytes, with the top-level record folder dropped from each name (torch.save names it
+    after the file, so the same model saved to a.pt and b.pt differs there) and the volatile members
+    skipped. A file that is not a zip archive (a legacy or foreign format) hashes by its bytes."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile):
+        return sha256_file(path)
+    h = hashlib.sha256()
+    with archive:
+        for info in sorted(archive.infolist(), key=lambda i: i.filename.partition("/")[2]):
+            name = info.filename.partition("/")[2]
+            if info.is_dir() or name.startswith(_VOLATILE_MEMBERS):
+                continue
+            h.update(f"{name}|{info.file_size}|".encode())
+            with archive.open(info) as member:
+                for chunk in iter(lambda: member.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
 def ensure_writable_dir(path: str | Path) -> Path:
     """Create the run directory or fail with one line naming it."""
     path = Path(path)

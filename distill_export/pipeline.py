@@ -88,7 +88,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
     )
 
 
-def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, needs, quiet, label, cache_file):
+def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, needs, quiet, label, cache_dir):
     """Teacher outputs (cached) then one distilled student. Returns (student, training info, cache info)."""
     from distill_export.distill import train_student
     from distill_export.teacher_cache import teacher_targets
@@ -99,7 +99,7 @@ def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, need
     drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
     forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
     targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop, needs=needs,
-                              teacher_file=teacher_file, cache_file=cache_file)
+                              teacher_file=teacher_file, cache_dir=cache_dir)
     name = "student" if label.strip() == "student" else f"{label.strip()}_student"
     student, info = train_student(config, data, targets.logits, targets.feats, device, quiet,
                                   online_teacher=targets.online, augment=targets.augment, label=label,
@@ -119,7 +119,7 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
     teacher = load_teacher(path, data).to(device)
     teacher_metrics = evaluate_teacher(teacher, data, device)
     student, info, _ = _distill_from(config, run, data, device, teacher, path, needs, quiet, "control ",
-                                     "control_teacher_outputs.safetensors")
+                                     "control_teacher_outputs")
     return {"teacher_accuracy": teacher_metrics["accuracy"], "teacher_training": training,
             "student_training": info}, student
 
@@ -143,7 +143,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     with _timed(run, "distill"):
         student, kd_train, targets = _distill_from(config, run, data, device, teacher, None, needs, quiet,
-                                                   "student ", "teacher_outputs.safetensors")
+                                                   "student ", "teacher_outputs")
     with _timed(run, "baseline"):
         baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment,
                                               checkpoint=_checkpoint(config, run, "baseline"))

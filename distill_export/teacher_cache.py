@@ -1,39 +1,53 @@
 """Teacher-output cache: the teacher's (features, logits) on the non-augmented training set,
-computed once and stored as safetensors, reused across epochs and runs.
+computed once, reused across epochs and runs.
 
-The file (default <run dir>/teacher_outputs.safetensors, or distill.teacher_cache_dir to share
-it between runs) carries its key in the safetensors metadata. The key has three parts, so a
-miss can say what changed:
+Layout: a folder (default <run dir>/teacher_outputs/, or distill.teacher_cache_dir/
+teacher_outputs-<teacher hash>/ to share it between runs) holding one NumPy .npy array per
+output (features.npy (N, D), logits.npy (N, C), float32) and index.json with the key. The
+arrays are appended to batch by batch during the teacher's one pass (each renamed into place
+when complete; index.json is written last, so a folder without it, or with another key, is
+never a hit) and read back memory-mapped: a hit returns ordinary tensors backed by the files,
+so rows are paged in from the page cache when a batch indexes them, and the process's own
+(anonymous) memory does not grow with the row count. The cache files are plain NumPy arrays, not safetensors shards,
+so that callers keep receiving one (N, ...) tensor per output, indexable by row.
 
-  teacher        content hash of the teacher (its .pt/.pt2 file, or factory + module source + weights)
+The key has three parts, so a miss can say what changed:
+
+  teacher        content hash of the teacher (its .pt/.pt2 archive's members, or factory +
+                 module source + weights); saving the same teacher twice gives the same hash
   data           content hash of the training inputs the teacher sees, in row order
   preprocessing  the modality specs (shape, normalisation, kind), the data's preprocessing
                  settings and the teacher's view (distill.teacher_view)
 
-The file stores only what the objective's terms need (``needs``: "logits", "features"); a
-file that lacks a needed tensor is a miss. Labels are not part of the key: the teacher's outputs do not depend on them, so runs that
+The folder stores only what the objective's terms need (``needs``: "logits", "features"); a
+cache that lacks a needed output is a miss. Labels are not part of the key: the teacher's outputs do not depend on them, so runs that
 keep different label fractions share one cache. With augmentation on (distill.augment) the
 cache is not used: the teacher runs on every augmented batch instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from rich.console import Console
 
-from distill_export.files import atomic_path
+from distill_export.files import atomic_path, write_json
 
-CACHE_FILE = "teacher_outputs.safetensors"
-FORMAT = "distill-export/teacher-cache/1"
+CACHE_DIR = "teacher_outputs"
+INDEX_FILE = "index.json"
+FORMAT = "distill-export/teacher-cache/2"
 STATS_ROWS = 1024  # online mode: rows whose teacher features give the standardisation stats
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (features (B, D), logits (B, C)) per batch, in row order
 
 
 @dataclass(frozen=True)
@@ -72,56 +86,106 @@ ALL_OUTPUTS = ("features", "logits")
 
 
 def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[str, torch.Tensor] | None, str]:
-    """({output: tensor} for each needed output, "hit") or (None, why it is a miss)."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
+    """({output: (rows, ...) tensor, memory-mapped} for each needed output, "hit") or (None, why it is a miss)."""
+    path = Path(path)
+    index_file = path / INDEX_FILE
+    if not index_file.is_file():
         return None, "no cache file yet"
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                return None, f"{path.name} is not a teacher cache of this version"
-            changed = [part for part in ("teacher", "data", "preprocessing") if meta.get(part) != getattr(key, part)]
-            if changed:
-                return None, f"the {' and the '.join(changed)} changed"
-            missing = [name for name in needs if name not in f.keys()]
-            if missing:
-                return None, f"the cache lacks the teacher's {' and '.join(missing)}"
-            tensors = {name: f.get_tensor(name) for name in needs}
-    except (SafetensorError, OSError, KeyError) as exc:
+        index = json.loads(index_file.read_text())
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            return None, f"{path.name} is not a teacher cache of this version"
+        changed = [part for part in ("teacher", "data", "preprocessing") if index.get(part) != getattr(key, part)]
+        if changed:
+            return None, f"the {' and the '.join(changed)} changed"
+        outputs = index.get("outputs") or {}
+        missing = [name for name in needs if name not in outputs]
+        if missing:
+            return None, f"the cache lacks the teacher's {' and '.join(missing)}"
+        arrays = {}
+        for name in needs:
+            file = path / outputs[name]["file"]
+            if file.stat().st_size != outputs[name]["bytes"]:
+                return None, f"unreadable cache ({file.name} has {file.stat().st_size} bytes, the index says " \
+                             f"{outputs[name]['bytes']})"
+            # "c": copy-on-write mapping; pages are read on first touch and the file is never written.
+            arrays[name] = np.load(file, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         return None, f"unreadable cache ({str(exc)[:80]})"
-    for t in tensors.values():
-        if t.shape[0] != rows:
-            return None, f"cache holds {t.shape[0]} rows, the training set has {rows}"
-    return tensors, "hit"
+    for a in arrays.values():
+        if a.ndim == 0 or a.shape[0] != rows:
+            return None, f"cache holds {a.shape[0] if a.ndim else 0} rows, the training set has {rows}"
+    return {name: torch.from_numpy(a) for name, a in arrays.items()}, "hit"
+
+
+def write(path: Path, key: CacheKey, rows: int, batches: Batches, needs=ALL_OUTPUTS) -> None:
+    """Append each batch to one .npy per needed output as it comes (never all rows in memory, and
+    no mapping while writing), then write index.json. Nothing under a final name is half-written:
+    each array is renamed into place when complete, and the index (what makes a hit) goes last."""
+    path = Path(path)
+    (path / INDEX_FILE).unlink(missing_ok=True)  # while rewriting, the old data is not a hit
+    with contextlib.ExitStack() as stack:
+        files, widths = {}, {}
+        done = 0
+        for feats, logits in batches:
+            batch = {"features": feats, "logits": logits}
+            if not files:  # the widths (D, C) are known from the first batch; the row count up front
+                for name in needs:
+                    widths[name] = tuple(batch[name].shape[1:])
+                    files[name] = stack.enter_context(open(stack.enter_context(atomic_path(path / f"{name}.npy")), "wb"))
+                    np.lib.format.write_array_header_1_0(files[name], {
+                        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                        "shape": (rows, *widths[name])})
+            n = int(logits.shape[0])
+            if done + n > rows:
+                raise ValueError(f"the teacher produced more than the {rows} training rows")
+            for name in needs:
+                part = batch[name].detach().float().cpu().contiguous()
+                if tuple(part.shape) != (n, *widths[name]):
+                    raise ValueError(f"teacher {name} batch of shape {tuple(part.shape)}, expected (B, *{widths[name]})")
+                files[name].write(part.numpy().tobytes())  # row-major float32: the .npy layout
+            done += n
+        if done != rows:
+            raise ValueError(f"the teacher produced {done} rows, expected {rows}")
+    outputs = {name: {"file": f"{name}.npy", "bytes": (path / f"{name}.npy").stat().st_size} for name in needs}
+    write_json(path / INDEX_FILE, {**key.metadata(), "rows": rows, "outputs": outputs})
 
 
 def save(path: Path, key: CacheKey, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
+    """Store whole tensors (one batch holding every row)."""
+    rows = int(next(iter(tensors.values())).shape[0])
+    batch = (tensors.get("features", torch.zeros(rows, 0)), tensors.get("logits", torch.zeros(rows, 0)))
+    write(path, key, rows, [batch], needs=tuple(n for n in ALL_OUTPUTS if n in tensors))
 
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=key.metadata())
+
+def predict_batches(fn: Callable, inputs: dict[str, torch.Tensor], n_rows: int,
+                    batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """fn(batch) -> (features, logits), batch by batch, as float32 on the CPU."""
+    with torch.no_grad():
+        for start in range(0, n_rows, batch_size):
+            f, out = fn({k: v[start:start + batch_size] for k, v in inputs.items()})
+            yield f.float().cpu(), out.float().cpu()
 
 
-def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], Batches],
                    use_cache: bool = True, needs=ALL_OUTPUTS) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
-    """(features, logits, info): from the cache on a hit, else computed (and stored).
-    An output no term needs is None (and not stored)."""
+    """(features, logits, info): from the cache on a hit, else computed batch by batch (and
+    stored, then read back memory-mapped). compute() yields (features, logits) per batch in row
+    order. An output no term needs is None (and not stored)."""
     needs = tuple(n for n in ALL_OUTPUTS if n in needs)
     if not use_cache:
-        feats, logits = compute()
+        feats, logits = (torch.cat(parts) for parts in zip(*compute()))
         return feats, logits, {"status": "disabled"}
     hit, why = load(path, key, rows, needs)
     if hit is not None:
         console.print(f"teacher outputs: cache hit ({path})")
         return hit.get("features"), hit.get("logits"), {"status": "hit", "path": str(path)}
     console.print(f"teacher outputs: cache miss ({why}); computing them once for {rows} rows")
-    feats, logits = compute()
-    computed = {"features": feats, "logits": logits}
-    save(path, key, {n: computed[n] for n in needs})
-    return ((feats if "features" in needs else None), (logits if "logits" in needs else None),
-            {"status": "miss", "reason": why, "path": str(path)})
+    write(path, key, rows, compute(), needs)
+    stored, problem = load(path, key, rows, needs)
+    if stored is None:  # only a file changed under us between write and read gets here
+        raise OSError(f"teacher cache {path} could not be read back: {problem}")
+    return stored.get("features"), stored.get("logits"), {"status": "miss", "reason": why, "path": str(path)}
 
 
 @dataclass
@@ -137,7 +201,7 @@ class TeacherTargets:
 
 
 def teacher_targets(config, run, data, forward, device, teacher_names, view: tuple[str, ...] = (),
-                    needs=ALL_OUTPUTS, teacher_file=None, cache_file: str = CACHE_FILE) -> TeacherTargets:
+                    needs=ALL_OUTPUTS, teacher_file=None, cache_dir: str = CACHE_DIR) -> TeacherTargets:
     """forward(inputs: dict) -> (features, logits), the teacher as the distill stage sees it.
     `needs`: the teacher outputs the objective's terms read (what the cache stores)."""
     from distill_export.data.augment import make_augment
@@ -167,13 +231,13 @@ def teacher_targets(config, run, data, forward, device, teacher_names, view: tup
     spec = teacher_file or config.teacher.path or run.file("teacher.pt")
     weights = None if teacher_file else config.teacher.weights
     key = make_key(teacher_identity(spec, weights), data, names, view)
-    if config.distill.teacher_cache_dir:  # shared between runs: one file per teacher
-        path = Path(config.distill.teacher_cache_dir).expanduser() / f"teacher_outputs-{key.teacher[:16]}.safetensors"
+    if config.distill.teacher_cache_dir:  # shared between runs: one folder per teacher
+        path = Path(config.distill.teacher_cache_dir).expanduser() / f"{CACHE_DIR}-{key.teacher[:16]}"
     else:
-        path = run.file(cache_file)
+        path = run.file(cache_dir)
     feats, logits, info = cached_outputs(
         path, key, len(data.train),
-        lambda: predict(forward, train_inputs, len(data.train)), use_cache=config.distill.teacher_cache,
+        lambda: predict_batches(forward, train_inputs, len(data.train)), use_cache=config.distill.teacher_cache,
         needs=needs,
     )
     return TeacherTargets(logits, feats, info=info)

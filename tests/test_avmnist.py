@@ -57,7 +57,7 @@ def test_end_to_end_run(small_avmnist, tiny_config_file, tmp_path):
     assert report["dataset"]["name"] == small_avmnist.parent.name
     assert report["dataset"]["kinds"] == {"image": "image", "audio": "audio"}
     assert report["distill"]["teacher_cache"]["status"] == "miss"
-    assert (out / "teacher_outputs.safetensors").is_file()
+    assert (out / "teacher_outputs" / "index.json").is_file()
     for role in ("teacher", "student", "baseline"):
         assert 0.0 <= report["metrics"][role]["accuracy"] <= 1.0
     # Distilling again on the same run directory reuses the teacher's outputs.

@@ -10,6 +10,14 @@ For each teacher width it measures, interleaved in one run (A B A B ...):
     cached outputs and with the teacher online; the ratio is "epoch_speedup_x",
   * the cache's one-off costs: computing the outputs once, saving, and loading (a hit).
 Teachers are randomly initialised: only their cost matters here. Writes JSON and CSV.
+
+    python tools/bench_cache.py --rss-rows 10000 40000 --out bench-results/cache
+
+instead measures the cache's memory: for each row count, a fresh process writes synthetic teacher
+outputs (1280 features + 1000 logits per row, float32, as a mobilenet-size teacher on ImageNet
+classes would give) batch by batch, reads them back (a hit) and gathers one epoch of random
+batches of 64 rows. It prints the peak RSS of each and the ratio between the largest and smallest
+row count (1.0 = memory does not grow with rows; the cache files themselves grow linearly).
 """
 
 from __future__ import annotations
@@ -42,6 +50,53 @@ def forward_cost(fn, inputs, rows: int, repeats: int) -> float:
     return min(timed(lambda: predict(fn, inputs, rows, batch_size=64)) for _ in range(repeats)) / rows
 
 
+RSS_CHILD = """
+import resource, sys, tempfile, torch
+from pathlib import Path
+from distill_export.teacher_cache import CacheKey, cached_outputs
+rows, feat_dim, classes = int(sys.argv[1]), 1280, 1000
+def batches():
+    g = torch.Generator().manual_seed(0)
+    for start in range(0, rows, 512):
+        n = min(512, rows - start)
+        yield torch.randn(n, feat_dim, generator=g), torch.randn(n, classes, generator=g)
+with tempfile.TemporaryDirectory() as tmp:
+    key = CacheKey("bench", str(rows), "bench")
+    cached_outputs(Path(tmp) / "c", key, rows, batches)  # miss: write
+    peak_write = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    feats, logits, info = cached_outputs(Path(tmp) / "c", key, rows, batches)  # hit: read
+    assert info["status"] == "hit"
+    total = 0.0
+    for idx in torch.randperm(rows).split(64):  # one epoch of batch gathers
+        total += float(logits[idx].sum() + feats[idx].sum())
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith("Rss"))
+    kib = lambda k: int(status[k].split()[0])
+    # KiB: peak RSS after the write, at the end; RSS now, its anonymous and its file-backed parts
+    print(peak_write, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, kib("RssAnon"), kib("RssFile"))
+"""
+
+
+def rss_scaling(rows_list: list[int], out: Path) -> None:
+    import subprocess
+
+    results = []
+    for rows in rows_list:
+        done = subprocess.run([sys.executable, "-c", RSS_CHILD, str(rows)], capture_output=True, text=True,
+                              cwd=REPO, check=True)
+        write_peak, peak, anon, file = (int(v) / 1024 for v in done.stdout.split()[-4:])
+        results.append({"rows": rows, "cache_mib": round(rows * (1280 + 1000) * 4 / 2**20, 1),
+                        "peak_rss_after_write_mib": round(write_peak, 1), "peak_rss_mib": round(peak, 1),
+                        "rss_anon_end_mib": round(anon, 1), "rss_file_end_mib": round(file, 1)})
+        print(json.dumps(results[-1]), flush=True)
+    first, last = results[0], results[-1]
+    ratios = {k: last[k] / first[k] for k in ("peak_rss_after_write_mib", "peak_rss_mib", "rss_anon_end_mib")}
+    print(f"{last['rows']} / {first['rows']} rows: write-phase peak RSS x{ratios['peak_rss_after_write_mib']:.2f}, "
+          f"anonymous RSS x{ratios['rss_anon_end_mib']:.2f}; overall peak RSS x{ratios['peak_rss_mib']:.2f} "
+          "(it counts the file pages the epoch touched, which the kernel can drop)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_cache_rss.json").write_text(json.dumps({"results": results, "ratios": ratios}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="avdigits", help="data (and student) from this recipe")
@@ -51,7 +106,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench-results/cache")
+    ap.add_argument("--rss-rows", type=int, nargs="+", default=None,
+                    help="measure peak memory of the cache at these row counts instead")
     args = ap.parse_args()
+    if args.rss_rows:
+        return rss_scaling(sorted(args.rss_rows), Path(args.out))
 
     sys.path.insert(0, str(REPO))
     from distill_export.config import load_config
@@ -92,7 +151,7 @@ def main() -> None:
         feats, logits = predict(teacher.forward_features, inputs, n)
         key = CacheKey("bench", f"w{width}", "bench")
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "teacher_outputs.safetensors"
+            path = Path(tmp) / "teacher_outputs"
             save_s = timed(lambda: save(path, key, {"features": feats, "logits": logits}))
             load_s = timed(lambda: load(path, key, n))
 

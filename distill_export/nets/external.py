@@ -255,10 +255,11 @@ def check_teacher(teacher: ExternalTeacher, data) -> None:
 
 
 def teacher_identity(spec, weights=None) -> str:
-    """Content hash of what the teacher computes: its file, or factory + weights + module source."""
+    """Content hash of what the teacher computes: its archive's content, or factory + weights +
+    module source. The same teacher saved twice (to two paths, at two times) hashes the same."""
     import hashlib
 
-    from distill_export.files import sha256_file
+    from distill_export.files import sha256_file, torch_archive_hash
 
     h = hashlib.sha256()
     if is_factory(spec):
@@ -268,9 +269,9 @@ def teacher_identity(spec, weights=None) -> str:
         if src and Path(src).is_file():
             h.update(sha256_file(src).encode())
     else:
-        h.update(sha256_file(spec).encode())
+        h.update(torch_archive_hash(spec).encode())
     if weights:
-        h.update(sha256_file(weights).encode())
+        h.update(torch_archive_hash(weights).encode())
     return h.hexdigest()
 
 
