@@ -9,7 +9,6 @@ row with the configured objective (methods/: a weighted sum of terms, CE only wh
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 import numpy as np
@@ -17,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill_export.data import Dataset
-from distill_export.errors import CheckpointError
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
 from distill_export.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
@@ -41,30 +39,26 @@ def student_meta(config, data: Dataset, teacher_name: str) -> dict:
 
 def new_student(config, data: Dataset) -> SplitNet:
     """The same initial weights for baseline and student: seeded, or from --student-init."""
+    from distill_export.nets.student_init import init_student
+
     spec = data.modalities[config.data.student_modality]
     torch.manual_seed(config.seed)
-    model = create_student(config.student.name, data.num_classes, in_channels=spec.shape[0])
+    model = create_student(config.student.name, data.num_classes, in_channels=spec.shape[0],
+                           input_size=input_size(spec))
     if config.student.init_weights:
-        path = Path(config.student.init_weights)
-        try:
-            payload = load_checkpoint(path, kind="student")
-            state = payload["state_dict"]
-        except CheckpointError:
-            # Also accept a bare state_dict saved with torch.save(model.state_dict()).
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(f"{path} is not a readable checkpoint: {str(exc)[:200]}") from None
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path} holds no state_dict") from None
-        load_state(model, state, path)
+        init_student(model, config.student.init_weights, config.student.name)
     return model
+
+
+def input_size(spec) -> int:
+    """The smaller spatial side of an image-like (C, H, W) modality, 0 for other shapes."""
+    return int(min(spec.shape[1:])) if len(spec.shape) == 3 else 0
 
 
 def load_student(path) -> tuple[SplitNet, dict]:
     payload = load_checkpoint(path, kind="student")
     kw = payload["arch_kwargs"]
-    model = create_student(payload["arch"], kw["num_classes"], kw["in_channels"])
+    model = create_student(payload["arch"], kw["num_classes"], kw["in_channels"], kw.get("input_size", 0))
     return load_state(model, payload["state_dict"], path).eval(), payload["meta"]
 
 
@@ -178,6 +172,6 @@ def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str
     spec = data.modalities[config.data.student_modality]
     save_checkpoint(
         path, model, kind="student", arch=config.student.name,
-        arch_kwargs={"num_classes": data.num_classes, "in_channels": spec.shape[0]},
+        arch_kwargs={"num_classes": data.num_classes, "in_channels": spec.shape[0], "input_size": input_size(spec)},
         meta={**student_meta(config, data, teacher_name), **extra},
     )

@@ -116,30 +116,15 @@ MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def stock_student(name: str, num_classes: int = 10):
-    """A registry student at SxSx3 with torchvision's stock stem (stride 2, and the maxpool),
-    wrapped as a SplitNet; tiny_cnn is the registry's own (it takes any size). The registry's
-    28x28 stems (stride 1) are for small inputs and stay as they are."""
-    import torchvision.models as tvm
-    from torch import nn
-
-    from distill_export.nets.students import SplitNet, create_student, student_names
+def stock_student(name: str, num_classes: int = 10, size: int = 224):
+    """A registry student for SxSx3 input: from 64 px up the registry keeps torchvision's stock
+    stem (stride 2, and the maxpool); tiny_cnn is the registry's own (it takes any size)."""
+    from distill_export.nets.students import create_student, student_names
 
     if name not in student_names():
         print(f"error: unknown student {name!r} (choices: {', '.join(student_names())})")
         raise SystemExit(2)
-    if name == "tiny_cnn":
-        return create_student(name, num_classes, in_channels=3)
-    net = getattr(tvm, name)(weights=None, num_classes=num_classes)
-    if name == "mobilenet_v3_small":
-        return SplitNet(nn.Sequential(net.features, net.avgpool, nn.Flatten(), *net.classifier[:-1]), net.classifier[-1])
-    if name == "shufflenet_v2_x0_5":
-        return SplitNet(nn.Sequential(net.conv1, net.maxpool, net.stage2, net.stage3, net.stage4, net.conv5,
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten()), net.fc)
-    if name == "resnet18":
-        return SplitNet(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
-                                      net.layer4, net.avgpool, nn.Flatten()), net.fc)
-    raise SystemExit(f"no stock {name} at real size in this benchmark")
+    return create_student(name, num_classes, in_channels=3, input_size=size)
 
 
 def check_size(name: str, size: int) -> None:

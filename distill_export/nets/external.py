@@ -346,7 +346,7 @@ def preflight(config, data) -> None:
     # A term that needs features (the feature term, --beta > 0 or in distill.terms).
     wants_features = "features" in teacher_needs(config.distill)
     if is_factory(name):
-        student = create_student(name, data.num_classes, in_channels=spec.shape[0]).eval()
+        student = create_student(name, data.num_classes, in_channels=spec.shape[0]).eval()  # a factory: no input_size
         x = data.train.inputs[modality][:2]
         try:
             with torch.no_grad():
