@@ -359,6 +359,10 @@ def preflight(config, data) -> None:
         if wants_features and feats.shape[1] == 0:
             raise ConfigError(f"student {name} has no forward_features, so the feature term "
                               "cannot work: set --beta 0 (or drop the feature term)")
+    if config.student.init_weights:  # a --student-init file that does not fit fails now, not after the teacher
+        from distill_export.distill import new_student
+
+        new_student(config, data)
     if config.teacher.path:
         from distill_export.train_teacher import load_teacher
 

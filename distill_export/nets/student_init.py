@@ -20,6 +20,8 @@ from torch import nn
 from distill_export.errors import CheckpointError
 
 HEAD_PREFIX = "head."
+_told: set[tuple[str, int]] = set()  # (file, classes) whose head replacement was logged: the
+# student, its baseline and the preflight check all start from the same file; one line says it
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -59,7 +61,10 @@ def _as_ours(state: dict[str, torch.Tensor], model: nn.Module, path: Path, name:
         if unknown:
             parts.append(f"{len(unknown)} of its keys are not in the architecture (e.g. {unknown[0]!r})")
         if missing:
-            parts.append(f"{len(missing)} of the student's are missing (e.g. {missing[0]!r})")
+            # name the missing key as torchvision does, when the student has torchvision names
+            as_torchvision = {ours_key: tv_key for tv_key, ours_key in mapping.items()}
+            parts.append(f"{len(missing)} of the student's are missing (e.g. "
+                         f"{as_torchvision.get(missing[0], missing[0])!r})")
         raise CheckpointError(f"--student-init {path} does not fit student {name}: {'; '.join(parts)}")
     return state
 
@@ -71,10 +76,11 @@ def init_student(model: nn.Module, path, name: str) -> nn.Module:
     own = model.state_dict()
     head = [k for k in own if k.startswith(HEAD_PREFIX)]
     if head and any(state[k].shape != own[k].shape for k in head):
-        file_classes = state[f"{HEAD_PREFIX}weight"].shape[0] if f"{HEAD_PREFIX}weight" in state else "?"
-        console.print(f"student init: {path.name} has a {file_classes}-class head and the data has "
-                      f"{own[f'{HEAD_PREFIX}weight'].shape[0]} classes: the head is replaced (newly initialised), "
-                      "the rest is loaded")
+        classes, file_classes = own[f"{HEAD_PREFIX}weight"].shape[0], state[f"{HEAD_PREFIX}weight"].shape[0]
+        if (str(path.resolve()), classes) not in _told:
+            _told.add((str(path.resolve()), classes))
+            console.print(f"student init: {path.name} has a {file_classes}-class head and the data has {classes} "
+                          "classes: the head is replaced (newly initialised), the rest is loaded")
         state.update({k: own[k] for k in head})
     for k, v in state.items():
         if v.shape != own[k].shape:
