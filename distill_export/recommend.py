@@ -5,7 +5,8 @@ A target is where rows were measured: ``cpu-<n>t`` for each CPU thread count (``
 at batch 1 (the latency a single request sees), the candidates are the exported student
 artifacts (``exports``) measured there, on any backend. Rules, in order:
 
-1. an artifact that was not validated, or failed any parity gate, is out;
+1. an artifact that was not validated, or failed any parity gate, is out (a row on OpenVINO
+   needs the artifact's gates on OpenVINO, ``parity.runtimes.openvino``);
 2. an artifact slower than the student's FP32 ONNX on that target (its fastest backend) is
    out: quantising must pay for the accuracy it risks;
 3. the fastest remaining artifact wins, but artifacts within ``tie_tolerance`` (5%) of its
@@ -35,6 +36,18 @@ def _precision_rank(precision: str | None) -> int:
 
 def _failed(parity: dict) -> list[str]:
     return [name for name, g in (parity.get("gates") or {}).items() if not g.get("passed")]
+
+
+OPENVINO_LABEL = "openvino-cpu"  # profiling/backends.py: the ov-cpu backend's rows
+
+
+def _parity(art: dict, row: dict) -> dict | None:
+    """The gates that speak for this row: ONNX Runtime's, or OpenVINO's for an OpenVINO row."""
+    parity = art.get("parity")
+    if parity and row["backend"] == OPENVINO_LABEL:
+        on_ov = (parity.get("runtimes") or {}).get("openvino") or {}
+        return on_ov if "gates" in on_ov else None
+    return parity
 
 
 def _teacher_row(rows: list[dict], backend: str, threads) -> dict | None:
@@ -68,9 +81,10 @@ def _choose(target, trows, students, exports, teacher_skips, batch, tie_toleranc
     candidates, excluded = [], {}
     for r in students:
         key = f"{r['format']} on {r['backend']}"
-        parity = exports[r["format"]].get("parity")
+        parity = _parity(exports[r["format"]], r)
         if not parity:
-            excluded[key] = "not validated (run `distill-export validate`)"
+            excluded[key] = "not validated (run `distill-export validate`)" + (
+                " on OpenVINO" if r["backend"] == OPENVINO_LABEL and exports[r["format"]].get("parity") else "")
         elif not parity.get("passed"):
             excluded[key] = "failed parity gate(s): " + ", ".join(_failed(parity) or ["?"])
         elif bar is not None and r["p50_ms"] > bar["p50_ms"]:
@@ -85,7 +99,7 @@ def _choose(target, trows, students, exports, teacher_skips, batch, tie_toleranc
     tied = [r for r in candidates if r["p50_ms"] <= fastest * (1 + tie_tolerance)]
 
     def rank(r):
-        parity = exports[r["format"]]["parity"]
+        parity = _parity(exports[r["format"]], r)
         return (max(parity.get("accuracy_drop") or 0.0, 0.0), _precision_rank(exports[r["format"]].get("precision")),
                 r["p50_ms"], r["format"], r["backend"])
 
@@ -95,7 +109,7 @@ def _choose(target, trows, students, exports, teacher_skips, batch, tie_toleranc
             excluded[f"{r['format']} on {r['backend']}"] = (
                 f"tied within {100 * tie_tolerance:.0f}% ({r['p50_ms']:.4g} ms) and lost on accuracy drop/precision"
                 if r in tied else f"slower ({r['p50_ms']:.4g} ms)")
-    art, parity = exports[best["format"]], exports[best["format"]]["parity"]
+    art, parity = exports[best["format"]], _parity(exports[best["format"]], best)
     same_fp32 = next((r for r in fp32 if r["backend"] == best["backend"]), bar)
     teacher = _teacher_row(trows, best["backend"], best["threads"])
     rec = {

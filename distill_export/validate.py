@@ -3,6 +3,12 @@
 Needs no torch: the export stage stores the test inputs, labels and the PyTorch
 student's logits in ``parity_data.npz``, so an edge box with only onnxruntime can
 check its own runtime against the model that was trained.
+
+With the openvino extra installed, every ONNX artifact is also run by OpenVINO's CPU plugin
+(the ONNX file itself) against the same gates; the result sits in the artifact's parity under
+``runtimes.openvino`` (or says why it was skipped). It is reported, and decides whether the
+artifact may be recommended on OpenVINO, but the artifact's own verdict (``passed``, the exit
+code) stays ONNX Runtime's, the runtime it was exported for.
 """
 
 from __future__ import annotations
@@ -164,6 +170,14 @@ def make_runner(artifact: dict, threads: int = 0, sample_shape: tuple[int, ...] 
             check_input_signature(session, artifact["path"], tuple(sample_shape))
         _check_source(artifact, _artifact_facts(artifact, session), checkpoint_sha256)
         return lambda x, bs: run_onnx(session, x, bs)
+    if artifact["runtime"] == "openvino":  # the same ONNX file, compiled by OpenVINO (see runtimes.py)
+        from distill_export.runtimes import check_input_signature, onnx_metadata, onnx_session, openvino_session, run_onnx
+
+        session = openvino_session(artifact["path"], threads)
+        if sample_shape is not None:
+            check_input_signature(session, artifact["path"], tuple(sample_shape))
+        _check_source(artifact, onnx_metadata(onnx_session(artifact["path"], 1)), checkpoint_sha256)
+        return lambda x, bs: run_onnx(session, x, bs)
     if artifact["runtime"] == "tensorrt":
         from distill_export.export.tensorrt import engine_runner
 
@@ -211,10 +225,33 @@ def validate_exports(exports: dict, parity: dict[str, np.ndarray], cfg, num_clas
                      teacher_accuracy: float | None) -> dict[str, dict]:
     if not exports:
         raise ConfigError("no exported artifacts to validate; run `distill-export export` first")
-    return {
-        fmt: validate_artifact(art, parity, cfg, num_classes, teacher_accuracy)
-        for fmt, art in exports.items()
-    }
+    results = {}
+    for fmt, art in exports.items():
+        results[fmt] = validate_artifact(art, parity, cfg, num_classes, teacher_accuracy)
+        if art["runtime"] == "onnxruntime":
+            results[fmt]["runtimes"] = {"openvino": validate_on_openvino(art, parity, cfg, num_classes, teacher_accuracy)}
+    return results
+
+
+def validate_on_openvino(artifact: dict, parity: dict, cfg, num_classes: int, teacher_accuracy) -> dict:
+    """The ONNX artifact's gates on OpenVINO, or {"skipped": why} when it is not installed or
+    cannot compile the file."""
+    import importlib.util
+
+    from distill_export.runtimes import OPENVINO_MISSING
+
+    if importlib.util.find_spec("openvino") is None:
+        return {"skipped": OPENVINO_MISSING}
+    try:
+        return validate_artifact({**artifact, "runtime": "openvino"}, parity, cfg, num_classes, teacher_accuracy)
+    except DataError as exc:  # e.g. an operator OpenVINO cannot compile: reported, not fatal
+        return {"skipped": str(exc)}
+
+
+def runtime_results(results: dict[str, dict]) -> dict[str, dict]:
+    """{"onnx on openvino": result} for the other runtimes each artifact was checked on."""
+    return {f"{fmt} on {rt}": r for fmt, res in results.items()
+            for rt, r in (res.get("runtimes") or {}).items() if "gates" in r}
 
 
 TEACHER_PARITY_FILE = "teacher_parity_data.npz"
@@ -274,9 +311,10 @@ def failed_gates(results: dict[str, dict]) -> list[str]:
 
 
 def gate_rows(results: dict[str, dict]) -> list[list[str]]:
-    """format, precision-free gate table: one row per gate with its value, limit and verdict."""
+    """format, precision-free gate table: one row per gate with its value, limit and verdict
+    (then the same artifacts on OpenVINO, when it ran them)."""
     rows = []
-    for fmt, res in results.items():
+    for fmt, res in {**results, **runtime_results(results)}.items():
         for name, g in res["gates"].items():
             op = ">=" if g["kind"] == "min" else "<="
             rows.append([fmt, name, f"{g['value']:.6g}", f"{op} {g['limit']:.6g}", "PASS" if g["passed"] else "FAIL"])

@@ -24,6 +24,8 @@ from distill_export.profiling.settings import STANDALONE_BATCHES, resolve_thread
 
 runner = CliRunner()
 FAST = ["--warmup", "0.01", "--min-time", "0.05", "--min-iters", "5", "-q"]
+# The ONNX runtimes that measure here: OpenVINO (the optional extra) joins ONNX Runtime when installed.
+ONNX_BACKENDS = ["onnxruntime-cpu"] + ([] if backends_mod.openvino_missing() else ["openvino-cpu"])
 
 
 @pytest.fixture()
@@ -162,7 +164,7 @@ def test_presets_and_defaults():
     cfg = ProfileConfig()
     assert cfg.batches == [1, 32]  # the `run` pipeline keeps its quicker sweep
     one = make_settings(cfg, preset="cpu-1t")
-    assert one.sweep.threads == [1] and one.backends == ["torch-cpu", "ort-cpu", "tensorrt"]
+    assert one.sweep.threads == [1] and one.backends == ["torch-cpu", "ort-cpu", "ov-cpu", "tensorrt"]
     assert one.sweep.batches == [1, 32]
     standalone = make_settings(cfg, preset="cpu-4t", standalone=True)
     assert standalone.sweep.batches == STANDALONE_BATCHES == [1, 8, 32, 128]
@@ -247,11 +249,20 @@ def test_profile_run_dir_writes_rows_speedups_csv_and_report(run_copy):
     # Every ONNX export of the run (the demo recipe exports onnx and onnx-int8) gets its rows.
     onnx_formats = [f for f, art in report["exports"].items() if art["runtime"] == "onnxruntime"]
     assert "onnx" in onnx_formats
-    expected = [("teacher", "pytorch", "pytorch-cpu"), ("student", "pytorch", "pytorch-cpu"),
-                ("teacher", "onnx", "onnxruntime-cpu")]  # the teacher's own ONNX: like-for-like rows
-    expected += [("student", f, "onnxruntime-cpu") for f in onnx_formats]
+    expected = [("teacher", "pytorch", "pytorch-cpu"), ("student", "pytorch", "pytorch-cpu")]
+    expected += [("teacher", "onnx", be) for be in ONNX_BACKENDS]  # the teacher's own ONNX: like-for-like rows
+    expected += [("student", f, be) for f in onnx_formats for be in ONNX_BACKENDS]
     assert got == {(m, f, be, b) for m, f, be in expected for b in (1, 4)}
+    skipped = [r for r in report["latency"] if "skipped" in r]
+    if "openvino-cpu" not in ONNX_BACKENDS:  # the extra not installed: one row per ONNX file says so
+        assert {(r["model"], r["format"], r["backend"]) for r in skipped} == (
+            {("teacher", "onnx", "openvino-cpu")} | {("student", f, "openvino-cpu") for f in onnx_formats})
+        assert all(r["skipped"] == "OpenVINO is not installed (pip install distill-export[openvino])" for r in skipped)
+    else:
+        assert not skipped
     for r in report["latency"]:
+        if "skipped" in r:
+            continue
         assert r["params"] > 0 and r["macs"] > 0 and r["size_bytes"] > 0 and r["threads"] == 1
         assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
     assert {(s["format"], s["batch"]) for s in report["speedups"]} == {(f, b) for f in ("pytorch", *onnx_formats) for b in (1, 4)}
@@ -270,9 +281,12 @@ def test_profile_loose_files_to_out_dir(run_copy, tmp_path):
                                  "--batch", "2", "--threads", "1", "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "profile.json").read_text())
-    assert {(r["model"], r["backend"]) for r in saved["latency"]} == {("student", "onnxruntime-cpu"), ("teacher", "pytorch-cpu")}
-    (sp,) = saved["speedups"]
-    assert sp["model"] == "student" and sp["reference"] == "teacher (pytorch-cpu)"
+    # OpenVINO's row is measured, or (not installed) skipped with the reason
+    assert {(r["model"], r["backend"]) for r in saved["latency"]} == {
+        ("teacher", "pytorch-cpu"), ("student", "onnxruntime-cpu"), ("student", "openvino-cpu")}
+    sps = saved["speedups"]
+    assert len(sps) == len(ONNX_BACKENDS)  # one per measured student row
+    assert all(sp["model"] == "student" and sp["reference"] == "teacher (pytorch-cpu)" for sp in sps)
     assert (out / "latency.csv").is_file() and (out / "profile.html").is_file()
 
 

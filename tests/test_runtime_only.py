@@ -62,8 +62,10 @@ def _check_profiled_without_torch(run: Path) -> None:
     if "path" in (report.get("teacher_exports") or {}).get("onnx", {}):  # the teacher's own ONNX runs too
         expected |= {("teacher", "onnx", b) for b in (1, 2)}
     assert measured == expected
-    skipped = {r["model"]: r["skipped"] for r in report["latency"] if "skipped" in r}
+    skipped = {r["model"]: r["skipped"] for r in report["latency"] if "skipped" in r and r["backend"] == "pytorch-cpu"}
     assert set(skipped) == {"teacher", "student"} and all("torch is not installed" in s for s in skipped.values())
+    others = [r for r in report["latency"] if "skipped" in r and r["backend"] != "pytorch-cpu"]
+    assert all(r["backend"] == "openvino-cpu" and "OpenVINO is not installed" in r["skipped"] for r in others)
     assert "plots skipped: matplotlib is not installed" in (run / "report.html").read_text()
     assert (run / "latency.csv").is_file()
 
@@ -89,7 +91,8 @@ def test_profile_and_validate_work_without_torch(run_copy, tmp_path):
     result = _blocked(tmp_path, "-m", "distill_export.cli", "profile", str(run_copy / "student.onnx"),
                       "--out", str(out), *FAST)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(json.loads((out / "profile.json").read_text())["latency"]) == 2
+    rows = json.loads((out / "profile.json").read_text())["latency"]
+    assert len([r for r in rows if r["backend"] == "onnxruntime-cpu"]) == 2
 
 
 def test_asking_for_torch_without_it_names_what_to_install(run_copy, tmp_path):

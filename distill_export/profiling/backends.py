@@ -45,11 +45,13 @@ _ALL = [
             {"provider": "CUDAExecutionProvider"}),
     Backend("ort-trt", "onnx", "cuda", "onnxruntime-tensorrt", "ONNX Runtime, TensorRT execution provider",
             {"provider": "TensorrtExecutionProvider"}),
+    Backend("ov-cpu", "onnx", "cpu", "openvino-cpu", "OpenVINO, CPU plugin, fp32, reading the ONNX file directly "
+            "(pip install distill-export[openvino])", {"runtime": "openvino"}),
     Backend("tensorrt", "engine", "cuda", "tensorrt", "a serialized TensorRT engine (.engine)"),
 ]
 BACKENDS: dict[str, Backend] = {b.name: b for b in _ALL}
 
-CPU_DEFAULT = ["torch-cpu", "ort-cpu", "tensorrt"]  # tensorrt only ever meets .engine files
+CPU_DEFAULT = ["torch-cpu", "ort-cpu", "ov-cpu", "tensorrt"]  # tensorrt only ever meets .engine files
 GPU_DEFAULT = ["torch-cuda", "torch-cuda-fp16", "torch-cuda-graphs", "ort-cuda", "ort-trt", "tensorrt"]
 
 _PROVIDER_INSTALL = {
@@ -90,6 +92,13 @@ def cuda_missing() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
+def openvino_missing() -> str | None:
+    from distill_export.runtimes import OPENVINO_MISSING
+
+    return OPENVINO_MISSING if importlib.util.find_spec("openvino") is None else None
+
+
+@functools.lru_cache(maxsize=None)
 def ort_providers() -> tuple[str, ...] | None:
     try:
         import onnxruntime as ort
@@ -102,6 +111,8 @@ def unavailable(backend: Backend) -> str | None:
     """Why `backend` cannot run on this machine, or None when it can."""
     if backend.runs == "torch":
         return cuda_missing() if backend.device == "cuda" else torch_missing()
+    if backend.runs == "onnx" and backend.options.get("runtime") == "openvino":
+        return openvino_missing()
     if backend.runs == "onnx":
         providers = ort_providers()
         if providers is None:

@@ -96,6 +96,11 @@ def onnx_benches(path: Path, settings: ProfileSettings, model: str | None = None
         if reason:
             out.append(_skipped(model, fmt, backend, reason, info))
             continue
+        if backend.options.get("runtime") == "openvino":
+            from distill_export.profiling.ov_runner import ov_bench
+
+            out.append(ov_bench(model, fmt, path, backend, info, shape))
+            continue
         from distill_export.profiling.ort_runner import ort_bench
 
         out.append(ort_bench(model, fmt, path, backend, info, shape))
