@@ -8,7 +8,10 @@ here on the demo's labels for --epochs):
 - p50 latency on ONNX Runtime CPU, 1 intra-op thread, batch 1 and 32, the formats
   interleaved in rounds (A B C A B C ...) so machine drift hits them alike; the ratios
   are of medians from that one run;
-- test accuracy of each format and its drop vs the FP32 ONNX.
+- test accuracy of each format and its drop vs the FP32 ONNX;
+- with the openvino extra installed (pip install distill-export[openvino]), the same ONNX
+  files on OpenVINO's CPU plugin too (rows "<format>/openvino", f32 precision, a static-batch
+  model per batch for latency), interleaved with the ONNX Runtime rows.
 
 Prints the machine, versions and shapes with the table; writes JSON. Examples:
 
@@ -32,6 +35,18 @@ from pathlib import Path
 import numpy as np
 
 FORMATS = ("onnx", "onnx-fp16", "onnx-int8")
+OV = "/openvino"  # suffix of the OpenVINO rows
+
+
+def openvino_sessions(paths: dict[str, str], threads: int, batch: int | None = None) -> dict:
+    """{"<key>/openvino": session} per ONNX file when OpenVINO is installed, else {} (rows skipped)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return {}
+    from distill_export.runtimes import openvino_session
+
+    return {f"{k}{OV}": openvino_session(p, threads, batch) for k, p in paths.items()}
 
 
 def machine() -> dict:
@@ -49,9 +64,16 @@ def machine() -> dict:
         pass
     import os
 
+    try:
+        import openvino
+
+        ov_version = openvino.__version__.split("-")[0]
+    except ImportError:
+        ov_version = "not installed (pip install distill-export[openvino]): no OpenVINO rows"
     return {
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
         "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        "openvino": ov_version,
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
@@ -269,8 +291,8 @@ def bench_size(args) -> None:
 
     info["uptime"] = os.popen("uptime").read().strip()
     print(f"machine: {info['cpu']} ({info['cores']} cores); {info['uptime']}")
-    print(f"torch {info['torch']}, onnx {info['onnx']}, onnxruntime {info['onnxruntime']}; input (B, 3, {size}, {size}); "
-          f"ORT CPU, {args.threads} thread(s); batches {args.batches}; {args.seconds} s per model and batch in "
+    print(f"torch {info['torch']}, onnx {info['onnx']}, onnxruntime {info['onnxruntime']}, openvino {info['openvino']}; "
+          f"input (B, 3, {size}, {size}); ORT CPU (and OpenVINO CPU, f32), {args.threads} thread(s); batches {args.batches}; {args.seconds} s per model and batch in "
           f"{args.rounds} interleaved rounds; random weights, BatchNorm statistics from {len(cal_x)} "
           f"{'MNIST' if real is not None else 'random'} images")
     results = []
@@ -299,10 +321,12 @@ def bench_size(args) -> None:
                 except Exception as exc:  # noqa: BLE001 - a recipe the quantizer refuses: say so, go on
                     print(f"{name}: recipe {r} failed: {str(exc).splitlines()[0][:160]}")
             sessions = {k: ort_session(p, args.threads) for k, p in paths.items()}
+            ov_paths = {k: paths[k] for k in ("fp32", "fp16", labels["onnx-int8"])}
+            sessions.update(openvino_sessions(ov_paths, args.threads))  # dynamic batch: agreement rows
             for level in args.opt_levels:
                 for k in [k for k in paths if k.startswith("int8:") or k == "fp32"]:
                     sessions[f"{k}@{level}"] = ort_session(paths[k], args.threads, level)
-            sizes = {k: os.path.getsize(paths[k.split("@")[0]]) for k in sessions}
+            sizes = {k: os.path.getsize(paths[k.split("@")[0].removesuffix(OV)]) for k in sessions}
             agreement, rel_err = {}, {}
             if agree_x is not None:
                 ref = None
@@ -321,15 +345,17 @@ def bench_size(args) -> None:
             lat = {}
             for b in args.batches:
                 chosen = sessions if b == min(args.batches) else {k: s for k, s in sessions.items()
-                                                                  if "@" not in k and (k in ("fp32", "fp16") or k == labels["onnx-int8"])}
+                                                                  if "@" not in k and k.removesuffix(OV) in ov_paths}
+                chosen = {**chosen, **openvino_sessions({k: ov_paths[k] for k in ov_paths if k + OV in chosen},
+                                                        args.threads, b)}  # static batch b: OpenVINO's fast path
                 lat[b] = interleaved(chosen, x, b, args.seconds, args.rounds)
         probe = ("" if agree_x is None else f"; random backbone + fitted head: {100 * probe_acc:.0f}% on its "
                  f"{len(cal_x)} fit rows, FP32 {100 * fp32_acc:.1f}% on the {len(agree_x)} agreement rows")
         print(f"\n{name} at {size}x{size}x3 ({exported['onnx'].details['exporter']} exporter); "
               f"default INT8 recipe: {default}{probe}")
-        print(f"{'format':<26} {'size KiB':>9} {'agree':>7} {'rel err':>7}" + "".join(f" {f'p50 ms b{b}':>11} {f'vs fp32 b{b}':>11}" for b in args.batches))
+        print(f"{'format':<30} {'size KiB':>9} {'agree':>7} {'rel err':>7}" + "".join(f" {f'p50 ms b{b}':>11} {f'vs fp32 b{b}':>11}" for b in args.batches))
         for k in sessions:
-            line = (f"{k:<26} {sizes[k] / 1024:>9.0f} {(f'{100 * agreement[k]:.1f}%' if k in agreement else '-'):>7}"
+            line = (f"{k:<30} {sizes[k] / 1024:>9.0f} {(f'{100 * agreement[k]:.1f}%' if k in agreement else '-'):>7}"
                     f" {(f'{100 * rel_err[k]:.1f}%' if k in rel_err else '-'):>7}")
             row = {"student": name, "format": k, "size_bytes": sizes[k], "top1_agreement_vs_fp32": agreement.get(k),
                    "relative_logit_error_vs_fp32": rel_err.get(k),
@@ -337,9 +363,10 @@ def bench_size(args) -> None:
             for b in args.batches:
                 if k in lat[b]:
                     p50 = lat[b][k]["p50_ms"]
-                    line += f" {p50:>11.3f} {lat[b]['fp32']['p50_ms'] / p50:>10.2f}x"
+                    fp32 = lat[b]["fp32" + (OV if k.endswith(OV) else "")]["p50_ms"]  # FP32 on the same runtime
+                    line += f" {p50:>11.3f} {fp32 / p50:>10.2f}x"
                     row[f"p50_ms_b{b}"] = p50
-                    row[f"speedup_vs_fp32_b{b}"] = lat[b]["fp32"]["p50_ms"] / p50
+                    row[f"speedup_vs_fp32_b{b}"] = fp32 / p50
                     row[f"calls_b{b}"] = lat[b][k]["calls"]
                 else:
                     line += f" {'-':>11} {'-':>11}"
@@ -408,15 +435,18 @@ def main() -> None:
             quantize_qdq(Path(paths["onnx"]), out, source.calibration, options, recipe=INT8_RECIPES[r])
             paths[f"int8:{r}"] = str(out)
         sessions = {f: onnx_session(p, args.threads) for f, p in paths.items()}
-        sizes = {f: Path(p).stat().st_size for f, p in paths.items()}
+        sessions.update(openvino_sessions({f: paths[f] for f in FORMATS}, args.threads))  # dynamic batch: accuracy
+        sizes = {f: Path(paths[f.removesuffix(OV)]).stat().st_size for f in sessions}
         logits = {f: run_onnx(s, x_test, 64) for f, s in sessions.items()}
         accuracy = {f: classification_metrics(v, labels, len(meta["class_names"]))["accuracy"] for f, v in logits.items()}
         agreement = {f: float((v.argmax(1) == logits["onnx"].argmax(1)).mean()) for f, v in logits.items()}
-        latency = {b: interleaved_p50(sessions, x_test, b, args.seconds, args.rounds) for b in args.batches}
+        latency = {b: interleaved_p50({**sessions, **openvino_sessions({f: paths[f] for f in FORMATS if f + OV in sessions},
+                                                                      args.threads, b)},
+                                      x_test, b, args.seconds, args.rounds) for b in args.batches}
 
     shape = f"(B, {', '.join(map(str, meta['input_shape']))})"
     print(f"\nmachine: {info['cpu']} ({info['cores']} cores, load {info['load_avg_1m']:.1f}); "
-          f"torch {info['torch']}, onnx {info['onnx']}, onnxruntime {info['onnxruntime']}")
+          f"torch {info['torch']}, onnx {info['onnx']}, onnxruntime {info['onnxruntime']}, openvino {info['openvino']}")
     print(f"student: {meta.get('student')} input {shape}; ORT CPU, {args.threads} thread(s); "
           f"calibration {args.calibration_method}, {options.calibration_samples} rows")
     print(f"export time, all CPU formats: {export_total:.2f} s "
@@ -434,7 +464,7 @@ def main() -> None:
                **({"export_seconds": results[f].seconds} if f in results else {})}
         for b in args.batches:
             p50 = latency[b][f]["p50_ms"]
-            speedup = latency[b]["onnx"]["p50_ms"] / p50
+            speedup = latency[b]["onnx" + (OV if f.endswith(OV) else "")]["p50_ms"] / p50  # vs FP32, same runtime
             line += f" {p50:>11.4f} {speedup:>10.2f}x"
             row[f"p50_ms_b{b}"] = p50
             row[f"speedup_vs_fp32_b{b}"] = speedup
