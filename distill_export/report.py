@@ -551,9 +551,15 @@ def print_summary(report: dict, console) -> None:
     print_deployment(report, console)
     if "kd_gain" in report:
         console.print(f"kd_gain: {100 * report['kd_gain']:+.2f} points. {kd_verdict(report)}")
+    from rich.markup import escape
+
+    # One line per backend and reason (e.g. OpenVINO not installed: the teacher's and the student's ONNX)
+    skipped: dict[tuple[str, str], list[str]] = {}
     for r in report.get("latency", []):
         if "skipped" in r and r.get("batch") is None:
-            console.print(f"not profiled: {r['model']} ({r['format']}) on {r['backend']}: {r['skipped']}", highlight=False)
+            skipped.setdefault((r["backend"], r["skipped"]), []).append(f"{r['model']} ({r['format']})")
+    for (backend, reason), models in skipped.items():  # escaped: "[openvino]" in a reason is not markup
+        console.print(escape(f"not profiled: {', '.join(models)} on {backend}: {reason}"), highlight=False)
 
 
 def print_deployment(report: dict, console) -> None:

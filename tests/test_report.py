@@ -130,3 +130,14 @@ def test_terminal_summary_has_accuracy_parity_p50_and_speedups():
     print_latency(synthetic_report(), console)
     text = console.export_text()
     assert "skipped student (tensorrt-fp16) on tensorrt" in text and "Test CPU" in text
+
+
+def test_skipped_rows_of_one_backend_and_reason_share_a_line_and_keep_their_brackets():
+    report = synthetic_report()
+    why = "OpenVINO is not installed (pip install distill-export[openvino])"
+    report["latency"] += [{"model": m, "format": "onnx", "backend": "openvino-cpu", "device": "cpu", "skipped": why}
+                          for m in ("teacher", "student")]
+    console = Console(record=True, width=300)
+    print_summary(report, console)
+    text = console.export_text()
+    assert f"not profiled: teacher (onnx), student (onnx) on openvino-cpu: {why}" in text  # not eaten as markup
