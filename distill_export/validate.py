@@ -162,21 +162,14 @@ def make_runner(artifact: dict, threads: int = 0, sample_shape: tuple[int, ...] 
     With `sample_shape` (one input row, e.g. (1, 28, 28)) the artifact's input signature is
     checked against the run's data first.
     """
-    if artifact["runtime"] == "onnxruntime":
-        from distill_export.runtimes import check_input_signature, onnx_session, run_onnx
+    if artifact["runtime"] in ("onnxruntime", "openvino"):  # openvino: the same ONNX file, compiled by OpenVINO
+        from distill_export.runtimes import check_input_signature, onnx_session, openvino_session, run_onnx
 
-        session = onnx_session(artifact["path"], threads)
+        ort_session = onnx_session(artifact["path"], threads if artifact["runtime"] == "onnxruntime" else 1)
+        session = ort_session if artifact["runtime"] == "onnxruntime" else openvino_session(artifact["path"], threads)
         if sample_shape is not None:
             check_input_signature(session, artifact["path"], tuple(sample_shape))
-        _check_source(artifact, _artifact_facts(artifact, session), checkpoint_sha256)
-        return lambda x, bs: run_onnx(session, x, bs)
-    if artifact["runtime"] == "openvino":  # the same ONNX file, compiled by OpenVINO (see runtimes.py)
-        from distill_export.runtimes import check_input_signature, onnx_metadata, onnx_session, openvino_session, run_onnx
-
-        session = openvino_session(artifact["path"], threads)
-        if sample_shape is not None:
-            check_input_signature(session, artifact["path"], tuple(sample_shape))
-        _check_source(artifact, onnx_metadata(onnx_session(artifact["path"], 1)), checkpoint_sha256)
+        _check_source(artifact, _artifact_facts(artifact, ort_session), checkpoint_sha256)  # ONNX metadata
         return lambda x, bs: run_onnx(session, x, bs)
     if artifact["runtime"] == "tensorrt":
         from distill_export.export.tensorrt import engine_runner
