@@ -16,7 +16,10 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
+from distill_export import distributed as ddp
+from distill_export import speed
 from distill_export.data import Dataset
+from distill_export.data.streaming import is_streamed
 from distill_export.errors import CheckpointError
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
 from distill_export.metrics import classification_metrics
@@ -97,18 +100,22 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
     modality = config.data.student_modality
     model = new_student(config, data).to(device)
     labeled = data.train.labeled.nonzero().squeeze(1)
-    x = data.train.inputs[modality][labeled].to(device)
+    column = data.train.inputs[modality]
+    x = (column.take(labeled) if is_streamed(column) else column[labeled]).to(device)
     y = data.train.labels[labeled].to(device)
+    forward, fetch = speed.prepare(model, x, config, device)
 
-    def batch_loss(rows):
+    def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        xb = x[rows] if augment is None else augment(x[rows])
-        return F.cross_entropy(model(xb), y[rows])
+        xb = speed.layout(x[rows] if xb is None else xb, config, device)
+        xb = xb if augment is None else augment(xb)
+        loss = F.cross_entropy(forward(xb), y[rows])
+        return loss * ddp.row_share(len(rows)) if ddp.is_distributed() else loss
 
-    spec = dataclasses.replace(_spec(config), rows_per_epoch=len(data.train))  # same steps as the student
+    spec = dataclasses.replace(_spec(config, device), rows_per_epoch=len(data.train))  # same steps as the student
     result = train_loop(
         [model], batch_loss, len(y), _val_accuracy_fn(model, data, modality, device), spec,
-        "baseline", quiet, checkpoint=checkpoint,
+        "baseline", quiet, checkpoint=checkpoint, fetch=fetch,
     )
     return model, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                    "history": result.history}
@@ -148,30 +155,34 @@ def train_student(
         t_feats = ((teacher_feats - mean) / std).to(device) if online_teacher is None else None
         mean, std = mean.to(device), std.to(device)
 
-    def batch_loss(rows):
+    forward, fetch = speed.prepare(module, x, config, device)
+
+    def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        xb = x[rows] if augment is None else augment(x[rows])
+        xb = speed.layout(x[rows] if xb is None else xb, config, device)
+        xb = xb if augment is None else augment(xb)
         if online_teacher is not None:
             tf, tl = online_teacher(rows, xb)
             tf = (tf - mean) / std if mean is not None else None
         else:
             tl = t_logits[rows] if t_logits is not None else None
             tf = t_feats[rows] if t_feats is not None else None
-        logits, side = module(xb)
+        logits, side = forward(xb)  # through DDP (and torch.compile) when they are on
         return module.objective(TermInputs(logits, y[rows], tl, tf, side))
 
     result = train_loop(
-        [module], batch_loss, len(y), _val_accuracy_fn(student, data, modality, device), _spec(config),
-        label, quiet, on_epoch=on_epoch, checkpoint=checkpoint,
+        [module], batch_loss, len(y), _val_accuracy_fn(student, data, modality, device), _spec(config, device),
+        label, quiet, on_epoch=on_epoch, checkpoint=checkpoint, fetch=fetch,
     )
     terms = [s.to_dict() for s in module.objective.specs]
     return student, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                      "history": result.history, "terms": terms}
 
 
-def _spec(config) -> TrainSpec:
+def _spec(config, device=None) -> TrainSpec:
     cfg = config.distill
-    return TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, seed=config.seed)
+    return TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, seed=config.seed,
+                     autocast=speed.autocast_on(config, device))
 
 
 def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str, extra: dict) -> None:

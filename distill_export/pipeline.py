@@ -29,10 +29,12 @@ def _timed(run: RunDir, stage: str):
 
 
 def _setup(config: RunConfig):
+    from distill_export import distributed as ddp
     from distill_export.data import load_dataset
     from distill_export.device import resolve_device, seed_everything
 
-    device = resolve_device(config.device)
+    # under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK, or the CPU)
+    device = ddp.init_from_env(config.device) if ddp.launched_by_torchrun() else resolve_device(config.device)
     seed_everything(config.seed)
     data = load_dataset(config.data, config.seed)
     from distill_export.nets.external import preflight
@@ -336,7 +338,9 @@ def preflight(config: RunConfig) -> None:
     from distill_export.nets.students import check_student_name
 
     check_student_name(config.student.name)
-    resolve_device(config.device)  # --device cuda without a GPU fails here
+    from distill_export.speed import check_compile
+
+    check_compile(config, resolve_device(config.device))  # --device cuda without a GPU fails here
     src = config.data.source
     if src.endswith((".csv", ".jsonl")) and not Path(src).expanduser().is_file():
         raise DataError(f"manifest {src} does not exist")
@@ -377,6 +381,10 @@ def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, devi
         stage_train_teacher(config, run, quiet, data, device)
     if "distill" in todo:
         stage_distill(config, run, quiet, data, device)
+    from distill_export import distributed as ddp
+
+    if not ddp.is_main():  # the training stages hold every collective; rank 0 alone does the rest
+        return {}
     if "export" in todo:
         stage_export(config, run, quiet, data, device)
     if "validate" in todo:
