@@ -147,14 +147,14 @@ class _Rows(torch.utils.data.Dataset):
     """Position i of the (sub)split -> {modality: decoded tensor} or _Failed (never raises in a worker)."""
 
     def __init__(self, columns: dict[str, StreamedModality]):
-        self.columns = {m: (c.source, c.index) for m, c in columns.items()}
+        self.columns = {key: (c.source, c.modality, c.index) for key, c in columns.items()}
 
     def __len__(self) -> int:
-        return len(next(iter(self.columns.values()))[1])
+        return len(next(iter(self.columns.values()))[2])
 
     def __getitem__(self, i: int):
         try:
-            return {m: src.decode(int(index[i]), m) for m, (src, index) in self.columns.items()}
+            return {key: src.decode(int(index[i]), m) for key, (src, m, index) in self.columns.items()}
         except DataError as exc:
             return _Failed(str(exc))
 
@@ -249,7 +249,7 @@ def scan_rows(cells: list[dict[str, str]], decoders: dict, num_workers: int):
         summaries[i] = summary
         for m, (_, _, _, shape, sr) in summary.items():
             dec = decoders[m]
-            if dec.kind == "image" and shape[0] == 3:
+            if dec.kind == "image" and int(shape[0]) == 3:
                 dec.any_color = True
             if sr is not None and num_workers > 0:  # the main process's decoders counted it already otherwise
                 dec.sample_rates[sr] = dec.sample_rates.get(sr, 0) + 1
@@ -261,14 +261,14 @@ def stats_from_summaries(summaries: list[dict], decoders: dict) -> tuple[dict, d
     gray image thrice when the column is RGB (it is repeated to 3 channels, as in memory)."""
     stats, shapes = {}, {}
     for m, dec in decoders.items():
-        first = summaries[0][m][3]
+        first = tuple(int(v) for v in summaries[0][m][3])
         if dec.final_kind == "text":
             stats[m], shapes[m] = (0.0, 1.0), first
             continue
         s = sq = n = 0.0
         for summary in summaries:
-            row_s, row_sq, row_n, shape, _ = summary[m]
-            k = 3 if dec.kind == "image" and dec.any_color and shape[0] == 1 else 1
+            row_s, row_sq, row_n, shape, _ = summary[m]  # shape: a list after the DataLoader
+            k = 3 if dec.kind == "image" and dec.any_color and int(shape[0]) == 1 else 1
             s, sq, n = s + k * row_s, sq + k * row_sq, n + k * row_n
         mean = s / n
         var = max((sq - n * mean * mean) / max(n - 1, 1), 0.0)
