@@ -40,6 +40,9 @@ def _setup(config: RunConfig):
     from distill_export.nets.external import preflight
 
     preflight(config, data)  # a student/teacher that cannot fit the data fails before training
+    from distill_export.distill import check_student_fits
+
+    check_student_fits(config, data)  # e.g. a data.image_size too small for the student's strides
     return data, device
 
 
@@ -128,6 +131,7 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
 
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
+    from distill_export import distributed as ddp
     from distill_export.distill import save_student, test_predictions, train_baseline
     from distill_export.methods import teacher_needs
     from distill_export.metrics import classification_metrics
@@ -187,6 +191,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "labeled_train_rows": int(data.train.labeled.sum()),
             "train_rows": len(data.train),
             "kd_loss_impl": config.distill.kd_impl if device.type == "cuda" else "reference",
+            "processes": ddp.world(),  # data-parallel ranks (torchrun); 1 without
+            "streaming": bool(data.info.get("streaming", False)),
             "student_training": kd_train,
             "baseline_training": base_train,
             "self_training_control": control,

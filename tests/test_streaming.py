@@ -134,3 +134,18 @@ def test_streaming_fingerprint_changes_with_a_file(manifest):
     rows[1]["image"], rows[2]["image"] = rows[2]["image"], rows[1]["image"]
     write_rows(manifest, rows)
     assert load(manifest, streaming="on").fingerprint() != a
+
+
+def test_an_image_size_the_student_cannot_take_is_one_line(manifest, tmp_path):
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("data: {image_size: 2}\n")
+    result = CliRunner().invoke(app, ["run", "--data", str(manifest), "--config", str(cfg), "--student", "tiny_cnn",
+                                      "--out", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    line = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and "student tiny_cnn cannot take image inputs of shape (3, 2, 2)" in line[0]
+    assert "data.image_size=2" in line[0] and not (tmp_path / "r").exists()
