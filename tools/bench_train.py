@@ -103,19 +103,23 @@ def peak_rss(manifest: Path, student: str, workers: int, threads: int) -> dict:
             "seconds": round(seconds, 1)}
 
 
-def _setup_in_memory(manifest: Path, student: str, rows: int, streaming: str = "off", workers: int = 0):
+def _setup_in_memory(manifest: Path, student: str, rows: int, streaming: str = "off", workers: int = 0,
+                     device: str = "cpu", amp: str = "off"):
     from distill_export.config import load_config
     from distill_export.data import load_dataset
 
     config = load_config("avdigits", None, {
         "data.source": str(manifest), "data.image_size": SIZE, "data.streaming": streaming,
-        "data.num_workers": workers, "data.max_train_rows": rows, "student.name": student, "device": "cpu",
-        "distill.method": "hinton", "distill.epochs": 1})
+        "data.num_workers": workers, "data.max_train_rows": rows, "student.name": student, "device": device,
+        "distill.method": "hinton", "distill.epochs": 1, "distill.amp": amp})
     return config, load_dataset(config.data, config.seed)
 
 
-def throughput(manifest: Path, student: str, rows: int, repeats: int) -> dict:
-    """Samples/s of distill.train_student against a minimal loop (same model, batches, optimiser, loss)."""
+def throughput(manifest: Path, student: str, rows: int, repeats: int, device: str = "cpu", amp: str = "off") -> dict:
+    """Samples/s of distill.train_student against a minimal loop (same model, batches, optimiser, loss).
+    On CUDA both use bf16 autocast when amp=bf16 (the tool also trains channels_last)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -123,41 +127,50 @@ def throughput(manifest: Path, student: str, rows: int, repeats: int) -> dict:
     from distill_export.losses import kd_loss
     from distill_export.train import predict
 
-    config, data = _setup_in_memory(manifest, student, rows)
+    config, data = _setup_in_memory(manifest, student, rows, device=device, amp=amp)
+    dev = torch.device(device)
     n = len(data.train)
-    teacher_logits = torch.randn(n, data.num_classes, generator=torch.Generator().manual_seed(0))
-    x, y = data.train.inputs["image"], data.train.labels
+    teacher_logits = torch.randn(n, data.num_classes, generator=torch.Generator().manual_seed(0)).to(dev)
+    x, y = data.train.inputs["image"].to(dev), data.train.labels.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp == "bf16" and dev.type == "cuda" \
+        else contextlib.nullcontext
     bs = config.distill.batch_size
 
     def tool() -> float:
-        model_for_val = new_student(config, data)
-        val = lambda: predict(model_for_val.forward_features, data.val.inputs["image"], len(data.val))  # noqa: E731
+        model_for_val = new_student(config, data).to(dev)
+        val = lambda: predict(model_for_val.forward_features, data.val.inputs["image"].to(dev), len(data.val))  # noqa: E731
         t0 = time.perf_counter()
         val()
+        sync()
         val_s = time.perf_counter() - t0  # train_student also validates once per epoch: not training
         t0 = time.perf_counter()
-        train_student(config, data, teacher_logits, torch.empty(0), torch.device("cpu"), quiet=True)
+        train_student(config, data, teacher_logits, torch.empty(0), dev, quiet=True)
+        sync()
         return n / (time.perf_counter() - t0 - val_s)
 
     def minimal() -> float:
-        model = new_student(config, data)
+        model = new_student(config, data).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=config.distill.lr, weight_decay=config.distill.weight_decay)
         steps = -(-n // bs)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.distill.lr, total_steps=steps, pct_start=0.15)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).to(dev)
         a = config.distill.alpha
         t0 = time.perf_counter()
         model.train()
         for s in range(0, n, bs):
             rows = order[s : s + bs]
-            logits = model(x[rows])
-            labeled = y[rows] != -100
-            ce = F.cross_entropy(logits[labeled], y[rows][labeled]) if labeled.any() else logits.sum() * 0
-            loss = a * ce + (1 - a) * kd_loss(logits, teacher_logits[rows], None, temperature=4.0, alpha=0.0)
+            with autocast():
+                logits = model(x[rows])
+                labeled = y[rows] != -100
+                ce = F.cross_entropy(logits.float(), torch.where(labeled, y[rows], 0), reduction="none")
+                ce = (ce * labeled).sum() / labeled.sum().clamp(min=1)
+                loss = a * ce + (1 - a) * kd_loss(logits, teacher_logits[rows], None, temperature=4.0, alpha=0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+        sync()
         return n / (time.perf_counter() - t0)
 
     tool_sps, minimal_sps = [], []
@@ -165,7 +178,7 @@ def throughput(manifest: Path, student: str, rows: int, repeats: int) -> dict:
         tool_sps.append(tool())
         minimal_sps.append(minimal())
     best_tool, best_min = max(tool_sps), max(minimal_sps)
-    return {"rows": n, "batch_size": bs, "tool_samples_per_s": [round(v, 1) for v in tool_sps],
+    return {"rows": n, "batch_size": bs, "device": device, "amp": amp, "tool_samples_per_s": [round(v, 1) for v in tool_sps],
             "minimal_samples_per_s": [round(v, 1) for v in minimal_sps],
             "overhead_pct": round(100 * (best_min / best_tool - 1), 1), "target_overhead_pct": 10}
 
@@ -199,6 +212,8 @@ def main() -> None:
     ap.add_argument("--images", default=None, help="folder for the PNGs (default: a temporary one)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "overhead", "workers"])
     ap.add_argument("--quick", action="store_true", help="one repeat")
+    ap.add_argument("--device", default="cpu", help="the overhead step's device (cpu or cuda)")
+    ap.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast in the overhead step (CUDA)")
     ap.add_argument("--out", default="bench-results/train")
     args = ap.parse_args()
 
@@ -220,7 +235,7 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     manifest = write_manifest(folder, args.throughput_rows)
     if "overhead" not in args.skip:
-        result["overhead"] = throughput(manifest, args.student, args.throughput_rows, repeats)
+        result["overhead"] = throughput(manifest, args.student, args.throughput_rows, repeats, args.device, args.amp)
     if "workers" not in args.skip:
         result["workers"] = workers_throughput(manifest, args.student, args.throughput_rows, args.workers)
     out = Path(args.out)
