@@ -254,6 +254,7 @@ def run(
             raise typer.Exit(code)
         return
     if ddp.launched_by_torchrun():
+        ddp.enter_run_command()
         try:
             _run_rank(recipe, config, flags, quiet, resume)
         finally:

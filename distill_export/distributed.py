@@ -23,6 +23,18 @@ from torch import nn
 from distill_export.errors import BackendUnavailable, ConfigError
 
 
+_run_command = False  # set by `run` under torchrun: the one command whose ranks share a run directory
+
+
+def enter_run_command() -> None:
+    global _run_command
+    _run_command = True
+
+
+def in_run_command() -> bool:
+    return _run_command
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 

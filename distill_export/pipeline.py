@@ -34,6 +34,11 @@ def _setup(config: RunConfig):
     from distill_export.device import resolve_device, seed_everything
 
     # under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK, or the CPU)
+    if ddp.launched_by_torchrun() and not ddp.in_run_command():
+        from distill_export.errors import ConfigError
+
+        raise ConfigError("under torchrun only `distill-export run` trains in parallel; run the stage "
+                          "commands (train-teacher, distill, ...) in one process")
     device = ddp.init_from_env(config.device) if ddp.launched_by_torchrun() else resolve_device(config.device)
     seed_everything(config.seed)
     data = load_dataset(config.data, config.seed)

@@ -155,3 +155,17 @@ def test_nproc_beyond_the_cores_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert "--nproc 4096 is more than the" in result.output and "CPU cores" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_stage_command_under_torchrun_is_one_line(tmp_path, monkeypatch):
+    """Only `run` knows how ranks share a run directory; a stage command under torchrun says so."""
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    result = CliRunner().invoke(app, ["train-teacher", "--out", str(tmp_path / "t"), "--teacher-epochs", "1"])
+    assert result.exit_code == 2
+    assert "under torchrun only `distill-export run` trains in parallel" in result.output
