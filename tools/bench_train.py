@@ -8,7 +8,8 @@ It writes synthetic 96x96 RGB PNGs itself (one folder, reused across runs: --ima
 class-dependent pattern, 200 val and 200 test rows, and measures:
 
   * memory: peak RSS of `distill-export run` (streamed training split, data.streaming=on) per
-    row count, in a fresh process each (its main process and, separately, its largest worker);
+    row count, in a fresh process each (its main process; and its largest child, a forked worker,
+    which counts the pages it shares with the parent);
     the target is ratio(largest / smallest) <= 1.25;
   * overhead: samples/s of distill.train_student (mobilenet_v3_small at 96x96, Hinton KD with
     cached teacher logits, in-memory decoded data) against a minimal loop with the same model,
@@ -99,7 +100,7 @@ def peak_rss(manifest: Path, student: str, workers: int, threads: int) -> dict:
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"run on {manifest.name} failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
     main_kib, child_kib = (int(v) for v in line.split()[1:3])
-    return {"main_mib": round(main_kib / 1024, 1), "largest_worker_mib": round(child_kib / 1024, 1),
+    return {"main_mib": round(main_kib / 1024, 1), "largest_child_mib": round(child_kib / 1024, 1),
             "seconds": round(seconds, 1)}
 
 
