@@ -5,7 +5,9 @@
 #
 # Writes under $OUT: nvidia-smi + versions, the fused-KD kernel tests run natively
 # (log + junit xml), the KD-loss benchmark (csv/json), the end-to-end demo on CUDA
-# (its run directory + report.json), the other `-m gpu` tests, and summary.txt with
+# (its run directory + report.json), the other `-m gpu` tests, bf16 vs fp32 distillation
+# throughput (bench-train-*/bench_train.json, images/s), a 1-GPU torchrun smoke run
+# (ddp-run/, ddp-report.json), and summary.txt with
 # one line per step: name, exit code, seconds. Every step runs even if an earlier
 # one failed; each has a time limit (override with the T_* variables below) so the
 # whole script fits the lent machine's budget.
