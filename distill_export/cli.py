@@ -244,7 +244,9 @@ def run(
     from distill_export import distributed as ddp
 
     if nproc is not None and not ddp.launched_by_torchrun():
-        cfg = _resume_config(resume, recipe, config, flags)[1] if resume is not None else _load(recipe, config, **flags)
+        if resume is not None:
+            raise DistillExportError("--resume runs in one process: drop --nproc")
+        cfg = _load(recipe, config, **flags)
         ddp.check_nproc(nproc, cfg.device)
         argv = sys.argv[1:]
         at = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))

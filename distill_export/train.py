@@ -242,11 +242,17 @@ def checkpoint_progress(path: Path) -> tuple[int, int] | None:
 
 @torch.no_grad()
 def predict(fn: Callable, inputs, n_rows: int, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run fn(batch) -> (features, logits) over all rows; inputs is a tensor or dict of tensors."""
+    """Run fn(batch) -> (features, logits) over all rows; inputs is a tensor or dict of tensors
+    (or streamed columns, data/streaming.py: then decoded in the data's workers)."""
+    from distill_export.data.streaming import in_order, is_streamed
+
+    if is_streamed(inputs):
+        batches = in_order(inputs, n_rows, batch_size)
+    else:
+        batches = ({k: v[start : start + batch_size] for k, v in inputs.items()} if isinstance(inputs, dict)
+                   else inputs[start : start + batch_size] for start in range(0, n_rows, batch_size))
     feats, logits = [], []
-    for start in range(0, n_rows, batch_size):
-        sl = slice(start, start + batch_size)
-        batch = {k: v[sl] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[sl]
+    for batch in batches:
         f, out = fn(batch)
         feats.append(f.float().cpu())
         logits.append(out.float().cpu())

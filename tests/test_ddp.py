@@ -169,3 +169,18 @@ def test_a_stage_command_under_torchrun_is_one_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train-teacher", "--out", str(tmp_path / "t"), "--teacher-epochs", "1"])
     assert result.exit_code == 2
     assert "under torchrun only `distill-export run` trains in parallel" in result.output
+
+
+def test_torchrun_with_an_unavailable_backend_is_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    for var, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(torch.distributed, "is_gloo_available", lambda: False)
+    result = CliRunner().invoke(app, ["run", "--device", "cpu", "--out", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 2
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: torchrun: the gloo backend is not available in this PyTorch build (needed for --device cpu)"]
+    assert not (tmp_path / "r").exists()

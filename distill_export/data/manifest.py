@@ -362,7 +362,8 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
         if s == "train":
             labels = _hide_labels(labels, config.label_fraction, seed)
         if s not in in_memory:
-            splits[s] = _streamed_split(path, per_split[s], decoders, stats, specs, labels)
+            splits[s] = _streamed_split(path, per_split[s], decoders, stats, specs, labels,
+                                        int(getattr(config, "num_workers", 0) or 0))
             continue
         inputs = {m: (v if specs[m].kind == "text" else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
         splits[s] = Split(inputs, labels)
@@ -445,11 +446,11 @@ def _scan_train_rows(config, rows: list[Row], decoders: dict, problems: list[Pro
     return [r for i, r in enumerate(train) if i in summaries], {id(train[i]): s for i, s in summaries.items()}
 
 
-def _streamed_split(path: Path, rows: list[Row], decoders: dict, stats: dict, specs: dict, labels):
+def _streamed_split(path: Path, rows: list[Row], decoders: dict, stats: dict, specs: dict, labels, workers: int):
     from distill_export.data.streaming import RowSource, StreamedModality, StreamedSplit
 
     source = RowSource(path, [r.line for r in rows], {m: [r.cells[m] for r in rows] for m in decoders},
-                       decoders, stats, {m: tuple(spec.shape) for m, spec in specs.items()})
+                       decoders, stats, {m: tuple(spec.shape) for m, spec in specs.items()}, workers)
     index = np.arange(len(rows))
     return StreamedSplit({m: StreamedModality(source, m, index) for m in decoders}, labels)
 

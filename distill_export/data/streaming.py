@@ -48,9 +48,10 @@ class RowSource:
     """The cells of one split's rows and how to decode them (picklable: sent to each worker)."""
 
     def __init__(self, manifest: Path, lines: list[int], cells: dict[str, list[str]], decoders: dict,
-                 stats: dict[str, tuple[float, float]], shapes: dict[str, tuple[int, ...]]):
+                 stats: dict[str, tuple[float, float]], shapes: dict[str, tuple[int, ...]], workers: int = 0):
         self.manifest, self.lines, self.cells = manifest, lines, cells
         self.decoders, self.stats, self.shapes = decoders, stats, shapes
+        self.workers = workers  # data.num_workers: also for whole-split passes (train.predict)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -178,6 +179,15 @@ class _EpochBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def in_order(columns, n_rows: int, batch_size: int):
+    """Decoded batches of rows 0..n_rows-1 in order (a whole-split pass: the teacher's outputs),
+    in the data's workers."""
+    first = next(iter(columns.values())) if isinstance(columns, dict) else columns
+    batches = [torch.arange(s, min(s + batch_size, n_rows)) for s in range(0, n_rows, batch_size)]
+    settings = StreamSettings(num_workers=first.source.workers, persistent_workers=False)
+    return batch_fetcher(columns, settings)(batches)
 
 
 def batch_fetcher(columns, settings: StreamSettings):
