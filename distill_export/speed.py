@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from distill_export import distributed as ddp
-from distill_export.data.streaming import StreamSettings, batch_fetcher, is_streamed
+from distill_export.data.streaming import StreamSettings, batch_fetcher, is_streamed, worker_augment
 from distill_export.errors import ConfigError
 
 
@@ -30,18 +30,27 @@ def check_compile(config, device) -> None:
         raise ConfigError("--compile (distill.compile) is for CUDA training; on CPU train eagerly (drop --compile)")
 
 
-def prepare(module: nn.Module, x, config, device, conv_student: bool = True):
+def augments_in_workers(x, augment) -> bool:
+    """Streamed inputs take distill.augment per sample in the DataLoader workers (not per batch)."""
+    return augment is not None and is_streamed(x)
+
+
+def prepare(module: nn.Module, x, config, device, conv_student: bool = True, augment: bool = False):
     """(the forward to call in each step, train_loop's fetch or None) for one trainable module.
 
     x: the training inputs, a tensor / StreamedModality or a dict of them. The forward is the
-    DDP wrapper under torchrun (its forward syncs gradients), compiled with distill.compile."""
+    DDP wrapper under torchrun (its forward syncs gradients), compiled with distill.compile.
+    augment: streamed batches come augmented from the workers (streaming.worker_augment)."""
     if conv_student and channels_last_on(config, device):
         module.to(memory_format=torch.channels_last)
     forward = ddp.wrap(module, device)
     if conv_student and config.distill.compile:
         check_compile(config, device)
         forward = torch.compile(forward)
-    fetch = batch_fetcher(x, StreamSettings.from_config(config.data, device)) if is_streamed(x) else None
+    fetch = None
+    if is_streamed(x):
+        transform = worker_augment(config.distill.augment, x.shape) if augment else None
+        fetch = batch_fetcher(x, StreamSettings.from_config(config.data, device), augment=transform)
     return forward, fetch
 
 

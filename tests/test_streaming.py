@@ -151,8 +151,10 @@ def test_an_image_size_the_student_cannot_take_is_one_line(manifest, tmp_path):
     assert "data.image_size=2" in line[0] and not (tmp_path / "r").exists()
 
 
-def test_a_streamed_run_completes_and_says_so(manifest, tmp_path):
-    """The whole pipeline on a streamed training split: teacher, cache, student, export, report."""
+@pytest.mark.parametrize("augment", ["none", "shift"])
+def test_a_streamed_run_completes_and_says_so(manifest, tmp_path, augment):
+    """The whole pipeline on a streamed training split: teacher, cache (or the online teacher with
+    worker-side augmentation), student, export, report."""
     import json
 
     from typer.testing import CliRunner
@@ -161,13 +163,43 @@ def test_a_streamed_run_completes_and_says_so(manifest, tmp_path):
 
     cfg = tmp_path / "s.yaml"
     cfg.write_text("data: {streaming: 'on', num_workers: 1}\nteacher: {epochs: 1}\n"
-                   "distill: {epochs: 1, self_training_control: false}\nexport: {formats: [onnx]}\n"
+                   f"distill: {{epochs: 1, self_training_control: false, augment: {augment}}}\nexport: {{formats: [onnx]}}\n"
                    "profile: {batches: [1], threads: [1], warmup_s: 0.01, min_time_s: 0.05, min_iters: 5}\n")
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", "--data", str(manifest), "--config", str(cfg), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["dataset"]["streaming"] is True and report["distill"]["streaming"] is True
-    assert report["distill"]["teacher_cache"]["status"] == "miss"  # computed over the streamed rows, then written
-    assert (out / "teacher_outputs.safetensors").is_file()
+    if augment == "none":
+        assert report["distill"]["teacher_cache"]["status"] == "miss"  # computed over the streamed rows, then written
+        assert (out / "teacher_outputs.safetensors").is_file()
+    else:
+        assert report["distill"]["teacher_cache"]["status"] == "not used"  # the teacher sees each augmented batch
     assert report["exports"]["onnx"]["parity"]["passed"]
+
+
+def test_streamed_shift_augmentation_runs_per_sample_in_the_workers(manifest):
+    """distill.augment=shift on streamed data: torchvision.transforms.v2 in the workers, each sample a
+    translation of the in-memory one by at most ±2 px (edge-replicated), as the batch transform does."""
+    import torch.nn.functional as F
+
+    from distill_export.data.augment import MAX_SHIFT
+    from distill_export.data.streaming import worker_augment
+
+    memory = load(manifest, streaming="off")
+    streamed = load(manifest, streaming="on", num_workers=1)
+    column = streamed.train.inputs["image"]
+    torch.manual_seed(0)
+    rows = torch.arange(len(memory.train))
+    fetch = batch_fetcher(column, StreamSettings(num_workers=1), augment=worker_augment("shift", column.shape))
+    (got,) = list(fetch([rows]))
+    m = MAX_SHIFT
+    padded = F.pad(memory.train.inputs["image"], (m, m, m, m), mode="replicate")
+    h, w = got.shape[-2:]
+    shifts = []
+    for i in range(len(rows)):
+        found = [(dy, dx) for dy in range(2 * m + 1) for dx in range(2 * m + 1)
+                 if torch.allclose(padded[i, :, dy : dy + h, dx : dx + w], got[i], atol=ATOL, rtol=0)]
+        assert found, f"sample {i} is not a ±{m} px shift of its row"
+        shifts.append(found)
+    assert any((m, m) not in found for found in shifts)  # some samples did move

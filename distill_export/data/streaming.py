@@ -144,20 +144,39 @@ class _Failed:
     message: str
 
 
-class _Rows(torch.utils.data.Dataset):
-    """Position i of the (sub)split -> {modality: decoded tensor} or _Failed (never raises in a worker)."""
+def worker_augment(name: str, shape: tuple[int, ...]):
+    """The per-sample form of distill.augment (data/augment.py), run in the workers with
+    torchvision.transforms.v2: "shift" = pad MAX_SHIFT px edge-replicated, crop back at a random
+    place, i.e. a translation by up to ±MAX_SHIFT px, the batch transform's distribution."""
+    from distill_export.data.augment import MAX_SHIFT
 
-    def __init__(self, columns: dict[str, StreamedModality]):
+    if name in ("none", "", None):
+        return None
+    if name == "shift":
+        from torchvision.transforms import v2
+
+        return v2.RandomCrop(tuple(shape[-2:]), padding=MAX_SHIFT, padding_mode="edge")
+    raise ValueError(f"unknown augmentation {name!r} (none, shift)")
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Position i of the (sub)split -> {key: decoded tensor} or _Failed (never raises in a worker)."""
+
+    def __init__(self, columns: dict[str, StreamedModality], transforms: dict | None = None):
         self.columns = {key: (c.source, c.modality, c.index) for key, c in columns.items()}
+        self.transforms = transforms or {}
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))[2])
 
     def __getitem__(self, i: int):
         try:
-            return {key: src.decode(int(index[i]), m) for key, (src, m, index) in self.columns.items()}
+            out = {key: src.decode(int(index[i]), m) for key, (src, m, index) in self.columns.items()}
         except DataError as exc:
             return _Failed(str(exc))
+        for key, transform in self.transforms.items():
+            out[key] = transform(out[key])
+        return out
 
 
 def _collate(samples: list):
@@ -190,18 +209,21 @@ def in_order(columns, n_rows: int, batch_size: int):
     return batch_fetcher(columns, settings)(batches)
 
 
-def batch_fetcher(columns, settings: StreamSettings):
+def batch_fetcher(columns, settings: StreamSettings, augment=None):
     """train_loop's `fetch` for streamed inputs: batches of row indices -> decoded batches.
 
     columns: one StreamedModality (yields a tensor (B, ...)) or a dict of them (yields a dict).
+    augment: a per-sample transform of a single column, applied in the workers.
     Under DDP each rank fetches only its shard of every global batch."""
     single = not isinstance(columns, dict)
     cols = {"x": columns} if single else dict(columns)
+    if augment is not None and not single:
+        raise ValueError("worker augmentation applies to a single streamed column")
     device = next(iter(cols.values())).device
     sampler = _EpochBatches()
     workers = settings.num_workers
     loader = torch.utils.data.DataLoader(
-        _Rows(cols), batch_sampler=sampler, num_workers=workers, collate_fn=_collate,
+        _Rows(cols, {"x": augment} if augment is not None else None), batch_sampler=sampler, num_workers=workers, collate_fn=_collate,
         pin_memory=settings.pin_memory, persistent_workers=settings.persistent_workers and workers > 0,
         prefetch_factor=2 if workers > 0 else None,
     )
