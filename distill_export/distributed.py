@@ -135,6 +135,16 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module)
 
 
+def sync_from_main(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (in place). DDP keeps parameters equal, but
+    without SyncBatchNorm (CPU) each rank's BatchNorm running statistics end on its own shard's;
+    after training every rank must hold the model rank 0 saves (the teacher's outputs come from it)."""
+    if not is_distributed():
+        return
+    for tensor in module.state_dict().values():
+        torch.distributed.broadcast(tensor, src=0)
+
+
 def broadcast_object(obj):
     """Rank 0's object on every rank (e.g. the checkpoint rank 0 alone reads)."""
     if not is_distributed():

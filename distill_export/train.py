@@ -195,7 +195,7 @@ def train_loop(
                 progress.advance(task)
             for m in modules:
                 m.eval()
-            acc = val_accuracy()
+            acc = ddp.broadcast_object(val_accuracy())  # rank 0's: every rank picks the same best epoch
             entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": acc}
             if part_sums:
                 entry["train_loss_parts"] = {k: v / max(count, 1) for k, v in part_sums.items()}
@@ -220,6 +220,8 @@ def train_loop(
     for m, state in zip(modules, best_states or []):
         m.load_state_dict(state)
         m.eval()
+    for m in modules:
+        ddp.sync_from_main(m)
     best.history = history
     return best
 
