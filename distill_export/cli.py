@@ -57,6 +57,8 @@ CalibrationSamples = Annotated[Optional[int], typer.Option("--calibration-sample
 CalibrationMethod = Annotated[Optional[str], typer.Option("--calibration-method", help="INT8 calibration: minmax, entropy or percentile.")]
 Gate = Annotated[Optional[list[str]], typer.Option("--gate", help="Override a parity gate, NAME=VALUE (repeatable): fp32_max_abs, fp32_agreement, fp16_agreement, int8_agreement, int8_max_accuracy_drop.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Nproc = Annotated[Optional[int], typer.Option("--nproc", help="Train with N data-parallel processes on this machine (launches torchrun: one per GPU, or up to one per CPU core).")]
+Compile = Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the student's training module (CUDA).", show_default=False)]
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run in this directory: finished stages are reused, training continues from its last epoch checkpoint. Flags and --config must match the run's config.yaml.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory written by an earlier stage.")]
 
@@ -147,6 +149,7 @@ def _overrides(**flags) -> dict:
         "calibration_method": "export.calibration_method", "data": "data.source", "student_modality": "data.student_modality",
         "skip_bad_rows": "data.skip_bad_rows", "teacher_weights": "teacher.weights", "augment": "distill.augment",
         "method": "distill.method", "self_training_control": "distill.self_training_control",
+        "compile": "distill.compile",
     }
     return {keys[k]: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
 
@@ -220,6 +223,7 @@ def run(
     formats: Formats = None, data: Data = None, student_modality: StudentModality = None,
     skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, augment: Augment = None,
     method: Method = None, self_training_control: Control = None, quiet: Quiet = False, resume: Resume = None,
+    nproc: Nproc = None, compile: Compile = None,
 ):
     """Every stage in one command: train the teacher, distill, export, validate, profile, report.
 
@@ -236,7 +240,28 @@ def run(
                  temperature=temperature, alpha=alpha, beta=beta, label_fraction=label_fraction,
                  formats=formats, data=data, student_modality=student_modality, skip_bad_rows=skip_bad_rows,
                  teacher_weights=teacher_weights, augment=augment, method=method,
-                 self_training_control=self_training_control)
+                 self_training_control=self_training_control, compile=compile)
+    from distill_export import distributed as ddp
+
+    if nproc is not None and not ddp.launched_by_torchrun():
+        if resume is not None:
+            raise DistillExportError("--resume runs in one process: drop --nproc")
+        cfg = _load(recipe, config, **flags)
+        ddp.check_nproc(nproc, cfg.device)
+        argv = sys.argv[1:]
+        at = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+        argv = argv[:at] + argv[at + (1 if "=" in argv[at] else 2):]  # torchrun's children run without it
+        code = ddp.launch_torchrun(nproc, argv)
+        if code:
+            raise typer.Exit(code)
+        return
+    if ddp.launched_by_torchrun():
+        ddp.enter_run_command()
+        try:
+            _run_rank(recipe, config, flags, quiet, resume)
+        finally:
+            ddp.shutdown()
+        return
     if resume is not None:
         rd, cfg = _resume_config(resume, recipe, config, flags)
         with rd.lock():  # a run still going in that directory is not resumed under its feet
@@ -271,6 +296,44 @@ def run(
         raise
     print_summary(report, out)
     out.print(f"report: {rd.file('report.md')}  ({rd.file('report.html')})")
+
+
+def _run_rank(recipe, config_file, flags: dict, quiet: bool, resume) -> None:
+    """One process of `torchrun -m distill_export run ...`: rank 0 is the run (its directory, its
+    report, export/validate/profile); the other ranks train their shards beside it in a scratch
+    directory that is deleted afterwards (every collective is inside the training stages)."""
+    import os
+    import shutil
+    import tempfile
+
+    from distill_export import distributed as ddp
+    from distill_export.pipeline import _setup, preflight, run_all
+    from distill_export.report import print_summary
+    from distill_export.rundir import RUN_STAGES, RunDir, check_free
+
+    if resume is not None:
+        raise DistillExportError("--resume runs in one process: resume without torchrun/--nproc")
+    cfg = _load(recipe, config_file, **flags)
+    preflight(cfg)
+    main = int(os.environ["RANK"]) == 0
+    scratch = None if main else tempfile.mkdtemp(prefix=f"distill-export-rank{os.environ['RANK']}-")
+    if main:
+        check_free(cfg.out)
+    else:
+        cfg.out = str(Path(scratch) / "run")
+    try:
+        dataset, dev = _setup(cfg)  # joins the process group (distributed.init_from_env)
+        rd = RunDir.create(cfg.out, fresh=True, stages=RUN_STAGES)
+        if main:
+            err.print(f"run directory: {rd.path} ({ddp.world()} processes, {ddp.backend_for(dev.type)})")
+        with rd.lock():
+            report = run_all(cfg, rd, quiet or not main, data=dataset, device=dev)
+        if main:
+            print_summary(report, out)
+            out.print(f"report: {rd.file('report.md')}  ({rd.file('report.html')})")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @app.command("train-teacher")

@@ -35,6 +35,13 @@ class DataConfig:
     text_encoder: str = "hashed"
     max_train_rows: int = 0
     max_audio_seconds: float = 60.0  # manifests: a longer clip is refused, naming its row
+    # Manifests: decode the training split per sample in DataLoader workers (data/streaming.py)
+    # instead of into RAM. auto: stream when it would take more than stream_above_mb decoded.
+    streaming: str = "auto"
+    stream_above_mb: int = 2048
+    num_workers: int = 0  # DataLoader workers (streaming: the up-front scan and each batch)
+    pin_memory: str = "auto"  # auto (on with CUDA) | true | false
+    persistent_workers: bool = True
 
 
 @dataclass
@@ -83,6 +90,11 @@ class DistillConfig:
     augment: str = "none"
     teacher_cache: bool = True  # teacher outputs on the train set, stored as safetensors
     teacher_cache_dir: str | None = None  # default: the run directory
+    # CUDA speed (ignored on CPU, where training stays fp32, NCHW and eager): bf16 autocast
+    # (bf16 | off), channels_last for conv students, torch.compile of the student's module.
+    amp: str = "bf16"
+    channels_last: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -417,13 +429,16 @@ def validate_config(config: RunConfig) -> None:
     if config.distill.teacher_view not in ("full", "student"):
         raise ConfigError(f"distill.teacher_view must be full or student, got {_show(config.distill.teacher_view)}")
     choices = {"data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
-               "distill.augment": ("none", "shift")}
+               "distill.augment": ("none", "shift"), "data.streaming": ("auto", "on", "off"),
+               "data.pin_memory": ("auto", "true", "false"), "distill.amp": ("bf16", "off")}
     for key, allowed in choices.items():
         value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_show(value)}")
     if config.data.image_size < 0 or config.data.max_train_rows < 0:
         raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
+    if config.data.num_workers < 0 or config.data.stream_above_mb < 0:
+        raise ConfigError("data.num_workers and data.stream_above_mb must be >= 0")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {_show(config.device)}")
     from distill_export.export.base import ExportOptions, parse_formats

@@ -15,7 +15,11 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
+from distill_export import distributed as ddp
+from distill_export import speed
 from distill_export.data import Dataset
+from distill_export.data.streaming import is_streamed
+from distill_export.errors import CheckpointError
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
 from distill_export.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
@@ -55,6 +59,28 @@ def input_size(spec) -> int:
     return int(min(spec.shape[1:])) if len(spec.shape) == 3 else 0
 
 
+def check_student_fits(config, data: Dataset) -> None:
+    """A registry student must take the student modality's size (data.image_size): one forward
+    of two training rows in eval mode, or a one-line ConfigError before any training."""
+    from distill_export.errors import ConfigError
+
+    name = config.student.name
+    spec = data.modalities[config.data.student_modality]
+    if ":" in name or spec.kind not in ("image", "audio"):  # factories: nets/external.preflight checks them
+        return
+    x = data.train.inputs[config.data.student_modality][:2]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # leaves the seeded RNG stream untouched
+        model = create_student(name, data.num_classes, in_channels=spec.shape[0],
+                               input_size=input_size(spec)).eval()
+        try:
+            model(x)
+        except RuntimeError as exc:
+            raise ConfigError(f"student {name} cannot take {config.data.student_modality} inputs of shape "
+                              f"{tuple(spec.shape)} (data.image_size={config.data.image_size}): "
+                              f"{str(exc).splitlines()[0][:160]}; use a larger data.image_size or another "
+                              "--student") from None
+
+
 def load_student(path) -> tuple[SplitNet, dict]:
     payload = load_checkpoint(path, kind="student")
     kw = payload["arch_kwargs"]
@@ -91,18 +117,23 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
     modality = config.data.student_modality
     model = new_student(config, data).to(device)
     labeled = data.train.labeled.nonzero().squeeze(1)
-    x = data.train.inputs[modality][labeled].to(device)
+    column = data.train.inputs[modality]
+    x = (column.take(labeled) if is_streamed(column) else column[labeled]).to(device)
     y = data.train.labels[labeled].to(device)
+    forward, fetch = speed.prepare(model, x, config, device, augment=augment is not None)
+    batch_augment = None if speed.augments_in_workers(x, augment) else augment  # else done per sample
 
-    def batch_loss(rows):
+    def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        xb = x[rows] if augment is None else augment(x[rows])
-        return F.cross_entropy(model(xb), y[rows])
+        xb = speed.layout(x[rows] if xb is None else xb, config, device)
+        xb = xb if batch_augment is None else batch_augment(xb)
+        loss = F.cross_entropy(forward(xb), y[rows])
+        return loss * ddp.row_share(len(rows)) if ddp.is_distributed() else loss
 
-    spec = dataclasses.replace(_spec(config), rows_per_epoch=len(data.train))  # same steps as the student
+    spec = dataclasses.replace(_spec(config, device), rows_per_epoch=len(data.train))  # same steps as the student
     result = train_loop(
         [model], batch_loss, len(y), _val_accuracy_fn(model, data, modality, device), spec,
-        "baseline", quiet, checkpoint=checkpoint,
+        "baseline", quiet, checkpoint=checkpoint, fetch=fetch,
     )
     return model, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                    "history": result.history}
@@ -142,30 +173,35 @@ def train_student(
         t_feats = ((teacher_feats - mean) / std).to(device) if online_teacher is None else None
         mean, std = mean.to(device), std.to(device)
 
-    def batch_loss(rows):
+    forward, fetch = speed.prepare(module, x, config, device, augment=augment is not None)
+    batch_augment = None if speed.augments_in_workers(x, augment) else augment  # else done per sample
+
+    def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        xb = x[rows] if augment is None else augment(x[rows])
+        xb = speed.layout(x[rows] if xb is None else xb, config, device)
+        xb = xb if batch_augment is None else batch_augment(xb)
         if online_teacher is not None:
             tf, tl = online_teacher(rows, xb)
             tf = (tf - mean) / std if mean is not None else None
         else:
             tl = t_logits[rows] if t_logits is not None else None
             tf = t_feats[rows] if t_feats is not None else None
-        logits, side = module(xb)
+        logits, side = forward(xb)  # through DDP (and torch.compile) when they are on
         return module.objective(TermInputs(logits, y[rows], tl, tf, side))
 
     result = train_loop(
-        [module], batch_loss, len(y), _val_accuracy_fn(student, data, modality, device), _spec(config),
-        label, quiet, on_epoch=on_epoch, checkpoint=checkpoint,
+        [module], batch_loss, len(y), _val_accuracy_fn(student, data, modality, device), _spec(config, device),
+        label, quiet, on_epoch=on_epoch, checkpoint=checkpoint, fetch=fetch,
     )
     terms = [s.to_dict() for s in module.objective.specs]
     return student, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                      "history": result.history, "terms": terms}
 
 
-def _spec(config) -> TrainSpec:
+def _spec(config, device=None) -> TrainSpec:
     cfg = config.distill
-    return TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, seed=config.seed)
+    return TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, seed=config.seed,
+                     autocast=speed.autocast_on(config, device))
 
 
 def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str, extra: dict) -> None:

@@ -29,15 +29,25 @@ def _timed(run: RunDir, stage: str):
 
 
 def _setup(config: RunConfig):
+    from distill_export import distributed as ddp
     from distill_export.data import load_dataset
     from distill_export.device import resolve_device, seed_everything
 
-    device = resolve_device(config.device)
+    # under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK, or the CPU)
+    if ddp.launched_by_torchrun() and not ddp.in_run_command():
+        from distill_export.errors import ConfigError
+
+        raise ConfigError("under torchrun only `distill-export run` trains in parallel; run the stage "
+                          "commands (train-teacher, distill, ...) in one process")
+    device = ddp.init_from_env(config.device) if ddp.launched_by_torchrun() else resolve_device(config.device)
     seed_everything(config.seed)
     data = load_dataset(config.data, config.seed)
     from distill_export.nets.external import preflight
 
     preflight(config, data)  # a student/teacher that cannot fit the data fails before training
+    from distill_export.distill import check_student_fits
+
+    check_student_fits(config, data)  # e.g. a data.image_size too small for the student's strides
     return data, device
 
 
@@ -126,6 +136,7 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
 
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
+    from distill_export import distributed as ddp
     from distill_export.distill import save_student, test_predictions, train_baseline
     from distill_export.methods import teacher_needs
     from distill_export.metrics import classification_metrics
@@ -185,6 +196,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "labeled_train_rows": int(data.train.labeled.sum()),
             "train_rows": len(data.train),
             "kd_loss_impl": config.distill.kd_impl if device.type == "cuda" else "reference",
+            "processes": ddp.world(),  # data-parallel ranks (torchrun); 1 without
+            "streaming": bool(data.info.get("streaming", False)),
             "student_training": kd_train,
             "baseline_training": base_train,
             "self_training_control": control,
@@ -336,7 +349,9 @@ def preflight(config: RunConfig) -> None:
     from distill_export.nets.students import check_student_name
 
     check_student_name(config.student.name)
-    resolve_device(config.device)  # --device cuda without a GPU fails here
+    from distill_export.speed import check_compile
+
+    check_compile(config, resolve_device(config.device))  # --device cuda without a GPU fails here
     src = config.data.source
     if src.endswith((".csv", ".jsonl")) and not Path(src).expanduser().is_file():
         raise DataError(f"manifest {src} does not exist")
@@ -377,6 +392,10 @@ def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, devi
         stage_train_teacher(config, run, quiet, data, device)
     if "distill" in todo:
         stage_distill(config, run, quiet, data, device)
+    from distill_export import distributed as ddp
+
+    if not ddp.is_main():  # the training stages hold every collective; rank 0 alone does the rest
+        return {}
     if "export" in todo:
         stage_export(config, run, quiet, data, device)
     if "validate" in todo:

@@ -64,6 +64,9 @@ def inputs_fingerprint(inputs: dict[str, torch.Tensor], names) -> str:
     """sha256 over the named input tensors (dtype, shape and bytes, in row order)."""
     h = hashlib.sha256()
     for name in sorted(names):
+        if hasattr(inputs[name], "fingerprint"):  # streamed (data/streaming.py): its rows' cells and files
+            h.update(f"{name}|streamed|{inputs[name].fingerprint()}|".encode())
+            continue
         x = inputs[name].detach().cpu().contiguous()
         h.update(f"{name}|{x.dtype}|{tuple(x.shape)}|".encode())
         h.update(x.numpy().tobytes())

@@ -17,6 +17,7 @@ lists/dicts of them, so it loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class TrainSpec:
     # number of optimiser steps: with 10% of the labels, a labels-only baseline would
     # otherwise get a tenth of the student's updates and look worse than it is.
     rows_per_epoch: int | None = None
+    # bf16 autocast around each batch's forward and loss (CUDA only; the callers decide).
+    autocast: bool = False
 
 
 @dataclass
@@ -121,7 +124,17 @@ def train_loop(
     quiet: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
     checkpoint: Checkpoint | None = None,
+    fetch: Callable[[list[torch.Tensor]], Iterable] | None = None,
 ) -> TrainResult:
+    """fetch(batches) -> one payload per batch of row indices (a DataLoader that decodes them in
+    workers, data/streaming.py); batch_loss(rows, payload) then gets it. Without fetch,
+    batch_loss(rows) indexes in-memory tensors itself.
+
+    Under torchrun (distributed.py) every rank draws the same global order and batch_loss gets
+    this rank's shard of each global batch; rank 0 alone reads and writes the checkpoint."""
+    from distill_export import distributed as ddp
+
+    quiet = quiet or not ddp.is_main()
     modules = list(modules)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -136,7 +149,9 @@ def train_loop(
     history: list[dict] = []
     start_epoch = 0
     key = _checkpoint_key(checkpoint, spec, n_rows, modules) if checkpoint is not None else ""
-    saved = _load_checkpoint(checkpoint, key) if checkpoint is not None else None
+    saved = _load_checkpoint(checkpoint, key) if checkpoint is not None and ddp.is_main() else None
+    if checkpoint is not None:
+        saved = ddp.broadcast_object(saved)  # every rank continues from rank 0's state
     if saved is not None:  # continue after the last finished epoch, exactly where it stood
         for m, state in zip(modules, saved["models"]):
             m.load_state_dict(state)
@@ -163,9 +178,11 @@ def train_loop(
             order = torch.cat([torch.randperm(n_rows, generator=gen) for _ in range(passes)])[:per_epoch]
             total, count = 0.0, 0
             part_sums: dict[str, float] = {}
-            for start in range(0, per_epoch, spec.batch_size):
-                rows = order[start : start + spec.batch_size]
-                loss = batch_loss(rows)
+            batches = [ddp.shard(order[start : start + spec.batch_size]) for start in range(0, per_epoch, spec.batch_size)]
+            payloads = fetch(batches) if fetch is not None else None
+            for rows, payload in zip(batches, payloads if payloads is not None else batches):
+                with torch.autocast("cuda", dtype=torch.bfloat16) if spec.autocast else contextlib.nullcontext():
+                    loss = batch_loss(rows) if fetch is None else batch_loss(rows, payload)
                 loss, parts = loss if isinstance(loss, tuple) else (loss, {})
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -178,7 +195,7 @@ def train_loop(
                 progress.advance(task)
             for m in modules:
                 m.eval()
-            acc = val_accuracy()
+            acc = ddp.broadcast_object(val_accuracy())  # rank 0's: every rank picks the same best epoch
             entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": acc}
             if part_sums:
                 entry["train_loss_parts"] = {k: v / max(count, 1) for k, v in part_sums.items()}
@@ -186,7 +203,7 @@ def train_loop(
             if acc > best.best_val_accuracy:
                 best = TrainResult(best_epoch=epoch + 1, best_val_accuracy=acc)
                 best_states = [copy.deepcopy(m.state_dict()) for m in modules]
-            if checkpoint is not None:
+            if checkpoint is not None and ddp.is_main():
                 _save_checkpoint(checkpoint.path, {
                     "format": CHECKPOINT_FORMAT, "key": key, "label": label.strip(), "epoch": epoch + 1,
                     "epochs": spec.epochs, "models": [m.state_dict() for m in modules],
@@ -203,6 +220,8 @@ def train_loop(
     for m, state in zip(modules, best_states or []):
         m.load_state_dict(state)
         m.eval()
+    for m in modules:
+        ddp.sync_from_main(m)
     best.history = history
     return best
 
@@ -225,11 +244,17 @@ def checkpoint_progress(path: Path) -> tuple[int, int] | None:
 
 @torch.no_grad()
 def predict(fn: Callable, inputs, n_rows: int, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run fn(batch) -> (features, logits) over all rows; inputs is a tensor or dict of tensors."""
+    """Run fn(batch) -> (features, logits) over all rows; inputs is a tensor or dict of tensors
+    (or streamed columns, data/streaming.py: then decoded in the data's workers)."""
+    from distill_export.data.streaming import in_order, is_streamed
+
+    if is_streamed(inputs):
+        batches = in_order(inputs, n_rows, batch_size)
+    else:
+        batches = ({k: v[start : start + batch_size] for k, v in inputs.items()} if isinstance(inputs, dict)
+                   else inputs[start : start + batch_size] for start in range(0, n_rows, batch_size))
     feats, logits = [], []
-    for start in range(0, n_rows, batch_size):
-        sl = slice(start, start + batch_size)
-        batch = {k: v[sl] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[sl]
+    for batch in batches:
         f, out = fn(batch)
         feats.append(f.float().cpu())
         logits.append(out.float().cpu())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill_export import distributed as ddp
+from distill_export import speed
 from distill_export.data import Dataset
 from distill_export.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
@@ -78,16 +80,21 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
     val_x = {m: v.to(device) for m, v in data.val.inputs.items()}
     val_y = data.val.labels.numpy()
 
-    def batch_loss(rows):
+    forward, fetch = speed.prepare(teacher, x, config, device, conv_student=False)
+
+    def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        return F.cross_entropy(teacher({m: v[rows] for m, v in x.items()}), y[rows])
+        loss = F.cross_entropy(forward({m: v[rows] for m, v in x.items()} if xb is None else xb), y[rows])
+        return loss * ddp.row_share(len(rows)) if ddp.is_distributed() else loss
 
     def val_accuracy():
         _, logits = predict(teacher.forward_features, val_x, len(data.val))
         return float((logits.argmax(1).numpy() == val_y).mean())
 
-    spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train))
-    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet, checkpoint=checkpoint)
+    spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train),
+                     autocast=speed.autocast_on(config, device))
+    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet, checkpoint=checkpoint,
+                        fetch=fetch)
     save_checkpoint(
         out_path, teacher, kind="teacher", arch="fusion_teacher", arch_kwargs=kwargs,
         meta={

@@ -229,10 +229,12 @@ FLAGS = {
     "opset": (["--opset", "19"], "export.opset", 19),
     "calibration_samples": (["--calibration-samples", "64"], "export.calibration_samples", 64),
     "calibration_method": (["--calibration-method", "entropy"], "export.calibration_method", "entropy"),
+    "compile": (["--compile"], "distill.compile", True),
 }
 # Options that are not config keys (the config file, the recipe, progress bars, the run
-# directory to work in or to resume). A new option must be added here or to FLAGS.
-NOT_CONFIG = {"config", "recipe", "quiet", "run_dir", "resume"}
+# directory to work in or to resume, the process count torchrun is launched with).
+# A new option must be added here or to FLAGS.
+NOT_CONFIG = {"config", "recipe", "quiet", "run_dir", "resume", "nproc"}
 CONFIG_COMMANDS = ("run", "train-teacher", "distill", "export")  # the commands that map flags via _overrides
 
 

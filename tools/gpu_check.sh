@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One prepared GPU check, ~8 minutes on one GPU. Run from the repo root:
+# One prepared GPU check, ~12 minutes on one GPU. Run from the repo root:
 #
 #     OUT=/some/dir bash tools/gpu_check.sh        # default OUT=./gpu-results
 #
 # Writes under $OUT: nvidia-smi + versions, the fused-KD kernel tests run natively
 # (log + junit xml), the KD-loss benchmark (csv/json), the end-to-end demo on CUDA
-# (its run directory + report.json), the other `-m gpu` tests, and summary.txt with
+# (its run directory + report.json), the other `-m gpu` tests, bf16 vs fp32 distillation
+# throughput (bench-train-*/bench_train.json, images/s), a 1-GPU torchrun smoke run
+# (ddp-run/, ddp-report.json), and summary.txt with
 # one line per step: name, exit code, seconds. Every step runs even if an earlier
 # one failed; each has a time limit (override with the T_* variables below) so the
 # whole script fits the lent machine's budget.
@@ -21,6 +23,8 @@ T_TESTS="${T_TESTS:-150}"    # native Triton compiles dominate
 T_BENCH="${T_BENCH:-150}"    # writes partial results after every shape
 T_DEMO="${T_DEMO:-110}"
 T_GPU_TESTS="${T_GPU_TESTS:-45}"
+T_SCALE="${T_SCALE:-150}"    # bf16 distillation throughput (tools/bench_train.py)
+T_DDP="${T_DDP:-120}"        # 1-GPU torchrun smoke run
 
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -101,6 +105,24 @@ fi
 # The kernel tests already ran above; pytest exit 5 (nothing selected) is recorded as is.
 step gpu_tests "$T_GPU_TESTS" "$PY" -m pytest tests -m gpu -q -rfEs -p no:cacheprovider \
     --ignore=tests/test_kd_triton.py --junitxml="$OUT/junit-gpu.xml"
+
+# --- 7. training at scale (issue 10): bf16 distillation throughput, images/s --------------
+# mobilenet_v3_small at 96x96 on synthetic PNGs: distill.train_student (bf16 autocast,
+# channels_last) against a minimal bf16 loop on the same decoded data; then fp32 for scale.
+step scale_bf16 "$T_SCALE" "$PY" tools/bench_train.py --skip memory workers --device cuda --amp bf16 \
+    --throughput-rows 4096 --repeats 2 --images "$OUT/bench-train-images" --out "$OUT/bench-train-bf16"
+step scale_fp32 "$T_SCALE" "$PY" tools/bench_train.py --skip memory workers --device cuda --amp off \
+    --throughput-rows 4096 --repeats 2 --images "$OUT/bench-train-images" --out "$OUT/bench-train-fp32"
+rm -rf "$OUT/bench-train-images"  # thousands of PNGs: not worth bringing back
+
+# --- 8. DDP smoke: torchrun with one GPU (nccl, SyncBatchNorm, rank 0 writes the run) -------
+step ddp_smoke "$T_DDP" "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m distill_export run \
+    --device cuda --epochs 2 --teacher-epochs 2 --no-self-training-control --out "$OUT/ddp-run" --quiet
+if [ -f "$OUT/ddp-run/report.json" ]; then
+    cp "$OUT/ddp-run/report.json" "$OUT/ddp-report.json"
+else
+    echo "ddp_smoke    no report.json" >>"$OUT/summary.txt"
+fi
 
 echo
 echo "summary ($OUT/summary.txt):"

@@ -61,7 +61,9 @@ class Dataset:
         h = hashlib.sha256()
         for name in sorted(self.train.inputs):
             h.update(name.encode())
-            h.update(self.train.inputs[name].contiguous().numpy().tobytes())
+            x = self.train.inputs[name]
+            # a streamed column (data/streaming.py) hashes its rows' cells and files, not decoded bytes
+            h.update(x.fingerprint().encode() if hasattr(x, "fingerprint") else x.contiguous().numpy().tobytes())
         h.update(self.train.labels.numpy().tobytes())
         return h.hexdigest()
 

@@ -273,11 +273,16 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
         good = [r for r in good if r.split != "train" or id(r) in keep]
 
     decoders = {m: _Decoder(m, kinds[m], config, path.parent) for m in modalities}
+    streaming = _choose_streaming(config, path, good, decoders)
     decoded = []
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of tiny STFTs: threads only add overhead
     try:
+        if streaming:  # the training rows: decoded once in the workers, not kept
+            decoded, scanned = _scan_train_rows(config, good, decoders, problems)
         for row in good:
+            if streaming and row.split == "train":
+                continue
             try:
                 row.values = {m: decoders[m].decode(row.cells[m]) for m in modalities}
             except DataError as exc:
@@ -316,23 +321,33 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
 
     index = {c: i for i, c in enumerate(classes)}
     per_split: dict[str, list[Row]] = {s: [r for r in ok if r.split == s] for s in SPLITS}
+    in_memory = [s for s in SPLITS if not (streaming and s == "train")]
     for m, dec in decoders.items():  # uniform shapes per modality, over all splits at once
-        flat = dec.finish([r.values[m] for s in SPLITS for r in per_split[s]])
+        flat = dec.finish([r.values[m] for s in in_memory for r in per_split[s]])
         it = iter(flat)
-        for s in SPLITS:
+        for s in in_memory:
             for r in per_split[s]:
                 r.values[m] = next(it)
 
     raw = {
-        s: ({m: torch.from_numpy(np.stack([r.values[m] for r in per_split[s]])) for m in modalities},
+        s: ({m: torch.from_numpy(np.stack([r.values[m] for r in per_split[s]])) for m in modalities}
+            if s in in_memory else {},
             torch.tensor([index[r.label] if r.label is not None else IGNORE_INDEX for r in per_split[s]],
                          dtype=torch.int64))
         for s in SPLITS
     }
     specs, stats = {}, {}
+    if streaming:
+        from distill_export.data.streaming import stats_from_summaries
+
+        stream_stats, stream_shapes = stats_from_summaries([scanned[id(r)] for r in per_split["train"]], decoders)
     for m, dec in decoders.items():
-        x = raw["train"][0][m]
         kind = dec.final_kind
+        if streaming:
+            stats[m] = stream_stats[m]
+            specs[m] = ModalitySpec(m, stream_shapes[m], *stats[m], LAYOUTS[kind], kind=kind)
+            continue
+        x = raw["train"][0][m]
         if kind == "text":
             mean, std = 0.0, 1.0  # token ids: nothing to normalise
         else:
@@ -346,6 +361,10 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
     for s, (inputs, labels) in raw.items():
         if s == "train":
             labels = _hide_labels(labels, config.label_fraction, seed)
+        if s not in in_memory:
+            splits[s] = _streamed_split(path, per_split[s], decoders, stats, specs, labels,
+                                        int(getattr(config, "num_workers", 0) or 0))
+            continue
         inputs = {m: (v if specs[m].kind == "text" else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
         splits[s] = Split(inputs, labels)
 
@@ -366,6 +385,7 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
             "label_fraction": config.label_fraction,
             "split": "column" if has_split else f"drawn per class with seed {seed}",
             "skipped_rows": len(problems),
+            "streaming": streaming,
             "train_rows_subsampled_from": subsampled_from,
             "resampled_wavs": {str(k): v for k, v in resampled.items()},
             "preprocessing": {
@@ -376,6 +396,63 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
             },
         },
     )
+
+
+def _choose_streaming(config, path: Path, rows: list[Row], decoders: dict) -> bool:
+    """data.streaming on/off, or auto: stream the training split when decoding it would take more
+    than data.stream_above_mb of RAM (estimated from the first readable row). Logged either way."""
+    from distill_export.data.streaming import decoded_bytes
+
+    mode = str(getattr(config, "streaming", "off"))
+    train = [r for r in rows if r.split == "train"]
+    if mode == "off" or not train:
+        return False
+    wordllama = [m for m, d in decoders.items() if d.kind == "text" and d.text_encoder == "wordllama"]
+    if wordllama:
+        if mode == "on":
+            raise DataError(f"data.streaming=on cannot embed the {wordllama[0]!r} column with wordllama per "
+                            "sample; use text_encoder=hashed or data.streaming=off")
+        return False
+    shapes = {}
+    for m, d in decoders.items():  # in row order, as the in-memory decode goes: this also fixes
+        for row in rows:  # data.image_size=0 (auto) to the first readable image's size
+            try:
+                shapes[m] = np.shape(d.decode(row.cells[m]))
+                break
+            except DataError:
+                continue
+    if len(shapes) < len(decoders):
+        return False  # a column where nothing decodes: the in-memory path lists every bad row
+    for d in decoders.values():
+        d.sample_rates.clear()
+    mb = decoded_bytes(len(train), shapes) / 2**20
+    limit = int(getattr(config, "stream_above_mb", 2048))
+    streaming = mode == "on" or mb > limit
+    why = "data.streaming=on" if mode == "on" else f"{'over' if streaming else 'within'} data.stream_above_mb={limit}"
+    console.print(f"{path}: {len(train)} training rows, ~{mb:.0f} MB decoded ({why}): "
+                  + ("streamed from disk in DataLoader workers" if streaming else "decoded into memory"))
+    return streaming
+
+
+def _scan_train_rows(config, rows: list[Row], decoders: dict, problems: list[Problem]):
+    """Decode every training row once (in data.num_workers workers) without keeping it: the rows
+    that decode and {id(row): per-row summary} for the normalisation statistics."""
+    from distill_export.data.streaming import scan_rows
+
+    train = [r for r in rows if r.split == "train"]
+    bad, summaries = scan_rows([r.cells for r in train], decoders, int(getattr(config, "num_workers", 0) or 0))
+    for i, message in bad.items():
+        problems.append(Problem(train[i].line, message))
+    return [r for i, r in enumerate(train) if i in summaries], {id(train[i]): s for i, s in summaries.items()}
+
+
+def _streamed_split(path: Path, rows: list[Row], decoders: dict, stats: dict, specs: dict, labels, workers: int):
+    from distill_export.data.streaming import RowSource, StreamedModality, StreamedSplit
+
+    source = RowSource(path, [r.line for r in rows], {m: [r.cells[m] for r in rows] for m in decoders},
+                       decoders, stats, {m: tuple(spec.shape) for m, spec in specs.items()}, workers)
+    index = np.arange(len(rows))
+    return StreamedSplit({m: StreamedModality(source, m, index) for m in decoders}, labels)
 
 
 def _hide_labels(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:

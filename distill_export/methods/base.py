@@ -63,6 +63,10 @@ class Term(nn.Module):
     needs: ClassVar[frozenset[str]] = frozenset()
     summary: ClassVar[str] = ""
     search: ClassVar[dict[str, tuple[float, float, str]]] = {}
+    # False: the loss is a mean over the batch's rows, which the objective turns into its share
+    # of the global mean under DDP (distributed.row_share). True: the term divides by a global
+    # denominator itself (distributed.global_count), e.g. a mean over the labeled rows only.
+    global_denominator: ClassVar[bool] = False
 
     def setup(self, info: SetupInfo) -> None:
         """Build learned parts (projectors). Called once, before training."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill_export.distributed import global_count
 from distill_export.methods.base import IGNORE_INDEX, Term, TermInputs, register_term
 
 
@@ -23,7 +24,8 @@ class CrossEntropy(Term):
 
     name = "ce"
     summary = "cross-entropy on labeled rows"
+    global_denominator = True  # the labeled rows of the whole (global) batch
 
     def loss(self, batch: TermInputs, slot: str) -> torch.Tensor:
         keep = batch.labels != IGNORE_INDEX
-        return masked_cross_entropy(batch.student_logits, batch.labels, keep, keep.sum().clamp(min=1))
+        return masked_cross_entropy(batch.student_logits, batch.labels, keep, global_count(keep.sum()))

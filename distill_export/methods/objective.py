@@ -130,13 +130,19 @@ class Objective(nn.Module):
 
     def forward(self, batch: TermInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted total, {term name: unweighted value}) for one batch."""
+        from distill_export.distributed import is_distributed, row_share
+
         total = batch.student_logits.new_zeros((), dtype=torch.float32)
         parts = {}
+        # Under DDP, a row-mean term on this rank's shard is rescaled to its share of the global
+        # batch's mean (1.0 when the shards are equal); one process skips it (bit-identical).
+        share = row_share(batch.student_logits.shape[0]) if is_distributed() else None
         for slot, term in self.terms.items():
             if self.weights[slot] == 0:
                 continue
             value = term.loss(batch, slot)
-            total = total + self.weights[slot] * value
+            scaled = value if share is None or term.global_denominator else value * share
+            total = total + self.weights[slot] * scaled
             name = slot.split("_", 1)[1]
             parts[name if name not in parts else slot] = value.detach()  # two terms of one kind stay apart
         return total, parts

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from distill_export.distributed import global_count
 from distill_export.methods.base import Term, TermInputs, check_open_unit, register_term
 from distill_export.methods.ce import masked_cross_entropy
 
@@ -21,6 +22,7 @@ class PseudoLabel(Term):
     needs = frozenset({"logits"})
     summary = "CE on the teacher's confident top class, unlabeled rows"
     search = {"threshold": (0.3, 0.98, "linear")}
+    global_denominator = True  # every unlabeled row of the whole (global) batch
 
     def __init__(self, threshold: float = 0.7):
         super().__init__()
@@ -31,4 +33,4 @@ class PseudoLabel(Term):
         confidence, pseudo = probs.max(dim=-1)
         unlabeled = ~batch.labeled
         keep = unlabeled & (confidence >= self.threshold)
-        return masked_cross_entropy(batch.student_logits, pseudo, keep, unlabeled.sum().clamp(min=1))
+        return masked_cross_entropy(batch.student_logits, pseudo, keep, global_count(unlabeled.sum()))

@@ -1,0 +1,249 @@
+"""Benchmark training at scale: peak memory of streamed distillation as the rows grow, the
+tool's per-step overhead against a minimal hand-written PyTorch loop, and DataLoader workers.
+
+    python tools/bench_train.py --rows 10000 40000 --out bench-results/train     # the issue's sizes
+    python tools/bench_train.py --rows 300 600 --throughput-rows 256 --quick      # a quick check
+
+It writes synthetic 96x96 RGB PNGs itself (one folder, reused across runs: --images DIR), with a
+class-dependent pattern, 200 val and 200 test rows, and measures:
+
+  * memory: peak RSS of `distill-export run` (streamed training split, data.streaming=on) per
+    row count, in a fresh process each (its main process; and its largest child, a forked worker,
+    which counts the pages it shares with the parent);
+    the target is ratio(largest / smallest) <= 1.25;
+  * overhead: samples/s of distill.train_student (mobilenet_v3_small at 96x96, Hinton KD with
+    cached teacher logits, in-memory decoded data) against a minimal loop with the same model,
+    batches, optimiser and loss, interleaved A B A B; target: the tool within 10%;
+  * workers: samples/s of the streamed training path (decoding PNGs per batch) with 0, 1, 2 workers.
+
+Writes JSON (and prints it). Every number is one machine's, under whatever load it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+HELD_OUT = 200  # val and test rows each
+SIZE = 96
+CLASSES = 10
+
+# Runs the CLI in this process and prints its peak RSS (KiB on Linux) and its largest child's.
+RSS_WRAPPER = (
+    "import atexit, resource, sys\n"
+    "atexit.register(lambda: print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+    " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr, flush=True))\n"
+    "sys.argv = ['distill-export', *sys.argv[1:]]\n"
+    "from distill_export.cli import main\n"
+    "main()\n"
+)
+
+
+def write_images(folder: Path, n_train: int) -> None:
+    """folder/img/{split}_{i}.png, written once; existing files are kept."""
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"train_{i}" for i in range(n_train)] + [f"{s}_{i}" for s in ("val", "test") for i in range(HELD_OUT)]
+    for name in names:
+        path = folder / "img" / f"{name}.png"
+        if path.exists():
+            continue
+        k = int(name.split("_")[1]) % CLASSES
+        img = rng.integers(0, 60, (SIZE, SIZE, 3), dtype=np.uint8)
+        img[8 * k : 8 * k + 16, 8 * k : 8 * k + 16, k % 3] = 240  # the class: a bright square's place and colour
+        Image.fromarray(img).save(path)
+
+
+def write_manifest(folder: Path, n_train: int) -> Path:
+    path = folder / f"manifest_{n_train}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "split"])
+        for i in range(n_train):
+            w.writerow([f"img/train_{i}.png", i % CLASSES, "train"])
+        for split in ("val", "test"):
+            for i in range(HELD_OUT):
+                w.writerow([f"img/{split}_{i}.png", i % CLASSES, split])
+    return path
+
+
+def peak_rss(manifest: Path, student: str, workers: int, threads: int) -> dict:
+    """One streamed distillation run (teacher, student, baseline; one epoch each) in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "cfg.yaml"
+        cfg.write_text(
+            f"data: {{streaming: 'on', image_size: {SIZE}, num_workers: {workers}, student_modality: image}}\n"
+            "teacher: {epochs: 1}\n"
+            "distill: {epochs: 1, self_training_control: false, method: hinton}\n"
+            "export: {formats: [onnx]}\n"
+            "profile: {batches: [1], threads: [1], warmup_s: 0.01, min_time_s: 0.05, min_iters: 5}\n")
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin",
+               "PYTHONPATH": str(REPO)}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", RSS_WRAPPER, "run", "--data", str(manifest), "--config", str(cfg),
+                               "--student", student, "--device", "cpu", "--out", str(Path(tmp) / "run"), "--quiet"],
+                              capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+    line = next((ln for ln in proc.stderr.splitlines() if ln.startswith("PEAK_RSS_KIB")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"run on {manifest.name} failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
+    main_kib, child_kib = (int(v) for v in line.split()[1:3])
+    return {"main_mib": round(main_kib / 1024, 1), "largest_child_mib": round(child_kib / 1024, 1),
+            "seconds": round(seconds, 1)}
+
+
+def _setup_in_memory(manifest: Path, student: str, rows: int, streaming: str = "off", workers: int = 0,
+                     device: str = "cpu", amp: str = "off"):
+    from distill_export.config import load_config
+    from distill_export.data import load_dataset
+
+    config = load_config("avdigits", None, {
+        "data.source": str(manifest), "data.image_size": SIZE, "data.streaming": streaming,
+        "data.num_workers": workers, "data.max_train_rows": rows, "student.name": student, "device": device,
+        "distill.method": "hinton", "distill.epochs": 1, "distill.amp": amp})
+    return config, load_dataset(config.data, config.seed)
+
+
+def throughput(manifest: Path, student: str, rows: int, repeats: int, device: str = "cpu", amp: str = "off") -> dict:
+    """Samples/s of distill.train_student against a minimal loop (same model, batches, optimiser, loss).
+    On CUDA both use bf16 autocast when amp=bf16 (the tool also trains channels_last)."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from distill_export.distill import new_student, train_student
+    from distill_export.losses import kd_loss
+    from distill_export.train import predict
+
+    config, data = _setup_in_memory(manifest, student, rows, device=device, amp=amp)
+    dev = torch.device(device)
+    n = len(data.train)
+    teacher_logits = torch.randn(n, data.num_classes, generator=torch.Generator().manual_seed(0)).to(dev)
+    x, y = data.train.inputs["image"].to(dev), data.train.labels.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp == "bf16" and dev.type == "cuda" \
+        else contextlib.nullcontext
+    bs = config.distill.batch_size
+
+    def tool() -> float:
+        t0 = time.perf_counter()
+        student, _ = train_student(config, data, teacher_logits, torch.empty(0), dev, quiet=True)
+        sync()
+        total = time.perf_counter() - t0
+        # train_student also validates once per epoch, which is not training: timed again, warm
+        t0 = time.perf_counter()
+        predict(student.forward_features, data.val.inputs["image"].to(dev), len(data.val))
+        sync()
+        return n / (total - (time.perf_counter() - t0))
+
+    def minimal() -> float:
+        model = new_student(config, data).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.distill.lr, weight_decay=config.distill.weight_decay)
+        steps = -(-n // bs)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.distill.lr, total_steps=steps, pct_start=0.15)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).to(dev)
+        a = config.distill.alpha
+        t0 = time.perf_counter()
+        model.train()
+        for s in range(0, n, bs):
+            rows = order[s : s + bs]
+            with autocast():
+                logits = model(x[rows])
+                labeled = y[rows] != -100
+                ce = F.cross_entropy(logits.float(), torch.where(labeled, y[rows], 0), reduction="none")
+                ce = (ce * labeled).sum() / labeled.sum().clamp(min=1)
+                loss = a * ce + (1 - a) * kd_loss(logits, teacher_logits[rows], None, temperature=4.0, alpha=0.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        sync()
+        return n / (time.perf_counter() - t0)
+
+    minimal()  # warm-up (allocator, kernels, lazy imports), untimed
+    tool_sps, minimal_sps = [], []
+    for _ in range(repeats):  # interleaved: A B A B
+        tool_sps.append(tool())
+        minimal_sps.append(minimal())
+    best_tool, best_min = max(tool_sps), max(minimal_sps)
+    return {"rows": n, "batch_size": bs, "device": device, "amp": amp, "tool_samples_per_s": [round(v, 1) for v in tool_sps],
+            "minimal_samples_per_s": [round(v, 1) for v in minimal_sps],
+            "overhead_pct": round(100 * (best_min / best_tool - 1), 1), "target_overhead_pct": 10}
+
+
+def workers_throughput(manifest: Path, student: str, rows: int, workers_list: list[int]) -> list[dict]:
+    """Samples/s of one streamed training epoch (decode per batch in workers) per worker count."""
+    import torch
+
+    from distill_export.distill import train_student
+
+    out = []
+    for workers in workers_list:
+        config, data = _setup_in_memory(manifest, student, rows, streaming="on", workers=workers)
+        n = len(data.train)
+        logits = torch.randn(n, data.num_classes, generator=torch.Generator().manual_seed(0))
+        t0 = time.perf_counter()
+        train_student(config, data, logits, torch.empty(0), torch.device("cpu"), quiet=True)
+        out.append({"workers": workers, "rows": n, "samples_per_s": round(n / (time.perf_counter() - t0), 1)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[10000, 40000], help="training rows for the memory runs")
+    ap.add_argument("--throughput-rows", type=int, default=2000)
+    ap.add_argument("--student", default="mobilenet_v3_small")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rss-workers", type=int, default=2, help="data.num_workers in the memory runs")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--images", default=None, help="folder for the PNGs (default: a temporary one)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "overhead", "workers"])
+    ap.add_argument("--quick", action="store_true", help="one repeat")
+    ap.add_argument("--device", default="cpu", help="the overhead step's device (cpu or cuda)")
+    ap.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast in the overhead step (CUDA)")
+    ap.add_argument("--out", default="bench-results/train")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    folder = Path(args.images) if args.images else Path(tempfile.mkdtemp(prefix="bench-train-"))
+    write_images(folder, max([*args.rows, args.throughput_rows]))
+    result = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__,
+                          "platform": platform.platform(), "cpu": platform.processor(), "threads": args.threads},
+              "image": [3, SIZE, SIZE], "student": args.student}
+    if "memory" not in args.skip:
+        memory = {str(n): peak_rss(write_manifest(folder, n), args.student, args.rss_workers, args.threads)
+                  for n in args.rows}
+        small, large = memory[str(min(args.rows))], memory[str(max(args.rows))]
+        result["memory"] = {"runs": memory, "workers": args.rss_workers,
+                            "main_rss_ratio": round(large["main_mib"] / small["main_mib"], 3), "target_ratio": 1.25}
+    repeats = 1 if args.quick else args.repeats
+    manifest = write_manifest(folder, args.throughput_rows)
+    if "overhead" not in args.skip:
+        result["overhead"] = throughput(manifest, args.student, args.throughput_rows, repeats, args.device, args.amp)
+    if "workers" not in args.skip:
+        result["workers"] = workers_throughput(manifest, args.student, args.throughput_rows, args.workers)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_train.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
