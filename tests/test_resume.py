@@ -315,3 +315,36 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 2
     assert train(Checkpoint(tmp_path / "m.pt", "T=4")) == plain  # afresh, not from T=7's epoch 2
     assert train(Checkpoint(tmp_path / "m.pt", "T=4")) == plain  # and its own finished checkpoint
+
+
+def test_resume_restores_the_batch_order_and_the_random_state(tmp_path):
+    """Stopped after epoch 1 and resumed, a training equals the uninterrupted one, parameters
+    and history. Dropout draws from torch's RNG and the loop draws its batch order from its own
+    generator: a resume that skipped either state would train on other batches or other masks."""
+    import torch
+
+    from distill_export.train import Checkpoint, TrainSpec, train_loop
+
+    def train(ckpt, stop_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 3))
+        x, y = torch.randn(24, 4, generator=torch.Generator().manual_seed(1)), torch.arange(24) % 3
+
+        def on_epoch(epoch, acc):
+            if epoch == stop_at:
+                torch.rand(7)  # the interrupted process's RNG moves on before it dies
+                raise KeyboardInterrupt
+
+        try:
+            train_loop([model], lambda rows: torch.nn.functional.cross_entropy(model(x[rows]), y[rows]), 24,
+                       lambda: float((model(x).argmax(1) == y).float().mean()), TrainSpec(3, 0.05, 5), "m",
+                       quiet=True, on_epoch=on_epoch, checkpoint=ckpt)
+        except KeyboardInterrupt:
+            return None
+        return [p.detach().clone() for p in model.parameters()]
+
+    plain = train(None)
+    assert train(Checkpoint(tmp_path / "m.pt", "k"), stop_at=1) is None
+    resumed = train(Checkpoint(tmp_path / "m.pt", "k"))
+    for a, b in zip(plain, resumed):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
