@@ -84,7 +84,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
     run.update_report(
         dataset={"name": data.name, "class_names": data.class_names, **data.info},
         metrics={"teacher": metrics},
-        teacher={"training": training, "modality_probe": probe},
+        teacher={"training": training, "modality_probe": probe, "fusion": getattr(teacher, "fusion_name", "external")},
     )
 
 
@@ -129,6 +129,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     from distill_export.distill import save_student, test_predictions, train_baseline
     from distill_export.methods import teacher_needs
     from distill_export.metrics import classification_metrics
+    from distill_export.nets.teacher import TEACHER_FUSIONS
     from distill_export.significance import compare
     from distill_export.train_teacher import load_teacher
 
@@ -157,7 +158,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     preds = {name: test_predictions(m, data, modality, device) for name, m in models.items()}
     eye = np.eye(data.num_classes)
     metrics = {name: classification_metrics(eye[p], labels, data.num_classes) for name, p in preds.items()}
-    teacher_name = str(config.teacher.path) if config.teacher.path else f"fusion_teacher({'+'.join(sorted(data.modalities))})"
+    teacher_name = (str(config.teacher.path) if config.teacher.path
+                    else f"{TEACHER_FUSIONS[config.teacher.fusion][0]}({'+'.join(sorted(data.modalities))})")
     save_student(run.file("baseline.pt"), baseline, config, data, teacher_name, {"student": config.student.name, "role": "baseline"})
     save_student(run.file("student.pt"), student, config, data, teacher_name, {"student": config.student.name, "role": "kd"})
     teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
@@ -339,7 +341,9 @@ def preflight(config: RunConfig) -> None:
     resolve_device(config.device)  # --device cuda without a GPU fails here
     src = config.data.source
     if src.endswith((".csv", ".jsonl")) and not Path(src).expanduser().is_file():
-        raise DataError(f"manifest {src} does not exist")
+        from distill_export.data.manifest import missing_manifest
+
+        raise DataError(missing_manifest(Path(src).expanduser()))
     check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it
     if config.teacher.path:
         from distill_export.errors import CheckpointError

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from distill_export.data import Dataset
 from distill_export.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.encoders import encoder_input_size
-from distill_export.nets.teacher import FusionTeacher
+from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher, teacher_class
 from distill_export.train import TrainSpec, predict, train_loop
 
 
-def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalities=None) -> dict:
+def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalities=None, fusion: str = "concat") -> dict:
     specs = {m: s for m, s in data.modalities.items() if modalities is None or m in modalities}
-    return {
+    kwargs = {
         "modalities": {m: encoder_input_size(spec) for m, spec in specs.items()},
         "num_classes": data.num_classes,
         "width": width,
         "modality_dropout": modality_dropout,
         "kinds": {m: spec.kind for m, spec in specs.items()},
     }
+    if fusion == "late":  # experts are trained one modality each: no modality to drop
+        del kwargs["modality_dropout"]
+    return kwargs
 
 
 def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeacher:
@@ -36,7 +38,11 @@ def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeach
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; a teacher is a distill-export checkpoint (.pt), a torch.export "
                               "program (.pt2) or package.module:factory") from None
-    model = load_state(FusionTeacher(**payload["arch_kwargs"]), payload["state_dict"], path)
+    try:
+        cls = teacher_class(payload.get("arch", "fusion_teacher"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc} (known: {', '.join(a for a, _ in TEACHER_FUSIONS.values())})") from None
+    model = load_state(cls(**payload["arch_kwargs"]), payload["state_dict"], path)
     if data is not None:
         kw = payload["arch_kwargs"]
         shapes = payload.get("meta", {}).get("input_shapes", {})
@@ -70,8 +76,9 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
     `checkpoint` (train.Checkpoint) is written every epoch and resumed from when present."""
     cfg = config.teacher
     torch.manual_seed(config.seed)
-    kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities)
-    teacher = FusionTeacher(**kwargs).to(device)
+    kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities, cfg.fusion)
+    arch, cls = TEACHER_FUSIONS[cfg.fusion]
+    teacher = cls(**kwargs).to(device)
     train = data.train.subset(data.train.labeled.nonzero().squeeze(1))
     x = {m: v.to(device) for m, v in train.inputs.items()}
     y = train.labels.to(device)
@@ -80,7 +87,7 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
 
     def batch_loss(rows):
         rows = rows.to(device)
-        return F.cross_entropy(teacher({m: v[rows] for m, v in x.items()}), y[rows])
+        return teacher.loss({m: v[rows] for m, v in x.items()}, y[rows])
 
     def val_accuracy():
         _, logits = predict(teacher.forward_features, val_x, len(data.val))
@@ -89,11 +96,12 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train))
     result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet, checkpoint=checkpoint)
     save_checkpoint(
-        out_path, teacher, kind="teacher", arch="fusion_teacher", arch_kwargs=kwargs,
+        out_path, teacher, kind="teacher", arch=arch, arch_kwargs=kwargs,
         meta={
             "class_names": data.class_names,
             "dataset": data.name,
             "best_epoch": result.best_epoch,
+            "fusion": cfg.fusion,
             "input_shapes": {m: list(spec.shape) for m, spec in data.modalities.items() if m in kwargs["modalities"]},
         },
     )

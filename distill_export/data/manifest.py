@@ -67,11 +67,26 @@ def resolve_manifest(source: str) -> Path:
                 return path / name
         raise DataError(f"no manifest.csv or manifest.jsonl in {path}")
     if not path.is_file():
-        hint = " (tools/prepare_avmnist.py writes the AV-MNIST one)" if "avmnist" in str(path) else ""
-        raise DataError(f"manifest {path} does not exist{hint}")
+        raise DataError(missing_manifest(path))
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"manifest {path} must be a .csv or .jsonl file")
     return path
+
+
+# The shipped recipes' manifests are built by a tool: a missing one says which.
+BUILDERS = {
+    "avmnist": "python tools/prepare_avmnist.py --mnist ../shared/data/mnist --fsdd ../shared/data/fsdd/recordings",
+    "captioned_digits": "python tools/make_captioned_digits.py --mnist ../shared/data/mnist",
+}
+
+
+def missing_manifest(path: str | Path) -> str:
+    """The one-line error for a manifest that is not there, with the command that builds it."""
+    path = Path(path)
+    for name, command in BUILDERS.items():
+        if name in str(path):
+            return f"manifest {path} does not exist; build it with: {command} --out {path.parent}"
+    return f"manifest {path} does not exist"
 
 
 # ----- parsing -------------------------------------------------------------------------------
