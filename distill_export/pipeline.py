@@ -71,7 +71,8 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
         else:
             training = train_teacher(config, data, device, run.file("teacher.pt"), quiet,
                                      checkpoint=_checkpoint(config, run, "teacher"))
-        teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights).to(device)
+        teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights,
+                               strict=bool(config.teacher.path)).to(device)
         metrics = evaluate_teacher(teacher, data, device)
         # The modality gap: what the teacher knows from the student's modality alone.
         others = [m for m in data.modalities if m != config.data.student_modality]
@@ -139,7 +140,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     teacher_path = _teacher_path(config, run)
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
-    teacher = load_teacher(teacher_path, data, config.teacher.weights).to(device)
+    teacher = load_teacher(teacher_path, data, config.teacher.weights, strict=True).to(device)
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     with _timed(run, "distill"):

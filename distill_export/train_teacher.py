@@ -26,8 +26,9 @@ def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalitie
     return kwargs
 
 
-def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeacher:
-    """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory."""
+def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool = False) -> FusionTeacher:
+    """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory.
+    strict (a teacher the user gave): every data column must be one the teacher reads, as it was built."""
     from distill_export.errors import CheckpointError
     from distill_export.nets.external import is_external_teacher, load_external_teacher
 
@@ -45,6 +46,8 @@ def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeach
     model = load_state(cls(**payload["arch_kwargs"]), payload["state_dict"], path)
     if data is not None:
         kw = payload["arch_kwargs"]
+        if strict:
+            check_teacher_columns(path, kw, data)
         shapes = payload.get("meta", {}).get("input_shapes", {})
         for m, shape in shapes.items():
             if m in data.modalities and tuple(shape) != tuple(data.modalities[m].shape):
@@ -58,6 +61,24 @@ def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeach
         if missing:
             raise CheckpointError(f"teacher {path} needs modalities the data lacks: {sorted(missing)}")
     return model.eval()
+
+
+def check_teacher_columns(path, arch_kwargs: dict, data: Dataset) -> None:
+    """A column the teacher was not built for (one it has no encoder for, or text read another
+    way than in training) fails with one line naming the manifest's header row."""
+    from distill_export.errors import DataError
+
+    where = f"{data.info['manifest']}:1" if data.info.get("manifest") else f"dataset {data.name}"
+    kinds = arch_kwargs.get("kinds") or {}
+    for m, spec in data.modalities.items():
+        if m not in arch_kwargs["modalities"]:
+            raise DataError(f"{where}: column {m!r} is not one teacher {path} was built for (it reads "
+                            f"{', '.join(sorted(arch_kwargs['modalities']))}); drop the column or train a teacher on it")
+        built = kinds.get(m)
+        if built and built != spec.kind:
+            how = {"text": "hashed text (data.text_encoder=hashed)", "vector": "embedding vectors (e.g. data.text_encoder=wordllama)"}
+            raise DataError(f"{where}: column {m!r} is read as {how.get(spec.kind, spec.kind)}, but teacher {path} "
+                            f"was built for {how.get(built, built)}")
 
 
 def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | tuple[str, ...] | None = None) -> dict:
@@ -94,7 +115,10 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
         return float((logits.argmax(1).numpy() == val_y).mean())
 
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train))
-    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet, checkpoint=checkpoint)
+    if cfg.fusion == "late":
+        result = _train_experts(teacher, x, y, val_x, data.val.labels, spec, label, quiet, checkpoint)
+    else:
+        result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet, checkpoint=checkpoint)
     save_checkpoint(
         out_path, teacher, kind="teacher", arch=arch, arch_kwargs=kwargs,
         meta={
@@ -105,4 +129,49 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
             "input_shapes": {m: list(spec.shape) for m, spec in data.modalities.items() if m in kwargs["modalities"]},
         },
     )
-    return {"best_epoch": result.best_epoch, "history": result.history}
+    info = {"best_epoch": result.best_epoch, "history": result.history}
+    if cfg.fusion == "late":
+        info["expert_temperatures"] = dict(zip(teacher.modality_names, teacher.temperatures.tolist()))
+        info["expert_val_accuracy"] = result.expert_val_accuracy
+    return info
+
+
+def _train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint):
+    """Late fusion: each expert trained alone on the labeled rows, keeping its own best epoch on
+    val, then its temperature fitted on val (NLL), so no expert's overconfidence (a text expert
+    fitted to 50 captions) outvotes the others in the product. Returns the last expert's
+    TrainResult, with every expert's best val accuracy attached."""
+    import torch.nn.functional as F
+
+    from distill_export.train import Checkpoint
+
+    device = y.device
+    best = {}
+    result = None
+    for m in teacher.modality_names:
+        # Each expert starts from the same seeded init whatever the other modalities are, so the
+        # self-training control's image-only teacher is exactly this teacher's image expert.
+        torch.manual_seed(spec.seed)
+        for part in (*teacher.encoders[m].modules(), teacher.heads[m]):
+            if hasattr(part, "reset_parameters"):
+                part.reset_parameters()
+
+        def batch_loss(rows, m=m):
+            rows = rows.to(device)
+            return F.cross_entropy(teacher.expert(m, x[m][rows]), y[rows])
+
+        def val_accuracy(m=m):
+            _, logits = predict(lambda v: (v, teacher.expert(m, v)), val_x[m], len(val_y))
+            return float((logits.argmax(1) == val_y).float().mean())
+
+        ckpt = checkpoint and Checkpoint(checkpoint.path.with_name(f"{checkpoint.path.stem}.{m}.pt"), f"{checkpoint.key}:{m}")
+        result = train_loop([teacher.encoders[m], teacher.heads[m]], batch_loss, len(y), val_accuracy, spec,
+                            f"{label.strip()} ({m}) ", quiet, checkpoint=ckpt)
+        best[m] = result.best_val_accuracy
+    teacher.eval()
+    with torch.no_grad():
+        val_logits = {m: predict(lambda v, m=m: (v, teacher.expert(m, v)), val_x[m], len(val_y))[1]
+                      for m in teacher.modality_names}
+    teacher.calibrate(val_logits, val_y)
+    result.expert_val_accuracy = best
+    return result

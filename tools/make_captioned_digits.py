@@ -11,14 +11,15 @@ The text -> image case of the models/captioned_digits.yaml recipe: a teacher tha
 caption as well as the image teaches a student that sees the image only. The captions must
 carry knowledge without being a label leak, so they are noisy on purpose:
   * each digit has a few shape attributes (loops, strokes, bars, curves), each said with one
-    of several paraphrases;
+    of --paraphrases wordings (2: more wordings make the text harder to learn from few labels);
   * a true attribute is dropped with --p-drop, and each caption gains Poisson(--false-rate)
     attributes the digit does not have;
   * with --p-guess the caption ends in a hedged guess ("maybe a 7"), which names the true
     digit with --p-guess-right and otherwise a confusable one.
 The text-only check fits a logistic regression on word uni+bigrams of every training caption
 (all labels: an upper bound for any text expert the recipe trains on 5 labels per class) and
-prints its test accuracy; the issue's bound is <= 65% (the defaults give 58%).
+prints its val and test accuracy; the issue's bound is <= 65% (the defaults give 59% on test).
+With 5 labels per class the same model reaches about 30%.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def caption(digit: int, rng: np.random.Generator, args) -> str:
     n_false = min(len(false), int(rng.poisson(args.false_rate)))
     attrs += [false[i] for i in rng.choice(len(false), n_false, replace=False)]
     attrs = [attrs[i] for i in rng.permutation(len(attrs))]
-    phrases = [PHRASES[a][rng.integers(len(PHRASES[a]))] for a in attrs]
+    phrases = [PHRASES[a][rng.integers(min(args.paraphrases, len(PHRASES[a])))] for a in attrs]
     if phrases:
         body = f"{OPENERS[rng.integers(len(OPENERS))]} " + (
             phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1])
@@ -91,21 +92,25 @@ def caption(digit: int, rng: np.random.Generator, args) -> str:
     return body
 
 
-def text_only_accuracy(rows: list[dict]) -> float:
-    """Logistic regression on word uni+bigrams, fitted on every train caption with its label."""
+def text_only_accuracy(rows: list[dict]) -> dict[str, float]:
+    """Logistic regression on word uni+bigrams, fitted on every train caption with its label;
+    its accuracy on val (to tune the noise on) and on test (to report)."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
     train = [r for r in rows if r["split"] == "train"]
-    test = [r for r in rows if r["split"] == "test"]
     vec = CountVectorizer(ngram_range=(1, 2), token_pattern=r"[a-z0-9]+")
     x = vec.fit_transform([r["caption"] for r in train])
     model = LogisticRegression(max_iter=2000).fit(x, [r["label"] for r in train])
-    pred = model.predict(vec.transform([r["caption"] for r in test]))
-    return float(np.mean(pred == np.array([r["label"] for r in test])))
+    acc = {}
+    for split in ("val", "test"):
+        held = [r for r in rows if r["split"] == split]
+        pred = model.predict(vec.transform([r["caption"] for r in held]))
+        acc[split] = float(np.mean(pred == np.array([r["label"] for r in held])))
+    return acc
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", type=Path, default=REPO.parent / "shared/data/mnist",
                     help="folder with t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--false-rate", type=float, default=1.0, help="mean number of false attributes per caption")
     ap.add_argument("--p-guess", type=float, default=0.35, help="chance the caption ends in a hedged guess")
     ap.add_argument("--p-guess-right", type=float, default=0.5, help="chance the guess names the true digit")
+    ap.add_argument("--paraphrases", type=int, default=2, help="paraphrases used per attribute (at most)")
     ap.add_argument("--no-check", action="store_true", help="skip the text-only accuracy check")
     args = ap.parse_args(argv)
 
@@ -159,11 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     acc = None if args.no_check else text_only_accuracy(rows)
     info = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "rows": {s: sum(r["split"] == s for r in rows) for s in counts},
-            "text_only_test_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1),
+            "text_only_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1),
             "examples": [{"label": r["label"], "caption": r["caption"]} for r in rows[:10]]}
     (out / "captions.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {len(rows)} rows to {out / 'manifest.csv'} in {info['seconds']} s"
-          + (f"; text-only test accuracy {100 * acc:.1f}% (logistic regression, all train labels)" if acc is not None else ""))
+          + (f"; text-only accuracy {100 * acc['val']:.1f}% val, {100 * acc['test']:.1f}% test (logistic regression, "
+             "all train labels)" if acc is not None else ""))
+    return out / "manifest.csv"
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def _check_cells(row: Row) -> str | None:
         return f"missing label in the {row.split} split (unlabeled rows serve distillation only, so belong to train)"
     for col, value in row.cells.items():
         if not value:
-            return f"empty {col!r} cell"
+            return f"empty {col!r} cell"  # every row's cells feed the teacher (targets, scores)
     return None
 
 
@@ -264,6 +264,14 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
     modalities, columns, rows, problems = read_rows(path)
     has_split = "split" in columns
     kinds = {m: loaders.kind_of_column(m, [r.cells[m] for r in rows[:50]]) for m in modalities}
+
+    text_columns = [m for m in modalities if kinds[m] == "text"]
+    if text_columns and str(getattr(config, "text_encoder", "hashed")).lower() == "wordllama" and rows:
+        try:
+            import wordllama  # noqa: F401  (optional; the wheel ships its weights)
+        except ImportError:
+            raise DataError(f"{path}:{rows[0].line}: text column {text_columns[0]!r}: data.text_encoder=wordllama "
+                            "is not installed (pip install 'distill-export[wordllama]', or text_encoder: hashed)") from None
 
     good = []
     for row in rows:

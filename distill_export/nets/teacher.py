@@ -102,7 +102,8 @@ class LateFusionTeacher(nn.Module):
     """Late fusion, a product of experts: one classifier per modality (encoder -> linear head),
     logits = Σ_m log_softmax(expert_m(x_m)), so softmax(logits) ∝ Π_m p_m(y | x_m).
 
-    Each expert is trained on its own modality (loss = Σ_m CE(expert_m)), so the image expert
+    Each expert is trained on its own modality (loss = Σ_m CE(expert_m)) and then temperature-
+    scaled on val (calibrate), so the image expert
     keeps its own view of every sample and the text (or audio) expert only sharpens or
     re-ranks it: the soft targets do not carry the other modality's confusions in place of
     the image's. A dropped modality's expert is left out of the sum (a uniform factor).
@@ -123,17 +124,35 @@ class LateFusionTeacher(nn.Module):
         self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, num_classes) for m in self.modality_names})
         self.feature_dim = sum(e.out_dim for e in self.encoders.values())
         self.num_classes = num_classes
+        # One temperature per expert (modality_names order), fitted on val after training
+        # (calibrate); part of the state dict, so the checkpoint and the ONNX export carry it.
+        self.register_buffer("temperatures", torch.ones(len(self.modality_names)))
+
+    def expert(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) input of modality m -> (B, C) raw logits of its expert (before the temperature)."""
+        return self.heads[m](self.encoders[m](x))
 
     def expert_logits(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """modality -> (B, C) logits of that modality's expert."""
-        return {m: self.heads[m](self.encoders[m](inputs[m])) for m in self.modality_names}
+        """modality -> (B, C) calibrated logits of that modality's expert."""
+        return {m: self.expert(m, inputs[m]) / self.temperatures[i] for i, m in enumerate(self.modality_names)}
+
+    @torch.no_grad()
+    def calibrate(self, val_logits: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """Temperature scaling (Guo et al., ICML 2017) per expert: the T on a fixed log grid
+        (0.1 .. 20) that minimises the expert's NLL on the labeled validation rows."""
+        grid = torch.logspace(-1, 1.3, 93)
+        for i, m in enumerate(self.modality_names):
+            z = val_logits[m].float().cpu()  # (N, C)
+            nll = torch.stack([F.cross_entropy(z / t, labels.cpu()) for t in grid])
+            self.temperatures[i] = grid[int(nll.argmin())]
 
     def forward_features(
         self, inputs: dict[str, torch.Tensor], drop: tuple[str, ...] = ()
     ) -> tuple[torch.Tensor, torch.Tensor]:
         embeds = {m: self.encoders[m](inputs[m]) for m in self.modality_names}  # each (B, 4w)
         feats = torch.cat([torch.zeros_like(e) if m in drop else e for m, e in embeds.items()], dim=1)
-        kept = [F.log_softmax(self.heads[m](e), dim=1) for m, e in embeds.items() if m not in drop]  # each (B, C)
+        kept = [F.log_softmax(self.heads[m](e) / self.temperatures[i], dim=1)
+                for i, (m, e) in enumerate(embeds.items()) if m not in drop]  # each (B, C)
         # Every expert dropped: no evidence, a uniform distribution (log-probs all equal).
         logits = torch.stack(kept).sum(0) if kept else feats.new_zeros(feats.shape[0], self.num_classes)
         return feats, logits
@@ -142,8 +161,9 @@ class LateFusionTeacher(nn.Module):
         return self.forward_features(inputs)[1]
 
     def loss(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """Each expert learns alone: Σ_m CE(expert_m(x_m), y), not CE of the product."""
-        return sum(F.cross_entropy(z, labels) for z in self.expert_logits(inputs).values())
+        """Each expert learns alone: Σ_m CE(expert_m(x_m), y), not CE of the product.
+        (train_teacher trains them one at a time, each with its own best epoch.)"""
+        return sum(F.cross_entropy(self.expert(m, inputs[m]), labels) for m in self.modality_names)
 
 
 # fusion name -> (checkpoint arch, class). A checkpoint's arch picks the class when it is loaded.
