@@ -38,19 +38,19 @@ DEFAULT_OUT = Path("~/.cache/distill-export/captioned_digits")
 sys.path.insert(0, str(REPO / "tools"))
 from prepare_avmnist import find, read_idx  # noqa: E402  (the same MNIST reader)
 
-PHRASES = {  # attribute -> paraphrases
+PHRASES = {  # attribute -> paraphrases (the first two share a keyword, the rest reword it)
     "loop": ["a closed loop", "one round loop", "an enclosed hole", "a ring shape"],
     "two_loops": ["two loops", "a pair of stacked loops", "two enclosed holes"],
-    "loop_top": ["a loop at the top", "a closed bowl up top", "a small hole in the upper half"],
-    "loop_bottom": ["a loop at the bottom", "a closed bowl below", "a hole in the lower half"],
-    "vertical": ["a vertical stroke", "an upright line", "a straight downstroke"],
-    "diagonal": ["a slanted stroke", "a diagonal line", "an angled stroke"],
-    "bar_top": ["a flat bar on top", "a horizontal top stroke", "a level cap line"],
-    "bar_middle": ["a crossbar in the middle", "a horizontal bar halfway down"],
-    "bar_bottom": ["a flat base", "a horizontal stroke at the bottom", "a straight foot"],
-    "curve_top": ["a curve at the top", "a rounded hook above", "an arc up top"],
-    "curve_bottom": ["a curve at the bottom", "a rounded belly below", "a bowl-like arc at the base"],
-    "bumps": ["two bumps opening left", "a double curve on the right side", "twin arcs"],
+    "loop_top": ["a loop at the top", "an upper loop", "a small hole in the upper half"],
+    "loop_bottom": ["a loop at the bottom", "a lower loop", "a hole in the lower half"],
+    "vertical": ["a vertical stroke", "an upright vertical line", "a straight downstroke"],
+    "diagonal": ["a diagonal stroke", "a slanted diagonal line", "an angled stroke"],
+    "bar_top": ["a flat bar on top", "a top bar", "a level cap line"],
+    "bar_middle": ["a crossbar in the middle", "a middle bar", "a horizontal stroke halfway down"],
+    "bar_bottom": ["a flat base", "a flat base stroke", "a straight foot"],
+    "curve_top": ["a curve at the top", "an upper curve", "a rounded hook above"],
+    "curve_bottom": ["a curve at the bottom", "a lower curve", "a bowl-like arc at the base"],
+    "bumps": ["two bumps", "a pair of bumps on the right side", "twin arcs"],
 }
 ATTRIBUTES = {  # digit -> its true attributes
     0: ["loop", "curve_top", "curve_bottom"],
