@@ -111,12 +111,17 @@ def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, need
 def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> tuple[dict, object]:
     """An image-only teacher of the same size on the same labeled rows, distilled the same way:
     what the unlabeled rows give without the other modality."""
-    from distill_export.train_teacher import evaluate_teacher, load_teacher, train_teacher
+    from distill_export.train_teacher import evaluate_teacher, load_teacher, save_expert_teacher, train_teacher
 
     modality = config.data.student_modality
     path = run.file("control_teacher.pt")
-    training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ",
-                             checkpoint=_checkpoint(config, run, "control_teacher"))
+    if config.teacher.fusion == "late" and not config.teacher.path:
+        # The late teacher's image expert is that teacher (same seeded init, rows, steps and
+        # temperature scaling; tests/test_captioned_digits.py checks it): reuse, don't retrain.
+        training = save_expert_teacher(run.require("teacher.pt", "train-teacher"), modality, path)
+    else:
+        training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ",
+                                 checkpoint=_checkpoint(config, run, "control_teacher"))
     teacher = load_teacher(path, data).to(device)
     teacher_metrics = evaluate_teacher(teacher, data, device)
     student, info, _ = _distill_from(config, run, data, device, teacher, path, needs, quiet, "control ",

@@ -126,21 +126,45 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
             "dataset": data.name,
             "best_epoch": result.best_epoch,
             "fusion": cfg.fusion,
+            **({"experts": result.experts} if cfg.fusion == "late" else {}),
             "input_shapes": {m: list(spec.shape) for m, spec in data.modalities.items() if m in kwargs["modalities"]},
         },
     )
     info = {"best_epoch": result.best_epoch, "history": result.history}
     if cfg.fusion == "late":
         info["expert_temperatures"] = dict(zip(teacher.modality_names, teacher.temperatures.tolist()))
-        info["expert_val_accuracy"] = result.expert_val_accuracy
+        info["experts"] = result.experts  # modality -> its best epoch and val accuracy
     return info
+
+
+def save_expert_teacher(teacher_path, modality: str, out_path) -> dict:
+    """Save one expert of a late-fusion teacher as a single-modality teacher. Experts are trained
+    alone from the same seeded init, so this is the image-only teacher train_teacher would train
+    on the same rows (the self-training control), without training it again."""
+    from distill_export.nets.teacher import LateFusionTeacher
+
+    payload = load_checkpoint(teacher_path, kind="teacher")
+    kw = payload["arch_kwargs"]
+    full = load_state(LateFusionTeacher(**kw), payload["state_dict"], teacher_path)
+    one = {**kw, "modalities": {modality: kw["modalities"][modality]}, "kinds": {modality: kw["kinds"][modality]}}
+    expert = LateFusionTeacher(**one)
+    expert.encoders[modality].load_state_dict(full.encoders[modality].state_dict())
+    expert.heads[modality].load_state_dict(full.heads[modality].state_dict())
+    expert.temperatures[0] = full.temperatures[full.modality_names.index(modality)]
+    meta = payload["meta"]
+    trained = meta.get("experts", {}).get(modality, {})
+    save_checkpoint(out_path, expert, kind="teacher", arch="late_fusion_teacher", arch_kwargs=one,
+                    meta={**meta, "best_epoch": trained.get("best_epoch"), "experts": {modality: trained},
+                          "input_shapes": {modality: meta["input_shapes"][modality]}})
+    return {"expert_of": str(teacher_path), **trained,
+            "expert_temperatures": {modality: float(expert.temperatures[0])}}
 
 
 def _train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint):
     """Late fusion: each expert trained alone on the labeled rows, keeping its own best epoch on
     val, then its temperature fitted on val (NLL), so no expert's overconfidence (a text expert
     fitted to 50 captions) outvotes the others in the product. Returns the last expert's
-    TrainResult, with every expert's best val accuracy attached."""
+    TrainResult (its history), with every expert's best epoch and val accuracy in `.experts`."""
     import torch.nn.functional as F
 
     from distill_export.train import Checkpoint
@@ -167,11 +191,11 @@ def _train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint):
         ckpt = checkpoint and Checkpoint(checkpoint.path.with_name(f"{checkpoint.path.stem}.{m}.pt"), f"{checkpoint.key}:{m}")
         result = train_loop([teacher.encoders[m], teacher.heads[m]], batch_loss, len(y), val_accuracy, spec,
                             f"{label.strip()} ({m}) ", quiet, checkpoint=ckpt)
-        best[m] = result.best_val_accuracy
+        best[m] = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
     teacher.eval()
     with torch.no_grad():
         val_logits = {m: predict(lambda v, m=m: (v, teacher.expert(m, v)), val_x[m], len(val_y))[1]
                       for m in teacher.modality_names}
     teacher.calibrate(val_logits, val_y)
-    result.expert_val_accuracy = best
+    result.experts = best
     return result

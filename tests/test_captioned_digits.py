@@ -164,6 +164,29 @@ def test_late_fusion_teacher_exports_to_onnx(tmp_path):
     np.testing.assert_allclose(got, teacher(x).detach().numpy(), atol=1e-5)  # fp32 ONNX vs eager
 
 
+@needs_mnist
+def test_control_teacher_is_the_late_teachers_image_expert(tiny_manifest, tmp_path):
+    """The self-training control reuses the late teacher's image expert instead of training an
+    image-only teacher; that is only fair if training one gives the very same weights."""
+    from distill_export.config import load_config
+    from distill_export.nets.checkpoint import load_checkpoint
+    from distill_export.pipeline import _setup
+    from distill_export.train_teacher import save_expert_teacher, train_teacher
+
+    cfg = load_config("captioned_digits", None, {"data.source": str(tiny_manifest), "teacher.epochs": 2})
+    data, device = _setup(cfg)
+    train_teacher(cfg, data, device, tmp_path / "late.pt", quiet=True)
+    train_teacher(cfg, data, device, tmp_path / "image_only.pt", quiet=True, modalities=["image"])
+    info = save_expert_teacher(tmp_path / "late.pt", "image", tmp_path / "expert.pt")
+    trained = load_checkpoint(tmp_path / "image_only.pt", kind="teacher")
+    derived = load_checkpoint(tmp_path / "expert.pt", kind="teacher")
+    assert derived["arch_kwargs"] == trained["arch_kwargs"]
+    assert trained["state_dict"].keys() == derived["state_dict"].keys()
+    for key, value in trained["state_dict"].items():  # bit-identical on CPU: same init, rows and steps
+        assert torch.equal(value, derived["state_dict"][key]), key
+    assert info["best_epoch"] == trained["meta"]["best_epoch"]
+
+
 # ----- the recipe, end to end ----------------------------------------------------------------
 SMOKE = {"teacher": {"epochs": 1}, "distill": {"epochs": 1},
          "profile": {"batches": [1], "threads": [1], "warmup_s": 0.01, "min_time_s": 0.05, "min_iters": 5}}
@@ -186,7 +209,9 @@ def test_recipe_smoke_runs_every_stage(tiny_manifest, tmp_path):
     assert report["dataset"]["kinds"] == {"image": "image", "caption": "text"}
     assert report["distill"]["labeled_train_rows"] == 10  # 1 of each digit's 6 (5 of 300 in the full recipe)
     assert set(report["teacher"]["modality_probe"]) == {"without_caption"}
-    assert report["distill"]["self_training_control"]["teacher_accuracy"] is not None
+    control = report["distill"]["self_training_control"]
+    assert control["teacher_training"]["expert_of"].endswith("teacher.pt")  # the late teacher's image expert
+    assert control["teacher_accuracy"] == report["teacher"]["modality_probe"]["without_caption"]
     temps = report["teacher"]["training"]["expert_temperatures"]
     assert set(temps) == {"caption", "image"} and all(t > 0 for t in temps.values())
     assert report["teacher_exports"]["onnx"]["parity"]["passed"]  # the teacher ONNX takes image + caption
