@@ -100,13 +100,13 @@ class FusionTeacher(nn.Module):
 
 class LateFusionTeacher(nn.Module):
     """Late fusion, a product of experts: one classifier per modality (encoder -> linear head),
-    logits = Σ_m log_softmax(expert_m(x_m)), so softmax(logits) ∝ Π_m p_m(y | x_m).
+    logits = Σ_m log_softmax(expert_m(x_m) / T_m), so softmax(logits) ∝ Π_m p_m(y | x_m).
 
-    Each expert is trained on its own modality (loss = Σ_m CE(expert_m)) and then temperature-
-    scaled on val (calibrate), so the image expert
-    keeps its own view of every sample and the text (or audio) expert only sharpens or
-    re-ranks it: the soft targets do not carry the other modality's confusions in place of
-    the image's. A dropped modality's expert is left out of the sum (a uniform factor).
+    Each expert is trained on its own modality (loss = Σ_m CE(expert_m)), then its temperature
+    T_m is fitted on val (calibrate). The image expert keeps its own view of every sample and
+    the text (or audio) expert only sharpens or re-ranks it: the soft targets do not carry the
+    other modality's confusions in place of the image's. A dropped modality's expert is left
+    out of the sum (a uniform factor).
     """
 
     fusion_name = "late"
