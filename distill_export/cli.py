@@ -44,6 +44,7 @@ Augment = Annotated[Optional[str], typer.Option("--augment", help="Student input
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation, batching and which labels are kept.")]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs for the student and the baseline (same budget).")]
+Fusion = Annotated[Optional[str], typer.Option("--teacher-fusion", help="How the teacher combines modalities: concat (one MLP over the concatenated embeddings) or late (a product of per-modality experts).")]
 TeacherEpochs = Annotated[Optional[int], typer.Option("--teacher-epochs", help="Epochs for the teacher.")]
 Temperature = Annotated[Optional[float], typer.Option("--temperature", "-T", help="KD temperature T > 0.")]
 Method = Annotated[Optional[str], typer.Option("--method", help="Distillation method (a preset of terms): hinton, ls_kd, dkd, dist, c2kd, pseudo_label, kd_pseudo_label, labels_only. distill.terms in --config lists terms explicitly.")]
@@ -149,7 +150,7 @@ def _overrides(**flags) -> dict:
         "calibration_method": "export.calibration_method", "data": "data.source", "student_modality": "data.student_modality",
         "skip_bad_rows": "data.skip_bad_rows", "teacher_weights": "teacher.weights", "augment": "distill.augment",
         "method": "distill.method", "self_training_control": "distill.self_training_control",
-        "compile": "distill.compile",
+        "compile": "distill.compile", "teacher_fusion": "teacher.fusion",
     }
     return {keys[k]: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
 
@@ -222,8 +223,8 @@ def run(
     alpha: Alpha = None, beta: Beta = None, label_fraction: LabelFraction = None,
     formats: Formats = None, data: Data = None, student_modality: StudentModality = None,
     skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, augment: Augment = None,
-    method: Method = None, self_training_control: Control = None, quiet: Quiet = False, resume: Resume = None,
-    nproc: Nproc = None, compile: Compile = None,
+    method: Method = None, self_training_control: Control = None, teacher_fusion: Fusion = None,
+    quiet: Quiet = False, resume: Resume = None, nproc: Nproc = None, compile: Compile = None,
 ):
     """Every stage in one command: train the teacher, distill, export, validate, profile, report.
 
@@ -240,7 +241,7 @@ def run(
                  temperature=temperature, alpha=alpha, beta=beta, label_fraction=label_fraction,
                  formats=formats, data=data, student_modality=student_modality, skip_bad_rows=skip_bad_rows,
                  teacher_weights=teacher_weights, augment=augment, method=method,
-                 self_training_control=self_training_control, compile=compile)
+                 self_training_control=self_training_control, teacher_fusion=teacher_fusion, compile=compile)
     from distill_export import distributed as ddp
 
     if nproc is not None and not ddp.launched_by_torchrun():
@@ -342,7 +343,8 @@ def train_teacher_cmd(
     out_dir: Out = None, config: ConfigFile = None, recipe: Recipe = None, teacher: Teacher = None,
     device: Device = None, seed: Seed = None, teacher_epochs: TeacherEpochs = None,
     label_fraction: LabelFraction = None, data: Data = None, student_modality: StudentModality = None,
-    skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, quiet: Quiet = False,
+    skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, teacher_fusion: Fusion = None,
+    quiet: Quiet = False,
 ):
     """Stage 1: train the multimodal teacher (or evaluate --teacher) into a new run directory."""
     from distill_export.pipeline import stage_train_teacher
@@ -350,7 +352,8 @@ def train_teacher_cmd(
 
     cfg = _load(recipe, config, out=out_dir, teacher=teacher, device=device, seed=seed,
                 teacher_epochs=teacher_epochs, label_fraction=label_fraction, data=data,
-                student_modality=student_modality, skip_bad_rows=skip_bad_rows, teacher_weights=teacher_weights)
+                student_modality=student_modality, skip_bad_rows=skip_bad_rows, teacher_weights=teacher_weights,
+                teacher_fusion=teacher_fusion)
     from distill_export.pipeline import preflight
 
     preflight(cfg)

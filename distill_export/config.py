@@ -54,7 +54,10 @@ class TeacherConfig:
     lr: float = 3e-3
     batch_size: int = 64
     width: int = 16
-    modality_dropout: float = 0.5  # zero one modality per sample while training
+    modality_dropout: float = 0.5  # zero one modality per sample while training (concat fusion)
+    # How the teacher combines modalities (nets/teacher.py TEACHER_FUSIONS): "concat" (embeddings
+    # concatenated, one MLP) or "late" (a product of per-modality experts, log-softmaxes summed).
+    fusion: str = "concat"
 
 
 @dataclass
@@ -430,7 +433,8 @@ def validate_config(config: RunConfig) -> None:
         raise ConfigError(f"distill.teacher_view must be full or student, got {_show(config.distill.teacher_view)}")
     choices = {"data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
                "distill.augment": ("none", "shift"), "data.streaming": ("auto", "on", "off"),
-               "data.pin_memory": ("auto", "true", "false"), "distill.amp": ("bf16", "off")}
+               "data.pin_memory": ("auto", "true", "false"), "distill.amp": ("bf16", "off"),
+               "teacher.fusion": ("concat", "late")}
     for key, allowed in choices.items():
         value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
         if value not in allowed:

@@ -81,7 +81,8 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
         else:
             training = train_teacher(config, data, device, run.file("teacher.pt"), quiet,
                                      checkpoint=_checkpoint(config, run, "teacher"))
-        teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights).to(device)
+        teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights,
+                               strict=bool(config.teacher.path)).to(device)
         metrics = evaluate_teacher(teacher, data, device)
         # The modality gap: what the teacher knows from the student's modality alone.
         others = [m for m in data.modalities if m != config.data.student_modality]
@@ -94,7 +95,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
     run.update_report(
         dataset={"name": data.name, "class_names": data.class_names, **data.info},
         metrics={"teacher": metrics},
-        teacher={"training": training, "modality_probe": probe},
+        teacher={"training": training, "modality_probe": probe, "fusion": getattr(teacher, "fusion_name", "external")},
     )
 
 
@@ -120,12 +121,17 @@ def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, need
 def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> tuple[dict, object]:
     """An image-only teacher of the same size on the same labeled rows, distilled the same way:
     what the unlabeled rows give without the other modality."""
-    from distill_export.train_teacher import evaluate_teacher, load_teacher, train_teacher
+    from distill_export.train_teacher import evaluate_teacher, load_teacher, save_expert_teacher, train_teacher
 
     modality = config.data.student_modality
     path = run.file("control_teacher.pt")
-    training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ",
-                             checkpoint=_checkpoint(config, run, "control_teacher"))
+    if config.teacher.fusion == "late" and not config.teacher.path:
+        # The late teacher's image expert is that teacher (same seeded init, rows, steps and
+        # temperature scaling; tests/test_captioned_digits.py checks it): reuse, don't retrain.
+        training = save_expert_teacher(run.require("teacher.pt", "train-teacher"), modality, path)
+    else:
+        training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ",
+                                 checkpoint=_checkpoint(config, run, "control_teacher"))
     teacher = load_teacher(path, data).to(device)
     teacher_metrics = evaluate_teacher(teacher, data, device)
     student, info, _ = _distill_from(config, run, data, device, teacher, path, needs, quiet, "control ",
@@ -140,6 +146,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     from distill_export.distill import save_student, test_predictions, train_baseline
     from distill_export.methods import teacher_needs
     from distill_export.metrics import classification_metrics
+    from distill_export.nets.teacher import TEACHER_FUSIONS
     from distill_export.significance import compare
     from distill_export.train_teacher import load_teacher
 
@@ -149,7 +156,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     teacher_path = _teacher_path(config, run)
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
-    teacher = load_teacher(teacher_path, data, config.teacher.weights).to(device)
+    teacher = load_teacher(teacher_path, data, config.teacher.weights, strict=True).to(device)
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     with _timed(run, "distill"):
@@ -168,7 +175,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     preds = {name: test_predictions(m, data, modality, device) for name, m in models.items()}
     eye = np.eye(data.num_classes)
     metrics = {name: classification_metrics(eye[p], labels, data.num_classes) for name, p in preds.items()}
-    teacher_name = str(config.teacher.path) if config.teacher.path else f"fusion_teacher({'+'.join(sorted(data.modalities))})"
+    teacher_name = (str(config.teacher.path) if config.teacher.path
+                    else f"{TEACHER_FUSIONS[config.teacher.fusion][0]}({'+'.join(sorted(data.modalities))})")
     save_student(run.file("baseline.pt"), baseline, config, data, teacher_name, {"student": config.student.name, "role": "baseline"})
     save_student(run.file("student.pt"), student, config, data, teacher_name, {"student": config.student.name, "role": "kd"})
     teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
@@ -354,7 +362,9 @@ def preflight(config: RunConfig) -> None:
     check_compile(config, resolve_device(config.device))  # --device cuda without a GPU fails here
     src = config.data.source
     if src.endswith((".csv", ".jsonl")) and not Path(src).expanduser().is_file():
-        raise DataError(f"manifest {src} does not exist")
+        from distill_export.data.manifest import missing_manifest
+
+        raise DataError(missing_manifest(Path(src).expanduser()))
     check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it
     if config.teacher.path:
         from distill_export.errors import CheckpointError

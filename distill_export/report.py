@@ -186,6 +186,20 @@ def kd_verdict(report: dict) -> str:
     return f"{text} Setting: {setting}."
 
 
+FUSION_WORDS = {
+    "concat": "concat (modality embeddings concatenated, one MLP)",
+    "late": "late (a product of per-modality experts: their log-softmaxes summed)",
+}
+
+
+def teacher_fusion_line(report: dict) -> str:
+    """Which teacher fusion ran ("" for reports from before teacher.fusion existed)."""
+    fusion = report.get("teacher", {}).get("fusion")
+    if not fusion:
+        return ""
+    return f"Teacher fusion: {FUSION_WORDS.get(fusion, fusion)}."
+
+
 def _modality_gap_note(report: dict) -> str:
     """Why distillation can or cannot pay here: what the teacher knows from the student's modality."""
     probe = report.get("teacher", {}).get("modality_probe") or {}
@@ -343,6 +357,8 @@ def render_markdown(report: dict, plots: list[Path], note: str = "") -> str:
     if "kd_gain" in report:
         parts += [f"**kd_gain** = student − baseline = {100 * report['kd_gain']:+.2f} points. {kd_verdict(report)}", ""]
         parts += [_modality_gap_note(report), ""]
+    if teacher_fusion_line(report):
+        parts += [teacher_fusion_line(report), ""]
     probe = report.get("teacher", {}).get("modality_probe")
     if probe:
         parts += ["Teacher accuracy with one modality zeroed (the modality gap): "
@@ -394,6 +410,8 @@ def render_html(report: dict, plots: list[Path], note: str = "") -> str:
     if "kd_gain" in report:
         sections.append(f"<p><b>kd_gain</b> = {100 * report['kd_gain']:+.2f} points. {esc(kd_verdict(report))}</p>")
         sections.append(f"<p>{esc(_modality_gap_note(report))}</p>")
+    if teacher_fusion_line(report):
+        sections.append(f"<p>{esc(teacher_fusion_line(report))}</p>")
     probe = report.get("teacher", {}).get("modality_probe")
     if probe:
         sections.append("<p>Teacher accuracy with one modality zeroed (the modality gap): "

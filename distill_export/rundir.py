@@ -142,6 +142,8 @@ class RunDir:
             return
         for label in STAGE_CHECKPOINTS.get(stage, ()):
             self.checkpoint_path(label).unlink(missing_ok=True)
+            for part in folder.glob(f"{label}.*.pt"):  # per-part checkpoints (a late-fusion teacher's experts)
+                part.unlink(missing_ok=True)
             for tmp in folder.glob(f".{label}.pt.*.tmp"):  # left by a kill during a write
                 tmp.unlink(missing_ok=True)
         try:

@@ -8,26 +8,31 @@ import torch.nn.functional as F
 from distill_export import distributed as ddp
 from distill_export import speed
 from distill_export.data import Dataset
+from distill_export.errors import ConfigError
 from distill_export.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.encoders import encoder_input_size
-from distill_export.nets.teacher import FusionTeacher
+from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher, teacher_class
 from distill_export.train import TrainSpec, predict, train_loop
 
 
-def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalities=None) -> dict:
+def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalities=None, fusion: str = "concat") -> dict:
     specs = {m: s for m, s in data.modalities.items() if modalities is None or m in modalities}
-    return {
+    kwargs = {
         "modalities": {m: encoder_input_size(spec) for m, spec in specs.items()},
         "num_classes": data.num_classes,
         "width": width,
         "modality_dropout": modality_dropout,
         "kinds": {m: spec.kind for m, spec in specs.items()},
     }
+    if fusion == "late":  # experts are trained one modality each: no modality to drop
+        del kwargs["modality_dropout"]
+    return kwargs
 
 
-def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeacher:
-    """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory."""
+def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool = False) -> FusionTeacher:
+    """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory.
+    strict (a teacher the user gave): every data column must be one the teacher reads, as it was built."""
     from distill_export.errors import CheckpointError
     from distill_export.nets.external import is_external_teacher, load_external_teacher
 
@@ -38,9 +43,15 @@ def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeach
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; a teacher is a distill-export checkpoint (.pt), a torch.export "
                               "program (.pt2) or package.module:factory") from None
-    model = load_state(FusionTeacher(**payload["arch_kwargs"]), payload["state_dict"], path)
+    try:
+        cls = teacher_class(payload.get("arch", "fusion_teacher"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc} (known: {', '.join(a for a, _ in TEACHER_FUSIONS.values())})") from None
+    model = load_state(cls(**payload["arch_kwargs"]), payload["state_dict"], path)
     if data is not None:
         kw = payload["arch_kwargs"]
+        if strict:
+            check_teacher_columns(path, kw, data)
         shapes = payload.get("meta", {}).get("input_shapes", {})
         for m, shape in shapes.items():
             if m in data.modalities and tuple(shape) != tuple(data.modalities[m].shape):
@@ -54,6 +65,24 @@ def load_teacher(path, data: Dataset | None = None, weights=None) -> FusionTeach
         if missing:
             raise CheckpointError(f"teacher {path} needs modalities the data lacks: {sorted(missing)}")
     return model.eval()
+
+
+def check_teacher_columns(path, arch_kwargs: dict, data: Dataset) -> None:
+    """A column the teacher was not built for (one it has no encoder for, or text read another
+    way than in training) fails with one line naming the manifest's header row."""
+    from distill_export.errors import DataError
+
+    where = f"{data.info['manifest']}:1" if data.info.get("manifest") else f"dataset {data.name}"
+    kinds = arch_kwargs.get("kinds") or {}
+    for m, spec in data.modalities.items():
+        if m not in arch_kwargs["modalities"]:
+            raise DataError(f"{where}: column {m!r} is not one teacher {path} was built for (it reads "
+                            f"{', '.join(sorted(arch_kwargs['modalities']))}); drop the column or train a teacher on it")
+        built = kinds.get(m)
+        if built and built != spec.kind:
+            how = {"text": "hashed text (data.text_encoder=hashed)", "vector": "embedding vectors (e.g. data.text_encoder=wordllama)"}
+            raise DataError(f"{where}: column {m!r} is read as {how.get(spec.kind, spec.kind)}, but teacher {path} "
+                            f"was built for {how.get(built, built)}")
 
 
 def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | tuple[str, ...] | None = None) -> dict:
@@ -72,8 +101,9 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
     `checkpoint` (train.Checkpoint) is written every epoch and resumed from when present."""
     cfg = config.teacher
     torch.manual_seed(config.seed)
-    kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities)
-    teacher = FusionTeacher(**kwargs).to(device)
+    kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities, cfg.fusion)
+    arch, cls = TEACHER_FUSIONS[cfg.fusion]
+    teacher = cls(**kwargs).to(device)
     train = data.train.subset(data.train.labeled.nonzero().squeeze(1))
     x = {m: v.to(device) for m, v in train.inputs.items()}
     y = train.labels.to(device)
@@ -93,15 +123,93 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
 
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train),
                      autocast=speed.autocast_on(config, device))
-    result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet, checkpoint=checkpoint,
-                        fetch=fetch)
+    if cfg.fusion == "late":
+        if fetch is not None or ddp.is_distributed():
+            # The experts train one at a time on in-memory tensors (_train_experts); a streamed
+            # or multi-process late teacher is not built yet.
+            raise ConfigError("teacher.fusion=late trains in one process on in-memory data: use "
+                              "data.streaming=off and no --nproc/torchrun, or teacher.fusion=concat")
+        result = _train_experts(teacher, x, y, val_x, data.val.labels, spec, label, quiet, checkpoint)
+    else:
+        result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet,
+                            checkpoint=checkpoint, fetch=fetch)
     save_checkpoint(
-        out_path, teacher, kind="teacher", arch="fusion_teacher", arch_kwargs=kwargs,
+        out_path, teacher, kind="teacher", arch=arch, arch_kwargs=kwargs,
         meta={
             "class_names": data.class_names,
             "dataset": data.name,
             "best_epoch": result.best_epoch,
+            "fusion": cfg.fusion,
+            **({"experts": result.experts} if cfg.fusion == "late" else {}),
             "input_shapes": {m: list(spec.shape) for m, spec in data.modalities.items() if m in kwargs["modalities"]},
         },
     )
-    return {"best_epoch": result.best_epoch, "history": result.history}
+    info = {"best_epoch": result.best_epoch, "history": result.history}
+    if cfg.fusion == "late":
+        info["expert_temperatures"] = dict(zip(teacher.modality_names, teacher.temperatures.tolist()))
+        info["experts"] = result.experts  # modality -> its best epoch and val accuracy
+    return info
+
+
+def save_expert_teacher(teacher_path, modality: str, out_path) -> dict:
+    """Save one expert of a late-fusion teacher as a single-modality teacher. Experts are trained
+    alone from the same seeded init, so this is the image-only teacher train_teacher would train
+    on the same rows (the self-training control), without training it again."""
+    from distill_export.nets.teacher import LateFusionTeacher
+
+    payload = load_checkpoint(teacher_path, kind="teacher")
+    kw = payload["arch_kwargs"]
+    full = load_state(LateFusionTeacher(**kw), payload["state_dict"], teacher_path)
+    one = {**kw, "modalities": {modality: kw["modalities"][modality]}, "kinds": {modality: kw["kinds"][modality]}}
+    expert = LateFusionTeacher(**one)
+    expert.encoders[modality].load_state_dict(full.encoders[modality].state_dict())
+    expert.heads[modality].load_state_dict(full.heads[modality].state_dict())
+    expert.temperatures[0] = full.temperatures[full.modality_names.index(modality)]
+    meta = payload["meta"]
+    trained = meta.get("experts", {}).get(modality, {})
+    save_checkpoint(out_path, expert, kind="teacher", arch="late_fusion_teacher", arch_kwargs=one,
+                    meta={**meta, "best_epoch": trained.get("best_epoch"), "experts": {modality: trained},
+                          "input_shapes": {modality: meta["input_shapes"][modality]}})
+    return {"expert_of": str(teacher_path), **trained,
+            "expert_temperatures": {modality: float(expert.temperatures[0])}}
+
+
+def _train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint):
+    """Late fusion: each expert trained alone on the labeled rows, keeping its own best epoch on
+    val, then its temperature fitted on val (NLL), so no expert's overconfidence (a text expert
+    fitted to 50 captions) outvotes the others in the product. Returns the last expert's
+    TrainResult (its history), with every expert's best epoch and val accuracy in `.experts`."""
+    import torch.nn.functional as F
+
+    from distill_export.train import Checkpoint
+
+    device = y.device
+    best = {}
+    result = None
+    for m in teacher.modality_names:
+        # Each expert starts from the same seeded init whatever the other modalities are, so the
+        # self-training control's image-only teacher is exactly this teacher's image expert.
+        torch.manual_seed(spec.seed)
+        for part in (*teacher.encoders[m].modules(), teacher.heads[m]):
+            if hasattr(part, "reset_parameters"):
+                part.reset_parameters()
+
+        def batch_loss(rows, m=m):
+            rows = rows.to(device)
+            return F.cross_entropy(teacher.expert(m, x[m][rows]), y[rows])
+
+        def val_accuracy(m=m):
+            _, logits = predict(lambda v: (v, teacher.expert(m, v)), val_x[m], len(val_y))
+            return float((logits.argmax(1) == val_y).float().mean())
+
+        ckpt = checkpoint and Checkpoint(checkpoint.path.with_name(f"{checkpoint.path.stem}.{m}.pt"), f"{checkpoint.key}:{m}")
+        result = train_loop([teacher.encoders[m], teacher.heads[m]], batch_loss, len(y), val_accuracy, spec,
+                            f"{label.strip()} ({m}) ", quiet, checkpoint=ckpt)
+        best[m] = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
+    teacher.eval()
+    with torch.no_grad():
+        val_logits = {m: predict(lambda v, m=m: (v, teacher.expert(m, v)), val_x[m], len(val_y))[1]
+                      for m in teacher.modality_names}
+    teacher.calibrate(val_logits, val_y)
+    result.experts = best
+    return result

@@ -224,6 +224,7 @@ FLAGS = {
     "skip_bad_rows": (["--skip-bad-rows"], "data.skip_bad_rows", True),
     "augment": (["--augment", "shift"], "distill.augment", "shift"),
     "method": (["--method", "dkd"], "distill.method", "dkd"),
+    "teacher_fusion": (["--teacher-fusion", "late"], "teacher.fusion", "late"),
     # (the demo recipe turns the control on, so the flag that changes it is the negative one)
     "self_training_control": (["--no-self-training-control"], "distill.self_training_control", False),
     "opset": (["--opset", "19"], "export.opset", 19),

@@ -10,10 +10,10 @@ from distill_export.errors import ConfigError
 
 
 def test_shipped_recipes():
-    assert {"avdigits", "avmnist"} <= set(recipe_names())
+    assert {"avdigits", "avmnist", "captioned_digits"} <= set(recipe_names())
 
 
-@pytest.mark.parametrize("name", ["avdigits", "avmnist"])
+@pytest.mark.parametrize("name", ["avdigits", "avmnist", "captioned_digits"])
 def test_every_recipe_names_data_teacher_student_and_hyper_parameters(name):
     raw = yaml.safe_load(recipe_path(name).read_text())
     assert {"description", "data", "student", "distill"} <= set(raw)
@@ -27,6 +27,14 @@ def test_avmnist_recipe():
     assert cfg.data.student_modality == "image"
     assert cfg.data.max_train_rows == 3000
     assert cfg.student.name == "tiny_cnn"
+
+
+def test_captioned_digits_recipe():
+    cfg = load_config("captioned_digits")
+    assert cfg.data.source.endswith("captioned_digits/manifest.csv")
+    assert cfg.teacher.fusion == "late" and cfg.distill.self_training_control
+    assert round(cfg.data.label_fraction * 300) == 5  # 5 of each digit's 300 training rows
+    assert load_config("avdigits").teacher.fusion == "concat"  # the demo keeps today's fusion
 
 
 def test_flags_override_the_recipe(tmp_path):
@@ -46,7 +54,8 @@ def test_unknown_recipe_suggests():
 
 
 @pytest.mark.parametrize("key, value", [("data.image_mode", "cmyk"), ("distill.augment", "mixup"),
-                                        ("data.text_encoder", "bert"), ("data.max_train_rows", -1)])
+                                        ("data.text_encoder", "bert"), ("data.max_train_rows", -1),
+                                        ("teacher.fusion", "early")])
 def test_bad_new_values_are_named(key, value):
     with pytest.raises(ConfigError, match=key.split(".")[1]):
         load_config("avmnist", None, {key: value})

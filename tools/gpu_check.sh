@@ -99,6 +99,17 @@ else
     echo "demo         no report.json" >>"$OUT/summary.txt"
 fi
 
+# --- 5b. the late-fusion (product-of-experts) teacher on CUDA: experts trained one at a time,
+# temperatures fitted on val (train_teacher._train_experts); one epoch of the demo's image+audio.
+step late_fusion "${T_LATE:-60}" bash -c '
+    if command -v distill-export >/dev/null 2>&1; then
+        distill-export train-teacher --teacher-fusion late --teacher-epochs 1 --device cuda --out "$0/late-teacher" --quiet
+    else
+        "$1" -c "import sys; from distill_export.cli import main; sys.argv[0] = \"distill-export\"; sys.exit(main())" \
+            train-teacher --teacher-fusion late --teacher-epochs 1 --device cuda --out "$0/late-teacher" --quiet
+    fi' "$OUT" "$PY"
+[ -f "$OUT/late-teacher/report.json" ] && cp "$OUT/late-teacher/report.json" "$OUT/late-teacher-report.json"
+
 # --- 6. other checks that need a GPU ----------------------------------------------------
 # >>> export / TensorRT checks go here: tests marked `gpu` (tests that need TensorRT or
 # >>> onnxruntime-gpu must skip cleanly, since neither can be installed on this machine).

@@ -8,6 +8,13 @@ student, control) into a run directory and collects test accuracies and the pair
     python tools/kd_gain.py --seeds 0 1 2 --label-fractions 0.05 1.0 --out bench-results/kd_gain
 
 Any config key can be overridden: --set distill.method=hinton --set data.audio_snr_db=-5
+
+With --fusions (the default for the captioned_digits recipe: late concat) it prints one row per
+model instead, each seed a column: baseline, self-training control, KD from each teacher fusion,
+and the all-labels reference (the same student trained on every training label), plus per seed
+the paired comparisons (95% CI, McNemar p) and the share of the baseline -> all-labels gap closed:
+
+    python tools/kd_gain.py --recipe captioned_digits --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -33,7 +40,14 @@ def main() -> None:
                     help="default: the recipe's own, then 1.0 (all labels)")
     ap.add_argument("--set", action="append", default=[], help="dotted.key=value overrides")
     ap.add_argument("--out", default="bench-results/kd_gain")
+    ap.add_argument("--fusions", nargs="+", choices=("late", "concat"), default=None,
+                    help="one KD row per teacher fusion (the first also trains the self-training control); "
+                         "default for the captioned_digits recipe: late concat")
     args = ap.parse_args()
+    if args.fusions is None and args.recipe == "captioned_digits":
+        args.fusions = ["late", "concat"]
+    if args.fusions:
+        return fusion_rows(args)
 
     from distill_export.config import load_config
     from distill_export.pipeline import stage_distill, stage_train_teacher
@@ -99,6 +113,115 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "overrides": overrides, "runs": results,
                                                   "summary": summary}, indent=2))
+    (out / "kd_gain.md").write_text(text + "\n")
+
+
+def _overrides(args) -> dict:
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def fusion_rows(args) -> None:
+    """Per seed: one run per fusion (teacher, baseline, KD student; the first also the control),
+    then the all-labels reference (the baseline trained on every label). Rows = models."""
+    from distill_export.config import load_config
+    from distill_export.distill import load_student, test_predictions, train_baseline
+    from distill_export.pipeline import _setup, stage_distill, stage_train_teacher
+    from distill_export.rundir import RunDir
+    from distill_export.significance import compare
+
+    out = Path(args.out)
+    overrides = _overrides(args)
+    runs = []
+    for seed in args.seeds:
+        row = {"seed": seed, "val": {}, "teacher": {}, "probe": {}, "seconds": {}}
+        preds = {}
+        for i, fusion in enumerate(args.fusions):
+            cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "teacher.fusion": fusion,
+                                                         "distill.self_training_control": i == 0})
+            run = RunDir.create(out / f"{fusion}-seed{seed}")
+            run.save_config(cfg)
+            t0 = time.perf_counter()
+            stage_train_teacher(cfg, run, quiet=True)
+            stage_distill(cfg, run, quiet=True)
+            rep = run.load_report()
+            if i == 0:
+                row["baseline"] = rep["metrics"]["baseline"]["accuracy"]
+                row["self_training"] = rep["metrics"]["self_training"]["accuracy"]
+                row["control_teacher"] = rep["distill"]["self_training_control"]["teacher_accuracy"]
+                row["val"]["baseline"] = rep["distill"]["baseline_training"]["best_val_accuracy"]
+                row["val"]["self_training"] = rep["distill"]["self_training_control"]["student_training"]["best_val_accuracy"]
+                row["late_vs_control" if fusion == "late" else f"{fusion}_vs_control"] = \
+                    rep["comparisons"]["student_vs_self_training"]
+                data, device = _setup(cfg)
+                preds["baseline"] = test_predictions(load_student(run.file("baseline.pt"))[0], data, cfg.data.student_modality, device)
+                labels = data.test.labels.numpy()
+                label_fraction = cfg.data.label_fraction
+            row[f"kd_{fusion}"] = rep["metrics"]["student"]["accuracy"]
+            row["val"][f"kd_{fusion}"] = rep["distill"]["student_training"]["best_val_accuracy"]
+            row["teacher"][fusion] = rep["metrics"]["teacher"]["accuracy"]
+            row["probe"][fusion] = rep["teacher"]["modality_probe"]
+            row[f"kd_{fusion}_vs_baseline"] = rep["comparisons"]["student_vs_baseline"]
+            preds[f"kd_{fusion}"] = test_predictions(load_student(run.file("student.pt"))[0], data, cfg.data.student_modality, device)
+            row["seconds"][fusion] = round(time.perf_counter() - t0, 1)
+        # The all-labels reference: the same student, steps and init, every training label.
+        t0 = time.perf_counter()
+        cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": 1.0})
+        data, device = _setup(cfg)
+        ref, ref_info = train_baseline(cfg, data, device, quiet=True)
+        preds["all_labels"] = test_predictions(ref, data, cfg.data.student_modality, device)
+        row["all_labels"] = float((preds["all_labels"] == labels).mean())
+        row["val"]["all_labels"] = ref_info["best_val_accuracy"]
+        row["seconds"]["all_labels"] = round(time.perf_counter() - t0, 1)
+        if len(args.fusions) > 1:
+            a, b = (f"kd_{f}" for f in args.fusions[:2])
+            row[f"{a}_vs_{b}"] = compare(preds[a], preds[b], labels, seed=seed)
+        gap = row["all_labels"] - row["baseline"]
+        row["gap_closed"] = {f: ((row[f"kd_{f}"] - row["baseline"]) / gap if gap > 0 else None) for f in args.fusions}
+        row["gap_closed"]["self_training"] = (row["self_training"] - row["baseline"]) / gap if gap > 0 else None
+        runs.append(row)
+        print(json.dumps(row, default=float), flush=True)
+
+    names = [("baseline", "baseline (labels only)"), ("self_training", f"self-training control ({args.fusions[0]}, image only)")]
+    names += [(f"kd_{f}", f"KD from the {f}-fusion teacher") for f in args.fusions]
+    names += [("all_labels", "all-labels reference")]
+    seeds = [r["seed"] for r in runs]
+    lines = [
+        f"{args.recipe}, labels kept: {label_fraction:g} (overrides: {overrides}); {platform.node()} "
+        f"{platform.machine()}, {time.strftime('%Y-%m-%d')}. Test accuracy (%); validation accuracy in brackets.",
+        "",
+        "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    for key, label in names:
+        cells = [f"{100 * r[key]:.1f} ({100 * r['val'][key]:.1f})" for r in runs]
+        m, sd = _mean_std([100 * r[key] for r in runs])
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {m:.1f} ± {sd:.1f} |")
+    for f in args.fusions:
+        cells = [f"{100 * r['teacher'][f]:.1f}" for r in runs]
+        m, sd = _mean_std([100 * r["teacher"][f] for r in runs])
+        lines.append(f"| teacher ({f} fusion, image + caption) | " + " | ".join(cells) + f" | {m:.1f} ± {sd:.1f} |")
+    lines += ["", "Paired comparisons per seed (points, 95% paired-bootstrap CI, McNemar p):", ""]
+    first = args.fusions[0]
+    for key, label in ([(f"{first}_vs_control", f"KD ({first}) − self-training control")]
+                       + [(f"kd_{f}_vs_baseline", f"KD ({f}) − baseline") for f in args.fusions]
+                       + ([(f"kd_{args.fusions[0]}_vs_kd_{args.fusions[1]}", f"KD ({args.fusions[0]}) − KD ({args.fusions[1]})")]
+                          if len(args.fusions) > 1 else [])):
+        parts = [f"seed {r['seed']}: {100 * r[key]['gain']:+.1f} [{100 * r[key]['ci95'][0]:+.1f}, "
+                 f"{100 * r[key]['ci95'][1]:+.1f}], p={r[key]['p_value']:.2g}" for r in runs]
+        lines.append(f"- {label}: " + "; ".join(parts))
+    for f in [*args.fusions, "self_training"]:
+        closed = [r["gap_closed"][f] for r in runs]
+        lines.append(f"- share of the baseline → all-labels gap closed by {f}: "
+                     + ", ".join("n/a" if c is None else f"{100 * c:.0f}%" for c in closed))
+    text = "\n".join(lines)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "overrides": overrides, "fusions": args.fusions,
+                                                  "runs": runs}, indent=2, default=float))
     (out / "kd_gain.md").write_text(text + "\n")
 
 

@@ -67,11 +67,26 @@ def resolve_manifest(source: str) -> Path:
                 return path / name
         raise DataError(f"no manifest.csv or manifest.jsonl in {path}")
     if not path.is_file():
-        hint = " (tools/prepare_avmnist.py writes the AV-MNIST one)" if "avmnist" in str(path) else ""
-        raise DataError(f"manifest {path} does not exist{hint}")
+        raise DataError(missing_manifest(path))
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"manifest {path} must be a .csv or .jsonl file")
     return path
+
+
+# The shipped recipes' manifests are built by a tool: a missing one says which.
+BUILDERS = {
+    "avmnist": "python tools/prepare_avmnist.py --mnist ../shared/data/mnist --fsdd ../shared/data/fsdd/recordings",
+    "captioned_digits": "python tools/make_captioned_digits.py --mnist ../shared/data/mnist",
+}
+
+
+def missing_manifest(path: str | Path) -> str:
+    """The one-line error for a manifest that is not there, with the command that builds it."""
+    path = Path(path)
+    for name, command in BUILDERS.items():
+        if name in str(path):
+            return f"manifest {path} does not exist; build it with: {command} --out {path.parent}"
+    return f"manifest {path} does not exist"
 
 
 # ----- parsing -------------------------------------------------------------------------------
@@ -152,7 +167,7 @@ def _check_cells(row: Row) -> str | None:
         return f"missing label in the {row.split} split (unlabeled rows serve distillation only, so belong to train)"
     for col, value in row.cells.items():
         if not value:
-            return f"empty {col!r} cell"
+            return f"empty {col!r} cell"  # every row's cells feed the teacher (targets, scores)
     return None
 
 
@@ -249,6 +264,14 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
     modalities, columns, rows, problems = read_rows(path)
     has_split = "split" in columns
     kinds = {m: loaders.kind_of_column(m, [r.cells[m] for r in rows[:50]]) for m in modalities}
+
+    text_columns = [m for m in modalities if kinds[m] == "text"]
+    if text_columns and str(getattr(config, "text_encoder", "hashed")).lower() == "wordllama" and rows:
+        try:
+            import wordllama  # noqa: F401  (optional; the wheel ships its weights)
+        except ImportError:
+            raise DataError(f"{path}:{rows[0].line}: text column {text_columns[0]!r}: data.text_encoder=wordllama "
+                            "is not installed (pip install 'distill-export[wordllama]', or text_encoder: hashed)") from None
 
     good = []
     for row in rows:

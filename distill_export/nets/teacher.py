@@ -1,8 +1,14 @@
-"""The multimodal fusion teacher: one conv encoder per modality, fused by an MLP."""
+"""The multimodal teachers, one per fusion (TEACHER_FUSIONS, config teacher.fusion):
+
+  concat: one encoder per modality, embeddings concatenated, fused by an MLP (FusionTeacher);
+  late:   a product of per-modality experts, log p(y|x) = Σ_m log p_m(y|x_m) + const
+          (LateFusionTeacher), each expert trained on its own modality.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill_export.nets.students import conv_bn
@@ -26,12 +32,14 @@ class ConvEncoder(nn.Module):
 
 
 class FusionTeacher(nn.Module):
-    """Late fusion: concat(encoder_m(x_m) for m in modalities) -> MLP -> fused features -> logits.
+    """Concat fusion: concat(encoder_m(x_m) for m in modalities) -> MLP -> fused features -> logits.
 
     Modality dropout (training only) zeroes a whole modality's embedding for a random
     subset of samples, so the teacher cannot lean on one modality alone and its image
     pathway stays informative: that is the knowledge an image-only student can absorb.
     """
+
+    fusion_name = "concat"  # teacher.fusion; named in the report
 
     def __init__(
         self,
@@ -76,6 +84,10 @@ class FusionTeacher(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.forward_features(inputs)[1]
 
+    def loss(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """The training loss on labeled rows: CE of the fused logits."""
+        return F.cross_entropy(self(inputs), labels)
+
     def _drop_modalities(self, embeds: list[torch.Tensor]) -> list[torch.Tensor]:
         batch = embeds[0].shape[0]
         drop = torch.rand(batch, device=embeds[0].device) < self.modality_dropout
@@ -84,3 +96,82 @@ class FusionTeacher(nn.Module):
         return [
             e * (~(drop & (which == i))).to(e.dtype).unsqueeze(1) for i, e in enumerate(embeds)
         ]
+
+
+class LateFusionTeacher(nn.Module):
+    """Late fusion, a product of experts: one classifier per modality (encoder -> linear head),
+    logits = Σ_m log_softmax(expert_m(x_m) / T_m), so softmax(logits) ∝ Π_m p_m(y | x_m).
+
+    Each expert is trained on its own modality (loss = Σ_m CE(expert_m)), then its temperature
+    T_m is fitted on val (calibrate). The image expert keeps its own view of every sample and
+    the text (or audio) expert only sharpens or re-ranks it: the soft targets do not carry the
+    other modality's confusions in place of the image's. A dropped modality's expert is left
+    out of the sum (a uniform factor).
+    """
+
+    fusion_name = "late"
+
+    def __init__(self, modalities: dict[str, int], num_classes: int, width: int = 16,
+                 kinds: dict[str, str] | None = None):
+        from distill_export.nets.encoders import encoder_for
+
+        super().__init__()
+        self.modality_names = sorted(modalities)
+        kinds = kinds or {}
+        self.encoders = nn.ModuleDict(
+            {m: encoder_for(kinds.get(m, "image"), modalities[m], width) for m in self.modality_names}
+        )
+        self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, num_classes) for m in self.modality_names})
+        self.feature_dim = sum(e.out_dim for e in self.encoders.values())
+        self.num_classes = num_classes
+        # One temperature per expert (modality_names order), fitted on val after training
+        # (calibrate); part of the state dict, so the checkpoint and the ONNX export carry it.
+        self.register_buffer("temperatures", torch.ones(len(self.modality_names)))
+
+    def expert(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) input of modality m -> (B, C) raw logits of its expert (before the temperature)."""
+        return self.heads[m](self.encoders[m](x))
+
+    def expert_logits(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """modality -> (B, C) calibrated logits of that modality's expert."""
+        return {m: self.expert(m, inputs[m]) / self.temperatures[i] for i, m in enumerate(self.modality_names)}
+
+    @torch.no_grad()
+    def calibrate(self, val_logits: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """Temperature scaling (Guo et al., ICML 2017) per expert: the T on a fixed log grid
+        (0.1 .. 20) that minimises the expert's NLL on the labeled validation rows."""
+        grid = torch.logspace(-1, 1.3, 93)
+        for i, m in enumerate(self.modality_names):
+            z = val_logits[m].float().cpu()  # (N, C)
+            nll = torch.stack([F.cross_entropy(z / t, labels.cpu()) for t in grid])
+            self.temperatures[i] = grid[int(nll.argmin())]
+
+    def forward_features(
+        self, inputs: dict[str, torch.Tensor], drop: tuple[str, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds = {m: self.encoders[m](inputs[m]) for m in self.modality_names}  # each (B, 4w)
+        feats = torch.cat([torch.zeros_like(e) if m in drop else e for m, e in embeds.items()], dim=1)
+        kept = [F.log_softmax(self.heads[m](e) / self.temperatures[i], dim=1)
+                for i, (m, e) in enumerate(embeds.items()) if m not in drop]  # each (B, C)
+        # Every expert dropped: no evidence, a uniform distribution (log-probs all equal).
+        logits = torch.stack(kept).sum(0) if kept else feats.new_zeros(feats.shape[0], self.num_classes)
+        return feats, logits
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward_features(inputs)[1]
+
+    def loss(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Each expert learns alone: Σ_m CE(expert_m(x_m), y), not CE of the product.
+        (train_teacher trains them one at a time, each with its own best epoch.)"""
+        return sum(F.cross_entropy(self.expert(m, inputs[m]), labels) for m in self.modality_names)
+
+
+# fusion name -> (checkpoint arch, class). A checkpoint's arch picks the class when it is loaded.
+TEACHER_FUSIONS = {"concat": ("fusion_teacher", FusionTeacher), "late": ("late_fusion_teacher", LateFusionTeacher)}
+
+
+def teacher_class(arch: str) -> type[nn.Module]:
+    for name, cls in TEACHER_FUSIONS.values():
+        if name == arch:
+            return cls
+    raise ValueError(f"unknown teacher architecture {arch!r}")
