@@ -262,7 +262,7 @@ def run(
             _run_rank(recipe, config, flags, quiet, resume)
         finally:
             ddp.shutdown()
-        return
+        ddp.exit_after_success()
     if resume is not None:
         rd, cfg = _resume_config(resume, recipe, config, flags)
         with rd.lock():  # a run still going in that directory is not resumed under its feet

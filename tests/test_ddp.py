@@ -72,9 +72,10 @@ def one_step(method: str) -> dict:
 
 
 def _rank_main(rank: int, world: int, port: int, method: str, out: str, local_means: bool = False) -> None:
+    import distill_export.distributed as ddp
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if local_means:  # what a loss without distributed.global_count/row_share would compute
-        import distill_export.distributed as ddp
         import distill_export.methods.ce as ce
         import distill_export.methods.pseudo_label as pl
 
@@ -88,6 +89,7 @@ def _rank_main(rank: int, world: int, port: int, method: str, out: str, local_me
             torch.save(state, out)
     finally:
         torch.distributed.destroy_process_group()
+    ddp.exit_after_success()  # the gloo teardown race at interpreter exit (see there)
 
 
 def free_port() -> int:
