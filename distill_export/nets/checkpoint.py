@@ -56,3 +56,19 @@ def load_state(model: nn.Module, state_dict: dict, path: str | Path) -> nn.Modul
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"{path} does not fit the model: {first[:200]}") from None
     return model
+
+
+def read_state_file(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A bare state_dict from .safetensors or a torch.save'd file (weights_only: never unpickles
+    code); `what` names the file in the one-line CheckpointError ("--student-init x.pt")."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{what} is not a readable state_dict: {first[:200]}") from None

@@ -87,17 +87,9 @@ def load_weights(net: nn.Module, path) -> nn.Module:
     from distill_export.nets.checkpoint import load_state
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"teacher weights {path} do not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from distill_export.nets.checkpoint import read_state_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path} is not a readable state_dict: {str(exc).strip()[:200]}") from None
+    state = read_state_file(path, f"teacher weights {path}")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -26,18 +26,9 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"--student-init {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from distill_export.nets.checkpoint import read_state_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"--student-init {path} is not a readable state_dict: {first[:200]}") from None
+    state = read_state_file(path, f"--student-init {path}")
     for wrapper in ("state_dict", "model"):  # our checkpoints and timm's training checkpoints
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

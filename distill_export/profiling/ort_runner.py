@@ -62,13 +62,20 @@ def ort_bench(model: str, fmt: str, path: str | Path, backend: Backend, info: di
         fixed = static_batch(sess)
         if fixed is not None and fixed != batch:
             raise BackendUnavailable(f"{Path(path).name} has a fixed batch of {fixed}")
-        rng = np.random.default_rng(0)
-        feed = {}
-        for name, shape, dtype in input_specs(sess, path, input_shape):
-            if np.issubdtype(dtype, np.floating):
-                feed[name] = rng.standard_normal((batch, *shape)).astype(dtype)
-            else:
-                feed[name] = np.zeros((batch, *shape), dtype=dtype)
+        feed = random_feed(sess, path, batch, input_shape)
         return lambda: sess.run(None, feed)
 
     return Bench(model, backend.label, fmt, make, backend.device, dict(info))
+
+
+def random_feed(sess, path, batch: int, input_shape=None) -> dict[str, np.ndarray]:
+    """One seeded batch per input of a session (ONNX Runtime or OpenVINO's wrapper): normal
+    noise for float inputs, zeros (padding ids) for integer ones; (batch, *shape) each."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for name, shape, dtype in input_specs(sess, path, input_shape):
+        if np.issubdtype(dtype, np.floating):
+            feed[name] = rng.standard_normal((batch, *shape)).astype(dtype)
+        else:
+            feed[name] = np.zeros((batch, *shape), dtype=dtype)
+    return feed
