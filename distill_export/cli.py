@@ -421,6 +421,9 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
     best = summary["best"]
     out.print(f"best of {summary['completed']} trials ({summary['pruned']} pruned, {summary['seconds']:.0f} s): "
               f"{best['method']}, validation accuracy {100 * best['val_accuracy']:.1f}%")
+    from distill_export.tune import versus_baseline
+
+    out.print(versus_baseline(best["val_accuracy"], summary["baseline_val_accuracy"]), highlight=False)
     out.print(f"config: {path}  (use: distill-export run --config {path})", highlight=False)
 
 

@@ -70,7 +70,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     """Run the study; write the best config (YAML) and every trial (tune.json). Returns the summary."""
     import optuna
 
-    from distill_export.distill import train_student
+    from distill_export.distill import train_baseline, train_student
     from distill_export.methods import term_specs
     from distill_export.pipeline import _setup, _teacher_path
     from distill_export.teacher_cache import teacher_targets
@@ -110,6 +110,11 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         best = f"{100 * study.best_value:.1f}%" if done else "-"
         console.print(f"trial {trial.number + 1}: {trial.params.get('method')} {value} (best {best})")
 
+    # The reference every objective must beat: the labels-only baseline (the same one `distill`
+    # trains: labeled rows, the student's steps), on the same validation split. Without it a
+    # study always names a winner, even where no distillation pays (AV-MNIST with all labels).
+    _, baseline = train_baseline(config, data, device, quiet=True, augment=targets.augment)
+    baseline_val = baseline["best_val_accuracy"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=config.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.distill.epochs // 3))
@@ -127,16 +132,28 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         "split": "validation", "trials": len(study.trials), "completed": len(completed),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "seconds": round(time.perf_counter() - start, 1),
+        "baseline_val_accuracy": baseline_val,
+        "beats_baseline": best.value > baseline_val,
         "all": [{"number": t.number, "state": t.state.name, "params": t.params, "val_accuracy": t.value}
                 for t in study.trials],
     }
     header = (f"# distill-export tune: best of {len(completed)} completed trials on the validation split\n"
               f"# (val accuracy {100 * best.value:.1f}%, method {best.params['method']}). Use: "
-              f"distill-export run --config {out_path.name}\n")
+              f"distill-export run --config {out_path.name}\n"
+              f"# {versus_baseline(best.value, baseline_val)}\n")
     write_text(out_path, header + yaml.safe_dump({"distill": {"terms": best_terms}}, sort_keys=False))
     write_text(run.file("tune.json"), json.dumps(summary, indent=2))
     term_specs(_with_terms(config, best_terms).distill)  # the written file loads
     return summary
+
+
+def versus_baseline(best: float, baseline: float) -> str:
+    """One line comparing the best objective with the labels-only baseline on validation."""
+    gap = 100 * (best - baseline)
+    if gap > 0:
+        return f"labels-only baseline on validation: {100 * baseline:.1f}% ({gap:+.1f} points for the best objective)"
+    return (f"no objective beat the labels-only baseline on validation ({100 * best:.1f}% vs "
+            f"{100 * baseline:.1f}%): distillation is unlikely to pay on this data")
 
 
 def _with_terms(config, terms: list[dict]):

@@ -46,6 +46,11 @@ def test_tune_writes_a_config_run_accepts_and_never_reads_the_test_split(run_cop
     assert {t["params"]["method"] for t in summary["all"]} <= {"hinton", "pseudo_label"}
     best = max(t["val_accuracy"] for t in summary["all"] if t["state"] == "COMPLETE")
     assert summary["best"]["val_accuracy"] == best
+    # The reference is the run's own labels-only baseline: the same training as `distill`'s
+    baseline_val = json.loads((run_copy / "report.json").read_text())["distill"]["baseline_training"]["best_val_accuracy"]
+    assert summary["baseline_val_accuracy"] == baseline_val
+    assert summary["beats_baseline"] == (best > baseline_val)
+    assert "labels-only baseline on validation" in out.read_text().splitlines()[2]
     terms = yaml.safe_load(out.read_text())["distill"]["terms"]
     assert terms == summary["best"]["terms"] and terms[0]["name"] == "ce"
     config = load_config("avdigits", out)  # what `run --config best.yaml` loads
