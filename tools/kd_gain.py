@@ -50,8 +50,6 @@ def main() -> None:
         return fusion_rows(args)
 
     from distill_export.config import load_config
-    from distill_export.pipeline import stage_distill, stage_train_teacher
-    from distill_export.rundir import RunDir
 
     overrides = {"distill.self_training_control": True}
     for item in args.set:
@@ -66,12 +64,8 @@ def main() -> None:
     for fraction in fractions:
         for seed in args.seeds:
             cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": fraction})
-            run = RunDir.create(out / f"lf{fraction}-seed{seed}")
-            run.save_config(cfg)
             t0 = time.perf_counter()
-            stage_train_teacher(cfg, run, quiet=True)
-            stage_distill(cfg, run, quiet=True)
-            rep = run.load_report()
+            run, rep = teacher_and_distill(cfg, out / f"lf{fraction}-seed{seed}")
             comp = rep["comparisons"]
             row = {
                 "label_fraction": fraction, "seed": seed, "method": rep["distill"]["method"],
@@ -116,6 +110,18 @@ def main() -> None:
     (out / "kd_gain.md").write_text(text + "\n")
 
 
+def teacher_and_distill(cfg, path: Path):
+    """The real stages into a fresh run directory: (the RunDir, its report)."""
+    from distill_export.pipeline import stage_distill, stage_train_teacher
+    from distill_export.rundir import RunDir
+
+    run = RunDir.create(path)
+    run.save_config(cfg)
+    stage_train_teacher(cfg, run, quiet=True)
+    stage_distill(cfg, run, quiet=True)
+    return run, run.load_report()
+
+
 def _overrides(args) -> dict:
     overrides = {}
     for item in args.set:
@@ -129,8 +135,7 @@ def fusion_rows(args) -> None:
     then the all-labels reference (the baseline trained on every label). Rows = models."""
     from distill_export.config import load_config
     from distill_export.distill import load_student, test_predictions, train_baseline
-    from distill_export.pipeline import _setup, stage_distill, stage_train_teacher
-    from distill_export.rundir import RunDir
+    from distill_export.pipeline import _setup
     from distill_export.significance import compare
 
     out = Path(args.out)
@@ -142,12 +147,8 @@ def fusion_rows(args) -> None:
         for i, fusion in enumerate(args.fusions):
             cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "teacher.fusion": fusion,
                                                          "distill.self_training_control": i == 0})
-            run = RunDir.create(out / f"{fusion}-seed{seed}")
-            run.save_config(cfg)
             t0 = time.perf_counter()
-            stage_train_teacher(cfg, run, quiet=True)
-            stage_distill(cfg, run, quiet=True)
-            rep = run.load_report()
+            run, rep = teacher_and_distill(cfg, out / f"{fusion}-seed{seed}")
             if i == 0:
                 row["baseline"] = rep["metrics"]["baseline"]["accuracy"]
                 row["self_training"] = rep["metrics"]["self_training"]["accuracy"]
