@@ -241,6 +241,12 @@ def _one_line_exit_2(result, *needles: str) -> None:
         assert needle in result.output, result.output
 
 
+def _nothing_written(run_dir, manifest, before: bytes) -> None:
+    """A refused command leaves the user's manifest as it was and trains nothing."""
+    assert manifest.read_bytes() == before
+    assert not (run_dir / "teacher.pt").exists() and not (run_dir / "report.json").exists()
+
+
 def test_missing_manifest_names_the_tool_that_builds_it(tmp_path):
     missing = tmp_path / "captioned_digits" / "manifest.csv"
     result = CliRunner().invoke(app, ["run", "--recipe", "captioned_digits", "--data", str(missing)])
@@ -256,9 +262,11 @@ def test_empty_caption_names_its_row(tiny_manifest, tmp_path):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, "image": str(tiny_manifest.parent / r["image"])} for r in rows)
+    before = bad.read_bytes()
     result = CliRunner().invoke(app, ["train-teacher", "--recipe", "captioned_digits", "--data", str(bad),
                                       "--out", str(tmp_path / "run")])
     _one_line_exit_2(result, f"{bad}:6: bad row: empty 'caption' cell")  # row 5 is line 6 (after the header)
+    _nothing_written(tmp_path / "run", bad, before)
 
 
 @needs_mnist
@@ -269,18 +277,24 @@ def test_caption_column_the_teacher_was_not_built_for(tiny_manifest, tmp_path):
     path = tmp_path / "image_teacher.pt"
     save_checkpoint(path, LateFusionTeacher(**kwargs), "teacher", "late_fusion_teacher", kwargs,
                     {"input_shapes": {"image": [1, 28, 28]}})
+    before = tiny_manifest.read_bytes()
     result = CliRunner().invoke(app, ["train-teacher", "--recipe", "captioned_digits", "--data", str(tiny_manifest),
                                       "--teacher", str(path), "--out", str(tmp_path / "run")])
     _one_line_exit_2(result, f"{tiny_manifest}:1: column 'caption' is not one teacher {path} was built for")
+    assert [line.startswith("error:") for line in result.output.splitlines()].count(True) == 1, result.output
+    _nothing_written(tmp_path / "run", tiny_manifest, before)
 
 
 @needs_mnist
 def test_wordllama_asked_for_and_not_installed(tiny_manifest, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wordllama", None)  # `import wordllama` raises ImportError
+    before = tiny_manifest.read_bytes()
     result = CliRunner().invoke(app, ["train-teacher", "--recipe", "captioned_digits", "--data", str(tiny_manifest),
                                       "--config", str(_yaml(tmp_path, {"data": {"text_encoder": "wordllama"}})),
                                       "--out", str(tmp_path / "run")])
     _one_line_exit_2(result, f"{tiny_manifest}:2: text column 'caption'", "pip install 'distill-export[wordllama]'")
+    assert [line.startswith("error:") for line in result.output.splitlines()].count(True) == 1, result.output
+    _nothing_written(tmp_path / "run", tiny_manifest, before)
 
 
 def _yaml(tmp_path: Path, data: dict) -> Path:
