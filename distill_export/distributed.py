@@ -136,6 +136,24 @@ def row_share(n_local: int) -> float:
     return n_local * world() / max(float(total.item()), 1.0)
 
 
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(n_local, ...) -> (n_global, ...): every rank's rows, in rank order, on every rank; the
+    gradient flows back to each rank's own rows. For batch-wise terms (DIST's intra-class
+    correlation over rows) that a shard alone cannot compute. Shards may differ by a row, so
+    each is padded to the longest and cut back after the gather. One process: x itself."""
+    if not is_distributed():
+        return x
+    import torch.nn.functional as F
+    from torch.distributed.nn.functional import all_gather
+
+    size = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world())]
+    torch.distributed.all_gather(sizes, size)
+    longest = max(int(n) for n in sizes)
+    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, longest - x.shape[0]))
+    return torch.cat([part[: int(n)] for part, n in zip(all_gather(padded), sizes)])
+
+
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around the one trainable module (SyncBatchNorm on CUDA); the
     module itself in one process. Call the returned module's forward, so gradients sync."""

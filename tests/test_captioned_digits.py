@@ -266,6 +266,8 @@ def test_empty_caption_names_its_row(tiny_manifest, tmp_path):
     result = CliRunner().invoke(app, ["train-teacher", "--recipe", "captioned_digits", "--data", str(bad),
                                       "--out", str(tmp_path / "run")])
     _one_line_exit_2(result, f"{bad}:6: bad row: empty 'caption' cell")  # row 5 is line 6 (after the header)
+    named = [line for line in result.output.splitlines() if ":6:" in line]
+    assert len(named) == 1 and named[0].startswith("error:"), result.output  # one line, not a list + a summary
     _nothing_written(tmp_path / "run", bad, before)
 
 

@@ -98,7 +98,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", ["kd_pseudo_label", "hinton"])
+# dist: its intra-class term correlates columns over the whole batch (gathered from the ranks)
+@pytest.mark.parametrize("method", ["kd_pseudo_label", "hinton", "dist"])
 def test_two_ranks_on_half_batches_equal_one_process_on_the_whole(tmp_path, method):
     out = tmp_path / "rank0.pt"
     torch.multiprocessing.spawn(_rank_main, args=(2, free_port(), method, str(out)), nprocs=2, join=True)

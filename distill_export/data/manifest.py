@@ -325,6 +325,9 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
 
     if problems:
         skip = bool(getattr(config, "skip_bad_rows", False))
+        if len(problems) == 1 and not skip:  # one bad row: the error line itself names it
+            p = problems[0]
+            raise ManifestError(f"{path}:{p.line}: bad row: {p.message}; fix it or pass --skip-bad-rows", problems)
         report_problems(path, problems, skipping=skip)
         if not skip:
             raise ManifestError(

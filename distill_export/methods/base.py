@@ -64,8 +64,9 @@ class Term(nn.Module):
     summary: ClassVar[str] = ""
     search: ClassVar[dict[str, tuple[float, float, str]]] = {}
     # False: the loss is a mean over the batch's rows, which the objective turns into its share
-    # of the global mean under DDP (distributed.row_share). True: the term divides by a global
-    # denominator itself (distributed.global_count), e.g. a mean over the labeled rows only.
+    # of the global mean under DDP (distributed.row_share). True: the term makes itself exact
+    # under DDP: it divides by a global denominator (distributed.global_count), e.g. a mean over
+    # the labeled rows only, or computes on the gathered batch (distributed.gather_rows).
     global_denominator: ClassVar[bool] = False
 
     def setup(self, info: SetupInfo) -> None:

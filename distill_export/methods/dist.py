@@ -6,7 +6,9 @@ Matches relations instead of exact probabilities, with Pearson correlation ρ:
     intra = 1 − mean over classes ρ(softmax(s/T)_col, softmax(t/T)_col)      (sample ranking per class)
     dist  = T² · (inter_weight · inter + intra_weight · intra)
 
-The intra term is batch-wise: it needs more than one row per batch.
+The intra term is batch-wise: it needs more than one row per batch. Under DDP it correlates
+the columns of the whole global batch (gathered from every rank), so N processes compute the
+one-process loss; the inter term, a mean over rows, is this rank's share of the global mean.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill_export.distributed import gather_rows, is_distributed, row_share
 from distill_export.methods.base import Term, TermInputs, check_non_negative, check_positive, register_term
 
 
@@ -28,6 +31,7 @@ class DIST(Term):
     needs = frozenset({"logits"})
     summary = "DIST: Pearson inter-class + intra-class relations (NeurIPS 2022)"
     search = {"temperature": (1.0, 8.0, "log")}
+    global_denominator = True  # exact under DDP by itself: see loss()
 
     def __init__(self, temperature: float = 1.0, inter_weight: float = 1.0, intra_weight: float = 1.0):
         super().__init__()
@@ -39,6 +43,11 @@ class DIST(Term):
         T = self.temperature
         y_s = (batch.student_logits.float() / T).softmax(-1)
         y_t = (batch.teacher_logits.detach().float() / T).softmax(-1)
-        inter = 1.0 - pearson_rows(y_s, y_t).mean()
+        inter = 1.0 - pearson_rows(y_s, y_t).mean()  # over this process's rows
+        if is_distributed():
+            # DDP averages the ranks' gradients; gather_rows' backward sums every rank's gradient
+            # of the (identical) intra value into each rank's rows, so the two cancel out.
+            inter = inter * row_share(y_s.shape[0])
+            y_s, y_t = gather_rows(y_s), gather_rows(y_t)  # (B_global, C)
         intra = 1.0 - pearson_rows(y_s.t(), y_t.t()).mean()
         return T**2 * (self.inter_weight * inter + self.intra_weight * intra)
