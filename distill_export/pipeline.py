@@ -140,10 +140,26 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
             "student_training": info}, student
 
 
+def _labels_only(config, run: RunDir, data, device, specs, quiet):
+    """No distillation (e.g. tune found none that pays): the student IS the baseline, one
+    training, so kd_gain is 0 by construction and the report says no distillation ran.
+    Returns (models, student training, baseline training, control, teacher-cache info)."""
+    from distill_export.data.augment import make_augment
+    from distill_export.distill import train_baseline
+
+    with _timed(run, "baseline"):
+        baseline, base_train = train_baseline(config, data, device, quiet, augment=make_augment(config.distill.augment),
+                                              checkpoint=_checkpoint(config, run, "baseline"))
+    kd_train = {**base_train, "terms": [s.to_dict() for s in specs], "distilled": False}
+    control = ({"skipped": "labels_only: no term reads a teacher, so there is no control to run"}
+               if config.distill.self_training_control else None)
+    return ({"student": baseline, "baseline": baseline}, kd_train, base_train, control,
+            {"status": "not used", "reason": "labels_only: no term reads the teacher"})
+
+
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export import distributed as ddp
-    from distill_export.data.augment import make_augment
     from distill_export.distill import labels_only, save_student, test_predictions, train_baseline
     from distill_export.methods import teacher_needs, term_specs
     from distill_export.metrics import classification_metrics
@@ -161,19 +177,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     specs = term_specs(config.distill)
-    control = None
     if labels_only(specs):
-        # No distillation (e.g. tune found none that pays): the student IS the baseline, one
-        # training, so kd_gain is 0 by construction and the report says no distillation ran.
-        with _timed(run, "baseline"):
-            baseline, base_train = train_baseline(config, data, device, quiet,
-                                                  augment=make_augment(config.distill.augment),
-                                                  checkpoint=_checkpoint(config, run, "baseline"))
-        student, kd_train = baseline, {**base_train, "terms": [s.to_dict() for s in specs], "distilled": False}
-        cache_info = {"status": "not used", "reason": "labels_only: no term reads the teacher"}
-        models = {"student": student, "baseline": baseline}
-        if config.distill.self_training_control:
-            control = {"skipped": "labels_only: no term reads a teacher, so there is no control to run"}
+        models, kd_train, base_train, control, cache_info = _labels_only(config, run, data, device, specs, quiet)
     else:
         with _timed(run, "distill"):
             student, kd_train, targets = _distill_from(config, run, data, device, teacher, None, needs, quiet,
@@ -183,6 +188,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
                                                   checkpoint=_checkpoint(config, run, "baseline"))
         cache_info = targets.info
         models = {"student": student, "baseline": baseline}
+        control = None
         if config.distill.self_training_control:
             with _timed(run, "self_training_control"):
                 control, models["self_training"] = _self_training_control(config, run, data, device, needs, quiet)
@@ -193,8 +199,10 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     metrics = {name: classification_metrics(eye[p], labels, data.num_classes) for name, p in preds.items()}
     teacher_name = (str(config.teacher.path) if config.teacher.path
                     else f"{TEACHER_FUSIONS[config.teacher.fusion][0]}({'+'.join(sorted(data.modalities))})")
-    save_student(run.file("baseline.pt"), baseline, config, data, teacher_name, {"student": config.student.name, "role": "baseline"})
-    save_student(run.file("student.pt"), student, config, data, teacher_name, {"student": config.student.name, "role": "kd"})
+    save_student(run.file("baseline.pt"), models["baseline"], config, data, teacher_name,
+                 {"student": config.student.name, "role": "baseline"})
+    save_student(run.file("student.pt"), models["student"], config, data, teacher_name,
+                 {"student": config.student.name, "role": "kd" if kd_train["distilled"] else "labels_only"})
     teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
     kd_vs_base = compare(preds["student"], preds["baseline"], labels, seed=config.seed)
     comparisons = {"student_vs_baseline": kd_vs_base}
