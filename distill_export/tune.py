@@ -177,7 +177,8 @@ def _confirm(train, completed: list, spec: ConfirmSpec, search_seed: int, quiet:
     def score(terms, seed: int) -> float:
         acc = train(terms, seed)
         if not quiet:
-            name = "baseline" if terms is None else next(c["method"] for c in candidates if c["terms"] is terms)
+            name = "baseline" if terms is None else next(f"{c['method']} (trial {c['number']})"
+                                                          for c in candidates if c["terms"] is terms)
             console.print(f"confirm seed {seed}: {name} val {100 * acc:.1f}%")
         return acc
 

@@ -148,6 +148,25 @@ def test_no_confirmed_gain_writes_labels_only_and_run_loads_it(run_copy, tmp_pat
     assert config.distill.method == "labels_only" and labels_only(term_specs(config.distill))
 
 
+def test_confirm_seeds_0_lets_the_search_score_decide(run_copy, tmp_path, monkeypatch):
+    # The same scores as above: without confirmation the search's best trial (beating the one
+    # baseline run) is written; with 0.2 for that baseline, labels only.
+    _fake_trainers(monkeypatch, lambda a, seed: 0.5 + 0.1 * a, lambda seed: 0.3)
+    out = tmp_path / "t.yaml"
+    result = runner.invoke(app, ["tune", str(run_copy), "--trials", "2", "--methods", "hinton",
+                                 "--confirm-seeds", "0", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_copy / "tune.json").read_text())
+    assert summary["confirmation"] is None and summary["decision"]["distill"] is True
+    assert yaml.safe_load(out.read_text())["distill"]["terms"] == summary["best"]["terms"]
+    assert "not confirmed" in out.read_text().splitlines()[0]
+    _fake_trainers(monkeypatch, lambda a, seed: 0.5 + 0.1 * a, lambda seed: 0.9)
+    result = runner.invoke(app, ["tune", str(run_copy), "--trials", "2", "--methods", "hinton",
+                                 "--confirm-seeds", "0", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(out.read_text())["distill"]["method"] == "labels_only"
+
+
 def test_a_labels_only_student_is_the_baseline_and_says_so(run_copy):
     """`distill` with a labels-only objective (what tune's fallback writes): one training, the
     student is the baseline even with unlabeled rows in the data (the demo keeps 5% of labels)."""
