@@ -111,8 +111,13 @@ def _val_accuracy_fn(model: SplitNet, data: Dataset, modality: str, device):
     return val_accuracy
 
 
+def labels_only(specs) -> bool:
+    """True when the objective (term_specs) is CE alone: it reads nothing from the teacher."""
+    return all(s.name == "ce" for s in specs)
+
+
 def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=None,
-                   checkpoint=None) -> tuple[SplitNet, dict]:
+                   checkpoint=None, on_epoch=None, label: str = "baseline") -> tuple[SplitNet, dict]:
     """Labels only, labeled rows only (with the student's augmentation, if any)."""
     modality = config.data.student_modality
     model = new_student(config, data).to(device)
@@ -133,7 +138,7 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
     spec = dataclasses.replace(_spec(config, device), rows_per_epoch=len(data.train))  # same steps as the student
     result = train_loop(
         [model], batch_loss, len(y), _val_accuracy_fn(model, data, modality, device), spec,
-        "baseline", quiet, checkpoint=checkpoint, fetch=fetch,
+        label, quiet, on_epoch=on_epoch, checkpoint=checkpoint, fetch=fetch,
     )
     return model, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                    "history": result.history}
@@ -158,6 +163,15 @@ def train_student(
     teacher must see each augmented batch: online_teacher(rows, x_batch) -> (feats, logits)
     replaces teacher_logits (None), and teacher_feats then only supplies standardisation stats.
     """
+    specs = term_specs(config.distill)
+    if labels_only(specs):
+        # No teacher term: train exactly as the baseline does (labeled rows only, the same steps).
+        # Distilling batches would mix in unlabeled rows whose CE is masked: with 10% of the
+        # labels, a tenth of each batch would train. A lone CE term's weight only scales the
+        # loss, which AdamW's update ignores (up to its eps), so the baseline's weight 1 is used.
+        model, info = train_baseline(config, data, device, quiet, augment=augment, checkpoint=checkpoint,
+                                     on_epoch=on_epoch, label=label)
+        return model, {**info, "terms": [s.to_dict() for s in specs], "distilled": False}
     modality = config.data.student_modality
     student = new_student(config, data)
     teacher_dim = teacher_feats.shape[1] if teacher_feats is not None and teacher_feats.dim() == 2 else 0
@@ -195,7 +209,7 @@ def train_student(
     )
     terms = [s.to_dict() for s in module.objective.specs]
     return student, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                     "history": result.history, "terms": terms}
+                     "history": result.history, "terms": terms, "distilled": True}
 
 
 def _spec(config, device=None) -> TrainSpec:

@@ -140,11 +140,28 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
             "student_training": info}, student
 
 
+def _labels_only(config, run: RunDir, data, device, specs, quiet):
+    """No distillation (e.g. tune found none that pays): the student IS the baseline, one
+    training, so kd_gain is 0 by construction and the report says no distillation ran.
+    Returns (models, student training, baseline training, control, teacher-cache info)."""
+    from distill_export.data.augment import make_augment
+    from distill_export.distill import train_baseline
+
+    with _timed(run, "baseline"):
+        baseline, base_train = train_baseline(config, data, device, quiet, augment=make_augment(config.distill.augment),
+                                              checkpoint=_checkpoint(config, run, "baseline"))
+    kd_train = {**base_train, "terms": [s.to_dict() for s in specs], "distilled": False}
+    control = ({"skipped": "labels_only: no term reads a teacher, so there is no control to run"}
+               if config.distill.self_training_control else None)
+    return ({"student": baseline, "baseline": baseline}, kd_train, base_train, control,
+            {"status": "not used", "reason": "labels_only: no term reads the teacher"})
+
+
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export import distributed as ddp
-    from distill_export.distill import save_student, test_predictions, train_baseline
-    from distill_export.methods import teacher_needs
+    from distill_export.distill import labels_only, save_student, test_predictions, train_baseline
+    from distill_export.methods import teacher_needs, term_specs
     from distill_export.metrics import classification_metrics
     from distill_export.nets.teacher import TEACHER_FUSIONS
     from distill_export.significance import compare
@@ -159,17 +176,22 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     teacher = load_teacher(teacher_path, data, config.teacher.weights, strict=True).to(device)
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
-    with _timed(run, "distill"):
-        student, kd_train, targets = _distill_from(config, run, data, device, teacher, None, needs, quiet,
-                                                   "student ", "teacher_outputs")
-    with _timed(run, "baseline"):
-        baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment,
-                                              checkpoint=_checkpoint(config, run, "baseline"))
-    models = {"student": student, "baseline": baseline}
-    control = None
-    if config.distill.self_training_control:
-        with _timed(run, "self_training_control"):
-            control, models["self_training"] = _self_training_control(config, run, data, device, needs, quiet)
+    specs = term_specs(config.distill)
+    if labels_only(specs):
+        models, kd_train, base_train, control, cache_info = _labels_only(config, run, data, device, specs, quiet)
+    else:
+        with _timed(run, "distill"):
+            student, kd_train, targets = _distill_from(config, run, data, device, teacher, None, needs, quiet,
+                                                       "student ", "teacher_outputs")
+        with _timed(run, "baseline"):
+            baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment,
+                                                  checkpoint=_checkpoint(config, run, "baseline"))
+        cache_info = targets.info
+        models = {"student": student, "baseline": baseline}
+        control = None
+        if config.distill.self_training_control:
+            with _timed(run, "self_training_control"):
+                control, models["self_training"] = _self_training_control(config, run, data, device, needs, quiet)
     # The test split, read once, at the end: every comparison below uses these predictions.
     labels = data.test.labels.numpy()
     preds = {name: test_predictions(m, data, modality, device) for name, m in models.items()}
@@ -177,12 +199,14 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     metrics = {name: classification_metrics(eye[p], labels, data.num_classes) for name, p in preds.items()}
     teacher_name = (str(config.teacher.path) if config.teacher.path
                     else f"{TEACHER_FUSIONS[config.teacher.fusion][0]}({'+'.join(sorted(data.modalities))})")
-    save_student(run.file("baseline.pt"), baseline, config, data, teacher_name, {"student": config.student.name, "role": "baseline"})
-    save_student(run.file("student.pt"), student, config, data, teacher_name, {"student": config.student.name, "role": "kd"})
+    save_student(run.file("baseline.pt"), models["baseline"], config, data, teacher_name,
+                 {"student": config.student.name, "role": "baseline"})
+    save_student(run.file("student.pt"), models["student"], config, data, teacher_name,
+                 {"student": config.student.name, "role": "kd" if kd_train["distilled"] else "labels_only"})
     teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
     kd_vs_base = compare(preds["student"], preds["baseline"], labels, seed=config.seed)
     comparisons = {"student_vs_baseline": kd_vs_base}
-    if control is not None:
+    if "self_training" in models:
         comparisons["self_training_vs_baseline"] = compare(preds["self_training"], preds["baseline"], labels, seed=config.seed)
         comparisons["student_vs_self_training"] = compare(preds["student"], preds["self_training"], labels, seed=config.seed)
     run.update_report(
@@ -194,7 +218,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         comparisons=comparisons,
         distill={
             "student": config.student.name,
-            "method": "terms" if config.distill.terms else config.distill.method,
+            "method": "labels_only" if labels_only(specs) else "terms" if config.distill.terms else config.distill.method,
+            "distilled": kd_train["distilled"],
             "terms": kd_train["terms"],
             "teacher_needs": sorted(needs),
             "temperature": config.distill.temperature,
@@ -211,7 +236,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "self_training_control": control,
             "teacher_accuracy_retention": (metrics["student"]["accuracy"] / teacher_acc) if teacher_acc else None,
             "augment": config.distill.augment,
-            "teacher_cache": targets.info,
+            "teacher_cache": cache_info,
         },
     )
 

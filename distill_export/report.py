@@ -171,6 +171,9 @@ def kd_verdict(report: dict) -> str:
         stats = "one run, no paired test"
     else:
         stats = _ci(comp)
+    if d.get("distilled") is False:  # a labels-only objective: the student is the baseline itself
+        return (f"No distillation: labels_only. The student is the labels-only baseline (one training), so "
+                f"kd_gain is 0 by construction. Setting: {setting}.")
     if verdict == "paid":
         text = f"Distillation paid: the student beats the labels-only baseline by {100 * gain:+.1f} points ({stats})."
     elif verdict == "hurt":

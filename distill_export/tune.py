@@ -2,12 +2,16 @@
 validation split with Optuna (TPE sampler, median pruning on per-epoch validation accuracy).
 
 It never reads the test split: each trial trains a student against the run's teacher and is
-scored by its best validation accuracy. The best setting is written as YAML that
-`distill-export run --config` takes, so the test split is read once, by that run.
+scored by its best validation accuracy. Then a confirmation stage (confirm.py) re-trains the
+top trials and the labels-only baseline with fresh seeds and picks by the mean; where no
+objective is confirmed above the baseline, tune writes a labels-only objective (don't distill).
+The choice is written as YAML that `distill-export run --config` takes, so the test split is
+read once, by that run.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from distill_export.confirm import LABELS_ONLY_TERMS, ConfirmSpec, confirm, confirmation_seeds, decision_line
 from distill_export.errors import ConfigError
 from distill_export.files import write_text
 
@@ -66,8 +71,10 @@ def suggest_terms(trial, methods: list[str]) -> list[dict]:
     return terms
 
 
-def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: Path, quiet: bool = False) -> dict:
-    """Run the study; write the best config (YAML) and every trial (tune.json). Returns the summary."""
+def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: Path, quiet: bool = False,
+         confirm_spec: ConfirmSpec | None = None) -> dict:
+    """Run the study, then the confirmation stage (confirm.py); write the chosen config (YAML)
+    and every trial and confirmation score (tune.json). Returns the summary."""
     import optuna
 
     from distill_export.distill import train_baseline, train_student
@@ -77,6 +84,8 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     from distill_export.train_teacher import load_teacher
 
     budget.check()
+    confirm_spec = confirm_spec or ConfirmSpec()
+    confirm_spec.check()
     methods = candidate_methods(methods)
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
@@ -88,18 +97,25 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop,
                               needs=("features", "logits"))
 
-    def objective(trial) -> float:
-        trial_config = _with_terms(config, suggest_terms(trial, methods))
-        term_specs(trial_config.distill)  # a suggested setting that is invalid fails loudly, not silently
+    def train(terms: list[dict] | None, seed: int, on_epoch=None) -> float:
+        """Best val accuracy of the student with `terms` (None: the labels-only baseline), trained
+        with `seed` (initial weights, batch order) on the same data and teacher targets."""
+        cfg = _with_terms(config, terms) if terms is not None else copy.deepcopy(config)
+        cfg.seed = seed
+        if terms is None:
+            return train_baseline(cfg, data, device, quiet=True, augment=targets.augment)[1]["best_val_accuracy"]
+        term_specs(cfg.distill)  # a suggested setting that is invalid fails loudly, not silently
+        _, info = train_student(cfg, data, targets.logits, targets.feats, device, quiet=True,
+                                online_teacher=targets.online, augment=targets.augment, on_epoch=on_epoch)
+        return info["best_val_accuracy"]
 
+    def objective(trial) -> float:
         def report(epoch: int, val_accuracy: float) -> None:
             trial.report(val_accuracy, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        _, info = train_student(trial_config, data, targets.logits, targets.feats, device, quiet=True,
-                                online_teacher=targets.online, augment=targets.augment, on_epoch=report)
-        return info["best_val_accuracy"]
+        return train(suggest_terms(trial, methods), config.seed, on_epoch=report)
 
     def progress(study, trial) -> None:
         if quiet:
@@ -113,8 +129,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     # The reference every objective must beat: the labels-only baseline (the same one `distill`
     # trains: labeled rows, the student's steps), on the same validation split. Without it a
     # study always names a winner, even where no distillation pays (AV-MNIST with all labels).
-    _, baseline = train_baseline(config, data, device, quiet=True, augment=targets.augment)
-    baseline_val = baseline["best_val_accuracy"]
+    baseline_val = train(None, config.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=config.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.distill.epochs // 3))
@@ -125,26 +140,74 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise ConfigError("tune: no trial completed within the budget; give it more --minutes")
+    search_seconds = time.perf_counter() - start
     best = study.best_trial
-    best_terms = best.user_attrs["terms"]
     summary = {
-        "best": {"method": best.params["method"], "terms": best_terms, "val_accuracy": best.value},
+        "best": {"method": best.params["method"], "terms": best.user_attrs["terms"], "val_accuracy": best.value},
         "split": "validation", "trials": len(study.trials), "completed": len(completed),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(search_seconds, 1),
+        # search-stage comparison, one seed each: the best trial's score is biased upward
         "baseline_val_accuracy": baseline_val,
         "beats_baseline": best.value > baseline_val,
         "all": [{"number": t.number, "state": t.state.name, "params": t.params, "val_accuracy": t.value}
                 for t in study.trials],
     }
-    header = (f"# distill-export tune: best of {len(completed)} completed trials on the validation split\n"
-              f"# (val accuracy {100 * best.value:.1f}%, method {best.params['method']}). Use: "
-              f"distill-export run --config {out_path.name}\n"
-              f"# {versus_baseline(best.value, baseline_val)}\n")
-    write_text(out_path, header + yaml.safe_dump({"distill": {"terms": best_terms}}, sort_keys=False))
+    summary["confirmation"] = _confirm(train, completed, confirm_spec, config.seed, quiet)
+    summary["confirm_seconds"] = round(time.perf_counter() - start - search_seconds, 1)
+    summary["decision"] = decision = _decide(summary)
+    header = (f"# distill-export tune on the validation split ({len(completed)} completed trials"
+              f"{_confirmed_words(summary)}). Use: distill-export run --config {out_path.name}\n"
+              f"# {decision['line']}\n")
+    body = {"method": "labels_only", "terms": decision["terms"]} if not decision["distill"] else {"terms": decision["terms"]}
+    write_text(out_path, header + yaml.safe_dump({"distill": body}, sort_keys=False))
     write_text(run.file("tune.json"), json.dumps(summary, indent=2))
-    term_specs(_with_terms(config, best_terms).distill)  # the written file loads
+    term_specs(_with_terms(config, decision["terms"]).distill)  # the written file loads
     return summary
+
+
+def _confirm(train, completed: list, spec: ConfirmSpec, search_seed: int, quiet: bool) -> dict | None:
+    """The top completed trials and the baseline re-trained with fresh seeds (confirm.py)."""
+    if spec.seeds == 0:
+        return None
+    top = sorted(completed, key=lambda t: t.value, reverse=True)[: spec.top]
+    candidates = [{"number": t.number, "method": t.params["method"], "terms": t.user_attrs["terms"],
+                   "search_val_accuracy": t.value} for t in top]
+
+    def score(terms, seed: int) -> float:
+        acc = train(terms, seed)
+        if not quiet:
+            name = "baseline" if terms is None else next(f"{c['method']} (trial {c['number']})"
+                                                          for c in candidates if c["terms"] is terms)
+            console.print(f"confirm seed {seed}: {name} val {100 * acc:.1f}%")
+        return acc
+
+    return confirm(candidates, score, confirmation_seeds(search_seed, spec.seeds))
+
+
+def _decide(summary: dict) -> dict:
+    """What tune writes: the confirmed winner, or labels only. Without confirmation
+    (--confirm-seeds 0) the search's best trial against the one baseline run, which favours
+    distilling (that score is the biased maximum of the trials)."""
+    conf = summary["confirmation"]
+    if conf is not None:
+        win = next(c for c in conf["candidates"] if c["number"] == conf["winner"])
+        distill, method, terms, line = conf["distill"], win["method"], win["terms"], decision_line(conf)
+    else:
+        best = summary["best"]
+        distill, method, terms = summary["beats_baseline"], best["method"], best["terms"]
+        line = versus_baseline(best["val_accuracy"], summary["baseline_val_accuracy"])
+    if not distill:
+        return {"distill": False, "method": "labels_only", "terms": LABELS_ONLY_TERMS, "line": line}
+    return {"distill": True, "method": method, "terms": terms, "line": line}
+
+
+def _confirmed_words(summary: dict) -> str:
+    conf = summary["confirmation"]
+    if conf is None:
+        return "; not confirmed: the best trial's own score"
+    return (f"; top {len(conf['candidates'])} and the labels-only baseline re-trained with "
+            f"{len(conf['seeds'])} fresh seeds, chosen by the mean")
 
 
 def versus_baseline(best: float, baseline: float) -> str:
@@ -157,8 +220,6 @@ def versus_baseline(best: float, baseline: float) -> str:
 
 
 def _with_terms(config, terms: list[dict]):
-    import copy
-
     trial_config = copy.deepcopy(config)
     trial_config.distill.terms = terms
     return trial_config

@@ -67,19 +67,23 @@ def main() -> None:
             t0 = time.perf_counter()
             run, rep = teacher_and_distill(cfg, out / f"lf{fraction}-seed{seed}")
             comp = rep["comparisons"]
+            # A labels_only objective (e.g. tune's "don't distill") runs no control: those cells are None.
+            control = rep["distill"].get("self_training_control") or {}
+            cross = comp.get("student_vs_self_training") or {}
             row = {
                 "label_fraction": fraction, "seed": seed, "method": rep["distill"]["method"],
                 "terms": rep["distill"]["terms"],
                 "teacher": rep["metrics"]["teacher"]["accuracy"],
                 "teacher_modality_probe": rep["teacher"]["modality_probe"],
-                "control_teacher": rep["distill"]["self_training_control"]["teacher_accuracy"],
+                "distilled": rep["distill"].get("distilled", True),
+                "control_teacher": control.get("teacher_accuracy"),
                 "baseline": rep["metrics"]["baseline"]["accuracy"],
-                "self_training": rep["metrics"]["self_training"]["accuracy"],
+                "self_training": (rep["metrics"].get("self_training") or {}).get("accuracy"),
                 "student": rep["metrics"]["student"]["accuracy"],
                 "kd_gain": rep["kd_gain"], "kd_gain_ci95": rep["kd_gain_ci95"],
                 "kd_gain_p_value": rep["kd_gain_p_value"], "kd_verdict": rep["kd_verdict"],
-                "cross_modal_gain": comp["student_vs_self_training"]["gain"],
-                "cross_modal_p_value": comp["student_vs_self_training"]["p_value"],
+                "cross_modal_gain": cross.get("gain"),
+                "cross_modal_p_value": cross.get("p_value"),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             results.append(row)
@@ -96,11 +100,13 @@ def main() -> None:
     summary = []
     for fraction in fractions:
         rows = [r for r in results if r["label_fraction"] == fraction]
-        stat = {k: _mean_std([100 * r[k] for r in rows]) for k in COLUMNS}
-        verdicts = ", ".join(f"{r['kd_verdict']} (p={r['kd_gain_p_value']:.1g})" for r in rows)
+        stat = {k: _mean_std([100 * r[k] for r in rows if r[k] is not None]) for k in COLUMNS}
+        verdicts = ", ".join("no distillation (labels_only)" if not r["distilled"]
+                             else f"{r['kd_verdict']} (p={r['kd_gain_p_value']:.1g})" for r in rows)
         summary.append({"label_fraction": fraction, **{k: {"mean": m, "std": s} for k, (m, s) in stat.items()},
                         "kd_gain_min": min(100 * r["kd_gain"] for r in rows)})
-        lines.append(f"| {100 * fraction:g}% | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in stat.values())
+        lines.append(f"| {100 * fraction:g}% | " + " | ".join("n/a" if m is None else f"{m:.1f} ± {s:.1f}"
+                                                            for m, s in stat.values())
                      + f" | {verdicts} |")
     text = "\n".join(lines)
     print(text)
@@ -226,7 +232,9 @@ def fusion_rows(args) -> None:
     (out / "kd_gain.md").write_text(text + "\n")
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    if not xs:
+        return None, None
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
