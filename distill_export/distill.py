@@ -19,7 +19,6 @@ from distill_export import distributed as ddp
 from distill_export import speed
 from distill_export.data import Dataset
 from distill_export.data.streaming import is_streamed
-from distill_export.errors import CheckpointError
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
 from distill_export.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint

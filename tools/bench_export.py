@@ -80,7 +80,6 @@ def machine() -> dict:
 
 def student_from_run(run_dir: Path):
     """(model, meta, sha256, x_test, labels, calibration) from an existing run directory."""
-    from distill_export.config import config_from_dict  # noqa: F401 (run dirs are ours)
     from distill_export.data import load_dataset
     from distill_export.distill import load_student
     from distill_export.files import sha256_file
