@@ -34,7 +34,7 @@ Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory 
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="Safe-YAML config; flags override it.")]
 Recipe = Annotated[Optional[str], typer.Option("--recipe", help="A shipped recipe by name (e.g. avdigits).")]
 Student = Annotated[Optional[str], typer.Option("--student", help="Student architecture: tiny_cnn, mobilenet_v3_small, shufflenet_v2_x0_5, resnet18, or package.module:factory.")]
-StudentInit = Annotated[Optional[Path], typer.Option("--student-init", help="Initial student weights (a checkpoint or a state_dict file).")]
+StudentInit = Annotated[Optional[Path], typer.Option("--student-init", help="Initial student weights: our checkpoint, or a local torchvision or timm state_dict (.pt/.pth/.safetensors; timm's resnet18 and mobilenetv3_small_100). A head of another class count is replaced.")]
 Teacher = Annotated[Optional[str], typer.Option("--teacher", help="A teacher to use instead of training one: our checkpoint (.pt), a torch.export program (.pt2), or package.module:factory.")]
 TeacherWeights = Annotated[Optional[Path], typer.Option("--teacher-weights", help="Weights for a package.module:factory teacher (state_dict .pt or .safetensors).")]
 Data = Annotated[Optional[str], typer.Option("--data", help="avdigits (built-in demo) or a manifest .csv/.jsonl: one column per modality, label, optional split.")]
