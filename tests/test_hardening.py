@@ -408,24 +408,30 @@ def test_bad_data_makes_no_run_directory(tmp_path):
 
 
 def test_concurrent_runs_cannot_both_claim_a_folder(tmp_path):
-    """Eight processes race for one --out (new, then an existing empty folder): one wins."""
+    """Eight processes race for one --out (new, then an existing empty folder): one wins. Both
+    races run at once; each process says it is ready (imports done), then all are released
+    together by a go file, so they race however long the imports took on a loaded machine."""
     import subprocess
     import sys
 
-    for target in (tmp_path / "new" / "run", tmp_path / "empty"):
-        if target.name == "empty":
-            target.mkdir()
-        code = ("import sys, time\nfrom distill_export.rundir import RunDir, RUN_STAGES\n"
-                "from distill_export.errors import ConfigError\n"
-                "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
-                "try:\n    RunDir.create(sys.argv[1], fresh=True, stages=RUN_STAGES)\n    print('won')\n"
-                "except ConfigError as exc:\n    print('lost', exc)\n")
-        go = time.time() + 3.0
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(target), str(go)], stdout=subprocess.PIPE, text=True)
-                 for _ in range(8)]
-        outcomes = [p.communicate(timeout=60)[0].strip() for p in procs]
-        assert sum(o == "won" for o in outcomes) == 1, outcomes
-        assert all(o == "won" or "already holds a run" in o for o in outcomes), outcomes
+    code = ("import os, sys, time\nfrom distill_export.rundir import RunDir, RUN_STAGES\n"
+            "from distill_export.errors import ConfigError\n"
+            "print('ready', flush=True)\n"
+            "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.001)\n"
+            "try:\n    RunDir.create(sys.argv[1], fresh=True, stages=RUN_STAGES)\n    print('won')\n"
+            "except ConfigError as exc:\n    print('lost', exc)\n")
+    go = tmp_path / "go"
+    (tmp_path / "empty").mkdir()
+    targets = (tmp_path / "new" / "run", tmp_path / "empty")
+    procs = {target: [subprocess.Popen([sys.executable, "-c", code, str(target), str(go)], stdout=subprocess.PIPE,
+                                       text=True) for _ in range(8)] for target in targets}
+    for p in (p for group in procs.values() for p in group):
+        assert p.stdout.readline().strip() == "ready"
+    go.touch()
+    for target, group in procs.items():
+        outcomes = [p.communicate(timeout=60)[0].strip() for p in group]
+        assert sum(o == "won" for o in outcomes) == 1, (target, outcomes)
+        assert all(o == "won" or "already holds a run" in o for o in outcomes), (target, outcomes)
 
 
 @pytest.fixture
