@@ -1,9 +1,9 @@
 """Shared fixtures. `tiny_run` is one reduced end-to-end run (seconds, not minutes) that
 tests of later stages reuse instead of training again.
 
-The suite runs on pytest-xdist (pyproject's addopts: `-n auto --dist loadgroup`): one worker
-per core, each single-threaded, the slow tests handed out first, `tiny_run` built once for all
-workers. `-n 0` runs it in one process, as before."""
+The suite runs on pytest-xdist (pyproject's addopts: `-n auto --dist loadfile`): one worker per
+core, each single-threaded, the files with slow tests handed out first, `tiny_run` built once
+for all workers. `-n 0` runs it in one process, as before."""
 
 from __future__ import annotations
 
@@ -41,9 +41,10 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Under xdist, tests marked slow are handed out first (longest first is the classic
-    schedule), so the quick ones fill the gaps instead of one slow test ending the session
-    alone. Order-independent tests only: the plain `-n 0` order is left as collected."""
+    """Under xdist, tests marked slow come first, so their files are handed out first
+    (`--no-loadscope-reorder` keeps the files in order of their first test): longest first is
+    the classic schedule, the quick files fill the gaps instead of one slow file ending the
+    session alone. The plain `-n 0` order is left as collected."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
 

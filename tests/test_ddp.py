@@ -115,8 +115,6 @@ def two_ranks(tmp_path_factory) -> dict:
     return torch.load(out, weights_only=True)
 
 
-# Under xdist these stay on one worker, so the two ranks are spawned once.
-@pytest.mark.xdist_group("ddp_two_ranks")
 @pytest.mark.parametrize("method", ["kd_pseudo_label", "hinton"])
 def test_two_ranks_on_half_batches_equal_one_process_on_the_whole(two_ranks, method):
     distributed = two_ranks[method]
@@ -131,7 +129,6 @@ def test_two_ranks_on_half_batches_equal_one_process_on_the_whole(two_ranks, met
     assert sorted(k[5:] for k in single if k.startswith("grad.")) == sorted(params)  # every parameter has a gradient
 
 
-@pytest.mark.xdist_group("ddp_two_ranks")
 def test_without_global_denominators_the_ranks_would_differ(two_ranks):
     """The parity check has teeth: rank-local denominators (a plain per-rank mean) break it."""
     distributed, single = two_ranks["kd_pseudo_label/local_means"], one_step("kd_pseudo_label")

@@ -25,10 +25,6 @@ CPU_FORMATS = ("onnx", "onnx-fp16", "onnx-int8")
 FILES = {"onnx": "student.onnx", "onnx-fp16": "student-fp16.onnx", "onnx-int8": "student-int8.onnx"}
 
 
-# Under xdist these tests stay on one worker, so the module fixture is built once.
-pytestmark = pytest.mark.xdist_group("exported_run")
-
-
 @pytest.fixture(scope="module")
 def exported_run(tiny_run, tmp_path_factory) -> Path:
     """A copy of the shared tiny run, exported to every CPU format and validated."""

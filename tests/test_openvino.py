@@ -32,10 +32,6 @@ def without_openvino(monkeypatch):
     backends_mod.openvino_missing.cache_clear()
 
 
-# Under xdist these tests stay on one worker, so the module fixture is built once.
-pytestmark = pytest.mark.xdist_group("all_formats_run")
-
-
 @pytest.fixture(scope="module")
 def all_formats_run(tiny_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("ov") / "run"

@@ -77,10 +77,6 @@ def _manifest(root: Path) -> Path:
     return write_rows(root / "manifest.csv", rows)
 
 
-# Under xdist these tests stay on one worker, so the module fixture is built once.
-pytestmark = pytest.mark.xdist_group("resume")
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
