@@ -77,7 +77,8 @@ def tiny_run(tmp_path_factory, tiny_config_file) -> Path:
     from filelock import FileLock  # a torch dependency
 
     shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above this worker's popen-gwK/
-    out, done = shared / "tiny_run", shared / "tiny_run.done"
+    # the marker names this session (xdist's run id): a folder kept by --basetemp is never reused
+    out, done = shared / "tiny_run", shared / f"tiny_run.done-{os.environ.get('PYTEST_XDIST_TESTRUNUID', '')}"
     with FileLock(str(shared / "tiny_run.lock")):
         if not done.exists():
             shutil.rmtree(out, ignore_errors=True)  # a worker's failed attempt: build it afresh
