@@ -35,6 +35,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist (-p no:xdist) it is not an error
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: the cores this process may use (its CPU affinity), not every core of the host."""
     return _cores()
