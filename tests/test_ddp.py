@@ -142,7 +142,7 @@ def _cpu_cores() -> int:
 @pytest.mark.slow  # ~20 s on a loaded 2-core machine: torchrun, two ranks, then export/validate/profile/report
 @pytest.mark.skipif(_cpu_cores() < 2, reason="--nproc 2 on CPU needs 2 cores (one process per core)")
 def test_a_two_process_run_writes_one_report_with_the_same_keys(tmp_path, tmp_path_factory, tiny_run):
-    """On a small image+audio manifest (24 labeled train rows, 4 unlabeled, 9 test rows), not the
+    """On a small image+audio manifest (12 labeled train rows, 4 unlabeled, 9 test rows), not the
     demo: the ranks' work is the same code path and the run takes half the time."""
     from _byo_fixtures import make_manifest
 
@@ -166,7 +166,7 @@ def test_a_two_process_run_writes_one_report_with_the_same_keys(tmp_path, tmp_pa
     assert report["distill"]["processes"] == 2 and single["distill"]["processes"] == 1
     student = report["metrics"]["student"]
     assert student["n"] == 9  # rank 0 scored the whole test split, not its shard
-    assert student["accuracy"] > 0.5  # chance is 1/3 (1.0 with torch 2.14.1): the ranks trained together
+    assert student["accuracy"] > 0.5  # chance is 1/3 (1.0 with torch 2.14.1): the 2-process training learned
 
 
 def test_nproc_beyond_the_cores_is_one_line(tmp_path):
