@@ -1,12 +1,25 @@
 """Shared fixtures. `tiny_run` is one reduced end-to-end run (seconds, not minutes) that
-tests of later stages reuse instead of training again."""
+tests of later stages reuse instead of training again.
+
+The suite runs on pytest-xdist (pyproject's addopts: `-n auto --dist loadfile`): one worker per
+core, each single-threaded, the files with slow tests handed out first, `tiny_run` built once
+for all workers. `-n 0` runs it in one process, as before."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
-import pytest
-import yaml
+# One worker per core, one thread per worker: torch's default (one intra-op thread per core
+# in every worker) would put 2 workers x 2 threads on 2 cores. Set before torch is imported in
+# this worker, and inherited by the subprocesses tests start (an explicit setting is kept).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -18,6 +31,25 @@ TINY_CONFIG = {
 }
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist (-p no:xdist) it is not an error
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: the cores this process may use (its CPU affinity), not every core of the host."""
+    return _cores()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under xdist, tests marked slow come first, so their files are handed out first
+    (`--no-loadscope-reorder` keeps the files in order of their first test): longest first is
+    the classic schedule, the quick files fill the gaps instead of one slow file ending the
+    session alone. The plain `-n 0` order is left as collected."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
+
+
 @pytest.fixture(scope="session")
 def tiny_config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
@@ -25,14 +57,32 @@ def tiny_config_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_config_file) -> Path:
-    """A complete run directory from `distill-export run` on a reduced demo config."""
+def _run_tiny(out: Path, config_file: Path) -> None:
     from typer.testing import CliRunner
 
     from distill_export.cli import app
 
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = CliRunner().invoke(app, ["run", "--config", str(tiny_config_file), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(app, ["run", "--config", str(config_file), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_config_file) -> Path:
+    """A complete run directory from `distill-export run` on a reduced demo config. Read-only:
+    tests that change a run work on a copy. Under xdist the first worker to need it builds it
+    in the session's shared temp folder (under a file lock) and the others reuse it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp("runs") / "tiny"
+        _run_tiny(out, tiny_config_file)
+        return out
+    from filelock import FileLock  # a torch dependency
+
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above this worker's popen-gwK/
+    # the marker names this session (xdist's run id): a folder kept by --basetemp is never reused
+    out, done = shared / "tiny_run", shared / f"tiny_run.done-{os.environ.get('PYTEST_XDIST_TESTRUNUID', '')}"
+    with FileLock(str(shared / "tiny_run.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a worker's failed attempt: build it afresh
+            _run_tiny(out, tiny_config_file)
+            done.touch()
     return out

@@ -408,24 +408,36 @@ def test_bad_data_makes_no_run_directory(tmp_path):
 
 
 def test_concurrent_runs_cannot_both_claim_a_folder(tmp_path):
-    """Eight processes race for one --out (new, then an existing empty folder): one wins."""
+    """Eight processes race for one --out (new, then an existing empty folder, twice each):
+    one wins. All start (and import) at once; each says it is ready, then each race is released
+    by a start time sent on stdin that its eight processes sleep until: they race however long
+    the imports took on a loaded machine, and no fixed wait is paid for slow starts. (A race is
+    won twice only by chance: four races catch a non-exclusive claim more often than two.)"""
     import subprocess
     import sys
 
-    for target in (tmp_path / "new" / "run", tmp_path / "empty"):
-        if target.name == "empty":
-            target.mkdir()
-        code = ("import sys, time\nfrom distill_export.rundir import RunDir, RUN_STAGES\n"
-                "from distill_export.errors import ConfigError\n"
-                "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
-                "try:\n    RunDir.create(sys.argv[1], fresh=True, stages=RUN_STAGES)\n    print('won')\n"
-                "except ConfigError as exc:\n    print('lost', exc)\n")
-        go = time.time() + 3.0
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(target), str(go)], stdout=subprocess.PIPE, text=True)
-                 for _ in range(8)]
+    code = ("import sys, time\nfrom distill_export.rundir import RunDir, RUN_STAGES\n"
+            "from distill_export.errors import ConfigError\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(max(0.0, float(sys.stdin.readline()) - time.time()))\n"
+            "try:\n    RunDir.create(sys.argv[1], fresh=True, stages=RUN_STAGES)\n    print('won')\n"
+            "except ConfigError as exc:\n    print('lost', exc)\n")
+    targets = [tmp_path / f"new{i}" / "run" for i in (1, 2)] + [tmp_path / f"empty{i}" for i in (1, 2)]
+    for target in targets[2:]:
+        target.mkdir()
+    races = {target: [subprocess.Popen([sys.executable, "-c", code, str(target)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True) for _ in range(8)]
+             for target in targets}
+    for p in (p for procs in races.values() for p in procs):
+        assert p.stdout.readline().strip() == "ready"
+    for target, procs in races.items():
+        go = time.time() + 0.2  # time for every process of the race to be asleep until then
+        for p in procs:
+            p.stdin.write(f"{go}\n")
+            p.stdin.flush()
         outcomes = [p.communicate(timeout=60)[0].strip() for p in procs]
-        assert sum(o == "won" for o in outcomes) == 1, outcomes
-        assert all(o == "won" or "already holds a run" in o for o in outcomes), outcomes
+        assert sum(o == "won" for o in outcomes) == 1, (target, outcomes)
+        assert all(o == "won" or "already holds a run" in o for o in outcomes), (target, outcomes)
 
 
 @pytest.fixture

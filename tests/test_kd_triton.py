@@ -131,7 +131,8 @@ def test_interpreter_subprocess():
     env = {**os.environ, _ENV: "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider",
+         "-p", "no:xdist", "-o", "addopts=", "-o", "required_plugins="],  # one process: no workers for one file
         cwd=repo, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

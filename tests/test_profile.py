@@ -5,6 +5,7 @@ real run directory (conftest's `tiny_run`, copied so the shared one stays untouc
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import shutil
 
@@ -91,7 +92,17 @@ def _bench(model: str, log: list, device: str = "cpu", fail_at_batch: int | None
 SWEEP = Sweep(batches=[1, 8, 32], threads=[1, 2], warmup_s=0.0, min_time_s=0.0, min_iters=5)
 
 
-def test_sweep_has_a_row_for_every_bench_batch_and_threads():
+@pytest.fixture
+def frozen_heap():
+    """measure_cell runs gc.collect() before each cell; late in a long session the objects of
+    every earlier test made each sweep here take ~3 s (0.2 s alone). They are not this test's
+    garbage: freeze them (gc.freeze moves them out of the collector's reach) for its duration."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+def test_sweep_has_a_row_for_every_bench_batch_and_threads(frozen_heap):
     log: list[str] = []
     gone = Bench("teacher", "fake-gpu", "pytorch", None, "cuda", {}, skipped="no CUDA GPU is visible")
     rows = run_sweep([_bench("teacher", log), _bench("student", log), gone], SWEEP)
@@ -105,7 +116,7 @@ def test_sweep_has_a_row_for_every_bench_batch_and_threads():
     assert skipped[0]["skipped"] == "no CUDA GPU is visible" and skipped[0]["batch"] is None
 
 
-def test_cell_level_skip_carries_its_reason():
+def test_cell_level_skip_carries_its_reason(frozen_heap):
     log: list[str] = []
     rows = run_sweep([_bench("student", log, fail_at_batch=32)], SWEEP)
     bad = [r for r in rows if r["batch"] == 32]
@@ -113,7 +124,7 @@ def test_cell_level_skip_carries_its_reason():
     assert all("p50_ms" in r for r in rows if r["batch"] != 32)
 
 
-def test_gpu_benches_run_once_per_batch_not_per_thread_count():
+def test_gpu_benches_run_once_per_batch_not_per_thread_count(frozen_heap):
     rows = run_sweep([_bench("student", [], device="cuda")], SWEEP)
     assert sorted((r["batch"], r["threads"]) for r in rows) == [(1, 2), (8, 2), (32, 2)]
 

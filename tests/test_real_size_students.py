@@ -106,24 +106,6 @@ def test_mismatched_keys_and_shapes_are_one_line_errors(tmp_path):
         init_student(gray, tmp_path / "list.pt", "resnet18")
 
 
-def test_a_96px_rgb_student_exports_to_onnx_within_the_fp32_gates(tmp_path):
-    from distill_export.config import ValidateConfig
-    from distill_export.export import ExportOptions, ExportSource, export_formats
-    from distill_export.validate import validate_artifact
-
-    torch.manual_seed(0)
-    net = create_student("mobilenet_v3_small", 3, 3, 96).eval()
-    meta = {"class_names": ["a", "b", "c"], "input_name": "image", "input_shape": [3, 96, 96],
-            "input_layout": "NCHW", "norm_mean": 0.0, "norm_std": 1.0, "teacher": "t", "dataset": "synthetic"}
-    x = torch.randn(6, 3, 96, 96)
-    with torch.inference_mode():
-        ref = net(x)
-    art = export_formats(ExportSource(net, meta, "0" * 64, tmp_path), ["onnx"], ExportOptions())["onnx"].to_dict()
-    parity = {"x": x.numpy(), "labels": ref.argmax(1).numpy(), "logits": ref.numpy()}
-    result = validate_artifact(art, parity, ValidateConfig(batch_sizes=[1, 4]), 3, None)
-    assert result["passed"], result["gates"]
-
-
 @pytest.mark.slow  # a real run in-process: ~30 s on 2 busy cores
 def test_rgb96_recipe_runs_on_the_synthetic_manifest(tmp_path):
     import yaml
@@ -143,8 +125,10 @@ def test_rgb96_recipe_runs_on_the_synthetic_manifest(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", "--recipe", "rgb96", "--data", str(manifest), "--config", str(tiny),
                                       "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output  # exit 1 if a parity gate failed
     report = json.loads((out / "report.json").read_text())
+    # The 96 px RGB mobilenet_v3_small exports to ONNX within the FP32 gates (validate_artifact, as
+    # the unit test this replaced checked on a random-init net: this run makes the same export).
     assert report["exports"]["onnx"]["parity"]["passed"]
     student, meta = load_student(out / "student.pt")
     assert meta["input_shape"] == [3, 96, 96] and _stem(student).stride == (2, 2)

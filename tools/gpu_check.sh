@@ -78,7 +78,10 @@ fi
 # --- 3. fused KD kernel tests, natively on CUDA -----------------------------------------
 # --noconftest: these tests need no shared fixture, and the image may lack the
 # conftest's imports; TRITON_INTERPRET must be unset for a native run.
-step kd_tests "$T_TESTS" env -u TRITON_INTERPRET "$PY" -m pytest \
+# One process, whether or not pytest-xdist is on the image: pyproject's addopts ask for
+# `-n auto` and require the plugin; GPU tests share one device and are not run in parallel.
+ONE_PROCESS=(-o addopts= -o required_plugins= -p no:xdist)
+step kd_tests "$T_TESTS" env -u TRITON_INTERPRET "$PY" -m pytest "${ONE_PROCESS[@]}" \
     tests/test_kd_triton.py tests/test_kd_loss.py tests/test_methods.py -q -rfEs --noconftest -p no:cacheprovider \
     --junitxml="$OUT/junit-kd.xml"
 
@@ -114,7 +117,7 @@ step late_fusion "${T_LATE:-60}" bash -c '
 # >>> export / TensorRT checks go here: tests marked `gpu` (tests that need TensorRT or
 # >>> onnxruntime-gpu must skip cleanly, since neither can be installed on this machine).
 # The kernel tests already ran above; pytest exit 5 (nothing selected) is recorded as is.
-step gpu_tests "$T_GPU_TESTS" "$PY" -m pytest tests -m gpu -q -rfEs -p no:cacheprovider \
+step gpu_tests "$T_GPU_TESTS" "$PY" -m pytest "${ONE_PROCESS[@]}" tests -m gpu -q -rfEs -p no:cacheprovider \
     --ignore=tests/test_kd_triton.py --junitxml="$OUT/junit-gpu.xml"
 
 # --- 7. training at scale (issue 10): bf16 distillation throughput, images/s --------------

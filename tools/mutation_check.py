@@ -114,8 +114,9 @@ def check_imports_the_copy(copy: Path) -> None:
 
 def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[int | None, str, float]:
     """(pytest's exit code or None on timeout, the tail of its output, seconds)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "addopts=",
-           "--no-header", "-W", "ignore", *tests]
+    # One process (a few tests each; no xdist workers), whether or not pytest-xdist is installed.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "addopts=",
+           "-o", "required_plugins=", "--no-header", "-W", "ignore", *tests]
     start = time.perf_counter()
     try:
         out = subprocess.run(cmd, cwd=copy, env=env_for(copy), capture_output=True, text=True, timeout=timeout)
