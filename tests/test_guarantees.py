@@ -89,6 +89,18 @@ def test_baseline_and_student_take_the_same_steps_from_the_same_weights(fraction
         assert torch.equal(a, b)
 
 
+def test_a_labels_only_objective_trains_exactly_as_the_baseline():
+    """What tune writes when distilling is not confirmed (ce alone): train_student must give the
+    baseline's weights, not a student whose batches mix in unlabeled rows with their CE masked."""
+    data = _data(0.25)
+    cfg = _config(epochs=2, batch_size=5, method="labels_only")
+    student, info = train_student(cfg, data, _teacher_logits(data), None, CPU, quiet=True)
+    baseline, _ = train_baseline(cfg, data, CPU, quiet=True)
+    assert info["distilled"] is False
+    for k, v in baseline.state_dict().items():
+        assert torch.equal(student.state_dict()[k], v), k
+
+
 # ----- best validation epoch -----------------------------------------------------------------
 
 
