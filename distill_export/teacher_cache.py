@@ -175,10 +175,32 @@ def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], B
     """(features, logits, info): from the cache on a hit, else computed batch by batch (and
     stored, then read back memory-mapped). compute() yields (features, logits) per batch in row
     order. An output no term needs is None (and not stored)."""
+    from distill_export import distributed as ddp
+
     needs = tuple(n for n in ALL_OUTPUTS if n in needs)
     if not use_cache:
         feats, logits = (torch.cat(parts) for parts in zip(*compute()))
         return feats, logits, {"status": "disabled"}
+    if ddp.is_distributed():
+        # Rank 0 alone fills the cache (one pass, one writer) in its run directory; the other
+        # ranks (each in a scratch directory) wait for it and read what it wrote, memory-mapped,
+        # under its key: every rank distills from rank 0's teacher outputs, as one process would.
+        # Multi-node runs keep the run directory on a shared file system (docs/scale.md).
+        if ddp.is_main():
+            result = _fill(path, key, rows, compute, needs)
+            ddp.broadcast_object((str(path), key))
+            return result
+        where, main_key = ddp.broadcast_object(None)
+        stored, problem = load(Path(where), main_key, rows, needs)
+        if stored is None:
+            raise OSError(f"teacher cache {where}: rank {ddp.rank()} cannot read what rank 0 wrote ({problem}); "
+                          "under torchrun on several machines the run directory must be on a shared file system")
+        return stored.get("features"), stored.get("logits"), {"status": "read from rank 0", "path": where}
+    return _fill(path, key, rows, compute, needs)
+
+
+def _fill(path: Path, key: CacheKey, rows: int, compute: Callable[[], Batches], needs):
+    """One process: the cache's outputs on a hit, else computed, stored and read back."""
     hit, why = load(path, key, rows, needs)
     if hit is not None:
         console.print(f"teacher outputs: cache hit ({path})")

@@ -159,6 +159,8 @@ def test_a_two_process_run_writes_one_report_with_the_same_keys(tmp_path, tmp_pa
                            "--config", str(cfg), "--data", str(manifest), "--out", str(out), "--quiet"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # rank 0 alone runs the teacher over the training rows and writes the cache; rank 1 reads it
+    assert (proc.stdout + proc.stderr).count("teacher outputs: cache miss") == 1, proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "tiny.yaml"]  # rank 1 left nothing
     report = json.loads((out / "report.json").read_text())
     single = json.loads((Path(tiny_run) / "report.json").read_text())
