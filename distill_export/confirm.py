@@ -52,7 +52,7 @@ def paired_p_value(gains: list[float]) -> float:
     """One-sided paired t-test across seeds, H1: mean(candidate - baseline) > 0.
 
     gains: per seed, candidate val accuracy - baseline val accuracy (same seed, so the same
-    initial weights and batch order: the pairing removes what both share)."""
+    initial weights and batch-order seed: the pairing removes what both share)."""
     from scipy.stats import ttest_1samp
 
     if len(gains) < 2:

@@ -81,7 +81,10 @@ def init_from_env(device_name: str) -> torch.device:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not is_distributed():
-        torch.distributed.init_process_group(backend=backend)
+        # On CUDA, nccl for CUDA tensors and gloo for the few CPU ones (distributed.row_share's
+        # row counts, broadcast_object's pickles): an nccl-only group rejects CPU tensors.
+        both = backend == "nccl" and torch.distributed.is_gloo_available()
+        torch.distributed.init_process_group(backend="cpu:gloo,cuda:nccl" if both else backend)
     return device
 
 

@@ -188,7 +188,7 @@ def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], B
         # Multi-node runs keep the run directory on a shared file system (docs/scale.md).
         if ddp.is_main():
             result = _fill(path, key, rows, compute, needs)
-            ddp.broadcast_object((str(path), key))
+            ddp.broadcast_object((str(path.resolve()), key))  # other ranks may have another working directory
             return result
         where, main_key = ddp.broadcast_object(None)
         stored, problem = load(Path(where), main_key, rows, needs)

@@ -37,8 +37,10 @@ def _cores() -> int:
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist (-p no:xdist) it is not an error
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: the cores this process may use (its CPU affinity), not every core of the host."""
-    return _cores()
+    """`-n auto`: the cores this process may use (its CPU affinity), not every core of the host;
+    PYTEST_XDIST_AUTO_NUM_WORKERS still wins, as it does in xdist's own hook."""
+    override = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    return int(override) if override and override.isdigit() else _cores()
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -146,6 +147,13 @@ def fusion_rows(args) -> None:
 
     out = Path(args.out)
     overrides = _overrides(args)
+    from distill_export.distill import labels_only
+    from distill_export.methods import term_specs
+
+    if labels_only(term_specs(load_config(args.recipe, args.config, overrides).distill)):
+        # e.g. a tuned.yaml where tune found nothing that pays: no KD student, no control to tabulate
+        sys.exit(f"error: {args.config or args.recipe}: the objective is labels only (no term reads the teacher), "
+                 "so there is no distilled student to compare; the baseline row is all there would be")
     runs = []
     for seed in args.seeds:
         row = {"seed": seed, "val": {}, "teacher": {}, "probe": {}, "seconds": {}}
