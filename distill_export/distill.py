@@ -124,15 +124,11 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
     column = data.train.inputs[modality]
     x = (column.take(labeled) if is_streamed(column) else column[labeled]).to(device)
     y = data.train.labels[labeled].to(device)
-    forward, fetch = speed.prepare(model, x, config, device, augment=augment is not None)
-    batch_augment = None if speed.augments_in_workers(x, augment) else augment  # else done per sample
+    forward, fetch, inputs = speed.student_step(model, x, config, device, augment)
 
     def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        xb = speed.layout(x[rows] if xb is None else xb, config, device)
-        xb = xb if batch_augment is None else batch_augment(xb)
-        loss = F.cross_entropy(forward(xb), y[rows])
-        return loss * ddp.row_share(len(rows)) if ddp.is_distributed() else loss
+        return F.cross_entropy(forward(inputs(rows, xb)), y[rows]) * ddp.row_share(len(rows))  # 1.0 in one process
 
     spec = dataclasses.replace(_spec(config, device), rows_per_epoch=len(data.train))  # same steps as the student
     result = train_loop(
@@ -186,13 +182,11 @@ def train_student(
         t_feats = ((teacher_feats - mean) / std).to(device) if online_teacher is None else None
         mean, std = mean.to(device), std.to(device)
 
-    forward, fetch = speed.prepare(module, x, config, device, augment=augment is not None)
-    batch_augment = None if speed.augments_in_workers(x, augment) else augment  # else done per sample
+    forward, fetch, inputs = speed.student_step(module, x, config, device, augment)
 
     def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        xb = speed.layout(x[rows] if xb is None else xb, config, device)
-        xb = xb if batch_augment is None else batch_augment(xb)
+        xb = inputs(rows, xb)
         if online_teacher is not None:
             tf, tl = online_teacher(rows, xb)
             tf = (tf - mean) / std if mean is not None else None

@@ -54,6 +54,20 @@ def prepare(module: nn.Module, x, config, device, conv_student: bool = True, aug
     return forward, fetch
 
 
+def student_step(module: nn.Module, x, config, device, augment=None):
+    """(forward, fetch, inputs) for a conv student's training step (prepare's pair, plus
+    inputs(rows, xb=None) -> the (B, C, H, W) batch: x[rows], or xb when the workers decoded
+    it, in the training memory format and augmented here unless the workers did it per sample)."""
+    forward, fetch = prepare(module, x, config, device, augment=augment is not None)
+    here = None if augments_in_workers(x, augment) else augment
+
+    def inputs(rows: torch.Tensor, xb=None) -> torch.Tensor:
+        xb = layout(x[rows] if xb is None else xb, config, device)
+        return xb if here is None else here(xb)
+
+    return forward, fetch, inputs
+
+
 def layout(xb: torch.Tensor, config, device) -> torch.Tensor:
     """The batch in the memory format the module trains in: (B, C, H, W) channels_last on CUDA."""
     if xb.dim() == 4 and channels_last_on(config, device):

@@ -115,7 +115,7 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
     def batch_loss(rows, xb=None):
         rows = rows.to(device)
         loss = F.cross_entropy(forward({m: v[rows] for m, v in x.items()} if xb is None else xb), y[rows])
-        return loss * ddp.row_share(len(rows)) if ddp.is_distributed() else loss
+        return loss * ddp.row_share(len(rows))  # 1.0 in one process
 
     def val_accuracy():
         _, logits = predict(teacher.forward_features, val_x, len(data.val))
