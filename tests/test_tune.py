@@ -223,3 +223,21 @@ def test_run_refuses_an_unknown_method_before_training(tmp_path, flags, needle):
     result = runner.invoke(app, ["run", "--out", str(tmp_path / "r"), *flags, "--quiet"])
     _one_line_error(result, needle)
     assert not (tmp_path / "r").exists()
+
+
+def test_kd_gain_fusion_table_refuses_a_labels_only_config_in_one_line(tmp_path):
+    """tools/kd_gain.py --fusions with what tune writes when nothing pays: one line, no training."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "tuned.yaml"
+    config.write_text("distill:\n  method: labels_only\n  terms: [{name: ce, weight: 1.0}]\n")
+    before = config.read_bytes()
+    tool = Path(__file__).resolve().parents[1] / "tools" / "kd_gain.py"
+    proc = subprocess.run([sys.executable, str(tool), "--fusions", "late", "concat", "--config", str(config),
+                           "--seeds", "0", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "labels only" in lines[0], lines
+    assert config.read_bytes() == before and not (tmp_path / "out").exists()
