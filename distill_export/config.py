@@ -84,6 +84,10 @@ class DistillConfig:
     # (self-training without the other modality): separates what the extra modality gave from
     # what the unlabeled rows alone give.
     self_training_control: bool = False
+    # Distillation rounds (rounds.py). From round 2 the teacher is the previous round's student
+    # times an expert of each other modality re-fitted on the rows that student labeled
+    # (co-training); the self-training control gets as many rounds, from its own student.
+    rounds: int = 1
     # What the teacher sees when it makes the soft targets: "full" (every modality) or
     # "student" (only the student's modality, other embeddings zeroed as in modality dropout).
     teacher_view: str = "full"
@@ -178,6 +182,7 @@ _RANGES: dict[str, tuple] = {
     "teacher.modality_dropout": _FRACTION,
     "distill.alpha": _FRACTION,
     "distill.beta": (0.0, 1e6, True, True),
+    "distill.rounds": (1, 10, True, True),
     "export.opset": (17, 99, True, True),  # the upper end is refined by the installed onnx below
     "export.calibration_samples": (1, 10_000_000, True, True),
     "validate.fp32_max_abs": (0.0, 1e6, True, True),

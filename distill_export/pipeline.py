@@ -118,6 +118,29 @@ def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, need
     return student, info, targets
 
 
+def _distill_rounds(config, run: RunDir, data, device, teacher, teacher_file, needs, quiet, label, cache_dir,
+                    with_experts: bool = True):
+    """Round 1 from `teacher`, then (distill.rounds > 1) each later round from the previous
+    student times re-fitted experts of the other modalities (rounds.py; with_experts=False for
+    the self-training control: the previous student alone). Returns the last round's student."""
+    from distill_export.distill import train_student
+    from distill_export.rounds import next_round_targets
+
+    student, info, targets = _distill_from(config, run, data, device, teacher, teacher_file, needs, quiet,
+                                           label, cache_dir)
+    if config.distill.rounds == 1:
+        return student, info, targets
+    name = "student" if label.strip() == "student" else f"{label.strip()}_student"
+    history = [{"round": 1, "best_val_accuracy": info["best_val_accuracy"]}]
+    for r in range(2, config.distill.rounds + 1):
+        logits, made = next_round_targets(config, data, device, student, with_experts, quiet,
+                                          f"{label.strip()} round {r} ")
+        student, info = train_student(config, data, logits, None, device, quiet, label=f"{label.strip()} round {r} ",
+                                      checkpoint=_checkpoint(config, run, f"{name}_round{r}"))
+        history.append({"round": r, "teacher": made, "best_val_accuracy": info["best_val_accuracy"]})
+    return student, {**info, "rounds": history}, targets
+
+
 def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> tuple[dict, object]:
     """An image-only teacher of the same size on the same labeled rows, distilled the same way:
     what the unlabeled rows give without the other modality."""
@@ -134,8 +157,8 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
                                  checkpoint=_checkpoint(config, run, "control_teacher"))
     teacher = load_teacher(path, data).to(device)
     teacher_metrics = evaluate_teacher(teacher, data, device)
-    student, info, _ = _distill_from(config, run, data, device, teacher, path, needs, quiet, "control ",
-                                     "control_teacher_outputs")
+    student, info, _ = _distill_rounds(config, run, data, device, teacher, path, needs, quiet, "control ",
+                                       "control_teacher_outputs", with_experts=False)
     return {"teacher_accuracy": teacher_metrics["accuracy"], "teacher_training": training,
             "student_training": info}, student
 
@@ -177,12 +200,15 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     specs = term_specs(config.distill)
+    from distill_export.rounds import check_rounds_supported
+
+    check_rounds_supported(config, data)
     if labels_only(specs):
         models, kd_train, base_train, control, cache_info = _labels_only(config, run, data, device, specs, quiet)
     else:
         with _timed(run, "distill"):
-            student, kd_train, targets = _distill_from(config, run, data, device, teacher, None, needs, quiet,
-                                                       "student ", "teacher_outputs")
+            student, kd_train, targets = _distill_rounds(config, run, data, device, teacher, None, needs, quiet,
+                                                         "student ", "teacher_outputs")
         with _timed(run, "baseline"):
             baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment,
                                                   checkpoint=_checkpoint(config, run, "baseline"))
@@ -226,6 +252,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "alpha": config.distill.alpha,
             "beta": config.distill.beta,
             "label_fraction": config.data.label_fraction,
+            "rounds": config.distill.rounds,
             "labeled_train_rows": int(data.train.labeled.sum()),
             "train_rows": len(data.train),
             "kd_loss_impl": config.distill.kd_impl if device.type == "cuda" else "reference",

@@ -200,7 +200,21 @@ def teacher_fusion_line(report: dict) -> str:
     fusion = report.get("teacher", {}).get("fusion")
     if not fusion:
         return ""
-    return f"Teacher fusion: {FUSION_WORDS.get(fusion, fusion)}."
+    return f"Teacher fusion: {FUSION_WORDS.get(fusion, fusion)}.{rounds_sentence(report)}"
+
+
+def rounds_sentence(report: dict) -> str:
+    """What the later distillation rounds taught from ("" with one round)."""
+    history = report.get("distill", {}).get("student_training", {}).get("rounds") or []
+    if len(history) < 2:
+        return ""
+    last = history[-1]["teacher"]
+    experts = ", ".join(f"{m} expert {_pct(e['best_val_accuracy'])} val" for m, e in last["experts"].items())
+    return (f" {len(history)} distillation rounds: from round 2 the teacher is the previous round's student times "
+            f"an expert of each other modality re-fitted on the rows that student labeled (co-training; round "
+            f"{history[-1]['round']}: {experts or 'no other modality'}, teacher {_pct(last['teacher_val_accuracy'])} val). "
+            f"The self-training control had as many rounds, each from its own previous student. The teacher rows "
+            f"are round 1's teacher.")
 
 
 def _modality_gap_note(report: dict) -> str:
