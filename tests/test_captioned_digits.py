@@ -216,7 +216,15 @@ def test_recipe_smoke_runs_every_stage(tiny_manifest, tmp_path):
     assert set(temps) == {"caption", "image"} and all(t > 0 for t in temps.values())
     assert report["teacher_exports"]["onnx"]["parity"]["passed"]  # the teacher ONNX takes image + caption
     assert report["exports"]["onnx"]["parity"]["passed"]
-    assert "Teacher fusion: late (a product of per-modality experts" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "Teacher fusion: late (a product of per-modality experts" in md
+    # The recipe's second round: the caption expert re-fitted on the round-1 student's labels;
+    # the control's second round from its own student, with no caption.
+    rounds = report["distill"]["student_training"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and report["distill"]["rounds"] == 2
+    assert rounds[1]["teacher"]["experts"]["caption"]["pseudo_labeled_rows"] == 50  # 60 training rows, 10 labeled
+    assert control["student_training"]["rounds"][1]["teacher"]["experts"] == {}
+    assert "2 distillation rounds" in md and "caption expert" in md
 
 
 @pytest.mark.slow
