@@ -48,6 +48,7 @@ Fusion = Annotated[Optional[str], typer.Option("--teacher-fusion", help="How the
 TeacherEpochs = Annotated[Optional[int], typer.Option("--teacher-epochs", help="Epochs for the teacher.")]
 Temperature = Annotated[Optional[float], typer.Option("--temperature", "-T", help="KD temperature T > 0.")]
 Method = Annotated[Optional[str], typer.Option("--method", help="Distillation method (a preset of terms): hinton, ls_kd, dkd, dist, c2kd, pseudo_label, kd_pseudo_label, labels_only. distill.terms in --config lists terms explicitly.")]
+Rounds = Annotated[Optional[int], typer.Option("--rounds", help="Distillation rounds: from round 2 the teacher is the previous student times experts of the other modalities re-fitted on the rows it labeled (co-training).", show_default=False)]
 Control = Annotated[Optional[bool], typer.Option("--self-training-control/--no-self-training-control", help="Also distill from an image-only teacher of the same size (what unlabeled rows give without the other modality).", show_default=False)]
 Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Weight of the hard-label CE term, in [0, 1].")]
 Beta = Annotated[Optional[float], typer.Option("--beta", help="Weight of feature distillation (0 = off).")]
@@ -150,7 +151,7 @@ def _overrides(**flags) -> dict:
         "calibration_method": "export.calibration_method", "data": "data.source", "student_modality": "data.student_modality",
         "skip_bad_rows": "data.skip_bad_rows", "teacher_weights": "teacher.weights", "augment": "distill.augment",
         "method": "distill.method", "self_training_control": "distill.self_training_control",
-        "compile": "distill.compile", "teacher_fusion": "teacher.fusion",
+        "compile": "distill.compile", "teacher_fusion": "teacher.fusion", "rounds": "distill.rounds",
     }
     return {keys[k]: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
 
@@ -224,7 +225,8 @@ def run(
     formats: Formats = None, data: Data = None, student_modality: StudentModality = None,
     skip_bad_rows: SkipBadRows = None, teacher_weights: TeacherWeights = None, augment: Augment = None,
     method: Method = None, self_training_control: Control = None, teacher_fusion: Fusion = None,
-    quiet: Quiet = False, resume: Resume = None, nproc: Nproc = None, compile: Compile = None,
+    rounds: Rounds = None, quiet: Quiet = False, resume: Resume = None, nproc: Nproc = None,
+    compile: Compile = None,
 ):
     """Every stage in one command: train the teacher, distill, export, validate, profile, report.
 
@@ -241,7 +243,8 @@ def run(
                  temperature=temperature, alpha=alpha, beta=beta, label_fraction=label_fraction,
                  formats=formats, data=data, student_modality=student_modality, skip_bad_rows=skip_bad_rows,
                  teacher_weights=teacher_weights, augment=augment, method=method,
-                 self_training_control=self_training_control, teacher_fusion=teacher_fusion, compile=compile)
+                 self_training_control=self_training_control, teacher_fusion=teacher_fusion, compile=compile,
+                 rounds=rounds)
     from distill_export import distributed as ddp
 
     if nproc is not None and not ddp.launched_by_torchrun():
@@ -378,14 +381,15 @@ def distill(
     run_dir: RunDirArg, student: Student = None, student_init: StudentInit = None, epochs: Epochs = None,
     temperature: Temperature = None, alpha: Alpha = None, beta: Beta = None, seed: Seed = None,
     device: Device = None, augment: Augment = None, method: Method = None,
-    self_training_control: Control = None, quiet: Quiet = False,
+    self_training_control: Control = None, rounds: Rounds = None, quiet: Quiet = False,
 ):
     """Stage 2: distill the student and train the labels-only baseline."""
     from distill_export.pipeline import stage_distill
 
     rd, cfg = _existing(run_dir, student=student, student_init=student_init, epochs=epochs,
                         temperature=temperature, alpha=alpha, beta=beta, seed=seed, device=device,
-                        augment=augment, method=method, self_training_control=self_training_control)
+                        augment=augment, method=method, self_training_control=self_training_control,
+                        rounds=rounds)
     rd.require_stages(("train_teacher",), "distill")
     with rd.transaction():  # a failure leaves the run directory exactly as it was
         stage_distill(cfg, rd, quiet)

@@ -113,3 +113,14 @@ def test_rounds_out_of_range_is_named(rounds):
     config = _config(rounds=rounds)
     with pytest.raises(ConfigError, match="distill.rounds"):
         validate_config(config)
+
+
+def test_the_rounds_flag_sets_the_config_and_is_checked(tmp_path):
+    from typer.testing import CliRunner
+
+    from distill_export.cli import _load, app
+
+    assert _load(None, None, rounds=3).distill.rounds == 3
+    result = CliRunner().invoke(app, ["run", "--rounds", "0", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "distill.rounds must be in [1, 10], got 0" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
