@@ -239,6 +239,7 @@ FLAGS = {
     "teacher_fusion": (["--teacher-fusion", "late"], "teacher.fusion", "late"),
     # (the demo recipe turns the control on, so the flag that changes it is the negative one)
     "self_training_control": (["--no-self-training-control"], "distill.self_training_control", False),
+    "rounds": (["--rounds", "2"], "distill.rounds", 2),
     "opset": (["--opset", "19"], "export.opset", 19),
     "calibration_samples": (["--calibration-samples", "64"], "export.calibration_samples", 64),
     "calibration_method": (["--calibration-method", "entropy"], "export.calibration_method", "entropy"),
