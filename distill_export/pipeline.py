@@ -48,6 +48,9 @@ def _setup(config: RunConfig):
     from distill_export.distill import check_student_fits
 
     check_student_fits(config, data)  # e.g. a data.image_size too small for the student's strides
+    from distill_export.rounds import check_rounds_supported
+
+    check_rounds_supported(config, data)  # distill.rounds > 1 on streamed data or under torchrun
     return data, device
 
 
@@ -123,6 +126,9 @@ def _distill_rounds(config, run: RunDir, data, device, teacher, teacher_file, ne
     """Round 1 from `teacher`, then (distill.rounds > 1) each later round from the previous
     student times re-fitted experts of the other modalities (rounds.py; with_experts=False for
     the self-training control: the previous student alone). Returns the last round's student."""
+    import dataclasses
+    import hashlib
+
     from distill_export.distill import train_student
     from distill_export.rounds import next_round_targets
 
@@ -135,8 +141,11 @@ def _distill_rounds(config, run: RunDir, data, device, teacher, teacher_file, ne
     for r in range(2, config.distill.rounds + 1):
         logits, made = next_round_targets(config, data, device, student, with_experts, quiet,
                                           f"{label.strip()} round {r} ")
+        # Keyed by its targets too: a checkpoint left by other targets (round 1 changed) is not resumed.
+        ckpt = _checkpoint(config, run, f"{name}_round{r}")
+        ckpt = dataclasses.replace(ckpt, key=f"{ckpt.key}:{hashlib.sha256(logits.numpy().tobytes()).hexdigest()[:16]}")
         student, info = train_student(config, data, logits, None, device, quiet, label=f"{label.strip()} round {r} ",
-                                      checkpoint=_checkpoint(config, run, f"{name}_round{r}"))
+                                      checkpoint=ckpt)
         history.append({"round": r, "teacher": made, "best_val_accuracy": info["best_val_accuracy"]})
     return student, {**info, "rounds": history}, targets
 
@@ -200,9 +209,6 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     specs = term_specs(config.distill)
-    from distill_export.rounds import check_rounds_supported
-
-    check_rounds_supported(config, data)
     if labels_only(specs):
         models, kd_train, base_train, control, cache_info = _labels_only(config, run, data, device, specs, quiet)
     else:
@@ -409,6 +415,9 @@ def preflight(config: RunConfig) -> None:
     from distill_export.nets.students import check_student_name
 
     check_student_name(config.student.name)
+    from distill_export.rounds import check_rounds_config
+
+    check_rounds_config(config)  # e.g. rounds > 1 with augment: before any directory is made
     from distill_export.speed import check_compile
 
     check_compile(config, resolve_device(config.device))  # --device cuda without a GPU fails here

@@ -26,20 +26,32 @@ import torch.nn.functional as F
 from distill_export.errors import ConfigError
 
 
-def check_rounds_supported(config, data) -> None:
-    """Later rounds retrain experts on in-memory tensors in one process and hand the student
-    fixed logits: refuse what that cannot serve before any training starts."""
+def check_rounds_config(config) -> None:
+    """What later rounds cannot serve, refused from the config alone (before a run directory is
+    made): they hand the student fixed logits from a product of classifiers."""
     if config.distill.rounds == 1:
         return
-    from distill_export import distributed as ddp
     from distill_export.methods import teacher_needs
 
     if "features" in teacher_needs(config.distill):
-        raise ConfigError("distill.rounds > 1: later rounds' teacher is a product of classifiers with no feature "
-                          "layer to match; use terms that read the teacher's logits (kd, dist, pseudo_label, ...)")
+        raise ConfigError("distill.rounds > 1: the teacher of later rounds is a product of classifiers with no "
+                          "feature layer to match; use terms that read teacher logits (kd, dist, pseudo_label, ...)")
     if config.distill.augment != "none":
-        raise ConfigError("distill.rounds > 1 needs distill.augment=none (later rounds' targets are fixed logits, "
+        raise ConfigError("distill.rounds > 1 needs distill.augment=none (the targets of later rounds are fixed logits, "
                           "computed once on the un-augmented rows)")
+    if config.distill.teacher_view != "full":
+        raise ConfigError("distill.rounds > 1 needs distill.teacher_view=full (the teachers of later rounds read "
+                          "the other modalities)")
+
+
+def check_rounds_supported(config, data) -> None:
+    """check_rounds_config, then what the data and processes allow: later rounds retrain experts
+    on in-memory tensors in one process."""
+    check_rounds_config(config)
+    if config.distill.rounds == 1:
+        return
+    from distill_export import distributed as ddp
+
     if ddp.is_distributed() or data.info.get("streaming"):
         raise ConfigError("distill.rounds > 1 trains in one process on in-memory data: use data.streaming=off "
                           "and no --nproc/torchrun, or distill.rounds=1")
@@ -54,6 +66,12 @@ def student_logits(student, x: torch.Tensor, device) -> torch.Tensor:
     return predict(student.forward_features, x.to(device), len(x))[1]
 
 
+def expert_labels(data, pseudo: torch.Tensor) -> torch.Tensor:
+    """(N_train,) the labels a re-fitted expert learns: the true label where a row has one, the
+    previous student's `pseudo` label elsewhere."""
+    return torch.where(data.train.labeled, data.train.labels, pseudo.to(data.train.labels.dtype))
+
+
 def refit_expert(config, data, device, modality: str, pseudo: torch.Tensor, quiet: bool, label: str):
     """A one-modality late-fusion teacher trained from its seeded init on every training row:
     the true label where there is one, `pseudo` (N_train,) elsewhere; calibrated on val.
@@ -65,7 +83,7 @@ def refit_expert(config, data, device, modality: str, pseudo: torch.Tensor, quie
     cfg = config.teacher
     expert = LateFusionTeacher(**teacher_kwargs(data, cfg.width, 0.0, [modality], "late")).to(device)
     labeled = data.train.labeled
-    y = torch.where(labeled, data.train.labels, pseudo.to(data.train.labels.dtype)).to(device)
+    y = expert_labels(data, pseudo).to(device)
     x = {modality: data.train.inputs[modality].to(device)}
     val_x = {modality: data.val.inputs[modality].to(device)}
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(y))

@@ -37,7 +37,9 @@ BACKUP_DIR = ".stage-backup"  # hard links of the files as they were before a st
 CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a stage is unfinished
 # The trainings each stage checkpoints (deleted when the stage is recorded done).
 STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),
-                     "distill": ("student", "baseline", "control_teacher", "control_student")}
+                     "distill": ("student", "baseline", "control_teacher", "control_student",
+                                 # distill.rounds (1..10): each later round's student, pipeline._distill_rounds
+                                 *(f"{who}_round{r}" for who in ("student", "control_student") for r in range(2, 11)))}
 # What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
 _NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
          "distill": "`distill-export distill {run}`",
