@@ -210,11 +210,12 @@ def rounds_sentence(report: dict) -> str:
         return ""
     last = history[-1]["teacher"]
     experts = ", ".join(f"{m} expert {_pct(e['best_val_accuracy'])} val" for m, e in last["experts"].items())
+    per_round = ", ".join(f"round {h['round']} {_pct(h['best_val_accuracy'])}" for h in history)
     return (f" {len(history)} distillation rounds: from round 2 the teacher is the previous round's student times "
             f"an expert of each other modality re-fitted on the rows that student labeled (co-training; round "
             f"{history[-1]['round']}: {experts or 'no other modality'}, teacher {_pct(last['teacher_val_accuracy'])} val). "
-            f"The self-training control had as many rounds, each from its own previous student. The teacher rows "
-            f"are round 1's teacher.")
+            f"Student val accuracy by round: {per_round} (the last round is kept). The self-training control had as "
+            f"many rounds, each from its own previous student. The teacher rows are round 1's teacher.")
 
 
 def _modality_gap_note(report: dict) -> str:
@@ -367,8 +368,9 @@ def render_markdown(report: dict, plots: list[Path], note: str = "") -> str:
     parts = ["# distill-export report", ""]
     if ds:
         parts.append(
-            f"Dataset **{ds.get('name')}**: {_sizes(ds)}, {ds.get('labeled_train_rows')} labeled training rows. "
-            f"Test audio voices are never seen in training."
+            f"Dataset **{ds.get('name')}**: {_sizes(ds)}, {ds.get('labeled_train_rows')} labeled training rows."
+            # Only the built-in demo holds voices out (data/avdigits.py records them).
+            + (" Test audio voices are never seen in training." if ds.get("test_voices") else "")
         )
     parts += ["", "## Accuracy (test split)", "", _md_table(["model", "accuracy", "macro F1", "macro precision", "macro recall"], accuracy_rows(report)), ""]
     if "kd_gain" in report:

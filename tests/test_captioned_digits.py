@@ -224,7 +224,8 @@ def test_recipe_smoke_runs_every_stage(tiny_manifest, tmp_path):
     assert [r["round"] for r in rounds] == [1, 2] and report["distill"]["rounds"] == 2
     assert rounds[1]["teacher"]["experts"]["caption"]["pseudo_labeled_rows"] == 50  # 60 training rows, 10 labeled
     assert control["student_training"]["rounds"][1]["teacher"]["experts"] == {}
-    assert "2 distillation rounds" in md and "caption expert" in md
+    assert "2 distillation rounds" in md and "caption expert" in md and "Student val accuracy by round" in md
+    assert "audio voices" not in md  # only the built-in demo holds voices out
 
 
 @pytest.mark.slow
