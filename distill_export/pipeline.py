@@ -102,6 +102,11 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
     )
 
 
+def _student_name(label: str) -> str:
+    """The checkpoint name of the student a label ("student ", "control ") trains."""
+    return "student" if label.strip() == "student" else f"{label.strip()}_student"
+
+
 def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, needs, quiet, label, cache_dir):
     """Teacher outputs (cached) then one distilled student. Returns (student, training info, cache info)."""
     from distill_export.distill import train_student
@@ -114,7 +119,7 @@ def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, need
     forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
     targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop, needs=needs,
                               teacher_file=teacher_file, cache_dir=cache_dir)
-    name = "student" if label.strip() == "student" else f"{label.strip()}_student"
+    name = _student_name(label)
     student, info = train_student(config, data, targets.logits, targets.feats, device, quiet,
                                   online_teacher=targets.online, augment=targets.augment, label=label,
                                   checkpoint=_checkpoint(config, run, name))
@@ -136,7 +141,7 @@ def _distill_rounds(config, run: RunDir, data, device, teacher, teacher_file, ne
                                            label, cache_dir)
     if config.distill.rounds == 1:
         return student, info, targets
-    name = "student" if label.strip() == "student" else f"{label.strip()}_student"
+    name = _student_name(label)
     history = [{"round": 1, "best_val_accuracy": info["best_val_accuracy"]}]
     for r in range(2, config.distill.rounds + 1):
         logits, made = next_round_targets(config, data, device, student, with_experts, quiet,

@@ -78,7 +78,7 @@ def refit_expert(config, data, device, modality: str, pseudo: torch.Tensor, quie
     Returns (expert teacher, {best_epoch, best_val_accuracy, temperature, pseudo_labeled_rows})."""
     from distill_export.nets.teacher import LateFusionTeacher
     from distill_export.train import TrainSpec
-    from distill_export.train_teacher import _train_experts, teacher_kwargs
+    from distill_export.train_teacher import train_experts, teacher_kwargs
 
     cfg = config.teacher
     expert = LateFusionTeacher(**teacher_kwargs(data, cfg.width, 0.0, [modality], "late")).to(device)
@@ -87,7 +87,7 @@ def refit_expert(config, data, device, modality: str, pseudo: torch.Tensor, quie
     x = {modality: data.train.inputs[modality].to(device)}
     val_x = {modality: data.val.inputs[modality].to(device)}
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(y))
-    result = _train_experts(expert, x, y, val_x, data.val.labels.to(device), spec, label, quiet, None)
+    result = train_experts(expert, x, y, val_x, data.val.labels.to(device), spec, label, quiet, None)
     info = {**result.experts[modality], "temperature": float(expert.temperatures[0]),
             "pseudo_labeled_rows": int((~labeled).sum())}
     return expert.eval(), info

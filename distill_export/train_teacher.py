@@ -125,11 +125,11 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
                      autocast=speed.autocast_on(config, device))
     if cfg.fusion == "late":
         if fetch is not None or ddp.is_distributed():
-            # The experts train one at a time on in-memory tensors (_train_experts); a streamed
+            # The experts train one at a time on in-memory tensors (train_experts); a streamed
             # or multi-process late teacher is not built yet.
             raise ConfigError("teacher.fusion=late trains in one process on in-memory data: use "
                               "data.streaming=off and no --nproc/torchrun, or teacher.fusion=concat")
-        result = _train_experts(teacher, x, y, val_x, data.val.labels, spec, label, quiet, checkpoint)
+        result = train_experts(teacher, x, y, val_x, data.val.labels, spec, label, quiet, checkpoint)
     else:
         result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet,
                             checkpoint=checkpoint, fetch=fetch)
@@ -174,7 +174,7 @@ def save_expert_teacher(teacher_path, modality: str, out_path) -> dict:
             "expert_temperatures": {modality: float(expert.temperatures[0])}}
 
 
-def _train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint):
+def train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint):
     """Late fusion: each expert trained alone on the labeled rows, keeping its own best epoch on
     val, then its temperature fitted on val (NLL), so no expert's overconfidence (a text expert
     fitted to 50 captions) outvotes the others in the product. Returns the last expert's
