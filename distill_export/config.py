@@ -136,6 +136,8 @@ class ProfileConfig:
 
 @dataclass
 class RunConfig:
+    # What the student predicts (tasks/: classification, or a task registered with @register_task).
+    task: str = "classification"
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -434,6 +436,7 @@ def validate_config(config: RunConfig) -> None:
         term_specs = None
     if term_specs is not None:
         term_specs(config.distill)  # unknown terms/presets, bad weights or hyperparameters fail now
+    _check_task(config.task)
     if config.distill.teacher_view not in ("full", "student"):
         raise ConfigError(f"distill.teacher_view must be full or student, got {_show(config.distill.teacher_view)}")
     choices = {"data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
@@ -458,6 +461,14 @@ def validate_config(config: RunConfig) -> None:
         for section in (config.teacher, config.distill):
             if getattr(section, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+
+
+def _check_task(name: str) -> None:
+    try:
+        from distill_export.tasks import get_task
+    except ImportError:  # a runtime-only install (no torch) never trains: nothing to check
+        return
+    get_task(name)  # an unknown task fails now, naming the registered ones
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -20,7 +20,7 @@ from distill_export import speed
 from distill_export.data import Dataset
 from distill_export.data.streaming import is_streamed
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
-from distill_export.metrics import classification_metrics
+from distill_export.tasks.classification.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.students import SplitNet, create_student
 from distill_export.train import TrainSpec, predict, train_loop

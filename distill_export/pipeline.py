@@ -199,9 +199,9 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     from distill_export import distributed as ddp
     from distill_export.distill import labels_only, save_student, test_predictions, train_baseline
     from distill_export.methods import teacher_needs, term_specs
-    from distill_export.metrics import classification_metrics
+    from distill_export.tasks.classification.metrics import classification_metrics
     from distill_export.nets.teacher import TEACHER_FUSIONS
-    from distill_export.significance import compare
+    from distill_export.tasks.classification.significance import compare
     from distill_export.train_teacher import load_teacher
 
     if data is None:

@@ -9,7 +9,7 @@ from distill_export import distributed as ddp
 from distill_export import speed
 from distill_export.data import Dataset
 from distill_export.errors import ConfigError
-from distill_export.metrics import classification_metrics
+from distill_export.tasks.classification.metrics import classification_metrics
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.encoders import encoder_input_size
 from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher, teacher_class

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from distill_export.errors import ConfigError, DataError
-from distill_export.metrics import classification_metrics
+from distill_export.tasks.classification.metrics import classification_metrics
 
 PARITY_FILE = "parity_data.npz"
 GATE_NAMES = {  # ValidateConfig field -> (precision, metric, kind)

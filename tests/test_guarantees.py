@@ -551,7 +551,7 @@ def test_verdict_is_paired_mcnemar_not_two_independent_accuracies():
     noise (two-proportion p ≈ 0.38); paired, all 20 discordant rows go one way (p = 2·0.5^20)."""
     from scipy.stats import binomtest
 
-    from distill_export.significance import compare
+    from distill_export.tasks.classification.significance import compare
 
     labels = np.arange(1000) % 10
     pred_b = labels.copy()

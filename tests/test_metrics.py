@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from distill_export.metrics import classification_metrics
+from distill_export.tasks.classification.metrics import classification_metrics
 
 
 def test_metrics_on_a_known_case():

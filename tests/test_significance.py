@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill_export.significance import compare, mcnemar_exact, paired_bootstrap_ci, verdict
+from distill_export.tasks.classification.significance import compare, mcnemar_exact, paired_bootstrap_ci, verdict
 
 
 def _pairs(only_a: int, only_b: int, both: int = 50, neither: int = 5):

@@ -412,7 +412,7 @@ def main() -> None:
         return bench_size(args)
 
     from distill_export.export import ExportOptions, ExportSource, export_formats
-    from distill_export.metrics import classification_metrics
+    from distill_export.tasks.classification.metrics import classification_metrics
     from distill_export.runtimes import onnx_session, run_onnx
 
     if args.run:

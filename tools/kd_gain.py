@@ -143,7 +143,7 @@ def fusion_rows(args) -> None:
     from distill_export.config import load_config
     from distill_export.distill import load_student, test_predictions, train_baseline
     from distill_export.pipeline import _setup
-    from distill_export.significance import compare
+    from distill_export.tasks.classification.significance import compare
 
     out = Path(args.out)
     overrides = _overrides(args)

@@ -7,8 +7,9 @@ from distill_export.data.dataset import IGNORE_INDEX, Dataset, ModalitySpec, Spl
 __all__ = ["IGNORE_INDEX", "Dataset", "ModalitySpec", "Split", "load_dataset"]
 
 
-def load_dataset(config, seed: int) -> Dataset:
-    """Build the dataset a run's DataConfig names."""
+def load_dataset(config, seed: int, targets=None) -> Dataset:
+    """Build the dataset a run's DataConfig names; `targets` (data.targets.TargetCodec, the
+    task's) reads a manifest's label cells (default: one category per row)."""
     from distill_export.errors import ConfigError, DataError
 
     if config.source == "avdigits":
@@ -18,7 +19,7 @@ def load_dataset(config, seed: int) -> Dataset:
     elif config.source.lower().endswith((".csv", ".jsonl")) or "/" in config.source:
         from distill_export.data.manifest import build_manifest_dataset
 
-        data = build_manifest_dataset(config, seed)
+        data = build_manifest_dataset(config, seed, targets)
     else:
         raise ConfigError(f"unknown data source {config.source!r} (avdigits, or a manifest .csv/.jsonl)")
     if config.student_modality not in data.modalities:

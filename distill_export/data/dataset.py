@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-IGNORE_INDEX = -100  # label of an unlabeled row (kd_loss's ignore_index)
+IGNORE_INDEX = -100  # fills the target of an unlabeled row (kd_loss's ignore_index)
+
+
+def labeled_rows(targets: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: rows whose target is not filled with IGNORE_INDEX. targets: (N, ...)."""
+    if targets.dim() == 1:
+        return targets != IGNORE_INDEX
+    return (targets != IGNORE_INDEX).reshape(len(targets), -1).any(1)
 
 
 @dataclass
@@ -29,7 +36,7 @@ class ModalitySpec:
 @dataclass
 class Split:
     inputs: dict[str, torch.Tensor]  # modality -> (N, *shape) float32, normalised
-    labels: torch.Tensor  # (N,) int64; IGNORE_INDEX marks an unlabeled row
+    labels: torch.Tensor  # (N, ...) the task's targets, e.g. (N,) int64 classes; IGNORE_INDEX fills an unlabeled row
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -38,8 +45,8 @@ class Split:
         return Split({k: v[index] for k, v in self.inputs.items()}, self.labels[index])
 
     @property
-    def labeled(self) -> torch.Tensor:
-        return self.labels != IGNORE_INDEX
+    def labeled(self) -> torch.Tensor:  # (N,) bool
+        return labeled_rows(self.labels)
 
 
 @dataclass
@@ -69,13 +76,15 @@ class Dataset:
 
 
 def keep_label_fraction(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Hide all but `fraction` of the labels, stratified per class (at least one per class)."""
+    """Hide all but `fraction` of the labels, stratified per distinct target (at least one each).
+    labels: (N, ...) targets of labeled rows."""
     if fraction >= 1.0:
         return labels.clone()
     gen = torch.Generator().manual_seed(seed)
     out = torch.full_like(labels, IGNORE_INDEX)
-    for cls in labels.unique():
-        idx = (labels == cls).nonzero().squeeze(1)
+    flat = labels.reshape(len(labels), -1)  # (N, K): a row's target as one key
+    for key in torch.unique(flat, dim=0):
+        idx = (flat == key).all(1).nonzero().squeeze(1)
         keep = max(1, round(fraction * len(idx)))
         chosen = idx[torch.randperm(len(idx), generator=gen)[:keep]]
         out[chosen] = labels[chosen]

@@ -23,7 +23,8 @@ import torch
 from rich.console import Console
 
 from distill_export.data.audio import DEMO_AUDIO_SPEC
-from distill_export.data.dataset import IGNORE_INDEX, Dataset, ModalitySpec, Split, keep_label_fraction
+from distill_export.data.dataset import Dataset, ModalitySpec, Split, keep_label_fraction, labeled_rows
+from distill_export.data.targets import CategoricalTargets, TargetCodec
 from distill_export.data import loaders
 from distill_export.errors import DataError
 
@@ -188,13 +189,6 @@ def _draw_splits(rows: list[Row], seed: int) -> None:
             row.split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
 
 
-def _class_order(labels: set[str]) -> list[str]:
-    try:
-        return sorted(labels, key=lambda s: (float(s), s))  # numeric labels in numeric order
-    except ValueError:
-        return sorted(labels)
-
-
 def report_problems(path: Path, problems: list[Problem], skipping: bool) -> None:
     verb = "skipping" if skipping else "bad row"
     for p in sorted(problems, key=lambda p: p.line):
@@ -258,8 +252,10 @@ class _Decoder:
         return "vector" if self.kind == "text" and self.text_encoder == "wordllama" else self.kind
 
 
-def build_manifest_dataset(config, seed: int) -> Dataset:
-    """Read, check and decode a manifest into the in-memory Dataset the pipeline consumes."""
+def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None) -> Dataset:
+    """Read, check and decode a manifest into the in-memory Dataset the pipeline consumes.
+    `targets` (the task's codec) turns the label cells into targets; default: one category each."""
+    targets = targets or CategoricalTargets()
     path = resolve_manifest(config.source)
     modalities, columns, rows, problems = read_rows(path)
     has_split = "split" in columns
@@ -335,17 +331,13 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
                 f"line {min(p.line for p in problems)}); fix them or pass --skip-bad-rows", problems)
         console.print(f"{path}: skipped {len(problems)} bad rows")
 
-    classes = _class_order(known & {r.label for r in ok})
-    if len(classes) < 2:
-        found = f"only {classes[0]!r}" if classes else "none"
-        raise DataError(f"{path}: the labeled training rows hold one class only ({found}); a classifier needs two or more")
+    names = targets.names(known & {r.label for r in ok}, str(path))
     for name in SPLITS:
         n = sum(1 for r in ok if r.split == name and (r.label is not None or name != "train"))
         if n == 0:
             what = "labeled training rows" if name == "train" else f"rows in the {name} split"
             raise DataError(f"{path}: no {what}" + (" (see its 'split' column)" if has_split else ""))
 
-    index = {c: i for i, c in enumerate(classes)}
     per_split: dict[str, list[Row]] = {s: [r for r in ok if r.split == s] for s in SPLITS}
     in_memory = [s for s in SPLITS if not (streaming and s == "train")]
     for m, dec in decoders.items():  # uniform shapes per modality, over all splits at once
@@ -358,8 +350,7 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
     raw = {
         s: ({m: torch.from_numpy(np.stack([r.values[m] for r in per_split[s]])) for m in modalities}
             if s in in_memory else {},
-            torch.tensor([index[r.label] if r.label is not None else IGNORE_INDEX for r in per_split[s]],
-                         dtype=torch.int64))
+            targets.encode([r.label for r in per_split[s]], names))
         for s in SPLITS
     }
     specs, stats = {}, {}
@@ -401,7 +392,7 @@ def build_manifest_dataset(config, seed: int) -> Dataset:
     name = path.parent.name if path.stem == "manifest" else path.stem
     return Dataset(
         name=name, train=splits["train"], val=splits["val"], test=splits["test"],
-        class_names=classes, modalities=specs,
+        class_names=names, modalities=specs,
         info={
             "manifest": str(path),
             "kinds": {m: s.kind for m, s in specs.items()},
@@ -485,7 +476,7 @@ def _hide_labels(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
     """label_fraction applies to the labeled training rows; unlabeled rows stay unlabeled."""
     if fraction >= 1.0:
         return labels
-    labeled = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+    labeled = labeled_rows(labels).nonzero().squeeze(1)
     out = labels.clone()
     out[labeled] = keep_label_fraction(labels[labeled], fraction, seed)
     return out

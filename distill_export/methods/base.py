@@ -36,8 +36,10 @@ class TermInputs:
     student_side: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
-    def labeled(self) -> torch.Tensor:  # (B,) bool
-        return self.labels != IGNORE_INDEX
+    def labeled(self) -> torch.Tensor:  # (B,) bool: the rows whose target is not IGNORE_INDEX-filled
+        if self.labels.dim() == 1:
+            return self.labels != IGNORE_INDEX
+        return (self.labels != IGNORE_INDEX).reshape(len(self.labels), -1).any(1)
 
 
 @dataclass

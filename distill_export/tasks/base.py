@@ -1,0 +1,136 @@
+"""The Task protocol and its registry.
+
+A task owns everything that depends on what the model predicts:
+
+- its targets: how a data source's target column is checked, which rows are labeled;
+- the width of the student's and the teacher's output head;
+- the supervised loss (teacher, baseline) and the validation score (best epoch, rounds, tune);
+- evaluation on the test split into metrics, and the paired significance test of two models;
+- the export's output names and metadata;
+- the parity comparison of an exported model against the PyTorch student, and its gates;
+- its sections of the report.
+
+The registry base never imports its members: built-in tasks are discovered with ``pkgutil``
+(the sub-packages of ``distill_export.tasks``), and a user's task registers itself on import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from distill_export.errors import ConfigError
+
+_TASKS: dict[str, type["Task"]] = {}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One parity gate: the worst case of `metric` over batch sizes must be <= (max) or >= (min)
+    the limit, read from ``validate.<config_key>`` (or ``validate.gates[config_key]``)."""
+
+    config_key: str  # e.g. "fp32_agreement"
+    precision: str  # fp32 | fp16 | int8: the artifacts it applies to
+    metric: str  # a key of Task.parity_metrics()
+    kind: str  # "max" (value <= limit) or "min" (value >= limit)
+    default: float  # the limit when the config names none
+
+
+class Task:
+    """Subclass, set ``name`` and decorate with ``@register_task``. Arrays are numpy on the
+    evaluation side (no torch needed on an edge box), torch tensors on the training side."""
+
+    name: ClassVar[str] = ""
+    score_name: ClassVar[str] = "score"  # what the validation score is, for logs and the report
+    output_names: ClassVar[tuple[str, ...]] = ("output",)  # the exported graph's outputs
+    gates: ClassVar[tuple[Gate, ...]] = ()
+    metric_keys: ClassVar[tuple[str, ...]] = ()  # headline metrics, in report order
+    # Parity metric -> "higher" or "lower" (is better), or "same" (equal at every batch size):
+    # the worst case over batch sizes takes the min, the max or the first value.
+    parity_better: ClassVar[dict[str, str]] = {}
+
+    # ----- data and heads ---------------------------------------------------------------
+    def output_size(self, data) -> int:
+        """Width of the student's and teacher's head for this dataset."""
+        raise NotImplementedError
+
+    def export_meta(self, data) -> dict[str, Any]:
+        """Task facts stored with the student checkpoint and the exported model."""
+        return {}
+
+    # ----- training ---------------------------------------------------------------------
+    def supervised_loss(self, outputs, targets):
+        """Mean loss of (B, K) outputs against (B, ...) targets of labeled rows (torch)."""
+        raise NotImplementedError
+
+    def score(self, outputs: np.ndarray, targets: np.ndarray) -> float:
+        """Validation score, higher is better: picks the best epoch, rounds and tune trials."""
+        raise NotImplementedError
+
+    # ----- evaluation -------------------------------------------------------------------
+    def evaluate(self, outputs: np.ndarray, targets: np.ndarray, data=None) -> dict:
+        """Test metrics of (N, K) outputs; ``metric_keys[0]`` is the headline."""
+        raise NotImplementedError
+
+    def compare(self, outputs_a: np.ndarray, outputs_b: np.ndarray, targets: np.ndarray, seed: int = 0) -> dict:
+        """A vs B on one test set, paired: {gain, ci95, p_value, verdict, ...}."""
+        raise NotImplementedError
+
+    # ----- parity -----------------------------------------------------------------------
+    def parity_metrics(self, candidate: np.ndarray, reference: np.ndarray, targets: np.ndarray) -> dict:
+        """Value metrics of an exported model's outputs against the PyTorch student's."""
+        raise NotImplementedError
+
+    def worst_case(self, per_batch: dict[str, dict]) -> dict:
+        """The parity metrics the gates judge: the worst over batch sizes, per metric."""
+        pick = {"higher": min, "lower": max, "same": lambda values: values[0]}
+        first = next(iter(per_batch.values()))
+        return {metric: pick[self.parity_better.get(metric, "lower")]([m[metric] for m in per_batch.values()])
+                for metric in first}
+
+    # ----- report -----------------------------------------------------------------------
+    def report_sections(self, record) -> list[tuple[str, str]]:
+        """(title, Markdown body) sections this task adds to report.md."""
+        return []
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no name")
+    if cls.name in _TASKS and _TASKS[cls.name] is not cls:
+        raise TypeError(f"task {cls.name!r} is registered twice")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    _load_builtin_tasks()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    _load_builtin_tasks()
+    if name not in _TASKS:
+        raise ConfigError(f"unknown task {name!r} (choices: {', '.join(sorted(_TASKS))})")
+    return _TASKS[name]()
+
+
+_loaded = False
+
+
+def _load_builtin_tasks() -> None:
+    """Import every sub-package of distill_export.tasks once, so each registers its task."""
+    global _loaded
+    if _loaded:
+        return
+    import importlib
+    import pkgutil
+
+    import distill_export.tasks as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.ispkg:
+            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    _loaded = True

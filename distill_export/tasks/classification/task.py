@@ -1,0 +1,71 @@
+"""Classification as a Task: a Linear head of C classes, cross-entropy, accuracy on validation,
+macro metrics and McNemar on test, and top-1 agreement gates on exports."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distill_export.tasks.base import Gate, Task, register_task
+from distill_export.tasks.classification.metrics import classification_metrics
+from distill_export.tasks.classification.significance import compare as paired_compare
+
+
+@register_task
+class ClassificationTask(Task):
+    name = "classification"
+    score_name = "accuracy"
+    output_names = ("logits",)
+    metric_keys = ("accuracy", "macro_f1")
+    gates = (  # the limits live in ValidateConfig under these names (--gate NAME=VALUE)
+        Gate("fp32_max_abs", "fp32", "max_abs_diff", "max", 1e-4),
+        Gate("fp32_agreement", "fp32", "top1_agreement", "min", 0.999),
+        Gate("fp16_agreement", "fp16", "top1_agreement", "min", 0.995),
+        Gate("int8_agreement", "int8", "top1_agreement", "min", 0.98),
+        Gate("int8_max_accuracy_drop", "int8", "accuracy_drop", "max", 0.01),
+    )
+    parity_better = {"max_abs_diff": "lower", "mean_abs_diff": "lower", "min_cosine": "higher",
+                     "top1_agreement": "higher", "accuracy": "higher", "accuracy_drop": "lower",
+                     "reference_accuracy": "same"}
+
+    def output_size(self, data) -> int:
+        return len(data.class_names)
+
+    def export_meta(self, data) -> dict:
+        return {"class_names": list(data.class_names)}
+
+    def supervised_loss(self, outputs, targets):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(outputs, targets)  # (B, C) logits, (B,) class ids
+
+    def score(self, outputs, targets) -> float:
+        """Validation accuracy. outputs (N, C), targets (N,), numpy or torch."""
+        pred = np.asarray(outputs).argmax(1)
+        return float((pred == np.asarray(targets)).mean())
+
+    def evaluate(self, outputs, targets, data=None) -> dict:
+        outputs = np.asarray(outputs)
+        num_classes = len(data.class_names) if data is not None else outputs.shape[1]
+        return classification_metrics(outputs, np.asarray(targets), num_classes)
+
+    def compare(self, outputs_a, outputs_b, targets, seed: int = 0) -> dict:
+        return paired_compare(np.asarray(outputs_a).argmax(1), np.asarray(outputs_b).argmax(1),
+                              np.asarray(targets), seed=seed)
+
+    def parity_metrics(self, candidate, reference, targets) -> dict:
+        """Per-output value metrics of candidate vs reference logits, both (N, C)."""
+        diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+        dot = (candidate * reference).sum(1)
+        norms = np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1)
+        cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
+        ref_acc = self.score(reference, targets) if len(targets) else 0.0
+        acc = self.score(candidate, targets) if len(targets) else 0.0
+        return {
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+            "min_cosine": float(cosine.min()) if cosine.size else 1.0,
+            "top1_agreement": float((candidate.argmax(1) == reference.argmax(1)).mean()),
+            "accuracy": acc,
+            "reference_accuracy": ref_acc,
+            "accuracy_drop": ref_acc - acc,
+        }
