@@ -470,7 +470,9 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     from distill_export.validate import failed_gates, parse_gate_flags, print_gates
 
     rd, cfg = _existing(run_dir)
-    apply_overrides(cfg, parse_gate_flags(gate), "--gate")
+    from distill_export.tasks import get_task
+
+    apply_overrides(cfg, parse_gate_flags(gate, get_task(cfg.task)), "--gate")
     rd.require_stages(("export",), "validate")
     with rd.transaction():
         results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure

@@ -12,7 +12,6 @@ import dataclasses
 
 import torch
 import numpy as np
-import torch.nn.functional as F
 from torch import nn
 
 from distill_export import distributed as ddp
@@ -20,7 +19,7 @@ from distill_export import speed
 from distill_export.data import Dataset
 from distill_export.data.streaming import is_streamed
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
-from distill_export.tasks.classification.metrics import classification_metrics
+from distill_export.tasks import get_task
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.students import SplitNet, create_student
 from distill_export.train import TrainSpec, predict, train_loop
@@ -87,27 +86,27 @@ def load_student(path) -> tuple[SplitNet, dict]:
     return load_state(model, payload["state_dict"], path).eval(), payload["meta"]
 
 
-def test_predictions(model: nn.Module, data: Dataset, modality: str, device) -> np.ndarray:
-    """(N_test,) predicted classes on the test split (read once, at the end of a run)."""
+def test_outputs(model: nn.Module, data: Dataset, modality: str, device) -> np.ndarray:
+    """(N_test, K) the student's outputs on the test split (read once, at the end of a run)."""
     x = data.test.inputs[modality].to(device)
-    _, logits = predict(model.forward_features, x, len(data.test))
-    return logits.argmax(1).numpy()
+    _, outputs = predict(model.forward_features, x, len(data.test))
+    return outputs.numpy()
 
 
-def evaluate_student(model: nn.Module, data: Dataset, modality: str, device) -> dict:
-    pred = test_predictions(model, data, modality, device)
-    return classification_metrics(np.eye(data.num_classes)[pred], data.test.labels.numpy(), data.num_classes)
+def evaluate_student(model: nn.Module, data: Dataset, modality: str, device, task) -> dict:
+    return task.evaluate(test_outputs(model, data, modality, device), data.test.labels.numpy(), data)
 
 
-def _val_accuracy_fn(model: SplitNet, data: Dataset, modality: str, device):
+def _val_score_fn(model: SplitNet, data: Dataset, modality: str, device, task):
+    """() -> the task's validation score of `model` (higher is better): picks the best epoch."""
     x = data.val.inputs[modality].to(device)
     y = data.val.labels.numpy()
 
-    def val_accuracy() -> float:
-        _, logits = predict(model.forward_features, x, len(data.val))
-        return float((logits.argmax(1).numpy() == y).mean())
+    def val_score() -> float:
+        _, outputs = predict(model.forward_features, x, len(data.val))
+        return task.score(outputs.numpy(), y)
 
-    return val_accuracy
+    return val_score
 
 
 def labels_only(specs) -> bool:
@@ -118,6 +117,7 @@ def labels_only(specs) -> bool:
 def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=None,
                    checkpoint=None, on_epoch=None, label: str = "baseline") -> tuple[SplitNet, dict]:
     """Labels only, labeled rows only (with the student's augmentation, if any)."""
+    task = get_task(config.task)
     modality = config.data.student_modality
     model = new_student(config, data).to(device)
     labeled = data.train.labeled.nonzero().squeeze(1)
@@ -128,11 +128,11 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
 
     def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        return F.cross_entropy(forward(inputs(rows, xb)), y[rows]) * ddp.row_share(len(rows))  # 1.0 in one process
+        return task.supervised_loss(forward(inputs(rows, xb)), y[rows]) * ddp.row_share(len(rows))  # 1.0 in one process
 
     spec = dataclasses.replace(_spec(config, device), rows_per_epoch=len(data.train))  # same steps as the student
     result = train_loop(
-        [model], batch_loss, len(y), _val_accuracy_fn(model, data, modality, device), spec,
+        [model], batch_loss, len(y), _val_score_fn(model, data, modality, device, task), spec,
         label, quiet, on_epoch=on_epoch, checkpoint=checkpoint, fetch=fetch,
     )
     return model, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
@@ -197,7 +197,8 @@ def train_student(
         return module.objective(TermInputs(logits, y[rows], tl, tf, side))
 
     result = train_loop(
-        [module], batch_loss, len(y), _val_accuracy_fn(student, data, modality, device), _spec(config, device),
+        [module], batch_loss, len(y), _val_score_fn(student, data, modality, device, get_task(config.task)),
+        _spec(config, device),
         label, quiet, on_epoch=on_epoch, checkpoint=checkpoint, fetch=fetch,
     )
     terms = [s.to_dict() for s in module.objective.specs]

@@ -10,7 +10,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
 from distill_export.config import RunConfig
@@ -32,6 +31,7 @@ def _setup(config: RunConfig):
     from distill_export import distributed as ddp
     from distill_export.data import load_dataset
     from distill_export.device import resolve_device, seed_everything
+    from distill_export.tasks import get_task
 
     # under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK, or the CPU)
     if ddp.launched_by_torchrun() and not ddp.in_run_command():
@@ -41,7 +41,7 @@ def _setup(config: RunConfig):
                           "commands (train-teacher, distill, ...) in one process")
     device = ddp.init_from_env(config.device) if ddp.launched_by_torchrun() else resolve_device(config.device)
     seed_everything(config.seed)
-    data = load_dataset(config.data, config.seed)
+    data = load_dataset(config.data, config.seed, get_task(config.task).targets())
     from distill_export.nets.external import preflight
 
     preflight(config, data)  # a student/teacher that cannot fit the data fails before training
@@ -73,6 +73,7 @@ def _checkpoint(config: RunConfig, run: RunDir, label: str):
 
 @records_stage("train_teacher")
 def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
+    from distill_export.tasks import get_task
     from distill_export.train_teacher import evaluate_teacher, load_teacher, train_teacher
 
     if data is None:
@@ -86,15 +87,16 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
                                      checkpoint=_checkpoint(config, run, "teacher"))
         teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights,
                                strict=bool(config.teacher.path)).to(device)
-        metrics = evaluate_teacher(teacher, data, device)
+        task = get_task(config.task)
+        metrics = evaluate_teacher(teacher, data, device, task)
         # The modality gap: what the teacher knows from the student's modality alone.
         others = [m for m in data.modalities if m != config.data.student_modality]
         probe = {
-            f"without_{m}": evaluate_teacher(teacher, data, device, drop=m)["accuracy"] for m in others
+            f"without_{m}": evaluate_teacher(teacher, data, device, task, drop=m)[task.headline] for m in others
         }
         if len(others) > 1:  # with 3+ modalities, also the student's modality alone
             student_only = f"only_{config.data.student_modality}"
-            probe[student_only] = evaluate_teacher(teacher, data, device, drop=tuple(others))["accuracy"]
+            probe[student_only] = evaluate_teacher(teacher, data, device, task, drop=tuple(others))[task.headline]
     run.update_report(
         dataset={"name": data.name, "class_names": data.class_names, **data.info},
         metrics={"teacher": metrics},
@@ -158,6 +160,7 @@ def _distill_rounds(config, run: RunDir, data, device, teacher, teacher_file, ne
 def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> tuple[dict, object]:
     """An image-only teacher of the same size on the same labeled rows, distilled the same way:
     what the unlabeled rows give without the other modality."""
+    from distill_export.tasks import get_task
     from distill_export.train_teacher import evaluate_teacher, load_teacher, save_expert_teacher, train_teacher
 
     modality = config.data.student_modality
@@ -170,10 +173,11 @@ def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> t
         training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ",
                                  checkpoint=_checkpoint(config, run, "control_teacher"))
     teacher = load_teacher(path, data).to(device)
-    teacher_metrics = evaluate_teacher(teacher, data, device)
+    task = get_task(config.task)
+    teacher_metrics = evaluate_teacher(teacher, data, device, task)
     student, info, _ = _distill_rounds(config, run, data, device, teacher, path, needs, quiet, "control ",
                                        "control_teacher_outputs", with_experts=False)
-    return {"teacher_accuracy": teacher_metrics["accuracy"], "teacher_training": training,
+    return {"teacher_accuracy": teacher_metrics[task.headline], "teacher_training": training,
             "student_training": info}, student
 
 
@@ -197,11 +201,10 @@ def _labels_only(config, run: RunDir, data, device, specs, quiet):
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export import distributed as ddp
-    from distill_export.distill import labels_only, save_student, test_predictions, train_baseline
+    from distill_export.distill import labels_only, save_student, test_outputs, train_baseline
     from distill_export.methods import teacher_needs, term_specs
-    from distill_export.tasks.classification.metrics import classification_metrics
     from distill_export.nets.teacher import TEACHER_FUSIONS
-    from distill_export.tasks.classification.significance import compare
+    from distill_export.tasks import get_task
     from distill_export.train_teacher import load_teacher
 
     if data is None:
@@ -230,22 +233,25 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             with _timed(run, "self_training_control"):
                 control, models["self_training"] = _self_training_control(config, run, data, device, needs, quiet)
     # The test split, read once, at the end: every comparison below uses these predictions.
-    labels = data.test.labels.numpy()
-    preds = {name: test_predictions(m, data, modality, device) for name, m in models.items()}
-    eye = np.eye(data.num_classes)
-    metrics = {name: classification_metrics(eye[p], labels, data.num_classes) for name, p in preds.items()}
+    task = get_task(config.task)
+    targets = data.test.labels.numpy()
+    outputs = {name: test_outputs(m, data, modality, device) for name, m in models.items()}
+    metrics = {name: task.evaluate(out, targets, data) for name, out in outputs.items()}
     teacher_name = (str(config.teacher.path) if config.teacher.path
                     else f"{TEACHER_FUSIONS[config.teacher.fusion][0]}({'+'.join(sorted(data.modalities))})")
     save_student(run.file("baseline.pt"), models["baseline"], config, data, teacher_name,
                  {"student": config.student.name, "role": "baseline"})
     save_student(run.file("student.pt"), models["student"], config, data, teacher_name,
                  {"student": config.student.name, "role": "kd" if kd_train["distilled"] else "labels_only"})
-    teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get("accuracy")
-    kd_vs_base = compare(preds["student"], preds["baseline"], labels, seed=config.seed)
+    teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get(task.headline)
+    def compare(a: str, b: str) -> dict:  # paired, on the same test rows
+        return task.compare(outputs[a], outputs[b], targets, seed=config.seed)
+
+    kd_vs_base = compare("student", "baseline")
     comparisons = {"student_vs_baseline": kd_vs_base}
     if "self_training" in models:
-        comparisons["self_training_vs_baseline"] = compare(preds["self_training"], preds["baseline"], labels, seed=config.seed)
-        comparisons["student_vs_self_training"] = compare(preds["student"], preds["self_training"], labels, seed=config.seed)
+        comparisons["self_training_vs_baseline"] = compare("self_training", "baseline")
+        comparisons["student_vs_self_training"] = compare("student", "self_training")
     run.update_report(
         metrics=metrics,
         kd_gain=kd_vs_base["gain"],  # a fraction, like accuracy
@@ -272,7 +278,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "student_training": kd_train,
             "baseline_training": base_train,
             "self_training_control": control,
-            "teacher_accuracy_retention": (metrics["student"]["accuracy"] / teacher_acc) if teacher_acc else None,
+            "teacher_accuracy_retention": (metrics["student"][task.headline] / teacher_acc) if teacher_acc else None,
             "augment": config.distill.augment,
             "teacher_cache": cache_info,
         },
@@ -351,6 +357,7 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
 
 @records_stage("validate")
 def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
+    from distill_export.tasks import get_task
     from distill_export.validate import PARITY_FILE, failed_gates, load_parity_data, validate_exports
 
     report = run.load_report()
@@ -358,10 +365,10 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
         fmt: {**art, "path": str(run.file(art["path"]))} for fmt, art in report.get("exports", {}).items()
     }
     parity = load_parity_data(run.file(PARITY_FILE))
-    teacher_acc = report.get("metrics", {}).get("teacher", {}).get("accuracy")
-    num_classes = parity["logits"].shape[1]
+    task = get_task(config.task)
+    teacher_acc = report.get("metrics", {}).get("teacher", {}).get(task.headline)
     with _timed(run, "validate"):
-        results = validate_exports(exports, parity, config.validate, num_classes, teacher_acc)
+        results = validate_exports(exports, parity, config.validate, task, teacher_acc)
     report = run.load_report()
     for fmt, res in results.items():
         report["exports"][fmt]["parity"] = res
@@ -376,7 +383,7 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
         try:
             teacher_parity = load_teacher_parity_data(run.file(TEACHER_PARITY_FILE))
             teacher_onnx["parity"] = validate_teacher_onnx(run.file(teacher_onnx["path"]), teacher_parity,
-                                                           config.validate, num_classes)
+                                                           config.validate, task)
         except DistillExportError as exc:  # e.g. a deleted npz: the student's gates still count
             console.print(f"[yellow]warning:[/] the teacher's ONNX was not validated: {exc}", highlight=False)
             teacher_onnx["parity"] = None

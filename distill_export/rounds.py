@@ -77,6 +77,7 @@ def refit_expert(config, data, device, modality: str, pseudo: torch.Tensor, quie
     the true label where there is one, `pseudo` (N_train,) elsewhere; calibrated on val.
     Returns (expert teacher, {best_epoch, best_val_accuracy, temperature, pseudo_labeled_rows})."""
     from distill_export.nets.teacher import LateFusionTeacher
+    from distill_export.tasks import get_task
     from distill_export.train import TrainSpec
     from distill_export.train_teacher import train_experts, teacher_kwargs
 
@@ -87,7 +88,8 @@ def refit_expert(config, data, device, modality: str, pseudo: torch.Tensor, quie
     x = {modality: data.train.inputs[modality].to(device)}
     val_x = {modality: data.val.inputs[modality].to(device)}
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(y))
-    result = train_experts(expert, x, y, val_x, data.val.labels.to(device), spec, label, quiet, None)
+    result = train_experts(expert, x, y, val_x, data.val.labels.to(device), spec, label, quiet, None,
+                           get_task(config.task))
     info = {**result.experts[modality], "temperature": float(expert.temperatures[0]),
             "pseudo_labeled_rows": int((~labeled).sum())}
     return expert.eval(), info

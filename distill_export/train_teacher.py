@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from distill_export import distributed as ddp
 from distill_export import speed
 from distill_export.data import Dataset
 from distill_export.errors import ConfigError
-from distill_export.tasks.classification.metrics import classification_metrics
+from distill_export.tasks import get_task
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.encoders import encoder_input_size
 from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher, teacher_class
@@ -85,13 +84,15 @@ def check_teacher_columns(path, arch_kwargs: dict, data: Dataset) -> None:
                             f"was built for {how.get(built, built)}")
 
 
-def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, drop: str | tuple[str, ...] | None = None) -> dict:
-    """Test metrics; `drop` zeroes one modality's (or several) embedding (a probe of the modality gap)."""
+def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, task,
+                     drop: str | tuple[str, ...] | None = None) -> dict:
+    """The task's test metrics; `drop` zeroes one modality's (or several) embedding (a probe of
+    the modality gap)."""
     inputs = {m: v.to(device) for m, v in data.test.inputs.items()}
     dropped = (drop,) if isinstance(drop, str) else tuple(drop or ())
     forward = lambda x: teacher.forward_features(x, drop=dropped)  # noqa: E731
-    _, logits = predict(forward, inputs, len(data.test))
-    return classification_metrics(logits.numpy(), data.test.labels.numpy(), data.num_classes)
+    _, outputs = predict(forward, inputs, len(data.test))
+    return task.evaluate(outputs.numpy(), data.test.labels.numpy(), data)
 
 
 def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, modalities=None,
@@ -100,6 +101,7 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
     `modalities` restricts the teacher (the self-training control sees the student's only);
     `checkpoint` (train.Checkpoint) is written every epoch and resumed from when present."""
     cfg = config.teacher
+    task = get_task(config.task)
     torch.manual_seed(config.seed)
     kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities, cfg.fusion)
     arch, cls = TEACHER_FUSIONS[cfg.fusion]
@@ -114,12 +116,12 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
 
     def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        loss = F.cross_entropy(forward({m: v[rows] for m, v in x.items()} if xb is None else xb), y[rows])
+        loss = task.supervised_loss(forward({m: v[rows] for m, v in x.items()} if xb is None else xb), y[rows])
         return loss * ddp.row_share(len(rows))  # 1.0 in one process
 
-    def val_accuracy():
-        _, logits = predict(teacher.forward_features, val_x, len(data.val))
-        return float((logits.argmax(1).numpy() == val_y).mean())
+    def val_score():
+        _, outputs = predict(teacher.forward_features, val_x, len(data.val))
+        return task.score(outputs.numpy(), val_y)
 
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train),
                      autocast=speed.autocast_on(config, device))
@@ -129,9 +131,9 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
             # or multi-process late teacher is not built yet.
             raise ConfigError("teacher.fusion=late trains in one process on in-memory data: use "
                               "data.streaming=off and no --nproc/torchrun, or teacher.fusion=concat")
-        result = train_experts(teacher, x, y, val_x, data.val.labels, spec, label, quiet, checkpoint)
+        result = train_experts(teacher, x, y, val_x, data.val.labels, spec, label, quiet, checkpoint, task)
     else:
-        result = train_loop([teacher], batch_loss, len(train), val_accuracy, spec, label, quiet,
+        result = train_loop([teacher], batch_loss, len(train), val_score, spec, label, quiet,
                             checkpoint=checkpoint, fetch=fetch)
     save_checkpoint(
         out_path, teacher, kind="teacher", arch=arch, arch_kwargs=kwargs,
@@ -174,13 +176,11 @@ def save_expert_teacher(teacher_path, modality: str, out_path) -> dict:
             "expert_temperatures": {modality: float(expert.temperatures[0])}}
 
 
-def train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint):
+def train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint, task):
     """Late fusion: each expert trained alone on the labeled rows, keeping its own best epoch on
     val, then its temperature fitted on val (NLL), so no expert's overconfidence (a text expert
     fitted to 50 captions) outvotes the others in the product. Returns the last expert's
     TrainResult (its history), with every expert's best epoch and val accuracy in `.experts`."""
-    import torch.nn.functional as F
-
     from distill_export.train import Checkpoint
 
     device = y.device
@@ -196,14 +196,14 @@ def train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint):
 
         def batch_loss(rows, m=m):
             rows = rows.to(device)
-            return F.cross_entropy(teacher.expert(m, x[m][rows]), y[rows])
+            return task.supervised_loss(teacher.expert(m, x[m][rows]), y[rows])
 
-        def val_accuracy(m=m):
-            _, logits = predict(lambda v: (v, teacher.expert(m, v)), val_x[m], len(val_y))
-            return float((logits.argmax(1) == val_y).float().mean())
+        def val_score(m=m):
+            _, outputs = predict(lambda v: (v, teacher.expert(m, v)), val_x[m], len(val_y))
+            return task.score(outputs.numpy(), val_y.cpu().numpy())
 
         ckpt = checkpoint and Checkpoint(checkpoint.path.with_name(f"{checkpoint.path.stem}.{m}.pt"), f"{checkpoint.key}:{m}")
-        result = train_loop([teacher.encoders[m], teacher.heads[m]], batch_loss, len(y), val_accuracy, spec,
+        result = train_loop([teacher.encoders[m], teacher.heads[m]], batch_loss, len(y), val_score, spec,
                             f"{label.strip()} ({m}) ", quiet, checkpoint=ckpt)
         best[m] = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
     teacher.eval()

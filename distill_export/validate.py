@@ -20,16 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from distill_export.errors import ConfigError, DataError
-from distill_export.tasks.classification.metrics import classification_metrics
 
 PARITY_FILE = "parity_data.npz"
-GATE_NAMES = {  # ValidateConfig field -> (precision, metric, kind)
-    "fp32_max_abs": ("fp32", "max_abs_diff", "max"),
-    "fp32_agreement": ("fp32", "top1_agreement", "min"),
-    "fp16_agreement": ("fp16", "top1_agreement", "min"),
-    "int8_agreement": ("int8", "top1_agreement", "min"),
-    "int8_max_accuracy_drop": ("int8", "accuracy_drop", "max"),
-}
 
 
 @dataclass
@@ -47,26 +39,34 @@ class Gate:
         return {"value": self.value, "limit": self.limit, "kind": self.kind, "passed": self.passed}
 
 
-def gates_for(precision: str, cfg) -> list[tuple[str, str, float]]:
-    """(metric, kind, limit) per precision; limits come from ValidateConfig (see GATE_NAMES)."""
-    gates = [(metric, kind, float(getattr(cfg, key)))
-             for key, (prec, metric, kind) in GATE_NAMES.items() if prec == precision]
+def gate_limit(gate, cfg) -> float:
+    """A task gate's limit: validate.<name> when ValidateConfig has the field, else
+    validate.gates[name], else the task's default."""
+    if hasattr(cfg, gate.config_key):
+        return float(getattr(cfg, gate.config_key))
+    return float((getattr(cfg, "gates", None) or {}).get(gate.config_key, gate.default))
+
+
+def gates_for(precision: str, cfg, task) -> list[tuple[str, str, float]]:
+    """(metric, kind, limit) per precision, from the task's gates (tasks/base.Gate)."""
+    gates = [(g.metric, g.kind, gate_limit(g, cfg)) for g in task.gates if g.precision == precision]
     if not gates:
         raise ConfigError(f"no parity gates for precision {precision!r}")
     return gates
 
 
-def parse_gate_flags(flags: list[str] | None) -> dict[str, float]:
+def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
     """`--gate fp32_max_abs=1e-5` -> {"validate.fp32_max_abs": 1e-5}; unknown names fail."""
     import difflib
 
+    names = [g.config_key for g in task.gates]
     out = {}
     for flag in flags or []:
         key, sep, value = flag.partition("=")
         key = key.strip()
-        if not sep or key not in GATE_NAMES:
-            close = difflib.get_close_matches(key, list(GATE_NAMES), n=1)
-            hint = f"did you mean {close[0]}?" if close else f"gates: {', '.join(GATE_NAMES)}"
+        if not sep or key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"gates: {', '.join(names)}"
             raise ConfigError(f"--gate expects NAME=VALUE, got {flag!r} ({hint})")
         try:
             out[f"validate.{key}"] = float(value)
@@ -97,38 +97,6 @@ def load_parity_data(path: str | Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
     return data
-
-
-def compare(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Per-output value metrics of candidate vs reference logits, both (N, C)."""
-    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
-    dot = (candidate * reference).sum(1)
-    norms = np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1)
-    cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
-    ref_acc = classification_metrics(reference, labels, num_classes)["accuracy"]
-    acc = classification_metrics(candidate, labels, num_classes)["accuracy"]
-    return {
-        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "min_cosine": float(cosine.min()) if cosine.size else 1.0,
-        "top1_agreement": float((candidate.argmax(1) == reference.argmax(1)).mean()),
-        "accuracy": acc,
-        "reference_accuracy": ref_acc,
-        "accuracy_drop": ref_acc - acc,
-    }
-
-
-def worst_case(per_batch: dict[str, dict]) -> dict:
-    """Gates use the worst case over batch sizes."""
-    return {
-        "max_abs_diff": max(m["max_abs_diff"] for m in per_batch.values()),
-        "mean_abs_diff": max(m["mean_abs_diff"] for m in per_batch.values()),
-        "min_cosine": min(m["min_cosine"] for m in per_batch.values()),
-        "top1_agreement": min(m["top1_agreement"] for m in per_batch.values()),
-        "accuracy": min(m["accuracy"] for m in per_batch.values()),
-        "accuracy_drop": max(m["accuracy_drop"] for m in per_batch.values()),
-        "reference_accuracy": next(iter(per_batch.values()))["reference_accuracy"],
-    }
 
 
 def _artifact_facts(artifact: dict, session=None) -> dict:
@@ -187,7 +155,7 @@ def make_runner(artifact: dict, threads: int = 0, sample_shape: tuple[int, ...] 
 
 
 def validate_artifact(
-    artifact: dict, parity: dict[str, np.ndarray], cfg, num_classes: int, teacher_accuracy: float | None
+    artifact: dict, parity: dict[str, np.ndarray], cfg, task, teacher_accuracy: float | None
 ) -> dict:
     """Parity at batch 1 and at a larger batch (so the dynamic axis is exercised)."""
     x, labels, reference = parity["x"], parity["labels"], parity["logits"]
@@ -200,33 +168,33 @@ def validate_artifact(
             raise DataError(
                 f"{artifact['path']} returned logits of shape {outputs[bs].shape}, expected {reference.shape}"
             )
-        per_batch[str(bs)] = compare(outputs[bs], reference, labels, num_classes)
-    worst = worst_case(per_batch)
-    gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for(artifact["precision"], cfg)]
+        per_batch[str(bs)] = task.parity_metrics(outputs[bs], reference, labels)
+    worst = task.worst_case(per_batch)
+    gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for(artifact["precision"], cfg, task)]
     result = {
         **worst,
         "per_batch": per_batch,
         "gates": {g.name: g.to_dict() for g in gates},
         "passed": all(g.passed for g in gates),
     }
-    if teacher_accuracy:
-        result["teacher_accuracy_retention"] = worst["accuracy"] / teacher_accuracy
+    if teacher_accuracy and task.headline in worst:
+        result["teacher_accuracy_retention"] = worst[task.headline] / teacher_accuracy
     return result
 
 
-def validate_exports(exports: dict, parity: dict[str, np.ndarray], cfg, num_classes: int,
+def validate_exports(exports: dict, parity: dict[str, np.ndarray], cfg, task,
                      teacher_accuracy: float | None) -> dict[str, dict]:
     if not exports:
         raise ConfigError("no exported artifacts to validate; run `distill-export export` first")
     results = {}
     for fmt, art in exports.items():
-        results[fmt] = validate_artifact(art, parity, cfg, num_classes, teacher_accuracy)
+        results[fmt] = validate_artifact(art, parity, cfg, task, teacher_accuracy)
         if art["runtime"] == "onnxruntime":
-            results[fmt]["runtimes"] = {"openvino": validate_on_openvino(art, parity, cfg, num_classes, teacher_accuracy)}
+            results[fmt]["runtimes"] = {"openvino": validate_on_openvino(art, parity, cfg, task, teacher_accuracy)}
     return results
 
 
-def validate_on_openvino(artifact: dict, parity: dict, cfg, num_classes: int, teacher_accuracy) -> dict:
+def validate_on_openvino(artifact: dict, parity: dict, cfg, task, teacher_accuracy) -> dict:
     """The ONNX artifact's gates on OpenVINO, or {"skipped": why} when it is not installed or
     cannot compile the file."""
     import importlib.util
@@ -236,7 +204,7 @@ def validate_on_openvino(artifact: dict, parity: dict, cfg, num_classes: int, te
     if importlib.util.find_spec("openvino") is None:
         return {"skipped": OPENVINO_MISSING}
     try:
-        return validate_artifact({**artifact, "runtime": "openvino"}, parity, cfg, num_classes, teacher_accuracy)
+        return validate_artifact({**artifact, "runtime": "openvino"}, parity, cfg, task, teacher_accuracy)
     except DataError as exc:  # e.g. an operator OpenVINO cannot compile: reported, not fatal
         return {"skipped": str(exc)}
 
@@ -273,7 +241,7 @@ def load_teacher_parity_data(path: str | Path) -> dict:
         raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
 
 
-def validate_teacher_onnx(path: str | Path, parity: dict, cfg, num_classes: int) -> dict:
+def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:
     """Parity of the teacher's FP32 ONNX (one input per modality) against the PyTorch teacher,
     with the FP32 gates (fp32_max_abs, fp32_agreement), worst case over cfg.batch_sizes."""
     from distill_export.runtimes import onnx_session, run_onnx_inputs
@@ -285,9 +253,9 @@ def validate_teacher_onnx(path: str | Path, parity: dict, cfg, num_classes: int)
         out = run_onnx_inputs(session, parity["inputs"], bs)
         if out.shape != reference.shape:
             raise DataError(f"{path} returned logits of shape {out.shape}, expected {reference.shape}")
-        per_batch[str(bs)] = compare(out, reference, labels, num_classes)
-    worst = worst_case(per_batch)
-    gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for("fp32", cfg)]
+        per_batch[str(bs)] = task.parity_metrics(out, reference, labels)
+    worst = task.worst_case(per_batch)
+    gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for("fp32", cfg, task)]
     return {**worst, "per_batch": per_batch, "gates": {g.name: g.to_dict() for g in gates},
             "passed": all(g.passed for g in gates)}
 

@@ -110,13 +110,13 @@ def test_the_best_validation_epoch_is_what_is_returned_and_saved(which, monkeypa
     scripted = iter([0.2, 0.9, 0.5])
     snapshots: list[dict] = []
 
-    def fake_val(model, data, modality, device):
+    def fake_val(model, data, modality, device, task):
         def val_accuracy():
             snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             return next(scripted)
         return val_accuracy
 
-    monkeypatch.setattr(distill, "_val_accuracy_fn", fake_val)
+    monkeypatch.setattr(distill, "_val_score_fn", fake_val)
     data = _data(0.5)
     cfg = _config(epochs=3)
     if which == "student":
@@ -139,10 +139,15 @@ def test_the_best_validation_epoch_is_what_is_returned_and_saved(which, monkeypa
 # ----- parity gates at their limits ----------------------------------------------------------
 
 
-def _gate_cases():
-    from distill_export.validate import GATE_NAMES
+def _gate_names() -> dict:
+    """config key -> (precision, metric, kind) of the classification task's gates."""
+    from distill_export.tasks import get_task
 
-    return list(GATE_NAMES)
+    return {g.config_key: (g.precision, g.metric, g.kind) for g in get_task("classification").gates}
+
+
+def _gate_cases():
+    return list(_gate_names())
 
 
 @pytest.mark.parametrize("key", _gate_cases())
@@ -150,8 +155,11 @@ def test_every_gate_passes_exactly_at_its_limit_and_fails_just_past_it(key, monk
     """The artifact's metric, measured by validate_artifact, is made the gate's limit: PASS.
     The limit moved by one float ulp towards strict: FAIL (and the artifact fails)."""
     from distill_export import validate
-    from distill_export.validate import GATE_NAMES, compare, validate_artifact
+    from distill_export.tasks import get_task
+    from distill_export.validate import validate_artifact
 
+    task = get_task("classification")
+    GATE_NAMES = _gate_names()
     precision, metric, kind = GATE_NAMES[key]
     rng = np.random.default_rng(0)
     reference = rng.standard_normal((200, 10)).astype(np.float32)
@@ -159,7 +167,7 @@ def test_every_gate_passes_exactly_at_its_limit_and_fails_just_past_it(key, monk
     candidate = reference + np.float32(0.01) * rng.standard_normal(reference.shape).astype(np.float32)
     candidate[:3] = np.roll(reference[:3], 1, axis=1)  # 3 of 200 rows flipped: agreement 0.985, drop 0.015
     monkeypatch.setattr(validate, "make_runner", lambda *a, **k: (lambda x, bs: candidate))
-    value = compare(candidate, reference, labels, 10)[metric]
+    value = task.parity_metrics(candidate, reference, labels)[metric]
     assert 0 < value < 1e3  # a real value, not a degenerate one
     parity = {"x": np.zeros((200, 1), np.float32), "labels": labels, "logits": reference}
     artifact = {"path": "fake.onnx", "runtime": "onnxruntime", "precision": precision, "format": "fake"}
@@ -170,7 +178,7 @@ def test_every_gate_passes_exactly_at_its_limit_and_fails_just_past_it(key, monk
             if prec == precision and other != key:
                 setattr(cfg, other, 1e9 if other_kind == "max" else 0.0)
         setattr(cfg, key, limit)
-        return validate_artifact(artifact, parity, cfg, 10, None)
+        return validate_artifact(artifact, parity, cfg, task, None)
 
     at = run_with(value)
     assert at["gates"][metric] == {"value": value, "limit": value, "kind": kind, "passed": True}

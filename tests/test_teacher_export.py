@@ -22,6 +22,7 @@ from distill_export.nets.teacher import FusionTeacher
 from distill_export.profiling import make_settings, speedups
 from distill_export.profiling import targets as targets_mod
 from distill_export.config import ProfileConfig
+from distill_export.tasks import get_task
 from distill_export.validate import validate_teacher_onnx
 
 ATOL = 1e-4
@@ -80,13 +81,13 @@ def test_validate_teacher_onnx_passes_with_real_values_and_fails_a_wrong_model(e
     labels = logits.argmax(1)
     parity = {"inputs": {k: v.numpy() for k, v in x.items()}, "labels": labels, "logits": logits}
     cfg = ValidateConfig(batch_sizes=[1, 16])
-    res_ok = validate_teacher_onnx(res.path, parity, cfg, 10)
+    res_ok = validate_teacher_onnx(res.path, parity, cfg, get_task("classification"))
     assert res_ok["passed"] and res_ok["max_abs_diff"] <= ATOL and res_ok["top1_agreement"] == 1.0
     assert res_ok["accuracy"] == 1.0 and set(res_ok["per_batch"]) == {"1", "16"}
     assert set(res_ok["gates"]) == {"max_abs_diff", "top1_agreement"}
     # Another teacher's ONNX (other weights) against the same reference logits: the gates fail.
     other = export_teacher_onnx(_teacher(seed=5), _inputs(4), tmp_path, ExportOptions())
-    res_bad = validate_teacher_onnx(other.path, parity, cfg, 10)
+    res_bad = validate_teacher_onnx(other.path, parity, cfg, get_task("classification"))
     assert not res_bad["passed"] and not res_bad["gates"]["max_abs_diff"]["passed"]
     assert res_bad["max_abs_diff"] > 1e-2
 

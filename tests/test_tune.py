@@ -37,7 +37,7 @@ def test_tune_confirms_the_top_trials_with_fresh_seeds_and_never_reads_the_test_
     def no_test_split(*args, **kwargs):
         raise AssertionError("tune read the test split")
 
-    monkeypatch.setattr(distill, "test_predictions", no_test_split)
+    monkeypatch.setattr(distill, "test_outputs", no_test_split)
     monkeypatch.setattr(distill, "evaluate_student", no_test_split)
     calls = []  # (seed, terms or None for the baseline, val accuracy): spies around the real trainers
 

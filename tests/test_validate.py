@@ -18,7 +18,10 @@ from typer.testing import CliRunner
 from distill_export.cli import app
 from distill_export.config import ValidateConfig
 from distill_export.errors import ConfigError
-from distill_export.validate import Gate, compare, gates_for, parse_gate_flags, validate_artifact
+from distill_export.tasks import get_task
+from distill_export.validate import Gate, gates_for, parse_gate_flags, validate_artifact
+
+TASK = get_task("classification")
 
 runner = CliRunner()
 
@@ -43,7 +46,7 @@ def test_compare_metrics():
     cand = ref.copy()
     cand[1] = [0.0, 1.0, 1.5]  # flips row 1 from class 1 to class 2
     labels = np.array([0, 1, 2, 1])
-    m = compare(cand, ref, labels, 3)
+    m = TASK.parity_metrics(cand, ref, labels)
     assert m["max_abs_diff"] == pytest.approx(1.5)
     assert m["mean_abs_diff"] == pytest.approx(1.5 / 12)
     assert m["top1_agreement"] == pytest.approx(0.75)
@@ -54,20 +57,23 @@ def test_compare_metrics():
 
 def test_default_gates_per_precision():
     cfg = ValidateConfig()
-    assert gates_for("fp32", cfg) == [("max_abs_diff", "max", 1e-4), ("top1_agreement", "min", 0.999)]
-    assert gates_for("fp16", cfg) == [("top1_agreement", "min", 0.995)]
-    assert gates_for("int8", cfg) == [("top1_agreement", "min", 0.98), ("accuracy_drop", "max", 0.01)]
+    # the classification task's own defaults are ValidateConfig's (one source for the CLI and YAML)
+    assert {g.config_key: g.default for g in TASK.gates} == {
+        g.config_key: getattr(cfg, g.config_key) for g in TASK.gates}
+    assert gates_for("fp32", cfg, TASK) == [("max_abs_diff", "max", 1e-4), ("top1_agreement", "min", 0.999)]
+    assert gates_for("fp16", cfg, TASK) == [("top1_agreement", "min", 0.995)]
+    assert gates_for("int8", cfg, TASK) == [("top1_agreement", "min", 0.98), ("accuracy_drop", "max", 0.01)]
     assert Gate("x", 0.97, 0.98, "min").passed is False and Gate("x", 0.02, 0.01, "max").passed is False
     assert Gate("x", float("nan"), 1.0, "max").passed is False  # NaN logits never pass
 
 
 def test_gate_flags_parse_and_refuse_unknown_names():
-    assert parse_gate_flags(["fp32_max_abs=1e-5", "int8_agreement=0.99"]) == {
+    assert parse_gate_flags(["fp32_max_abs=1e-5", "int8_agreement=0.99"], TASK) == {
         "validate.fp32_max_abs": 1e-5, "validate.int8_agreement": 0.99}
     with pytest.raises(ConfigError, match="did you mean fp16_agreement"):
-        parse_gate_flags(["fp16_agrement=0.9"])
+        parse_gate_flags(["fp16_agrement=0.9"], TASK)
     with pytest.raises(ConfigError, match="expected a number"):
-        parse_gate_flags(["fp16_agreement=high"])
+        parse_gate_flags(["fp16_agreement=high"], TASK)
 
 
 def test_int8_accuracy_drop_gate_fails_on_a_worse_model(tiny_run, tmp_path):
@@ -84,7 +90,7 @@ def test_int8_accuracy_drop_gate_fails_on_a_worse_model(tiny_run, tmp_path):
     labels = reference.argmax(1)  # ... and is right on all of them
     art = {"path": str(tiny_run / "student.onnx"), "runtime": "onnxruntime", "precision": "int8", "format": "onnx-int8"}
     cfg = ValidateConfig(batch_sizes=[1, 7])
-    res = validate_artifact(art, {"x": parity["x"], "labels": labels, "logits": reference}, cfg, 10, None)
+    res = validate_artifact(art, {"x": parity["x"], "labels": labels, "logits": reference}, cfg, TASK, None)
     assert not res["passed"]
     assert not res["gates"]["top1_agreement"]["passed"] and not res["gates"]["accuracy_drop"]["passed"]
     assert res["accuracy_drop"] == pytest.approx(flip.mean(), abs=0.01)

@@ -141,7 +141,7 @@ def fusion_rows(args) -> None:
     """Per seed: one run per fusion (teacher, baseline, KD student; the first also the control),
     then the all-labels reference (the baseline trained on every label). Rows = models."""
     from distill_export.config import load_config
-    from distill_export.distill import load_student, test_predictions, train_baseline
+    from distill_export.distill import load_student, test_outputs, train_baseline
     from distill_export.pipeline import _setup
     from distill_export.tasks.classification.significance import compare
 
@@ -172,7 +172,7 @@ def fusion_rows(args) -> None:
                 row["late_vs_control" if fusion == "late" else f"{fusion}_vs_control"] = \
                     rep["comparisons"]["student_vs_self_training"]
                 data, device = _setup(cfg)
-                preds["baseline"] = test_predictions(load_student(run.file("baseline.pt"))[0], data, cfg.data.student_modality, device)
+                preds["baseline"] = test_outputs(load_student(run.file("baseline.pt"))[0], data, cfg.data.student_modality, device).argmax(1)
                 labels = data.test.labels.numpy()
                 label_fraction = cfg.data.label_fraction
             row[f"kd_{fusion}"] = rep["metrics"]["student"]["accuracy"]
@@ -180,14 +180,14 @@ def fusion_rows(args) -> None:
             row["teacher"][fusion] = rep["metrics"]["teacher"]["accuracy"]
             row["probe"][fusion] = rep["teacher"]["modality_probe"]
             row[f"kd_{fusion}_vs_baseline"] = rep["comparisons"]["student_vs_baseline"]
-            preds[f"kd_{fusion}"] = test_predictions(load_student(run.file("student.pt"))[0], data, cfg.data.student_modality, device)
+            preds[f"kd_{fusion}"] = test_outputs(load_student(run.file("student.pt"))[0], data, cfg.data.student_modality, device).argmax(1)
             row["seconds"][fusion] = round(time.perf_counter() - t0, 1)
         # The all-labels reference: the same student, steps and init, every training label.
         t0 = time.perf_counter()
         cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": 1.0})
         data, device = _setup(cfg)
         ref, ref_info = train_baseline(cfg, data, device, quiet=True)
-        preds["all_labels"] = test_predictions(ref, data, cfg.data.student_modality, device)
+        preds["all_labels"] = test_outputs(ref, data, cfg.data.student_modality, device).argmax(1)
         row["all_labels"] = float((preds["all_labels"] == labels).mean())
         row["val"]["all_labels"] = ref_info["best_val_accuracy"]
         row["seconds"]["all_labels"] = round(time.perf_counter() - t0, 1)

@@ -51,7 +51,16 @@ class Task:
     # the worst case over batch sizes takes the min, the max or the first value.
     parity_better: ClassVar[dict[str, str]] = {}
 
+    @property
+    def headline(self) -> str:
+        """The metric a run is summed up by (kd_gain is its difference)."""
+        return self.metric_keys[0]
+
     # ----- data and heads ---------------------------------------------------------------
+    def targets(self):
+        """The codec (data.targets.TargetCodec) that turns a manifest's label cells into targets."""
+        raise NotImplementedError
+
     def output_size(self, data) -> int:
         """Width of the student's and teacher's head for this dataset."""
         raise NotImplementedError

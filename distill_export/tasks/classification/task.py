@@ -27,6 +27,11 @@ class ClassificationTask(Task):
                      "top1_agreement": "higher", "accuracy": "higher", "accuracy_drop": "lower",
                      "reference_accuracy": "same"}
 
+    def targets(self):
+        from distill_export.data.targets import CategoricalTargets
+
+        return CategoricalTargets()
+
     def output_size(self, data) -> int:
         return len(data.class_names)
 
