@@ -1,0 +1,51 @@
+"""Are two checkpoints the same model? Compares every tensor bit for bit, and the metadata.
+
+    python tools/same_weights.py runs/a/student.pt runs/b/student.pt
+
+Checkpoint files written before this tool existed carry their temporary file's name inside
+the zip archive, so two identical trainings gave files with different bytes; this compares
+what was saved, not the archive. Exit 0 when identical, 1 otherwise (the differing keys listed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        where = f"{prefix}{key}"
+        if key not in a or key not in b:
+            out.append(f"{where}: only in {'first' if key in a else 'second'}")
+        elif isinstance(a[key], dict) and isinstance(b[key], dict):
+            out += differences(a[key], b[key], f"{where}.")
+        elif isinstance(a[key], torch.Tensor) or isinstance(b[key], torch.Tensor):
+            same = (isinstance(a[key], torch.Tensor) and isinstance(b[key], torch.Tensor)
+                    and a[key].dtype == b[key].dtype and a[key].shape == b[key].shape and torch.equal(a[key], b[key]))
+            if not same:
+                out.append(f"{where}: tensors differ")
+        elif a[key] != b[key]:
+            out.append(f"{where}: {a[key]!r} != {b[key]!r}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("first")
+    parser.add_argument("second")
+    args = parser.parse_args()
+    a = torch.load(args.first, map_location="cpu", weights_only=True)
+    b = torch.load(args.second, map_location="cpu", weights_only=True)
+    diff = differences(a, b)
+    for line in diff:
+        print(line)
+    print("identical" if not diff else f"{len(diff)} differences")
+    return 0 if not diff else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
