@@ -46,7 +46,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def _student_source(run: Path, out_dir: Path, model=None) -> ExportSource:
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
 
     student, meta = load_student(run / "student.pt")
     x = np.load(run / "parity_data.npz")["x"]
@@ -73,7 +73,7 @@ def test_every_cpu_format_round_trips_and_passes_parity(exported_run):
 
 
 def test_metadata_present_and_correct(exported_run):
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
 
     _, meta = load_student(exported_run / "student.pt")
     sha = sha256_file(exported_run / "student.pt")

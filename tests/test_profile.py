@@ -304,7 +304,7 @@ def test_profile_loose_files_to_out_dir(run_copy, tmp_path):
 def test_onnx_macs_and_params_match_the_torch_count(run_copy):
     import torch
 
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
     from distill_export.profiling.modelinfo import onnx_info
     from distill_export.profiling.torch_runner import count_macs, count_params
 

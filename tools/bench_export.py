@@ -81,7 +81,7 @@ def machine() -> dict:
 def student_from_run(run_dir: Path):
     """(model, meta, sha256, x_test, labels, calibration) from an existing run directory."""
     from distill_export.data import load_dataset
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
     from distill_export.files import sha256_file
     from distill_export.rundir import RunDir
 
@@ -100,7 +100,8 @@ def student_trained_here(name: str, epochs: int, seed: int):
 
     from distill_export.config import load_config
     from distill_export.data import load_dataset
-    from distill_export.distill import student_meta, train_baseline
+    from distill_export.distill import train_baseline
+    from distill_export.nets.model_io import student_meta
 
     cfg = load_config("avdigits", None, {"student.name": name, "distill.epochs": epochs, "seed": seed})
     data = load_dataset(cfg.data, cfg.seed)

@@ -175,7 +175,7 @@ def load_torch_model(path, weights=None) -> dict:
 
     from distill_export.nets.checkpoint import load_checkpoint
     from distill_export.profiling.torch_runner import count_macs, count_params
-    from distill_export.train_teacher import load_teacher
+    from distill_export.nets.model_io import load_teacher
 
     try:
         from distill_export.nets.external import is_external_teacher
@@ -194,7 +194,7 @@ def load_torch_model(path, weights=None) -> dict:
             module = load_teacher(path)
             shapes = payload.get("meta", {}).get("input_shapes") or dict(getattr(module, "input_shapes", {}) or {})
         elif kind == "student":
-            from distill_export.distill import load_student
+            from distill_export.nets.model_io import load_student
 
             module, meta = load_student(path)
             student_shape = tuple(meta["input_shape"])
