@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from distill_export.cli import app
 from distill_export.errors import BackendUnavailable, ConfigError, ExportError
 from distill_export.export import ExportOptions, ExportSource, export_formats, parse_formats
-from distill_export.export.onnx import nonstandard_ops
+from distill_export.export.common import nonstandard_ops
 from distill_export.files import sha256_file
 
 runner = CliRunner()

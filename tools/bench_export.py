@@ -267,7 +267,8 @@ def bench_size(args) -> None:
     import torch
 
     from distill_export.export import ExportOptions, ExportSource, export_formats
-    from distill_export.export.onnx_int8 import INT8_RECIPES, quantize_qdq, recipe_for
+    from distill_export.export.common import quantize_qdq
+    from distill_export.export.int8_recipes import INT8_RECIPES, recipe_for
     from distill_export.nets.students import student_names
 
     students = args.students or student_names()
@@ -399,7 +400,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="every registry student at SIZExSIZEx3, random weights (stock stems)")
     ap.add_argument("--students", nargs="+", help="with --size: these students only (default: every registry name)")
     ap.add_argument("--int8-recipes", nargs="*", default=[], help="with --size: extra INT8 recipes to measure "
-                    "(onnx_int8.INT8_RECIPES), interleaved at the smallest batch")
+                    "(int8_recipes.INT8_RECIPES), interleaved at the smallest batch")
     ap.add_argument("--opt-levels", nargs="*", default=[], choices=OPT_LEVELS,
                     help="with --size: also run FP32 and each INT8 model at these ORT graph optimisation levels")
     ap.add_argument("--calibration-rows", type=int, default=256,
@@ -428,7 +429,8 @@ def main() -> None:
         results = export_formats(source, list(FORMATS), options)
         export_total = time.perf_counter() - t0
         paths = {f: results[f].path for f in FORMATS}
-        from distill_export.export.onnx_int8 import INT8_RECIPES, quantize_qdq
+        from distill_export.export.common import quantize_qdq
+        from distill_export.export.int8_recipes import INT8_RECIPES
 
         for r in args.int8_recipes:  # the same FP32 model and calibration rows, another recipe
             out = Path(work) / f"int8-{r}.onnx"
