@@ -152,7 +152,7 @@ def test_export_options_come_from_config_and_are_checked():
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_int8_calibration_methods(exported_run, tmp_path, method):
-    from distill_export.runtimes import onnx_session, run_onnx
+    from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx
 
     source = _student_source(exported_run, tmp_path)
     source.artifacts["onnx"] = _fp32_result(exported_run)

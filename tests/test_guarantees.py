@@ -188,7 +188,7 @@ def test_run_with_a_failed_gate_writes_the_report_then_exits_1(tmp_path, monkeyp
     Runtime's logits are nudged by 1e-6 so the gate cannot pass by a bitwise-equal chance."""
     import yaml
 
-    from distill_export import runtimes
+    from distill_export.runtimes import onnx_runtime as runtimes
     from distill_export.cli import app
 
     real_run_onnx = runtimes.run_onnx

@@ -44,7 +44,7 @@ def openvino_sessions(paths: dict[str, str], threads: int, batch: int | None = N
 
     if importlib.util.find_spec("openvino") is None:
         return {}
-    from distill_export.runtimes import openvino_session
+    from distill_export.runtimes.openvino_cpu import openvino_session
 
     return {f"{k}{OV}": openvino_session(p, threads, batch) for k, p in paths.items()}
 
@@ -415,7 +415,7 @@ def main() -> None:
 
     from distill_export.export import ExportOptions, ExportSource, export_formats
     from distill_export.metrics import classification_metrics
-    from distill_export.runtimes import onnx_session, run_onnx
+    from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx
 
     if args.run:
         model, meta, sha, x_test, labels, train_x = student_from_run(args.run)
