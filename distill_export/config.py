@@ -110,7 +110,7 @@ class ExportConfig:
     opset: int = 18
     calibration_samples: int = 256
     calibration_method: str = "minmax"
-    # INT8 recipe (export/onnx_int8.py INT8_RECIPES): "auto" is the student architecture's
+    # INT8 recipe (export/int8_recipes.py INT8_RECIPES): "auto" is the student architecture's
     # measured best (docs/export.md), else "qdq".
     int8_recipe: str = "auto"
 

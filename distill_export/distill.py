@@ -20,41 +20,9 @@ from distill_export.data import Dataset
 from distill_export.data.streaming import is_streamed
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
 from distill_export.tasks import get_task
-from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
+from distill_export.nets.model_io import input_size, new_student
 from distill_export.nets.students import SplitNet, create_student
 from distill_export.train import TrainSpec, predict, train_loop
-
-
-def student_meta(config, data: Dataset, teacher_name: str) -> dict:
-    spec = data.modalities[config.data.student_modality]
-    return {
-        "class_names": data.class_names,
-        "input_name": spec.name,
-        "input_shape": list(spec.shape),
-        "input_layout": spec.layout,
-        "norm_mean": spec.mean,
-        "norm_std": spec.std,
-        "teacher": teacher_name,
-        "dataset": data.name,
-    }
-
-
-def new_student(config, data: Dataset) -> SplitNet:
-    """The same initial weights for baseline and student: seeded, or from --student-init."""
-    from distill_export.nets.student_init import init_student
-
-    spec = data.modalities[config.data.student_modality]
-    torch.manual_seed(config.seed)
-    model = create_student(config.student.name, data.num_classes, in_channels=spec.shape[0],
-                           input_size=input_size(spec))
-    if config.student.init_weights:
-        init_student(model, config.student.init_weights, config.student.name)
-    return model
-
-
-def input_size(spec) -> int:
-    """The smaller spatial side of an image-like (C, H, W) modality, 0 for other shapes."""
-    return int(min(spec.shape[1:])) if len(spec.shape) == 3 else 0
 
 
 def check_student_fits(config, data: Dataset) -> None:
@@ -64,7 +32,7 @@ def check_student_fits(config, data: Dataset) -> None:
 
     name = config.student.name
     spec = data.modalities[config.data.student_modality]
-    if ":" in name or spec.kind not in ("image", "audio"):  # factories: nets/external.preflight checks them
+    if ":" in name or spec.kind not in ("image", "audio"):  # factories: model_checks.preflight checks them
         return
     x = data.train.inputs[config.data.student_modality][:2]
     with torch.random.fork_rng(devices=[]), torch.no_grad():  # leaves the seeded RNG stream untouched
@@ -77,13 +45,6 @@ def check_student_fits(config, data: Dataset) -> None:
                               f"{tuple(spec.shape)} (data.image_size={config.data.image_size}): "
                               f"{str(exc).splitlines()[0][:160]}; use a larger data.image_size or another "
                               "--student") from None
-
-
-def load_student(path) -> tuple[SplitNet, dict]:
-    payload = load_checkpoint(path, kind="student")
-    kw = payload["arch_kwargs"]
-    model = create_student(payload["arch"], kw["num_classes"], kw["in_channels"], kw.get("input_size", 0))
-    return load_state(model, payload["state_dict"], path).eval(), payload["meta"]
 
 
 def test_outputs(model: nn.Module, data: Dataset, modality: str, device) -> np.ndarray:
@@ -210,12 +171,3 @@ def _spec(config, device=None) -> TrainSpec:
     cfg = config.distill
     return TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, seed=config.seed,
                      autocast=speed.autocast_on(config, device))
-
-
-def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str, extra: dict) -> None:
-    spec = data.modalities[config.data.student_modality]
-    save_checkpoint(
-        path, model, kind="student", arch=config.student.name,
-        arch_kwargs={"num_classes": data.num_classes, "in_channels": spec.shape[0], "input_size": input_size(spec)},
-        meta={**student_meta(config, data, teacher_name), **extra},
-    )

@@ -42,7 +42,7 @@ def _setup(config: RunConfig):
     device = ddp.init_from_env(config.device) if ddp.launched_by_torchrun() else resolve_device(config.device)
     seed_everything(config.seed)
     data = load_dataset(config.data, config.seed, get_task(config.task).targets())
-    from distill_export.nets.external import preflight
+    from distill_export.model_checks import preflight
 
     preflight(config, data)  # a student/teacher that cannot fit the data fails before training
     from distill_export.distill import check_student_fits
@@ -73,8 +73,9 @@ def _checkpoint(config: RunConfig, run: RunDir, label: str):
 
 @records_stage("train_teacher")
 def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
+    from distill_export.nets.model_io import load_teacher
     from distill_export.tasks import get_task
-    from distill_export.train_teacher import evaluate_teacher, load_teacher, train_teacher
+    from distill_export.train_teacher import evaluate_teacher, train_teacher
 
     if data is None:
         data, device = _setup(config)
@@ -160,8 +161,9 @@ def _distill_rounds(config, run: RunDir, data, device, teacher, teacher_file, ne
 def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> tuple[dict, object]:
     """An image-only teacher of the same size on the same labeled rows, distilled the same way:
     what the unlabeled rows give without the other modality."""
+    from distill_export.nets.model_io import load_teacher, save_expert_teacher
     from distill_export.tasks import get_task
-    from distill_export.train_teacher import evaluate_teacher, load_teacher, save_expert_teacher, train_teacher
+    from distill_export.train_teacher import evaluate_teacher, train_teacher
 
     modality = config.data.student_modality
     path = run.file("control_teacher.pt")
@@ -201,11 +203,12 @@ def _labels_only(config, run: RunDir, data, device, specs, quiet):
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export import distributed as ddp
-    from distill_export.distill import labels_only, save_student, test_outputs, train_baseline
+    from distill_export.distill import labels_only, test_outputs, train_baseline
+    from distill_export.nets.model_io import save_student
     from distill_export.methods import teacher_needs, term_specs
     from distill_export.nets.teacher import TEACHER_FUSIONS
     from distill_export.tasks import get_task
-    from distill_export.train_teacher import load_teacher
+    from distill_export.nets.model_io import load_teacher
 
     if data is None:
         data, device = _setup(config)
@@ -287,7 +290,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
 
 @records_stage("export")
 def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
     from distill_export.export import ExportOptions, ExportSource, check_formats, export_formats
     from distill_export.files import sha256_file
     from distill_export.train import predict
@@ -331,7 +334,7 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
     from distill_export.errors import DistillExportError
     from distill_export.export.teacher_onnx import export_teacher_onnx
     from distill_export.train import predict
-    from distill_export.train_teacher import load_teacher
+    from distill_export.nets.model_io import load_teacher
     from distill_export.validate import TEACHER_PARITY_FILE, save_teacher_parity_data
 
     path = _teacher_path(config, run)

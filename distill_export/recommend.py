@@ -38,7 +38,7 @@ def _failed(parity: dict) -> list[str]:
     return [name for name, g in (parity.get("gates") or {}).items() if not g.get("passed")]
 
 
-OPENVINO_LABEL = "openvino-cpu"  # profiling/backends.py: the ov-cpu backend's rows
+OPENVINO_LABEL = "openvino-cpu"  # runtimes/openvino_cpu.py: the ov-cpu backend's rows
 
 
 def _parity(art: dict, row: dict) -> dict | None:

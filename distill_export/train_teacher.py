@@ -9,9 +9,9 @@ from distill_export import speed
 from distill_export.data import Dataset
 from distill_export.errors import ConfigError
 from distill_export.tasks import get_task
-from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
+from distill_export.nets.checkpoint import save_checkpoint
 from distill_export.nets.encoders import encoder_input_size
-from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher, teacher_class
+from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher
 from distill_export.train import TrainSpec, predict, train_loop
 
 
@@ -27,61 +27,6 @@ def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalitie
     if fusion == "late":  # experts are trained one modality each: no modality to drop
         del kwargs["modality_dropout"]
     return kwargs
-
-
-def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool = False) -> FusionTeacher:
-    """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory.
-    strict (a teacher the user gave): every data column must be one the teacher reads, as it was built."""
-    from distill_export.errors import CheckpointError
-    from distill_export.nets.external import is_external_teacher, load_external_teacher
-
-    if is_external_teacher(path):
-        return load_external_teacher(path, data, weights)
-    try:
-        payload = load_checkpoint(path, kind="teacher")
-    except CheckpointError as exc:
-        raise CheckpointError(f"{exc}; a teacher is a distill-export checkpoint (.pt), a torch.export "
-                              "program (.pt2) or package.module:factory") from None
-    try:
-        cls = teacher_class(payload.get("arch", "fusion_teacher"))
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc} (known: {', '.join(a for a, _ in TEACHER_FUSIONS.values())})") from None
-    model = load_state(cls(**payload["arch_kwargs"]), payload["state_dict"], path)
-    if data is not None:
-        kw = payload["arch_kwargs"]
-        if strict:
-            check_teacher_columns(path, kw, data)
-        shapes = payload.get("meta", {}).get("input_shapes", {})
-        for m, shape in shapes.items():
-            if m in data.modalities and tuple(shape) != tuple(data.modalities[m].shape):
-                raise CheckpointError(f"teacher {path} was trained on {m} of shape {tuple(shape)}; "
-                                      f"the data gives {tuple(data.modalities[m].shape)}")
-        if kw["num_classes"] != data.num_classes:
-            raise CheckpointError(
-                f"teacher {path} predicts {kw['num_classes']} classes, the data has {data.num_classes}"
-            )
-        missing = set(kw["modalities"]) - set(data.modalities)
-        if missing:
-            raise CheckpointError(f"teacher {path} needs modalities the data lacks: {sorted(missing)}")
-    return model.eval()
-
-
-def check_teacher_columns(path, arch_kwargs: dict, data: Dataset) -> None:
-    """A column the teacher was not built for (one it has no encoder for, or text read another
-    way than in training) fails with one line naming the manifest's header row."""
-    from distill_export.errors import DataError
-
-    where = f"{data.info['manifest']}:1" if data.info.get("manifest") else f"dataset {data.name}"
-    kinds = arch_kwargs.get("kinds") or {}
-    for m, spec in data.modalities.items():
-        if m not in arch_kwargs["modalities"]:
-            raise DataError(f"{where}: column {m!r} is not one teacher {path} was built for (it reads "
-                            f"{', '.join(sorted(arch_kwargs['modalities']))}); drop the column or train a teacher on it")
-        built = kinds.get(m)
-        if built and built != spec.kind:
-            how = {"text": "hashed text (data.text_encoder=hashed)", "vector": "embedding vectors (e.g. data.text_encoder=wordllama)"}
-            raise DataError(f"{where}: column {m!r} is read as {how.get(spec.kind, spec.kind)}, but teacher {path} "
-                            f"was built for {how.get(built, built)}")
 
 
 def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, task,
@@ -151,29 +96,6 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
         info["expert_temperatures"] = dict(zip(teacher.modality_names, teacher.temperatures.tolist()))
         info["experts"] = result.experts  # modality -> its best epoch and val accuracy
     return info
-
-
-def save_expert_teacher(teacher_path, modality: str, out_path) -> dict:
-    """Save one expert of a late-fusion teacher as a single-modality teacher. Experts are trained
-    alone from the same seeded init, so this is the image-only teacher train_teacher would train
-    on the same rows (the self-training control), without training it again."""
-    from distill_export.nets.teacher import LateFusionTeacher
-
-    payload = load_checkpoint(teacher_path, kind="teacher")
-    kw = payload["arch_kwargs"]
-    full = load_state(LateFusionTeacher(**kw), payload["state_dict"], teacher_path)
-    one = {**kw, "modalities": {modality: kw["modalities"][modality]}, "kinds": {modality: kw["kinds"][modality]}}
-    expert = LateFusionTeacher(**one)
-    expert.encoders[modality].load_state_dict(full.encoders[modality].state_dict())
-    expert.heads[modality].load_state_dict(full.heads[modality].state_dict())
-    expert.temperatures[0] = full.temperatures[full.modality_names.index(modality)]
-    meta = payload["meta"]
-    trained = meta.get("experts", {}).get(modality, {})
-    save_checkpoint(out_path, expert, kind="teacher", arch="late_fusion_teacher", arch_kwargs=one,
-                    meta={**meta, "best_epoch": trained.get("best_epoch"), "experts": {modality: trained},
-                          "input_shapes": {modality: meta["input_shapes"][modality]}})
-    return {"expert_of": str(teacher_path), **trained,
-            "expert_temperatures": {modality: float(expert.temperatures[0])}}
 
 
 def train_experts(teacher, x, y, val_x, val_y, spec, label, quiet, checkpoint, task):

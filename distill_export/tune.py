@@ -81,7 +81,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     from distill_export.methods import term_specs
     from distill_export.pipeline import _setup, _teacher_path
     from distill_export.teacher_cache import teacher_targets
-    from distill_export.train_teacher import load_teacher
+    from distill_export.nets.model_io import load_teacher
 
     budget.check()
     confirm_spec = confirm_spec or ConfirmSpec()

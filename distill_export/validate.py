@@ -13,7 +13,6 @@ code) stays ONNX Runtime's, the runtime it was exported for.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,17 +98,6 @@ def load_parity_data(path: str | Path) -> dict[str, np.ndarray]:
     return data
 
 
-def _artifact_facts(artifact: dict, session=None) -> dict:
-    """Metadata an artifact carries about itself: ONNX metadata_props or the engine's stamp."""
-    if session is not None:
-        from distill_export.runtimes import onnx_metadata
-
-        return onnx_metadata(session)
-    stamp = Path(f"{artifact['path']}.json")
-    try:
-        return json.loads(stamp.read_text()) if stamp.is_file() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _check_source(artifact: dict, facts: dict, checkpoint_sha256: str) -> None:
@@ -125,33 +113,19 @@ def _check_source(artifact: dict, facts: dict, checkpoint_sha256: str) -> None:
 
 def make_runner(artifact: dict, threads: int = 0, sample_shape: tuple[int, ...] | None = None,
                 checkpoint_sha256: str = ""):
-    """(x, batch_size) -> logits for one artifact from report.json's exports.
+    """(x, batch_size) -> logits for one artifact from report.json's exports, on the runtime it
+    names (runtimes/: onnxruntime, openvino (the same ONNX file, compiled by OpenVINO), tensorrt).
 
     With `sample_shape` (one input row, e.g. (1, 28, 28)) the artifact's input signature is
     checked against the run's data first.
     """
-    if artifact["runtime"] in ("onnxruntime", "openvino"):  # openvino: the same ONNX file, compiled by OpenVINO
-        from distill_export.runtimes import check_input_signature, onnx_session, openvino_session, run_onnx
+    from distill_export.runtimes.base import find_runtime
 
-        ort_session = onnx_session(artifact["path"], threads if artifact["runtime"] == "onnxruntime" else 1)
-        session = ort_session if artifact["runtime"] == "onnxruntime" else openvino_session(artifact["path"], threads)
-        if sample_shape is not None:
-            check_input_signature(session, artifact["path"], tuple(sample_shape))
-        _check_source(artifact, _artifact_facts(artifact, ort_session), checkpoint_sha256)  # ONNX metadata
-        return lambda x, bs: run_onnx(session, x, bs)
-    if artifact["runtime"] == "tensorrt":
-        from distill_export.export.tensorrt import engine_runner
-
-        facts = _artifact_facts(artifact)
-        declared = facts.get("input_shape", [])[1:]
-        if sample_shape is not None and declared and list(declared) != list(sample_shape):
-            raise DataError(
-                f"{artifact['path']} expects input of shape [batch, {', '.join(map(str, declared))}], "
-                f"the run's data has [batch, {', '.join(map(str, sample_shape))}]"
-            )
-        _check_source(artifact, facts, checkpoint_sha256)
-        return engine_runner(artifact["path"])
-    raise ConfigError(f"unknown runtime {artifact['runtime']!r} for {artifact['path']}")
+    runtime = find_runtime(artifact["runtime"])
+    if runtime is None:
+        raise ConfigError(f"unknown runtime {artifact['runtime']!r} for {artifact['path']}")
+    return runtime.runner(artifact["path"], threads, tuple(sample_shape) if sample_shape is not None else None,
+                          lambda facts: _check_source(artifact, facts, checkpoint_sha256))
 
 
 def validate_artifact(
@@ -187,24 +161,25 @@ def validate_exports(exports: dict, parity: dict[str, np.ndarray], cfg, task,
     if not exports:
         raise ConfigError("no exported artifacts to validate; run `distill-export export` first")
     results = {}
+    from distill_export.runtimes.base import also_running
+
     for fmt, art in exports.items():
         results[fmt] = validate_artifact(art, parity, cfg, task, teacher_accuracy)
-        if art["runtime"] == "onnxruntime":
-            results[fmt]["runtimes"] = {"openvino": validate_on_openvino(art, parity, cfg, task, teacher_accuracy)}
+        others = also_running(art["runtime"])  # e.g. OpenVINO, for an ONNX Runtime artifact
+        if others:
+            results[fmt]["runtimes"] = {rt.name: validate_on_runtime(rt, art, parity, cfg, task, teacher_accuracy)
+                                        for rt in others}
     return results
 
 
-def validate_on_openvino(artifact: dict, parity: dict, cfg, task, teacher_accuracy) -> dict:
-    """The ONNX artifact's gates on OpenVINO, or {"skipped": why} when it is not installed or
-    cannot compile the file."""
-    import importlib.util
-
-    from distill_export.runtimes import OPENVINO_MISSING
-
-    if importlib.util.find_spec("openvino") is None:
-        return {"skipped": OPENVINO_MISSING}
+def validate_on_runtime(runtime, artifact: dict, parity: dict, cfg, task, teacher_accuracy) -> dict:
+    """The artifact's gates on another runtime that runs its file (OpenVINO for ONNX), or
+    {"skipped": why} when that runtime is not installed or cannot compile the file."""
+    missing = runtime.missing()
+    if missing:
+        return {"skipped": missing}
     try:
-        return validate_artifact({**artifact, "runtime": "openvino"}, parity, cfg, task, teacher_accuracy)
+        return validate_artifact({**artifact, "runtime": runtime.name}, parity, cfg, task, teacher_accuracy)
     except DataError as exc:  # e.g. an operator OpenVINO cannot compile: reported, not fatal
         return {"skipped": str(exc)}
 
@@ -244,7 +219,7 @@ def load_teacher_parity_data(path: str | Path) -> dict:
 def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:
     """Parity of the teacher's FP32 ONNX (one input per modality) against the PyTorch teacher,
     with the FP32 gates (fp32_max_abs, fp32_agreement), worst case over cfg.batch_sizes."""
-    from distill_export.runtimes import onnx_session, run_onnx_inputs
+    from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx_inputs
 
     session = onnx_session(path, 0)
     reference, labels = parity["logits"], parity["labels"]

@@ -171,7 +171,8 @@ def test_control_teacher_is_the_late_teachers_image_expert(tiny_manifest, tmp_pa
     from distill_export.config import load_config
     from distill_export.nets.checkpoint import load_checkpoint
     from distill_export.pipeline import _setup
-    from distill_export.train_teacher import save_expert_teacher, train_teacher
+    from distill_export.nets.model_io import save_expert_teacher
+    from distill_export.train_teacher import train_teacher
 
     cfg = load_config("captioned_digits", None, {"data.source": str(tiny_manifest), "teacher.epochs": 2})
     data, device = _setup(cfg)

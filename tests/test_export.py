@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from distill_export.cli import app
 from distill_export.errors import BackendUnavailable, ConfigError, ExportError
 from distill_export.export import ExportOptions, ExportSource, export_formats, parse_formats
-from distill_export.export.onnx import nonstandard_ops
+from distill_export.export.common import nonstandard_ops
 from distill_export.files import sha256_file
 
 runner = CliRunner()
@@ -46,7 +46,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def _student_source(run: Path, out_dir: Path, model=None) -> ExportSource:
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
 
     student, meta = load_student(run / "student.pt")
     x = np.load(run / "parity_data.npz")["x"]
@@ -73,7 +73,7 @@ def test_every_cpu_format_round_trips_and_passes_parity(exported_run):
 
 
 def test_metadata_present_and_correct(exported_run):
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
 
     _, meta = load_student(exported_run / "student.pt")
     sha = sha256_file(exported_run / "student.pt")
@@ -152,7 +152,7 @@ def test_export_options_come_from_config_and_are_checked():
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_int8_calibration_methods(exported_run, tmp_path, method):
-    from distill_export.runtimes import onnx_session, run_onnx
+    from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx
 
     source = _student_source(exported_run, tmp_path)
     source.artifacts["onnx"] = _fp32_result(exported_run)

@@ -20,7 +20,8 @@ from _byo_fixtures import make_manifest, synthetic_dataset
 from distill_export import distill
 from distill_export.config import RunConfig, ValidateConfig, load_config
 from distill_export.data.dataset import IGNORE_INDEX
-from distill_export.distill import load_student, save_student, train_baseline, train_student
+from distill_export.distill import train_baseline, train_student
+from distill_export.nets.model_io import load_student, save_student
 from distill_export.rundir import RunDir
 
 CPU = torch.device("cpu")
@@ -195,7 +196,7 @@ def test_run_with_a_failed_gate_writes_the_report_then_exits_1(tmp_path, monkeyp
     Runtime's logits are nudged by 1e-6 so the gate cannot pass by a bitwise-equal chance."""
     import yaml
 
-    from distill_export import runtimes
+    from distill_export.runtimes import onnx_runtime as runtimes
     from distill_export.cli import app
 
     real_run_onnx = runtimes.run_onnx
@@ -332,7 +333,7 @@ def test_every_cli_flag_lands_on_its_config_key(command, param, monkeypatch, tmp
 def test_int8_export_keeps_the_classifier_head_in_fp32_as_its_details_say(tmp_path):
     import onnx
 
-    from distill_export.distill import new_student, student_meta
+    from distill_export.nets.model_io import new_student, student_meta
     from distill_export.export import ExportOptions, ExportSource, export_formats
 
     data = synthetic_dataset(n=64)

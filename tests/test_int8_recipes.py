@@ -1,4 +1,4 @@
-"""INT8 recipes (export/onnx_int8.py): which nodes each quantises, per-architecture defaults,
+"""INT8 recipes (export/int8_recipes.py, quantised by export/common.py): which nodes each quantises, per-architecture defaults,
 and that each recipe's model still computes the FP32 model's answer.
 
 A small depthwise-separable net with an SE-style gate (Conv, depthwise Conv, HardSigmoid, Mul,
@@ -17,14 +17,8 @@ from torch import nn
 
 from distill_export.errors import ExportError
 from distill_export.export import ExportOptions, ExportSource, export_formats
-from distill_export.export.onnx_int8 import (
-    DEFAULT_RECIPE,
-    INT8_RECIPES,
-    RECIPE_BY_STUDENT,
-    depthwise_convs,
-    quantize_qdq,
-    recipe_for,
-)
+from distill_export.export.common import depthwise_convs, quantize_qdq
+from distill_export.export.int8_recipes import DEFAULT_RECIPE, INT8_RECIPES, RECIPE_BY_STUDENT, recipe_for
 
 
 class _DwNet(nn.Module):

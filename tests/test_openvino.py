@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill_export.cli import app
-from distill_export.profiling import backends as backends_mod
+from distill_export.runtimes import openvino_cpu
 
 runner = CliRunner()
 FAST = ["--warmup", "0.01", "--min-time", "0.05", "--min-iters", "5", "-q"]
@@ -27,9 +27,9 @@ needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
 def without_openvino(monkeypatch):
     """As if the extra were not installed: find_spec sees None, the cached check is refreshed."""
     monkeypatch.setitem(sys.modules, "openvino", None)
-    backends_mod.openvino_missing.cache_clear()
+    openvino_cpu.openvino_missing.cache_clear()
     yield
-    backends_mod.openvino_missing.cache_clear()
+    openvino_cpu.openvino_missing.cache_clear()
 
 
 @pytest.fixture(scope="module")

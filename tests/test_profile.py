@@ -17,16 +17,16 @@ from distill_export.cli import app
 from distill_export.config import ProfileConfig
 from distill_export.errors import BackendUnavailable, ConfigError
 from distill_export.profiling import Bench, Sweep, latency_stats, make_settings, measure_cell, run_sweep, speedups
-from distill_export.profiling import backends as backends_mod
 from distill_export.profiling import settings as settings_mod
 from distill_export.profiling import targets as targets_mod
 from distill_export.profiling.measure import ROUNDS, time_calls
 from distill_export.profiling.settings import STANDALONE_BATCHES, resolve_threads
+from distill_export.runtimes import onnx_runtime, openvino_cpu, pytorch
 
 runner = CliRunner()
 FAST = ["--warmup", "0.01", "--min-time", "0.05", "--min-iters", "5", "-q"]
 # The ONNX runtimes that measure here: OpenVINO (the optional extra) joins ONNX Runtime when installed.
-ONNX_BACKENDS = ["onnxruntime-cpu"] + ([] if backends_mod.openvino_missing() else ["openvino-cpu"])
+ONNX_BACKENDS = ["onnxruntime-cpu"] + ([] if openvino_cpu.openvino_missing() else ["openvino-cpu"])
 
 
 @pytest.fixture()
@@ -194,10 +194,10 @@ def test_unknown_preset_and_backend_name_the_choices():
 
 
 def test_a_backend_asked_for_and_missing_names_what_to_install(monkeypatch):
-    monkeypatch.setattr(backends_mod, "ort_providers", lambda: ("CPUExecutionProvider",))
+    monkeypatch.setattr(onnx_runtime, "ort_providers", lambda: ("CPUExecutionProvider",))
     with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
         make_settings(ProfileConfig(), backends="ort-cpu,ort-cuda")
-    monkeypatch.setattr(backends_mod, "torch_missing", lambda: "torch is not installed (pip install torch)")
+    monkeypatch.setattr(pytorch, "torch_missing", lambda: "torch is not installed (pip install torch)")
     with pytest.raises(BackendUnavailable, match="pip install torch"):
         make_settings(ProfileConfig(), backends="torch-cpu")
 
@@ -304,9 +304,9 @@ def test_profile_loose_files_to_out_dir(run_copy, tmp_path):
 def test_onnx_macs_and_params_match_the_torch_count(run_copy):
     import torch
 
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
     from distill_export.profiling.modelinfo import onnx_info
-    from distill_export.profiling.torch_runner import count_macs, count_params
+    from distill_export.profiling.modelinfo import count_macs, count_params
 
     student, meta = load_student(run_copy / "student.pt")
     info = onnx_info(run_copy / "student.onnx")

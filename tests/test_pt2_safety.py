@@ -184,7 +184,8 @@ def test_the_shipped_exporter_passes_the_check(tmp_path):
     from _byo_fixtures import synthetic_dataset
     from distill_export.nets.external import export_teacher_program
     from distill_export.nets.teacher import FusionTeacher
-    from distill_export.train_teacher import load_teacher, teacher_kwargs
+    from distill_export.nets.model_io import load_teacher
+    from distill_export.train_teacher import teacher_kwargs
 
     data = synthetic_dataset()
     torch.manual_seed(0)

@@ -112,7 +112,7 @@ def test_rgb96_recipe_runs_on_the_synthetic_manifest(tmp_path):
     from typer.testing import CliRunner
 
     from distill_export.cli import app
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
 
     spec = importlib.util.spec_from_file_location("make_rgb96_manifest", REPO / "tools" / "make_rgb96_manifest.py")
     tool = importlib.util.module_from_spec(spec)

@@ -223,7 +223,8 @@ def test_an_external_pt2_teacher_is_exported_too(tmp_path):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from _byo_fixtures import synthetic_dataset
     from distill_export.nets.external import ExternalTeacher, export_teacher_program
-    from distill_export.train_teacher import load_teacher, teacher_kwargs
+    from distill_export.nets.model_io import load_teacher
+    from distill_export.train_teacher import teacher_kwargs
 
     data = synthetic_dataset()
     torch.manual_seed(0)

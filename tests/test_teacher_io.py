@@ -12,10 +12,12 @@ from _byo_fixtures import synthetic_dataset
 from distill_export.config import RunConfig
 from distill_export.errors import CheckpointError, ConfigError
 from distill_export.nets.checkpoint import save_checkpoint
-from distill_export.nets.external import ExternalTeacher, export_teacher_program, is_factory, preflight
+from distill_export.model_checks import preflight
+from distill_export.nets.external import ExternalTeacher, export_teacher_program, is_factory
+from distill_export.nets.model_io import load_teacher
 from distill_export.nets.students import create_student
 from distill_export.nets.teacher import FusionTeacher
-from distill_export.train_teacher import load_teacher, teacher_kwargs
+from distill_export.train_teacher import teacher_kwargs
 
 ATOL = 1e-5  # fp32, same kernels: the program must compute what the module computes
 

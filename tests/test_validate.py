@@ -80,7 +80,7 @@ def test_int8_accuracy_drop_gate_fails_on_a_worse_model(tiny_run, tmp_path):
     """A fake INT8 artifact: the FP32 ONNX labelled int8, judged against reference logits
     that are better than it (labels = the reference's argmax, candidate flipped on 5%)."""
     parity = dict(np.load(tiny_run / "parity_data.npz"))
-    from distill_export.runtimes import onnx_session, run_onnx
+    from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx
 
     ours = run_onnx(onnx_session(tiny_run / "student.onnx", 1), parity["x"], 64)
     flip = np.zeros(len(ours), bool)

@@ -115,7 +115,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from distill_export.config import load_config
     from distill_export.data import load_dataset
-    from distill_export.distill import new_student, train_student
+    from distill_export.distill import train_student
+    from distill_export.nets.model_io import new_student
     from distill_export.nets.teacher import FusionTeacher
     from distill_export.teacher_cache import CacheKey, load, save
     from distill_export.train import predict

@@ -44,7 +44,7 @@ def openvino_sessions(paths: dict[str, str], threads: int, batch: int | None = N
 
     if importlib.util.find_spec("openvino") is None:
         return {}
-    from distill_export.runtimes import openvino_session
+    from distill_export.runtimes.openvino_cpu import openvino_session
 
     return {f"{k}{OV}": openvino_session(p, threads, batch) for k, p in paths.items()}
 
@@ -81,7 +81,7 @@ def machine() -> dict:
 def student_from_run(run_dir: Path):
     """(model, meta, sha256, x_test, labels, calibration) from an existing run directory."""
     from distill_export.data import load_dataset
-    from distill_export.distill import load_student
+    from distill_export.nets.model_io import load_student
     from distill_export.files import sha256_file
     from distill_export.rundir import RunDir
 
@@ -100,7 +100,8 @@ def student_trained_here(name: str, epochs: int, seed: int):
 
     from distill_export.config import load_config
     from distill_export.data import load_dataset
-    from distill_export.distill import student_meta, train_baseline
+    from distill_export.distill import train_baseline
+    from distill_export.nets.model_io import student_meta
 
     cfg = load_config("avdigits", None, {"student.name": name, "distill.epochs": epochs, "seed": seed})
     data = load_dataset(cfg.data, cfg.seed)
@@ -266,7 +267,8 @@ def bench_size(args) -> None:
     import torch
 
     from distill_export.export import ExportOptions, ExportSource, export_formats
-    from distill_export.export.onnx_int8 import INT8_RECIPES, quantize_qdq, recipe_for
+    from distill_export.export.common import quantize_qdq
+    from distill_export.export.int8_recipes import INT8_RECIPES, recipe_for
     from distill_export.nets.students import student_names
 
     students = args.students or student_names()
@@ -398,7 +400,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="every registry student at SIZExSIZEx3, random weights (stock stems)")
     ap.add_argument("--students", nargs="+", help="with --size: these students only (default: every registry name)")
     ap.add_argument("--int8-recipes", nargs="*", default=[], help="with --size: extra INT8 recipes to measure "
-                    "(onnx_int8.INT8_RECIPES), interleaved at the smallest batch")
+                    "(int8_recipes.INT8_RECIPES), interleaved at the smallest batch")
     ap.add_argument("--opt-levels", nargs="*", default=[], choices=OPT_LEVELS,
                     help="with --size: also run FP32 and each INT8 model at these ORT graph optimisation levels")
     ap.add_argument("--calibration-rows", type=int, default=256,
@@ -413,7 +415,7 @@ def main() -> None:
 
     from distill_export.export import ExportOptions, ExportSource, export_formats
     from distill_export.tasks.classification.metrics import classification_metrics
-    from distill_export.runtimes import onnx_session, run_onnx
+    from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx
 
     if args.run:
         model, meta, sha, x_test, labels, train_x = student_from_run(args.run)
@@ -427,7 +429,8 @@ def main() -> None:
         results = export_formats(source, list(FORMATS), options)
         export_total = time.perf_counter() - t0
         paths = {f: results[f].path for f in FORMATS}
-        from distill_export.export.onnx_int8 import INT8_RECIPES, quantize_qdq
+        from distill_export.export.common import quantize_qdq
+        from distill_export.export.int8_recipes import INT8_RECIPES
 
         for r in args.int8_recipes:  # the same FP32 model and calibration rows, another recipe
             out = Path(work) / f"int8-{r}.onnx"

@@ -124,7 +124,8 @@ def throughput(manifest: Path, student: str, rows: int, repeats: int, device: st
     import torch
     import torch.nn.functional as F
 
-    from distill_export.distill import new_student, train_student
+    from distill_export.distill import train_student
+    from distill_export.nets.model_io import new_student
     from distill_export.losses import kd_loss
     from distill_export.train import predict
 

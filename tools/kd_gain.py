@@ -141,7 +141,8 @@ def fusion_rows(args) -> None:
     """Per seed: one run per fusion (teacher, baseline, KD student; the first also the control),
     then the all-labels reference (the baseline trained on every label). Rows = models."""
     from distill_export.config import load_config
-    from distill_export.distill import load_student, test_outputs, train_baseline
+    from distill_export.distill import test_outputs, train_baseline
+    from distill_export.nets.model_io import load_student
     from distill_export.pipeline import _setup
     from distill_export.tasks.classification.significance import compare
 

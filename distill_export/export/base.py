@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from distill_export.errors import ConfigError
+from distill_export.export.int8_recipes import INT8_RECIPES
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MIN_OPSET = 17  # the dynamo exporter's floor, and where the ops these students need settled
@@ -28,7 +30,7 @@ class ExportOptions:
     calibration_batch: int = 32  # rows per calibration step
     int8_per_channel: bool = True
     int8_fp32_classifier: bool = True  # keep the final Gemm/MatMul in FP32
-    int8_recipe: str = "auto"  # onnx_int8.INT8_RECIPES name; auto: the architecture's measured best
+    int8_recipe: str = "auto"  # int8_recipes.INT8_RECIPES name; auto: the architecture's measured best
     fp16_keep_io_types: bool = True
     trt_min_batch: int = 1
     trt_opt_batch: int = 32
@@ -45,8 +47,6 @@ class ExportOptions:
                 f"(choices: {', '.join(CALIBRATION_METHODS)})"
             )
         if self.int8_recipe != "auto":
-            from distill_export.export.onnx_int8 import INT8_RECIPES
-
             if self.int8_recipe not in INT8_RECIPES:
                 raise ConfigError(f"unknown INT8 recipe {self.int8_recipe!r} (choices: auto, {', '.join(INT8_RECIPES)})")
         if self.calibration_samples < 1:
@@ -102,7 +102,7 @@ class FormatSpec:
 
 
 _REGISTRY: dict[str, FormatSpec] = {}
-_MODULES = ("onnx", "onnx_fp16", "onnx_int8", "tensorrt")  # importing registers the formats
+_loaded = False
 
 
 def register_format(name: str, precision: str, requires: tuple[str, ...] = ("onnx",),
@@ -115,12 +115,14 @@ def register_format(name: str, precision: str, requires: tuple[str, ...] = ("onn
 
 
 def _load_all() -> None:
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f"distill_export.export.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"distill_export.export.{mod}":
-                raise
+    """Import every module of this package once, so each format registers itself. The registry
+    never imports its members by name; the order is the modules' (alphabetical) order."""
+    global _loaded
+    if _loaded:
+        return
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{mod.name}")
+    _loaded = True
 
 
 def format_names() -> list[str]:

@@ -3,39 +3,26 @@ shape-inferred, simplified with onnxslim and stamped with metadata."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import re
-import tempfile
 import warnings
 from pathlib import Path
 
 from distill_export import __version__
 from distill_export.errors import ExportError
 from distill_export.export.base import MIN_OPSET, ExportOptions, ExportResult, ExportSource, register_format
+from distill_export.export.common import (
+    OUTPUT_NAME,
+    error_reason,
+    finalize_onnx,
+    model_name,
+    nonstandard_ops,
+    quiet_output,
+    unsupported_operator,
+)
 from distill_export.files import atomic_path
 
 log = logging.getLogger(__name__)
-OUTPUT_NAME = "logits"
-STANDARD_DOMAINS = ("", "ai.onnx")
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# Where each exporter names the operator it could not translate:
-#   dynamo:      No ONNX function found for <OpOverload(op='mylib.wiggle', overload='default')>
-#   TorchScript: Exporting the operator 'aten::foo' to ONNX opset version 17 is not supported
-#                ... an operator with unrecognized namespace mylib::wiggle
-_OPERATOR = (
-    re.compile(r"OpOverload\(op='([\w.]+)'"),
-    re.compile(r"operator '([\w.:]+)'"),
-    re.compile(r"namespace ([\w.]+::[\w.]+)"),
-    re.compile(r"target=torch\.ops\.([\w]+\.[\w]+)"),
-)
-
-
-def model_name(source: ExportSource) -> str:
-    return str(source.meta.get("student") or type(source.model).__name__)
 
 
 def metadata_props(meta: dict, checkpoint_sha256: str, **extra: str) -> dict[str, str]:
@@ -57,86 +44,6 @@ def metadata_props(meta: dict, checkpoint_sha256: str, **extra: str) -> dict[str
     return props
 
 
-def set_metadata(model, props: dict[str, str]) -> None:
-    """Replace the model's metadata_props (the exporter's own keys included)."""
-    import onnx
-
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
-
-
-def nonstandard_ops(model) -> list[str]:
-    """`domain:op` for every node outside the standard ONNX domain (functions included)."""
-    nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
-    local = {(f.domain, f.name) for f in model.functions}
-    return sorted({
-        f"{n.domain}:{n.op_type}" for n in nodes
-        if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in local
-    } | {f"{d}:{name}" for d, name in local})
-
-
-def prune_opset_imports(model) -> None:
-    """Drop opset imports of domains no node uses (onnxruntime's optimiser adds a dozen)."""
-    used = {n.domain for n in model.graph.node} | {n.domain for f in model.functions for n in f.node}
-    used |= {f.domain for f in model.functions}
-    keep = [o for o in model.opset_import if o.domain in STANDARD_DOMAINS or o.domain in used]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
-
-
-def _reason(exc: BaseException) -> str:
-    """The most telling line of an exporter's exception (its summary, not its advice)."""
-    text = _ANSI.sub("", str(exc)).strip()
-    if not text:
-        return type(exc).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if "## Exception summary" in text:  # the dynamo exporter: the cause is in the summary
-        summary = text.split("## Exception summary", 1)[1]
-        lines = [ln.strip() for ln in summary.splitlines() if ln.strip().startswith("<class")] or lines
-    return re.sub(r"^<class '(?:[\w]+\.)*(\w+)'>", r"\1", lines[0])[:240]
-
-
-def unsupported_operator(exc: BaseException) -> str | None:
-    text = _ANSI.sub("", str(exc))
-    for pattern in _OPERATOR:
-        if m := pattern.search(text):
-            return m.group(1)
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_output(what: str):
-    """The exporters print graphs and tracebacks (from Python and from C++) when they fail:
-    keep the terminal to our one-line error, and log what they said at debug level."""
-    import io
-    import sys
-
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    try:
-        saved = [os.dup(1), os.dup(2)]
-    except OSError:  # no real fds (embedded interpreters): silence Python-level writes only
-        saved = None
-    said = io.StringIO()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        if saved:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-                yield
-        finally:
-            if saved:
-                for fd, copy in zip((1, 2), saved):
-                    os.dup2(copy, fd)
-                    os.close(copy)
-            sink.seek(0)
-            text = (said.getvalue() + sink.read().decode(errors="replace")).strip()
-            if text:
-                log.debug("%s exporter said: %s", what, text)
-
-
 def _torch_export(model, sample, path: Path, input_name: str, options: ExportOptions,
                   name: str = "") -> tuple[str, str | None]:
     """Export to `path`; returns which exporter succeeded ("dynamo" or "torchscript") and,
@@ -148,7 +55,7 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
     if options.prefer_dynamo:
         try:
             dims = ({"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if options.dynamic_batch else None)
-            with warnings.catch_warnings(), _quiet_output("dynamo"):
+            with warnings.catch_warnings(), quiet_output("dynamo"):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
                     model, (sample,), dynamo=True, opset_version=options.opset,
@@ -159,17 +66,17 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
             return "dynamo", None
         except Exception as exc:  # any failure in the new exporter: try the old one
             errors.append(("dynamo", exc))
-            log.warning("dynamo ONNX exporter failed for %s (%s); falling back to TorchScript", name, _reason(exc))
+            log.warning("dynamo ONNX exporter failed for %s (%s); falling back to TorchScript", name, error_reason(exc))
     try:
         axes = {input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None
-        with warnings.catch_warnings(), _quiet_output("TorchScript"):
+        with warnings.catch_warnings(), quiet_output("TorchScript"):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, (sample,), str(path), dynamo=False, opset_version=options.opset,
                 input_names=[input_name], output_names=[OUTPUT_NAME], dynamic_axes=axes,
                 do_constant_folding=True,
             )
-        return "torchscript", (_reason(errors[0][1]) if errors else None)
+        return "torchscript", (error_reason(errors[0][1]) if errors else None)
     except Exception as exc:
         errors.append(("torchscript", exc))
     op = next((o for _, e in errors if (o := unsupported_operator(e))), None)
@@ -179,31 +86,11 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
             f"cannot export student {name} to onnx (opset {options.opset}): operator {op} is not "
             f"supported by the {tried} exporter; replace it with standard torch ops, or try a higher --opset"
         ) from None
-    detail = "; ".join(f"{k}: {_reason(e)}" for k, e in errors)
+    detail = "; ".join(f"{k}: {error_reason(e)}" for k, e in errors)
     other = " or the dynamo exporter" if len(errors) == 1 else ""
     raise ExportError(
         f"cannot export student {name} to onnx (opset {options.opset}): {detail}; try a higher --opset{other}"
     ) from None
-
-
-def finalize_onnx(path: Path, props: dict[str, str], simplify: bool, dynamic_batch: bool = True):
-    """Simplify, check (full), infer shapes and stamp metadata; returns the onnx.ModelProto."""
-    import onnx
-
-    model = onnx.load(str(path))
-    if simplify:
-        import onnxslim
-
-        model = onnxslim.slim(model)
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    prune_opset_imports(model)
-    set_metadata(model, props)
-    onnx.checker.check_model(model, full_check=True)
-    if dynamic_batch:
-        dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-        if not dim.dim_param:
-            raise ValueError(f"the batch axis of input {model.graph.input[0].name} came out static ({dim.dim_value})")
-    return model
 
 
 @register_format("onnx", precision="fp32", requires=())
@@ -232,7 +119,7 @@ def export_onnx(source: ExportSource, options: ExportOptions) -> ExportResult:
         except Exception as exc:
             raise ExportError(
                 f"the onnx export of student {name} (by the {exporter} exporter) failed its check: "
-                f"{_reason(exc)}; try --opset {max(options.opset + 1, 18)}"
+                f"{error_reason(exc)}; try --opset {max(options.opset + 1, 18)}"
             ) from None
         if bad := nonstandard_ops(proto):
             raise ExportError(

@@ -7,18 +7,11 @@ array to every format, and the Cast nodes that this adds are standard ONNX.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 from distill_export.errors import ExportError
 from distill_export.export.base import ExportOptions, ExportResult, ExportSource, register_format
-from distill_export.export.onnx import _reason, model_name, nonstandard_ops, set_metadata
+from distill_export.export.common import error_reason, fp32_artifact, model_name, nonstandard_ops, set_metadata
 from distill_export.files import atomic_path
-
-
-def fp32_artifact(source: ExportSource, fmt: str) -> Path:
-    if "onnx" not in source.artifacts:
-        raise ExportError(f"cannot export student {model_name(source)} to {fmt}: the FP32 onnx export is missing")
-    return Path(source.artifacts["onnx"].path)
 
 
 @register_format("onnx-fp16", precision="fp16")
@@ -38,7 +31,7 @@ def export_onnx_fp16(source: ExportSource, options: ExportOptions) -> ExportResu
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise ExportError(
-            f"cannot convert student {name} to onnx-fp16: {_reason(exc)}; use the FP32 onnx, "
+            f"cannot convert student {name} to onnx-fp16: {error_reason(exc)}; use the FP32 onnx, "
             "or onnx-int8 for a smaller model"
         ) from None
     if bad := nonstandard_ops(model):

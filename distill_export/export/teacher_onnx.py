@@ -21,12 +21,12 @@ from pathlib import Path
 from distill_export import __version__
 from distill_export.errors import ExportError
 from distill_export.export.base import ExportOptions, ExportResult
-from distill_export.export.onnx import (
+from distill_export.export.common import (
     OUTPUT_NAME,
-    _quiet_output,
-    _reason,
+    error_reason,
     finalize_onnx,
     nonstandard_ops,
+    quiet_output,
     unsupported_operator,
 )
 from distill_export.files import atomic_path
@@ -58,7 +58,7 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
         try:
             batch = torch.export.Dim("batch", min=1, max=65536)
             dims = ({"xs": tuple({0: batch} for _ in names)} if options.dynamic_batch else None)
-            with warnings.catch_warnings(), _quiet_output("dynamo"):
+            with warnings.catch_warnings(), quiet_output("dynamo"):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
                     wrapper, sample, dynamo=True, opset_version=options.opset, input_names=names,
@@ -68,15 +68,15 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
             return "dynamo", None
         except Exception as exc:  # noqa: BLE001 - any failure of the new exporter: try the old one
             errors.append(("dynamo", exc))
-            log.debug("dynamo ONNX exporter failed for the teacher (%s); trying TorchScript", _reason(exc))
+            log.debug("dynamo ONNX exporter failed for the teacher (%s); trying TorchScript", error_reason(exc))
     try:
         axes = ({**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None)
-        with warnings.catch_warnings(), _quiet_output("TorchScript"):
+        with warnings.catch_warnings(), quiet_output("TorchScript"):
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapper, sample, str(path), dynamo=False, opset_version=options.opset,
                               input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes,
                               do_constant_folding=True)
-        return "torchscript", (_reason(errors[0][1]) if errors else None)
+        return "torchscript", (error_reason(errors[0][1]) if errors else None)
     except Exception as exc:  # noqa: BLE001
         errors.append(("torchscript", exc))
     op = next((o for _, e in errors if (o := unsupported_operator(e))), None)
@@ -84,7 +84,7 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
     if op:
         raise ExportError(f"cannot export the teacher to onnx (opset {options.opset}): operator {op} is not "
                           f"supported by the {tried} exporter") from None
-    raise ExportError("cannot export the teacher to onnx: " + "; ".join(f"{k}: {_reason(e)}" for k, e in errors)) from None
+    raise ExportError("cannot export the teacher to onnx: " + "; ".join(f"{k}: {error_reason(e)}" for k, e in errors)) from None
 
 
 def export_teacher_onnx(teacher, example: dict, out_dir: Path, options: ExportOptions,
@@ -105,7 +105,7 @@ def export_teacher_onnx(teacher, example: dict, out_dir: Path, options: ExportOp
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. an external program that will not re-trace
-            raise ExportError(f"cannot export the teacher to onnx: {_reason(exc)}") from None
+            raise ExportError(f"cannot export the teacher to onnx: {error_reason(exc)}") from None
         props = {
             "model": "teacher", "teacher": teacher_name, "input_names": json.dumps(names),
             "input_shapes": json.dumps({m: ["batch", *example[m].shape[1:]] for m in names}),
@@ -117,7 +117,7 @@ def export_teacher_onnx(teacher, example: dict, out_dir: Path, options: ExportOp
             proto = finalize_onnx(tmp, props, options.simplify, options.dynamic_batch)
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"the onnx export of the teacher (by the {exporter} exporter) failed its check: "
-                              f"{_reason(exc)}") from None
+                              f"{error_reason(exc)}") from None
         if bad := nonstandard_ops(proto):
             raise ExportError(f"the onnx export of the teacher uses non-standard operators {', '.join(bad)}")
         onnx.save(proto, str(tmp))

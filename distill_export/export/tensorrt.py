@@ -29,8 +29,7 @@ import numpy as np
 from distill_export import __version__
 from distill_export.errors import BackendUnavailable, DataError, ExportError
 from distill_export.export.base import ExportOptions, ExportResult, ExportSource, register_format
-from distill_export.export.onnx import model_name
-from distill_export.export.onnx_fp16 import fp32_artifact
+from distill_export.export.common import calibration_rows, fp32_artifact, model_name, quantize_qdq
 from distill_export.files import atomic_path, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -168,8 +167,6 @@ def stamp_path(engine_path: str | Path) -> Path:
 
 
 def _export_engine(source: ExportSource, options: ExportOptions, precision: str) -> ExportResult:
-    from distill_export.export.onnx_int8 import calibration_rows, quantize_qdq
-
     fmt = f"tensorrt-{precision}"
     name = model_name(source)
     trt = import_tensorrt(f"the {fmt} export")

@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from distill_export.errors import LossInputError
-from distill_export.losses.kd import check_kd_inputs
+from distill_export.losses.checks import check_kd_inputs
 
 # Rows up to this many classes are held on chip in one block (2 reads + 1 write
 # per element). Above it, the two-pass online-softmax kernel runs (pass 2

@@ -130,11 +130,11 @@ def _load_builtin_terms() -> None:
         return
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    import distill_export.methods as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    # The folder, not the package object: base never imports its own package (nor its members).
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{mod.name}")
     _loaded = True
 
 

@@ -1,4 +1,4 @@
-"""Per-kind teacher encoders for modalities that are not images: text and embedding vectors.
+"""Per-kind teacher encoders: convolutional for images and spectrograms, text, embedding vectors.
 
 FusionTeacher picks one per modality kind: ConvEncoder for image/audio, TextEncoder for
 hashed n-gram ids (data/loaders.py), VectorEncoder for precomputed sentence embeddings.
@@ -10,7 +10,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distill_export.nets.students import conv_bn
+
 CONV_KINDS = ("image", "audio")
+
+
+class ConvEncoder(nn.Module):
+    """(B, C, H, W) -> (B, 4·width): three conv stages, each twice as wide."""
+
+    def __init__(self, in_channels: int, width: int):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            conv_bn(in_channels, w), conv_bn(w, w), nn.MaxPool2d(2),
+            conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+            conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.out_dim = 4 * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class TextEncoder(nn.Module):
@@ -40,8 +59,6 @@ class VectorEncoder(nn.Module):
 
 def encoder_for(kind: str, size: int, width: int) -> nn.Module:
     """size: input channels (image/audio), hash buckets (text) or vector length (vector)."""
-    from distill_export.nets.teacher import ConvEncoder
-
     if kind in CONV_KINDS:
         return ConvEncoder(size, width)
     if kind == "text":

@@ -11,24 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill_export.nets.students import conv_bn
-
-
-class ConvEncoder(nn.Module):
-    """(B, C, H, W) -> (B, 4·width): three conv stages, each twice as wide."""
-
-    def __init__(self, in_channels: int, width: int):
-        super().__init__()
-        w = width
-        self.net = nn.Sequential(
-            conv_bn(in_channels, w), conv_bn(w, w), nn.MaxPool2d(2),
-            conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-            conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.out_dim = 4 * w
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from distill_export.nets.encoders import encoder_for
 
 
 class FusionTeacher(nn.Module):
@@ -50,8 +33,6 @@ class FusionTeacher(nn.Module):
         modality_dropout: float = 0.0,
         kinds: dict[str, str] | None = None,  # name -> image|audio|text|vector; default conv
     ):
-        from distill_export.nets.encoders import encoder_for
-
         super().__init__()
         self.modality_names = sorted(modalities)
         kinds = kinds or {}
@@ -113,8 +94,6 @@ class LateFusionTeacher(nn.Module):
 
     def __init__(self, modalities: dict[str, int], num_classes: int, width: int = 16,
                  kinds: dict[str, str] | None = None):
-        from distill_export.nets.encoders import encoder_for
-
         super().__init__()
         self.modality_names = sorted(modalities)
         kinds = kinds or {}

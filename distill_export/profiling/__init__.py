@@ -1,11 +1,12 @@
 """Stage 5: latency and throughput of teacher and student on the target hardware.
 
     settings.py   hardware presets (cpu-1t, cpu-4t, gpu), the batch x threads sweep, the budget
-    backends.py   named backends, whether each can run here, and what to install if not
     targets.py    run directory | .onnx | .engine | checkpoint -> one Bench per backend
     measure.py    the method (warm up, interleave, min count and min time), statistics, speedups
     session.py    profile_targets(): the whole session, with machine and version context
-    *_runner.py   PyTorch, ONNX Runtime and TensorRT runners, each imported only when used
+
+Backends (what --backend takes), whether each can run here and how each is timed come from the
+runtime registry (distill_export/runtimes/), which validate.py uses too.
 
 Nothing imports torch at module level: a box with only onnxruntime profiles ONNX files.
 """

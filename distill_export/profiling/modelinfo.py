@@ -1,4 +1,5 @@
-"""Size on disk, parameters and MACs of ONNX files (with the optional `onnx` package).
+"""Size on disk, parameters and MACs of ONNX files (with the optional `onnx` package) and of
+PyTorch modules (count_params, count_macs: torch is imported only when they run).
 
 MACs per sample: Conv (C_out·H_out·W_out · C_in/groups · kH·kW), Gemm and MatMul with a
 constant weight (rows · K · N), read from the graph after shape inference. QDQ-quantized
@@ -65,3 +66,23 @@ def onnx_info(path: str | Path) -> dict:
     except Exception:  # noqa: BLE001
         return {"params": int(params)}
     return {"params": int(params), "macs": int(macs)}
+
+
+# ----- PyTorch modules ---------------------------------------------------------------------------
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def count_macs(module: torch.nn.Module, example) -> int | None:
+    """Multiply-accumulates of one forward pass at batch 1 (FLOPs / 2, torch's flop counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            module.eval()(example)
+        return int(counter.get_total_flops() // 2)
+    except Exception:  # noqa: BLE001 - an op the counter does not know must not stop profiling
+        return None

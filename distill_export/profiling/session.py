@@ -96,7 +96,7 @@ def versions() -> dict:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    from distill_export.profiling.backends import ort_providers
+    from distill_export.runtimes.onnx_runtime import ort_providers
 
     providers = ort_providers()
     if providers is not None:

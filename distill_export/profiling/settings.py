@@ -8,22 +8,18 @@ from dataclasses import asdict, dataclass, field
 
 from distill_export.device import all_threads
 from distill_export.errors import BackendUnavailable, ConfigError
-from distill_export.profiling.backends import (
-    BACKENDS,
-    CPU_DEFAULT,
-    GPU_DEFAULT,
-    cuda_missing,
-    parse_backends,
-    require,
-    unavailable,
-)
 from distill_export.profiling.measure import Sweep
+from distill_export.runtimes.base import Backend, unavailable
+from distill_export.runtimes.base import backends as known_backends
+from distill_export.runtimes.pytorch import cuda_missing
 
 STANDALONE_BATCHES = [1, 8, 32, 128]  # `distill-export profile`; `run` keeps ProfileConfig's quicker [1, 32]
 STANDALONE_THREADS = [1, 2, 4, 0]  # 0 = every core
 MAX_SECONDS = 3600.0  # per model and cell: warm-up, min time
 MAX_ITERS = 10_000_000
 MAX_BATCH = 1_000_000
+CPU_DEFAULT = ["torch-cpu", "ort-cpu", "ov-cpu", "tensorrt"]  # tensorrt only ever meets .engine files
+GPU_DEFAULT = ["torch-cuda", "torch-cuda-fp16", "torch-cuda-graphs", "ort-cuda", "ort-trt", "tensorrt"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,7 @@ PRESETS = {
 @dataclass
 class ProfileSettings:
     sweep: Sweep
-    backends: list[str]  # names in BACKENDS
+    backends: list[str]  # backend names (runtimes.base.backends())
     explicit: bool = False  # backends named by the user: an unavailable one is an error
     preset: str | None = None
     input_shape: tuple[int, ...] | None = None  # per sample, for targets that do not say
@@ -119,7 +115,7 @@ def make_settings(
     if explicit:
         names = parse_backends(backends)
         for n in names:
-            require(BACKENDS[n])
+            require(known_backends()[n])
     elif p is not None:
         names = list(p.backends)
         if p.name == "gpu":
@@ -158,9 +154,28 @@ def _auto_backends(device: str) -> list[str]:
 
 def _require_some_gpu(names: list[str]) -> None:
     """A GPU asked for where no GPU backend can run is an error, not a page of skipped rows."""
-    if any(unavailable(BACKENDS[n]) is None for n in names):
+    if any(unavailable(known_backends()[n]) is None for n in names):
         return
     raise BackendUnavailable(
         "a GPU target was asked for but no GPU backend can run here: PyTorch sees no CUDA GPU, ONNX Runtime "
         "has no CUDA or TensorRT execution provider and TensorRT is not installed; on an NVIDIA machine "
         "install a CUDA build of torch, onnxruntime-gpu or tensorrt (see `--backend` to pick one)")
+
+
+def parse_backends(spec: str | list[str]) -> list[str]:
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    known = known_backends()
+    for n in names:
+        if n not in known:
+            close = difflib.get_close_matches(n, list(known), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown backend {n!r} ({hint}choices: {', '.join(known)})")
+    return names
+
+
+def require(backend: Backend) -> None:
+    reason = unavailable(backend)
+    if reason:
+        raise BackendUnavailable(f"backend {backend.name} was asked for but cannot run: {reason}")
+

@@ -11,10 +11,10 @@ import zipfile
 from pathlib import Path
 
 from distill_export.errors import CheckpointError, ConfigError, DataError
-from distill_export.profiling.backends import BACKENDS, Backend, unavailable
 from distill_export.profiling.measure import Bench
 from distill_export.profiling.modelinfo import onnx_info, size_bytes
 from distill_export.profiling.settings import ProfileSettings
+from distill_export.runtimes.base import Backend, backends, find_runtime, runtime_of, unavailable
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".pt2")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -49,14 +49,22 @@ def benches_for_targets(targets: list[str | Path], settings: ProfileSettings) ->
         else:
             found = {"onnx": onnx_benches, "engine": engine_benches, "torch": checkpoint_benches}[kind](path, settings)
             if not found:
-                names = [b.name for b in BACKENDS.values() if b.runs == kind]
+                names = [b.name for b in backends().values() if b.runs == kind]
                 raise ConfigError(f"no selected backend runs {path.name}; add one of {', '.join(names)} to --backend")
         benches += found
     return _dedupe(benches)
 
 
 def _selected(settings: ProfileSettings, runs: str) -> list[Backend]:
-    return [BACKENDS[n] for n in settings.backends if BACKENDS[n].runs == runs]
+    known = backends()
+    return [known[n] for n in settings.backends if known[n].runs == runs]
+
+
+def _bench(model: str, fmt: str, backend: Backend, info: dict, source, sample) -> Bench:
+    """One Bench of `source` (a file, or a PyTorch module) on `backend`, timed by its runtime."""
+    timer = runtime_of(backend).timer(source, backend, sample, model)
+    return Bench(model, backend.label, fmt, timer.make, backend.device, dict(info), None,
+                 timer.gpu_memory, timer.reset_gpu_memory)
 
 
 def _skipped(model: str, fmt: str, backend: Backend, reason: str, info: dict) -> Bench:
@@ -80,40 +88,35 @@ def _dedupe(benches: list[Bench]) -> list[Bench]:
 def onnx_benches(path: Path, settings: ProfileSettings, model: str | None = None, fmt: str = "onnx",
                  info: dict | None = None, input_shape: tuple[int, ...] | None = None) -> list[Bench]:
     model = model or path.stem
-    backends = _selected(settings, "onnx")
-    if not backends:
+    selected = _selected(settings, "onnx")
+    if not selected:
         return []
     info = {"path": str(path), "size_bytes": size_bytes(path), **(info or onnx_info(path))}
     shape = settings.input_shape or input_shape
-    if unavailable(BACKENDS["ort-cpu"]) is None:
+    ort_cpu = backends()["ort-cpu"]
+    if unavailable(ort_cpu) is None:
         # Open it once up front: a corrupt file or an unfeedable input fails here, in one line.
-        from distill_export.profiling.ort_runner import input_specs, open_session
+        from distill_export.runtimes.onnx_runtime import input_specs, open_session
 
-        input_specs(open_session(path, 1, BACKENDS["ort-cpu"]), path, shape)
+        input_specs(open_session(path, 1, ort_cpu), path, shape)
     out = []
-    for backend in backends:
+    for backend in selected:
         reason = unavailable(backend)
         if reason:
             out.append(_skipped(model, fmt, backend, reason, info))
             continue
-        if backend.options.get("runtime") == "openvino":
-            from distill_export.profiling.ov_runner import ov_bench
-
-            out.append(ov_bench(model, fmt, path, backend, info, shape))
-            continue
-        from distill_export.profiling.ort_runner import ort_bench
-
-        out.append(ort_bench(model, fmt, path, backend, info, shape))
+        out.append(_bench(model, fmt, backend, info, path, shape))
     return out
 
 
 def onnx_input_shape(path: Path) -> tuple[int, ...] | None:
     """The per-sample shape of an ONNX file's first input, when it is static."""
-    if unavailable(BACKENDS["ort-cpu"]):
+    ort_cpu = backends()["ort-cpu"]
+    if unavailable(ort_cpu):
         return None
-    from distill_export.profiling.ort_runner import open_session
+    from distill_export.runtimes.onnx_runtime import open_session
 
-    dims = open_session(path, 1, BACKENDS["ort-cpu"]).get_inputs()[0].shape[1:]
+    dims = open_session(path, 1, ort_cpu).get_inputs()[0].shape[1:]
     return tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
@@ -130,9 +133,7 @@ def engine_benches(path: Path, settings: ProfileSettings, model: str | None = No
         if reason:
             out.append(_skipped(model, fmt, backend, reason, info))
             continue
-        from distill_export.profiling.trt_runner import engine_bench
-
-        out.append(engine_bench(model, fmt, path, backend, info, settings.input_shape or input_shape))
+        out.append(_bench(model, fmt, backend, info, path, settings.input_shape or input_shape))
     return out
 
 
@@ -142,29 +143,27 @@ def engine_benches(path: Path, settings: ProfileSettings, model: str | None = No
 def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str | None = None,
                        weights: str | None = None) -> list[Bench]:
     """Our checkpoint (teacher or student), or an external teacher (.pt2, package.module:factory)."""
-    backends = _selected(settings, "torch")
-    if not backends:
+    selected = _selected(settings, "torch")
+    if not selected:
         return []
     is_file = Path(str(path)).is_file()
     if is_file and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a readable checkpoint (not a PyTorch zip archive)")
     info = {"path": str(path), **({"size_bytes": size_bytes(path)} if is_file else {})}
-    live = [b for b in backends if not unavailable(b)]
+    live = [b for b in selected if not unavailable(b)]
     if not live:  # no torch (an edge box), or no GPU for the GPU backends
         name = model or Path(str(path)).stem
-        return [_skipped(name, "pytorch", b, unavailable(b), info) for b in backends]
+        return [_skipped(name, "pytorch", b, unavailable(b), info) for b in selected]
     loaded = load_torch_model(path, weights)
     name = model or loaded["model"]
     info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
     out = []
-    for backend in backends:
+    for backend in selected:
         reason = unavailable(backend) or loaded.get("skip")
         if reason:
             out.append(_skipped(name, "pytorch", backend, reason, info))
             continue
-        from distill_export.profiling.torch_runner import torch_bench
-
-        out.append(torch_bench(name, loaded["module"], loaded["example"], backend, info))
+        out.append(_bench(name, "pytorch", backend, info, loaded["module"], loaded["example"]))
     return out
 
 
@@ -174,8 +173,8 @@ def load_torch_model(path, weights=None) -> dict:
     import torch
 
     from distill_export.nets.checkpoint import load_checkpoint
-    from distill_export.profiling.torch_runner import count_macs, count_params
-    from distill_export.train_teacher import load_teacher
+    from distill_export.profiling.modelinfo import count_macs, count_params
+    from distill_export.nets.model_io import load_teacher
 
     try:
         from distill_export.nets.external import is_external_teacher
@@ -194,7 +193,7 @@ def load_torch_model(path, weights=None) -> dict:
             module = load_teacher(path)
             shapes = payload.get("meta", {}).get("input_shapes") or dict(getattr(module, "input_shapes", {}) or {})
         elif kind == "student":
-            from distill_export.distill import load_student
+            from distill_export.nets.model_io import load_student
 
             module, meta = load_student(path)
             student_shape = tuple(meta["input_shape"])
@@ -249,9 +248,10 @@ def run_dir_benches(path: Path, settings: ProfileSettings) -> list[Bench]:
         file = run.file(art["path"])
         if not file.is_file():
             raise DataError(f"export {fmt} of {path} is missing ({file}); run `distill-export export {path}` again")
-        if art.get("runtime") == "onnxruntime":
+        runs = getattr(find_runtime(art.get("runtime")), "runs", None)  # the kind of file it is
+        if runs == "onnx":
             benches += onnx_benches(file, settings, "student", fmt, student_info or None)
-        elif art.get("runtime") == "tensorrt":
+        elif runs == "engine":
             benches += engine_benches(file, settings, "student", fmt, _student_shape(run, exports))
     if not benches:
         raise ConfigError(f"{path} has nothing to profile yet; run `distill-export distill {path}` first")

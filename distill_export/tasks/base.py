@@ -136,10 +136,10 @@ def _load_builtin_tasks() -> None:
         return
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    import distill_export.tasks as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
+    # The folder, not the package object: base never imports its own package (nor its members).
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if mod.ispkg:
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+            importlib.import_module(f"{__package__}.{mod.name}")
     _loaded = True

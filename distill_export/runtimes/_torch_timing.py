@@ -1,5 +1,6 @@
-"""PyTorch backends: eager (fp32/fp16, channels_last) on CPU or CUDA, torch.compile,
-and CUDA graphs. Imported only when a PyTorch model is profiled."""
+"""PyTorch timers: eager (fp32/fp16, channels_last) on CPU or CUDA, torch.compile and CUDA
+graphs. Private to runtimes/pytorch.py, which imports it only when a PyTorch model is profiled
+(this module imports torch)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from typing import Callable
 import torch
 
 from distill_export.errors import BackendUnavailable
-from distill_export.profiling.backends import Backend
-from distill_export.profiling.measure import Bench
+from distill_export.runtimes.base import Backend, Timer
 
 Example = Callable[[int], "torch.Tensor | dict[str, torch.Tensor]"]  # batch -> input
 
@@ -22,8 +22,8 @@ def _to(x, device: str, dtype, channels_last: bool):
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def torch_bench(model: str, module: torch.nn.Module, example: Example, backend: Backend, info: dict) -> Bench:
-    """A Bench for `module` on `backend`; example(batch) builds a random input on CPU."""
+def torch_timer(model: str, module: torch.nn.Module, example: Example, backend: Backend) -> Timer:
+    """A Timer for `module` on `backend`; example(batch) builds a random input on CPU."""
     opts = backend.options
     device = backend.device
     dtype = getattr(torch, opts.get("dtype", "float32"))
@@ -72,7 +72,7 @@ def torch_bench(model: str, module: torch.nn.Module, example: Example, backend: 
     if device == "cuda":
         reset = torch.cuda.reset_peak_memory_stats
         gpu_memory = lambda: torch.cuda.max_memory_allocated() / 2**20  # noqa: E731
-    return Bench(model, backend.label, "pytorch", make, device, dict(info), None, gpu_memory, reset)
+    return Timer(make, gpu_memory, reset)
 
 
 def _graphed(fwd, x) -> Callable[[], None]:
@@ -92,19 +92,3 @@ def _graphed(fwd, x) -> Callable[[], None]:
         torch.cuda.synchronize()
 
     return run
-
-
-def count_params(module: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
-
-
-def count_macs(module: torch.nn.Module, example) -> int | None:
-    """Multiply-accumulates of one forward pass at batch 1 (FLOPs / 2, torch's flop counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            module.eval()(example)
-        return int(counter.get_total_flops() // 2)
-    except Exception:  # noqa: BLE001 - an op the counter does not know must not stop profiling
-        return None

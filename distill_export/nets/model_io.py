@@ -1,0 +1,142 @@
+"""Model I/O: build, load and save the student and the teacher (our checkpoints, and through
+nets/external.py a .pt2 program or a package.module:factory).
+
+Stages (distill, train_teacher, rounds, pipeline), profiling and preflight load models from
+here, so a model file never has to import a stage.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from distill_export.data import Dataset
+from distill_export.errors import CheckpointError, DataError
+from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
+from distill_export.nets.external import is_external_teacher, load_external_teacher
+from distill_export.nets.students import SplitNet, create_student
+from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher, LateFusionTeacher, teacher_class
+
+
+# ----- student ---------------------------------------------------------------------------------
+
+
+def student_meta(config, data: Dataset, teacher_name: str) -> dict:
+    spec = data.modalities[config.data.student_modality]
+    return {
+        "class_names": data.class_names,
+        "input_name": spec.name,
+        "input_shape": list(spec.shape),
+        "input_layout": spec.layout,
+        "norm_mean": spec.mean,
+        "norm_std": spec.std,
+        "teacher": teacher_name,
+        "dataset": data.name,
+    }
+
+
+def new_student(config, data: Dataset) -> SplitNet:
+    """The same initial weights for baseline and student: seeded, or from --student-init."""
+    from distill_export.nets.student_init import init_student
+
+    spec = data.modalities[config.data.student_modality]
+    torch.manual_seed(config.seed)
+    model = create_student(config.student.name, data.num_classes, in_channels=spec.shape[0],
+                           input_size=input_size(spec))
+    if config.student.init_weights:
+        init_student(model, config.student.init_weights, config.student.name)
+    return model
+
+
+def input_size(spec) -> int:
+    """The smaller spatial side of an image-like (C, H, W) modality, 0 for other shapes."""
+    return int(min(spec.shape[1:])) if len(spec.shape) == 3 else 0
+
+
+def load_student(path) -> tuple[SplitNet, dict]:
+    payload = load_checkpoint(path, kind="student")
+    kw = payload["arch_kwargs"]
+    model = create_student(payload["arch"], kw["num_classes"], kw["in_channels"], kw.get("input_size", 0))
+    return load_state(model, payload["state_dict"], path).eval(), payload["meta"]
+
+
+def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str, extra: dict) -> None:
+    spec = data.modalities[config.data.student_modality]
+    save_checkpoint(
+        path, model, kind="student", arch=config.student.name,
+        arch_kwargs={"num_classes": data.num_classes, "in_channels": spec.shape[0], "input_size": input_size(spec)},
+        meta={**student_meta(config, data, teacher_name), **extra},
+    )
+
+
+# ----- teacher ---------------------------------------------------------------------------------
+
+
+def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool = False) -> FusionTeacher:
+    """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory.
+    strict (a teacher the user gave): every data column must be one the teacher reads, as it was built."""
+    if is_external_teacher(path):
+        return load_external_teacher(path, data, weights)
+    try:
+        payload = load_checkpoint(path, kind="teacher")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; a teacher is a distill-export checkpoint (.pt), a torch.export "
+                              "program (.pt2) or package.module:factory") from None
+    try:
+        cls = teacher_class(payload.get("arch", "fusion_teacher"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc} (known: {', '.join(a for a, _ in TEACHER_FUSIONS.values())})") from None
+    model = load_state(cls(**payload["arch_kwargs"]), payload["state_dict"], path)
+    if data is not None:
+        kw = payload["arch_kwargs"]
+        if strict:
+            check_teacher_columns(path, kw, data)
+        shapes = payload.get("meta", {}).get("input_shapes", {})
+        for m, shape in shapes.items():
+            if m in data.modalities and tuple(shape) != tuple(data.modalities[m].shape):
+                raise CheckpointError(f"teacher {path} was trained on {m} of shape {tuple(shape)}; "
+                                      f"the data gives {tuple(data.modalities[m].shape)}")
+        if kw["num_classes"] != data.num_classes:
+            raise CheckpointError(
+                f"teacher {path} predicts {kw['num_classes']} classes, the data has {data.num_classes}"
+            )
+        missing = set(kw["modalities"]) - set(data.modalities)
+        if missing:
+            raise CheckpointError(f"teacher {path} needs modalities the data lacks: {sorted(missing)}")
+    return model.eval()
+
+
+def check_teacher_columns(path, arch_kwargs: dict, data: Dataset) -> None:
+    """A column the teacher was not built for (one it has no encoder for, or text read another
+    way than in training) fails with one line naming the manifest's header row."""
+    where = f"{data.info['manifest']}:1" if data.info.get("manifest") else f"dataset {data.name}"
+    kinds = arch_kwargs.get("kinds") or {}
+    for m, spec in data.modalities.items():
+        if m not in arch_kwargs["modalities"]:
+            raise DataError(f"{where}: column {m!r} is not one teacher {path} was built for (it reads "
+                            f"{', '.join(sorted(arch_kwargs['modalities']))}); drop the column or train a teacher on it")
+        built = kinds.get(m)
+        if built and built != spec.kind:
+            how = {"text": "hashed text (data.text_encoder=hashed)", "vector": "embedding vectors (e.g. data.text_encoder=wordllama)"}
+            raise DataError(f"{where}: column {m!r} is read as {how.get(spec.kind, spec.kind)}, but teacher {path} "
+                            f"was built for {how.get(built, built)}")
+
+
+def save_expert_teacher(teacher_path, modality: str, out_path) -> dict:
+    """Save one expert of a late-fusion teacher as a single-modality teacher. Experts are trained
+    alone from the same seeded init, so this is the image-only teacher train_teacher would train
+    on the same rows (the self-training control), without training it again."""
+    payload = load_checkpoint(teacher_path, kind="teacher")
+    kw = payload["arch_kwargs"]
+    full = load_state(LateFusionTeacher(**kw), payload["state_dict"], teacher_path)
+    one = {**kw, "modalities": {modality: kw["modalities"][modality]}, "kinds": {modality: kw["kinds"][modality]}}
+    expert = LateFusionTeacher(**one)
+    expert.encoders[modality].load_state_dict(full.encoders[modality].state_dict())
+    expert.heads[modality].load_state_dict(full.heads[modality].state_dict())
+    expert.temperatures[0] = full.temperatures[full.modality_names.index(modality)]
+    meta = payload["meta"]
+    trained = meta.get("experts", {}).get(modality, {})
+    save_checkpoint(out_path, expert, kind="teacher", arch="late_fusion_teacher", arch_kwargs=one,
+                    meta={**meta, "best_epoch": trained.get("best_epoch"), "experts": {modality: trained},
+                          "input_shapes": {modality: meta["input_shapes"][modality]}})
+    return {"expert_of": str(teacher_path), **trained,
+            "expert_temperatures": {modality: float(expert.temperatures[0])}}

@@ -1,0 +1,88 @@
+"""The import layering holds: no import cycles among distill_export's modules (function-level
+imports count), and the import-linter contracts in pyproject.toml are kept."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def import_cycles(package: str = "distill_export") -> list[list[str]]:
+    """Strongly connected components (more than one module) of the package's import graph, as
+    grimp sees it: every import, at module level or inside a function. Empty when acyclic."""
+    grimp = pytest.importorskip("grimp", reason="grimp (installed with import-linter) is not installed")
+    graph = grimp.build_graph(package)
+    edges = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(root: str) -> None:  # Tarjan's algorithm, iterative (no recursion limit)
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+
+    for module in sorted(edges):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_cycles():
+    cycles = import_cycles()
+    assert cycles == [], "import cycles (each a set of modules that import each other):\n" + "\n".join(
+        "  " + " <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
+    """The check above can fail: a two-module circle made on disk is found."""
+    pkg = tmp_path / "circle_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from circle_pkg import b  # a function-level import counts\n")
+    (pkg / "b.py").write_text("from circle_pkg import a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_cycles("circle_pkg") == [["circle_pkg.a", "circle_pkg.b"]]
+
+
+def test_import_linter_contracts_are_kept():
+    pytest.importorskip("importlinter", reason="import-linter is not installed (pip install -e '.[test]')")
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    if not Path(exe).exists():
+        pytest.skip("the lint-imports command is not on PATH")
+    done = subprocess.run([exe, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
