@@ -311,9 +311,11 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
         save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), ref_logits.numpy(),
                          checkpoint_sha256)
         n_cal = min(config.export.calibration_samples, len(data.train))
+        task = get_task(config.task)
         source = ExportSource(
             model=student, meta=meta, checkpoint_sha256=checkpoint_sha256, out_dir=run.path,
             calibration=data.train.inputs[modality][:n_cal].numpy(),  # train rows are shuffled
+            output_name=task.output_names[0], task_meta=task.export_meta(data),
         )
         options = ExportOptions.from_config(config.export, calibration_samples=n_cal)
         results = export_formats(source, config.export.formats, options)

@@ -50,7 +50,8 @@ def _student_source(run: Path, out_dir: Path, model=None) -> ExportSource:
 
     student, meta = load_student(run / "student.pt")
     x = np.load(run / "parity_data.npz")["x"]
-    return ExportSource(model or student, meta, sha256_file(run / "student.pt"), out_dir, calibration=x[:64])
+    return ExportSource(model or student, meta, sha256_file(run / "student.pt"), out_dir, calibration=x[:64],
+                        task_meta={"class_names": meta["class_names"]})  # what stage_export passes
 
 
 # ----- round trip and parity --------------------------------------------------------------

@@ -424,7 +424,8 @@ def main() -> None:
     info = machine()
     options = ExportOptions(calibration_method=args.calibration_method)
     with tempfile.TemporaryDirectory(prefix="bench-export-") as work:
-        source = ExportSource(model, meta, sha, Path(work), calibration=train_x[: options.calibration_samples])
+        source = ExportSource(model, meta, sha, Path(work), calibration=train_x[: options.calibration_samples],
+                              task_meta={"class_names": meta["class_names"]})
         t0 = time.perf_counter()
         results = export_formats(source, list(FORMATS), options)
         export_total = time.perf_counter() - t0

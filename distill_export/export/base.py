@@ -68,11 +68,15 @@ class ExportOptions:
 @dataclass
 class ExportSource:
     model: object  # the PyTorch student (nn.Module), in eval mode
-    meta: dict  # class names, input name/shape/normalisation, teacher, ...
+    meta: dict  # the checkpoint's: input name/shape/normalisation, teacher, the task's facts, ...
     checkpoint_sha256: str
     out_dir: Path
     calibration: object = None  # (N, *input_shape) float32 numpy array, drawn from train
     artifacts: dict = field(default_factory=dict)  # format -> ExportResult produced so far
+    # From the task (tasks/): the graph's output name and the facts a runtime needs to read
+    # that output (classification: class_names), written as ONNX metadata_props.
+    output_name: str = "logits"
+    task_meta: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -25,14 +25,16 @@ from distill_export.files import atomic_path
 log = logging.getLogger(__name__)
 
 
-def metadata_props(meta: dict, checkpoint_sha256: str, **extra: str) -> dict[str, str]:
-    """What a runtime needs to feed the model and read its output, as ONNX metadata_props."""
+def metadata_props(meta: dict, checkpoint_sha256: str, task_meta: dict | None = None,
+                   output_name: str = OUTPUT_NAME, **extra: str) -> dict[str, str]:
+    """What a runtime needs to feed the model and read its output, as ONNX metadata_props;
+    task_meta (Task.export_meta, e.g. class_names) first, each value as JSON."""
     props = {
-        "class_names": json.dumps(meta["class_names"]),
+        **{k: json.dumps(v) for k, v in (task_meta or {}).items()},
         "input_name": meta["input_name"],
         "input_layout": meta.get("input_layout", "NCHW"),
         "input_shape": json.dumps(["batch", *meta["input_shape"]]),
-        "output_name": OUTPUT_NAME,
+        "output_name": output_name,
         "norm_mean": json.dumps(meta["norm_mean"]),
         "norm_std": json.dumps(meta["norm_std"]),
         "teacher": str(meta.get("teacher", "")),
@@ -45,7 +47,7 @@ def metadata_props(meta: dict, checkpoint_sha256: str, **extra: str) -> dict[str
 
 
 def _torch_export(model, sample, path: Path, input_name: str, options: ExportOptions,
-                  name: str = "") -> tuple[str, str | None]:
+                  name: str = "", output_name: str = OUTPUT_NAME) -> tuple[str, str | None]:
     """Export to `path`; returns which exporter succeeded ("dynamo" or "torchscript") and,
     after a fallback, why dynamo failed."""
     import torch
@@ -59,7 +61,7 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
                     model, (sample,), dynamo=True, opset_version=options.opset,
-                    input_names=[input_name], output_names=[OUTPUT_NAME],
+                    input_names=[input_name], output_names=[output_name],
                     dynamic_shapes=dims, verbose=False, report=False,
                 )
             program.save(str(path), external_data=False)
@@ -68,12 +70,12 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
             errors.append(("dynamo", exc))
             log.warning("dynamo ONNX exporter failed for %s (%s); falling back to TorchScript", name, error_reason(exc))
     try:
-        axes = {input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None
+        axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if options.dynamic_batch else None
         with warnings.catch_warnings(), quiet_output("TorchScript"):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, (sample,), str(path), dynamo=False, opset_version=options.opset,
-                input_names=[input_name], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                input_names=[input_name], output_names=[output_name], dynamic_axes=axes,
                 do_constant_folding=True,
             )
         return "torchscript", (error_reason(errors[0][1]) if errors else None)
@@ -111,8 +113,10 @@ def export_onnx(source: ExportSource, options: ExportOptions) -> ExportResult:
     sample = torch.zeros(2, *meta["input_shape"])  # batch 2: a batch of 1 can get specialised away
     model = source.model.eval().cpu()
     with atomic_path(final) as tmp:
-        exporter, fallback_reason = _torch_export(model, sample, tmp, meta["input_name"], options, name)
-        props = metadata_props(meta, source.checkpoint_sha256, format="onnx", precision="fp32",
+        exporter, fallback_reason = _torch_export(model, sample, tmp, meta["input_name"], options, name,
+                                                  source.output_name)
+        props = metadata_props(meta, source.checkpoint_sha256, source.task_meta, source.output_name,
+                               format="onnx", precision="fp32",
                                opset=str(options.opset), exporter=exporter)
         try:
             proto = finalize_onnx(tmp, props, options.simplify, options.dynamic_batch)
