@@ -195,7 +195,8 @@ def markdown_sections(record: RunRecord) -> list[str]:
     if _probe_line(record):
         parts += [_probe_line(record), ""]
     if parity_rows(record):
-        parts += ["## Exports and parity (vs the PyTorch student)", "", md_table(PARITY_HEADER, parity_rows(record)), ""]
+        parts += ["## Exports and parity (vs the PyTorch student)", "",
+                  md_table(PARITY_HEADER, parity_rows(record)), ""]
     return parts
 
 
@@ -213,7 +214,8 @@ def html_sections(record: RunRecord) -> list[str]:
     if _probe_line(record):
         sections.append(f"<p>{esc(_probe_line(record))}</p>")
     if parity_rows(record):
-        sections += ["<h2>Exports and parity (vs the PyTorch student)</h2>", html_table(PARITY_HEADER, parity_rows(record))]
+        sections += ["<h2>Exports and parity (vs the PyTorch student)</h2>",
+                     html_table(PARITY_HEADER, parity_rows(record))]
     return sections
 
 

@@ -139,7 +139,8 @@ def plot_training(record: RunRecord, out: Path) -> Path | None:
             best = next((v for ep, v in scored if ep == training.best_epoch), None)
             if best is not None:
                 val_ax.scatter([training.best_epoch], [best], s=60, facecolors="none", edgecolors=[color])
-    loss_ax.set(xlabel="epoch", ylabel="training loss (mean over the epoch)", title="training loss")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (mean over the epoch)",
+                title="training loss (each training's own objective)")
     val_ax.set(xlabel="epoch", ylabel=f"{classification.VAL_SCORE_LABEL} (%)",
                title=f"{classification.VAL_SCORE_LABEL} (circle: the epoch kept)")
     for ax in (loss_ax, val_ax):

@@ -101,8 +101,8 @@ def profile_context(record: RunRecord) -> str:
         return ""
     m, v, st = meta.machine, meta.versions, meta.settings
     cores = m.usable_cores if m.usable_cores is not None else m.cores if m.cores is not None else "?"
-    parts = [f"{m.cpu if m.cpu is not None else '?'} ({cores} cores" + (f", load {m.load_average_1m}" if m.load_average_1m is not None else "")
-             + ")"]
+    load = f", load {m.load_average_1m}" if m.load_average_1m is not None else ""
+    parts = [f"{m.cpu if m.cpu is not None else '?'} ({cores} cores{load})"]
     parts.append(", ".join(f"{k} {v[k]}" for k in ("python", "torch", "onnxruntime", "tensorrt") if k in v))
     if given(st):
         parts.append(f"warm-up {st.warmup_s} s, then at least {st.min_iters} calls and "

@@ -49,7 +49,8 @@ def print_latency(record: RunRecord, console) -> None:
             where = f" at batch {r.batch}, {r.threads} thread(s)" if r.batch is not None else ""
             console.print(f"skipped {r.model} ({r.format}) on {r.backend}{where}: {r.skipped}", highlight=False)
     if speedup_table(record, batch=1):
-        console.print(_rich_table("Speedups at batch 1 (p50, same run)", SPEEDUP_HEADER, speedup_table(record, batch=1)))
+        console.print(_rich_table("Speedups at batch 1 (p50, same run)", SPEEDUP_HEADER,
+                                  speedup_table(record, batch=1)))
     if profile_context(record):
         console.print(profile_context(record), highlight=False)
 
@@ -74,7 +75,8 @@ def summary_rows(record: RunRecord) -> tuple[list[str], list[list[str]]]:
             short = backend.replace("onnxruntime", "ort")  # keeps the table within 80 columns
             rows.append([model, fmt, short, score, parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads],
                          f"×{sp:.1f}" if sp else "-"])
-    header = ["model", "format", "backend", classification.SUMMARY_SCORE_HEADER, "parity", *[f"p50 ms b1 {t}t" for t in threads],
+    header = ["model", "format", "backend", classification.SUMMARY_SCORE_HEADER, "parity",
+              *[f"p50 ms b1 {t}t" for t in threads],
               f"faster b1 {threads[0]}t" if threads else "faster"]
     return header, rows
 
