@@ -129,11 +129,8 @@ def _choose(target, trows, students, exports, teacher_skips, batch, tie_toleranc
 
 
 def update_run(run) -> dict[str, dict]:
-    """Recompute `recommended` in a run directory's report.json (replacing, not merging, so a
-    target that is no longer profiled does not linger)."""
-    from distill_export.files import write_json
-
-    report = run.load_report()
-    report["recommended"] = recommend(report)
-    write_json(run.file("report.json"), report)
-    return report["recommended"]
+    """Recompute `recommended` in a run directory's report.json (replacing the section, not
+    merging it, so a target that is no longer profiled does not linger)."""
+    recommended = recommend(run.load_report())
+    run.replace_report(recommended=recommended)
+    return recommended

@@ -1,13 +1,16 @@
 """The run directory: where every stage reads its inputs and writes its outputs.
 
-Layout: config.yaml, teacher.pt, baseline.pt, student.pt, student*.onnx,
-report.json (each stage updates its own keys), report.md, report.html, plots/.
+Layout: config.yaml, teacher.pt, baseline.pt, student.pt, student*.onnx, report.json (the typed
+run record, distill_export/record: each stage writes its own sections through `update_report`,
+the one writer), state.json (stage state), report.md, report.html, plots/.
 
-Stage state lives in one place, report.json["stages"]: {stage: {"status": "pending"|"done",
-"finished": time}}. A run is claimed by creating report.json exclusively (O_EXCL), so two
-concurrent `run --out X` cannot both win; `report` and the stage commands read the record to
-know which stages finished. config.yaml is written by a stage command only after it succeeds,
-and `transaction()` puts the directory back as it was when a stage command fails.
+Stage state lives in one place, state.json: {"stages": {stage: {"status": "pending"|"done",
+"finished": time}}} (runs made before it kept this under report.json["stages"]: read from there,
+and moved to state.json the first time the record is written). A run is claimed by creating
+report.json exclusively (O_EXCL), so two concurrent `run --out X` cannot both win; `report` and
+the stage commands read the state to know which stages finished. config.yaml is written by a
+stage command only after it succeeds, and `transaction()` puts the directory back as it was when
+a stage command fails.
 
 Training stages write a checkpoint per epoch under checkpoints/ (train.Checkpoint); a stage's
 checkpoints are deleted once it is recorded done. `run --resume` (`RunDir.resumable`) skips the
@@ -30,10 +33,13 @@ import yaml
 from distill_export.config import RunConfig, config_from_dict
 from distill_export.errors import ConfigError
 from distill_export.files import ensure_writable_dir, write_json, write_text
+from distill_export.record import SCHEMA_VERSION, RunRecord
+from distill_export.record import store
 
 
 RUN_STAGES = ("train_teacher", "distill", "export", "validate", "profile", "report")
 BACKUP_DIR = ".stage-backup"  # hard links of the files as they were before a stage command
+STATE_FILE = "state.json"  # stage state: {"stages": {stage: {"status", "finished"}}}
 CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a stage is unfinished
 # The trainings each stage checkpoints (deleted when the stage is recorded done).
 STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),
@@ -64,7 +70,7 @@ def _check_free(target: Path) -> None:
     if not target.is_dir():
         raise ConfigError(f"--out {target} is a file, not a folder; choose another --out")
     names = sorted(p.name for p in target.iterdir())
-    if "report.json" in names or "config.yaml" in names:
+    if {"report.json", STATE_FILE, "config.yaml"} & set(names):
         raise ConfigError(f"--out {target} already holds a run; choose a new --out or delete it "
                           f"(an interrupted run continues with `distill-export run --resume {target}`)")
     if names:
@@ -111,10 +117,11 @@ class RunDir:
             raise ConfigError(f"--out {target} is a file, not a folder; choose another --out") from None
         except OSError as exc:
             raise ConfigError(f"--out {target} cannot be written: {exc.strerror or exc}") from None
-        record = {"stages": {s: {"status": "pending"} for s in stages}}
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
-        return cls(target)
+            f.write(json.dumps({"schema_version": SCHEMA_VERSION}, indent=2) + "\n")
+        run = cls(target)
+        run.set_stages({s: {"status": "pending"} for s in stages})
+        return run
 
     def discard(self) -> None:
         """Remove a run this process claimed and that finished no stage (nothing in it is the user's)."""
@@ -125,13 +132,19 @@ class RunDir:
     # ----- stage state -------------------------------------------------------------------------
     def stages(self) -> dict | None:
         """The stage record, or None for a run made before stages were recorded."""
-        stages = self.load_report().get("stages")
+        if self.file(STATE_FILE).exists():
+            stages = store.read_json(self.file(STATE_FILE)).get("stages")
+        else:  # made before state.json: the state is still in report.json (record/migrate.py)
+            stages = store.read_json(self.file("report.json")).get("stages")
         return stages if isinstance(stages, dict) else None
+
+    def set_stages(self, stages: dict) -> None:
+        write_json(self.file(STATE_FILE), {"stages": stages})
 
     def mark_stage(self, name: str) -> None:
         stages = dict(self.stages() or {})
         stages[name] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.update_report(stages=stages)
+        self.set_stages(stages)
 
     # ----- training checkpoints and resume -----------------------------------------------------
     def checkpoint_path(self, label: str) -> Path:
@@ -300,32 +313,31 @@ class RunDir:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
+    # ----- the run record (report.json) ---------------------------------------------------------
     def load_report(self) -> dict:
-        p = self.file("report.json")
-        if not p.exists():
-            return {}
-        try:
-            report = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            raise ConfigError(f"{p} is corrupt (not valid JSON{where}); restore it or re-run the stage "
-                              "that writes it") from None
-        except RecursionError:
-            raise ConfigError(f"{p} is corrupt (nested too deeply)") from None
-        if not isinstance(report, dict):
-            raise ConfigError(f"{p} is corrupt: expected a JSON object, got {type(report).__name__}")
-        return report
+        """report.json as JSON in the current schema (any older version migrated; {} if none)."""
+        return store.load(self.file("report.json"))[0]
+
+    def load_record(self) -> RunRecord:
+        """report.json as the typed run record (record/models.py), any older version migrated."""
+        return store.load(self.file("report.json"))[1]
 
     def update_report(self, **sections) -> dict:
-        """Merge top-level sections into report.json (dicts merge one level deep)."""
-        report = self.load_report()
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(report.get(key), dict):
-                report[key].update(value)
-            else:
-                report[key] = value
-        write_json(self.file("report.json"), report)
-        return report
+        """The one writer of report.json: merge top-level sections (dicts, lists or typed models;
+        dict sections merge one level deep), check the result against the record's models and
+        write it atomically. Returns the record as JSON."""
+        return self._write(sections, replace=False)
+
+    def replace_report(self, **sections) -> dict:
+        """As update_report, but each section replaces the one on file (e.g. `recommended`)."""
+        return self._write(sections, replace=True)
+
+    def _write(self, sections: dict, replace: bool) -> dict:
+        def keep_stages(stages: dict) -> None:  # an old report.json held the stage state
+            if not self.file(STATE_FILE).exists():
+                self.set_stages(stages)
+
+        return store.write_sections(self.file("report.json"), sections, replace, keep_stages)[0]
 
 
 def records_stage(name: str):

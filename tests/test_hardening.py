@@ -458,7 +458,7 @@ def test_finished_run_records_every_stage(run_copy):
 
     from distill_export.rundir import RUN_STAGES
 
-    stages = json.loads((run_copy / "report.json").read_text())["stages"]
+    stages = json.loads((run_copy / "state.json").read_text())["stages"]
     assert {s: stages[s]["status"] for s in RUN_STAGES} == {s: "done" for s in RUN_STAGES}
     assert runner.invoke(app, ["report", str(run_copy)]).exit_code == 0
 

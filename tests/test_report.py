@@ -90,7 +90,7 @@ def test_markdown_links_plots_csv_and_html(written):
 
 
 def test_without_matplotlib_plots_are_skipped_with_a_note(tmp_path, monkeypatch):
-    monkeypatch.setattr(report_mod, "_pyplot", lambda: None)
+    monkeypatch.setattr(report_mod.plots, "_pyplot", lambda: None)
     write_json(tmp_path / "report.json", synthetic_report())
     write_reports(RunDir(tmp_path))
     assert not (tmp_path / "plots").exists()

@@ -149,7 +149,8 @@ def test_sigkill_during_student_training_then_resume_gives_the_same_metrics(setu
                     "(student at epoch 1/3), then export, validate, profile, report"], result.stderr
     report = json.loads((out / "report.json").read_text())
     assert _compared(report) == _compared(reference)
-    assert all(report["stages"][s]["status"] == "done" for s in report["stages"])
+    stages = json.loads((out / "state.json").read_text())["stages"]
+    assert all(stages[s]["status"] == "done" for s in stages)
     assert report["resumed"][0]["from_stage"] == "distill"
     assert not (out / "checkpoints").exists()
     # finished: a second --resume has nothing to do
@@ -193,7 +194,7 @@ def test_kill_after_training_resumes_the_later_stages(setup, reference, tmp_path
     stages = rd.stages()
     for s in ("export", "validate", "profile", "report"):
         stages[s] = {"status": "pending"}
-    rd.update_report(stages=stages)
+    rd.set_stages(stages)
     (out / "student.onnx").unlink()
     before = {p: (out / p).read_bytes() for p in ("teacher.pt", "student.pt", "baseline.pt")}
     result = _cli("run", "--resume", str(out), "--quiet")
@@ -203,7 +204,7 @@ def test_kill_after_training_resumes_the_later_stages(setup, reference, tmp_path
     assert {p: (out / p).read_bytes() for p in before} == before  # reused, not retrained
     report = json.loads((out / "report.json").read_text())
     assert _compared(report) == _compared(reference)
-    assert all(v["status"] == "done" for v in report["stages"].values())
+    assert all(v["status"] == "done" for v in json.loads((out / "state.json").read_text())["stages"].values())
 
 
 # ----- refusals: one line, exit 2, nothing changed ------------------------------------------------

@@ -1,0 +1,40 @@
+"""The task's payloads in the run record: what `metrics.<model>` and `comparisons.<pair>` hold.
+
+Today the one task is classification. This module is the seam the task registry will take over
+(tasks/classification/): `TaskMetrics` and `TaskComparison` are the names models.py uses, so a
+task that brings its own metrics type changes these two names and nothing else in the record.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ClassificationMetrics(BaseModel):
+    """One model on the test split (metrics.classification_metrics)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    accuracy: float
+    macro_precision: float | None = None
+    macro_recall: float | None = None
+    macro_f1: float | None = None
+    confusion_matrix: list[list[int]] | None = None  # [true][predicted]
+    n: int | None = None  # test rows
+
+
+class PairedComparison(BaseModel):
+    """A paired test of two classifiers on one test set (significance.compare: exact McNemar
+    with a paired-bootstrap interval). gain is a fraction, like accuracy."""
+
+    model_config = ConfigDict(extra="allow")
+
+    gain: float
+    ci95: tuple[float, float] | None = None
+    p_value: float | None = None
+    verdict: str | None = None  # "paid" | "hurt" | "no significant difference"
+    discordant: tuple[int, int] | None = None  # (only the first right, only the second right)
+
+
+TaskMetrics = ClassificationMetrics
+TaskComparison = PairedComparison

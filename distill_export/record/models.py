@@ -1,0 +1,322 @@
+"""report.json as typed sections: what each stage records, and what the renderers read.
+
+The file on disk keeps the shape users' CI already reads (top-level sections, the same keys);
+`schema_version` says which version of this module wrote it (migrate.py reads older ones).
+Every model keeps keys it does not know (extra="allow"), so a newer writer's additions and a
+dataset's own details (`dataset.pca_components`, ...) survive a rewrite; the keys declared here
+are the ones the renderers and tools rely on, and are checked on every write.
+
+Who writes which section (always through `RunDir.update_report`, the one writer):
+    dataset, metrics.teacher, teacher          stage train_teacher
+    metrics, kd_gain*, comparisons, distill    stage distill
+    exports, teacher_exports                   stage export (parity added by stage validate)
+    latency, speedups, profile                 stage profile / `distill-export profile RUN`
+    recommended                                recommend.update_run (replaced as a whole)
+    timings, resumed                           pipeline
+Stage state (which stages finished) is not here: rundir keeps it in state.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distill_export.record.metrics import TaskComparison, TaskMetrics
+
+SCHEMA_VERSION = 1
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ----- training histories -------------------------------------------------------------------------
+class Epoch(Section):
+    """One epoch of a training: mean training loss (and its parts per term) and the validation score."""
+
+    epoch: int
+    train_loss: float
+    val_accuracy: float | None = None
+    train_loss_parts: dict[str, float] | None = None
+
+
+class Term(Section):
+    """One term of the distillation objective: name, weight and its parameters (temperature, threshold, ...)."""
+
+    name: str
+    weight: float
+    temperature: float | None = None
+    threshold: float | None = None
+
+
+class ExpertFit(Section):
+    """One modality expert's training (late fusion; a re-fit in a later round)."""
+
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+
+
+class RoundTeacher(Section):
+    """What a later distillation round taught from (rounds.next_round_targets)."""
+
+    experts: dict[str, ExpertFit] = Field(default_factory=dict)  # modality -> its re-fit
+    teacher_val_accuracy: float | None = None
+    student_temperature: float | None = None
+
+
+class Round(Section):
+    round: int
+    best_val_accuracy: float
+    teacher: RoundTeacher | None = None  # absent for round 1 (the stage's teacher)
+
+
+class Training(Section):
+    """One training's record: its best epoch and its per-epoch history. A teacher given by path
+    has only `source`; a reused late-fusion expert has `expert_of`; a control that did not run
+    has only `skipped`."""
+
+    source: str | None = None
+    expert_of: str | None = None
+    skipped: str | None = None
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    history: list[Epoch] = Field(default_factory=list)
+    terms: list[Term] | None = None
+    distilled: bool | None = None
+    rounds: list[Round] | None = None  # distill.rounds > 1: the student's val score by round
+    experts: dict[str, ExpertFit] | None = None  # late fusion: modality -> best epoch and val score
+    expert_temperatures: dict[str, float] | None = None
+
+
+# ----- sections -----------------------------------------------------------------------------------
+class Dataset(Section):
+    name: str | None = None
+    class_names: list[str] | None = None
+    sizes: dict[str, int] = Field(default_factory=dict)  # split -> rows
+    labeled_train_rows: int | None = None
+    label_fraction: float | None = None
+    test_voices: list[str] | None = None  # the built-in demo only: voices held out of training
+
+
+class Teacher(Section):
+    training: Training | None = None
+    modality_probe: dict[str, float] = Field(default_factory=dict)  # without_<m> / only_<m> -> score
+    fusion: str | None = None  # concat | late | external
+
+
+class SelfTrainingControl(Section):
+    """An image-only teacher of the same size, distilled the same way (or why it did not run)."""
+
+    skipped: str | None = None
+    teacher_accuracy: float | None = None
+    teacher_training: Training | None = None
+    student_training: Training | None = None
+
+
+class TeacherCache(Section):
+    status: str | None = None  # hit | miss | not used | ...
+    reason: str | None = None
+    path: str | None = None
+
+
+class Distill(Section):
+    student: str | None = None
+    method: str | None = None
+    distilled: bool | None = None
+    terms: list[Term] | None = None
+    teacher_needs: list[str] | None = None
+    temperature: float | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    label_fraction: float | None = 1.0
+    rounds: int | None = None
+    labeled_train_rows: int | None = None
+    train_rows: int | None = None
+    kd_loss_impl: str | None = None
+    processes: int | None = None
+    streaming: bool | None = None
+    student_training: Training | None = None
+    baseline_training: Training | None = None
+    self_training_control: SelfTrainingControl | None = None
+    teacher_accuracy_retention: float | None = None
+    augment: str | None = None
+    teacher_cache: TeacherCache | None = None
+
+
+class Gate(Section):
+    value: float
+    limit: float
+    kind: str  # "max": value <= limit; "min": value >= limit
+    passed: bool
+
+
+class ParityNumbers(Section):
+    """Export vs its PyTorch reference on the test split (validate.compare)."""
+
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    min_cosine: float | None = None
+    top1_agreement: float | None = None
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    reference_accuracy: float | None = None
+
+
+class Parity(ParityNumbers):
+    """The worst case over batch sizes, its gates, and the same on other runtimes
+    (`runtimes.openvino`: its own Parity, or only `skipped`)."""
+
+    skipped: str | None = None
+    per_batch: dict[str, ParityNumbers] = Field(default_factory=dict)
+    gates: dict[str, Gate] = Field(default_factory=dict)
+    passed: bool | None = None
+    teacher_accuracy_retention: float | None = None
+    runtimes: dict[str, Parity] | None = None
+
+
+class Export(Section):
+    """One exported artifact (export.base.ExportResult) and, once validated, its parity.
+    A teacher that would not export has only `skipped`."""
+
+    skipped: str | None = None
+    format: str | None = None
+    path: str | None = None  # relative to the run directory
+    precision: str | None = None  # fp32 | fp16 | int8
+    runtime: str | None = None  # onnxruntime | tensorrt
+    size_bytes: int | None = None
+    seconds: float | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    parity: Parity | None = None
+
+
+class LatencyRow(Section):
+    """One model on one backend at one (batch, threads) cell; a row that could not run has
+    `skipped` (and batch/threads null when the backend was unavailable altogether)."""
+
+    model: str
+    format: str
+    backend: str
+    device: str = "cpu"
+    batch: int | None = None
+    threads: int | None = None
+    skipped: str | None = None
+    path: str | None = None
+    size_bytes: int | None = None
+    params: int | None = None
+    macs: int | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    iterations: int | None = None
+    throughput: float | None = None  # samples/s
+    cpu_p50_ms: float | None = None  # one thread: the calling thread's CPU time per call
+
+    @property
+    def measured(self) -> bool:
+        return self.p50_ms is not None
+
+
+class Speedup(Section):
+    """p50 of the reference (the teacher) / p50 of the model, same run and cell."""
+
+    model: str
+    format: str
+    backend: str
+    batch: int
+    threads: int | None = None
+    reference: str = "teacher"  # "teacher (<backend>)"
+    reference_format: str | None = None
+    like_for_like: bool = False  # the same runtime as the reference (migrate derives it for old files)
+    speedup: float
+    cpu_speedup: float | None = None
+
+
+class Machine(Section):
+    platform: str | None = None
+    machine: str | None = None
+    cpu: str | None = None
+    cores: int | None = None
+    usable_cores: int | None = None
+    load_average_1m: float | None = None
+
+
+class ProfileSettings(Section):
+    preset: str | None = None
+    backends: list[str] | None = None
+    batches: list[int] | None = None
+    threads: list[int] | None = None
+    warmup_s: float | None = None
+    min_time_s: float | None = None
+    min_iters: int | None = None
+    input_shape: list[int] | None = None
+
+
+class Profile(Section):
+    targets: list[str] = Field(default_factory=list)
+    settings: ProfileSettings | None = None
+    notes: list[str] = Field(default_factory=list)
+    machine: Machine = Field(default_factory=Machine)
+    versions: dict[str, Any] = Field(default_factory=dict)  # package -> version
+    peak_rss_mb: float | None = None
+    seconds: float | None = None
+
+
+class Recommendation(Section):
+    """recommend.recommend: the artifact to ship on one target, or (format null) why none."""
+
+    target: str | None = None
+    batch: int | None = None
+    excluded: dict[str, str] = Field(default_factory=dict)  # "<format> on <backend>" -> why not
+    format: str | None = None
+    reason: str | None = None
+    backend: str | None = None
+    threads: int | None = None
+    device: str | None = None
+    path: str | None = None
+    precision: str | None = None
+    p50_ms: float | None = None
+    cpu_p50_ms: float | None = None
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    speedup_vs_fp32_onnx: float | None = None
+    fp32_onnx_reference: str | None = None
+    speedup_vs_teacher: float | None = None
+    teacher_reference: str | None = None
+    teacher_missing: str | None = None
+
+
+class Resumed(Section):
+    at: str
+    from_stage: str
+
+
+class RunRecord(Section):
+    """The whole of report.json."""
+
+    schema_version: int = SCHEMA_VERSION
+    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
+    dataset: Dataset | None = None
+    metrics: dict[str, TaskMetrics] = Field(default_factory=dict)  # teacher, baseline, self_training, student
+    teacher: Teacher | None = None
+    kd_gain: float | None = None  # = comparisons.student_vs_baseline.gain, kept top-level for CI
+    kd_gain_ci95: tuple[float, float] | None = None
+    kd_gain_p_value: float | None = None
+    kd_verdict: str | None = None
+    comparisons: dict[str, TaskComparison] = Field(default_factory=dict)
+    distill: Distill | None = None
+    exports: dict[str, Export] = Field(default_factory=dict)  # format -> the student's artifact
+    teacher_exports: dict[str, Export] = Field(default_factory=dict)  # "onnx" -> the teacher's
+    latency: list[LatencyRow] = Field(default_factory=list)
+    speedups: list[Speedup] = Field(default_factory=list)
+    profile: Profile | None = None
+    recommended: dict[str, Recommendation] = Field(default_factory=dict)  # target -> choice
+    resumed: list[Resumed] = Field(default_factory=list)
+
+
+SECTIONS = tuple(name for name in RunRecord.model_fields if name != "schema_version")

@@ -1,0 +1,92 @@
+"""report.json on disk: read (naming a corrupt file in one line), merge sections, write atomically.
+
+RunDir.update_report is the one writer and calls `write_sections`; nothing else writes the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill_export.errors import ConfigError
+from distill_export.files import _jsonable, write_json
+from distill_export.record.migrate import RecordError, upgrade, validate
+from distill_export.record.models import SECTIONS, RunRecord
+
+
+def read_json(path: Path) -> dict:
+    """The file's JSON object ({} when there is no file), as written (any version)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ConfigError(f"{path} is corrupt (not valid JSON{where}); restore it or re-run the stage "
+                          "that writes it") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is corrupt (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is corrupt: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load(path: Path) -> tuple[dict, RunRecord, dict | None]:
+    """(current-version JSON, its typed record, stage state found in an old file or None)."""
+    data, stages = upgrade_named(read_json(path), path)
+    try:
+        return data, validate(data), stages
+    except RecordError as exc:
+        raise RecordError(f"{path} is corrupt: {exc}") from None
+
+
+def upgrade_named(raw: dict, path: Path) -> tuple[dict, dict | None]:
+    try:
+        return upgrade(raw)
+    except RecordError as exc:
+        raise RecordError(f"{path}: {exc}") from None
+
+
+def plain(value):
+    """A section as plain JSON (a typed model as its set keys; numpy values as lists/numbers)."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json", exclude_unset=True)
+    elif isinstance(value, list):
+        value = [v.model_dump(mode="json", exclude_unset=True) if hasattr(v, "model_dump") else v for v in value]
+    elif isinstance(value, dict):
+        value = {k: v.model_dump(mode="json", exclude_unset=True) if hasattr(v, "model_dump") else v
+                 for k, v in value.items()}
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+def merge(data: dict, sections: dict, replace: bool = False) -> dict:
+    """Sections merged into the record: a dict section merges one level deep into the one on
+    file (replace=True: each section replaces the one on file)."""
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"not a report.json section: {', '.join(unknown)} (record/models.py lists them)")
+    out = dict(data)
+    for key, value in sections.items():
+        value = plain(value)
+        if not replace and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def write_sections(path: Path, sections: dict, replace: bool = False,
+                   keep_stages=None) -> tuple[dict, RunRecord]:
+    """Merge `sections` into the file and write it atomically, checked against the models first
+    (a section of the wrong shape is a bug: ValueError, and the file is left as it was).
+    keep_stages(stages) is called with an old file's stage state before that file is rewritten."""
+    data, _, stages = load(path)
+    if stages is not None and keep_stages is not None:
+        keep_stages(stages)
+    merged = merge(data, sections, replace)
+    try:
+        record = validate(merged)
+    except RecordError as exc:
+        raise ValueError(f"report.json would not match its schema: {exc}") from None
+    write_json(path, merged)
+    return merged, record
