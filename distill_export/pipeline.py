@@ -54,6 +54,11 @@ def _setup(config: RunConfig):
     return data, device
 
 
+def task_info(task) -> dict:
+    """The record's task section: renderers read the headline metric's name from it."""
+    return {"name": task.name, "headline": task.headline, "score_name": task.score_name}
+
+
 def _teacher_path(config: RunConfig, run: RunDir) -> Path:
     return Path(config.teacher.path) if config.teacher.path else run.file("teacher.pt")
 
@@ -99,6 +104,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
             student_only = f"only_{config.data.student_modality}"
             probe[student_only] = evaluate_teacher(teacher, data, device, task, drop=tuple(others))[task.headline]
     run.update_report(
+        task=task_info(task),
         dataset={"name": data.name, "class_names": data.class_names, **data.info},
         metrics={"teacher": metrics},
         teacher={"training": training, "modality_probe": probe, "fusion": getattr(teacher, "fusion_name", "external")},
@@ -256,8 +262,9 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         comparisons["self_training_vs_baseline"] = compare("self_training", "baseline")
         comparisons["student_vs_self_training"] = compare("student", "self_training")
     run.update_report(
+        task=task_info(task),
         metrics=metrics,
-        kd_gain=kd_vs_base["gain"],  # a fraction, like accuracy
+        kd_gain=kd_vs_base["gain"],  # a fraction, in the task's headline metric
         kd_gain_ci95=kd_vs_base["ci95"],
         kd_gain_p_value=kd_vs_base["p_value"],
         kd_verdict=kd_vs_base["verdict"],
@@ -293,6 +300,7 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
     from distill_export.nets.model_io import load_student
     from distill_export.export import ExportOptions, ExportSource, check_formats, export_formats
     from distill_export.files import sha256_file
+    from distill_export.tasks import get_task
     from distill_export.train import predict
     from distill_export.validate import PARITY_FILE, save_parity_data
 

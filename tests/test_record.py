@@ -106,7 +106,7 @@ def test_the_writer_checks_sections_and_leaves_the_file_on_error(tmp_path):
     with pytest.raises(ValueError, match="not a report.json section: stages"):
         run.update_report(stages={})
     with pytest.raises(ValueError, match=r"metrics\.baseline\.accuracy"):
-        run.update_report(metrics={"baseline": {"accuracy": None}})
+        run.update_report(metrics={"baseline": {"accuracy": "high"}})  # a metric that is not a number
     assert (tmp_path / "report.json").read_text() == before
     run.update_report(metrics={"baseline": {"accuracy": 0.4}})  # merged beside the student
     assert set(run.load_record().metrics) == {"student", "baseline"}

@@ -11,11 +11,13 @@ from pydantic import BaseModel, ConfigDict
 
 
 class ClassificationMetrics(BaseModel):
-    """One model on the test split (metrics.classification_metrics)."""
+    """One model on the test split, as its task's evaluate() reports it: classification's
+    fields are typed here, another task's metrics are kept as extra keys (record.task.headline
+    names the one a run is summed up by)."""
 
     model_config = ConfigDict(extra="allow")
 
-    accuracy: float
+    accuracy: float | None = None
     macro_precision: float | None = None
     macro_recall: float | None = None
     macro_f1: float | None = None

@@ -296,10 +296,19 @@ class Resumed(Section):
     from_stage: str
 
 
+class TaskInfo(Section):
+    """Which task (tasks/) the run is, so renderers know its headline metric without the code."""
+
+    name: str = "classification"
+    headline: str = "accuracy"  # the key of metrics.<model> a run is summed up by (kd_gain's unit)
+    score_name: str = "accuracy"  # what the validation score is (the training curves)
+
+
 class RunRecord(Section):
     """The whole of report.json."""
 
     schema_version: int = SCHEMA_VERSION
+    task: TaskInfo = Field(default_factory=TaskInfo)  # files without one are classification runs
     timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
     dataset: Dataset | None = None
     metrics: dict[str, TaskMetrics] = Field(default_factory=dict)  # teacher, baseline, self_training, student

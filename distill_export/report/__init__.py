@@ -2,14 +2,14 @@
 an offline report.html, PNG plots under plots/, and the terminal summaries.
 
     tables.py          rows and lines shared by every output (latency, speedups, recommendations)
-    classification.py  every classification sentence and table (the task seam takes it over)
+    view.py            the record's task's view (tasks/: classification's sentences and tables)
     plots.py           latency, accuracy vs latency, training curves
     markdown.py, html.py, terminal.py   the three renderers
     outputs.py         the files written into a run directory (or `profile --out DIR`)
 """
 
 from distill_export.report import plots
-from distill_export.report.classification import (
+from distill_export.tasks.classification.report import (
     FUSION_WORDS,
     _modality_gap_note,
     accuracy_rows,

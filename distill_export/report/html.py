@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 
 from distill_export.record import RunRecord
-from distill_export.report import classification
+from distill_export.report.view import task_view
 from distill_export.report.tables import (
     LATENCY_HEADER,
     SPEEDUP_HEADER,
@@ -39,7 +39,7 @@ def render_html(record: RunRecord, plots: list[Path], note: str = "") -> str:
     if given(ds):
         sections.append(f"<p>Dataset <b>{esc(str(ds.name))}</b>: {esc(dataset_sizes(ds))}, "
                         f"{esc(str(ds.labeled_train_rows))} labeled training rows.</p>")
-    sections += classification.html_sections(record)
+    sections += task_view(record).html_sections(record)
     if plots or note:
         sections.append("<h2>Plots</h2>")
     for p in plots:

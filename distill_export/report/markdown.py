@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill_export.record import RunRecord
-from distill_export.report import classification
+from distill_export.report.view import task_view
 from distill_export.report.tables import (
     LATENCY_HEADER,
     SPEEDUP_HEADER,
@@ -31,7 +31,7 @@ def render_markdown(record: RunRecord, plots: list[Path], note: str = "") -> str
             # Only the built-in demo holds voices out (data/avdigits.py records them).
             + (" Test audio voices are never seen in training." if ds.test_voices else "")
         )
-    parts += classification.markdown_sections(record)
+    parts += task_view(record).markdown_sections(record)
     if record.latency:
         parts += ["## Latency", "", profile_context(record), "", md_table(LATENCY_HEADER, latency_table(record)), "",
                   "All rows: [latency.csv](latency.csv). Page with tables and plots: [report.html](report.html).", ""]

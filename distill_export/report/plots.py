@@ -8,7 +8,7 @@ from pathlib import Path
 from distill_export.files import atomic_path
 from distill_export.record import RunRecord
 from distill_export.record.models import Training
-from distill_export.report import classification
+from distill_export.report.view import task_view
 from distill_export.report.tables import reads_record
 
 PLOTS_SKIPPED = "plots skipped: matplotlib is not installed (pip install matplotlib)"
@@ -77,7 +77,7 @@ def tradeoff_points(record: RunRecord) -> list[tuple[str, float, float]]:
     for r in lat:
         if r.threads != fewest and r.device == "cpu":
             continue
-        score = classification.model_score(record, r.model, r.format)
+        score = task_view(record).model_score(record, r.model, r.format)
         if score is not None:
             points.append((f"{r.model} ({r.format}, {r.backend})", r.p50_ms, score))
     return points
@@ -98,7 +98,7 @@ def plot_tradeoff(record: RunRecord, out: Path) -> Path | None:
         ax.scatter(x, 100 * y, s=55, color=plt.get_cmap("tab10")(i % 10), marker="os^DvP*X"[i % 8], label=label)
     xs = [x for _, x, _ in points]
     ax.set(xscale="log", xlim=(min(xs) / 1.8, max(xs) * 1.8),
-           xlabel=f"p50 latency, batch 1, {fewest} CPU thread(s) (ms, log scale)", ylabel=classification.SCORE_LABEL,
+           xlabel=f"p50 latency, batch 1, {fewest} CPU thread(s) (ms, log scale)", ylabel=task_view(record).SCORE_LABEL,
            title="accuracy vs latency (up and left is better)")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
@@ -141,8 +141,8 @@ def plot_training(record: RunRecord, out: Path) -> Path | None:
                 val_ax.scatter([training.best_epoch], [best], s=60, facecolors="none", edgecolors=[color])
     loss_ax.set(xlabel="epoch", ylabel="training loss (mean over the epoch)",
                 title="training loss (each training's own objective)")
-    val_ax.set(xlabel="epoch", ylabel=f"{classification.VAL_SCORE_LABEL} (%)",
-               title=f"{classification.VAL_SCORE_LABEL} (circle: the epoch kept)")
+    val_ax.set(xlabel="epoch", ylabel=f"{task_view(record).VAL_SCORE_LABEL} (%)",
+               title=f"{task_view(record).VAL_SCORE_LABEL} (circle: the epoch kept)")
     for ax in (loss_ax, val_ax):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")

@@ -4,24 +4,8 @@ profiling context, recommendations. They read the typed run record (record/model
 from __future__ import annotations
 
 from distill_export.record import RunRecord
+from distill_export.record.format import html_table, md_table, pct, reads_record  # noqa: F401 (re-used by the renderers)
 from distill_export.record.models import Dataset, Speedup
-
-
-def reads_record(fn):
-    """Let a renderer take the typed record or a report.json dict (any version, via migrate)."""
-    import functools
-
-    from distill_export.record import as_record
-
-    @functools.wraps(fn)
-    def wrapper(report, *args, **kwargs):
-        return fn(as_record(report), *args, **kwargs)
-
-    return wrapper
-
-
-def pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _opt(v) -> str:
@@ -141,18 +125,3 @@ def recommendation_lines(record: RunRecord) -> list[str]:
         lines.append(f"recommended for {target}: {rec.format} on {rec.backend} ({rec.path or ''}): "
                      + ", ".join(f for f in facts if f))
     return lines
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def html_table(header: list[str], rows: list[list[str]]) -> str:
-    import html
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-

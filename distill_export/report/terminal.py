@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from distill_export.record import RunRecord
-from distill_export.report import classification
+from distill_export.report.view import task_view
 from distill_export.report.tables import (
     SPEEDUP_HEADER,
     headline_speedups,
@@ -31,9 +31,9 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]], keep_whole
 
 @reads_record
 def print_parity(record: RunRecord, console) -> None:
-    rows = classification.parity_rows(record)
+    rows = task_view(record).parity_rows(record)
     if rows:
-        console.print(_rich_table("Parity vs the PyTorch student", classification.PARITY_HEADER, rows))
+        console.print(_rich_table("Parity vs the PyTorch student", task_view(record).PARITY_HEADER, rows))
 
 
 @reads_record
@@ -65,7 +65,7 @@ def summary_rows(record: RunRecord) -> tuple[list[str], list[list[str]]]:
     threads = sorted({t for by_backend in lat.values() for v in by_backend.values() for t in v})
     speed = {(s.model, s.format, s.backend): s.speedup for s in record.speedups
              if s.batch == 1 and threads and s.threads == threads[0] and s.like_for_like}
-    entries = classification.summary_entries(record)
+    entries = task_view(record).summary_entries(record)
     listed = {(m, f) for m, f, _, _ in entries}
     entries += [(m, f, "-", "-") for (m, f) in lat if (m, f) not in listed]  # profiled files without metrics
     rows = []
@@ -75,7 +75,7 @@ def summary_rows(record: RunRecord) -> tuple[list[str], list[list[str]]]:
             short = backend.replace("onnxruntime", "ort")  # keeps the table within 80 columns
             rows.append([model, fmt, short, score, parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads],
                          f"×{sp:.1f}" if sp else "-"])
-    header = ["model", "format", "backend", classification.SUMMARY_SCORE_HEADER, "parity",
+    header = ["model", "format", "backend", task_view(record).SUMMARY_SCORE_HEADER, "parity",
               *[f"p50 ms b1 {t}t" for t in threads],
               f"faster b1 {threads[0]}t" if threads else "faster"]
     return header, rows
@@ -87,7 +87,7 @@ def print_summary(record: RunRecord, console) -> None:
     header, rows = summary_rows(record)
     console.print(_rich_table("Summary (test split; latency at batch 1, same run)", header, rows, keep_whole=3))
     print_deployment(record, console)
-    for line in classification.terminal_lines(record):
+    for line in task_view(record).terminal_lines(record):
         console.print(line)
     from rich.markup import escape
 

@@ -100,9 +100,12 @@ class Task:
                 for metric in first}
 
     # ----- report -----------------------------------------------------------------------
-    def report_sections(self, record) -> list[tuple[str, str]]:
-        """(title, Markdown body) sections this task adds to report.md."""
-        return []
+    def report_view(self):
+        """What this task adds to report.md/html and the terminal (tasks/report_view.py lists
+        the names); the default renders the record's metrics and gates as they are named."""
+        from distill_export.tasks.report_view import GenericReportView
+
+        return GenericReportView(self.headline, self.score_name)
 
 
 def register_task(cls: type[Task]) -> type[Task]:

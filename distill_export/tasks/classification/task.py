@@ -27,6 +27,11 @@ class ClassificationTask(Task):
                      "top1_agreement": "higher", "accuracy": "higher", "accuracy_drop": "lower",
                      "reference_accuracy": "same"}
 
+    def report_view(self):
+        from distill_export.tasks.classification import report
+
+        return report  # a module with the view's names: accuracy tables, the McNemar verdict, ...
+
     def targets(self):
         from distill_export.data.targets import CategoricalTargets
 

@@ -11,7 +11,7 @@ import html
 from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
-from distill_export.report.tables import html_table, md_table, pct, reads_record
+from distill_export.record.format import html_table, md_table, pct, reads_record
 
 MODELS = ("teacher", "baseline", "self_training", "student")  # the rows of the accuracy table, in order
 ACCURACY_HEADER = ["model", "accuracy", "macro F1", "macro precision", "macro recall"]

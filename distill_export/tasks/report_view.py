@@ -1,0 +1,98 @@
+"""What a task adds to the report, and the generic view a new task gets without writing one.
+
+The renderers (report/) call these names on the view of the record's task (Task.report_view):
+
+    markdown_sections(record), html_sections(record), terminal_lines(record)  the task's own sections
+    parity_rows(record), PARITY_HEADER      the parity table of the student's exports
+    model_score(record, model, fmt)         the headline metric of a model in a format (the plots)
+    summary_entries(record)                 (model, format, score, parity) rows of the terminal summary
+    SCORE_LABEL, VAL_SCORE_LABEL, SUMMARY_SCORE_HEADER   axis labels and column heads
+
+tasks/classification/report.py is classification's view (a module with these names). The
+generic one below reads only the record: every model's metrics, the headline comparison, the
+gates of each export.
+"""
+
+from __future__ import annotations
+
+from distill_export.record import RunRecord
+from distill_export.record.format import html_table, md_table, reads_record
+
+MODELS = ("teacher", "baseline", "self_training", "student")
+
+
+def _num(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+class GenericReportView:
+    """A task's report from its record alone: metrics as they are named, gates as they are."""
+
+    PARITY_HEADER = ["format", "precision", "size", "gates", "passed"]
+    SUMMARY_SCORE_HEADER = "score"
+
+    def __init__(self, headline: str = "score", score_name: str = "score"):
+        self.headline = headline
+        self.SCORE_LABEL = f"test {headline}"
+        self.VAL_SCORE_LABEL = f"validation {score_name}"
+
+    def _metric(self, record: RunRecord, model: str):
+        m = record.metrics.get(model)
+        return getattr(m, self.headline, None) if m is not None else None
+
+    def metric_rows(self, record: RunRecord) -> tuple[list[str], list[list[str]]]:
+        keys = sorted({k for m in record.metrics.values() for k, v in m.model_dump().items()
+                       if isinstance(v, (int, float)) and v is not None})
+        keys = sorted(keys, key=lambda k: (k != self.headline, k))
+        rows = [[name, *(_num(record.metrics[name].model_dump().get(k, "")) for k in keys)]
+                for name in MODELS if name in record.metrics]
+        return ["model", *keys], rows
+
+    def verdict(self, record: RunRecord) -> str:
+        c = record.comparisons.get("student_vs_baseline")
+        if c is None:
+            return ""
+        ci = f" (95% CI {c.ci95[0]:+.4g} to {c.ci95[1]:+.4g})" if c.ci95 else ""
+        return (f"Distillation vs the labels-only baseline: {self.headline} {c.gain:+.4g}{ci}, "
+                f"verdict: {c.verdict or 'not tested'}.")
+
+    @reads_record
+    def parity_rows(self, record: RunRecord) -> list[list[str]]:
+        rows = []
+        for fmt, art in record.exports.items():
+            p = art.parity
+            gates = ", ".join(f"{n} {_num(g.value)}" for n, g in (p.gates.items() if p else []))
+            rows.append([fmt, art.precision or "", f"{(art.size_bytes or 0) / 1e6:.2f} MB", gates or "-",
+                         ("PASS" if p.passed else "FAIL") if p and p.passed is not None else "-"])
+        return rows
+
+    def model_score(self, record: RunRecord, model: str, fmt: str) -> float | None:
+        if fmt == "pytorch":
+            return self._metric(record, model)
+        return None  # an export's parity holds the task's parity metrics, not its test metric
+
+    def summary_entries(self, record: RunRecord) -> list[tuple[str, str, str, str]]:
+        entries = [(m, "pytorch", _num(self._metric(record, m)), "-") for m in MODELS if m in record.metrics]
+        for fmt, art in record.exports.items():
+            p = art.parity
+            entries.append(("student", fmt, "-", ("PASS" if p.passed else "FAIL") if p else "-"))
+        return entries
+
+    def markdown_sections(self, record: RunRecord) -> list[str]:
+        header, rows = self.metric_rows(record)
+        out = [f"## Test metrics ({record.task.name})", "", md_table(header, rows), ""]
+        if self.verdict(record):
+            out += [self.verdict(record), ""]
+        return out
+
+    def html_sections(self, record: RunRecord) -> list[str]:
+        import html
+
+        header, rows = self.metric_rows(record)
+        out = [f"<h2>Test metrics ({html.escape(record.task.name)})</h2>", html_table(header, rows)]
+        if self.verdict(record):
+            out.append(f"<p>{html.escape(self.verdict(record))}</p>")
+        return out
+
+    def terminal_lines(self, record: RunRecord) -> list[str]:
+        return [self.verdict(record)] if self.verdict(record) else []
