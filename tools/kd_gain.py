@@ -142,7 +142,7 @@ def fusion_rows(args) -> None:
     then the all-labels reference (the baseline trained on every label). Rows = models."""
     from distill_export.config import load_config
     from distill_export.distill import load_student, test_predictions, train_baseline
-    from distill_export.pipeline import _setup
+    from distill_export.launch import load_data
     from distill_export.significance import compare
 
     out = Path(args.out)
@@ -171,7 +171,7 @@ def fusion_rows(args) -> None:
                 row["val"]["self_training"] = rep["distill"]["self_training_control"]["student_training"]["best_val_accuracy"]
                 row["late_vs_control" if fusion == "late" else f"{fusion}_vs_control"] = \
                     rep["comparisons"]["student_vs_self_training"]
-                data, device = _setup(cfg)
+                data, device = load_data(cfg)
                 preds["baseline"] = test_predictions(load_student(run.file("baseline.pt"))[0], data, cfg.data.student_modality, device)
                 labels = data.test.labels.numpy()
                 label_fraction = cfg.data.label_fraction
@@ -185,7 +185,7 @@ def fusion_rows(args) -> None:
         # The all-labels reference: the same student, steps and init, every training label.
         t0 = time.perf_counter()
         cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": 1.0})
-        data, device = _setup(cfg)
+        data, device = load_data(cfg)
         ref, ref_info = train_baseline(cfg, data, device, quiet=True)
         preds["all_labels"] = test_predictions(ref, data, cfg.data.student_modality, device)
         row["all_labels"] = float((preds["all_labels"] == labels).mean())
