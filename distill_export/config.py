@@ -212,6 +212,18 @@ _SECONDS = (0.0, 86_400.0, True, True)  # keys ending in _s
 _NONEMPTY = {"validate.batch_sizes", "profile.batches", "profile.threads", "export.formats"}
 
 
+# ----- string choices -------------------------------------------------------------------------
+# The values a string key accepts (registries such as students, methods and formats check their
+# own names). The CLI's help texts read these.
+DEVICES = ("auto", "cpu", "cuda")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
+    "distill.augment": ("none", "shift"), "data.streaming": ("auto", "on", "off"),
+    "data.pin_memory": ("auto", "true", "false"), "distill.amp": ("bf16", "off"),
+    "teacher.fusion": ("concat", "late"),
+}
+
+
 def _range_for(key: str):
     name = key.rsplit(".", 1)[-1]
     if key in _RANGES:
@@ -220,6 +232,11 @@ def _range_for(key: str):
         if name == suffix or name.endswith("_" + suffix):
             return rng
     return _SECONDS if name.endswith("_s") else None
+
+
+def value_range(key: str) -> tuple | None:
+    """(low, high, low_inclusive, high_inclusive) of a numeric key, or None: what validation allows."""
+    return _range_for(key)
 
 
 def _interval(rng) -> str:
@@ -439,11 +456,7 @@ def validate_config(config: RunConfig) -> None:
     _check_task(config.task)
     if config.distill.teacher_view not in ("full", "student"):
         raise ConfigError(f"distill.teacher_view must be full or student, got {_show(config.distill.teacher_view)}")
-    choices = {"data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
-               "distill.augment": ("none", "shift"), "data.streaming": ("auto", "on", "off"),
-               "data.pin_memory": ("auto", "true", "false"), "distill.amp": ("bf16", "off"),
-               "teacher.fusion": ("concat", "late")}
-    for key, allowed in choices.items():
+    for key, allowed in CHOICES.items():
         value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_show(value)}")
@@ -451,8 +464,8 @@ def validate_config(config: RunConfig) -> None:
         raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
     if config.data.num_workers < 0 or config.data.stream_above_mb < 0:
         raise ConfigError("data.num_workers and data.stream_above_mb must be >= 0")
-    if config.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {_show(config.device)}")
+    if config.device not in DEVICES:
+        raise ConfigError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, got {_show(config.device)}")
     from distill_export.export.base import ExportOptions, parse_formats
 
     parse_formats(config.export.formats)  # an unknown format fails now, not after training

@@ -25,28 +25,6 @@ from distill_export.nets.students import SplitNet, create_student
 from distill_export.train import TrainSpec, predict, train_loop
 
 
-def check_student_fits(config, data: Dataset) -> None:
-    """A registry student must take the student modality's size (data.image_size): one forward
-    of two training rows in eval mode, or a one-line ConfigError before any training."""
-    from distill_export.errors import ConfigError
-
-    name = config.student.name
-    spec = data.modalities[config.data.student_modality]
-    if ":" in name or spec.kind not in ("image", "audio"):  # factories: model_checks.preflight checks them
-        return
-    x = data.train.inputs[config.data.student_modality][:2]
-    with torch.random.fork_rng(devices=[]), torch.no_grad():  # leaves the seeded RNG stream untouched
-        model = create_student(name, data.num_classes, in_channels=spec.shape[0],
-                               input_size=input_size(spec)).eval()
-        try:
-            model(x)
-        except RuntimeError as exc:
-            raise ConfigError(f"student {name} cannot take {config.data.student_modality} inputs of shape "
-                              f"{tuple(spec.shape)} (data.image_size={config.data.image_size}): "
-                              f"{str(exc).splitlines()[0][:160]}; use a larger data.image_size or another "
-                              "--student") from None
-
-
 def test_outputs(model: nn.Module, data: Dataset, modality: str, device) -> np.ndarray:
     """(N_test, K) the student's outputs on the test split (read once, at the end of a run)."""
     x = data.test.inputs[modality].to(device)

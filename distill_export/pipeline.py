@@ -14,6 +14,7 @@ from rich.console import Console
 
 from distill_export.config import RunConfig
 from distill_export.errors import ParityError
+from distill_export.launch import load_data
 from distill_export.rundir import RUN_STAGES, RunDir, records_stage
 
 console = Console(stderr=True)
@@ -25,33 +26,6 @@ def _timed(run: RunDir, stage: str):
     start = time.perf_counter()
     yield
     run.update_report(timings={stage: round(time.perf_counter() - start, 3)})
-
-
-def _setup(config: RunConfig):
-    from distill_export import distributed as ddp
-    from distill_export.data import load_dataset
-    from distill_export.device import resolve_device, seed_everything
-    from distill_export.tasks import get_task
-
-    # under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK, or the CPU)
-    if ddp.launched_by_torchrun() and not ddp.in_run_command():
-        from distill_export.errors import ConfigError
-
-        raise ConfigError("under torchrun only `distill-export run` trains in parallel; run the stage "
-                          "commands (train-teacher, distill, ...) in one process")
-    device = ddp.init_from_env(config.device) if ddp.launched_by_torchrun() else resolve_device(config.device)
-    seed_everything(config.seed)
-    data = load_dataset(config.data, config.seed, get_task(config.task).targets())
-    from distill_export.model_checks import preflight
-
-    preflight(config, data)  # a student/teacher that cannot fit the data fails before training
-    from distill_export.distill import check_student_fits
-
-    check_student_fits(config, data)  # e.g. a data.image_size too small for the student's strides
-    from distill_export.rounds import check_rounds_supported
-
-    check_rounds_supported(config, data)  # distill.rounds > 1 on streamed data or under torchrun
-    return data, device
 
 
 def task_info(task) -> dict:
@@ -83,7 +57,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
     from distill_export.train_teacher import evaluate_teacher, train_teacher
 
     if data is None:
-        data, device = _setup(config)
+        data, device = load_data(config)
     with _timed(run, "train_teacher"):
         if config.teacher.path:
             console.print(f"using teacher {config.teacher.path}")
@@ -217,7 +191,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     from distill_export.nets.model_io import load_teacher
 
     if data is None:
-        data, device = _setup(config)
+        data, device = load_data(config)
 
     teacher_path = _teacher_path(config, run)
     if not config.teacher.path:
@@ -308,7 +282,7 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
     student_path = run.require("student.pt", "distill")
     student, meta = load_student(student_path)  # a missing or corrupt checkpoint fails before the data loads
     if data is None:
-        data, device = _setup(config)
+        data, device = load_data(config)
     modality = config.data.student_modality
     with _timed(run, "export"):
         # Reference logits of the PyTorch student on the test split, on CPU in fp32:
@@ -432,45 +406,14 @@ def stage_report(run: RunDir) -> None:
     write_reports(run)
 
 
-def preflight(config: RunConfig) -> None:
-    """Cheap checks of what the user asked for, before any directory is made or model trained."""
-    from distill_export.device import resolve_device
-    from distill_export.errors import DataError
-    from distill_export.export import check_formats
-    from distill_export.nets.students import check_student_name
-
-    check_student_name(config.student.name)
-    from distill_export.rounds import check_rounds_config
-
-    check_rounds_config(config)  # e.g. rounds > 1 with augment: before any directory is made
-    from distill_export.speed import check_compile
-
-    check_compile(config, resolve_device(config.device))  # --device cuda without a GPU fails here
-    src = config.data.source
-    if src.endswith((".csv", ".jsonl")) and not Path(src).expanduser().is_file():
-        from distill_export.data.manifest import missing_manifest
-
-        raise DataError(missing_manifest(Path(src).expanduser()))
-    check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it
-    if config.teacher.path:
-        from distill_export.errors import CheckpointError
-        from distill_export.nets.external import is_export_program, is_factory
-
-        teacher = Path(config.teacher.path).expanduser()
-        if not is_factory(config.teacher.path) and not teacher.exists():
-            raise CheckpointError(f"teacher {config.teacher.path} does not exist")
-        if is_export_program(teacher):
-            from distill_export.nets.pt2_safety import check_pt2_archive
-
-            check_pt2_archive(teacher)  # a .pt2 that would unpickle code is refused before anything is made
-
-
 def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None,
             resume: bool = False) -> dict:
     """Every stage in order; raises ParityError (exit 1) after the report if a gate failed.
     resume: the stages recorded done (the run's first ones) are skipped and their artifacts
     reused; the first unfinished one continues from its training checkpoints; the rest run."""
-    preflight(config)  # fail before training, not after
+    from distill_export.preflight import check_config
+
+    check_config(config)  # fail before training, not after
     reused, todo = run.resume_plan() if resume else ([], list(RUN_STAGES))
     for stage in reused:  # killed between recording a stage and deleting its checkpoints
         run.drop_checkpoints(stage)
@@ -481,9 +424,9 @@ def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, devi
         run.save_config(config)
     start = time.perf_counter()
     if data is None and set(todo) & {"train_teacher", "distill", "export"}:
-        # the CLI loads and checks the data before it makes the run directory
+        # launch.start_run loads and checks the data before it makes the run directory
         with _timed(run, "data"):
-            data, device = _setup(config)
+            data, device = load_data(config)
     if "train_teacher" in todo:
         stage_train_teacher(config, run, quiet, data, device)
     if "distill" in todo:

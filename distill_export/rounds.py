@@ -23,39 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill_export.errors import ConfigError
-
-
-def check_rounds_config(config) -> None:
-    """What later rounds cannot serve, refused from the config alone (before a run directory is
-    made): they hand the student fixed logits from a product of classifiers."""
-    if config.distill.rounds == 1:
-        return
-    from distill_export.methods import teacher_needs
-
-    if "features" in teacher_needs(config.distill):
-        raise ConfigError("distill.rounds > 1: the teacher of later rounds is a product of classifiers with no "
-                          "feature layer to match; use terms that read teacher logits (kd, dist, pseudo_label, ...)")
-    if config.distill.augment != "none":
-        raise ConfigError("distill.rounds > 1 needs distill.augment=none (the targets of later rounds are fixed logits, "
-                          "computed once on the un-augmented rows)")
-    if config.distill.teacher_view != "full":
-        raise ConfigError("distill.rounds > 1 needs distill.teacher_view=full (the teachers of later rounds read "
-                          "the other modalities)")
-
-
-def check_rounds_supported(config, data) -> None:
-    """check_rounds_config, then what the data and processes allow: later rounds retrain experts
-    on in-memory tensors in one process."""
-    check_rounds_config(config)
-    if config.distill.rounds == 1:
-        return
-    from distill_export import distributed as ddp
-
-    if ddp.is_distributed() or data.info.get("streaming"):
-        raise ConfigError("distill.rounds > 1 trains in one process on in-memory data: use data.streaming=off "
-                          "and no --nproc/torchrun, or distill.rounds=1")
-
 
 @torch.no_grad()
 def student_logits(student, x: torch.Tensor, device) -> torch.Tensor:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from distill_export.config import RunConfig, config_from_dict
+from distill_export.config import RunConfig, config_from_dict, value_range
 from distill_export.errors import ConfigError
 from distill_export.files import ensure_writable_dir, write_json, write_text
 from distill_export.record import SCHEMA_VERSION, RunRecord
@@ -44,8 +44,9 @@ CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a 
 # The trainings each stage checkpoints (deleted when the stage is recorded done).
 STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),
                      "distill": ("student", "baseline", "control_teacher", "control_student",
-                                 # distill.rounds (1..10): each later round's student, pipeline._distill_rounds
-                                 *(f"{who}_round{r}" for who in ("student", "control_student") for r in range(2, 11)))}
+                                 # each later round's student (distill.rounds), pipeline._distill_rounds
+                                 *(f"{who}_round{r}" for who in ("student", "control_student")
+                                   for r in range(2, value_range("distill.rounds")[1] + 1)))}
 # What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
 _NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
          "distill": "`distill-export distill {run}`",

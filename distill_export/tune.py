@@ -79,7 +79,8 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
 
     from distill_export.distill import train_baseline, train_student
     from distill_export.methods import term_specs
-    from distill_export.pipeline import _setup, _teacher_path
+    from distill_export.launch import load_data
+    from distill_export.pipeline import _teacher_path
     from distill_export.teacher_cache import teacher_targets
     from distill_export.nets.model_io import load_teacher
 
@@ -89,7 +90,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     methods = candidate_methods(methods)
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
-    data, device = _setup(config)
+    data, device = load_data(config)
     teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights).to(device)
     modality = config.data.student_modality
     drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()

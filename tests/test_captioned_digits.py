@@ -170,12 +170,12 @@ def test_control_teacher_is_the_late_teachers_image_expert(tiny_manifest, tmp_pa
     image-only teacher; that is only fair if training one gives the very same weights."""
     from distill_export.config import load_config
     from distill_export.nets.checkpoint import load_checkpoint
-    from distill_export.pipeline import _setup
+    from distill_export.launch import load_data
     from distill_export.nets.model_io import save_expert_teacher
     from distill_export.train_teacher import train_teacher
 
     cfg = load_config("captioned_digits", None, {"data.source": str(tiny_manifest), "teacher.epochs": 2})
-    data, device = _setup(cfg)
+    data, device = load_data(cfg)
     train_teacher(cfg, data, device, tmp_path / "late.pt", quiet=True)
     train_teacher(cfg, data, device, tmp_path / "image_only.pt", quiet=True, modalities=["image"])
     info = save_expert_teacher(tmp_path / "late.pt", "image", tmp_path / "expert.pt")

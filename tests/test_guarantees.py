@@ -227,7 +227,7 @@ def test_run_with_a_failed_gate_writes_the_report_then_exits_1(tmp_path, monkeyp
 # Python parameter -> (command-line arguments, dotted config key, the value it must hold).
 # Values differ from the defaults and from each other, so a flag wired to another key shows.
 FLAGS = {
-    "out_dir": (["--out", "runs/flag-test"], "out", "runs/flag-test"),
+    "out": (["--out", "runs/flag-test"], "out", "runs/flag-test"),
     "student": (["--student", "mobilenet_v3_small"], "student.name", "mobilenet_v3_small"),
     "student_init": (["--student-init", "init.pt"], "student.init_weights", "init.pt"),
     "teacher": (["--teacher", "pkg.mod:make"], "teacher.path", "pkg.mod:make"),
@@ -240,7 +240,7 @@ FLAGS = {
     "alpha": (["--alpha", "0.3"], "distill.alpha", 0.3),
     "beta": (["--beta", "0.2"], "distill.beta", 0.2),
     "label_fraction": (["--label-fraction", "0.6"], "data.label_fraction", 0.6),
-    "formats": (["--format", "onnx,onnx-int8"], "export.formats", ["onnx", "onnx-int8"]),
+    "format": (["--format", "onnx,onnx-int8"], "export.formats", ["onnx", "onnx-int8"]),
     "data": (["--data", "m.csv"], "data.source", "m.csv"),
     "student_modality": (["--student-modality", "audio"], "data.student_modality", "audio"),
     "skip_bad_rows": (["--skip-bad-rows"], "data.skip_bad_rows", True),
@@ -255,17 +255,16 @@ FLAGS = {
     "calibration_method": (["--calibration-method", "entropy"], "export.calibration_method", "entropy"),
     "compile": (["--compile"], "distill.compile", True),
 }
-# Options that are not config keys (the config file, the recipe, progress bars, the run
-# directory to work in or to resume, the process count torchrun is launched with).
-# A new option must be added here or to FLAGS.
-NOT_CONFIG = {"config", "recipe", "quiet", "run_dir", "resume", "nproc"}
-CONFIG_COMMANDS = ("run", "train-teacher", "distill", "export")  # the commands that map flags via _overrides
+# The commands that map flags to config keys (cli/options.py FLAGS); options that set no config
+# key are declared in cli/options.py NOT_CONFIG (tests/test_cli_options.py checks both tables).
+CONFIG_COMMANDS = ("run", "train-teacher", "distill", "export")
 
 
 def _command_params() -> dict[str, list[str]]:
     import typer.main
 
     from distill_export.cli import app
+    from distill_export.cli.options import NOT_CONFIG
 
     group = typer.main.get_command(app)
     return {name: [p.name for p in group.commands[name].params if p.name not in NOT_CONFIG]
@@ -297,7 +296,7 @@ def _flattened(cfg) -> dict:
 
 @pytest.mark.parametrize("command,param", [(c, p) for c, ps in _command_params().items() for p in ps])
 def test_every_cli_flag_lands_on_its_config_key(command, param, monkeypatch, tmp_path):
-    from distill_export import pipeline
+    from distill_export import preflight
     from distill_export.cli import app
 
     default = load_config("avdigits", None, {})
@@ -307,7 +306,7 @@ def test_every_cli_flag_lands_on_its_config_key(command, param, monkeypatch, tmp
         seen["cfg"] = cfg
         raise _Stop()
 
-    monkeypatch.setattr(pipeline, "preflight", stop)  # run, train-teacher: right after the config is built
+    monkeypatch.setattr(preflight, "check_config", stop)  # run, train-teacher: right after the config is built
     stage_config = load_config("avdigits", None, {})
 
     class FakeRun:  # distill, export: the run directory's config, then the flags on it

@@ -196,7 +196,7 @@ def test_valid_config_with_aliases_still_loads(tmp_path):
 def _raise_in_preflight(monkeypatch, exc):
     def boom(config):
         raise exc
-    monkeypatch.setattr("distill_export.pipeline.preflight", boom)
+    monkeypatch.setattr("distill_export.preflight.check_config", boom)
 
 
 @pytest.mark.parametrize("exc,needle", [
@@ -521,7 +521,7 @@ def test_train_teacher_that_fails_leaves_no_folder(tmp_path, monkeypatch):
         raise ConfigError("teacher training failed")
 
     monkeypatch.setattr("distill_export.pipeline.stage_train_teacher", boom)
-    monkeypatch.setattr("distill_export.pipeline._setup", lambda config: (None, None))  # no data needed
+    monkeypatch.setattr("distill_export.launch.load_data", lambda config: (None, None))  # no data needed
     out = tmp_path / "r"
     assert "teacher training failed" in one_line_error(
         runner.invoke(app, ["train-teacher", "--out", str(out), "--quiet"]), 2)

@@ -62,9 +62,9 @@ def test_bad_new_values_are_named(key, value):
 
 
 def test_cli_flags_reach_the_config():
-    from distill_export.cli import _overrides
+    from distill_export.cli.options import overrides
 
-    got = _overrides(data="m.csv", student_modality="audio", skip_bad_rows=True, teacher="pkg.m:f",
+    got = overrides(data="m.csv", student_modality="audio", skip_bad_rows=True, teacher="pkg.m:f",
                      teacher_weights="w.safetensors", augment="shift")
     assert got == {"data.source": "m.csv", "data.student_modality": "audio", "data.skip_bad_rows": True,
                    "teacher.path": "pkg.m:f", "teacher.weights": "w.safetensors", "distill.augment": "shift"}

@@ -245,10 +245,10 @@ def test_resume_with_a_changed_config_file_names_the_keys(killed_run, tmp_path):
     line = one_line_error(runner.invoke(app, ["run", "--resume", str(killed_run), "--config", str(cfg)]))
     assert "2 keys" in line and "distill.epochs: run 3, given 4" in line and "distill.lr" in line
     # the same settings as a file are accepted (only the run's own config decides)
-    from distill_export.cli import _resume_config
+    from distill_export.launch import resume_config
 
     cfg.write_text(yaml.safe_dump({"teacher": {"epochs": 2}, "distill": {"epochs": 3}}))
-    rd, config = _resume_config(killed_run, None, cfg, {"epochs": 3})
+    rd, config = resume_config(killed_run, None, cfg, {"distill.epochs": 3})
     assert rd.path == killed_run and config.distill.epochs == 3
 
 

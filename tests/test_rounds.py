@@ -13,7 +13,8 @@ from distill_export.config import DataConfig, RunConfig, validate_config
 from distill_export.data import load_dataset
 from distill_export.errors import ConfigError
 from distill_export.nets.teacher import fit_temperature
-from distill_export.rounds import check_rounds_supported, next_round_targets, refit_expert
+from distill_export.preflight import check_rounds_supported
+from distill_export.rounds import next_round_targets, refit_expert
 
 CPU = torch.device("cpu")
 
@@ -118,9 +119,10 @@ def test_rounds_out_of_range_is_named(rounds):
 def test_the_rounds_flag_sets_the_config_and_is_checked(tmp_path):
     from typer.testing import CliRunner
 
-    from distill_export.cli import _load, app
+    from distill_export.cli import app
+    from distill_export.cli.options import load, overrides
 
-    assert _load(None, None, rounds=3).distill.rounds == 3
+    assert load(None, None, overrides(rounds=3)).distill.rounds == 3
     result = CliRunner().invoke(app, ["run", "--rounds", "0", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "distill.rounds must be in [1, 10], got 0" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()

@@ -3,7 +3,7 @@ pyyaml; no torch, no matplotlib) profiles and validates ONNX files.
 
 Always on: the CLI in a subprocess of this interpreter with torch and the other heavy
 packages made unimportable (a sitecustomize that raises ImportError for them), so any
-import path from cli.py that reaches torch fails the test. Slow: a real virtual
+import path from the CLI (distill_export/cli/) that reaches torch fails the test. Slow: a real virtual
 environment without torch, built from PyPI (skipped when the packages cannot be fetched)."""
 
 from __future__ import annotations

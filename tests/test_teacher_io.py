@@ -12,11 +12,11 @@ from _byo_fixtures import synthetic_dataset
 from distill_export.config import RunConfig
 from distill_export.errors import CheckpointError, ConfigError
 from distill_export.nets.checkpoint import save_checkpoint
-from distill_export.model_checks import preflight
 from distill_export.nets.external import ExternalTeacher, export_teacher_program, is_factory
 from distill_export.nets.model_io import load_teacher
 from distill_export.nets.students import create_student
 from distill_export.nets.teacher import FusionTeacher
+from distill_export.preflight import check_models
 from distill_export.train_teacher import teacher_kwargs
 
 ATOL = 1e-5  # fp32, same kernels: the program must compute what the module computes
@@ -151,12 +151,12 @@ def test_feature_distillation_needs_teacher_features(user_module, data):
     cfg.teacher.path = f"{user_module}:teacher"
     cfg.distill.beta = 0.5
     with pytest.raises(ConfigError, match="returns logits only.*--beta 0"):
-        preflight(cfg, data)
+        check_models(cfg, data)
     cfg.distill.beta = 0.0
-    preflight(cfg, data)  # fine without feature distillation
+    check_models(cfg, data)  # fine without feature distillation
     cfg.distill.terms = [{"name": "ce"}, {"name": "feature", "weight": 0.5}]  # the term listed explicitly
     with pytest.raises(ConfigError, match="returns logits only, so the feature term"):
-        preflight(cfg, data)
+        check_models(cfg, data)
 
 
 def test_factory_student(user_module, data):
@@ -165,11 +165,11 @@ def test_factory_student(user_module, data):
     assert logits.shape == (4, 3) and feats.shape == (4, 0)
     cfg = RunConfig()
     cfg.student.name = f"{user_module}:student"
-    preflight(cfg, data)
+    check_models(cfg, data)
     cfg.distill.beta = 1.0
     with pytest.raises(ConfigError, match="no forward_features, so the feature term"):
-        preflight(cfg, data)
+        check_models(cfg, data)
     cfg.distill.beta = 0.0
     cfg.student.name = "no_such_pkg:student"
     with pytest.raises(ConfigError, match="cannot import"):
-        preflight(cfg, data)
+        check_models(cfg, data)

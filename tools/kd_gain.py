@@ -142,8 +142,8 @@ def fusion_rows(args) -> None:
     then the all-labels reference (the baseline trained on every label). Rows = models."""
     from distill_export.config import load_config
     from distill_export.distill import test_outputs, train_baseline
+    from distill_export.launch import load_data
     from distill_export.nets.model_io import load_student
-    from distill_export.pipeline import _setup
     from distill_export.tasks.classification.significance import compare
 
     out = Path(args.out)
@@ -172,7 +172,7 @@ def fusion_rows(args) -> None:
                 row["val"]["self_training"] = rep["distill"]["self_training_control"]["student_training"]["best_val_accuracy"]
                 row["late_vs_control" if fusion == "late" else f"{fusion}_vs_control"] = \
                     rep["comparisons"]["student_vs_self_training"]
-                data, device = _setup(cfg)
+                data, device = load_data(cfg)
                 preds["baseline"] = test_outputs(load_student(run.file("baseline.pt"))[0], data, cfg.data.student_modality, device).argmax(1)
                 labels = data.test.labels.numpy()
                 label_fraction = cfg.data.label_fraction
@@ -186,7 +186,7 @@ def fusion_rows(args) -> None:
         # The all-labels reference: the same student, steps and init, every training label.
         t0 = time.perf_counter()
         cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": 1.0})
-        data, device = _setup(cfg)
+        data, device = load_data(cfg)
         ref, ref_info = train_baseline(cfg, data, device, quiet=True)
         preds["all_labels"] = test_outputs(ref, data, cfg.data.student_modality, device).argmax(1)
         row["all_labels"] = float((preds["all_labels"] == labels).mean())

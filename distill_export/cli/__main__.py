@@ -1,0 +1,7 @@
+"""`python -m distill_export.cli ...`, as the tests and tools run it."""
+
+import sys
+
+from distill_export.cli import main
+
+sys.exit(main())

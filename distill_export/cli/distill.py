@@ -1,0 +1,30 @@
+"""`distill-export distill RUN`: stage 2, the student and the labels-only baseline."""
+
+from __future__ import annotations
+
+import typer
+
+from distill_export.cli.guard import guarded, out
+from distill_export.cli.help import HelpCommand
+from distill_export.cli.options import Quiet, RunDirArg, config_flags
+
+app = typer.Typer()
+
+
+@app.command(cls=HelpCommand)
+@guarded
+@config_flags("distill")
+def distill(run_dir: RunDirArg, overrides: dict = None, quiet: Quiet = False):
+    """Stage 2: distill the student and train the labels-only baseline."""
+    from distill_export.launch import open_run
+    from distill_export.pipeline import stage_distill
+
+    rd, cfg = open_run(run_dir, overrides)
+    rd.require_stages(("train_teacher",), "distill")
+    with rd.transaction():  # a failure leaves the run directory exactly as it was
+        stage_distill(cfg, rd, quiet)
+        rd.save_config(cfg)  # only after success: config.yaml describes the artifacts beside it
+    report = rd.load_report()
+    out.print(f"student {100 * report['metrics']['student']['accuracy']:.1f}%, baseline "
+              f"{100 * report['metrics']['baseline']['accuracy']:.1f}%, kd_gain {100 * report['kd_gain']:+.1f} points "
+              f"({report.get('kd_verdict', '')})")

@@ -1,0 +1,161 @@
+"""The command-line options. Each option that sets a config key names it once, in FLAGS.
+
+A new flag for an existing config key is one line in FLAGS: its names, the key, the type, the
+help, and the commands that take it. `config_flags(command)` adds those options to a command
+and hands it `overrides` ({dotted key: value} of the flags given); limits and the values a key
+accepts are checked by config validation (config.py), never restated here. Help texts name
+their choices with placeholders filled from the registries (help.py).
+
+Options that set no config key are declared below FLAGS and listed in NOT_CONFIG.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+RUN, TEACHER, DISTILL, EXPORT = "run", "train-teacher", "distill", "export"
+TRAIN = (RUN, TEACHER, DISTILL)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line option that sets one config key."""
+
+    names: str  # the option's names, space-separated: "--temperature -T"
+    key: str  # the dotted config key it sets
+    type: type
+    help: str  # {placeholders} are filled from the registries (help.py)
+    commands: tuple[str, ...]  # the commands that take it
+    show_default: bool = True
+
+    @property
+    def param(self) -> str:
+        """The Python parameter name: the first long name, "--label-fraction" -> label_fraction."""
+        return self.names.split()[0].split("/")[0].lstrip("-").replace("-", "_")
+
+    def annotation(self):
+        option = typer.Option(*self.names.split(), help=self.help, show_default=self.show_default)
+        return Annotated[Optional[self.type], option]
+
+
+FLAGS = (
+    Flag("--out -o", "out", Path, "Run directory (default runs/<timestamp>).", (RUN, TEACHER)),
+    Flag("--student", "student.name", str, "Student architecture: {students}, or package.module:factory.",
+         (RUN, DISTILL)),
+    Flag("--student-init", "student.init_weights", Path, "Initial student weights: our checkpoint, or a local "
+         "torchvision or timm state_dict (.pt/.pth/.safetensors; timm's resnet18 and mobilenetv3_small_100). "
+         "A head of another class count is replaced.", (RUN, DISTILL)),
+    Flag("--teacher", "teacher.path", str, "A teacher to use instead of training one: our checkpoint (.pt), a "
+         "torch.export program (.pt2), or package.module:factory.", (RUN, TEACHER)),
+    Flag("--teacher-weights", "teacher.weights", Path, "Weights for a package.module:factory teacher (state_dict "
+         ".pt or .safetensors).", (RUN, TEACHER)),
+    Flag("--device", "device", str, "{devices}.", TRAIN),
+    Flag("--task", "task", str, "What the student predicts: {tasks} (tasks/; default classification).", TRAIN),
+    Flag("--seed", "seed", int, "Seed for initialisation, batching and which labels are kept.", TRAIN),
+    Flag("--epochs", "distill.epochs", int, "Epochs for the student and the baseline (same budget).", (RUN, DISTILL)),
+    Flag("--teacher-epochs", "teacher.epochs", int, "Epochs for the teacher.", (RUN, TEACHER)),
+    Flag("--teacher-fusion", "teacher.fusion", str, "How the teacher combines modalities: {fusions} (concat: one "
+         "MLP over the concatenated embeddings; late: a product of per-modality experts).", (RUN, TEACHER)),
+    Flag("--temperature -T", "distill.temperature", float, "KD temperature T > 0.", (RUN, DISTILL)),
+    Flag("--alpha", "distill.alpha", float, "Weight of the hard-label CE term, in [0, 1].", (RUN, DISTILL)),
+    Flag("--beta", "distill.beta", float, "Weight of feature distillation (0 = off).", (RUN, DISTILL)),
+    Flag("--method", "distill.method", str, "Distillation method (a preset of terms): {methods}. distill.terms "
+         "in --config lists terms explicitly.", (RUN, DISTILL)),
+    Flag("--augment", "distill.augment", str, "Student input augmentation: {choices} (shift: the teacher then "
+         "runs online; no teacher-output cache).", (RUN, DISTILL)),
+    Flag("--self-training-control/--no-self-training-control", "distill.self_training_control", bool,
+         "Also distill from an image-only teacher of the same size (what unlabeled rows give without the other "
+         "modality).", (RUN, DISTILL), show_default=False),
+    Flag("--rounds", "distill.rounds", int, "Distillation rounds: from round 2 the teacher is the previous student "
+         "times experts of the other modalities re-fitted on the rows it labeled (co-training).",
+         (RUN, DISTILL), show_default=False),
+    Flag("--compile", "distill.compile", bool, "torch.compile the student's training module (CUDA).", (RUN,),
+         show_default=False),
+    Flag("--label-fraction", "data.label_fraction", float, "Fraction of training labels kept; the rest are "
+         "unlabeled rows the student distills on.", (RUN, TEACHER)),
+    Flag("--data", "data.source", str, "avdigits (built-in demo) or a manifest .csv/.jsonl: one column per "
+         "modality, label, optional split.", (RUN, TEACHER)),
+    Flag("--student-modality", "data.student_modality", str, "The modality (manifest column) the student sees, "
+         "e.g. image.", (RUN, TEACHER)),
+    Flag("--skip-bad-rows", "data.skip_bad_rows", bool, "Skip manifest rows that fail validation instead of "
+         "stopping.", (RUN, TEACHER), show_default=False),
+    Flag("--format --formats", "export.formats", str, "Comma-separated export formats: {formats}.", (RUN, EXPORT)),
+    Flag("--opset", "export.opset", int, "ONNX opset for the export (>= {min_opset}).", (EXPORT,)),
+    Flag("--calibration-samples", "export.calibration_samples", int, "Training rows that calibrate INT8 "
+         "(default 256).", (EXPORT,)),
+    Flag("--calibration-method", "export.calibration_method", str, "INT8 calibration: {calibration_methods}.",
+         (EXPORT,)),
+)
+
+
+def flags_for(command: str) -> list[Flag]:
+    return [f for f in FLAGS if command in f.commands]
+
+
+def overrides(**params) -> dict[str, Any]:
+    """{config key: value} of the flags given, by parameter name; None means 'not given'."""
+    keys = {f.param: f.key for f in FLAGS}
+    return {keys[p]: (str(v) if isinstance(v, Path) else v) for p, v in params.items() if v is not None}
+
+
+def config_flags(command: str):
+    """Give the decorated command FLAGS' options for `command`, in place of its `overrides`
+    parameter, and call it with overrides={config key: value} of the flags given."""
+    flags = flags_for(command)
+
+    def decorate(fn):
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())
+        at = [p.name for p in own].index("overrides")
+        added = [inspect.Parameter(f.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=f.annotation())
+                 for f in flags]
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[at + 1:]]
+        params = own[:at] + added + rest
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            given = {f.param: kwargs.pop(f.param, None) for f in flags}
+            return fn(*args, overrides=overrides(**given), **kwargs)
+
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+def load(recipe: str | None, config_file: Path | None, flags: dict):
+    """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
+    from distill_export.config import load_config
+
+    return load_config(recipe or "avdigits", config_file, flags)
+
+
+# ----- options that set no config key ---------------------------------------------------------
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="Safe-YAML config; flags override it.")]
+Recipe = Annotated[Optional[str], typer.Option("--recipe", help="A shipped recipe by name: {recipes}.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Nproc = Annotated[Optional[int], typer.Option("--nproc", help="Train with N data-parallel processes on this machine (launches torchrun: one per GPU, or up to one per CPU core).")]
+Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run in this directory: finished stages are reused, training continues from its last epoch checkpoint. Flags and --config must match the run's config.yaml.")]
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory written by an earlier stage.")]
+Gate = Annotated[Optional[list[str]], typer.Option("--gate", help="Override a parity gate, NAME=VALUE (repeatable): {gates}.")]
+
+# Parameter names of the options above and of `tune` and `profile`, which read a run directory
+# or files rather than build a config. A new option goes into FLAGS or here.
+NOT_CONFIG = {
+    "config": "the config file itself", "recipe": "the recipe itself", "quiet": "progress bars",
+    "resume": "the run to resume", "nproc": "the process count torchrun is launched with",
+    "run_dir": "the run directory a stage works in", "gate": "validate.* keys by gate name (the run's task's gates)",
+    # tune: the search budget and where its YAML goes
+    "trials": "tune", "minutes": "tune", "methods": "tune", "out_file": "tune", "confirm_top": "tune",
+    "confirm_seeds": "tune",
+    # profile: files and run directories, measured with these settings
+    "targets": "profile", "target": "profile", "threads": "profile", "batch": "profile", "backend": "profile",
+    "device": "profile", "input_shape": "profile", "warmup": "profile", "min_time": "profile",
+    "min_iters": "profile", "out_dir": "profile",
+}

@@ -1,0 +1,60 @@
+"""`distill-export profile TARGET...`: stage 5, latency and throughput on a hardware target."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from distill_export.cli.guard import err, guarded, out
+from distill_export.cli.help import HelpCommand
+from distill_export.cli.options import Quiet
+
+app = typer.Typer()
+
+ProfileTargets = Annotated[list[Path], typer.Argument(metavar="TARGET", help="Run directories, .onnx files, TensorRT .engine files or checkpoints (.pt).", show_default=False)]
+TargetPreset = Annotated[Optional[str], typer.Option("--target", help="Hardware preset: {targets} (cpu-1t: one thread, like a small ARM core).")]
+Threads = Annotated[Optional[str], typer.Option("--threads", help="CPU thread counts to sweep, e.g. 1,2 (0 = all cores; default 1,2,4,all, capped at the core count).")]
+Batches = Annotated[Optional[str], typer.Option("--batch", help="Batch sizes to sweep (default 1,8,32,128).")]
+Backends = Annotated[Optional[str], typer.Option("--backend", help="Backends by name (default: by --target/--device): {backends}.")]
+Device = Annotated[Optional[str], typer.Option("--device", help="{devices}.")]
+InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Per-sample input shape for files that do not fix it, e.g. 1,28,28.")]
+Warmup = Annotated[Optional[float], typer.Option("--warmup", help="Warm-up seconds per model and cell (default 0.2).")]
+MinTime = Annotated[Optional[float], typer.Option("--min-time", help="Minimum timed seconds per model and cell (default 0.5).")]
+MinIters = Annotated[Optional[int], typer.Option("--min-iters", help="Minimum timed calls per model and cell (default 20).")]
+ProfileOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write profile.json, latency.csv and plots here (a lone run directory is updated in place).")]
+
+
+def _lone_run(targets: list[Path], out_dir: Path | None):
+    from distill_export.rundir import RunDir
+
+    if out_dir is None and len(targets) == 1 and Path(targets[0]).is_dir() and (Path(targets[0]) / "config.yaml").is_file():
+        return RunDir(Path(targets[0]))
+    return None
+
+
+@app.command(cls=HelpCommand)
+@guarded
+def profile(
+    targets: ProfileTargets, target: TargetPreset = None, threads: Threads = None, batch: Batches = None,
+    backend: Backends = None, device: Device = None, input_shape: InputShape = None, warmup: Warmup = None,
+    min_time: MinTime = None, min_iters: MinIters = None, out_dir: ProfileOut = None, quiet: Quiet = False,
+):
+    """Stage 5: latency and throughput of teacher and student on a hardware target, interleaved in one run."""
+    from distill_export.profiling.command import profile_command
+    from distill_export.report import print_latency
+
+    run = _lone_run(targets, out_dir)  # profiling one run directory updates it in place
+    with run.transaction() if run is not None else contextlib.nullcontext():
+        result, written = profile_command(
+            targets, preset=target, threads=threads, batches=batch, backends=backend, device=device,
+            input_shape=input_shape, warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, out=out_dir,
+            progress=None if quiet else err.log,
+        )
+        if run is not None:
+            run.mark_stage("profile")
+    print_latency({"latency": result.rows, "speedups": result.speedups, "profile": result.meta}, out)
+    if written:
+        out.print("written: " + ", ".join(str(p) for p in written), highlight=False)

@@ -1,0 +1,25 @@
+"""`distill-export report RUN`: stage 6, the reports from report.json."""
+
+from __future__ import annotations
+
+import typer
+
+from distill_export.cli.guard import guarded, out
+from distill_export.cli.help import HelpCommand
+from distill_export.cli.options import RunDirArg
+
+app = typer.Typer()
+
+
+@app.command(cls=HelpCommand)
+@guarded
+def report(run_dir: RunDirArg):
+    """Stage 6: write report.md, report.html and plots from report.json."""
+    from distill_export.pipeline import stage_report
+    from distill_export.rundir import RunDir
+
+    rd = RunDir.existing(run_dir)
+    rd.require_stages(None, "report")  # an unfinished run: name the missing stages, write nothing
+    with rd.transaction():
+        stage_report(rd)
+    out.print(f"report: {rd.file('report.md')}")

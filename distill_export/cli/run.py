@@ -1,0 +1,80 @@
+"""`distill-export run`: every stage in one command (also under torchrun, and --resume)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from distill_export.cli.guard import err, guarded, out
+from distill_export.cli.help import HelpCommand
+from distill_export.cli.options import ConfigFile, Nproc, Quiet, Recipe, Resume, config_flags, load
+from distill_export.errors import DistillExportError
+
+app = typer.Typer()
+
+
+@app.command(cls=HelpCommand)
+@guarded
+@config_flags("run")
+def run(config: ConfigFile = None, recipe: Recipe = None, overrides: dict = None, quiet: Quiet = False,
+        resume: Resume = None, nproc: Nproc = None):
+    """Every stage in one command: train the teacher, distill, export, validate, profile, report.
+
+    With no arguments it runs the built-in AV-Digits demo on the CPU, offline. `--resume RUN`
+    continues an interrupted run (SIGKILL, SIGTERM, Ctrl-C) where it stopped.
+    """
+    from distill_export import distributed as ddp
+    from distill_export import launch
+    from distill_export.pipeline import run_all
+
+    if nproc is not None and not ddp.launched_by_torchrun():
+        if resume is not None:
+            raise DistillExportError("--resume runs in one process: drop --nproc")
+        code = launch.relaunch_under_torchrun(nproc, load(recipe, config, overrides), sys.argv[1:])
+        if code:
+            raise typer.Exit(code)
+        return
+    if ddp.launched_by_torchrun():
+        if resume is not None:
+            raise DistillExportError("--resume runs in one process: resume without torchrun/--nproc")
+        cfg = load(recipe, config, overrides)
+        with launch.torchrun_rank(cfg) as (rd, data, device, main):
+            if main:
+                err.print(f"run directory: {rd.path} ({ddp.world()} processes, {ddp.backend_for(device.type)})")
+            with rd.lock():
+                report = run_all(cfg, rd, quiet or not main, data=data, device=device)
+            if main:
+                _print_report(rd, report)
+        ddp.exit_after_success()
+    if resume is not None:
+        rd, cfg = launch.resume_config(resume, recipe, config, overrides)
+        with rd.lock():  # a run still going in that directory is not resumed under its feet
+            err.print(rd.resume_summary(), highlight=False, soft_wrap=True, markup=False)
+            _summarised(rd, lambda: run_all(cfg, rd, quiet, resume=True))
+        return
+    cfg = load(recipe, config, overrides)
+    rd, data, device = launch.start_run(cfg)  # the config, folder and data are checked before it is made
+    err.print(f"run directory: {rd.path}")
+    with rd.lock():  # held while the run works: `run --resume` of it meanwhile is refused
+        _summarised(rd, lambda: run_all(cfg, rd, quiet, data=data, device=device))
+
+
+def _summarised(rd, stages) -> None:
+    """Run the stages; print the summary, also when a parity gate failed (then exit 1)."""
+    from distill_export.errors import ParityError
+    from distill_export.report import print_summary
+
+    try:
+        report = stages()
+    except ParityError:
+        print_summary(rd.load_report(), out)
+        raise
+    _print_report(rd, report)
+
+
+def _print_report(rd, report: dict) -> None:
+    from distill_export.report import print_summary
+
+    print_summary(report, out)
+    out.print(f"report: {rd.file('report.md')}  ({rd.file('report.html')})")

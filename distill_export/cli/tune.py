@@ -1,0 +1,53 @@
+"""`distill-export tune RUN`: search the distillation settings on the validation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from distill_export.cli.guard import guarded, out
+from distill_export.cli.help import HelpCommand
+from distill_export.cli.options import Quiet, RunDirArg
+
+app = typer.Typer()
+
+Trials = Annotated[int, typer.Option("--trials", help="Trials to run (budget).")]
+Minutes = Annotated[Optional[float], typer.Option("--minutes", help="Stop after this many minutes (budget).")]
+TuneMethods = Annotated[Optional[str], typer.Option("--methods", help="Comma-separated presets to search (default: every preset that uses the teacher): {methods}.")]
+TuneOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the best config (default RUN/tuned.yaml).")]
+ConfirmTop = Annotated[int, typer.Option("--confirm-top", help="Completed trials to re-train with fresh seeds after the search (best first).")]
+ConfirmSeeds = Annotated[int, typer.Option("--confirm-seeds", help="Fresh training seeds for each confirmed trial and the labels-only baseline; the objective is chosen by its mean. 0: off (the best trial's own score decides).")]
+
+
+@app.command(cls=HelpCommand)
+@guarded
+def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, methods: TuneMethods = None,
+         out_file: TuneOut = None, confirm_top: ConfirmTop = 3, confirm_seeds: ConfirmSeeds = 3, quiet: Quiet = False):
+    """Search the distillation method, weights, T and thresholds on the validation split (Optuna),
+    then re-train the top trials and the labels-only baseline with fresh seeds and choose by the mean.
+
+    Writes the choice as YAML for `distill-export run --config` (labels only where no objective is
+    confirmed above the baseline); the test split is not read.
+    """
+    from distill_export.confirm import ConfirmSpec
+    from distill_export.launch import open_run
+    from distill_export.tune import TuneBudget, tune as run_tune
+
+    budget = TuneBudget(trials, minutes)
+    budget.check()  # a bad budget fails before the data loads
+    confirm_spec = ConfirmSpec(confirm_top, confirm_seeds)
+    confirm_spec.check()
+    rd, cfg = open_run(run_dir)
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    path = out_file or rd.file("tuned.yaml")
+    summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec)
+    best = summary["best"]
+    out.print(f"best of {summary['completed']} trials ({summary['pruned']} pruned, {summary['seconds']:.0f} s): "
+              f"{best['method']}, validation accuracy {100 * best['val_accuracy']:.1f}%")
+    if summary["confirmation"] is not None:
+        out.print(f"confirmation ({summary['confirm_seconds']:.0f} s): {summary['decision']['line']}", highlight=False)
+    else:
+        out.print(summary["decision"]["line"], highlight=False)
+    out.print(f"config: {path}  (use: distill-export run --config {path})", highlight=False)

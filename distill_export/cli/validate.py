@@ -1,0 +1,35 @@
+"""`distill-export validate RUN`: stage 4, parity of every export; exit 1 if a gate fails."""
+
+from __future__ import annotations
+
+import typer
+
+from distill_export.cli.guard import guarded, out
+from distill_export.cli.help import HelpCommand
+from distill_export.cli.options import Gate, Quiet, RunDirArg
+
+app = typer.Typer()
+
+
+@app.command(cls=HelpCommand)
+@guarded
+def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
+    """Stage 4: parity of every export against the PyTorch student; exit 1 if a gate fails."""
+    from distill_export.config import apply_overrides
+    from distill_export.errors import ParityError
+    from distill_export.launch import open_run
+    from distill_export.pipeline import stage_validate
+    from distill_export.report import print_parity
+    from distill_export.validate import failed_gates, parse_gate_flags, print_gates
+
+    rd, cfg = open_run(run_dir)
+    from distill_export.tasks import get_task
+
+    apply_overrides(cfg, parse_gate_flags(gate, get_task(cfg.task)), "--gate")
+    rd.require_stages(("export",), "validate")
+    with rd.transaction():
+        results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure
+    print_parity(rd.load_report(), out)
+    print_gates(results, out)
+    if failed := failed_gates(results):
+        raise ParityError(f"parity gates failed: {'; '.join(failed)}")

@@ -1,0 +1,152 @@
+"""Starting a run: everything between a built config and the first stage.
+
+    load_data(config)          the process's device and seed, the data, preflight.check_data
+    start_run(config, stages)  preflight.check_config -> check_free -> load_data -> RunDir.create:
+                               whatever can refuse the config does so before the run directory exists
+    open_run(run_dir, ...)     a run directory an earlier stage wrote, with flags applied to its config
+    resume_config(run_dir,...) the run to resume; flags or --config that change it are refused
+    relaunch_under_torchrun / torchrun_rank   --nproc N: the command again under torchrun, and one rank of it
+
+The command line (cli/) parses options and calls these; pipeline.py's stages call load_data when
+they run alone.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from distill_export.config import RunConfig
+from distill_export.errors import ConfigError, DistillExportError
+from distill_export.rundir import RUN_STAGES, RunDir
+
+
+def load_data(config: RunConfig):
+    """(data, device) for this process: under torchrun it joins the process group and gets
+    cuda:LOCAL_RANK (or the CPU); the data is checked against the student and teacher."""
+    from distill_export import distributed as ddp
+    from distill_export.data import load_dataset
+    from distill_export.device import resolve_device, seed_everything
+    from distill_export.preflight import check_data
+    from distill_export.tasks import get_task
+
+    if ddp.launched_by_torchrun() and not ddp.in_run_command():
+        raise ConfigError("under torchrun only `distill-export run` trains in parallel; run the stage "
+                          "commands (train-teacher, distill, ...) in one process")
+    device = ddp.init_from_env(config.device) if ddp.launched_by_torchrun() else resolve_device(config.device)
+    seed_everything(config.seed)
+    data = load_dataset(config.data, config.seed, get_task(config.task).targets())  # the task reads the labels
+    check_data(config, data)
+    return data, device
+
+
+def start_run(config: RunConfig, stages: tuple[str, ...] = RUN_STAGES):
+    """(run, data, device) of a new run directory at config.out, made only once the config, the
+    folder (a folder of the user's files or a run is refused) and the data have passed their
+    checks; RunDir.create is an atomic claim, one run per folder. A run of every stage records
+    how long the data took to load (report.json timings.data)."""
+    from distill_export.preflight import check_config
+    from distill_export.rundir import check_free
+
+    check_config(config)
+    check_free(config.out)  # before the data loads
+    started = time.perf_counter()
+    data, device = load_data(config)
+    loaded_s = round(time.perf_counter() - started, 3)
+    run = RunDir.create(config.out, fresh=True, stages=stages)
+    if tuple(stages) == RUN_STAGES:
+        run.update_report(timings={"data": loaded_s})
+    return run, data, device
+
+
+def open_run(run_dir: Path, overrides: dict | None = None):
+    """(run, config) of a run directory an earlier stage wrote, `overrides` (dotted keys) applied."""
+    from distill_export.config import apply_overrides, validate_config
+
+    run = RunDir.existing(run_dir)
+    config = run.load_config()
+    apply_overrides(config, overrides or {}, "flags")
+    validate_config(config)
+    return run, config
+
+
+def differences(saved, wanted, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (`out` is where, not what)."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        keys = [k for k in dict.fromkeys([*saved, *wanted]) if not (prefix == "" and k == "out")]
+        return [d for k in keys for d in differences(saved.get(k), wanted.get(k), f"{prefix}{k}.")]
+    if saved == wanted or (isinstance(saved, (list, tuple)) and isinstance(wanted, (list, tuple))
+                           and list(saved) == list(wanted)):
+        return []
+    return [prefix[:-1]]
+
+
+def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dict):
+    """(run, config) of the run to resume; overrides (dotted keys) or a config file that change
+    its config.yaml are refused, naming the keys."""
+    from distill_export.config import _show, apply_overrides, config_from_dict, load_config, validate_config
+
+    if overrides.get("out") is not None:
+        raise DistillExportError("--resume continues the run in its own directory; drop --out")
+    run = RunDir.resumable(run_dir)
+    saved = run.load_config()
+    if recipe or config_file:  # a whole config: compare all of it
+        wanted = load_config(recipe or "avdigits", config_file, overrides)
+    else:  # flags only: they must agree with the run's values
+        wanted = apply_overrides(config_from_dict(saved.to_dict()), overrides, "flags")
+        validate_config(wanted)
+    a, b = saved.to_dict(), wanted.to_dict()
+    diff = differences(a, b)
+    if diff:
+        def value(d, key):
+            for part in key.split("."):
+                d = d.get(part) if isinstance(d, dict) else None
+            return _show(d, 40)
+
+        shown = "; ".join(f"{k}: run {value(a, k)}, given {value(b, k)}" for k in diff[:6])
+        more = f"; and {len(diff) - 6} more" if len(diff) > 6 else ""
+        raise DistillExportError(f"--resume {run_dir}: the config differs from the run's config.yaml in "
+                                 f"{len(diff)} key{'s' * (len(diff) > 1)} ({shown}{more}); resume without "
+                                 "them, or start a new run with `--out NEW`")
+    return run, saved
+
+
+# ----- --nproc: data-parallel training under torchrun ---------------------------------------------
+
+
+def relaunch_under_torchrun(nproc: int, config: RunConfig, argv: list[str]) -> int:
+    """Run this command line again under torchrun with nproc processes (argv without --nproc:
+    the children are the ranks); its exit code."""
+    from distill_export import distributed as ddp
+
+    ddp.check_nproc(nproc, config.device)
+    at = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+    argv = argv[:at] + argv[at + (1 if "=" in argv[at] else 2):]  # torchrun's children run without it
+    return ddp.launch_torchrun(nproc, argv)
+
+
+@contextmanager
+def torchrun_rank(config: RunConfig):
+    """One process of `torchrun -m distill_export run ...`: yields (run, data, device, is_main).
+    Rank 0 is the run (its directory, its report, export/validate/profile); the other ranks
+    train their shards beside it in a scratch directory that is deleted afterwards (every
+    collective is inside the training stages). Leaves the process group on the way out."""
+    import os
+    import shutil
+    import tempfile
+
+    from distill_export import distributed as ddp
+
+    ddp.enter_run_command()
+    main = int(os.environ["RANK"]) == 0
+    scratch = None if main else tempfile.mkdtemp(prefix=f"distill-export-rank{os.environ['RANK']}-")
+    if scratch is not None:
+        config.out = str(Path(scratch) / "run")
+    try:
+        run, data, device = start_run(config)  # joins the process group (distributed.init_from_env)
+        yield run, data, device, main
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        ddp.shutdown()

@@ -1,0 +1,160 @@
+"""Can this config run? Every check that refuses a config before training, in one place.
+
+    check_config(config)      before any directory is made or the data loads: names, files,
+                              devices, formats, what distillation rounds cannot serve
+    check_data(config, data)  after the data loads, before the run directory is made: the
+                              student and teacher against the data's modalities and shapes
+
+Both raise one-line typed errors (ConfigError, DataError, CheckpointError, ...). Helpers that
+stage code also uses stay beside it (nets.students.check_student_name, speed.check_compile,
+export.check_formats, nets.pt2_safety.check_pt2_archive); this module calls them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from distill_export.errors import ConfigError
+
+
+def check_config(config) -> None:
+    """Cheap checks of what the user asked for, before any directory is made or model trained."""
+    from distill_export.device import resolve_device
+    from distill_export.errors import DataError
+    from distill_export.export import check_formats
+    from distill_export.nets.students import check_student_name
+    from distill_export.speed import check_compile
+
+    check_student_name(config.student.name)
+    check_rounds_config(config)  # e.g. rounds > 1 with augment: before any directory is made
+    check_compile(config, resolve_device(config.device))  # --device cuda without a GPU fails here
+    src = config.data.source
+    if src.endswith((".csv", ".jsonl")) and not Path(src).expanduser().is_file():
+        from distill_export.data.manifest import missing_manifest
+
+        raise DataError(missing_manifest(Path(src).expanduser()))
+    check_formats(config.export.formats)  # e.g. TensorRT asked for on a machine without it
+    if config.teacher.path:
+        from distill_export.errors import CheckpointError
+        from distill_export.nets.external import is_export_program, is_factory
+
+        teacher = Path(config.teacher.path).expanduser()
+        if not is_factory(config.teacher.path) and not teacher.exists():
+            raise CheckpointError(f"teacher {config.teacher.path} does not exist")
+        if is_export_program(teacher):
+            from distill_export.nets.pt2_safety import check_pt2_archive
+
+            check_pt2_archive(teacher)  # a .pt2 that would unpickle code is refused before anything is made
+
+
+def check_data(config, data) -> None:
+    """The student and teacher against the loaded data, before anything trains."""
+    check_models(config, data)  # a student/teacher that cannot fit the data fails before training
+    check_student_fits(config, data)  # e.g. a data.image_size too small for the student's strides
+    check_rounds_supported(config, data)  # distill.rounds > 1 on streamed data or under torchrun
+
+
+# ----- the student and the teacher against the data ------------------------------------------
+
+
+def check_models(config, data) -> None:
+    """Fail on a student or teacher that cannot work with this data before anything trains."""
+    from distill_export.methods import teacher_needs
+    from distill_export.nets.external import is_factory
+    from distill_export.nets.students import create_student
+
+    modality = config.data.student_modality
+    spec = data.modalities[modality]
+    name = config.student.name
+    if spec.kind in ("text", "vector") and not is_factory(name):
+        raise ConfigError(f"student modality {modality!r} is {spec.kind}; the built-in students take images or "
+                          f"spectrograms: pass --student package.module:factory for a {spec.kind} student")
+    if config.distill.augment != "none" and spec.kind not in ("image", "audio"):
+        raise ConfigError(f"distill.augment={config.distill.augment} shifts images/spectrograms, not {spec.kind}")
+    # A term that needs features (the feature term, --beta > 0 or in distill.terms).
+    wants_features = "features" in teacher_needs(config.distill)
+    if is_factory(name):
+        student = create_student(name, data.num_classes, in_channels=spec.shape[0]).eval()  # a factory: no input_size
+        x = data.train.inputs[modality][:2]
+        try:
+            with torch.no_grad():
+                feats, logits = student.forward_features(x)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"student {name} fails on a batch of {modality} {tuple(x.shape)}: {str(exc)[:200]}") from None
+        if logits.ndim != 2 or logits.shape[1] != data.num_classes:
+            raise ConfigError(f"student {name} returns logits of shape {tuple(logits.shape)}; the data has "
+                              f"{data.num_classes} classes")
+        if wants_features and feats.shape[1] == 0:
+            raise ConfigError(f"student {name} has no forward_features, so the feature term "
+                              "cannot work: set --beta 0 (or drop the feature term)")
+    if config.student.init_weights:  # a --student-init file that does not fit fails now, not after the teacher
+        from distill_export.nets.model_io import new_student
+
+        new_student(config, data)
+    if config.teacher.path:
+        from distill_export.nets.model_io import load_teacher
+
+        teacher = load_teacher(config.teacher.path, data, weights=config.teacher.weights)
+        if wants_features and getattr(teacher, "has_features", True) is False:
+            raise ConfigError(f"teacher {config.teacher.path} returns logits only, so the feature term "
+                              "cannot work: set --beta 0 (or drop the feature term), or return "
+                              "(features, logits) from the teacher")
+
+
+def check_student_fits(config, data) -> None:
+    """A registry student must take the student modality's size (data.image_size): one forward
+    of two training rows in eval mode, or a one-line ConfigError before any training."""
+    from distill_export.nets.model_io import input_size
+    from distill_export.nets.students import create_student
+
+    name = config.student.name
+    spec = data.modalities[config.data.student_modality]
+    if ":" in name or spec.kind not in ("image", "audio"):  # factories: check_models checks them
+        return
+    x = data.train.inputs[config.data.student_modality][:2]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # leaves the seeded RNG stream untouched
+        model = create_student(name, data.num_classes, in_channels=spec.shape[0],
+                               input_size=input_size(spec)).eval()
+        try:
+            model(x)
+        except RuntimeError as exc:
+            raise ConfigError(f"student {name} cannot take {config.data.student_modality} inputs of shape "
+                              f"{tuple(spec.shape)} (data.image_size={config.data.image_size}): "
+                              f"{str(exc).splitlines()[0][:160]}; use a larger data.image_size or another "
+                              "--student") from None
+
+
+# ----- distillation rounds (rounds.py) ---------------------------------------------------------
+
+
+def check_rounds_config(config) -> None:
+    """What later rounds cannot serve, refused from the config alone (before a run directory is
+    made): they hand the student fixed logits from a product of classifiers."""
+    if config.distill.rounds == 1:
+        return
+    from distill_export.methods import teacher_needs
+
+    if "features" in teacher_needs(config.distill):
+        raise ConfigError("distill.rounds > 1: the teacher of later rounds is a product of classifiers with no "
+                          "feature layer to match; use terms that read teacher logits (kd, dist, pseudo_label, ...)")
+    if config.distill.augment != "none":
+        raise ConfigError("distill.rounds > 1 needs distill.augment=none (the targets of later rounds are fixed logits, "
+                          "computed once on the un-augmented rows)")
+    if config.distill.teacher_view != "full":
+        raise ConfigError("distill.rounds > 1 needs distill.teacher_view=full (the teachers of later rounds read "
+                          "the other modalities)")
+
+
+def check_rounds_supported(config, data) -> None:
+    """check_rounds_config, then what the data and processes allow: later rounds retrain experts
+    on in-memory tensors in one process."""
+    check_rounds_config(config)
+    if config.distill.rounds == 1:
+        return
+    from distill_export import distributed as ddp
+
+    if ddp.is_distributed() or data.info.get("streaming"):
+        raise ConfigError("distill.rounds > 1 trains in one process on in-memory data: use data.streaming=off "
+                          "and no --nproc/torchrun, or distill.rounds=1")
