@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from _cli_checks import one_line_error, snapshot
 from distill_export.cli import app
-from distill_export.config import RunConfig, check_numbers, load_config
+from distill_export.config import RunConfig, load_config
+from distill_export.config_checks import check_numbers
 from distill_export.errors import ConfigError
 
 runner = CliRunner()
