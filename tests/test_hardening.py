@@ -342,7 +342,7 @@ def test_audio_limits_at_the_edges_and_configurable(tmp_path):
     from types import SimpleNamespace
 
     from distill_export.data.audio import read_wav
-    from distill_export.data.manifest import _Decoder
+    from distill_export.data.manifest_decode import Decoder
     from distill_export.errors import DataError
 
     assert read_wav(_wav(tmp_path / "lo.wav", 1000, 0.1))[1] == 1000
@@ -351,10 +351,10 @@ def test_audio_limits_at_the_edges_and_configurable(tmp_path):
     assert len(read_wav(ten)[0]) == 80_000
     with pytest.raises(DataError, match="more than the 5 s limit"):
         read_wav(ten, max_seconds=5)
-    strict = _Decoder("audio", "audio", SimpleNamespace(max_audio_seconds=5.0), tmp_path)
+    strict = Decoder("audio", "audio", SimpleNamespace(max_audio_seconds=5.0), tmp_path)
     with pytest.raises(DataError, match="5 s limit"):
         strict.decode("ten.wav")
-    assert _Decoder("audio", "audio", SimpleNamespace(), tmp_path).decode("ten.wav").shape[0] == 1
+    assert Decoder("audio", "audio", SimpleNamespace(), tmp_path).decode("ten.wav").shape[0] == 1
 
 
 def test_manifest_path_too_long_names_the_row(tmp_path):
