@@ -41,6 +41,16 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def torch_save(obj, path: str | Path) -> None:
+    """torch.save(obj) to `path` atomically, through an open file: torch then names the zip's
+    record folder "archive" instead of after the (random) temporary file, so the same object
+    always gives the same bytes. Files saved by path before load the same (any folder name)."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from distill_export.config import RunConfig, config_from_dict, value_range
+from distill_export.config import RunConfig, config_from_dict
+from distill_export.config_checks import value_range
 from distill_export.errors import ConfigError
 from distill_export.files import ensure_writable_dir, write_json, write_text
 from distill_export.record import SCHEMA_VERSION, RunRecord

@@ -227,10 +227,9 @@ def train_loop(
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    from distill_export.files import atomic_path
+    from distill_export.files import torch_save
 
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torch_save(state, path)  # same state, same bytes
 
 
 def checkpoint_progress(path: Path) -> tuple[int, int] | None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+# A YAML alias bomb: nine aliases of nine, nested eight deep (9**9 strings once expanded).
+BILLION_LAUGHS = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+
 
 def one_line_error(result, code: int = 2) -> str:
     """The CLI exited with `code`, printed exactly one non-empty line and no traceback."""

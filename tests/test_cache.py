@@ -178,15 +178,18 @@ def _save_teacher(net, kwargs, path):
 
 
 def test_same_teacher_saved_twice_keeps_the_key_and_a_changed_weight_misses(tmp_path):
-    """torch.save names the archive's record folder after the (temporary) file it writes: the key
-    hashes the members' content, so two saves of one teacher share a cache; one changed weight
-    does not, and the miss names the teacher."""
+    """torch.save by path names the archive's record folder after the file it writes (as
+    checkpoints saved before did): the key hashes the members' content, so two saves of one
+    teacher share a cache; one changed weight does not, and the miss names the teacher."""
+    from distill_export.nets.checkpoint import load_checkpoint
     from distill_export.nets.external import teacher_identity
 
     data = synthetic_dataset()
     net, kwargs = _fusion_teacher(data)
     a = _save_teacher(net, kwargs, tmp_path / "a.pt")
-    b = _save_teacher(net, kwargs, tmp_path / "sub" / "teacher_copy.pt")
+    b = tmp_path / "sub" / "teacher_copy.pt"
+    b.parent.mkdir()
+    torch.save(load_checkpoint(a), b)  # saved by path: its record folder is "teacher_copy"
     assert a.read_bytes() != b.read_bytes()  # the file bytes differ (record names)...
     assert teacher_identity(a) == teacher_identity(b)  # ...the key does not
 

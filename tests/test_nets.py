@@ -70,3 +70,28 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(path)
+
+
+def test_same_model_saved_twice_gives_the_same_bytes_and_old_files_still_load(tmp_path):
+    """torch.save through an open file names the zip's record folder "archive"; saved by path it
+    was named after the random temporary file, so two identical trainings gave different files."""
+    from distill_export.files import torch_archive_hash
+    from distill_export.train import _save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_student("tiny_cnn", 10)
+    args = ("student", "tiny_cnn", {"num_classes": 10, "in_channels": 1}, {"k": "v"})
+    a, b = tmp_path / "a" / "student.pt", tmp_path / "b" / "other.pt"
+    save_checkpoint(a, net, *args)
+    save_checkpoint(b, net, *args)
+    assert a.read_bytes() == b.read_bytes()
+    _save_checkpoint(tmp_path / "t1.pt", {"models": [net.state_dict()], "epoch": 1})
+    _save_checkpoint(tmp_path / "t2.pt", {"models": [net.state_dict()], "epoch": 1})
+    assert (tmp_path / "t1.pt").read_bytes() == (tmp_path / "t2.pt").read_bytes()
+
+    old = tmp_path / "old.pt"  # a checkpoint saved by path, as before: its own record folder name
+    torch.save(load_checkpoint(a), old)
+    assert old.read_bytes() != a.read_bytes()
+    assert torch_archive_hash(old) == torch_archive_hash(a)
+    payload = load_checkpoint(old, kind="student")
+    assert all(torch.equal(x, y) for x, y in zip(payload["state_dict"].values(), net.state_dict().values()))

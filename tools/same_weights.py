@@ -2,9 +2,9 @@
 
     python tools/same_weights.py runs/a/student.pt runs/b/student.pt
 
-Checkpoint files written before this tool existed carry their temporary file's name inside
-the zip archive, so two identical trainings gave files with different bytes; this compares
-what was saved, not the archive. Exit 0 when identical, 1 otherwise (the differing keys listed).
+Checkpoints saved by path (before files.torch_save) carry their temporary file's name inside
+the zip archive, so two identical trainings gave files with different bytes; new ones are
+bit-identical. This compares what was saved, not the archive, so it works for both. Exit 0 when identical, 1 otherwise (the differing keys listed).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def _min_opset():
 
 
 def _devices():
-    from distill_export.config import DEVICES
+    from distill_export.config_checks import DEVICES
 
     return DEVICES
 
@@ -97,10 +97,10 @@ _PLACEHOLDER = re.compile(r"\{(%s)\}" % "|".join([*CHOICES, "choices"]))
 
 def fill(text: str, key: str | None = None) -> str:
     """`text` with each {placeholder} replaced by its registry's names, comma-separated;
-    {choices}: the values config validation accepts for `key` (config.CHOICES)."""
+    {choices}: the values config validation accepts for `key` (config_checks.CHOICES)."""
     def names(match) -> str:
         if match.group(1) == "choices":
-            from distill_export.config import CHOICES as ACCEPTED
+            from distill_export.config_checks import CHOICES as ACCEPTED
 
             return ", ".join(ACCEPTED[key])
         try:

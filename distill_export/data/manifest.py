@@ -5,6 +5,7 @@ Columns: one per modality (an image path, a WAV path, or the text itself), `labe
 (train/val/test; without it the labeled rows are split 80/10/10 per class with the seed).
 `id` is ignored. Paths are relative to the manifest's folder. A column's kind comes from
 its name (image, audio, text, or name_kind / kind_name), else from its file extensions.
+Reading and checking rows: manifest_rows.py; decoding cells and streaming: manifest_decode.py.
 
 Every row is read and checked before any training: bad rows are listed as file:line and
 the run fails (DataError, exit 2), or they are skipped with data.skip_bad_rows.
@@ -12,44 +13,22 @@ the run fails (DataError, exit 2), or they are skipped with data.skip_bad_rows.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from distill_export.data.audio import DEMO_AUDIO_SPEC
 from distill_export.data.dataset import Dataset, ModalitySpec, Split, keep_label_fraction, labeled_rows
 from distill_export.data.targets import CategoricalTargets, TargetCodec
 from distill_export.data import loaders
+from distill_export.data.manifest_decode import Decoder, choose_streaming, scan_train_rows, streamed_split
+from distill_export.data.manifest_rows import (SPLITS, Problem, Row, check_cells, console, draw_splits, read_rows,
+                                               report_problems)
 from distill_export.errors import DataError
 
-RESERVED = ("label", "split", "id")
-SPLITS = ("train", "val", "test")
-HELD_OUT_FRACTION = {"val": 0.1, "test": 0.1}  # per class, when there is no split column
-_EXTRA = "\0extra"  # DictReader's key for fields beyond the header
 LAYOUTS = {"image": "NCHW", "audio": "NCHW", "text": "NL", "vector": "NC"}
-
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-@dataclass
-class Row:
-    line: int
-    cells: dict[str, str]  # modality column -> path or text, stripped
-    label: str | None  # None: unlabeled
-    split: str | None  # None: drawn with the seed
-    values: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> decoded array
-
-
-@dataclass
-class Problem:
-    line: int
-    message: str
 
 
 class ManifestError(DataError):
@@ -90,168 +69,7 @@ def missing_manifest(path: str | Path) -> str:
     return f"manifest {path} does not exist"
 
 
-# ----- parsing -------------------------------------------------------------------------------
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
-
-
-def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, dict]]]:
-    records = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, restkey=_EXTRA)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if len(set(columns)) != len(columns):
-            raise DataError(f"{path}:1: duplicate column names in the header: {columns}")
-        reader.fieldnames = columns
-        for rec in reader:
-            line = reader.line_num
-            if _EXTRA in rec:
-                n = len(columns) + len(rec[_EXTRA])
-                problems.append(Problem(line, f"{n} fields, the header has {len(columns)}"))
-                continue
-            if any(v is None for v in rec.values()):
-                problems.append(Problem(line, f"fewer fields than the header's {len(columns)}"))
-                continue
-            records.append((line, rec))
-    return columns, records
-
-
-def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, dict]]]:
-    records, columns = [], {}
-    with open(path, encoding="utf-8-sig") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(line, f"not valid JSON: {exc.msg}"))
-                continue
-            if not isinstance(rec, dict):
-                problems.append(Problem(line, "not a JSON object"))
-                continue
-            columns.update(dict.fromkeys(rec))
-            records.append((line, rec))
-    return list(columns), records
-
-
-def read_rows(path: Path) -> tuple[list[str], list[str], list[Row], list[Problem]]:
-    """Parse the manifest: (modality columns, all columns, rows, format problems)."""
-    problems: list[Problem] = []
-    try:
-        reader = _read_jsonl if path.suffix.lower() == ".jsonl" else _read_csv
-        columns, records = reader(path, problems)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read manifest {path}: {exc}") from None
-    if "label" not in columns:
-        raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(columns) or 'none'})")
-    modalities = [c for c in columns if c not in RESERVED]
-    if not modalities:
-        raise DataError(f"manifest {path} has no modality column, only {', '.join(columns)}")
-    rows = []
-    for line, rec in records:
-        label = _cell(rec.get("label"))
-        split = _cell(rec.get("split")).lower() if "split" in columns else None
-        rows.append(Row(line, {m: _cell(rec.get(m)) for m in modalities}, label or None, split))
-    return modalities, columns, rows, problems
-
-
-# ----- checks --------------------------------------------------------------------------------
-def _check_cells(row: Row) -> str | None:
-    if row.split is not None and row.split not in SPLITS:
-        return f"unknown split {row.split!r} (train, val or test)" if row.split else "empty split (train, val or test)"
-    if row.label is None and row.split in ("val", "test"):
-        return f"missing label in the {row.split} split (unlabeled rows serve distillation only, so belong to train)"
-    for col, value in row.cells.items():
-        if not value:
-            return f"empty {col!r} cell"  # every row's cells feed the teacher (targets, scores)
-    return None
-
-
-def _draw_splits(rows: list[Row], seed: int) -> None:
-    """Per label, shuffle and put 10% in val and 10% in test; unlabeled rows go to train."""
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[Row]] = {}
-    for row in rows:
-        if row.label is None:
-            row.split = "train"
-        else:
-            by_label.setdefault(row.label, []).append(row)
-    for label in sorted(by_label):
-        group = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
-        n_val = int(round(HELD_OUT_FRACTION["val"] * len(group)))
-        n_test = int(round(HELD_OUT_FRACTION["test"] * len(group)))
-        for i, row in enumerate(group):
-            row.split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
-
-
-def report_problems(path: Path, problems: list[Problem], skipping: bool) -> None:
-    verb = "skipping" if skipping else "bad row"
-    for p in sorted(problems, key=lambda p: p.line):
-        console.print(f"{path}:{p.line}: {verb}: {p.message}")
-
-
 # ----- loading -------------------------------------------------------------------------------
-class _Decoder:
-    """Decodes one modality column; remembers what it needs to finish (image size/channels)."""
-
-    def __init__(self, column: str, kind: str, config, base: Path):
-        self.column, self.kind, self.base = column, kind, base
-        size = int(getattr(config, "image_size", 0) or 0)
-        self.size: tuple[int, int] | None = (size, size) if size > 0 else None
-        self.mode = str(getattr(config, "image_mode", "auto")).lower()
-        self.text_encoder = str(getattr(config, "text_encoder", "hashed")).lower()
-        self.sample_rates: dict[int, int] = {}
-        self.any_color = False
-        from distill_export.data.audio import MAX_AUDIO_SECONDS
-
-        # data.max_audio_seconds where the config declares it, else the default limit
-        self.max_audio_seconds = float(getattr(config, "max_audio_seconds", None) or MAX_AUDIO_SECONDS)
-
-    def path(self, cell: str) -> Path:
-        p = Path(os.path.expanduser(cell))
-        return p if p.is_absolute() else self.base / p
-
-    def decode(self, cell: str) -> np.ndarray | str:
-        try:
-            return self._decode(cell)
-        except OSError as exc:  # e.g. a path longer than the file system allows (ENAMETOOLONG)
-            shown = cell if len(cell) <= 80 else cell[:77] + "..."
-            raise DataError(f"{self.column} {shown!r}: {exc.strerror or type(exc).__name__}") from None
-
-    def _decode(self, cell: str) -> np.ndarray | str:
-        if self.kind == "image":
-            im = loaders.read_image(self.path(cell))
-            if self.size is None:
-                self.size = (im.height, im.width)  # auto: the first readable image's size
-            rgb = self.mode == "rgb" or (self.mode == "auto" and not loaders.is_grayscale(im))
-            self.any_color |= rgb
-            return loaders.image_to_array(im, self.size, rgb)
-        if self.kind == "audio":
-            x, sr = loaders.load_audio(self.path(cell), DEMO_AUDIO_SPEC, max_seconds=self.max_audio_seconds)
-            self.sample_rates[sr] = self.sample_rates.get(sr, 0) + 1
-            return x
-        if self.text_encoder == "wordllama":
-            return cell  # embedded in one batch in finish()
-        return loaders.hash_text(cell)
-
-    def finish(self, values: list) -> list[np.ndarray]:
-        """Make every row's array the same shape (gray -> RGB when any image is in color)."""
-        if self.kind == "image" and self.any_color:
-            return [np.repeat(v, 3, axis=0) if v.shape[0] == 1 else v for v in values]
-        if self.kind == "text" and self.text_encoder == "wordllama":
-            return list(loaders.sentence_embeddings(values))
-        return values
-
-    @property
-    def final_kind(self) -> str:
-        return "vector" if self.kind == "text" and self.text_encoder == "wordllama" else self.kind
-
-
 def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None) -> Dataset:
     """Read, check and decode a manifest into the in-memory Dataset the pipeline consumes.
     `targets` (the task's codec) turns the label cells into targets; default: one category each."""
@@ -271,13 +89,13 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
 
     good = []
     for row in rows:
-        msg = _check_cells(row)
+        msg = check_cells(row)
         if msg:
             problems.append(Problem(row.line, msg))
         else:
             good.append(row)
     if not has_split:
-        _draw_splits(good, seed)
+        draw_splits(good, seed)
 
     # Optional subsample of the training rows (a recipe's budget), before decoding.
     subsampled_from = None
@@ -291,14 +109,14 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         sampled_out = {r.label for r in train_rows if id(r) not in keep and r.label is not None}
         good = [r for r in good if r.split != "train" or id(r) in keep]
 
-    decoders = {m: _Decoder(m, kinds[m], config, path.parent) for m in modalities}
-    streaming = _choose_streaming(config, path, good, decoders)
+    decoders = {m: Decoder(m, kinds[m], config, path.parent) for m in modalities}
+    streaming = choose_streaming(config, path, good, decoders)
     decoded = []
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of tiny STFTs: threads only add overhead
     try:
         if streaming:  # the training rows: decoded once in the workers, not kept
-            decoded, scanned = _scan_train_rows(config, good, decoders, problems)
+            decoded, scanned = scan_train_rows(config, good, decoders, problems)
         for row in good:
             if streaming and row.split == "train":
                 continue
@@ -379,7 +197,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         if s == "train":
             labels = _hide_labels(labels, config.label_fraction, seed)
         if s not in in_memory:
-            splits[s] = _streamed_split(path, per_split[s], decoders, stats, specs, labels,
+            splits[s] = streamed_split(path, per_split[s], decoders, stats, specs, labels,
                                         int(getattr(config, "num_workers", 0) or 0))
             continue
         inputs = {m: (v if specs[m].kind == "text" else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
@@ -413,63 +231,6 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             },
         },
     )
-
-
-def _choose_streaming(config, path: Path, rows: list[Row], decoders: dict) -> bool:
-    """data.streaming on/off, or auto: stream the training split when decoding it would take more
-    than data.stream_above_mb of RAM (estimated from the first readable row). Logged either way."""
-    from distill_export.data.streaming import decoded_bytes
-
-    mode = str(getattr(config, "streaming", "off"))
-    train = [r for r in rows if r.split == "train"]
-    if mode == "off" or not train:
-        return False
-    wordllama = [m for m, d in decoders.items() if d.kind == "text" and d.text_encoder == "wordllama"]
-    if wordllama:
-        if mode == "on":
-            raise DataError(f"data.streaming=on cannot embed the {wordllama[0]!r} column with wordllama per "
-                            "sample; use text_encoder=hashed or data.streaming=off")
-        return False
-    shapes = {}
-    for m, d in decoders.items():  # in row order, as the in-memory decode goes: this also fixes
-        for row in rows:  # data.image_size=0 (auto) to the first readable image's size
-            try:
-                shapes[m] = np.shape(d.decode(row.cells[m]))
-                break
-            except DataError:
-                continue
-    if len(shapes) < len(decoders):
-        return False  # a column where nothing decodes: the in-memory path lists every bad row
-    for d in decoders.values():
-        d.sample_rates.clear()
-    mb = decoded_bytes(len(train), shapes) / 2**20
-    limit = int(getattr(config, "stream_above_mb", 2048))
-    streaming = mode == "on" or mb > limit
-    why = "data.streaming=on" if mode == "on" else f"{'over' if streaming else 'within'} data.stream_above_mb={limit}"
-    console.print(f"{path}: {len(train)} training rows, ~{mb:.0f} MB decoded ({why}): "
-                  + ("streamed from disk in DataLoader workers" if streaming else "decoded into memory"))
-    return streaming
-
-
-def _scan_train_rows(config, rows: list[Row], decoders: dict, problems: list[Problem]):
-    """Decode every training row once (in data.num_workers workers) without keeping it: the rows
-    that decode and {id(row): per-row summary} for the normalisation statistics."""
-    from distill_export.data.streaming import scan_rows
-
-    train = [r for r in rows if r.split == "train"]
-    bad, summaries = scan_rows([r.cells for r in train], decoders, int(getattr(config, "num_workers", 0) or 0))
-    for i, message in bad.items():
-        problems.append(Problem(train[i].line, message))
-    return [r for i, r in enumerate(train) if i in summaries], {id(train[i]): s for i, s in summaries.items()}
-
-
-def _streamed_split(path: Path, rows: list[Row], decoders: dict, stats: dict, specs: dict, labels, workers: int):
-    from distill_export.data.streaming import RowSource, StreamedModality, StreamedSplit
-
-    source = RowSource(path, [r.line for r in rows], {m: [r.cells[m] for r in rows] for m in decoders},
-                       decoders, stats, {m: tuple(spec.shape) for m, spec in specs.items()}, workers)
-    index = np.arange(len(rows))
-    return StreamedSplit({m: StreamedModality(source, m, index) for m in decoders}, labels)
 
 
 def _hide_labels(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from distill_export.errors import CheckpointError
-from distill_export.files import atomic_path
+from distill_export.files import torch_save
 
 FORMAT = "distill-export/1"
 
@@ -29,8 +29,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    torch_save(payload, path)  # same model, same bytes
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:

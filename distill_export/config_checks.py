@@ -1,0 +1,213 @@
+"""Checks of a RunConfig: every number finite and in range, names that must be among the
+registries' (terms, tasks, formats) and the fixed choices. `validate_config` runs after every
+load and after resume's overrides; a failure is one ConfigError line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import reprlib
+from typing import Any
+
+from distill_export.errors import ConfigError
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (choices: {', '.join(choices)})"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """repr(value) for an error message, cut to `limit` characters (a value can be huge)."""
+    short = reprlib.Repr()  # bounded walk: a huge or deeply nested value is never expanded in full
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = limit, limit, 8, 8, 3
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----- numeric ranges -------------------------------------------------------------------------
+# (low, high, low_inclusive, high_inclusive). Every int/float config value is finite; these
+# bound them. Exact dotted keys first, then the last part of the key (so a new field named
+# like these is covered without an edit here); any other number only has to be finite.
+_INF = float("inf")
+_AT_LEAST_1 = (1, 1_000_000, True, True)
+_FRACTION = (0.0, 1.0, True, True)
+_RANGES: dict[str, tuple] = {
+    "seed": (0, 2**32 - 1, True, True),  # numpy's seed range
+    "data.label_fraction": (0.0, 1.0, False, True),
+    "data.pca_variance": (0.0, 1.0, False, True),
+    "data.audio_snr_db": (-100.0, 100.0, True, True),
+    "data.image_size": (0, 4096, True, True),
+    "data.max_train_rows": (0, _INF, True, True),
+    "teacher.width": (1, 4096, True, True),
+    "teacher.modality_dropout": _FRACTION,
+    "distill.alpha": _FRACTION,
+    "distill.beta": (0.0, 1e6, True, True),
+    "distill.rounds": (1, 10, True, True),
+    "export.opset": (17, 99, True, True),  # the upper end is refined by the installed onnx below
+    "export.calibration_samples": (1, 10_000_000, True, True),
+    "validate.fp32_max_abs": (0.0, 1e6, True, True),
+    "validate.fp32_agreement": _FRACTION,
+    "validate.fp16_agreement": _FRACTION,
+    "validate.int8_agreement": _FRACTION,
+    "validate.int8_max_accuracy_drop": _FRACTION,
+    "profile.threads": (0, 4096, True, True),  # 0 = all cores
+    "profile.min_iters": (1, 10_000_000, True, True),
+    "profile.warmup_s": (0.0, 3600.0, True, True),
+    "profile.min_time_s": (0.0, 3600.0, True, True),
+}
+_RANGES_BY_NAME: dict[str, tuple] = {
+    "epochs": (1, 100_000, True, True),
+    "lr": (0.0, 100.0, False, True),
+    "batch_size": _AT_LEAST_1,
+    "batch_sizes": _AT_LEAST_1,
+    "batches": _AT_LEAST_1,
+    "temperature": (0.0, 1000.0, False, True),
+    "weight_decay": (0.0, 100.0, True, True),
+    "weight": (0.0, 1e6, True, True),
+    "seed": (0, 2**32 - 1, True, True),
+}
+_SECONDS = (0.0, 86_400.0, True, True)  # keys ending in _s
+_NONEMPTY = {"validate.batch_sizes", "profile.batches", "profile.threads", "export.formats"}
+
+
+# ----- string choices -------------------------------------------------------------------------
+# The values a string key accepts (registries such as students, methods and formats check their
+# own names). The CLI's help texts read these.
+DEVICES = ("auto", "cpu", "cuda")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
+    "distill.augment": ("none", "shift"), "data.streaming": ("auto", "on", "off"),
+    "data.pin_memory": ("auto", "true", "false"), "distill.amp": ("bf16", "off"),
+    "teacher.fusion": ("concat", "late"),
+}
+
+
+def value_range(key: str) -> tuple | None:
+    """(low, high, low_inclusive, high_inclusive) of a numeric key, or None: what validation allows."""
+    return _range_for(key)
+
+
+def _range_for(key: str):
+    name = key.rsplit(".", 1)[-1]
+    if key in _RANGES:
+        return _RANGES[key]
+    for suffix, rng in _RANGES_BY_NAME.items():
+        if name == suffix or name.endswith("_" + suffix):
+            return rng
+    return _SECONDS if name.endswith("_s") else None
+
+
+def _interval(rng) -> str:
+    lo, hi, lo_in, hi_in = rng
+    fmt = lambda v: "inf" if v == _INF else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return f"{'[' if lo_in else '('}{fmt(lo)}, {fmt(hi)}{']' if hi_in else ')'}"
+
+
+def _check_number(key: str, value, rng) -> None:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {_show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if rng is None:
+        return
+    lo, hi, lo_in, hi_in = rng
+    if value < lo or value > hi or (value == lo and not lo_in) or (value == hi and not hi_in):
+        raise ConfigError(f"{key} must be in {_interval(rng)}, got {_show(value)}")
+
+
+def _check_finite_nested(key: str, value) -> None:
+    """Numbers inside free-form values (lists of mappings such as distill.terms) must be finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite_nested(f"{key}.{_show(k, 40).strip(chr(39))}", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite_nested(f"{key}[{i}]", v)
+
+
+def check_numbers(config, prefix: str = "") -> None:
+    """Walk the dataclass fields: every int/float (and list of them) finite and in range."""
+    for f in dataclasses.fields(config):
+        key = f"{prefix}{f.name}"
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_numbers(value, key + ".")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_number(key, value, _range_for(key))
+        elif isinstance(value, list):
+            if key in _NONEMPTY and not value:
+                raise ConfigError(f"{key} must not be empty")
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                for v in value:
+                    _check_number(key, v, _range_for(key))
+            else:
+                _check_finite_nested(key, value)
+
+
+def _check_opset(opset: int) -> None:
+    """No higher than the installed onnx knows (a typo like 99 fails now, not after training)."""
+    try:
+        import onnx
+
+        newest = int(onnx.defs.onnx_opset_version())
+    except Exception:  # noqa: BLE001 - no onnx (a runtime-only install): the export stage says so
+        return
+    if opset > newest:
+        raise ConfigError(f"export.opset must be at most {newest} (the newest the installed onnx "
+                          f"{onnx.__version__} knows), got {opset}")
+
+
+def validate_config(config) -> None:
+    """A RunConfig (config.py, which imports this module) can run: one ConfigError otherwise."""
+    check_numbers(config)  # every number finite and in range, named by its key, before anything else
+    _check_opset(config.export.opset)
+    if not 0.0 < config.data.label_fraction <= 1.0:
+        raise ConfigError(f"data.label_fraction must be in (0, 1], got {config.data.label_fraction}")
+    if config.distill.temperature <= 0:
+        raise ConfigError(f"distill.temperature must be > 0, got {config.distill.temperature}")
+    if not 0.0 <= config.distill.alpha <= 1.0:
+        raise ConfigError(f"distill.alpha must be in [0, 1], got {config.distill.alpha}")
+    if config.distill.beta < 0:
+        raise ConfigError(f"distill.beta must be >= 0, got {config.distill.beta}")
+    try:
+        from distill_export.methods import term_specs
+    except ImportError:
+        # The terms are torch modules. A runtime-only install (validate/profile ONNX files on an
+        # edge box, no torch) never trains, so it has no objective to check.
+        term_specs = None
+    if term_specs is not None:
+        term_specs(config.distill)  # unknown terms/presets, bad weights or hyperparameters fail now
+    _check_task(config.task)
+    if config.distill.teacher_view not in ("full", "student"):
+        raise ConfigError(f"distill.teacher_view must be full or student, got {_show(config.distill.teacher_view)}")
+    for key, allowed in CHOICES.items():
+        value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_show(value)}")
+    if config.data.image_size < 0 or config.data.max_train_rows < 0:
+        raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
+    if config.data.num_workers < 0 or config.data.stream_above_mb < 0:
+        raise ConfigError("data.num_workers and data.stream_above_mb must be >= 0")
+    if config.device not in DEVICES:
+        raise ConfigError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, got {_show(config.device)}")
+    from distill_export.export.base import ExportOptions, parse_formats
+
+    parse_formats(config.export.formats)  # an unknown format fails now, not after training
+    ExportOptions.from_config(config.export)  # calibration method and sample count
+    for name in ("epochs",):
+        for section in (config.teacher, config.distill):
+            if getattr(section, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+
+
+def _check_task(name: str) -> None:
+    try:
+        from distill_export.tasks import get_task
+    except ImportError:  # a runtime-only install (no torch) never trains: nothing to check
+        return
+    get_task(name)  # an unknown task fails now, naming the registered ones

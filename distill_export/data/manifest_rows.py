@@ -1,0 +1,143 @@
+"""Manifest rows: read a CSV/JSONL manifest into rows, check each row's cells, and draw the
+train/val/test split when the manifest has no `split` column (data/manifest.py builds the
+Dataset from them). A bad row is a Problem (its line and what is wrong), never an exception.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from distill_export.errors import DataError
+
+RESERVED = ("label", "split", "id")
+SPLITS = ("train", "val", "test")
+HELD_OUT_FRACTION = {"val": 0.1, "test": 0.1}  # per class, when there is no split column
+_EXTRA = "\0extra"  # DictReader's key for fields beyond the header
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Row:
+    line: int
+    cells: dict[str, str]  # modality column -> path or text, stripped
+    label: str | None  # None: unlabeled
+    split: str | None  # None: drawn with the seed
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> decoded array
+
+
+@dataclass
+class Problem:
+    line: int
+    message: str
+
+
+# ----- parsing -------------------------------------------------------------------------------
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, dict]]]:
+    records = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, restkey=_EXTRA)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if len(set(columns)) != len(columns):
+            raise DataError(f"{path}:1: duplicate column names in the header: {columns}")
+        reader.fieldnames = columns
+        for rec in reader:
+            line = reader.line_num
+            if _EXTRA in rec:
+                n = len(columns) + len(rec[_EXTRA])
+                problems.append(Problem(line, f"{n} fields, the header has {len(columns)}"))
+                continue
+            if any(v is None for v in rec.values()):
+                problems.append(Problem(line, f"fewer fields than the header's {len(columns)}"))
+                continue
+            records.append((line, rec))
+    return columns, records
+
+
+def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, dict]]]:
+    records, columns = [], {}
+    with open(path, encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(line, f"not valid JSON: {exc.msg}"))
+                continue
+            if not isinstance(rec, dict):
+                problems.append(Problem(line, "not a JSON object"))
+                continue
+            columns.update(dict.fromkeys(rec))
+            records.append((line, rec))
+    return list(columns), records
+
+
+def read_rows(path: Path) -> tuple[list[str], list[str], list[Row], list[Problem]]:
+    """Parse the manifest: (modality columns, all columns, rows, format problems)."""
+    problems: list[Problem] = []
+    try:
+        reader = _read_jsonl if path.suffix.lower() == ".jsonl" else _read_csv
+        columns, records = reader(path, problems)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}") from None
+    if "label" not in columns:
+        raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(columns) or 'none'})")
+    modalities = [c for c in columns if c not in RESERVED]
+    if not modalities:
+        raise DataError(f"manifest {path} has no modality column, only {', '.join(columns)}")
+    rows = []
+    for line, rec in records:
+        label = _cell(rec.get("label"))
+        split = _cell(rec.get("split")).lower() if "split" in columns else None
+        rows.append(Row(line, {m: _cell(rec.get(m)) for m in modalities}, label or None, split))
+    return modalities, columns, rows, problems
+
+
+# ----- checks --------------------------------------------------------------------------------
+def check_cells(row: Row) -> str | None:
+    if row.split is not None and row.split not in SPLITS:
+        return f"unknown split {row.split!r} (train, val or test)" if row.split else "empty split (train, val or test)"
+    if row.label is None and row.split in ("val", "test"):
+        return f"missing label in the {row.split} split (unlabeled rows serve distillation only, so belong to train)"
+    for col, value in row.cells.items():
+        if not value:
+            return f"empty {col!r} cell"  # every row's cells feed the teacher (targets, scores)
+    return None
+
+
+def draw_splits(rows: list[Row], seed: int) -> None:
+    """Per label, shuffle and put 10% in val and 10% in test; unlabeled rows go to train."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.label is None:
+            row.split = "train"
+        else:
+            by_label.setdefault(row.label, []).append(row)
+    for label in sorted(by_label):
+        group = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+        n_val = int(round(HELD_OUT_FRACTION["val"] * len(group)))
+        n_test = int(round(HELD_OUT_FRACTION["test"] * len(group)))
+        for i, row in enumerate(group):
+            row.split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+
+
+def report_problems(path: Path, problems: list[Problem], skipping: bool) -> None:
+    verb = "skipping" if skipping else "bad row"
+    for p in sorted(problems, key=lambda p: p.line):
+        console.print(f"{path}:{p.line}: {verb}: {p.message}")
