@@ -234,6 +234,7 @@ FLAGS = {
     "teacher_weights": (["--teacher-weights", "tw.pt"], "teacher.weights", "tw.pt"),
     "device": (["--device", "cpu"], "device", "cpu"),
     "seed": (["--seed", "7"], "seed", 7),
+    "task": (["--task", "classification"], "task", "classification"),
     "epochs": (["--epochs", "3"], "distill.epochs", 3),
     "teacher_epochs": (["--teacher-epochs", "4"], "teacher.epochs", 4),
     "temperature": (["--temperature", "2.5"], "distill.temperature", 2.5),
