@@ -226,6 +226,17 @@ def test_run_with_a_failed_gate_writes_the_report_then_exits_1(tmp_path, monkeyp
 
 # Python parameter -> (command-line arguments, dotted config key, the value it must hold).
 # Values differ from the defaults and from each other, so a flag wired to another key shows.
+def _register_flag_test_task():
+    """A second task, so --task has a value other than the default to land."""
+    from distill_export.tasks import Task, register_task
+
+    @register_task
+    class FlagTestTask(Task):
+        name = "flag_test_task"
+
+
+_register_flag_test_task()
+
 FLAGS = {
     "out": (["--out", "runs/flag-test"], "out", "runs/flag-test"),
     "student": (["--student", "mobilenet_v3_small"], "student.name", "mobilenet_v3_small"),
@@ -234,7 +245,7 @@ FLAGS = {
     "teacher_weights": (["--teacher-weights", "tw.pt"], "teacher.weights", "tw.pt"),
     "device": (["--device", "cpu"], "device", "cpu"),
     "seed": (["--seed", "7"], "seed", 7),
-    "task": (["--task", "classification"], "task", "classification"),
+    "task": (["--task", "flag_test_task"], "task", "flag_test_task"),  # registered below
     "epochs": (["--epochs", "3"], "distill.epochs", 3),
     "teacher_epochs": (["--teacher-epochs", "4"], "teacher.epochs", 4),
     "temperature": (["--temperature", "2.5"], "distill.temperature", 2.5),
