@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
 from distill_export.config import RunConfig
 from distill_export.errors import ParityError
+from distill_export.distill_runs import (
+    distill_rounds, labels_only_models, self_training_control, teacher_path, timed, training_checkpoint,
+)
 from distill_export.launch import load_data
 from distill_export.rundir import RUN_STAGES, RunDir, records_stage
 
@@ -21,33 +23,9 @@ console = Console(stderr=True)
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def _timed(run: RunDir, stage: str):
-    start = time.perf_counter()
-    yield
-    run.update_report(timings={stage: round(time.perf_counter() - start, 3)})
-
-
 def task_info(task) -> dict:
     """The record's task section: renderers read the headline metric's name from it."""
     return {"name": task.name, "headline": task.headline, "score_name": task.score_name}
-
-
-def _teacher_path(config: RunConfig, run: RunDir) -> Path:
-    return Path(config.teacher.path) if config.teacher.path else run.file("teacher.pt")
-
-
-def _checkpoint(config: RunConfig, run: RunDir, label: str):
-    """Where the training `label` checkpoints each epoch; keyed by the settings that shape it,
-    so a stage re-run with other settings starts afresh instead of continuing another training."""
-    import hashlib
-    import json
-
-    from distill_export.train import Checkpoint
-
-    shaping = {k: v for k, v in config.to_dict().items() if k in ("seed", "device", "data", "teacher", "student", "distill")}
-    key = hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()
-    return Checkpoint(run.checkpoint_path(label), f"{label}:{key}")
 
 
 @records_stage("train_teacher")
@@ -58,14 +36,14 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
 
     if data is None:
         data, device = load_data(config)
-    with _timed(run, "train_teacher"):
+    with timed(run, "train_teacher"):
         if config.teacher.path:
             console.print(f"using teacher {config.teacher.path}")
             training = {"source": str(config.teacher.path)}
         else:
             training = train_teacher(config, data, device, run.file("teacher.pt"), quiet,
-                                     checkpoint=_checkpoint(config, run, "teacher"))
-        teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights,
+                                     checkpoint=training_checkpoint(config, run, "teacher"))
+        teacher = load_teacher(teacher_path(config, run), data, config.teacher.weights,
                                strict=bool(config.teacher.path)).to(device)
         task = get_task(config.task)
         metrics = evaluate_teacher(teacher, data, device, task)
@@ -85,101 +63,6 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
     )
 
 
-def _student_name(label: str) -> str:
-    """The checkpoint name of the student a label ("student ", "control ") trains."""
-    return "student" if label.strip() == "student" else f"{label.strip()}_student"
-
-
-def _distill_from(config, run: RunDir, data, device, teacher, teacher_file, needs, quiet, label, cache_dir):
-    """Teacher outputs (cached) then one distilled student. Returns (student, training info, cache info)."""
-    from distill_export.distill import train_student
-    from distill_export.teacher_cache import teacher_targets
-
-    modality = config.data.student_modality
-    # What the teacher sees when it makes the targets: every modality, or (teacher_view: student)
-    # the student's only, the others' embeddings zeroed as in modality dropout.
-    drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
-    forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
-    targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop, needs=needs,
-                              teacher_file=teacher_file, cache_dir=cache_dir)
-    name = _student_name(label)
-    student, info = train_student(config, data, targets.logits, targets.feats, device, quiet,
-                                  online_teacher=targets.online, augment=targets.augment, label=label,
-                                  checkpoint=_checkpoint(config, run, name))
-    return student, info, targets
-
-
-def _distill_rounds(config, run: RunDir, data, device, teacher, teacher_file, needs, quiet, label, cache_dir,
-                    with_experts: bool = True):
-    """Round 1 from `teacher`, then (distill.rounds > 1) each later round from the previous
-    student times re-fitted experts of the other modalities (rounds.py; with_experts=False for
-    the self-training control: the previous student alone). Returns the last round's student."""
-    import dataclasses
-    import hashlib
-
-    from distill_export.distill import train_student
-    from distill_export.rounds import next_round_targets
-
-    student, info, targets = _distill_from(config, run, data, device, teacher, teacher_file, needs, quiet,
-                                           label, cache_dir)
-    if config.distill.rounds == 1:
-        return student, info, targets
-    name = _student_name(label)
-    history = [{"round": 1, "best_val_accuracy": info["best_val_accuracy"]}]
-    for r in range(2, config.distill.rounds + 1):
-        logits, made = next_round_targets(config, data, device, student, with_experts, quiet,
-                                          f"{label.strip()} round {r} ")
-        # Keyed by its targets too: a checkpoint left by other targets (round 1 changed) is not resumed.
-        ckpt = _checkpoint(config, run, f"{name}_round{r}")
-        ckpt = dataclasses.replace(ckpt, key=f"{ckpt.key}:{hashlib.sha256(logits.numpy().tobytes()).hexdigest()[:16]}")
-        student, info = train_student(config, data, logits, None, device, quiet, label=f"{label.strip()} round {r} ",
-                                      checkpoint=ckpt)
-        history.append({"round": r, "teacher": made, "best_val_accuracy": info["best_val_accuracy"]})
-    return student, {**info, "rounds": history}, targets
-
-
-def _self_training_control(config, run: RunDir, data, device, needs, quiet) -> tuple[dict, object]:
-    """An image-only teacher of the same size on the same labeled rows, distilled the same way:
-    what the unlabeled rows give without the other modality."""
-    from distill_export.nets.model_io import load_teacher, save_expert_teacher
-    from distill_export.tasks import get_task
-    from distill_export.train_teacher import evaluate_teacher, train_teacher
-
-    modality = config.data.student_modality
-    path = run.file("control_teacher.pt")
-    if config.teacher.fusion == "late" and not config.teacher.path:
-        # The late teacher's image expert is that teacher (same seeded init, rows, steps and
-        # temperature scaling; tests/test_captioned_digits.py checks it): reuse, don't retrain.
-        training = save_expert_teacher(run.require("teacher.pt", "train-teacher"), modality, path)
-    else:
-        training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ",
-                                 checkpoint=_checkpoint(config, run, "control_teacher"))
-    teacher = load_teacher(path, data).to(device)
-    task = get_task(config.task)
-    teacher_metrics = evaluate_teacher(teacher, data, device, task)
-    student, info, _ = _distill_rounds(config, run, data, device, teacher, path, needs, quiet, "control ",
-                                       "control_teacher_outputs", with_experts=False)
-    return {"teacher_accuracy": teacher_metrics[task.headline], "teacher_training": training,
-            "student_training": info}, student
-
-
-def _labels_only(config, run: RunDir, data, device, specs, quiet):
-    """No distillation (e.g. tune found none that pays): the student IS the baseline, one
-    training, so kd_gain is 0 by construction and the report says no distillation ran.
-    Returns (models, student training, baseline training, control, teacher-cache info)."""
-    from distill_export.data.augment import make_augment
-    from distill_export.distill import train_baseline
-
-    with _timed(run, "baseline"):
-        baseline, base_train = train_baseline(config, data, device, quiet, augment=make_augment(config.distill.augment),
-                                              checkpoint=_checkpoint(config, run, "baseline"))
-    kd_train = {**base_train, "terms": [s.to_dict() for s in specs], "distilled": False}
-    control = ({"skipped": "labels_only: no term reads a teacher, so there is no control to run"}
-               if config.distill.self_training_control else None)
-    return ({"student": baseline, "baseline": baseline}, kd_train, base_train, control,
-            {"status": "not used", "reason": "labels_only: no term reads the teacher"})
-
-
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export import distributed as ddp
@@ -193,28 +76,28 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     if data is None:
         data, device = load_data(config)
 
-    teacher_path = _teacher_path(config, run)
+    teacher_file = teacher_path(config, run)
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
-    teacher = load_teacher(teacher_path, data, config.teacher.weights, strict=True).to(device)
+    teacher = load_teacher(teacher_file, data, config.teacher.weights, strict=True).to(device)
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     specs = term_specs(config.distill)
     if labels_only(specs):
-        models, kd_train, base_train, control, cache_info = _labels_only(config, run, data, device, specs, quiet)
+        models, kd_train, base_train, control, cache_info = labels_only_models(config, run, data, device, specs, quiet)
     else:
-        with _timed(run, "distill"):
-            student, kd_train, targets = _distill_rounds(config, run, data, device, teacher, None, needs, quiet,
+        with timed(run, "distill"):
+            student, kd_train, targets = distill_rounds(config, run, data, device, teacher, None, needs, quiet,
                                                          "student ", "teacher_outputs")
-        with _timed(run, "baseline"):
+        with timed(run, "baseline"):
             baseline, base_train = train_baseline(config, data, device, quiet, augment=targets.augment,
-                                                  checkpoint=_checkpoint(config, run, "baseline"))
+                                                  checkpoint=training_checkpoint(config, run, "baseline"))
         cache_info = targets.info
         models = {"student": student, "baseline": baseline}
         control = None
         if config.distill.self_training_control:
-            with _timed(run, "self_training_control"):
-                control, models["self_training"] = _self_training_control(config, run, data, device, needs, quiet)
+            with timed(run, "self_training_control"):
+                control, models["self_training"] = self_training_control(config, run, data, device, needs, quiet)
     # The test split, read once, at the end: every comparison below uses these predictions.
     task = get_task(config.task)
     targets = data.test.labels.numpy()
@@ -284,7 +167,7 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
     if data is None:
         data, device = load_data(config)
     modality = config.data.student_modality
-    with _timed(run, "export"):
+    with timed(run, "export"):
         # Reference logits of the PyTorch student on the test split, on CPU in fp32:
         # every exported artifact is judged against these.
         x_test = data.test.inputs[modality]
@@ -307,7 +190,7 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
         entry["path"] = str(Path(entry["path"]).relative_to(run.path))
         exports[fmt] = entry
     run.update_report(exports=exports)
-    with _timed(run, "export_teacher"):
+    with timed(run, "export_teacher"):
         run.update_report(teacher_exports={"onnx": _export_teacher(config, run, data, options)})
 
 
@@ -321,7 +204,7 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
     from distill_export.nets.model_io import load_teacher
     from distill_export.validate import TEACHER_PARITY_FILE, save_teacher_parity_data
 
-    path = _teacher_path(config, run)
+    path = teacher_path(config, run)
     try:
         if not config.teacher.path and not path.is_file():
             raise DistillExportError(f"{path} is missing (run `distill-export train-teacher`)")
@@ -354,7 +237,7 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     parity = load_parity_data(run.file(PARITY_FILE))
     task = get_task(config.task)
     teacher_acc = report.get("metrics", {}).get("teacher", {}).get(task.headline)
-    with _timed(run, "validate"):
+    with timed(run, "validate"):
         results = validate_exports(exports, parity, config.validate, task, teacher_acc)
     report = run.load_report()
     for fmt, res in results.items():
@@ -390,7 +273,7 @@ def stage_profile(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     from distill_export.profiling import make_settings, profile_targets
 
     settings = make_settings(config.profile, device=config.device)
-    with _timed(run, "profile"):
+    with timed(run, "profile"):
         result = profile_targets([run.path], settings, None if quiet else console.log)
     run.update_report(latency=result.rows, speedups=result.speedups, profile=result.meta)
     from distill_export.recommend import update_run
@@ -425,7 +308,7 @@ def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, devi
     start = time.perf_counter()
     if data is None and set(todo) & {"train_teacher", "distill", "export"}:
         # launch.start_run loads and checks the data before it makes the run directory
-        with _timed(run, "data"):
+        with timed(run, "data"):
             data, device = load_data(config)
     if "train_teacher" in todo:
         stage_train_teacher(config, run, quiet, data, device)

@@ -45,7 +45,7 @@ CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a 
 # The trainings each stage checkpoints (deleted when the stage is recorded done).
 STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),
                      "distill": ("student", "baseline", "control_teacher", "control_student",
-                                 # each later round's student (distill.rounds), pipeline._distill_rounds
+                                 # each later round's student (distill.rounds), distill_runs.distill_rounds
                                  *(f"{who}_round{r}" for who in ("student", "control_student")
                                    for r in range(2, value_range("distill.rounds")[1] + 1)))}
 # What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).

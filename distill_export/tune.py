@@ -80,7 +80,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     from distill_export.distill import train_baseline, train_student
     from distill_export.methods import term_specs
     from distill_export.launch import load_data
-    from distill_export.pipeline import _teacher_path
+    from distill_export.distill_runs import teacher_path as _teacher_path
     from distill_export.teacher_cache import teacher_targets
     from distill_export.nets.model_io import load_teacher
 
