@@ -81,7 +81,7 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
 def build_objective(config, data: Dataset, student: SplitNet, teacher_feature_dim: int) -> Objective:
     """The objective config.distill describes, with its learned parts built for these models."""
     objective = Objective(term_specs(config.distill), kd_impl=config.distill.kd_impl)
-    objective.setup(SetupInfo(data.num_classes, student.feature_dim or 0, teacher_feature_dim))
+    objective.setup(SetupInfo(data.num_outputs, student.feature_dim or 0, teacher_feature_dim))
     return objective
 
 

@@ -57,7 +57,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
             probe[student_only] = evaluate_teacher(teacher, data, device, task, drop=tuple(others))[task.headline]
     run.update_report(
         task=task_info(task),
-        dataset={"name": data.name, "class_names": data.class_names, **data.info},
+        dataset={"name": data.name, "class_names": data.target_names, **data.info},
         metrics={"teacher": metrics},
         teacher={"training": training, "modality_probe": probe, "fusion": getattr(teacher, "fusion_name", "external")},
     )
@@ -106,9 +106,9 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     teacher_name = (str(config.teacher.path) if config.teacher.path
                     else f"{TEACHER_FUSIONS[config.teacher.fusion][0]}({'+'.join(sorted(data.modalities))})")
     save_student(run.file("baseline.pt"), models["baseline"], config, data, teacher_name,
-                 {"student": config.student.name, "role": "baseline"})
+                 {"student": config.student.name, "role": "baseline"}, task.export_meta(data))
     save_student(run.file("student.pt"), models["student"], config, data, teacher_name,
-                 {"student": config.student.name, "role": "kd" if kd_train["distilled"] else "labels_only"})
+                 {"student": config.student.name, "role": "kd" if kd_train["distilled"] else "labels_only"}, task.export_meta(data))
     teacher_acc = run.load_report().get("metrics", {}).get("teacher", {}).get(task.headline)
     def compare(a: str, b: str) -> dict:  # paired, on the same test rows
         return task.compare(outputs[a], outputs[b], targets, seed=config.seed)

@@ -76,16 +76,16 @@ def check_models(config, data) -> None:
     # A term that needs features (the feature term, --beta > 0 or in distill.terms).
     wants_features = "features" in teacher_needs(config.distill)
     if is_factory(name):
-        student = create_student(name, data.num_classes, in_channels=spec.shape[0]).eval()  # a factory: no input_size
+        student = create_student(name, data.num_outputs, in_channels=spec.shape[0]).eval()  # a factory: no input_size
         x = data.train.inputs[modality][:2]
         try:
             with torch.no_grad():
                 feats, logits = student.forward_features(x)
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"student {name} fails on a batch of {modality} {tuple(x.shape)}: {str(exc)[:200]}") from None
-        if logits.ndim != 2 or logits.shape[1] != data.num_classes:
+        if logits.ndim != 2 or logits.shape[1] != data.num_outputs:
             raise ConfigError(f"student {name} returns logits of shape {tuple(logits.shape)}; the data has "
-                              f"{data.num_classes} classes")
+                              f"{data.num_outputs} classes")
         if wants_features and feats.shape[1] == 0:
             raise ConfigError(f"student {name} has no forward_features, so the feature term "
                               "cannot work: set --beta 0 (or drop the feature term)")
@@ -115,7 +115,7 @@ def check_student_fits(config, data) -> None:
         return
     x = data.train.inputs[config.data.student_modality][:2]
     with torch.random.fork_rng(devices=[]), torch.no_grad():  # leaves the seeded RNG stream untouched
-        model = create_student(name, data.num_classes, in_channels=spec.shape[0],
+        model = create_student(name, data.num_outputs, in_channels=spec.shape[0],
                                input_size=input_size(spec)).eval()
         try:
             model(x)

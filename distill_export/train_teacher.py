@@ -19,7 +19,7 @@ def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalitie
     specs = {m: s for m, s in data.modalities.items() if modalities is None or m in modalities}
     kwargs = {
         "modalities": {m: encoder_input_size(spec) for m, spec in specs.items()},
-        "num_classes": data.num_classes,
+        "num_classes": data.num_outputs,
         "width": width,
         "modality_dropout": modality_dropout,
         "kinds": {m: spec.kind for m, spec in specs.items()},
@@ -83,7 +83,7 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
     save_checkpoint(
         out_path, teacher, kind="teacher", arch=arch, arch_kwargs=kwargs,
         meta={
-            "class_names": data.class_names,
+            **task.export_meta(data),
             "dataset": data.name,
             "best_epoch": result.best_epoch,
             "fusion": cfg.fusion,

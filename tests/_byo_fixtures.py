@@ -113,7 +113,7 @@ def synthetic_dataset(n: int = 24, num_classes: int = 3, seed: int = 0, image_hw
 
     return Dataset(
         name="synthetic", train=split(n), val=split(n // 2), test=split(n // 2),
-        class_names=[str(i) for i in range(num_classes)],
+        target_names=[str(i) for i in range(num_classes)],
         modalities={"image": ModalitySpec("image", (1, image_hw, image_hw), 0.0, 1.0),
                     "audio": ModalitySpec("audio", (1, 8, 8), 0.0, 1.0)},
     )

@@ -18,7 +18,7 @@ def demo():
 
 
 def test_shapes_and_classes(demo):
-    assert demo.num_classes == 10
+    assert demo.num_outputs == 10
     assert demo.info["sizes"] == {"train": 3500, "val": 500, "test": 1000}
     for split in (demo.train, demo.val, demo.test):
         assert split.inputs["image"].shape[1:] == (1, 28, 28)

@@ -69,7 +69,7 @@ def steps(monkeypatch):
 
 
 def _teacher_logits(data, seed: int = 1) -> torch.Tensor:
-    return torch.randn(len(data.train), data.num_classes, generator=torch.Generator().manual_seed(seed)) * 3
+    return torch.randn(len(data.train), data.num_outputs, generator=torch.Generator().manual_seed(seed)) * 3
 
 
 # ----- same steps, same initial weights ----------------------------------------------------
@@ -131,7 +131,7 @@ def test_the_best_validation_epoch_is_what_is_returned_and_saved(which, monkeypa
     state = model.state_dict()
     for k, v in snapshots[1].items():
         assert torch.equal(state[k], v), k
-    save_student(tmp_path / "s.pt", model, cfg, data, "t", {})
+    save_student(tmp_path / "s.pt", model, cfg, data, "t", {}, {"class_names": data.target_names})
     saved, _ = load_student(tmp_path / "s.pt")
     for k, v in snapshots[1].items():
         assert torch.equal(saved.state_dict()[k], v), k
@@ -351,7 +351,7 @@ def test_int8_export_keeps_the_classifier_head_in_fp32_as_its_details_say(tmp_pa
     data = synthetic_dataset(n=64)
     cfg = _config()
     student = new_student(cfg, data).eval()
-    meta = {**student_meta(cfg, data, "t"), "student": "tiny_cnn"}
+    meta = {**student_meta(cfg, data, "t", {"class_names": data.target_names}), "student": "tiny_cnn"}
     source = ExportSource(student, meta, "0" * 64, tmp_path,
                           calibration=data.train.inputs["image"].numpy())
     result = export_formats(source, ["onnx-int8"], ExportOptions(calibration_samples=64))["onnx-int8"]
@@ -422,7 +422,7 @@ def _stage_run(tmp_path, cfg, data):
     kwargs = teacher_kwargs(data, cfg.teacher.width, 0.0)
     teacher = FusionTeacher(**kwargs)
     save_checkpoint(run.file("teacher.pt"), teacher, kind="teacher", arch="fusion_teacher", arch_kwargs=kwargs,
-                    meta={"class_names": data.class_names, "dataset": data.name,
+                    meta={"class_names": data.target_names, "dataset": data.name,
                           "input_shapes": {m: list(s.shape) for m, s in data.modalities.items()}})
     return run, teacher.eval()
 
@@ -497,10 +497,10 @@ def test_student_init_is_where_both_trainings_start(form, tmp_path, steps):
 
     data = _data(0.5)
     torch.manual_seed(123)
-    init = create_student("tiny_cnn", data.num_classes)
+    init = create_student("tiny_cnn", data.num_outputs)
     path = tmp_path / "init.pt"
     if form == "checkpoint":
-        save_student(path, init, _config(), data, "t", {})
+        save_student(path, init, _config(), data, "t", {}, {"class_names": data.target_names})
     else:
         torch.save(init.state_dict(), path)
     cfg = _config(epochs=1)

@@ -39,7 +39,7 @@ def problems_of(path: Path, **kw) -> list[tuple[int, str]]:
 
 def test_good_manifest(manifest):
     data = load(manifest)
-    assert data.class_names == ["cat", "dog", "owl"]
+    assert data.target_names == ["cat", "dog", "owl"]
     assert data.info["sizes"] == {"train": 12, "val": 3, "test": 3}
     assert data.modalities["audio"].shape == (1, 32, 32)
     assert abs(float(data.train.inputs["image"].mean())) < 1e-4  # normalised with train stats
@@ -167,7 +167,7 @@ def test_max_train_rows_subsamples_before_decoding(manifest):
     (manifest.parent / "img" / "dog_2.png").unlink()  # never decoded if sampled out...
     data = load(manifest, max_train_rows=2, skip_bad_rows=True)
     assert len(data.train) <= 2 and data.info["train_rows_subsampled_from"] == 12
-    assert data.class_names == ["cat", "dog", "owl"]  # val/test labels stay known
+    assert data.target_names == ["cat", "dog", "owl"]  # val/test labels stay known
     assert len(data.val) == 3 and len(data.test) == 3
 
 

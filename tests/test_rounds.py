@@ -41,7 +41,7 @@ class LinearStudent(nn.Module):
     def __init__(self, data):
         super().__init__()
         torch.manual_seed(0)
-        self.fc = nn.Linear(data.train.inputs["image"][0].numel(), data.num_classes)
+        self.fc = nn.Linear(data.train.inputs["image"][0].numel(), data.num_outputs)
 
     def forward_features(self, x):
         z = self.fc(x.flatten(1))
@@ -82,7 +82,7 @@ def test_an_expert_is_refitted_on_the_students_labels_where_the_rows_have_none(d
 
 
 def test_the_next_teacher_multiplies_the_student_by_the_other_modalities_experts(data):
-    student = ConstantStudent(data.num_classes, cls=3, scale=0.5)
+    student = ConstantStudent(data.num_outputs, cls=3, scale=0.5)
     config = _config(rounds=2)
     log_p, info = next_round_targets(config, data, CPU, student, with_experts=True, quiet=True)
     assert set(info["experts"]) == {"audio"}  # every modality but the student's
@@ -152,7 +152,7 @@ def test_the_labeled_rows_keep_their_true_labels_when_an_expert_is_refitted(data
     from distill_export.rounds import expert_labels
 
     labeled = data.train.labeled
-    pseudo = (torch.arange(len(data.train)) * 7) % data.num_classes
+    pseudo = (torch.arange(len(data.train)) * 7) % data.num_outputs
     y = expert_labels(data, pseudo)
     assert torch.equal(y[labeled], data.train.labels[labeled])
     assert torch.equal(y[~labeled], pseudo[~labeled])

@@ -67,7 +67,7 @@ class TagsTask(Task):
         return TagTargets()
 
     def output_size(self, data) -> int:
-        return len(data.class_names)
+        return len(data.target_names)
 
     def supervised_loss(self, outputs, targets):
         return F.binary_cross_entropy_with_logits(outputs, targets)

@@ -108,7 +108,7 @@ def student_trained_here(name: str, epochs: int, seed: int):
     t0 = time.perf_counter()
     model, _ = train_baseline(cfg, data, torch.device("cpu"), quiet=True)
     print(f"trained {name} for {epochs} epochs in {time.perf_counter() - t0:.1f} s")
-    meta = {**student_meta(cfg, data, "none (labels only)"), "student": name}
+    meta = {**student_meta(cfg, data, "none (labels only)", {"class_names": data.target_names}), "student": name}
     mod = cfg.data.student_modality
     return (model.eval(), meta, "0" * 64, data.test.inputs[mod].numpy(), data.test.labels.numpy(),
             data.train.inputs[mod].numpy())

@@ -132,7 +132,7 @@ def throughput(manifest: Path, student: str, rows: int, repeats: int, device: st
     config, data = _setup_in_memory(manifest, student, rows, device=device, amp=amp)
     dev = torch.device(device)
     n = len(data.train)
-    teacher_logits = torch.randn(n, data.num_classes, generator=torch.Generator().manual_seed(0)).to(dev)
+    teacher_logits = torch.randn(n, data.num_outputs, generator=torch.Generator().manual_seed(0)).to(dev)
     x, y = data.train.inputs["image"].to(dev), data.train.labels.to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp == "bf16" and dev.type == "cuda" \
@@ -195,7 +195,7 @@ def workers_throughput(manifest: Path, student: str, rows: int, workers_list: li
     for workers in workers_list:
         config, data = _setup_in_memory(manifest, student, rows, streaming="on", workers=workers)
         n = len(data.train)
-        logits = torch.randn(n, data.num_classes, generator=torch.Generator().manual_seed(0))
+        logits = torch.randn(n, data.num_outputs, generator=torch.Generator().manual_seed(0))
         t0 = time.perf_counter()
         train_student(config, data, logits, torch.empty(0), torch.device("cpu"), quiet=True)
         out.append({"workers": workers, "rows": n, "samples_per_s": round(n / (time.perf_counter() - t0), 1)})

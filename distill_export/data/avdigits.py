@@ -118,7 +118,7 @@ def build_avdigits(config, seed: int) -> Dataset:
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        class_names=[str(d) for d in range(10)],
+        target_names=[str(d) for d in range(10)],
         modalities={
             "image": ModalitySpec("image", (1, 28, 28), img_mean, img_std),
             "audio": ModalitySpec("audio", audio_shape, aud_mean, aud_std),

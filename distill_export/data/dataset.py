@@ -55,13 +55,16 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-    class_names: list[str]
+    # What the task's head predicts, one name per output (classification: the class names), from
+    # the task's target codec (data/targets.py).
+    target_names: list[str]
     modalities: dict[str, ModalitySpec]
     info: dict = field(default_factory=dict)  # free-form facts for the report
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+    def num_outputs(self) -> int:
+        """Width of the student's and teacher's head."""
+        return len(self.target_names)
 
     def fingerprint(self) -> str:
         """Content hash of the training inputs and labels (keys the teacher-output cache)."""

@@ -210,7 +210,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     name = path.parent.name if path.stem == "manifest" else path.stem
     return Dataset(
         name=name, train=splits["train"], val=splits["val"], test=splits["test"],
-        class_names=names, modalities=specs,
+        target_names=names, modalities=specs,
         info={
             "manifest": str(path),
             "kinds": {m: s.kind for m, s in specs.items()},

@@ -199,7 +199,7 @@ def load_factory_teacher(spec: str, weights=None, data=None) -> ExternalTeacher:
     fn = import_factory(spec, "teacher factory")
     available = {}
     if data is not None:
-        available = {"num_classes": data.num_classes, "modalities": {m: s.shape for m, s in data.modalities.items()}}
+        available = {"num_classes": data.num_outputs, "modalities": {m: s.shape for m, s in data.modalities.items()}}
     net = call_factory(fn, spec, "teacher factory", **available)
     if weights:
         load_weights(net, weights)
@@ -241,9 +241,9 @@ def check_teacher(teacher: ExternalTeacher, data) -> None:
         shapes = ", ".join(f"{m} {tuple(v.shape)}" for m, v in batch.items())
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"teacher {src} fails on a batch of the data ({shapes}): {first[:200]}") from None
-    if logits.ndim != 2 or logits.shape[1] != data.num_classes:
+    if logits.ndim != 2 or logits.shape[1] != data.num_outputs:
         raise CheckpointError(f"teacher {src} returns logits of shape {tuple(logits.shape)} for 2 rows; the data "
-                              f"has {data.num_classes} classes ({', '.join(data.class_names[:12])})")
+                              f"has {data.num_outputs} classes ({', '.join(data.target_names[:12])})")
 
 
 def teacher_identity(spec, weights=None) -> str:

@@ -20,10 +20,12 @@ from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher, LateFusi
 # ----- student ---------------------------------------------------------------------------------
 
 
-def student_meta(config, data: Dataset, teacher_name: str) -> dict:
+def student_meta(config, data: Dataset, teacher_name: str, task_meta: dict) -> dict:
+    """What the checkpoint carries besides weights: the task's facts first (Task.export_meta,
+    e.g. class_names), then how to feed the model."""
     spec = data.modalities[config.data.student_modality]
     return {
-        "class_names": data.class_names,
+        **task_meta,
         "input_name": spec.name,
         "input_shape": list(spec.shape),
         "input_layout": spec.layout,
@@ -40,7 +42,7 @@ def new_student(config, data: Dataset) -> SplitNet:
 
     spec = data.modalities[config.data.student_modality]
     torch.manual_seed(config.seed)
-    model = create_student(config.student.name, data.num_classes, in_channels=spec.shape[0],
+    model = create_student(config.student.name, data.num_outputs, in_channels=spec.shape[0],
                            input_size=input_size(spec))
     if config.student.init_weights:
         init_student(model, config.student.init_weights, config.student.name)
@@ -59,12 +61,13 @@ def load_student(path) -> tuple[SplitNet, dict]:
     return load_state(model, payload["state_dict"], path).eval(), payload["meta"]
 
 
-def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str, extra: dict) -> None:
+def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str, extra: dict,
+                 task_meta: dict) -> None:
     spec = data.modalities[config.data.student_modality]
     save_checkpoint(
         path, model, kind="student", arch=config.student.name,
-        arch_kwargs={"num_classes": data.num_classes, "in_channels": spec.shape[0], "input_size": input_size(spec)},
-        meta={**student_meta(config, data, teacher_name), **extra},
+        arch_kwargs={"num_classes": data.num_outputs, "in_channels": spec.shape[0], "input_size": input_size(spec)},
+        meta={**student_meta(config, data, teacher_name, task_meta), **extra},
     )
 
 
@@ -95,9 +98,9 @@ def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool =
             if m in data.modalities and tuple(shape) != tuple(data.modalities[m].shape):
                 raise CheckpointError(f"teacher {path} was trained on {m} of shape {tuple(shape)}; "
                                       f"the data gives {tuple(data.modalities[m].shape)}")
-        if kw["num_classes"] != data.num_classes:
+        if kw["num_classes"] != data.num_outputs:
             raise CheckpointError(
-                f"teacher {path} predicts {kw['num_classes']} classes, the data has {data.num_classes}"
+                f"teacher {path} predicts {kw['num_classes']} classes, the data has {data.num_outputs}"
             )
         missing = set(kw["modalities"]) - set(data.modalities)
         if missing:

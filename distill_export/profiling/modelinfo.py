@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch stays optional here: an edge box profiles ONNX files without it
+    import torch
 
 
 def size_bytes(path: str | Path) -> int:

@@ -38,10 +38,10 @@ class ClassificationTask(Task):
         return CategoricalTargets()
 
     def output_size(self, data) -> int:
-        return len(data.class_names)
+        return len(data.target_names)
 
     def export_meta(self, data) -> dict:
-        return {"class_names": list(data.class_names)}
+        return {"class_names": list(data.target_names)}
 
     def supervised_loss(self, outputs, targets):
         import torch.nn.functional as F
@@ -55,7 +55,7 @@ class ClassificationTask(Task):
 
     def evaluate(self, outputs, targets, data=None) -> dict:
         outputs = np.asarray(outputs)
-        num_classes = len(data.class_names) if data is not None else outputs.shape[1]
+        num_classes = len(data.target_names) if data is not None else outputs.shape[1]
         return classification_metrics(outputs, np.asarray(targets), num_classes)
 
     def compare(self, outputs_a, outputs_b, targets, seed: int = 0) -> dict:
