@@ -86,3 +86,32 @@ def test_import_linter_contracts_are_kept():
         pytest.skip("the lint-imports command is not on PATH")
     done = subprocess.run([exe, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+MAX_MODULE_LINES = 400  # issue 20: short files; split a module along its seams before it grows past this
+
+
+def test_no_module_is_over_400_lines():
+    package = REPO / "distill_export"
+    long = {str(p.relative_to(REPO)): n for p in package.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert long == {}, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_no_module_outside_tasks_classification_knows_about_classes():
+    """The task seam: argmax, top-1 and class names live in tasks/classification/ (the record's
+    typed fields, the nets' factory keyword num_classes and terms that are logit losses aside)."""
+    import re
+
+    allowed = ("tasks/classification/", "methods/", "nets/", "record/", "rounds.py")
+    pattern = re.compile(r"argmax|top1|\.class_names\b|\.num_classes\b")
+    found = []
+    for path in (REPO / "distill_export").rglob("*.py"):
+        rel = str(path.relative_to(REPO / "distill_export"))
+        if rel.startswith(allowed):
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#")[0]
+            if pattern.search(code) and not code.strip().startswith(('"', "'")):
+                found.append(f"{rel}:{i}: {line.strip()}")
+    assert found == [], "\n".join(found)
