@@ -45,3 +45,30 @@ def test_validate_gate_out_of_range_is_refused(fake_run, gate, key):
     line = one_line_error(runner.invoke(app, ["validate", str(fake_run), "--gate", gate]), 2)
     assert f"--gate {key}" in line and f"validate.{key}" in line
     assert snapshot(fake_run.parent) == before  # nothing written, report.json included
+
+
+# ----- distill.rounds > 1 with a labels-only objective --------------------------------------------
+LABELS_ONLY = [
+    (["--method", "labels_only"], None),
+    ([], {"distill": {"terms": [{"name": "ce", "weight": 1.0}]}}),
+]
+
+
+@pytest.mark.parametrize("flags,config", LABELS_ONLY, ids=["method_labels_only", "terms_ce_only"])
+def test_rounds_with_a_labels_only_objective_is_refused(tmp_path, flags, config):
+    args = ["run", "--rounds", "2", "--out", str(tmp_path / "r"), *flags]
+    if config is not None:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+        args += ["--config", str(tmp_path / "c.yaml")]
+    before = snapshot(tmp_path)
+    line = one_line_error(runner.invoke(app, args), 2)
+    assert "distill.rounds" in line and "labels only" in line
+    assert not (tmp_path / "r").exists() and snapshot(tmp_path) == before
+
+
+def test_rounds_with_labels_only_is_refused_by_the_distill_stage(fake_run):
+    before = snapshot(fake_run.parent)
+    result = runner.invoke(app, ["distill", str(fake_run), "--rounds", "2", "--method", "labels_only"])
+    line = one_line_error(result, 2)
+    assert "distill.rounds" in line and "labels only" in line
+    assert snapshot(fake_run.parent) == before
