@@ -72,3 +72,16 @@ def test_rounds_with_labels_only_is_refused_by_the_distill_stage(fake_run):
     line = one_line_error(result, 2)
     assert "distill.rounds" in line and "labels only" in line
     assert snapshot(fake_run.parent) == before
+
+
+# ----- tune --methods: something to search ----------------------------------------------------------
+BAD_METHODS = [(",", "names no preset"), (" , ,", "names no preset"), ("", "names no preset"),
+               ("labels_only", "nothing to search"), ("labels_only,labels_only", "nothing to search")]
+
+
+@pytest.mark.parametrize("methods,needle", BAD_METHODS, ids=[repr(m) for m, _ in BAD_METHODS])
+def test_tune_methods_with_nothing_to_search_is_refused(fake_run, methods, needle):
+    before = snapshot(fake_run.parent)
+    line = one_line_error(runner.invoke(app, ["tune", str(fake_run), "--methods", methods]), 2)
+    assert "--methods" in line and needle in line
+    assert snapshot(fake_run.parent) == before
