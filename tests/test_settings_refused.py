@@ -85,3 +85,35 @@ def test_tune_methods_with_nothing_to_search_is_refused(fake_run, methods, needl
     line = one_line_error(runner.invoke(app, ["tune", str(fake_run), "--methods", methods]), 2)
     assert "--methods" in line and needle in line
     assert snapshot(fake_run.parent) == before
+
+
+# ----- tune --out: never a user file, never a run file ----------------------------------------------
+def _tune_out_cases(run, tmp):
+    (tmp / "mine.yaml").write_text("my: notes\n")
+    (tmp / "link.yaml").symlink_to(tmp / "gone.yaml")
+    return [
+        (tmp / "mine.yaml", "already exists"),  # a user file
+        (tmp / "link.yaml", "already exists"),  # a dangling link would write through to its target
+        (run / "config.yaml", "already exists"),  # the run's own config
+        (run / "report.json", "already exists"),
+        (run / "tune.json", "inside the run directory"),  # a run file tune itself writes later
+        (run / "student.onnx", "inside the run directory"),  # a run file a later stage writes
+        (tmp / "no" / "such" / "t.yaml", "does not exist"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_tune_out_never_replaces_a_file(fake_run, case):
+    target, needle = _tune_out_cases(fake_run, fake_run.parent)[case]
+    before = snapshot(fake_run.parent)
+    line = one_line_error(runner.invoke(app, ["tune", str(fake_run), "--out", str(target)]), 2)
+    assert "--out" in line and needle in line
+    assert snapshot(fake_run.parent) == before
+
+
+def test_tune_out_accepts_a_new_path_outside_the_run(fake_run):
+    """The check refuses nothing else: a new file outside the run gets past it (this fake run then
+    stops at its missing teacher)."""
+    result = runner.invoke(app, ["tune", str(fake_run), "--out", str(fake_run.parent / "best.yaml")])
+    assert result.exit_code == 2 and "teacher.pt is missing" in result.output, result.output
+    assert not (fake_run.parent / "best.yaml").exists()
