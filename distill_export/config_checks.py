@@ -90,6 +90,11 @@ def value_range(key: str) -> tuple | None:
     return _range_for(key)
 
 
+def check_value(key: str, value) -> None:
+    """One number against the range validation gives `key` (a CLI value before it is applied)."""
+    _check_number(key, value, _range_for(key))
+
+
 def _range_for(key: str):
     name = key.rsplit(".", 1)[-1]
     if key in _RANGES:

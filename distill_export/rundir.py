@@ -87,6 +87,19 @@ def check_free(path: str | Path | None) -> None:
         _check_free(Path(path))
 
 
+def check_new_file(path: str | Path, run_dir: str | Path, flag: str = "--out") -> None:
+    """An output file a command is told to write (tune --out): a new path in an existing folder,
+    outside the run directory (whose files belong to its stages), checked before any work."""
+    target = Path(path).expanduser()
+    if target.exists() or target.is_symlink():
+        raise ConfigError(f"{flag} {target} already exists and is never overwritten; choose a new path")
+    if target.resolve().is_relative_to(Path(run_dir).expanduser().resolve()):
+        raise ConfigError(f"{flag} {target} is inside the run directory {run_dir}, whose files belong to its stages; "
+                          f"choose a path outside it (or leave {flag} out)")
+    if not target.parent.is_dir():
+        raise ConfigError(f"{flag} {target}: the folder {target.parent} does not exist")
+
+
 @dataclass
 class RunDir:
     path: Path

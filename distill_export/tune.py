@@ -40,15 +40,23 @@ class TuneBudget:
 
 
 def candidate_methods(names: list[str] | None) -> list[str]:
-    """Presets to search: the given ones (checked), or every preset that uses the teacher."""
+    """Presets to search: the given ones (checked), or (None) every preset that uses the teacher.
+    An empty list, or presets that all leave the teacher out, leave nothing to search: refused."""
     from distill_export.methods import PRESETS
 
     teacherless = [n for n, (terms, _) in PRESETS.items() if not terms]
+    searchable = [n for n in PRESETS if n not in teacherless]
+    if names is None:
+        return searchable
     if not names:
-        return [n for n in PRESETS if n not in teacherless]
+        raise ConfigError(f"--methods names no preset; list one or more of: {', '.join(searchable)} "
+                          "(or leave --methods out to search them all)")
     for n in names:
         if n not in PRESETS:
             raise ConfigError(f"unknown distillation method {n!r} (choices: {', '.join(PRESETS)})")
+    if all(n in teacherless for n in names):
+        raise ConfigError(f"--methods {','.join(names)} uses no teacher, so there is nothing to search (the "
+                          f"labels-only baseline is trained anyway); choose from: {', '.join(searchable)}")
     return list(dict.fromkeys(names))
 
 

@@ -55,8 +55,11 @@ def gates_for(precision: str, cfg, task) -> list[tuple[str, str, float]]:
 
 
 def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
-    """`--gate fp32_max_abs=1e-5` -> {"validate.fp32_max_abs": 1e-5}; unknown names fail."""
+    """`--gate fp32_max_abs=1e-5` -> {"validate.fp32_max_abs": 1e-5}; unknown names, and values
+    outside the config's own range for the key (nan, inf, < 0, an agreement > 1), fail."""
     import difflib
+
+    from distill_export.config_checks import check_value
 
     names = [g.config_key for g in task.gates]
     out = {}
@@ -68,9 +71,14 @@ def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
             hint = f"did you mean {close[0]}?" if close else f"gates: {', '.join(names)}"
             raise ConfigError(f"--gate expects NAME=VALUE, got {flag!r} ({hint})")
         try:
-            out[f"validate.{key}"] = float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"--gate {key}: expected a number, got {value!r}") from None
+        try:
+            check_value(f"validate.{key}", number)
+        except ConfigError as exc:
+            raise ConfigError(f"--gate {key}: {exc}") from None
+        out[f"validate.{key}"] = number
     return out
 
 

@@ -161,10 +161,11 @@ def test_confirm_seeds_0_lets_the_search_score_decide(run_copy, tmp_path, monkey
     assert yaml.safe_load(out.read_text())["distill"]["terms"] == summary["best"]["terms"]
     assert "not confirmed" in out.read_text().splitlines()[0]
     _fake_trainers(monkeypatch, lambda a, seed: 0.5 + 0.1 * a, lambda seed: 0.9)
+    out2 = tmp_path / "t2.yaml"  # tune --out never overwrites the first one (test_settings_refused.py)
     result = runner.invoke(app, ["tune", str(run_copy), "--trials", "2", "--methods", "hinton",
-                                 "--confirm-seeds", "0", "--out", str(out), "--quiet"])
+                                 "--confirm-seeds", "0", "--out", str(out2), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load(out.read_text())["distill"]["method"] == "labels_only"
+    assert yaml.safe_load(out2.read_text())["distill"]["method"] == "labels_only"
 
 
 def test_a_labels_only_student_is_the_baseline_and_says_so(run_copy):

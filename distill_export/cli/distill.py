@@ -18,8 +18,10 @@ def distill(run_dir: RunDirArg, overrides: dict = None, quiet: Quiet = False):
     """Stage 2: distill the student and train the labels-only baseline."""
     from distill_export.launch import open_run
     from distill_export.pipeline import stage_distill
+    from distill_export.preflight import check_rounds_config
 
     rd, cfg = open_run(run_dir, overrides)
+    check_rounds_config(cfg)  # what rounds cannot serve, before the transaction backs anything up
     rd.require_stages(("train_teacher",), "distill")
     with rd.transaction():  # a failure leaves the run directory exactly as it was
         stage_distill(cfg, rd, quiet)

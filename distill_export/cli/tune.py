@@ -33,14 +33,19 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
     """
     from distill_export.confirm import ConfirmSpec
     from distill_export.launch import open_run
-    from distill_export.tune import TuneBudget, tune as run_tune
+    from distill_export.tune import TuneBudget, candidate_methods, tune as run_tune
 
     budget = TuneBudget(trials, minutes)
     budget.check()  # a bad budget fails before the data loads
     confirm_spec = ConfirmSpec(confirm_top, confirm_seeds)
     confirm_spec.check()
+    names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    candidate_methods(names)  # --methods "," or labels_only alone leave nothing to search: refused now
+    if out_file is not None:  # a user file or one of the run directory files is never replaced
+        from distill_export.rundir import check_new_file
+
+        check_new_file(out_file, run_dir)
     rd, cfg = open_run(run_dir)
-    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     path = out_file or rd.file("tuned.yaml")
     summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec)
     best = summary["best"]

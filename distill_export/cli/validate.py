@@ -15,7 +15,7 @@ app = typer.Typer()
 @guarded
 def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     """Stage 4: parity of every export against the PyTorch student; exit 1 if a gate fails."""
-    from distill_export.config import apply_overrides
+    from distill_export.config import apply_overrides, validate_config
     from distill_export.errors import ParityError
     from distill_export.launch import open_run
     from distill_export.pipeline import stage_validate
@@ -26,6 +26,7 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     from distill_export.tasks import get_task
 
     apply_overrides(cfg, parse_gate_flags(gate, get_task(cfg.task)), "--gate")
+    validate_config(cfg)  # the gates pass the config's own checks before anything is written
     rd.require_stages(("export",), "validate")
     with rd.transaction():
         results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure
