@@ -95,3 +95,33 @@ def test_same_model_saved_twice_gives_the_same_bytes_and_old_files_still_load(tm
     assert torch_archive_hash(old) == torch_archive_hash(a)
     payload = load_checkpoint(old, kind="student")
     assert all(torch.equal(x, y) for x, y in zip(payload["state_dict"].values(), net.state_dict().values()))
+
+
+def _evil_pickle(path):
+    """A torch.save'd dict whose unpickling would run a shell command."""
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, path)
+    return path
+
+
+def test_refused_files_never_suggest_loading_with_weights_only_false(tmp_path):
+    """Issue 24: torch's message advises re-running torch.load with weights_only=False, which
+    would run the file's code. Every message we print says what the file is not, instead."""
+    from distill_export.errors import CheckpointError
+    from distill_export.nets.checkpoint import load_checkpoint, read_state_file
+
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(256)) * 8)
+    evil = _evil_pickle(tmp_path / "evil.pt")
+    for path, why in ((noise, "Unsupported operand"), (evil, "GLOBAL posix.system")):
+        for load in (lambda p: load_checkpoint(p, kind="student"), lambda p: read_state_file(p, "--student-init")):
+            with pytest.raises(CheckpointError) as err:
+                load(path)
+            message = str(err.value)
+            assert "weights_only" not in message and "\n" not in message
+            assert why in message and "not a plain tensor file" in message

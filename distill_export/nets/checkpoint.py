@@ -15,6 +15,25 @@ from torch import nn
 from distill_export.errors import CheckpointError
 from distill_export.files import torch_save
 
+_UNSAFE_HINT = "weights_only"  # torch's advice to load with weights_only=False: it would run the file's code
+
+
+def load_failure(exc: BaseException) -> str:
+    """One line saying why torch.load (weights only) refused a file, without torch's advice to
+    retry with weights_only=False (that would run whatever code the file holds): the refused
+    pickle operation or global, or the error's first line."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if _UNSAFE_HINT not in lines[0]:
+        return lines[0][:200]
+    # "Weights only load failed. ... weights_only ...\n<why>\nCheck the documentation ...": keep <why>
+    why = [ln for ln in lines[1:] if _UNSAFE_HINT not in ln and not ln.startswith("Check the documentation")
+           and not ln.startswith("Please file an issue")]
+    detail = why[0] if why else "it holds something other than tensors and plain containers"
+    return f"not a plain tensor file ({detail[:160]}); distill-export never unpickles code"
+
 FORMAT = "distill-export/1"
 
 
@@ -39,8 +58,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with code, truncated file...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {reason[:200]}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {load_failure(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a distill-export checkpoint (no '{FORMAT}' format tag)")
     if kind and payload.get("kind") != kind:
@@ -69,5 +87,4 @@ def read_state_file(path: Path, what: str) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{what} is not a readable state_dict: {first[:200]}") from None
+        raise CheckpointError(f"{what} is not a readable state_dict: {load_failure(exc)}") from None

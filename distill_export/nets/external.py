@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from distill_export.errors import CheckpointError, ConfigError
+from distill_export.nets.checkpoint import load_failure
 
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -168,8 +169,7 @@ def load_export_program(path) -> ExternalTeacher:
         with weights_only_loads():
             ep = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path} is not a torch.export program (.pt2): {first[:200]}") from None
+        raise CheckpointError(f"{path} is not a torch.export program (.pt2): {load_failure(exc)}") from None
     finally:
         quiet.setLevel(level)
     names = list(ep.graph_signature.user_inputs)
