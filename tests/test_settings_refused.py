@@ -117,3 +117,27 @@ def test_tune_out_accepts_a_new_path_outside_the_run(fake_run):
     result = runner.invoke(app, ["tune", str(fake_run), "--out", str(fake_run.parent / "best.yaml")])
     assert result.exit_code == 2 and "teacher.pt is missing" in result.output, result.output
     assert not (fake_run.parent / "best.yaml").exists()
+
+
+# ----- manifests with nothing to learn from (issue 24: the message said "one class only (none)") --
+
+
+def test_a_header_only_manifest_is_named_as_having_no_rows(tmp_path):
+    manifest = tmp_path / "data" / "header.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("image,label\n")
+    before = snapshot(tmp_path)
+    message = one_line_error(CliRunner().invoke(app, ["run", "--data", str(manifest), "--out", str(tmp_path / "r")]), 2)
+    assert "header.csv has a header but no rows" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_a_manifest_without_any_label_says_so(tmp_path):
+    from _byo_fixtures import make_manifest, read_rows, write_rows
+
+    rows = read_rows(make_manifest(tmp_path / "data", modalities=("image",), split_column=False))
+    manifest = write_rows(tmp_path / "data" / "unlabeled.csv", [{**r, "label": ""} for r in rows])
+    before = snapshot(tmp_path)
+    message = one_line_error(CliRunner().invoke(app, ["run", "--data", str(manifest), "--out", str(tmp_path / "r")]), 2)
+    assert "no row has a label" in message and "one class only" not in message
+    assert snapshot(tmp_path) == before

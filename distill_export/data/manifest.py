@@ -76,6 +76,11 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     targets = targets or CategoricalTargets()
     path = resolve_manifest(config.source)
     modalities, columns, rows, problems = read_rows(path)
+    if not rows and not problems:
+        raise DataError(f"{path} has a header but no rows: add one row per sample under it")
+    if rows and all(r.label is None for r in rows):
+        raise DataError(f"{path}: no row has a label (an empty label marks an unlabeled row, which only "
+                        "distillation uses); the teacher and the baseline need labeled rows")
     has_split = "split" in columns
     kinds = {m: loaders.kind_of_column(m, [r.cells[m] for r in rows[:50]]) for m in modalities}
 
