@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from distill_export.errors import ConfigError
+from distill_export.registry import import_members
 from distill_export.export.int8_recipes import INT8_RECIPES
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -106,7 +105,6 @@ class FormatSpec:
 
 
 _REGISTRY: dict[str, FormatSpec] = {}
-_loaded = False
 
 
 def register_format(name: str, precision: str, requires: tuple[str, ...] = ("onnx",),
@@ -119,14 +117,8 @@ def register_format(name: str, precision: str, requires: tuple[str, ...] = ("onn
 
 
 def _load_all() -> None:
-    """Import every module of this package once, so each format registers itself. The registry
-    never imports its members by name; the order is the modules' (alphabetical) order."""
-    global _loaded
-    if _loaded:
-        return
-    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        importlib.import_module(f"{__package__}.{mod.name}")
-    _loaded = True
+    """Every format module, imported once, registers itself (in alphabetical module order)."""
+    import_members(__file__, __package__)
 
 
 def format_names() -> list[str]:

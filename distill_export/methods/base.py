@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill_export.errors import ConfigError
+from distill_export.registry import import_members
 
 IGNORE_INDEX = -100  # an unlabeled row's label (data.IGNORE_INDEX)
 TEACHER_OUTPUTS = ("logits", "features")  # what a term may need from the teacher
@@ -120,22 +121,9 @@ def _init_parameters(cls: type) -> list[str]:
     return [k for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self" and p.kind not in skip]
 
 
-_loaded = False
-
-
 def _load_builtin_terms() -> None:
-    """Import every module of this package once, so each registers its terms."""
-    global _loaded
-    if _loaded:
-        return
-    import importlib
-    import pkgutil
-    from pathlib import Path
-
-    # The folder, not the package object: base never imports its own package (nor its members).
-    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        importlib.import_module(f"{__package__}.{mod.name}")
-    _loaded = True
+    """Every term module of this package, imported once, registers its terms."""
+    import_members(__file__, __package__)
 
 
 def check_positive(name: str, value: float, term: str) -> float:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from distill_export.record import RunRecord
 from distill_export.report.view import task_view
+from distill_export.record.format import html_table
 from distill_export.report.tables import (
     LATENCY_HEADER,
     SPEEDUP_HEADER,
     dataset_sizes,
     given,
     headline_speedups,
-    html_table,
     latency_table,
     profile_context,
     reads_record,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from distill_export.record import RunRecord
 from distill_export.report.view import task_view
+from distill_export.record.format import md_table
 from distill_export.report.tables import (
     LATENCY_HEADER,
     SPEEDUP_HEADER,
@@ -13,7 +14,6 @@ from distill_export.report.tables import (
     given,
     headline_speedups,
     latency_table,
-    md_table,
     profile_context,
     reads_record,
     recommendation_lines,

@@ -9,7 +9,7 @@ from distill_export.files import atomic_path
 from distill_export.record import RunRecord
 from distill_export.record.models import Training
 from distill_export.report.view import task_view
-from distill_export.report.tables import reads_record
+from distill_export.record.format import reads_record
 
 PLOTS_SKIPPED = "plots skipped: matplotlib is not installed (pip install matplotlib)"
 
@@ -74,10 +74,11 @@ def tradeoff_points(record: RunRecord) -> list[tuple[str, float, float]]:
         return []
     fewest = min(r.threads for r in lat)
     points = []
+    view = task_view(record)
     for r in lat:
         if r.threads != fewest and r.device == "cpu":
             continue
-        score = task_view(record).model_score(record, r.model, r.format)
+        score = view.model_score(record, r.model, r.format)
         if score is not None:
             points.append((f"{r.model} ({r.format}, {r.backend})", r.p50_ms, score))
     return points
@@ -141,8 +142,8 @@ def plot_training(record: RunRecord, out: Path) -> Path | None:
                 val_ax.scatter([training.best_epoch], [best], s=60, facecolors="none", edgecolors=[color])
     loss_ax.set(xlabel="epoch", ylabel="training loss (mean over the epoch)",
                 title="training loss (each training's own objective)")
-    val_ax.set(xlabel="epoch", ylabel=f"{task_view(record).VAL_SCORE_LABEL} (%)",
-               title=f"{task_view(record).VAL_SCORE_LABEL} (circle: the epoch kept)")
+    val_label = task_view(record).VAL_SCORE_LABEL
+    val_ax.set(xlabel="epoch", ylabel=f"{val_label} (%)", title=f"{val_label} (circle: the epoch kept)")
     for ax in (loss_ax, val_ax):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")

@@ -4,7 +4,7 @@ profiling context, recommendations. They read the typed run record (record/model
 from __future__ import annotations
 
 from distill_export.record import RunRecord
-from distill_export.record.format import html_table, md_table, pct, reads_record  # noqa: F401 (re-used by the renderers)
+from distill_export.record.format import reads_record
 from distill_export.record.models import Dataset, Speedup
 
 

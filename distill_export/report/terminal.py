@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from distill_export.record import RunRecord
 from distill_export.report.view import task_view
+from distill_export.record.format import reads_record
 from distill_export.report.tables import (
     SPEEDUP_HEADER,
     headline_speedups,
     profile_context,
-    reads_record,
     recommendation_lines,
     speedup_table,
 )
@@ -31,9 +31,10 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]], keep_whole
 
 @reads_record
 def print_parity(record: RunRecord, console) -> None:
-    rows = task_view(record).parity_rows(record)
+    view = task_view(record)
+    rows = view.parity_rows(record)
     if rows:
-        console.print(_rich_table("Parity vs the PyTorch student", task_view(record).PARITY_HEADER, rows))
+        console.print(_rich_table("Parity vs the PyTorch student", view.PARITY_HEADER, rows))
 
 
 @reads_record
@@ -65,7 +66,8 @@ def summary_rows(record: RunRecord) -> tuple[list[str], list[list[str]]]:
     threads = sorted({t for by_backend in lat.values() for v in by_backend.values() for t in v})
     speed = {(s.model, s.format, s.backend): s.speedup for s in record.speedups
              if s.batch == 1 and threads and s.threads == threads[0] and s.like_for_like}
-    entries = task_view(record).summary_entries(record)
+    view = task_view(record)
+    entries = view.summary_entries(record)
     listed = {(m, f) for m, f, _, _ in entries}
     entries += [(m, f, "-", "-") for (m, f) in lat if (m, f) not in listed]  # profiled files without metrics
     rows = []
@@ -75,7 +77,7 @@ def summary_rows(record: RunRecord) -> tuple[list[str], list[list[str]]]:
             short = backend.replace("onnxruntime", "ort")  # keeps the table within 80 columns
             rows.append([model, fmt, short, score, parity, *[f"{p50[t]:.3f}" if t in p50 else "-" for t in threads],
                          f"×{sp:.1f}" if sp else "-"])
-    header = ["model", "format", "backend", task_view(record).SUMMARY_SCORE_HEADER, "parity",
+    header = ["model", "format", "backend", view.SUMMARY_SCORE_HEADER, "parity",
               *[f"p50 ms b1 {t}t" for t in threads],
               f"faster b1 {threads[0]}t" if threads else "faster"]
     return header, rows

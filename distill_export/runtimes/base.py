@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from distill_export.errors import ConfigError
+from distill_export.registry import import_members
 
 Runner = Callable[["object", int], "object"]  # (x: (N, *shape) float32 numpy, batch_size) -> logits (N, C)
 
@@ -65,7 +63,6 @@ class Runtime:
 
 _REGISTRY: dict[str, Runtime] = {}
 _ORDER: dict[str, int] = {}
-_loaded = False
 
 
 def register_runtime(name: str, position: int) -> Callable[[type[Runtime]], type[Runtime]]:
@@ -83,16 +80,9 @@ def register_runtime(name: str, position: int) -> Callable[[type[Runtime]], type
 
 
 def _load_all() -> None:
-    """Import every public module of this package once, so each registers its runtime (the
-    registry never imports its members by name). Private modules (_torch_timing: it imports
-    torch) are their runtime's helpers, imported by it when used."""
-    global _loaded
-    if _loaded:
-        return
-    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{__package__}.{mod.name}")
-    _loaded = True
+    """Every public runtime module, imported once, registers its runtime. Private modules
+    (_torch_timing: it imports torch) are their runtime's helpers, imported by it when used."""
+    import_members(__file__, __package__)
 
 
 def runtimes() -> list[Runtime]:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from distill_export.errors import ConfigError
+from distill_export.registry import import_members
 
 _TASKS: dict[str, type["Task"]] = {}
 
@@ -129,20 +130,6 @@ def get_task(name: str) -> Task:
     return _TASKS[name]()
 
 
-_loaded = False
-
-
 def _load_builtin_tasks() -> None:
-    """Import every sub-package of distill_export.tasks once, so each registers its task."""
-    global _loaded
-    if _loaded:
-        return
-    import importlib
-    import pkgutil
-    from pathlib import Path
-
-    # The folder, not the package object: base never imports its own package (nor its members).
-    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if mod.ispkg:
-            importlib.import_module(f"{__package__}.{mod.name}")
-    _loaded = True
+    """Every task sub-package of distill_export.tasks, imported once, registers its task."""
+    import_members(__file__, __package__, packages_only=True)
