@@ -1,5 +1,6 @@
 """CenterNet-style heads ("Objects as Points", Zhou et al. 2019): the layout every detection
-model, term and export in distill-export shares.
+model, term and export in distill-export shares. It lives in nets/ so that the detection task
+(tasks/detection), its distillation terms (methods/) and the detectors all import it from below.
 
 A detector's raw output is one map, (B, C + 4, h, w), at output stride ``stride = H / h``:
 
@@ -26,6 +27,7 @@ BOX_PAD = -1.0  # class of a padding box row
 SIZE_WEIGHT = 0.1  # CenterNet's weights: focal + 0.1 * size L1 + 1 * offset L1
 OFFSET_WEIGHT = 1.0
 TTF_ALPHA = 0.54  # Gaussian sigma = alpha * side / 6 (TTFNet): elliptical, follows the box
+OUTPUT_STRIDE = 4  # every detector's heads are at 1/4 of the input resolution
 MAX_DETECTIONS = 20  # K: detections per image out of decode (and out of the exported graph)
 
 
