@@ -171,16 +171,17 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
         # Reference logits of the PyTorch student on the test split, on CPU in fp32:
         # every exported artifact is judged against these.
         x_test = data.test.inputs[modality]
-        _, ref_logits = predict(student.forward_features, x_test, len(data.test))
+        _, raw = predict(student.forward_features, x_test, len(data.test))
+        task = get_task(config.task)
         checkpoint_sha256 = sha256_file(student_path)
-        save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), ref_logits.numpy(),
+        save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), task.decode(raw.numpy()),
                          checkpoint_sha256)
         n_cal = min(config.export.calibration_samples, len(data.train))
-        task = get_task(config.task)
         source = ExportSource(
             model=student, meta=meta, checkpoint_sha256=checkpoint_sha256, out_dir=run.path,
             calibration=data.train.inputs[modality][:n_cal].numpy(),  # train rows are shuffled
             output_name=task.output_names[0], task_meta=task.export_meta(data),
+            tail=task.export_tail(raw.shape[1]), output_names=tuple(task.output_names),
         )
         options = ExportOptions.from_config(config.export, calibration_samples=n_cal)
         results = export_formats(source, config.export.formats, options)
