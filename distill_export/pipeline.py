@@ -113,6 +113,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     def compare(a: str, b: str) -> dict:  # paired, on the same test rows
         return task.compare(outputs[a], outputs[b], targets, seed=config.seed)
 
+    figures = _draw_examples(config, run, data, device, task, teacher, outputs)
     kd_vs_base = compare("student", "baseline")
     comparisons = {"student_vs_baseline": kd_vs_base}
     if "self_training" in models:
@@ -149,7 +150,32 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "augment": config.distill.augment,
             "teacher_cache": cache_info,
         },
+        **({"figures": figures} if figures else {}),
     )
+
+
+def _draw_examples(config, run: RunDir, data, device, task, teacher, outputs: dict) -> dict[str, str]:
+    """The task's picture of a few test inputs with the student's and the teacher's outputs
+    (Task.draw_examples), under plots/ for the report; {} when the task draws none."""
+    from distill_export.train import predict
+
+    n = min(8, len(data.test))
+    if n == 0:
+        return {}
+    inputs = {m: v[:n].to(device) for m, v in data.test.inputs.items() if m in getattr(teacher, "modality_names", ())}
+    try:
+        _, teacher_out = predict(teacher.forward_features, inputs, n) if inputs else (None, None)
+    except (RuntimeError, TypeError):  # an external teacher that takes other inputs: the student alone
+        teacher_out = None
+    panels = {"student": outputs["student"][:n]}
+    if teacher_out is not None:
+        panels["teacher"] = teacher_out.numpy()
+    name = "detections.png"
+    path = run.file("plots") / name
+    path.parent.mkdir(exist_ok=True)
+    drawn = task.draw_examples(data.test.inputs[config.data.student_modality][:n].numpy(), panels,
+                               data.test.labels[:n].numpy(), data, path)
+    return {"examples": name} if drawn else {}
 
 
 @records_stage("export")

@@ -123,6 +123,12 @@ class Task:
         return {metric: pick[self.parity_better.get(metric, "lower")]([m[metric] for m in per_batch.values()])
                 for metric in first}
 
+    def draw_examples(self, images: np.ndarray, outputs: dict[str, np.ndarray], targets: np.ndarray,
+                      data, path) -> bool:
+        """Draw a few test inputs with each model's raw outputs ({model: (N, ...)}) into the PNG
+        `path` for the report; False when the task has no picture to draw."""
+        return False
+
     # ----- report -----------------------------------------------------------------------
     def report_view(self):
         """What this task adds to report.md/html and the terminal (tasks/report_view.py lists
