@@ -55,8 +55,8 @@ def test_coco_map_matches_the_case_worked_by_hand():
     m = task.evaluate(dets, targets, data=type("D", (), {"target_names": NAMES})())
     assert m["map50"] == pytest.approx((AP50_A + AP50_B) / 2, abs=1e-9)
     assert m["map50_95"] == pytest.approx((AP5095_A + AP5095_B) / 2, abs=1e-9)
-    assert m["per_class"]["a"] == {"ap50": pytest.approx(AP50_A, abs=1e-9), "ap50_95": pytest.approx(AP5095_A, abs=1e-9),
-                                   "n_objects": 3}
+    assert m["per_class"]["a"] == {"ap50": pytest.approx(AP50_A, abs=1e-9),
+                                   "ap50_95": pytest.approx(AP5095_A, abs=1e-9), "n_objects": 3}
     assert m["per_class"]["b"]["ap50"] == pytest.approx(AP50_B, abs=1e-9)
     assert m["per_class"]["b"]["ap50_95"] == pytest.approx(AP5095_B, abs=1e-9)
     assert m["per_class"]["c"] == {"ap50": None, "ap50_95": None, "n_objects": 0}

@@ -16,14 +16,14 @@ from distill_export.record.format import html_table, md_table, pct, reads_record
 # The rows of the mAP table, in order, and what each is; any other model in the record follows.
 MODEL_LABELS = {
     "teacher": "teacher (all modalities)",
-    "self_training_teacher": "one-frame teacher (self-training control's)",
+    "self_training_teacher": "one-frame teacher (for the self-training control)",
     "baseline": "baseline (labels only)",
     "self_training": "self-training control",
     "student": "student (distilled)",
     "oracle": "oracle (all labels)",
 }
 MAP_HEADER = ["model", "mAP50", "mAP50-95", "images", "objects"]
-PARITY_HEADER = ["format", "precision", "size", "|ΔmAP50|", "matched detections", "max score diff",
+PARITY_HEADER = ["format", "precision", "size", "ΔmAP50 (abs.)", "matched detections", "max score diff",
                  "max box diff (px)", "mAP50", "gates"]
 SCORE_LABEL = "test mAP50 (%)"  # the y axis of the score vs latency plot
 VAL_SCORE_LABEL = "validation mAP50"  # the training curves' score
@@ -80,7 +80,8 @@ def parity_rows(record: RunRecord) -> list[list[str]]:
         matched = get("matched_detections")
         counts = f" ({get('matched_count')}/{get('reference_count')})" if get("reference_count") is not None else ""
         gates = ", ".join(f"{k} {'PASS' if g.passed else 'FAIL'}" for k, g in p.gates.items())
-        rows.append([fmt, art.precision or "", f"{(art.size_bytes or 0) / 1024:.1f} KiB", _num(get("map50_delta"), ".4f"),
+        size = f"{(art.size_bytes or 0) / 1024:.1f} KiB"
+        rows.append([fmt, art.precision or "", size, _num(get("map50_delta"), ".4f"),
                      (pct(matched) + counts) if matched is not None else "n/a", _num(get("max_score_diff"), ".2e"),
                      _num(get("max_box_diff_px"), ".3f"), _map(get("map50")), gates])
     return rows
@@ -144,16 +145,18 @@ def kd_verdict(record: RunRecord) -> str:
     stats = _stats(record.comparisons.get("student_vs_baseline"))
     verdict = record.kd_verdict or "not tested"
     if verdict == "paid":
-        text = f"Distillation paid: the student beats the labels-only baseline by {100 * gain:+.1f} mAP50 points ({stats})."
+        text = (f"Distillation paid: the student beats the labels-only baseline by {100 * gain:+.1f} mAP50 points "
+                f"({stats}).")
     elif verdict == "hurt":
-        text = f"Distillation hurt: the student is {100 * -gain:.1f} mAP50 points below the labels-only baseline ({stats})."
+        text = (f"Distillation hurt: the student is {100 * -gain:.1f} mAP50 points below the labels-only baseline "
+                f"({stats}).")
     else:
         text = f"No significant difference from the labels-only baseline ({100 * gain:+.1f} mAP50 points; {stats})."
     control = record.comparisons.get("student_vs_self_training")
     if control is not None:
         st = record.comparisons.get("self_training_vs_baseline")
         text += (" Self-training control (a one-frame teacher of the same size, same rows and terms): "
-                 f"{100 * (st.gain if st else 0):+.1f} points over the baseline; the teacher's other frames added "
+                 f"{100 * (st.gain if st else 0):+.1f} points over the baseline; the teacher's other modalities added "
                  f"{100 * control.gain:+.1f} points over it ({_stats(control)}; {control.verdict or 'not tested'}).")
     return f"{text} Setting: {_setting(d)}."
 
@@ -166,7 +169,8 @@ def markdown_sections(record: RunRecord) -> list[str]:
         parts += ["", "## Detection (test split)", "", md_table(MAP_HEADER, map_rows(record)), "",
                   "mAP in points (COCO's 101-point AP, area 'all', faster-coco-eval).", ""]
     if record.kd_gain is not None:
-        parts += [f"**kd_gain** = student − baseline = {100 * record.kd_gain:+.2f} mAP50 points. {kd_verdict(record)}", ""]
+        gain = f"**kd_gain** = student − baseline = {100 * record.kd_gain:+.2f} mAP50 points."
+        parts += [f"{gain} {kd_verdict(record)}", ""]
     header, rows = per_class_table(record)
     if rows:
         parts += ["### AP50 per class", "", md_table(header, rows), ""]
