@@ -13,7 +13,7 @@ from distill_export.tasks.detection import DetectionTask
 from distill_export.tasks.detection.parity import MATCH_IOU, SCORE_THRESHOLD
 from distill_export.validate import Gate, gate_limit, gates_for
 
-from _detection_cases import NAMES, hand_case, random_case
+from _detection_cases import NAMES, random_case
 
 
 def _reference(seed: int = 0) -> tuple[dict, np.ndarray]:

@@ -27,6 +27,11 @@ def _is_raw(outputs) -> bool:
     return not isinstance(outputs, (dict, tuple, list, Detections)) and np.ndim(outputs) == 4
 
 
+def _numpy(x) -> np.ndarray:
+    """Targets as numpy, from numpy or a torch tensor (on any device)."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
 def _num_classes(*arrays) -> int:
     """C when only decoded detections and targets are at hand: the largest class id + 1."""
     top = [int(np.max(a)) for a in arrays if a is not None and np.size(a)]
@@ -114,14 +119,14 @@ class DetectionTask(Task):
     def score(self, outputs, targets) -> float:
         """Validation mAP50 (COCO's 101-point AP at IoU 0.5, computed in numpy) of the labeled images."""
         dets, C = self._detections(outputs)
-        targets = np.asarray(targets)
+        targets = _numpy(targets)
         return fast_map(dets, targets, C or _num_classes(dets.classes, targets[..., 0]))
 
     # ----- evaluation -------------------------------------------------------------------
     def evaluate(self, outputs, targets, data=None) -> dict:
         """COCO mAP50 and mAP50-95 with faster-coco-eval, overall and per class."""
         dets, C = self._detections(outputs)
-        targets = np.asarray(targets)
+        targets = _numpy(targets)
         if data is not None:
             names = [str(n) for n in data.target_names]
         else:
@@ -131,7 +136,7 @@ class DetectionTask(Task):
     def compare(self, outputs_a, outputs_b, targets, seed: int = 0) -> dict:
         """Paired bootstrap over images of the mAP50 gain of A over B (tasks/detection/significance.py)."""
         (dets_a, c_a), (dets_b, c_b) = self._detections(outputs_a), self._detections(outputs_b)
-        targets = np.asarray(targets)
+        targets = _numpy(targets)
         C = c_a or c_b or _num_classes(dets_a.classes, dets_b.classes, targets[..., 0])
         return paired_compare(dets_a, dets_b, targets, C, seed=seed)
 
@@ -142,7 +147,7 @@ class DetectionTask(Task):
         (0 when there are none)."""
         cand, ref = self._detections(candidate)[0], self._detections(reference)[0]
         m = match_detections(cand, ref)
-        targets = np.asarray(targets)
+        targets = _numpy(targets)
         labeled = targets.ndim == 3 and len(targets) and labeled_images(targets).any()
         if labeled:
             C = _num_classes(cand.classes, ref.classes, targets[..., 0])
