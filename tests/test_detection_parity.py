@@ -138,13 +138,13 @@ def test_worst_case_over_batch_sizes():
 
 
 # ----- export: the decode inside the graph -----------------------------------------------------------
-def test_export_model_ends_with_the_decode_and_matches_decode_outputs():
+def test_export_tail_is_the_decode_and_matches_decode_outputs():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.Conv2d(8, 3 + 4, 4, stride=4))
     task = DetectionTask()
-    wrapped = task.export_model(net).eval()
+    wrapped = torch.nn.Sequential(net, task.export_tail(3 + 4)).eval()
     x = torch.rand(5, 1, 32, 32)
     with torch.no_grad():
         boxes, scores, classes = wrapped(x)
@@ -172,7 +172,7 @@ def test_the_wrapped_detector_on_onnx_runtime_passes_the_fp32_gates(tmp_path):
     path = tmp_path / "det.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(task.export_model(net).eval(), (x[:2],), str(path), dynamo=False, opset_version=18,
+        torch.onnx.export(torch.nn.Sequential(net, task.export_tail(10 + 4)).eval(), (x[:2],), str(path), dynamo=False, opset_version=18,
                           input_names=["x"], output_names=list(task.output_names),
                           dynamic_axes={n: {0: "batch"} for n in ("x", *task.output_names)})
     outs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})

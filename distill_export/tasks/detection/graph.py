@@ -1,4 +1,5 @@
-"""The exported detector: the student's raw heads, then the decode, in one graph."""
+"""The exported detector's tail: the decode the graph ends with (Task.export_tail), appended
+after the student's raw heads by export/common.py append_tail and kept in FP32 there."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from torch import nn
 from distill_export.nets.centernet import MAX_DETECTIONS, OUTPUT_STRIDE, decode
 
 
-class DecodedDetector(nn.Module):
-    """forward(x) -> boxes (B, K, 4) x1y1x2y2 input px, scores (B, K), classes (B, K) int64: the
-    decode runs in float32 whatever the heads' dtype (an FP16 export keeps it there)."""
+class DecodeTail(nn.Module):
+    """forward(heads (B, C+4, h, w)) -> boxes (B, K, 4) x1y1x2y2 input px, scores (B, K),
+    classes (B, K) int64, in float32 whatever the heads' dtype."""
 
-    def __init__(self, model: nn.Module, k: int = MAX_DETECTIONS, stride: int = OUTPUT_STRIDE):
+    def __init__(self, num_classes: int, k: int = MAX_DETECTIONS, stride: int = OUTPUT_STRIDE):
         super().__init__()
-        self.model = model
+        self.num_classes = num_classes
         self.k = k
         self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(x).float()  # (B, C+4, h, w)
-        return decode(out, out.shape[1] - 4, self.stride, self.k)
+    def forward(self, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return decode(heads.float(), self.num_classes, self.stride, self.k)

@@ -76,11 +76,14 @@ class DetectionTask(Task):
         return {"class_names": list(data.target_names), "max_detections": MAX_DETECTIONS, "box_format": "xyxy",
                 "output_stride": OUTPUT_STRIDE}
 
-    def export_model(self, model):
-        """The module the export traces: the detector, then the decode (boxes, scores, classes)."""
-        from distill_export.tasks.detection.graph import DecodedDetector
+    def export_tail(self, output_size: int):
+        """The decode the exported graph ends with: raw heads -> boxes, scores, classes."""
+        from distill_export.tasks.detection.graph import DecodeTail
 
-        return DecodedDetector(model)
+        return DecodeTail(output_size - 4)
+
+    def decode(self, outputs):
+        return self.decode_outputs(outputs)
 
     def decode_outputs(self, outputs) -> dict[str, np.ndarray]:
         """Raw heads (N, C+4, h, w), numpy or torch -> {"boxes", "scores", "classes"} numpy, through
