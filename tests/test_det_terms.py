@@ -298,6 +298,13 @@ def test_pkd_refuses_bad_hyperparameters(bad):
         term_class("pkd")(**bad)
 
 
+@pytest.mark.parametrize("name, bad", [("heatmap_kd", {"beta": 0.5}), ("heatmap_kd", {"threshold": 1.0}),
+                                       ("heatmap_kd", {"regression_weight": -1.0}), ("pseudo_boxes", {"threshold": 0.0})])
+def test_detection_terms_refuse_bad_hyperparameters(name, bad):
+    with pytest.raises(ConfigError, match=f"term {name}"):
+        term_class(name)(**bad)
+
+
 # ----- gradients reach the student only ------------------------------------------------------------
 @pytest.mark.parametrize("name", ["pseudo_boxes", "heatmap_kd"])
 def test_no_gradient_reaches_the_teacher(name):

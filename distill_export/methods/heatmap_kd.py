@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_export.distributed import global_count
+from distill_export.errors import ConfigError
 from distill_export.methods.base import (
     Term, TermInputs, check_non_negative, check_open_unit, check_positive, register_term,
 )
@@ -57,6 +58,8 @@ class HeatmapKD(Term):
     def __init__(self, beta: float = 2.0, threshold: float = 0.3, regression_weight: float = 1.0):
         super().__init__()
         self.beta = check_positive("beta", beta, self.name)
+        if self.beta < 1:  # |x|^β has an infinite slope at 0 below 1: NaN gradients where s == t
+            raise ConfigError(f"term {self.name}: beta must be >= 1, got {beta}")
         self.threshold = check_open_unit("threshold", threshold, self.name)
         self.regression_weight = check_non_negative("regression_weight", regression_weight, self.name)
 
