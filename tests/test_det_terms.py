@@ -340,3 +340,18 @@ def test_pseudo_boxes_from_a_ground_truth_teacher_teach_a_tiny_detector():
         opt.step()
     after = detection_loss(student(images), truth, C, OUTPUT_STRIDE).item()
     assert after < 0.3 * before, (before, after)
+
+
+def test_a_config_with_a_term_of_another_task_is_refused_at_load():
+    """validate_config runs the task check, so `run` fails before any data is read (shown on
+    classification: tasks/detection registers itself elsewhere)."""
+    from distill_export.config import RunConfig, validate_config
+
+    config = RunConfig()
+    validate_config(config)  # hinton on classification
+    config.distill.method = "det_kd"
+    with pytest.raises(ConfigError, match="method 'det_kd' does not apply to task 'classification'"):
+        validate_config(config)
+    config.distill.terms = [{"name": "ce"}, {"name": "heatmap_kd"}]
+    with pytest.raises(ConfigError, match="term 'heatmap_kd' does not apply to task 'classification'"):
+        validate_config(config)
