@@ -123,6 +123,8 @@ def test_presets_know_their_task():
     assert [(s.name, s.weight) for s in specs] == [("ce", 0.4), ("pseudo_boxes", 0.3), ("heatmap_kd", 0.3),
                                                    ("pkd", 0.5)]  # β adds the task's feature term
     assert term_specs(DistillConfig(method="hinton", beta=0.5))[-1].name == "feature"
+    # A task no term names (a user's own, with its own terms) is not judged by the tags.
+    assert check_objective_for_task(DistillConfig(), "toy_task_no_term_names")[1].name == "kd"
 
 
 def test_tune_searches_only_the_tasks_presets():
