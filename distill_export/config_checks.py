@@ -186,7 +186,7 @@ def validate_config(config) -> None:
     if config.distill.beta < 0:
         raise ConfigError(f"distill.beta must be >= 0, got {config.distill.beta}")
     try:
-        from distill_export.methods import term_specs
+        from distill_export.methods import check_objective_for_task, term_specs
     except ImportError:
         # The terms are torch modules. A runtime-only install (validate/profile ONNX files on an
         # edge box, no torch) never trains, so it has no objective to check.
@@ -194,6 +194,8 @@ def validate_config(config) -> None:
     if term_specs is not None:
         term_specs(config.distill)  # unknown terms/presets, bad weights or hyperparameters fail now
     _check_task(config.task)
+    if term_specs is not None:
+        check_objective_for_task(config.distill, config.task)  # e.g. dkd (or hinton) for detection
     if config.distill.teacher_view not in ("full", "student"):
         raise ConfigError(f"distill.teacher_view must be full or student, got {_show(config.distill.teacher_view)}")
     for key, allowed in CHOICES.items():

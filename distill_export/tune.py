@@ -39,13 +39,15 @@ class TuneBudget:
             raise ConfigError(f"tune budget: --minutes must be a finite number > 0, got {self.minutes}")
 
 
-def candidate_methods(names: list[str] | None) -> list[str]:
-    """Presets to search: the given ones (checked), or (None) every preset that uses the teacher.
-    An empty list, or presets that all leave the teacher out, leave nothing to search: refused."""
-    from distill_export.methods import PRESETS
+def candidate_methods(names: list[str] | None, task: str | None = None) -> list[str]:
+    """Presets to search: the given ones (checked), or (None) every preset that uses the teacher
+    and, when `task` is given, whose terms all apply to it (methods.presets_for_task). An empty
+    list, presets that all leave the teacher out, or one for another task: refused."""
+    from distill_export.methods import PRESETS, presets_for_task
 
     teacherless = [n for n, (terms, _) in PRESETS.items() if not terms]
-    searchable = [n for n in PRESETS if n not in teacherless]
+    fits = presets_for_task(task) if task is not None else list(PRESETS)
+    searchable = [n for n in PRESETS if n not in teacherless and n in fits]
     if names is None:
         return searchable
     if not names:
@@ -54,6 +56,8 @@ def candidate_methods(names: list[str] | None) -> list[str]:
     for n in names:
         if n not in PRESETS:
             raise ConfigError(f"unknown distillation method {n!r} (choices: {', '.join(PRESETS)})")
+        if n not in fits:
+            raise ConfigError(f"method {n!r} does not apply to task {task!r} (methods for {task}: {', '.join(searchable)})")
     if all(n in teacherless for n in names):
         raise ConfigError(f"--methods {','.join(names)} uses no teacher, so there is nothing to search (the "
                           f"labels-only baseline is trained anyway); choose from: {', '.join(searchable)}")
@@ -95,7 +99,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     budget.check()
     confirm_spec = confirm_spec or ConfirmSpec()
     confirm_spec.check()
-    methods = candidate_methods(methods)
+    methods = candidate_methods(methods, config.task)  # only the presets whose terms fit the task
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
     data, device = load_data(config)

@@ -25,12 +25,13 @@ from distill_export.errors import ConfigError
 from distill_export.losses.kd import kd_loss
 from distill_export.methods import (
     PRESETS, DistillModule, Objective, SetupInfo, Term, TermInputs, TermSpec, preset_names, register_term,
-    term_class, term_names, term_specs,
+    preset_tasks, term_class, term_names, term_specs,
 )
 from distill_export.methods import base as methods_base
 
 from _methods_helpers import IGNORE, _close, _random
-BUILTIN_TERMS = {"ce", "kd", "ls_kd", "dkd", "dist", "selective_kd", "pseudo_label", "feature"}
+BUILTIN_TERMS = {"ce", "kd", "ls_kd", "dkd", "dist", "selective_kd", "pseudo_label", "feature",
+                 "pseudo_boxes", "heatmap_kd", "pkd"}
 
 
 def _cfg(**overrides):
@@ -112,7 +113,8 @@ def test_every_preset_splits_one_minus_alpha(preset):
         want = [("ce", 0.4)] + [(n, pytest.approx(0.6 / len(names))) for n in names]
     else:
         want = [("ce", 1.0)]  # labels_only: CE with all the weight
-    assert got == want + [("feature", 0.25)]
+    feature = "pkd" if (preset_tasks(preset) or ("classification",))[0] == "detection" else "feature"
+    assert got == want + [(feature, 0.25)]  # β adds the feature term of the preset's task
     objective = Objective(specs)
     assert len(objective.terms) == len(specs)
 

@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from distill_export.config import load_config
-    from distill_export.methods import preset_names
+    from distill_export.methods import presets_for_task
     from distill_export.pipeline import stage_distill, stage_train_teacher
     from distill_export.rundir import RunDir
 
@@ -49,7 +49,7 @@ def main() -> None:
     teacher_seconds = time.perf_counter() - t0
     teacher_report = teacher_run.load_report()
     rows = []
-    for method in args.methods or [m for m in preset_names() if m != "labels_only"]:
+    for method in args.methods or [m for m in presets_for_task(cfg.task) if m != "labels_only"]:
         cfg = load_config(args.recipe, None, {**overrides, "distill.method": method,
                                               "teacher.path": str(teacher_run.file("teacher.pt"))})
         run = RunDir.create(out / method)

@@ -9,6 +9,7 @@ pipeline and the report only ever see the registry (torchdistill's loss registry
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,7 +27,11 @@ _TERMS: dict[str, type["Term"]] = {}
 
 @dataclass
 class TermInputs:
-    """One batch as the terms see it. B rows, C classes."""
+    """One batch as the terms see it. B rows, C classes.
+
+    Shapes are the task's: classification (B, C) logits, (B,) labels and (B, D) features;
+    detection (B, C+4, h, w) raw heads (nets/centernet.py), (B, M, 5) boxes and (B, D, h, w)
+    feature maps (the teacher's raw heads are what the cache calls "logits")."""
 
     student_logits: torch.Tensor  # (B, C)
     labels: torch.Tensor  # (B,) int64; IGNORE_INDEX marks an unlabeled row
@@ -50,6 +55,11 @@ class SetupInfo:
     num_classes: int
     student_feature_dim: int  # 0: the student exposes logits only
     teacher_feature_dim: int  # 0: the teacher returns logits only
+    task: str = "classification"  # Task.name: what the outputs and labels mean
+    # The task's loss on labeled rows (Task.supervised_loss: a mean over the rows it is given),
+    # which the `ce` (labels) term uses for every task but classification; there, and when it
+    # is None, `ce` computes cross-entropy row by row (exact under DDP, the numbers of before).
+    supervised_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 class Term(nn.Module):
@@ -71,6 +81,9 @@ class Term(nn.Module):
     # under DDP: it divides by a global denominator (distributed.global_count), e.g. a mean over
     # the labeled rows only, or computes on the gathered batch (distributed.gather_rows).
     global_denominator: ClassVar[bool] = False
+    # The tasks (Task.name) whose outputs and targets the term understands; None: any task
+    # (a term that reads only what every task has, or a user's term that does not say).
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def setup(self, info: SetupInfo) -> None:
         """Build learned parts (projectors). Called once, before training."""
@@ -92,6 +105,8 @@ def register_term(cls: type[Term]) -> type[Term]:
         raise TypeError(f"{cls.__name__} has no name")
     if cls.name in _TERMS:
         raise TypeError(f"term {cls.name!r} is registered twice")
+    if cls.tasks is not None and (isinstance(cls.tasks, str) or not all(isinstance(t, str) for t in cls.tasks)):
+        raise TypeError(f"term {cls.name!r}: tasks must be a tuple of task names or None, got {cls.tasks!r}")
     unknown = set(cls.needs) - set(TEACHER_OUTPUTS)
     if unknown:
         raise TypeError(f"term {cls.name!r} needs unknown teacher outputs {sorted(unknown)}")
@@ -113,6 +128,27 @@ def term_class(name: str) -> type[Term]:
 
 def term_parameters(name: str) -> list[str]:
     return _init_parameters(term_class(name))
+
+
+def applies_to(name: str, task: str) -> bool:
+    """Whether term `name` understands the outputs and targets of `task`."""
+    tasks = term_class(name).tasks
+    return tasks is None or task in tasks
+
+
+def terms_for_task(task: str) -> list[str]:
+    """The registered terms that apply to `task`, sorted."""
+    return [n for n in term_names() if applies_to(n, task)]
+
+
+def check_terms_for_task(names: Iterable[Any], task: str) -> None:
+    """ConfigError naming the first term (a name or anything with ``.name``, e.g. a TermSpec)
+    that does not apply to `task`, and the terms that do."""
+    for item in names:
+        name = getattr(item, "name", item)
+        if not applies_to(name, task):
+            raise ConfigError(f"term {name!r} does not apply to task {task!r} "
+                              f"(terms for {task}: {', '.join(terms_for_task(task))})")
 
 
 def _init_parameters(cls: type) -> list[str]:

@@ -29,6 +29,7 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.T
 class DIST(Term):
     name = "dist"
     needs = frozenset({"logits"})
+    tasks = ("classification",)  # softmax over (B, C) class logits
     summary = "DIST: Pearson inter-class + intra-class relations (NeurIPS 2022)"
     search = {"temperature": (1.0, 8.0, "log")}
     global_denominator = True  # exact under DDP by itself: see loss()

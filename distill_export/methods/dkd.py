@@ -45,6 +45,7 @@ def dkd_parts(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, temperatur
 class DecoupledKD(Term):
     name = "dkd"
     needs = frozenset({"logits"})
+    tasks = ("classification",)  # softmax over (B, C) class logits
     summary = "decoupled KD: target-class + weighted non-target KL (CVPR 2022)"
     search = {"temperature": (1.0, 8.0, "log"), "nckd_weight": (0.5, 8.0, "log")}
 

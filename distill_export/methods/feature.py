@@ -22,6 +22,7 @@ from distill_export.methods.base import SetupInfo, Term, TermInputs, register_te
 class FeatureMSE(Term):
     name = "feature"
     needs = frozenset({"features"})
+    tasks = ("classification",)  # (B, D) feature vectors; detection maps: pkd
     summary = "MSE between projected student features and the teacher's features"
 
     def __init__(self):

@@ -18,6 +18,7 @@ from distill_export.methods.base import Term, TermInputs, check_positive, regist
 class HintonKD(Term):
     name = "kd"
     needs = frozenset({"logits"})
+    tasks = ("classification",)  # softmax over (B, C) class logits
     summary = "Hinton KD: T²·KL(teacher ‖ student) at temperature T, every row"
     search = {"temperature": (1.0, 8.0, "log")}
     impl = "auto"  # kd_loss's dispatch: the fused kernel on CUDA (distill.kd_impl)

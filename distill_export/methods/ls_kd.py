@@ -30,6 +30,7 @@ def standardise(logits: torch.Tensor) -> torch.Tensor:
 class LogitStandardisedKD(Term):
     name = "ls_kd"
     needs = frozenset({"logits"})
+    tasks = ("classification",)  # softmax over (B, C) class logits
     summary = "KD on z-scored logits (logit standardisation, CVPR 2024)"
     search = {"temperature": (1.0, 8.0, "log")}
     impl = "auto"

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from distill_export.errors import ConfigError
-from distill_export.methods.base import SetupInfo, TermInputs, term_class, term_parameters
+from distill_export.methods.base import (
+    SetupInfo, TermInputs, check_terms_for_task, term_class, term_names, term_parameters,
+)
 
 # Preset name -> (distillation terms sharing the (1−α) weight, what it is). Data, not code.
 PRESETS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -31,7 +33,15 @@ PRESETS: dict[str, tuple[tuple[str, ...], str]] = {
     "c2kd": (("selective_kd",), "selective non-target KD (rank-agreement mask) + CE"),
     "pseudo_label": (("pseudo_label",), "teacher pseudo-labels on unlabeled rows + CE"),
     "kd_pseudo_label": (("kd", "pseudo_label"), "Hinton KD + teacher pseudo-labels + CE"),
+    # Detection (CenterNet heads): `ce` is then the task's supervised loss on the labeled boxes.
+    "pseudo_boxes": (("pseudo_boxes",), "teacher pseudo-boxes on unlabeled rows + labels (detection)"),
+    "heatmap_kd": (("heatmap_kd",), "heatmap KD + the teacher's boxes at its peaks + labels (detection)"),
+    "det_kd": (("pseudo_boxes", "heatmap_kd"), "pseudo-boxes + heatmap KD + labels (detection)"),
+    "det_pkd": (("pseudo_boxes", "heatmap_kd", "pkd"),
+                "pseudo-boxes + heatmap KD + PKD feature imitation near objects + labels (detection)"),
 }
+# The term a preset's β (distill.beta) adds, by the task the preset's terms serve.
+FEATURE_TERMS = {"classification": "feature", "detection": "pkd"}
 
 
 def preset_names() -> list[str]:
@@ -87,7 +97,39 @@ def _preset_specs(distill) -> list[TermSpec]:
     specs = [TermSpec("ce", distill.alpha if names else 1.0)]
     specs += [TermSpec(n, (1.0 - distill.alpha) / len(names)) for n in names]
     if distill.beta > 0:
-        specs.append(TermSpec("feature", distill.beta))
+        tasks = preset_tasks(distill.method)
+        specs.append(TermSpec(FEATURE_TERMS.get(tasks[0], "feature") if tasks else "feature", distill.beta))
+    return specs
+
+
+def preset_tasks(method: str) -> tuple[str, ...] | None:
+    """The tasks every term of preset `method` applies to; None: any task (labels only)."""
+    tasks = None
+    for name in PRESETS[method][0]:
+        own = term_class(name).tasks
+        if own is not None:
+            tasks = own if tasks is None else tuple(t for t in tasks if t in own)
+    return tasks
+
+
+def presets_for_task(task: str) -> list[str]:
+    """The presets whose terms all apply to `task`, in PRESETS order."""
+    return [m for m in PRESETS if preset_tasks(m) is None or task in preset_tasks(m)]
+
+
+def check_objective_for_task(distill, task: str) -> list[TermSpec]:
+    """term_specs(distill), refused with one line when a term (or the preset) does not apply to
+    `task`, e.g. "method 'hinton' does not apply to task 'detection' (methods for detection: ...)".
+
+    A task that no registered term names in its ``tasks`` (a user's own task, e.g. the toy task of
+    tests/test_task_seam.py) is not checked: the tags cannot tell which terms fit its outputs."""
+    specs = term_specs(distill)
+    if not any(task in (term_class(n).tasks or ()) for n in term_names()):
+        return specs
+    if not distill.terms and distill.method in PRESETS and distill.method not in presets_for_task(task):
+        raise ConfigError(f"method {distill.method!r} does not apply to task {task!r} "
+                          f"(methods for {task}: {', '.join(presets_for_task(task))})")
+    check_terms_for_task(specs, task)
     return specs
 
 

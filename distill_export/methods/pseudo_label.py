@@ -20,6 +20,7 @@ from distill_export.methods.ce import masked_cross_entropy
 class PseudoLabel(Term):
     name = "pseudo_label"
     needs = frozenset({"logits"})
+    tasks = ("classification",)  # softmax over (B, C) class logits
     summary = "CE on the teacher's confident top class, unlabeled rows"
     search = {"threshold": (0.3, 0.98, "linear")}
     global_denominator = True  # every unlabeled row of the whole (global) batch

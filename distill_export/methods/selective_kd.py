@@ -33,6 +33,7 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class SelectiveNonTargetKD(Term):
     name = "selective_kd"
     needs = frozenset({"logits"})
+    tasks = ("classification",)  # softmax over (B, C) class logits
     summary = "non-target KL on rows whose class rankings agree (C2KD-style, CVPR 2024)"
     search = {"temperature": (1.0, 8.0, "log")}
 
