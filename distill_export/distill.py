@@ -81,7 +81,9 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
 def build_objective(config, data: Dataset, student: SplitNet, teacher_feature_dim: int) -> Objective:
     """The objective config.distill describes, with its learned parts built for these models."""
     objective = Objective(term_specs(config.distill), kd_impl=config.distill.kd_impl)
-    objective.setup(SetupInfo(data.num_outputs, student.feature_dim or 0, teacher_feature_dim))
+    task = get_task(config.task)
+    objective.setup(SetupInfo(data.num_outputs, student.feature_dim or 0, teacher_feature_dim,
+                              task=task.name, supervised_loss=task.supervised_loss))
     return objective
 
 
@@ -117,13 +119,13 @@ def train_student(
     t_logits = teacher_logits.to(device) if teacher_logits is not None and "logits" in needs else None
     t_feats = mean = std = None
     if "features" in needs:
-        # Standardised per dimension (per channel for maps) with training-set statistics, so the
-        # feature weight is scale-free.
-        dims = (0, *range(2, teacher_feats.dim()))
-        mean = teacher_feats.mean(dims, keepdim=teacher_feats.dim() > 2).squeeze(0)
-        std = teacher_feats.std(dims, keepdim=teacher_feats.dim() > 2).squeeze(0).clamp(min=1e-6)
-        t_feats = ((teacher_feats - mean) / std).to(device) if online_teacher is None else None
-        mean, std = mean.to(device), std.to(device)
+        if teacher_feats.dim() == 2:
+            # Standardised per dimension with training-set statistics, so the feature weight is scale-free.
+            mean, std = teacher_feats.mean(0), teacher_feats.std(0).clamp(min=1e-6)
+            t_feats = ((teacher_feats - mean) / std).to(device) if online_teacher is None else None
+            mean, std = mean.to(device), std.to(device)
+        else:  # (N, D_t, h, w) maps: PKD normalises each image's channels itself (no second copy)
+            t_feats = teacher_feats.to(device) if online_teacher is None else None
 
     forward, fetch, inputs = speed.student_step(module, x, config, device, augment)
 
@@ -132,7 +134,7 @@ def train_student(
         xb = inputs(rows, xb)
         if online_teacher is not None:
             tf, tl = online_teacher(rows, xb)
-            tf = (tf - mean) / std if mean is not None else None
+            tf = None if "features" not in needs else (tf - mean) / std if mean is not None else tf
         else:
             tl = t_logits[rows] if t_logits is not None else None
             tf = t_feats[rows] if t_feats is not None else None
