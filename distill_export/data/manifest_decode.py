@@ -24,6 +24,7 @@ class Decoder:
 
     def __init__(self, column: str, kind: str, config, base: Path, clip=None):
         self.column, self.kind, self.base, self.clip = column, kind, base, clip
+        self.cell_column = column  # the manifest column its cells come from (a frame: its video column)
         size = int(getattr(config, "image_size", 0) or 0)
         self.size: tuple[int, int] | None = (size, size) if size > 0 else None
         self.mode = str(getattr(config, "image_mode", "auto")).lower()
@@ -134,6 +135,7 @@ def make_decoders(modalities: list[str], kinds: dict[str, str], rows: list[Row],
                             str(getattr(config, "image_mode", "auto")).lower())
         decoders[m] = Decoder(m, "video", config, base, clip=reader)
         decoders[frame] = Decoder(frame, "image", config, base, clip=reader)
+        decoders[frame].cell_column = m
         modalities.insert(modalities.index(m) + 1, frame)
         kinds[frame] = "image"
         for row in rows:

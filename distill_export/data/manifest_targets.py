@@ -53,7 +53,7 @@ def apply_annotations(config, path: Path, rows: list[Row], decoders: dict, codec
 
     file = Path(name).expanduser()
     file = file if file.is_absolute() else path.parent / file
-    cat_ids, names = read_coco(file, rows, box_modality(config, decoders), problems)
+    cat_ids, names = read_coco(file, rows, decoders[box_modality(config, decoders)].cell_column, problems)
     return codec.with_names(names), {"annotations": str(file), "category_ids": cat_ids}
 
 

