@@ -178,3 +178,32 @@ def test_odd_clip_frames_only():
         load_config(None, None, {"data.clip_frames": 4})
     with pytest.raises(DataError, match="odd"):
         ClipReader(2, None, "auto")
+
+
+def test_a_column_of_frame_folders(tmp_path):
+    rows = []
+    for i, split in enumerate(["train"] * 4 + ["val", "test"]):
+        write_frame_folder(tmp_path / f"frames/{i}", clip_frames(5, seed=i))
+        rows.append({"video": f"frames/{i}" + ("#3" if i == 0 else ""), "label": "ab"[i % 2], "split": split})
+    data = load(write_rows(tmp_path / "manifest.csv", rows))
+    assert data.modalities["video"].shape == (5, 1, SIZE, SIZE)
+    video = write_video(tmp_path / "c.mkv", clip_frames(5, seed=0))
+    clip, _ = ClipReader(5, None, "auto").read(video, 3)
+    spec = data.modalities["video"]
+    np.testing.assert_allclose(data.train.inputs["video"][0].numpy() * spec.std + spec.mean, clip, atol=1e-6)
+
+
+def test_a_bad_clip_stops_the_cli_before_anything_trains(tmp_path):
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    manifest = make_video_manifest(tmp_path / "data")
+    rows = read_rows(manifest)
+    write_video(tmp_path / "data" / rows[1]["video"], clip_frames(2))
+    write_rows(manifest, rows)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--data", str(manifest), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert f"{manifest}:3: bad row: video " in result.output and "has 2 frames" in result.output
+    assert not out.exists()

@@ -135,7 +135,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             if streaming and row.split == "train":
                 continue
             try:
-                row.values = {m: decoders[m].decode(row.cells[m]) for m in modalities}
+                row.values = {m: decoders[m].decode(row.cells[m], compact=True) for m in modalities}
             except DataError as exc:
                 problems.append(Problem(row.line, str(exc)))
                 continue
@@ -173,16 +173,14 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         for s in in_memory:
             for r in per_split[s]:
                 r.values[m] = next(it)
+        del flat, it
 
     encode = encoder(targets, ok, config, decoders)
     raw = {
-        s: ({m: torch.from_numpy(np.stack([r.values[m] for r in per_split[s]])) for m in modalities}
-            if s in in_memory else {},
+        s: ({m: torch.from_numpy(_stack(per_split[s], m)) for m in modalities} if s in in_memory else {},
             encode(per_split[s], names))
         for s in splits_here
     }
-    for r in ok:
-        r.values = {}  # the stacked arrays hold them now (a video column is hundreds of MB)
     specs, stats = {}, {}
     if streaming:
         from distill_export.data.streaming import stats_from_summaries
@@ -197,7 +195,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         x = raw["train"][0][m]
         if kind == "text":
             mean, std = 0.0, 1.0  # token ids: nothing to normalise
-        elif kind == "video":
+        elif dec.clip is not None:  # a video column's clip or frame: no float64 copy of it
             mean, std = _chunked_mean_std(x)
         else:
             # float64 numpy: the same stats whatever torch's thread count (the cache hashes the result)
@@ -214,7 +212,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             splits[s] = streamed_split(path, per_split[s], decoders, stats, specs, labels,
                                         int(getattr(config, "num_workers", 0) or 0))
             continue
-        inputs = {m: (v if specs[m].kind == "text" else v.sub_(stats[m][0]).div_(stats[m][1]) if specs[m].kind == "video"
+        inputs = {m: (v if specs[m].kind == "text" else v.sub_(stats[m][0]).div_(stats[m][1]) if decoders[m].clip
                       else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
         splits[s] = Split(inputs, labels)
 
@@ -257,6 +255,22 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
 
 def _int_or_str(value: str | None):
     return int(value) if value is not None and value.lstrip("-").isdigit() else value
+
+
+def _stack(rows: list[Row], modality: str) -> np.ndarray:
+    """np.stack of the rows' arrays, each released once copied (a video column is hundreds of MB).
+    uint8 pixels (a clip decoded compact) become float32 in [0, 1], as images are read."""
+    first = rows[0].values[modality]
+    pixels = np.asarray(first).dtype == np.uint8
+    out = np.empty((len(rows), *np.shape(first)), dtype=np.float32 if pixels else np.asarray(first).dtype)
+    for i, r in enumerate(rows):
+        value = r.values.pop(modality)
+        if np.shape(value) != out.shape[1:]:  # as np.stack would (never broadcast)
+            raise ValueError(f"{modality}: line {r.line} decodes to {np.shape(value)}, line {rows[0].line} to {out.shape[1:]}")
+        out[i] = value
+    if pixels:
+        out /= 255.0  # float32(u) / 255, exactly video.to_float and loaders.image_to_array
+    return out
 
 
 def _chunked_mean_std(x: torch.Tensor, rows: int = 256) -> tuple[float, float]:

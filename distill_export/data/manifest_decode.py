@@ -59,19 +59,23 @@ class Decoder:
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"cannot read the size of {self.path(cell)}: {str(exc)[:100]}") from None
 
-    def decode(self, cell: str) -> np.ndarray | str:
+    def decode(self, cell: str, compact: bool = False) -> np.ndarray | str:
+        """The cell's array. compact: a clip's pixels as uint8 (1/4 of the memory; the in-memory
+        path scales them when it stacks the rows, manifest._stack), else float32 in [0, 1]."""
         try:
-            return self._decode(cell)
+            return self._decode(cell, compact)
         except OSError as exc:  # e.g. a path longer than the file system allows (ENAMETOOLONG)
             shown = cell if len(cell) <= 80 else cell[:77] + "..."
             raise DataError(f"{self.column} {shown!r}: {exc.strerror or type(exc).__name__}") from None
 
-    def _decode(self, cell: str) -> np.ndarray | str:
+    def _decode(self, cell: str, compact: bool = False) -> np.ndarray | str:
         if self.clip is not None:
-            clip, frame = self.clip.read(self.path(cell), loaders.split_cell(cell)[1])
+            from distill_export.data.video import to_float
+
+            clip, frame = self.clip.read_uint8(self.path(cell), loaders.split_cell(cell)[1])
             x = clip if self.kind == "video" else frame
             self.any_color |= x.shape[-3] == 3
-            return x
+            return x if compact else to_float(x)
         if self.kind == "image":
             im = loaders.read_image(self.path(cell))
             if self.size is None:

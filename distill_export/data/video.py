@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill_export.data.loaders import IMAGE_EXTS, VIDEO_EXTS, image_to_array, is_grayscale, read_image, split_cell
+from distill_export.data.loaders import IMAGE_EXTS, VIDEO_EXTS, is_grayscale, read_image, split_cell
 from distill_export.errors import DataError
 
 GRAY_PIX_FMTS = ("gray", "ya8", "ya16")  # prefixes of PyAV pixel formats without colour
@@ -59,7 +59,13 @@ class ClipReader:
         return state
 
     def read(self, path: Path, index: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(clip (T, C, H, W), target frame (C, H, W)) float32 in [0, 1]."""
+        """(clip (T, C, H, W), target frame (C, H, W)) float32 in [0, 1]: read_uint8 / 255, the
+        values loaders.image_to_array gives the same frames as PNGs."""
+        clip, frame = self.read_uint8(path, index)
+        return to_float(clip), to_float(frame)
+
+    def read_uint8(self, path: Path, index: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(clip (T, C, H, W), target frame (C, H, W)) uint8, resized to self.size."""
         key = f"{path}#{index}"
         if self._last is not None and self._last[0] == key:
             return self._last[1]
@@ -76,12 +82,9 @@ class ClipReader:
         self.sizes[str(path)] = (h, w)
         if self.size is None:
             self.size = (h, w)  # auto: the first clip's frame size
-        rgb = frames.shape[3] == 3
-        from PIL import Image
-
-        arrays = [image_to_array(Image.fromarray(f[..., 0] if not rgb else f), self.size, rgb) for f in frames]
-        clip = np.stack([arrays[i] for i in clip_window(total, target, self.clip_frames)])
-        out = (clip, np.array(arrays[target]))
+        window = clip_window(total, target, self.clip_frames)
+        resized = {i: _resize(frames[i], self.size) for i in sorted(set(window))}
+        out = (np.stack([resized[i] for i in window]), resized[target].copy())
         self._last = (key, out)
         return out
 
@@ -160,6 +163,22 @@ class ClipReader:
         arrays = [np.asarray(im.convert("RGB" if rgb else "L"), dtype=np.uint8) for im in images]
         out = np.stack([a if rgb else a[..., None] for a in arrays])
         return out, n
+
+
+def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, C) -> (C, h, w) at size (h, w), resized as loaders.image_to_array resizes."""
+    if frame.shape[:2] != tuple(size):
+        from PIL import Image
+
+        im = Image.fromarray(frame[..., 0] if frame.shape[2] == 1 else frame)
+        frame = np.asarray(im.resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
+        frame = frame[..., None] if frame.ndim == 2 else frame
+    return np.ascontiguousarray(frame.transpose(2, 0, 1))
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1], as loaders.image_to_array scales them."""
+    return np.asarray(x, dtype=np.float32) / 255.0
 
 
 def _why(exc: Exception) -> str:
