@@ -236,3 +236,15 @@ def test_coco_results_are_read_back_by_faster_coco_eval(tmp_path):
     ev.summarize()
     assert ev.stats[0] == pytest.approx(1.0) and ev.stats[1] == pytest.approx(1.0)  # mAP@[.5:.95], mAP@.5
     np.testing.assert_array_equal(np.asarray(gt.loadAnns(gt.getAnnIds(imgIds=[10]))[0]["bbox"]), [1, 2, 8, 10])
+
+
+def test_a_row_with_a_label_cell_and_coco_annotations_names_its_row(tmp_path):
+    manifest = make_video_manifest(tmp_path, boxes=True)
+    _coco(manifest)
+    rows = read_rows(manifest)
+    for r in rows:
+        r["label"] = ""
+    rows[2]["label"] = "a 2 4 8 10"  # line 4
+    write_rows(manifest, rows)
+    with pytest.raises(ManifestError, match=r"manifest.csv:4: bad row: has both a label cell and COCO annotations"):
+        load(manifest, annotations="instances.json")

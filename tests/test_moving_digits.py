@@ -98,3 +98,17 @@ def test_the_built_in_source_is_generated_once_and_read_as_a_manifest(tmp_path, 
     assert (folder / "manifest.csv").stat().st_mtime_ns == stamp  # read from the cache, not generated again
     with pytest.raises(ConfigError, match="needs a task whose targets are boxes"):
         load_dataset(config, seed=0, targets=CategoricalTargets())
+
+
+def test_the_tool_writes_the_clips_anywhere(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("make_moving_digits", Path(__file__).parents[1] / "tools" / "make_moving_digits.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    manifest = tool.main(["--out", str(tmp_path / "md"), "--train", "3", "--val", "1", "--test", "1", "--calibration", "0"])
+    assert manifest == tmp_path / "md" / "manifest.csv" and len(manifest.read_text().splitlines()) == 6
+    assert "wrote 5 clips" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tool.main(["--out", str(tmp_path / "md")])  # not empty: refused

@@ -81,7 +81,7 @@ def test_a_video_column_gives_the_clip_and_its_target_frame(tmp_path):
     assert (video.kind, video.layout, video.shape) == ("video", "NTCHW", (5, 1, SIZE, SIZE))
     assert (image.kind, image.layout, image.shape) == ("image", "NCHW", (1, SIZE, SIZE))
     assert data.train.inputs["video"].shape == (6, 5, 1, SIZE, SIZE)
-    assert data.info["preprocessing"]["clip_frames"] == 5 and data.info["sizes_calibration"] == 2
+    assert data.info["preprocessing"]["clip_frames"] == 5 and data.info["calibration_rows"] == 2
     # The frame is the clip's centre, each normalised with its own modality's statistics.
     x = data.test.inputs["video"][:, 2] * video.std + video.mean
     torch.testing.assert_close(data.test.inputs["image"] * image.std + image.mean, x, atol=1e-6, rtol=0)

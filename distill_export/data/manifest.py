@@ -245,11 +245,12 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         },
     )
     if CALIBRATION in splits:
-        data.info["sizes_calibration"] = len(splits[CALIBRATION])
+        data.info["calibration_rows"] = len(splits[CALIBRATION])
     if any(spec.kind == "video" for spec in specs.values()):
         data.info["preprocessing"]["clip_frames"] = int(getattr(config, "clip_frames", 5))
-    if coco is not None:  # what a COCO results file needs: category ids, each split's image ids
-        data.info["coco"] = {**coco, "image_ids": {s: [_int_or_str(r.id) for r in per_split[s]] for s in splits_here}}
+    if coco is not None:  # what a COCO results file needs: category ids, the held-out splits' image ids
+        data.info["coco"] = {**coco, "image_ids": {s: [_int_or_str(r.id) for r in per_split[s]]
+                                                   for s in splits_here if s != "train"}}
     return data
 
 
