@@ -248,3 +248,17 @@ def test_a_row_with_a_label_cell_and_coco_annotations_names_its_row(tmp_path):
     write_rows(manifest, rows)
     with pytest.raises(ManifestError, match=r"manifest.csv:4: bad row: has both a label cell and COCO annotations"):
         load(manifest, annotations="instances.json")
+
+
+def test_coco_bare_file_names_match_and_sizes_are_checked(tmp_path):
+    manifest = make_video_manifest(tmp_path, boxes=True)
+    coco = _coco(manifest)
+    for im in coco["images"]:
+        im["file_name"] = Path(im["file_name"]).name  # 000.mkv: ends one row's cell
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    assert load(manifest, annotations="instances.json").train.labels.shape == (6, 2, 5)
+    coco["images"][1]["width"] = 640  # image 101: manifest line 3
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    with pytest.raises(ManifestError, match=r"manifest.csv:3: bad row: the COCO image \(id 101\) is 640x16, its file "
+                                            r".*001.mkv is 16x16"):
+        load(manifest, annotations="instances.json")

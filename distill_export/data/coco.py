@@ -4,9 +4,10 @@ predictions as a COCO results file.
 Reading (data.annotations: a COCO ``instances.json``, relative to the manifest's folder):
 
 - an image matches a manifest row by ``id`` when the manifest has an ``id`` column (compared as
-  text), else by ``file_name``, which must equal the row's cell of the box column exactly as the
+  text), else by ``file_name``, which must equal the row's cell of the box column as the
   manifest writes it (``images/0001.png``, ``clips/0001.mkv#2``; ``./`` and doubled slashes are
-  normalised);
+  normalised), or be a bare file name (``0001.png``) that ends exactly one row's cell;
+- the image's ``width`` and ``height``, when given, must be those of the row's file;
 - a row whose image is in the file is labeled with that image's annotations (none: a labeled
   image without objects); a row not in it is unlabeled (train only, as an empty label cell);
 - ``bbox`` is ``[x, y, width, height]`` in the image's pixels; ``iscrowd: 1`` annotations are
@@ -77,18 +78,26 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
     row_index: dict[str, list[Row]] = {}
     for r in rows:
         row_index.setdefault(key_of_row(r) or "", []).append(r)
+    by_base: dict[str, list[Row]] = {}  # a bare file name matches the row whose cell ends in it, when only one does
+    for key, matched in row_index.items():
+        by_base.setdefault(os.path.basename(key), []).extend(matched)
     images: dict = {}  # COCO image id -> matched rows
     for n, im in enumerate(coco["images"]):
         if not isinstance(im, dict) or "id" not in im:
             raise DataError(f"{path}: images[{n}] has no 'id'")
         key = str(im["id"]) if by_id else _norm(im.get("file_name", ""))
         matched = row_index.get(key, [])
+        if not matched and not by_id and "/" not in key and len({id(r) for r in by_base.get(key, [])}) == 1:
+            matched = by_base[key]
         if not matched:
             how = f"id {im['id']} (the manifest's 'id' column)" if by_id else \
                 f"file_name {im.get('file_name')!r} (the manifest's {column!r} cells)"
             raise DataError(f"{path}: image {how} matches no manifest row; data.annotations must describe "
                             "the manifest's images")
         images[im["id"]] = matched
+        if isinstance(im.get("width"), int) and isinstance(im.get("height"), int):
+            for r in matched:
+                r.size = (im["height"], im["width"])  # checked against the file (manifest_targets.check_labels)
     boxes: dict = {i: [] for i in images}
     for a in coco["annotations"]:
         if not isinstance(a, dict) or a.get("image_id") not in images:

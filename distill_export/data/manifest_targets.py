@@ -69,7 +69,11 @@ def check_labels(codec, rows: list[Row], sampled_out: set[str], config, decoders
         if spatial and row.label is not None:
             try:
                 codec.classes(row.label)  # parses the cell
-                row.size = decoders[column].source_size(row.cells[column])
+                size = decoders[column].source_size(row.cells[column])
+                if row.size is not None and row.size != size:  # the size a COCO file declares
+                    raise DataError(f"the COCO image (id {row.id}) is {row.size[1]}x{row.size[0]}, its file "
+                                    f"{decoders[column].path(row.cells[column])} is {size[1]}x{size[0]}")
+                row.size = size
                 codec.check(row.label, row.size)
             except DataError as exc:
                 problems.append(Problem(row.line, str(exc)))
