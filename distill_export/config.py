@@ -20,7 +20,7 @@ from distill_export.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    source: str = "avdigits"  # the built-in demo, or a manifest path (.csv/.jsonl)
+    source: str = "avdigits"  # a built-in source (avdigits, moving_digits), or a manifest path (.csv/.jsonl)
     student_modality: str = "image"
     label_fraction: float = 1.0  # fraction of training rows that keep their label
     pca_variance: float = 0.25  # demo: image variance kept by PCA (lower = harder)
@@ -41,6 +41,10 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers (streaming: the up-front scan and each batch)
     pin_memory: str = "auto"  # auto (on with CUDA) | true | false
     persistent_workers: bool = True
+    # Video columns (data/video.py): the odd number of frames of the clip around each target frame.
+    clip_frames: int = 5
+    # Detection labels as a COCO annotation file (relative to the manifest; data/coco.py), "" = none.
+    annotations: str = ""
 
 
 @dataclass

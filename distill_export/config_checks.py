@@ -41,6 +41,7 @@ _RANGES: dict[str, tuple] = {
     "data.audio_snr_db": (-100.0, 100.0, True, True),
     "data.image_size": (0, 4096, True, True),
     "data.max_train_rows": (0, _INF, True, True),
+    "data.clip_frames": (1, 999, True, True),
     "teacher.width": (1, 4096, True, True),
     "teacher.modality_dropout": _FRACTION,
     "distill.alpha": _FRACTION,
@@ -206,6 +207,9 @@ def validate_config(config) -> None:
         raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
     if config.data.num_workers < 0 or config.data.stream_above_mb < 0:
         raise ConfigError("data.num_workers and data.stream_above_mb must be >= 0")
+    if config.data.clip_frames % 2 == 0:
+        raise ConfigError(f"data.clip_frames must be odd (the clip is centred on its target frame), "
+                          f"got {config.data.clip_frames}")
     if config.device not in DEVICES:
         raise ConfigError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, got {_show(config.device)}")
     from distill_export.export.base import ExportOptions, parse_formats

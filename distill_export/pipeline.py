@@ -202,10 +202,12 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
         checkpoint_sha256 = sha256_file(student_path)
         save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), task.decode(raw.numpy()),
                          checkpoint_sha256)
-        n_cal = min(config.export.calibration_samples, len(data.train))
+        # The data's calibration split when it has one, else the first training rows (shuffled)
+        calibration = data.calibration_rows(modality, config.export.calibration_samples)
+        n_cal = len(calibration)
         source = ExportSource(
             model=student, meta=meta, checkpoint_sha256=checkpoint_sha256, out_dir=run.path,
-            calibration=data.train.inputs[modality][:n_cal].numpy(),  # train rows are shuffled
+            calibration=calibration.numpy(),
             output_name=task.output_names[0], task_meta=task.export_meta(data),
             tail=task.export_tail(raw.shape[1]), output_names=tuple(task.output_names),
         )

@@ -90,7 +90,7 @@ def test_unknown_split_and_empty_cell(manifest):
     edit(manifest, 3, split="holdout")
     edit(manifest, 4, image="")
     assert problems_of(manifest) == [
-        (3, "unknown split 'holdout' (train, val or test)"), (4, "empty 'image' cell")]
+        (3, "unknown split 'holdout' (train, val, test or calibration)"), (4, "empty 'image' cell")]
 
 
 def test_malformed_rows(tmp_path, manifest):

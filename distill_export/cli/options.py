@@ -79,8 +79,8 @@ FLAGS = (
          show_default=False),
     Flag("--label-fraction", "data.label_fraction", float, "Fraction of training labels kept; the rest are "
          "unlabeled rows the student distills on.", (RUN, TEACHER)),
-    Flag("--data", "data.source", str, "avdigits (built-in demo) or a manifest .csv/.jsonl: one column per "
-         "modality, label, optional split.", (RUN, TEACHER)),
+    Flag("--data", "data.source", str, "avdigits (built-in demo), moving_digits (built-in detection clips) or a "
+         "manifest .csv/.jsonl: one column per modality, label, optional split.", (RUN, TEACHER)),
     Flag("--student-modality", "data.student_modality", str, "The modality (manifest column) the student sees, "
          "e.g. image.", (RUN, TEACHER)),
     Flag("--skip-bad-rows", "data.skip_bad_rows", bool, "Skip manifest rows that fail validation instead of "

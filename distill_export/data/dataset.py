@@ -24,13 +24,14 @@ class ModalitySpec:
     mean: float  # normalisation already applied to the tensors; exported as metadata
     std: float
     layout: str = "NCHW"
-    # image | audio (conv encoders), text (int64 token ids, embedding bag), vector (MLP).
+    # image | audio (conv encoders), text (int64 token ids, embedding bag), vector (MLP),
+    # video (a clip (T, C, H, W) around its target frame, layout NTCHW; data/video.py).
     # Empty: the name if it is a kind, else "image".
     kind: str = ""
 
     def __post_init__(self):
         if not self.kind:
-            self.kind = self.name if self.name in ("image", "audio", "text", "vector") else "image"
+            self.kind = self.name if self.name in ("image", "audio", "text", "vector", "video") else "image"
 
 
 @dataclass
@@ -60,11 +61,20 @@ class Dataset:
     target_names: list[str]
     modalities: dict[str, ModalitySpec]
     info: dict = field(default_factory=dict)  # free-form facts for the report
+    # Rows the INT8 export calibrates on, never trained on (a manifest's `calibration` split);
+    # None: the export takes the first training rows.
+    calibration: Split | None = None
 
     @property
     def num_outputs(self) -> int:
         """Width of the student's and teacher's head."""
         return len(self.target_names)
+
+    def calibration_rows(self, modality: str, limit: int) -> torch.Tensor:
+        """Up to `limit` rows of one modality for INT8 calibration: the calibration split when the
+        data has one, else the first training rows (decoded when streamed)."""
+        source = self.calibration if self.calibration is not None and len(self.calibration) else self.train
+        return source.inputs[modality][: min(limit, len(source))]
 
     def fingerprint(self) -> str:
         """Content hash of the training inputs and labels (keys the teacher-output cache)."""
@@ -73,7 +83,8 @@ class Dataset:
             h.update(name.encode())
             x = self.train.inputs[name]
             # a streamed column (data/streaming.py) hashes its rows' cells and files, not decoded bytes
-            h.update(x.fingerprint().encode() if hasattr(x, "fingerprint") else x.contiguous().numpy().tobytes())
+            # (the array's buffer, not a bytes copy: a video column is hundreds of MB)
+            h.update(x.fingerprint().encode() if hasattr(x, "fingerprint") else x.contiguous().numpy())
         h.update(self.train.labels.numpy().tobytes())
         return h.hexdigest()
 

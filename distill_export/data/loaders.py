@@ -5,6 +5,8 @@ audio: a WAV read with the stdlib (data/audio.py) -> (1, n_mels, n_frames) log-m
        resampled to DEMO_AUDIO_SPEC's rate first when the file has another one.
 text:  a string -> (max_tokens,) int64 ids of hashed character n-grams (0 = padding),
        tokenizer-free; FusionTeacher reads them with an EmbeddingBag.
+video: a video file or a folder of frames (data/video.py) -> a clip (T, C, H, W) and its target
+       frame (C, H, W), both read like images.
 
 Every problem is a DataError whose message names the problem, not the row: the manifest
 reader adds file:line.
@@ -12,6 +14,7 @@ reader adds file:line.
 
 from __future__ import annotations
 
+import re
 import zlib
 from pathlib import Path
 
@@ -20,9 +23,11 @@ import numpy as np
 from distill_export.data.audio import DEMO_AUDIO_SPEC, log_mel, read_wav, resample
 from distill_export.errors import DataError
 
-KINDS = ("image", "audio", "text")
+KINDS = ("image", "audio", "text", "video")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 AUDIO_EXTS = {".wav", ".wave"}
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".webm", ".mov"}
+_FRAME_INDEX = re.compile(r"#(-?\d+)$")  # a video cell's target frame: clips/0001.mkv#2
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 # Text: hashed character n-grams inside word boundaries (fastText-style), no vocabulary.
@@ -32,8 +37,9 @@ TEXT_MAX_TOKENS = 256
 
 
 def kind_of_column(name: str, values: list[str]) -> str:
-    """Modality kind of a manifest column: by its name (image, audio_left, caption_text...),
-    else by its first non-empty values' file extensions, else text."""
+    """Modality kind of a manifest column: by its name (image, audio_left, caption_text, video...),
+    else by its first non-empty values' file extensions (a video's may end in #<frame index>),
+    else text."""
     low = name.lower()
     for kind in KINDS:
         if low == kind or low.startswith(kind + "_") or low.endswith("_" + kind):
@@ -43,7 +49,16 @@ def kind_of_column(name: str, values: list[str]) -> str:
         return "image"
     if exts and all(e in AUDIO_EXTS for e in exts):
         return "audio"
+    if exts and all(Path(split_cell(v)[0]).suffix.lower() in VIDEO_EXTS for v in [v for v in values if v][:20]):
+        return "video"
     return "text"
+
+
+def split_cell(cell: str) -> tuple[str, int | None]:
+    """A video cell -> (path, target frame index): 'clips/0001.mkv#2' -> ('clips/0001.mkv', 2);
+    without a '#<integer>' suffix -> (cell, None)."""
+    m = _FRAME_INDEX.search(cell)
+    return (cell, None) if m is None else (cell[: m.start()], int(m.group(1)))
 
 
 # ----- image ---------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
 """Manifest datasets: a CSV or JSONL file listing one sample per row.
 
-Columns: one per modality (an image path, a WAV path, or the text itself), `label`
-(empty = an unlabeled row, used for distillation only), and optionally `split`
-(train/val/test; without it the labeled rows are split 80/10/10 per class with the seed).
-`id` is ignored. Paths are relative to the manifest's folder. A column's kind comes from
-its name (image, audio, text, or name_kind / kind_name), else from its file extensions.
-Reading and checking rows: manifest_rows.py; decoding cells and streaming: manifest_decode.py.
+Columns: one per modality (an image path, a WAV path, a video path or folder of frames, or the
+text itself), `label` (empty = an unlabeled row, used for distillation only; the task's codec
+reads it: a class, or boxes, data/boxes.py), and optionally `split` (train/val/test, or
+calibration: rows only the INT8 export reads; without it the labeled rows are split 80/10/10 per
+class with the seed). `id` matches COCO image ids (data.annotations), else is ignored. Paths are
+relative to the manifest's folder. A column's kind comes from its name (image, audio, text,
+video, or name_kind / kind_name), else from its file extensions. A video column gives two
+modalities: the clip and its target frame (data/video.py).
+Reading and checking rows: manifest_rows.py; decoding cells and streaming: manifest_decode.py;
+label cells: manifest_targets.py.
 
 Every row is read and checked before any training: bad rows are listed as file:line and
 the run fails (DataError, exit 2), or they are skipped with data.skip_bad_rows.
@@ -20,15 +24,16 @@ import numpy as np
 import torch
 
 from distill_export.data.audio import DEMO_AUDIO_SPEC
-from distill_export.data.dataset import Dataset, ModalitySpec, Split, keep_label_fraction, labeled_rows
+from distill_export.data.dataset import Dataset, ModalitySpec, Split
 from distill_export.data.targets import CategoricalTargets, TargetCodec
 from distill_export.data import loaders
-from distill_export.data.manifest_decode import Decoder, choose_streaming, scan_train_rows, streamed_split
-from distill_export.data.manifest_rows import (SPLITS, Problem, Row, check_cells, console, draw_splits, read_rows,
-                                               report_problems)
+from distill_export.data.manifest_decode import choose_streaming, make_decoders, scan_train_rows, streamed_split
+from distill_export.data.manifest_rows import (CALIBRATION, SPLITS, Problem, Row, check_cells, console, draw_splits,
+                                               read_rows, report_problems)
+from distill_export.data.manifest_targets import apply_annotations, check_labels, classes_of, encoder, hide_labels
 from distill_export.errors import DataError
 
-LAYOUTS = {"image": "NCHW", "audio": "NCHW", "text": "NL", "vector": "NC"}
+LAYOUTS = {"image": "NCHW", "audio": "NCHW", "text": "NL", "vector": "NC", "video": "NTCHW"}
 
 
 class ManifestError(DataError):
@@ -75,14 +80,19 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     `targets` (the task's codec) turns the label cells into targets; default: one category each."""
     targets = targets or CategoricalTargets()
     path = resolve_manifest(config.source)
-    modalities, columns, rows, problems = read_rows(path)
+    modalities, columns, rows, problems = read_rows(path, need_label=not getattr(config, "annotations", ""))
     if not rows and not problems:
         raise DataError(f"{path} has a header but no rows: add one row per sample under it")
+    has_split = "split" in columns
+    kinds = {m: loaders.kind_of_column(m, [r.cells[m] for r in rows[:50]]) for m in modalities}
+    decoders = make_decoders(modalities, kinds, rows, config, path.parent)  # a video column adds its frame
+    targets, coco = apply_annotations(config, path, rows, decoders, targets, problems)
+    if coco is not None:
+        bad = {p.line for p in problems}
+        rows = [r for r in rows if r.line not in bad]
     if rows and all(r.label is None for r in rows):
         raise DataError(f"{path}: no row has a label (an empty label marks an unlabeled row, which only "
                         "distillation uses); the teacher and the baseline need labeled rows")
-    has_split = "split" in columns
-    kinds = {m: loaders.kind_of_column(m, [r.cells[m] for r in rows[:50]]) for m in modalities}
 
     text_columns = [m for m in modalities if kinds[m] == "text"]
     if text_columns and str(getattr(config, "text_encoder", "hashed")).lower() == "wordllama" and rows:
@@ -114,7 +124,6 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         sampled_out = {r.label for r in train_rows if id(r) not in keep and r.label is not None}
         good = [r for r in good if r.split != "train" or id(r) in keep]
 
-    decoders = {m: Decoder(m, kinds[m], config, path.parent) for m in modalities}
     streaming = choose_streaming(config, path, good, decoders)
     decoded = []
     prev_threads = torch.get_num_threads()
@@ -126,7 +135,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             if streaming and row.split == "train":
                 continue
             try:
-                row.values = {m: decoders[m].decode(row.cells[m]) for m in modalities}
+                row.values = {m: decoders[m].decode(row.cells[m], compact=True) for m in modalities}
             except DataError as exc:
                 problems.append(Problem(row.line, str(exc)))
                 continue
@@ -134,13 +143,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     finally:
         torch.set_num_threads(prev_threads)
 
-    known = {r.label for r in decoded if r.split == "train" and r.label is not None} | sampled_out
-    ok = []
-    for row in decoded:
-        if row.label is not None and row.label not in known:
-            problems.append(Problem(row.line, f"unknown label {row.label!r}: no training row has it"))
-        else:
-            ok.append(row)
+    ok, known = check_labels(targets, decoded, sampled_out, config, decoders, problems)
 
     if problems:
         skip = bool(getattr(config, "skip_bad_rows", False))
@@ -154,27 +157,29 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
                 f"line {min(p.line for p in problems)}); fix them or pass --skip-bad-rows", problems)
         console.print(f"{path}: skipped {len(problems)} bad rows")
 
-    names = targets.names(known & {r.label for r in ok}, str(path))
+    names = targets.names(known & classes_of(targets, ok), str(path))
     for name in SPLITS:
         n = sum(1 for r in ok if r.split == name and (r.label is not None or name != "train"))
         if n == 0:
             what = "labeled training rows" if name == "train" else f"rows in the {name} split"
             raise DataError(f"{path}: no {what}" + (" (see its 'split' column)" if has_split else ""))
 
-    per_split: dict[str, list[Row]] = {s: [r for r in ok if r.split == s] for s in SPLITS}
-    in_memory = [s for s in SPLITS if not (streaming and s == "train")]
+    splits_here = (*SPLITS, CALIBRATION) if any(r.split == CALIBRATION for r in ok) else SPLITS
+    per_split: dict[str, list[Row]] = {s: [r for r in ok if r.split == s] for s in splits_here}
+    in_memory = [s for s in splits_here if not (streaming and s == "train")]
     for m, dec in decoders.items():  # uniform shapes per modality, over all splits at once
         flat = dec.finish([r.values[m] for s in in_memory for r in per_split[s]])
         it = iter(flat)
         for s in in_memory:
             for r in per_split[s]:
                 r.values[m] = next(it)
+        del flat, it
 
+    encode = encoder(targets, ok, config, decoders)
     raw = {
-        s: ({m: torch.from_numpy(np.stack([r.values[m] for r in per_split[s]])) for m in modalities}
-            if s in in_memory else {},
-            targets.encode([r.label for r in per_split[s]], names))
-        for s in SPLITS
+        s: ({m: torch.from_numpy(_stack(per_split[s], m)) for m in modalities} if s in in_memory else {},
+            encode(per_split[s], names))
+        for s in splits_here
     }
     specs, stats = {}, {}
     if streaming:
@@ -190,6 +195,8 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         x = raw["train"][0][m]
         if kind == "text":
             mean, std = 0.0, 1.0  # token ids: nothing to normalise
+        elif dec.clip is not None:  # a video column's clip or frame: no float64 copy of it
+            mean, std = _chunked_mean_std(x)
         else:
             # float64 numpy: the same stats whatever torch's thread count (the cache hashes the result)
             xd = x.numpy().astype(np.float64)
@@ -200,12 +207,13 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     splits = {}
     for s, (inputs, labels) in raw.items():
         if s == "train":
-            labels = _hide_labels(labels, config.label_fraction, seed)
+            labels = hide_labels(targets, labels, config.label_fraction, seed)
         if s not in in_memory:
             splits[s] = streamed_split(path, per_split[s], decoders, stats, specs, labels,
                                         int(getattr(config, "num_workers", 0) or 0))
             continue
-        inputs = {m: (v if specs[m].kind == "text" else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
+        inputs = {m: (v if specs[m].kind == "text" else v.sub_(stats[m][0]).div_(stats[m][1]) if decoders[m].clip
+                      else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
         splits[s] = Split(inputs, labels)
 
     resampled = {sr: n for d in decoders.values() for sr, n in d.sample_rates.items() if sr != DEMO_AUDIO_SPEC["sample_rate"]}
@@ -213,13 +221,13 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         console.print(f"{path}: resampled {sum(resampled.values())} WAV files to {DEMO_AUDIO_SPEC['sample_rate']} Hz "
                       f"(from {', '.join(f'{sr} Hz' for sr in sorted(resampled))})")
     name = path.parent.name if path.stem == "manifest" else path.stem
-    return Dataset(
+    data = Dataset(
         name=name, train=splits["train"], val=splits["val"], test=splits["test"],
-        target_names=names, modalities=specs,
+        target_names=names, modalities=specs, calibration=splits.get(CALIBRATION),
         info={
             "manifest": str(path),
             "kinds": {m: s.kind for m, s in specs.items()},
-            "sizes": {s: len(sp) for s, sp in splits.items()},
+            "sizes": {s: len(splits[s]) for s in SPLITS},
             "labeled_train_rows": int(splits["train"].labeled.sum()),
             "unlabeled_train_rows": sum(1 for r in per_split["train"] if r.label is None),
             "label_fraction": config.label_fraction,
@@ -236,13 +244,42 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             },
         },
     )
+    if CALIBRATION in splits:
+        data.info["calibration_rows"] = len(splits[CALIBRATION])
+    if any(spec.kind == "video" for spec in specs.values()):
+        data.info["preprocessing"]["clip_frames"] = int(getattr(config, "clip_frames", 5))
+    if coco is not None:  # what a COCO results file needs: category ids, the held-out splits' image ids
+        data.info["coco"] = {**coco, "image_ids": {s: [_int_or_str(r.id) for r in per_split[s]]
+                                                   for s in splits_here if s != "train"}}
+    return data
 
 
-def _hide_labels(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """label_fraction applies to the labeled training rows; unlabeled rows stay unlabeled."""
-    if fraction >= 1.0:
-        return labels
-    labeled = labeled_rows(labels).nonzero().squeeze(1)
-    out = labels.clone()
-    out[labeled] = keep_label_fraction(labels[labeled], fraction, seed)
+def _int_or_str(value: str | None):
+    return int(value) if value is not None and value.lstrip("-").isdigit() else value
+
+
+def _stack(rows: list[Row], modality: str) -> np.ndarray:
+    """np.stack of the rows' arrays, each released once copied (a video column is hundreds of MB).
+    uint8 pixels (a clip decoded compact) become float32 in [0, 1], as images are read."""
+    first = rows[0].values[modality]
+    pixels = np.asarray(first).dtype == np.uint8
+    out = np.empty((len(rows), *np.shape(first)), dtype=np.float32 if pixels else np.asarray(first).dtype)
+    for i, r in enumerate(rows):
+        value = r.values.pop(modality)
+        if np.shape(value) != out.shape[1:]:  # as np.stack would (never broadcast)
+            raise ValueError(f"{modality}: line {r.line} decodes to {np.shape(value)}, line {rows[0].line} to {out.shape[1:]}")
+        out[i] = value
+    if pixels:
+        out /= 255.0  # float32(u) / 255, exactly video.to_float and loaders.image_to_array
     return out
+
+
+def _chunked_mean_std(x: torch.Tensor, rows: int = 256) -> tuple[float, float]:
+    """(mean, std with ddof=1) in float64, two passes over chunks of rows: no float64 copy of a
+    video column (hundreds of MB as float32)."""
+    a = x.numpy()
+    n = a.size
+    mean = sum(float(a[i : i + rows].sum(dtype=np.float64)) for i in range(0, len(a), rows)) / n
+    sq = sum(float(np.square(a[i : i + rows].astype(np.float64) - mean).sum()) for i in range(0, len(a), rows))
+    std = float(np.sqrt(sq / max(n - 1, 1)))
+    return mean, std if std > 0 else 1.0

@@ -1,5 +1,6 @@
-"""Decoding a manifest's cells: one Decoder per modality column (image, audio, text), and the
-streaming choice: decode the training rows into memory, or once up front and then per batch
+"""Decoding a manifest's cells: one Decoder per modality (image, audio, text, and the two of a
+video column: the clip and its target frame, which share one ClipReader, data/video.py), and
+the streaming choice: decode the training rows into memory, or once up front and then per batch
 in DataLoader workers (data/streaming.py).
 """
 
@@ -17,10 +18,13 @@ from distill_export.errors import DataError
 
 
 class Decoder:
-    """Decodes one modality column; remembers what it needs to finish (image size/channels)."""
+    """Decodes one modality column; remembers what it needs to finish (image size/channels).
+    With a ClipReader (`clip`) it reads a video cell: kind "video" -> the clip (T, C, H, W),
+    kind "image" -> the clip's target frame (C, H, W)."""
 
-    def __init__(self, column: str, kind: str, config, base: Path):
-        self.column, self.kind, self.base = column, kind, base
+    def __init__(self, column: str, kind: str, config, base: Path, clip=None):
+        self.column, self.kind, self.base, self.clip = column, kind, base, clip
+        self.cell_column = column  # the manifest column its cells come from (a frame: its video column)
         size = int(getattr(config, "image_size", 0) or 0)
         self.size: tuple[int, int] | None = (size, size) if size > 0 else None
         self.mode = str(getattr(config, "image_mode", "auto")).lower()
@@ -33,17 +37,45 @@ class Decoder:
         self.max_audio_seconds = float(getattr(config, "max_audio_seconds", None) or MAX_AUDIO_SECONDS)
 
     def path(self, cell: str) -> Path:
+        if self.clip is not None:
+            cell = loaders.split_cell(cell)[0]
         p = Path(os.path.expanduser(cell))
         return p if p.is_absolute() else self.base / p
 
-    def decode(self, cell: str) -> np.ndarray | str:
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """(H, W) the images or frames decode to (None until the first one decodes, when automatic)."""
+        return self.clip.size if self.clip is not None else self.size
+
+    def source_size(self, cell: str) -> tuple[int, int]:
+        """(H, W) of the cell's image or frame as the file holds it (box labels are in these pixels)."""
+        if self.clip is not None:
+            return self.clip.source_size(self.path(cell))
+        from PIL import Image, UnidentifiedImageError
+
         try:
-            return self._decode(cell)
+            with Image.open(self.path(cell)) as im:  # the header only
+                return im.height, im.width
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"cannot read the size of {self.path(cell)}: {str(exc)[:100]}") from None
+
+    def decode(self, cell: str, compact: bool = False) -> np.ndarray | str:
+        """The cell's array. compact: a clip's pixels as uint8 (1/4 of the memory; the in-memory
+        path scales them when it stacks the rows, manifest._stack), else float32 in [0, 1]."""
+        try:
+            return self._decode(cell, compact)
         except OSError as exc:  # e.g. a path longer than the file system allows (ENAMETOOLONG)
             shown = cell if len(cell) <= 80 else cell[:77] + "..."
             raise DataError(f"{self.column} {shown!r}: {exc.strerror or type(exc).__name__}") from None
 
-    def _decode(self, cell: str) -> np.ndarray | str:
+    def _decode(self, cell: str, compact: bool = False) -> np.ndarray | str:
+        if self.clip is not None:
+            from distill_export.data.video import to_float
+
+            clip, frame = self.clip.read_uint8(self.path(cell), loaders.split_cell(cell)[1])
+            x = clip if self.kind == "video" else frame
+            self.any_color |= x.shape[-3] == 3
+            return x if compact else to_float(x)
         if self.kind == "image":
             im = loaders.read_image(self.path(cell))
             if self.size is None:
@@ -61,8 +93,8 @@ class Decoder:
 
     def finish(self, values: list) -> list[np.ndarray]:
         """Make every row's array the same shape (gray -> RGB when any image is in color)."""
-        if self.kind == "image" and self.any_color:
-            return [np.repeat(v, 3, axis=0) if v.shape[0] == 1 else v for v in values]
+        if self.kind in ("image", "video") and self.any_color:
+            return [to_color(v) for v in values]
         if self.kind == "text" and self.text_encoder == "wordllama":
             return list(loaders.sentence_embeddings(values))
         return values
@@ -70,6 +102,49 @@ class Decoder:
     @property
     def final_kind(self) -> str:
         return "vector" if self.kind == "text" and self.text_encoder == "wordllama" else self.kind
+
+
+def to_color(x: np.ndarray) -> np.ndarray:
+    """A gray image (1, H, W) or clip (T, 1, H, W) repeated to 3 channels; colour ones as they are."""
+    return np.repeat(x, 3, axis=-3) if x.shape[-3] == 1 else x
+
+
+def frame_modality(column: str) -> str:
+    """The name of a video column's target-frame modality: the "video" part of its name becomes
+    "image" (video -> image, front_video -> front_image), else "<column>_image"."""
+    parts = column.split("_")
+    low = [p.lower() for p in parts]
+    if "video" in (low[0], low[-1]):
+        i = 0 if low[0] == "video" else len(parts) - 1
+        return "_".join(parts[:i] + ["image"] + parts[i + 1:])
+    return f"{column}_image"
+
+
+def make_decoders(modalities: list[str], kinds: dict[str, str], rows: list[Row], config, base: Path) -> dict:
+    """One Decoder per modality; a video column adds its target-frame modality (next to it in
+    the order, same cells). Adds the frame columns to `modalities`, `kinds` and every row's cells."""
+    from distill_export.data.video import ClipReader
+
+    decoders = {}
+    for m in list(modalities):
+        if kinds[m] != "video":
+            decoders[m] = Decoder(m, kinds[m], config, base)
+            continue
+        frame = frame_modality(m)
+        if frame in modalities:
+            raise DataError(f"video column {m!r} gives a target-frame modality {frame!r}, and the manifest "
+                            f"already has a column {frame!r}: rename one")
+        size = int(getattr(config, "image_size", 0) or 0)
+        reader = ClipReader(int(getattr(config, "clip_frames", 5)), (size, size) if size > 0 else None,
+                            str(getattr(config, "image_mode", "auto")).lower())
+        decoders[m] = Decoder(m, "video", config, base, clip=reader)
+        decoders[frame] = Decoder(frame, "image", config, base, clip=reader)
+        decoders[frame].cell_column = m
+        modalities.insert(modalities.index(m) + 1, frame)
+        kinds[frame] = "image"
+        for row in rows:
+            row.cells[frame] = row.cells[m]
+    return decoders
 
 
 def choose_streaming(config, path: Path, rows: list[Row], decoders: dict) -> bool:

@@ -17,6 +17,7 @@ from distill_export.errors import DataError
 
 RESERVED = ("label", "split", "id")
 SPLITS = ("train", "val", "test")
+CALIBRATION = "calibration"  # optional split: unlabeled rows the INT8 export calibrates on, never trained on
 HELD_OUT_FRACTION = {"val": 0.1, "test": 0.1}  # per class, when there is no split column
 _EXTRA = "\0extra"  # DictReader's key for fields beyond the header
 
@@ -30,6 +31,8 @@ class Row:
     label: str | None  # None: unlabeled
     split: str | None  # None: drawn with the seed
     values: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> decoded array
+    id: str | None = None  # the `id` cell (matches a COCO image id, data/coco.py)
+    size: tuple[int, int] | None = None  # box labels: the (H, W) of the frame the boxes are in
 
 
 @dataclass
@@ -87,15 +90,16 @@ def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tu
     return list(columns), records
 
 
-def read_rows(path: Path) -> tuple[list[str], list[str], list[Row], list[Problem]]:
-    """Parse the manifest: (modality columns, all columns, rows, format problems)."""
+def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str], list[Row], list[Problem]]:
+    """Parse the manifest: (modality columns, all columns, rows, format problems). need_label:
+    refuse a manifest without a `label` column (not when a COCO file holds the labels)."""
     problems: list[Problem] = []
     try:
         reader = _read_jsonl if path.suffix.lower() == ".jsonl" else _read_csv
         columns, records = reader(path, problems)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from None
-    if "label" not in columns:
+    if "label" not in columns and need_label:
         raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(columns) or 'none'})")
     modalities = [c for c in columns if c not in RESERVED]
     if not modalities:
@@ -104,14 +108,16 @@ def read_rows(path: Path) -> tuple[list[str], list[str], list[Row], list[Problem
     for line, rec in records:
         label = _cell(rec.get("label"))
         split = _cell(rec.get("split")).lower() if "split" in columns else None
-        rows.append(Row(line, {m: _cell(rec.get(m)) for m in modalities}, label or None, split))
+        rows.append(Row(line, {m: _cell(rec.get(m)) for m in modalities}, label or None, split,
+                        id=_cell(rec.get("id")) or None))
     return modalities, columns, rows, problems
 
 
 # ----- checks --------------------------------------------------------------------------------
 def check_cells(row: Row) -> str | None:
-    if row.split is not None and row.split not in SPLITS:
-        return f"unknown split {row.split!r} (train, val or test)" if row.split else "empty split (train, val or test)"
+    if row.split is not None and row.split not in (*SPLITS, CALIBRATION):
+        known = "train, val, test or calibration"
+        return f"unknown split {row.split!r} ({known})" if row.split else f"empty split ({known})"
     if row.label is None and row.split in ("val", "test"):
         return f"missing label in the {row.split} split (unlabeled rows serve distillation only, so belong to train)"
     for col, value in row.cells.items():

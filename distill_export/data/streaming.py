@@ -64,8 +64,8 @@ class RowSource:
             x = dec.decode(self.cells[modality][i])
         except DataError as exc:
             raise DataError(f"{self.manifest}:{self.lines[i]}: {exc}") from None
-        if dec.kind == "image" and dec.any_color and x.shape[0] == 1:
-            x = np.repeat(x, 3, axis=0)  # gray -> RGB when any image is in color (as finish() does)
+        if dec.kind in ("image", "video") and dec.any_color and x.shape[-3] == 1:
+            x = np.repeat(x, 3, axis=-3)  # gray -> RGB when any image is in color (as finish() does)
         if tuple(x.shape) != self.shapes[modality]:
             raise DataError(f"{self.manifest}:{self.lines[i]}: {modality} decodes to shape {tuple(x.shape)}, "
                             f"the other rows to {self.shapes[modality]}")
@@ -281,7 +281,7 @@ def scan_rows(cells: list[dict[str, str]], decoders: dict, num_workers: int):
         summaries[i] = summary
         for m, (_, _, _, shape, sr) in summary.items():
             dec = decoders[m]
-            if dec.kind == "image" and int(shape[0]) == 3:
+            if dec.kind in ("image", "video") and int(shape[-3]) == 3:
                 dec.any_color = True
             if sr is not None and num_workers > 0:  # the main process's decoders counted it already otherwise
                 dec.sample_rates[sr] = dec.sample_rates.get(sr, 0) + 1
@@ -300,13 +300,13 @@ def stats_from_summaries(summaries: list[dict], decoders: dict) -> tuple[dict, d
         s = sq = n = 0.0
         for summary in summaries:
             row_s, row_sq, row_n, shape, _ = summary[m]  # shape: a list after the DataLoader
-            k = 3 if dec.kind == "image" and dec.any_color and int(shape[0]) == 1 else 1
+            k = 3 if dec.kind in ("image", "video") and dec.any_color and int(shape[-3]) == 1 else 1
             s, sq, n = s + k * row_s, sq + k * row_sq, n + k * row_n
         mean = s / n
         var = max((sq - n * mean * mean) / max(n - 1, 1), 0.0)
         std = float(np.sqrt(var))
         stats[m] = (float(mean), std if std > 0 else 1.0)
-        shapes[m] = (3, *first[1:]) if dec.kind == "image" and dec.any_color else first
+        shapes[m] = ((*first[:-3], 3, *first[-2:]) if dec.kind in ("image", "video") and dec.any_color else first)
     return stats, shapes
 
 

@@ -6,6 +6,23 @@ rows; a task with other targets (several tags per row, boxes, a number) brings i
 
 An unlabeled row (an empty cell) gets a target filled with IGNORE_INDEX, whatever its shape,
 so ``Split.labeled`` finds it without knowing the task.
+
+A codec may also be *spatial* (``spatial = True``; ``BoxTargets`` in data/boxes.py): its cells
+hold several classes in the pixels of a frame. The manifest reader (data/manifest_targets.py)
+then calls these hooks as well, and passes ``names`` the set of class names instead of cells:
+
+- ``classes(label) -> set[str]``: the class names one cell holds (DataError if malformed);
+- ``check(label, size)``: DataError if the cell does not fit a frame of (H, W) source pixels;
+- ``count(label) -> int``: how many rows of the target the cell fills (boxes);
+- ``encode(labels, names, sizes=, size=, width=)``: sizes, each row's source (H, W); size, the
+  decoded (H, W) to scale to; width, the rows per target over the whole dataset;
+- ``keep_fraction(labels, fraction, seed)``: which labeled training rows keep their target
+  (data.label_fraction);
+- ``fixed_names`` (None or a list) and ``with_names(names)``: a vocabulary given up front
+  (COCO's categories, data.annotations).
+
+A codec without them (CategoricalTargets, a task's own) reads one class per cell and hides
+labels stratified per distinct target (dataset.keep_label_fraction), as before.
 """
 
 from __future__ import annotations
@@ -14,8 +31,11 @@ from typing import Protocol
 
 import torch
 
+from distill_export.data.boxes import BoxTargets
 from distill_export.data.dataset import IGNORE_INDEX
 from distill_export.errors import DataError
+
+__all__ = ["BoxTargets", "CategoricalTargets", "TargetCodec"]
 
 
 class TargetCodec(Protocol):

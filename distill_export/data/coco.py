@@ -1,0 +1,178 @@
+"""COCO-format detection labels: read an annotation file onto a manifest's rows, and write
+predictions as a COCO results file.
+
+Reading (data.annotations: a COCO ``instances.json``, relative to the manifest's folder):
+
+- an image matches a manifest row by ``id`` when the manifest has an ``id`` column (compared as
+  text), else by ``file_name``, which must equal the row's cell of the box column as the
+  manifest writes it (``images/0001.png``, ``clips/0001.mkv#2``; ``./`` and doubled slashes are
+  normalised), or be a bare file name (``0001.png``) that ends exactly one row's cell;
+- the image's ``width`` and ``height``, when given, must be those of the row's file;
+- a row whose image is in the file is labeled with that image's annotations (none: a labeled
+  image without objects); a row not in it is unlabeled (train only, as an empty label cell);
+- ``bbox`` is ``[x, y, width, height]`` in the image's pixels; ``iscrowd: 1`` annotations are
+  skipped (COCO's evaluation ignores them too);
+- the classes are the ``categories``' names in category-id order (all of them, used or not);
+  Dataset.info["coco"] keeps the category ids and each split's image ids for the results file.
+
+An image that matches no row, an annotation whose image_id is not among the images, or a
+category_id not in the categories is a one-line DataError (the last names the row, file:line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from distill_export.data.manifest_rows import Problem, Row
+from distill_export.errors import DataError
+from distill_export.files import atomic_path
+
+
+def _norm(name: str) -> str:
+    return os.path.normpath(str(name).replace("\\", "/")) if name else ""
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"COCO annotation file {path} does not exist (data.annotations)")
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read COCO annotation file {path}: {exc}") from None
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")):
+        raise DataError(f"{path} is not a COCO annotation file: it needs lists 'images', 'annotations' and 'categories'")
+    return coco
+
+
+def categories(coco: dict, path: Path) -> tuple[list[int], list[str]]:
+    """(category ids sorted, their names): the class vocabulary, in category-id order."""
+    cats = {}
+    for c in coco["categories"]:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not str(c.get("name", "")).strip():
+            raise DataError(f"{path}: category {c!r} needs an integer 'id' and a 'name'")
+        if c["id"] in cats:
+            raise DataError(f"{path}: category id {c['id']} appears twice")
+        cats[c["id"]] = str(c["name"]).strip()
+    if not cats:
+        raise DataError(f"{path}: no categories")
+    ids = sorted(cats)
+    names = [cats[i] for i in ids]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{path}: category name {dup!r} appears twice")
+    return ids, names
+
+
+def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[Problem]) -> tuple[list[int], list[str]]:
+    """Set each matched row's label from the COCO file (a JSON box cell, data/boxes.py) and its
+    row.id to the COCO image id. Returns (category ids, category names)."""
+    coco = _load(path)
+    cat_ids, names = categories(coco, path)
+    cat_name = dict(zip(cat_ids, names))
+    by_id = any(r.id is not None for r in rows)
+    key_of_row = (lambda r: r.id) if by_id else (lambda r: _norm(r.cells[column]))
+    row_index: dict[str, list[Row]] = {}
+    for r in rows:
+        row_index.setdefault(key_of_row(r) or "", []).append(r)
+    by_base: dict[str, list[Row]] = {}  # a bare file name matches the row whose cell ends in it, when only one does
+    for key, matched in row_index.items():
+        by_base.setdefault(os.path.basename(key), []).extend(matched)
+    images: dict = {}  # COCO image id -> matched rows
+    for n, im in enumerate(coco["images"]):
+        if not isinstance(im, dict) or "id" not in im:
+            raise DataError(f"{path}: images[{n}] has no 'id'")
+        key = str(im["id"]) if by_id else _norm(im.get("file_name", ""))
+        matched = row_index.get(key, [])
+        if not matched and not by_id and "/" not in key and len({id(r) for r in by_base.get(key, [])}) == 1:
+            matched = by_base[key]
+        if not matched:
+            how = f"id {im['id']} (the manifest's 'id' column)" if by_id else \
+                f"file_name {im.get('file_name')!r} (the manifest's {column!r} cells)"
+            raise DataError(f"{path}: image {how} matches no manifest row; data.annotations must describe "
+                            "the manifest's images")
+        images[im["id"]] = matched
+        if isinstance(im.get("width"), int) and isinstance(im.get("height"), int):
+            for r in matched:
+                r.size = (im["height"], im["width"])  # checked against the file (manifest_targets.check_labels)
+    boxes: dict = {i: [] for i in images}
+    for a in coco["annotations"]:
+        if not isinstance(a, dict) or a.get("image_id") not in images:
+            raise DataError(f"{path}: annotation id {a.get('id') if isinstance(a, dict) else a!r}: image_id "
+                            f"{a.get('image_id') if isinstance(a, dict) else None!r} is not among the file's images")
+        if a.get("iscrowd", 0):
+            continue
+        row = images[a["image_id"]][0]
+        if a.get("category_id") not in cat_name:
+            problems.append(Problem(row.line, f"COCO annotation id {a.get('id')}: category_id {a.get('category_id')!r} "
+                                              f"is not in the file's categories ({', '.join(map(str, cat_ids))})"))
+            boxes[a["image_id"]] = None
+            continue
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            problems.append(Problem(row.line, f"COCO annotation id {a.get('id')}: bbox {bbox!r} is not [x, y, width, height]"))
+            boxes[a["image_id"]] = None
+            continue
+        if boxes[a["image_id"]] is not None:
+            x, y, w, h = (float(v) for v in bbox)
+            boxes[a["image_id"]].append([cat_name[a["category_id"]], x, y, x + w, y + h])
+    bad = {p.line for p in problems}
+    for image_id, matched in images.items():
+        for r in matched:
+            if r.label is not None:
+                problems.append(Problem(r.line, "has both a label cell and COCO annotations (data.annotations); keep one"))
+            elif boxes[image_id] is not None and r.line not in bad:
+                r.label = json.dumps(boxes[image_id])
+                r.id = str(image_id)
+    return cat_ids, names
+
+
+# ----- writing ---------------------------------------------------------------------------
+def _numpy(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def write_coco_results(path: str | Path, boxes, scores, classes, image_ids, category_ids, min_score: float = 0.0) -> Path:
+    """Detections as a COCO results file, written atomically:
+    ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+
+    boxes (N, K, 4) x1 y1 x2 y2 px, scores (N, K), classes (N, K) class indices (torch or numpy);
+    image_ids (N,) the COCO image id of each image; category_ids: class index -> category id.
+    Detections scoring below min_score are left out."""
+    boxes, scores, classes = (_numpy(a) for a in (boxes, scores, classes))
+    out = []
+    for n, image_id in enumerate(image_ids):
+        for (x1, y1, x2, y2), s, c in zip(boxes[n], scores[n], classes[n]):
+            if float(s) < min_score:
+                continue
+            out.append({"image_id": int(image_id), "category_id": int(category_ids[int(c)]),
+                        "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3),
+                                 round(float(y2 - y1), 3)],
+                        "score": round(float(s), 6)})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(out))
+    return path
+
+
+def coco_ground_truth(targets, names: list[str], size: tuple[int, int], image_ids=None, category_ids=None) -> dict:
+    """(N, M, 5) box targets -> a COCO annotation dict (for faster-coco-eval's COCO(...)).
+    size: the (H, W) of every image; ids default to 1.. for images and categories. Unlabeled
+    images (all IGNORE_INDEX) are left out; padding rows (class -1) are not boxes."""
+    t = _numpy(targets).astype(np.float64)
+    image_ids = list(range(1, len(t) + 1)) if image_ids is None else [int(i) for i in image_ids]
+    category_ids = list(range(1, len(names) + 1)) if category_ids is None else [int(i) for i in category_ids]
+    h, w = size
+    images, anns = [], []
+    for n, rows in enumerate(t):
+        if (rows[:, 0] < -1).all():  # IGNORE_INDEX: unlabeled
+            continue
+        images.append({"id": image_ids[n], "width": int(w), "height": int(h), "file_name": str(image_ids[n])})
+        for c, x1, y1, x2, y2 in rows[rows[:, 0] >= 0]:
+            anns.append({"id": len(anns) + 1, "image_id": image_ids[n], "category_id": category_ids[int(c)],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": i, "name": nm} for i, nm in zip(category_ids, names)]}

@@ -1,0 +1,130 @@
+"""The manifest reader's side of targets: check each row's label cell with the task's codec
+(data/targets.py), find the known classes, encode the splits and hide labels (label_fraction).
+
+A plain codec (CategoricalTargets, a task's own) reads one category per cell: a cell's class is
+the cell itself, as it always was. A spatial codec (``spatial = True``: BoxTargets, data/boxes.py)
+holds several classes per cell in the pixels of a frame: each labeled row is also checked
+against the size of its frame (the box modality's file), and the targets are scaled to the
+decoded size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from distill_export.data.dataset import keep_label_fraction, labeled_rows
+from distill_export.data.manifest_rows import Problem, Row
+from distill_export.errors import DataError
+
+
+def is_spatial(codec) -> bool:
+    return bool(getattr(codec, "spatial", False))
+
+
+def label_classes(codec, label: str) -> set[str]:
+    classes = getattr(codec, "classes", None)
+    return {label} if classes is None else classes(label)
+
+
+def box_modality(config, decoders: dict) -> str:
+    """The modality whose pixels box labels are in: the student's when it is an image (a video
+    column's target frame is one), else the first image modality."""
+    student = getattr(config, "student_modality", "image")
+    if student in decoders and decoders[student].kind == "image":
+        return student
+    for m, dec in decoders.items():
+        if dec.kind == "image":
+            return m
+    raise DataError("box labels need an image or video column (none in the manifest)")
+
+
+def apply_annotations(config, path: Path, rows: list[Row], decoders: dict, codec, problems: list[Problem]):
+    """data.annotations (a COCO file): label the rows from it (data/coco.py). Returns the codec
+    with COCO's categories as its classes and the facts for Dataset.info, or (codec, None)."""
+    name = str(getattr(config, "annotations", "") or "")
+    if not name:
+        return codec, None
+    if not is_spatial(codec):
+        raise DataError(f"data.annotations ({name}) holds boxes: it needs a task whose targets are boxes "
+                        "(task: detection)")
+    from distill_export.data.coco import apply_annotations as read_coco
+
+    file = Path(name).expanduser()
+    file = file if file.is_absolute() else path.parent / file
+    cat_ids, names = read_coco(file, rows, decoders[box_modality(config, decoders)].cell_column, problems)
+    return codec.with_names(names), {"annotations": str(file), "category_ids": cat_ids}
+
+
+def check_labels(codec, rows: list[Row], sampled_out: set[str], config, decoders: dict,
+                 problems: list[Problem]) -> tuple[list[Row], set[str]]:
+    """(the rows whose label cells are good and name known classes, the known classes). Known:
+    the classes of the training rows (sampled_out: labels of training rows left out by
+    max_train_rows), or a spatial codec's fixed_names (COCO's categories)."""
+    spatial = is_spatial(codec)
+    column = box_modality(config, decoders) if spatial else None
+    good = []
+    for row in rows:
+        if spatial and row.label is not None:
+            try:
+                codec.classes(row.label)  # parses the cell
+                size = decoders[column].source_size(row.cells[column])
+                if row.size is not None and row.size != size:  # the size a COCO file declares
+                    raise DataError(f"the COCO image (id {row.id}) is {row.size[1]}x{row.size[0]}, its file "
+                                    f"{decoders[column].path(row.cells[column])} is {size[1]}x{size[0]}")
+                row.size = size
+                codec.check(row.label, row.size)
+            except DataError as exc:
+                problems.append(Problem(row.line, str(exc)))
+                continue
+        good.append(row)
+    fixed = getattr(codec, "fixed_names", None)
+    if fixed is not None:
+        known = set(fixed)
+    else:
+        known = set().union(*(label_classes(codec, r.label) for r in good if r.split == "train" and r.label is not None))
+        for label in sampled_out:
+            try:
+                known |= label_classes(codec, label)
+            except DataError:  # a malformed cell of a row left out: not read
+                pass
+    ok = []
+    for row in good:
+        missing = sorted(label_classes(codec, row.label) - known) if row.label is not None else []
+        if not missing:
+            ok.append(row)
+        elif spatial:
+            problems.append(Problem(row.line, f"unknown class {missing[0]!r} in its boxes: no training row has "
+                                              "a box of it"))
+        else:
+            problems.append(Problem(row.line, f"unknown label {row.label!r}: no training row has it"))
+    return ok, known
+
+
+def classes_of(codec, rows: list[Row]) -> set[str]:
+    return set().union(*(label_classes(codec, r.label) for r in rows if r.label is not None))
+
+
+def encoder(codec, rows: list[Row], config, decoders: dict):
+    """rows of one split -> their (N, ...) targets; a spatial codec's are scaled to the decoded
+    frame size and padded to the most boxes of any row (`rows`: every split's)."""
+    if not is_spatial(codec):
+        return lambda split_rows, names: codec.encode([r.label for r in split_rows], names)
+    column = box_modality(config, decoders)
+    width = max([1] + [codec.count(r.label) for r in rows])
+    size = decoders[column].frame_size
+    return lambda split_rows, names: codec.encode([r.label for r in split_rows], names,
+                                                  sizes=[r.size for r in split_rows], size=size, width=width)
+
+
+def hide_labels(codec, labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """label_fraction applies to the labeled training rows; unlabeled rows stay unlabeled. The
+    codec's keep_fraction picks the rows that keep theirs (default: stratified per target)."""
+    if fraction >= 1.0:
+        return labels
+    keep = getattr(codec, "keep_fraction", None) or keep_label_fraction
+    labeled = labeled_rows(labels).nonzero().squeeze(1)
+    out = labels.clone()
+    out[labeled] = keep(labels[labeled], fraction, seed)
+    return out
