@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill_export.nets.centernet import OUTPUT_STRIDE, decode, head_channels
@@ -89,9 +88,18 @@ class CenterNet(nn.Module):
         return self.heads(self.body(x))
 
 
+def upsample2x(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest 2x upsampling cropped to `size` (B, C, h, w) -> (B, C, *size), as Unsqueeze, Expand
+    and Reshape (a stride-2 conv makes h = ceil(H / 2), so 2h >= H). Not ONNX's Resize:
+    onnxconverter_common's FP16 pass keeps Resize in FP32 and mistypes the casts around it."""
+    B, C, h, w = x.shape
+    up = x[:, :, :, None, :, None].expand(B, C, h, 2, w, 2).reshape(B, C, 2 * h, 2 * w)
+    return up if (2 * h, 2 * w) == tuple(size) else up[:, :, : size[0], : size[1]]
+
+
 def _up_add(top: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
-    """Nearest-upsample `top` to `lateral`'s size and add (ONNX: Resize + Add)."""
-    return lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
+    """Nearest-upsample `top` (half `lateral`'s resolution) to `lateral`'s size and add."""
+    return lateral + upsample2x(top, lateral.shape[-2:])
 
 
 class TinyBody(nn.Module):
@@ -175,7 +183,7 @@ class DecodedDetector(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return decode(self.model(x).float(), self.num_classes, self.stride)
+        return decode(self.model(x), self.num_classes, self.stride)  # decode casts to float32 if need be
 
 
 def with_decode(model: nn.Module, num_classes: int) -> DecodedDetector:
