@@ -122,6 +122,14 @@ class ValidateConfig:
     fp16_agreement: float = 0.995
     int8_agreement: float = 0.98
     int8_max_accuracy_drop: float = 0.01
+    # Detection (tasks/detection): |ΔmAP50| vs the PyTorch student, and the share of its
+    # detections (score >= 0.1) the export also finds (same class, IoU >= 0.9).
+    fp32_map50_delta: float = 0.001
+    fp32_matched: float = 0.99
+    fp16_map50_delta: float = 0.005
+    fp16_matched: float = 0.99
+    int8_map50_delta: float = 0.02
+    int8_matched: float = 0.95
 
 
 @dataclass

@@ -53,6 +53,12 @@ _RANGES: dict[str, tuple] = {
     "validate.fp16_agreement": _FRACTION,
     "validate.int8_agreement": _FRACTION,
     "validate.int8_max_accuracy_drop": _FRACTION,
+    "validate.fp32_map50_delta": _FRACTION,
+    "validate.fp32_matched": _FRACTION,
+    "validate.fp16_map50_delta": _FRACTION,
+    "validate.fp16_matched": _FRACTION,
+    "validate.int8_map50_delta": _FRACTION,
+    "validate.int8_matched": _FRACTION,
     "profile.threads": (0, 4096, True, True),  # 0 = all cores
     "profile.min_iters": (1, 10_000_000, True, True),
     "profile.warmup_s": (0.0, 3600.0, True, True),

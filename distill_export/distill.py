@@ -108,7 +108,8 @@ def train_student(
         return model, {**info, "terms": [s.to_dict() for s in specs], "distilled": False}
     modality = config.data.student_modality
     student = new_student(config, data)
-    teacher_dim = teacher_feats.shape[1] if teacher_feats is not None and teacher_feats.dim() == 2 else 0
+    # (N, D_t) vectors or (N, D_t, h, w) maps (a detector's): D_t channels either way
+    teacher_dim = teacher_feats.shape[1] if teacher_feats is not None and teacher_feats.dim() >= 2 else 0
     module = DistillModule(student, build_objective(config, data, student, teacher_dim)).to(device)
     needs = module.objective.needs
     x = data.train.inputs[modality].to(device)
@@ -116,8 +117,11 @@ def train_student(
     t_logits = teacher_logits.to(device) if teacher_logits is not None and "logits" in needs else None
     t_feats = mean = std = None
     if "features" in needs:
-        # Standardised per dimension with training-set statistics, so the feature weight is scale-free.
-        mean, std = teacher_feats.mean(0), teacher_feats.std(0).clamp(min=1e-6)
+        # Standardised per dimension (per channel for maps) with training-set statistics, so the
+        # feature weight is scale-free.
+        dims = (0, *range(2, teacher_feats.dim()))
+        mean = teacher_feats.mean(dims, keepdim=teacher_feats.dim() > 2).squeeze(0)
+        std = teacher_feats.std(dims, keepdim=teacher_feats.dim() > 2).squeeze(0).clamp(min=1e-6)
         t_feats = ((teacher_feats - mean) / std).to(device) if online_teacher is None else None
         mean, std = mean.to(device), std.to(device)
 

@@ -113,6 +113,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     def compare(a: str, b: str) -> dict:  # paired, on the same test rows
         return task.compare(outputs[a], outputs[b], targets, seed=config.seed)
 
+    figures = _draw_examples(config, run, data, device, task, teacher, outputs)
     kd_vs_base = compare("student", "baseline")
     comparisons = {"student_vs_baseline": kd_vs_base}
     if "self_training" in models:
@@ -149,7 +150,32 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "augment": config.distill.augment,
             "teacher_cache": cache_info,
         },
+        **({"figures": figures} if figures else {}),
     )
+
+
+def _draw_examples(config, run: RunDir, data, device, task, teacher, outputs: dict) -> dict[str, str]:
+    """The task's picture of a few test inputs with the student's and the teacher's outputs
+    (Task.draw_examples), under plots/ for the report; {} when the task draws none."""
+    from distill_export.train import predict
+
+    n = min(8, len(data.test))
+    if n == 0:
+        return {}
+    inputs = {m: v[:n].to(device) for m, v in data.test.inputs.items() if m in getattr(teacher, "modality_names", ())}
+    try:
+        _, teacher_out = predict(teacher.forward_features, inputs, n) if inputs else (None, None)
+    except (RuntimeError, TypeError):  # an external teacher that takes other inputs: the student alone
+        teacher_out = None
+    panels = {"student": outputs["student"][:n]}
+    if teacher_out is not None:
+        panels["teacher"] = teacher_out.numpy()
+    name = "detections.png"
+    path = run.file("plots") / name
+    path.parent.mkdir(exist_ok=True)
+    drawn = task.draw_examples(data.test.inputs[config.data.student_modality][:n].numpy(), panels,
+                               data.test.labels[:n].numpy(), data, path)
+    return {"examples": name} if drawn else {}
 
 
 @records_stage("export")
@@ -171,16 +197,17 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
         # Reference logits of the PyTorch student on the test split, on CPU in fp32:
         # every exported artifact is judged against these.
         x_test = data.test.inputs[modality]
-        _, ref_logits = predict(student.forward_features, x_test, len(data.test))
+        _, raw = predict(student.forward_features, x_test, len(data.test))
+        task = get_task(config.task)
         checkpoint_sha256 = sha256_file(student_path)
-        save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), ref_logits.numpy(),
+        save_parity_data(run.file(PARITY_FILE), x_test.numpy(), data.test.labels.numpy(), task.decode(raw.numpy()),
                          checkpoint_sha256)
         n_cal = min(config.export.calibration_samples, len(data.train))
-        task = get_task(config.task)
         source = ExportSource(
             model=student, meta=meta, checkpoint_sha256=checkpoint_sha256, out_dir=run.path,
             calibration=data.train.inputs[modality][:n_cal].numpy(),  # train rows are shuffled
             output_name=task.output_names[0], task_meta=task.export_meta(data),
+            tail=task.export_tail(raw.shape[1]), output_names=tuple(task.output_names),
         )
         options = ExportOptions.from_config(config.export, calibration_samples=n_cal)
         results = export_formats(source, config.export.formats, options)

@@ -82,30 +82,53 @@ def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
     return out
 
 
-def save_parity_data(path: str | Path, x: np.ndarray, labels: np.ndarray, reference_logits: np.ndarray,
-                     checkpoint_sha256: str = "") -> None:
-    """Test inputs, labels and the PyTorch student's logits (and which student.pt made them)."""
+def save_parity_data(path: str | Path, x: np.ndarray, labels: np.ndarray, reference, checkpoint_sha256: str = "") -> None:
+    """Test inputs, labels and what the exported graph must return, computed by the PyTorch
+    student (Task.decode of its raw outputs): one array (`logits`) or {output name: array}."""
     from distill_export.files import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, x=x.astype(np.float32), labels=labels, logits=reference_logits.astype(np.float32),
+            np.savez(f, x=x.astype(np.float32), labels=labels, **_reference_arrays(reference),
                      checkpoint_sha256=np.array(checkpoint_sha256))
 
 
-def load_parity_data(path: str | Path) -> dict[str, np.ndarray]:
+def _reference_arrays(reference) -> dict[str, np.ndarray]:
+    if isinstance(reference, dict):
+        return {f"ref__{name}": v for name, v in reference.items()}
+    return {"logits": reference.astype(np.float32)}
+
+
+def _reference_from(f) -> object:
+    names = [k for k in f.files if k.startswith("ref__")]
+    return {k[5:]: f[k] for k in names} if names else f["logits"]
+
+
+def load_parity_data(path: str | Path) -> dict:
+    """{"x", "labels", "reference" (an array or {output name: array}), "checkpoint_sha256"}."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} is missing; run `distill-export export` first")
     try:
         with np.load(path) as f:
-            data = {k: f[k] for k in ("x", "labels", "logits")}
+            data = {"x": f["x"], "labels": f["labels"], "reference": _reference_from(f)}
             data["checkpoint_sha256"] = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
+    if not isinstance(data["reference"], dict):
+        data["logits"] = data["reference"]
     return data
 
 
+def check_output_shapes(path, outputs, reference) -> None:
+    """An export must return what the PyTorch reference returns: the same outputs, same shapes."""
+    ref = reference if isinstance(reference, dict) else {"logits": reference}
+    got = outputs if isinstance(outputs, dict) else {"logits": outputs}
+    if sorted(got) != sorted(ref):
+        raise DataError(f"{path} returned outputs {', '.join(sorted(got))}, expected {', '.join(sorted(ref))}")
+    for name, want in ref.items():
+        if got[name].shape != want.shape:
+            raise DataError(f"{path} returned {name} of shape {got[name].shape}, expected {want.shape}")
 
 
 def _check_source(artifact: dict, facts: dict, checkpoint_sha256: str) -> None:
@@ -140,17 +163,13 @@ def validate_artifact(
     artifact: dict, parity: dict[str, np.ndarray], cfg, task, teacher_accuracy: float | None
 ) -> dict:
     """Parity at batch 1 and at a larger batch (so the dynamic axis is exercised)."""
-    x, labels, reference = parity["x"], parity["labels"], parity["logits"]
+    x, labels, reference = parity["x"], parity["labels"], parity["reference"]
     run = make_runner(artifact, 0, tuple(x.shape[1:]), parity.get("checkpoint_sha256", ""))
     per_batch = {}
-    outputs = {}
     for bs in cfg.batch_sizes:
-        outputs[bs] = run(x, bs)
-        if outputs[bs].shape != reference.shape:
-            raise DataError(
-                f"{artifact['path']} returned logits of shape {outputs[bs].shape}, expected {reference.shape}"
-            )
-        per_batch[str(bs)] = task.parity_metrics(outputs[bs], reference, labels)
+        outputs = run(x, bs)
+        check_output_shapes(artifact["path"], outputs, reference)
+        per_batch[str(bs)] = task.parity_metrics(outputs, reference, labels)
     worst = task.worst_case(per_batch)
     gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for(artifact["precision"], cfg, task)]
     result = {
@@ -203,7 +222,7 @@ TEACHER_PARITY_FILE = "teacher_parity_data.npz"
 
 def save_teacher_parity_data(path: str | Path, inputs: dict[str, np.ndarray], labels: np.ndarray,
                              reference_logits: np.ndarray) -> None:
-    """The teacher's test inputs (one array per modality), labels and PyTorch logits."""
+    """The teacher's test inputs (one array per modality), labels and PyTorch raw outputs."""
     from distill_export.files import atomic_path
 
     with atomic_path(path) as tmp:
@@ -230,13 +249,14 @@ def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:
     from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx_inputs
 
     session = onnx_session(path, 0)
-    reference, labels = parity["logits"], parity["labels"]
+    raw, labels = parity["logits"], parity["labels"]
+    reference = task.decode(raw)  # the teacher's graph returns raw outputs: judged as the task reads them
     per_batch = {}
     for bs in cfg.batch_sizes:
         out = run_onnx_inputs(session, parity["inputs"], bs)
-        if out.shape != reference.shape:
-            raise DataError(f"{path} returned logits of shape {out.shape}, expected {reference.shape}")
-        per_batch[str(bs)] = task.parity_metrics(out, reference, labels)
+        if out.shape != raw.shape:
+            raise DataError(f"{path} returned outputs of shape {out.shape}, expected {raw.shape}")
+        per_batch[str(bs)] = task.parity_metrics(task.decode(out), reference, labels)
     worst = task.worst_case(per_batch)
     gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for("fp32", cfg, task)]
     return {**worst, "per_batch": per_batch, "gates": {g.name: g.to_dict() for g in gates},

@@ -170,7 +170,7 @@ def test_every_gate_passes_exactly_at_its_limit_and_fails_just_past_it(key, monk
     monkeypatch.setattr(validate, "make_runner", lambda *a, **k: (lambda x, bs: candidate))
     value = task.parity_metrics(candidate, reference, labels)[metric]
     assert 0 < value < 1e3  # a real value, not a degenerate one
-    parity = {"x": np.zeros((200, 1), np.float32), "labels": labels, "logits": reference}
+    parity = {"x": np.zeros((200, 1), np.float32), "labels": labels, "reference": reference}
     artifact = {"path": "fake.onnx", "runtime": "onnxruntime", "precision": precision, "format": "fake"}
 
     def run_with(limit):

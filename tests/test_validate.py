@@ -90,7 +90,7 @@ def test_int8_accuracy_drop_gate_fails_on_a_worse_model(tiny_run, tmp_path):
     labels = reference.argmax(1)  # ... and is right on all of them
     art = {"path": str(tiny_run / "student.onnx"), "runtime": "onnxruntime", "precision": "int8", "format": "onnx-int8"}
     cfg = ValidateConfig(batch_sizes=[1, 7])
-    res = validate_artifact(art, {"x": parity["x"], "labels": labels, "logits": reference}, cfg, TASK, None)
+    res = validate_artifact(art, {"x": parity["x"], "labels": labels, "reference": reference}, cfg, TASK, None)
     assert not res["passed"]
     assert not res["gates"]["top1_agreement"]["passed"] and not res["gates"]["accuracy_drop"]["passed"]
     assert res["accuracy_drop"] == pytest.approx(flip.mean(), abs=0.01)

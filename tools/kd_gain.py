@@ -68,23 +68,27 @@ def main() -> None:
             t0 = time.perf_counter()
             run, rep = teacher_and_distill(cfg, out / f"lf{fraction}-seed{seed}")
             comp = rep["comparisons"]
+            metric = rep.get("task", {}).get("headline", "accuracy")  # detection: map50
             # A labels_only objective (e.g. tune's "don't distill") runs no control: those cells are None.
             control = rep["distill"].get("self_training_control") or {}
             cross = comp.get("student_vs_self_training") or {}
             row = {
                 "label_fraction": fraction, "seed": seed, "method": rep["distill"]["method"],
                 "terms": rep["distill"]["terms"],
-                "teacher": rep["metrics"]["teacher"]["accuracy"],
+                "teacher": rep["metrics"]["teacher"][metric],
                 "teacher_modality_probe": rep["teacher"]["modality_probe"],
                 "distilled": rep["distill"].get("distilled", True),
                 "control_teacher": control.get("teacher_accuracy"),
-                "baseline": rep["metrics"]["baseline"]["accuracy"],
-                "self_training": (rep["metrics"].get("self_training") or {}).get("accuracy"),
-                "student": rep["metrics"]["student"]["accuracy"],
+                "baseline": rep["metrics"]["baseline"][metric],
+                "self_training": (rep["metrics"].get("self_training") or {}).get(metric),
+                "student": rep["metrics"]["student"][metric],
                 "kd_gain": rep["kd_gain"], "kd_gain_ci95": rep["kd_gain_ci95"],
                 "kd_gain_p_value": rep["kd_gain_p_value"], "kd_verdict": rep["kd_verdict"],
                 "cross_modal_gain": cross.get("gain"),
+                "cross_modal_ci95": cross.get("ci95"),
                 "cross_modal_p_value": cross.get("p_value"),
+                "pseudo_label_quality": rep["teacher"].get("unlabeled_pool"),
+                "metric": metric,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             results.append(row)
@@ -92,7 +96,7 @@ def main() -> None:
 
     lines = [
         f"KD gain on {args.recipe} (overrides: {overrides}), seeds {args.seeds}; "
-        f"{platform.node()} {platform.machine()}, {time.strftime('%Y-%m-%d')}. Test accuracy (%), mean ± std.",
+        f"{platform.node()} {platform.machine()}, {time.strftime('%Y-%m-%d')}. Test {results[0]['metric'] if results else 'accuracy'} (%), mean ± std.",
         "",
         "| labels kept | teacher (all modalities) | control teacher (student's modality) | baseline (labels only) "
         "| self-training control | KD student | kd_gain (points) | student − control (points) | verdicts |",

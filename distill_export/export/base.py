@@ -76,6 +76,10 @@ class ExportSource:
     # that output (classification: class_names), written as ONNX metadata_props.
     output_name: str = "logits"
     task_meta: dict = field(default_factory=dict)
+    # Task.export_tail: an nn.Module appended to the graph, raw output -> the task's outputs
+    # (a detector's decode to boxes, scores, classes), kept in FP32 in every precision.
+    tail: object = None
+    output_names: tuple[str, ...] = ()  # the tail's outputs, in order
 
 
 @dataclass

@@ -3,6 +3,7 @@ ONNX): each format imports them from here and no format imports another.
 
     naming and errors     model_name, error_reason, unsupported_operator, quiet_output
     ONNX graphs           set_metadata, nonstandard_ops, prune_opset_imports, finalize_onnx
+    task tails            append_tail, tail_nodes (post-processing kept in FP32)
     derived formats       fp32_artifact, calibration_rows, quantize_qdq (INT8 QDQ, also for TensorRT)
 """
 
@@ -14,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ from distill_export.export.int8_recipes import DEFAULT_RECIPE, INT8_RECIPES, Int
 
 log = logging.getLogger(__name__)
 OUTPUT_NAME = "logits"
+HEADS_NAME = "heads"  # the body's raw output when a task's tail follows it
+TAIL_PREFIX = "tail/"  # the tail's node names start with it: FP16 and INT8 leave them in FP32
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -204,6 +208,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, calibration: np.ndarray, optio
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         pre_model = onnx.load(str(pre))
         keep = classifier_nodes(pre_model) if options.int8_fp32_classifier else []
+        keep += tail_nodes(pre_model)  # a task's post-processing (a detector's decode) stays FP32
         if recipe.exclude_depthwise:
             keep += depthwise_convs(pre_model)
         quantize_static(
@@ -247,3 +252,43 @@ def calibration_rows(source: ExportSource, options: ExportOptions, fmt: str) -> 
             "(they come from the training split); use onnx-fp16 for a smaller model without calibration"
         )
     return np.asarray(cal[: options.calibration_samples], dtype=np.float32)
+
+
+def append_tail(body, source: ExportSource, options: ExportOptions):
+    """The body graph (input -> HEADS_NAME) followed by the task's tail (source.tail: raw heads
+    -> source.output_names), exported on its own by the TorchScript exporter and joined with
+    onnx.compose. The tail's nodes and edges are prefixed TAIL_PREFIX, so the derived formats
+    find them by name and keep them in FP32 (TopK ties and box arithmetic move in half precision)."""
+    import onnx
+    import torch
+
+    heads_shape = [d.dim_value or 2 for d in body.graph.output[0].type.tensor_type.shape.dim]
+    sample = torch.zeros(2, *heads_shape[1:])
+    axes = ({HEADS_NAME: {0: "batch"}, **{n: {0: "batch"} for n in source.output_names}}
+            if options.dynamic_batch else None)
+    with tempfile.TemporaryDirectory(prefix="tail-") as work:
+        path = Path(work) / "tail.onnx"
+        with quiet_output("TorchScript"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+            torch.onnx.export(source.tail.eval().cpu(), (sample,), str(path), dynamo=False,
+                              opset_version=options.opset, input_names=[HEADS_NAME],
+                              output_names=list(source.output_names), dynamic_axes=axes)
+        tail = onnx.load(str(path))
+    tail = onnx.compose.add_prefix(tail, TAIL_PREFIX, rename_inputs=False, rename_outputs=False)
+    tail.ir_version = body.ir_version
+    body_opset = {o.domain: o.version for o in body.opset_import}
+    del tail.opset_import[:]
+    tail.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in body_opset.items())
+    merged = onnx.compose.merge_models(body, tail, io_map=[(body.graph.output[0].name, HEADS_NAME)])
+    del merged.opset_import[:]  # merge_models lists each domain once per model: once is valid
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in body_opset.items())
+    del merged.metadata_props[:]
+    merged.metadata_props.extend(body.metadata_props)
+    merged = onnx.shape_inference.infer_shapes(merged)
+    onnx.checker.check_model(merged, full_check=True)
+    return merged
+
+
+def tail_nodes(model) -> list[str]:
+    """Names of the task tail's nodes (append_tail): what FP16 and INT8 keep in FP32."""
+    return [n.name for n in model.graph.node if n.name.startswith(TAIL_PREFIX)]

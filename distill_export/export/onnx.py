@@ -12,7 +12,9 @@ from distill_export import __version__
 from distill_export.errors import ExportError
 from distill_export.export.base import MIN_OPSET, ExportOptions, ExportResult, ExportSource, register_format
 from distill_export.export.common import (
+    HEADS_NAME,
     OUTPUT_NAME,
+    append_tail,
     error_reason,
     finalize_onnx,
     model_name,
@@ -112,14 +114,19 @@ def export_onnx(source: ExportSource, options: ExportOptions) -> ExportResult:
     final = source.out_dir / "student.onnx"
     sample = torch.zeros(2, *meta["input_shape"])  # batch 2: a batch of 1 can get specialised away
     model = source.model.eval().cpu()
+    tail = source.tail is not None  # e.g. a detector's decode: appended after the body is simplified
+    body_output = HEADS_NAME if tail else source.output_name
+    extra = {"output_names": json.dumps(list(source.output_names))} if tail else {}
     with atomic_path(final) as tmp:
         exporter, fallback_reason = _torch_export(model, sample, tmp, meta["input_name"], options, name,
-                                                  source.output_name)
+                                                  body_output)
         props = metadata_props(meta, source.checkpoint_sha256, source.task_meta, source.output_name,
                                format="onnx", precision="fp32",
-                               opset=str(options.opset), exporter=exporter)
+                               opset=str(options.opset), exporter=exporter, **extra)
         try:
             proto = finalize_onnx(tmp, props, options.simplify, options.dynamic_batch)
+            if tail:
+                proto = append_tail(proto, source, options)
         except Exception as exc:
             raise ExportError(
                 f"the onnx export of student {name} (by the {exporter} exporter) failed its check: "

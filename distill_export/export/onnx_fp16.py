@@ -1,5 +1,6 @@
 """FP16 ONNX: the FP32 ONNX converted by onnxconverter_common.float16.
 
+A task's tail (export/common.py append_tail: a detector's decode) stays FP32.
 Inputs and outputs stay FP32 by default (``fp16_keep_io_types``): a caller feeds the same
 array to every format, and the Cast nodes that this adds are standard ONNX.
 """
@@ -10,7 +11,9 @@ import warnings
 
 from distill_export.errors import ExportError
 from distill_export.export.base import ExportOptions, ExportResult, ExportSource, register_format
-from distill_export.export.common import error_reason, fp32_artifact, model_name, nonstandard_ops, set_metadata
+from distill_export.export.common import (
+    error_reason, fp32_artifact, model_name, nonstandard_ops, set_metadata, tail_nodes,
+)
 from distill_export.files import atomic_path
 
 
@@ -25,7 +28,9 @@ def export_onnx_fp16(source: ExportSource, options: ExportOptions) -> ExportResu
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "the value is truncated" for tiny weights: expected
-            model = float16.convert_float_to_float16(fp32, keep_io_types=options.fp16_keep_io_types)
+            # a task's tail (a detector's decode) stays FP32: half-precision peaks tie and boxes move
+            model = float16.convert_float_to_float16(fp32, keep_io_types=options.fp16_keep_io_types,
+                                                     node_block_list=tail_nodes(fp32))
         set_metadata(model, {**props, "format": "onnx-fp16", "precision": "fp16",
                              "fp16_io": str(not options.fp16_keep_io_types).lower()})
         onnx.checker.check_model(model, full_check=True)

@@ -326,6 +326,8 @@ class RunRecord(Section):
     profile: Profile | None = None
     recommended: dict[str, Recommendation] = Field(default_factory=dict)  # target -> choice
     resumed: list[Resumed] = Field(default_factory=list)
+    # name -> a PNG under plots/ that a stage drew (Task.draw_examples: test frames with boxes)
+    figures: dict[str, str] = Field(default_factory=dict)
 
 
 SECTIONS = tuple(name for name in RunRecord.model_fields if name != "schema_version")

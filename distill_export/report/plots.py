@@ -166,4 +166,5 @@ def make_plots(record: RunRecord, out: Path) -> tuple[list[Path], str]:
     if _pyplot() is None:
         return [], PLOTS_SKIPPED
     plots = [p for p in (plot_latency(record, out), plot_tradeoff(record, out), plot_training(record, out)) if p]
+    plots += [out / name for name in record.figures.values() if (out / name).is_file()]  # drawn by a stage
     return plots, ""

@@ -121,31 +121,39 @@ def check_input_signature(session, path, sample_shape: tuple[int, ...]) -> None:
         )
 
 
-def run_onnx(session, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for all rows of x, `batch_size` rows per call. x: (N, *shape) float32."""
+def run_onnx(session, x: np.ndarray, batch_size: int):
+    """Outputs for all rows of x, `batch_size` rows per call. x: (N, *shape) float32.
+    One output: its (N, ...) array (float32); several (a detector's boxes, scores, classes):
+    {output name: (N, ...) array}, each in its own dtype widened (float to float32)."""
     name = session.get_inputs()[0].name
     want = session.get_inputs()[0].type  # 'tensor(float)' or 'tensor(float16)'
     dtype = np.float16 if "float16" in want else np.float32
-    outs = [
-        session.run(None, {name: x[i : i + batch_size].astype(dtype, copy=False)})[0]
-        for i in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(outs).astype(np.float32)
+    chunks = [session.run(None, {name: x[i : i + batch_size].astype(dtype, copy=False)})
+              for i in range(0, len(x), batch_size)]
+    return join_outputs(session, chunks)
 
 
-def run_onnx_inputs(session, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """Logits of a multi-input model (a teacher: one input per modality), `batch_size` rows per
+def join_outputs(session, chunks: list[list[np.ndarray]]):
+    """Per-call output lists -> one array (a single output, as float32) or {name: array}."""
+    names = [o.name for o in session.get_outputs()] if hasattr(session, "get_outputs") else []
+    columns = [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+    columns = [c.astype(np.float32) if np.issubdtype(c.dtype, np.floating) else c for c in columns]
+    if len(columns) == 1:
+        return columns[0]
+    return dict(zip(names or [str(i) for i in range(len(columns))], columns))
+
+
+def run_onnx_inputs(session, inputs: dict[str, np.ndarray], batch_size: int):
+    """Outputs (as run_onnx) of a multi-input model (a teacher: one input per modality), `batch_size` rows per
     call. inputs: name -> (N, *shape), each cast to the dtype its ONNX input declares."""
     dtypes = {i.name: _NP_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
     missing = sorted(set(dtypes) - set(inputs))
     if missing:
         raise DataError(f"no data for ONNX input(s) {', '.join(missing)}")
     n = len(next(iter(inputs.values())))
-    outs = [
-        session.run(None, {k: inputs[k][i : i + batch_size].astype(t, copy=False) for k, t in dtypes.items()})[0]
-        for i in range(0, n, batch_size)
-    ]
-    return np.concatenate(outs).astype(np.float32)
+    chunks = [session.run(None, {k: inputs[k][i : i + batch_size].astype(t, copy=False) for k, t in dtypes.items()})
+              for i in range(0, n, batch_size)]
+    return join_outputs(session, chunks)
 
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,

@@ -98,6 +98,9 @@ class OpenVinoSession:
     def get_inputs(self) -> list[_OvInput]:
         return self._inputs
 
+    def get_outputs(self) -> list[_OvInput]:
+        return [_OvInput(p) for p in self.compiled.outputs]
+
     def get_providers(self) -> list[str]:
         return ["OpenVINO CPU"]
 

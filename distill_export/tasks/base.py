@@ -70,6 +70,29 @@ class Task:
         """Task facts stored with the student checkpoint and the exported model."""
         return {}
 
+    def export_tail(self, output_size: int):
+        """An nn.Module appended to the exported graph, raw outputs (B, output_size, ...) ->
+        the task's ``output_names``, kept in FP32 in every precision (a detector's decode to
+        boxes, scores, classes). None: the raw output is what the graph returns."""
+        return None
+
+    def decode(self, outputs: np.ndarray):
+        """What the exported graph returns for these raw (N, ...) outputs of the PyTorch model:
+        the array itself, or {output name: (N, ...) array} through ``export_tail``. Validate
+        judges an export's outputs against this."""
+        tail = self.export_tail(outputs.shape[1])
+        if tail is None:
+            return outputs
+        import torch
+
+        columns: list[list[np.ndarray]] = [[] for _ in self.output_names]
+        with torch.no_grad():
+            for start in range(0, len(outputs), 512):
+                parts = tail(torch.from_numpy(np.ascontiguousarray(outputs[start : start + 512])).float())
+                for column, part in zip(columns, parts):
+                    column.append(part.numpy())
+        return {name: np.concatenate(col) for name, col in zip(self.output_names, columns)}
+
     # ----- training ---------------------------------------------------------------------
     def supervised_loss(self, outputs, targets):
         """Mean loss of (B, K) outputs against (B, ...) targets of labeled rows (torch)."""
@@ -99,6 +122,12 @@ class Task:
         first = next(iter(per_batch.values()))
         return {metric: pick[self.parity_better.get(metric, "lower")]([m[metric] for m in per_batch.values()])
                 for metric in first}
+
+    def draw_examples(self, images: np.ndarray, outputs: dict[str, np.ndarray], targets: np.ndarray,
+                      data, path) -> bool:
+        """Draw a few test inputs with each model's raw outputs ({model: (N, ...)}) into the PNG
+        `path` for the report; False when the task has no picture to draw."""
+        return False
 
     # ----- report -----------------------------------------------------------------------
     def report_view(self):

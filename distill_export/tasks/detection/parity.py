@@ -1,0 +1,53 @@
+"""Parity of an exported detector against the PyTorch student, on matched detections.
+
+Never by index: the decode's TopK orders near-ties arbitrarily, and an FP16 or INT8 heatmap
+that moves a score by 1e-4 swaps two detections' places, so index-aligned boxes differed by
+46 px in the prototype while every detection was still there. Instead, each confident
+reference detection (score >= SCORE_THRESHOLD, a box with area), best first, takes the unmatched candidate
+detection of the same class with the highest IoU, if that IoU >= MATCH_IOU; the share of
+reference detections matched is the gate, and the score and box differences are measured on
+the matched pairs only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distill_export.tasks.detection.matching import Detections, box_iou
+
+SCORE_THRESHOLD = 0.1  # reference detections below this are not judged (near-zero peaks come and go)
+MATCH_IOU = 0.9  # a candidate box this close to the reference's is the same detection
+
+
+def match_detections(candidate, reference, score_threshold: float = SCORE_THRESHOLD,
+                     iou_threshold: float = MATCH_IOU) -> dict:
+    """{"matched", "reference_count", "max_score_diff", "max_box_diff_px"}: greedy matching of
+    the reference's confident detections to the candidate's, per image, all images at once."""
+    cand, ref = Detections.of(candidate), Detections.of(reference).ordered()
+    if cand.scores.shape[0] != ref.scores.shape[0]:
+        raise ValueError(f"candidate has {cand.scores.shape[0]} images, reference {ref.scores.shape[0]}")
+    judged = (ref.scores >= score_threshold) & ref.valid  # (N, Kr); a box without area is no detection
+    iou = box_iou(ref.boxes, cand.boxes)  # (N, Kr, Kc)
+    same = ref.classes[:, :, None] == cand.classes[:, None, :]
+    iou = np.where(same & judged[..., None] & (iou >= iou_threshold), iou, -1.0)
+    N, Kr = judged.shape
+    rows = np.arange(N)
+    used = np.zeros(cand.scores.shape, bool)  # (N, Kc)
+    partner = np.full((N, Kr), -1)
+    for k in range(Kr if cand.scores.shape[1] else 0):
+        options = np.where(used, -1.0, iou[:, k])  # (N, Kc)
+        best = np.argmax(options, axis=1)
+        hit = options[rows, best] >= 0
+        used[rows[hit], best[hit]] = True
+        partner[hit, k] = best[hit]
+    matched = partner >= 0
+    n_i, k_r = np.nonzero(matched)
+    k_c = partner[matched]
+    score_diff = np.abs(ref.scores[n_i, k_r] - cand.scores[n_i, k_c])
+    box_diff = np.abs(ref.boxes[n_i, k_r] - cand.boxes[n_i, k_c])
+    return {
+        "matched": int(matched.sum()),
+        "reference_count": int(judged.sum()),
+        "max_score_diff": float(score_diff.max()) if score_diff.size else 0.0,
+        "max_box_diff_px": float(box_diff.max()) if box_diff.size else 0.0,
+    }
