@@ -190,22 +190,6 @@ def with_decode(model: nn.Module, num_classes: int) -> DecodedDetector:
     return DecodedDetector(model, num_classes)
 
 
-class HeadsDecode(nn.Module):
-    """The decode alone: raw heads (B, C+4, h, w) -> boxes, scores, classes. For an FP16 export
-    that keeps the decode in FP32: the detector (heads out) converted to FP16 with FP32 I/O,
-    this exported in FP32, the two joined with onnx.compose.merge_models (tests/test_detectors.py).
-    onnxconverter_common's node_block_list cannot do it: it casts every kept node's inputs from
-    FP16 and its outputs back, so the decode's intermediates are rounded to FP16 anyway."""
-
-    def __init__(self, num_classes: int, stride: int = OUTPUT_STRIDE):
-        super().__init__()
-        self.num_classes = num_classes
-        self.stride = stride
-
-    def forward(self, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return decode(heads, self.num_classes, self.stride)
-
-
 def check_heads(out: torch.Tensor, num_classes: int, x: torch.Tensor) -> None:
     """A detector's raw output must be (B, C+4, H/4, W/4); a ValueError says what it is instead."""
     want = (x.shape[0], head_channels(num_classes), x.shape[2] // OUTPUT_STRIDE, x.shape[3] // OUTPUT_STRIDE)

@@ -2,6 +2,9 @@
 
 Every student returns logits from ``forward`` (what ONNX exports) and
 ``(features, logits)`` from ``forward_features`` (what feature distillation needs).
+Each registered student serves one task (nets/student_registry.py): the classifiers here, the
+detectors of nets/detectors.py (raw CenterNet heads at stride 4, spatial features);
+``student_task(name)`` says which, ``check_student_task(name, task)`` refuses a mismatch.
 
 The stem depends on the input size. Below STOCK_STEM_MIN_SIZE px (the demo's 28x28 digits)
 torchvision models get a stem without its early stride (and shufflenet/resnet lose the
