@@ -34,7 +34,8 @@ def frame_encoder(in_channels: int, width: int) -> TinyBody:
 
 class DetectionTeacher(nn.Module):
     """The shared part: `modalities` {name: channels of one frame}, `kinds` {name: the data's kind
-    (checked when a user's teacher is loaded)}, `frames` T of a clip. Subclasses say how the input becomes the stride-4 map (`encode`)."""
+    (checked when a user's teacher is loaded)}, `frames` T of a clip. Subclasses say how the
+    input becomes the stride-4 map (`encode`)."""
 
     fusion_name = ""
     task = "detection"
@@ -81,7 +82,8 @@ class ClipTeacher(DetectionTeacher):
 
     def view(self, clip: torch.Tensor, dropped: bool) -> torch.Tensor:
         if clip.dim() != 5:
-            raise ValueError(f"a {self.fusion_name} detection teacher takes clips (B, T, C, H, W); got {tuple(clip.shape)}")
+            raise ValueError(f"a {self.fusion_name} detection teacher takes clips (B, T, C, H, W); "
+                             f"got {tuple(clip.shape)}")
         if not dropped:
             return clip
         centre = clip[:, clip.shape[1] // 2 : clip.shape[1] // 2 + 1]
@@ -116,7 +118,8 @@ class VideoEarlyTeacher(ClipTeacher):
 
     def encode(self, clip: torch.Tensor) -> torch.Tensor:
         if clip.shape[1] != self.frames:
-            raise ValueError(f"the early-fusion teacher was built for clips of {self.frames} frames; got {clip.shape[1]}")
+            raise ValueError(f"the early-fusion teacher was built for clips of {self.frames} frames; "
+                             f"got {clip.shape[1]}")
         return self.encoder(clip.flatten(1, 2))  # (B, T*C, H, W) -> (B, 2w, h, w)
 
 
