@@ -27,7 +27,7 @@ from distill_export.nets.video_teacher import (
 )
 
 C = 10
-DETECTORS = ("centernet_tiny", "centernet_mobilenet_v3")
+DETECTORS = ("centernet_tiny", "centernet_mnv3")
 
 
 def fake_data(classes: int = C, frames: int = 5, size: int = 64):
@@ -45,10 +45,10 @@ def test_detectors_are_tagged_and_a_classifier_is_refused():
     assert "tiny_cnn" in student_names("classification") and "centernet_tiny" not in student_names("classification")
     assert student_task("centernet_tiny") == "detection" and student_task("resnet18") == "classification"
     assert student_task("pkg.mod:factory") is None  # a user's factory: its output shape decides
-    check_student_task("centernet_mobilenet_v3", "detection")
+    check_student_task("centernet_mnv3", "detection")
     check_student_task("pkg.mod:factory", "detection")
     with pytest.raises(ConfigError, match="'tiny_cnn' is a classification student; task detection needs one of: "
-                                          "centernet_mobilenet_v3, centernet_tiny"):
+                                          "centernet_mnv3, centernet_tiny"):
         check_student_task("tiny_cnn", "detection")
     with pytest.raises(ConfigError, match="is a detection student"):
         check_student_task("centernet_tiny", "classification")
@@ -75,7 +75,7 @@ def test_heads_at_stride_4(name, size):
 
 def test_mobilenet_detector_on_small_and_rgb_inputs():
     for channels, size in ((1, 32), (3, 128)):
-        model = create_student("centernet_mobilenet_v3", 3, in_channels=channels, input_size=size).eval()
+        model = create_student("centernet_mnv3", 3, in_channels=channels, input_size=size).eval()
         with torch.no_grad():
             assert model(torch.randn(1, channels, size, size)).shape == (1, 7, size // 4, size // 4)
 
@@ -145,8 +145,8 @@ def ort_run(path, x: np.ndarray) -> tuple:
 
 @pytest.mark.parametrize("name,exporter", [
     ("centernet_tiny", "dynamo"), ("centernet_tiny", "torchscript"),
-    pytest.param("centernet_mobilenet_v3", "dynamo", marks=pytest.mark.slow),
-    pytest.param("centernet_mobilenet_v3", "torchscript", marks=pytest.mark.slow),
+    pytest.param("centernet_mnv3", "dynamo", marks=pytest.mark.slow),
+    pytest.param("centernet_mnv3", "torchscript", marks=pytest.mark.slow),
 ])
 def test_onnx_export_with_decode_matches_pytorch(name, exporter, tmp_path):
     import onnx
@@ -239,16 +239,16 @@ def test_student_init_loads_a_torchvision_backbone_into_the_detector(tmp_path):
     path = tmp_path / "mnv3.pt"
     torch.save(tv.state_dict(), path)
     torch.manual_seed(2)
-    model = create_student("centernet_mobilenet_v3", C, in_channels=3, input_size=224)
+    model = create_student("centernet_mnv3", C, in_channels=3, input_size=224)
     heads_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("heads.")}
-    init_student(model, path, "centernet_mobilenet_v3")
+    init_student(model, path, "centernet_mnv3")
     own = model.state_dict()
     for tv_key, ours in model.torchvision_keys.items():
         assert torch.equal(own[ours], tv.state_dict()[tv_key]), tv_key
     assert all(torch.equal(own[k], v) for k, v in heads_before.items())  # neck and heads keep their init
     torch.save({"other.weight": torch.zeros(1)}, path)
-    with pytest.raises(CheckpointError, match="does not fit student centernet_mobilenet_v3"):
-        init_student(model, path, "centernet_mobilenet_v3")
+    with pytest.raises(CheckpointError, match="does not fit student centernet_mnv3"):
+        init_student(model, path, "centernet_mnv3")
 
 
 # ----- teachers --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Every detector follows the SplitNet protocol with a spatial output (nets/centern
 
 - centernet_tiny: ~88k parameters of plain Conv-BN-ReLU down to stride 4, a stride-8 stage
   added back (nearest upsample + 1x1) for context; for the 64x64 grayscale demo.
-- centernet_mobilenet_v3: torchvision's MobileNetV3-Small features (ImageNet weights through
+- centernet_mnv3: torchvision's MobileNetV3-Small features (ImageNet weights through
   --student-init, as mobilenet_v3_small) and a light FPN-style neck (1x1 laterals, nearest
   upsampling, one depthwise-separable 3x3) down to stride 4; for real images.
 Heads: per head a 3x3 conv, ReLU and a 1x1 (heatmap: C channels, bias -2.19 so every cell
@@ -160,7 +160,7 @@ class MobileNetV3Body(nn.Module):
 
 
 @register_student(task=DETECTION)
-def centernet_mobilenet_v3(num_classes: int, in_channels: int = 3, small_input: bool = False) -> CenterNet:
+def centernet_mnv3(num_classes: int, in_channels: int = 3, small_input: bool = False) -> CenterNet:
     """MobileNetV3-Small backbone, 64-wide neck and depthwise-separable heads; for real images."""
     from torchvision.models import mobilenet_v3_small as tv
 
