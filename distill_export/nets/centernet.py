@@ -115,21 +115,28 @@ def decode(out: torch.Tensor, num_classes: int, stride: float, k: int = MAX_DETE
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, C+4, h, w) raw heads -> boxes (B, K, 4) x1 y1 x2 y2 in input px, scores (B, K) in
     [0, 1] best first, classes (B, K) int64. Standard ONNX ops only; float32 throughout."""
-    out = out.float()
+    if out.dtype != torch.float32:  # no Cast in an FP32 graph (onnxconverter's FP16 pass mistypes a float->float one)
+        out = out.float()
     heat_logits, size, offset = split_heads(out, num_classes)
     B, C, h, w = heat_logits.shape
     heat = torch.sigmoid(heat_logits)
-    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).float()  # keep local maxima
+    peaks = torch.where(F.max_pool2d(heat, 3, stride=1, padding=1) == heat, heat, 0.0)  # keep local maxima
     k = min(k, C * h * w)
     scores, idx = torch.topk(peaks.reshape(B, -1), k)  # (B, K) over classes x cells
-    classes = torch.div(idx, h * w, rounding_mode="floor")
-    cell = idx - classes * (h * w)
-    ys = torch.div(cell, w, rounding_mode="floor").float()
-    xs = (cell - torch.div(cell, w, rounding_mode="floor") * w).float()
-    regs = torch.cat([size, offset], 1).reshape(B, 4, h * w)
-    picked = regs.gather(2, cell[:, None, :].expand(B, 4, k))  # (B, 4, K)
-    bw, bh, ox, oy = picked[:, 0], picked[:, 1], picked[:, 2], picked[:, 3]
-    cx, cy = xs + ox, ys + oy
+    # class and cell of each flat index, looked up in constant tables (folded at export): no
+    # division in the graph (the exporter lowers an integer floor-division through float Casts)
+    flat = torch.arange(C * h * w, device=out.device)
+    classes = (flat // (h * w))[idx]
+    cell = (flat % (h * w))[idx]
+    # Each cell's (x, y) from a constant float table, gathered with the size and offset: no
+    # int -> float Cast in the graph (onnxconverter_common's FP16 pass mistypes such Casts).
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=out.dtype, device=out.device),
+                            torch.arange(w, dtype=out.dtype, device=out.device), indexing="ij")
+    grid = torch.stack([xs, ys]).reshape(1, 2, h * w).expand(B, 2, h * w)
+    regs = torch.cat([torch.cat([size, offset], 1).reshape(B, 4, h * w), grid], 1)  # (B, 6, h*w)
+    picked = regs.gather(2, cell[:, None, :].expand(B, 6, k))  # (B, 6, K)
+    bw, bh, ox, oy, cx, cy = picked.unbind(1)
+    cx, cy = cx + ox, cy + oy
     boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * stride
     return boxes, scores, classes
 

@@ -14,7 +14,7 @@ from distill_export.errors import CheckpointError, DataError
 from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.external import is_external_teacher, load_external_teacher
 from distill_export.nets.students import SplitNet, create_student
-from distill_export.nets.teacher import TEACHER_FUSIONS, FusionTeacher, LateFusionTeacher, teacher_class
+from distill_export.nets.teacher import FusionTeacher, LateFusionTeacher, teacher_archs, teacher_class
 
 
 # ----- student ---------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool =
     try:
         cls = teacher_class(payload.get("arch", "fusion_teacher"))
     except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc} (known: {', '.join(a for a, _ in TEACHER_FUSIONS.values())})") from None
+        raise CheckpointError(f"{path}: {exc} (known: {', '.join(teacher_archs())})") from None
     model = load_state(cls(**payload["arch_kwargs"]), payload["state_dict"], path)
     if data is not None:
         kw = payload["arch_kwargs"]

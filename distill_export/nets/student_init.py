@@ -56,8 +56,13 @@ def _as_ours(state: dict[str, torch.Tensor], model: nn.Module, path: Path, name:
     if name in TIMM_BN_EPS and "conv_stem.weight" in state and not set(state) & (ours | set(mapping)):
         return _from_timm(state, model, path, name)
     if len(set(state) & set(mapping)) > len(set(state) & ours):  # torchvision naming
-        unknown = sorted(set(state) - set(mapping))
+        # A detector uses a torchvision backbone without its classifier (init_ignore) and
+        # adds a neck and heads no such file has (init_fresh): those stay as initialised.
+        ignore = tuple(getattr(model, "init_ignore", ()))
+        unknown = sorted(k for k in set(state) - set(mapping) if not (ignore and k.startswith(ignore)))
         state = {mapping[k]: v for k, v in state.items() if k in mapping}
+        fresh = tuple(getattr(model, "init_fresh", ()))
+        ours = {k for k in ours if not (fresh and k.startswith(fresh))}
     else:
         unknown = sorted(set(state) - ours)
     missing = sorted(ours - set(state))
@@ -179,5 +184,5 @@ def init_student(model: nn.Module, path, name: str) -> nn.Module:
         if v.shape != own[k].shape:
             raise CheckpointError(f"--student-init {path} does not fit student {name}: {k} has shape "
                                   f"{tuple(v.shape)}, the student's is {tuple(own[k].shape)}")
-    model.load_state_dict(state)
+    model.load_state_dict({**own, **state})  # own: a detector's neck and heads (init_fresh), unchanged
     return model

@@ -2,6 +2,9 @@
 
 Every student returns logits from ``forward`` (what ONNX exports) and
 ``(features, logits)`` from ``forward_features`` (what feature distillation needs).
+Each registered student serves one task (nets/student_registry.py): the classifiers here, the
+detectors of nets/detectors.py (raw CenterNet heads at stride 4, spatial features);
+``student_task(name)`` says which, ``check_student_task(name, task)`` refuses a mismatch.
 
 The stem depends on the input size. Below STOCK_STEM_MIN_SIZE px (the demo's 28x28 digits)
 torchvision models get a stem without its early stride (and shufflenet/resnet lose the
@@ -14,24 +17,41 @@ Each torchvision student remembers which of its tensors each torchvision state_d
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from distill_export.errors import ConfigError
+from distill_export.nets import detectors  # noqa: F401  (registers the detection students)
+from distill_export.nets.layers import bn_momentum as _bn_momentum
+from distill_export.nets.layers import conv_bn
+from distill_export.nets.layers import shared_keys as _shared_keys
+from distill_export.nets.layers import stem_conv as _stem_conv
+from distill_export.nets.student_registry import _REGISTRY, _TASKS, register_student
 
-_REGISTRY: dict[str, Callable[..., "SplitNet"]] = {}
 STOCK_STEM_MIN_SIZE = 64  # px, the input's smaller side: from here up, torchvision's own strided stem
 
 
-def register_student(fn: Callable[..., "SplitNet"]) -> Callable[..., "SplitNet"]:
-    _REGISTRY[fn.__name__] = fn
-    return fn
+def student_names(task: str | None = None) -> list[str]:
+    """Every registered student, or those serving `task` (classification, detection)."""
+    return sorted(n for n in _REGISTRY if task is None or _TASKS[n] == task)
 
 
-def student_names() -> list[str]:
-    return sorted(_REGISTRY)
+def student_task(name: str) -> str | None:
+    """The task a registry student's output serves; None for a package.module:factory student
+    (its output is whatever the factory returns; the preflight forward pass checks its shape)."""
+    if ":" in name:
+        return None
+    check_student_name(name)
+    return _TASKS[name]
+
+
+def check_student_task(name: str, task: str) -> None:
+    """A registry student built for another task is a one-line ConfigError naming the fitting ones."""
+    own = student_task(name)
+    if own is not None and own != task:
+        fitting = ", ".join(student_names(task)) or "none registered"
+        raise ConfigError(f"student {name!r} is a {own} student; task {task} needs one of: {fitting} "
+                          "(or package.module:factory)")
 
 
 def create_student(name: str, num_classes: int, in_channels: int = 1, input_size: int = 0) -> "SplitNet":
@@ -71,20 +91,6 @@ class SplitNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def _shared_keys(source: nn.Module, net: nn.Module) -> dict[str, str]:
-    """Pair the two state_dicts' keys that hold the very same tensor (the parts are shared objects)."""
-    ours = {id(t): k for k, t in net.state_dict(keep_vars=True).items()}
-    return {k: ours[id(t)] for k, t in source.state_dict(keep_vars=True).items() if id(t) in ours}
-
-
-def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
 @register_student
 def tiny_cnn(num_classes: int, in_channels: int = 1, small_input: bool = True) -> SplitNet:
     """Three conv blocks (8-16-32 channels), ~6K parameters: the demo's default student."""
@@ -98,28 +104,6 @@ def tiny_cnn(num_classes: int, in_channels: int = 1, small_input: bool = True) -
         nn.Flatten(),
     )
     return SplitNet(backbone, nn.Linear(32, num_classes))
-
-
-def _bn_momentum(model: nn.Module, momentum: float = 0.1) -> nn.Module:
-    """torchvision's MobileNetV3 uses BatchNorm momentum 0.01, tuned for ImageNet's hundreds of
-    thousands of steps. A distillation run takes a few hundred, so the running statistics lag
-    the weights and the eval-mode model (what validation picks epochs on, and what ONNX exports)
-    is near chance. PyTorch's default 0.1 tracks within a few dozen steps."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = momentum
-    return model
-
-
-def _stem_conv(conv: nn.Conv2d, in_channels: int, small_input: bool) -> nn.Conv2d:
-    """The stem conv for this input: torchvision's own when it fits (stock size, 3 channels);
-    else the same geometry with `in_channels` inputs, and stride 1 for small inputs."""
-    if not small_input and in_channels == conv.in_channels:
-        return conv
-    return nn.Conv2d(
-        in_channels, conv.out_channels, conv.kernel_size, stride=1 if small_input else conv.stride,
-        padding=conv.padding, bias=conv.bias is not None,
-    )
 
 
 @register_student

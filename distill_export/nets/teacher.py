@@ -3,6 +3,9 @@
   concat: one encoder per modality, embeddings concatenated, fused by an MLP (FusionTeacher);
   late:   a product of per-modality experts, log p(y|x) = Σ_m log p_m(y|x_m) + const
           (LateFusionTeacher), each expert trained on its own modality.
+
+Detection's teachers (late | early over a clip, frame) are in nets/video_teacher.py
+(DETECTION_TEACHER_FUSIONS); teacher_class finds either kind by its checkpoint arch.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill_export.nets.encoders import encoder_for
+from distill_export.nets.video_teacher import DETECTION_TEACHER_FUSIONS
 
 
 class FusionTeacher(nn.Module):
@@ -159,8 +163,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 TEACHER_FUSIONS = {"concat": ("fusion_teacher", FusionTeacher), "late": ("late_fusion_teacher", LateFusionTeacher)}
 
 
+def teacher_archs() -> list[str]:
+    """Every checkpoint arch a teacher can have: classification's, then detection's."""
+    return [a for a, _ in (*TEACHER_FUSIONS.values(), *DETECTION_TEACHER_FUSIONS.values())]
+
+
 def teacher_class(arch: str) -> type[nn.Module]:
-    for name, cls in TEACHER_FUSIONS.values():
+    for name, cls in (*TEACHER_FUSIONS.values(), *DETECTION_TEACHER_FUSIONS.values()):
         if name == arch:
             return cls
     raise ValueError(f"unknown teacher architecture {arch!r}")
