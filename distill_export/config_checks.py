@@ -88,7 +88,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
     "distill.augment": ("none", "shift"), "data.streaming": ("auto", "on", "off"),
     "data.pin_memory": ("auto", "true", "false"), "distill.amp": ("bf16", "off"),
-    "teacher.fusion": ("concat", "late"),
+    "teacher.fusion": ("concat", "late", "early"),  # each task takes some (Task.teacher_fusions)
 }
 
 
@@ -194,7 +194,7 @@ def validate_config(config) -> None:
         term_specs = None
     if term_specs is not None:
         term_specs(config.distill)  # unknown terms/presets, bad weights or hyperparameters fail now
-    _check_task(config.task)
+    _check_task(config)
     if term_specs is not None:
         check_objective_for_task(config.distill, config.task)  # e.g. dkd (or hinton) for detection
     if config.distill.teacher_view not in ("full", "student"):
@@ -222,9 +222,13 @@ def validate_config(config) -> None:
                 raise ConfigError(f"{name} must be >= 1")
 
 
-def _check_task(name: str) -> None:
+def _check_task(config) -> None:
     try:
         from distill_export.tasks import get_task
     except ImportError:  # a runtime-only install (no torch) never trains: nothing to check
         return
-    get_task(name)  # an unknown task fails now, naming the registered ones
+    task = get_task(config.task)  # an unknown task fails now, naming the registered ones
+    try:
+        task.check_config(config)  # e.g. a classifier student or teacher.fusion=concat for detection
+    except ImportError:  # no torch: nothing to train, nothing to check
+        return

@@ -98,7 +98,7 @@ def self_training_control(config, run: RunDir, data, device, needs, quiet) -> tu
 
     modality = config.data.student_modality
     path = run.file("control_teacher.pt")
-    if config.teacher.fusion == "late" and not config.teacher.path:
+    if not config.teacher.path and _is_product_of_experts(run.file("teacher.pt")):
         # The late teacher's image expert is that teacher (same seeded init, rows, steps and
         # temperature scaling; tests/test_captioned_digits.py checks it): reuse, don't retrain.
         training = save_expert_teacher(run.require("teacher.pt", "train-teacher"), modality, path)
@@ -112,6 +112,15 @@ def self_training_control(config, run: RunDir, data, device, needs, quiet) -> tu
                                        "control_teacher_outputs", with_experts=False)
     return {"teacher_accuracy": teacher_metrics[task.headline], "teacher_training": training,
             "student_training": info}, student
+
+
+def _is_product_of_experts(path) -> bool:
+    """A late-fusion classification teacher (nets/teacher.py LateFusionTeacher), whose image
+    expert is the control's teacher; a detection teacher's late fusion is one network."""
+    from distill_export.nets.checkpoint import load_checkpoint
+    from distill_export.nets.teacher import TEACHER_FUSIONS
+
+    return Path(path).is_file() and load_checkpoint(path, kind="teacher").get("arch") == TEACHER_FUSIONS["late"][0]
 
 
 def labels_only_models(config, run: RunDir, data, device, specs, quiet):

@@ -48,9 +48,15 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
     cfg = config.teacher
     task = get_task(config.task)
     torch.manual_seed(config.seed)
-    kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities, cfg.fusion)
-    arch, cls = TEACHER_FUSIONS[cfg.fusion]
-    teacher = cls(**kwargs).to(device)
+    built = task.build_teacher(config, data, modalities)  # e.g. detection's clip teacher
+    if built is None:
+        kwargs = teacher_kwargs(data, cfg.width, cfg.modality_dropout, modalities, cfg.fusion)
+        arch, cls = TEACHER_FUSIONS[cfg.fusion]
+        teacher = cls(**kwargs).to(device)
+    else:
+        arch, kwargs, teacher = built
+        teacher = teacher.to(device)
+    experts = arch == TEACHER_FUSIONS["late"][0]  # a product of per-modality experts, trained one by one
     train = data.train.subset(data.train.labeled.nonzero().squeeze(1))
     x = {m: v.to(device) for m, v in train.inputs.items()}
     y = train.labels.to(device)
@@ -70,7 +76,7 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
 
     spec = TrainSpec(cfg.epochs, cfg.lr, cfg.batch_size, seed=config.seed, rows_per_epoch=len(data.train),
                      autocast=speed.autocast_on(config, device))
-    if cfg.fusion == "late":
+    if experts:
         if fetch is not None or ddp.is_distributed():
             # The experts train one at a time on in-memory tensors (train_experts); a streamed
             # or multi-process late teacher is not built yet.
@@ -87,12 +93,12 @@ def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, 
             "dataset": data.name,
             "best_epoch": result.best_epoch,
             "fusion": cfg.fusion,
-            **({"experts": result.experts} if cfg.fusion == "late" else {}),
+            **({"experts": result.experts} if experts else {}),
             "input_shapes": {m: list(spec.shape) for m, spec in data.modalities.items() if m in kwargs["modalities"]},
         },
     )
     info = {"best_epoch": result.best_epoch, "history": result.history}
-    if cfg.fusion == "late":
+    if experts:
         info["expert_temperatures"] = dict(zip(teacher.modality_names, teacher.temperatures.tolist()))
         info["experts"] = result.experts  # modality -> its best epoch and val accuracy
     return info

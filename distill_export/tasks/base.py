@@ -57,6 +57,21 @@ class Task:
         """The metric a run is summed up by (kd_gain is its difference)."""
         return self.metric_keys[0]
 
+    # teacher.fusion values this task's teachers understand (nets/teacher.py for classification)
+    teacher_fusions: ClassVar[tuple[str, ...]] = ("concat", "late")
+
+    def check_config(self, config) -> None:
+        """Refuse settings this task cannot serve (one ConfigError naming the key), before any
+        directory is made: the student's kind, the teacher's fusion, ..."""
+        from distill_export.nets.students import check_student_task, student_names
+
+        if config.teacher.fusion not in self.teacher_fusions:
+            raise ConfigError(f"teacher.fusion={config.teacher.fusion} is not a {self.name} teacher "
+                              f"(choices for task {self.name}: {', '.join(self.teacher_fusions)})")
+        # A user's factory says nothing about its task, nor does a task without built-in students.
+        if ":" not in config.student.name and student_names(self.name):
+            check_student_task(config.student.name, self.name)
+
     # ----- data and heads ---------------------------------------------------------------
     def targets(self):
         """The codec (data.targets.TargetCodec) that turns a manifest's label cells into targets."""
@@ -92,6 +107,12 @@ class Task:
                 for column, part in zip(columns, parts):
                     column.append(part.numpy())
         return {name: np.concatenate(col) for name, col in zip(self.output_names, columns)}
+
+    def build_teacher(self, config, data, modalities=None):
+        """(checkpoint arch, arch_kwargs, a fresh teacher) that train_teacher trains for this task,
+        or None for the multimodal fusion teachers of nets/teacher.py (teacher.fusion concat | late).
+        `modalities` restricts the teacher (the self-training control: the student's only)."""
+        return None
 
     # ----- training ---------------------------------------------------------------------
     def supervised_loss(self, outputs, targets):

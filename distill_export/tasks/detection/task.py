@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from distill_export.errors import ConfigError
 from distill_export.tasks.base import Gate, Task, register_task
 from distill_export.tasks.detection.matching import Detections, fast_map, labeled_images
 from distill_export.tasks.detection.metrics import detection_metrics
@@ -69,6 +70,26 @@ class DetectionTask(Task):
 
     def output_size(self, data) -> int:
         return len(data.target_names) + 4  # C heatmaps, box w h, centre offset x y
+
+    teacher_fusions = ("late", "early")
+
+    def check_config(self, config) -> None:
+        """Detection trains on boxes: no image shifts (the boxes would not follow), one round
+        (later rounds fuse classifiers), a detector student (nets/detectors.py)."""
+        super().check_config(config)
+        if config.distill.augment != "none":
+            raise ConfigError(f"distill.augment={config.distill.augment} moves the image but not its boxes; "
+                              "task detection needs distill.augment=none")
+        if config.distill.rounds != 1:
+            raise ConfigError(f"distill.rounds={config.distill.rounds}: later rounds fuse classifiers; "
+                              "task detection needs distill.rounds=1")
+
+    def build_teacher(self, config, data, modalities=None):
+        """CenterNet heads over the clip (teacher.fusion late | early), or over the student's
+        frame alone (the self-training control): nets/video_teacher.py."""
+        from distill_export.nets.video_teacher import build_detection_teacher
+
+        return build_detection_teacher(config, data, modalities)
 
     def export_meta(self, data) -> dict:
         from distill_export.nets.centernet import MAX_DETECTIONS, OUTPUT_STRIDE
