@@ -216,7 +216,7 @@ def train_loop(
                              "states": None if best.best_epoch == epoch + 1 else best_states},
                     "history": history,
                 })
-            progress.update(task, status=f"epoch {epoch + 1}/{spec.epochs} val acc {acc:.3f}")
+            progress.update(task, status=f"epoch {epoch + 1}/{spec.epochs} val score {acc:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch + 1, acc)
     for m, state in zip(modules, best_states or []):

@@ -227,6 +227,8 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         info={
             "manifest": str(path),
             "kinds": {m: s.kind for m, s in specs.items()},
+            # a modality decoded from another column (a video's target frame) -> that column
+            "frame_of": {m: d.cell_column for m, d in decoders.items() if d.cell_column != m},
             "sizes": {s: len(splits[s]) for s in SPLITS},
             "labeled_train_rows": int(splits["train"].labeled.sum()),
             "unlabeled_train_rows": sum(1 for r in per_split["train"] if r.label is None),

@@ -113,7 +113,10 @@ def check_teacher_columns(path, arch_kwargs: dict, data: Dataset) -> None:
     way than in training) fails with one line naming the manifest's header row."""
     where = f"{data.info['manifest']}:1" if data.info.get("manifest") else f"dataset {data.name}"
     kinds = arch_kwargs.get("kinds") or {}
+    derived = data.info.get("frame_of") or {}  # e.g. image: the target frame of the video column
     for m, spec in data.modalities.items():
+        if m in derived and derived[m] in arch_kwargs["modalities"]:
+            continue  # the teacher reads the clip this frame comes from
         if m not in arch_kwargs["modalities"]:
             raise DataError(f"{where}: column {m!r} is not one teacher {path} was built for (it reads "
                             f"{', '.join(sorted(arch_kwargs['modalities']))}); drop the column or train a teacher on it")
