@@ -68,6 +68,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     from distill_export import distributed as ddp
     from distill_export.distill import labels_only, test_outputs, train_baseline
     from distill_export.nets.model_io import save_student
+    from distill_export.nets.teacher import teacher_arch
     from distill_export.methods import teacher_needs, term_specs
     from distill_export.tasks import get_task
     from distill_export.nets.model_io import load_teacher
@@ -103,7 +104,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     outputs = {name: test_outputs(m, data, modality, device) for name, m in models.items()}
     metrics = {name: task.evaluate(out, targets, data) for name, out in outputs.items()}
     teacher_name = (str(config.teacher.path) if config.teacher.path
-                    else f"{type(teacher).__name__}({'+'.join(getattr(teacher, 'modality_names', sorted(data.modalities)))})")
+                    else f"{teacher_arch(teacher)}({'+'.join(getattr(teacher, 'modality_names', sorted(data.modalities)))})")
     save_student(run.file("baseline.pt"), models["baseline"], config, data, teacher_name,
                  {"student": config.student.name, "role": "baseline"}, task.export_meta(data))
     save_student(run.file("student.pt"), models["student"], config, data, teacher_name,

@@ -79,5 +79,11 @@ def test_fp16_and_int8_keep_the_tail_in_fp32(exported):
         if fmt == "onnx-int8":  # quantised nodes exist, none of them in the tail
             quant = [n.name for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
             assert quant and not set(quant) & tail
+        outputs = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
+        assert outputs == {"boxes": onnx.TensorProto.FLOAT, "scores": onnx.TensorProto.FLOAT,
+                           "classes": onnx.TensorProto.INT64}, fmt  # not FP16, not re-cast
+        casts = lambda m: sorted(n.name for n in m.graph.node if n.name.startswith(TAIL_PREFIX) and n.op_type == "Cast")  # noqa: E731
+        if fmt == "onnx-fp16":  # the decode's own casts only, no FP16 round trips
+            assert casts(proto) == casts(onnx.load(paths["onnx"]))
         got = run_onnx(onnx_session(paths[fmt], 1), x, 4)
         assert got["boxes"].shape == (32, 5, 4) and got["classes"].dtype == np.int64

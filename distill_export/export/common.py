@@ -289,6 +289,44 @@ def append_tail(body, source: ExportSource, options: ExportOptions):
     return merged
 
 
+def split_tail(model):
+    """(body, tail) of a graph that ends with a task's tail (append_tail): body = input ->
+    HEADS_NAME, tail = HEADS_NAME -> the outputs. (model, None) when there is no tail."""
+    import onnx
+
+    if not tail_nodes(model):
+        return model, None
+    heads = HEADS_NAME
+    tail_set = set(tail_nodes(model))
+    body_nodes = [n for n in model.graph.node if n.name not in tail_set]
+    tail_list = [n for n in model.graph.node if n.name in tail_set]
+    used_by = lambda nodes: {i for n in nodes for i in n.input}  # noqa: E731
+    inits = {t.name: t for t in model.graph.initializer}
+    heads_info = next(vi for vi in [*model.graph.value_info, *model.graph.output] if vi.name == heads) \
+        if any(vi.name == heads for vi in [*model.graph.value_info, *model.graph.output]) else \
+        onnx.helper.make_tensor_value_info(heads, onnx.TensorProto.FLOAT, None)
+
+    def graph(nodes, inputs, outputs, name):
+        g = onnx.helper.make_graph(nodes, name, inputs, outputs,
+                                   [inits[i] for i in sorted(used_by(nodes)) if i in inits])
+        m = onnx.helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        return m
+
+    body = graph(body_nodes, list(model.graph.input), [heads_info], "body")
+    tail = graph(tail_list, [heads_info], list(model.graph.output), "tail")
+    return body, tail
+
+
+def join_tail(body, tail):
+    """The body (possibly converted, e.g. to FP16 with FP32 outputs) followed by its FP32 tail."""
+    import onnx
+
+    merged = onnx.compose.merge_models(body, tail, io_map=[(HEADS_NAME, HEADS_NAME)])
+    del merged.opset_import[:]
+    merged.opset_import.extend(body.opset_import)
+    return onnx.shape_inference.infer_shapes(merged)
+
+
 def tail_nodes(model) -> list[str]:
     """Names of the task tail's nodes (append_tail): what FP16 and INT8 keep in FP32."""
     return [n.name for n in model.graph.node if n.name.startswith(TAIL_PREFIX)]

@@ -12,7 +12,7 @@ import warnings
 from distill_export.errors import ExportError
 from distill_export.export.base import ExportOptions, ExportResult, ExportSource, register_format
 from distill_export.export.common import (
-    error_reason, fp32_artifact, model_name, nonstandard_ops, set_metadata, tail_nodes,
+    error_reason, fp32_artifact, join_tail, model_name, nonstandard_ops, set_metadata, split_tail,
 )
 from distill_export.files import atomic_path
 
@@ -28,9 +28,12 @@ def export_onnx_fp16(source: ExportSource, options: ExportOptions) -> ExportResu
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "the value is truncated" for tiny weights: expected
-            # a task's tail (a detector's decode) stays FP32: half-precision peaks tie and boxes move
-            model = float16.convert_float_to_float16(fp32, keep_io_types=options.fp16_keep_io_types,
-                                                     node_block_list=tail_nodes(fp32))
+            # A task's tail (a detector's decode) stays FP32: half-precision peaks tie and boxes
+            # move. Only the body is converted (its output cast back to FP32), then the tail rejoins.
+            body, tail = split_tail(fp32)
+            model = float16.convert_float_to_float16(body, keep_io_types=options.fp16_keep_io_types or tail is not None)
+            if tail is not None:
+                model = join_tail(model, tail)
         set_metadata(model, {**props, "format": "onnx-fp16", "precision": "fp16",
                              "fp16_io": str(not options.fp16_keep_io_types).lower()})
         onnx.checker.check_model(model, full_check=True)

@@ -168,6 +168,14 @@ def teacher_archs() -> list[str]:
     return [a for a, _ in (*TEACHER_FUSIONS.values(), *DETECTION_TEACHER_FUSIONS.values())]
 
 
+def teacher_arch(teacher: nn.Module) -> str:
+    """The checkpoint arch of a built-in teacher (its class's name for any other module)."""
+    for name, cls in (*TEACHER_FUSIONS.values(), *DETECTION_TEACHER_FUSIONS.values()):
+        if type(teacher) is cls:
+            return name
+    return type(teacher).__name__
+
+
 def teacher_class(arch: str) -> type[nn.Module]:
     for name, cls in (*TEACHER_FUSIONS.values(), *DETECTION_TEACHER_FUSIONS.values()):
         if name == arch:
