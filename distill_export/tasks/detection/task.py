@@ -128,6 +128,14 @@ class DetectionTask(Task):
         return {name: torch.cat([p[j] for p in parts]).cpu().numpy()
                 for j, name in enumerate(self.output_names)}
 
+    def draw_examples(self, images, outputs, targets, data, path) -> bool:
+        """Test frames with the ground truth and each model's boxes (tasks/detection/draw.py)."""
+        from distill_export.tasks.detection.draw import draw_detections
+
+        panels = {name: self.decode_outputs(raw) for name, raw in outputs.items()}
+        names = [str(n) for n in data.target_names] if data is not None else None
+        return draw_detections(images, panels, targets, path, class_names=names) is not None
+
     def _detections(self, outputs) -> tuple[Detections, int | None]:
         """Detections of raw heads or decoded outputs, and C when the heads say it."""
         if _is_raw(outputs):
