@@ -94,6 +94,7 @@ def enter(request, monkeypatch) -> None:
         pytest.skip("triton was imported without TRITON_INTERPRET=1: run by test_interpreter_subprocess")
     if INTERPRET:
         monkeypatch.setenv(ENV, "1")
+    monkeypatch.setenv("DISTILL_KD_AUTOTUNE", "0")  # native: fixed configs (test_autotuned_launch times them)
 
 
 def run_file_in_subprocess(test_file: str) -> None:

@@ -256,9 +256,16 @@ def test_torch_compile_fullgraph(device, backend):
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-7, rtol=1e-6)
 
 
-def test_cuda_only_checks_skip_here():
-    if not HAS_CUDA:
-        pytest.skip("no CUDA device: the native variants of this file (device=cuda) run in tools/gpu_check.sh")
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="the autotuner times configs on a CUDA device")
+@pytest.mark.parametrize("n_classes", [1000, 20000, 70000])  # single, looped, split by default
+def test_autotuned_launch_matches_the_reference(n_classes, monkeypatch):
+    """The default CUDA launch (autotuned per C bucket, dtypes and CE on/off) against the reference."""
+    monkeypatch.setenv("DISTILL_KD_AUTOTUNE", "1")
+    s, t, y = _inputs(64, n_classes, "cuda", torch.bfloat16, seed=13)
+    for labels in (y, None):
+        fused, ref, oracle = _grads(s, t, labels, 2.0, 0.5 if labels is not None else 0.0, "mean", WEIGHT, _ones)
+        _assert_rule(fused, ref, oracle)
 
 
 # --- the objective hands the weight to the kernel -----------------------------------------------

@@ -60,6 +60,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _autotuning(device: torch.device) -> bool:
+    """On CUDA, unless DISTILL_KD_AUTOTUNE=0 (the kernel tests: hundreds of launches, each key
+    would time up to 16 configs) or under the interpreter."""
+    return device.type == "cuda" and not _interpreting() and os.environ.get("DISTILL_KD_AUTOTUNE", "1") != "0"
+
+
 def _pow2(name: str, value: int) -> int:
     if value < 2 or value & (value - 1):
         raise LossInputError(f"{name} must be a power of two >= 2, got {value}")
@@ -179,7 +185,7 @@ def kd_loss_rows(s: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor
     g = grad if compute_grad else s  # not written (dead constexpr branch)
     g_stride = grad.stride(0) if compute_grad else 0
     bucket = triton.next_power_of_2(n_classes)
-    tune = s.device.type == "cuda" and not _interpreting() and not (block_size or chunk_size or rows_per_tile)
+    tune = _autotuning(s.device) and not (regime or block_size or chunk_size or rows_per_tile)  # forced: as given
     cap = max_programs or _max_programs(s.device)
     if p["regime"] != "split":
         consts.update(SINGLE=p["regime"] == "single", BLOCK=p["BLOCK"])
