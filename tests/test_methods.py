@@ -615,6 +615,7 @@ def fused_device(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")  # a tile's rows past N
 @pytest.mark.parametrize("name,T", [("kd", 1.0), ("kd", 4.0), ("ls_kd", 2.0)])
 def test_fused_kernel_matches_reference_impl(fused_device, name, T, monkeypatch):
     s, t, y = _random(4, 5, seed=16, scale=3.0)
