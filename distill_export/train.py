@@ -139,6 +139,7 @@ def train_loop(
     quiet = quiet or not ddp.is_main()
     modules = list(modules)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    device = params[0].device if params else torch.device("cpu")
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     per_epoch = spec.rows_per_epoch or n_rows
     steps_per_epoch = max(1, -(-per_epoch // spec.batch_size))
@@ -178,8 +179,12 @@ def train_loop(
                 m.train()
             passes = -(-per_epoch // n_rows)
             order = torch.cat([torch.randperm(n_rows, generator=gen) for _ in range(passes)])[:per_epoch]
-            total, count = 0.0, 0
-            part_sums: dict[str, float] = {}
+            if fetch is None and device.type == "cuda":  # one pinned, non-blocking copy an epoch, not one a step
+                order = order.pin_memory().to(device, non_blocking=True)
+            # The epoch's sums stay where the loss is (fp64, the order Python summed floats in: the
+            # same numbers) and are read once at the epoch's end, so no step waits for the device.
+            total, count = None, 0
+            part_sums: dict[str, torch.Tensor | float] = {}
             batches = [ddp.shard(order[start : start + spec.batch_size]) for start in range(0, per_epoch, spec.batch_size)]
             payloads = fetch(batches) if fetch is not None else None
             for rows, payload in zip(batches, payloads if payloads is not None else batches):
@@ -190,14 +195,15 @@ def train_loop(
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss.detach()) * len(rows)
+                total = _add(total, loss, len(rows))
                 for name, value in parts.items():
-                    part_sums[name] = part_sums.get(name, 0.0) + float(value) * len(rows)
+                    part_sums[name] = _add(part_sums.get(name), value, len(rows))
                 count += len(rows)
                 progress.advance(task)
             for m in modules:
                 m.eval()
             acc = ddp.broadcast_object(val_accuracy())  # rank 0's: every rank picks the same best epoch
+            total, part_sums = _read_sums(total, part_sums)  # the epoch's one device -> host read
             entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": acc}
             if part_sums:
                 entry["train_loss_parts"] = {k: v / max(count, 1) for k, v in part_sums.items()}
@@ -226,6 +232,23 @@ def train_loop(
         ddp.sync_from_main(m)
     best.history = history
     return best
+
+
+def _add(acc, value, n: int):
+    """acc + value·n: on the device for a tensor (fp64, as Python adds floats), else a float."""
+    if isinstance(value, torch.Tensor):
+        term = value.detach().to(torch.float64) * n
+        return term if acc is None else acc + term
+    return (0.0 if acc is None else acc) + float(value) * n
+
+
+def _read_sums(total, part_sums: dict) -> tuple[float, dict[str, float]]:
+    """The epoch's sums as floats, the device's copied to the host in one read."""
+    names = [k for k, v in part_sums.items() if isinstance(v, torch.Tensor)]
+    held = ([total] if isinstance(total, torch.Tensor) else []) + [part_sums[k] for k in names]
+    read = iter(torch.stack([v.reshape(()).to(held[0].device) for v in held]).tolist() if held else [])
+    total = next(read) if isinstance(total, torch.Tensor) else (0.0 if total is None else total)
+    return total, {k: next(read) if k in names else v for k, v in part_sums.items()}
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

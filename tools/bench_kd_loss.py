@@ -12,14 +12,21 @@ Implementations (all with T=4, α=0.5, labels with a few ignored rows):
              log-softmaxed logits (its logit-level pieces; its chunked distillation
              losses take hidden states + lm_head weights, not logits)
 
-Reported per (shape, dtype, impl): median fwd+bwd time; effective GB/s with
+Reported per (shape, dtype, impl): median fwd+bwd time between CUDA events around
+one call (``median_ms``: the device's timeline, idle gaps included); the device time
+alone (``device_ms``: the sum of the kernels' durations per call, from the
+profiler); the Python call time (``call_ms``: host time per call, calls issued back
+to back without a sync, so the host cost of checks, autograd and launches);
+effective GB/s from the event time and from the device time, with
 bytes = N·C·(bytes(s) + bytes(t) + bytes(grad)) (the minimum traffic of a fused
 kernel, so every impl is scored against the same useful work); % of the device's
 peak bandwidth (table below or --peak-gbps); peak memory above the inputs
-(torch.cuda.max_memory_allocated delta); the loss difference from the reference;
-and the ratio to a baseline impl, as the median of per-repetition ratios. The
-repetitions are interleaved (A, B, C, A, B, C, … with a rotating start) so that
-clock and thermal drift hit every impl alike.
+(torch.cuda.max_memory_allocated delta) and that peak over the gradient's own size
+(issue 22's target: ≤ 1); the loss difference from the reference (on fresh inputs:
+Liger's cross-entropy writes its gradient over the logits); and the ratio to a
+baseline impl, as the median of per-repetition ratios. The repetitions are
+interleaved (A, B, C, A, B, C, … with a rotating start) so that clock and thermal
+drift hit every impl alike; each impl has its own copy of the student logits.
 
 On CPU (no CUDA) only reference vs compile run, at small shapes (about a minute
 on 2 cores, most of it torch.compile). Results go to --out as CSV and JSON,
@@ -120,10 +127,11 @@ def build_impls(device: torch.device, wanted: list[str] | None) -> dict[str, Cal
         elif name == "compile":
             impls[name] = torch.compile(reference_kd)
         elif name == "liger":
-            try:  # optional dependency
-                from liger_kernel.transformers import LigerCrossEntropyLoss, LigerKLDIVLoss
-            except ImportError:
-                print("skip liger: liger-kernel not installed")
+            try:  # optional dependency (tools/gpu_check.sh installs the carried wheel)
+                from liger_kernel.transformers.cross_entropy import LigerCrossEntropyLoss
+                from liger_kernel.transformers.kl_div import LigerKLDIVLoss
+            except Exception as exc:  # noqa: BLE001 - not installed, or it does not import here
+                print(f"skip liger: {type(exc).__name__}: {exc}"[:200])
                 continue
             if not on_cuda:
                 print("skip liger: needs CUDA")
@@ -164,6 +172,38 @@ def time_fwd_bwd(fn, s, t, y, device) -> float:
     return time.perf_counter() - t0
 
 
+def device_time_s(fn, s, t, y, device, reps: int) -> float | None:
+    """Seconds of kernel time per fwd+bwd (the profiler's CUDA self times, summed), or None."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                s.grad = None
+                fn(s, t, y).backward()
+            _sync(device)
+        total_us = sum(e.self_device_time_total for e in prof.key_averages())
+    except Exception as exc:  # noqa: BLE001 - the profiler is optional here
+        print(f"  (no device time: {type(exc).__name__}: {exc})"[:200])
+        return None
+    return total_us / 1e6 / reps
+
+
+def call_time_s(fn, s, t, y, device, reps: int) -> float:
+    """Host seconds per fwd+bwd call, issued back to back (no sync between calls)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        s.grad = None
+        fn(s, t, y).backward()
+    host = time.perf_counter() - t0
+    _sync(device)
+    return host / reps
+
+
 def peak_memory_bytes(fn, s, t, y, device) -> int | None:
     """Peak allocation of one fwd+bwd above what was allocated before it (CUDA only)."""
     if device.type != "cuda":
@@ -187,25 +227,32 @@ def make_inputs(n_rows, n_classes, dtype, device, seed=0):
 
 
 def bench_case(impls, n_rows, n_classes, dtype, device, reps, warmup, peak_gbps):
-    s, t, y = make_inputs(n_rows, n_classes, dtype, device)
-    elem = s.element_size()
+    s0, t, y = make_inputs(n_rows, n_classes, dtype, device)
+    elem = s0.element_size()
     useful_bytes = n_rows * n_classes * (elem + t.element_size() + elem)  # s + t + grad(s)
-    ref_loss = reference_kd(s.detach(), t, y).item()
+    grad_bytes = n_rows * n_classes * elem
+    ref_loss = reference_kd(s0.detach(), t, y).item()
 
     status: dict[str, str] = {}
     extra: dict[str, dict] = {}
+    inputs: dict[str, torch.Tensor] = {}
     for name, fn in impls.items():  # warm up (and compile) each impl outside the timed loop
         try:
+            s = inputs[name] = s0.detach().clone().requires_grad_(True)
             t0 = time.perf_counter()
-            for _ in range(max(warmup, 1)):
+            loss = fn(s, t, y)  # the first call, on fresh logits (Liger's CE overwrites them)
+            loss.backward()
+            loss = loss.detach().float().item()
+            for _ in range(max(warmup - 1, 0)):
                 s.grad = None
                 fn(s, t, y).backward()
             _sync(device)
-            loss = fn(s, t, y).detach().float().item()
+            peak = peak_memory_bytes(fn, s, t, y, device)
             extra[name] = {
                 "warmup_s": time.perf_counter() - t0,
                 "loss_abs_diff_vs_reference": abs(loss - ref_loss),
-                "peak_mem_bytes": peak_memory_bytes(fn, s, t, y, device),
+                "peak_mem_bytes": peak,
+                "peak_mem_over_grad": None if peak is None else peak / grad_bytes,
             }
             status[name] = "ok"
         except torch.cuda.OutOfMemoryError:
@@ -221,7 +268,12 @@ def bench_case(impls, n_rows, n_classes, dtype, device, reps, warmup, peak_gbps)
     for r in range(reps):  # interleaved, rotating start
         order = live[r % len(live):] + live[: r % len(live)] if live else []
         for name in order:
-            times[name].append(time_fwd_bwd(impls[name], s, t, y, device))
+            times[name].append(time_fwd_bwd(impls[name], inputs[name], t, y, device))
+    for name in live:  # device time (profiler) and host time per call, each impl in turn
+        dev = device_time_s(impls[name], inputs[name], t, y, device, max(3, reps // 4))
+        extra[name]["device_ms"] = None if dev is None else dev * 1e3
+        extra[name]["device_gbps"] = None if not dev else useful_bytes / dev / 1e9
+        extra[name]["call_ms"] = call_time_s(impls[name], inputs[name], t, y, device, max(3, reps // 2)) * 1e3
 
     rows = []
     for name in impls:
@@ -325,8 +377,10 @@ def print_case(rows, ratio, base):
             continue
         mem = r.get("peak_mem_bytes")
         print(
-            f"  {r['impl']:<10} {r['median_ms']:9.3f} ms  {r['effective_gbps']:8.2f} GB/s  "
-            f"{_fmt(r['pct_of_peak'], '5.1f'):>5} % peak  mem {_fmt(mem and mem / 2**20, '9.1f'):>9} MiB  "
+            f"  {r['impl']:<10} {r['median_ms']:9.3f} ms  device {_fmt(r.get('device_ms'), '8.3f')} ms  "
+            f"call {_fmt(r.get('call_ms'), '7.3f')} ms  {r['effective_gbps']:8.2f} GB/s "
+            f"(device {_fmt(r.get('device_gbps'), '8.2f')})  {_fmt(r['pct_of_peak'], '5.1f'):>5} % peak  "
+            f"mem {_fmt(mem and mem / 2**20, '9.1f'):>9} MiB (x{_fmt(r.get('peak_mem_over_grad'), '.2f')} grad)  "
             f"|Δloss| {r['loss_abs_diff_vs_reference']:.1e}  "
             f"{ratio.get(r['impl'], float('nan')):6.2f}x {base}"
         )

@@ -105,20 +105,25 @@ def peak_rss(manifest: Path, student: str, workers: int, threads: int) -> dict:
 
 
 def _setup_in_memory(manifest: Path, student: str, rows: int, streaming: str = "off", workers: int = 0,
-                     device: str = "cpu", amp: str = "off"):
+                     device: str = "cpu", amp: str = "off", batch_size: int | None = None):
     from distill_export.config import load_config
     from distill_export.data import load_dataset
 
-    config = load_config("avdigits", None, {
+    overrides = {
         "data.source": str(manifest), "data.image_size": SIZE, "data.streaming": streaming,
         "data.num_workers": workers, "data.max_train_rows": rows, "student.name": student, "device": device,
-        "distill.method": "hinton", "distill.epochs": 1, "distill.amp": amp})
+        "distill.method": "hinton", "distill.epochs": 1, "distill.amp": amp}
+    if batch_size:
+        overrides["distill.batch_size"] = batch_size
+    config = load_config("avdigits", None, overrides)
     return config, load_dataset(config.data, config.seed)
 
 
-def throughput(manifest: Path, student: str, rows: int, repeats: int, device: str = "cpu", amp: str = "off") -> dict:
+def throughput(manifest: Path, student: str, rows: int, repeats: int, device: str = "cpu", amp: str = "off",
+               batch_size: int | None = None) -> dict:
     """Samples/s of distill.train_student against a minimal loop (same model, batches, optimiser, loss).
-    On CUDA both use bf16 autocast when amp=bf16 (the tool also trains channels_last)."""
+    On CUDA both use bf16 autocast when amp=bf16 (the tool also trains channels_last).
+    batch_size: distill.batch_size (default: the config's, 64)."""
     import contextlib
 
     import torch
@@ -129,7 +134,7 @@ def throughput(manifest: Path, student: str, rows: int, repeats: int, device: st
     from distill_export.losses import kd_loss
     from distill_export.train import predict
 
-    config, data = _setup_in_memory(manifest, student, rows, device=device, amp=amp)
+    config, data = _setup_in_memory(manifest, student, rows, device=device, amp=amp, batch_size=batch_size)
     dev = torch.device(device)
     n = len(data.train)
     teacher_logits = torch.randn(n, data.num_outputs, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -216,6 +221,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one repeat")
     ap.add_argument("--device", default="cpu", help="the overhead step's device (cpu or cuda)")
     ap.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast in the overhead step (CUDA)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help="the overhead step at each of these batch sizes (default: the config's, 64)")
     ap.add_argument("--out", default="bench-results/train")
     args = ap.parse_args()
 
@@ -237,7 +244,9 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     manifest = write_manifest(folder, args.throughput_rows)
     if "overhead" not in args.skip:
-        result["overhead"] = throughput(manifest, args.student, args.throughput_rows, repeats, args.device, args.amp)
+        runs = [throughput(manifest, args.student, args.throughput_rows, repeats, args.device, args.amp, bs)
+                for bs in (args.batch_sizes or [None])]
+        result["overhead"] = runs[0] if len(runs) == 1 else runs  # one dict, or one per batch size
     if "workers" not in args.skip:
         result["workers"] = workers_throughput(manifest, args.student, args.throughput_rows, args.workers)
     out = Path(args.out)

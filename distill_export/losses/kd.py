@@ -70,6 +70,12 @@ def _fused_available(device: torch.device) -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def takes_fused_path(impl: str, device: torch.device) -> bool:
+    """Whether kd_loss(impl=impl) on this device runs the fused kernel (which folds ``scale``
+    into its gradient, rounding it once) rather than the reference."""
+    return impl == "fused" or (impl == "auto" and device.type == "cuda")
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -81,11 +87,15 @@ def kd_loss(
     reduction: str = "mean",
     impl: str = "auto",
     check_label_range: bool = True,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """The one KD loss the trainer calls.
+    """The one KD loss the trainer calls; returns scale × the loss.
 
     impl="auto" uses the fused Triton kernel on CUDA and the reference elsewhere;
     "fused" on CPU is only allowed under TRITON_INTERPRET=1 (for tests).
+    scale: the objective's weight of the term. The fused kernel multiplies the gradient by it
+    in fp32 before its one rounding to the logits' dtype; the reference multiplies its fp32
+    loss (and scale=1 leaves the reference exactly as it was).
     """
     if impl not in IMPLS:
         raise LossInputError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -94,8 +104,7 @@ def kd_loss(
         check_label_range=check_label_range,
     )
     device = student_logits.device
-    use_fused = impl == "fused" or (impl == "auto" and device.type == "cuda")
-    if use_fused:
+    if takes_fused_path(impl, device):
         if not _fused_available(device):
             raise LossInputError(
                 "impl='fused' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernel "
@@ -105,11 +114,12 @@ def kd_loss(
 
         return kd_loss_fused(
             student_logits, teacher_logits, labels,
-            temperature=temperature, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
+            temperature=temperature, alpha=alpha, ignore_index=ignore_index, reduction=reduction, scale=scale,
         )
-    return kd_loss_reference(
+    loss = kd_loss_reference(
         student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
     )
+    return loss if scale == 1.0 else loss * scale
 
 
 def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,287 +1,255 @@
-"""Fused knowledge-distillation loss: one Triton kernel computes loss *and* gradient.
+"""Fused knowledge-distillation loss: loss *and* gradient in one pass of Triton kernels.
 
 Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015):
 
-    loss = α·CE(s, y) + (1−α)·T²·KL(softmax(t/T) ‖ softmax(s/T))
+    loss = scale·[α·CE(s, y) + (1−α)·T²·KL(softmax(t/T) ‖ softmax(s/T))]
 
-Per row r of the student logits s (N, C) and teacher logits t (N, C) the kernel
-writes the row's (already normalised) loss contribution and, in the same pass,
-the gradient w.r.t. s:
+Forward writes each row's loss contribution and, in the same pass, the gradient w.r.t. s,
+already multiplied by ``scale`` (the objective's weight of the term, times any DDP share) in
+fp32 and rounded once to s's dtype. Backward (``kd_scale_grad_``) returns that buffer and
+scales it in fp32 only where grad_output ≠ 1, a test made on the device; in training the
+weight is in ``scale``, grad_output is 1 and backward moves no gradient byte. (Multiplying a
+stored fp16 gradient by a weight cast to fp16, 0.3 -> 0.3008, was a second rounding: 2 ulp
+off an fp64 oracle on an H200.)
 
-    ∂loss/∂s_i = (1−α)·T·(softmax(s/T)_i − softmax(t/T)_i)·w_kd
-               + α·(softmax(s)_i − 1[i=y])·w_ce            (labeled rows only)
+Regimes (the kernels are in kd_kernels.py):
 
-with w_kd = 1/N, w_ce = 1/n_labeled for ``reduction="mean"`` and 1 for "sum"
-and "none". The gradient is stored (optionally over s itself) so that backward
-only multiplies it by grad_output. The teacher gets no gradient.
+* ``single``, C ≤ ROW_MAX_C: a persistent grid over tiles of several rows, each row in one
+  block: s and t are read once, the gradient written once.
+* ``looped``, ROW_MAX_C < C ≤ SPLIT_MIN_C: one row per tile, a statistics loop (online
+  softmax at T and 1, pipelined loads) and a gradient loop over blocks, the second mostly
+  from L2.
+* ``split``, C > SPLIT_MIN_C: each row split into chunks across programs: one kernel writes
+  each chunk's statistics, a second combines a row's chunks and writes the gradient. (A
+  one-kernel scheme needs programs to wait on each other, which Triton's interpreter cannot
+  run; this two-kernel form reads s and t twice.)
 
-Why fused: the loss is memory-bound. Eager PyTorch reads and writes N×C
-intermediates a dozen times (log_softmax, softmax, KL, CE, and their
-backwards); this kernel reads s and t once and writes the gradient once:
-bytes ≈ N·C·(b_s + b_t + b_g).
-
-Two regimes (``SINGLE_PASS_MAX_C`` is the boundary, to tune on a GPU):
-
-* C ≤ SINGLE_PASS_MAX_C: one block holds the whole row in registers; s and t
-  are each loaded once, the gradient stored once.
-* C > SINGLE_PASS_MAX_C: pass 1 walks the row in blocks of ``MULTI_PASS_BLOCK``
-  with an online softmax (running max + rescaled sum, Milakov & Gimelshein
-  2018); pass 2 walks the blocks in *reverse* order, so the blocks loaded last
-  in pass 1 are the ones most likely still in L2, and computes KL, CE and the
-  gradient with the final statistics.
-
-Numerics: everything is accumulated in fp32 (inputs are cast right after
-``tl.load``, which also sidesteps the Triton interpreter's broken bf16
-arithmetic); exponentials are ``exp2`` with log2(e)/T folded into one constant;
-row offsets are int64 (N·C can pass 2³¹). There is no host synchronisation:
-n_labeled is counted on the device with torch ops and handed to the kernel as
-a pointer, and the final reduction is a device ``sum``.
+The op is a ``torch.library`` custom op (``distill_export::kd_loss_rows``) with a fake
+(meta) implementation and a registered backward, so ``torch.compile`` and CUDA graphs treat
+it as one opaque node. On CUDA each kernel is autotuned per (C's power-of-two bucket, the
+dtypes, CE on/off); under ``TRITON_INTERPRET=1`` (CPU tests) a fixed configuration runs.
+No host synchronisation: n_labeled is counted on the device and read through a pointer.
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
+from typing import Optional
 
 import torch
 import triton
-import triton.language as tl
 
 from distill_export.errors import LossInputError
+from distill_export.losses import kd_kernels as K
 from distill_export.losses.checks import check_kd_inputs
 
-# Rows up to this many classes are held on chip in one block (2 reads + 1 write
-# per element). Above it, the two-pass online-softmax kernel runs (pass 2
-# re-reads s and t, mostly from L2). Why 8192: compiled offline for sm_90a
-# (ptxas -v), BLOCK=8192 at 16 warps uses ~104 registers and no spills, while
-# BLOCK=16384 spills at 16 and at 32 warps. Tune on a GPU with
-# tools/bench_kd_loss.py --shapes (try 4096 … 16384).
-SINGLE_PASS_MAX_C = 8192
-# Block width of the two-pass regime: big enough for 16-byte vector loads and
-# many loads in flight, small enough that a block's temporaries stay in registers.
-MULTI_PASS_BLOCK = 4096
-
-_LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x·log2e)
-# Kernel-side constants (module-level tl.constexpr, the form Triton resolves in jit code).
-_K_LOG2E = tl.constexpr(1.4426950408889634)
-_K_LN2 = tl.constexpr(0.6931471805599453)  # ln(x) == log2(x)·ln2
-_K_NEG_INF = tl.constexpr(float("-inf"))
+ROW_MAX_C = 8192  # the whole row in one block (issue 8: no spills at 8192 on sm_90a); tune on a GPU
+SPLIT_MIN_C = 65536  # above: rows split across programs
+LOOP_BLOCK = 4096  # block width of the looped regime
+SPLIT_CHUNK = 16384  # classes per program in the split regime
+TILE_ELEMS = 8192  # single regime: rows per tile = TILE_ELEMS // BLOCK (fixed config; autotuned on CUDA)
+MAX_TILE_ROWS = 64
+PROGRAMS_PER_SM = 4  # persistent grid: this many programs per SM
+REGIMES = ("single", "looped", "split")
+_LOG2E = 1.4426950408889634
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@triton.jit
-def _kd_fwd_bwd_kernel(
-    s_ptr, t_ptr, y_ptr, g_ptr, loss_ptr, n_lab_ptr,
-    C, stride_s, stride_t, stride_g,
-    k_soft,  # log2(e)/T: exp(x/T) == exp2(x·k_soft)
-    w_kd,  # weight of the per-row KL in the loss: (1−α)·T² (·1/N for mean)
-    g_kd,  # weight of (q − p) in the gradient:   (1−α)·T  (·1/N for mean)
-    alpha,
-    ignore_index,
-    HAS_CE: tl.constexpr,  # labels given and α > 0
-    CE_MEAN: tl.constexpr,  # divide the CE term by n_labeled (read from n_lab_ptr)
-    COMPUTE_GRAD: tl.constexpr,
-    SINGLE: tl.constexpr,  # whole row in one block
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)  # int64 so row·stride cannot overflow
-    s_row = s_ptr + row * stride_s
-    t_row = t_ptr + row * stride_t
-    g_row = g_ptr + row * stride_g
-    cols = tl.arange(0, BLOCK)
-
-    # CE weight for this row: α (·1/n_labeled for mean), 0 for unlabeled rows.
-    w_ce = 0.0
-    y = 0
-    s_y = 0.0
-    if HAS_CE:
-        y = tl.load(y_ptr + row).to(tl.int64)
-        labeled = y != ignore_index
-        in_range = (y >= 0) & (y < C)
-        w_ce = tl.where(labeled, alpha, 0.0)
-        if CE_MEAN:
-            w_ce = w_ce / tl.load(n_lab_ptr)  # device scalar: no host sync
-        y = tl.where(labeled & in_range, y, 0)  # safe gather index
-        s_y = tl.load(s_row + y).to(tl.float32)
-        # An out-of-range label (only reachable with check_label_range=False)
-        # poisons the loss with NaN rather than reading out of bounds.
-        s_y = tl.where(labeled & ~in_range, float("nan"), s_y)
-
-    if SINGLE:
-        # ---- regime 1: the row lives in registers --------------------------
-        mask = cols < C
-        s = tl.load(s_row + cols, mask=mask, other=_K_NEG_INF).to(tl.float32)  # (BLOCK,)
-        t = tl.load(t_row + cols, mask=mask, other=_K_NEG_INF).to(tl.float32)  # (BLOCK,)
-        m_s = tl.max(s, axis=0)
-        m_t = tl.max(t, axis=0)
-        d_s = s - m_s  # ≤ 0, −inf on masked/−inf classes
-        d_t = t - m_t
-        e_q = tl.exp2(d_s * k_soft)  # softmax(s/T) numerator
-        e_p = tl.exp2(d_t * k_soft)  # softmax(t/T) numerator
-        z_q = tl.sum(e_q, axis=0)
-        z_p = tl.sum(e_p, axis=0)
-        p = e_p / z_p
-        # log2 p − log2 q, computed from centred logits (no large-number cancellation).
-        log2_ratio = (d_t - d_s) * k_soft - tl.log2(z_p) + tl.log2(z_q)
-        # where(), not multiply: p == 0 (teacher −inf) must give 0, not 0·(−inf).
-        kl = tl.sum(tl.where(p > 0.0, p * log2_ratio, 0.0), axis=0) * _K_LN2
-        loss = w_kd * kl
-        if HAS_CE:
-            e_1 = tl.exp2(d_s * _K_LOG2E)  # softmax(s) numerator, for CE at T=1
-            z_1 = tl.sum(e_1, axis=0)
-            ce = tl.log2(z_1) * _K_LN2 - (s_y - m_s)
-            # where() so an unlabeled row's CE (maybe inf) cannot leak a NaN.
-            loss += tl.where(w_ce != 0.0, w_ce * ce, 0.0)
-        if COMPUTE_GRAD:
-            g = g_kd * (e_q / z_q - p)
-            if HAS_CE:
-                g += w_ce * (e_1 / z_1 - tl.where(cols == y, 1.0, 0.0))
-            tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
-    else:
-        # ---- regime 2, pass 1: online max/sum over blocks -------------------
-        # Scalars per row; the rescale factor exp2((m_old − m_new)·k) is one
-        # exp2 per block, not per element.
-        m_s = float("-inf")
-        m_t = float("-inf")
-        z_q = 0.0
-        z_p = 0.0
-        z_1 = 0.0
-        n_blocks = tl.cdiv(C, BLOCK)
-        for b in range(0, n_blocks):
-            offs = b * BLOCK + cols
-            mask = offs < C
-            s = tl.load(s_row + offs, mask=mask, other=_K_NEG_INF).to(tl.float32)
-            t = tl.load(t_row + offs, mask=mask, other=_K_NEG_INF).to(tl.float32)
-            m_s_new = tl.maximum(m_s, tl.max(s, axis=0))
-            m_t_new = tl.maximum(m_t, tl.max(t, axis=0))
-            # While a row has seen only −inf, m is −inf and (−inf) − (−inf) is NaN:
-            # keep the sums at 0 until a finite value arrives.
-            s_ok = m_s_new > _K_NEG_INF
-            t_ok = m_t_new > _K_NEG_INF
-            d_s = tl.where(s_ok, s - m_s_new, _K_NEG_INF)
-            d_t = tl.where(t_ok, t - m_t_new, _K_NEG_INF)
-            r_s = tl.where(s_ok, m_s - m_s_new, 0.0)  # ≤ 0 (−inf on the first finite block)
-            r_t = tl.where(t_ok, m_t - m_t_new, 0.0)
-            z_q = z_q * tl.exp2(r_s * k_soft) + tl.sum(tl.exp2(d_s * k_soft), axis=0)
-            z_p = z_p * tl.exp2(r_t * k_soft) + tl.sum(tl.exp2(d_t * k_soft), axis=0)
-            if HAS_CE:
-                z_1 = z_1 * tl.exp2(r_s * _K_LOG2E) + tl.sum(tl.exp2(d_s * _K_LOG2E), axis=0)
-            m_s = m_s_new
-            m_t = m_t_new
-
-        # ---- regime 2, pass 2: KL, CE and gradient, blocks in reverse -------
-        log2_z_ratio = tl.log2(z_q) - tl.log2(z_p)
-        kl_acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for i in range(0, n_blocks):
-            b = n_blocks - 1 - i  # reverse: the last blocks of pass 1 are still in L2
-            offs = b * BLOCK + cols
-            mask = offs < C
-            s = tl.load(s_row + offs, mask=mask, other=_K_NEG_INF).to(tl.float32)
-            t = tl.load(t_row + offs, mask=mask, other=_K_NEG_INF).to(tl.float32)
-            d_s = s - m_s
-            d_t = t - m_t
-            p = tl.exp2(d_t * k_soft) / z_p
-            log2_ratio = (d_t - d_s) * k_soft + log2_z_ratio
-            kl_acc += tl.where(p > 0.0, p * log2_ratio, 0.0)
-            if COMPUTE_GRAD:
-                g = g_kd * (tl.exp2(d_s * k_soft) / z_q - p)
-                if HAS_CE:
-                    g += w_ce * (tl.exp2(d_s * _K_LOG2E) / z_1 - tl.where(offs == y, 1.0, 0.0))
-                tl.store(g_row + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
-        loss = w_kd * tl.sum(kl_acc, axis=0) * _K_LN2
-        if HAS_CE:
-            ce = tl.log2(z_1) * _K_LN2 - (s_y - m_s)
-            loss += tl.where(w_ce != 0.0, w_ce * ce, 0.0)
-
-    tl.store(loss_ptr + row, loss)
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _launch_config(n_classes: int, block_size: int | None, single_pass: bool | None) -> tuple[bool, int, int]:
-    """(single, BLOCK, num_warps) for a row of n_classes; block_size/single_pass force them (tests)."""
-    if block_size is not None and (block_size < 2 or block_size & (block_size - 1)):
-        raise LossInputError(f"block_size must be a power of two >= 2, got {block_size}")
-    single = n_classes <= SINGLE_PASS_MAX_C if single_pass is None else single_pass
-    if single:
-        block = triton.next_power_of_2(n_classes)
-        if block_size is not None:
+def _autotuning(device: torch.device) -> bool:
+    """On CUDA, unless DISTILL_KD_AUTOTUNE=0 (the kernel tests: hundreds of launches, each key
+    would time up to 16 configs) or under the interpreter."""
+    return device.type == "cuda" and not _interpreting() and os.environ.get("DISTILL_KD_AUTOTUNE", "1") != "0"
+
+
+def _pow2(name: str, value: int) -> int:
+    if value < 2 or value & (value - 1):
+        raise LossInputError(f"{name} must be a power of two >= 2, got {value}")
+    return value
+
+
+def plan(n_classes: int, regime: str = "", block_size: int = 0, chunk_size: int = 0,
+         rows_per_tile: int = 0) -> dict:
+    """The launch of one call: regime, BLOCK, CHUNK, ROWS (0 = the defaults; tests force them)."""
+    if regime and regime not in REGIMES:
+        raise LossInputError(f"regime must be one of {REGIMES}, got {regime!r}")
+    regime = regime or ("single" if n_classes <= ROW_MAX_C else "looped" if n_classes <= SPLIT_MIN_C else "split")
+    if regime == "single":
+        block = max(triton.next_power_of_2(n_classes), 2)
+        if block_size:
             if block_size < n_classes:
-                raise LossInputError(
-                    f"single-pass block_size {block_size} is smaller than the row ({n_classes} classes)"
-                )
-            block = block_size
-        block = max(block, 2)
+                raise LossInputError(f"single-block block_size {block_size} is smaller than the row ({n_classes} classes)")
+            block = _pow2("block_size", block_size)
+        rows = rows_per_tile or max(1, min(MAX_TILE_ROWS, TILE_ELEMS // block))
     else:
-        block = block_size if block_size is not None else MULTI_PASS_BLOCK
-    # ~16-32 fp32 elements per thread: enough work per thread, few spills.
-    num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
-    return single, block, num_warps
+        block = _pow2("block_size", block_size) if block_size else LOOP_BLOCK
+        rows = rows_per_tile or 1
+    chunk = 0
+    if regime == "split":
+        chunk = _pow2("chunk_size", chunk_size) if chunk_size else SPLIT_CHUNK
+        block = min(block, chunk)
+    return {"regime": regime, "BLOCK": block, "CHUNK": chunk, "ROWS": _pow2("rows_per_tile", rows) if rows > 1 else 1}
 
 
-class FusedKDLoss(torch.autograd.Function):
-    """autograd.Function around ``_kd_fwd_bwd_kernel``: forward stores the gradient,
-    backward scales it by grad_output (in place, so backward may run once)."""
+def _warps(elems: int) -> int:
+    return 4 if elems <= 1024 else 8 if elems <= 4096 else 16
 
-    @staticmethod
-    def forward(ctx, s, t, labels, temperature, alpha, ignore_index, reduction,
-                compute_grad, inplace_grad, block_size, single_pass):
-        n_rows, n_classes = s.shape  # (N, C)
-        # Row stride is free; the class axis must be unit-stride for vector loads.
-        if s.stride(1) != 1:
-            s = s.contiguous()
-        if t.stride(1) != 1:
-            t = t.contiguous()
-        single, block, num_warps = _launch_config(n_classes, block_size, single_pass)
 
-        has_ce = labels is not None and alpha > 0.0
-        ce_mean = has_ce and reduction == "mean"
-        if ce_mean:
-            # n_labeled stays on the device: the kernel reads it through a pointer.
-            n_lab = (labels != ignore_index).sum(dtype=torch.float32).clamp_(min=1.0)  # ()
+@lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _max_programs(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: few programs, so the persistent loop takes several tiles each
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) * PROGRAMS_PER_SM
+
+
+# --- autotuning (CUDA only) ---------------------------------------------------------------------
+
+
+def _rows_configs() -> list:
+    return [triton.Config({"ROWS": r, "NUM_STAGES": st}, num_warps=w, num_stages=st)
+            for r in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16) for st in (2, 3)]
+
+
+def prune_rows_configs(configs, named_args, **kwargs) -> list:
+    """Single: tiles of 2K-16K elements (all 64 rows when even those are smaller); looped: one or
+    two rows a tile. Warps: the tile's own count (see _warps) or half of it."""
+    block = kwargs["BLOCK"]
+    if kwargs["SINGLE"]:
+        low = min(2048, MAX_TILE_ROWS * block)
+        keep = [c for c in configs if low <= c.kwargs["ROWS"] * block <= max(16384, block)]
+    else:
+        keep = [c for c in configs if c.kwargs["ROWS"] <= 2]
+    keep = [c for c in keep if c.num_warps in {_warps(c.kwargs["ROWS"] * block), max(4, _warps(c.kwargs["ROWS"] * block) // 2)}]
+    return keep or configs[:1]
+
+
+def _split_configs() -> list:
+    return [triton.Config({"BLOCK": b, "NUM_STAGES": st}, num_warps=w, num_stages=st)
+            for b in (1024, 2048, 4096) for w in (4, 8) for st in (2, 3)]
+
+
+def prune_split_configs(configs, named_args, **kwargs) -> list:
+    keep = [c for c in configs if c.kwargs["BLOCK"] <= kwargs["CHUNK"]]
+    return keep or [triton.Config({"BLOCK": kwargs["CHUNK"], "NUM_STAGES": 2}, num_warps=4, num_stages=2)]
+
+
+_KEY = ["C_BUCKET", "HAS_CE", "COMPUTE_GRAD"]
+
+
+@lru_cache(maxsize=None)
+def _tuned(name: str):
+    """The autotuned wrapper of kd_kernels.<name> (built once, on first CUDA use)."""
+    fn = getattr(K, name)
+    if name == "_kd_rows_kernel":
+        return triton.autotune(_rows_configs(), key=_KEY + ["SINGLE"],
+                               prune_configs_by={"early_config_prune": prune_rows_configs})(fn)
+    return triton.autotune(_split_configs(), key=_KEY, prune_configs_by={"early_config_prune": prune_split_configs})(fn)
+
+
+# --- the custom op ------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("distill_export::kd_loss_rows", mutates_args=())
+def kd_loss_rows(s: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor], temperature: float, alpha: float,
+                 ignore_index: int, mean: bool, scale: float, compute_grad: bool, regime: str = "",
+                 block_size: int = 0, chunk_size: int = 0, rows_per_tile: int = 0,
+                 max_programs: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-row losses (N,) fp32, scale·∂(Σ rows)/∂s (N, C) in s's dtype, or (0,) without grad).
+    mean: the rows carry 1/N (KD) and 1/n_labeled (CE), so their sum is the mean reduction."""
+    n_rows, n_classes = s.shape
+    if s.stride(1) != 1:  # the class axis must be unit-stride for vector loads; the row stride is free
+        s = s.contiguous()
+    if t.stride(1) != 1:
+        t = t.contiguous()
+    p = plan(n_classes, regime, block_size, chunk_size, rows_per_tile)
+    loss = torch.empty(n_rows, dtype=torch.float32, device=s.device)
+    grad = torch.empty((n_rows, n_classes) if compute_grad else (0,), dtype=s.dtype, device=s.device)
+    if n_rows == 0:
+        return loss, grad
+    has_ce = labels is not None and alpha > 0.0
+    ce_mean = has_ce and mean
+    # 1/n_labeled on the device: the kernel reads it through a pointer (no host sync).
+    inv_n_lab = (labels != ignore_index).sum(dtype=torch.float32).clamp_(min=1.0).reciprocal_() if ce_mean else loss
+    kd_w = (1.0 - alpha) * scale / (n_rows if mean else 1)
+    consts = dict(HAS_CE=has_ce, CE_MEAN=ce_mean, COMPUTE_GRAD=compute_grad, SAME_T=temperature == 1.0)
+    scalars = (_LOG2E / temperature, kd_w * temperature**2, kd_w * temperature, alpha * scale, int(ignore_index))
+    y = labels if has_ce else s
+    g = grad if compute_grad else s  # not written (dead constexpr branch)
+    g_stride = grad.stride(0) if compute_grad else 0
+    bucket = triton.next_power_of_2(n_classes)
+    tune = _autotuning(s.device) and not (regime or block_size or chunk_size or rows_per_tile)  # forced: as given
+    cap = max_programs or _max_programs(s.device)
+    if p["regime"] != "split":
+        consts.update(SINGLE=p["regime"] == "single", BLOCK=p["BLOCK"])
+        args = (s, t, y, g, loss, inv_n_lab, n_rows, n_classes, bucket, s.stride(0), t.stride(0), g_stride, *scalars)
+        if tune:
+            _tuned("_kd_rows_kernel")[lambda meta: (min(triton.cdiv(n_rows, meta["ROWS"]), cap),)](*args, **consts)
         else:
-            n_lab = s  # unused (dead constexpr branch)
-        kd_scale = 1.0 / n_rows if reduction == "mean" else 1.0
-        w_kd = (1.0 - alpha) * temperature**2 * kd_scale
-        g_kd = (1.0 - alpha) * temperature * kd_scale
+            grid = (min(triton.cdiv(n_rows, p["ROWS"]), cap),)
+            K._kd_rows_kernel[grid](*args, **consts, ROWS=p["ROWS"], NUM_STAGES=2,
+                                    num_warps=_warps(p["ROWS"] * p["BLOCK"]))
+        return loss, grad
+    n_chunks = triton.cdiv(n_classes, p["CHUNK"])
+    ws = torch.empty((n_rows, n_chunks, K.N_STATS), dtype=torch.float32, device=s.device)
+    fixed = {} if tune else {"BLOCK": p["BLOCK"], "NUM_STAGES": 2, "num_warps": _warps(p["BLOCK"])}
+    stats = _tuned("_kd_split_stats_kernel") if tune else K._kd_split_stats_kernel
+    stats[(n_rows, n_chunks)](s, t, ws, n_classes, bucket, s.stride(0), t.stride(0), n_chunks, scalars[0],
+                              HAS_CE=has_ce, SAME_T=consts["SAME_T"], CHUNK=p["CHUNK"], **fixed)
+    finish = _tuned("_kd_split_grad_kernel") if tune else K._kd_split_grad_kernel
+    finish[(n_rows, n_chunks if compute_grad else 1)](
+        s, t, y, g, loss, inv_n_lab, ws, n_classes, bucket, s.stride(0), t.stride(0), g_stride, n_chunks, *scalars,
+        **consts, CHUNK=p["CHUNK"], N_CHUNKS_P2=max(triton.next_power_of_2(n_chunks), 2), **fixed)
+    return loss, grad
 
-        if compute_grad:
-            # Overwrite s only if it is a dense row-major view we can write row by row.
-            can_alias = inplace_grad and s.stride(1) == 1 and s.stride(0) >= n_classes
-            grad = s if can_alias else torch.empty((n_rows, n_classes), dtype=s.dtype, device=s.device)
-        else:
-            grad = s  # unused (dead constexpr branch): nothing is written
-        loss_rows = torch.empty(n_rows, dtype=torch.float32, device=s.device)  # (N,)
 
-        _kd_fwd_bwd_kernel[(n_rows,)](
-            s, t, labels if has_ce else s, grad, loss_rows, n_lab,
-            n_classes, s.stride(0), t.stride(0), grad.stride(0),
-            _LOG2E / temperature, w_kd, g_kd, float(alpha), int(ignore_index),
-            HAS_CE=has_ce, CE_MEAN=ce_mean, COMPUTE_GRAD=compute_grad,
-            SINGLE=single, BLOCK=block, num_warps=num_warps,
-        )
-        ctx.grad = grad if compute_grad else None
-        ctx.reduction = reduction
-        # mean: rows already carry 1/N and 1/n_labeled, so the mean is a plain sum.
-        return loss_rows if reduction == "none" else loss_rows.sum()
+@kd_loss_rows.register_fake
+def _(s, t, labels, temperature, alpha, ignore_index, mean, scale, compute_grad, regime="", block_size=0,
+      chunk_size=0, rows_per_tile=0, max_programs=0):
+    loss = s.new_empty(s.shape[0], dtype=torch.float32)
+    return loss, s.new_empty(s.shape if compute_grad else (0,))
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError(
-                "fused KD loss: backward can run once per forward (its gradient buffer is "
-                "scaled in place); use impl='reference' for retain_graph or double backward"
-            )
-        ctx.grad = None
-        if ctx.reduction == "none":
-            grad.mul_(grad_output[:, None])  # (N, C) · (N, 1)
-        else:
-            # Always multiply: testing grad_output == 1 would need a host sync.
-            grad.mul_(grad_output)
-        return grad, None, None, None, None, None, None, None, None, None, None
+
+@torch.library.custom_op("distill_export::kd_scale_grad_", mutates_args=("grad",))
+def kd_scale_grad_(grad: torch.Tensor, grad_rows: torch.Tensor) -> None:
+    """grad (N, C) *= grad_rows (N,) in fp32, per row, only where grad_rows ≠ 1 (decided on the device)."""
+    if grad.numel() == 0:
+        return
+    block = min(4096, max(triton.next_power_of_2(grad.shape[1]), 2))
+    K._kd_scale_grad_kernel[(grad.shape[0], triton.cdiv(grad.shape[1], block))](
+        grad, grad_rows, grad.shape[1], grad.stride(0), grad_rows.stride(0), BLOCK=block, num_warps=4)
+
+
+@kd_scale_grad_.register_fake
+def _(grad, grad_rows):
+    return None
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.used = False
+
+
+def _backward(ctx, grad_rows, _grad_of_grad):
+    if not torch.compiler.is_compiling():  # (the saved buffer's version check would also refuse, less clearly)
+        if ctx.used:
+            raise RuntimeError("fused KD loss: backward can run once per forward (its gradient buffer is scaled "
+                               "in place); use impl='reference' for retain_graph or double backward")
+        ctx.used = True
+    (grad,) = ctx.saved_tensors
+    kd_scale_grad_(grad, grad_rows)  # (N, C) · (N,): a no-op where grad_rows == 1
+    return (grad,) + (None,) * 13
+
+
+torch.library.register_autograd("distill_export::kd_loss_rows", _backward, setup_context=_setup_context)
 
 
 def kd_loss_fused(
@@ -293,58 +261,50 @@ def kd_loss_fused(
     alpha: float = 0.5,
     ignore_index: int = -100,
     reduction: str = "mean",
-    inplace_grad: bool = False,
-    block_size: int | None = None,
-    single_pass: bool | None = None,
+    scale: float = 1.0,
+    regime: str = "",
+    block_size: int = 0,
+    chunk_size: int = 0,
+    rows_per_tile: int = 0,
+    max_programs: int = 0,
 ) -> torch.Tensor:
-    """Hinton et al. (2015) KD loss, forward and gradient in one Triton kernel.
+    """scale × the Hinton et al. (2015) KD loss, forward and gradient in one Triton pass.
 
-    Same semantics as ``kd_loss_reference``; returns an fp32 scalar (mean/sum)
-    or (N,) tensor (none).
+    Same semantics as ``kd_loss_reference`` (times ``scale``); returns an fp32 scalar
+    (mean/sum) or (N,) tensor (none).
 
     student_logits, teacher_logits: (N, C), fp32/fp16/bf16, any row stride.
     labels: (N,) integers or None; rows equal to ``ignore_index`` keep only the KD term.
-    inplace_grad: write the gradient over ``student_logits`` (saves N·C memory).
-        Only safe when nothing else needs the logits afterwards (e.g. they come
-        straight from an nn.Linear, whose backward does not read its output);
-        autograd cannot detect the overwrite.
-    block_size, single_pass: force the regime/block (for tests and tuning).
+    scale: the term's weight (× a DDP share), folded into the kernel in fp32 so that the
+        low-precision gradient is rounded once.
+    regime, block_size, chunk_size, rows_per_tile, max_programs: force the launch (tests, tuning).
 
-    The label range is not checked here (that needs a host sync; ``kd_loss``
-    does it): an out-of-range label gives a NaN loss, never an out-of-bounds read.
+    The label range is not checked here (that needs a host sync; ``kd_loss`` does it): an
+    out-of-range label gives a NaN loss, never an out-of-bounds read.
     """
-    check_kd_inputs(
-        student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction,
-        check_label_range=False,
-    )
+    check_kd_inputs(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction,
+                    check_label_range=False)
     s, t = student_logits, teacher_logits
     if s.device != t.device or (labels is not None and labels.device != s.device):
-        raise LossInputError(
-            f"student, teacher and labels must be on one device, got {s.device}, {t.device}"
-            + (f", {labels.device}" if labels is not None else "")
-        )
+        raise LossInputError(f"student, teacher and labels must be on one device, got {s.device}, {t.device}"
+                             + (f", {labels.device}" if labels is not None else ""))
     if s.device.type != "cuda" and not _interpreting():
-        raise LossInputError(
-            "the fused KD kernel needs CUDA tensors (or TRITON_INTERPRET=1 to run it on CPU "
-            "for testing); use impl='reference' on CPU"
-        )
-    n_rows, n_classes = s.shape
-    if n_classes == 0:
+        raise LossInputError("the fused KD kernel needs CUDA tensors (or TRITON_INTERPRET=1 to run it on CPU "
+                             "for testing); use impl='reference' on CPU")
+    if s.shape[1] == 0:
         raise LossInputError("logits have 0 classes")
-    # fp64 and friends: compute in fp32 (the cast is differentiable).
-    if s.dtype not in _FLOAT_DTYPES:
+    if not (scale >= 0.0 and scale < float("inf")):
+        raise LossInputError(f"scale must be a finite number >= 0, got {scale}")
+    plan(s.shape[1], regime, block_size, chunk_size, rows_per_tile)  # a bad forced launch fails here, in one line
+    if s.dtype not in _FLOAT_DTYPES:  # fp64 and friends: computed in fp32 (the cast is differentiable)
         s = s.float()
     if t.dtype not in _FLOAT_DTYPES:
         t = t.float()
-    t = t.detach()
     compute_grad = torch.is_grad_enabled() and s.requires_grad
-    if n_rows == 0:  # no program to launch; keep the graph connected
-        zero = s.float().sum(dim=-1) * 0.0  # (0,)
-        return zero if reduction == "none" else zero.sum()
-    return FusedKDLoss.apply(
-        s, t, labels, float(temperature), float(alpha), int(ignore_index), reduction,
-        compute_grad, inplace_grad, block_size, single_pass,
-    )
+    rows, _ = kd_loss_rows(s, t.detach(), labels, float(temperature), float(alpha), int(ignore_index),
+                           reduction == "mean", float(scale), compute_grad, regime, block_size, chunk_size,
+                           rows_per_tile, max_programs)
+    return rows if reduction == "none" else rows.sum()
 
 
-__all__ = ["kd_loss_fused", "FusedKDLoss", "SINGLE_PASS_MAX_C", "MULTI_PASS_BLOCK"]
+__all__ = ["kd_loss_fused", "kd_loss_rows", "plan", "ROW_MAX_C", "SPLIT_MIN_C"]

@@ -180,11 +180,22 @@ class Objective(nn.Module):
         # batch's mean (1.0 when the shards are equal); one process skips it (bit-identical).
         share = row_share(batch.student_logits.shape[0]) if is_distributed() else None
         for slot, term in self.terms.items():
-            if self.weights[slot] == 0:
+            weight = self.weights[slot]
+            if weight == 0:
                 continue
-            value = term.loss(batch, slot)
-            scaled = value if share is None or term.global_denominator else value * share
-            total = total + self.weights[slot] * scaled
+            shared = share is not None and not term.global_denominator
+            folds = getattr(term, "folds_weight", None)
+            if folds is not None and folds(batch):
+                # The fused KD kernel takes weight·share as one fp32 scale and rounds the weighted
+                # gradient once (multiplying after the fact would round a bf16/fp16 gradient twice).
+                scale = weight * share if shared else weight
+                weighted = term.loss(batch, slot, scale=scale)
+                value = weighted.detach() / scale if scale else weighted.detach()  # unweighted, for the log
+                total = total + weighted
+            else:
+                value = term.loss(batch, slot)
+                scaled = value * share if shared else value
+                total = total + weight * scaled
             name = slot.split("_", 1)[1]
             parts[name if name not in parts else slot] = value.detach()  # two terms of one kind stay apart
         return total, parts
