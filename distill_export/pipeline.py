@@ -32,7 +32,7 @@ def task_info(task) -> dict:
 def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.nets.model_io import load_teacher
     from distill_export.tasks import get_task
-    from distill_export.train_teacher import evaluate_teacher, train_teacher
+    from distill_export.train_teacher import evaluate_teacher, train_teacher, unlabeled_pool_score
 
     if data is None:
         data, device = load_data(config)
@@ -59,7 +59,8 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
         task=task_info(task),
         dataset={"name": data.name, "class_names": data.target_names, **data.info},
         metrics={"teacher": metrics},
-        teacher={"training": training, "modality_probe": probe, "fusion": getattr(teacher, "fusion_name", "external")},
+        teacher={"training": training, "modality_probe": probe, "fusion": getattr(teacher, "fusion_name", "external"),
+                 "unlabeled_pool": unlabeled_pool_score(teacher, data, device, task)},
     )
 
 

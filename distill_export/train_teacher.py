@@ -40,6 +40,26 @@ def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, task,
     return task.evaluate(outputs.numpy(), data.test.labels.numpy(), data)
 
 
+def unlabeled_pool_score(teacher, data: Dataset, device, task) -> dict | None:
+    """The teacher's headline metric on the training rows whose labels data.label_fraction hid:
+    how good the pseudo-labels it hands the student are. None without such rows (all labels
+    kept, or rows streamed from disk)."""
+    from distill_export.data.dataset import labeled_rows
+    from distill_export.data.streaming import is_streamed
+
+    hidden = data.train.hidden
+    if hidden is None or any(is_streamed(v) for v in data.train.inputs.values()):
+        return None
+    rows = labeled_rows(hidden).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return None
+    names = [m for m in getattr(teacher, "modality_names", data.train.inputs) if m in data.train.inputs]
+    outputs = torch.cat([  # in chunks: a copy of every hidden row's clip would double the data's memory
+        predict(teacher.forward_features, {m: data.train.inputs[m][part].to(device) for m in names}, len(part))[1]
+        for part in rows.split(1024)])
+    return {"rows": int(len(rows)), task.headline: task.evaluate(outputs.numpy(), hidden[rows].numpy(), data)[task.headline]}
+
+
 def train_teacher(config, data: Dataset, device, out_path, quiet: bool = False, modalities=None,
                   label: str = "teacher ", checkpoint=None) -> dict:
     """Train on the labeled training rows, pick the best epoch on val, save, return metrics.

@@ -45,6 +45,9 @@ def test_the_recipe_runs_every_stage_on_video_files(run_dir):
     for model in ("teacher", "baseline", "student", "self_training"):
         assert 0.0 <= report["metrics"][model]["map50"] <= 1.0
     assert report["comparisons"]["student_vs_baseline"]["verdict"]
+    # both teachers scored on the training rows whose boxes were hidden (the pseudo-labels' quality)
+    assert report["teacher"]["unlabeled_pool"]["rows"] == report["distill"]["train_rows"] - report["distill"]["labeled_train_rows"]
+    assert 0.0 <= report["distill"]["self_training_control"]["teacher_unlabeled_pool"]["map50"] <= 1.0
     assert set(report["exports"]) == {"onnx", "onnx-fp16", "onnx-int8"}
     for art in report["exports"].values():
         assert {"matched_detections", "map50_delta"} <= set(art["parity"])

@@ -87,7 +87,9 @@ def main() -> None:
                 "cross_modal_gain": cross.get("gain"),
                 "cross_modal_ci95": cross.get("ci95"),
                 "cross_modal_p_value": cross.get("p_value"),
-                "pseudo_label_quality": rep["teacher"].get("unlabeled_pool"),
+                # the teachers' headline metric on the unlabeled pool (the rows whose labels were hidden)
+                "teacher_on_pool": (rep["teacher"].get("unlabeled_pool") or {}).get(metric),
+                "control_teacher_on_pool": (control.get("teacher_unlabeled_pool") or {}).get(metric),
                 "metric": metric,
                 "seconds": round(time.perf_counter() - t0, 1),
             }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distill_export.data.dataset import Dataset, ModalitySpec, Split, keep_label_fraction
+from distill_export.data.dataset import IGNORE_INDEX, Dataset, ModalitySpec, Split, keep_label_fraction
 from distill_export.errors import DataError
 
 SPLIT_SEED = 0
@@ -107,10 +107,13 @@ def build_avdigits(config, seed: int) -> Dataset:
     aud_mean, aud_std = _mean_std(raw["train"][1])
     splits = {}
     for name, (img, aud, y) in raw.items():
+        hidden = None
         if name == "train":
-            y = keep_label_fraction(y, config.label_fraction, seed)
+            full, y = y, keep_label_fraction(y, config.label_fraction, seed)
+            if config.label_fraction < 1.0:  # the hidden rows' true labels: scores pseudo-labels only
+                hidden = torch.where(y == IGNORE_INDEX, full, torch.full_like(full, IGNORE_INDEX))
         splits[name] = Split(
-            {"image": (img - img_mean) / img_std, "audio": (aud - aud_mean) / aud_std}, y
+            {"image": (img - img_mean) / img_std, "audio": (aud - aud_mean) / aud_std}, y, hidden
         )
     audio_shape = tuple(splits["train"].inputs["audio"].shape[1:])
     return Dataset(

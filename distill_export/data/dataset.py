@@ -38,12 +38,16 @@ class ModalitySpec:
 class Split:
     inputs: dict[str, torch.Tensor]  # modality -> (N, *shape) float32, normalised
     labels: torch.Tensor  # (N, ...) the task's targets, e.g. (N,) int64 classes; IGNORE_INDEX fills an unlabeled row
+    # The true targets of the rows whose labels data.label_fraction hid (IGNORE_INDEX elsewhere):
+    # only ever read to score the teachers' pseudo-labels on the unlabeled pool, never trained on.
+    hidden: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> "Split":
-        return Split({k: v[index] for k, v in self.inputs.items()}, self.labels[index])
+        return Split({k: v[index] for k, v in self.inputs.items()}, self.labels[index],
+                     None if self.hidden is None else self.hidden[index])
 
     @property
     def labeled(self) -> torch.Tensor:  # (N,) bool

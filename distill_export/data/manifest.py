@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from distill_export.data.audio import DEMO_AUDIO_SPEC
-from distill_export.data.dataset import Dataset, ModalitySpec, Split
+from distill_export.data.dataset import IGNORE_INDEX, Dataset, ModalitySpec, Split, labeled_rows
 from distill_export.data.targets import CategoricalTargets, TargetCodec
 from distill_export.data import loaders
 from distill_export.data.manifest_decode import choose_streaming, make_decoders, scan_train_rows, streamed_split
@@ -206,15 +206,20 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         specs[m] = ModalitySpec(m, tuple(x.shape[1:]), mean, std, LAYOUTS[kind], kind=kind)
     splits = {}
     for s, (inputs, labels) in raw.items():
+        hidden = None
         if s == "train":
-            labels = hide_labels(targets, labels, config.label_fraction, seed)
+            full, labels = labels, hide_labels(targets, labels, config.label_fraction, seed)
+            if config.label_fraction < 1.0:  # the hidden rows' true targets, to score pseudo-labels
+                hidden = full.clone()
+                hidden[labeled_rows(labels)] = IGNORE_INDEX
         if s not in in_memory:
             splits[s] = streamed_split(path, per_split[s], decoders, stats, specs, labels,
                                         int(getattr(config, "num_workers", 0) or 0))
+            splits[s].hidden = hidden
             continue
         inputs = {m: (v if specs[m].kind == "text" else v.sub_(stats[m][0]).div_(stats[m][1]) if decoders[m].clip
                       else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
-        splits[s] = Split(inputs, labels)
+        splits[s] = Split(inputs, labels, hidden)
 
     resampled = {sr: n for d in decoders.values() for sr, n in d.sample_rates.items() if sr != DEMO_AUDIO_SPEC["sample_rate"]}
     if resampled:

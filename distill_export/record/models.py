@@ -103,6 +103,8 @@ class Teacher(Section):
     training: Training | None = None
     modality_probe: dict[str, float] = Field(default_factory=dict)  # without_<m> / only_<m> -> score
     fusion: str | None = None  # concat | late | external
+    # the headline metric on the training rows whose labels label_fraction hid: pseudo-label quality
+    unlabeled_pool: dict[str, float] | None = None
 
 
 class SelfTrainingControl(Section):
@@ -110,6 +112,7 @@ class SelfTrainingControl(Section):
 
     skipped: str | None = None
     teacher_accuracy: float | None = None
+    teacher_unlabeled_pool: dict[str, float] | None = None  # as Teacher.unlabeled_pool, for its teacher
     teacher_training: Training | None = None
     student_training: Training | None = None
 
