@@ -106,6 +106,64 @@ def test_torch_save_is_atomic_and_reproducible(tmp_path, monkeypatch):
     assert final.read_bytes() == first and _names(tmp_path) == {"w.pt", "other.pt"}
 
 
+def test_json_hashes_and_run_dirs(tmp_path):
+    """write_json keeps the caller's key order and writes arrays and paths as JSON; the hashes
+    are of the content (a torch archive's members, not its record folder's name)."""
+    import hashlib
+
+    torch = pytest.importorskip("torch")
+    files.write_json(tmp_path / "r.json", {"z": np.arange(3), "a": Path("p/q"), "m": {"y": 1, "b": 2}})
+    assert (tmp_path / "r.json").read_text() == (
+        '{\n  "z": [\n    0,\n    1,\n    2\n  ],\n  "a": "p/q",\n  "m": {\n    "y": 1,\n    "b": 2\n  }\n}\n')
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        files.write_json(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists()
+    big = np.random.default_rng(0).bytes(3 << 20)  # over one read chunk
+    (tmp_path / "big.bin").write_bytes(big)
+    assert files.sha256_file(tmp_path / "big.bin") == hashlib.sha256(big).hexdigest()
+    assert files.torch_archive_hash(tmp_path / "big.bin") == hashlib.sha256(big).hexdigest()  # not a zip
+    weights = {"w": torch.arange(6.0)}
+    files.torch_save(weights, tmp_path / "a.pt")
+    torch.save(weights, tmp_path / "b.pt")  # by path: the record folder is named "b"
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["w"], weights["w"])
+    assert files.torch_archive_hash(tmp_path / "a.pt") == files.torch_archive_hash(tmp_path / "b.pt")
+    files.torch_save({"w": torch.arange(6.0) + 1}, tmp_path / "c.pt")
+    files.torch_save({"v": torch.arange(6.0)}, tmp_path / "d.pt")
+    hashes = {files.torch_archive_hash(tmp_path / f"{n}.pt") for n in "acd"}
+    assert len(hashes) == 3 and all(len(h) == 64 for h in hashes)
+    run = files.ensure_writable_dir(tmp_path / "x" / "y")
+    assert run == tmp_path / "x" / "y" and run.is_dir() and not any(run.iterdir())
+    (tmp_path / "file").write_text("")
+    from distill_export.errors import ConfigError
+
+    assert files.ensure_writable_dir(run) == run and not any(run.iterdir())  # an existing folder is fine
+    with pytest.raises(ConfigError, match=r"--out .*file/run cannot be written: Not a directory$"):
+        files.ensure_writable_dir(tmp_path / "file" / "run")
+
+
+def _zip(path: Path, members: list[tuple[str, bytes]]) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return files.torch_archive_hash(path)
+
+
+def test_archive_hash_is_of_the_members_below_the_record_folder(tmp_path):
+    """Same members under another record folder, in another order, or with other volatile members
+    (save id, sample inputs): the same hash. A member's path below the folder, or its bytes: another."""
+    base = [("a/data/0", b"w0"), ("b/x/0", b"w1"), ("a/data.pkl", b"p")]
+    h = _zip(tmp_path / "1.pt", [(n.replace("b/", "a/"), d) for n, d in base])
+    assert _zip(tmp_path / "2.pt", [("r/data/0", b"w0"), ("r/x/0", b"w1"), ("r/data.pkl", b"p")]) == h
+    assert _zip(tmp_path / "3.pt", [("a/data.pkl", b"p"), ("a/x/0", b"w1"), ("a/data/0", b"w0")]) == h  # order
+    assert _zip(tmp_path / "4.pt", [("a/data/0", b"w0"), ("a/x/0", b"w1"), ("a/data.pkl", b"p"),
+                                    ("a/.data/serialization_id", b"123"), ("a/data/sample_inputs/0", b"s")]) == h
+    assert _zip(tmp_path / "5.pt", [("a/data/0", b"w0"), ("a/y/0", b"w1"), ("a/data.pkl", b"p")]) != h  # path
+    assert _zip(tmp_path / "6.pt", [("a/data/0", b"w0"), ("a/x/0", b"w2"), ("a/data.pkl", b"p")]) != h  # bytes
+    assert _zip(tmp_path / "7.pt", [("a/data/0", b"w1"), ("a/x/0", b"w0"), ("a/data.pkl", b"p")]) != h  # swapped
+
+
 # ----- statistics ----------------------------------------------------------------------------
 
 
