@@ -4,7 +4,11 @@
   document exactly at the limit and refuses one a step over it;
 - recommend's tie rule: over random latencies and accuracy drops, the choice is within the tie
   tolerance of the fastest candidate, and no tied candidate has a smaller drop or, with an equal
-  drop, a higher precision; a tie at exactly the tolerance is a tie.
+  drop, a higher precision; a tie at exactly the tolerance is a tie;
+- audio bounds: a clip exactly at the length limit, and sample rates at the ends of the range,
+  are read; one sample or one hertz beyond is refused; channels are averaged;
+- label sampling: per class, round(fraction x n) (at least one) labels are kept, each the row's
+  own, and the seed (not a fixed order) picks which.
 """
 
 from __future__ import annotations
@@ -107,3 +111,63 @@ def test_a_tie_at_exactly_the_tolerance_is_a_tie():
     over = recommend(_report({"onnx": 1.0501, "onnx-fp16": 1.0501, "onnx-int8": 1.0}, drops))["cpu-1t"]
     assert over["format"] == "onnx-int8"
     assert over["speedup_vs_fp32_onnx"] == pytest.approx(1.0501)
+
+
+# ----- audio length and rate bounds ----------------------------------------------------------
+
+
+def _wav(path, n: int, sr: int, channels: int = 1, values=None):
+    import wave
+
+    import numpy as np
+
+    pcm = np.zeros(n * channels, "<i2") if values is None else np.asarray(values, "<i2")
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(channels)
+        f.setsampwidth(2)
+        f.setframerate(sr)
+        f.writeframes(pcm.tobytes())
+    return path
+
+
+def test_audio_bounds_are_exact(tmp_path):
+    from distill_export.data.audio import MAX_AUDIO_SECONDS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, read_wav
+    from distill_export.errors import DataError
+
+    sr = MIN_SAMPLE_RATE
+    x, got_sr = read_wav(_wav(tmp_path / "at.wav", int(MAX_AUDIO_SECONDS * sr), sr))
+    assert got_sr == sr and len(x) == MAX_AUDIO_SECONDS * sr  # exactly the limit: read whole
+    with pytest.raises(DataError, match=r"60\.0 s long, more than the 60 s limit"):
+        read_wav(_wav(tmp_path / "over.wav", int(MAX_AUDIO_SECONDS * sr) + 1, sr))
+    assert len(read_wav(_wav(tmp_path / "half.wav", 4000, 8000), max_seconds=0.5)[0]) == 4000
+    with pytest.raises(DataError, match=r"more than the 0\.5 s limit"):
+        read_wav(_wav(tmp_path / "half1.wav", 4001, 8000), max_seconds=0.5)
+    for rate in (MIN_SAMPLE_RATE, MAX_SAMPLE_RATE):
+        assert read_wav(_wav(tmp_path / f"{rate}.wav", 10, rate))[1] == rate
+    for rate in (MIN_SAMPLE_RATE - 1, MAX_SAMPLE_RATE + 1):
+        with pytest.raises(DataError, match="sample rate"):
+            read_wav(_wav(tmp_path / f"{rate}.wav", 10, rate))
+    stereo, _ = read_wav(_wav(tmp_path / "st.wav", 3, 8000, 2, [16384, 0, -32768, -32768, 32767, 32767]))
+    assert stereo.tolist() == pytest.approx([0.25, -1.0, 32767 / 32768])  # channels averaged, scaled by 2^15
+
+
+# ----- label sampling ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.25, 0.5, 0.9, 1.0])
+def test_label_sampling_keeps_the_fraction_per_class_and_only_true_labels(fraction):
+    import torch
+
+    from distill_export.data.dataset import IGNORE_INDEX, keep_label_fraction
+
+    sizes = {0: 40, 1: 7, 2: 1, 3: 100}
+    labels = torch.cat([torch.full((n,), c) for c, n in sizes.items()])[torch.randperm(148, generator=torch.Generator().manual_seed(0))]
+    out = keep_label_fraction(labels, fraction, seed=3)
+    kept = out != IGNORE_INDEX
+    assert torch.equal(out[kept], labels[kept])  # a kept label is the row's own
+    for c, n in sizes.items():
+        assert int((out == c).sum()) == (n if fraction >= 1 else max(1, round(fraction * n))), (c, fraction)
+    assert torch.equal(keep_label_fraction(labels, fraction, seed=3), out)  # the seed decides
+    if 0 < fraction < 1:
+        others = [keep_label_fraction(labels, fraction, seed=s) != IGNORE_INDEX for s in range(4, 8)]
+        assert any(not torch.equal(o, kept) for o in others)  # and another seed picks other rows
