@@ -8,7 +8,9 @@
 - audio bounds: a clip exactly at the length limit, and sample rates at the ends of the range,
   are read; one sample or one hertz beyond is refused; channels are averaged;
 - label sampling: per class, round(fraction x n) (at least one) labels are kept, each the row's
-  own, and the seed (not a fixed order) picks which.
+  own, and the seed (not a fixed order) picks which;
+- the caption generator: its noise (dropped and false attributes, guesses, wordings, order)
+  happens at the rates its arguments state.
 """
 
 from __future__ import annotations
@@ -171,3 +173,72 @@ def test_label_sampling_keeps_the_fraction_per_class_and_only_true_labels(fracti
     if 0 < fraction < 1:
         others = [keep_label_fraction(labels, fraction, seed=s) != IGNORE_INDEX for s in range(4, 8)]
         assert any(not torch.equal(o, kept) for o in others)  # and another seed picks other rows
+
+
+# ----- the caption generator (tools/make_captioned_digits.py) ----------------------------------
+
+
+def _generator():
+    import sys
+    from pathlib import Path
+
+    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    sys.path.insert(0, tools)
+    try:
+        import make_captioned_digits as gen
+    finally:
+        sys.path.remove(tools)
+    return gen
+
+
+def _parse(gen, text: str):
+    """(attributes in order, their paraphrase indices, the guessed digit or None) of one caption."""
+    body, _, hedge = text.partition("; ")
+    guess = None
+    if hedge:
+        word = next(w for w in hedge.replace(",", " ").split() if w in gen.NAMES or w.isdigit())
+        guess = gen.NAMES.index(word) if word in gen.NAMES else int(word)
+    if body in gen.EMPTY:
+        return [], [], guess
+    opener = next(o for o in gen.OPENERS if body.startswith(o + " "))
+    rest = body[len(opener) + 1:]
+    head, sep, last = rest.rpartition(" and ")
+    phrases = (head.split(", ") + [last]) if sep else [rest]
+    where = {p: (a, i) for a, ps in gen.PHRASES.items() for i, p in enumerate(ps)}
+    return [where[p][0] for p in phrases], [where[p][1] for p in phrases], guess
+
+
+@pytest.mark.parametrize("digit", [1, 4, 8])
+def test_caption_noise_happens_at_the_stated_rates(digit):
+    """Over 3000 captions: true attributes kept at 1 − p_drop, false ones at false_rate a caption,
+    a guess at p_guess, right at p_guess_right (else a confusable digit), only the first
+    `paraphrases` wordings, the attributes shuffled; the same seed, the same captions."""
+    import argparse
+
+    import numpy as np
+
+    gen = _generator()
+    args = argparse.Namespace(p_drop=0.3, false_rate=0.8, p_guess=0.4, p_guess_right=0.25, paraphrases=2)
+    caps = [gen.caption(digit, np.random.default_rng(s), args) for s in range(3000)]
+    assert caps[:50] == [gen.caption(digit, np.random.default_rng(s), args) for s in range(50)]
+    true = set(gen.ATTRIBUTES[digit])
+    kept = false = guesses = right = 0
+    false_first, indices = 0, set()
+    for text in caps:
+        attrs, idx, guess = _parse(gen, text)
+        assert len(attrs) == len(set(attrs))
+        kept += len(true & set(attrs))
+        false += len(set(attrs) - true)
+        indices.update(idx)
+        false_first += bool(attrs) and attrs[0] not in true and bool(true & set(attrs))
+        if guess is not None:
+            guesses += 1
+            right += guess == digit
+            assert guess == digit or guess in gen.CONFUSABLE[digit]
+    n = len(caps)
+    assert kept / (n * len(true)) == pytest.approx(1 - args.p_drop, abs=0.03)
+    assert false / n == pytest.approx(args.false_rate, abs=0.07)
+    assert guesses / n == pytest.approx(args.p_guess, abs=0.03)
+    assert right / guesses == pytest.approx(args.p_guess_right, abs=0.05)
+    assert indices == set(range(args.paraphrases))
+    assert false_first > n / 20  # shuffled: a false attribute often comes before a true one
