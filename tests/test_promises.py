@@ -222,6 +222,54 @@ def test_mcnemar_known_values():
     assert cls_sig.mcnemar_exact(a, a) == 1.0
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_detection_bootstrap_is_paired_symmetric_and_agrees_with_its_interval(seed):
+    """A vs B and B vs A on the same draws: opposite gains, mirrored intervals, the same p; the
+    interval holds the gain; p < 5% exactly when the interval leaves out 0 (both at 5%); a model
+    against itself is a point at 0 with p = 1."""
+    from _detection_cases import random_case
+
+    good, targets = random_case(n=120, seed=seed)
+    rng = np.random.default_rng(seed)
+    noisy = {**good, "boxes": good["boxes"] + rng.normal(0, 4, good["boxes"].shape)}
+    slight = {**good, "boxes": good["boxes"] + rng.normal(0, 0.3, good["boxes"].shape)}
+    for other, significant in ((noisy, True), (slight, None)):  # None: either, but consistent
+        ab = det_sig.compare(good, other, targets, 10, seed=3, n_boot=400)
+        ba = det_sig.compare(other, good, targets, 10, seed=3, n_boot=400)
+        assert ab["gain"] == pytest.approx(ab["map50_a"] - ab["map50_b"], abs=2e-6)
+        assert ba["gain"] == pytest.approx(-ab["gain"]) and ba["p_value"] == ab["p_value"]
+        assert ba["ci95"] == pytest.approx([-ab["ci95"][1], -ab["ci95"][0]], abs=1e-6)
+        lo, hi = ab["ci95"]
+        assert lo <= ab["gain"] <= hi
+        sig = ab["p_value"] < 0.05
+        assert sig == (lo > 0 or hi < 0), ab
+        assert significant is None or sig == significant, ab
+        if significant:
+            assert ab["verdict"] == "paid" and ba["verdict"] == "hurt"
+        assert {ab["verdict"], ba["verdict"]} in ({"paid", "hurt"}, {"no significant difference"})
+    same = det_sig.compare(good, good, targets, 10, seed=3, n_boot=200)
+    assert same["gain"] == 0 and same["ci95"] == [0, 0] and same["p_value"] == 1.0
+
+
+def test_detection_p_value_and_95_interval_agree_near_the_border():
+    """Over a sweep of degradations (some near significance): p < 5% exactly when the 95%
+    interval leaves out 0. A 90% interval, or a one-sided p, breaks it somewhere in the sweep."""
+    from _detection_cases import random_case
+
+    seen = set()
+    for seed in range(3):
+        good, targets = random_case(n=100, seed=seed)
+        rng = np.random.default_rng(seed)
+        for sigma in (0.6, 0.9, 1.2, 1.5, 1.8, 2.1, 2.4):
+            other = {**good, "boxes": good["boxes"] + rng.normal(0, sigma, good["boxes"].shape)}
+            out = det_sig.compare(good, other, targets, 10, seed=seed, n_boot=500)
+            lo, hi = out["ci95"]
+            sig = out["p_value"] < 0.05
+            seen.add(sig)
+            assert sig == (lo > 0 or hi < 0), (seed, sigma, out)
+    assert seen == {True, False}
+
+
 # ----- report wording ------------------------------------------------------------------------
 
 GAINS = [-0.08, -0.004, 0.0, 0.003, 0.07]
