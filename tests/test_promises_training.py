@@ -35,7 +35,7 @@ def _config() -> RunConfig:
     cfg = RunConfig()
     cfg.device = "cpu"
     cfg.distill.epochs, cfg.distill.batch_size = 3, 6
-    cfg.teacher.epochs, cfg.teacher.batch_size, cfg.teacher.width = 4, 4, 8
+    cfg.teacher.epochs, cfg.teacher.batch_size, cfg.teacher.width = 3, 6, 8
     cfg.teacher.lr = 0.01
     return cfg
 
@@ -49,11 +49,13 @@ def _poisoned(data):
     return bad
 
 
-def _trainings(tmp_path, data):
+def _trainings(tmp_path, data, only_baseline: bool = False):
     cfg = _config()
     teacher_logits = torch.randn(len(data.train), data.num_outputs, generator=torch.Generator().manual_seed(1)) * 3
     out = {}
     _, out["baseline"] = train_baseline(cfg, data, CPU, quiet=True)
+    if only_baseline:
+        return out["baseline"]["best_epoch"], [h["val_accuracy"] for h in out["baseline"]["history"]]
     _, out["student"] = train_student(cfg, data, teacher_logits, None, CPU, quiet=True)
     out["teacher"] = train_teacher(cfg, data, CPU, tmp_path / "teacher.pt", quiet=True)
     return {k: (v["best_epoch"], [h["val_accuracy"] for h in v["history"]]) for k, v in out.items()}
@@ -78,11 +80,12 @@ def test_best_epoch_is_picked_on_validation_never_on_test(tmp_path, monkeypatch)
     monkeypatch.setattr(ClassificationTask, "score", spy)
     clean = _trainings(tmp_path / "a", data)
     assert scored and all(np.array_equal(t, data.val.labels.numpy()) for t in scored)
+    assert len(set(clean["teacher"][1])) > 1  # the teacher learns: its val scores are not all equal
     poisoned = _trainings(tmp_path / "b", _poisoned(data))
     assert poisoned == clean
     val_changed = copy.deepcopy(data)  # control: the validation split does matter
     val_changed.val.labels = (val_changed.val.labels + 1) % len(data.target_names)
-    assert _trainings(tmp_path / "c", val_changed) != clean
+    assert _trainings(tmp_path / "c", val_changed, only_baseline=True) != clean["baseline"]
 
 
 # ----- resume returns the best epoch's weights -----------------------------------------------
