@@ -251,22 +251,26 @@ class EngineRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise DataError(f"{self.path} has {len(inputs)} inputs and {len(outputs)} outputs; a student has one of each")
-        self.input_name, self.output_name = inputs[0], outputs[0]
-        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        if len(inputs) != 1 or not outputs:
+            raise DataError(f"{self.path} has {len(inputs)} inputs and {len(outputs)} outputs; a student has one "
+                            "input and one output (a detector: boxes, scores, classes)")
+        self.input_name, self.output_names = inputs[0], outputs
+        # Untested on real TensorRT (none on the build machines); a detector's classes are int32 or int64.
+        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                  trt.DataType.INT32: torch.int32, getattr(trt.DataType, "INT64", trt.DataType.INT32): torch.int64}
         self.in_dtype = dtypes[self.engine.get_tensor_dtype(self.input_name)]
-        self.out_dtype = dtypes[self.engine.get_tensor_dtype(self.output_name)]
+        self.out_dtypes = {n: dtypes[self.engine.get_tensor_dtype(n)] for n in outputs}
         min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.input_shape = tuple(int(d) for d in tuple(max_shape)[1:])  # (C, H, W)
         self.stream = torch.cuda.Stream()
         self._torch = torch
 
-    def __call__(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+    def __call__(self, x: np.ndarray, batch_size: int):
+        """One output: its (N, ...) array; several (a detector): {output name: (N, ...) array}."""
         torch = self._torch
         step = max(self.min_batch, min(batch_size, self.max_batch))
-        outs = []
+        outs: dict[str, list] = {n: [] for n in self.output_names}
         with torch.cuda.stream(self.stream):  # copies and the engine on one stream, in order
             for i in range(0, len(x), step):
                 xb = torch.from_numpy(np.ascontiguousarray(x[i : i + step], dtype=np.float32))
@@ -279,14 +283,17 @@ class EngineRunner:
                         f"{self.path} does not accept input shape {tuple(xb.shape)} "
                         f"(profile {self.min_batch}..{self.max_batch})"
                     )
-                yb = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.out_dtype,
-                                 device="cuda")
+                ys = {name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.out_dtypes[name],
+                                        device="cuda") for name in self.output_names}
                 self.context.set_tensor_address(self.input_name, xb.data_ptr())
-                self.context.set_tensor_address(self.output_name, yb.data_ptr())
+                for name, yb in ys.items():
+                    self.context.set_tensor_address(name, yb.data_ptr())
                 if not self.context.execute_async_v3(self.stream.cuda_stream):
                     raise DataError(f"TensorRT failed to run {self.path}")
-                outs.append(yb[:n].float().cpu())  # .cpu() waits for the stream
-        return torch.cat(outs).numpy()
+                for name, yb in ys.items():  # .cpu() waits for the stream
+                    outs[name].append((yb[:n].float() if yb.is_floating_point() else yb[:n].long()).cpu())
+        joined = {name: torch.cat(parts).numpy() for name, parts in outs.items()}
+        return next(iter(joined.values())) if len(joined) == 1 else joined
 
 
 def engine_runner(path: str | Path) -> EngineRunner:
