@@ -29,8 +29,10 @@ def _methods():
 
 def _fusions():
     from distill_export.nets.teacher import TEACHER_FUSIONS
+    from distill_export.nets.video_teacher import DETECTION_TEACHER_FUSIONS
 
-    return list(TEACHER_FUSIONS)
+    # classification's, then detection's (its "frame" teacher is the control's, not a choice)
+    return list(dict.fromkeys([*TEACHER_FUSIONS, *(f for f in DETECTION_TEACHER_FUSIONS if f != "frame")]))
 
 
 def _formats():

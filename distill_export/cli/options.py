@@ -61,7 +61,8 @@ FLAGS = (
     Flag("--epochs", "distill.epochs", int, "Epochs for the student and the baseline (same budget).", (RUN, DISTILL)),
     Flag("--teacher-epochs", "teacher.epochs", int, "Epochs for the teacher.", (RUN, TEACHER)),
     Flag("--teacher-fusion", "teacher.fusion", str, "How the teacher combines modalities: {fusions} (concat: one "
-         "MLP over the concatenated embeddings; late: a product of per-modality experts).", (RUN, TEACHER)),
+         "MLP over the concatenated embeddings; late: a product of per-modality experts; detection: "
+         "late fuses a clip's frames after a shared encoder, early stacks them as channels).", (RUN, TEACHER)),
     Flag("--temperature -T", "distill.temperature", float, "KD temperature T > 0.", (RUN, DISTILL)),
     Flag("--alpha", "distill.alpha", float, "Weight of the hard-label CE term, in [0, 1].", (RUN, DISTILL)),
     Flag("--beta", "distill.beta", float, "Weight of feature distillation (0 = off).", (RUN, DISTILL)),
