@@ -279,12 +279,9 @@ def append_tail(body, source: ExportSource, options: ExportOptions):
     body_opset = {o.domain: o.version for o in body.opset_import}
     del tail.opset_import[:]
     tail.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in body_opset.items())
-    merged = onnx.compose.merge_models(body, tail, io_map=[(body.graph.output[0].name, HEADS_NAME)])
-    del merged.opset_import[:]  # merge_models lists each domain once per model: once is valid
-    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in body_opset.items())
+    merged = join_tail(body, tail)
     del merged.metadata_props[:]
     merged.metadata_props.extend(body.metadata_props)
-    merged = onnx.shape_inference.infer_shapes(merged)
     onnx.checker.check_model(merged, full_check=True)
     return merged
 
@@ -302,9 +299,8 @@ def split_tail(model):
     tail_list = [n for n in model.graph.node if n.name in tail_set]
     used_by = lambda nodes: {i for n in nodes for i in n.input}  # noqa: E731
     inits = {t.name: t for t in model.graph.initializer}
-    heads_info = next(vi for vi in [*model.graph.value_info, *model.graph.output] if vi.name == heads) \
-        if any(vi.name == heads for vi in [*model.graph.value_info, *model.graph.output]) else \
-        onnx.helper.make_tensor_value_info(heads, onnx.TensorProto.FLOAT, None)
+    known = [vi for vi in [*model.graph.value_info, *model.graph.output] if vi.name == heads]
+    heads_info = known[0] if known else onnx.helper.make_tensor_value_info(heads, onnx.TensorProto.FLOAT, None)
 
     def graph(nodes, inputs, outputs, name):
         g = onnx.helper.make_graph(nodes, name, inputs, outputs,
@@ -321,8 +317,8 @@ def join_tail(body, tail):
     """The body (possibly converted, e.g. to FP16 with FP32 outputs) followed by its FP32 tail."""
     import onnx
 
-    merged = onnx.compose.merge_models(body, tail, io_map=[(HEADS_NAME, HEADS_NAME)])
-    del merged.opset_import[:]
+    merged = onnx.compose.merge_models(body, tail, io_map=[(body.graph.output[0].name, HEADS_NAME)])
+    del merged.opset_import[:]  # merge_models lists each domain once per model: once is valid
     merged.opset_import.extend(body.opset_import)
     return onnx.shape_inference.infer_shapes(merged)
 

@@ -101,6 +101,22 @@ def _grad_block(e_q, e_p, e_1, r_q, r_p, r_1, g_kd, w_ce, cols, y, HAS_CE: tl.co
 
 
 @triton.jit
+def _grad_of_logits(s, t, m_s, m_t, k_soft, r_q, r_p, r_1, g_kd, w_ce, cols, y,
+                    HAS_CE: tl.constexpr, SAME_T: tl.constexpr):
+    """∂loss/∂s for a block (R, B) of raw logits s, t against the row maxima m_s, m_t (R,):
+    the exponentials the gradient needs (the CE one only when its temperature differs), then
+    _grad_block. Shared by the looped and the split kernels' gradient passes."""
+    d_s = s - m_s[:, None]
+    e_q = tl.exp2(d_s * k_soft)
+    e_p = tl.exp2((t - m_t[:, None]) * k_soft)
+    e_1 = e_q
+    if HAS_CE and not SAME_T:
+        e_1 = tl.exp2(d_s * _K_LOG2E)
+    return _grad_block(e_q, e_p, e_1, r_q, r_p, r_1, g_kd, w_ce, cols, y, HAS_CE)
+
+
+
+@triton.jit
 def _kd_rows_kernel(
     s_ptr, t_ptr, y_ptr, g_ptr, loss_ptr, inv_n_lab_ptr,
     N, C, C_BUCKET, stride_s, stride_t, stride_g,
@@ -182,13 +198,7 @@ def _kd_rows_kernel(
                     mask = row_ok[:, None] & (offs < C)[None, :]
                     s = tl.load(s_row + offs[None, :], mask=mask, other=_K_NEG_INF).to(tl.float32)
                     t = tl.load(t_row + offs[None, :], mask=mask, other=_K_NEG_INF).to(tl.float32)
-                    d_s = s - m_s[:, None]
-                    e_q = tl.exp2(d_s * k_soft)
-                    e_p = tl.exp2((t - m_t[:, None]) * k_soft)
-                    e_1 = e_q
-                    if HAS_CE and not SAME_T:
-                        e_1 = tl.exp2(d_s * _K_LOG2E)
-                    g = _grad_block(e_q, e_p, e_1, r_q, r_p, r_1, g_kd, w_ce, offs, y, HAS_CE)
+                    g = _grad_of_logits(s, t, m_s, m_t, k_soft, r_q, r_p, r_1, g_kd, w_ce, offs, y, HAS_CE, SAME_T)
                     tl.store(g_ptr + rows[:, None] * stride_g + offs[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
@@ -272,13 +282,7 @@ def _kd_split_grad_kernel(
             mask = (offs < C)[None, :]
             s = tl.load(s_ptr + rows[:, None] * stride_s + offs[None, :], mask=mask, other=_K_NEG_INF).to(tl.float32)
             t = tl.load(t_ptr + rows[:, None] * stride_t + offs[None, :], mask=mask, other=_K_NEG_INF).to(tl.float32)
-            d_s = s - m_s1[:, None]
-            e_q = tl.exp2(d_s * k_soft)
-            e_p = tl.exp2((t - m_t1[:, None]) * k_soft)
-            e_1 = e_q
-            if HAS_CE and not SAME_T:
-                e_1 = tl.exp2(d_s * _K_LOG2E)
-            g = _grad_block(e_q, e_p, e_1, r_q, r_p, r_1, g_kd, w_ce, offs, y, HAS_CE)
+            g = _grad_of_logits(s, t, m_s1, m_t1, k_soft, r_q, r_p, r_1, g_kd, w_ce, offs, y, HAS_CE, SAME_T)
             tl.store(g_ptr + rows[:, None] * stride_g + offs[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
