@@ -67,6 +67,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export import distributed as ddp
+    from distill_export.capacity import training_fit
     from distill_export.distill import labels_only, test_outputs, train_baseline
     from distill_export.nets.model_io import save_student
     from distill_export.nets.teacher import teacher_arch
@@ -115,6 +116,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         return task.compare(outputs[a], outputs[b], targets, seed=config.seed)
 
     figures = _draw_examples(config, run, data, device, task, teacher, outputs)
+    fit = training_fit(teacher, models, data, modality, device, task, seed=config.seed)
     kd_vs_base = compare("student", "baseline")
     comparisons = {"student_vs_baseline": kd_vs_base}
     if "self_training" in models:
@@ -150,6 +152,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "teacher_accuracy_retention": (metrics["student"][task.headline] / teacher_acc) if teacher_acc else None,
             "augment": config.distill.augment,
             "teacher_cache": cache_info,
+            "fit": fit,
         },
         **({"figures": figures} if figures else {}),
     )

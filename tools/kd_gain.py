@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--label-fractions", type=float, nargs="+", default=None,
                     help="default: the recipe's own, then 1.0 (all labels)")
     ap.add_argument("--set", action="append", default=[], help="dotted.key=value overrides")
+    ap.add_argument("--students", nargs="+", default=None,
+                    help="one row per student architecture (default: the recipe's), e.g. tiny_cnn "
+                         "mobilenet_v3_small resnet18: where a wider student stops gaining from the teacher")
     ap.add_argument("--out", default="bench-results/kd_gain")
     ap.add_argument("--fusions", nargs="+", choices=("late", "concat"), default=None,
                     help="one KD row per teacher fusion (the first also trains the self-training control); "
@@ -61,60 +64,72 @@ def main() -> None:
         own = load_config(args.recipe, args.config, overrides).data.label_fraction
         fractions = list(dict.fromkeys([own, 1.0]))
     out = Path(args.out)
+    students = args.students or [load_config(args.recipe, args.config, overrides).student.name]
     results = []
-    for fraction in fractions:
-        for seed in args.seeds:
-            cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": fraction})
-            t0 = time.perf_counter()
-            run, rep = teacher_and_distill(cfg, out / f"lf{fraction}-seed{seed}")
-            comp = rep["comparisons"]
-            metric = rep.get("task", {}).get("headline", "accuracy")  # detection: map50
-            # A labels_only objective (e.g. tune's "don't distill") runs no control: those cells are None.
-            control = rep["distill"].get("self_training_control") or {}
-            cross = comp.get("student_vs_self_training") or {}
-            row = {
-                "label_fraction": fraction, "seed": seed, "method": rep["distill"]["method"],
-                "terms": rep["distill"]["terms"],
-                "teacher": rep["metrics"]["teacher"][metric],
-                "teacher_modality_probe": rep["teacher"]["modality_probe"],
-                "distilled": rep["distill"].get("distilled", True),
-                "control_teacher": control.get("teacher_accuracy"),
-                "baseline": rep["metrics"]["baseline"][metric],
-                "self_training": (rep["metrics"].get("self_training") or {}).get(metric),
-                "student": rep["metrics"]["student"][metric],
-                "kd_gain": rep["kd_gain"], "kd_gain_ci95": rep["kd_gain_ci95"],
-                "kd_gain_p_value": rep["kd_gain_p_value"], "kd_verdict": rep["kd_verdict"],
-                "cross_modal_gain": cross.get("gain"),
-                "cross_modal_ci95": cross.get("ci95"),
-                "cross_modal_p_value": cross.get("p_value"),
-                # the teachers' headline metric on the unlabeled pool (the rows whose labels were hidden)
-                "teacher_on_pool": (rep["teacher"].get("unlabeled_pool") or {}).get(metric),
-                "control_teacher_on_pool": (control.get("teacher_unlabeled_pool") or {}).get(metric),
-                "metric": metric,
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            results.append(row)
-            print(json.dumps(row), flush=True)
+    for student, fraction, seed in ((st, f, s) for st in students for f in fractions for s in args.seeds):
+        cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": fraction,
+                                                     "student.name": student})
+        t0 = time.perf_counter()
+        where = f"lf{fraction}-seed{seed}" if args.students is None else f"{student}-lf{fraction}-seed{seed}"
+        run, rep = teacher_and_distill(cfg, out / where)
+        comp = rep["comparisons"]
+        metric = rep.get("task", {}).get("headline", "accuracy")  # detection: map50
+        # A labels_only objective (e.g. tune's "don't distill") runs no control: those cells are None.
+        control = rep["distill"].get("self_training_control") or {}
+        cross = comp.get("student_vs_self_training") or {}
+        fit = rep["distill"].get("fit") or {}
+        row = {
+            "student_name": student, "label_fraction": fraction, "seed": seed, "method": rep["distill"]["method"],
+            "terms": rep["distill"]["terms"],
+            "teacher": rep["metrics"]["teacher"][metric],
+            "teacher_modality_probe": rep["teacher"]["modality_probe"],
+            "distilled": rep["distill"].get("distilled", True),
+            "control_teacher": control.get("teacher_accuracy"),
+            "baseline": rep["metrics"]["baseline"][metric],
+            "self_training": (rep["metrics"].get("self_training") or {}).get(metric),
+            "student": rep["metrics"]["student"][metric],
+            "kd_gain": rep["kd_gain"], "kd_gain_ci95": rep["kd_gain_ci95"],
+            "kd_gain_p_value": rep["kd_gain_p_value"], "kd_verdict": rep["kd_verdict"],
+            "cross_modal_gain": cross.get("gain"),
+            "cross_modal_ci95": cross.get("ci95"),
+            "cross_modal_p_value": cross.get("p_value"),
+            # the teachers' headline metric on the unlabeled pool (the rows whose labels were hidden)
+            "teacher_on_pool": (rep["teacher"].get("unlabeled_pool") or {}).get(metric),
+            "control_teacher_on_pool": (control.get("teacher_unlabeled_pool") or {}).get(metric),
+            "metric": metric,
+            # labelled training rows (capacity.training_fit): can this student fit the teacher?
+            "fit_student": fit.get("student"), "fit_teacher_student_view": fit.get("teacher_student_view"),
+            "fit_gap": fit.get("gap"), "fit_flagged": fit.get("flagged"),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
 
     lines = [
         f"KD gain on {args.recipe} (overrides: {overrides}), seeds {args.seeds}; "
         f"{platform.node()} {platform.machine()}, {time.strftime('%Y-%m-%d')}. Test {results[0]['metric'] if results else 'accuracy'} (%), mean ± std.",
         "",
-        "| labels kept | teacher (all modalities) | control teacher (student's modality) | baseline (labels only) "
-        "| self-training control | KD student | kd_gain (points) | student − control (points) | verdicts |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| student | labels kept | teacher (all modalities) | control teacher (student's modality) | baseline (labels only) "
+        "| self-training control | KD student | kd_gain (points) | student − control (points) "
+        "| fit gap on train (points; flagged) | verdicts |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
-    for fraction in fractions:
-        rows = [r for r in results if r["label_fraction"] == fraction]
+    for student, fraction in ((st, f) for st in students for f in fractions):
+        rows = [r for r in results if r["label_fraction"] == fraction and r["student_name"] == student]
         stat = {k: _mean_std([100 * r[k] for r in rows if r[k] is not None]) for k in COLUMNS}
         verdicts = ", ".join("no distillation (labels_only)" if not r["distilled"]
                              else f"{r['kd_verdict']} (p={r['kd_gain_p_value']:.1g})" for r in rows)
-        summary.append({"label_fraction": fraction, **{k: {"mean": m, "std": s} for k, (m, s) in stat.items()},
-                        "kd_gain_min": min(100 * r["kd_gain"] for r in rows)})
-        lines.append(f"| {100 * fraction:g}% | " + " | ".join("n/a" if m is None else f"{m:.1f} ± {s:.1f}"
-                                                            for m, s in stat.values())
-                     + f" | {verdicts} |")
+        gaps = [100 * r["fit_gap"] for r in rows if r["fit_gap"] is not None]
+        flagged = sum(bool(r["fit_flagged"]) for r in rows)
+        fit = (f"{statistics.mean(gaps):+.1f}; {flagged}/{len(rows)} flagged" if gaps else "n/a")
+        summary.append({"student": student, "label_fraction": fraction,
+                        **{k: {"mean": m, "std": s} for k, (m, s) in stat.items()},
+                        "kd_gain_min": min(100 * r["kd_gain"] for r in rows),
+                        "fit_gap_mean": statistics.mean(gaps) if gaps else None, "fit_flagged": flagged})
+        lines.append(f"| {student} | {100 * fraction:g}% | " + " | ".join("n/a" if m is None else f"{m:.1f} ± {s:.1f}"
+                                                                         for m, s in stat.values())
+                     + f" | {fit} | {verdicts} |")
     text = "\n".join(lines)
     print(text)
     out.mkdir(parents=True, exist_ok=True)

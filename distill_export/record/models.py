@@ -123,6 +123,20 @@ class TeacherCache(Section):
     path: str | None = None
 
 
+class Fit(Section):
+    """Scores on labelled training rows (capacity.training_fit): can the student fit the teacher?"""
+
+    rows: int | None = None
+    teacher: float | None = None
+    teacher_student_view: float | None = None  # the teacher with the other modalities zeroed
+    student: float | None = None
+    baseline: float | None = None
+    self_training: float | None = None
+    gap: float | None = None  # teacher_student_view (or teacher) - student
+    limit: float | None = None
+    flagged: bool | None = None
+
+
 class Distill(Section):
     student: str | None = None
     method: str | None = None
@@ -145,6 +159,7 @@ class Distill(Section):
     teacher_accuracy_retention: float | None = None
     augment: str | None = None
     teacher_cache: TeacherCache | None = None
+    fit: Fit | None = None
 
 
 class Gate(Section):

@@ -25,6 +25,26 @@ def _num(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
+def fit_sentence(record: RunRecord, headline: str = "accuracy") -> str:
+    """One report sentence on whether the student fits the teacher (capacity.training_fit), ""
+    without a measurement."""
+    fit = record.distill.fit if record.distill else None
+    if fit is None or fit.student is None:
+        return ""
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    view = ("" if fit.teacher_student_view is None
+            else f", the teacher through the student's modality alone {pct(fit.teacher_student_view)}")
+    text = (f"Fit on {fit.rows} labelled training rows ({headline}): student {pct(fit.student)}, teacher "
+            f"{pct(fit.teacher)}{view}.")
+    if fit.flagged:
+        text += (f" **The student cannot fit what the teacher knows from its modality** (a gap of "
+                 f"{100 * fit.gap:.1f} points, above {100 * fit.limit:.0f}): a wider student may gain more from "
+                 "this teacher; `tools/kd_gain.py --students A B ...` measures where the gain stops.")
+    else:
+        text += f" The student fits it (gap {100 * fit.gap:+.1f} points, limit {100 * fit.limit:.0f})."
+    return text
+
+
 class GenericReportView:
     """A task's report from its record alone: metrics as they are named, gates as they are."""
 

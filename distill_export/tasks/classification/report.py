@@ -12,6 +12,7 @@ from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
 from distill_export.record.format import html_table, md_table, pct, reads_record
+from distill_export.tasks.report_view import fit_sentence
 
 MODELS = ("teacher", "baseline", "self_training", "student")  # the rows of the accuracy table, in order
 ACCURACY_HEADER = ["model", "accuracy", "macro F1", "macro precision", "macro recall"]
@@ -190,6 +191,8 @@ def markdown_sections(record: RunRecord) -> list[str]:
     if record.kd_gain is not None:
         parts += [f"**kd_gain** = student − baseline = {100 * record.kd_gain:+.2f} points. {kd_verdict(record)}", ""]
         parts += [modality_gap_note(record), ""]
+        if fit_sentence(record):
+            parts += [fit_sentence(record), ""]
     if teacher_fusion_line(record):
         parts += [teacher_fusion_line(record), ""]
     if _probe_line(record):
@@ -209,6 +212,8 @@ def html_sections(record: RunRecord) -> list[str]:
     if record.kd_gain is not None:
         sections.append(f"<p><b>kd_gain</b> = {100 * record.kd_gain:+.2f} points. {esc(kd_verdict(record))}</p>")
         sections.append(f"<p>{esc(modality_gap_note(record))}</p>")
+        if fit_sentence(record):
+            sections.append(f"<p>{esc(fit_sentence(record))}</p>".replace("**", ""))
     if teacher_fusion_line(record):
         sections.append(f"<p>{esc(teacher_fusion_line(record))}</p>")
     if _probe_line(record):

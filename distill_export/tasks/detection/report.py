@@ -12,6 +12,7 @@ from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
 from distill_export.record.format import html_table, md_table, pct, reads_record
+from distill_export.tasks.report_view import fit_sentence
 
 # The rows of the mAP table, in order, and what each is; any other model in the record follows.
 MODEL_LABELS = {
@@ -171,6 +172,8 @@ def markdown_sections(record: RunRecord) -> list[str]:
     if record.kd_gain is not None:
         gain = f"**kd_gain** = student − baseline = {100 * record.kd_gain:+.2f} mAP50 points."
         parts += [f"{gain} {kd_verdict(record)}", ""]
+        if fit_sentence(record, "mAP50"):
+            parts += [fit_sentence(record, "mAP50"), ""]
     header, rows = per_class_table(record)
     if rows:
         parts += ["### AP50 per class", "", md_table(header, rows), ""]
@@ -190,6 +193,8 @@ def html_sections(record: RunRecord) -> list[str]:
     if record.kd_gain is not None:
         sections.append(f"<p><b>kd_gain</b> = {100 * record.kd_gain:+.2f} mAP50 points. "
                         f"{html.escape(kd_verdict(record))}</p>")
+        if fit_sentence(record, "mAP50"):
+            sections.append(f"<p>{html.escape(fit_sentence(record, 'mAP50'))}</p>".replace("**", ""))
     header, rows = per_class_table(record)
     if rows:
         sections += ["<h3>AP50 per class</h3>", html_table(header, rows)]
