@@ -95,9 +95,18 @@ class DistillConfig:
     # "student" (only the student's modality, other embeddings zeroed as in modality dropout).
     teacher_view: str = "full"
     kd_impl: str = "auto"
-    # none | shift (random ±2 px translation of the student's input; the teacher then runs
-    # on every augmented batch, so the teacher-output cache is not used).
+    # none | shift (random ±2 px translation of the student's input) | crop (a random resized
+    # crop); the teacher then runs on every augmented batch, so the teacher-output cache is not used.
     augment: str = "none"
+    # Batch mixing, for the student and the baseline alike (data/augment.py): none | mixup | cutmix |
+    # mixup_cutmix (one of the two per batch), lam ~ Beta(mix_alpha, mix_alpha). The teacher sees
+    # the same mixed batch (consistent teaching), so it runs online, like with augment.
+    mix: str = "none"
+    mix_alpha: float = 1.0
+    # `run --tune N` / `--tune-minutes M`: search the objective on validation (tune.py, with its
+    # confirmation) after the teacher and before distilling; 0 = off (the config's objective).
+    tune_trials: int = 0
+    tune_minutes: float = 0.0
     teacher_cache: bool = True  # teacher outputs on the train set, stored as safetensors
     teacher_cache_dir: str | None = None  # default: the run directory
     # CUDA speed (ignored on CPU, where training stays fp32, NCHW and eager): bf16 autocast

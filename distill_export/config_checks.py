@@ -45,6 +45,9 @@ _RANGES: dict[str, tuple] = {
     "teacher.width": (1, 4096, True, True),
     "teacher.modality_dropout": _FRACTION,
     "distill.alpha": _FRACTION,
+    "distill.mix_alpha": (0.0, 100.0, False, True),  # Beta(a, a): a > 0
+    "distill.tune_trials": (0, 100_000, True, True),  # 0 = no search
+    "distill.tune_minutes": (0.0, 10_080.0, True, True),  # a week at most; 0 = no time limit
     "distill.beta": (0.0, 1e6, True, True),
     "distill.rounds": (1, 10, True, True),
     "export.opset": (17, 99, True, True),  # the upper end is refined by the installed onnx below
@@ -86,7 +89,8 @@ _NONEMPTY = {"validate.batch_sizes", "profile.batches", "profile.threads", "expo
 DEVICES = ("auto", "cpu", "cuda")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.image_mode": ("auto", "grayscale", "rgb"), "data.text_encoder": ("hashed", "wordllama"),
-    "distill.augment": ("none", "shift"), "data.streaming": ("auto", "on", "off"),
+    "distill.augment": ("none", "shift", "crop"),
+    "distill.mix": ("none", "mixup", "cutmix", "mixup_cutmix"), "data.streaming": ("auto", "on", "off"),
     "data.pin_memory": ("auto", "true", "false"), "distill.amp": ("bf16", "off"),
     "teacher.fusion": ("concat", "late", "early"),  # each task takes some (Task.teacher_fusions)
 }

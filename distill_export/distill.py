@@ -17,6 +17,7 @@ from torch import nn
 from distill_export import distributed as ddp
 from distill_export import speed
 from distill_export.data import Dataset
+from distill_export.data.augment import mix_batch, mixed_loss
 from distill_export.data.streaming import is_streamed
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
 from distill_export.tasks import get_task
@@ -64,10 +65,13 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
     x = (column.take(labeled) if is_streamed(column) else column[labeled]).to(device)
     y = data.train.labels[labeled].to(device)
     forward, fetch, inputs = speed.student_step(model, x, config, device, augment)
+    mixing = batch_mixer(config)
 
     def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        return task.supervised_loss(forward(inputs(rows, xb)), y[rows]) * ddp.row_share(len(rows))  # 1.0 in one process
+        xb, mix = mixing(inputs(rows, xb))
+        # 1.0 in one process
+        return mixed_loss(task.supervised_loss, forward(xb), y[rows], mix) * ddp.row_share(len(rows))
 
     spec = dataclasses.replace(_spec(config, device), rows_per_epoch=len(data.train))  # same steps as the student
     result = train_loop(
@@ -96,7 +100,7 @@ def train_student(
 
     teacher_logits: (N_train, C) and teacher_feats: (N_train, D), computed once (the cache);
     either may be None/empty when no term needs it. With `augment` (a batch transform) the
-    teacher must see each augmented batch: online_teacher(rows, x_batch) -> (feats, logits)
+    teacher must see each augmented batch: online_teacher(rows, x_batch, mix) -> (feats, logits)
     replaces teacher_logits (None), and teacher_feats then only supplies standardisation stats.
     """
     specs = term_specs(config.distill)
@@ -128,18 +132,19 @@ def train_student(
             t_feats = teacher_feats.to(device) if online_teacher is None else None
 
     forward, fetch, inputs = speed.student_step(module, x, config, device, augment)
+    mixing = batch_mixer(config)
 
     def batch_loss(rows, xb=None):
         rows = rows.to(device)
-        xb = inputs(rows, xb)
+        xb, mix = mixing(inputs(rows, xb))
         if online_teacher is not None:
-            tf, tl = online_teacher(rows, xb)
+            tf, tl = online_teacher(rows, xb, mix)  # the teacher sees the batch the student sees
             tf = None if "features" not in needs else (tf - mean) / std if mean is not None else tf
         else:
             tl = t_logits[rows] if t_logits is not None else None
             tf = t_feats[rows] if t_feats is not None else None
         logits, side = forward(xb)  # through DDP (and torch.compile) when they are on
-        return module.objective(TermInputs(logits, y[rows], tl, tf, side))
+        return objective_under_mix(module.objective, TermInputs(logits, y[rows], tl, tf, side), mix)
 
     result = train_loop(
         [module], batch_loss, len(y), _val_score_fn(student, data, modality, device, get_task(config.task)),
@@ -149,6 +154,25 @@ def train_student(
     terms = [s.to_dict() for s in module.objective.specs]
     return student, {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                      "history": result.history, "terms": terms, "distilled": True}
+
+
+def batch_mixer(config):
+    """batch -> (batch, Mix | None): distill.mix on the student's (B, C, H, W) batch, or nothing."""
+    kind, alpha = config.distill.mix, config.distill.mix_alpha
+    if kind == "none":
+        return lambda xb: (xb, None)
+    return lambda xb: mix_batch(xb, kind, alpha)
+
+
+def objective_under_mix(objective, batch: TermInputs, mix):
+    """The objective on a mixed batch: lam * (with each row's labels) + (1 - lam) * (with its
+    partner's), term by term; a term that reads no label gives the same value twice."""
+    if mix is None:
+        return objective(batch)
+    total_a, parts_a = objective(batch)
+    total_b, parts_b = objective(dataclasses.replace(batch, labels=batch.labels[mix.perm]))
+    lam = mix.lam
+    return lam * total_a + (1 - lam) * total_b, {k: lam * v + (1 - lam) * parts_b[k] for k, v in parts_a.items()}
 
 
 def _spec(config, device=None) -> TrainSpec:

@@ -151,6 +151,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "self_training_control": control,
             "teacher_accuracy_retention": (metrics["student"][task.headline] / teacher_acc) if teacher_acc else None,
             "augment": config.distill.augment,
+            "mix": config.distill.mix,
+            "mix_alpha": config.distill.mix_alpha,
             "teacher_cache": cache_info,
             "fit": fit,
         },
@@ -325,10 +327,11 @@ def stage_report(run: RunDir) -> None:
 
 
 def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None,
-            resume: bool = False) -> dict:
+            resume: bool = False, before_distill=None) -> dict:
     """Every stage in order; raises ParityError (exit 1) after the report if a gate failed.
     resume: the stages recorded done (the run's first ones) are skipped and their artifacts
-    reused; the first unfinished one continues from its training checkpoints; the rest run."""
+    reused; the first unfinished one continues from its training checkpoints; the rest run.
+    before_distill(config, run, quiet) -> config: e.g. `run --tune` (tune.tune_before_distill)."""
     from distill_export.preflight import check_config
 
     check_config(config)  # fail before training, not after
@@ -348,6 +351,8 @@ def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, devi
     if "train_teacher" in todo:
         stage_train_teacher(config, run, quiet, data, device)
     if "distill" in todo:
+        if before_distill is not None:
+            config = before_distill(config, run, quiet)
         stage_distill(config, run, quiet, data, device)
     from distill_export import distributed as ddp
 

@@ -73,6 +73,8 @@ def check_models(config, data) -> None:
                           f"spectrograms: pass --student package.module:factory for a {spec.kind} student")
     if config.distill.augment != "none" and spec.kind not in ("image", "audio"):
         raise ConfigError(f"distill.augment={config.distill.augment} shifts images/spectrograms, not {spec.kind}")
+    if config.distill.mix != "none" and spec.kind not in ("image", "audio"):
+        raise ConfigError(f"distill.mix={config.distill.mix} mixes images/spectrograms, not {spec.kind}")
     # A term that needs features (the feature term, --beta > 0 or in distill.terms).
     wants_features = "features" in teacher_needs(config.distill)
     if is_factory(name):
@@ -144,9 +146,10 @@ def check_rounds_config(config) -> None:
     if "features" in needs:
         raise ConfigError("distill.rounds > 1: the teacher of later rounds is a product of classifiers with no "
                           "feature layer to match; use terms that read teacher logits (kd, dist, pseudo_label, ...)")
-    if config.distill.augment != "none":
-        raise ConfigError("distill.rounds > 1 needs distill.augment=none (the targets of later rounds are fixed logits, "
-                          "computed once on the un-augmented rows)")
+    for key in ("augment", "mix"):
+        if getattr(config.distill, key) != "none":
+            raise ConfigError(f"distill.rounds > 1 needs distill.{key}=none (the targets of later rounds are fixed "
+                              "logits, computed once on the un-augmented rows)")
     if config.distill.teacher_view != "full":
         raise ConfigError("distill.rounds > 1 needs distill.teacher_view=full (the teachers of later rounds read "
                           "the other modalities)")

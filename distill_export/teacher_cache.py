@@ -236,22 +236,27 @@ def teacher_targets(config, run, data, forward, device, teacher_names, view: tup
     names = [m for m in teacher_names if m in data.train.inputs] or sorted(data.train.inputs)
     train_inputs = {m: data.train.inputs[m].to(device) for m in names}
     augment = make_augment(config.distill.augment)
-    if augment is not None:
-        console.print(f"teacher outputs: cache not used: distill.augment={config.distill.augment} changes the "
-                      "student's input every batch, so the teacher runs on each augmented batch")
+    changes = [f"distill.{k}={getattr(config.distill, k)}" for k in ("augment", "mix") if getattr(config.distill, k) != "none"]
+    if changes:
+        console.print(f"teacher outputs: cache not used: {' and '.join(changes)} changes the student's input every "
+                      "batch, so the teacher runs on each batch the student sees (consistent teaching)")
         modality = config.data.student_modality
         n = min(STATS_ROWS, len(data.train))
         stats_feats, _ = predict(forward, {m: v[:n] for m, v in train_inputs.items()}, n)
 
         @torch.no_grad()
-        def online(rows: torch.Tensor, x_student: torch.Tensor):
+        def online(rows: torch.Tensor, x_student: torch.Tensor, mix=None):
+            """The teacher on the student's (augmented, mixed) batch, with the row's other modalities
+            mixed the same way (the same partner and lam)."""
             batch = {m: v[rows] for m, v in train_inputs.items()}
+            if mix is not None:
+                batch = {m: mix.apply(v) for m, v in batch.items()}
             if modality in batch:
                 batch[modality] = x_student
             return forward(batch)
 
         return TeacherTargets(None, stats_feats, online, augment,
-                              {"status": "not used", "reason": f"augment={config.distill.augment}"})
+                              {"status": "not used", "reason": ", ".join(c.split(".", 1)[1] for c in changes)})
 
     spec = teacher_file or config.teacher.path or run.file("teacher.pt")
     weights = None if teacher_file else config.teacher.weights

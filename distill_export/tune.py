@@ -236,3 +236,33 @@ def _with_terms(config, terms: list[dict]):
     trial_config = copy.deepcopy(config)
     trial_config.distill.terms = terms
     return trial_config
+
+
+def tune_before_distill(config, run, quiet: bool = False):
+    """`run --tune N`: search and confirm the objective on validation after the teacher, then distil
+    with the choice (labels only where nothing was confirmed above the baseline). The run's
+    config.yaml and report.json say what was chosen and why; a resumed run reuses the choice.
+    Returns the config to distil with."""
+    cfg = config.distill
+    if not (cfg.tune_trials or cfg.tune_minutes):
+        return config
+    summary_file, chosen_file = run.file("tune.json"), run.file("tuned.yaml")
+    if summary_file.exists() and chosen_file.exists():  # resumed after the search
+        summary = json.loads(summary_file.read_text())
+    else:
+        budget = TuneBudget(cfg.tune_trials or 100_000, cfg.tune_minutes or None)
+        summary = tune(config, run, None, budget, chosen_file, quiet)
+    decision = summary["decision"]
+    chosen = copy.deepcopy(config)
+    chosen.distill.terms = decision["terms"]
+    if not decision["distill"]:
+        chosen.distill.method = "labels_only"
+    run.save_config(chosen)  # config.yaml describes what runs: the chosen terms
+    run.update_report(tune={"trials": summary["trials"], "completed": summary["completed"],
+                            "pruned": summary["pruned"], "seconds": summary["seconds"],
+                            "baseline_val_accuracy": summary["baseline_val_accuracy"],
+                            "best": summary["best"], "decision": decision,
+                            "confirmation": summary.get("confirmation")})
+    if not quiet:
+        console.print(f"tune: {decision['line']}")
+    return chosen

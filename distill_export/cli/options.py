@@ -70,6 +70,13 @@ FLAGS = (
          "in --config lists terms explicitly.", (RUN, DISTILL)),
     Flag("--augment", "distill.augment", str, "Student input augmentation: {choices} (shift: the teacher then "
          "runs online; no teacher-output cache).", (RUN, DISTILL)),
+    Flag("--tune", "distill.tune_trials", int, "Search the objective on the validation split for N trials "
+         "(then confirm with fresh seeds) after the teacher and before distilling; the report says what was chosen "
+         "and why. 0: off.", (RUN,), show_default=False),
+    Flag("--tune-minutes", "distill.tune_minutes", float, "With --tune: also stop the search after M minutes.",
+         (RUN,), show_default=False),
+    Flag("--mix", "distill.mix", str, "Batch mixing for the student and the baseline: {choices} (the teacher "
+         "sees the same mixed batch: consistent teaching; no teacher-output cache).", (RUN, DISTILL)),
     Flag("--self-training-control/--no-self-training-control", "distill.self_training_control", bool,
          "Also distill from an image-only teacher of the same size (what unlabeled rows give without the other "
          "modality).", (RUN, DISTILL), show_default=False),

@@ -27,11 +27,16 @@ def run(config: ConfigFile = None, recipe: Recipe = None, overrides: dict = None
     from distill_export import distributed as ddp
     from distill_export import launch
     from distill_export.pipeline import run_all
+    from distill_export.tune import tune_before_distill
 
     if nproc is not None and not ddp.launched_by_torchrun():
         if resume is not None:
             raise DistillExportError("--resume runs in one process: drop --nproc")
-        code = launch.relaunch_under_torchrun(nproc, load(recipe, config, overrides), sys.argv[1:])
+        cfg = load(recipe, config, overrides)
+        if cfg.distill.tune_trials or cfg.distill.tune_minutes:
+            raise DistillExportError("--tune searches in one process: run `distill-export tune` first, then "
+                                     "`run --nproc N --config tuned.yaml`")
+        code = launch.relaunch_under_torchrun(nproc, cfg, sys.argv[1:])
         if code:
             raise typer.Exit(code)
         return
@@ -51,13 +56,13 @@ def run(config: ConfigFile = None, recipe: Recipe = None, overrides: dict = None
         rd, cfg = launch.resume_config(resume, recipe, config, overrides)
         with rd.lock():  # a run still going in that directory is not resumed under its feet
             err.print(rd.resume_summary(), highlight=False, soft_wrap=True, markup=False)
-            _summarised(rd, lambda: run_all(cfg, rd, quiet, resume=True))
+            _summarised(rd, lambda: run_all(cfg, rd, quiet, resume=True, before_distill=tune_before_distill))
         return
     cfg = load(recipe, config, overrides)
     rd, data, device = launch.start_run(cfg)  # the config, folder and data are checked before it is made
     err.print(f"run directory: {rd.path}")
     with rd.lock():  # held while the run works: `run --resume` of it meanwhile is refused
-        _summarised(rd, lambda: run_all(cfg, rd, quiet, data=data, device=device))
+        _summarised(rd, lambda: run_all(cfg, rd, quiet, data=data, device=device, before_distill=tune_before_distill))
 
 
 def _summarised(rd, stages) -> None:

@@ -156,7 +156,11 @@ def worker_augment(name: str, shape: tuple[int, ...]):
         from torchvision.transforms import v2
 
         return v2.RandomCrop(tuple(shape[-2:]), padding=MAX_SHIFT, padding_mode="edge")
-    raise ValueError(f"unknown augmentation {name!r} (none, shift)")
+    if name == "crop":
+        from distill_export.data.augment import crop_transform
+
+        return crop_transform(shape[-2:])
+    raise ValueError(f"unknown augmentation {name!r} (none, shift, crop)")
 
 
 class _Rows(torch.utils.data.Dataset):

@@ -158,6 +158,8 @@ class Distill(Section):
     self_training_control: SelfTrainingControl | None = None
     teacher_accuracy_retention: float | None = None
     augment: str | None = None
+    mix: str | None = None
+    mix_alpha: float | None = None
     teacher_cache: TeacherCache | None = None
     fit: Fit | None = None
 
@@ -322,6 +324,19 @@ class TaskInfo(Section):
     score_name: str = "accuracy"  # what the validation score is (the training curves)
 
 
+class Tune(Section):
+    """`run --tune`: the search and confirmation on validation that chose the objective (tune.py)."""
+
+    trials: int | None = None
+    completed: int | None = None
+    pruned: int | None = None
+    seconds: float | None = None
+    baseline_val_accuracy: float | None = None
+    best: dict[str, Any] | None = None  # the search's best trial: method, terms, val_accuracy
+    decision: dict[str, Any] | None = None  # distill (bool), method, terms, line (the reason in words)
+    confirmation: dict[str, Any] | None = None
+
+
 class RunRecord(Section):
     """The whole of report.json."""
 
@@ -337,6 +352,7 @@ class RunRecord(Section):
     kd_verdict: str | None = None
     comparisons: dict[str, TaskComparison] = Field(default_factory=dict)
     distill: Distill | None = None
+    tune: Tune | None = None
     exports: dict[str, Export] = Field(default_factory=dict)  # format -> the student's artifact
     teacher_exports: dict[str, Export] = Field(default_factory=dict)  # "onnx" -> the teacher's
     latency: list[LatencyRow] = Field(default_factory=list)

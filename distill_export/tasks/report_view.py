@@ -45,6 +45,17 @@ def fit_sentence(record: RunRecord, headline: str = "accuracy") -> str:
     return text
 
 
+def tune_sentence(record: RunRecord) -> str:
+    """How `run --tune` chose the objective, in one sentence ("" without a search)."""
+    tune = record.tune
+    if tune is None or not tune.decision:
+        return ""
+    chosen = tune.decision.get("method", "?") if tune.decision.get("distill") else "labels only (no distillation)"
+    return (f"Objective chosen by `run --tune` on the validation split ({tune.completed} of {tune.trials} trials "
+            f"completed, then the best re-trained with fresh seeds against the labels-only baseline): {chosen}; "
+            f"{tune.decision.get('line', '')}.")
+
+
 class GenericReportView:
     """A task's report from its record alone: metrics as they are named, gates as they are."""
 

@@ -12,7 +12,7 @@ from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
 from distill_export.record.format import html_table, md_table, pct, reads_record
-from distill_export.tasks.report_view import fit_sentence
+from distill_export.tasks.report_view import fit_sentence, tune_sentence
 
 MODELS = ("teacher", "baseline", "self_training", "student")  # the rows of the accuracy table, in order
 ACCURACY_HEADER = ["model", "accuracy", "macro F1", "macro precision", "macro recall"]
@@ -193,6 +193,8 @@ def markdown_sections(record: RunRecord) -> list[str]:
         parts += [modality_gap_note(record), ""]
         if fit_sentence(record):
             parts += [fit_sentence(record), ""]
+        if tune_sentence(record):
+            parts += [tune_sentence(record), ""]
     if teacher_fusion_line(record):
         parts += [teacher_fusion_line(record), ""]
     if _probe_line(record):
@@ -214,6 +216,8 @@ def html_sections(record: RunRecord) -> list[str]:
         sections.append(f"<p>{esc(modality_gap_note(record))}</p>")
         if fit_sentence(record):
             sections.append(f"<p>{esc(fit_sentence(record))}</p>".replace("**", ""))
+        if tune_sentence(record):
+            sections.append(f"<p>{esc(tune_sentence(record))}</p>")
     if teacher_fusion_line(record):
         sections.append(f"<p>{esc(teacher_fusion_line(record))}</p>")
     if _probe_line(record):

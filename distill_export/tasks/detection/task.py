@@ -80,6 +80,9 @@ class DetectionTask(Task):
         if config.distill.augment != "none":
             raise ConfigError(f"distill.augment={config.distill.augment} moves the image but not its boxes; "
                               "task detection needs distill.augment=none")
+        if config.distill.mix != "none":
+            raise ConfigError(f"distill.mix={config.distill.mix} blends images but not their box lists; "
+                              "task detection needs distill.mix=none")
         if config.distill.rounds != 1:
             raise ConfigError(f"distill.rounds={config.distill.rounds}: later rounds fuse classifiers; "
                               "task detection needs distill.rounds=1")
