@@ -127,6 +127,25 @@ def test_hostile_graph_is_refused_before_it_runs(kind, tmp_path, target):
     assert target.read_bytes() == ORIGINAL
 
 
+def test_from_file_inside_a_cond_branch_is_refused(tmp_path, target):
+    """Subgraphs (cond's branches) are walked too."""
+    ep = torch.export.export(_Cond(), (torch.randn(2, 1, 8, 8),))
+    branch = ep.graph_module.true_graph_0
+    out = next(n for n in branch.graph.nodes if n.op == "output")
+    with branch.graph.inserting_before(out):
+        mapped = branch.graph.call_function(torch.ops.aten.from_file.default, (str(target), True, len(ORIGINAL)),
+                                            {"dtype": torch.uint8})
+        fill = branch.graph.call_function(torch.ops.aten.fill_.Scalar, (mapped, 65))
+    with next(n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder").fake_mode:
+        mapped.meta["val"] = fill.meta["val"] = torch.empty(len(ORIGINAL), dtype=torch.uint8)
+    branch.recompile()
+    path = tmp_path / "cond.pt2"
+    torch.export.save(ep, str(path))
+    with pytest.raises(CheckpointError, match="in subgraph 'true_graph_0' calls aten.from_file.default"):
+        load_export_program(path)
+    assert target.read_bytes() == ORIGINAL
+
+
 def test_operator_outside_aten_is_refused(tmp_path, target):
     path = hostile("profiler_op", tmp_path, target)
     with pytest.raises(CheckpointError, match="namespace 'profiler'"):
@@ -164,6 +183,7 @@ def test_teacher_option_refuses_the_from_file_graph(tmp_path, target):
     assert not out.exists()
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~6 s; the CliRunner test above covers the logic
 def test_profile_refuses_the_from_file_graph_in_a_real_process(tmp_path, target):
     path = hostile("from_file_fill", tmp_path, target)
     proc = subprocess.run([sys.executable, "-m", "distill_export.cli", "profile", str(path), *PROFILE_FAST],
