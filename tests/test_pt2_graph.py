@@ -8,7 +8,6 @@ other test shows the target unchanged. The models the product exports must all s
 
 from __future__ import annotations
 
-import hashlib
 import operator
 import subprocess
 import sys
@@ -84,10 +83,6 @@ def hostile(kind: str, folder: Path, target: Path) -> Path:
     path = folder / f"{kind}.pt2"
     torch.export.save(ep, str(path))
     return path
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture

@@ -64,8 +64,8 @@ def _python_ops() -> frozenset:
 
 
 def _refuse(path, node, target: str, why: str) -> CheckpointError:
-    owner = node.graph.owning_module
-    where = f" in subgraph {owner._subgraph_name!r}" if hasattr(owner, "_subgraph_name") else ""
+    where = node.meta.get("subgraph")  # set by check_program_graph for a subgraph's nodes
+    where = f" in subgraph {where!r}" if where else ""
     return CheckpointError(f"{path}: refused to run this .pt2: node {node.name!r}{where} calls {target}, {why}; "
                            "a teacher program may only compute on tensors")
 
@@ -181,5 +181,6 @@ def check_program_graph(ep, path) -> None:
             # a subgraph's operands are the caller's values: write into none of them
             inputs = {n.name: f"the operand {n.name!r} of subgraph {sub_name!r}"
                       for n in sub.graph.nodes if n.op == "placeholder"}
-            sub._subgraph_name = sub_name  # for messages
+            for n in sub.graph.nodes:
+                n.meta.setdefault("subgraph", sub_name)  # for messages
             _check_graph(sub, path, inputs, python_ops)
