@@ -143,6 +143,9 @@ class ValidateConfig:
     fp16_matched: float = 0.99
     int8_map50_delta: float = 0.02
     int8_matched: float = 0.95
+    # Seconds one ONNX Runtime call may take before it is stopped and the model refused (a
+    # runaway Loop in a hostile file; runtimes/onnx_bounds.py).
+    max_call_s: float = 60.0
 
 
 @dataclass
@@ -152,6 +155,7 @@ class ProfileConfig:
     warmup_s: float = 0.2
     min_time_s: float = 0.5
     min_iters: int = 20
+    max_call_s: float = 60.0  # as validate.max_call_s, for the first call of each model and cell
 
 
 @dataclass

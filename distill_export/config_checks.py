@@ -67,6 +67,8 @@ _RANGES: dict[str, tuple] = {
     "profile.min_iters": (1, 10_000_000, True, True),
     "profile.warmup_s": (0.0, 3600.0, True, True),
     "profile.min_time_s": (0.0, 3600.0, True, True),
+    "profile.max_call_s": (0.0, 86400.0, False, True),  # 0 would refuse every model
+    "validate.max_call_s": (0.0, 86400.0, False, True),
 }
 _RANGES_BY_NAME: dict[str, tuple] = {
     "epochs": (1, 100_000, True, True),

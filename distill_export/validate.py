@@ -189,13 +189,15 @@ def validate_exports(exports: dict, parity: dict[str, np.ndarray], cfg, task,
         raise ConfigError("no exported artifacts to validate; run `distill-export export` first")
     results = {}
     from distill_export.runtimes.base import also_running
+    from distill_export.runtimes.onnx_bounds import call_limit
 
-    for fmt, art in exports.items():
-        results[fmt] = validate_artifact(art, parity, cfg, task, teacher_accuracy)
-        others = also_running(art["runtime"])  # e.g. OpenVINO, for an ONNX Runtime artifact
-        if others:
-            results[fmt]["runtimes"] = {rt.name: validate_on_runtime(rt, art, parity, cfg, task, teacher_accuracy)
-                                        for rt in others}
+    with call_limit(cfg.max_call_s):  # an artifact swapped for a runaway model is stopped and refused
+        for fmt, art in exports.items():
+            results[fmt] = validate_artifact(art, parity, cfg, task, teacher_accuracy)
+            others = also_running(art["runtime"])  # e.g. OpenVINO, for an ONNX Runtime artifact
+            if others:
+                results[fmt]["runtimes"] = {rt.name: validate_on_runtime(rt, art, parity, cfg, task, teacher_accuracy)
+                                            for rt in others}
     return results
 
 
@@ -246,6 +248,7 @@ def load_teacher_parity_data(path: str | Path) -> dict:
 def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:
     """Parity of the teacher's FP32 ONNX (one input per modality) against the PyTorch teacher,
     with the FP32 gates (fp32_max_abs, fp32_agreement), worst case over cfg.batch_sizes."""
+    from distill_export.runtimes.onnx_bounds import call_limit
     from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx_inputs
 
     session = onnx_session(path, 0)
@@ -253,7 +256,8 @@ def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:
     reference = task.decode(raw)  # the teacher's graph returns raw outputs: judged as the task reads them
     per_batch = {}
     for bs in cfg.batch_sizes:
-        out = run_onnx_inputs(session, parity["inputs"], bs)
+        with call_limit(cfg.max_call_s):
+            out = run_onnx_inputs(session, parity["inputs"], bs)
         if out.shape != raw.shape:
             raise DataError(f"{path} returned outputs of shape {out.shape}, expected {raw.shape}")
         per_batch[str(bs)] = task.parity_metrics(task.decode(out), reference, labels)

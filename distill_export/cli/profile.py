@@ -24,6 +24,7 @@ InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Per-sa
 Warmup = Annotated[Optional[float], typer.Option("--warmup", help="Warm-up seconds per model and cell (default 0.2).")]
 MinTime = Annotated[Optional[float], typer.Option("--min-time", help="Minimum timed seconds per model and cell (default 0.5).")]
 MinIters = Annotated[Optional[int], typer.Option("--min-iters", help="Minimum timed calls per model and cell (default 20).")]
+MaxCall = Annotated[Optional[float], typer.Option("--max-call-s", help="Seconds one call of a model may take before it is stopped and refused (default 60; profile.max_call_s).")]
 ProfileOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write profile.json, latency.csv and plots here (a lone run directory is updated in place).")]
 
 
@@ -40,7 +41,8 @@ def _lone_run(targets: list[Path], out_dir: Path | None):
 def profile(
     targets: ProfileTargets, target: TargetPreset = None, threads: Threads = None, batch: Batches = None,
     backend: Backends = None, device: Device = None, input_shape: InputShape = None, warmup: Warmup = None,
-    min_time: MinTime = None, min_iters: MinIters = None, out_dir: ProfileOut = None, quiet: Quiet = False,
+    min_time: MinTime = None, min_iters: MinIters = None, max_call_s: MaxCall = None, out_dir: ProfileOut = None,
+    quiet: Quiet = False,
 ):
     """Stage 5: latency and throughput of teacher and student on a hardware target, interleaved in one run."""
     from distill_export.profiling.command import profile_command
@@ -50,7 +52,8 @@ def profile(
     with run.transaction() if run is not None else contextlib.nullcontext():
         result, written = profile_command(
             targets, preset=target, threads=threads, batches=batch, backends=backend, device=device,
-            input_shape=input_shape, warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, out=out_dir,
+            input_shape=input_shape, warmup_s=warmup, min_time_s=min_time, min_iters=min_iters,
+            max_call_s=max_call_s, out=out_dir,
             progress=None if quiet else err.log,
         )
         if run is not None:

@@ -172,6 +172,9 @@ def load_export_program(path) -> ExternalTeacher:
         raise CheckpointError(f"{path} is not a torch.export program (.pt2): {load_failure(exc)}") from None
     finally:
         quiet.setLevel(level)
+    from distill_export.nets.pt2_graph import check_program_graph
+
+    check_program_graph(ep, path)  # loading runs no node; refuse file, I/O or in-place-input operators before any does
     names = list(ep.graph_signature.user_inputs)
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
     shapes = {}

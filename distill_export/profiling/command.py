@@ -25,7 +25,7 @@ def profile_command(
     targets: list[Path], *, preset: str | None = None, threads: str | None = None, batches: str | None = None,
     backends: str | None = None, device: str | None = None, input_shape: str | None = None,
     warmup_s: float | None = None, min_time_s: float | None = None, min_iters: int | None = None,
-    out: Path | None = None, progress: Callable[[str], None] | None = None,
+    max_call_s: float | None = None, out: Path | None = None, progress: Callable[[str], None] | None = None,
 ) -> tuple[ProfileResult, list[Path]]:
     """Returns the result and the files written."""
     from distill_export.config import ProfileConfig
@@ -36,7 +36,8 @@ def profile_command(
         from distill_export.rundir import RunDir
 
         base = RunDir.existing(run_dir).load_config().profile  # the run's time budget
-    for name, value in (("warmup_s", warmup_s), ("min_time_s", min_time_s), ("min_iters", min_iters)):
+    for name, value in (("warmup_s", warmup_s), ("min_time_s", min_time_s), ("min_iters", min_iters),
+                        ("max_call_s", max_call_s)):
         if value is not None:
             setattr(base, name, value)
     settings = make_settings(

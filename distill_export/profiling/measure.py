@@ -46,6 +46,7 @@ class Sweep:
     warmup_s: float = 0.2
     min_time_s: float = 0.5
     min_iters: int = 20
+    max_call_s: float = 60.0  # one call (runtimes/onnx_bounds.py); a runaway model is stopped and refused
 
 
 def latency_stats(samples_s, batch: int) -> dict:

@@ -15,6 +15,7 @@ from typing import Callable
 from distill_export.profiling.measure import run_sweep, speedups
 from distill_export.profiling.settings import ProfileSettings
 from distill_export.profiling.targets import benches_for_targets
+from distill_export.runtimes.onnx_bounds import call_limit
 
 
 @dataclass
@@ -32,7 +33,8 @@ def profile_targets(targets: list[str | Path], settings: ProfileSettings,
     torch = sys.modules.get("torch")  # imported only if a PyTorch model is profiled
     threads = torch.get_num_threads() if torch else None
     try:
-        rows = run_sweep(benches, settings.sweep, progress)
+        with call_limit(settings.sweep.max_call_s):  # a user's ONNX file cannot spin forever
+            rows = run_sweep(benches, settings.sweep, progress)
     finally:
         if threads:
             torch.set_num_threads(threads)  # the sweep changes it; leave the caller's setting

@@ -17,6 +17,7 @@ STANDALONE_BATCHES = [1, 8, 32, 128]  # `distill-export profile`; `run` keeps Pr
 STANDALONE_THREADS = [1, 2, 4, 0]  # 0 = every core
 MAX_SECONDS = 3600.0  # per model and cell: warm-up, min time
 MAX_ITERS = 10_000_000
+MAX_CALL_S = 86400.0  # profile.max_call_s
 MAX_BATCH = 1_000_000
 CPU_DEFAULT = ["torch-cpu", "ort-cpu", "ov-cpu", "tensorrt"]  # tensorrt only ever meets .engine files
 GPU_DEFAULT = ["torch-cuda", "torch-cuda-fp16", "torch-cuda-graphs", "ort-cuda", "ort-trt", "tensorrt"]
@@ -125,7 +126,11 @@ def make_settings(
     sweep = Sweep(
         batches=_positive("batch sizes", list(batches)), threads=resolved_threads,
         warmup_s=float(config.warmup_s), min_time_s=float(config.min_time_s), min_iters=int(config.min_iters),
+        max_call_s=float(config.max_call_s),
     )
+    if not 0 < sweep.max_call_s <= MAX_CALL_S:
+        raise ConfigError(f"profile max call time (--max-call-s) must be in (0, {MAX_CALL_S}] seconds, "
+                          f"got {sweep.max_call_s}")
     for name, value in (("warm-up (--warmup)", sweep.warmup_s), ("min time (--min-time)", sweep.min_time_s)):
         if not 0 <= value <= MAX_SECONDS:  # also false for NaN; inf would time forever
             raise ConfigError(f"profile {name} must be in [0, {MAX_SECONDS}] seconds, got {value}")

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from distill_export.errors import BackendUnavailable, ConfigError, DataError
+from distill_export.runtimes.onnx_bounds import bounded_run, check_feed_size, check_inputs, check_total_feed
 from distill_export.runtimes.base import Backend, Runtime, Runner, Timer, register_runtime
 
 _PROVIDER_INSTALL = {
@@ -60,6 +61,7 @@ class OnnxRuntime(Runtime):
             if fixed is not None and fixed != batch:
                 raise BackendUnavailable(f"{Path(path).name} has a fixed batch of {fixed}")
             feed = random_feed(sess, path, batch, input_shape)
+            bounded_run(sess, feed, path)  # the timed calls repeat this one: a runaway stops here
             return lambda: sess.run(None, feed)
 
         return Timer(make)
@@ -96,10 +98,12 @@ def onnx_session(path: str | Path, threads: int = 0, providers: list[str] | None
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path} is not a loadable ONNX model: {first}") from None
+    check_inputs(session, path)  # a batch axis each, and no input too large to allocate
+    return session
 
 
 def onnx_metadata(session) -> dict[str, str]:
@@ -128,7 +132,7 @@ def run_onnx(session, x: np.ndarray, batch_size: int):
     name = session.get_inputs()[0].name
     want = session.get_inputs()[0].type  # 'tensor(float)' or 'tensor(float16)'
     dtype = np.float16 if "float16" in want else np.float32
-    chunks = [session.run(None, {name: x[i : i + batch_size].astype(dtype, copy=False)})
+    chunks = [bounded_run(session, {name: x[i : i + batch_size].astype(dtype, copy=False)}, _source(session))
               for i in range(0, len(x), batch_size)]
     return join_outputs(session, chunks)
 
@@ -150,10 +154,22 @@ def run_onnx_inputs(session, inputs: dict[str, np.ndarray], batch_size: int):
     missing = sorted(set(dtypes) - set(inputs))
     if missing:
         raise DataError(f"no data for ONNX input(s) {', '.join(missing)}")
+    for inp in session.get_inputs():  # the data, not the file, says what is allocated
+        have = inputs[inp.name].shape[1:]
+        declared = inp.shape[1:]
+        if len(declared) != len(have) or any(isinstance(d, int) and d != h for d, h in zip(declared, have)):
+            raise DataError(f"{_source(session)} expects input {inp.name} of shape [batch, "
+                            f"{', '.join(map(str, declared))}], the run's data has [batch, {', '.join(map(str, have))}]")
     n = len(next(iter(inputs.values())))
-    chunks = [session.run(None, {k: inputs[k][i : i + batch_size].astype(t, copy=False) for k, t in dtypes.items()})
+    chunks = [bounded_run(session, {k: inputs[k][i : i + batch_size].astype(t, copy=False) for k, t in dtypes.items()},
+                          _source(session))
               for i in range(0, n, batch_size)]
     return join_outputs(session, chunks)
+
+
+def _source(session) -> str:
+    """The model's file, for messages (ONNX Runtime's session, or OpenVINO's wrapper)."""
+    return str(getattr(session, "_model_path", None) or getattr(session, "path", None) or "the ONNX model")
 
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -206,7 +222,12 @@ def random_feed(sess, path, batch: int, input_shape=None) -> dict[str, np.ndarra
     noise for float inputs, zeros (padding ids) for integer ones; (batch, *shape) each."""
     rng = np.random.default_rng(0)
     feed = {}
-    for name, shape, dtype in input_specs(sess, path, input_shape):
+    check_inputs(sess, path)
+    specs = input_specs(sess, path, input_shape)
+    for name, shape, dtype in specs:  # each input, then all of them, before any is allocated
+        check_feed_size(path, name, (batch, *shape), np.dtype(dtype).itemsize)
+    check_total_feed(path, batch, [batch * int(np.prod(s)) * np.dtype(t).itemsize for _, s, t in specs])
+    for name, shape, dtype in specs:
         if np.issubdtype(dtype, np.floating):
             feed[name] = rng.standard_normal((batch, *shape)).astype(dtype)
         else:

@@ -14,6 +14,7 @@ import numpy as np
 from distill_export.errors import BackendUnavailable, DataError
 from distill_export.runtimes import onnx_runtime
 from distill_export.runtimes.base import Backend, Runtime, Runner, Timer, register_runtime
+from distill_export.runtimes.onnx_bounds import bounded_run
 
 
 @register_runtime("openvino", position=2)
@@ -43,6 +44,7 @@ class OpenVinoCpu(Runtime):
         def make(batch: int, threads: int):
             sess = openvino_session(path, threads, batch)
             feed = onnx_runtime.random_feed(sess, path, batch, input_shape)
+            bounded_run(sess, feed, path)  # the timed calls repeat this one: a runaway stops here
             return lambda: sess.run(None, feed)
 
         return Timer(make)
@@ -93,6 +95,7 @@ class OpenVinoSession:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DataError(f"OpenVINO cannot compile {path}: {first[:200]}") from None
         self.request = self.compiled.create_infer_request()
+        self.path = path  # for messages (onnx_runtime._source)
         self._inputs = [_OvInput(p) for p in self.compiled.inputs]
 
     def get_inputs(self) -> list[_OvInput]:
