@@ -95,6 +95,43 @@ def test_our_checkpoints_and_teacher_weights_are_checked_too(tmp_path):
         load_student(path)  # export, validate and profile load a student this way
 
 
+NAN_TEACHER = '''
+import torch
+from torch import nn
+
+
+class Teacher(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("scale", torch.tensor([1.0, float("inf")]))
+
+    def forward(self, image):
+        return self.fc(image.flatten(1)[:, :4])
+
+
+def make():
+    return Teacher()
+
+
+def plain():
+    return nn.Linear(4, 3)
+'''
+
+
+def test_a_factory_teachers_weights_are_checked(tmp_path, monkeypatch):
+    from distill_export.nets.model_io import load_teacher
+
+    (tmp_path / "nan_teacher.py").write_text(NAN_TEACHER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"^teacher nan_teacher:make: tensor '.*scale' holds 1 NaN"):
+        load_teacher("nan_teacher:make")  # the factory's own tensors (a .pt2's are checked the same way)
+    weights = tmp_path / "w.pt"
+    torch.save({"weight": torch.full((3, 4), NAN), "bias": torch.zeros(3)}, weights)
+    with pytest.raises(CheckpointError, match=f"^{weights}: tensor 'weight' holds 12 NaN"):
+        load_teacher("nan_teacher:plain", weights=str(weights))  # --teacher-weights
+
+
 def test_a_non_finite_loss_stops_the_training_before_its_checkpoint(tmp_path):
     from distill_export.train import Checkpoint, TrainSpec, train_loop
 
