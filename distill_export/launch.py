@@ -143,9 +143,9 @@ def preflight_for_ranks(config: RunConfig) -> None:
     from distill_export.rundir import check_free
 
     check_config(config)
+    check_parallel(config)
     check_free(config.out)
     data, _ = load_data(config)
-    check_parallel(config)
     del data
     gc.collect()  # the ranks load their own copy
 

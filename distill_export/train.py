@@ -245,8 +245,9 @@ def _check_finite(loss: float, label: str, epoch: int, spec: TrainSpec) -> None:
     from distill_export.errors import TrainingDiverged
 
     if ddp.any_rank(not math.isfinite(loss)):
+        shown = loss if not math.isfinite(loss) else "nan or inf on another process"
         raise TrainingDiverged(
-            f"training of {label.strip()!r} stopped: its loss is {loss} (not finite) in epoch {epoch} of "
+            f"training of {label.strip()!r} stopped: its loss is {shown} (not finite) in epoch {epoch} of "
             f"{spec.epochs}; nothing was saved under a final name. Lower its learning rate (now {spec.lr:g}) "
             "or check its initial weights")
 

@@ -43,12 +43,13 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def folder(tmp_path_factory) -> Path:
-    """Each test's folder: one real 8x8 PNG (ok.png, also one level up) that generated cells may
-    name; each example rewrites its one input file here."""
+def folder(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's folder, also its working directory: one real 8x8 PNG (ok.png, also one level
+    up) that generated cells may name; each example rewrites its one input file here."""
     root = tmp_path_factory.mktemp("props")
     for where in (root, root.parent):
         Image.fromarray(np.full((8, 8), 128, np.uint8)).save(where / "ok.png")
+    monkeypatch.chdir(root)  # a default runs/ folder, say, would land here and be seen
     return root
 
 
@@ -71,9 +72,9 @@ def _kind(message: str) -> str:
 
 
 def unchanged(folder: Path):
-    """(hash of every file under folder, the names in the working directory): a command may
-    write neither beside its input nor where it was started (a default runs/ folder, say)."""
-    return snapshot(folder), sorted(p.name for p in Path.cwd().iterdir())
+    """(hash of every file, every path) under folder, the test's input folder and working
+    directory: a command may write nothing beside its input or where it was started."""
+    return snapshot(folder), sorted(str(p) for p in folder.rglob("*"))
 
 
 # ----- the manifest reader ------------------------------------------------------------------------
