@@ -179,6 +179,9 @@ class RunConfig:
 
 def _coerce(value: Any, current: Any, where: str) -> Any:
     """Convert a YAML/flag value to the type of the field's default."""
+    if value is None and current is not None:  # `key: null` (or ~) where the field has a value
+        raise ConfigError(f"{where}: expected a value like {_show(current, 40)}, got null; leave the key out "
+                          "for its default")
     if value is None or current is None:
         return value
     if isinstance(current, bool):

@@ -103,7 +103,7 @@ def self_training_control(config, run: RunDir, data, device, needs, quiet) -> tu
         # temperature scaling; tests/test_captioned_digits.py checks it): reuse, don't retrain.
         training = save_expert_teacher(run.require("teacher.pt", "train-teacher"), modality, path)
     else:
-        training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control ",
+        training = train_teacher(config, data, device, path, quiet, modalities=[modality], label="control teacher ",
                                  checkpoint=training_checkpoint(config, run, "control_teacher"))
     teacher = load_teacher(path, data).to(device)
     task = get_task(config.task)

@@ -111,6 +111,15 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def any_rank(flag: bool) -> bool:
+    """True if `flag` is true on any rank (one all-reduce); the flag itself in one process."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([float(flag)])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def shard(rows: torch.Tensor) -> torch.Tensor:
     """This rank's rows of one global batch (B,) -> (~B/world,)."""
     return rows[rank()::world()] if is_distributed() else rows
@@ -204,11 +213,63 @@ def check_nproc(nproc: int, device_name: str) -> None:
         raise ConfigError(f"--nproc {nproc} is more than the {have} {what}")
 
 
-def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun on one node with nproc processes; its exit code."""
+def launch_torchrun(nproc: int, argv: list[str]) -> None:
+    """Re-run this command under torchrun on one node with nproc processes. A rank that fails
+    hands its one-line error to this process (rank_errors.py), raised here as a
+    DistillExportError with the rank's exit code: one line, never torchrun's traceback."""
+    import signal
     import subprocess
+    import tempfile
+    from pathlib import Path
 
-    # torch.distributed.run is the module behind the `torchrun` script: no PATH lookup needed
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "distill_export", *argv]
-    return subprocess.call(cmd)
+    from distill_export import rank_errors
+    from distill_export.errors import DistillExportError
+
+    with tempfile.TemporaryDirectory(prefix="distill-export-ranks-") as folder:
+        # torch.distributed.run's agent, run by agent_main below: no PATH lookup, and no traceback
+        cmd = [sys.executable, "-c", "from distill_export.distributed import agent_main; agent_main()",
+               "--standalone", f"--nproc-per-node={nproc}", "-m", "distill_export", *argv]
+        agent = subprocess.Popen(cmd, env={**os.environ, rank_errors.ENV: folder})
+        try:
+            code = agent.wait()
+        except BaseException:  # SIGTERM or Ctrl-C here: the agent stops the ranks, then we go
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+            raise
+        if code == 0:
+            return
+        message, exit_code = rank_errors.summary(Path(folder), nproc, code)
+    error = DistillExportError(message)
+    error.exit_code = exit_code
+    raise error
+
+
+def agent_main() -> None:
+    """torchrun (torch.distributed.run) for launch_torchrun: the same agent, but a failed rank
+    ends it with that rank's exit code and a note for the launcher (rank_errors.write_agent),
+    instead of a ChildFailedError traceback and log lines; a signal ends it with 128 + signal."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from distill_export import rank_errors
+
+    args = parse_args(sys.argv[1:])
+    # Each elastic module's logger has its own level: its failure lines ("failed (exitcode: 2)",
+    # "Sending process ... closing signal") are what the launcher's one line replaces.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        rank_errors.write_agent(rank, failure.exitcode)
+        sys.exit(failure.exitcode if failure.exitcode > 0 else 1)
+    except SignalException as exc:
+        sys.exit(128 + int(exc.sigval))

@@ -19,6 +19,10 @@ class CheckpointError(DistillExportError):
     """A checkpoint that is missing, corrupt or does not fit the model."""
 
 
+class TrainingDiverged(DistillExportError):
+    """A training whose loss went NaN or infinite: stopped at the end of that epoch, nothing saved."""
+
+
 class LossInputError(DistillExportError, ValueError):
     """Inputs to kd_loss that would give a silent wrong answer."""
 

@@ -5,7 +5,8 @@
                                whatever can refuse the config does so before the run directory exists
     open_run(run_dir, ...)     a run directory an earlier stage wrote, with flags applied to its config
     resume_config(run_dir,...) the run to resume; flags or --config that change it are refused
-    relaunch_under_torchrun / torchrun_rank   --nproc N: the command again under torchrun, and one rank of it
+    relaunch_under_torchrun / torchrun_rank   --nproc N: the command again under torchrun (once
+                               preflight_for_ranks has run start_run's checks here), and one rank of it
 
 The command line (cli/) parses options and calls these; pipeline.py's stages call load_data when
 they run alone.
@@ -54,6 +55,9 @@ def start_run(config: RunConfig, stages: tuple[str, ...] = RUN_STAGES):
     started = time.perf_counter()
     data, device = load_data(config)
     loaded_s = round(time.perf_counter() - started, 3)
+    from distill_export import distributed as ddp
+
+    ddp.barrier()  # under torchrun: no run directory unless every rank's data and models passed
     run = RunDir.create(config.out, fresh=True, stages=stages)
     if tuple(stages) == RUN_STAGES:
         run.update_report(timings={"data": loaded_s})
@@ -115,15 +119,35 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
 # ----- --nproc: data-parallel training under torchrun ---------------------------------------------
 
 
-def relaunch_under_torchrun(nproc: int, config: RunConfig, argv: list[str]) -> int:
+def relaunch_under_torchrun(nproc: int, config: RunConfig, argv: list[str]) -> None:
     """Run this command line again under torchrun with nproc processes (argv without --nproc:
-    the children are the ranks); its exit code."""
+    the children are the ranks), once every check start_run makes has passed here, in this
+    process (preflight_for_ranks). A rank's failure is raised here as one DistillExportError."""
     from distill_export import distributed as ddp
 
     ddp.check_nproc(nproc, config.device)
+    preflight_for_ranks(config)
     at = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
     argv = argv[:at] + argv[at + (1 if "=" in argv[at] else 2):]  # torchrun's children run without it
-    return ddp.launch_torchrun(nproc, argv)
+    ddp.launch_torchrun(nproc, argv)
+
+
+def preflight_for_ranks(config: RunConfig) -> None:
+    """What start_run refuses, refused before torchrun starts: the config, --out, the data
+    and the student and teacher files (load_data's checks), and what N processes cannot run
+    (preflight.check_parallel). The data is loaded here once more and let go, so a bad row is
+    one line from this process, not one per rank under torchrun's traceback."""
+    import gc
+
+    from distill_export.preflight import check_config, check_parallel
+    from distill_export.rundir import check_free
+
+    check_config(config)
+    check_parallel(config)
+    check_free(config.out)
+    data, _ = load_data(config)
+    del data
+    gc.collect()  # the ranks load their own copy
 
 
 @contextmanager

@@ -4,6 +4,7 @@
                               devices, formats, what distillation rounds cannot serve
     check_data(config, data)  after the data loads, before the run directory is made: the
                               student and teacher against the data's modalities and shapes
+    check_parallel(config)    --nproc N, in the launching process: what the ranks cannot run
 
 Both raise one-line typed errors (ConfigError, DataError, CheckpointError, ...). Helpers that
 stage code also uses stay beside it (nets.students.check_student_name, speed.check_compile,
@@ -166,3 +167,25 @@ def check_rounds_supported(config, data) -> None:
     if ddp.is_distributed() or data.info.get("streaming"):
         raise ConfigError("distill.rounds > 1 trains in one process on in-memory data: use data.streaming=off "
                           "and no --nproc/torchrun, or distill.rounds=1")
+
+
+# ----- --nproc N: what the ranks cannot run (launch.preflight_for_ranks) ------------------------
+
+
+def check_parallel(config) -> None:
+    """What a run under torchrun would refuse only inside its ranks, refused from the config in
+    the launching process: later distillation rounds and a trained product of experts (a late
+    teacher, or its self-training control) train in one process."""
+    from distill_export.tasks import get_task
+    from distill_export.tasks.base import Task
+
+    if config.distill.rounds > 1:
+        raise ConfigError("distill.rounds > 1 trains in one process on in-memory data: drop --nproc "
+                          "(and torchrun), or use distill.rounds=1")
+    # a task with its own teacher (detection) trains one network; the default is nets/teacher.py's
+    experts = type(get_task(config.task)).build_teacher is Task.build_teacher
+    trains_teacher = not config.teacher.path or config.distill.self_training_control
+    if experts and config.teacher.fusion == "late" and trains_teacher:
+        raise ConfigError("teacher.fusion=late trains its experts in one process: drop --nproc (and torchrun), "
+                          "or use teacher.fusion=concat" + ("" if not config.teacher.path else
+                                                            " or distill.self_training_control=false"))

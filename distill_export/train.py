@@ -204,6 +204,7 @@ def train_loop(
                 m.eval()
             acc = ddp.broadcast_object(val_accuracy())  # rank 0's: every rank picks the same best epoch
             total, part_sums = _read_sums(total, part_sums)  # the epoch's one device -> host read
+            _check_finite(total / max(count, 1), label, epoch + 1, spec)  # before a checkpoint keeps it
             entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": acc}
             if part_sums:
                 entry["train_loss_parts"] = {k: v / max(count, 1) for k, v in part_sums.items()}
@@ -232,6 +233,23 @@ def train_loop(
         ddp.sync_from_main(m)
     best.history = history
     return best
+
+
+def _check_finite(loss: float, label: str, epoch: int, spec: TrainSpec) -> None:
+    """Stop a training whose epoch loss is NaN or infinite (every later step would be too, and
+    its model would be saved and exported as if trained). Read once an epoch, from the sum the
+    epoch keeps anyway; under torchrun every rank stops together (one flag all-reduced)."""
+    import math
+
+    from distill_export import distributed as ddp
+    from distill_export.errors import TrainingDiverged
+
+    if ddp.any_rank(not math.isfinite(loss)):
+        shown = loss if not math.isfinite(loss) else "nan or inf on another process"
+        raise TrainingDiverged(
+            f"training of {label.strip()!r} stopped: its loss is {shown} (not finite) in epoch {epoch} of "
+            f"{spec.epochs}; nothing was saved under a final name. Lower its learning rate (now {spec.lr:g}) "
+            "or check its initial weights")
 
 
 def _add(acc, value, n: int):

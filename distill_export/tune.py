@@ -21,7 +21,7 @@ import yaml
 from rich.console import Console
 
 from distill_export.confirm import LABELS_ONLY_TERMS, ConfirmSpec, confirm, confirmation_seeds, decision_line
-from distill_export.errors import ConfigError
+from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
 
 console = Console(stderr=True, highlight=False)
@@ -128,7 +128,10 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        return train(suggest_terms(trial, methods), config.seed, on_epoch=report)
+        try:
+            return train(suggest_terms(trial, methods), config.seed, on_epoch=report)
+        except TrainingDiverged:  # a suggestion whose loss went non-finite: a trial lost, not the study
+            raise optuna.TrialPruned() from None
 
     def progress(study, trial) -> None:
         if quiet:

@@ -47,8 +47,20 @@ def _os_error(exc: OSError) -> str:
 
 
 def _fail(message: str, code: int):
+    from distill_export import rank_errors
+
+    if rank_errors.write(one_line(message), code):  # a rank of `run --nproc N`: its launcher prints it once
+        raise typer.Exit(code)
     err.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _quiet_in_rank() -> bool:
+    """True in a rank of `run --nproc N`: torchrun stops the other ranks with SIGTERM when one
+    fails, and the launcher says why in one line."""
+    from distill_export import rank_errors
+
+    return rank_errors.collecting()
 
 
 def _on_sigterm(signum, frame):
@@ -71,10 +83,10 @@ def guarded(fn):
         except DistillExportError as exc:
             _fail(str(exc), exc.exit_code)
         except Terminated:
-            err.print("terminated (SIGTERM)")
+            _quiet_in_rank() or err.print("terminated (SIGTERM)")
             raise typer.Exit(143) from None
         except KeyboardInterrupt:
-            err.print("interrupted")
+            _quiet_in_rank() or err.print("interrupted")
             raise typer.Exit(130) from None
         except MemoryError:
             _fail("out of memory; try a smaller batch size, fewer rows (data.max_train_rows) or a smaller model", 2)

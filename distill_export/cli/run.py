@@ -36,21 +36,28 @@ def run(config: ConfigFile = None, recipe: Recipe = None, overrides: dict = None
         if cfg.distill.tune_trials or cfg.distill.tune_minutes:
             raise DistillExportError("--tune searches in one process: run `distill-export tune` first, then "
                                      "`run --nproc N --config tuned.yaml`")
-        code = launch.relaunch_under_torchrun(nproc, cfg, sys.argv[1:])
-        if code:
-            raise typer.Exit(code)
+        # the config, --out and the data are checked here first; a rank's error comes back as one line
+        launch.relaunch_under_torchrun(nproc, cfg, sys.argv[1:])
         return
     if ddp.launched_by_torchrun():
         if resume is not None:
             raise DistillExportError("--resume runs in one process: resume without torchrun/--nproc")
         cfg = load(recipe, config, overrides)
-        with launch.torchrun_rank(cfg) as (rd, data, device, main):
-            if main:
-                err.print(f"run directory: {rd.path} ({ddp.world()} processes, {ddp.backend_for(device.type)})")
-            with rd.lock():
-                report = run_all(cfg, rd, quiet or not main, data=data, device=device)
-            if main:
-                _print_report(rd, report)
+        try:
+            with launch.torchrun_rank(cfg) as (rd, data, device, main):
+                if main:
+                    err.print(f"run directory: {rd.path} ({ddp.world()} processes, {ddp.backend_for(device.type)})")
+                with rd.lock():
+                    report = run_all(cfg, rd, quiet or not main, data=data, device=device)
+                if main:
+                    _print_report(rd, report)
+        except Exception as exc:
+            from distill_export import rank_errors
+
+            # A collective whose peer rank died is that rank's failure, which the launcher reports
+            if isinstance(exc, DistillExportError) or not rank_errors.another_rank_failed():
+                raise
+            raise typer.Exit(1) from None
         ddp.exit_after_success()
     if resume is not None:
         rd, cfg = launch.resume_config(resume, recipe, config, overrides)

@@ -66,7 +66,28 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     return payload
 
 
+def check_state_dict(state, what: str) -> None:
+    """A state_dict is data the model will compute with: a dict of tensor names (strings) to
+    tensors, every floating value finite. Anything else is a one-line CheckpointError naming
+    the file (`what`) and the first bad key: a NaN or inf weight would train to NaN, and be
+    saved and exported as if trained."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} holds no state_dict (a dict of tensors)")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{what}: a state_dict key of type {type(key).__name__} ({repr(key)[:40]}) is not a "
+                                  "tensor name (a string)")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{what}: {key[:80]!r} is a {type(value).__name__}, not a tensor")
+        if (value.is_floating_point() or value.is_complex()) and value.layout == torch.strided \
+                and value.device.type != "meta" and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{what}: tensor {key[:80]!r} holds {bad} NaN or infinite value{'s' * (bad > 1)} "
+                                  f"(of {value.numel()}); a diverged training or a damaged file, refused")
+
+
 def load_state(model: nn.Module, state_dict: dict, path: str | Path) -> nn.Module:
+    check_state_dict(state_dict, str(path))
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

@@ -11,7 +11,7 @@ import torch
 
 from distill_export.data import Dataset
 from distill_export.errors import CheckpointError, DataError
-from distill_export.nets.checkpoint import load_checkpoint, load_state, save_checkpoint
+from distill_export.nets.checkpoint import check_state_dict, load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.external import is_external_teacher, load_external_teacher
 from distill_export.nets.students import SplitNet, create_student
 from distill_export.nets.teacher import FusionTeacher, LateFusionTeacher, teacher_archs, teacher_class
@@ -78,7 +78,9 @@ def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool =
     """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory.
     strict (a teacher the user gave): every data column must be one the teacher reads, as it was built."""
     if is_external_teacher(path):
-        return load_external_teacher(path, data, weights)
+        teacher = load_external_teacher(path, data, weights)
+        check_state_dict(teacher.state_dict(), f"teacher {path}")  # a .pt2's or factory's weights: finite
+        return teacher
     try:
         payload = load_checkpoint(path, kind="teacher")
     except CheckpointError as exc:

@@ -38,7 +38,7 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from distill_export.nets.checkpoint import read_state_file
+    from distill_export.nets.checkpoint import check_state_dict, read_state_file
 
     state = read_state_file(path, f"--student-init {path}")
     for wrapper in ("state_dict", "model"):  # our checkpoints and timm's training checkpoints
@@ -46,6 +46,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"--student-init {path} holds no state_dict (a dict of tensors)")
+    check_state_dict(state, f"--student-init {path}")  # string keys, finite values
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
