@@ -97,6 +97,8 @@ def rewrite(path: Path, change) -> dict:
     dropped, RunDir.begin_stage), checked against the models and written atomically."""
     data, _, _ = load(path)
     changed = change(data)
+    if changed == data:  # nothing to drop: the file stays as written (an old version stays old)
+        return data
     try:
         validate(changed)
     except RecordError as exc:
