@@ -46,6 +46,7 @@ def _sha(path: Path) -> str:
 
 
 # ----- stale stages -------------------------------------------------------------------------------
+@pytest.mark.slow  # distill, export, validate, profile and report on the tiny run (~40 s on one busy core)
 def test_distill_again_then_validate_never_passes_the_old_onnx(run_copy):
     old_onnx = _sha(run_copy / "student.onnx")
     result = runner.invoke(app, ["distill", str(run_copy), "--seed", "1", "--quiet"])  # another student
@@ -130,6 +131,7 @@ def test_a_second_command_on_a_locked_run_is_refused(locked, args):
 
 
 # ----- a full disk ------------------------------------------------------------------------------------
+@pytest.mark.slow  # the data loads and one teacher epoch trains before the checkpoint (~15 s)
 def test_a_full_disk_at_the_teacher_checkpoint_names_the_file(tmp_path, monkeypatch, tiny_config_file):
     import torch
 
