@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -13,6 +14,83 @@ from typing import Iterator
 from distill_export.errors import ConfigError
 
 
+# ----- output paths: one rule for every command and tool that writes where it is told ----------
+# A run directory holds state.json, or report.json beside config.yaml (rundir.py's layout).
+_RUN_MARKERS = ("report.json", "state.json", "config.yaml")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "state.json").is_file() or ((path / "report.json").is_file() and (path / "config.yaml").is_file())
+
+
+def _enclosing_run(target: Path) -> Path | None:
+    """The run directory `target` lies inside (itself excluded), or None."""
+    resolved = target.resolve()
+    return next((p for p in resolved.parents if is_run_dir(p)), None)
+
+
+def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir: str | Path | None = None) -> Path:
+    """Where a command is told to write, checked before any work, the same way for every command:
+    a file (folder=False) must be new, in a folder that exists; a folder (folder=True) must be new
+    or empty (its missing parents are made). Neither may lie inside a run directory (`run_dir`, or
+    any folder holding a run), whose files belong to its stages. A user's file or folder is never
+    overwritten; a dangling symbolic link (it would write through to its target) counts as a file.
+    Returns the path, `~` expanded."""
+    target = Path(path).expanduser()
+    if folder:
+        _check_free_folder(target, flag)
+    elif target.exists() or target.is_symlink():
+        raise ConfigError(f"{flag} {target} already exists and is never overwritten; choose a new path")
+    inside = None
+    if run_dir is not None and target.resolve().is_relative_to(Path(run_dir).expanduser().resolve()):
+        inside = Path(run_dir)
+    inside = inside or _enclosing_run(target)
+    if inside is not None:
+        raise ConfigError(f"{flag} {target} is inside the run directory {inside}, whose files belong to its stages; "
+                          f"choose a path outside it")
+    if not folder and not target.parent.is_dir():
+        raise ConfigError(f"{flag} {target}: the folder {target.parent} does not exist")
+    return target
+
+
+def check_tool_output(path: str | Path, *, folder: bool, flag: str = "--out") -> Path:
+    """check_output for the scripts under tools/: a refusal is `error: <one line>` on stderr and
+    exit 2, before the script does any work."""
+    import sys
+
+    try:
+        return check_output(path, folder=folder, flag=flag)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _check_free_folder(target: Path, flag: str) -> None:
+    """A folder to write into: new, or empty; never a run, never a folder of the user's files."""
+    if not target.exists():
+        if target.is_symlink():
+            raise ConfigError(f"{flag} {target} is a dangling symbolic link; choose another {flag}")
+        return
+    if not target.is_dir():
+        raise ConfigError(f"{flag} {target} is a file, not a folder; choose another {flag}")
+    names = sorted(p.name for p in target.iterdir())
+    if set(_RUN_MARKERS) & set(names):
+        raise ConfigError(f"{flag} {target} already holds a run; choose a new {flag} or delete it "
+                          f"(an interrupted run continues with `distill-export run --resume {target}`)")
+    if names:
+        shown = ", ".join(repr(n[:40]) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ConfigError(f"{flag} {target} is not empty and is not a run directory ({len(names)} entries: {shown}); "
+                          f"it is written only when new or empty, so nothing in it is overwritten: choose another {flag}")
+
+
+def _write_failed(final: Path, exc: OSError) -> ConfigError:
+    """One line naming the file a write was for: a full disk says so in words."""
+    if exc.errno == errno.ENOSPC:
+        return ConfigError(f"cannot write {final}: no space left on the device; free some space and run the "
+                           "command again (a run continues with `distill-export run --resume RUN`)")
+    return ConfigError(f"cannot write {final}: {exc.strerror or exc}")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `final`; rename it into place only on success."""
@@ -21,7 +99,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     except OSError as exc:
-        raise ConfigError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise _write_failed(final, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -31,6 +109,10 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise _write_failed(final, exc) from None  # the file named, not the temporary one (or none)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -116,6 +116,42 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
     return run, saved
 
 
+def resume_restarts(run: RunDir, config: RunConfig) -> dict[str, str]:
+    """{checkpoint label: why it is not continued} for the first stage `run --resume` runs. A
+    training continues from its checkpoint only when the checkpoint was written with the settings
+    it runs with now (distill_runs.training_checkpoint's key, train.Checkpoint); after an edit of
+    config.yaml (or a stage command stopped before it saved its config) it starts from epoch 1,
+    and the summary says so, naming the keys that changed since the stage started (its state entry
+    holds that config)."""
+    import torch
+
+    from distill_export.distill_runs import training_checkpoint
+    from distill_export.rundir import STAGE_CHECKPOINTS
+
+    _, todo = run.resume_plan()
+    if not todo:
+        return {}
+    started = ((run.stages() or {}).get(todo[0]) or {}).get("config")
+    shaping = ("seed", "device", "data", "teacher", "student", "distill")  # what the checkpoint key covers
+    changed = [k for k in differences(started, config.to_dict()) if k.split(".")[0] in shaping] \
+        if isinstance(started, dict) else []
+    why = {}
+    for label in STAGE_CHECKPOINTS.get(todo[0], ()):
+        path = run.checkpoint_path(label)
+        if not path.is_file():
+            continue
+        try:
+            key = str(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("key", ""))
+        except Exception:  # noqa: BLE001 - the training warns about it and starts afresh
+            why[label] = "its checkpoint is unreadable"
+            continue
+        if not key.startswith(training_checkpoint(config, run, label).key + "|"):
+            why[label] = ("its checkpoint was written with other settings"
+                          + (f" (changed since: {', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''})"
+                             if changed else ""))
+    return why
+
+
 # ----- --nproc: data-parallel training under torchrun ---------------------------------------------
 
 

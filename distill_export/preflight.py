@@ -50,6 +50,44 @@ def check_config(config) -> None:
             check_pt2_archive(teacher)  # a .pt2 that would unpickle code is refused before anything is made
 
 
+def loaded_teacher_fusion(spec) -> str | None:
+    """The fusion of a teacher given as our checkpoint (.pt): its architecture's (concat, late,
+    a detection fusion); None for a .pt2 program or a factory (their fusion is their own) and for
+    a file that does not read (the stage that loads it says why)."""
+    from distill_export.errors import CheckpointError
+    from distill_export.nets.checkpoint import load_checkpoint
+    from distill_export.nets.external import is_external_teacher
+    from distill_export.nets.teacher import teacher_class
+
+    if is_external_teacher(spec):
+        return None
+    try:
+        arch = load_checkpoint(Path(spec).expanduser(), kind="teacher").get("arch", "fusion_teacher")
+        return getattr(teacher_class(arch), "fusion_name", None) or None
+    except (CheckpointError, ValueError):
+        return None
+
+
+def settle_teacher_fusion(config, given: bool) -> None:
+    """teacher.fusion with a teacher that is loaded (--teacher), not trained: the fusion that runs
+    is the loaded teacher's. A fusion the user gave (--teacher-fusion, or teacher.fusion in
+    --config) that differs from it is refused; otherwise the config takes the loaded teacher's, so
+    config.yaml and the report describe the teacher that ran."""
+    if not config.teacher.path:
+        return
+    fusion = loaded_teacher_fusion(config.teacher.path)
+    if given and fusion != config.teacher.fusion:
+        what = (f"a {fusion} teacher" if fusion
+                else "a program or factory whose fusion is its own (teacher.fusion applies to a teacher this run trains)")
+        raise ConfigError(f"--teacher-fusion {config.teacher.fusion} (teacher.fusion) cannot apply: --teacher "
+                          f"{config.teacher.path} is loaded, not trained, and is {what}; drop --teacher-fusion"
+                          + (f" or pass --teacher-fusion {fusion}" if fusion else ""))
+    from distill_export.tasks import get_task
+
+    if fusion and fusion in get_task(config.task).teacher_fusions:
+        config.teacher.fusion = fusion
+
+
 def check_data(config, data) -> None:
     """The student and teacher against the loaded data, before anything trains."""
     check_models(config, data)  # a student/teacher that cannot fit the data fails before training

@@ -4,9 +4,13 @@ Layout: config.yaml, teacher.pt, baseline.pt, student.pt, student*.onnx, report.
 run record, distill_export/record: each stage writes its own sections through `update_report`,
 the one writer), state.json (stage state), report.md, report.html, plots/.
 
-Stage state lives in one place, state.json: {"stages": {stage: {"status": "pending"|"done",
+Stage state lives in one place, state.json: {"stages": {stage: {"status": "pending"|"done"|"stale",
 "finished": time}}} (runs made before it kept this under report.json["stages"]: read from there,
-and moved to state.json the first time the record is written). A run is claimed by creating
+and moved to state.json the first time the record is written). A stage that starts is "pending"
+(a training stage's entry also holds the "config" it started with); when it starts again, every
+stage made from its output (DEPENDENTS) recorded done becomes {"status": "stale", "after": stage},
+and the report sections and files those stages wrote are dropped (STAGE_SECTIONS, STAGE_FILES):
+a stage command refuses to build on a stale stage and `run --resume` runs it again. A run is claimed by creating
 report.json exclusively (O_EXCL), so two concurrent `run --out X` cannot both win; `report` and
 the stage commands read the state to know which stages finished. config.yaml is written by a
 stage command only after it succeeds, and `transaction()` puts the directory back as it was when
@@ -33,7 +37,7 @@ import yaml
 from distill_export.config import RunConfig, config_from_dict
 from distill_export.config_checks import value_range
 from distill_export.errors import ConfigError
-from distill_export.files import ensure_writable_dir, write_json, write_text
+from distill_export.files import check_output, ensure_writable_dir, write_json, write_text
 from distill_export.record import SCHEMA_VERSION, RunRecord
 from distill_export.record import store
 
@@ -48,6 +52,25 @@ STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),
                                  # each later round's student (distill.rounds), distill_runs.distill_rounds
                                  *(f"{who}_round{r}" for who in ("student", "control_student")
                                    for r in range(2, value_range("distill.rounds")[1] + 1)))}
+# The stages whose results are made from a stage's output: when the stage runs again they describe
+# what it made before, so they become stale (RunDir.begin_stage). Validate and profile both read the
+# exported files, not each other's results (each re-derives the recommendation when the other's
+# results are there), so re-running one leaves the other current; the report renders them all.
+DEPENDENTS = {"train_teacher": ("distill", "export", "validate", "profile", "report"),
+              "distill": ("export", "validate", "profile", "report"),
+              "export": ("validate", "profile", "report"), "validate": ("report",), "profile": ("report",),
+              "report": ()}
+# What each stage leaves behind besides its artifacts (record/models.py says who writes what):
+# dropped when the stage starts (it writes them again) and when it becomes stale. "validate" writes
+# parity into the export entries and the recommendation; "distill" the student's metrics (metrics
+# other than the teacher's, handled in _forget).
+STAGE_SECTIONS = {"distill": ("kd_gain", "kd_gain_ci95", "kd_gain_p_value", "kd_verdict", "comparisons",
+                              "distill", "figures"),
+                  "export": ("exports", "teacher_exports"), "validate": ("recommended",),
+                  "profile": ("latency", "speedups", "profile", "recommended"), "report": ()}
+STAGE_TIMINGS = {"distill": ("distill", "baseline", "self_training_control"), "export": ("export", "export_teacher"),
+                 "validate": ("validate",), "profile": ("profile",)}
+STAGE_FILES = {"profile": ("latency.csv",), "report": ("report.md", "report.html")}
 # What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
 _NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
          "distill": "`distill-export distill {run}`",
@@ -64,21 +87,9 @@ class RunClaimed(ConfigError):
 
 
 def _check_free(target: Path) -> None:
-    """--out must be new, or an empty folder: never a run, never a folder of the user's files."""
-    if not target.exists():
-        if target.is_symlink():
-            raise ConfigError(f"--out {target} is a dangling symbolic link; choose another --out")
-        return
-    if not target.is_dir():
-        raise ConfigError(f"--out {target} is a file, not a folder; choose another --out")
-    names = sorted(p.name for p in target.iterdir())
-    if {"report.json", STATE_FILE, "config.yaml"} & set(names):
-        raise ConfigError(f"--out {target} already holds a run; choose a new --out or delete it "
-                          f"(an interrupted run continues with `distill-export run --resume {target}`)")
-    if names:
-        shown = ", ".join(repr(n[:40]) for n in names[:3]) + (", ..." if len(names) > 3 else "")
-        raise ConfigError(f"--out {target} is not empty and is not a run directory ({len(names)} entries: {shown}); "
-                          "a run writes only into a new or empty folder: choose another --out")
+    """--out must be new, or an empty folder: never a run, never a folder of the user's files,
+    never inside a run (files.check_output, the rule every writing command follows)."""
+    check_output(target, folder=True)
 
 
 def check_free(path: str | Path | None) -> None:
@@ -90,14 +101,7 @@ def check_free(path: str | Path | None) -> None:
 def check_new_file(path: str | Path, run_dir: str | Path, flag: str = "--out") -> None:
     """An output file a command is told to write (tune --out): a new path in an existing folder,
     outside the run directory (whose files belong to its stages), checked before any work."""
-    target = Path(path).expanduser()
-    if target.exists() or target.is_symlink():
-        raise ConfigError(f"{flag} {target} already exists and is never overwritten; choose a new path")
-    if target.resolve().is_relative_to(Path(run_dir).expanduser().resolve()):
-        raise ConfigError(f"{flag} {target} is inside the run directory {run_dir}, whose files belong to its stages; "
-                          f"choose a path outside it (or leave {flag} out)")
-    if not target.parent.is_dir():
-        raise ConfigError(f"{flag} {target}: the folder {target.parent} does not exist")
+    check_output(path, folder=False, flag=flag, run_dir=run_dir)
 
 
 @dataclass
@@ -161,6 +165,49 @@ class RunDir:
         stages[name] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.set_stages(stages)
 
+    def begin_stage(self, name: str, config: RunConfig | None = None) -> list[str]:
+        """`name` starts (again): it is pending until it finishes, and every stage made from its
+        output (DEPENDENTS) that was recorded done becomes stale; what those stages and this one
+        wrote into report.json, and the reports rendered from it, are dropped (they describe the
+        artifacts of before). A stage command that needs a stale stage is refused (require_stages);
+        `run --resume` runs it again. A training stage records the config it starts with, so a
+        resume can say which settings changed since its checkpoints were written. Returns the
+        stages made stale."""
+        stages = self.stages()
+        if stages is None or name not in RUN_STAGES:
+            return []
+        stale = [s for s in DEPENDENTS[name] if stages.get(s, {}).get("status") == "done"]
+        entry = {"status": "pending"}
+        if config is not None and name in STAGE_CHECKPOINTS:
+            entry["config"] = config.to_dict()
+        self.set_stages({**stages, name: entry, **{s: {"status": "stale", "after": name} for s in stale}})
+        self._forget([name, *stale])
+        return stale
+
+    def _forget(self, stages: list[str]) -> None:
+        """Drop what `stages` wrote into report.json, and the files they rendered."""
+        def drop(data: dict) -> dict:
+            data = dict(data)
+            for stage in stages:
+                for section in STAGE_SECTIONS.get(stage, ()):
+                    data.pop(section, None)
+                if stage == "distill" and isinstance(data.get("metrics"), dict):
+                    data["metrics"] = {k: v for k, v in data["metrics"].items() if k == "teacher"}
+                if stage == "validate":  # parity results of exports that stay
+                    for key in ("exports", "teacher_exports"):
+                        if isinstance(data.get(key), dict):
+                            data[key] = {f: {k: v for k, v in (e or {}).items() if k != "parity"}
+                                         for f, e in data[key].items()}
+                if isinstance(data.get("timings"), dict):
+                    data["timings"] = {k: v for k, v in data["timings"].items()
+                                       if k not in STAGE_TIMINGS.get(stage, ())}
+            return data
+
+        store.rewrite(self.file("report.json"), drop)
+        for stage in stages:
+            for name in STAGE_FILES.get(stage, ()):
+                self.file(name).unlink(missing_ok=True)
+
     # ----- training checkpoints and resume -----------------------------------------------------
     def checkpoint_path(self, label: str) -> Path:
         return self.path / CHECKPOINT_DIR / f"{label}.pt"
@@ -209,26 +256,38 @@ class RunDir:
         first = RUN_STAGES.index(missing[0]) if missing else len(RUN_STAGES)
         return list(RUN_STAGES[:first]), list(RUN_STAGES[first:])
 
-    def resume_summary(self) -> str:
-        """One line: what is reused, where training continues, what runs after."""
+    def resume_summary(self, restarts: dict[str, str] | None = None) -> str:
+        """One line: what is reused, where training continues, what runs after. `restarts`:
+        {checkpoint label: why} for checkpoints the training will not continue (launch.resume_restarts):
+        those are said to restart from epoch 1, never to continue."""
         from distill_export.train import checkpoint_progress
 
+        restarts = restarts or {}
         reused, todo = self.resume_plan()
         parts = [f"resuming {self.path}:", f"{', '.join(reused)} done (reused);" if reused else "no stage done;"]
         if todo:
-            found = []
+            found, again = [], []
             for label in STAGE_CHECKPOINTS.get(todo[0], ()):
                 progress = checkpoint_progress(self.checkpoint_path(label)) if self.checkpoint_path(label).is_file() else None
-                if progress:
+                if label in restarts:
+                    at = f" at epoch {progress[0]}/{progress[1]}" if progress else ""
+                    again.append(f"{label}{at} restarts from epoch 1: {restarts[label]}")
+                elif progress:
                     found.append(f"{label} at epoch {progress[0]}/{progress[1]}")
             where = f" from checkpoints ({', '.join(found)})" if found else ""
-            parts.append(f"running {todo[0]}{where}" + (f", then {', '.join(todo[1:])}" if todo[1:] else ""))
+            where += f" ({'; '.join(again)})" if again else ""
+            stages = self.stages() or {}
+            stale = [s for s in todo if stages.get(s, {}).get("status") == "stale"]
+            parts.append(f"running {todo[0]}{where}" + (f", then {', '.join(todo[1:])}" if todo[1:] else "")
+                         + (f" ({', '.join(stale)} stale: {stages[stale[0]].get('after', 'an earlier stage')} ran "
+                            "again after them)" if stale else ""))
         return " ".join(parts)
 
     @contextmanager
     def lock(self):
-        """Hold an exclusive lock on the run directory while a `run` works in it, so a
-        `run --resume` of a run that is still going is refused (the lock dies with the process)."""
+        """Hold an exclusive lock on the run directory while a command works in it (`run` and
+        every stage command), so a second command on the same run is refused, not interleaved
+        (the lock dies with the process)."""
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
@@ -239,8 +298,8 @@ class RunDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise ConfigError(f"{self.path} is in use by another distill-export process; "
-                                  "wait for it to finish or stop it first") from None
+                raise ConfigError(f"{self.path} is in use by another distill-export process (another command "
+                                  "holds the run's lock); wait for it to finish or stop it first") from None
             yield self
         finally:
             os.close(fd)
@@ -256,6 +315,15 @@ class RunDir:
     def require_stages(self, needed: tuple[str, ...] | None, command: str) -> None:
         """Refuse `command` unless `needed` (None: every planned stage) finished."""
         missing = self.missing_stages(needed)
+        stages = self.stages() or {}
+        stale = [s for s in missing if stages.get(s, {}).get("status") == "stale"]
+        if stale and stale == missing:
+            after = stages[stale[0]].get("after", "an earlier stage")
+            raise ConfigError(f"{self.path}: stage{'s' * (len(stale) > 1)} {', '.join(stale)} "
+                              f"{'are' if len(stale) > 1 else 'is'} stale ({after} ran again after "
+                              f"{'them' if len(stale) > 1 else 'it'}), so `{command}` cannot run; next: "
+                              + _NEXT[stale[0]].format(run=self.path)
+                              + f" (or `distill-export run --resume {self.path}` to run every stale stage again)")
         if missing:
             hint = _NEXT[missing[0]].format(run=self.path)
             raise ConfigError(f"{self.path} is unfinished: stage{'s' * (len(missing) > 1)} {', '.join(missing)} "
@@ -309,6 +377,12 @@ class RunDir:
     def require(self, name: str, stage: str) -> Path:
         p = self.file(name)
         if not p.exists():
+            if stage == "train-teacher" and self.stages() is not None and self.file("config.yaml").is_file():
+                # a `run` stopped in its teacher stage (config.yaml and its stage state are written
+                # first): `run --resume` continues it from its checkpoints
+                raise ConfigError(f"{p} is missing: the teacher stage of {self.path} never finished; continue it "
+                                  f"with `distill-export run --resume {self.path}` (or start a new run with "
+                                  "`distill-export run --out NEW`)")
             if stage == "train-teacher":  # a stage that makes a new run directory: it cannot be re-entered
                 raise ConfigError(f"{p} is missing: the teacher stage of {self.path} never finished; "
                                   "start a new run (`distill-export run --out NEW` or `train-teacher --out NEW`)")
@@ -361,8 +435,10 @@ def records_stage(name: str):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            result = fn(*args, **kwargs)
             run = next((a for a in (*args, *kwargs.values()) if isinstance(a, RunDir)), None)
+            if run is not None:  # pending while it runs; the later stages done before are stale now
+                run.begin_stage(name, next((a for a in (*args, *kwargs.values()) if isinstance(a, RunConfig)), None))
+            result = fn(*args, **kwargs)
             if run is not None:
                 run.mark_stage(name)
                 run.drop_checkpoints(name)  # its artifacts are written: the training state is spent

@@ -146,7 +146,9 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     # trains: labeled rows, the student's steps), on the same validation split. Without it a
     # study always names a winner, even where no distillation pays (AV-MNIST with all labels).
     baseline_val = train(None, config.seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: optuna logs a trial that raised (SIGTERM, Ctrl-C, a typed error) as a warning with its
+    # whole traceback; the command line says it in one line (cli/guard.py).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     sampler = optuna.samplers.TPESampler(seed=config.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, config.distill.epochs // 3))
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)

@@ -91,6 +91,10 @@ def test_stages_rerun_on_the_run_directory(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
     assert json.loads((run / "report.json").read_text())["exports"]["onnx"]["parity"]["passed"] is True
+    # the latency measured the export of before: stale (issue 24), so the report waits for profile
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 2 and "profile is stale" in result.output, result.output
+    assert runner.invoke(app, ["profile", str(run), "--quiet"]).exit_code == 0
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     assert "kd_gain" in (run / "report.md").read_text() and (run / "report.html").stat().st_size > 0

@@ -329,6 +329,11 @@ def test_every_cli_flag_lands_on_its_config_key(command, param, monkeypatch, tmp
             seen["cfg"] = stage_config
             raise _Stop()
 
+        def lock(self):  # stage commands hold the run's lock (issue 24)
+            import contextlib
+
+            return contextlib.nullcontext(self)
+
     monkeypatch.setattr(RunDir, "existing", classmethod(lambda cls, path: FakeRun()))
     args, key, value = FLAGS[param]
     positional = [str(tmp_path)] if command in ("distill", "export") else []

@@ -109,6 +109,10 @@ def main() -> None:
     ap.add_argument("--rss-rows", type=int, nargs="+", default=None,
                     help="measure peak memory of the cache at these row counts instead")
     args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from distill_export.files import check_tool_output
+
+    check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
     if args.rss_rows:
         return rss_scaling(sorted(args.rss_rows), Path(args.out))
 

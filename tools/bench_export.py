@@ -277,6 +277,9 @@ def bench_size(args) -> None:
     for r in args.int8_recipes:
         if r not in INT8_RECIPES:
             raise SystemExit(f"unknown INT8 recipe {r!r} (choices: {', '.join(INT8_RECIPES)})")
+    from distill_export.files import check_tool_output
+
+    check_tool_output(args.out, folder=False)  # a new file, outside any run: before any work
     size = args.size
     real = mnist_images(size, args.calibration_rows + args.agreement_rows)
     if real is None:
@@ -412,7 +415,9 @@ def main() -> None:
             print(f"error: --size must be at least 8, got {args.size}")
             raise SystemExit(2)
         return bench_size(args)
+    from distill_export.files import check_tool_output
 
+    check_tool_output(args.out, folder=False)  # a new file, outside any run: before any work
     from distill_export.export import ExportOptions, ExportSource, export_formats
     from distill_export.tasks.classification.metrics import classification_metrics
     from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx

@@ -49,6 +49,9 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "profile")
     args = ap.parse_args()
+    from distill_export.files import check_tool_output
+
+    check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
 
     from distill_export.config import ProfileConfig
     from distill_export.profiling import make_settings, profile_targets

@@ -225,6 +225,10 @@ def main() -> None:
                     help="the overhead step at each of these batch sizes (default: the config's, 64)")
     ap.add_argument("--out", default="bench-results/train")
     args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from distill_export.files import check_tool_output
+
+    check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
 
     sys.path.insert(0, str(REPO))
     import torch

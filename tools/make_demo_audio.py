@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="regenerate in memory and compare with --out; write nothing")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="synthesis processes")
     args = ap.parse_args(argv)
+    if not args.check:  # a new file (the shipped asset too: delete it first to rebuild it), before any work
+        from distill_export.files import check_tool_output
+
+        check_tool_output(args.out, folder=False)
     if shutil.which("espeak-ng") is None:
         print("espeak-ng not found on PATH: apt-get install espeak-ng", file=sys.stderr)
         return 1

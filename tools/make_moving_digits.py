@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> Path:
     for split, n in md.SIZES.items():
         parser.add_argument(f"--{split}", type=int, default=n, help=f"clips in the {split} split (default {n})")
     args = parser.parse_args(argv)
-    out = args.out.expanduser()
-    if out.exists() and any(out.iterdir()):
-        parser.error(f"{out} is not empty")
+    from distill_export.files import check_tool_output
+
+    out = check_tool_output(args.out, folder=True)  # new or empty, outside any run: before any work
     t0 = time.perf_counter()
     manifest = md.generate(out, args.seed, {s: getattr(args, s) for s in md.SIZES})
     n = sum(getattr(args, s) for s in md.SIZES)

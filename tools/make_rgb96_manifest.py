@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    from distill_export.files import check_tool_output
+
+    check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
     if not 2 <= args.classes <= 10 or args.per_class < 3:
         raise SystemExit("error: --classes must be 2..10 and --per-class at least 3")
     print(make_manifest(args.out, args.classes, args.per_class, args.seed))

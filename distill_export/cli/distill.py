@@ -22,10 +22,11 @@ def distill(run_dir: RunDirArg, overrides: dict = None, quiet: Quiet = False):
 
     rd, cfg = open_run(run_dir, overrides)
     check_rounds_config(cfg)  # what rounds cannot serve, before the transaction backs anything up
-    rd.require_stages(("train_teacher",), "distill")
-    with rd.transaction():  # a failure leaves the run directory exactly as it was
-        stage_distill(cfg, rd, quiet)
-        rd.save_config(cfg)  # only after success: config.yaml describes the artifacts beside it
+    with rd.lock():  # a second command on this run is refused, not interleaved
+        rd.require_stages(("train_teacher",), "distill")
+        with rd.transaction():  # a failure leaves the run directory exactly as it was
+            stage_distill(cfg, rd, quiet)  # export, validate, profile and report done before: stale now
+            rd.save_config(cfg)  # only after success: config.yaml describes the artifacts beside it
     report = rd.load_report()
     out.print(f"student {100 * report['metrics']['student']['accuracy']:.1f}%, baseline "
               f"{100 * report['metrics']['baseline']['accuracy']:.1f}%, kd_gain {100 * report['kd_gain']:+.1f} points "

@@ -20,9 +20,10 @@ def export(run_dir: RunDirArg, overrides: dict = None, quiet: Quiet = False):
     from distill_export.pipeline import stage_export
 
     rd, cfg = open_run(run_dir, overrides)
-    rd.require_stages(("distill",), "export")
-    with rd.transaction():
-        stage_export(cfg, rd, quiet)
-        rd.save_config(cfg)
+    with rd.lock():
+        rd.require_stages(("distill",), "export")
+        with rd.transaction():
+            stage_export(cfg, rd, quiet)
+            rd.save_config(cfg)
     for fmt, art in rd.load_report()["exports"].items():
         out.print(f"{fmt}: {rd.file(art['path'])} ({art['size_bytes'] / 1024:.1f} KiB)")

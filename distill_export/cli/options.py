@@ -139,9 +139,15 @@ def config_flags(command: str):
 
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
-    from distill_export.config import load_config
+    from distill_export.config import load_config, read_yaml
+    from distill_export.preflight import settle_teacher_fusion
 
-    return load_config(recipe or "avdigits", config_file, flags)
+    config = load_config(recipe or "avdigits", config_file, flags)
+    from_file = read_yaml(config_file) if config_file else {}
+    given = flags.get("teacher.fusion") is not None or (
+        isinstance(from_file.get("teacher"), dict) and "fusion" in from_file["teacher"])
+    settle_teacher_fusion(config, given)  # --teacher-fusion with a loaded teacher: refused, or recorded as it ran
+    return config
 
 
 # ----- options that set no config key ---------------------------------------------------------

@@ -49,15 +49,22 @@ def profile(
     from distill_export.report import print_latency
 
     run = _lone_run(targets, out_dir)  # profiling one run directory updates it in place
-    with run.transaction() if run is not None else contextlib.nullcontext():
-        result, written = profile_command(
-            targets, preset=target, threads=threads, batches=batch, backends=backend, device=device,
-            input_shape=input_shape, warmup_s=warmup, min_time_s=min_time, min_iters=min_iters,
-            max_call_s=max_call_s, out=out_dir,
-            progress=None if quiet else err.log,
-        )
-        if run is not None:
-            run.mark_stage("profile")
+    with run.lock() if run is not None else contextlib.nullcontext():
+        if run is not None:  # what is measured is the current export (a stale one is refused)
+            run.require_stages(("export",), "profile")
+        with run.transaction() if run is not None else contextlib.nullcontext():
+            if run is not None:
+                run.begin_stage("profile")  # the report rendered before is stale until save() renders it again
+            result, written = profile_command(
+                targets, preset=target, threads=threads, batches=batch, backends=backend, device=device,
+                input_shape=input_shape, warmup_s=warmup, min_time_s=min_time, min_iters=min_iters,
+                max_call_s=max_call_s, out=out_dir,
+                progress=None if quiet else err.log,
+            )
+            if run is not None:
+                run.mark_stage("profile")
+                if not run.missing_stages(None):  # save() rendered the reports from a complete record
+                    run.mark_stage("report")
     print_latency({"latency": result.rows, "speedups": result.speedups, "profile": result.meta}, out)
     if written:
         out.print("written: " + ", ".join(str(p) for p in written), highlight=False)

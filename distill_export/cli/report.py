@@ -19,7 +19,8 @@ def report(run_dir: RunDirArg):
     from distill_export.rundir import RunDir
 
     rd = RunDir.existing(run_dir)
-    rd.require_stages(None, "report")  # an unfinished run: name the missing stages, write nothing
-    with rd.transaction():
-        stage_report(rd)
+    with rd.lock():
+        rd.require_stages(None, "report")  # an unfinished or stale run: name the stage to run, write nothing
+        with rd.transaction():
+            stage_report(rd)
     out.print(f"report: {rd.file('report.md')}")

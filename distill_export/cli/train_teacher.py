@@ -22,8 +22,9 @@ def train_teacher(config: ConfigFile = None, recipe: Recipe = None, overrides: d
     cfg = load(recipe, config, overrides)
     rd, data, device = launch.start_run(cfg, stages=("train_teacher",))  # checked before it is made
     try:
-        stage_train_teacher(cfg, rd, quiet, data, device)
-        rd.save_config(cfg)  # written by the stage that succeeded, with the settings it used
+        with rd.lock():  # a stage command on this new run meanwhile is refused
+            stage_train_teacher(cfg, rd, quiet, data, device)
+            rd.save_config(cfg)  # written by the stage that succeeded, with the settings it used
     except Exception:
         rd.discard()  # this command made the folder and finished nothing in it
         raise

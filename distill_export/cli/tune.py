@@ -47,7 +47,8 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
         check_new_file(out_file, run_dir)
     rd, cfg = open_run(run_dir)
     path = out_file or rd.file("tuned.yaml")
-    summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec)
+    with rd.lock():  # tune.json and the teacher cache are written into the run: one command at a time
+        summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec)
     best = summary["best"]
     out.print(f"best of {summary['completed']} trials ({summary['pruned']} pruned, {summary['seconds']:.0f} s): "
               f"{best['method']}, validation accuracy {100 * best['val_accuracy']:.1f}%")

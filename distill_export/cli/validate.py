@@ -18,7 +18,7 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     from distill_export.config import apply_overrides, validate_config
     from distill_export.errors import ParityError
     from distill_export.launch import open_run
-    from distill_export.pipeline import stage_validate
+    from distill_export.pipeline import stage_report, stage_validate
     from distill_export.report import print_parity
     from distill_export.validate import failed_gates, parse_gate_flags, print_gates
 
@@ -27,9 +27,12 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
 
     apply_overrides(cfg, parse_gate_flags(gate, get_task(cfg.task)), "--gate")
     validate_config(cfg)  # the gates pass the config's own checks before anything is written
-    rd.require_stages(("export",), "validate")
-    with rd.transaction():
-        results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure
+    with rd.lock():
+        rd.require_stages(("export",), "validate")  # a stale export (distill ran again) is refused
+        with rd.transaction():
+            results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure
+            if not rd.missing_stages(None):  # a finished run: its report (stale now) shows the new parity
+                stage_report(rd)
     print_parity(rd.load_report(), out)
     print_gates(results, out)
     if failed := failed_gates(results):

@@ -29,7 +29,10 @@ def profile_command(
 ) -> tuple[ProfileResult, list[Path]]:
     """Returns the result and the files written."""
     from distill_export.config import ProfileConfig
+    from distill_export.files import check_output
 
+    if out is not None:  # a new or empty folder outside any run, checked before anything is measured
+        check_output(out, folder=True, flag="--out")
     run_dir = targets[0] if len(targets) == 1 and Path(targets[0]).is_dir() else None
     base = ProfileConfig()
     if run_dir is not None:

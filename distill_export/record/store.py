@@ -90,3 +90,18 @@ def write_sections(path: Path, sections: dict, replace: bool = False,
         raise ValueError(f"report.json would not match its schema: {exc}") from None
     write_json(path, merged)
     return merged, record
+
+
+def rewrite(path: Path, change) -> dict:
+    """report.json with `change(data)` applied to the whole record (e.g. a stale stage's sections
+    dropped, RunDir.begin_stage), checked against the models and written atomically."""
+    data, _, _ = load(path)
+    changed = change(data)
+    if changed == data:  # nothing to drop: the file stays as written (an old version stays old)
+        return data
+    try:
+        validate(changed)
+    except RecordError as exc:
+        raise ValueError(f"report.json would not match its schema: {exc}") from None
+    write_json(path, changed)
+    return changed
