@@ -152,7 +152,7 @@ def test_an_image_size_the_student_cannot_take_is_one_line(manifest, tmp_path):
     assert "data.image_size=2" in line[0] and not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("augment", ["none", "shift"])
+@pytest.mark.parametrize("augment", ["none", "shift", "crop, mix: mixup_cutmix"])
 def test_a_streamed_run_completes_and_says_so(manifest, tmp_path, augment):
     """The whole pipeline on a streamed training split: teacher, cache (or the online teacher with
     worker-side augmentation), student, export, report."""
