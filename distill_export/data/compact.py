@@ -98,8 +98,9 @@ def uint8_mean_std(a: np.ndarray) -> tuple[float, float]:
     """(mean, std with ddof=1) in float64 of float32(a) / 255, exactly from a histogram of the bytes:
     no float copy of the column (the float64 copy was 8x the uint8 data)."""
     counts = np.zeros(256, dtype=np.int64)
-    for i in range(0, len(a), CHUNK_ROWS // 4):
-        counts += np.bincount(a[i : i + CHUNK_ROWS // 4].reshape(-1), minlength=256)
+    flat = a.reshape(-1)
+    for i in range(0, flat.size, 1 << 18):  # bincount copies its input to int64: 2 MB at a time
+        counts += np.bincount(flat[i : i + (1 << 18)], minlength=256)
     values = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float64)
     n = int(counts.sum())
     mean = float((counts * values).sum() / n)

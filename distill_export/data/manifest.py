@@ -197,13 +197,12 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     inputs_of: dict[str, dict] = {s: {} for s in splits_here}
     for m, dec in decoders.items():
         kind = dec.final_kind
-        # an 8-bit image column's training rows stay uint8, normalised per batch (CompactColumn)
-        compact = kind == "image" and dec.clip is None and "train" in held and held["train"][m].dtype == np.uint8
+        # an 8-bit image column stays uint8 (every in-memory split), normalised per batch (CompactColumn)
+        can_compact = kind == "image" and dec.clip is None
         for s in in_memory:
             a = held[s][m]
-            if not (compact and s == "train"):
-                a = to_unit_float(a) if a.dtype == np.uint8 else a  # float32(u) / 255, as images were read
-            held[s][m] = a if compact and s == "train" else torch.from_numpy(a)
+            if not (can_compact and a.dtype == np.uint8):  # float32(u) / 255, as images were read
+                held[s][m] = torch.from_numpy(to_unit_float(a) if a.dtype == np.uint8 else a)
         if streaming:
             stats[m] = stream_stats[m]
             specs[m] = ModalitySpec(m, stream_shapes[m], *stats[m], LAYOUTS[kind], kind=kind)
@@ -211,7 +210,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             x = held["train"][m]
             if kind == "text":
                 stats[m] = (0.0, 1.0)  # token ids: nothing to normalise
-            elif compact:  # exact, from a histogram of the bytes: no float copy of the column
+            elif isinstance(x, np.ndarray):  # uint8: exact, from a histogram of the bytes, no float copy
                 stats[m] = uint8_mean_std(x)
             elif dec.clip is not None:  # a video column's clip or frame: no float64 copy of it
                 stats[m] = _chunked_mean_std(x)
@@ -224,7 +223,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             specs[m] = ModalitySpec(m, tuple(x.shape[1:]), *stats[m], LAYOUTS[kind], kind=kind)
         for s in in_memory:
             v = held[s][m]
-            if compact and s == "train":
+            if isinstance(v, np.ndarray):
                 v = CompactColumn(torch.from_numpy(v), normalised_lut(*stats[m]))
             elif kind != "text":
                 v.sub_(stats[m][0]).div_(stats[m][1])  # in place: (v - mean) / std, the same float32 ops
