@@ -37,7 +37,7 @@ class ModalitySpec:
 @dataclass
 class Split:
     # modality -> (N, *shape) float32, normalised: a tensor, or a column that indexes like one
-    # (a manifest's 8-bit training images held as uint8, data/compact.py; streamed, data/streaming.py)
+    # (a manifest's 8-bit images held as uint8, data/compact.py; streamed training rows, data/streaming.py)
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor  # (N, ...) the task's targets, e.g. (N,) int64 classes; IGNORE_INDEX fills an unlabeled row
     # The true targets of the rows whose labels data.label_fraction hid (IGNORE_INDEX elsewhere):

@@ -9,7 +9,7 @@ relative to the manifest's folder. A column's kind comes from its name (image, a
 video, or name_kind / kind_name), else from its file extensions. A video column gives two
 modalities: the clip and its target frame (data/video.py).
 Reading and checking rows: manifest_rows.py; decoding cells and streaming: manifest_decode.py;
-label cells: manifest_targets.py.
+label cells: manifest_targets.py; how decoded rows are held (uint8 for 8-bit images): compact.py.
 
 Every row is read and checked before any training: bad rows are listed as file:line and
 the run fails (DataError, exit 2), or they are skipped with data.skip_bad_rows.

@@ -179,7 +179,7 @@ def fix_auto_sizes(path: Path, rows: list[Row], decoders: dict) -> None:
 
 
 def held_bytes(decoder, value) -> int:
-    """Bytes one decoded row of this column takes in memory: an 8-bit image's uint8 (training rows
+    """Bytes one decoded row of this column takes in memory: an 8-bit image's uint8 (its rows
     are held compact), a clip's float32, the array's own size else."""
     a = np.asarray(value)
     if decoder.clip is not None:

@@ -30,7 +30,6 @@ class Row:
     cells: dict[str, str]  # modality column -> path or text, stripped
     label: str | None  # None: unlabeled
     split: str | None  # None: drawn with the seed
-    values: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> decoded array
     id: str | None = None  # the `id` cell (matches a COCO image id, data/coco.py)
     size: tuple[int, int] | None = None  # box labels: the (H, W) of the frame the boxes are in
     slots: dict[str, int] = field(default_factory=dict)  # modality -> its row in the split's storage
