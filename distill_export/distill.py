@@ -18,7 +18,6 @@ from distill_export import distributed as ddp
 from distill_export import speed
 from distill_export.data import Dataset
 from distill_export.data.augment import mix_batch, mixed_loss
-from distill_export.data.streaming import is_streamed
 from distill_export.methods import DistillModule, Objective, SetupInfo, TermInputs, term_specs
 from distill_export.tasks import get_task
 from distill_export.nets.model_io import input_size, new_student
@@ -62,7 +61,7 @@ def train_baseline(config, data: Dataset, device, quiet: bool = False, augment=N
     model = new_student(config, data).to(device)
     labeled = data.train.labeled.nonzero().squeeze(1)
     column = data.train.inputs[modality]
-    x = (column.take(labeled) if is_streamed(column) else column[labeled]).to(device)
+    x = (column[labeled] if isinstance(column, torch.Tensor) else column.take(labeled)).to(device)  # lazy stays lazy
     y = data.train.labels[labeled].to(device)
     forward, fetch, inputs = speed.student_step(model, x, config, device, augment)
     mixing = batch_mixer(config)

@@ -43,16 +43,34 @@ FLOOR_DB = 10.0 * math.log10(EPS)
 TRIM_DB = 40.0
 
 
-def _check_header(path: Path, n_ch: int, width: int, sr: int, n: int, max_seconds: float) -> None:
-    """Refuse absurd header values before any sample is read."""
+def _check_header(path: Path, n_ch: int, width: int, sr: int, n: int, max_seconds: float,
+                  present: int | None = None) -> None:
+    """Refuse absurd header values before any sample is read. present: the bytes the file holds
+    after the data chunk's start (None: unknown); a header claiming more is corrupt, not long."""
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
         raise DataError(f"WAV file {path}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE // 1000} kHz-"
                         f"{MAX_SAMPLE_RATE // 1000} kHz (a corrupt header?)")
     if not 1 <= n_ch <= 64:
         raise DataError(f"WAV file {path}: {n_ch} channels (1-64 supported; a corrupt header?)")
+    claimed = n * n_ch * width
+    if present is not None and claimed > present:
+        raise DataError(f"WAV file {path} is corrupt or truncated: its header claims {claimed} bytes of audio "
+                        f"({n / sr:.1f} s), the file holds {max(present, 0)} after the header")
     if n / sr > max_seconds:
         raise DataError(f"WAV file {path}: the clip is {n / sr:.1f} s long, more than the {max_seconds:g} s "
                         "limit (data.max_audio_seconds); cut it or raise the limit")
+
+
+def _bytes_after_data_start(f, path: Path) -> int | None:
+    """The file's bytes from the data chunk's first sample on (the stdlib reader's chunk offset;
+    None where this Python's wave module does not expose it)."""
+    chunk, start = getattr(f, "_data_chunk", None), 0
+    if not isinstance(getattr(chunk, "offset", None), int):
+        return None
+    while isinstance(getattr(chunk, "offset", None), int):  # offsets are relative to the enclosing chunk
+        start += chunk.offset
+        chunk = getattr(chunk, "file", None)
+    return path.stat().st_size - start
 
 
 def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int]:
@@ -62,7 +80,7 @@ def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[
     try:
         with _wave.open(str(path), "rb") as f:
             n_ch, width, sr, n = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
-            _check_header(path, n_ch, width, sr, n, max_seconds)
+            _check_header(path, n_ch, width, sr, n, max_seconds, _bytes_after_data_start(f, path))
             # A header may understate the length: read no more than the limit allows.
             raw = f.readframes(min(n, int(max_seconds * sr) + 1))
     except FileNotFoundError:

@@ -36,7 +36,9 @@ class ModalitySpec:
 
 @dataclass
 class Split:
-    inputs: dict[str, torch.Tensor]  # modality -> (N, *shape) float32, normalised
+    # modality -> (N, *shape) float32, normalised: a tensor, or a column that indexes like one
+    # (a manifest's 8-bit images held as uint8, data/compact.py; streamed training rows, data/streaming.py)
+    inputs: dict[str, torch.Tensor]
     labels: torch.Tensor  # (N, ...) the task's targets, e.g. (N,) int64 classes; IGNORE_INDEX fills an unlabeled row
     # The true targets of the rows whose labels data.label_fraction hid (IGNORE_INDEX elsewhere):
     # only ever read to score the teachers' pseudo-labels on the unlabeled pool, never trained on.
@@ -46,7 +48,9 @@ class Split:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> "Split":
-        return Split({k: v[index] for k, v in self.inputs.items()}, self.labels[index],
+        # a compact column's rows stay compact (data/compact.py); a tensor's are copied
+        return Split({k: v[index] if isinstance(v, torch.Tensor) else v.take(index) for k, v in self.inputs.items()},
+                     self.labels[index],
                      None if self.hidden is None else self.hidden[index])
 
     @property

@@ -1,6 +1,7 @@
 """Modality loaders for manifest datasets: one file or cell in, one array out.
 
-image: a file read with PIL -> (C, H, W) float32 in [0, 1], C = 1 (grayscale) or 3 (RGB).
+image: a file read with PIL -> (C, H, W) float32 in [0, 1], C = 1 (grayscale) or 3 (RGB); 8-bit
+       sources can stay uint8 (held compact, data/compact.py); every PIL mode by its real range.
 audio: a WAV read with the stdlib (data/audio.py) -> (1, n_mels, n_frames) log-mel in dB,
        resampled to DEMO_AUDIO_SPEC's rate first when the file has another one.
 text:  a string -> (max_tokens,) int64 ids of hashed character n-grams (0 = padding),
@@ -28,7 +29,7 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
 AUDIO_EXTS = {".wav", ".wave"}
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".webm", ".mov"}
 _FRAME_INDEX = re.compile(r"#(-?\d+)$")  # a video cell's target frame: clips/0001.mkv#2
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 # Text: hashed character n-grams inside word boundaries (fastText-style), no vocabulary.
 TEXT_BUCKETS = 1 << 14  # ids 1..TEXT_BUCKETS-1; 0 is padding
@@ -62,36 +63,129 @@ def split_cell(cell: str) -> tuple[str, int | None]:
 
 
 # ----- image ---------------------------------------------------------------------------------
-def read_image(path: str | Path):
-    """Open and fully decode an image; return the PIL image (mode untouched)."""
+# How each PIL mode becomes pixels in [0, 1] (docs/reliability.md, "Decoding that keeps the data"):
+# 8-bit modes are held as uint8 and scaled by 255; modes with alpha are composited over black
+# (a fully transparent pixel is 0 whatever colour it stores); 16-bit gray is scaled by 65535;
+# mode I (32-bit integer) is read as 16-bit and refused outside 0-65535; mode F (32-bit float) is
+# read as it is when its pixels lie in [0, 1], divided by 255 when in [0, 255], else refused.
+EIGHT_BIT_MODES = {"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "La", "RGBa", "CMYK", "YCbCr"}
+ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+WIDE_MODES = SIXTEEN_BIT_MODES | {"I", "F"}
+SUPPORTED_MODES = EIGHT_BIT_MODES | WIDE_MODES
+# A source image's pixels (width x height), checked from its header before it is decoded: an
+# 8192x8192 image is 200 MB as RGB; a larger one is refused, naming its size. It also keeps PIL's
+# decompression-bomb guard (89 M pixels: a warning, 179 M: an error) from ever being reached.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def open_image_header(path: Path):
+    """The image opened lazily (its header only: size and mode), or a DataError naming what is wrong:
+    a missing, empty or unreadable file, an unsupported mode, more than MAX_IMAGE_PIXELS pixels.
+    The caller closes it (or loads it)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     if path.stat().st_size == 0:
         raise DataError(f"image file is empty: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later
-            if im.width == 0 or im.height == 0:
-                raise DataError(f"image has no pixels: {path}")
-            return im.copy()
+        with warnings.catch_warnings():  # PIL's bomb warning: the size check below says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
     except UnidentifiedImageError:
         raise DataError(f"not an image PIL can read: {path}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} is too large to decode ({str(exc)[:80]}); the limit is "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.1f} M pixels (8192x8192)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"corrupt image {path}: {str(exc)[:120]}") from None
+    try:
+        check_header(im, path)
+    except DataError:
+        im.close()
+        raise
+    return im
 
 
-def image_to_array(im, size: tuple[int, int], rgb: bool) -> np.ndarray:
-    """PIL image -> (C, H, W) float32 in [0, 1]; size is (height, width)."""
+def check_header(im, path: Path) -> None:
+    if im.width == 0 or im.height == 0:
+        raise DataError(f"image has no pixels: {path}")
+    if im.width * im.height > MAX_IMAGE_PIXELS:
+        raise DataError(f"image {path} is {im.width}x{im.height} ({im.width * im.height / 1e6:.1f} M pixels), more "
+                        f"than the {MAX_IMAGE_PIXELS / 1e6:.1f} M pixel limit (8192x8192): downscale it")
+    if im.mode not in SUPPORTED_MODES:
+        raise DataError(f"image {path} has PIL mode {im.mode}, which is not read (supported: "
+                        f"{', '.join(sorted(SUPPORTED_MODES))}); convert it to RGB, L or 16-bit gray")
+
+
+def read_image(path: str | Path):
+    """Open and fully decode an image; return the PIL image (mode untouched). Its header is
+    checked first (open_image_header: size, mode), so an absurd image is refused undecoded."""
     from PIL import Image
 
+    path = Path(path)
+    im = open_image_header(path)
+    try:
+        with im:
+            im.load()  # decode now: a truncated file fails here, not later
+            out = im.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"corrupt image {path}: {str(exc)[:120]}") from None
+    out.info.setdefault("source", str(path))
+    return out
+
+
+def image_to_array(im, size: tuple[int, int], rgb: bool, compact: bool = False) -> np.ndarray:
+    """PIL image -> (C, H, W) in [0, 1] at size (height, width), C = 3 if rgb else 1: float32, or
+    with `compact` uint8 when the source is 8-bit (the caller scales by 255; float32 otherwise).
+    Each mode is read with its real range (the rules above EIGHT_BIT_MODES), or a DataError."""
+    from PIL import Image
+
+    source = im.info.get("source", "image")
+    if im.mode not in SUPPORTED_MODES:
+        raise DataError(f"image {source} has PIL mode {im.mode}, which is not read (supported: "
+                        f"{', '.join(sorted(SUPPORTED_MODES))})")
+    if im.mode in WIDE_MODES:
+        x = _wide_to_unit(im, source)  # (H, W) float32 in [0, 1]
+        if x.shape != tuple(size):
+            x = np.asarray(Image.fromarray(x, mode="F").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+        x = x[None]
+        return np.ascontiguousarray(np.repeat(x, 3, axis=0) if rgb else x)
+    if im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     im = im.convert("RGB" if rgb else "L")
     if (im.height, im.width) != tuple(size):
         im = im.resize((size[1], size[0]), Image.BILINEAR)
-    x = np.asarray(im, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
-    return x[None] if x.ndim == 2 else np.ascontiguousarray(x.transpose(2, 0, 1))
+    x = np.asarray(im, dtype=np.uint8)  # (H, W) or (H, W, 3)
+    x = x[None] if x.ndim == 2 else np.ascontiguousarray(x.transpose(2, 0, 1))
+    return x if compact else x.astype(np.float32) / 255.0  # float32(u) / 255: the values held compact
+
+
+def _wide_to_unit(im, source) -> np.ndarray:
+    """A 16/32-bit gray image -> (H, W) float32 in [0, 1] by its mode's rule, or a DataError."""
+    x = np.asarray(im)
+    if im.mode in SIXTEEN_BIT_MODES:
+        return (x.astype(np.float32) / 65535.0).astype(np.float32)
+    if im.mode == "I":
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 65535:
+            raise DataError(f"image {source}: mode I (32-bit integer) pixels range from {lo} to {hi}; they are "
+                            "read as 16-bit (0-65535): save it as 8-bit, 16-bit or float in [0, 1]")
+        return (x.astype(np.float32) / 65535.0).astype(np.float32)
+    x = x.astype(np.float32)  # mode F
+    if not np.isfinite(x).all():
+        raise DataError(f"image {source}: mode F (32-bit float) has non-finite pixels")
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 1:
+        return x
+    if lo >= 0 and hi <= 255:
+        return (x / 255.0).astype(np.float32)
+    raise DataError(f"image {source}: mode F (32-bit float) pixels range from {lo:g} to {hi:g}; float "
+                    "images are read in [0, 1], or in [0, 255] (divided by 255): rescale it")
 
 
 def is_grayscale(im) -> bool:

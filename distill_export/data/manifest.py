@@ -9,7 +9,7 @@ relative to the manifest's folder. A column's kind comes from its name (image, a
 video, or name_kind / kind_name), else from its file extensions. A video column gives two
 modalities: the clip and its target frame (data/video.py).
 Reading and checking rows: manifest_rows.py; decoding cells and streaming: manifest_decode.py;
-label cells: manifest_targets.py.
+label cells: manifest_targets.py; how decoded rows are held (uint8 for 8-bit images): compact.py.
 
 Every row is read and checked before any training: bad rows are listed as file:line and
 the run fails (DataError, exit 2), or they are skipped with data.skip_bad_rows.
@@ -27,7 +27,9 @@ from distill_export.data.audio import DEMO_AUDIO_SPEC
 from distill_export.data.dataset import IGNORE_INDEX, Dataset, ModalitySpec, Split, labeled_rows
 from distill_export.data.targets import CategoricalTargets, TargetCodec
 from distill_export.data import loaders
-from distill_export.data.manifest_decode import choose_streaming, make_decoders, scan_train_rows, streamed_split
+from distill_export.data.compact import CompactColumn, ColumnStore, normalised_lut, to_unit_float, uint8_mean_std, widen
+from distill_export.data.manifest_decode import (choose_streaming, fix_auto_sizes, make_decoders, scan_train_rows,
+                                                 streamed_split)
 from distill_export.data.manifest_rows import (CALIBRATION, SPLITS, Problem, Row, check_cells, console, draw_splits,
                                                read_rows, report_problems)
 from distill_export.data.manifest_targets import apply_annotations, check_labels, classes_of, encoder, hide_labels
@@ -124,8 +126,13 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         sampled_out = {r.label for r in train_rows if id(r) not in keep and r.label is not None}
         good = [r for r in good if r.split != "train" or id(r) in keep]
 
+    fix_auto_sizes(path, good, decoders)  # data.image_size=0: from the first header, before decoding
     streaming = choose_streaming(config, path, good, decoders)
     decoded = []
+    # Each split's rows are decoded into storage allocated once (data/compact.py): no list of
+    # arrays stacked afterwards, so the decode peak stays close to what is held.
+    stores = {s: {m: ColumnStore(sum(1 for r in good if r.split == s)) for m in modalities}
+              for s in {r.split for r in good} if not (streaming and s == "train")}
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of tiny STFTs: threads only add overhead
     try:
@@ -135,7 +142,8 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             if streaming and row.split == "train":
                 continue
             try:
-                row.values = {m: decoders[m].decode(row.cells[m], compact=True) for m in modalities}
+                values = {m: decoders[m].decode(row.cells[m], compact=True) for m in modalities}
+                row.slots = {m: stores[row.split][m].add(v, row.line, m) for m, v in values.items()}
             except DataError as exc:
                 problems.append(Problem(row.line, str(exc)))
                 continue
@@ -167,43 +175,60 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     splits_here = (*SPLITS, CALIBRATION) if any(r.split == CALIBRATION for r in ok) else SPLITS
     per_split: dict[str, list[Row]] = {s: [r for r in ok if r.split == s] for s in splits_here}
     in_memory = [s for s in splits_here if not (streaming and s == "train")]
+    held = {s: {m: stores[s][m].rows([r.slots[m] for r in per_split[s]]) for m in modalities} for s in in_memory}
+    del stores
     for m, dec in decoders.items():  # uniform shapes per modality, over all splits at once
-        flat = dec.finish([r.values[m] for s in in_memory for r in per_split[s]])
-        it = iter(flat)
-        for s in in_memory:
-            for r in per_split[s]:
-                r.values[m] = next(it)
-        del flat, it
+        if dec.kind == "text" and dec.text_encoder == "wordllama":  # embedded in one batch, as before
+            flat = iter(dec.finish([t for s in in_memory for t in held[s][m]]))
+            for s in in_memory:
+                held[s][m] = np.stack([next(flat) for _ in held[s][m]])
+        elif dec.kind in ("image", "video") and dec.any_color:  # gray -> RGB when any image is in colour
+            for s in in_memory:
+                if held[s][m].shape[-3] == 1:
+                    held[s][m] = widen(held[s][m], len(held[s][m]))
 
     encode = encoder(targets, ok, config, decoders)
-    raw = {
-        s: ({m: torch.from_numpy(_stack(per_split[s], m)) for m in modalities} if s in in_memory else {},
-            encode(per_split[s], names))
-        for s in splits_here
-    }
+    labels_of = {s: encode(per_split[s], names) for s in splits_here}
     specs, stats = {}, {}
     if streaming:
         from distill_export.data.streaming import stats_from_summaries
 
         stream_stats, stream_shapes = stats_from_summaries([scanned[id(r)] for r in per_split["train"]], decoders)
+    inputs_of: dict[str, dict] = {s: {} for s in splits_here}
     for m, dec in decoders.items():
         kind = dec.final_kind
+        # an 8-bit image column stays uint8 (every in-memory split), normalised per batch (CompactColumn)
+        can_compact = kind == "image" and dec.clip is None
+        for s in in_memory:
+            a = held[s][m]
+            if not (can_compact and a.dtype == np.uint8):  # float32(u) / 255, as images were read
+                held[s][m] = torch.from_numpy(to_unit_float(a) if a.dtype == np.uint8 else a)
         if streaming:
             stats[m] = stream_stats[m]
             specs[m] = ModalitySpec(m, stream_shapes[m], *stats[m], LAYOUTS[kind], kind=kind)
-            continue
-        x = raw["train"][0][m]
-        if kind == "text":
-            mean, std = 0.0, 1.0  # token ids: nothing to normalise
-        elif dec.clip is not None:  # a video column's clip or frame: no float64 copy of it
-            mean, std = _chunked_mean_std(x)
         else:
-            # float64 numpy: the same stats whatever torch's thread count (the cache hashes the result)
-            xd = x.numpy().astype(np.float64)
-            mean, std = float(xd.mean()), float(xd.std(ddof=1))
-            std = std if std > 0 else 1.0
-        stats[m] = (mean, std)
-        specs[m] = ModalitySpec(m, tuple(x.shape[1:]), mean, std, LAYOUTS[kind], kind=kind)
+            x = held["train"][m]
+            if kind == "text":
+                stats[m] = (0.0, 1.0)  # token ids: nothing to normalise
+            elif isinstance(x, np.ndarray):  # uint8: exact, from a histogram of the bytes, no float copy
+                stats[m] = uint8_mean_std(x)
+            elif dec.clip is not None:  # a video column's clip or frame: no float64 copy of it
+                stats[m] = _chunked_mean_std(x)
+            else:
+                # float64 numpy: the same stats whatever torch's thread count (the cache hashes the result)
+                xd = x.numpy().astype(np.float64)
+                mean, std = float(xd.mean()), float(xd.std(ddof=1))
+                stats[m] = (mean, std if std > 0 else 1.0)
+                del xd
+            specs[m] = ModalitySpec(m, tuple(x.shape[1:]), *stats[m], LAYOUTS[kind], kind=kind)
+        for s in in_memory:
+            v = held[s][m]
+            if isinstance(v, np.ndarray):
+                v = CompactColumn(torch.from_numpy(v), normalised_lut(*stats[m]))
+            elif kind != "text":
+                v.sub_(stats[m][0]).div_(stats[m][1])  # in place: (v - mean) / std, the same float32 ops
+            inputs_of[s][m] = v
+    raw = {s: (inputs_of[s], labels_of[s]) for s in splits_here}
     splits = {}
     for s, (inputs, labels) in raw.items():
         hidden = None
@@ -217,8 +242,6 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
                                         int(getattr(config, "num_workers", 0) or 0))
             splits[s].hidden = hidden
             continue
-        inputs = {m: (v if specs[m].kind == "text" else v.sub_(stats[m][0]).div_(stats[m][1]) if decoders[m].clip
-                      else (v.float() - stats[m][0]) / stats[m][1]) for m, v in inputs.items()}
         splits[s] = Split(inputs, labels, hidden)
 
     resampled = {sr: n for d in decoders.values() for sr, n in d.sample_rates.items() if sr != DEMO_AUDIO_SPEC["sample_rate"]}
@@ -263,22 +286,6 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
 
 def _int_or_str(value: str | None):
     return int(value) if value is not None and value.lstrip("-").isdigit() else value
-
-
-def _stack(rows: list[Row], modality: str) -> np.ndarray:
-    """np.stack of the rows' arrays, each released once copied (a video column is hundreds of MB).
-    uint8 pixels (a clip decoded compact) become float32 in [0, 1], as images are read."""
-    first = rows[0].values[modality]
-    pixels = np.asarray(first).dtype == np.uint8
-    out = np.empty((len(rows), *np.shape(first)), dtype=np.float32 if pixels else np.asarray(first).dtype)
-    for i, r in enumerate(rows):
-        value = r.values.pop(modality)
-        if np.shape(value) != out.shape[1:]:  # as np.stack would (never broadcast)
-            raise ValueError(f"{modality}: line {r.line} decodes to {np.shape(value)}, line {rows[0].line} to {out.shape[1:]}")
-        out[i] = value
-    if pixels:
-        out /= 255.0  # float32(u) / 255, exactly video.to_float and loaders.image_to_array
-    return out
 
 
 def _chunked_mean_std(x: torch.Tensor, rows: int = 256) -> tuple[float, float]:

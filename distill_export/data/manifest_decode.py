@@ -60,8 +60,8 @@ class Decoder:
             raise DataError(f"cannot read the size of {self.path(cell)}: {str(exc)[:100]}") from None
 
     def decode(self, cell: str, compact: bool = False) -> np.ndarray | str:
-        """The cell's array. compact: a clip's pixels as uint8 (1/4 of the memory; the in-memory
-        path scales them when it stacks the rows, manifest._stack), else float32 in [0, 1]."""
+        """The cell's array. compact: 8-bit pixels (a clip's, an 8-bit image's) as uint8, 1/4 of
+        the memory (the in-memory path scales them, data/compact.py), else float32 in [0, 1]."""
         try:
             return self._decode(cell, compact)
         except OSError as exc:  # e.g. a path longer than the file system allows (ENAMETOOLONG)
@@ -78,11 +78,11 @@ class Decoder:
             return x if compact else to_float(x)
         if self.kind == "image":
             im = loaders.read_image(self.path(cell))
-            if self.size is None:
-                self.size = (im.height, im.width)  # auto: the first readable image's size
+            if self.size is None:  # auto, when fix_auto_sizes did not run: this image's size
+                self.size = auto_size(im.height, im.width, self.path(cell))
             rgb = self.mode == "rgb" or (self.mode == "auto" and not loaders.is_grayscale(im))
             self.any_color |= rgb
-            return loaders.image_to_array(im, self.size, rgb)
+            return loaders.image_to_array(im, self.size, rgb, compact)
         if self.kind == "audio":
             x, sr = loaders.load_audio(self.path(cell), DEMO_AUDIO_SPEC, max_seconds=self.max_audio_seconds)
             self.sample_rates[sr] = self.sample_rates.get(sr, 0) + 1
@@ -147,10 +147,50 @@ def make_decoders(modalities: list[str], kinds: dict[str, str], rows: list[Row],
     return decoders
 
 
+# data.image_size=0 (auto) takes the first image's size (its header, before any decoding); a
+# first image larger than this on a side is refused: every row would be decoded at its size.
+AUTO_MAX_SIDE = 1024
+
+
+def auto_size(height: int, width: int, source) -> tuple[int, int]:
+    if max(height, width) > AUTO_MAX_SIDE:
+        raise DataError(f"data.image_size=0 (auto) takes the first image's size, and {source} is {width}x{height}, "
+                        f"more than {AUTO_MAX_SIDE} px a side: set data.image_size (e.g. 224) to resize every image")
+    return height, width
+
+
+def fix_auto_sizes(path: Path, rows: list[Row], decoders: dict) -> None:
+    """data.image_size=0: every image column's size from its first image whose header reads (in row
+    order; a row whose header fails is left to the decode, which refuses it), before any decoding."""
+    for m, dec in decoders.items():
+        if dec.kind != "image" or dec.clip is not None or dec.size is not None:
+            continue
+        for row in rows:
+            try:
+                with loaders.open_image_header(dec.path(row.cells[m])) as im:
+                    h, w = im.height, im.width
+            except (DataError, OSError):
+                continue
+            try:
+                dec.size = auto_size(h, w, dec.path(row.cells[m]))
+            except DataError as exc:
+                raise DataError(f"{path}:{row.line}: {exc}") from None
+            break
+
+
+def held_bytes(decoder, value) -> int:
+    """Bytes one decoded row of this column takes in memory: an 8-bit image's uint8 (its rows
+    are held compact), a clip's float32, the array's own size else."""
+    a = np.asarray(value)
+    if decoder.clip is not None:
+        return a.size * 4
+    return a.nbytes
+
+
 def choose_streaming(config, path: Path, rows: list[Row], decoders: dict) -> bool:
-    """data.streaming on/off, or auto: stream the training split when decoding it would take more
-    than data.stream_above_mb of RAM (estimated from the first readable row). Logged either way."""
-    from distill_export.data.streaming import decoded_bytes
+    """data.streaming on/off, or auto: stream the training split when holding it in memory would
+    take more than data.stream_above_mb (estimated from the first readable row: uint8 for an 8-bit
+    image, 4x that for a 16-bit or float one). Logged either way."""
 
     mode = str(getattr(config, "streaming", "off"))
     train = [r for r in rows if r.split == "train"]
@@ -162,23 +202,23 @@ def choose_streaming(config, path: Path, rows: list[Row], decoders: dict) -> boo
             raise DataError(f"data.streaming=on cannot embed the {wordllama[0]!r} column with wordllama per "
                             "sample; use text_encoder=hashed or data.streaming=off")
         return False
-    shapes = {}
-    for m, d in decoders.items():  # in row order, as the in-memory decode goes: this also fixes
-        for row in rows:  # data.image_size=0 (auto) to the first readable image's size
+    row_bytes = {}
+    for m, d in decoders.items():  # in row order, as the in-memory decode goes
+        for row in rows:
             try:
-                shapes[m] = np.shape(d.decode(row.cells[m]))
+                row_bytes[m] = held_bytes(d, d.decode(row.cells[m], compact=True))
                 break
             except DataError:
                 continue
-    if len(shapes) < len(decoders):
+    if len(row_bytes) < len(decoders):
         return False  # a column where nothing decodes: the in-memory path lists every bad row
     for d in decoders.values():
         d.sample_rates.clear()
-    mb = decoded_bytes(len(train), shapes) / 2**20
+    mb = len(train) * sum(row_bytes.values()) / 2**20
     limit = int(getattr(config, "stream_above_mb", 2048))
     streaming = mode == "on" or mb > limit
     why = "data.streaming=on" if mode == "on" else f"{'over' if streaming else 'within'} data.stream_above_mb={limit}"
-    console.print(f"{path}: {len(train)} training rows, ~{mb:.0f} MB decoded ({why}): "
+    console.print(f"{path}: {len(train)} training rows, ~{mb:.0f} MB held decoded ({why}): "
                   + ("streamed from disk in DataLoader workers" if streaming else "decoded into memory"))
     return streaming
 

@@ -30,9 +30,9 @@ class Row:
     cells: dict[str, str]  # modality column -> path or text, stripped
     label: str | None  # None: unlabeled
     split: str | None  # None: drawn with the seed
-    values: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> decoded array
     id: str | None = None  # the `id` cell (matches a COCO image id, data/coco.py)
     size: tuple[int, int] | None = None  # box labels: the (H, W) of the frame the boxes are in
+    slots: dict[str, int] = field(default_factory=dict)  # modality -> its row in the split's storage
 
 
 @dataclass
@@ -71,6 +71,31 @@ def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[str], list[tupl
     return columns, records
 
 
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list (JSON array)",
+               dict: "an object (JSON dict)"}
+
+
+def _field_problem(rec: dict) -> str | None:
+    """A JSONL row's fields by type: a modality cell and `split` are strings, `id` a string or an
+    integer, `label` a string, an integer or an integer-valued number (3.0 reads as 3; 1.5 is
+    refused); null is an empty cell. Anything else is refused, never turned into its repr."""
+    for key, value in rec.items():
+        if value is None or isinstance(value, str):
+            continue
+        kind = _JSON_TYPES.get(type(value), type(value).__name__)
+        if key == "label" and type(value) is int:
+            continue
+        if key == "label" and type(value) is float:
+            if value.is_integer():
+                continue
+            return f"field 'label' is {value!r}, a non-integer number: a label is a string or an integer"
+        if key == "id" and type(value) is int:
+            continue
+        want = {"label": "a string or an integer", "id": "a string or an integer"}.get(key, "a string")
+        return f"field {key!r} is {kind}: it must be {want}"
+    return None
+
+
 def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, dict]]]:
     records, columns = [], {}
     with open(path, encoding="utf-8-sig") as f:
@@ -84,6 +109,10 @@ def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tu
                 continue
             if not isinstance(rec, dict):
                 problems.append(Problem(line, "not a JSON object"))
+                continue
+            wrong = _field_problem(rec)
+            if wrong:
+                problems.append(Problem(line, wrong))
                 continue
             columns.update(dict.fromkeys(rec))
             records.append((line, rec))

@@ -1,7 +1,7 @@
 """Streaming manifest data: the training split decoded per sample, in DataLoader workers.
 
 A manifest too large to decode into RAM (data.streaming: auto picks this above
-data.stream_above_mb of decoded training data) keeps only its rows' cells in memory. The
+data.stream_above_mb of training data held in memory) keeps only its rows' cells in memory. The
 training split's inputs are then `StreamedModality` columns: indexing one decodes those rows
 (resize to data.image_size, gray/RGB, normalise with the training-set statistics the up-front
 scan computed), and `batch_fetcher` feeds train_loop from a DataLoader whose batch sampler
@@ -313,7 +313,3 @@ def stats_from_summaries(summaries: list[dict], decoders: dict) -> tuple[dict, d
         shapes[m] = ((*first[:-3], 3, *first[-2:]) if dec.kind in ("image", "video") and dec.any_color else first)
     return stats, shapes
 
-
-def decoded_bytes(n_rows: int, sample_shapes: dict[str, tuple[int, ...]]) -> int:
-    """What the training split would take in RAM decoded (float32 / int64: 4-8 bytes a value)."""
-    return n_rows * sum(int(np.prod(s)) * 4 for s in sample_shapes.values())
