@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def main() -> None:
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
     variants = [yaml.safe_load(v) for v in args.variants]
     if not all(isinstance(v, dict) and v.get("name") for v in variants):
-        raise SystemExit("error: each variant is a YAML mapping with a name, e.g. \"{name: a, distill.epochs: 3}\"")
+        print('error: each variant is a YAML mapping with a name, e.g. "{name: a, distill.epochs: 3}"', file=sys.stderr)
+        raise SystemExit(2)
 
     from distill_export.config import load_config
     from distill_export.pipeline import stage_distill, stage_train_teacher
