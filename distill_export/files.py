@@ -53,6 +53,19 @@ def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir
     return target
 
 
+def check_free(path: str | Path | None) -> None:
+    """run's --out, cheap, before any data loads (RunDir's claim repeats it, atomically): new, or an
+    empty folder; never a run, never a folder of the user's files, never inside a run."""
+    if path is not None:
+        check_output(Path(path), folder=True)
+
+
+def check_new_file(path: str | Path, run_dir: str | Path, flag: str = "--out") -> None:
+    """An output file a command is told to write (tune --out): a new path in an existing folder,
+    outside the run directory (whose files belong to its stages), checked before any work."""
+    check_output(path, folder=False, flag=flag, run_dir=run_dir)
+
+
 def check_tool_output(path: str | Path, *, folder: bool, flag: str = "--out") -> Path:
     """check_output for the scripts under tools/: a refusal is `error: <one line>` on stderr and
     exit 2, before the script does any work."""

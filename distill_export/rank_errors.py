@@ -42,13 +42,22 @@ def write(message: str, code: int) -> bool:
     return True
 
 
-def another_rank_failed() -> bool:
+def another_rank_failed(wait_s: float = 0.0) -> bool:
     """A rank other than this one has written its error (this rank's failure, e.g. a collective
-    whose peer died, is then a consequence, not news)."""
+    whose peer died, is then a consequence, not news). wait_s: how long to wait for that file:
+    the peer's connection can close (its process group torn down) a moment before it writes."""
+    import time
+
     if not collecting():
         return False
-    mine = f"rank{os.environ['RANK']}.json"
-    return any(p.name != mine for p in Path(os.environ[ENV]).glob("rank*.json"))
+    mine, folder = f"rank{os.environ['RANK']}.json", Path(os.environ[ENV])
+    deadline = time.monotonic() + wait_s
+    while True:
+        if any(p.name != mine for p in folder.glob("rank*.json")):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def write_agent(rank: int, exitcode: int) -> None:

@@ -4,13 +4,7 @@ Layout: config.yaml, teacher.pt, baseline.pt, student.pt, student*.onnx, report.
 run record, distill_export/record: each stage writes its own sections through `update_report`,
 the one writer), state.json (stage state), report.md, report.html, plots/.
 
-Stage state lives in one place, state.json: {"stages": {stage: {"status": "pending"|"done"|"stale",
-"finished": time}}} (runs made before it kept this under report.json["stages"]: read from there,
-and moved to state.json the first time the record is written). A stage that starts is "pending"
-(a training stage's entry also holds the "config" it started with); when it starts again, every
-stage made from its output (DEPENDENTS) recorded done becomes {"status": "stale", "after": stage},
-and the report sections and files those stages wrote are dropped (STAGE_SECTIONS, STAGE_FILES):
-a stage command refuses to build on a stale stage and `run --resume` runs it again. A run is claimed by creating
+Stage state lives in state.json (stage_graph.py says how stages depend on each other and go stale). A run is claimed by creating
 report.json exclusively (O_EXCL), so two concurrent `run --out X` cannot both win; `report` and
 the stage commands read the state to know which stages finished. config.yaml is written by a
 stage command only after it succeeds, and `transaction()` puts the directory back as it was when
@@ -35,47 +29,16 @@ from pathlib import Path
 import yaml
 
 from distill_export.config import RunConfig, config_from_dict
-from distill_export.config_checks import value_range
 from distill_export.errors import ConfigError
-from distill_export.files import check_output, ensure_writable_dir, write_json, write_text
+from distill_export.files import check_free, check_new_file, check_output, ensure_writable_dir, write_json, write_text  # noqa: F401
 from distill_export.record import SCHEMA_VERSION, RunRecord
 from distill_export.record import store
 
 
-RUN_STAGES = ("train_teacher", "distill", "export", "validate", "profile", "report")
-BACKUP_DIR = ".stage-backup"  # hard links of the files as they were before a stage command
-STATE_FILE = "state.json"  # stage state: {"stages": {stage: {"status", "finished"}}}
-CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a stage is unfinished
-# The trainings each stage checkpoints (deleted when the stage is recorded done).
-STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),
-                     "distill": ("student", "baseline", "control_teacher", "control_student",
-                                 # each later round's student (distill.rounds), distill_runs.distill_rounds
-                                 *(f"{who}_round{r}" for who in ("student", "control_student")
-                                   for r in range(2, value_range("distill.rounds")[1] + 1)))}
-# The stages whose results are made from a stage's output: when the stage runs again they describe
-# what it made before, so they become stale (RunDir.begin_stage). Validate and profile both read the
-# exported files, not each other's results (each re-derives the recommendation when the other's
-# results are there), so re-running one leaves the other current; the report renders them all.
-DEPENDENTS = {"train_teacher": ("distill", "export", "validate", "profile", "report"),
-              "distill": ("export", "validate", "profile", "report"),
-              "export": ("validate", "profile", "report"), "validate": ("report",), "profile": ("report",),
-              "report": ()}
-# What each stage leaves behind besides its artifacts (record/models.py says who writes what):
-# dropped when the stage starts (it writes them again) and when it becomes stale. "validate" writes
-# parity into the export entries and the recommendation; "distill" the student's metrics (metrics
-# other than the teacher's, handled in _forget).
-STAGE_SECTIONS = {"distill": ("kd_gain", "kd_gain_ci95", "kd_gain_p_value", "kd_verdict", "comparisons",
-                              "distill", "figures"),
-                  "export": ("exports", "teacher_exports"), "validate": ("recommended",),
-                  "profile": ("latency", "speedups", "profile", "recommended"), "report": ()}
-STAGE_TIMINGS = {"distill": ("distill", "baseline", "self_training_control"), "export": ("export", "export_teacher"),
-                 "validate": ("validate",), "profile": ("profile",)}
-STAGE_FILES = {"profile": ("latency.csv",), "report": ("report.md", "report.html")}
-# What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
-_NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
-         "distill": "`distill-export distill {run}`",
-         "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
-         "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}
+from distill_export.stage_graph import (  # noqa: F401  (RUN_STAGES and the tables are imported from here)
+    _NEXT, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES, STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS,
+    STAGE_TIMINGS, STATE_FILE,
+)
 
 
 def default_run_dir() -> Path:
@@ -84,24 +47,6 @@ def default_run_dir() -> Path:
 
 class RunClaimed(ConfigError):
     """The directory was claimed by another run between our check and our claim."""
-
-
-def _check_free(target: Path) -> None:
-    """--out must be new, or an empty folder: never a run, never a folder of the user's files,
-    never inside a run (files.check_output, the rule every writing command follows)."""
-    check_output(target, folder=True)
-
-
-def check_free(path: str | Path | None) -> None:
-    """The --out check, cheap, before any data loads (the claim repeats it, atomically)."""
-    if path is not None:
-        _check_free(Path(path))
-
-
-def check_new_file(path: str | Path, run_dir: str | Path, flag: str = "--out") -> None:
-    """An output file a command is told to write (tune --out): a new path in an existing folder,
-    outside the run directory (whose files belong to its stages), checked before any work."""
-    check_output(path, folder=False, flag=flag, run_dir=run_dir)
 
 
 @dataclass
@@ -125,7 +70,7 @@ class RunDir:
 
     @classmethod
     def _claim(cls, target: Path, stages: tuple[str, ...]) -> "RunDir":
-        _check_free(target)
+        check_output(target, folder=True)  # never a run, a user's folder, or inside a run
         try:
             target.mkdir(parents=True, exist_ok=True)
             fd = os.open(target / "report.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

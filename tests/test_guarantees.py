@@ -257,6 +257,9 @@ FLAGS = {
     "student_modality": (["--student-modality", "audio"], "data.student_modality", "audio"),
     "skip_bad_rows": (["--skip-bad-rows"], "data.skip_bad_rows", True),
     "augment": (["--augment", "shift"], "distill.augment", "shift"),
+    "mix": (["--mix", "mixup"], "distill.mix", "mixup"),
+    "tune": (["--tune", "5"], "distill.tune_trials", 5),
+    "tune_minutes": (["--tune-minutes", "2.5"], "distill.tune_minutes", 2.5),
     "method": (["--method", "dkd"], "distill.method", "dkd"),
     "teacher_fusion": (["--teacher-fusion", "late"], "teacher.fusion", "late"),
     # (the demo recipe turns the control on, so the flag that changes it is the negative one)

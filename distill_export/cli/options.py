@@ -144,7 +144,8 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
 
     config = load_config(recipe or "avdigits", config_file, flags)
     from_file = read_yaml(config_file) if config_file else {}
-    given = flags.get("teacher.fusion") is not None or (
+    fusion_key = next(f.key for f in FLAGS if f.param == "teacher_fusion")  # the key --teacher-fusion sets
+    given = flags.get(fusion_key) is not None or (
         isinstance(from_file.get("teacher"), dict) and "fusion" in from_file["teacher"])
     settle_teacher_fusion(config, given)  # --teacher-fusion with a loaded teacher: refused, or recorded as it ran
     return config
@@ -171,5 +172,5 @@ NOT_CONFIG = {
     # profile: files and run directories, measured with these settings
     "targets": "profile", "target": "profile", "threads": "profile", "batch": "profile", "backend": "profile",
     "device": "profile", "input_shape": "profile", "warmup": "profile", "min_time": "profile",
-    "min_iters": "profile", "out_dir": "profile",
+    "min_iters": "profile", "out_dir": "profile", "max_call_s": "profile",
 }

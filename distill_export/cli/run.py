@@ -55,7 +55,7 @@ def run(config: ConfigFile = None, recipe: Recipe = None, overrides: dict = None
             from distill_export import rank_errors
 
             # A collective whose peer rank died is that rank's failure, which the launcher reports
-            if isinstance(exc, DistillExportError) or not rank_errors.another_rank_failed():
+            if isinstance(exc, DistillExportError) or not rank_errors.another_rank_failed(wait_s=10.0):
                 raise
             raise typer.Exit(1) from None
         ddp.exit_after_success()

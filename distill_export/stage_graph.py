@@ -1,0 +1,52 @@
+"""The stages of a run and what ties them together: their order, the trainings each one
+checkpoints, which stages are made from which (so a re-run stage makes its dependents stale),
+and what each leaves in report.json and the run directory. rundir.RunDir keeps the state.
+
+Stage state lives in one place, state.json: {"stages": {stage: {"status": "pending"|"done"|"stale",
+"finished": time}}} (runs made before it kept this under report.json["stages"]: read from there,
+and moved to state.json the first time the record is written). A stage that starts is "pending"
+(a training stage's entry also holds the "config" it started with); when it starts again, every
+stage made from its output (DEPENDENTS) recorded done becomes {"status": "stale", "after": stage},
+and the report sections and files those stages wrote are dropped (STAGE_SECTIONS, STAGE_FILES):
+a stage command refuses to build on a stale stage and `run --resume` runs it again.
+"""
+
+from __future__ import annotations
+
+from distill_export.config_checks import value_range
+
+
+RUN_STAGES = ("train_teacher", "distill", "export", "validate", "profile", "report")
+BACKUP_DIR = ".stage-backup"  # hard links of the files as they were before a stage command
+STATE_FILE = "state.json"  # stage state: {"stages": {stage: {"status", "finished"}}}
+CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a stage is unfinished
+# The trainings each stage checkpoints (deleted when the stage is recorded done).
+STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),
+                     "distill": ("student", "baseline", "control_teacher", "control_student",
+                                 # each later round's student (distill.rounds), distill_runs.distill_rounds
+                                 *(f"{who}_round{r}" for who in ("student", "control_student")
+                                   for r in range(2, value_range("distill.rounds")[1] + 1)))}
+# The stages whose results are made from a stage's output: when the stage runs again they describe
+# what it made before, so they become stale (RunDir.begin_stage). Validate and profile both read the
+# exported files, not each other's results (each re-derives the recommendation when the other's
+# results are there), so re-running one leaves the other current; the report renders them all.
+DEPENDENTS = {"train_teacher": ("distill", "export", "validate", "profile", "report"),
+              "distill": ("export", "validate", "profile", "report"),
+              "export": ("validate", "profile", "report"), "validate": ("report",), "profile": ("report",),
+              "report": ()}
+# What each stage leaves behind besides its artifacts (record/models.py says who writes what):
+# dropped when the stage starts (it writes them again) and when it becomes stale. "validate" writes
+# parity into the export entries and the recommendation; "distill" the student's metrics (metrics
+# other than the teacher's, handled in _forget).
+STAGE_SECTIONS = {"distill": ("kd_gain", "kd_gain_ci95", "kd_gain_p_value", "kd_verdict", "comparisons",
+                              "distill", "figures"),
+                  "export": ("exports", "teacher_exports"), "validate": ("recommended",),
+                  "profile": ("latency", "speedups", "profile", "recommended"), "report": ()}
+STAGE_TIMINGS = {"distill": ("distill", "baseline", "self_training_control"), "export": ("export", "export_teacher"),
+                 "validate": ("validate",), "profile": ("profile",)}
+STAGE_FILES = {"profile": ("latency.csv",), "report": ("report.md", "report.html")}
+# What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
+_NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
+         "distill": "`distill-export distill {run}`",
+         "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
+         "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}
