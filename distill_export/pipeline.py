@@ -136,9 +136,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "distilled": kd_train["distilled"],
             "terms": kd_train["terms"],
             "teacher_needs": sorted(needs),
-            "temperature": config.distill.temperature,
-            "alpha": config.distill.alpha,
-            "beta": config.distill.beta,
+            # a labels-only objective reads none of them: recorded as not applied (None), never as run
+            **{k: (getattr(config.distill, k) if kd_train["distilled"] else None) for k in ("temperature", "alpha", "beta")},
             "label_fraction": config.data.label_fraction,
             "rounds": config.distill.rounds,
             "labeled_train_rows": int(data.train.labeled.sum()),

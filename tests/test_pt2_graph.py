@@ -73,6 +73,13 @@ def hostile(kind: str, folder: Path, target: Path) -> Path:
     elif kind == "fill_input_view":  # the same, through a view
         view = _add(ep, torch.ops.aten.view.default, (image, [-1]), val=lambda: torch.empty(128))
         _add(ep, torch.ops.aten.fill_.Scalar, (view, 0.0), val=lambda: torch.empty(128))
+    elif kind == "fill_input_unsafe_view":  # a view whose schema declares no alias (a fresh audit's find)
+        view = _add(ep, torch.ops.aten._unsafe_view.default, (image, [-1]), val=lambda: torch.empty(128))
+        _add(ep, torch.ops.aten.fill_.Scalar, (view, 7.0), val=lambda: torch.empty(128))
+    elif kind == "fill_input_unsafe_split":
+        parts = _add(ep, torch.ops.aten.unsafe_split.Tensor, (image, 1), val=lambda: [torch.empty(1, 1, 8, 8)] * 2)
+        first = _add(ep, operator.getitem, (parts, 0), val=lambda: torch.empty(1, 1, 8, 8))
+        _add(ep, torch.ops.aten.fill_.Scalar, (first, 7.0), val=lambda: torch.empty(1, 1, 8, 8))
     elif kind == "fill_parameter":
         _add(ep, torch.ops.aten.zero_.default, (weight,), val=lambda: torch.empty(3, 64))
     elif kind == "profiler_op":  # a namespace outside the allow-list
@@ -107,6 +114,8 @@ KINDS = {  # kind -> words the refusal names
     "fill_input": ("aten.fill_.Scalar", "writes in place into the input 'image'"),
     "fill_input_view": ("aten.fill_.Scalar", "the input 'image'"),
     "fill_parameter": ("aten.zero_.default", "the parameter 'fc.weight'"),
+    "fill_input_unsafe_view": ("aten.fill_.Scalar", "the input 'image'"),
+    "fill_input_unsafe_split": ("aten.fill_.Scalar", "the input 'image'"),
 }
 
 

@@ -141,3 +141,43 @@ def test_a_manifest_without_any_label_says_so(tmp_path):
     message = one_line_error(CliRunner().invoke(app, ["run", "--data", str(manifest), "--out", str(tmp_path / "r")]), 2)
     assert "no row has a label" in message and "one class only" not in message
     assert snapshot(tmp_path) == before
+
+
+def test_calibration_flags_without_an_int8_format_are_refused(tiny_run, tmp_path):
+    """--calibration-* only reach INT8 exports: given for an FP32-only export they would sit in
+    config.yaml as if they ran (found by a fresh audit of issue 24)."""
+    import hashlib
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
+    for flag in (["--calibration-samples", "7"], ["--calibration-method", "entropy"]):
+        result = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", *flag])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and flag[0] in lines[0] and "onnx-int8" in lines[0]
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
+
+
+def test_a_labels_only_run_records_no_temperature_or_alpha(tiny_run, tmp_path):
+    """The report never records a setting that did not run: a labels-only objective reads no
+    temperature, alpha or beta (a fresh audit found `distill --method labels_only -T 9` recorded
+    as temperature 9.0)."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = CliRunner().invoke(app, ["distill", str(run), "--method", "labels_only", "-T", "9", "--quiet"])
+    assert result.exit_code == 0, result.output
+    distill = json.loads((run / "report.json").read_text())["distill"]
+    assert distill["distilled"] is False
+    assert distill["temperature"] is None and distill["alpha"] is None and distill["beta"] is None

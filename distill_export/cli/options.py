@@ -73,7 +73,8 @@ FLAGS = (
     Flag("--tune", "distill.tune_trials", int, "Search the objective on the validation split for N trials "
          "(then confirm with fresh seeds) after the teacher and before distilling; the report says what was chosen "
          "and why. 0: off.", (RUN,), show_default=False),
-    Flag("--tune-minutes", "distill.tune_minutes", float, "With --tune: also stop the search after M minutes.",
+    Flag("--tune-minutes", "distill.tune_minutes", float, "Search the objective for at most M minutes (alone: "
+         "as many trials as fit; with --tune N: whichever ends first). report.json says how many ran.",
          (RUN,), show_default=False),
     Flag("--mix", "distill.mix", str, "Batch mixing for the student and the baseline: {choices} (the teacher "
          "sees the same mixed batch: consistent teaching; no teacher-output cache).", (RUN, DISTILL)),
@@ -140,7 +141,7 @@ def config_flags(command: str):
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
-    from distill_export.preflight import settle_teacher_fusion
+    from distill_export.preflight import check_flags_apply, settle_teacher_fusion
 
     config = load_config(recipe or "avdigits", config_file, flags)
     from_file = read_yaml(config_file) if config_file else {}
@@ -148,6 +149,7 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     given = flags.get(fusion_key) is not None or (
         isinstance(from_file.get("teacher"), dict) and "fusion" in from_file["teacher"])
     settle_teacher_fusion(config, given)  # --teacher-fusion with a loaded teacher: refused, or recorded as it ran
+    check_flags_apply(config, flags)  # e.g. --calibration-samples without an INT8 format
     return config
 
 

@@ -55,6 +55,11 @@ _CONTROL_FLOW = frozenset({"cond", "while_loop", "map_impl", "scan", "wrap_with_
                            "wrap_with_autocast"})
 # Arguments some composite ops write without an alias annotation in their schema.
 _UNDECLARED_WRITES = frozenset({"running_mean", "running_var", "dst"})
+# Ops whose result shares its input's memory though their schema declares no alias (found by a
+# hostile audit: `_unsafe_view(image)` then `fill_` wrote into the data): their results are
+# treated as views, so a later in-place write through them is refused like one through `view`.
+_UNDECLARED_VIEWS = frozenset({"_unsafe_view", "unsafe_split", "unsafe_split_with_sizes", "unsafe_chunk",
+                               "_reshape_alias", "alias", "_alias", "lift_fresh", "detach_"})
 
 
 def _python_ops() -> frozenset:
@@ -155,7 +160,7 @@ def _check_graph(gm: torch.fx.GraphModule, path, protected: dict[str, str], pyth
                 if hit and (writes or arg.name in _UNDECLARED_WRITES):
                     raise _refuse(path, node, _op_name(node.target),
                                   f"which writes in place into {protected[min(hit)]}")
-                if arg.alias_info is not None:
+                if arg.alias_info is not None or node.target._schema.name.split("::")[-1] in _UNDECLARED_VIEWS:
                     aliased |= hit  # a view or an in-place result shares its argument's memory
             roots[node] = aliased
         else:
