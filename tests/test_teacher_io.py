@@ -173,3 +173,22 @@ def test_factory_student(user_module, data):
     cfg.student.name = "no_such_pkg:student"
     with pytest.raises(ConfigError, match="cannot import"):
         check_models(cfg, data)
+
+
+def test_pt2_with_a_fixed_batch_is_refused_in_one_line(fusion, data, tmp_path):
+    """A program exported without a dynamic batch ran the check's batch of 2 and then failed on the
+    trainer's batches with a traceback (a fresh audit of issue 24): now one line that says why."""
+    class ByName(torch.nn.Module):  # what a user exports by hand: inputs by name, no dynamic_shapes
+        def __init__(self):
+            super().__init__()
+            self.inner = fusion
+
+        def forward(self, audio, image):
+            return self.inner.forward_features({"audio": audio, "image": image})
+
+    example = {m: v[:2] for m, v in data.train.inputs.items()}
+    path = tmp_path / "static2.pt2"
+    torch.export.save(torch.export.export(ByName(), (), example), str(path))  # the batch is fixed at 2
+    with pytest.raises(CheckpointError, match="fixed batch size") as err:
+        load_teacher(path, data)
+    assert "\n" not in str(err.value)

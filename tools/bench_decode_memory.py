@@ -86,6 +86,13 @@ def main(argv=None) -> None:
     ap.add_argument("--epoch", action="store_true", help="also measure one epoch of `distill-export run`")
     ap.add_argument("--keep", type=Path, default=None, help="write the manifests here (kept) instead of a temp folder")
     args = ap.parse_args(argv)
+    if min(args.rows) < 10:  # the manifest draws train/val/test 80/10/10: fewer rows leave a split empty
+        print(f"error: --rows {min(args.rows)}: give at least 10 rows per manifest", file=sys.stderr)
+        raise SystemExit(2)
+    if args.keep is not None:  # a new or empty folder outside any run: never a user's files (issue 24)
+        from distill_export.files import check_tool_output
+
+        check_tool_output(args.keep, folder=True, flag="--keep")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         results = {}

@@ -22,16 +22,23 @@ def load_failure(exc: BaseException) -> str:
     """One line saying why torch.load (weights only) refused a file, without torch's advice to
     retry with weights_only=False (that would run whatever code the file holds): the refused
     pickle operation or global, or the error's first line."""
-    text = str(exc).strip()
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch's bold face (ANSI escapes)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         return type(exc).__name__
-    if _UNSAFE_HINT not in lines[0]:
+    unsafe = ("weights only load failed", "two options", "trust the source", "weights_only", "safe_globals")
+    if not any(u in text.lower() for u in unsafe):
         return lines[0][:200]
-    # "Weights only load failed. ... weights_only ...\n<why>\nCheck the documentation ...": keep <why>
-    why = [ln for ln in lines[1:] if _UNSAFE_HINT not in ln and not ln.startswith("Check the documentation")
-           and not ln.startswith("Please file an issue")]
-    detail = why[0] if why else "it holds something other than tensors and plain containers"
+    # torch's text around <why> offers to load unsafely or allow-list globals: keep only <why>, in our words
+    glob = re.search(r"GLOBAL ([\w.]+)", text)
+    if glob:
+        detail = f"it holds a {glob.group(1)} object, which is not a tensor"
+    else:
+        why = [ln for ln in lines[1:] if not any(u in ln.lower() for u in unsafe)
+               and not ln.startswith(("Check the documentation", "Please file an issue", "(1)", "(2)"))]
+        detail = why[0] if why else "it holds something other than tensors and plain containers"
     return f"not a plain tensor file ({detail[:160]}); distill-export never unpickles code"
 
 FORMAT = "distill-export/1"

@@ -234,16 +234,21 @@ def check_teacher(teacher: ExternalTeacher, data) -> None:
         if len(shape) != len(have) or any(s is not None and s != h for s, h in zip(shape, have)):
             want = tuple("*" if s is None else s for s in shape)
             raise CheckpointError(f"teacher {src} expects {m} of shape {want} per sample; the data gives {have}")
-    batch = {m: data.train.inputs[m][:2] for m in teacher.modality_names}
-    try:
-        with torch.no_grad():
-            _, logits = teacher.forward_features(batch)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        shapes = ", ".join(f"{m} {tuple(v.shape)}" for m, v in batch.items())
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"teacher {src} fails on a batch of the data ({shapes}): {first[:200]}") from None
+    # Two batch sizes: a program exported with a static batch passes one and fails the other (or
+    # later, on the trainer's batches, with a traceback); the message then says how to fix it.
+    for n in (2, 3):
+        batch = {m: data.train.inputs[m][:n] for m in teacher.modality_names}
+        try:
+            with torch.no_grad():
+                _, logits = teacher.forward_features(batch)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            shapes = ", ".join(f"{m} {tuple(v.shape)}" for m, v in batch.items())
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            hint = (" (it ran on a batch of 2: exported with a fixed batch size? re-export with a dynamic batch, "
+                    "torch.export's dynamic_shapes)") if n == 3 else ""
+            raise CheckpointError(f"teacher {src} fails on a batch of the data ({shapes}){hint}: {first[:200]}") from None
     if logits.ndim != 2 or logits.shape[1] != data.num_outputs:
         raise CheckpointError(f"teacher {src} returns logits of shape {tuple(logits.shape)} for 2 rows; the data "
                               f"has {data.num_outputs} classes ({', '.join(data.target_names[:12])})")
