@@ -166,3 +166,67 @@ def test_metrics_of_an_empty_test_set_are_zero_without_warnings():
     assert m["accuracy"] == 0.0 and m["n"] == 0
     assert m["macro_precision"] == m["macro_recall"] == m["macro_f1"] == 0.0
     assert m["confusion_matrix"] == [[0] * 3] * 3
+
+
+# ----- detection's paired bootstrap (tasks/detection/significance.py) -------------------------
+
+
+def _detection_pair(n: int, seed: int, sigma: float = 4.0):
+    from _detection_cases import random_case
+
+    good, targets = random_case(n=n, seed=seed)
+    rng = np.random.default_rng(seed)
+    return good, {**good, "boxes": good["boxes"] + rng.normal(0, sigma, good["boxes"].shape)}, targets
+
+
+def test_each_resample_draws_n_images_and_every_image_can_be_drawn():
+    from distill_export.tasks.detection import significance as det_sig
+
+    for n, boots in ((3, 50), (7, 200)):
+        counts = det_sig.draw_counts(n, boots, seed=1)
+        assert counts.shape == (boots, n) and (counts.sum(axis=1) == n).all()
+        assert (counts.sum(axis=0) > 0).all()  # no image is left out of every draw
+
+
+def test_one_map_per_resample_and_drawing_every_image_once_is_the_full_set():
+    from distill_export.tasks.detection import significance as det_sig
+    from distill_export.tasks.detection.matching import ap_per_class, match, mean_ap
+
+    good, _, targets = _detection_pair(40, seed=2)
+    records = match(good, targets, 10)
+    full = float(mean_ap(ap_per_class(records))[0])
+    for boots in (1, 5, 33):
+        counts = np.vstack([np.ones((1, 40), np.int64), det_sig.draw_counts(40, boots - 1, seed=3)])
+        maps = det_sig.bootstrap_map(records, counts)
+        assert maps.shape == (boots,)
+        assert maps[0] == pytest.approx(full, abs=1e-12)
+
+
+def test_detection_p_value_floor_and_the_reported_draws():
+    """A clearly better detector: every draw favours it, so p is the bootstrap's floor 2/(B+1)
+    (twice the smaller share, with the +1 correction); the result says how many draws and
+    images it used, and the seed drives the draws."""
+    from distill_export.tasks.detection import significance as det_sig
+
+    good, noisy, targets = _detection_pair(60, seed=0, sigma=8.0)
+    for boots in (99, 199):
+        out = det_sig.compare(good, noisy, targets, 10, seed=5, n_boot=boots)
+        assert out["p_value"] == pytest.approx(2 / (boots + 1), rel=1e-12)
+        assert out["verdict"] == "paid" and out["n_boot"] == boots and out["n_images"] == 60
+        assert out["method"] == "paired bootstrap over images"
+        assert out["ci95"][0] > 0
+    one = det_sig.compare(good, noisy, targets, 10, seed=5, n_boot=1)
+    assert one["n_boot"] == 1 and one["p_value"] == 1.0  # one draw cannot be significant
+    slight = {**good, "boxes": good["boxes"] + np.random.default_rng(1).normal(0, 1.0, good["boxes"].shape)}
+    cis = {tuple(det_sig.compare(good, slight, targets, 10, seed=s, n_boot=60)["ci95"]) for s in (1, 2, 3)}
+    assert len(cis) > 1  # the run's seed reaches the draws
+
+
+def test_no_draw_is_no_significant_difference():
+    from distill_export.tasks.detection import significance as det_sig
+
+    good, noisy, targets = _detection_pair(20, seed=4, sigma=8.0)
+    out = det_sig.compare(good, noisy, targets, 10, seed=0, n_boot=0)
+    assert out["n_images"] == 20 and out["n_boot"] == 0 and out["p_value"] == 1.0
+    assert out["gain"] > 0 and out["ci95"] == [out["gain"]] * 2 and out["verdict"] == "no significant difference"
+    assert out["gain"] == pytest.approx(out["map50_a"] - out["map50_b"], abs=2e-6)
