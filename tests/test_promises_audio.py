@@ -148,3 +148,17 @@ def test_any_wave_form_is_accepted_and_a_wrong_shape_is_one_sentence():
     with pytest.raises(DataError) as err:
         audio.log_mel(np.zeros((2, 400)))
     assert str(err.value) == "log_mel expects a mono wave of shape (T,), got (2, 400)"
+
+
+def test_unsupported_or_broken_files_are_one_sentence(tmp_path):
+    path = _wav(tmp_path / "w24.wav", np.zeros(30, np.uint8), 8000, 3)  # 24-bit PCM
+    with pytest.raises(DataError) as err:
+        audio.read_wav(path)
+    assert str(err.value) == f"cannot read WAV file {path}: unsupported sample width 24 bits"
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with pytest.raises(DataError) as err:
+        audio.read_wav(bad)
+    assert str(err.value).startswith(f"cannot read WAV file {bad}: ") and len(str(err.value)) > len(f"cannot read WAV file {bad}: None")
+    assert "None" not in str(err.value)
+    torch.testing.assert_close(audio.mel_filterbank(256, 16, 8000), audio.mel_filterbank(256, 16, 8000, 0.0, 4000.0))

@@ -97,6 +97,7 @@ def test_the_printed_gate_table_has_every_row():
     validate.print_gates(results, console)
     text = console.export_text()
     assert "Parity gates (worst case over batch sizes)" in text
+    assert re.search(r"format\s*┃\s*gate\s*┃\s*value\s*┃\s*limit\s*┃\s*result", text)  # the header row
     for fmt, name, value, limit, verdict in validate.gate_rows(results):
         assert re.search(rf"{re.escape(fmt)}\s*│\s*{name}\s*│\s*{re.escape(value)}\s*│\s*{re.escape(limit)}\s*│\s*{verdict}",
                          text), (fmt, name)
@@ -132,6 +133,9 @@ def test_gate_flags_refuse_with_a_sentence_that_helps():
     with pytest.raises(ConfigError) as err:
         validate.parse_gate_flags(["fp32_max_abs=abc"], task)
     assert str(err.value) == "--gate fp32_max_abs: expected a number, got 'abc'"
+    with pytest.raises(ConfigError) as err:
+        validate.parse_gate_flags(["int8_agreement=1.5"], task)  # outside the config's own range
+    assert str(err.value).startswith("--gate int8_agreement: ") and "1.5" in str(err.value)
 
 
 def test_validate_artifact_runs_the_artifact_on_the_parity_data_and_judges_it_by_the_config(monkeypatch):
