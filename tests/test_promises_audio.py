@@ -162,3 +162,19 @@ def test_unsupported_or_broken_files_are_one_sentence(tmp_path):
     assert str(err.value).startswith(f"cannot read WAV file {bad}: ") and len(str(err.value)) > len(f"cannot read WAV file {bad}: None")
     assert "None" not in str(err.value)
     torch.testing.assert_close(audio.mel_filterbank(256, 16, 8000), audio.mel_filterbank(256, 16, 8000, 0.0, 4000.0))
+
+
+def test_trimming_keeps_the_frames_within_40_db_of_the_loudest_and_only_those():
+    """A tone, the same tone 30 dB down (kept), then 50 dB down (trimmed), then silence: every
+    kept frame is within TRIM_DB of the loudest, and the quiet tail is gone."""
+    sr, hop = SPEC["sample_rate"], SPEC["hop_length"]
+    tone = _tone(500, 1.0)
+    clip = np.r_[tone[:2400], 0.03 * tone[2400:4000], 0.003 * tone[4000:5600], np.zeros(1600)]
+    spec = {k: v for k, v in SPEC.items() if k != "n_frames"}
+    out = audio.log_mel(clip, **spec, n_frames=400).double()
+    body = out[:, (out > audio.FLOOR_DB + 1e-3).any(0)]
+    energy = 10 * torch.log10((10 ** (body / 10)).sum(0))
+    assert (energy > energy.max() - audio.TRIM_DB).all()
+    frames_kept = body.shape[1]
+    assert 4000 / hop <= frames_kept <= 4000 / hop + 2  # the loud and -30 dB parts, not the -50 dB tail
+    assert len(clip) / hop > frames_kept + 10 and sr == 8000
