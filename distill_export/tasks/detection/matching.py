@@ -74,7 +74,9 @@ def labeled_images(targets: np.ndarray) -> np.ndarray:
 
 def gt_arrays(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, M, 5) targets -> boxes (N, M, 4) and classes (N, M), -1 where there is no box."""
-    t = np.asarray(targets, np.float64).reshape(len(targets), -1, 5)
+    t = np.asarray(targets, np.float64)
+    # reshape cannot infer the box axis of zero images: a test set without labeled images is (0, 0, 5)
+    t = t.reshape(len(t), -1, 5) if t.size else t.reshape(len(t), 0, 5)
     cls = np.where(t[..., 0] >= 0, t[..., 0], -1).astype(np.int64)
     return t[..., 1:5], cls
 
