@@ -200,3 +200,14 @@ def test_an_integer_valued_float_label_reads_as_the_integer(tmp_path):
         r["label"] = float(r["label"])  # 0.0, 1.0, 2.0
     write_rows(manifest, rows)
     assert load_dataset(DataConfig(source=str(manifest)), seed=0).target_names == ["0", "1", "2"]
+
+
+def test_a_jsonl_row_with_a_key_twice_is_refused(tmp_path):
+    """json.loads keeps the last of two "label" keys in silence (found by a fresh audit): the row
+    is refused, naming the field, instead of guessing which one was meant."""
+    manifest = make_manifest(tmp_path / "data", modalities=("image",), fmt="jsonl")
+    lines = manifest.read_text().splitlines()
+    lines[3] = lines[3].rstrip("}") + ', "label": "1"}'
+    manifest.write_text("\n".join(lines) + "\n")
+    assert refused(tmp_path, manifest) == (f"error: {manifest}:4: bad row: field 'label' appears twice (which one "
+                                           "is meant?); fix it or pass --skip-bad-rows")

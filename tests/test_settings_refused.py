@@ -181,3 +181,22 @@ def test_a_labels_only_run_records_no_temperature_or_alpha(tiny_run, tmp_path):
     distill = json.loads((run / "report.json").read_text())["distill"]
     assert distill["distilled"] is False
     assert distill["temperature"] is None and distill["alpha"] is None and distill["beta"] is None
+
+
+def test_profile_input_shape_on_a_run_is_refused(tiny_run, tmp_path):
+    """--input-shape on a run directory was recorded in profile.settings but not used (the run's
+    models take its own shape; a fresh audit of issue 24): refused in one line, run unchanged."""
+    import hashlib
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(app, ["profile", str(run), "--input-shape", "3,9,9"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--input-shape" in lines[0]
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}

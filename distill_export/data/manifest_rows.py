@@ -96,6 +96,24 @@ def _field_problem(rec: dict) -> str | None:
     return None
 
 
+class _Duplicate:
+    """A JSON object with a key given twice (json.loads would keep the last one in silence)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _pairs(pairs: list[tuple[str, object]]):
+    seen = set()
+    for key, value in pairs:
+        if key in seen:
+            return _Duplicate(key)
+        if isinstance(value, _Duplicate):  # a nested object with a duplicate: the row is refused all the same
+            return value
+        seen.add(key)
+    return dict(pairs)
+
+
 def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tuple[int, dict]]]:
     records, columns = [], {}
     with open(path, encoding="utf-8-sig") as f:
@@ -103,9 +121,12 @@ def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tu
             if not text.strip():
                 continue
             try:
-                rec = json.loads(text)
+                rec = json.loads(text, object_pairs_hook=_pairs)
             except json.JSONDecodeError as exc:
                 problems.append(Problem(line, f"not valid JSON: {exc.msg}"))
+                continue
+            if isinstance(rec, _Duplicate):
+                problems.append(Problem(line, f"field {rec.key!r} appears twice (which one is meant?)"))
                 continue
             if not isinstance(rec, dict):
                 problems.append(Problem(line, "not a JSON object"))

@@ -34,6 +34,9 @@ def profile_command(
     if out is not None:  # a new or empty folder outside any run, checked before anything is measured
         check_output(out, folder=True, flag="--out")
     run_dir = targets[0] if len(targets) == 1 and Path(targets[0]).is_dir() else None
+    if run_dir is not None and input_shape is not None:  # it would be recorded but not used (a fresh audit)
+        raise ConfigError(f"--input-shape {input_shape} is for model files that do not say their input; the "
+                          f"models of run {run_dir} take the run's own input shape: drop --input-shape")
     base = ProfileConfig()
     if run_dir is not None:
         from distill_export.rundir import RunDir
