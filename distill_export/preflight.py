@@ -228,14 +228,3 @@ def check_parallel(config) -> None:
                           "or use teacher.fusion=concat" + ("" if not config.teacher.path else
                                                             " or distill.self_training_control=false"))
 
-
-def check_flags_apply(config, flags: dict) -> None:
-    """A flag given for something this run will not do is refused, not recorded as if it ran:
-    the INT8 calibration settings without an INT8 format (a fresh audit found them in config.yaml
-    of an FP32-only export)."""
-    int8 = any("int8" in f for f in config.export.formats)
-    for key in ("export.calibration_samples", "export.calibration_method"):
-        if flags.get(key) is not None and not int8:
-            flag = "--" + key.split(".", 1)[1].replace("_", "-")
-            raise ConfigError(f"{flag} sets {key}, which only INT8 exports read, but export.formats "
-                              f"({','.join(config.export.formats)}) has none; add --format onnx-int8 or drop {flag}")

@@ -141,7 +141,8 @@ def config_flags(command: str):
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
-    from distill_export.preflight import check_flags_apply, settle_teacher_fusion
+    from distill_export.config_checks import check_flags_apply
+    from distill_export.preflight import settle_teacher_fusion
 
     config = load_config(recipe or "avdigits", config_file, flags)
     from_file = read_yaml(config_file) if config_file else {}
