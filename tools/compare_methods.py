@@ -34,22 +34,12 @@ def main() -> None:
 
     from distill_export.config import load_config
     from distill_export.methods import presets_for_task
-    from distill_export.pipeline import stage_distill, stage_train_teacher
+    from distill_export.pipeline import stage_distill
     from distill_export.rundir import RunDir
 
-    overrides = {"seed": args.seed, "distill.self_training_control": False}
-    if args.label_fraction is not None:
-        overrides["data.label_fraction"] = args.label_fraction
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    overrides = base_overrides(args.seed, args.label_fraction, args.set)
     out = Path(args.out)
-    teacher_run = RunDir.create(out / "teacher")
-    cfg = load_config(args.recipe, None, overrides)
-    teacher_run.save_config(cfg)
-    t0 = time.perf_counter()
-    stage_train_teacher(cfg, teacher_run, quiet=True)
-    teacher_seconds = time.perf_counter() - t0
+    teacher_run, cfg, teacher_seconds = teacher_once(args.recipe, overrides, out)
     teacher_report = teacher_run.load_report()
     rows = []
     for method in args.methods or [m for m in presets_for_task(cfg.task) if m != "labels_only"]:
@@ -91,6 +81,32 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "methods.json").write_text(json.dumps({"recipe": args.recipe, "overrides": overrides, "rows": rows}, indent=2))
     (out / "methods.md").write_text(text + "\n")
+
+
+def base_overrides(seed: int, label_fraction: float | None, settings: list[str]) -> dict:
+    """The config overrides every student of one comparison shares: the seed, no control, the
+    label fraction (None: the recipe's) and --set dotted.key=value items."""
+    overrides = {"seed": seed, "distill.self_training_control": False}
+    if label_fraction is not None:
+        overrides["data.label_fraction"] = label_fraction
+    for item in settings:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def teacher_once(recipe: str, overrides: dict, out: Path):
+    """Train the one teacher every student distils from, into out/teacher: (run, config, seconds)."""
+    from distill_export.config import load_config
+    from distill_export.pipeline import stage_train_teacher
+    from distill_export.rundir import RunDir
+
+    teacher_run = RunDir.create(out / "teacher")
+    cfg = load_config(recipe, None, overrides)
+    teacher_run.save_config(cfg)
+    t0 = time.perf_counter()
+    stage_train_teacher(cfg, teacher_run, quiet=True)
+    return teacher_run, cfg, time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -40,21 +40,15 @@ def main() -> None:
         print('error: each variant is a YAML mapping with a name, e.g. "{name: a, distill.epochs: 3}"', file=sys.stderr)
         raise SystemExit(2)
 
+    from compare_methods import base_overrides, teacher_once  # tools/ is this script's first sys.path entry
+
     from distill_export.config import load_config
-    from distill_export.pipeline import stage_distill, stage_train_teacher
+    from distill_export.pipeline import stage_distill
     from distill_export.rundir import RunDir
 
-    base = {"seed": args.seed, "distill.self_training_control": False}
-    if args.label_fraction is not None:
-        base["data.label_fraction"] = args.label_fraction
-    for item in args.set:
-        key, _, value = item.partition("=")
-        base[key] = yaml.safe_load(value)
+    base = base_overrides(args.seed, args.label_fraction, args.set)
     out = Path(args.out)
-    teacher_run = RunDir.create(out / "teacher")
-    cfg = load_config(args.recipe, None, base)
-    teacher_run.save_config(cfg)
-    stage_train_teacher(cfg, teacher_run, quiet=True)
+    teacher_run, _, _ = teacher_once(args.recipe, base, out)
     for variant in variants:
         name = variant.pop("name")
         cfg = load_config(args.recipe, None, {**base, **variant, "teacher.path": str(teacher_run.file("teacher.pt"))})
