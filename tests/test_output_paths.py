@@ -99,6 +99,7 @@ TOOLS = {
     "make_captioned_digits": (True, ["--mnist", "nowhere"], True),
     "prepare_avmnist": (True, ["--mnist", "nowhere", "--fsdd", "nowhere"], True),
     "bench_export": (False, [], False), "make_demo_audio": (False, [], True),
+    "explore_variants": (True, ["{name: a}"], False),
 }
 TOOL_CASES = [(tool, target, needle) for tool, (folder, _, _) in TOOLS.items()
               for target, needle in (FOLDER_CASES if folder else FILE_CASES)]
@@ -119,4 +120,22 @@ def test_tools_check_their_output_before_any_work(place, tool, target, needle, m
     assert exit_.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: --out") and needle in err[0], err
+    assert snapshot(place) == before
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--rows", "30", "--keep", "{place}/folder"], "error: --keep"),  # a user's folder with a file in it
+    (["--rows", "30", "--keep", "{place}/run"], "error: --keep"),  # a run directory
+    (["--rows", "-5"], "error: --rows -5"),
+])
+def test_bench_decode_memory_checks_keep_and_rows_before_any_work(place, argv, needle, capsys):
+    """--keep wrote its manifests over a user's files (a fresh audit of issue 24); --rows -5 gave
+    a list repr: both refused in one line, exit 2, nothing changed."""
+    module = _tool("bench_decode_memory")
+    before = snapshot(place)
+    with pytest.raises(SystemExit) as exit_:
+        module.main([a.format(place=place) for a in argv])
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(needle), err
     assert snapshot(place) == before
