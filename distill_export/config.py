@@ -107,6 +107,9 @@ class DistillConfig:
     # confirmation) after the teacher and before distilling; 0 = off (the config's objective).
     tune_trials: int = 0
     tune_minutes: float = 0.0
+    # What the search varies: "terms" (the objective) or "terms,mix" (also distill.mix and its
+    # strength, each mixing trial scored against a baseline trained with the same mixing).
+    tune_search: str = "terms"
     teacher_cache: bool = True  # teacher outputs on the train set, stored as safetensors
     teacher_cache_dir: str | None = None  # default: the run directory
     # CUDA speed (ignored on CPU, where training stays fp32, NCHW and eager): bf16 autocast

@@ -209,6 +209,7 @@ def validate_config(config) -> None:
         value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_show(value)}")
+    tune_search_spaces(config.distill.tune_search)  # distill.tune_search: an unknown space fails now
     if config.data.image_size < 0 or config.data.max_train_rows < 0:
         raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
     if config.data.num_workers < 0 or config.data.stream_above_mb < 0:
@@ -228,6 +229,19 @@ def validate_config(config) -> None:
                 raise ConfigError(f"{name} must be >= 1")
 
 
+# What `tune` can search (tune.py): "terms" always; "mix" adds distill.mix and distill.mix_alpha.
+TUNE_SEARCH_SPACES = ("terms", "mix")
+
+
+def tune_search_spaces(spec) -> tuple[str, ...]:
+    """"terms" or "terms,mix" (a comma list, or a list) -> the checked tuple, "terms" first and always."""
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else (spec or [])) if n.strip()]
+    for n in names:
+        if n not in TUNE_SEARCH_SPACES:
+            raise ConfigError(f"tune search space {_show(n)} is unknown (choices: {', '.join(TUNE_SEARCH_SPACES)})")
+    return tuple(dict.fromkeys(["terms", *names]))
+
+
 def _check_task(config) -> None:
     try:
         from distill_export.tasks import get_task
@@ -244,6 +258,9 @@ def check_flags_apply(config, flags: dict) -> None:
     """A flag given for something this run will not do is refused, not recorded as if it ran:
     the INT8 calibration settings without an INT8 format (a fresh audit found them in config.yaml
     of an FP32-only export)."""
+    if flags.get("distill.tune_search") is not None and not (config.distill.tune_trials or config.distill.tune_minutes):
+        raise ConfigError("--tune-search sets what `run --tune` searches, but no search runs; add --tune N "
+                          "or --tune-minutes M, or drop --tune-search")
     int8 = any("int8" in f for f in config.export.formats)
     for key in ("export.calibration_samples", "export.calibration_method"):
         if flags.get(key) is not None and not int8:

@@ -13,6 +13,7 @@ data, its splits and the teacher's targets stay as they are.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -63,17 +64,34 @@ def paired_p_value(gains: list[float]) -> float:
     return p if math.isfinite(p) else 1.0
 
 
-def confirm(candidates: list[dict], score: Callable[[list[dict] | None, int], float], seeds: list[int]) -> dict:
-    """Re-score each candidate ({number, method, terms, search_val_accuracy}, best first) and the
-    baseline with `seeds`; score(terms, seed) -> val accuracy, terms None for the baseline.
+def confirm(candidates: list[dict], score: Callable[..., float], seeds: list[int]) -> dict:
+    """Re-score each candidate ({number, method, terms, search_val_accuracy[, augment]}, best first)
+    and the baseline with `seeds`; score(terms, seed) -> val accuracy, terms None for the baseline.
+
+    A candidate that carries an `augment` (tune searched the augmentation: {"mix": ..., "mix_alpha": ...})
+    is compared with the baseline trained with that same augmentation, score(None, seed, augment):
+    the gain is then the teacher's, not the augmentation's (mixup alone moves the baseline by
+    points either way). Each distinct augmentation's baseline is trained once per seed.
 
     Returns the per-seed numbers, the winner (highest mean over the fresh seeds) and the decision."""
-    baseline = [score(None, seed) for seed in seeds]
+    baselines: dict[str, dict] = {}
+
+    def baseline_for(augment: dict | None) -> dict:
+        key = json.dumps(augment, sort_keys=True)
+        if key not in baselines:
+            accs = [score(None, seed) if augment is None else score(None, seed, augment) for seed in seeds]
+            baselines[key] = {"augment": augment, "val_accuracies": accs, "mean_val_accuracy": statistics.mean(accs)}
+        return baselines[key]
+
+    own = baseline_for(None)  # the run's own baseline (its config's augmentation), always trained
     rows = []
     for cand in candidates:
-        accs = [score(cand["terms"], seed) for seed in seeds]
-        gains = [a - b for a, b in zip(accs, baseline)]
+        base = baseline_for(cand.get("augment"))
+        accs = [score(cand["terms"], seed) if cand.get("augment") is None else score(cand["terms"], seed, cand["augment"])
+                for seed in seeds]
+        gains = [a - b for a, b in zip(accs, base["val_accuracies"])]
         rows.append({**cand, "val_accuracies": accs, "mean_val_accuracy": statistics.mean(accs),
+                     "baseline_mean_val_accuracy": base["mean_val_accuracy"],
                      "gains_vs_baseline": gains, "mean_gain": statistics.mean(gains)})
     # The search trial's own score is left out of the mean: it was picked as the maximum of N
     # noisy scores, so counting it (even as one seed among S+1) would carry its upward bias.
@@ -87,8 +105,9 @@ def confirm(candidates: list[dict], score: Callable[[list[dict] | None, int], fl
     return {
         "seeds": seeds, "alpha": ALPHA,
         "rule": (f"distill only if the candidate with the best mean val accuracy over the fresh seeds beats the "
-                 f"labels-only baseline in a one-sided paired t-test across those seeds at p < {ALPHA}"),
-        "baseline": {"val_accuracies": baseline, "mean_val_accuracy": statistics.mean(baseline)},
+                 f"labels-only baseline (trained with the candidate's augmentation) in a one-sided paired t-test "
+                 f"across those seeds at p < {ALPHA}"),
+        "baseline": own, "baselines": list(baselines.values()),
         "candidates": rows, "winner": winner["number"], "p_value": p, "distill": distill,
     }
 
@@ -97,10 +116,18 @@ def decision_line(confirmation: dict) -> str:
     """One line on what the confirmation found (console and the YAML header)."""
     win = next(c for c in confirmation["candidates"] if c["number"] == confirmation["winner"])
     n = len(confirmation["seeds"])
-    base = 100 * confirmation["baseline"]["mean_val_accuracy"]
-    numbers = (f"{win['method']} (trial {win['number']}) {100 * win['mean_val_accuracy']:.1f}% vs labels-only "
-               f"baseline {base:.1f}% mean val accuracy over {n} fresh seeds, {100 * win['mean_gain']:+.1f} points, "
+    base = 100 * win.get("baseline_mean_val_accuracy", confirmation["baseline"]["mean_val_accuracy"])
+    with_aug = f" with {augment_words(win['augment'])}" if win.get("augment") else ""
+    numbers = (f"{win['method']}{with_aug} (trial {win['number']}) {100 * win['mean_val_accuracy']:.1f}% vs labels-only "
+               f"baseline{with_aug} {base:.1f}% mean val accuracy over {n} fresh seeds, {100 * win['mean_gain']:+.1f} points, "
                f"paired p={confirmation['p_value']:.2g}")
     if confirmation["distill"]:
         return f"confirmed: {numbers}"
     return f"distillation is not expected to pay here (labels only): best confirmed {numbers}"
+
+
+def augment_words(augment: dict) -> str:
+    """{"mix": "mixup", "mix_alpha": 0.4} -> "mix=mixup (alpha 0.4)"; mix none -> "no mixing"."""
+    if augment.get("mix", "none") == "none":
+        return "no mixing"
+    return f"mix={augment['mix']} (alpha {augment['mix_alpha']:g})"

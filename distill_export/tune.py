@@ -20,11 +20,13 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from distill_export.config_checks import tune_search_spaces
 from distill_export.confirm import LABELS_ONLY_TERMS, ConfirmSpec, confirm, confirmation_seeds, decision_line
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
 
 console = Console(stderr=True, highlight=False)
+
 
 
 @dataclass
@@ -83,10 +85,26 @@ def suggest_terms(trial, methods: list[str]) -> list[dict]:
     return terms
 
 
+def suggest_augment(trial) -> dict:
+    """One trial's batch mixing (data/augment.py): the kind, and its Beta(alpha, alpha) strength
+    (small alpha: lam near 0 or 1, mild mixing; alpha 1: uniform lam; above 1: strong mixing)."""
+    from distill_export.data.augment import MIXES
+
+    mix = trial.suggest_categorical("mix", list(MIXES))
+    augment = {"mix": mix, "mix_alpha": 1.0}
+    if mix != "none":
+        augment["mix_alpha"] = round(trial.suggest_float("mix_alpha", 0.1, 2.0, log=True), 3)
+    return augment
+
+
 def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: Path, quiet: bool = False,
-         confirm_spec: ConfirmSpec | None = None) -> dict:
+         confirm_spec: ConfirmSpec | None = None, search: tuple[str, ...] = ("terms",)) -> dict:
     """Run the study, then the confirmation stage (confirm.py); write the chosen config (YAML)
-    and every trial and confirmation score (tune.json). Returns the summary."""
+    and every trial and confirmation score (tune.json). Returns the summary.
+
+    search: what the trials vary. "terms" (always): the preset, its weights and parameters;
+    "mix": the batch mixing and its strength too. A trial that mixes is scored against, and
+    confirmed against, the labels-only baseline trained with the same mixing."""
     import optuna
 
     from distill_export.distill import train_baseline, train_student
@@ -107,14 +125,28 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     modality = config.data.student_modality
     drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
     forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
-    targets = teacher_targets(config, run, data, forward, device, teacher.modality_names, drop,
-                              needs=("features", "logits"))
+    search = tune_search_spaces(search)
+    made_targets: dict[bool, object] = {}
 
-    def train(terms: list[dict] | None, seed: int, on_epoch=None) -> float:
+    def targets_for(cfg):
+        """The teacher's outputs: cached once, or (augmentation or mixing on) the teacher run on each batch."""
+        online = cfg.distill.augment != "none" or cfg.distill.mix != "none"
+        if online not in made_targets:
+            made_targets[online] = teacher_targets(cfg, run, data, forward, device, teacher.modality_names, drop,
+                                                   needs=("features", "logits"))
+        return made_targets[online]
+
+    targets_for(config)
+
+    def train(terms: list[dict] | None, seed: int, on_epoch=None, augment: dict | None = None) -> float:
         """Best val accuracy of the student with `terms` (None: the labels-only baseline), trained
-        with `seed` (initial weights, batch order) on the same data and teacher targets."""
+        with `seed` (initial weights, batch order) and `augment` (None: the config's mixing) on the
+        same data and teacher."""
         cfg = _with_terms(config, terms) if terms is not None else copy.deepcopy(config)
         cfg.seed = seed
+        if augment is not None:
+            cfg.distill.mix, cfg.distill.mix_alpha = augment["mix"], augment["mix_alpha"]
+        targets = targets_for(cfg)
         if terms is None:
             return train_baseline(cfg, data, device, quiet=True, augment=targets.augment)[1]["best_val_accuracy"]
         term_specs(cfg.distill)  # a suggested setting that is invalid fails loudly, not silently
@@ -129,7 +161,11 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
                 raise optuna.TrialPruned()
 
         try:
-            return train(suggest_terms(trial, methods), config.seed, on_epoch=report)
+            augment = suggest_augment(trial) if "mix" in search else None
+            if augment is not None and _same_mixing(augment, config.distill):
+                augment = None  # the run's own mixing: the run's own baseline is its reference
+            trial.set_user_attr("augment", augment)
+            return train(suggest_terms(trial, methods), config.seed, on_epoch=report, augment=augment)
         except TrainingDiverged:  # a suggestion whose loss went non-finite: a trial lost, not the study
             raise optuna.TrialPruned() from None
 
@@ -160,14 +196,19 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         raise ConfigError("tune: no trial completed within the budget; give it more --minutes")
     search_seconds = time.perf_counter() - start
     best = study.best_trial
+    best_augment = best.user_attrs.get("augment")
+    # the best trial's reference: the baseline trained with its mixing (the run's own one without)
+    best_baseline = baseline_val if best_augment is None else train(None, config.seed, augment=best_augment)
     summary = {
-        "best": {"method": best.params["method"], "terms": best.user_attrs["terms"], "val_accuracy": best.value},
+        "best": {"method": best.params["method"], "terms": best.user_attrs["terms"], "val_accuracy": best.value,
+                 "augment": best_augment, "baseline_val_accuracy": best_baseline},
+        "search": list(search),
         "split": "validation", "trials": len(study.trials), "completed": len(completed),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "seconds": round(search_seconds, 1),
         # search-stage comparison, one seed each: the best trial's score is biased upward
         "baseline_val_accuracy": baseline_val,
-        "beats_baseline": best.value > baseline_val,
+        "beats_baseline": best.value > best_baseline,
         "all": [{"number": t.number, "state": t.state.name, "params": t.params, "val_accuracy": t.value}
                 for t in study.trials],
     }
@@ -178,6 +219,8 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
               f"{_confirmed_words(summary)}). Use: distill-export run --config {out_path.name}\n"
               f"# {decision['line']}\n")
     body = {"method": "labels_only", "terms": decision["terms"]} if not decision["distill"] else {"terms": decision["terms"]}
+    if decision["distill"] and decision.get("augment"):
+        body.update(decision["augment"])  # distill.mix and distill.mix_alpha: the mixing it was confirmed with
     write_text(out_path, header + yaml.safe_dump({"distill": body}, sort_keys=False))
     write_text(run.file("tune.json"), json.dumps(summary, indent=2))
     term_specs(_with_terms(config, decision["terms"]).distill)  # the written file loads
@@ -190,10 +233,11 @@ def _confirm(train, completed: list, spec: ConfirmSpec, search_seed: int, quiet:
         return None
     top = sorted(completed, key=lambda t: t.value, reverse=True)[: spec.top]
     candidates = [{"number": t.number, "method": t.params["method"], "terms": t.user_attrs["terms"],
-                   "search_val_accuracy": t.value} for t in top]
+                   "search_val_accuracy": t.value, "augment": t.user_attrs.get("augment")}
+                  for t in top]
 
-    def score(terms, seed: int) -> float:
-        acc = train(terms, seed)
+    def score(terms, seed: int, augment: dict | None = None) -> float:
+        acc = train(terms, seed, augment=augment)
         if not quiet:
             name = "baseline" if terms is None else next(f"{c['method']} (trial {c['number']})"
                                                           for c in candidates if c["terms"] is terms)
@@ -211,13 +255,15 @@ def _decide(summary: dict) -> dict:
     if conf is not None:
         win = next(c for c in conf["candidates"] if c["number"] == conf["winner"])
         distill, method, terms, line = conf["distill"], win["method"], win["terms"], decision_line(conf)
+        augment = win.get("augment")
     else:
         best = summary["best"]
-        distill, method, terms = summary["beats_baseline"], best["method"], best["terms"]
-        line = versus_baseline(best["val_accuracy"], summary["baseline_val_accuracy"])
+        distill, method, terms, augment = summary["beats_baseline"], best["method"], best["terms"], best.get("augment")
+        line = versus_baseline(best["val_accuracy"], best.get("baseline_val_accuracy", summary["baseline_val_accuracy"]))
     if not distill:
         return {"distill": False, "method": "labels_only", "terms": LABELS_ONLY_TERMS, "line": line}
-    return {"distill": True, "method": method, "terms": terms, "line": line}
+    return {"distill": True, "method": method, "terms": terms, "line": line,
+            **({"augment": augment} if augment else {})}
 
 
 def _confirmed_words(summary: dict) -> str:
@@ -235,6 +281,13 @@ def versus_baseline(best: float, baseline: float) -> str:
         return f"labels-only baseline on validation: {100 * baseline:.1f}% ({gap:+.1f} points for the best objective)"
     return (f"no objective beat the labels-only baseline on validation ({100 * best:.1f}% vs "
             f"{100 * baseline:.1f}%): distillation is unlikely to pay on this data")
+
+
+def _same_mixing(augment: dict, distill_config) -> bool:
+    """Whether a trial's mixing is the config's (no mixing at all, or the same kind and strength)."""
+    if augment["mix"] != distill_config.mix:
+        return False
+    return augment["mix"] == "none" or augment["mix_alpha"] == distill_config.mix_alpha
 
 
 def _with_terms(config, terms: list[dict]):
@@ -256,10 +309,12 @@ def tune_before_distill(config, run, quiet: bool = False):
         summary = json.loads(summary_file.read_text())
     else:
         budget = TuneBudget(cfg.tune_trials or 100_000, cfg.tune_minutes or None)
-        summary = tune(config, run, None, budget, chosen_file, quiet)
+        summary = tune(config, run, None, budget, chosen_file, quiet, search=tune_search_spaces(cfg.tune_search))
     decision = summary["decision"]
     chosen = copy.deepcopy(config)
     chosen.distill.terms = decision["terms"]
+    if decision.get("augment"):  # the mixing the objective was confirmed with
+        chosen.distill.mix, chosen.distill.mix_alpha = decision["augment"]["mix"], decision["augment"]["mix_alpha"]
     if not decision["distill"]:
         chosen.distill.method = "labels_only"
     run.save_config(chosen)  # config.yaml describes what runs: the chosen terms

@@ -76,6 +76,9 @@ FLAGS = (
     Flag("--tune-minutes", "distill.tune_minutes", float, "Search the objective for at most M minutes (alone: "
          "as many trials as fit; with --tune N: whichever ends first). report.json says how many ran.",
          (RUN,), show_default=False),
+    Flag("--tune-search", "distill.tune_search", str, "What --tune searches: terms (the objective) or "
+         "terms,mix (also the batch mixing and its strength, each scored against a baseline with the same "
+         "mixing).", (RUN,), show_default=False),
     Flag("--mix", "distill.mix", str, "Batch mixing for the student and the baseline: {choices} (the teacher "
          "sees the same mixed batch: consistent teaching; no teacher-output cache).", (RUN, DISTILL)),
     Flag("--self-training-control/--no-self-training-control", "distill.self_training_control", bool,

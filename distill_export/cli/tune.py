@@ -17,6 +17,7 @@ Trials = Annotated[int, typer.Option("--trials", help="Trials to run (budget).")
 Minutes = Annotated[Optional[float], typer.Option("--minutes", help="Stop after this many minutes (budget).")]
 TuneMethods = Annotated[Optional[str], typer.Option("--methods", help="Comma-separated presets to search (default: every preset that uses the teacher): {methods}.")]
 TuneOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the best config (default RUN/tuned.yaml).")]
+Search = Annotated[str, typer.Option("--search", help="What the trials vary: terms (the objective), or terms,mix (also the batch mixing and its strength; a mixing trial is scored against a baseline trained with the same mixing).")]
 ConfirmTop = Annotated[int, typer.Option("--confirm-top", help="Completed trials to re-train with fresh seeds after the search (best first).")]
 ConfirmSeeds = Annotated[int, typer.Option("--confirm-seeds", help="Fresh training seeds for each confirmed trial and the labels-only baseline; the objective is chosen by its mean. 0: off (the best trial's own score decides).")]
 
@@ -24,13 +25,15 @@ ConfirmSeeds = Annotated[int, typer.Option("--confirm-seeds", help="Fresh traini
 @app.command(cls=HelpCommand)
 @guarded
 def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, methods: TuneMethods = None,
-         out_file: TuneOut = None, confirm_top: ConfirmTop = 3, confirm_seeds: ConfirmSeeds = 3, quiet: Quiet = False):
+         out_file: TuneOut = None, confirm_top: ConfirmTop = 3, confirm_seeds: ConfirmSeeds = 3,
+         search: Search = "terms", quiet: Quiet = False):
     """Search the distillation method, weights, T and thresholds on the validation split (Optuna),
     then re-train the top trials and the labels-only baseline with fresh seeds and choose by the mean.
 
     Writes the choice as YAML for `distill-export run --config` (labels only where no objective is
     confirmed above the baseline); the test split is not read.
     """
+    from distill_export.config_checks import tune_search_spaces
     from distill_export.confirm import ConfirmSpec
     from distill_export.launch import open_run
     from distill_export.tune import TuneBudget, candidate_methods, tune as run_tune
@@ -39,6 +42,7 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
     budget.check()  # a bad budget fails before the data loads
     confirm_spec = ConfirmSpec(confirm_top, confirm_seeds)
     confirm_spec.check()
+    spaces = tune_search_spaces(search)  # an unknown space fails before the data loads
     names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
     candidate_methods(names)  # --methods "," or labels_only alone leave nothing to search: refused now
     if out_file is not None:  # a user file or one of the run directory files is never replaced
@@ -48,7 +52,7 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
     rd, cfg = open_run(run_dir)
     path = out_file or rd.file("tuned.yaml")
     with rd.lock():  # tune.json and the teacher cache are written into the run: one command at a time
-        summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec)
+        summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec, search=spaces)
     best = summary["best"]
     out.print(f"best of {summary['completed']} trials ({summary['pruned']} pruned, {summary['seconds']:.0f} s): "
               f"{best['method']}, validation accuracy {100 * best['val_accuracy']:.1f}%")

@@ -1,0 +1,128 @@
+"""`tune --search terms,mix` (issue 23): the trials also vary the batch mixing and its strength,
+and every mixing candidate is judged against a labels-only baseline trained with the same
+mixing, so a confirmed gain is the teacher's, not the augmentation's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from distill_export.cli import app
+from distill_export.confirm import confirm, decision_line
+
+runner = CliRunner()
+
+
+def _one_line_error(result, needle: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output, result.output
+
+
+def test_a_mixing_candidate_is_judged_against_a_baseline_with_the_same_mixing():
+    """Mixup lifts the baseline by 3 points here; the mixup candidate is 2 points above the plain
+    baseline but 1 below the mixup one. Judged against the plain baseline it would 'win'."""
+    mixup = {"mix": "mixup", "mix_alpha": 0.4}
+    terms_a, terms_b = [{"name": "kd"}], [{"name": "pseudo_label"}]
+    calls = []
+
+    def score(terms, seed, augment=None):
+        calls.append((json.dumps(terms), seed, json.dumps(augment)))
+        base = 0.80 + (0.03 if augment else 0.0) + 0.001 * seed
+        if terms is None:
+            return base
+        return base + (-0.01 if augment else 0.005)
+
+    cands = [{"number": 0, "method": "hinton", "terms": terms_a, "search_val_accuracy": 0.9, "augment": mixup},
+             {"number": 1, "method": "pseudo_label", "terms": terms_b, "search_val_accuracy": 0.8}]
+    out = confirm(cands, score, [1, 2, 3])
+    rows = {r["number"]: r for r in out["candidates"]}
+    assert rows[0]["mean_gain"] == pytest.approx(-0.01) and rows[1]["mean_gain"] == pytest.approx(0.005)
+    # the mixup candidate has the best mean accuracy (0.82 > 0.805) and wins the pick, but its
+    # paired gain against its own baseline is negative: nothing is distilled
+    assert out["winner"] == 0 and out["distill"] is False
+    assert "mix=mixup (alpha 0.4)" in decision_line(out) and "not expected to pay" in decision_line(out)
+    # each distinct mixing's baseline once per seed; the run's own one always
+    baseline_calls = sorted((seed, aug) for terms, seed, aug in calls if terms == "null")
+    assert baseline_calls == sorted([(s, "null") for s in (1, 2, 3)] + [(s, json.dumps(mixup)) for s in (1, 2, 3)])
+    assert out["baseline"]["augment"] is None and len(out["baselines"]) == 2
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run, dst)
+    return dst
+
+
+def test_tune_searches_the_mixing_and_pairs_each_candidate_with_its_baseline(run_copy, tmp_path, monkeypatch):
+    """The real training path: every trial draws a mixing; each confirmed candidate and the baseline
+    it is compared with trained with that same mixing; the written config carries it when it distills."""
+    from distill_export import distill
+    from distill_export.config import load_config
+
+    trained = []  # (kind, seed, mix, mix_alpha, terms)
+
+    def spy(real, kind):
+        def wrapped(cfg, *args, **kwargs):
+            model, info = real(cfg, *args, **kwargs)
+            trained.append((kind, cfg.seed, cfg.distill.mix, cfg.distill.mix_alpha,
+                            None if kind == "baseline" else json.dumps(cfg.distill.terms)))
+            return model, info
+        return wrapped
+
+    monkeypatch.setattr(distill, "train_student", spy(distill.train_student, "student"))
+    monkeypatch.setattr(distill, "train_baseline", spy(distill.train_baseline, "baseline"))
+    out = tmp_path / "best.yaml"
+    result = runner.invoke(app, ["tune", str(run_copy), "--trials", "2", "--methods", "hinton", "--search", "terms,mix",
+                                 "--confirm-top", "1", "--confirm-seeds", "2", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_copy / "tune.json").read_text())
+    assert summary["search"] == ["terms", "mix"]
+    assert all("mix" in t["params"] for t in summary["all"])
+    conf = summary["confirmation"]
+    own = load_config(None, run_copy / "config.yaml").distill
+    for cand in conf["candidates"]:
+        aug = cand["augment"] or {"mix": own.mix, "mix_alpha": own.mix_alpha}  # None: the run's own mixing
+        students = [t for t in trained if t[0] == "student" and t[1] in conf["seeds"] and t[4] == json.dumps(cand["terms"])]
+        assert {(t[2], t[3]) for t in students} == {(aug["mix"], aug["mix_alpha"])}, students
+        # its baseline: the same seeds, the same mixing, and the gains are against exactly that
+        base = {t[1] for t in trained if t[0] == "baseline" and t[1] in conf["seeds"] and (t[2], t[3]) == (aug["mix"], aug["mix_alpha"])}
+        assert sorted(base) == conf["seeds"]
+        paired = next(b for b in conf["baselines"] if b["augment"] == cand["augment"])
+        assert cand["gains_vs_baseline"] == pytest.approx([a - b for a, b in zip(cand["val_accuracies"], paired["val_accuracies"])])
+    written = yaml.safe_load(out.read_text())["distill"]
+    cfg = load_config("avdigits", out)  # what `run --config best.yaml` loads
+    decision = summary["decision"]
+    if decision["distill"] and decision.get("augment"):
+        assert (written["mix"], written["mix_alpha"]) == (decision["augment"]["mix"], decision["augment"]["mix_alpha"])
+        assert cfg.distill.mix == decision["augment"]["mix"]
+    else:
+        assert "mix" not in written
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--search", "terms,fusion"], "tune search space 'fusion' is unknown (choices: terms, mix)"),
+])
+def test_tune_refuses_an_unknown_search_space_in_one_line(run_copy, args, needle):
+    before = sorted(p.name for p in run_copy.iterdir())
+    _one_line_error(runner.invoke(app, ["tune", str(run_copy), *args]), needle)
+    assert sorted(p.name for p in run_copy.iterdir()) == before
+
+
+def test_run_refuses_tune_search_without_a_search(tmp_path):
+    _one_line_error(runner.invoke(app, ["run", "--out", str(tmp_path / "r"), "--tune-search", "terms,mix"]),
+                    "--tune-search sets what `run --tune` searches, but no search runs")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_config_with_an_unknown_tune_search_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill: {tune_search: 'terms,colour'}\n")
+    _one_line_error(runner.invoke(app, ["run", "--config", str(bad), "--out", str(tmp_path / "r")]),
+                    "tune search space 'colour' is unknown")
+    assert not (tmp_path / "r").exists()
