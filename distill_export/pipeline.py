@@ -44,7 +44,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
             training = train_teacher(config, data, device, run.file("teacher.pt"), quiet,
                                      checkpoint=training_checkpoint(config, run, "teacher"))
         teacher = load_teacher(teacher_path(config, run), data, config.teacher.weights,
-                               strict=bool(config.teacher.path)).to(device)
+                               strict=bool(config.teacher.path), max_call_s=config.validate.max_call_s).to(device)
         task = get_task(config.task)
         metrics = evaluate_teacher(teacher, data, device, task)
         # The modality gap: what the teacher knows from the student's modality alone.
@@ -81,7 +81,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     teacher_file = teacher_path(config, run)
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
-    teacher = load_teacher(teacher_file, data, config.teacher.weights, strict=True).to(device)
+    teacher = load_teacher(teacher_file, data, config.teacher.weights, strict=True,
+                           max_call_s=config.validate.max_call_s).to(device)
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     specs = term_specs(config.distill)
@@ -244,7 +245,7 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
     try:
         if not config.teacher.path and not path.is_file():
             raise DistillExportError(f"{path} is missing (run `distill-export train-teacher`)")
-        teacher = load_teacher(path, data, config.teacher.weights).cpu().eval()
+        teacher = load_teacher(path, data, config.teacher.weights, max_call_s=config.validate.max_call_s).cpu().eval()
         names = [m for m in teacher.modality_names if m in data.test.inputs]
         inputs = {m: data.test.inputs[m] for m in names}
         _, logits = predict(teacher.forward_features, inputs, len(data.test))
