@@ -274,10 +274,16 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     parity = load_parity_data(run.file(PARITY_FILE))
     task = get_task(config.task)
     teacher_acc = report.get("metrics", {}).get("teacher", {}).get(task.headline)
+    from distill_export.files import sha256_file
+
+    # What was validated, by content: profile, report and the recommendation refuse an artifact
+    # replaced since (RunDir.require_unchanged_artifacts); `run --resume` validates it again.
+    hashes = {fmt: sha256_file(art["path"]) for fmt, art in exports.items() if Path(art["path"]).is_file()}
     with timed(run, "validate"):
         results = validate_exports(exports, parity, config.validate, task, teacher_acc)
     report = run.load_report()
     for fmt, res in results.items():
+        res["artifact_sha256"] = hashes.get(fmt)
         report["exports"][fmt]["parity"] = res
     run.update_report(exports=report["exports"])
     teacher_onnx = (report.get("teacher_exports") or {}).get("onnx") or {}
@@ -289,8 +295,10 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
 
         try:
             teacher_parity = load_teacher_parity_data(run.file(TEACHER_PARITY_FILE))
+            digest = sha256_file(run.file(teacher_onnx["path"])) if run.file(teacher_onnx["path"]).is_file() else None
             teacher_onnx["parity"] = validate_teacher_onnx(run.file(teacher_onnx["path"]), teacher_parity,
                                                            config.validate, task)
+            teacher_onnx["parity"]["artifact_sha256"] = digest
         except DistillExportError as exc:  # e.g. a deleted npz: the student's gates still count
             console.print(f"[yellow]warning:[/] the teacher's ONNX was not validated: {exc}", highlight=False)
             teacher_onnx["parity"] = None
