@@ -147,7 +147,8 @@ class ValidateConfig:
     int8_map50_delta: float = 0.02
     int8_matched: float = 0.95
     # Seconds one ONNX Runtime call may take before it is stopped and the model refused (a
-    # runaway Loop in a hostile file; runtimes/onnx_bounds.py).
+    # runaway Loop in a hostile file; runtimes/onnx_bounds.py); also one call of a .pt2 teacher
+    # (`--teacher`, teacher.path) in every stage (nets/pt2_bounds.py).
     max_call_s: float = 60.0
 
 

@@ -44,7 +44,7 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
             training = train_teacher(config, data, device, run.file("teacher.pt"), quiet,
                                      checkpoint=training_checkpoint(config, run, "teacher"))
         teacher = load_teacher(teacher_path(config, run), data, config.teacher.weights,
-                               strict=bool(config.teacher.path)).to(device)
+                               strict=bool(config.teacher.path), max_call_s=config.validate.max_call_s).to(device)
         task = get_task(config.task)
         metrics = evaluate_teacher(teacher, data, device, task)
         # The modality gap: what the teacher knows from the student's modality alone.
@@ -81,7 +81,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     teacher_file = teacher_path(config, run)
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
-    teacher = load_teacher(teacher_file, data, config.teacher.weights, strict=True).to(device)
+    teacher = load_teacher(teacher_file, data, config.teacher.weights, strict=True,
+                           max_call_s=config.validate.max_call_s).to(device)
     modality = config.data.student_modality
     needs = teacher_needs(config.distill)  # what the teacher-output cache stores
     specs = term_specs(config.distill)
@@ -244,7 +245,7 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
     try:
         if not config.teacher.path and not path.is_file():
             raise DistillExportError(f"{path} is missing (run `distill-export train-teacher`)")
-        teacher = load_teacher(path, data, config.teacher.weights).cpu().eval()
+        teacher = load_teacher(path, data, config.teacher.weights, max_call_s=config.validate.max_call_s).cpu().eval()
         names = [m for m in teacher.modality_names if m in data.test.inputs]
         inputs = {m: data.test.inputs[m] for m in names}
         _, logits = predict(teacher.forward_features, inputs, len(data.test))
@@ -273,10 +274,16 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     parity = load_parity_data(run.file(PARITY_FILE))
     task = get_task(config.task)
     teacher_acc = report.get("metrics", {}).get("teacher", {}).get(task.headline)
+    from distill_export.files import sha256_file
+
+    # What was validated, by content: profile, report and the recommendation refuse an artifact
+    # replaced since (RunDir.require_unchanged_artifacts); `run --resume` validates it again.
+    hashes = {fmt: sha256_file(art["path"]) for fmt, art in exports.items() if Path(art["path"]).is_file()}
     with timed(run, "validate"):
         results = validate_exports(exports, parity, config.validate, task, teacher_acc)
     report = run.load_report()
     for fmt, res in results.items():
+        res["artifact_sha256"] = hashes.get(fmt)
         report["exports"][fmt]["parity"] = res
     run.update_report(exports=report["exports"])
     teacher_onnx = (report.get("teacher_exports") or {}).get("onnx") or {}
@@ -288,8 +295,10 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
 
         try:
             teacher_parity = load_teacher_parity_data(run.file(TEACHER_PARITY_FILE))
+            digest = sha256_file(run.file(teacher_onnx["path"])) if run.file(teacher_onnx["path"]).is_file() else None
             teacher_onnx["parity"] = validate_teacher_onnx(run.file(teacher_onnx["path"]), teacher_parity,
                                                            config.validate, task)
+            teacher_onnx["parity"]["artifact_sha256"] = digest
         except DistillExportError as exc:  # e.g. a deleted npz: the student's gates still count
             console.print(f"[yellow]warning:[/] the teacher's ONNX was not validated: {exc}", highlight=False)
             teacher_onnx["parity"] = None

@@ -137,7 +137,8 @@ def check_models(config, data) -> None:
     if config.teacher.path:
         from distill_export.nets.model_io import load_teacher
 
-        teacher = load_teacher(config.teacher.path, data, weights=config.teacher.weights)
+        teacher = load_teacher(config.teacher.path, data, weights=config.teacher.weights,
+                               max_call_s=config.validate.max_call_s)
         if wants_features and getattr(teacher, "has_features", True) is False:
             raise ConfigError(f"teacher {config.teacher.path} returns logits only, so the feature term "
                               "cannot work: set --beta 0 (or drop the feature term), or return "

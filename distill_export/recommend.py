@@ -130,7 +130,9 @@ def _choose(target, trows, students, exports, teacher_skips, batch, tie_toleranc
 
 def update_run(run) -> dict[str, dict]:
     """Recompute `recommended` in a run directory's report.json (replacing the section, not
-    merging it, so a target that is no longer profiled does not linger)."""
+    merging it, so a target that is no longer profiled does not linger). Refused when an artifact
+    changed after validate: its parity would speak for another file."""
+    run.require_unchanged_artifacts("recommend")
     recommended = recommend(run.load_report())
     run.replace_report(recommended=recommended)
     return recommended

@@ -153,6 +153,49 @@ class RunDir:
             for name in STAGE_FILES.get(stage, ()):
                 self.file(name).unlink(missing_ok=True)
 
+    # ----- artifacts as validate hashed them ---------------------------------------------------
+    def changed_artifacts(self) -> list[Path]:
+        """Exported files whose content is not what validate recorded (parity.artifact_sha256): a
+        file replaced or removed by hand since, so its parity describes another file. Artifacts
+        validated before hashes were recorded are unknown, not changed."""
+        from distill_export.files import sha256_file
+
+        report = self.load_report()
+        changed = []
+        for section in ("exports", "teacher_exports"):
+            for art in (report.get(section) or {}).values():
+                recorded = ((art or {}).get("parity") or {}).get("artifact_sha256")
+                if not recorded or not art.get("path"):
+                    continue
+                file = self.file(art["path"])
+                if not file.is_file() or sha256_file(file) != recorded:
+                    changed.append(file)
+        return changed
+
+    def require_unchanged_artifacts(self, command: str) -> None:
+        """Refuse `command`, which would report or rank by the recorded parity, when an artifact
+        changed after validate; nothing is written."""
+        changed = self.changed_artifacts()
+        if changed:
+            what = "changed" if changed[0].is_file() else "was removed"
+            raise ConfigError(f"{changed[0]} {what} after validate (its content is not what validate checked), "
+                              f"so `{command}` would report the old parity; re-run `distill-export validate "
+                              f"{self.path}`")
+
+    def stale_if_artifacts_changed(self) -> list[Path]:
+        """`run --resume`: an artifact changed after validate makes validate (and the report made
+        from it) stale, so the resume validates again; what they wrote is dropped (begin_stage)."""
+        stages = self.stages()
+        if not stages or stages.get("validate", {}).get("status") != "done":
+            return []
+        changed = self.changed_artifacts()
+        if changed:
+            stale = ["validate", *(s for s in DEPENDENTS["validate"] if stages.get(s, {}).get("status") == "done")]
+            why = {"status": "stale", "after": "export", "changed": str(changed[0].relative_to(self.path))}
+            self.set_stages({**stages, **{s: dict(why) for s in stale}})
+            self._forget(stale)
+        return changed
+
     # ----- training checkpoints and resume -----------------------------------------------------
     def checkpoint_path(self, label: str) -> Path:
         return self.path / CHECKPOINT_DIR / f"{label}.pt"
@@ -190,7 +233,7 @@ class RunDir:
         if stages is None:
             raise ConfigError(f"--resume {path}: the run does not record its stages (made by an older version); "
                               "start a new run")
-        if not run.missing_stages(RUN_STAGES):
+        if not run.missing_stages(RUN_STAGES) and not run.changed_artifacts():  # changed: stale_if_artifacts_changed
             raise ConfigError(f"--resume {path}: the run already finished (every stage is done); "
                               f"its report is {path / 'report.md'}")
         return run
@@ -224,8 +267,7 @@ class RunDir:
             stages = self.stages() or {}
             stale = [s for s in todo if stages.get(s, {}).get("status") == "stale"]
             parts.append(f"running {todo[0]}{where}" + (f", then {', '.join(todo[1:])}" if todo[1:] else "")
-                         + (f" ({', '.join(stale)} stale: {stages[stale[0]].get('after', 'an earlier stage')} ran "
-                            "again after them)" if stale else ""))
+                         + (f" ({', '.join(stale)} stale: {_stale_why(stages[stale[0]], 'them')})" if stale else ""))
         return " ".join(parts)
 
     @contextmanager
@@ -263,10 +305,10 @@ class RunDir:
         stages = self.stages() or {}
         stale = [s for s in missing if stages.get(s, {}).get("status") == "stale"]
         if stale and stale == missing:
-            after = stages[stale[0]].get("after", "an earlier stage")
             raise ConfigError(f"{self.path}: stage{'s' * (len(stale) > 1)} {', '.join(stale)} "
-                              f"{'are' if len(stale) > 1 else 'is'} stale ({after} ran again after "
-                              f"{'them' if len(stale) > 1 else 'it'}), so `{command}` cannot run; next: "
+                              f"{'are' if len(stale) > 1 else 'is'} stale "
+                              f"({_stale_why(stages[stale[0]], 'them' if len(stale) > 1 else 'it')}), "
+                              f"so `{command}` cannot run; next: "
                               + _NEXT[stale[0]].format(run=self.path)
                               + f" (or `distill-export run --resume {self.path}` to run every stale stage again)")
         if missing:
@@ -372,6 +414,13 @@ class RunDir:
                 self.set_stages(stages)
 
         return store.write_sections(self.file("report.json"), sections, replace, keep_stages)[0]
+
+
+def _stale_why(entry: dict, them: str) -> str:
+    """Why a stage is stale: a file changed after it (`changed`), or an earlier stage ran again."""
+    if entry.get("changed"):
+        return f"{entry['changed']} changed after validate"
+    return f"{entry.get('after', 'an earlier stage')} ran again after {them}"
 
 
 def records_stage(name: str):

@@ -121,7 +121,8 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
     data, device = load_data(config)
-    teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights).to(device)
+    teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights,
+                           max_call_s=config.validate.max_call_s).to(device)
     modality = config.data.student_modality
     drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
     forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731

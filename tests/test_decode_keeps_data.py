@@ -133,6 +133,46 @@ def test_a_float_tiff_outside_its_range_is_one_line(tmp_path):
     assert f"{manifest}:4: bad row: image" in message and "mode F (32-bit float) pixels range from 1000 to 1000" in message
 
 
+def float_column(tmp_path: Path, values: dict[int, float]) -> tuple[Path, list[dict]]:
+    """The image manifest with rows {index: value} replaced by 8x8 mode-F TIFFs of that value."""
+    manifest, rows = image_manifest(tmp_path)
+    for i, value in values.items():
+        Image.fromarray(np.full((8, 8), value, dtype=np.float32), mode="F").save(manifest.parent / "img" / f"f{i}.tif")
+        rows[i]["image"] = f"img/f{i}.tif"
+    write_rows(manifest, rows)
+    return manifest, rows
+
+
+@pytest.mark.parametrize("streaming", ["off", "on"])
+def test_float_images_take_one_scale_per_column(tmp_path, streaming):
+    """Mode F on a 0-255 scale: the near-black 0.8 read as 0.8 (brighter than 200/255) when each
+    image chose its own scale (a fresh audit of issue 24); the column's range decides it now, over
+    every split (row 5 is a test row), in memory and streamed alike."""
+    manifest, rows = float_column(tmp_path, {0: 0.8, 1: 200.0, 5: 100.0})  # rows 0, 1: the first train rows
+    data = load_dataset(DataConfig(source=str(manifest), streaming=streaming), seed=0)
+    assert data.info["streaming"] is (streaming == "on")
+    spec = data.modalities["image"]
+    first, second = (float((data.train.inputs["image"][i] * spec.std + spec.mean).mean()) for i in (0, 1))
+    assert first == pytest.approx(0.8 / 255, abs=1e-5) and second == pytest.approx(200 / 255, abs=1e-5)
+    test_row = float((data.test.inputs["image"][0] * spec.std + spec.mean).mean())  # row 5: the first test row
+    assert test_row == pytest.approx(100 / 255, abs=1e-5)
+
+
+def test_float_images_all_in_unit_range_stay_as_they_are(tmp_path):
+    manifest, _ = float_column(tmp_path, {0: 0.8, 1: 0.25})
+    data = load_dataset(DataConfig(source=str(manifest)), seed=0)
+    spec = data.modalities["image"]
+    assert float((data.train.inputs["image"][0] * spec.std + spec.mean).mean()) == pytest.approx(0.8, abs=1e-5)
+
+
+def test_a_float_image_outside_its_columns_range_is_one_line(tmp_path):
+    """Others on 0-255, one negative: that row is refused in one line, nothing written."""
+    manifest, _ = float_column(tmp_path, {0: 0.8, 1: 200.0, 2: -3.0})
+    message = refused(tmp_path, manifest)
+    assert f"{manifest}:4: bad row: image" in message and "f2.tif" in message
+    assert "pixels range from -3 to -3, outside [0, 255]" in message
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height and holds no pixels: proves the size is refused
     from the header (decoding it would fail as truncated instead)."""

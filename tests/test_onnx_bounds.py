@@ -93,6 +93,18 @@ def test_profile_refuses_an_input_shape_flag_too_large(tmp_path):
     assert "'x'" in line and "[1, 3, 50000, 50000]" in line and "refused before allocating" in line
 
 
+def test_profile_input_shape_of_another_rank_names_both_ranks(tmp_path):
+    """--input-shape given, of the wrong rank: the message said to pass --input-shape (a fresh
+    audit of issue 24); it names the input, its rank and the flag's rank, the file unchanged."""
+    path = identity_model(tmp_path / "dyn.onnx", ["batch", "n"])
+    before = digest(path)
+    line = one_line_error(runner.invoke(app, ["profile", str(path), *PROFILE_FAST, "--quiet",
+                                              "--input-shape", "5,3,3"]), 2)
+    assert str(path) in line and "'x'" in line and "rank 2" in line and "--input-shape 5,3,3 has rank 3" in line
+    assert "pass --input-shape" not in line
+    assert digest(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["dyn.onnx"]
+
+
 def test_profile_refuses_an_input_of_unknown_rank(tmp_path):
     path = no_shape_model(tmp_path / "norank.onnx")
     line = one_line_error(runner.invoke(app, ["profile", str(path), *PROFILE_FAST, "--quiet"]), 2)

@@ -52,6 +52,7 @@ def profile(
     with run.lock() if run is not None else contextlib.nullcontext():
         if run is not None:  # what is measured is the current export (a stale one is refused)
             run.require_stages(("export",), "profile")
+            run.require_unchanged_artifacts("profile")  # the recommendation ranks by parity: of these files
         with run.transaction() if run is not None else contextlib.nullcontext():
             if run is not None:
                 run.begin_stage("profile")  # the report rendered before is stale until save() renders it again

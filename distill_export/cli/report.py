@@ -21,6 +21,7 @@ def report(run_dir: RunDirArg):
     rd = RunDir.existing(run_dir)
     with rd.lock():
         rd.require_stages(None, "report")  # an unfinished or stale run: name the stage to run, write nothing
+        rd.require_unchanged_artifacts("report")  # an export replaced after validate: its parity is not its own
         with rd.transaction():
             stage_report(rd)
     out.print(f"report: {rd.file('report.md')}")

@@ -66,8 +66,10 @@ def split_cell(cell: str) -> tuple[str, int | None]:
 # How each PIL mode becomes pixels in [0, 1] (docs/reliability.md, "Decoding that keeps the data"):
 # 8-bit modes are held as uint8 and scaled by 255; modes with alpha are composited over black
 # (a fully transparent pixel is 0 whatever colour it stores); 16-bit gray is scaled by 65535;
-# mode I (32-bit integer) is read as 16-bit and refused outside 0-65535; mode F (32-bit float) is
-# read as it is when its pixels lie in [0, 1], divided by 255 when in [0, 255], else refused.
+# mode I (32-bit integer) is read as 16-bit and refused outside 0-65535; mode F (32-bit float) has
+# one scale per manifest column (Decoder.float_scale, from all of its mode-F images): as it is when
+# they all lie in [0, 1], divided by 255 when any is above 1 (all in [0, 255]); an image outside
+# [0, 255] is refused. A lone image (no column) takes the rule from its own pixels.
 EIGHT_BIT_MODES = {"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "La", "RGBa", "CMYK", "YCbCr"}
 ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
@@ -138,10 +140,12 @@ def read_image(path: str | Path):
     return out
 
 
-def image_to_array(im, size: tuple[int, int], rgb: bool, compact: bool = False) -> np.ndarray:
+def image_to_array(im, size: tuple[int, int], rgb: bool, compact: bool = False,
+                   float_scale: float | None = None) -> np.ndarray:
     """PIL image -> (C, H, W) in [0, 1] at size (height, width), C = 3 if rgb else 1: float32, or
     with `compact` uint8 when the source is 8-bit (the caller scales by 255; float32 otherwise).
-    Each mode is read with its real range (the rules above EIGHT_BIT_MODES), or a DataError."""
+    Each mode is read with its real range (the rules above EIGHT_BIT_MODES), or a DataError.
+    float_scale: a mode-F image's divisor decided for its column (1 or 255); None: from its pixels."""
     from PIL import Image
 
     source = im.info.get("source", "image")
@@ -149,7 +153,7 @@ def image_to_array(im, size: tuple[int, int], rgb: bool, compact: bool = False) 
         raise DataError(f"image {source} has PIL mode {im.mode}, which is not read (supported: "
                         f"{', '.join(sorted(SUPPORTED_MODES))})")
     if im.mode in WIDE_MODES:
-        x = _wide_to_unit(im, source)  # (H, W) float32 in [0, 1]
+        x = _wide_to_unit(im, source, float_scale)  # (H, W) float32 in [0, 1]
         if x.shape != tuple(size):
             x = np.asarray(Image.fromarray(x, mode="F").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
         x = x[None]
@@ -165,7 +169,7 @@ def image_to_array(im, size: tuple[int, int], rgb: bool, compact: bool = False) 
     return x if compact else x.astype(np.float32) / 255.0  # float32(u) / 255: the values held compact
 
 
-def _wide_to_unit(im, source) -> np.ndarray:
+def _wide_to_unit(im, source, float_scale: float | None = None) -> np.ndarray:
     """A 16/32-bit gray image -> (H, W) float32 in [0, 1] by its mode's rule, or a DataError."""
     x = np.asarray(im)
     if im.mode in SIXTEEN_BIT_MODES:
@@ -177,15 +181,26 @@ def _wide_to_unit(im, source) -> np.ndarray:
                             "read as 16-bit (0-65535): save it as 8-bit, 16-bit or float in [0, 1]")
         return (x.astype(np.float32) / 65535.0).astype(np.float32)
     x = x.astype(np.float32)  # mode F
+    lo, hi = float_range(x, source)
+    scale = float_scale or float_scale_of(hi)
+    if lo >= 0 and hi <= scale:
+        return x if scale == 1 else (x / np.float32(scale)).astype(np.float32)
+    column = " (the scale its column's other float images set)" if float_scale else ""
+    raise DataError(f"image {source}: mode F (32-bit float) pixels range from {lo:g} to {hi:g}, outside "
+                    f"[0, {scale:g}]{column}; float images are read in [0, 1], or all of a column in "
+                    "[0, 255] (divided by 255): rescale it")
+
+
+def float_range(x: np.ndarray, source) -> tuple[float, float]:
+    """(min, max) of a mode-F image's pixels; a DataError when any is not finite."""
     if not np.isfinite(x).all():
         raise DataError(f"image {source}: mode F (32-bit float) has non-finite pixels")
-    lo, hi = float(x.min()), float(x.max())
-    if lo >= 0 and hi <= 1:
-        return x
-    if lo >= 0 and hi <= 255:
-        return (x / 255.0).astype(np.float32)
-    raise DataError(f"image {source}: mode F (32-bit float) pixels range from {lo:g} to {hi:g}; float "
-                    "images are read in [0, 1], or in [0, 255] (divided by 255): rescale it")
+    return float(x.min()), float(x.max())
+
+
+def float_scale_of(hi: float) -> float:
+    """The divisor of float pixels whose largest value (over an image or a column) is `hi`."""
+    return 1.0 if hi <= 1 else 255.0
 
 
 def is_grayscale(im) -> bool:

@@ -28,8 +28,8 @@ from distill_export.data.dataset import IGNORE_INDEX, Dataset, ModalitySpec, Spl
 from distill_export.data.targets import CategoricalTargets, TargetCodec
 from distill_export.data import loaders
 from distill_export.data.compact import CompactColumn, ColumnStore, normalised_lut, to_unit_float, uint8_mean_std, widen
-from distill_export.data.manifest_decode import (choose_streaming, fix_auto_sizes, make_decoders, scan_train_rows,
-                                                 streamed_split)
+from distill_export.data.manifest_decode import (choose_streaming, fix_auto_sizes, fix_float_scales, make_decoders,
+                                                 scan_train_rows, streamed_split)
 from distill_export.data.manifest_rows import (CALIBRATION, SPLITS, Problem, Row, check_cells, console, draw_splits,
                                                read_rows, report_problems)
 from distill_export.data.manifest_targets import apply_annotations, check_labels, classes_of, encoder, hide_labels
@@ -127,6 +127,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         good = [r for r in good if r.split != "train" or id(r) in keep]
 
     fix_auto_sizes(path, good, decoders)  # data.image_size=0: from the first header, before decoding
+    fix_float_scales(good, decoders)  # mode-F images: one scale per column, before decoding
     streaming = choose_streaming(config, path, good, decoders)
     decoded = []
     # Each split's rows are decoded into storage allocated once (data/compact.py): no list of

@@ -31,6 +31,7 @@ class Decoder:
         self.text_encoder = str(getattr(config, "text_encoder", "hashed")).lower()
         self.sample_rates: dict[int, int] = {}
         self.any_color = False
+        self.float_scale: float | None = None  # mode-F images: 1 or 255 for the column (fix_float_scales)
         from distill_export.data.audio import MAX_AUDIO_SECONDS
 
         # data.max_audio_seconds where the config declares it, else the default limit
@@ -82,7 +83,7 @@ class Decoder:
                 self.size = auto_size(im.height, im.width, self.path(cell))
             rgb = self.mode == "rgb" or (self.mode == "auto" and not loaders.is_grayscale(im))
             self.any_color |= rgb
-            return loaders.image_to_array(im, self.size, rgb, compact)
+            return loaders.image_to_array(im, self.size, rgb, compact, self.float_scale)
         if self.kind == "audio":
             x, sr = loaders.load_audio(self.path(cell), DEMO_AUDIO_SPEC, max_seconds=self.max_audio_seconds)
             self.sample_rates[sr] = self.sample_rates.get(sr, 0) + 1
@@ -176,6 +177,37 @@ def fix_auto_sizes(path: Path, rows: list[Row], decoders: dict) -> None:
             except DataError as exc:
                 raise DataError(f"{path}:{row.line}: {exc}") from None
             break
+
+
+# Formats PIL never opens as mode F: their rows need no look at the header for the float scale
+# (a float TIFF named .png is still checked against the column's scale when it decodes).
+NEVER_FLOAT = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"}
+
+
+def fix_float_scales(rows: list[Row], decoders: dict) -> None:
+    """Mode-F (32-bit float) images: one scale per image column, from the range of all of its
+    mode-F images in every split (data/loaders.py): /255 when any lies above 1, else as they are.
+    Each such image is read once more, its min and max kept, nothing else; a row that does not read
+    or lies outside [0, 255] is left to the decode, which refuses it naming the row."""
+    for m, dec in decoders.items():
+        if dec.kind != "image" or dec.clip is not None:
+            continue
+        top = None
+        for row in rows:
+            path = dec.path(row.cells[m])
+            if path.suffix.lower() in NEVER_FLOAT:
+                continue
+            try:
+                with loaders.open_image_header(path) as im:
+                    if im.mode != "F":
+                        continue
+                lo, hi = loaders.float_range(np.asarray(loaders.read_image(path)), path)
+            except (DataError, OSError):
+                continue
+            if lo >= 0 and hi <= 255:
+                top = hi if top is None else max(top, hi)
+        if top is not None:
+            dec.float_scale = loaders.float_scale_of(top)
 
 
 def held_bytes(decoder, value) -> int:

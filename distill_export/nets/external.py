@@ -15,6 +15,7 @@ the keyword arguments it accepts among num_classes and in_channels.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import re
@@ -132,6 +133,7 @@ class ExternalTeacher(nn.Module):
         self.positional = positional
         self.exported = exported
         self.input_shapes = input_shapes or {}  # per sample; None marks a dynamic dim
+        self.max_call_s: float | None = None  # a .pt2's per-call limit (nets/pt2_bounds.py), set by its loader
         self.has_features: bool | None = None  # known after the first forward
         self.feature_dim = 0
 
@@ -143,7 +145,8 @@ class ExternalTeacher(nn.Module):
 
     def forward_features(self, inputs: dict[str, torch.Tensor], drop: tuple[str, ...] = ()):
         args = {m: torch.zeros_like(inputs[m]) if m in drop else inputs[m] for m in self.modality_names}
-        out = self.net(*args.values()) if self.positional else self.net(**args)
+        with self._bounded():
+            out = self.net(*args.values()) if self.positional else self.net(**args)
         feats, logits = split_outputs(out, self.source)
         self.has_features = feats.shape[1] > 0
         self.feature_dim = int(feats.shape[1])
@@ -152,9 +155,21 @@ class ExternalTeacher(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.forward_features(inputs)[1]
 
+    def _bounded(self):
+        """A .pt2's call stops at max_call_s; a factory's code is the user's own and runs as it is.
+        Not while torch.compile / torch.export trace this module (no signals inside a graph)."""
+        if not self.exported or torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        from distill_export.nets.pt2_bounds import time_limit
 
-def load_export_program(path) -> ExternalTeacher:
+        return time_limit(self.max_call_s, self.source)
+
+
+def load_export_program(path, max_call_s: float | None = None) -> ExternalTeacher:
+    """max_call_s: each call's limit (validate.max_call_s / profile.max_call_s); None: the default."""
     import logging
+
+    from distill_export.nets.pt2_bounds import DEFAULT_MAX_CALL_S
 
     path = Path(str(path))
     if not path.is_file():
@@ -194,8 +209,9 @@ def load_export_program(path) -> ExternalTeacher:
         module = ep.module(check_guards=False)
     except TypeError:  # an older torch without the switch
         module = ep.module()
-    return ExternalTeacher(module, names, str(path), positional=positional, exported=True,
-                           input_shapes=shapes)
+    teacher = ExternalTeacher(module, names, str(path), positional=positional, exported=True, input_shapes=shapes)
+    teacher.max_call_s = DEFAULT_MAX_CALL_S if max_call_s is None else float(max_call_s)
+    return teacher
 
 
 def load_factory_teacher(spec: str, weights=None, data=None) -> ExternalTeacher:
@@ -215,8 +231,9 @@ def load_factory_teacher(spec: str, weights=None, data=None) -> ExternalTeacher:
     return ExternalTeacher(net.eval(), names, spec)
 
 
-def load_external_teacher(spec, data=None, weights=None) -> ExternalTeacher:
-    teacher = load_factory_teacher(str(spec), weights, data) if is_factory(spec) else load_export_program(spec)
+def load_external_teacher(spec, data=None, weights=None, max_call_s: float | None = None) -> ExternalTeacher:
+    teacher = (load_factory_teacher(str(spec), weights, data) if is_factory(spec)
+               else load_export_program(spec, max_call_s))
     if data is not None:
         check_teacher(teacher, data)
     return teacher.eval()

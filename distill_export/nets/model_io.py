@@ -74,11 +74,13 @@ def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str
 # ----- teacher ---------------------------------------------------------------------------------
 
 
-def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool = False) -> FusionTeacher:
+def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool = False,
+                 max_call_s: float | None = None) -> FusionTeacher:
     """Our checkpoint, or (nets/external.py) a .pt2 program or a package.module:factory.
-    strict (a teacher the user gave): every data column must be one the teacher reads, as it was built."""
+    strict (a teacher the user gave): every data column must be one the teacher reads, as it was built.
+    max_call_s: a .pt2's per-call time limit (validate.max_call_s, profile.max_call_s; nets/pt2_bounds.py)."""
     if is_external_teacher(path):
-        teacher = load_external_teacher(path, data, weights)
+        teacher = load_external_teacher(path, data, weights, max_call_s)
         check_state_dict(teacher.state_dict(), f"teacher {path}")  # a .pt2's or factory's weights: finite
         return teacher
     try:

@@ -84,9 +84,13 @@ def count_macs(module: torch.nn.Module, example) -> int | None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from distill_export.nets.pt2_bounds import CallTooLong
+
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             module.eval()(example)
         return int(counter.get_total_flops() // 2)
+    except CallTooLong:  # a .pt2 stopped at profile.max_call_s: the model is refused, not uncounted
+        raise
     except Exception:  # noqa: BLE001 - an op the counter does not know must not stop profiling
         return None

@@ -154,7 +154,7 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     if not live:  # no torch (an edge box), or no GPU for the GPU backends
         name = model or Path(str(path)).stem
         return [_skipped(name, "pytorch", b, unavailable(b), info) for b in selected]
-    loaded = load_torch_model(path, weights)
+    loaded = load_torch_model(path, weights, settings.sweep.max_call_s)
     name = model or loaded["model"]
     info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
     out = []
@@ -167,9 +167,10 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     return out
 
 
-def load_torch_model(path, weights=None) -> dict:
+def load_torch_model(path, weights=None, max_call_s: float | None = None) -> dict:
     """{"module", "example"(batch -> input), "model" (teacher|student|baseline), "params", "macs",
-    "input_shape" (students), "skip" (why it cannot be timed, e.g. unknown input shapes)}."""
+    "input_shape" (students), "skip" (why it cannot be timed, e.g. unknown input shapes)}.
+    max_call_s: a .pt2's per-call limit (profile.max_call_s), from its first call (the MAC count) on."""
     import torch
 
     from distill_export.nets.checkpoint import load_checkpoint
@@ -184,7 +185,7 @@ def load_torch_model(path, weights=None) -> dict:
     gen = torch.Generator().manual_seed(0)
     student_shape = None
     if is_external_teacher(path):
-        module, kind = load_teacher(path, None, weights), "teacher"
+        module, kind = load_teacher(path, None, weights, max_call_s=max_call_s), "teacher"
         shapes = dict(getattr(module, "input_shapes", {}) or {})
     else:
         payload = load_checkpoint(path)

@@ -193,6 +193,7 @@ class Parity(ParityNumbers):
     passed: bool | None = None
     teacher_accuracy_retention: float | None = None
     runtimes: dict[str, Parity] | None = None
+    artifact_sha256: str | None = None  # the file validate checked; consumers refuse another (RunDir)
 
 
 class Export(Section):

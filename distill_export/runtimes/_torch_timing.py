@@ -37,6 +37,7 @@ def torch_timer(model: str, module: torch.nn.Module, example: Example, backend: 
                 m = m.to(memory_format=torch.channels_last)
             prepared["module"] = m
             prepared["run"] = torch.compile(m, dynamic=False) if opts.get("compile") else m
+            prepared["limit"] = getattr(m, "max_call_s", None)  # a .pt2's per-call limit (nets/pt2_bounds.py)
         return prepared["run"]
 
     def make(batch: int, threads: int):
@@ -50,6 +51,15 @@ def torch_timer(model: str, module: torch.nn.Module, example: Example, backend: 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise BackendUnavailable(f"{backend.name} cannot run {model}: {first}") from None
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        if prepared["limit"] and not opts.get("compile"):
+            # A .pt2: this first call at the cell's batch is bounded (a runaway stops here); the timed
+            # calls repeat it without the alarm's few microseconds, as ONNX's do (onnx_bounds).
+            prepared["module"].max_call_s = prepared["limit"]
+            try:
+                with torch.inference_mode():
+                    fwd(x)
+            finally:
+                prepared["module"].max_call_s = None
         if opts.get("compile"):
             try:
                 with torch.inference_mode():

@@ -202,9 +202,14 @@ def input_specs(session, path, fallback_shape: tuple[int, ...] | None) -> list[t
     for inp in session.get_inputs():
         dims = list(inp.shape[1:])
         if not all(isinstance(d, int) and d > 0 for d in dims):
-            if fallback_shape is None or len(fallback_shape) != len(dims):
+            if fallback_shape is None:
                 raise ConfigError(f"{path}: input {inp.name} has dynamic dimensions {inp.shape}; "
                                   "pass --input-shape with the per-sample shape, e.g. 1,28,28")
+            if len(fallback_shape) != len(dims):  # given, but of another rank: say so, not "pass it"
+                raise ConfigError(
+                    f"{path}: input {inp.name!r} has rank {len(dims) + 1} ({list(inp.shape)}: batch and "
+                    f"{len(dims)} per-sample dimensions), but --input-shape {','.join(map(str, fallback_shape))} "
+                    f"has rank {len(fallback_shape)}; give {len(dims)} per-sample dimensions")
             dims = list(fallback_shape)
         if inp.type not in _DTYPES:
             raise ConfigError(f"{path}: input {inp.name} has type {inp.type}, which the profiler cannot feed")
