@@ -229,8 +229,9 @@ def validate_config(config) -> None:
                 raise ConfigError(f"{name} must be >= 1")
 
 
-# What `tune` can search (tune.py): "terms" always; "mix" adds distill.mix and distill.mix_alpha.
-TUNE_SEARCH_SPACES = ("terms", "mix")
+# What `tune` can search (tune.py): "terms" always; "mix" adds distill.mix and distill.mix_alpha;
+# "fusion" the teacher (the run's own, or one of each other fusion its task takes).
+TUNE_SEARCH_SPACES = ("terms", "mix", "fusion")
 
 
 def tune_search_spaces(spec) -> tuple[str, ...]:

@@ -65,13 +65,14 @@ def paired_p_value(gains: list[float]) -> float:
 
 
 def confirm(candidates: list[dict], score: Callable[..., float], seeds: list[int]) -> dict:
-    """Re-score each candidate ({number, method, terms, search_val_accuracy[, augment]}, best first)
+    """Re-score each candidate ({number, method, terms, search_val_accuracy[, augment, teacher_fusion]}, best first)
     and the baseline with `seeds`; score(terms, seed) -> val accuracy, terms None for the baseline.
 
     A candidate that carries an `augment` (tune searched the augmentation: {"mix": ..., "mix_alpha": ...})
-    is compared with the baseline trained with that same augmentation, score(None, seed, augment):
+    is compared with the baseline trained with that same augmentation, score(None, seed, augment=...):
     the gain is then the teacher's, not the augmentation's (mixup alone moves the baseline by
-    points either way). Each distinct augmentation's baseline is trained once per seed.
+    points either way). Each distinct augmentation's baseline is trained once per seed. A
+    candidate's teacher_fusion (another teacher) goes to score too; the baseline reads no teacher.
 
     Returns the per-seed numbers, the winner (highest mean over the fresh seeds) and the decision."""
     baselines: dict[str, dict] = {}
@@ -79,7 +80,7 @@ def confirm(candidates: list[dict], score: Callable[..., float], seeds: list[int
     def baseline_for(augment: dict | None) -> dict:
         key = json.dumps(augment, sort_keys=True)
         if key not in baselines:
-            accs = [score(None, seed) if augment is None else score(None, seed, augment) for seed in seeds]
+            accs = [score(None, seed) if augment is None else score(None, seed, augment=augment) for seed in seeds]
             baselines[key] = {"augment": augment, "val_accuracies": accs, "mean_val_accuracy": statistics.mean(accs)}
         return baselines[key]
 
@@ -87,8 +88,7 @@ def confirm(candidates: list[dict], score: Callable[..., float], seeds: list[int
     rows = []
     for cand in candidates:
         base = baseline_for(cand.get("augment"))
-        accs = [score(cand["terms"], seed) if cand.get("augment") is None else score(cand["terms"], seed, cand["augment"])
-                for seed in seeds]
+        accs = [score(cand["terms"], seed, **setting(cand)) for seed in seeds]
         gains = [a - b for a, b in zip(accs, base["val_accuracies"])]
         rows.append({**cand, "val_accuracies": accs, "mean_val_accuracy": statistics.mean(accs),
                      "baseline_mean_val_accuracy": base["mean_val_accuracy"],
@@ -112,13 +112,19 @@ def confirm(candidates: list[dict], score: Callable[..., float], seeds: list[int
     }
 
 
+def setting(cand: dict) -> dict:
+    """What a candidate sets beyond its terms (tune's search spaces): its mixing, its teacher."""
+    return {k: cand[k] for k in ("augment", "teacher_fusion") if cand.get(k) is not None}
+
+
 def decision_line(confirmation: dict) -> str:
     """One line on what the confirmation found (console and the YAML header)."""
     win = next(c for c in confirmation["candidates"] if c["number"] == confirmation["winner"])
     n = len(confirmation["seeds"])
     base = 100 * win.get("baseline_mean_val_accuracy", confirmation["baseline"]["mean_val_accuracy"])
     with_aug = f" with {augment_words(win['augment'])}" if win.get("augment") else ""
-    numbers = (f"{win['method']}{with_aug} (trial {win['number']}) {100 * win['mean_val_accuracy']:.1f}% vs labels-only "
+    teacher = f" from the {win['teacher_fusion']}-fusion teacher" if win.get("teacher_fusion") else ""
+    numbers = (f"{win['method']}{teacher}{with_aug} (trial {win['number']}) {100 * win['mean_val_accuracy']:.1f}% vs labels-only "
                f"baseline{with_aug} {base:.1f}% mean val accuracy over {n} fresh seeds, {100 * win['mean_gain']:+.1f} points, "
                f"paired p={confirmation['p_value']:.2g}")
     if confirmation["distill"]:

@@ -30,9 +30,7 @@ def task_info(task) -> dict:
 
 @records_stage("train_teacher")
 def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
-    from distill_export.nets.model_io import load_teacher
-    from distill_export.tasks import get_task
-    from distill_export.train_teacher import evaluate_teacher, train_teacher, unlabeled_pool_score
+    from distill_export.train_teacher import train_teacher
 
     if data is None:
         data, device = load_data(config)
@@ -43,18 +41,28 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
         else:
             training = train_teacher(config, data, device, run.file("teacher.pt"), quiet,
                                      checkpoint=training_checkpoint(config, run, "teacher"))
-        teacher = load_teacher(teacher_path(config, run), data, config.teacher.weights,
-                               strict=bool(config.teacher.path), max_call_s=config.validate.max_call_s).to(device)
-        task = get_task(config.task)
-        metrics = evaluate_teacher(teacher, data, device, task)
-        # The modality gap: what the teacher knows from the student's modality alone.
-        others = [m for m in data.modalities if m != config.data.student_modality]
-        probe = {
-            f"without_{m}": evaluate_teacher(teacher, data, device, task, drop=m)[task.headline] for m in others
-        }
-        if len(others) > 1:  # with 3+ modalities, also the student's modality alone
-            student_only = f"only_{config.data.student_modality}"
-            probe[student_only] = evaluate_teacher(teacher, data, device, task, drop=tuple(others))[task.headline]
+        record_teacher(config, run, data, device, training)
+
+
+def record_teacher(config: RunConfig, run: RunDir, data, device, training: dict) -> None:
+    """The run's teacher measured (test metrics, modality probe, unlabeled pool) into report.json;
+    also after `run --tune` swapped in the teacher fusion it chose (tune.py)."""
+    from distill_export.nets.model_io import load_teacher
+    from distill_export.tasks import get_task
+    from distill_export.train_teacher import evaluate_teacher, unlabeled_pool_score
+
+    teacher = load_teacher(teacher_path(config, run), data, config.teacher.weights,
+                           strict=bool(config.teacher.path), max_call_s=config.validate.max_call_s).to(device)
+    task = get_task(config.task)
+    metrics = evaluate_teacher(teacher, data, device, task)
+    # The modality gap: what the teacher knows from the student's modality alone.
+    others = [m for m in data.modalities if m != config.data.student_modality]
+    probe = {
+        f"without_{m}": evaluate_teacher(teacher, data, device, task, drop=m)[task.headline] for m in others
+    }
+    if len(others) > 1:  # with 3+ modalities, also the student's modality alone
+        student_only = f"only_{config.data.student_modality}"
+        probe[student_only] = evaluate_teacher(teacher, data, device, task, drop=tuple(others))[task.headline]
     run.update_report(
         task=task_info(task),
         dataset={"name": data.name, "class_names": data.target_names, **data.info},

@@ -104,15 +104,14 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
 
     search: what the trials vary. "terms" (always): the preset, its weights and parameters;
     "mix": the batch mixing and its strength too. A trial that mixes is scored against, and
-    confirmed against, the labels-only baseline trained with the same mixing."""
+    confirmed against, the labels-only baseline trained with the same mixing. "fusion": the
+    teacher too, the run's own or one of each other fusion the task takes (tune_teachers.py)."""
     import optuna
 
     from distill_export.distill import train_baseline, train_student
     from distill_export.methods import term_specs
     from distill_export.launch import load_data
-    from distill_export.distill_runs import teacher_path as _teacher_path
-    from distill_export.teacher_cache import teacher_targets
-    from distill_export.nets.model_io import load_teacher
+    from distill_export.tune_teachers import TeacherPool
 
     budget.check()
     confirm_spec = confirm_spec or ConfirmSpec()
@@ -120,34 +119,22 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     methods = candidate_methods(methods, config.task)  # only the presets whose terms fit the task
     if not config.teacher.path:
         run.require("teacher.pt", "train-teacher")
-    data, device = load_data(config)
-    teacher = load_teacher(_teacher_path(config, run), data, config.teacher.weights,
-                           max_call_s=config.validate.max_call_s).to(device)
-    modality = config.data.student_modality
-    drop = tuple(m for m in data.modalities if m != modality) if config.distill.teacher_view == "student" else ()
-    forward = lambda x: teacher.forward_features(x, drop=drop)  # noqa: E731
     search = tune_search_spaces(search)
-    made_targets: dict[bool, object] = {}
+    data, device = load_data(config)
+    pool = TeacherPool(config, run, data, device)
+    fusions = pool.fusions() if "fusion" in search else [pool.own]
+    pool.targets(config)
 
-    def targets_for(cfg):
-        """The teacher's outputs: cached once, or (augmentation or mixing on) the teacher run on each batch."""
-        online = cfg.distill.augment != "none" or cfg.distill.mix != "none"
-        if online not in made_targets:
-            made_targets[online] = teacher_targets(cfg, run, data, forward, device, teacher.modality_names, drop,
-                                                   needs=("features", "logits"))
-        return made_targets[online]
-
-    targets_for(config)
-
-    def train(terms: list[dict] | None, seed: int, on_epoch=None, augment: dict | None = None) -> float:
+    def train(terms: list[dict] | None, seed: int, on_epoch=None, augment: dict | None = None,
+              teacher_fusion: str | None = None) -> float:
         """Best val accuracy of the student with `terms` (None: the labels-only baseline), trained
         with `seed` (initial weights, batch order) and `augment` (None: the config's mixing) on the
-        same data and teacher."""
+        same data, from the `teacher_fusion` teacher (None: the run's own)."""
         cfg = _with_terms(config, terms) if terms is not None else copy.deepcopy(config)
         cfg.seed = seed
         if augment is not None:
             cfg.distill.mix, cfg.distill.mix_alpha = augment["mix"], augment["mix_alpha"]
-        targets = targets_for(cfg)
+        targets = pool.targets(cfg, None if terms is None else teacher_fusion)
         if terms is None:
             return train_baseline(cfg, data, device, quiet=True, augment=targets.augment)[1]["best_val_accuracy"]
         term_specs(cfg.distill)  # a suggested setting that is invalid fails loudly, not silently
@@ -166,7 +153,11 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
             if augment is not None and _same_mixing(augment, config.distill):
                 augment = None  # the run's own mixing: the run's own baseline is its reference
             trial.set_user_attr("augment", augment)
-            return train(suggest_terms(trial, methods), config.seed, on_epoch=report, augment=augment)
+            fusion = trial.suggest_categorical("teacher_fusion", fusions) if len(fusions) > 1 else pool.own
+            fusion = None if fusion == pool.own else fusion  # None: the run's own teacher
+            trial.set_user_attr("teacher_fusion", fusion)
+            return train(suggest_terms(trial, methods), config.seed, on_epoch=report, augment=augment,
+                         teacher_fusion=fusion)
         except TrainingDiverged:  # a suggestion whose loss went non-finite: a trial lost, not the study
             raise optuna.TrialPruned() from None
 
@@ -198,12 +189,16 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     search_seconds = time.perf_counter() - start
     best = study.best_trial
     best_augment = best.user_attrs.get("augment")
+    best_fusion = best.user_attrs.get("teacher_fusion")
     # the best trial's reference: the baseline trained with its mixing (the run's own one without)
     best_baseline = baseline_val if best_augment is None else train(None, config.seed, augment=best_augment)
     summary = {
         "best": {"method": best.params["method"], "terms": best.user_attrs["terms"], "val_accuracy": best.value,
-                 "augment": best_augment, "baseline_val_accuracy": best_baseline},
+                 "augment": best_augment, "teacher_fusion": best_fusion, "baseline_val_accuracy": best_baseline},
         "search": list(search),
+        # the teachers the trials drew from, with their own validation scores (the reason a user
+        # reads; the choice is the students' validation accuracy)
+        "teachers": {f: {"own": f == pool.own, "val_score": pool.val_score(f)} for f in fusions},
         "split": "validation", "trials": len(study.trials), "completed": len(completed),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "seconds": round(search_seconds, 1),
@@ -222,7 +217,10 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     body = {"method": "labels_only", "terms": decision["terms"]} if not decision["distill"] else {"terms": decision["terms"]}
     if decision["distill"] and decision.get("augment"):
         body.update(decision["augment"])  # distill.mix and distill.mix_alpha: the mixing it was confirmed with
-    write_text(out_path, header + yaml.safe_dump({"distill": body}, sort_keys=False))
+    chosen_yaml = {"distill": body}
+    if decision["distill"] and decision.get("teacher_fusion"):  # a new run trains that teacher
+        chosen_yaml = {"teacher": {"fusion": decision["teacher_fusion"]}, **chosen_yaml}
+    write_text(out_path, header + yaml.safe_dump(chosen_yaml, sort_keys=False))
     write_text(run.file("tune.json"), json.dumps(summary, indent=2))
     term_specs(_with_terms(config, decision["terms"]).distill)  # the written file loads
     return summary
@@ -234,11 +232,12 @@ def _confirm(train, completed: list, spec: ConfirmSpec, search_seed: int, quiet:
         return None
     top = sorted(completed, key=lambda t: t.value, reverse=True)[: spec.top]
     candidates = [{"number": t.number, "method": t.params["method"], "terms": t.user_attrs["terms"],
-                   "search_val_accuracy": t.value, "augment": t.user_attrs.get("augment")}
+                   "search_val_accuracy": t.value, "augment": t.user_attrs.get("augment"),
+                   "teacher_fusion": t.user_attrs.get("teacher_fusion")}
                   for t in top]
 
-    def score(terms, seed: int, augment: dict | None = None) -> float:
-        acc = train(terms, seed, augment=augment)
+    def score(terms, seed: int, augment: dict | None = None, teacher_fusion: str | None = None) -> float:
+        acc = train(terms, seed, augment=augment, teacher_fusion=teacher_fusion)
         if not quiet:
             name = "baseline" if terms is None else next(f"{c['method']} (trial {c['number']})"
                                                           for c in candidates if c["terms"] is terms)
@@ -256,15 +255,16 @@ def _decide(summary: dict) -> dict:
     if conf is not None:
         win = next(c for c in conf["candidates"] if c["number"] == conf["winner"])
         distill, method, terms, line = conf["distill"], win["method"], win["terms"], decision_line(conf)
-        augment = win.get("augment")
+        augment, fusion = win.get("augment"), win.get("teacher_fusion")
     else:
         best = summary["best"]
         distill, method, terms, augment = summary["beats_baseline"], best["method"], best["terms"], best.get("augment")
+        fusion = best.get("teacher_fusion")
         line = versus_baseline(best["val_accuracy"], best.get("baseline_val_accuracy", summary["baseline_val_accuracy"]))
     if not distill:
         return {"distill": False, "method": "labels_only", "terms": LABELS_ONLY_TERMS, "line": line}
     return {"distill": True, "method": method, "terms": terms, "line": line,
-            **({"augment": augment} if augment else {})}
+            **({"augment": augment} if augment else {}), **({"teacher_fusion": fusion} if fusion else {})}
 
 
 def _confirmed_words(summary: dict) -> str:
@@ -318,12 +318,34 @@ def tune_before_distill(config, run, quiet: bool = False):
         chosen.distill.mix, chosen.distill.mix_alpha = decision["augment"]["mix"], decision["augment"]["mix_alpha"]
     if not decision["distill"]:
         chosen.distill.method = "labels_only"
-    run.save_config(chosen)  # config.yaml describes what runs: the chosen terms
+    fusion = decision.get("teacher_fusion")
+    if fusion and fusion != config.teacher.fusion:  # (a resumed run whose config.yaml says it: done already)
+        swap_teacher(chosen, run, fusion)
+    run.save_config(chosen)  # config.yaml describes what runs: the chosen terms (and teacher)
     run.update_report(tune={"trials": summary["trials"], "completed": summary["completed"],
                             "pruned": summary["pruned"], "seconds": summary["seconds"],
                             "baseline_val_accuracy": summary["baseline_val_accuracy"],
-                            "best": summary["best"], "decision": decision,
+                            "best": summary["best"], "decision": decision, "teachers": summary.get("teachers"),
                             "confirmation": summary.get("confirmation")})
     if not quiet:
         console.print(f"tune: {decision['line']}")
     return chosen
+
+
+def swap_teacher(chosen, run, fusion: str) -> None:
+    """The run distils from the teacher fusion tune chose: its file becomes RUN/teacher.pt (a copy,
+    then a rename) and report.json's teacher section measures it; `chosen` says teacher.fusion."""
+    import shutil
+
+    from distill_export.files import atomic_path
+    from distill_export.launch import load_data
+    from distill_export.pipeline import record_teacher
+    from distill_export.tune_teachers import tune_teacher_file
+
+    source = tune_teacher_file(run, fusion)
+    with atomic_path(run.file("teacher.pt")) as tmp:
+        shutil.copyfile(source, tmp)
+    chosen.teacher.fusion = fusion
+    data, device = load_data(chosen)
+    record_teacher(chosen, run, data, device, {"source": f"tune: {source.name}, chosen on validation"})
+    console.print(f"tune: the run distils from the {fusion}-fusion teacher ({source.name} -> teacher.pt)")

@@ -106,7 +106,7 @@ def test_tune_searches_the_mixing_and_pairs_each_candidate_with_its_baseline(run
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--search", "terms,fusion"], "tune search space 'fusion' is unknown (choices: terms, mix)"),
+    (["--search", "terms,colour"], "tune search space 'colour' is unknown (choices: terms, mix, fusion)"),
 ])
 def test_tune_refuses_an_unknown_search_space_in_one_line(run_copy, args, needle):
     before = sorted(p.name for p in run_copy.iterdir())
@@ -126,3 +126,85 @@ def test_a_config_with_an_unknown_tune_search_is_one_line(tmp_path):
     _one_line_error(runner.invoke(app, ["run", "--config", str(bad), "--out", str(tmp_path / "r")]),
                     "tune search space 'colour' is unknown")
     assert not (tmp_path / "r").exists()
+
+
+def test_tune_searches_the_teacher_fusion_and_trains_each_candidate_from_its_teacher(run_copy, tmp_path, monkeypatch):
+    """--search terms,fusion: the trials draw the run's own (concat) teacher or a late-fusion one
+    trained once into the run; each student is distilled from the teacher its trial drew; tune.json
+    gives each teacher's own validation score; a confirmed late winner is written as teacher.fusion."""
+    from distill_export import distill, tune_teachers
+    from distill_export.config import load_config
+
+    drawn = {}  # id(logits) -> fusion: which teacher's outputs each student got
+    real_targets = tune_teachers.TeacherPool.targets
+
+    def targets(self, cfg, fusion=None):
+        out = real_targets(self, cfg, fusion)
+        drawn[id(out.logits)] = fusion or self.own
+        return out
+
+    students = []
+
+    def spy(cfg, data, logits, *args, **kwargs):
+        model, info = real_student(cfg, data, logits, *args, **kwargs)
+        students.append((cfg.seed, json.dumps(cfg.distill.terms), drawn[id(logits)]))
+        return model, info
+
+    real_student = distill.train_student
+    monkeypatch.setattr(tune_teachers.TeacherPool, "targets", targets)
+    monkeypatch.setattr(distill, "train_student", spy)
+    out = tmp_path / "best.yaml"
+    result = runner.invoke(app, ["tune", str(run_copy), "--trials", "4", "--methods", "hinton", "--search", "terms,fusion",
+                                 "--confirm-top", "1", "--confirm-seeds", "2", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_copy / "tune.json").read_text())
+    assert set(summary["teachers"]) == {"concat", "late"} and summary["teachers"]["concat"]["own"] is True
+    assert all(0.0 <= t["val_score"] <= 1.0 for t in summary["teachers"].values())
+    assert (run_copy / "tune_teacher_late.pt").is_file()
+    fusions = [t["params"]["teacher_fusion"] for t in summary["all"]]
+    assert set(fusions) == {"concat", "late"}, fusions  # the seeded sampler draws both in 4 trials
+    search = [s for s in students if s[0] == 0]
+    assert [s[2] for s in search] == fusions  # each trial's student learnt from the teacher it drew
+    for cand in summary["confirmation"]["candidates"]:
+        expected = cand["teacher_fusion"] or "concat"
+        assert {s[2] for s in students if s[0] != 0 and s[1] == json.dumps(cand["terms"])} == {expected}
+    written = yaml.safe_load(out.read_text())
+    decision = summary["decision"]
+    if decision["distill"] and decision.get("teacher_fusion"):
+        assert written["teacher"]["fusion"] == decision["teacher_fusion"] == "late"
+        assert load_config("avdigits", out).teacher.fusion == "late"
+    else:
+        assert "teacher" not in written
+
+
+def test_run_tune_distils_from_the_teacher_it_chose(run_copy):
+    """What `run --tune` does when the confirmed winner used another fusion: that teacher becomes
+    RUN/teacher.pt (which the distill stage loads), and report.json's teacher section measures it."""
+    from distill_export.config import load_config
+    from distill_export.files import sha256_file
+    from distill_export.launch import load_data
+    from distill_export.rundir import RunDir
+    from distill_export.tune import swap_teacher
+    from distill_export.tune_teachers import TeacherPool, tune_teacher_file
+
+    run = RunDir(run_copy)
+    config = load_config(None, run_copy / "config.yaml")
+    data, device = load_data(config)
+    TeacherPool(config, run, data, device).teacher("late")  # what a trial drawing late trains
+    swap_teacher(config, run, "late")
+    assert sha256_file(run_copy / "teacher.pt") == sha256_file(tune_teacher_file(run, "late"))
+    assert config.teacher.fusion == "late"
+    report = json.loads((run_copy / "report.json").read_text())
+    assert report["teacher"]["fusion"] == "late" and "chosen on validation" in report["teacher"]["training"]["source"]
+    # the distill stage loads RUN/teacher.pt (distill_runs.teacher_path): now the late-fusion product of experts
+    from distill_export.nets.model_io import load_teacher
+    assert load_teacher(run_copy / "teacher.pt", data).fusion_name == "late"
+
+
+def test_fusion_search_with_a_loaded_teacher_is_one_line(run_copy):
+    cfg = yaml.safe_load((run_copy / "config.yaml").read_text())
+    cfg.setdefault("teacher", {})["path"] = str(run_copy / "teacher.pt")
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    _one_line_error(runner.invoke(app, ["tune", str(run_copy), "--search", "terms,fusion", "--trials", "1"]),
+                    "tune --search fusion trains a teacher of each fusion, but this run's teacher is a loaded file")
+    assert not (run_copy / "tune.json").exists()

@@ -336,6 +336,8 @@ class Tune(Section):
     best: dict[str, Any] | None = None  # the search's best trial: method, terms, val_accuracy
     decision: dict[str, Any] | None = None  # distill (bool), method, terms, line (the reason in words)
     confirmation: dict[str, Any] | None = None
+    # search space "fusion": each teacher the trials drew from -> own (the run's), val_score
+    teachers: dict[str, Any] | None = None
 
 
 class RunRecord(Section):

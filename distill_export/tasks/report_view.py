@@ -51,9 +51,16 @@ def tune_sentence(record: RunRecord) -> str:
     if tune is None or not tune.decision:
         return ""
     chosen = tune.decision.get("method", "?") if tune.decision.get("distill") else "labels only (no distillation)"
+    teachers = ""
+    if tune.teachers and len(tune.teachers) > 1:  # the search drew the teacher fusion too
+        fusion = tune.decision.get("teacher_fusion") or next((f for f, t in tune.teachers.items() if t.get("own")), "?")
+        scores = ", ".join(f"{f} {100 * t['val_score']:.1f}%" + (" (the run's)" if t.get("own") else "")
+                           for f, t in tune.teachers.items())
+        teachers = (f" Teacher: {fusion} fusion, chosen by its students' validation accuracy (the teachers' own "
+                    f"validation scores: {scores}).")
     return (f"Objective chosen by `run --tune` on the validation split ({tune.completed} of {tune.trials} trials "
             f"completed, then the best re-trained with fresh seeds against the labels-only baseline): {chosen}; "
-            f"{tune.decision.get('line', '')}.")
+            f"{tune.decision.get('line', '')}.{teachers}")
 
 
 class GenericReportView:
