@@ -230,8 +230,9 @@ def validate_config(config) -> None:
 
 
 # What `tune` can search (tune.py): "terms" always; "mix" adds distill.mix and distill.mix_alpha;
-# "fusion" the teacher (the run's own, or one of each other fusion its task takes).
-TUNE_SEARCH_SPACES = ("terms", "mix", "fusion")
+# "fusion" the teacher (the run's own, or one of each other fusion its task takes); "rounds" 1-3
+# distillation rounds.
+TUNE_SEARCH_SPACES = ("terms", "mix", "fusion", "rounds")
 
 
 def tune_search_spaces(spec) -> tuple[str, ...]:

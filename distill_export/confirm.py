@@ -114,7 +114,7 @@ def confirm(candidates: list[dict], score: Callable[..., float], seeds: list[int
 
 def setting(cand: dict) -> dict:
     """What a candidate sets beyond its terms (tune's search spaces): its mixing, its teacher."""
-    return {k: cand[k] for k in ("augment", "teacher_fusion") if cand.get(k) is not None}
+    return {k: cand[k] for k in ("augment", "teacher_fusion", "rounds") if cand.get(k) is not None}
 
 
 def decision_line(confirmation: dict) -> str:
@@ -124,6 +124,7 @@ def decision_line(confirmation: dict) -> str:
     base = 100 * win.get("baseline_mean_val_accuracy", confirmation["baseline"]["mean_val_accuracy"])
     with_aug = f" with {augment_words(win['augment'])}" if win.get("augment") else ""
     teacher = f" from the {win['teacher_fusion']}-fusion teacher" if win.get("teacher_fusion") else ""
+    teacher += f" in {win['rounds']} rounds" if win.get("rounds") else ""
     numbers = (f"{win['method']}{teacher}{with_aug} (trial {win['number']}) {100 * win['mean_val_accuracy']:.1f}% vs labels-only "
                f"baseline{with_aug} {base:.1f}% mean val accuracy over {n} fresh seeds, {100 * win['mean_gain']:+.1f} points, "
                f"paired p={confirmation['p_value']:.2g}")

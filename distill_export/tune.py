@@ -27,6 +27,8 @@ from distill_export.files import write_text
 
 console = Console(stderr=True, highlight=False)
 
+MAX_TUNE_ROUNDS = 3  # search space "rounds": 1 to 3 distillation rounds (each one a full training)
+
 
 
 @dataclass
@@ -111,6 +113,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     from distill_export.distill import train_baseline, train_student
     from distill_export.methods import term_specs
     from distill_export.launch import load_data
+    from distill_export.rounds import next_round_targets
     from distill_export.tune_teachers import TeacherPool
 
     budget.check()
@@ -126,10 +129,11 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     pool.targets(config)
 
     def train(terms: list[dict] | None, seed: int, on_epoch=None, augment: dict | None = None,
-              teacher_fusion: str | None = None) -> float:
+              teacher_fusion: str | None = None, rounds: int | None = None) -> float:
         """Best val accuracy of the student with `terms` (None: the labels-only baseline), trained
         with `seed` (initial weights, batch order) and `augment` (None: the config's mixing) on the
-        same data, from the `teacher_fusion` teacher (None: the run's own)."""
+        same data, from the `teacher_fusion` teacher (None: the run's own), for `rounds` rounds
+        (None: one; the last round's student is scored)."""
         cfg = _with_terms(config, terms) if terms is not None else copy.deepcopy(config)
         cfg.seed = seed
         if augment is not None:
@@ -138,8 +142,11 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         if terms is None:
             return train_baseline(cfg, data, device, quiet=True, augment=targets.augment)[1]["best_val_accuracy"]
         term_specs(cfg.distill)  # a suggested setting that is invalid fails loudly, not silently
-        _, info = train_student(cfg, data, targets.logits, targets.feats, device, quiet=True,
-                                online_teacher=targets.online, augment=targets.augment, on_epoch=on_epoch)
+        student, info = train_student(cfg, data, targets.logits, targets.feats, device, quiet=True,
+                                      online_teacher=targets.online, augment=targets.augment, on_epoch=on_epoch)
+        for r in range(2, (rounds or 1) + 1):  # as distill_runs.distill_rounds: the student times re-fitted experts
+            logits, _ = next_round_targets(cfg, data, device, student, True, True, f"round {r} ")
+            student, info = train_student(cfg, data, logits, None, device, quiet=True)
         return info["best_val_accuracy"]
 
     def objective(trial) -> float:
@@ -156,8 +163,12 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
             fusion = trial.suggest_categorical("teacher_fusion", fusions) if len(fusions) > 1 else pool.own
             fusion = None if fusion == pool.own else fusion  # None: the run's own teacher
             trial.set_user_attr("teacher_fusion", fusion)
+            rounds = trial.suggest_int("rounds", 1, MAX_TUNE_ROUNDS) if "rounds" in search else None
+            rounds = None if rounds == 1 else rounds  # None: one round, as without the search space
+            trial.set_user_attr("rounds", rounds)
+            # Pruning reads round 1's epochs only: a later round's epochs restart the count.
             return train(suggest_terms(trial, methods), config.seed, on_epoch=report, augment=augment,
-                         teacher_fusion=fusion)
+                         teacher_fusion=fusion, rounds=rounds)
         except TrainingDiverged:  # a suggestion whose loss went non-finite: a trial lost, not the study
             raise optuna.TrialPruned() from None
 
@@ -189,12 +200,13 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     search_seconds = time.perf_counter() - start
     best = study.best_trial
     best_augment = best.user_attrs.get("augment")
-    best_fusion = best.user_attrs.get("teacher_fusion")
+    best_fusion, best_rounds = best.user_attrs.get("teacher_fusion"), best.user_attrs.get("rounds")
     # the best trial's reference: the baseline trained with its mixing (the run's own one without)
     best_baseline = baseline_val if best_augment is None else train(None, config.seed, augment=best_augment)
     summary = {
         "best": {"method": best.params["method"], "terms": best.user_attrs["terms"], "val_accuracy": best.value,
-                 "augment": best_augment, "teacher_fusion": best_fusion, "baseline_val_accuracy": best_baseline},
+                 "augment": best_augment, "teacher_fusion": best_fusion, "rounds": best_rounds,
+                 "baseline_val_accuracy": best_baseline},
         "search": list(search),
         # the teachers the trials drew from, with their own validation scores (the reason a user
         # reads; the choice is the students' validation accuracy)
@@ -217,6 +229,8 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     body = {"method": "labels_only", "terms": decision["terms"]} if not decision["distill"] else {"terms": decision["terms"]}
     if decision["distill"] and decision.get("augment"):
         body.update(decision["augment"])  # distill.mix and distill.mix_alpha: the mixing it was confirmed with
+    if decision["distill"] and "rounds" in search:  # unsearched, a recipe's own distill.rounds still applies
+        body["rounds"] = decision.get("rounds") or 1
     chosen_yaml = {"distill": body}
     if decision["distill"] and decision.get("teacher_fusion"):  # a new run trains that teacher
         chosen_yaml = {"teacher": {"fusion": decision["teacher_fusion"]}, **chosen_yaml}
@@ -233,11 +247,12 @@ def _confirm(train, completed: list, spec: ConfirmSpec, search_seed: int, quiet:
     top = sorted(completed, key=lambda t: t.value, reverse=True)[: spec.top]
     candidates = [{"number": t.number, "method": t.params["method"], "terms": t.user_attrs["terms"],
                    "search_val_accuracy": t.value, "augment": t.user_attrs.get("augment"),
-                   "teacher_fusion": t.user_attrs.get("teacher_fusion")}
+                   "teacher_fusion": t.user_attrs.get("teacher_fusion"), "rounds": t.user_attrs.get("rounds")}
                   for t in top]
 
-    def score(terms, seed: int, augment: dict | None = None, teacher_fusion: str | None = None) -> float:
-        acc = train(terms, seed, augment=augment, teacher_fusion=teacher_fusion)
+    def score(terms, seed: int, augment: dict | None = None, teacher_fusion: str | None = None,
+              rounds: int | None = None) -> float:
+        acc = train(terms, seed, augment=augment, teacher_fusion=teacher_fusion, rounds=rounds)
         if not quiet:
             name = "baseline" if terms is None else next(f"{c['method']} (trial {c['number']})"
                                                           for c in candidates if c["terms"] is terms)
@@ -255,16 +270,17 @@ def _decide(summary: dict) -> dict:
     if conf is not None:
         win = next(c for c in conf["candidates"] if c["number"] == conf["winner"])
         distill, method, terms, line = conf["distill"], win["method"], win["terms"], decision_line(conf)
-        augment, fusion = win.get("augment"), win.get("teacher_fusion")
+        augment, fusion, rounds = win.get("augment"), win.get("teacher_fusion"), win.get("rounds")
     else:
         best = summary["best"]
         distill, method, terms, augment = summary["beats_baseline"], best["method"], best["terms"], best.get("augment")
-        fusion = best.get("teacher_fusion")
+        fusion, rounds = best.get("teacher_fusion"), best.get("rounds")
         line = versus_baseline(best["val_accuracy"], best.get("baseline_val_accuracy", summary["baseline_val_accuracy"]))
     if not distill:
         return {"distill": False, "method": "labels_only", "terms": LABELS_ONLY_TERMS, "line": line}
     return {"distill": True, "method": method, "terms": terms, "line": line,
-            **({"augment": augment} if augment else {}), **({"teacher_fusion": fusion} if fusion else {})}
+            **({"augment": augment} if augment else {}), **({"teacher_fusion": fusion} if fusion else {}),
+            **({"rounds": rounds} if rounds else {})}
 
 
 def _confirmed_words(summary: dict) -> str:
@@ -316,6 +332,8 @@ def tune_before_distill(config, run, quiet: bool = False):
     chosen.distill.terms = decision["terms"]
     if decision.get("augment"):  # the mixing the objective was confirmed with
         chosen.distill.mix, chosen.distill.mix_alpha = decision["augment"]["mix"], decision["augment"]["mix_alpha"]
+    if decision["distill"] and "rounds" in summary.get("search", ()):
+        chosen.distill.rounds = decision.get("rounds") or 1
     if not decision["distill"]:
         chosen.distill.method = "labels_only"
     fusion = decision.get("teacher_fusion")

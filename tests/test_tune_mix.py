@@ -106,7 +106,7 @@ def test_tune_searches_the_mixing_and_pairs_each_candidate_with_its_baseline(run
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--search", "terms,colour"], "tune search space 'colour' is unknown (choices: terms, mix, fusion)"),
+    (["--search", "terms,colour"], "tune search space 'colour' is unknown (choices: terms, mix, fusion, rounds)"),
 ])
 def test_tune_refuses_an_unknown_search_space_in_one_line(run_copy, args, needle):
     before = sorted(p.name for p in run_copy.iterdir())
@@ -208,3 +208,35 @@ def test_fusion_search_with_a_loaded_teacher_is_one_line(run_copy):
     _one_line_error(runner.invoke(app, ["tune", str(run_copy), "--search", "terms,fusion", "--trials", "1"]),
                     "tune --search fusion trains a teacher of each fusion, but this run's teacher is a loaded file")
     assert not (run_copy / "tune.json").exists()
+
+
+def test_tune_searches_the_rounds_and_writes_the_rounds_it_confirmed(run_copy, tmp_path, monkeypatch):
+    """--search terms,rounds: a trial that draws 2 rounds trains a second student from the first
+    times the re-fitted experts (as `distill` does); the written config carries the rounds."""
+    from distill_export import distill
+
+    trained = []  # (seed, terms, teacher logits given or None for a later round)
+
+    def spy(cfg, data, logits, feats, *args, **kwargs):
+        model, info = real_student(cfg, data, logits, feats, *args, **kwargs)
+        trained.append((cfg.seed, json.dumps(cfg.distill.terms), feats is None))
+        return model, info
+
+    real_student = distill.train_student
+    monkeypatch.setattr(distill, "train_student", spy)
+    out = tmp_path / "best.yaml"
+    result = runner.invoke(app, ["tune", str(run_copy), "--trials", "3", "--methods", "hinton", "--search", "terms,rounds",
+                                 "--confirm-seeds", "0", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_copy / "tune.json").read_text())
+    drawn = [t["params"]["rounds"] for t in summary["all"]]
+    assert set(drawn) <= {1, 2, 3} and max(drawn) > 1, drawn  # the seeded sampler draws more than one round
+    # one training per round: round 1 from the teacher's outputs, later rounds from the student's (no features)
+    search = [t for t in trained if t[0] == 0]
+    assert len(search) == sum(drawn) and sum(t[2] for t in search) == sum(drawn) - len(drawn)
+    written = yaml.safe_load(out.read_text())["distill"]
+    decision = summary["decision"]
+    if decision["distill"]:
+        assert written["rounds"] == (decision.get("rounds") or 1) == (summary["best"]["rounds"] or 1)
+    else:
+        assert "rounds" not in written
