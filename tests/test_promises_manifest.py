@@ -83,7 +83,8 @@ def test_a_manifest_without_rows_or_without_any_label_is_refused(tmp_path):
     write_rows(path, [{**r, "label": ""} for r in read_rows(path)])
     with pytest.raises(DataError) as err:
         load(path)
-    assert str(err.value).startswith(f"{path}: no row has a label (an empty label marks an unlabeled row")
+    assert str(err.value) == (f"{path}: no row has a label (an empty label marks an unlabeled row, which only "
+                              "distillation uses); the teacher and the baseline need labeled rows")
 
 
 # ----- splits and statistics -----------------------------------------------------------------
@@ -169,7 +170,7 @@ def test_hidden_labels_keep_the_true_targets_of_the_hidden_rows_only(tmp_path):
 
 # ----- bad rows and what is recorded --------------------------------------------------------
 
-def test_bad_rows_are_one_line_for_one_and_counted_for_several(tmp_path):
+def test_bad_rows_are_one_line_for_one_and_counted_for_several(tmp_path, capsys):
     path = images(tmp_path / "d")
     (path.parent / "img" / "cat_2.png").unlink()
     with pytest.raises(mf.ManifestError) as err:
@@ -181,8 +182,14 @@ def test_bad_rows_are_one_line_for_one_and_counted_for_several(tmp_path):
     with pytest.raises(mf.ManifestError) as err:
         load(path)
     assert str(err.value) == f"2 bad rows in {path} (listed above; first: line 4); fix them or pass --skip-bad-rows"
+    capsys.readouterr()
     data = load(path, skip_bad_rows=True)
     assert data.info["skipped_rows"] == 2 and data.info["sizes"]["train"] == 10
+    assert f"{path}: skipped 2 bad rows" in capsys.readouterr().err
+    write_rows(path, [r for r in read_rows(path) if r["label"] == "cat"])
+    with pytest.raises(DataError) as err:
+        load(path, skip_bad_rows=True)
+    assert str(err.value) == f"{path}: the labeled training rows hold one class only (only 'cat'); a classifier needs two or more"
 
 
 def test_what_a_manifest_dataset_records_about_itself(tmp_path):
@@ -218,6 +225,14 @@ def test_max_train_rows_subsamples_with_the_seed(tmp_path):
     assert len(one.train) == 1 and one.target_names == ["cat", "dog", "owl"]  # left-out rows' classes stay known
     mixed = images(tmp_path / "u", unlabeled=4)  # unlabeled rows sampled out add no class
     assert load(mixed, seed=2, max_train_rows=8).target_names == ["cat", "dog", "owl"]
+    outcomes = set()  # one kept training row: a labeled one loads, an unlabeled one is refused by name
+    for seed in range(16):
+        try:
+            outcomes.add(len(load(mixed, seed=seed, max_train_rows=1).train))
+        except DataError as exc:
+            assert str(exc) == f"{mixed}: no labeled training rows (see its 'split' column)"
+            outcomes.add("refused")
+    assert outcomes == {1, "refused"}
 
 
 def test_a_column_kind_comes_from_its_name_else_its_files(tmp_path):
@@ -279,18 +294,23 @@ def test_8bit_images_are_held_as_uint8_in_every_in_memory_split(tmp_path):
         assert column.float().dtype == torch.float32
 
 
-def test_a_streamed_training_split_holds_what_memory_would_and_lists_bad_rows(tmp_path):
+def test_a_streamed_training_split_holds_what_memory_would_and_lists_bad_rows(tmp_path, capsys):
     from distill_export.data.manifest import ManifestError
 
-    path = make_manifest(tmp_path / "d", modalities=("image", "audio"), unlabeled=2)
+    path = make_manifest(tmp_path / "d", modalities=("image", "audio", "text"), unlabeled=2)
     memory, streamed = load(path, streaming="off"), load(path, streaming="on")
+    assert (f"{path}: 14 training rows, ~0 MB held decoded (data.streaming=on): streamed from disk in DataLoader "
+            "workers") in capsys.readouterr().err  # the choice is logged, naming the manifest
     assert streamed.info["streaming"] is True and memory.info["streaming"] is False
     assert torch.equal(streamed.train.labels, memory.train.labels) and len(streamed.train) == len(memory.train)
     for m, spec in memory.modalities.items():
-        assert streamed.modalities[m].shape == spec.shape
+        assert streamed.modalities[m].shape == spec.shape and spec.name == m
+        assert (streamed.modalities[m].name, streamed.modalities[m].layout, streamed.modalities[m].kind) == (
+            m, spec.layout, spec.kind)
         assert streamed.modalities[m].mean == pytest.approx(spec.mean, rel=1e-9, abs=1e-9)
         assert streamed.modalities[m].std == pytest.approx(spec.std, rel=1e-9)
-        torch.testing.assert_close(streamed.train.inputs[m][:], _values(memory.train.inputs[m]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(streamed.train.inputs[m][:], _values(memory.train.inputs[m]), atol=1e-6, rtol=0,
+                                   check_dtype=False)  # (a streamed text column indexes as float32 ids)
         for split in ("val", "test"):  # in memory either way
             torch.testing.assert_close(_values(getattr(streamed, split).inputs[m]),
                                        _values(getattr(memory, split).inputs[m]), atol=1e-6, rtol=0)
@@ -302,3 +322,29 @@ def test_a_streamed_training_split_holds_what_memory_would_and_lists_bad_rows(tm
         load(path, streaming="on")
     assert str(err.value).startswith(f"{path}:{line}: bad row: image file not found")
     assert len(load(path, streaming="on", skip_bad_rows=True).train) == len(memory.train) - 1
+
+
+def test_a_16bit_image_column_is_normalised_with_float64_training_statistics(tmp_path):
+    """16-bit images are held as float32 in [0, 1] (not uint8): their mean and std (ddof=1) come
+    from the training rows in float64; a column without spread divides by 1, not 0."""
+    from PIL import Image
+
+    path = images(tmp_path / "d")
+    rows = read_rows(path)
+    rng = np.random.default_rng(0)
+    raw = {}
+    for r in rows:
+        pixels = rng.integers(20000, 30000, (8, 8)).astype(np.uint16)
+        Image.fromarray(pixels).save(path.parent / r["image"])
+        raw[r["image"]] = pixels.astype(np.float64) / 65535
+    data = load(path)
+    spec = data.modalities["image"]
+    train = np.stack([raw[r["image"]] for r in rows if r["split"] == "train"])
+    assert spec.mean == pytest.approx(train.mean(), rel=1e-5) and spec.std == pytest.approx(train.std(ddof=1), rel=1e-3)
+    assert 0 < spec.std < 1 and spec.name == "image"
+    x = data.train.inputs["image"].double()
+    assert abs(float(x.mean())) < 1e-4 and float(x.std()) == pytest.approx(1.0, abs=1e-3)
+    for r in rows:
+        Image.fromarray(np.full((8, 8), 25000, np.uint16)).save(path.parent / r["image"])
+    flat = load(path)
+    assert flat.modalities["image"].std == 1.0 and bool(torch.isfinite(flat.test.inputs["image"]).all())
