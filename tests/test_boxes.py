@@ -188,6 +188,8 @@ def test_coco_problems_are_one_line(tmp_path):
     with pytest.raises(ManifestError, match=r"manifest.csv:3: bad row: COCO annotation id 3: category_id 99 is not "
                                             r"in the file's categories \(3, 7\)"):
         load(manifest, annotations="instances.json")
+    kept = load(manifest, annotations="instances.json", skip_bad_rows=True)  # skipped like any bad row
+    assert kept.info["skipped_rows"] == 1 and sum(kept.info["sizes"].values()) == len(read_rows(manifest)) - 1
     coco["annotations"][2]["category_id"] = 3
     coco["images"][0]["file_name"] = "clips/other.mkv"
     (tmp_path / "instances.json").write_text(json.dumps(coco))

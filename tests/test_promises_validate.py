@@ -96,7 +96,7 @@ def test_the_printed_gate_table_has_every_row():
     console = Console(record=True, width=200)
     validate.print_gates(results, console)
     text = console.export_text()
-    assert "Parity gates (worst case over batch sizes)" in text
+    assert text.splitlines()[0].strip() == "Parity gates (worst case over batch sizes)"
     assert re.search(r"format\s*┃\s*gate\s*┃\s*value\s*┃\s*limit\s*┃\s*result", text)  # the header row
     for fmt, name, value, limit, verdict in validate.gate_rows(results):
         assert re.search(rf"{re.escape(fmt)}\s*│\s*{name}\s*│\s*{re.escape(value)}\s*│\s*{re.escape(limit)}\s*│\s*{verdict}",
@@ -171,3 +171,16 @@ def test_validate_artifact_runs_the_artifact_on_the_parity_data_and_judges_it_by
     assert opened[-1][3] == "" and "teacher_accuracy_retention" not in res
     with pytest.raises(DataError, match=r"^student-int8\.onnx returned logits of shape \(40, 3\), expected \(40, 4\)$"):
         validate.validate_artifact(art, parity, ValidateConfig(batch_sizes=[1, 7]), task, None)
+
+
+def test_the_printed_table_shows_a_passed_gate_green_and_a_failed_one_bold_red():
+    from rich.console import Console
+
+    results = _random_results(random.Random(3))
+    console = Console(record=True, width=200, color_system="standard", force_terminal=True)
+    validate.print_gates(results, console)
+    cells = re.findall(r"\x1b\[([0-9;]+)m(PASS|FAIL)\x1b\[0m", console.export_text(styles=True))
+    assert [verdict for _, verdict in cells] == [row[-1] for row in validate.gate_rows(results)]
+    assert {"PASS", "FAIL"} <= {verdict for _, verdict in cells}
+    for style, verdict in cells:
+        assert style == ("32" if verdict == "PASS" else "1;31"), (style, verdict)  # green; bold red
