@@ -71,9 +71,9 @@ def measure_epoch(manifest: Path, run_dir: Path) -> dict:
     """Peak RSS of `distill-export run` (one teacher epoch, one student epoch), in a child process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     script = ("import resource, subprocess, sys, json, time; t = time.time(); "
-              "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode; "
-              "print(json.dumps({'rc': rc, 'peak_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "
-              "'seconds': time.time() - t}))")
+              "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
+              "print(json.dumps({'rc': r.returncode, 'peak_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "
+              "'seconds': time.time() - t, 'last_lines': r.stderr.strip().splitlines()[-3:]}))")
     cmd = [sys.executable, "-c", script, sys.executable, "-m", "distill_export", "run", "--data", str(manifest),
            "--out", str(run_dir), "--teacher-epochs", "1", "--epochs", "1", "--formats", "onnx"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -108,6 +108,8 @@ def main(argv=None) -> None:
                 r["epoch"] = measure_epoch(manifest, Path(tmp) / f"run_{n}")
                 print(f"{n} rows: one-epoch run peak RSS {r['epoch']['peak_mb']:.0f} MB (exit {r['epoch']['rc']}), "
                       f"{r['epoch']['seconds']:.0f} s", flush=True)
+                if r["epoch"]["rc"]:  # exit 1 is a failed gate (the run finished); anything else, a failure
+                    print(f"{n} rows: the run's last lines: {' | '.join(r['epoch']['last_lines'])}", flush=True)
             results[n] = r
         lo, hi = min(results), max(results)
         for what in results[lo]:
