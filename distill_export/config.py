@@ -28,7 +28,8 @@ class DataConfig:
     skip_bad_rows: bool = False
     # Manifests (data/manifest.py): image side in pixels (0 = the first image's size),
     # image_mode auto|grayscale|rgb, text_encoder hashed|wordllama (optional package),
-    # max_train_rows > 0 subsamples the training rows (a recipe's time budget).
+    # max_train_rows > 0 subsamples the training rows (a recipe's time budget): manifests and
+    # moving_digits at random (the run's seed), avdigits the same share of each digit (fixed seed).
     image_size: int = 0
     image_mode: str = "auto"
     text_encoder: str = "hashed"

@@ -25,7 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 TINY_CONFIG = {
-    "teacher": {"epochs": 1},
+    # 1,000 of the demo's 3,500 training rows (100 per digit) and a half-width teacher: the
+    # stages' code paths at a fraction of the cost; validation and test stay whole. Two teacher
+    # epochs so the teacher still learns (val accuracy ~0.3, not chance) (issue 25: suite time).
+    "data": {"max_train_rows": 1000},
+    "teacher": {"epochs": 2, "width": 8},
     "distill": {"epochs": 1},
     "profile": {"batches": [1], "threads": [1], "warmup_s": 0.01, "min_time_s": 0.05, "min_iters": 5},
 }

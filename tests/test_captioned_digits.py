@@ -230,13 +230,14 @@ def test_recipe_smoke_runs_every_stage(tiny_manifest, tmp_path):
 
 
 @pytest.mark.slow
-def test_late_fusion_on_the_image_audio_demo(tmp_path):
-    """teacher.fusion is open to every recipe: the built-in image+audio demo with a late teacher."""
+def test_late_fusion_on_the_image_audio_demo(tmp_path, tiny_config_file):
+    """teacher.fusion is open to every recipe: the built-in image+audio demo with a late teacher
+    (on the tiny config's share of the training rows)."""
     from distill_export.nets.checkpoint import load_checkpoint
 
     out = tmp_path / "t"
-    result = CliRunner().invoke(app, ["train-teacher", "--teacher-fusion", "late", "--teacher-epochs", "1",
-                                      "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(app, ["train-teacher", "--config", str(tiny_config_file), "--teacher-fusion", "late",
+                                      "--teacher-epochs", "1", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     assert load_checkpoint(out / "teacher.pt", kind="teacher")["arch"] == "late_fusion_teacher"
     report = json.loads((out / "report.json").read_text())

@@ -94,7 +94,9 @@ def test_stages_rerun_on_the_run_directory(tiny_run, tmp_path):
     # the latency measured the export of before: stale (issue 24), so the report waits for profile
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 2 and "profile is stale" in result.output, result.output
-    assert runner.invoke(app, ["profile", str(run), "--quiet"]).exit_code == 0
+    # the tiny config's sweep: `profile RUN` takes its flags, not the run's profile settings
+    fast = ["--batch", "1", "--threads", "1", "--warmup", "0.01", "--min-time", "0.05", "--min-iters", "5"]
+    assert runner.invoke(app, ["profile", str(run), *fast, "--quiet"]).exit_code == 0
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     assert "kd_gain" in (run / "report.md").read_text() and (run / "report.html").stat().st_size > 0

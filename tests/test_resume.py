@@ -33,8 +33,9 @@ from distill_export.cli import app
 
 runner = CliRunner()
 
-CONFIG = {**TINY_CONFIG, "teacher": {"epochs": 2}, "distill": {"epochs": 3, "self_training_control": True},
-          "data": {"label_fraction": 0.5}}
+CONFIG = {**TINY_CONFIG, "teacher": {**TINY_CONFIG["teacher"], "epochs": 2},
+          "distill": {"epochs": 3, "self_training_control": True},
+          "data": {**TINY_CONFIG["data"], "label_fraction": 0.5}}
 
 # Runs the CLI; with RESUME_TEST_PAUSE=<checkpoint file name>:<epoch> it writes the marker file
 # RESUME_TEST_MARKER right after that checkpoint is on disk and then waits to be killed.
