@@ -1,0 +1,38 @@
+"""Bad cases of the issue-24 hostile audit (B2, B3, B4): each is refused up front in one line,
+exit 2, naming the thing, with no file changed. docs/reliability.md lists them with these tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from typer.testing import CliRunner
+
+from _byo_fixtures import write_rows
+from _cli_checks import one_line_error, snapshot
+from _video_fixtures import clip_frames, write_frame_folder
+from distill_export.cli import app
+
+runner = CliRunner()
+
+
+def _error_after_data_note(result) -> str:
+    """one_line_error, after the loader's note on stderr (rows held decoded), which -q keeps."""
+    lines = [ln for ln in (result.output or "").splitlines() if ln.strip() and "held decoded" not in ln]
+    result.output_bytes = "\n".join(lines).encode()
+    return one_line_error(result, 2)
+
+
+def _video_only_manifest(root):
+    write_frame_folder(root / "fr", clip_frames(5))
+    splits = ["train"] * 8 + ["val"] * 4 + ["test"] * 4
+    return write_rows(root / "v.csv", [{"video": "fr", "label": i % 2, "split": s} for i, s in enumerate(splits)])
+
+
+def test_classification_of_a_video_column_is_refused_before_training(tmp_path):
+    """B2: a classifier's fusion teacher has no video encoder (was a 58-line traceback, exit 1)."""
+    manifest = _video_only_manifest(tmp_path / "data")
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, ["train-teacher", "--data", str(manifest), "--out", str(tmp_path / "x"),
+                                 "-q", "--teacher-epochs", "1"])
+    line = _error_after_data_note(result)
+    assert "'video' is video" in line and "classification" in line and "image, audio, text, vector" in line
+    assert snapshot(tmp_path) == before and not (tmp_path / "x").exists()
