@@ -3,7 +3,7 @@ exit 2, naming the thing, with no file changed. docs/reliability.md lists them w
 
 from __future__ import annotations
 
-import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from _byo_fixtures import write_rows
@@ -36,3 +36,20 @@ def test_classification_of_a_video_column_is_refused_before_training(tmp_path):
     line = _error_after_data_note(result)
     assert "'video' is video" in line and "classification" in line and "image, audio, text, vector" in line
     assert snapshot(tmp_path) == before and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command,teacher", [("run", None), ("train-teacher", "checkpoint")])
+def test_teacher_weights_without_a_factory_teacher_is_refused(tmp_path, command, teacher):
+    """B3: --teacher-weights loads into a package.module:factory teacher only; with a teacher the
+    run trains, or a checkpoint, it was recorded in config.yaml and never applied."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"not read")
+    args = [command, "--out", str(tmp_path / "r"), "-q", "--teacher-weights", str(weights)]
+    if teacher:
+        (tmp_path / "t.pt").write_bytes(b"not read either")
+        args += ["--teacher", str(tmp_path / "t.pt")]
+    before = snapshot(tmp_path)
+    line = one_line_error(runner.invoke(app, args), 2)
+    assert "--teacher-weights" in line and "teacher.weights" in line and "package.module:factory" in line
+    assert ("is not one" in line) == bool(teacher)
+    assert snapshot(tmp_path) == before and not (tmp_path / "r").exists()
