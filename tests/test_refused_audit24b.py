@@ -3,13 +3,17 @@ exit 2, naming the thing, with no file changed. docs/reliability.md lists them w
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from _byo_fixtures import write_rows
 from _cli_checks import one_line_error, snapshot
 from _video_fixtures import clip_frames, write_frame_folder
 from distill_export.cli import app
+from distill_export.config import RunConfig
 
 runner = CliRunner()
 
@@ -53,3 +57,18 @@ def test_teacher_weights_without_a_factory_teacher_is_refused(tmp_path, command,
     assert "--teacher-weights" in line and "teacher.weights" in line and "package.module:factory" in line
     assert ("is not one" in line) == bool(teacher)
     assert snapshot(tmp_path) == before and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("gate", ["int8_agreement=0.9", "fp16_agreement=0.9"])
+def test_a_gate_without_an_export_of_its_precision_is_refused(tmp_path, gate):
+    """B4: validate --gate int8_agreement on a run with only an FP32 export exited 0, the gate unused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(RunConfig().to_dict(), sort_keys=False))
+    (run / "report.json").write_text(json.dumps(
+        {"exports": {"onnx": {"format": "onnx", "precision": "fp32", "path": "student.onnx"}}}))
+    before = snapshot(tmp_path)
+    line = one_line_error(runner.invoke(app, ["validate", str(run), "--gate", gate]), 2)
+    name = gate.split("=")[0]
+    assert f"--gate {name}" in line and "onnx (fp32)" in line
+    assert snapshot(tmp_path) == before
