@@ -72,3 +72,33 @@ def test_a_gate_without_an_export_of_its_precision_is_refused(tmp_path, gate):
     name = gate.split("=")[0]
     assert f"--gate {name}" in line and "onnx (fp32)" in line
     assert snapshot(tmp_path) == before
+
+
+# ----- tools/explore_variants.py: every variant checked before the teacher trains (B11) ------------
+EXPLORE_CASES = [
+    (["{name: ../escaped}"], "'../escaped' is not a plain folder name"),
+    (["{name: teacher}"], "'teacher' is not a plain folder name"),
+    (["{name: a}", "{name: a}"], "'a' is given twice"),
+    (["{name: a}", "{name: b, distill.epochs: 0}"], "variant b: distill.epochs"),
+    (["{name: a}", "{name: b, nope.key: 1}"], "variant b: unknown key 'nope'"),
+]
+
+
+@pytest.mark.parametrize("variants,needle", EXPLORE_CASES, ids=["escape", "teacher", "twice", "epochs0", "unknown"])
+def test_explore_variants_checks_every_variant_before_any_work(tmp_path, monkeypatch, capsys, variants, needle):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    monkeypatch.syspath_prepend(str(tools))
+    spec = importlib.util.spec_from_file_location("tool_explore_variants", tools / "explore_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["explore_variants.py", "--out", str(tmp_path / "ex" / "out"), *variants])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (tmp_path / "ex").exists() and not (tmp_path / "escaped").exists()  # no teacher trained, nothing made
