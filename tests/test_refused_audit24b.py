@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -102,3 +103,43 @@ def test_explore_variants_checks_every_variant_before_any_work(tmp_path, monkeyp
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "ex").exists() and not (tmp_path / "escaped").exists()  # no teacher trained, nothing made
+
+
+# ----- video frame folders: each frame by the image columns' per-mode rules (B1) ---------------------
+def _frames(folder, images):
+    folder.mkdir(parents=True)
+    for t, im in enumerate(images):
+        im.save(folder / f"{t:03d}.{'tif' if im.mode == 'F' else 'png'}")
+    return folder
+
+
+def test_frame_folders_decode_16_bit_alpha_and_float_frames_like_image_columns(tmp_path):
+    from PIL import Image
+
+    from distill_export.data.video import ClipReader
+
+    reader = ClipReader(3, None, "auto")
+    i16 = Image.fromarray(np.full((4, 4), 32768, np.uint16))
+    clip, _ = reader._decode_folder(_frames(tmp_path / "i16", [i16] * 3), None)
+    assert (clip == 128).all()  # 32768 / 65535 held at 8 bits (was 255)
+    clear = Image.new("LA", (4, 4), (255, 0))  # white, fully transparent: black over black
+    clip, _ = reader._decode_folder(_frames(tmp_path / "la", [clear] * 3), None)
+    assert (clip == 0).all()  # (was 255: alpha dropped)
+    half = Image.fromarray(np.full((4, 4), 0.5, np.float32))
+    clip, _ = reader._decode_folder(_frames(tmp_path / "f", [half] * 3), None)
+    assert (clip == 128).all()  # mode F in [0, 1] (was 0)
+
+
+def test_a_negative_float_frame_is_refused_naming_its_file(tmp_path):
+    from PIL import Image
+
+    from distill_export.data.video import ClipReader
+    from distill_export.errors import DataError
+
+    ok = Image.fromarray(np.full((4, 4), 0.5, np.float32))
+    bad = Image.fromarray(np.full((4, 4), -3.0, np.float32))
+    folder = _frames(tmp_path / "neg", [ok, bad, ok])
+    before = snapshot(tmp_path)
+    with pytest.raises(DataError, match=r"001\.tif: mode F .* from -3 to -3"):  # (was read as 0, accepted)
+        ClipReader(3, None, "auto")._decode_folder(folder, None)
+    assert snapshot(tmp_path) == before
