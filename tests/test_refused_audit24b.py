@@ -143,3 +143,20 @@ def test_a_negative_float_frame_is_refused_naming_its_file(tmp_path):
     with pytest.raises(DataError, match=r"001\.tif: mode F .* from -3 to -3"):  # (was read as 0, accepted)
         ClipReader(3, None, "auto")._decode_folder(folder, None)
     assert snapshot(tmp_path) == before
+
+
+def test_report_refuses_to_write_through_a_symlinked_plots_folder(tiny_run, tmp_path):
+    """B8: RUN/plots a link to a user's folder: `report RUN` overwrote the user's png through it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    user = tmp_path / "userplots"
+    user.mkdir()
+    (user / "accuracy_vs_latency.png").write_text("the user's own file")
+    shutil.rmtree(run / "plots", ignore_errors=True)
+    (run / "plots").symlink_to(user)
+    before = snapshot(tmp_path)
+    line = one_line_error(runner.invoke(app, ["report", str(run)]), 2)
+    assert "plots is a symbolic link" in line and str(user) in line
+    assert snapshot(tmp_path) == before and (run / "plots").is_symlink()
