@@ -223,10 +223,27 @@ def validate_config(config) -> None:
 
     parse_formats(config.export.formats)  # an unknown format fails now, not after training
     ExportOptions.from_config(config.export)  # calibration method and sample count
+    _check_teacher_weights(config.teacher)
     for name in ("epochs",):
         for section in (config.teacher, config.distill):
             if getattr(section, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+
+
+def _check_teacher_weights(teacher) -> None:
+    """teacher.weights is loaded into a package.module:factory teacher only (nets/external.py): with
+    a checkpoint, a .pt2 or a teacher the run trains it would be recorded in config.yaml, never applied."""
+    if not teacher.weights:
+        return
+    try:
+        from distill_export.nets.external import is_factory
+    except ImportError:  # a runtime-only install (no torch) loads no teacher
+        return
+    if teacher.path and is_factory(teacher.path):
+        return
+    what = f"--teacher {teacher.path} is not one" if teacher.path else "the run trains its own teacher"
+    raise ConfigError(f"--teacher-weights {teacher.weights} (teacher.weights) is loaded into a package.module:factory "
+                      f"teacher only, and {what}: it would never be applied; drop --teacher-weights")
 
 
 # What `tune` can search (tune.py): "terms" always; "mix" adds distill.mix and distill.mix_alpha;

@@ -206,3 +206,13 @@ def ensure_writable_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise ConfigError(f"--out {path} cannot be written: {exc.strerror or exc}") from None
     return path
+
+
+def own_folder(path: str | Path) -> Path:
+    """A folder inside a run that the run writes into (plots/): refused when it is a symbolic link,
+    which would send the run's files into (and over) a folder of the user's."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symbolic link (to {os.readlink(path)[:120]}); the run writes its files there "
+                          "only into a folder of its own: remove the link and run the command again")
+    return path

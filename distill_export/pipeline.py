@@ -187,7 +187,9 @@ def _draw_examples(config, run: RunDir, data, device, task, teacher, outputs: di
     if teacher_out is not None:
         panels["teacher"] = teacher_out.numpy()
     name = "detections.png"
-    path = run.file("plots") / name
+    from distill_export.files import own_folder
+
+    path = own_folder(run.file("plots")) / name
     path.parent.mkdir(exist_ok=True)
     drawn = task.draw_examples(data.test.inputs[config.data.student_modality][:n].numpy(), panels,
                                data.test.labels[:n].numpy(), data, path)

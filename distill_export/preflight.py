@@ -104,6 +104,7 @@ def check_models(config, data) -> None:
     from distill_export.nets.external import is_factory
     from distill_export.nets.students import create_student
 
+    check_teacher_kinds(config, data)  # e.g. a video column for a classifier's fusion teacher
     modality = config.data.student_modality
     spec = data.modalities[modality]
     name = config.student.name
@@ -143,6 +144,28 @@ def check_models(config, data) -> None:
             raise ConfigError(f"teacher {config.teacher.path} returns logits only, so the feature term "
                               "cannot work: set --beta 0 (or drop the feature term), or return "
                               "(features, logits) from the teacher")
+
+
+def check_teacher_kinds(config, data) -> None:
+    """The fusion teacher a task trains (nets/teacher.py) has an encoder per modality kind; a
+    column of another kind (a classification manifest of video frame folders) is refused here,
+    naming it, not deep in training as a traceback."""
+    from distill_export.nets.encoders import TEACHER_KINDS
+    from distill_export.tasks import get_task
+    from distill_export.tasks.base import Task
+
+    task = get_task(config.task)
+    if type(task).build_teacher is not Task.build_teacher:  # a task with its own teacher (detection)
+        return
+    trained = [] if config.teacher.path else sorted(data.modalities)
+    if config.distill.self_training_control:  # the control's teacher reads the student's modality
+        trained.append(config.data.student_modality)
+    for name in trained:
+        kind = data.modalities[name].kind
+        if kind not in TEACHER_KINDS:
+            raise ConfigError(f"column {name!r} is {kind}, which a task {task.name} teacher cannot read (its "
+                              f"encoders take {', '.join(TEACHER_KINDS)}); drop the column or use a task for "
+                              f"{kind} data")
 
 
 def check_student_fits(config, data) -> None:

@@ -82,6 +82,24 @@ def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
     return out
 
 
+def check_gates_apply(gates: dict[str, float], report: dict, task) -> None:
+    """A --gate whose precision no export of the run has would be silently unused: refused, naming
+    the gate and the run's exports (as the INT8 calibration flags are without an INT8 format)."""
+    exports = report.get("exports") or {}
+    if not exports:  # nothing exported: validate says so itself ("run `distill-export export` first")
+        return
+    precisions = {art.get("precision") for art in exports.values()}
+    if ((report.get("teacher_exports") or {}).get("onnx") or {}).get("path"):
+        precisions.add("fp32")  # the teacher's ONNX is judged by the FP32 gates
+    by_key = {g.config_key: g.precision for g in task.gates}
+    for key in gates:
+        name = key.split(".", 1)[1]
+        if by_key.get(name) not in precisions:
+            listed = ", ".join(f"{fmt} ({art.get('precision')})" for fmt, art in exports.items())
+            raise ConfigError(f"--gate {name} judges {by_key.get(name)} exports, but this run has none "
+                              f"(its exports: {listed}); drop --gate {name} or export that precision first")
+
+
 def save_parity_data(path: str | Path, x: np.ndarray, labels: np.ndarray, reference, checkpoint_sha256: str = "") -> None:
     """Test inputs, labels and what the exported graph must return, computed by the PyTorch
     student (Task.decode of its raw outputs): one array (`logits`) or {output name: array}."""

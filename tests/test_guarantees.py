@@ -242,7 +242,8 @@ FLAGS = {
     "student": (["--student", "mobilenet_v3_small"], "student.name", "mobilenet_v3_small"),
     "student_init": (["--student-init", "init.pt"], "student.init_weights", "init.pt"),
     "teacher": (["--teacher", "pkg.mod:make"], "teacher.path", "pkg.mod:make"),
-    "teacher_weights": (["--teacher-weights", "tw.pt"], "teacher.weights", "tw.pt"),
+    # (with a factory teacher: the weights of any other teacher are refused, config_checks._check_teacher_weights)
+    "teacher_weights": (["--teacher-weights", "tw.pt", "--teacher", "pkg.mod:make"], "teacher.weights", "tw.pt"),
     "device": (["--device", "cpu"], "device", "cpu"),
     "seed": (["--seed", "7"], "seed", 7),
     "task": (["--task", "flag_test_task"], "task", "flag_test_task"),  # registered below
@@ -348,6 +349,7 @@ def test_every_cli_flag_lands_on_its_config_key(command, param, monkeypatch, tmp
     assert got[key] == value and before[key] != value, (key, got[key])
     # and nothing else changed (but the INT8 format a calibration flag is given with)
     also = {"export.formats"} if "--format" in args and key != "export.formats" else set()
+    also |= {"teacher.path"} if "--teacher" in args and key != "teacher.path" else set()
     assert {k for k in got if got[k] != before[k]} == {key} | also
 
 

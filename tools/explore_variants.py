@@ -35,23 +35,35 @@ def main() -> None:
     from distill_export.files import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
-    variants = [yaml.safe_load(v) for v in args.variants]
-    if not all(isinstance(v, dict) and v.get("name") for v in variants):
-        print('error: each variant is a YAML mapping with a name, e.g. "{name: a, distill.epochs: 3}"', file=sys.stderr)
-        raise SystemExit(2)
 
     from compare_methods import base_overrides, teacher_once  # tools/ is this script's first sys.path entry
 
     from distill_export.config import load_config
+    from distill_export.errors import DistillExportError
     from distill_export.pipeline import stage_distill
     from distill_export.rundir import RunDir
 
-    base = base_overrides(args.seed, args.label_fraction, args.set)
     out = Path(args.out)
+    try:
+        base = base_overrides(args.seed, args.label_fraction, args.set)
+        variants = checked_variants(args.variants)
+        teacher_file = str(out / "teacher" / "teacher.pt")
+        load_config(args.recipe, None, base)  # the teacher's config
+        # Every variant's config passes the checks `run` applies, before the teacher trains: a bad
+        # override of the last variant fails now, not after the others trained.
+        configs = {}
+        for name, variant in variants.items():
+            try:
+                configs[name] = load_config(args.recipe, None, {**base, **variant, "teacher.path": teacher_file})
+            except DistillExportError as exc:
+                raise DistillExportError(f"variant {name}: {exc}") from None
+    except (DistillExportError, yaml.YAMLError) as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        raise SystemExit(2) from None
+
     teacher_run, _, _ = teacher_once(args.recipe, base, out)
-    for variant in variants:
-        name = variant.pop("name")
-        cfg = load_config(args.recipe, None, {**base, **variant, "teacher.path": str(teacher_run.file("teacher.pt"))})
+    for name, variant in variants.items():
+        cfg = configs[name]
         run = RunDir.create(out / name)
         run.save_config(cfg)
         start = time.perf_counter()
@@ -67,6 +79,31 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         with open(out / "rows.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+RESERVED = ("teacher", "rows.jsonl")  # what this tool writes into --out besides the variants
+
+
+def checked_variants(texts: list[str]) -> dict[str, dict]:
+    """{name: overrides} of the command line's YAML mappings. Each name is a plain folder name
+    under --out (no separators, not . or .., not the teacher's folder) and unique, or a
+    DistillExportError: a name such as ../escaped would write a run outside --out."""
+    from distill_export.errors import DistillExportError
+
+    variants: dict[str, dict] = {}
+    for text in texts:
+        v = yaml.safe_load(text)
+        if not (isinstance(v, dict) and v.get("name")):
+            raise DistillExportError(f'each variant is a YAML mapping with a name, e.g. "{{name: a, distill.epochs: 3}}", '
+                                     f"got {text[:80]!r}")
+        name = v.pop("name")
+        if not isinstance(name, str) or name in (".", "..") or any(c in name for c in "/\\\0") or name in RESERVED:
+            raise DistillExportError(f"variant name {str(name)[:80]!r} is not a plain folder name under --out (no /, \\, "
+                                     f"'.', '..', {', '.join(RESERVED)})")
+        if name in variants:
+            raise DistillExportError(f"variant name {name!r} is given twice; each variant needs its own folder")
+        variants[name] = v
+    return variants
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     from distill_export.launch import open_run
     from distill_export.pipeline import stage_report, stage_validate
     from distill_export.report import print_parity
-    from distill_export.validate import failed_gates, parse_gate_flags, print_gates
+    from distill_export.validate import check_gates_apply, failed_gates, parse_gate_flags, print_gates
 
     rd, cfg = open_run(run_dir)
     from distill_export.tasks import get_task
 
-    apply_overrides(cfg, parse_gate_flags(gate, get_task(cfg.task)), "--gate")
+    gates = parse_gate_flags(gate, get_task(cfg.task))
+    check_gates_apply(gates, rd.load_report(), get_task(cfg.task))  # e.g. an INT8 gate without an INT8 export
+    apply_overrides(cfg, gates, "--gate")
     validate_config(cfg)  # the gates pass the config's own checks before anything is written
     with rd.lock():
         rd.require_stages(("export",), "validate")  # a stale export (distill ran again) is refused

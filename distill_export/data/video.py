@@ -11,7 +11,9 @@ A video needs at least clip_frames frames.
 Frames are read as 8-bit gray or RGB (data.image_mode; auto: gray when the stream is gray, or
 every decoded pixel has R = G = B), resized like images, and scaled to [0, 1] exactly as
 loaders.image_to_array scales a PNG: a frame of a video and the same frame saved as a PNG give
-the same array.
+the same array. A folder's frame files are decoded by the image columns' per-mode rules
+(loaders.image_to_array: alpha over black, 16-bit / 65535, mode F in [0, 1] or all of the clip in
+[0, 255], out of range refused naming the file), then held at 8 bits like every video frame.
 
 Every problem is a DataError naming the file, not the row: the manifest reader adds file:line.
 """
@@ -22,7 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from distill_export.data.loaders import IMAGE_EXTS, VIDEO_EXTS, is_grayscale, read_image, split_cell
+from distill_export.data.loaders import (
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    WIDE_MODES,
+    float_range,
+    float_scale_of,
+    image_to_array,
+    is_grayscale,
+    read_image,
+    split_cell,
+)
 from distill_export.errors import DataError
 
 GRAY_PIX_FMTS = ("gray", "ya8", "ya16")  # prefixes of PyAV pixel formats without colour
@@ -160,9 +172,32 @@ class ClipReader:
         if len(sizes) > 1:
             raise DataError(f"frames of {folder} differ in size: {sorted(sizes)}")
         rgb = self.mode == "rgb" or (self.mode == "auto" and not all(is_grayscale(im) for im in images))
-        arrays = [np.asarray(im.convert("RGB" if rgb else "L"), dtype=np.uint8) for im in images]
-        out = np.stack([a if rgb else a[..., None] for a in arrays])
+        scale = _folder_float_scale(images)
+        out = np.empty((len(images), *sizes.pop(), 3 if rgb else 1), dtype=np.uint8)
+        for t in range(len(images)):  # frame by frame, each PIL image dropped once held as uint8
+            out[t] = _frame_uint8(images[t], rgb, scale)
+            images[t] = None
         return out, n
+
+
+def _folder_float_scale(images) -> float | None:
+    """The divisor of a folder's mode-F frames, one per clip as one per image column (1 when they
+    all lie in [0, 1], else 255); None when no frame is mode F."""
+    highs = [float_range(np.asarray(im, dtype=np.float32), im.info.get("source", "frame"))[1]
+             for im in images if im.mode == "F"]
+    return float_scale_of(max(highs)) if highs else None
+
+
+def _frame_uint8(im, rgb: bool, float_scale: float | None) -> np.ndarray:
+    """One frame file -> (H, W, C) uint8 by the image columns' per-mode rules (loaders.image_to_array):
+    alpha over black, 16-bit / 65535, mode F by its scale, out of range refused naming the file;
+    a 16/32-bit frame is then held at 8 bits, as every video frame is."""
+    size = (im.height, im.width)
+    if im.mode in WIDE_MODES:
+        x = np.rint(image_to_array(im, size, rgb, float_scale=float_scale) * np.float32(255.0)).astype(np.uint8)
+    else:
+        x = image_to_array(im, size, rgb, compact=True)
+    return x.transpose(1, 2, 0)
 
 
 def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

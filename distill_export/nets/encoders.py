@@ -13,6 +13,7 @@ from torch import nn
 from distill_export.nets.students import conv_bn
 
 CONV_KINDS = ("image", "audio")
+TEACHER_KINDS = (*CONV_KINDS, "text", "vector")  # the kinds encoder_for builds an encoder for
 
 
 class ConvEncoder(nn.Module):

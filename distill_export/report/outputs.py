@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill_export.files import write_json, write_text
+from distill_export.files import own_folder, write_json, write_text
 from distill_export.record import as_record
 from distill_export.report import plots as plots_mod
 from distill_export.report.html import render_html
@@ -31,7 +31,7 @@ def write_reports(run) -> None:
     """report.md, report.html, plots/ and latency.csv of a RunDir, from its report.json."""
     data = run.load_report()
     record = as_record(data)
-    plots, note = plots_mod.make_plots(record, run.file("plots"))
+    plots, note = plots_mod.make_plots(record, own_folder(run.file("plots")))  # never through a link out of the run
     write_latency_csv(data.get("latency", []), run.file("latency.csv"))
     write_text(run.file("report.md"), render_markdown(record, plots, note))
     write_text(run.file("report.html"), render_html(record, plots, note))
