@@ -261,6 +261,8 @@ FLAGS = {
     "mix": (["--mix", "mixup"], "distill.mix", "mixup"),
     "tune": (["--tune", "5"], "distill.tune_trials", 5),
     "tune_minutes": (["--tune-minutes", "2.5"], "distill.tune_minutes", 2.5),
+    # (with a search: --tune-search alone is refused, config_checks.check_flags_apply)
+    "tune_search": (["--tune-search", "terms,mix", "--tune", "5"], "distill.tune_search", "terms,mix"),
     "method": (["--method", "dkd"], "distill.method", "dkd"),
     "teacher_fusion": (["--teacher-fusion", "late"], "teacher.fusion", "late"),
     # (the demo recipe turns the control on, so the flag that changes it is the negative one)
@@ -350,6 +352,7 @@ def test_every_cli_flag_lands_on_its_config_key(command, param, monkeypatch, tmp
     # and nothing else changed (but the INT8 format a calibration flag is given with)
     also = {"export.formats"} if "--format" in args and key != "export.formats" else set()
     also |= {"teacher.path"} if "--teacher" in args and key != "teacher.path" else set()
+    also |= {"distill.tune_trials"} if "--tune" in args and key != "distill.tune_trials" else set()
     assert {k for k in got if got[k] != before[k]} == {key} | also
 
 
