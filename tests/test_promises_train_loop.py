@@ -238,3 +238,74 @@ def test_predict_batches_tensors_and_dicts():
             torch.testing.assert_close(logits, whole.sum(1, keepdim=True).float())
     feats, _ = predict(fn, x, 7)  # the default batch holds them all
     assert feats.shape == (7, 3)
+
+
+class _Pickled:
+    """Not a tensor, number or string: a checkpoint holding it needs a full unpickler."""
+
+    def __init__(self):
+        self.epoch, self.epochs = 1, 3
+
+
+@pytest.mark.parametrize("content", ["object", "list"])
+def test_a_checkpoint_that_is_not_plain_state_is_never_unpickled_or_resumed(tmp_path, content, capsys):
+    from distill_export.train import CHECKPOINT_FORMAT
+
+    spec, scores = TrainSpec(2, 0.05, 4), [0.3, 0.5]
+    path = tmp_path / "m.pt"
+    if content == "object":  # the format and key right, but a pickled object inside
+        torch.save({"format": CHECKPOINT_FORMAT, "key": "k", "epoch": 1, "epochs": 3, "x": _Pickled()}, path)
+        assert checkpoint_progress(path) is None  # weights only: refused, not read
+        torch.save(_Pickled(), tmp_path / "obj.pt")
+        assert checkpoint_progress(tmp_path / "obj.pt") is None
+    else:
+        torch.save([1, 2, 3], path)
+    plain, _, _ = _run(spec, scores)
+    capsys.readouterr()
+    result, _, seen = _run(spec, scores, Checkpoint(path, "k"))
+    assert result.history == plain.history and sum(len(r) for r in seen) == 2 * N
+    err = capsys.readouterr().err
+    if content == "object":
+        from distill_export.nets.checkpoint import load_failure
+
+        try:
+            torch.load(tmp_path / "obj.pt", weights_only=True)
+        except Exception as exc:  # noqa: BLE001  the refusal the warning names
+            reason = load_failure(exc)[:40]
+        assert f"warning: {path} is unreadable (" in err and reason in " ".join(err.split())
+    else:
+        assert err == ""
+
+
+def test_resume_restores_the_cuda_generators_when_the_gpus_are_the_same(tmp_path, monkeypatch):
+    """With (faked) CUDA: the checkpoint keeps every GPU's generator state, and a resume on as
+    many GPUs puts it back; on another GPU count it is left alone."""
+    gpu_states = [torch.tensor([7, 7], dtype=torch.uint8), torch.tensor([9, 9], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in gpu_states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append([s.clone() for s in states]))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # AdamW's check for a CUDA graph being captured would ask the (absent) driver
+    monkeypatch.setattr(torch.optim.Optimizer, "_accelerator_graph_capture_health_check", lambda self: None)
+    spec, scores = TrainSpec(3, 0.05, 4), [0.3, 0.5, 0.4]
+    ckpt = Checkpoint(tmp_path / "m.pt", "k")
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, scores, ckpt, stop_at=1)
+    saved = torch.load(ckpt.path, weights_only=True)["rng"]["cuda"]
+    assert all(torch.equal(a, b) for a, b in zip(saved, gpu_states)) and len(saved) == 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # another machine: not restored
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, scores, ckpt, stop_at=2, start=1)
+    assert restored == []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _run(spec, scores, ckpt, start=2)
+    assert len(restored) == 1 and all(torch.equal(a, b) for a, b in zip(restored[0], gpu_states))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # CUDA never used: no state kept
+    ckpt2 = Checkpoint(tmp_path / "n.pt", "k")
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, scores, ckpt2, stop_at=1)
+    assert "cuda" not in torch.load(ckpt2.path, weights_only=True)["rng"]
+    _run(spec, scores, ckpt2, start=1)
+    assert len(restored) == 1
