@@ -62,10 +62,11 @@ def _reference(spec: TrainSpec, scores):
     return best_state, losses, lrs
 
 
-def _run(spec: TrainSpec, scores, ckpt=None, stop_at=None, start=0, noise=False, parts=False):
+def _run(spec: TrainSpec, scores, ckpt=None, stop_at=None, start=0, noise=False, parts=False, told=None):
     model = _model()
     calls = iter(scores[start:])
     seen = []
+    told = [] if told is None else told  # what on_epoch was told: (epoch, score)
 
     def batch_loss(rows):
         seen.append(rows.clone())
@@ -77,6 +78,7 @@ def _run(spec: TrainSpec, scores, ckpt=None, stop_at=None, start=0, noise=False,
         return loss
 
     def on_epoch(epoch, acc):
+        told.append((epoch, acc))
         if epoch == stop_at:
             raise KeyboardInterrupt
 
@@ -85,19 +87,22 @@ def _run(spec: TrainSpec, scores, ckpt=None, stop_at=None, start=0, noise=False,
     return result, {k: v.detach().clone() for k, v in model.state_dict().items()}, seen
 
 
-@pytest.mark.parametrize("spec", [TrainSpec(3, 0.05, 4), TrainSpec(2, 0.02, 3, weight_decay=0.5, seed=7, rows_per_epoch=25)])
+@pytest.mark.parametrize("spec", [TrainSpec(3, 0.05, 4), TrainSpec(2, 0.02, 3, weight_decay=0.5, seed=7, rows_per_epoch=25),
+                                  TrainSpec(3, 0.05, 16)])  # the last: one step an epoch
 def test_the_loop_is_adamw_one_cycle_over_seeded_batches_and_returns_the_best_epoch(spec):
-    scores = [0.2, 0.6, 0.4][: spec.epochs]
-    result, weights, seen = _run(spec, scores)
+    scores = [0.2, 0.6, 0.6][: spec.epochs]  # a tie: the first epoch with the best score is the best
+    told = []
+    result, weights, seen = _run(spec, scores, told=told)
     want, losses, _ = _reference(spec, scores)
     assert (result.best_epoch, result.best_val_accuracy) == (2, 0.6)
+    assert told == [(e + 1, a) for e, a in enumerate(scores)]  # on_epoch hears every epoch's score
     for k, v in want.items():
         torch.testing.assert_close(weights[k], v, rtol=0, atol=1e-6)
     per = spec.rows_per_epoch or N
     assert [h["epoch"] for h in result.history] == list(range(1, spec.epochs + 1))
     assert [h["val_accuracy"] for h in result.history] == scores
-    assert [h["train_loss"] for h in result.history] == pytest.approx(losses, rel=1e-6)
-    assert sum(len(r) for r in seen) == spec.epochs * per and max(len(r) for r in seen) == spec.batch_size
+    assert [h["train_loss"] for h in result.history] == losses  # summed in float64, as Python sums floats
+    assert sum(len(r) for r in seen) == spec.epochs * per and max(len(r) for r in seen) == min(spec.batch_size, per)
     assert all("train_loss_parts" not in h for h in result.history)
 
 
@@ -129,6 +134,7 @@ def test_history_is_the_row_weighted_mean_of_the_losses_and_their_parts():
         assert h["train_loss"] == pytest.approx(loss, rel=1e-6)
         assert h["train_loss_parts"]["ce"] == pytest.approx(2 * loss, rel=1e-6)
         assert h["train_loss_parts"]["count"] == pytest.approx((4 * 4 + 4 * 4 + 2 * 2) / 10)
+        assert all(type(v) is float for v in (h["train_loss"], *h["train_loss_parts"].values()))
     assert result.best_epoch == 1 and result.best_val_accuracy == 0.5
 
 
@@ -209,18 +215,104 @@ def test_a_non_finite_loss_stops_the_training_before_a_checkpoint_keeps_it(tmp_p
         train_loop([model], batch_loss, N, lambda: 0.5, TrainSpec(3, 0.05, 4), " student ", quiet=True,
                    on_epoch=lambda e, a: epochs.append(e), checkpoint=ckpt)
     message = str(info.value)
-    assert message.startswith("training of 'student' stopped: its loss is ")
-    assert f"{bad}" in message and "epoch 2 of 3" in message and "(now 0.05)" in message and "\n" not in message
+    assert message.startswith(f"training of 'student' stopped: its loss is {bad} (not finite) in epoch 2 of 3; ")
+    assert "(now 0.05)" in message and message.endswith("or check its initial weights") and "\n" not in message
     assert epochs == [1] and checkpoint_progress(ckpt.path) == (1, 3)
 
 
-def test_a_loud_training_shows_its_progress(capsys):
+def test_a_training_shows_its_progress_unless_quiet(capsys):
     model = _model()
     train_loop([model], lambda r: torch.nn.functional.cross_entropy(model(X[r]), Y[r]), N, lambda: 0.25,
-               TrainSpec(2, 0.05, 5), "teacher", quiet=False)
+               TrainSpec(2, 0.05, 5), "teacher")  # loud by default
     out = capsys.readouterr()
     text = out.out + out.err
-    assert "teacher" in text and "epoch 2/2 val score 0.250" in text
+    assert "teacher" in text and "epoch 2/2 val score 0.250" in text and "XX" not in text
+    train_loop([model], lambda r: torch.nn.functional.cross_entropy(model(X[r]), Y[r]), N, lambda: 0.25,
+               TrainSpec(2, 0.05, 5), "teacher", quiet=True)
+    out = capsys.readouterr()
+    assert out.out + out.err == ""
+
+
+def test_fetched_payloads_reach_the_loss_with_their_rows():
+    """fetch(batches) -> one payload per batch (a DataLoader's decoded rows); batch_loss(rows,
+    payload) gets each with its rows, and the training is the one that indexes in memory."""
+    spec, scores = TrainSpec(2, 0.05, 4), [0.3, 0.5]
+    plain, plain_w, plain_seen = _run(spec, scores)
+    model = _model()
+    asked, got = [], []
+
+    def fetch(batches):
+        asked.append([b.clone() for b in batches])
+        for b in batches:
+            yield X[b] * 1.0
+
+    def batch_loss(rows, payload):
+        got.append((rows.clone(), payload))
+        return torch.nn.functional.cross_entropy(model(payload), Y[rows])
+
+    calls = iter(scores)
+    result = train_loop([model], batch_loss, N, lambda: next(calls), spec, "m", quiet=True, fetch=fetch)
+    assert result.history == plain.history
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain_w.values()))
+    fetched = [b for epoch in asked for b in epoch]
+    assert len(asked) == 2 and len(fetched) == len(got) and all(torch.equal(a, r) for a, (r, _) in zip(fetched, got))
+    assert all(torch.equal(a, b) for a, b in zip([r for r, _ in got], plain_seen))
+    assert all(torch.equal(p, X[r]) for r, p in got)
+
+
+def test_autocast_wraps_each_batch_only_when_asked(monkeypatch):
+    entered = []
+
+    class FakeAutocast:
+        def __init__(self, *args, **kwargs):
+            self.args = (args, kwargs)
+
+        def __enter__(self):
+            entered.append(self.args)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch, "autocast", FakeAutocast)
+    _run(TrainSpec(1, 0.05, 4), [0.5])
+    assert entered == []
+    _run(TrainSpec(1, 0.05, 4, autocast=True), [0.5])
+    assert entered == [(("cuda",), {"dtype": torch.bfloat16})] * 3  # one per batch: bf16 on CUDA
+
+
+def test_small_and_odd_trainings():
+    # one row: its loss is the epoch's loss; one parameter tensor
+    model = torch.nn.Linear(4, 3, bias=False)
+    losses = []
+
+    def one_row(rows):
+        loss = torch.nn.functional.cross_entropy(model(X[rows]), Y[rows])
+        losses.append(loss.item())
+        return loss
+
+    result = train_loop([model], one_row, 1, lambda: 0.5, TrainSpec(2, 0.05, 4), "m", quiet=True)
+    assert [h["train_loss"] for h in result.history] == losses and len(losses) == 2
+    # validation never scores above -1 (NaN, say): no best epoch, the final weights stay
+    model = _model()
+    result = train_loop([model], lambda r: torch.nn.functional.cross_entropy(model(X[r]), Y[r]), N,
+                        lambda: float("nan"), TrainSpec(2, 0.05, 4), "m", quiet=True)
+    assert (result.best_epoch, result.best_val_accuracy) == (-1, -1.0) and len(result.history) == 2
+    other = _model()
+    first = train_loop([other], lambda r: torch.nn.functional.cross_entropy(other(X[r]), Y[r]), N,
+                       lambda: -1.5, TrainSpec(1, 0.05, 4), "m", quiet=True)
+    assert (first.best_epoch, first.best_val_accuracy) == (-1, -1.0)
+
+
+@pytest.mark.parametrize("stop_at", [1, 2])
+def test_a_resumed_run_whose_first_epoch_was_best_returns_it(tmp_path, stop_at):
+    spec, scores = TrainSpec(3, 0.05, 4), [0.9, 0.5, 0.4]
+    plain, plain_w, _ = _run(spec, scores)
+    ckpt = Checkpoint(tmp_path / "m.pt", "k")
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, scores, ckpt, stop_at=stop_at)
+    resumed, weights, _ = _run(spec, scores, ckpt, start=stop_at)
+    assert resumed.best_epoch == plain.best_epoch == 1
+    assert all(torch.equal(weights[k], v) for k, v in plain_w.items())
 
 
 def test_predict_batches_tensors_and_dicts():
