@@ -249,5 +249,5 @@ def test_worker_augmentation_names():
 
 def test_worker_augmentation_needs_a_single_column(manifest):
     cols = load(manifest, streaming="on").train.inputs
-    with pytest.raises(ValueError, match="single"):
+    with pytest.raises(ValueError, match="^worker augmentation applies to a single streamed column$"):
         batch_fetcher(dict(cols), StreamSettings(), augment=worker_augment("shift", cols["image"].shape))
