@@ -62,8 +62,11 @@ class RunDir:
         if path is None:  # runs/<timestamp>, -2, -3, ... if another run took this second
             base = default_run_dir()
             for i in range(1, 100):
+                candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+                if candidate.exists():  # taken earlier this second: check_output would refuse it
+                    continue
                 try:
-                    return cls._claim(base if i == 1 else base.with_name(f"{base.name}-{i}"), stages)
+                    return cls._claim(candidate, stages)
                 except RunClaimed:
                     continue
         return cls._claim(Path(path), stages)

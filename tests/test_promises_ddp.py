@@ -41,6 +41,21 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         (gathered.squeeze(1) * torch.arange(1.0, ROWS + 1)).sum().backward()
         res["gathered"], res["grad"] = gathered.detach(), leaf.grad
         res["broadcast"] = ddp.broadcast_object({"from": rank})
+        res["any_one"], res["any_none"] = ddp.any_rank(rank == 1), ddp.any_rank(False)
+        # BatchNorm running statistics end on each rank's shard; sync_from_main makes them rank 0's
+        bn = torch.nn.BatchNorm1d(1)
+        bn(x.unsqueeze(1))
+        res["bn_own"] = {k: v.clone() for k, v in bn.state_dict().items()}
+        ddp.sync_from_main(bn)
+        res["bn_synced"] = bn.state_dict()
+        # wrap: DDP averages the ranks' gradients (gloo on CPU)
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(1, 1)
+        wrapped = ddp.wrap(lin, torch.device("cpu"))
+        res["wrapped"] = type(wrapped).__name__
+        wrapped(x.unsqueeze(1)).pow(2).mean().backward()
+        res["lin_grad"] = lin.weight.grad.clone()
+        ddp.barrier()
         torch.save(res, f"{out}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
@@ -98,3 +113,113 @@ def test_one_process_helpers_are_the_identity():
     assert torch.equal(ddp.global_count(torch.tensor(3)), torch.tensor(3))
     x = torch.randn(3, 2)
     assert ddp.gather_rows(x) is x and ddp.broadcast_object({"a": 1}) == {"a": 1}
+
+
+def _local_grad(rows: torch.Tensor) -> torch.Tensor:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1, 1)
+    lin(_values()[rows].unsqueeze(1)).pow(2).mean().backward()
+    return lin.weight.grad
+
+
+def test_any_rank_is_true_on_every_rank_when_one_rank_says_so(ranks):
+    assert [(r["any_one"], r["any_none"]) for r in ranks] == [(True, False), (True, False)]
+    assert ddp.any_rank(True) is True and ddp.any_rank(False) is False  # one process: the flag
+
+
+def test_sync_from_main_gives_every_rank_rank_0s_buffers(ranks):
+    own0, own1 = ranks[0]["bn_own"], ranks[1]["bn_own"]
+    assert not torch.equal(own0["running_mean"], own1["running_mean"])  # each rank's shard
+    for r in ranks:
+        for k, v in own0.items():
+            assert torch.equal(r["bn_synced"][k], v), k
+    bn = torch.nn.BatchNorm1d(1)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    ddp.sync_from_main(bn)  # one process: nothing changes
+    assert all(torch.equal(bn.state_dict()[k], v) for k, v in before.items())
+
+
+def test_wrap_averages_the_ranks_gradients(ranks):
+    want = (_local_grad(ranks[0]["rows"]) + _local_grad(ranks[1]["rows"])) / 2
+    for r in ranks:
+        assert r["wrapped"] == "DistributedDataParallel"
+        torch.testing.assert_close(r["lin_grad"], want)
+    lin = torch.nn.Linear(1, 1)
+    assert ddp.wrap(lin, torch.device("cpu")) is lin  # one process: the module itself
+    ddp.barrier()  # one process: returns
+
+
+def test_torchrun_environment_and_backends(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert not ddp.launched_by_torchrun()
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    for missing in env:
+        for name, value in env.items():
+            if name != missing:
+                monkeypatch.setenv(name, value)
+            else:
+                monkeypatch.delenv(name, raising=False)
+        assert not ddp.launched_by_torchrun(), missing
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert ddp.launched_by_torchrun()
+    assert ddp.backend_for("cuda") == "nccl" and ddp.backend_for("cpu") == "gloo"
+    monkeypatch.setattr(ddp, "_run_command", False)
+    assert not ddp.in_run_command()
+    ddp.enter_run_command()
+    assert ddp.in_run_command()
+
+
+def test_nproc_is_checked_against_the_cores():
+    from distill_export.device import all_threads
+    from distill_export.errors import ConfigError
+
+    ddp.check_nproc(1, "cpu")
+    ddp.check_nproc(all_threads(), "cpu")
+    for bad, says in ((0, "--nproc must be >= 1, got 0"),
+                      (all_threads() + 1, f"--nproc {all_threads() + 1} is more than the {all_threads()} CPU cores")):
+        with pytest.raises(ConfigError) as info:
+            ddp.check_nproc(bad, "cpu")
+        assert str(info.value).startswith(says), str(info.value)
+
+
+def test_joining_a_group_needs_its_backend_and_a_gpu_per_process(monkeypatch):
+    from distill_export import device
+    from distill_export.errors import BackendUnavailable, ConfigError
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_gloo_available", lambda: False)
+    with pytest.raises(BackendUnavailable, match="the gloo backend is not available .*--device cpu"):
+        ddp.init_from_env("cpu")
+    monkeypatch.setattr(device, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: False)
+    with pytest.raises(BackendUnavailable, match="the nccl backend is not available .*--device cuda"):
+        ddp.init_from_env("cuda")
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="2 processes per node but 1 visible GPUs"):
+        ddp.init_from_env("cuda")
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
+    with pytest.raises(BackendUnavailable, match="no torch.distributed"):
+        ddp.init_from_env("cpu")
+    assert not ddp.is_distributed()
+
+
+def test_a_one_process_group_joins_and_leaves(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert ddp.init_from_env("cpu") == torch.device("cpu")
+    try:
+        assert ddp.is_distributed() and torch.distributed.get_backend() == "gloo"
+        assert ddp.world() == 1 and ddp.rank() == 0 and ddp.is_main()
+        assert ddp.any_rank(True) and not ddp.any_rank(False)
+        assert ddp.row_share(3) == 1.0 and float(ddp.global_count(torch.tensor(0))) == 1.0
+    finally:
+        ddp.shutdown()
+    assert not ddp.is_distributed()
+    ddp.shutdown()  # a second call: nothing to leave

@@ -1,0 +1,275 @@
+"""Behaviour-level tests of the run directory's promises (issue 25, rundir.py), with no training:
+
+- a run is claimed once (report.json made exclusively) and a claimed run that finished nothing
+  can be discarded; runs/<timestamp> gets -2, -3, ... when taken;
+- stage state: a stage that starts again makes the stages made from it stale and drops what it
+  and they wrote (report sections, teacher metrics kept, parity, timings, rendered files);
+  a command on a missing or stale stage is refused in one line that says what to type next;
+- a finished stage's checkpoints go, and only its own; `run --resume` refuses what it cannot
+  continue and says what it reuses and where training continues;
+- the lock refuses a second holder; a failed transaction leaves the directory as it was;
+- the config and the report's sections round-trip; records_stage marks its stage done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from distill_export.config import RunConfig
+from distill_export.errors import ConfigError
+from distill_export.rundir import RUN_STAGES, RunClaimed, RunDir, records_stage
+
+ALL = RUN_STAGES
+
+
+def _state(run: RunDir) -> dict:
+    return json.loads(run.file("state.json").read_text())["stages"]
+
+
+def _report(run: RunDir) -> dict:
+    return json.loads(run.file("report.json").read_text())
+
+
+@pytest.fixture
+def done_run(tmp_path) -> RunDir:
+    """A claimed run whose six stages are done, with sections from each in report.json."""
+    run = RunDir.create(tmp_path / "r", fresh=True, stages=ALL)
+    for s in ALL:
+        run.mark_stage(s)
+    rep = {**_report(run), "metrics": {"teacher": {"accuracy": 0.9}, "student": {"accuracy": 0.8}},
+           "kd_verdict": "paid", "exports": {"onnx": {"path": "student.onnx", "parity": {"passed": True}}},
+           "teacher_exports": {"onnx": {"path": "t.onnx", "parity": {"passed": True}}},
+           "timings": {"train_teacher": 1.0, "distill": 2.0, "baseline": 1.0, "export": 3.0, "validate": 1.0, "profile": 1.0},
+           "recommended": {"cpu": {"format": "onnx"}}, "dataset": {"name": "x"}}
+    run.file("report.json").write_text(json.dumps(rep))
+    for name in ("config.yaml", "latency.csv", "report.md", "report.html"):
+        run.file(name).write_text(name)
+    return run
+
+
+def test_a_run_is_claimed_once(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "a" / "r", fresh=True, stages=("train_teacher", "distill"))
+    assert _report(run) == {"schema_version": 1}
+    assert _state(run) == {"train_teacher": {"status": "pending"}, "distill": {"status": "pending"}}
+    assert run.missing_stages() == ["train_teacher", "distill"]
+    with pytest.raises(ConfigError):
+        RunDir.create(run.path, fresh=True)
+    # Between the check and the claim another run may take the folder: the O_EXCL create decides.
+    monkeypatch.setattr("distill_export.rundir.check_output", lambda *a, **k: None)
+    with pytest.raises(RunClaimed, match=f"--out {run.path} already holds a run"):
+        RunDir._claim(run.path, ())
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "report.json").mkdir()  # exists, not creatable
+    with pytest.raises(ConfigError, match="cannot be written|already holds"):
+        RunDir._claim(tmp_path / "f", ())
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ConfigError, match=f"--out {tmp_path / 'plain'} (is a file|cannot be written)"):
+        RunDir._claim(tmp_path / "plain", ())
+    assert (tmp_path / "plain").read_text() == "x"
+
+
+def test_unnamed_runs_take_the_next_free_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = RunDir.create(None, fresh=True)
+    assert first.path.parent.name == "runs" and first.file("report.json").is_file()
+    monkeypatch.setattr("distill_export.rundir.default_run_dir", lambda: first.path)
+    second, third = RunDir.create(None, fresh=True), RunDir.create(None, fresh=True)
+    assert (second.path.name, third.path.name) == (first.path.name + "-2", first.path.name + "-3")
+    plain = RunDir.create(tmp_path / "loose", fresh=False)  # not claimed: just a writable folder
+    assert plain.path.is_dir() and not plain.file("report.json").exists()
+
+
+def test_discard_removes_only_a_run_that_finished_nothing(tmp_path):
+    run = RunDir.create(tmp_path / "r", fresh=True, stages=ALL)
+    run.mark_stage("train_teacher")
+    run.discard()
+    assert run.path.is_dir() and _state(run)["train_teacher"]["status"] == "done"
+    assert _state(run)["train_teacher"]["finished"][:2] == "20"
+    other = RunDir.create(tmp_path / "o", fresh=True, stages=ALL)
+    other.discard()
+    assert not other.path.exists()
+
+
+def test_a_stage_that_starts_again_makes_its_dependents_stale_and_drops_what_they_wrote(done_run):
+    run = done_run
+    cfg = RunConfig()
+    assert run.begin_stage("validate") == ["report"]
+    rep = _report(run)
+    assert "recommended" not in rep and "validate" not in rep["timings"] and rep["timings"]["profile"] == 1.0
+    assert rep["exports"] == {"onnx": {"path": "student.onnx"}} and rep["teacher_exports"] == {"onnx": {"path": "t.onnx"}}
+    assert not run.file("report.md").exists() and not run.file("report.html").exists() and run.file("latency.csv").exists()
+    assert _state(run)["report"] == {"status": "stale", "after": "validate"}
+    assert _state(run)["validate"] == {"status": "pending"}
+    assert run.begin_stage("distill", cfg) == ["export", "profile"]  # validate pending, report stale already
+    rep = _report(run)
+    assert rep["metrics"] == {"teacher": {"accuracy": 0.9}} and rep["timings"] == {"train_teacher": 1.0}
+    assert rep["dataset"] == {"name": "x"} and "exports" not in rep and "kd_verdict" not in rep
+    assert not run.file("latency.csv").exists() and run.file("config.yaml").exists()
+    state = _state(run)
+    assert state["distill"] == {"status": "pending", "config": cfg.to_dict()}  # a training stage keeps its config
+    assert state["train_teacher"]["status"] == "done" and state["export"] == {"status": "stale", "after": "distill"}
+    run.begin_stage("export", cfg)
+    assert "config" not in _state(run)["export"]  # not a training stage
+    assert run.begin_stage("tune") == [] and "tune" not in _state(run)
+    unrecorded = RunDir(run.path / "sub")
+    unrecorded.path.mkdir()
+    (unrecorded.path / "report.json").write_text(json.dumps({"schema_version": 1}))
+    assert unrecorded.begin_stage("distill") == [] and unrecorded.missing_stages() == []
+    unrecorded.require_stages(None, "report")  # nothing recorded: nothing to refuse
+
+
+def test_a_command_on_a_missing_or_stale_stage_is_refused_saying_what_next(done_run):
+    run = done_run
+    run.require_stages(("export", "validate"), "profile")
+    run.begin_stage("validate")
+    with pytest.raises(ConfigError) as info:
+        run.require_stages(("validate",), "report")
+    assert str(info.value) == (f"{run.path} is unfinished: stage validate did not finish, so `report` cannot run; "
+                               f"next: `distill-export validate {run.path}`")
+    with pytest.raises(ConfigError) as info:
+        run.require_stages(("report",), "serve")
+    assert str(info.value) == (f"{run.path}: stage report is stale (validate ran again after it), so `serve` cannot "
+                               f"run; next: `distill-export report {run.path}` (or `distill-export run --resume "
+                               f"{run.path}` to run every stale stage again)")
+    run.mark_stage("validate")
+    run.begin_stage("export")
+    with pytest.raises(ConfigError) as info:
+        run.require_stages(("validate", "profile"), "report")
+    assert f"stages validate, profile are stale (export ran again after them)" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        run.require_stages(None, "report")
+    assert str(info.value).startswith(f"{run.path} is unfinished: stages export, validate, profile did not finish")
+    assert run.missing_stages() == ["export", "validate", "profile"]  # planned stages, report aside
+
+
+def test_a_finished_stage_drops_its_own_checkpoints_only(tmp_path):
+    run = RunDir.create(tmp_path / "r", fresh=True, stages=ALL)
+    run.drop_checkpoints("distill")  # no folder: nothing to do
+    folder = run.path / "checkpoints"
+    folder.mkdir()
+    mine = ["student.pt", "baseline.pt", "student.expert0.pt", ".student.pt.123.tmp", "control_student_round2.pt"]
+    for name in [*mine, "teacher.pt", "teacher.audio.pt"]:
+        (folder / name).write_text(name)
+    assert run.checkpoint_path("student") == folder / "student.pt"
+    run.drop_checkpoints("distill")
+    assert sorted(p.name for p in folder.iterdir()) == ["teacher.audio.pt", "teacher.pt"]
+    run.drop_checkpoints("train_teacher")
+    assert not folder.exists()
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, done_run):
+    for path, says in ((tmp_path / "none", "no such run directory"), (done_run.file("config.yaml"), "is a file")):
+        with pytest.raises(ConfigError, match=f"--resume {path}: {says}"):
+            RunDir.resumable(path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="is not a run directory \\(no report.json\\)"):
+        RunDir.resumable(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="already finished .*report.md"):
+        RunDir.resumable(done_run.path)
+    done_run.file("state.json").unlink()
+    with pytest.raises(ConfigError, match="does not record its stages"):
+        RunDir.resumable(done_run.path)
+    early = RunDir.create(tmp_path / "early", fresh=True, stages=ALL)
+    with pytest.raises(ConfigError, match="stopped before it wrote config.yaml"):
+        RunDir.resumable(early.path)
+
+
+def test_resume_says_what_it_reuses_and_where_training_continues(done_run):
+    run = done_run
+    run.begin_stage("distill")
+    assert RunDir.resumable(run.path).resume_plan() == (["train_teacher"], ["distill", "export", "validate", "profile", "report"])
+    (run.path / "checkpoints").mkdir()
+    torch.save({"epoch": 2, "epochs": 5}, run.checkpoint_path("student"))
+    torch.save({"epoch": 1, "epochs": 5}, run.checkpoint_path("baseline"))
+    summary = run.resume_summary({"baseline": "distill.lr changed"})
+    assert summary == (f"resuming {run.path}: train_teacher done (reused); running distill from checkpoints "
+                       "(student at epoch 2/5) (baseline at epoch 1/5 restarts from epoch 1: distill.lr changed), "
+                       "then export, validate, profile, report (export, validate, profile, report stale: "
+                       "distill ran again after them)")
+    run.set_stages({s: {"status": "pending"} for s in ALL})
+    assert run.resume_plan() == ([], list(ALL))
+    assert run.resume_summary() == (f"resuming {run.path}: no stage done; running train_teacher, then distill, "
+                                    "export, validate, profile, report")
+
+
+def test_a_second_lock_on_a_run_is_refused(done_run):
+    with done_run.lock() as held:
+        assert held is done_run
+        with pytest.raises(ConfigError, match="is in use by another distill-export process"):
+            with RunDir(done_run.path).lock():
+                pass
+    with RunDir(done_run.path).lock():  # released
+        pass
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_stage_leaves_the_directory_as_it_was(done_run, failure):
+    run = done_run
+    files = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(failure):
+        with run.transaction():
+            run.file("report.md").unlink()
+            run.file("latency.new").write_text("new")
+            os.replace(run.file("latency.new"), run.file("latency.csv"))  # stages write by rename
+            (run.path / "plots" / "deep").mkdir(parents=True)
+            (run.path / "plots" / "deep" / "a.png").write_text("png")
+            run.mark_stage("report")
+            raise failure()
+    now = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    if failure is RuntimeError:
+        assert now == files and not (run.path / "plots").exists()
+    else:  # Ctrl-C keeps what the stage wrote
+        assert (run.path / "plots" / "deep" / "a.png").exists() and not run.file("report.md").exists()
+    assert not (run.path / ".stage-backup").exists()
+    with run.transaction():
+        run.file("new.txt").write_text("kept")
+    assert run.file("new.txt").read_text() == "kept" and not (run.path / ".stage-backup").exists()
+
+
+def test_config_report_and_existing_run(done_run, tmp_path):
+    run = done_run
+    cfg = RunConfig()
+    cfg.distill.epochs = 7
+    run.save_config(cfg)
+    assert RunDir.existing(run.path).load_config().distill.epochs == 7
+    run.file("config.yaml").write_text("distill: {epochs: lots}\n")
+    with pytest.raises(ConfigError, match=f"^{run.file('config.yaml')}: "):
+        run.load_config()
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        RunDir.existing(tmp_path)
+    assert run.require("report.json", "report") == run.file("report.json")
+    with pytest.raises(ConfigError, match=f"student.onnx is missing; run `distill-export export {run.path}` first"):
+        run.require("student.onnx", "export")
+    with pytest.raises(ConfigError, match="teacher stage of .* never finished; continue it with `distill-export run --resume"):
+        run.require("teacher.pt", "train-teacher")
+    bare = RunDir(tmp_path / "bare")
+    bare.path.mkdir()
+    with pytest.raises(ConfigError, match="never finished; start a new run"):
+        bare.require("teacher.pt", "train-teacher")
+    run.update_report(dataset={"rows": 3})
+    assert run.load_report()["dataset"] == {"name": "x", "rows": 3}  # merged one level deep
+    run.replace_report(dataset={"rows": 4})
+    assert run.load_record().dataset.model_dump(exclude_unset=True) == {"rows": 4}
+
+
+def test_records_stage_marks_its_stage_done_and_drops_its_checkpoints(done_run):
+    run = done_run
+    (run.path / "checkpoints").mkdir()
+    run.checkpoint_path("student").write_text("x")
+    seen = []
+
+    @records_stage("distill")
+    def stage(config, run_dir, extra=1):
+        seen.append(_state(run_dir)["distill"] if run_dir else None)
+        return extra * 2
+
+    cfg = RunConfig()
+    assert stage(cfg, run_dir=run, extra=3) == 6
+    assert seen == [{"status": "pending", "config": cfg.to_dict()}]
+    assert _state(run)["distill"]["status"] == "done" and _state(run)["export"]["status"] == "stale"
+    assert not (run.path / "checkpoints").exists()
+    assert stage(cfg, None, 2) == 4 and seen[-1] is None  # no run: just the function
