@@ -213,8 +213,8 @@ class RunDir:
         try:
             with np.load(self.file(PARITY_FILE)) as f:
                 recorded = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
-        except (OSError, ValueError, KeyError):
-            return False  # missing or unreadable: validate names it
+        except Exception:  # noqa: BLE001 - missing or unreadable (empty, not a zip): validate names it
+            return False
         student = self.file("student.pt")
         return bool(recorded) and student.is_file() and sha256_file(student) != recorded
 
