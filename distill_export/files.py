@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -156,6 +157,35 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+MAX_MODEL_BYTES = 64 << 30  # a model file larger than this is not one of ours (a sparse or runaway file)
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def check_model_file(path: str | Path, name: str, error=ConfigError) -> Path:
+    """A model path (.onnx, .pt2, --teacher, --student-init...) before any byte of it is read: a
+    regular file (symlinks followed) of a sane size, else one `error` line "<name> ...". A FIFO would
+    block the read, a device (a link to /dev/urandom) would be read without end, a directory is
+    not a model: each is said as what it is, not "does not exist"."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise error(f"{name} does not exist") from None
+    except OSError as exc:  # a symlink loop, a permission denied on a folder above
+        raise error(f"{name} cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{name} is a directory, not a model file")
+    if not stat.S_ISREG(info.st_mode):
+        what = next((w for test, w in _NOT_REGULAR if test(info.st_mode)), "a special file")
+        raise error(f"{name} is not a regular file ({what})")
+    if info.st_size == 0:
+        raise error(f"{name} is empty (0 bytes)")
+    if info.st_size > MAX_MODEL_BYTES:
+        raise error(f"{name} is {info.st_size:,} bytes, more than the {MAX_MODEL_BYTES:,} a model file may be")
+    return path
 
 
 def sha256_file(path: str | Path) -> str:

@@ -42,8 +42,10 @@ def check_config(config) -> None:
         from distill_export.nets.external import is_export_program, is_factory
 
         teacher = Path(config.teacher.path).expanduser()
-        if not is_factory(config.teacher.path) and not teacher.exists():
-            raise CheckpointError(f"teacher {config.teacher.path} does not exist")
+        if not is_factory(config.teacher.path):
+            from distill_export.files import check_model_file
+
+            check_model_file(teacher, f"teacher {config.teacher.path}", CheckpointError)  # before is_export_program opens it
         if is_export_program(teacher):
             from distill_export.nets.pt2_safety import check_pt2_archive
 

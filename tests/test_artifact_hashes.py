@@ -62,7 +62,7 @@ def test_the_recommendation_refuses_a_replaced_export(run_copy):
 
     (run_copy / "student.onnx").unlink()
     before = snapshot(run_copy)
-    with pytest.raises(ConfigError, match=r"student\.onnx was removed after validate"):
+    with pytest.raises(ConfigError, match=r"student\.onnx is missing \(the export stage made it\)"):
         update_run(RunDir(run_copy))
     assert snapshot(run_copy) == before
 

@@ -270,6 +270,8 @@ def test_resume_refuses_what_is_not_an_unfinished_run(tmp_path, killed_run):
     finished.save_config(RunDir(killed_run).load_config())
     for s in RUN_STAGES:
         finished.mark_stage(s)
+    for name in ("teacher.pt", "student.pt", "parity_data.npz"):  # its stages' outputs (a gone one is re-made)
+        finished.file(name).write_bytes(b"x")
     assert "already finished" in one_line_error(runner.invoke(app, ["run", "--resume", str(finished.path)]))
 
     claimed = RunDir.create(tmp_path / "claimed", fresh=True, stages=RUN_STAGES)  # killed before config.yaml

@@ -229,6 +229,7 @@ def _resume_summary(run: Path, monkeypatch) -> str:
 
 
 def test_resume_says_it_continues_only_from_a_checkpoint_of_the_same_settings(killed_in_distill, monkeypatch):
+    (killed_in_distill / "teacher.pt").write_bytes(b"x")  # the done teacher stage's output (a gone one runs again)
     assert "running distill from checkpoints (student at epoch 1/3)" in _resume_summary(killed_in_distill, monkeypatch)
     config = yaml.safe_load((killed_in_distill / "config.yaml").read_text())
     config["distill"]["temperature"] = 2.0  # a hand edit after the kill

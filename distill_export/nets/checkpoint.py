@@ -59,9 +59,9 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    from distill_export.files import check_model_file
+
+    path = check_model_file(path, f"checkpoint {path}", CheckpointError)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with code, truncated file...
@@ -106,8 +106,9 @@ def load_state(model: nn.Module, state_dict: dict, path: str | Path) -> nn.Modul
 def read_state_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     """A bare state_dict from .safetensors or a torch.save'd file (weights_only: never unpickles
     code); `what` names the file in the one-line CheckpointError ("--student-init x.pt")."""
-    if not path.is_file():
-        raise CheckpointError(f"{what} does not exist")
+    from distill_export.files import check_model_file
+
+    check_model_file(path, what, CheckpointError)  # a FIFO or device: named, never read
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

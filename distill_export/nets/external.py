@@ -171,9 +171,9 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
 
     from distill_export.nets.pt2_bounds import DEFAULT_MAX_CALL_S
 
-    path = Path(str(path))
-    if not path.is_file():
-        raise CheckpointError(f"teacher program {path} does not exist")
+    from distill_export.files import check_model_file
+
+    path = check_model_file(Path(str(path)), f"teacher program {path}", CheckpointError)
     from distill_export.nets.pt2_safety import check_pt2_archive, weights_only_loads
 
     check_pt2_archive(path)  # torch.export.load unpickles with weights_only=False: refuse such entries first

@@ -22,6 +22,10 @@ def size_bytes(path: str | Path) -> int:
 
 def onnx_info(path: str | Path) -> dict:
     """{"params", "macs"} of an ONNX file, or {} when `onnx` is not installed or the graph is odd."""
+    from distill_export.errors import DataError
+    from distill_export.files import check_model_file
+
+    check_model_file(path, f"ONNX file {path}", DataError)  # onnx.load reads all of a FIFO or device first
     try:
         import onnx
         from onnx import shape_inference

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from distill_export.errors import CheckpointError, ConfigError, DataError
+from distill_export.files import check_model_file
 from distill_export.profiling.measure import Bench
 from distill_export.profiling.modelinfo import onnx_info, size_bytes
 from distill_export.profiling.settings import ProfileSettings
@@ -26,6 +27,7 @@ def target_kind(path: Path) -> str:
         return "run"
     if not path.exists():
         raise ConfigError(f"profile target {path} does not exist")
+    check_model_file(path, f"the model file {path} given to profile")  # a FIFO or /dev/urandom: before any read
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return "onnx"

@@ -80,9 +80,9 @@ def onnx_session(path: str | Path, threads: int = 0, providers: list[str] | None
     """An InferenceSession with `threads` intra-op threads (0 = ORT's default: all cores)."""
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"ONNX file {path} does not exist")
+    from distill_export.files import check_model_file
+
+    path = check_model_file(path, f"ONNX file {path}", DataError)
     available = ort.get_available_providers()
     providers = providers or ["CPUExecutionProvider"]
     for p in providers:

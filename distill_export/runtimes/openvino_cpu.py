@@ -78,9 +78,9 @@ class OpenVinoSession:
     def __init__(self, path: str | Path, threads: int = 0, batch: int | None = None):
         import openvino as ov
 
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"ONNX file {path} does not exist")
+        from distill_export.files import check_model_file
+
+        path = check_model_file(path, f"ONNX file {path}", DataError)
         core = ov.Core()
         try:
             model = core.read_model(str(path))  # the ONNX file itself: no conversion step, no IR on disk
