@@ -40,7 +40,7 @@ from distill_export.stage_graph import (  # noqa: F401  (RUN_STAGES and the tabl
     STAGE_TIMINGS, STATE_FILE,
 )
 
-PARITY_FILE = "parity_data.npz"  # validate.PARITY_FILE (validate is a layer above)
+from distill_export.run_outputs import PARITY_FILE, RunOutputs  # noqa: F401  (PARITY_FILE is imported from here)
 
 
 def default_run_dir() -> Path:
@@ -52,7 +52,7 @@ class RunClaimed(ConfigError):
 
 
 @dataclass
-class RunDir:
+class RunDir(RunOutputs):
     path: Path
 
     @classmethod
@@ -157,113 +157,6 @@ class RunDir:
         for stage in stages:
             for name in STAGE_FILES.get(stage, ()):
                 self.file(name).unlink(missing_ok=True)
-
-    # ----- artifacts as validate hashed them ---------------------------------------------------
-    def changed_artifacts(self) -> list[Path]:
-        """Exported files whose content is not what validate recorded (parity.artifact_sha256): a
-        file replaced or removed by hand since, so its parity describes another file. Artifacts
-        validated before hashes were recorded are unknown, not changed."""
-        from distill_export.files import sha256_file
-
-        report = self.load_report()
-        changed = []
-        for section in ("exports", "teacher_exports"):
-            for art in (report.get(section) or {}).values():
-                recorded = ((art or {}).get("parity") or {}).get("artifact_sha256")
-                if not recorded or not art.get("path"):
-                    continue
-                file = self.file(art["path"])
-                if not file.is_file() or sha256_file(file) != recorded:
-                    changed.append(file)
-        return changed
-
-    def outdated_output(self, needed: tuple[str, ...] | None = None) -> tuple[str, Path, str] | None:
-        """(stage, file, why) for the first stage recorded done (of `needed`, None: all) whose
-        output is gone, or, for export, whose student.pt is not the checkpoint it was exported
-        from: what is built on it would fail on a missing file or describe another student."""
-        stages = self.stages() or {}
-        for stage in needed if needed is not None else RUN_STAGES:
-            if stages.get(stage, {}).get("status") != "done":
-                continue
-            for file in self._stage_outputs(stage):
-                if not file.is_file():
-                    return stage, file, "is missing"
-            if stage == "export" and self._student_changed():
-                return stage, self.file("student.pt"), "changed after export"
-        return None
-
-    def _stage_outputs(self, stage: str) -> list[Path]:
-        if stage == "train_teacher":
-            try:
-                external = self.load_config().teacher.path
-            except ConfigError:
-                return []
-            return [] if external else [self.file("teacher.pt")]
-        if stage == "distill":
-            return [self.file("student.pt")]
-        if stage == "export":
-            arts = (self.load_report().get("exports") or {}).values()
-            return [self.file(a["path"]) for a in arts if (a or {}).get("path")] + [self.file(PARITY_FILE)]
-        return []
-
-    def _student_changed(self) -> bool:
-        """student.pt differs from the checkpoint the exports were made from (export records its
-        sha256 in parity_data.npz, with the reference logits it computed). Unknown: not changed."""
-        import numpy as np
-
-        from distill_export.files import sha256_file
-
-        try:
-            with np.load(self.file(PARITY_FILE)) as f:
-                recorded = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
-        except Exception:  # noqa: BLE001 - missing or unreadable (empty, not a zip): validate names it
-            return False
-        student = self.file("student.pt")
-        return bool(recorded) and student.is_file() and sha256_file(student) != recorded
-
-    def require_current_outputs(self, needed: tuple[str, ...] | None, command: str) -> None:
-        """Refuse `command` when a stage it builds on lost its output or (export) was made from
-        another student.pt; one line naming the file and the command that makes it again."""
-        found = self.outdated_output(needed)
-        if found:
-            stage, file, why = found
-            made = f"the {stage} stage made it" if why == "is missing" else "the exports were made from another checkpoint"
-            raise ConfigError(f"{file} {why} ({made}), so `{command}` cannot run; "
-                              f"re-run {_NEXT[stage].format(run=self.path)}")
-
-    def require_unchanged_artifacts(self, command: str) -> None:
-        """Refuse `command`, which would report or rank by the recorded parity, when an artifact
-        changed after validate (or student.pt after export); nothing is written."""
-        self.require_current_outputs(("train_teacher", "distill", "export"), command)
-        changed = self.changed_artifacts()
-        if changed:
-            what = "changed" if changed[0].is_file() else "was removed"
-            raise ConfigError(f"{changed[0]} {what} after validate (its content is not what validate checked), "
-                              f"so `{command}` would report the old parity; re-run `distill-export validate "
-                              f"{self.path}`")
-
-    def outdated_stage(self) -> tuple[str, str] | None:
-        """(first stage `run --resume` must run again, why): a done stage lost its output, the
-        student changed after export, or an artifact changed after validate."""
-        found = self.outdated_output(("train_teacher", "distill", "export"))
-        if found:
-            return found[0], f"{found[1].relative_to(self.path)} {found[2]}"
-        stages = self.stages() or {}
-        changed = self.changed_artifacts() if stages.get("validate", {}).get("status") == "done" else []
-        return ("validate", f"{changed[0].relative_to(self.path)} changed after validate") if changed else None
-
-    def stale_if_outdated(self) -> str | None:
-        """`run --resume`: the outdated stage and the stages built on it become stale (what they
-        wrote is dropped, as begin_stage does), so the resume runs them again. Returns why."""
-        found = self.outdated_stage()
-        if not found:
-            return None
-        stage, why = found
-        stages = self.stages() or {}
-        stale = [stage, *(s for s in DEPENDENTS[stage] if stages.get(s, {}).get("status") == "done")]
-        self.set_stages({**stages, **{s: {"status": "stale", "after": stage, "why": why} for s in stale}})
-        self._forget(stale)
-        return why
 
     # ----- training checkpoints and resume -----------------------------------------------------
     def checkpoint_path(self, label: str) -> Path:

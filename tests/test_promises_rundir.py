@@ -46,7 +46,9 @@ def done_run(tmp_path) -> RunDir:
            "timings": {"train_teacher": 1.0, "distill": 2.0, "baseline": 1.0, "export": 3.0, "validate": 1.0, "profile": 1.0},
            "recommended": {"cpu": {"format": "onnx"}}, "dataset": {"name": "x"}}
     run.file("report.json").write_text(json.dumps(rep))
-    for name in ("config.yaml", "latency.csv", "report.md", "report.html"):
+    # each done stage's outputs (a done stage whose output is gone is stale: run_outputs.py)
+    for name in ("config.yaml", "latency.csv", "report.md", "report.html", "teacher.pt", "student.pt",
+                 "student.onnx", "parity_data.npz"):
         run.file(name).write_text(name)
     return run
 
@@ -242,6 +244,8 @@ def test_config_report_and_existing_run(done_run, tmp_path):
     with pytest.raises(ConfigError, match="no config.yaml"):
         RunDir.existing(tmp_path)
     assert run.require("report.json", "report") == run.file("report.json")
+    run.file("student.onnx").unlink()
+    run.file("teacher.pt").unlink()
     with pytest.raises(ConfigError, match=f"student.onnx is missing; run `distill-export export {run.path}` first"):
         run.require("student.onnx", "export")
     with pytest.raises(ConfigError, match="teacher stage of .* never finished; continue it with `distill-export run --resume"):
