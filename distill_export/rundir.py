@@ -37,7 +37,7 @@ from distill_export.record import store
 
 from distill_export.stage_graph import (  # noqa: F401  (RUN_STAGES and the tables are imported from here)
     _NEXT, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES, STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS,
-    STAGE_TIMINGS, STATE_FILE,
+    STAGE_TIMINGS, STATE_FILE, _stale_why,
 )
 
 from distill_export.run_outputs import PARITY_FILE, RunOutputs  # noqa: F401  (PARITY_FILE is imported from here)
@@ -377,15 +377,6 @@ class RunDir(RunOutputs):
                 self.set_stages(stages)
 
         return store.write_sections(self.file("report.json"), sections, replace, keep_stages)[0]
-
-
-def _stale_why(entry: dict, them: str) -> str:
-    """Why a stage is stale: a file changed after it (`changed`), or an earlier stage ran again."""
-    if entry.get("why"):  # stale_if_outdated
-        return entry["why"]
-    if entry.get("changed"):
-        return f"{entry['changed']} changed after validate"
-    return f"{entry.get('after', 'an earlier stage')} ran again after {them}"
 
 
 def records_stage(name: str):

@@ -50,3 +50,12 @@ _NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new r
          "distill": "`distill-export distill {run}`",
          "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
          "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}
+
+
+def _stale_why(entry: dict, them: str) -> str:
+    """Why a stage is stale: a file changed after it (`changed`), or an earlier stage ran again."""
+    if entry.get("why"):  # stale_if_outdated
+        return entry["why"]
+    if entry.get("changed"):
+        return f"{entry['changed']} changed after validate"
+    return f"{entry.get('after', 'an earlier stage')} ran again after {them}"

@@ -144,6 +144,10 @@ def test_audio_bounds_are_exact(tmp_path):
     assert len(read_wav(_wav(tmp_path / "half.wav", 4000, 8000), max_seconds=0.5)[0]) == 4000
     with pytest.raises(DataError, match=r"more than the 0\.5 s limit"):
         read_wav(_wav(tmp_path / "half1.wav", 4001, 8000), max_seconds=0.5)
+    # the limit is in seconds of sound, whatever the channel count: a stereo clip's frames, not its samples
+    assert len(read_wav(_wav(tmp_path / "st.wav", 4000, 8000, channels=2), max_seconds=0.5)[0]) == 4000
+    with pytest.raises(DataError, match=r"more than the 0\.5 s limit"):
+        read_wav(_wav(tmp_path / "st1.wav", 4001, 8000, channels=2), max_seconds=0.5)
     for rate in (MIN_SAMPLE_RATE, MAX_SAMPLE_RATE):
         assert read_wav(_wav(tmp_path / f"{rate}.wav", 10, rate))[1] == rate
     for rate in (MIN_SAMPLE_RATE - 1, MAX_SAMPLE_RATE + 1):

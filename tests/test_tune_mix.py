@@ -240,3 +240,26 @@ def test_tune_searches_the_rounds_and_writes_the_rounds_it_confirmed(run_copy, t
         assert written["rounds"] == (decision.get("rounds") or 1) == (summary["best"]["rounds"] or 1)
     else:
         assert "rounds" not in written
+
+
+def test_the_teachers_reported_score_is_their_validation_score(run_copy):
+    """tune.json's teacher scores are read on the validation split, never the test split (the
+    test split is read once, by the run that follows)."""
+    from distill_export.config import load_config
+    from distill_export.launch import load_data
+    from distill_export.rundir import RunDir
+    from distill_export.tasks import get_task
+    from distill_export.train import predict
+    from distill_export.tune_teachers import TeacherPool
+
+    config = load_config(None, run_copy / "config.yaml")
+    data, device = load_data(config)
+    pool = TeacherPool(config, RunDir(run_copy), data, device)
+    teacher, task = pool.teacher(pool.own), get_task(config.task)
+
+    def score(split):
+        _, out = predict(teacher.forward_features, dict(split.inputs), len(split))
+        return float(task.score(out.numpy(), split.labels.numpy()))
+
+    assert score(data.val) != score(data.test)  # else this test could not tell them apart
+    assert pool.val_score(pool.own) == score(data.val)
