@@ -174,7 +174,7 @@ NOT_CONFIG = {
     "run_dir": "the run directory a stage works in", "gate": "validate.* keys by gate name (the run's task's gates)",
     # tune: the search budget and where its YAML goes
     "trials": "tune", "minutes": "tune", "methods": "tune", "out_file": "tune", "confirm_top": "tune",
-    "confirm_seeds": "tune",
+    "confirm_seeds": "tune", "search": "tune",
     # profile: files and run directories, measured with these settings
     "targets": "profile", "target": "profile", "threads": "profile", "batch": "profile", "backend": "profile",
     "device": "profile", "input_shape": "profile", "warmup": "profile", "min_time": "profile",
