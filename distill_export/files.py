@@ -188,6 +188,25 @@ def check_model_file(path: str | Path, name: str, error=ConfigError) -> Path:
     return path
 
 
+def not_a_regular_file(path: str | Path, what: str) -> str | None:
+    """None for a regular file (symlinks followed); else one line saying what `path` is instead:
+    "<what> not found: P", "<what> P is a directory", "<what> P is not a regular file (a FIFO)".
+    A data cell naming a FIFO or a device must not be read (it blocks or never ends), and must
+    not be called missing either."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{what} not found: {path}"
+    except OSError as exc:
+        return f"{what} {path} cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return f"{what} {path} is a directory"
+    return f"{what} {path} is not a regular file ({next((w for test, w in _NOT_REGULAR if test(mode)), 'a special file')})"
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -23,6 +23,7 @@ import numpy as np
 
 from distill_export.data.audio import DEMO_AUDIO_SPEC, log_mel, read_wav, resample
 from distill_export.errors import DataError
+from distill_export.files import not_a_regular_file
 
 KINDS = ("image", "audio", "text", "video")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -89,8 +90,9 @@ def open_image_header(path: Path):
 
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise DataError(f"image file not found: {path}")
+    problem = not_a_regular_file(path, "image file")
+    if problem:
+        raise DataError(problem)
     if path.stat().st_size == 0:
         raise DataError(f"image file is empty: {path}")
     try:
@@ -220,8 +222,9 @@ def load_audio(path: str | Path, spec: dict | None = None, max_seconds: float | 
     """
     spec = spec or DEMO_AUDIO_SPEC
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"audio file not found: {path}")
+    problem = not_a_regular_file(path, "audio file")
+    if problem:
+        raise DataError(problem)
     if path.stat().st_size == 0:
         raise DataError(f"audio file is empty: {path}")
     wave, sr = read_wav(path) if max_seconds is None else read_wav(path, max_seconds=max_seconds)

@@ -36,6 +36,7 @@ from distill_export.data.loaders import (
     split_cell,
 )
 from distill_export.errors import DataError
+from distill_export.files import not_a_regular_file
 
 GRAY_PIX_FMTS = ("gray", "ya8", "ya16")  # prefixes of PyAV pixel formats without colour
 
@@ -128,8 +129,9 @@ class ClipReader:
     def _decode(self, path: Path, index: int | None) -> tuple[np.ndarray, int | None]:
         if path.is_dir():
             return self._decode_folder(path, index)
-        if not path.is_file():
-            raise DataError(f"video file not found: {path}")
+        problem = not_a_regular_file(path, "video file")
+        if problem:
+            raise DataError(problem)
         if path.stat().st_size == 0:
             raise DataError(f"video file is empty: {path}")
         return self._decode_video(path, index)

@@ -201,6 +201,9 @@ def input_specs(session, path, fallback_shape: tuple[int, ...] | None) -> list[t
     specs = []
     for inp in session.get_inputs():
         dims = list(inp.shape[1:])
+        if any(isinstance(d, int) and d <= 0 for d in dims):  # static, yet empty: no input can be fed
+            raise ConfigError(f"{path}: input {inp.name} has a static dimension of size 0 {list(inp.shape)}: "
+                              "an input of that shape holds no value, so the model cannot be run or timed")
         if not all(isinstance(d, int) and d > 0 for d in dims):
             if fallback_shape is None:
                 raise ConfigError(f"{path}: input {inp.name} has dynamic dimensions {inp.shape}; "
