@@ -209,7 +209,10 @@ def validate_config(config) -> None:
         value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_show(value)}")
-    tune_search_spaces(config.distill.tune_search)  # distill.tune_search: an unknown space fails now
+    spaces = tune_search_spaces(config.distill.tune_search)  # distill.tune_search: an unknown space fails now
+    if "fusion" in spaces and config.teacher.path and (config.distill.tune_trials or config.distill.tune_minutes):
+        raise ConfigError(f"distill.tune_search includes fusion, which trains a teacher of each fusion, but the "
+                          f"teacher is a loaded file (teacher.path {config.teacher.path}); drop fusion from the search")
     if config.data.image_size < 0 or config.data.max_train_rows < 0:
         raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
     if config.data.num_workers < 0 or config.data.stream_above_mb < 0:

@@ -269,6 +269,10 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
                              data.test.labels.numpy(), logits.numpy())
     entry = res.to_dict()
     entry["path"] = str(Path(entry["path"]).relative_to(run.path))
+    if not config.teacher.path:  # our checkpoint: a teacher.pt replaced later is not this export's (run_outputs.py)
+        from distill_export.files import sha256_file
+
+        entry["source_checkpoint_sha256"] = sha256_file(path)
     return entry
 
 

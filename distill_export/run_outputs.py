@@ -50,6 +50,8 @@ class RunOutputs:
                     return stage, file, "is missing"
             if stage == "export" and self._student_changed():
                 return stage, self.file("student.pt"), "changed after export"
+            if stage == "export" and self._teacher_changed():
+                return stage, self.file("teacher.pt"), "changed after export"
         return None
 
     def _stage_outputs(self, stage: str) -> list[Path]:
@@ -80,6 +82,16 @@ class RunOutputs:
             return False
         student = self.file("student.pt")
         return bool(recorded) and student.is_file() and sha256_file(student) != recorded
+
+    def _teacher_changed(self) -> bool:
+        """teacher.pt differs from the checkpoint the teacher's ONNX was exported from (export
+        records its sha256 in report.json's teacher_exports): profile would time one teacher
+        beside the other's accuracy. Unknown (older runs, a loaded teacher): not changed."""
+        from distill_export.files import sha256_file
+
+        recorded = ((self.load_report().get("teacher_exports") or {}).get("onnx") or {}).get("source_checkpoint_sha256")
+        teacher = self.file("teacher.pt")
+        return bool(recorded) and teacher.is_file() and sha256_file(teacher) != recorded
 
     def require_current_outputs(self, needed: tuple[str, ...] | None, command: str) -> None:
         """Refuse `command` when a stage it builds on lost its output or (export) was made from

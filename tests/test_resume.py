@@ -134,7 +134,7 @@ def test_sigkill_during_student_training_then_resume_gives_the_same_metrics(setu
     out = root / "killed"
     proc = _start_paused(args, out, "student.pt:1")
     proc.kill()  # SIGKILL: no cleanup runs
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=180)  # a loaded CI machine: the exit, not its speed, is under test
     assert proc.returncode == -signal.SIGKILL
     assert (out / "checkpoints" / "student.pt").is_file()
     assert not (out / "checkpoints" / "teacher.pt").exists()  # the teacher stage finished: its checkpoint is spent
@@ -166,7 +166,7 @@ def test_sigterm_is_one_line_and_the_run_resumes(setup, reference):
     out = root / "terminated"
     proc = _start_paused(args, out, "control_teacher.pt:1")
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=180)  # a loaded CI machine: the exit, not its speed, is under test
     assert proc.returncode == 143, (stdout, stderr)
     assert "Traceback" not in stdout + stderr
     assert [x for x in stderr.splitlines() if x.strip()][-1] == "terminated (SIGTERM)", stderr

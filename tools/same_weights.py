@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from distill_export.errors import CheckpointError
+
 
 def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
@@ -33,13 +35,29 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _load(path: str):
+    """A tensor file read as data (weights_only), through the product's checks: a regular file,
+    and a failure said in its own words (load_failure) instead of torch's unsafe-loading advice."""
+    from distill_export.files import check_model_file
+    from distill_export.nets.checkpoint import load_failure
+
+    check_model_file(path, path, CheckpointError)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt zip, pickle with code, truncated file
+        raise CheckpointError(f"{path} is not a readable tensor file: {load_failure(exc)}") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("first")
     parser.add_argument("second")
     args = parser.parse_args()
-    a = torch.load(args.first, map_location="cpu", weights_only=True)
-    b = torch.load(args.second, map_location="cpu", weights_only=True)
+    try:
+        a, b = (_load(p) for p in (args.first, args.second))
+    except CheckpointError as exc:  # one line, never torch's "weights_only=False" advice
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     diff = differences(a, b)
     for line in diff:
         print(line)

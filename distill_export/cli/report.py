@@ -19,6 +19,11 @@ def report(run_dir: RunDirArg):
     from distill_export.rundir import RunDir
 
     rd = RunDir.existing(run_dir)
+    if not rd.file("report.json").is_file():  # rendering would replace good reports with empty ones
+        from distill_export.errors import ConfigError
+
+        raise ConfigError(f"{rd.file('report.json')} is missing: the report is rendered from it, and the stages' "
+                          "results went with it; nothing was written (start a new run: `distill-export run --out NEW`)")
     with rd.lock():
         rd.require_stages(None, "report")  # an unfinished or stale run: name the stage to run, write nothing
         rd.require_unchanged_artifacts("report")  # an export replaced after validate: its parity is not its own

@@ -82,8 +82,11 @@ def parse_ints(spec: str | list[int] | None, what: str) -> list[int] | None:
         return None
     if isinstance(spec, list):
         return spec
+    items = spec.split(",")
+    if any(not v.strip() for v in items):  # "1,,2" or "1,": an empty item is a typo, not a skip
+        raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r} (an empty item)")
     try:
-        return [int(v) for v in spec.split(",") if v.strip()]
+        return [int(v) for v in items]
     except ValueError:
         raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r}") from None
 

@@ -190,6 +190,8 @@ def open_session(path: str | Path, threads: int, backend: Backend):
     provider = backend.options["provider"]
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     sess = onnx_session(path, threads, providers)
+    if not sess.get_inputs():  # (a constant graph) nothing to feed, batch or time
+        raise ConfigError(f"{path}: the model has no inputs, so there is nothing to feed it or to time")
     if provider not in sess.get_providers():
         raise BackendUnavailable(f"ONNX Runtime could not start {provider} for {path} "
                                  f"(running on {', '.join(sess.get_providers())})")
@@ -199,6 +201,8 @@ def open_session(path: str | Path, threads: int, backend: Backend):
 def input_specs(session, path, fallback_shape: tuple[int, ...] | None) -> list[tuple[str, tuple[int, ...], type]]:
     """(name, per-sample shape, dtype) of every input; the first axis is the batch."""
     specs = []
+    if not session.get_inputs():
+        raise ConfigError(f"{path}: the model has no inputs, so there is nothing to feed it or to time")
     for inp in session.get_inputs():
         dims = list(inp.shape[1:])
         if any(isinstance(d, int) and d <= 0 for d in dims):  # static, yet empty: no input can be fed
