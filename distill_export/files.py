@@ -198,8 +198,8 @@ def not_a_regular_file(path: str | Path, what: str) -> str | None:
         mode = path.stat().st_mode
     except FileNotFoundError:
         return f"{what} not found: {path}"
-    except OSError as exc:
-        return f"{what} {path} cannot be read ({exc.strerror or exc})"
+    except OSError:  # a name too long, a loop of links: the caller's OSError handling names the row
+        raise
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISDIR(mode):
