@@ -92,3 +92,11 @@ def tiny_run(tmp_path_factory, tiny_config_file) -> Path:
             _run_tiny(out, tiny_config_file)
             done.touch()
     return out
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    """A writable copy of `tiny_run` (RUN/...) for a test that changes a run."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    return copy

@@ -7,7 +7,6 @@ validated before hashes were recorded still loads (unknown, not changed)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import onnx
@@ -22,12 +21,6 @@ from distill_export.rundir import RunDir
 
 runner = CliRunner()
 
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy)
-    return copy
 
 
 def edit_by_hand(path: Path) -> None:

@@ -5,7 +5,6 @@ exit 2, nothing written or changed."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +20,6 @@ from distill_export.cli import app
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy)
-    return copy
 
 
 def test_an_onnx_model_with_no_inputs_is_one_line(tmp_path):

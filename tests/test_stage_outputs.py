@@ -22,12 +22,6 @@ from distill_export.rundir import RunDir
 runner = CliRunner()
 
 
-@pytest.fixture
-def run_copy(tiny_run, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy)
-    return copy
-
 
 def stages(run: Path) -> dict:
     return json.loads((run / "state.json").read_text())["stages"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +28,6 @@ from distill_export.cli import app
 runner = CliRunner()
 LATER = ("export", "validate", "profile", "report")
 
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy)
-    return copy
 
 
 def _status(run: Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ takes, and refuses a bad budget or method with one line."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
@@ -15,12 +14,6 @@ from distill_export.config import load_config
 
 runner = CliRunner()
 
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(tiny_run, dst)
-    return dst
 
 
 def _one_line_error(result, needle: str) -> None:

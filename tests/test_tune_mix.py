@@ -5,7 +5,6 @@ mixing, so a confirmed gain is the teacher's, not the augmentation's."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
@@ -51,12 +50,6 @@ def test_a_mixing_candidate_is_judged_against_a_baseline_with_the_same_mixing():
     assert baseline_calls == sorted([(s, "null") for s in (1, 2, 3)] + [(s, json.dumps(mixup)) for s in (1, 2, 3)])
     assert out["baseline"]["augment"] is None and len(out["baselines"]) == 2
 
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(tiny_run, dst)
-    return dst
 
 
 def test_tune_searches_the_mixing_and_pairs_each_candidate_with_its_baseline(run_copy, tmp_path, monkeypatch):
