@@ -129,6 +129,10 @@ class ExportConfig:
     # INT8 recipe (export/int8_recipes.py INT8_RECIPES): "auto" is the student architecture's
     # measured best (docs/export.md), else "qdq".
     int8_recipe: str = "auto"
+    # Which torch exporter writes the FP32 ONNX: "dynamo" (torch.export; the default, with
+    # TorchScript as its fallback) or "torchscript" (the older tracer, ~20x faster to run on a
+    # small CNN but deprecated upstream). Recorded as the ONNX file's `exporter` metadata.
+    exporter: str = "dynamo"
 
 
 @dataclass

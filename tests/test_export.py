@@ -27,10 +27,12 @@ FILES = {"onnx": "student.onnx", "onnx-fp16": "student-fp16.onnx", "onnx-int8": 
 
 @pytest.fixture(scope="module")
 def exported_run(tiny_run, tmp_path_factory) -> Path:
-    """A copy of the shared tiny run, exported to every CPU format and validated."""
+    """A copy of the shared tiny run, exported to every CPU format by the default exporter
+    (dynamo; the tiny run itself uses TorchScript for speed) and validated."""
     run = tmp_path_factory.mktemp("export") / "run"
     shutil.copytree(tiny_run, run)
-    result = runner.invoke(app, ["export", str(run), "--format", ",".join(CPU_FORMATS), "--quiet"])
+    result = runner.invoke(app, ["export", str(run), "--format", ",".join(CPU_FORMATS), "--exporter", "dynamo",
+                                 "--quiet"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["validate", str(run)])
     assert result.exit_code == 0, result.output
@@ -91,6 +93,7 @@ def test_metadata_present_and_correct(exported_run):
         assert props["distill_export_version"]
         assert props["format"] == fmt
     assert [_props(exported_run / FILES[f])["precision"] for f in CPU_FORMATS] == ["fp32", "fp16", "int8"]
+    assert _props(exported_run / "student.onnx")["exporter"] == "dynamo"  # --exporter dynamo, no fallback
 
 
 def test_exported_onnx_is_standard_and_has_a_dynamic_batch(exported_run):
@@ -149,6 +152,22 @@ def test_export_options_come_from_config_and_are_checked():
         ExportOptions(opset=11)
     with pytest.raises(ConfigError, match="min <= opt <= max"):
         ExportOptions(trt_min_batch=8, trt_opt_batch=4)
+    with pytest.raises(ConfigError, match="exporter 'jit' for export.exporter.*dynamo, torchscript"):
+        ExportOptions(exporter="jit")
+
+
+def test_the_torchscript_exporter_is_chosen_by_flag_and_recorded(exported_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run)
+    before = (run / "student.onnx").read_bytes()
+    bad = runner.invoke(app, ["export", str(run), "--exporter", "jit"])
+    assert bad.exit_code == 2 and "exporter 'jit'" in bad.output
+    assert (run / "student.onnx").read_bytes() == before  # refused before any work
+    result = runner.invoke(app, ["export", str(run), "--exporter", "torchscript", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _props(run / "student.onnx")["exporter"] == "torchscript"
+    assert "dynamo_failure" not in json.loads((run / "report.json").read_text())["exports"]["onnx"].get("details", {})
+    assert runner.invoke(app, ["validate", str(run)]).exit_code == 0  # same outputs as student.pt
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])

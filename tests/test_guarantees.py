@@ -269,6 +269,7 @@ FLAGS = {
     "self_training_control": (["--no-self-training-control"], "distill.self_training_control", False),
     "rounds": (["--rounds", "2"], "distill.rounds", 2),
     "opset": (["--opset", "19"], "export.opset", 19),
+    "exporter": (["--exporter", "torchscript"], "export.exporter", "torchscript"),
     # (with an INT8 format: a calibration flag without one is refused, preflight.check_flags_apply)
     "calibration_samples": (["--calibration-samples", "64", "--format", "onnx-int8"], "export.calibration_samples", 64),
     "calibration_method": (["--calibration-method", "entropy", "--format", "onnx-int8"], "export.calibration_method",

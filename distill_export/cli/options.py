@@ -99,6 +99,8 @@ FLAGS = (
          "stopping.", (RUN, TEACHER), show_default=False),
     Flag("--format --formats", "export.formats", str, "Comma-separated export formats: {formats}.", (RUN, EXPORT)),
     Flag("--opset", "export.opset", int, "ONNX opset for the export (>= {min_opset}).", (EXPORT,)),
+    Flag("--exporter", "export.exporter", str, "torch ONNX exporter: dynamo (torch.export, TorchScript as its "
+         "fallback) or torchscript (the older tracer: much faster, deprecated upstream).", (RUN, EXPORT)),
     Flag("--calibration-samples", "export.calibration_samples", int, "Training rows that calibrate INT8 "
          "(default 256).", (EXPORT,)),
     Flag("--calibration-method", "export.calibration_method", str, "INT8 calibration: {calibration_methods}.",

@@ -13,6 +13,7 @@ from distill_export.registry import import_members
 from distill_export.export.int8_recipes import INT8_RECIPES
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+EXPORTERS = ("dynamo", "torchscript")  # export.exporter: which torch.onnx exporter writes the FP32 model
 MIN_OPSET = 17  # the dynamo exporter's floor, and where the ops these students need settled
 
 
@@ -23,7 +24,7 @@ class ExportOptions:
     opset: int = 18
     dynamic_batch: bool = True
     simplify: bool = True
-    prefer_dynamo: bool = True
+    exporter: str = "dynamo"  # EXPORTERS: dynamo (TorchScript as its fallback) | torchscript
     calibration_samples: int = 256
     calibration_method: str = "minmax"  # minmax | entropy | percentile
     calibration_batch: int = 32  # rows per calibration step
@@ -40,6 +41,8 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.opset < MIN_OPSET:
             raise ConfigError(f"opset {self.opset} is too low for the ONNX export; use --opset {MIN_OPSET} or higher")
+        if self.exporter not in EXPORTERS:
+            raise ConfigError(f"unknown exporter {self.exporter!r} for export.exporter (choices: {', '.join(EXPORTERS)})")
         if self.calibration_method not in CALIBRATION_METHODS:
             raise ConfigError(
                 f"unknown calibration method {self.calibration_method!r} "
@@ -55,6 +58,10 @@ class ExportOptions:
                 "TensorRT batch profile must satisfy 1 <= min <= opt <= max, got "
                 f"{self.trt_min_batch}/{self.trt_opt_batch}/{self.trt_max_batch}"
             )
+
+    @property
+    def prefer_dynamo(self) -> bool:
+        return self.exporter == "dynamo"
 
     @classmethod
     def from_config(cls, export_config, **overrides) -> "ExportOptions":
