@@ -50,11 +50,28 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return int(override) if override and override.isdigit() else _cores()
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the slow tier (tests marked slow: whole runs in several processes, kill and "
+                          "resume, torchrun, a fresh venv); CI and the README's test command do")
+
+
+def pytest_report_header(config) -> str:
+    return ("slow tier: included (--slow)" if config.getoption("--slow")
+            else "slow tier: deselected; add --slow to run it (CI does)")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Under xdist, tests marked slow come first, so their files are handed out first
-    (`--no-loadscope-reorder` keeps the files in order of their first test): longest first is
-    the classic schedule, the quick files fill the gaps instead of one slow file ending the
-    session alone. The plain `-n 0` order is left as collected."""
+    """Without --slow, tests marked slow are deselected: `python -m pytest -q` is the quick
+    tier (issue 25: <= 150 s on 2 cores); `--slow` runs everything. Under xdist, slow tests
+    come first, so their files are handed out first (`--no-loadscope-reorder` keeps the files
+    in order of their first test): longest first is the classic schedule, the quick files fill
+    the gaps instead of one slow file ending the session alone. `-n 0` keeps the collected order."""
+    if not config.getoption("--slow"):
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
+            config.hook.pytest_deselected(items=slow)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
 

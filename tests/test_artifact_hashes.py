@@ -60,6 +60,7 @@ def test_the_recommendation_refuses_a_replaced_export(run_copy):
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 def test_resume_validates_a_replaced_export_again(run_copy):
     """The run is finished, yet `run --resume` does not say so: validate is stale, and runs again
     with profile and report; the new hash is recorded."""

@@ -72,6 +72,7 @@ def test_onnx_has_dynamic_batch_and_metadata(tiny_run):
     assert float(props["norm_std"]) > 0
 
 
+@pytest.mark.slow
 def test_stages_rerun_on_the_run_directory(tiny_run, tmp_path):
     """export, validate and report rerun on a copy of the shared run (never on the run itself):
     the files they write are removed first, so they exist again only if the stages really ran."""

@@ -156,6 +156,7 @@ def test_export_options_come_from_config_and_are_checked():
         ExportOptions(exporter="jit")
 
 
+@pytest.mark.slow
 def test_the_torchscript_exporter_is_chosen_by_flag_and_recorded(exported_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(exported_run, run)

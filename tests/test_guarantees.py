@@ -191,6 +191,7 @@ def test_every_gate_passes_exactly_at_its_limit_and_fails_just_past_it(key, monk
 # ----- `run` exits 1 after writing the report ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_with_a_failed_gate_writes_the_report_then_exits_1(tmp_path, monkeypatch):
     """validate.fp32_max_abs: 0 (the strictest limit the config accepts) from --config. ONNX
     Runtime's logits are nudged by 1e-6 so the gate cannot pass by a bitwise-equal chance."""

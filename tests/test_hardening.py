@@ -227,6 +227,7 @@ def test_real_over_long_paths_are_one_line(tmp_path):
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_is_one_line_like_ctrl_c(tmp_path, tiny_config_file):
     """A real process: SIGTERM while it works gives one line and a non-zero exit."""
     import os

@@ -170,6 +170,7 @@ def test_bad_data_makes_no_run_directory(tmp_path):
     assert not out.exists()  # the data is checked before the directory is made
 
 
+@pytest.mark.slow
 def test_concurrent_runs_cannot_both_claim_a_folder(tmp_path):
     """Eight processes race for one --out (new, then an existing empty folder, twice each):
     one wins. All start (and import) at once; each says it is ready, then each race is released

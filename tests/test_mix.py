@@ -87,6 +87,7 @@ def test_crop_keeps_the_shape_and_crops_each_sample_on_its_own():
     assert any(not torch.equal(same[0], same[i]) for i in range(1, 8))
 
 
+@pytest.mark.slow
 def test_run_with_mixup_teaches_online_and_records_what_ran(tmp_path, tiny_config_file):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", "--config", str(tiny_config_file), "--out", str(out), "--quiet",

@@ -39,6 +39,7 @@ def run_dir(small_clips, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_recipe_runs_every_stage_on_video_files(run_dir):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["task"]["name"] == "detection" and report["task"]["headline"] == "map50"

@@ -192,6 +192,7 @@ def test_sigterm_during_a_call_is_honoured_in_process():
         path.unlink()
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_runaway_profile_exits_143(tmp_path):
     """As a user runs it: SIGTERM while the Loop spins (default limit, 60 s) ends it at once."""
     path = spin_model(tmp_path / "spin.onnx")

@@ -41,6 +41,7 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
+@pytest.mark.slow
 def test_depth_alias_and_expansion_limits_are_exact():
     depth = safe_yaml.MAX_DEPTH
     assert safe_yaml.load(_nested(depth)) is not None

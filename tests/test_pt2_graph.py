@@ -99,6 +99,7 @@ def target(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_control_the_edited_graph_overwrites_the_file_under_plain_torch(tmp_path, target):
     """Without the graph check, running the program writes the user's file: the attack is real."""
     path = hostile("from_file_fill", tmp_path, target)
@@ -220,6 +221,7 @@ def test_programs_with_batchnorm_and_control_flow_load(mode, tmp_path):
     assert load_export_program(tmp_path / "cond.pt2").net(torch.randn(2, 1, 8, 8)).shape == (2, 64)
 
 
+@pytest.mark.slow
 def test_every_shipped_teacher_exports_to_a_program_that_loads(tmp_path):
     """export_teacher_program over each built-in teacher: concat and late fusion (image, audio,
     text, vector encoders) and the video detection teachers (late, early, frame)."""

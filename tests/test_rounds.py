@@ -69,6 +69,7 @@ def test_the_controls_next_teacher_is_its_own_calibrated_student(data):
     assert info["teacher_val_accuracy"] == pytest.approx(float((val_z.argmax(1) == data.val.labels).float().mean()))
 
 
+@pytest.mark.slow
 def test_an_expert_is_refitted_on_the_students_labels_where_the_rows_have_none(data):
     """The student calls every row class 3: the re-fitted audio expert, trained on 10% true labels
     and 90% of those, answers 3 on most unlabeled rows; trained on the labeled rows alone, it
@@ -82,6 +83,7 @@ def test_an_expert_is_refitted_on_the_students_labels_where_the_rows_have_none(d
     assert info["temperature"] > 0
 
 
+@pytest.mark.slow
 def test_the_next_teacher_multiplies_the_student_by_the_other_modalities_experts(data):
     student = ConstantStudent(data.num_outputs, cls=3, scale=0.5)
     config = _config(rounds=2)

@@ -3,6 +3,7 @@ before distilling, and config.yaml and the report say what was chosen and why.""
 
 from __future__ import annotations
 
+import pytest
 import json
 
 import yaml
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from distill_export.cli import app
 
 
+@pytest.mark.slow
 def test_run_tune_chooses_the_objective_before_distilling(tmp_path, tiny_config_file):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", "--config", str(tiny_config_file), "--out", str(out), "--quiet",

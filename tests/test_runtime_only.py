@@ -75,6 +75,7 @@ def test_the_shim_really_blocks_torch(tmp_path):
     assert result.returncode != 0 and "blocked: runtime-only test" in result.stderr
 
 
+@pytest.mark.slow
 def test_profile_and_validate_work_without_torch(run_copy, tmp_path):
     result = _blocked(tmp_path, "-m", "distill_export.cli", "profile", str(run_copy), *FAST)
     assert result.returncode == 0, result.stdout + result.stderr

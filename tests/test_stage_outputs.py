@@ -47,6 +47,7 @@ def test_the_recommendation_refuses_a_replaced_student(run_copy):
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 def test_resume_exports_a_replaced_student_again(run_copy):
     shutil.copyfile(run_copy / "baseline.pt", run_copy / "student.pt")
     result = runner.invoke(app, ["run", "--resume", str(run_copy), "--quiet"])
@@ -78,6 +79,7 @@ def test_a_missing_student_checkpoint_is_named_by_export(run_copy):
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 def test_resume_exports_a_missing_artifact_again(run_copy):
     """Not "export done (reused)" then a failure on the missing file, every resume after."""
     (run_copy / "student.onnx").unlink()

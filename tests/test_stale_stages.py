@@ -76,6 +76,7 @@ def test_distill_again_then_validate_never_passes_the_old_onnx(run_copy):
     assert (run_copy / "report.md").is_file() and "latency" in json.loads((run_copy / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_validate_again_keeps_the_latency_and_renders_the_report_again(run_copy):
     (run_copy / "report.md").write_text("old report")
     result = runner.invoke(app, ["validate", str(run_copy), "--quiet"])
@@ -256,6 +257,7 @@ app(sys.argv[1:], prog_name="distill-export")
 """
 
 
+@pytest.mark.slow
 def test_sigterm_during_tune_is_one_line_and_exit_143(run_copy):
     proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_A_TRIAL, "tune", str(run_copy), "--trials", "3",
                            "--confirm-seeds", "0", "--quiet"], capture_output=True, text=True, timeout=300)

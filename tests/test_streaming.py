@@ -153,6 +153,7 @@ def test_an_image_size_the_student_cannot_take_is_one_line(manifest, tmp_path):
 
 
 @pytest.mark.parametrize("augment", ["none", "shift", "crop, mix: mixup_cutmix"])
+@pytest.mark.slow
 def test_a_streamed_run_completes_and_says_so(manifest, tmp_path, augment):
     """The whole pipeline on a streamed training split: teacher, cache (or the online teacher with
     worker-side augmentation), student, export, report."""

@@ -240,6 +240,7 @@ def test_an_external_pt2_teacher_is_exported_too(tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_validate_goes_on_when_the_teacher_parity_data_is_gone(tiny_run, tmp_path):
     """The student's gates still decide the exit code; the teacher's parity says it was not checked."""
     from typer.testing import CliRunner

@@ -22,6 +22,7 @@ def _one_line_error(result, needle: str) -> None:
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output, result.output
 
 
+@pytest.mark.slow
 def test_tune_confirms_the_top_trials_with_fresh_seeds_and_never_reads_the_test_split(run_copy, tmp_path, monkeypatch):
     """The real training path: the search, then the top 2 trials and the baseline re-trained with 2
     fresh seeds; the objective is chosen by the mean of those seeds' val accuracies."""

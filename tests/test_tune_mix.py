@@ -52,6 +52,7 @@ def test_a_mixing_candidate_is_judged_against_a_baseline_with_the_same_mixing():
 
 
 
+@pytest.mark.slow
 def test_tune_searches_the_mixing_and_pairs_each_candidate_with_its_baseline(run_copy, tmp_path, monkeypatch):
     """The real training path: every trial draws a mixing; each confirmed candidate and the baseline
     it is compared with trained with that same mixing; the written config carries it when it distills."""
@@ -121,6 +122,7 @@ def test_a_config_with_an_unknown_tune_search_is_one_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_tune_searches_the_teacher_fusion_and_trains_each_candidate_from_its_teacher(run_copy, tmp_path, monkeypatch):
     """--search terms,fusion: the trials draw the run's own (concat) teacher or a late-fusion one
     trained once into the run; each student is distilled from the teacher its trial drew; tune.json
@@ -170,6 +172,7 @@ def test_tune_searches_the_teacher_fusion_and_trains_each_candidate_from_its_tea
         assert "teacher" not in written
 
 
+@pytest.mark.slow
 def test_run_tune_distils_from_the_teacher_it_chose(run_copy):
     """What `run --tune` does when the confirmed winner used another fusion: that teacher becomes
     RUN/teacher.pt (which the distill stage loads), and report.json's teacher section measures it."""
@@ -203,6 +206,7 @@ def test_fusion_search_with_a_loaded_teacher_is_one_line(run_copy):
     assert not (run_copy / "tune.json").exists()
 
 
+@pytest.mark.slow
 def test_tune_searches_the_rounds_and_writes_the_rounds_it_confirmed(run_copy, tmp_path, monkeypatch):
     """--search terms,rounds: a trial that draws 2 rounds trains a second student from the first
     times the re-fitted experts (as `distill` does); the written config carries the rounds."""

@@ -175,6 +175,7 @@ def test_stale_artifact_from_another_checkpoint_is_named(run_copy):
     assert result.exit_code == 2 and "exported from another student.pt" in result.output
 
 
+@pytest.mark.slow
 def test_validate_needs_no_torch(run_copy):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError

@@ -116,7 +116,7 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[int | None,
     """(pytest's exit code or None on timeout, the tail of its output, seconds)."""
     # One process (a few tests each; no xdist workers), whether or not pytest-xdist is installed.
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "addopts=",
-           "-o", "required_plugins=", "--no-header", "-W", "ignore", *tests]
+           "-o", "required_plugins=", "--no-header", "-W", "ignore", "--slow", *tests]
     start = time.perf_counter()
     try:
         out = subprocess.run(cmd, cwd=copy, env=env_for(copy), capture_output=True, text=True, timeout=timeout)
