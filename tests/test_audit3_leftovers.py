@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from _cli_checks import one_line_error, snapshot
 from distill_export.cli import app
-from distill_export.errors import CheckpointError, ConfigError
+from distill_export.errors import CheckpointError, ConfigError, DataError
 
 runner = CliRunner()
 
@@ -45,7 +45,7 @@ def test_o3_every_session_checks_it_and_named_dynamic_dims_still_open(tmp_path):
     from distill_export.runtimes.onnx_runtime import onnx_session
 
     path = _negative_dim_model(tmp_path / "neg_batch.onnx", (-1, 3))
-    with pytest.raises(Exception, match=r"declares dimension 0 as -1 \[-1, 3\]"):
+    with pytest.raises(DataError, match=r"declares dimension 0 as -1 \[-1, 3\]"):
         onnx_session(path)  # validate and the OpenVINO runner open ONNX files this way too
     ok = _negative_dim_model(tmp_path / "dyn.onnx", ("batch", None, 4))
     assert [i.shape for i in onnx_session(ok).get_inputs()][0][1:] == [None, 4]
