@@ -249,6 +249,17 @@ def _check_teacher_weights(teacher) -> None:
                       f"teacher only, and {what}: it would never be applied; drop --teacher-weights")
 
 
+def check_search_keeps_settings(config, given) -> None:
+    """`run --tune` with a search space that picks a setting the user also set (given(key): a
+    flag or --config, not the defaults or the recipe) would replace that setting in silence."""
+    if not (config.distill.tune_trials or config.distill.tune_minutes):
+        return
+    if "rounds" in tune_search_spaces(config.distill.tune_search) and given("distill.rounds"):
+        raise ConfigError(f"--rounds {config.distill.rounds} (distill.rounds) is set, but --tune-search includes "
+                          f"rounds (distill.tune_search), which picks 1 to 3 rounds and would replace it; drop "
+                          f"--rounds (or distill.rounds from --config), or drop rounds from --tune-search")
+
+
 # What `tune` can search (tune.py): "terms" always; "mix" adds distill.mix and distill.mix_alpha;
 # "fusion" the teacher (the run's own, or one of each other fusion its task takes); "rounds" 1-3
 # distillation rounds.

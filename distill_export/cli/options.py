@@ -146,17 +146,30 @@ def config_flags(command: str):
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
-    from distill_export.config_checks import check_flags_apply
+    from distill_export.config_checks import check_flags_apply, check_search_keeps_settings
     from distill_export.preflight import settle_teacher_fusion
 
     config = load_config(recipe or "avdigits", config_file, flags)
     from_file = read_yaml(config_file) if config_file else {}
+
+    def given(key: str) -> bool:  # the user set it (a flag or --config), not the defaults or the recipe
+        return flags.get(key) is not None or _in_yaml(from_file, key)
+
     fusion_key = next(f.key for f in FLAGS if f.param == "teacher_fusion")  # the key --teacher-fusion sets
-    given = flags.get(fusion_key) is not None or (
-        isinstance(from_file.get("teacher"), dict) and "fusion" in from_file["teacher"])
-    settle_teacher_fusion(config, given)  # --teacher-fusion with a loaded teacher: refused, or recorded as it ran
+    settle_teacher_fusion(config, given(fusion_key))  # with a loaded teacher: refused, or recorded as it ran
     check_flags_apply(config, flags)  # e.g. --calibration-samples without an INT8 format
+    check_search_keeps_settings(config, given)  # e.g. --rounds 3 that --tune-search rounds would replace
     return config
+
+
+def _in_yaml(data: dict, key: str) -> bool:
+    """Whether a config mapping sets the dotted `key`, nested ({distill: {rounds: 2}}) or dotted."""
+    if not isinstance(data, dict):
+        return False
+    if key in data:
+        return True
+    head, _, rest = key.partition(".")
+    return bool(rest) and _in_yaml(data.get(head), rest)
 
 
 # ----- options that set no config key ---------------------------------------------------------

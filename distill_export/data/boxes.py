@@ -24,7 +24,7 @@ import re
 
 import torch
 
-from distill_export.data.dataset import IGNORE_INDEX
+from distill_export.data.dataset import IGNORE_INDEX, check_fraction_keeps
 from distill_export.errors import DataError
 
 BOX_PAD = (-1.0, 0.0, 0.0, 0.0, 0.0)  # a padding row: class -1
@@ -156,6 +156,7 @@ class BoxTargets:
         labels: (N, M, 5) targets of labeled images."""
         if fraction >= 1.0:
             return labels.clone()
+        check_fraction_keeps(fraction, len(labels), 1, "one image")
         keep = max(1, round(fraction * len(labels)))
         chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:keep]
         out = torch.full_like(labels, IGNORE_INDEX)

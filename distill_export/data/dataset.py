@@ -105,9 +105,27 @@ def keep_label_fraction(labels: torch.Tensor, fraction: float, seed: int) -> tor
     gen = torch.Generator().manual_seed(seed)
     out = torch.full_like(labels, IGNORE_INDEX)
     flat = labels.reshape(len(labels), -1)  # (N, K): a row's target as one key
-    for key in torch.unique(flat, dim=0):
+    keys = torch.unique(flat, dim=0)
+    check_fraction_keeps(fraction, len(labels), len(keys), "one per class")  # 1e-300: the floor, not it, would decide
+    for key in keys:
         idx = (flat == key).all(1).nonzero().squeeze(1)
         keep = max(1, round(fraction * len(idx)))
         chosen = idx[torch.randperm(len(idx), generator=gen)[:keep]]
         out[chosen] = labels[chosen]
     return out
+
+
+def check_fraction_keeps(fraction: float, rows: int, floor: int, why: str) -> None:
+    """A fraction of `rows` labelled rows that rounds to no row at all (1e-300) is refused: the
+    floor of `floor` rows ("one per class") would be what trains, not the fraction recorded."""
+    import math
+
+    from distill_export.errors import ConfigError
+
+    if rows and fraction < 1.0 and round(fraction * rows) == 0:
+        digits = 2 - math.floor(math.log10(floor / rows))  # 3 significant digits, rounded up: it keeps them
+        least = math.ceil(floor / rows * 10**digits) / 10**digits
+        raise ConfigError(f"--label-fraction {fraction:g} (data.label_fraction) keeps no row of the {rows} labelled "
+                          f"training rows ({fraction:g} x {rows} rounds to 0); the smallest fraction that keeps "
+                          f"{floor} row{'s' * (floor > 1)} ({why}) is {least:g}: pass at least that, "
+                          "or 1 for every label")

@@ -93,8 +93,34 @@ def check_state_dict(state, what: str) -> None:
                                   f"(of {value.numel()}); a diverged training or a damaged file, refused")
 
 
+def check_cast_fits(state: dict, own: dict, what: str, names: dict | None = None) -> None:
+    """Every floating tensor stays finite once load_state_dict casts it to the model's dtype
+    (`own`: the model's state_dict): 1e300 is finite in float64 and inf in float32. `names` maps
+    a key to the file's own name for it, for the message."""
+    for key, value in state.items():
+        target = own.get(key)
+        if not _cast_on_load(value, target):
+            continue
+        overflow = ~torch.isfinite(value.to(target.dtype))  # the values the model would hold
+        if bool(overflow.any()):
+            bad, dtype = int(overflow.sum()), str(target.dtype).removeprefix("torch.")
+            largest = float(value[overflow].abs().max())
+            raise CheckpointError(
+                f"{what}: tensor {str((names or {}).get(key, key))[:80]!r} ({str(value.dtype).removeprefix('torch.')}) "
+                f"holds {bad} value{'s' * (bad > 1)} that overflow{'s' * (bad == 1)} {dtype}, the model's dtype "
+                f"(largest magnitude {largest:.3g}): it would load as inf, refused")
+
+
+def _cast_on_load(value, target) -> bool:
+    """A floating tensor with values that load_state_dict converts to another floating dtype."""
+    return (isinstance(value, torch.Tensor) and isinstance(target, torch.Tensor) and value.is_floating_point()
+            and target.is_floating_point() and value.dtype != target.dtype and value.layout == torch.strided
+            and value.device.type != "meta")
+
+
 def load_state(model: nn.Module, state_dict: dict, path: str | Path) -> nn.Module:
     check_state_dict(state_dict, str(path))
+    check_cast_fits(state_dict, model.state_dict(), str(path))  # finite in the file, inf in the model
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

@@ -170,8 +170,11 @@ def _fold_bn_eps(state: dict[str, torch.Tensor], model: nn.Module, file_eps: flo
 
 def init_student(model: nn.Module, path, name: str) -> nn.Module:
     """Load the file's weights into `model` (a registry or factory student), in place."""
+    from distill_export.nets.checkpoint import check_cast_fits
+
     path = Path(path)
-    state = _as_ours(read_state_dict(path), model, path, name)
+    raw = read_state_dict(path)
+    state = _as_ours(raw, model, path, name)
     own = model.state_dict()
     head = [k for k in own if k.startswith(HEAD_PREFIX)]
     if head and any(state[k].shape != own[k].shape for k in head):
@@ -185,5 +188,7 @@ def init_student(model: nn.Module, path, name: str) -> nn.Module:
         if v.shape != own[k].shape:
             raise CheckpointError(f"--student-init {path} does not fit student {name}: {k} has shape "
                                   f"{tuple(v.shape)}, the student's is {tuple(own[k].shape)}")
+    file_keys = {id(v): k for k, v in raw.items()}  # a renamed tensor is the same object: name the file's key
+    check_cast_fits(state, own, f"--student-init {path}", {k: file_keys.get(id(v), k) for k, v in state.items()})
     model.load_state_dict({**own, **state})  # own: a detector's neck and heads (init_fresh), unchanged
     return model

@@ -7,6 +7,7 @@ cannot run while the main thread is inside ``session.run``). So:
 
 * ``check_inputs`` refuses, when the session opens, an input without a batch axis (unknown
   rank or a scalar) and one whose static dims alone exceed ``MAX_FEED_BYTES``;
+  ``check_declared_dims`` one whose file declares a negative dimension;
   ``check_feed_size`` refuses a feed about to be allocated over the same limit;
 * ``bounded_run`` runs one call in a worker thread (one long-lived thread per calling thread)
   while the calling thread waits, so SIGTERM
@@ -106,6 +107,28 @@ def _call_thread() -> _CallThread:
     if runner is None:
         runner = _THREADS.runner = _CallThread()
     return runner
+
+
+def check_declared_dims(session, path) -> None:
+    """Refuse an input whose file declares a negative dimension. ONNX Runtime reports such a dim
+    as None, the same as an unnamed dynamic one, so only the file itself can tell them apart;
+    it is read (without external data) only when some input has a None dim."""
+    if not any(d is None for inp in session.get_inputs() for d in (inp.shape or [])):
+        return
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - ONNX Runtime loaded it; the checks after this one still apply
+        return
+    fed = {inp.name for inp in session.get_inputs()}  # (old files also list initializers as inputs)
+    for inp in (i for i in graph.input if i.name in fed):
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in inp.type.tensor_type.shape.dim]
+        for index, value in enumerate(dims):
+            if isinstance(value, int) and value < 0:
+                raise DataError(f"{path}: input {inp.name!r} declares dimension {index} as {value} {dims}: a "
+                                "dimension is a size (0 or more) or dynamic, never negative, so the file is invalid")
 
 
 def bounded_run(session, feed: dict[str, np.ndarray], path):

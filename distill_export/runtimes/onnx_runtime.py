@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 
 from distill_export.errors import BackendUnavailable, ConfigError, DataError
-from distill_export.runtimes.onnx_bounds import bounded_run, check_feed_size, check_inputs, check_total_feed
+from distill_export.runtimes.onnx_bounds import (bounded_run, check_declared_dims, check_feed_size, check_inputs,
+                                                  check_total_feed)
 from distill_export.runtimes.base import Backend, Runtime, Runner, Timer, register_runtime
 
 _PROVIDER_INSTALL = {
@@ -102,6 +103,7 @@ def onnx_session(path: str | Path, threads: int = 0, providers: list[str] | None
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path} is not a loadable ONNX model: {first}") from None
+    check_declared_dims(session, path)  # no negative dim (ONNX Runtime shows it as dynamic)
     check_inputs(session, path)  # a batch axis each, and no input too large to allocate
     return session
 
