@@ -184,6 +184,7 @@ def test_matches_reference_fp32(device, n_classes, regime, reduction, temperatur
              **_regime_kwargs(regime, n_classes))
 
 
+@pytest.mark.slow  # the quick tier meets every (T, alpha) pair in test_matches_reference_fp32's cycle
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("regime", REGIMES)
 @pytest.mark.parametrize("temperature,alpha", T_ALPHA_GRID)

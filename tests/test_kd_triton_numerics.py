@@ -110,8 +110,13 @@ def _ones(loss):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOWP)
 @pytest.mark.parametrize("regime", list(REGIMES))
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("alpha,temperature,labels", [(0.0, 4.0, False), (0.5, 2.0, True), (0.3, 1.0, True)])
+@pytest.mark.parametrize("reduction,alpha,temperature,labels", [
+    # every reduction with every (alpha, T, labels) case; the quick tier runs the diagonal (each
+    # reduction once, each case once), the slow tier (--slow) the other six pairs
+    pytest.param(reduction, *case, marks=() if i == j else pytest.mark.slow)
+    for i, reduction in enumerate(["mean", "sum", "none"])
+    for j, case in enumerate([(0.0, 4.0, False), (0.5, 2.0, True), (0.3, 1.0, True)])
+])
 def test_weighted_gradient_obeys_the_fp64_oracle_rule(device, dtype, regime, reduction, alpha, temperature, labels):
     """grad_output = 1, the weight in the kernel: rounded once, within the reference's error + 1 ulp.
     (0.0, 4.0, no labels) is the objective's Hinton term; the others add CE, at T = 1 too."""

@@ -60,6 +60,7 @@ def test_the_recipe_runs_every_stage_on_video_files(run_dir):
     assert "mAP50" in html and report["figures"]["examples"] in html
 
 
+@pytest.mark.slow
 def test_the_exported_graph_returns_boxes_scores_and_classes(run_dir):
     import onnx
 
