@@ -178,3 +178,33 @@ def test_trimming_keeps_the_frames_within_40_db_of_the_loudest_and_only_those():
     frames_kept = body.shape[1]
     assert 4000 / hop <= frames_kept <= 4000 / hop + 2  # the loud and -30 dB parts, not the -50 dB tail
     assert len(clip) / hop > frames_kept + 10 and sr == 8000
+
+
+def _extensible_wav(path, samples: np.ndarray, sr: int) -> None:
+    """16-bit mono PCM in a WAVE_FORMAT_EXTENSIBLE header (fmt chunk of 40 bytes, PCM subformat)."""
+    import struct
+
+    data = samples.astype("<i2").tobytes()
+    guid = struct.pack("<HHIH6s", 1, 0, 0x00100000, 0x8000, bytes.fromhex("00AA00389B71"))  # KSDATAFORMAT_SUBTYPE_PCM
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, sr, sr * 2, 2, 16, 22, 16, 4) + guid
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+def test_an_extensible_pcm_wav_reads_or_names_its_format(tmp_path):
+    """WAVE_FORMAT_EXTENSIBLE is a valid, common header (ffmpeg, DAWs). Python 3.12+'s wave reads
+    its PCM kind: then the samples come back; older ones refuse it: then the message names the
+    format and how to convert it, not "unknown format: 65534"."""
+    import sys
+
+    path = tmp_path / "ext.wav"
+    samples = (np.sin(np.arange(800) / 5.0) * 16000).astype(np.int16)
+    _extensible_wav(path, samples, 8000)
+    if sys.version_info >= (3, 12):
+        wave, sr = audio.read_wav(path)
+        assert sr == 8000 and np.allclose(wave, samples / 32768.0)
+    else:
+        with pytest.raises(DataError) as info:
+            audio.read_wav(path)
+        msg = str(info.value)
+        assert "WAVE_FORMAT_EXTENSIBLE" in msg and "pcm_s16le" in msg and str(path) in msg and "\n" not in msg

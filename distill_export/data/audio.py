@@ -8,6 +8,7 @@ feature in the project is made by `log_mel(wave, **DEMO_AUDIO_SPEC)`.
 from __future__ import annotations
 
 import math
+import sys
 import wave as _wave
 from pathlib import Path
 
@@ -86,7 +87,12 @@ def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[
     except FileNotFoundError:
         raise DataError(f"audio file not found: {path}") from None
     except (_wave.Error, EOFError, OSError) as e:
-        raise DataError(f"cannot read WAV file {path}: {str(e)[:120]}") from None
+        if "unknown format: 65534" in str(e):  # this Python's wave module predates WAVE_FORMAT_EXTENSIBLE (3.12)
+            raise DataError(f"cannot read WAV file {path}: it is WAVE_FORMAT_EXTENSIBLE, which Python "
+                            f"{sys.version_info.major}.{sys.version_info.minor}'s wave module does not read (3.12+ "
+                            "reads its PCM kind); save it as plain PCM, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav") from None
+        reason = str(e)[:120] or ("the file ends inside its header" if isinstance(e, EOFError) else type(e).__name__)
+        raise DataError(f"cannot read WAV file {path}: {reason}") from None
     if n_ch < 1 or sr <= 0:
         raise DataError(f"cannot read WAV file {path}: {n_ch} channels at {sr} Hz")
     if width == 1:  # 8-bit WAV is unsigned, centred on 128
