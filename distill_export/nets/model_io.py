@@ -149,6 +149,7 @@ def save_expert_teacher(teacher_path, modality: str, out_path) -> dict:
     on the same rows (the self-training control), without training it again."""
     payload = load_checkpoint(teacher_path, kind="teacher")
     kw = payload["arch_kwargs"]
+    check_fits(teacher_path, lambda: LateFusionTeacher(**kw), payload.get("state_dict"), kw, "late_fusion_teacher")
     full = load_state(LateFusionTeacher(**kw), payload["state_dict"], teacher_path)
     one = {**kw, "modalities": {modality: kw["modalities"][modality]}, "kinds": {modality: kw["kinds"][modality]}}
     expert = LateFusionTeacher(**one)
