@@ -207,7 +207,8 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
 
     check_formats(config.export.formats)  # e.g. TensorRT without a GPU: fail before any work
     student_path = run.require("student.pt", "distill")
-    student, meta = load_student(student_path)  # a missing or corrupt checkpoint fails before the data loads
+    # a missing or corrupt checkpoint fails before the data loads; a factory arch only if it is the run's student.name
+    student, meta = load_student(student_path, factory=config.student.name)
     if data is None:
         data, device = load_data(config)
     modality = config.data.student_modality

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from distill_export.files import atomic_path, write_json
+from distill_export.errors import CheckpointError, ConfigError
+from distill_export.files import atomic_path, own_folder, write_json
 
 CACHE_DIR = "teacher_outputs"
 INDEX_FILE = "index.json"
@@ -121,6 +122,39 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
     return {name: torch.from_numpy(a) for name, a in arrays.items()}, "hit"
 
 
+OWN_FILES = {INDEX_FILE, *(f"{name}.npy" for name in ALL_OUTPUTS)}  # what write() leaves in its folder
+
+
+def check_own_folder(path: Path) -> None:
+    """The cache writes only into a folder of its own (fourth audit B8): not through a symbolic
+    link (RUN/teacher_outputs -> a user's folder had its index.json and logits.npy replaced), nor
+    into a folder holding other files or an index.json the cache did not write. A ConfigError
+    naming the folder and the file, before anything is computed or written."""
+    path = own_folder(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a folder; the teacher-output cache writes its files into a folder of its own: "
+                          "move it away and run the command again")
+    for entry in sorted(path.iterdir()):
+        name = entry.name
+        leftover = name.startswith(tuple(f".{own}." for own in OWN_FILES)) and name.endswith(".tmp")  # atomic_path's
+        if (name not in OWN_FILES and not leftover) or entry.is_symlink() or not entry.is_file():
+            raise ConfigError(f"{path} holds {name[:80]!r}, which the teacher-output cache does not write: it is not a "
+                              "cache made by distill-export; move that folder away (or set distill.teacher_cache_dir) "
+                              "and run the command again")
+    index = path / INDEX_FILE
+    try:
+        written = json.loads(index.read_text()) if index.exists() else None
+    except (OSError, ValueError):
+        written = None  # damaged bytes, not another program's JSON: an unreadable cache, a miss rewritten
+    if written is not None:
+        fmt = written.get("format") if isinstance(written, dict) else None
+        if not (isinstance(fmt, str) and fmt.startswith(FORMAT.rpartition("/")[0] + "/")):
+            raise ConfigError(f"{index} is not the index of a teacher cache made by distill-export; move that folder "
+                              "away (or set distill.teacher_cache_dir) and run the command again")
+
+
 def write(path: Path, key: CacheKey, rows: int, batches: Batches, needs=ALL_OUTPUTS) -> None:
     """Append each batch to one .npy per needed output as it comes (never all rows in memory, and
     no mapping while writing), then write index.json. Nothing under a final name is half-written:
@@ -168,6 +202,31 @@ def predict_batches(fn: Callable, inputs: dict[str, torch.Tensor], n_rows: int,
         for start in range(0, n_rows, batch_size):
             f, out = fn({k: v[start:start + batch_size] for k, v in inputs.items()})
             yield f.float().cpu(), out.float().cpu()
+
+
+def check_finite(feats: torch.Tensor | None, logits: torch.Tensor, teacher, first_row: int | None = None) -> None:
+    """A teacher's outputs are finite (fourth audit B9): NaN logits were cached, then distilled
+    into nothing (pseudo_label) or blamed on the student (hinton). A one-line CheckpointError
+    naming the teacher file, before anything is cached under a final name."""
+    for name, out in (("logits", logits), ("features", feats)):
+        if out is None or not out.is_floating_point() or out.numel() == 0:
+            continue
+        bad = ~torch.isfinite(out.detach()).reshape(out.shape[0], -1).all(1)  # (B,) rows with a NaN or inf
+        if bool(bad.any()):
+            where = "" if first_row is None else f", first at training row {first_row + int(bad.nonzero()[0])}"
+            raise CheckpointError(
+                f"teacher {teacher}: its outputs are not finite ({name} hold NaN or inf on {int(bad.sum())} of "
+                f"{out.shape[0]} rows of a batch{where}); a teacher must give finite {name}: check its weights or "
+                "its export; nothing was cached")
+
+
+def finite_batches(batches: Batches, teacher) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches, each checked by check_finite as it comes (the cache is written batch by batch)."""
+    done = 0
+    for feats, logits in batches:
+        check_finite(feats, logits, teacher, done)
+        done += int(logits.shape[0])
+        yield feats, logits
 
 
 def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], Batches],
@@ -236,13 +295,15 @@ def teacher_targets(config, run, data, forward, device, teacher_names, view: tup
     names = [m for m in teacher_names if m in data.train.inputs] or sorted(data.train.inputs)
     train_inputs = {m: data.train.inputs[m].to(device) for m in names}
     augment = make_augment(config.distill.augment)
+    spec = teacher_file or config.teacher.path or run.file("teacher.pt")
     changes = [f"distill.{k}={getattr(config.distill, k)}" for k in ("augment", "mix") if getattr(config.distill, k) != "none"]
     if changes:
         console.print(f"teacher outputs: cache not used: {' and '.join(changes)} changes the student's input every "
                       "batch, so the teacher runs on each batch the student sees (consistent teaching)")
         modality = config.data.student_modality
         n = min(STATS_ROWS, len(data.train))
-        stats_feats, _ = predict(forward, {m: v[:n] for m, v in train_inputs.items()}, n)
+        stats_feats, stats_logits = predict(forward, {m: v[:n] for m, v in train_inputs.items()}, n)
+        check_finite(stats_feats, stats_logits, spec)
 
         @torch.no_grad()
         def online(rows: torch.Tensor, x_student: torch.Tensor, mix=None):
@@ -253,21 +314,24 @@ def teacher_targets(config, run, data, forward, device, teacher_names, view: tup
                 batch = {m: mix.apply(v) for m, v in batch.items()}
             if modality in batch:
                 batch[modality] = x_student
-            return forward(batch)
+            feats, logits = forward(batch)
+            check_finite(feats, logits, spec)
+            return feats, logits
 
         return TeacherTargets(None, stats_feats, online, augment,
                               {"status": "not used", "reason": ", ".join(c.split(".", 1)[1] for c in changes)})
 
-    spec = teacher_file or config.teacher.path or run.file("teacher.pt")
     weights = None if teacher_file else config.teacher.weights
     key = make_key(teacher_identity(spec, weights), data, names, view)
     if config.distill.teacher_cache_dir:  # shared between runs: one folder per teacher
         path = Path(config.distill.teacher_cache_dir).expanduser() / f"{CACHE_DIR}-{key.teacher[:16]}"
     else:
         path = run.file(cache_dir)
+    if config.distill.teacher_cache:
+        check_own_folder(path)
     feats, logits, info = cached_outputs(
         path, key, len(data.train),
-        lambda: predict_batches(forward, train_inputs, len(data.train)), use_cache=config.distill.teacher_cache,
+        lambda: finite_batches(predict_batches(forward, train_inputs, len(data.train)), spec), use_cache=config.distill.teacher_cache,
         needs=needs,
     )
     return TeacherTargets(logits, feats, info=info)

@@ -269,6 +269,9 @@ def check_teacher(teacher: ExternalTeacher, data) -> None:
     if logits.ndim != 2 or logits.shape[1] != data.num_outputs:
         raise CheckpointError(f"teacher {src} returns logits of shape {tuple(logits.shape)} for 2 rows; the data "
                               f"has {data.num_outputs} classes ({', '.join(data.target_names[:12])})")
+    if logits.is_floating_point() and not bool(torch.isfinite(logits).all()):  # NaN logits would be cached, then distilled
+        raise CheckpointError(f"teacher {src}: its outputs are not finite (NaN or inf logits on the first rows of the "
+                              "training data); a teacher must give finite logits: check its weights or its export")
 
 
 def teacher_identity(spec, weights=None) -> str:

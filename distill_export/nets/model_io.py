@@ -13,7 +13,8 @@ from distill_export.data import Dataset
 from distill_export.errors import CheckpointError, DataError
 from distill_export.nets.checkpoint import check_state_dict, load_checkpoint, load_state, save_checkpoint
 from distill_export.nets.external import is_external_teacher, load_external_teacher
-from distill_export.nets.students import SplitNet, create_student
+from distill_export.nets.saved_arch import check_fits, check_input_shapes, student_arch
+from distill_export.nets.students import SplitNet, create_student, student_names
 from distill_export.nets.teacher import FusionTeacher, LateFusionTeacher, teacher_archs, teacher_class
 
 
@@ -54,11 +55,17 @@ def input_size(spec) -> int:
     return int(min(spec.shape[1:])) if len(spec.shape) == 3 else 0
 
 
-def load_student(path) -> tuple[SplitNet, dict]:
+def load_student(path, factory: str | None = None) -> tuple[SplitNet, dict]:
+    """factory: the user's own package.module:factory student (the run's student.name), the only
+    arch besides the registry's that the file may name (nets/saved_arch.py: a file never picks
+    code to import)."""
     payload = load_checkpoint(path, kind="student")
-    kw = payload["arch_kwargs"]
-    model = create_student(payload["arch"], kw["num_classes"], kw["in_channels"], kw.get("input_size", 0))
-    return load_state(model, payload["state_dict"], path).eval(), payload["meta"]
+    arch, kw = student_arch(path, payload, factory, student_names())
+    check_input_shapes(path, payload.get("meta"), "input_shape")
+    build = lambda: create_student(arch, kw["num_classes"], kw["in_channels"], kw.get("input_size", 0))  # noqa: E731
+    if ":" not in arch:  # a registry student: built on the meta device first (a factory is the user's code)
+        check_fits(path, build, payload.get("state_dict"), kw, f"student {arch}")
+    return load_state(build(), payload["state_dict"], path).eval(), payload["meta"]
 
 
 def save_student(path, model: SplitNet, config, data: Dataset, teacher_name: str, extra: dict,
@@ -92,7 +99,12 @@ def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool =
         cls = teacher_class(payload.get("arch", "fusion_teacher"))
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc} (known: {', '.join(teacher_archs())})") from None
-    model = load_state(cls(**payload["arch_kwargs"]), payload["state_dict"], path)
+    kw = payload.get("arch_kwargs")
+    if not isinstance(kw, dict):
+        raise CheckpointError(f"{path}: arch_kwargs is a {type(kw).__name__}, not a dict")
+    check_input_shapes(path, payload.get("meta", {}), "input_shapes")
+    check_fits(path, lambda: cls(**kw), payload.get("state_dict"), kw, f"teacher {payload.get('arch', 'fusion_teacher')}")
+    model = load_state(cls(**kw), payload["state_dict"], path)
     if data is not None:
         kw = payload["arch_kwargs"]
         if strict:
@@ -137,6 +149,7 @@ def save_expert_teacher(teacher_path, modality: str, out_path) -> dict:
     on the same rows (the self-training control), without training it again."""
     payload = load_checkpoint(teacher_path, kind="teacher")
     kw = payload["arch_kwargs"]
+    check_fits(teacher_path, lambda: LateFusionTeacher(**kw), payload.get("state_dict"), kw, "late_fusion_teacher")
     full = load_state(LateFusionTeacher(**kw), payload["state_dict"], teacher_path)
     one = {**kw, "modalities": {modality: kw["modalities"][modality]}, "kinds": {modality: kw["kinds"][modality]}}
     expert = LateFusionTeacher(**one)

@@ -143,8 +143,9 @@ def engine_benches(path: Path, settings: ProfileSettings, model: str | None = No
 
 
 def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str | None = None,
-                       weights: str | None = None) -> list[Bench]:
-    """Our checkpoint (teacher or student), or an external teacher (.pt2, package.module:factory)."""
+                       weights: str | None = None, factory: str | None = None) -> list[Bench]:
+    """Our checkpoint (teacher or student), or an external teacher (.pt2, package.module:factory).
+    factory: the run's student.name, the only package.module:factory a student checkpoint may name."""
     selected = _selected(settings, "torch")
     if not selected:
         return []
@@ -156,7 +157,7 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     if not live:  # no torch (an edge box), or no GPU for the GPU backends
         name = model or Path(str(path)).stem
         return [_skipped(name, "pytorch", b, unavailable(b), info) for b in selected]
-    loaded = load_torch_model(path, weights, settings.sweep.max_call_s)
+    loaded = load_torch_model(path, weights, settings.sweep.max_call_s, factory)
     name = model or loaded["model"]
     info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
     out = []
@@ -169,7 +170,7 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     return out
 
 
-def load_torch_model(path, weights=None, max_call_s: float | None = None) -> dict:
+def load_torch_model(path, weights=None, max_call_s: float | None = None, factory: str | None = None) -> dict:
     """{"module", "example"(batch -> input), "model" (teacher|student|baseline), "params", "macs",
     "input_shape" (students), "skip" (why it cannot be timed, e.g. unknown input shapes)}.
     max_call_s: a .pt2's per-call limit (profile.max_call_s), from its first call (the MAC count) on."""
@@ -198,7 +199,7 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None) -> dic
         elif kind == "student":
             from distill_export.nets.model_io import load_student
 
-            module, meta = load_student(path)
+            module, meta = load_student(path, factory)
             student_shape = tuple(meta["input_shape"])
             kind = "baseline" if meta.get("role") == "baseline" else "student"
         else:
@@ -243,7 +244,8 @@ def run_dir_benches(path: Path, settings: ProfileSettings) -> list[Bench]:
     if teacher is not None:
         benches += checkpoint_benches(teacher, settings, "teacher", getattr(config.teacher, "weights", None))
     benches += teacher_onnx_benches(run, report, settings)
-    student_benches = checkpoint_benches(student_path, settings, "student") if student_path.is_file() else []
+    student_benches = (checkpoint_benches(student_path, settings, "student", factory=config.student.name)
+                       if student_path.is_file() else [])
     benches += student_benches
     # The exports are the student: same parameters and MACs (when torch could count them).
     student_info = {k: student_benches[0].info[k] for k in ("params", "macs") if student_benches and k in student_benches[0].info}
