@@ -257,6 +257,17 @@ def apply_overrides(config: RunConfig, values: dict[str, Any], origin: str = "co
     return config
 
 
+def apply_flags(config: RunConfig, flags: dict[str, Any]) -> RunConfig:
+    """The command line's {dotted key: value} over a config (None: not given). --method names a
+    preset, which replaces distill.terms from --config or a run's config.yaml: flags override
+    the config, so the objective that runs (and config.yaml and the report) is the flag's."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    apply_overrides(config, given, "flags")
+    if given.get("distill.method") is not None:
+        config.distill.terms = []  # explicit terms would win over any method (methods/objective.py)
+    return config
+
+
 def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML mapping from a user file: data only (no tags that build objects), bounded in
     bytes, nesting, aliases and alias expansion (safe_yaml.py); every failure is one line."""
@@ -317,7 +328,7 @@ def load_config(
     if config_file:
         apply_overrides(config, read_yaml(config_file), str(config_file))
     if overrides:
-        apply_overrides(config, {k: v for k, v in overrides.items() if v is not None}, "flags")
+        apply_flags(config, overrides)
     validate_config(config)
     return config
 

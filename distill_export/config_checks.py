@@ -167,6 +167,24 @@ def check_numbers(config, prefix: str = "") -> None:
                 _check_finite_nested(key, value)
 
 
+def check_strings(config, prefix: str = "") -> None:
+    """Every string (and list of strings) a config holds must be one the OS can take: paths
+    (out, student.init_weights, teacher.path, data.source...) reach os calls, where a NUL byte is
+    a ValueError traceback, and no name or choice has a use for one either."""
+    from distill_export.files import unusable_path
+
+    for f in dataclasses.fields(config):
+        key = f"{prefix}{f.name}"
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_strings(value, key + ".")
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            problem = unusable_path(text) if isinstance(text, str) else None
+            if problem:
+                raise ConfigError(f"{key} {_show(text)} {problem}")
+
+
 def _check_opset(opset: int) -> None:
     """No higher than the installed onnx knows (a typo like 99 fails now, not after training)."""
     try:
@@ -183,6 +201,7 @@ def _check_opset(opset: int) -> None:
 def validate_config(config) -> None:
     """A RunConfig (config.py, which imports this module) can run: one ConfigError otherwise."""
     check_numbers(config)  # every number finite and in range, named by its key, before anything else
+    check_strings(config)  # no NUL byte in a path (or any string): one line, not an os call's traceback
     _check_opset(config.export.opset)
     if not 0.0 < config.data.label_fraction <= 1.0:
         raise ConfigError(f"data.label_fraction must be in (0, 1], got {config.data.label_fraction}")
@@ -249,15 +268,46 @@ def _check_teacher_weights(teacher) -> None:
                       f"teacher only, and {what}: it would never be applied; drop --teacher-weights")
 
 
+# A search space -> the settings it picks: (config key, the flag that sets it or None).
+_SEARCH_PICKS = {
+    "rounds": (("distill.rounds", "--rounds"),),
+    "mix": (("distill.mix", "--mix"), ("distill.mix_alpha", None)),
+    "fusion": (("teacher.fusion", "--teacher-fusion"),),
+}
+_PICKS_WHAT = {"rounds": "picks 1 to 3 rounds", "mix": "picks the batch mixing and its strength",
+               "fusion": "picks the teacher's fusion"}
+
+
 def check_search_keeps_settings(config, given) -> None:
     """`run --tune` with a search space that picks a setting the user also set (given(key): a
-    flag or --config, not the defaults or the recipe) would replace that setting in silence."""
+    flag or --config, not the defaults or the recipe) would replace that setting in silence, or
+    (the mixing) train the final student with one the search never tried."""
     if not (config.distill.tune_trials or config.distill.tune_minutes):
         return
-    if "rounds" in tune_search_spaces(config.distill.tune_search) and given("distill.rounds"):
-        raise ConfigError(f"--rounds {config.distill.rounds} (distill.rounds) is set, but --tune-search includes "
-                          f"rounds (distill.tune_search), which picks 1 to 3 rounds and would replace it; drop "
-                          f"--rounds (or distill.rounds from --config), or drop rounds from --tune-search")
+    spaces = tune_search_spaces(config.distill.tune_search)
+    for space, picks in _SEARCH_PICKS.items():
+        for key, flag in picks:
+            if space in spaces and given(key):
+                section, name = key.split(".")
+                shown = f"{flag} {getattr(getattr(config, section), name)} ({key})" if flag else key
+                drop = f"{flag} (or {key} from --config)" if flag else f"{key} from --config"
+                raise ConfigError(f"{shown} is set, but --tune-search includes {space} (distill.tune_search), "
+                                  f"which {_PICKS_WHAT[space]} and would replace it; drop {drop}, or drop "
+                                  f"{space} from --tune-search")
+
+
+def check_loaded_teacher_settings(config, given) -> None:
+    """teacher.epochs with a loaded teacher (--teacher) is read only by the teachers a run still
+    trains: the self-training control's and, from round 2, the re-fitted experts. With neither,
+    a given one (a flag or --config) would be recorded in config.yaml as if a teacher trained."""
+    if not config.teacher.path or not given("teacher.epochs"):
+        return
+    if config.distill.self_training_control or config.distill.rounds > 1:
+        return
+    raise ConfigError(f"--teacher-epochs {config.teacher.epochs} (teacher.epochs) cannot apply: --teacher "
+                      f"{config.teacher.path} is loaded, not trained, and no other teacher trains here (the "
+                      "self-training control is off and distill.rounds is 1); drop --teacher-epochs "
+                      "(or teacher.epochs from --config)")
 
 
 # What `tune` can search (tune.py): "terms" always; "mix" adds distill.mix and distill.mix_alpha;
@@ -294,9 +344,44 @@ def check_flags_apply(config, flags: dict) -> None:
     if flags.get("distill.tune_search") is not None and not (config.distill.tune_trials or config.distill.tune_minutes):
         raise ConfigError("--tune-search sets what `run --tune` searches, but no search runs; add --tune N "
                           "or --tune-minutes M, or drop --tune-search")
+    _check_objective_flags(config, flags)
     int8 = any("int8" in f for f in config.export.formats)
     for key in ("export.calibration_samples", "export.calibration_method"):
         if flags.get(key) is not None and not int8:
             flag = "--" + key.split(".", 1)[1].replace("_", "-")
             raise ConfigError(f"{flag} sets {key}, which only INT8 exports read, but export.formats "
                               f"({','.join(config.export.formats)}) has none; add --format onnx-int8 or drop {flag}")
+
+
+_OBJECTIVE_FLAGS = {"distill.temperature": "--temperature", "distill.alpha": "--alpha", "distill.beta": "--beta"}
+
+
+def _check_objective_flags(config, flags: dict) -> None:
+    """--temperature, --alpha or --beta that no term of the objective reads (methods/objective.py
+    settings_read) would be recorded in config.yaml and report.json as if it had shaped the run."""
+    given = [k for k in _OBJECTIVE_FLAGS if flags.get(k) is not None]
+    if not given:
+        return
+    try:
+        from distill_export.methods import PRESETS, settings_read
+    except ImportError:  # a runtime-only install (no torch) trains nothing
+        return
+    d = config.distill
+    read = settings_read(d)
+    for key in given:
+        name = key.split(".")[1]
+        if name in read:
+            continue
+        flag = _OBJECTIVE_FLAGS[key]
+        head = f"{flag} {getattr(d, name):g} sets {key}, but "
+        if d.terms:
+            terms = ", ".join(str(t.get("name")) for t in d.terms)
+            why = ("every term of distill.terms (" + terms + ") that takes a temperature sets its own"
+                   if name == "temperature" else
+                   f"distill.terms ({terms}) lists the objective with its own weights, so {key} is not read")
+            raise ConfigError(head + why + f"; drop {flag}, or pass --method to run a preset instead of distill.terms")
+        method = f"--method {d.method}" if flags.get("distill.method") is not None else f"distill.method {d.method}"
+        names = ", ".join(("ce", *PRESETS[d.method][0]))
+        why = ("no term of it takes a temperature" if name == "temperature"
+               else "it has no distillation term for ce to share the weight with")
+        raise ConfigError(head + f"{method} ({names}) does not read it: {why}; drop {flag} or choose another method")

@@ -188,6 +188,20 @@ def check_model_file(path: str | Path, name: str, error=ConfigError) -> Path:
     return path
 
 
+def unusable_path(text: str) -> str | None:
+    """None when `text` can name a file here; else why not, in words. A NUL byte ends a name in
+    every OS call (Python refuses it with a ValueError, not an OSError), and a character the
+    file-system encoding cannot write (a lone surrogate) fails the same way: both are said once,
+    where the path is read from a manifest cell or a config key, not as a traceback later."""
+    if "\0" in text:
+        return "contains a NUL byte, which no file name can"
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        return f"has a character ({text[exc.start]!r}) the file-system encoding cannot write"
+    return None
+
+
 def not_a_regular_file(path: str | Path, what: str) -> str | None:
     """None for a regular file (symlinks followed); else one line saying what `path` is instead:
     "<what> not found: P", "<what> P is a directory", "<what> P is not a regular file (a FIFO)".

@@ -66,12 +66,12 @@ def start_run(config: RunConfig, stages: tuple[str, ...] = RUN_STAGES):
 
 def open_run(run_dir: Path, overrides: dict | None = None):
     """(run, config) of a run directory an earlier stage wrote, `overrides` (dotted keys) applied."""
-    from distill_export.config import apply_overrides, validate_config
+    from distill_export.config import apply_flags, validate_config
     from distill_export.config_checks import check_flags_apply
 
     run = RunDir.existing(run_dir)
     config = run.load_config()
-    apply_overrides(config, overrides or {}, "flags")
+    apply_flags(config, overrides or {})  # --method replaces the run's distill.terms
     validate_config(config)
     check_flags_apply(config, overrides or {})
     return run, config
@@ -91,7 +91,7 @@ def differences(saved, wanted, prefix: str = "") -> list[str]:
 def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dict):
     """(run, config) of the run to resume; overrides (dotted keys) or a config file that change
     its config.yaml are refused, naming the keys."""
-    from distill_export.config import _show, apply_overrides, config_from_dict, load_config, validate_config
+    from distill_export.config import _show, apply_flags, config_from_dict, load_config, validate_config
 
     if overrides.get("out") is not None:
         raise DistillExportError("--resume continues the run in its own directory; drop --out")
@@ -100,7 +100,7 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
     if recipe or config_file:  # a whole config: compare all of it
         wanted = load_config(recipe or "avdigits", config_file, overrides)
     else:  # flags only: they must agree with the run's values
-        wanted = apply_overrides(config_from_dict(saved.to_dict()), overrides, "flags")
+        wanted = apply_flags(config_from_dict(saved.to_dict()), overrides)
         validate_config(wanted)
     a, b = saved.to_dict(), wanted.to_dict()
     diff = differences(a, b)

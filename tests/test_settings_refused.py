@@ -166,7 +166,8 @@ def test_calibration_flags_without_an_int8_format_are_refused(tiny_run, tmp_path
 def test_a_labels_only_run_records_no_temperature_or_alpha(tiny_run, tmp_path):
     """The report never records a setting that did not run: a labels-only objective reads no
     temperature, alpha or beta (a fresh audit found `distill --method labels_only -T 9` recorded
-    as temperature 9.0)."""
+    as temperature 9.0). The run's config.yaml still holds its temperature (4); an explicit -T with
+    labels_only is now refused up front (tests/test_audit4_settings.py)."""
     import json
     import shutil
 
@@ -176,7 +177,7 @@ def test_a_labels_only_run_records_no_temperature_or_alpha(tiny_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    result = CliRunner().invoke(app, ["distill", str(run), "--method", "labels_only", "-T", "9", "--quiet"])
+    result = CliRunner().invoke(app, ["distill", str(run), "--method", "labels_only", "--quiet"])
     assert result.exit_code == 0, result.output
     distill = json.loads((run / "report.json").read_text())["distill"]
     assert distill["distilled"] is False

@@ -115,8 +115,8 @@ def locked(run_copy):
         holder.wait()
 
 
-@pytest.mark.parametrize("args", [["distill", "-T", "2"], ["export"], ["validate"], ["profile"], ["report"],
-                                  ["tune", "--trials", "1"]], ids=lambda a: a[0])
+@pytest.mark.parametrize("args", [["distill", "--method", "hinton", "-T", "2"], ["export"], ["validate"], ["profile"],
+                                  ["report"], ["tune", "--trials", "1"]], ids=lambda a: a[0])
 def test_a_second_command_on_a_locked_run_is_refused(locked, args):
     before = snapshot(locked)
     line = one_line_error(runner.invoke(app, [args[0], str(locked), *args[1:]]), 2)

@@ -67,7 +67,7 @@ FLAGS = (
     Flag("--alpha", "distill.alpha", float, "Weight of the hard-label CE term, in [0, 1].", (RUN, DISTILL)),
     Flag("--beta", "distill.beta", float, "Weight of feature distillation (0 = off).", (RUN, DISTILL)),
     Flag("--method", "distill.method", str, "Distillation method (a preset of terms): {methods}. distill.terms "
-         "in --config lists terms explicitly.", (RUN, DISTILL)),
+         "in --config lists terms explicitly; --method replaces them.", (RUN, DISTILL)),
     Flag("--augment", "distill.augment", str, "Student input augmentation: {choices} (shift: the teacher then "
          "runs online; no teacher-output cache).", (RUN, DISTILL)),
     Flag("--tune", "distill.tune_trials", int, "Search the objective on the validation split for N trials "
@@ -146,7 +146,8 @@ def config_flags(command: str):
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
-    from distill_export.config_checks import check_flags_apply, check_search_keeps_settings
+    from distill_export.config_checks import (check_flags_apply, check_loaded_teacher_settings,
+                                              check_search_keeps_settings)
     from distill_export.preflight import settle_teacher_fusion
 
     config = load_config(recipe or "avdigits", config_file, flags)
@@ -159,6 +160,7 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     settle_teacher_fusion(config, given(fusion_key))  # with a loaded teacher: refused, or recorded as it ran
     check_flags_apply(config, flags)  # e.g. --calibration-samples without an INT8 format
     check_search_keeps_settings(config, given)  # e.g. --rounds 3 that --tune-search rounds would replace
+    check_loaded_teacher_settings(config, given)  # --teacher-epochs with a loaded teacher and nothing to train
     return config
 
 

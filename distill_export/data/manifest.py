@@ -104,9 +104,10 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
             raise DataError(f"{path}:{rows[0].line}: text column {text_columns[0]!r}: data.text_encoder=wordllama "
                             "is not installed (pip install 'distill-export[wordllama]', or text_encoder: hashed)") from None
 
+    path_columns = {m for m in modalities if kinds[m] != "text"}  # image, audio, video cells name files
     good = []
     for row in rows:
-        msg = check_cells(row)
+        msg = check_cells(row, path_columns)
         if msg:
             problems.append(Problem(row.line, msg))
         else:

@@ -14,6 +14,7 @@ import numpy as np
 from rich.console import Console
 
 from distill_export.errors import DataError
+from distill_export.files import unusable_path
 
 RESERVED = ("label", "split", "id")
 SPLITS = ("train", "val", "test")
@@ -164,7 +165,9 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
 
 
 # ----- checks --------------------------------------------------------------------------------
-def check_cells(row: Row) -> str | None:
+def check_cells(row: Row, path_columns=()) -> str | None:
+    """What is wrong with a row's split, label or cells (None: nothing); `path_columns` hold file
+    paths (not text), which must be names the OS can take (files.py unusable_path)."""
     if row.split is not None and row.split not in (*SPLITS, CALIBRATION):
         known = "train, val, test or calibration"
         return f"unknown split {row.split!r} ({known})" if row.split else f"empty split ({known})"
@@ -173,7 +176,15 @@ def check_cells(row: Row) -> str | None:
     for col, value in row.cells.items():
         if not value:
             return f"empty {col!r} cell"  # every row's cells feed the teacher (targets, scores)
+        problem = unusable_path(value) if col in path_columns else None
+        if problem:
+            return f"{col} path {_shown(value)} {problem}"
     return None
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def draw_splits(rows: list[Row], seed: int) -> None:

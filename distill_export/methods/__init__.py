@@ -5,11 +5,11 @@ from distill_export.methods.base import (
 )
 from distill_export.methods.objective import (
     PRESETS, DistillModule, Objective, TermSpec, check_objective_for_task, preset_names, preset_tasks,
-    presets_for_task, teacher_needs, term_specs,
+    presets_for_task, settings_read, teacher_needs, term_specs,
 )
 
 __all__ = [
     "PRESETS", "DistillModule", "Objective", "SetupInfo", "Term", "TermInputs", "TermSpec",
     "check_objective_for_task", "check_terms_for_task", "preset_names", "preset_tasks", "presets_for_task",
-    "register_term", "teacher_needs", "term_class", "term_names", "term_specs", "terms_for_task",
+    "register_term", "settings_read", "teacher_needs", "term_class", "term_names", "term_specs", "terms_for_task",
 ]

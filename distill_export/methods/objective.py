@@ -2,7 +2,7 @@
 
     distill:
       method: hinton            # a preset: α·ce + (1−α)·<its distillation terms> + β·feature
-      terms:                    # or explicit terms (this wins over `method`)
+      terms:                    # or explicit terms (this wins over `method`; a --method flag replaces them)
         - {name: kd, weight: 0.5, temperature: 4}
         - {name: ce, weight: 0.5}
 
@@ -78,6 +78,18 @@ def term_specs(distill) -> list[TermSpec]:
     # A zero-weight term is dropped: it would still count in `needs` and build learned parts
     # that never get a gradient (which DDP refuses).
     return [s for s in specs if s.weight > 0]
+
+
+def settings_read(distill) -> frozenset[str]:
+    """Which of distill.temperature, alpha and beta the objective reads ("temperature", "alpha",
+    "beta"): a preset reads alpha when it has distillation terms (labels_only's ce weighs 1) and
+    always beta; explicit terms read neither, each sets its own weight. The temperature goes to
+    each term that takes one and does not set its own (term_specs). Call after term_specs passed."""
+    read = set() if distill.terms else {"beta"} | ({"alpha"} if PRESETS[distill.method][0] else set())
+    specs = _explicit_specs(distill.terms) if distill.terms else _preset_specs(distill)
+    if any("temperature" in term_parameters(s.name) and "temperature" not in s.params for s in specs):
+        read.add("temperature")
+    return frozenset(read)
 
 
 def teacher_needs(distill) -> frozenset[str]:
