@@ -198,10 +198,12 @@ def save(path: Path, key: CacheKey, tensors: dict[str, torch.Tensor]) -> None:
 def predict_batches(fn: Callable, inputs: dict[str, torch.Tensor], n_rows: int,
                     batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """fn(batch) -> (features, logits), batch by batch, as float32 on the CPU."""
-    with torch.no_grad():
-        for start in range(0, n_rows, batch_size):
+    for start in range(0, n_rows, batch_size):
+        # no_grad around each call, never around the yield: grad mode is the thread's, and a
+        # generator left suspended (its consumer raised) would keep it off for whatever runs next
+        with torch.no_grad():
             f, out = fn({k: v[start:start + batch_size] for k, v in inputs.items()})
-            yield f.float().cpu(), out.float().cpu()
+        yield f.float().cpu(), out.float().cpu()
 
 
 def check_finite(feats: torch.Tensor | None, logits: torch.Tensor, teacher, first_row: int | None = None) -> None:

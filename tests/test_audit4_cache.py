@@ -165,3 +165,22 @@ def test_nan_teacher_outputs_under_torchrun(nan_programs, tiny_config_file, tmp_
     line = error_line(proc.stdout + proc.stderr, proc.returncode)
     assert f"teacher {nan_programs['rows']}: its outputs are not finite" in line, line
     assert not list(out.glob("teacher_outputs/*.npy")) and not (out / "teacher_outputs" / "index.json").exists()
+
+
+def test_a_refused_teacher_leaves_grad_mode_on_for_what_runs_next():
+    """The cache fill's generator stopped by the NaN refusal must not leave the thread in
+    no_grad: the next training in the same process (a test, a tune trial) needs gradients."""
+    import torch
+
+    from distill_export.errors import CheckpointError
+    from distill_export.teacher_cache import finite_batches, predict_batches
+
+    def forward(batch):
+        x = batch["x"]
+        return x, torch.full_like(x, float("nan"))
+
+    batches = finite_batches(predict_batches(forward, {"x": torch.ones(8, 3)}, 8, batch_size=2), "t.pt2")
+    with pytest.raises(CheckpointError):
+        list(batches)
+    assert torch.is_grad_enabled()
+    torch.ones(2, requires_grad=True).sum().backward()  # what failed in 195 later tests
