@@ -61,6 +61,6 @@ def test_end_to_end_run(small_avmnist, tiny_config_file, tmp_path):
     for role in ("teacher", "student", "baseline"):
         assert 0.0 <= report["metrics"][role]["accuracy"] <= 1.0
     # Distilling again on the same run directory reuses the teacher's outputs.
-    again = CliRunner().invoke(app, ["distill", str(out), "--quiet", "-T", "2"])
+    again = CliRunner().invoke(app, ["distill", str(out), "--quiet", "--method", "hinton", "-T", "2"])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "report.json").read_text())["distill"]["teacher_cache"]["status"] == "hit"
