@@ -78,7 +78,7 @@ def ranks(tmp_path_factory) -> list[dict]:
 def test_ranks_see_two_processes_and_shards_cover_every_row_once(ranks):
     assert [(r["rank"], r["world"], r["distributed"]) for r in ranks] == [(0, 2, True), (1, 2, True)]
     rows = torch.cat([r["rows"] for r in ranks])
-    assert sorted(rows.tolist()) == list(range(ROWS))
+    assert sorted(rows.tolist()) == ddp.shard(torch.arange(ROWS)).tolist()  # the one process's rows, once each
     assert [len(r["rows"]) for r in ranks] == [4, 3]
     assert [r["broadcast"] for r in ranks] == [{"from": 0}, {"from": 0}]  # rank 0's, on every rank
 
@@ -87,6 +87,9 @@ def test_global_denominators_give_the_one_process_means(ranks):
     x, lab = _values(), _labeled()
     whole_masked = float((x * lab).sum() / lab.sum())
     whole_mean = float(x.mean())
+    # the same expressions in one process (mutmut links a test only to code run in its own process)
+    assert float((x * lab).sum() / ddp.global_count(lab.sum())) == pytest.approx(whole_masked, rel=1e-6)
+    assert float(x.mean() * ddp.row_share(ROWS)) == whole_mean
     # DDP averages the ranks' gradients, so the ranks' terms are averaged too
     assert sum(float(r["masked_mean"]) for r in ranks) / 2 == pytest.approx(whole_masked, rel=1e-6)
     assert sum(float(r["row_mean"]) for r in ranks) / 2 == pytest.approx(whole_mean, rel=1e-6)
@@ -96,8 +99,9 @@ def test_global_denominators_give_the_one_process_means(ranks):
 
 def test_gather_rows_is_the_whole_batch_in_rank_order_with_gradients_home(ranks):
     rows = torch.cat([r["rows"] for r in ranks])
+    whole = ddp.gather_rows(_values().unsqueeze(1))  # one process: the batch itself
     for r in ranks:
-        assert torch.equal(r["gathered"].squeeze(1), _values()[rows])
+        assert torch.equal(r["gathered"], whole[rows])
         start = 0 if r["rank"] == 0 else len(ranks[0]["rows"])
         want = torch.arange(1.0, ROWS + 1)[start : start + len(r["rows"])]
         # every rank computes the same whole-batch term: the gather's backward sums the ranks'
