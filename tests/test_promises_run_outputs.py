@@ -141,6 +141,36 @@ def test_an_artifact_validated_before_hashes_were_recorded_is_unknown_not_change
     run.file("report.json").write_text(json.dumps(rep))
     run.file("student.onnx").write_text("edited")
     assert run.changed_artifacts() == []
+    run.file("student_int8.onnx").write_text("edited")  # the artifacts after an unknown one are still checked
+    run.file("teacher.onnx").write_text("edited")
+    assert run.changed_artifacts() == [run.file("student_int8.onnx"), run.file("teacher.onnx")]
+
+
+@pytest.mark.parametrize("name, change", [("teacher.pt", "unlink"), ("student.pt", "unlink"),
+                                          ("student.pt", "replace"), ("parity_data.npz", "unlink")])
+def test_what_reads_the_recorded_parity_refuses_a_lost_or_replaced_checkpoint(run, name, change):
+    if change == "unlink":
+        run.file(name).unlink()
+    else:
+        run.file(name).write_text("another one")
+    with pytest.raises(ConfigError) as info:
+        run.require_unchanged_artifacts("report")
+    why = "is missing" if change == "unlink" else "changed after export"
+    assert str(info.value).startswith(f"{run.file(name)} {why} (") and "so `report` cannot run; re-run" in str(info.value)
+
+
+def test_a_run_that_planned_only_its_first_stages_is_judged_on_those(tmp_path):
+    run = RunDir.create(tmp_path / "r", fresh=True, stages=("train_teacher", "distill"))  # as train-teacher plans
+    run.save_config(RunConfig())
+    run.file("teacher.pt").write_text("t")
+    run.mark_stage("train_teacher")
+    run.mark_stage("distill")
+    run.file("student.pt").write_text("s")
+    assert run.outdated_stage() is None and run.stale_if_outdated() is None
+    run.file("student.pt").unlink()
+    assert run.stale_if_outdated() == "student.pt is missing"
+    assert _state(run) == {"train_teacher": _state(run)["train_teacher"],
+                           "distill": {"status": "stale", "after": "distill", "why": "student.pt is missing"}}
 
 
 def test_resume_makes_the_outdated_stage_and_those_built_on_it_stale(run):
