@@ -399,6 +399,7 @@ def test_the_agent_ends_with_the_failed_rank_s_code_and_leaves_a_note(monkeypatc
     monkeypatch.setenv(rank_errors.ENV, str(tmp_path))
     monkeypatch.setattr(sys, "argv", ["agent", "--standalone", "--nproc-per-node=2", "-m", "distill_export", "run"])
     elastic, other = logging.getLogger("torch.distributed.elastic.agent.x"), logging.getLogger("torch.distributed.x")
+    elastic.setLevel(logging.NOTSET)  # as a fresh process has it (an earlier call in this process set it)
     other.setLevel(logging.INFO)
     seen = []
     monkeypatch.setattr(torchrun, "run", lambda args: seen.append((args.nproc_per_node, args.standalone, args.module,
@@ -406,7 +407,7 @@ def test_the_agent_ends_with_the_failed_rank_s_code_and_leaves_a_note(monkeypatc
     ddp.agent_main()
     assert seen == [("2", True, True, "distill_export", ["run"])]
     assert elastic.level == logging.CRITICAL and other.level == logging.INFO  # torchrun's failure lines only
-    for exitcode, ends in ((2, 2), (-9, 1)):
+    for exitcode, ends in ((2, 2), (-9, 1), (0, 1)):  # a failure never ends 0; a signal (negative) ends 1
         def failed(args, exitcode=exitcode):
             raise ChildFailedError("distill_export", {1: ProcessFailure(1, 123, exitcode, str(tmp_path / "none"))})
 
