@@ -36,6 +36,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         # a masked mean with a global denominator, as a loss term computes it; DDP then averages
         res["masked_mean"] = (x * lab).sum() / ddp.global_count(lab.sum())
         res["row_mean"] = x.mean() * ddp.row_share(len(rows))
+        res["one_row_share"] = ddp.row_share(1 - rank)  # a global batch of one row: rank 0 holds it
         leaf = x.clone().requires_grad_(True)
         gathered = ddp.gather_rows(leaf.unsqueeze(1))
         (gathered.squeeze(1) * torch.arange(1.0, ROWS + 1)).sum().backward()
@@ -78,26 +79,35 @@ def ranks(tmp_path_factory) -> list[dict]:
 def test_ranks_see_two_processes_and_shards_cover_every_row_once(ranks):
     assert [(r["rank"], r["world"], r["distributed"]) for r in ranks] == [(0, 2, True), (1, 2, True)]
     rows = torch.cat([r["rows"] for r in ranks])
-    assert sorted(rows.tolist()) == list(range(ROWS))
+    assert sorted(rows.tolist()) == ddp.shard(torch.arange(ROWS)).tolist()  # the one process's rows, once each
     assert [len(r["rows"]) for r in ranks] == [4, 3]
     assert [r["broadcast"] for r in ranks] == [{"from": 0}, {"from": 0}]  # rank 0's, on every rank
+    # one process: world 1, rank 0, its own object (run here too: mutmut links a test only to code
+    # run in its own process, and the ranks run the same functions with the same mutant)
+    assert (ddp.world(), ddp.rank(), ddp.is_main(), ddp.broadcast_object("own")) == (1, 0, True, "own")
 
 
 def test_global_denominators_give_the_one_process_means(ranks):
     x, lab = _values(), _labeled()
     whole_masked = float((x * lab).sum() / lab.sum())
     whole_mean = float(x.mean())
+    # the same expressions in one process (mutmut links a test only to code run in its own process)
+    assert float((x * lab).sum() / ddp.global_count(lab.sum())) == pytest.approx(whole_masked, rel=1e-6)
+    assert float(x.mean() * ddp.row_share(ROWS)) == whole_mean
     # DDP averages the ranks' gradients, so the ranks' terms are averaged too
     assert sum(float(r["masked_mean"]) for r in ranks) / 2 == pytest.approx(whole_masked, rel=1e-6)
     assert sum(float(r["row_mean"]) for r in ranks) / 2 == pytest.approx(whole_mean, rel=1e-6)
+    # one row in the whole batch: rank 0's mean of it, doubled, then averaged by DDP with rank 1's 0
+    assert [r["one_row_share"] for r in ranks] == [2.0, 0.0]
     local = sum(float(_values()[r["rows"]].mean()) for r in ranks) / 2
     assert local != pytest.approx(whole_mean)  # uneven shards: a plain per-rank mean would be wrong
 
 
 def test_gather_rows_is_the_whole_batch_in_rank_order_with_gradients_home(ranks):
     rows = torch.cat([r["rows"] for r in ranks])
+    whole = ddp.gather_rows(_values().unsqueeze(1))  # one process: the batch itself
     for r in ranks:
-        assert torch.equal(r["gathered"].squeeze(1), _values()[rows])
+        assert torch.equal(r["gathered"], whole[rows])
         start = 0 if r["rank"] == 0 else len(ranks[0]["rows"])
         want = torch.arange(1.0, ROWS + 1)[start : start + len(r["rows"])]
         # every rank computes the same whole-batch term: the gather's backward sums the ranks'
@@ -223,3 +233,194 @@ def test_a_one_process_group_joins_and_leaves(monkeypatch):
         ddp.shutdown()
     assert not ddp.is_distributed()
     ddp.shutdown()  # a second call: nothing to leave
+
+
+# ----- CUDA paths and the torchrun launcher, with torch's pieces faked (no GPU, no torchrun here) --
+
+def test_nproc_on_cuda_is_one_process_per_visible_gpu(monkeypatch):
+    from distill_export import device
+    from distill_export.errors import ConfigError
+
+    monkeypatch.setattr(device, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    ddp.check_nproc(2, "cuda")
+    with pytest.raises(ConfigError) as info:
+        ddp.check_nproc(3, "cuda")
+    assert str(info.value) == "--nproc 3 is more than the 2 visible GPUs (one GPU per process)"
+
+
+def test_a_cuda_rank_takes_the_gpu_of_its_local_rank_and_nccl_with_gloo(monkeypatch):
+    from distill_export import device
+
+    calls = []
+    monkeypatch.setattr(device, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_gloo_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # as many processes as GPUs: allowed
+    assert ddp.init_from_env("cuda") == torch.device("cuda", 1)
+    # nccl for CUDA tensors, gloo for the CPU ones (row counts, pickled objects)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("init", "cpu:gloo,cuda:nccl")]
+    monkeypatch.setattr(torch.distributed, "is_gloo_available", lambda: False)
+    calls.clear()
+    assert ddp.init_from_env("cuda") == torch.device("cuda", 1) and calls[-1] == ("init", "nccl")
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
+    with pytest.raises(Exception) as info:
+        ddp.init_from_env("cuda")
+    assert str(info.value) == "torchrun: this PyTorch build has no torch.distributed"
+
+
+def test_wrap_uses_syncbatchnorm_and_the_rank_s_gpu_on_cuda_only(monkeypatch):
+    class FakeDDP:
+        def __init__(self, module, **kwargs):
+            self.module, self.kwargs = module, kwargs
+
+    monkeypatch.setattr(ddp, "is_distributed", lambda: True)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    on_gpu = ddp.wrap(net, torch.device("cuda", 1))
+    assert on_gpu.kwargs == {"device_ids": [1]} and isinstance(on_gpu.module[1], torch.nn.SyncBatchNorm)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    on_cpu = ddp.wrap(net, torch.device("cpu"))  # gloo has no SyncBatchNorm
+    assert on_cpu.kwargs == {} and on_cpu.module is net and type(net[1]) is torch.nn.BatchNorm1d
+
+
+def test_a_finished_rank_exits_0_without_finalization(monkeypatch):
+    codes = []
+
+    def fake_exit(code):
+        codes.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(SystemExit):
+        ddp.exit_after_success()
+    assert codes == [0]
+
+
+class _FakeAgent:
+    """subprocess.Popen for launch_torchrun's agent: `behave(agent, timeout)` plays the agent."""
+
+    def __init__(self, behave):
+        self.behave, self.signals, self.killed, self.waits = behave, [], False, []
+
+    def __call__(self, cmd, env):
+        self.cmd, self.env = cmd, env
+        return self
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        return self.behave(self, timeout)
+
+    def send_signal(self, sig):
+        self.signals.append(sig)
+
+    def kill(self):
+        self.killed = True
+
+
+def _launch(monkeypatch, behave) -> _FakeAgent:
+    import subprocess
+
+    agent = _FakeAgent(behave)
+    monkeypatch.setattr(subprocess, "Popen", agent)
+    return agent
+
+
+def test_launch_runs_the_agent_with_this_command_and_a_folder_for_rank_errors(monkeypatch):
+    import sys
+
+    from distill_export import rank_errors
+
+    seen = []
+    agent = _launch(monkeypatch, lambda a, t: seen.append(os.path.isdir(a.env[rank_errors.ENV])) or 0)
+    ddp.launch_torchrun(2, ["run", "--out", "x"])
+    assert agent.cmd == [sys.executable, "-c", "from distill_export.distributed import agent_main; agent_main()",
+                         "--standalone", "--nproc-per-node=2", "-m", "distill_export", "run", "--out", "x"]
+    assert agent.env["PATH"] == os.environ["PATH"] and seen == [True]
+    assert not os.path.exists(agent.env[rank_errors.ENV])  # removed afterwards
+
+
+@pytest.mark.parametrize("written, says, code", [
+    ({"rank1.json": {"message": "error: --lr bad", "code": 2}}, "error: --lr bad", 2),
+    ({"agent.json": {"rank": 1, "exitcode": -9}}, "rank 1 of 2 was killed by SIGKILL", 1),
+    ({}, "torchrun failed with exit code 3 before the ranks reported an error", 1)])
+def test_a_failed_rank_is_one_line_with_its_exit_code(monkeypatch, written, says, code):
+    import json
+    from pathlib import Path
+
+    from distill_export import rank_errors
+    from distill_export.errors import DistillExportError
+
+    def fail(agent, timeout):
+        for name, record in written.items():
+            (Path(agent.env[rank_errors.ENV]) / name).write_text(json.dumps(record))
+        return 3
+
+    _launch(monkeypatch, fail)
+    with pytest.raises(DistillExportError) as info:
+        ddp.launch_torchrun(2, ["run"])
+    assert str(info.value).startswith(says) and info.value.exit_code == code
+
+
+@pytest.mark.parametrize("agent_stops", [True, False])
+def test_an_interrupted_launch_stops_the_agent_then_raises(monkeypatch, agent_stops):
+    import signal
+    import subprocess
+
+    def interrupted(agent, timeout):
+        if timeout is None:
+            raise KeyboardInterrupt
+        if not agent_stops:
+            raise subprocess.TimeoutExpired("agent", timeout)
+        return -15
+
+    agent = _launch(monkeypatch, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ddp.launch_torchrun(2, ["run"])
+    assert agent.signals == [signal.SIGTERM] and agent.waits == [None, 60] and agent.killed is not agent_stops
+
+
+def test_the_agent_ends_with_the_failed_rank_s_code_and_leaves_a_note(monkeypatch, tmp_path):
+    import json
+    import logging
+    import signal
+    import sys
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from distill_export import rank_errors
+
+    monkeypatch.setenv(rank_errors.ENV, str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["agent", "--standalone", "--nproc-per-node=2", "-m", "distill_export", "run"])
+    elastic, other = logging.getLogger("torch.distributed.elastic.agent.x"), logging.getLogger("torch.distributed.x")
+    elastic.setLevel(logging.NOTSET)  # as a fresh process has it (an earlier call in this process set it)
+    other.setLevel(logging.INFO)
+    seen = []
+    monkeypatch.setattr(torchrun, "run", lambda args: seen.append((args.nproc_per_node, args.standalone, args.module,
+                                                                   args.training_script, args.training_script_args)))
+    ddp.agent_main()
+    assert seen == [("2", True, True, "distill_export", ["run"])]
+    assert elastic.level == logging.CRITICAL and other.level == logging.INFO  # torchrun's failure lines only
+    for exitcode, ends in ((2, 2), (-9, 1), (0, 1)):  # a failure never ends 0; a signal (negative) ends 1
+        def failed(args, exitcode=exitcode):
+            raise ChildFailedError("distill_export", {1: ProcessFailure(1, 123, exitcode, str(tmp_path / "none"))})
+
+        monkeypatch.setattr(torchrun, "run", failed)
+        with pytest.raises(SystemExit) as info:
+            ddp.agent_main()
+        assert info.value.code == ends
+        assert json.loads((tmp_path / rank_errors.AGENT).read_text()) == {"rank": 1, "exitcode": exitcode}
+
+    def signalled(args):
+        raise SignalException("stopped", sigval=signal.SIGTERM)
+
+    monkeypatch.setattr(torchrun, "run", signalled)
+    with pytest.raises(SystemExit) as info:
+        ddp.agent_main()
+    assert info.value.code == 128 + signal.SIGTERM

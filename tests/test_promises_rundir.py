@@ -159,6 +159,8 @@ def test_a_finished_stage_drops_its_own_checkpoints_only(tmp_path):
     assert run.checkpoint_path("student") == folder / "student.pt"
     run.drop_checkpoints("distill")
     assert sorted(p.name for p in folder.iterdir()) == ["teacher.audio.pt", "teacher.pt"]
+    run.drop_checkpoints("export")  # a stage that trains nothing has no checkpoints to drop
+    assert sorted(p.name for p in folder.iterdir()) == ["teacher.audio.pt", "teacher.pt"]
     run.drop_checkpoints("train_teacher")
     assert not folder.exists()
 
@@ -277,3 +279,210 @@ def test_records_stage_marks_its_stage_done_and_drops_its_checkpoints(done_run):
     assert _state(run)["distill"]["status"] == "done" and _state(run)["export"]["status"] == "stale"
     assert not (run.path / "checkpoints").exists()
     assert stage(cfg, None, 2) == 4 and seen[-1] is None  # no run: just the function
+
+
+# ----- issue 25, second round: what the first mutmut measure of rundir.py showed unguarded ------
+
+def test_a_claim_takes_an_empty_folder_and_writes_its_record_as_every_report_json(tmp_path, monkeypatch):
+    from distill_export.files import write_json
+
+    (tmp_path / "empty").mkdir()
+    old = os.umask(0o022)
+    try:
+        run = RunDir.create(tmp_path / "empty", fresh=True, stages=("train_teacher",))
+    finally:
+        os.umask(old)
+    write_json(tmp_path / "same.json", {"schema_version": 1})
+    assert run.file("report.json").read_bytes() == (tmp_path / "same.json").read_bytes()
+    assert os.stat(run.file("report.json")).st_mode & 0o777 == 0o644  # a plain file: 0o666 less the umask
+    monkeypatch.setattr("distill_export.rundir.check_output", lambda *a, **k: None)
+    with pytest.raises(RunClaimed) as info:
+        RunDir._claim(run.path, ())
+    assert str(info.value) == (f"--out {run.path} already holds a run (another run claimed it just now); "
+                               "choose a new --out")
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ConfigError) as info:
+        RunDir._claim(tmp_path / "plain", ())
+    assert str(info.value) == f"--out {tmp_path / 'plain'} is a file, not a folder; choose another --out"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("distill_export.rundir.os.open", full_disk)
+    with pytest.raises(ConfigError) as info:
+        RunDir._claim(tmp_path / "new", ())
+    assert str(info.value) == f"--out {tmp_path / 'new'} cannot be written: No space left on device"
+
+
+def test_unnamed_runs_are_named_by_the_second_and_skip_a_name_claimed_meanwhile(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    first = RunDir.create(None, fresh=True)
+    assert re.fullmatch(r"runs/\d{8}-\d{6}", first.path.as_posix())
+    base = tmp_path / "runs" / "20260101-000000"
+    monkeypatch.setattr("distill_export.rundir.default_run_dir", lambda: base)
+    real, raced = RunDir._claim.__func__, []
+
+    def raced_once(cls, target, stages):  # another process claims the free name between check and claim
+        if not raced:
+            raced.append(target)
+            raise RunClaimed(f"--out {target} already holds a run")
+        return real(cls, target, stages)
+
+    monkeypatch.setattr(RunDir, "_claim", classmethod(raced_once))
+    assert RunDir.create(None, fresh=True).path == base.with_name(base.name + "-2") and raced == [base]
+    for i in range(3, 100):
+        base.with_name(f"{base.name}-{i}").mkdir()
+    base.mkdir()
+    with pytest.raises(ConfigError, match="are all taken; choose a --out"):
+        RunDir.create(None, fresh=True)
+    assert not base.with_name(base.name + "-100").exists()
+    loose = RunDir.create(tmp_path / "loose")  # not fresh unless asked: just a writable folder
+    assert loose.path.is_dir() and not loose.file("report.json").exists()
+
+
+def test_discard_twice_is_harmless_and_stage_times_are_iso(tmp_path):
+    import re
+
+    run = RunDir.create(tmp_path / "r", fresh=True, stages=ALL)
+    run.discard()
+    run.discard()  # already gone: nothing to do, no error
+    assert not run.path.exists()
+    run = RunDir.create(tmp_path / "r2", fresh=True, stages=ALL)
+    run.mark_stage("distill")
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", _state(run)["distill"]["finished"])
+
+
+def test_a_stage_that_starts_again_keeps_what_other_stages_wrote(done_run):
+    run = done_run
+    before = _report(run)
+    run.file("latency.csv").unlink()  # a stage's file already gone is no error when it is dropped
+    assert run.begin_stage("profile") == ["report"]
+    rep = _report(run)
+    assert rep["metrics"] == before["metrics"] and rep["exports"] == before["exports"]  # parity is validate's
+    assert rep["teacher_exports"] == before["teacher_exports"] and rep["kd_verdict"] == "paid"
+    assert "recommended" not in rep and "profile" not in rep["timings"]
+    run.mark_stage("profile")
+    run.begin_stage("validate")
+    assert _report(run)["metrics"] == before["metrics"]  # only distill drops the student's metrics
+    assert run.begin_stage("train_teacher", RunConfig()) == ["distill", "export", "profile"]
+    rep = _report(run)
+    assert rep["metrics"] == {"teacher": {"accuracy": 0.9}} and rep["timings"] == {"train_teacher": 1.0}
+    assert set(_state(run)) == set(ALL) and _state(run)["validate"] == {"status": "pending"}
+
+
+def test_stages_a_run_never_planned_count_as_not_done(tmp_path):
+    run = RunDir.create(tmp_path / "r", fresh=True, stages=("train_teacher", "distill"))  # like train-teacher
+    run.file("config.yaml").write_text("seed: 0\n")
+    run.file("teacher.pt").write_text("t")
+    run.mark_stage("train_teacher")
+    run.mark_stage("distill")
+    run.file("student.pt").write_text("s")
+    assert run.missing_stages(("export",)) == ["export"] and run.missing_stages() == []
+    with pytest.raises(ConfigError) as info:
+        run.require_stages(("export", "validate"), "profile")
+    assert str(info.value) == (f"{run.path} is unfinished: stages export, validate did not finish, so `profile` "
+                               f"cannot run; next: `distill-export export {run.path}`")
+    assert RunDir.resumable(run.path).resume_plan() == (["train_teacher", "distill"],
+                                                        ["export", "validate", "profile", "report"])
+    assert run.resume_summary() == (f"resuming {run.path}: train_teacher, distill done (reused); running export, "
+                                    "then validate, profile, report")
+    assert run.begin_stage("distill") == [] and run.drop_checkpoints("export") is None
+
+
+def test_a_command_is_refused_only_for_the_outputs_it_builds_on(done_run):
+    run = done_run
+    run.file("student.onnx").unlink()  # export's output
+    run.require_stages(("train_teacher",), "distill")  # distill needs the teacher only
+    with pytest.raises(ConfigError) as info:
+        run.require_stages(("export",), "validate")
+    assert str(info.value) == (f"{run.file('student.onnx')} is missing (the export stage made it), so `validate` "
+                               f"cannot run; re-run `distill-export export {run.path}`")
+
+
+def test_resume_plans_from_the_first_unfinished_stage_report_included(done_run):
+    run = done_run
+    assert run.resume_plan() == (list(ALL), [])  # nothing to run
+    run.set_stages({**_state(run), "report": {"status": "pending"}})
+    assert RunDir.resumable(run.path).resume_plan() == (list(ALL[:-1]), ["report"])
+    assert run.resume_summary().endswith("profile done (reused); running report")
+    run.set_stages({**_state(run), "profile": {"status": "pending"}})
+    assert run.resume_summary().endswith("validate done (reused); running profile, then report")
+
+
+def test_resume_summary_names_every_checkpoint_and_the_first_stale_stages_reason(done_run):
+    run = done_run
+    run.set_stages({**_state(run), "distill": {"status": "pending"}, "export": {"status": "stale", "after": "distill"},
+                    "validate": {"status": "stale", "why": "student.onnx changed after validate"}})
+    (run.path / "checkpoints").mkdir()
+    for label, epoch in (("student", 2), ("baseline", 3), ("control_teacher", 1), ("control_student", 1)):
+        torch.save({"epoch": epoch, "epochs": 5}, run.checkpoint_path(label))
+    assert run.resume_summary({"control_teacher": "seed changed", "control_student": "seed changed"}) == (
+        f"resuming {run.path}: train_teacher done (reused); running distill from checkpoints (student at epoch 2/5, "
+        "baseline at epoch 3/5) (control_teacher at epoch 1/5 restarts from epoch 1: seed changed; control_student "
+        "at epoch 1/5 restarts from epoch 1: seed changed), then export, validate, profile, report (export, validate "
+        "stale: distill ran again after them)")
+    run.checkpoint_path("student").unlink()
+    assert "(student restarts from epoch 1: distill.lr changed)" in run.resume_summary({"student": "distill.lr changed"})
+
+
+def test_resume_refusals_are_one_line_saying_what_to_do(tmp_path, done_run):
+    with pytest.raises(ConfigError) as info:
+        RunDir.resumable(done_run.path)
+    assert str(info.value) == (f"--resume {done_run.path}: the run already finished (every stage is done); "
+                               f"its report is {done_run.path / 'report.md'}")
+    done_run.file("state.json").write_text(json.dumps({"stages": ["train_teacher"]}))  # not a stage record
+    assert done_run.stages() is None
+    with pytest.raises(ConfigError) as info:
+        RunDir.resumable(done_run.path)
+    assert str(info.value) == (f"--resume {done_run.path}: the run does not record its stages (made by an older "
+                               "version); start a new run")
+    early = RunDir.create(tmp_path / "early", fresh=True, stages=ALL)
+    with pytest.raises(ConfigError) as info:
+        RunDir.resumable(early.path)
+    assert str(info.value) == (f"--resume {early.path}: the run was stopped before it wrote config.yaml, so there "
+                               "is nothing to resume; start a new run (`distill-export run --out NEW`)")
+
+
+def test_a_run_made_before_state_json_keeps_its_stages_and_moves_them_on_the_first_write(tmp_path):
+    old = {"train_teacher": {"status": "done"}, "distill": {"status": "pending"}}
+    run = RunDir(tmp_path)
+    run.file("report.json").write_text(json.dumps({"stages": old, "dataset": {"name": "x"}}))
+    assert run.stages() == old and run.missing_stages() == ["distill"]
+    written = run.update_report(dataset={"rows": 3})
+    assert written == run.load_report() and written["dataset"] == {"name": "x", "rows": 3}
+    assert _state(run) == old and "stages" not in _report(run)
+    state_now = {"train_teacher": {"status": "done"}, "distill": {"status": "done"}}
+    run.set_stages(state_now)  # state.json is the record from now on: an old copy never overwrites it
+    run.file("report.json").write_text(json.dumps({"stages": old}))
+    run.update_report(dataset={"rows": 4})
+    assert _state(run) == state_now
+
+
+def test_config_is_saved_in_its_own_order_and_a_bad_one_is_named(done_run):
+    import yaml
+
+    run = done_run
+    run.save_config(RunConfig())
+    assert list(yaml.safe_load(run.file("config.yaml").read_text())) == list(RunConfig().to_dict())
+    run.file("config.yaml").write_text("distill: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        run.load_config()
+    assert str(info.value).startswith(f"run config {run.file('config.yaml')} is not valid YAML")
+
+
+def test_require_names_the_missing_file_and_how_to_get_it(done_run, tmp_path):
+    run = done_run
+    run.file("teacher.pt").unlink()
+    with pytest.raises(ConfigError) as info:
+        run.require("teacher.pt", "train-teacher")
+    assert str(info.value) == (f"{run.file('teacher.pt')} is missing: the teacher stage of {run.path} never finished; "
+                               f"continue it with `distill-export run --resume {run.path}` (or start a new run with "
+                               "`distill-export run --out NEW`)")
+    bare = RunDir(tmp_path / "bare")
+    bare.path.mkdir()
+    with pytest.raises(ConfigError) as info:
+        bare.require("teacher.pt", "train-teacher")
+    assert str(info.value) == (f"{bare.file('teacher.pt')} is missing: the teacher stage of {bare.path} never "
+                               "finished; start a new run (`distill-export run --out NEW` or `train-teacher --out NEW`)")
