@@ -71,7 +71,7 @@ class RunDir(RunOutputs):
                     return cls._claim(candidate, stages)
                 except RunClaimed:
                     continue
-            raise ConfigError(  # every name of this second is takenf"{base} and {base.name}-2 ... {base.name}-99 are all taken; choose a --out")
+            raise ConfigError(f"{base} and {base.name}-2 ... {base.name}-99 are all taken; choose a --out")
         return cls._claim(Path(path), stages)
 
     @classmethod
