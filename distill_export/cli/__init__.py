@@ -23,4 +23,23 @@ for command in (run, train_teacher, distill, tune, export, validate, profile, re
 
 
 def main() -> None:
-    app()
+    """The console script. A usage error (an option's value of the wrong type, an unknown
+    option, a missing argument) is one line and exit 2, like every other bad input, instead of
+    click's usage box; the rest is what Typer does."""
+    import sys
+
+    try:  # Typer >= 0.25 vendors click; older ones use click itself
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
+
+    try:
+        code = app(standalone_mode=False)  # click returns an Exit's code instead of exiting
+    except UsageError as exc:
+        where = f" (see distill-export {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
+        print(f"error: {exc.format_message()}{where}".replace("\n", " "), file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-C at a prompt
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
