@@ -101,8 +101,8 @@ def test_lf3_a_fraction_under_the_floor_records_what_was_kept_and_says_so(capsys
     assert int(data.train.labeled.sum()) == 10  # one per class: 1%, not the 0.5% asked
     assert data.info["label_fraction"] == 0.005 and data.info["label_fraction_kept"] == 0.01
     err = capsys.readouterr().err
-    assert err.strip() == ("note: --label-fraction 0.005 (data.label_fraction) keeps 10 labelled training rows, "
-                           "1.0% of them: whole rows are kept, at least one per class; report.json records both "
+    assert err.strip() == ("note: --label-fraction 0.005 (data.label_fraction) keeps 10 of the 1000 labelled "
+                           "training rows (1.0%): whole rows are kept, at least one per class; report.json records both "
                            "(label_fraction, label_fraction_kept)"), err
     full = load_dataset(DataConfig(max_train_rows=1000, label_fraction=0.1), seed=0)  # 100 of 1000: as asked
     assert full.info["label_fraction_kept"] == 0.1 and capsys.readouterr().err == ""
@@ -198,3 +198,16 @@ def test_p1_a_checkpoint_with_several_or_unknown_inputs_takes_no_input_shape():
         check_given_shape((1, 28, 28), "teacher.pt", {"image": [1, None, None]}, fills=False)
     check_given_shape((1, 28, 28), "student.pt", {"input": [1, 28, 28]}, fills=False)  # its own: accepted
     check_given_shape(None, "teacher.pt", two, fills=False)  # not given: nothing to check
+
+
+def test_p1_an_engine_whose_stamp_fixes_another_shape_is_refused(tmp_path):
+    import json
+
+    engine = tmp_path / "student.engine"  # never opened: the stamp beside it says what it was built for
+    engine.write_bytes(b"not an engine")
+    (tmp_path / "student.engine.json").write_text(json.dumps({"input_shape": [1, 1, 28, 28]}))
+    out, before = tmp_path / "prof", snapshot(tmp_path)
+    line = one_line_error(_profile(engine, "1,64,64", out), 2)
+    assert line.startswith(f"error: --input-shape 1,64,64 contradicts {engine}, whose input is 'input' "
+                           "[batch, 1,28,28], what it runs at"), line
+    assert line.endswith("drop --input-shape or give 1,28,28") and snapshot(tmp_path) == before and not out.exists()
