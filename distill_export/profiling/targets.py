@@ -249,7 +249,8 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     else:
         if not shapes or any(d is None for s in shapes.values() for d in s):
             return {"module": module, "example": None, "model": kind, "params": count_params(module),
-                    "macs": None, "input_shapes": shapes, "skip": f"the input shapes of {path} are not fixed; cannot build an input"}
+                    "macs": None, "input_shapes": shapes,
+                    "skip": f"the input shapes of {path} are not fixed; cannot build an input"}
         # Text inputs are hashed n-gram ids (B, L) into `buckets` embedding rows, not floats.
         kinds = (payload.get("arch_kwargs", {}).get("kinds") or {}) if not is_external_teacher(path) else {}
         buckets = (payload.get("arch_kwargs", {}).get("modalities") or {}) if kinds else {}
