@@ -345,12 +345,41 @@ def check_flags_apply(config, flags: dict) -> None:
         raise ConfigError("--tune-search sets what `run --tune` searches, but no search runs; add --tune N "
                           "or --tune-minutes M, or drop --tune-search")
     _check_objective_flags(config, flags)
+    _check_control_flag(config, flags)
+    if flags.get("data.skip_bad_rows") and config.data.source in BUILT_IN_SOURCES:
+        raise ConfigError(f"--skip-bad-rows (data.skip_bad_rows) skips bad rows of a manifest .csv/.jsonl, but "
+                          f"data.source {config.data.source} is a built-in dataset, not a manifest; "
+                          "drop --skip-bad-rows")
     int8 = any("int8" in f for f in config.export.formats)
     for key in ("export.calibration_samples", "export.calibration_method"):
         if flags.get(key) is not None and not int8:
             flag = "--" + key.split(".", 1)[1].replace("_", "-")
             raise ConfigError(f"{flag} sets {key}, which only INT8 exports read, but export.formats "
                               f"({','.join(config.export.formats)}) has none; add --format onnx-int8 or drop {flag}")
+
+
+# The data sources that are no user manifest (data/__init__.py load_dataset): their rows are
+# generated, so none fails validation and --skip-bad-rows has nothing to skip.
+BUILT_IN_SOURCES = ("avdigits", "moving_digits")
+
+
+def _check_control_flag(config, flags: dict) -> None:
+    """--self-training-control with a labels-only objective: no term reads a teacher, so a control
+    teacher has nothing to teach and the control would be recorded on, then skipped. Only the flag
+    is refused: a recipe's control (the demo's) with labels_only is recorded as skipped, with why."""
+    if not flags.get("distill.self_training_control"):
+        return
+    try:
+        from distill_export.methods import teacher_needs
+    except ImportError:  # a runtime-only install (no torch) trains nothing
+        return
+    if teacher_needs(config.distill):
+        return
+    objective = (f"--method {config.distill.method}" if flags.get("distill.method") is not None
+                 else f"distill.method {config.distill.method}" if not config.distill.terms else "distill.terms")
+    raise ConfigError(f"--self-training-control (distill.self_training_control) cannot apply: {objective} is labels "
+                      "only (no term reads a teacher), so a control teacher would have nothing to teach; drop "
+                      "--self-training-control or choose a method that distills (e.g. --method pseudo_label)")
 
 
 _OBJECTIVE_FLAGS = {"distill.temperature": "--temperature", "distill.alpha": "--alpha", "distill.beta": "--beta"}

@@ -76,6 +76,7 @@ def record_teacher(config: RunConfig, run: RunDir, data, device, training: dict)
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export import distributed as ddp
     from distill_export.capacity import training_fit
+    from distill_export.data.dataset import label_fraction_kept
     from distill_export.distill import labels_only, test_outputs, train_baseline
     from distill_export.nets.model_io import save_student
     from distill_export.nets.teacher import teacher_arch
@@ -150,6 +151,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
             "label_fraction": config.data.label_fraction,
             "rounds": config.distill.rounds,
             "labeled_train_rows": int(data.train.labeled.sum()),
+            "label_fraction_kept": label_fraction_kept(data.train),  # the one-per-class floor can exceed the asked
             "train_rows": len(data.train),
             "kd_loss_impl": config.distill.kd_impl if device.type == "cuda" else "reference",
             "processes": ddp.world(),  # data-parallel ranks (torchrun); 1 without

@@ -41,4 +41,27 @@ def load_dataset(config, seed: int, targets=None) -> Dataset:
     if config.student_modality not in data.modalities:
         raise DataError(f"student modality {config.student_modality!r} is not in the data "
                         f"(modalities: {', '.join(sorted(data.modalities))})")
+    _note_label_fraction(config, data, targets)
     return data
+
+
+def _note_label_fraction(config, data: Dataset, targets) -> None:
+    """Record the fraction of labelled training rows that kept their label (report.json
+    dataset.label_fraction_kept), and say so when it is not the one asked: whole rows are kept,
+    at least one per class (or one image), so 0.005 of 1000 rows over 10 classes keeps 1%."""
+    from distill_export.data.dataset import label_fraction_kept
+    from distill_export.data.manifest_rows import console
+
+    def pct(x: float) -> str:  # as the report writes it (record/format.py)
+        return f"{100 * x:.1f}%"
+
+    kept = label_fraction_kept(data.train)
+    data.info["label_fraction_kept"] = kept
+    if kept is None or pct(kept) == pct(config.label_fraction):
+        return
+    rows = int(data.train.labeled.sum())
+    total = round(rows / kept)  # the labelled training rows before any label was hidden
+    floor = "one image" if getattr(targets, "keep_fraction", None) else "one per class"
+    console.print(f"note: --label-fraction {config.label_fraction:g} (data.label_fraction) keeps {rows} of the {total} "
+                  f"labelled training rows ({pct(kept)}): whole rows are kept, at least {floor}; report.json "
+                  "records both (label_fraction, label_fraction_kept)")

@@ -115,6 +115,15 @@ def keep_label_fraction(labels: torch.Tensor, fraction: float, seed: int) -> tor
     return out
 
 
+def label_fraction_kept(split: Split) -> float | None:
+    """The fraction of the labelled training rows that kept their label: what trained, which
+    data.label_fraction asks for only up to whole rows per class and the one-row-per-class floor
+    (0.005 of 1000 rows over 10 classes keeps 10 rows: 0.01). None: no labelled row at all."""
+    kept = int(split.labeled.sum())
+    hidden = 0 if split.hidden is None else int(labeled_rows(split.hidden).sum())
+    return kept / (kept + hidden) if kept + hidden else None
+
+
 def check_fraction_keeps(fraction: float, rows: int, floor: int, why: str) -> None:
     """A fraction of `rows` labelled rows that rounds to no row at all (1e-300) is refused: the
     floor of `floor` rows ("one per class") would be what trains, not the fraction recorded."""

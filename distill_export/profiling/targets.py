@@ -100,7 +100,9 @@ def onnx_benches(path: Path, settings: ProfileSettings, model: str | None = None
         # Open it once up front: a corrupt file or an unfeedable input fails here, in one line.
         from distill_export.runtimes.onnx_runtime import input_specs, open_session
 
-        input_specs(open_session(path, 1, ort_cpu), path, shape)
+        session = open_session(path, 1, ort_cpu)
+        input_specs(session, path, shape)
+        check_given_shape(settings.input_shape, path, {i.name: i.shape[1:] for i in session.get_inputs()}, fills=True)
     out = []
     for backend in selected:
         reason = unavailable(backend)
@@ -122,6 +124,37 @@ def onnx_input_shape(path: Path) -> tuple[int, ...] | None:
     return tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
+def check_given_shape(given: tuple[int, ...] | None, path, inputs: dict[str, list], fills: bool) -> None:
+    """--input-shape against a model file's declared per-sample inputs (name -> dims; a dim that is
+    not a positive int is dynamic). fills: the runtime feeds the flag's dims to an input with a
+    dynamic dim (ONNX), which must keep its static ones; otherwise (checkpoints, engines) the flag
+    is never fed, so it must equal every input. A contradiction would be recorded in profile.json
+    as the shape measured while the model ran at its own: refused in one line."""
+    if given is None:
+        return
+    dims = {n: [d if isinstance(d, int) and d > 0 else None for d in ds] for n, ds in inputs.items()}
+    show = lambda ds: ",".join("?" if d is None else str(d) for d in ds)  # noqa: E731
+    flexible = {n: ds for n, ds in dims.items() if None in ds} if fills else {}
+    if flexible:  # the flag fills their dynamic dims; the fully static inputs keep their own
+        bad = {n: ds for n, ds in flexible.items()
+               if len(ds) != len(given) or any(d is not None and d != g for d, g in zip(ds, given))}
+        if bad:
+            name, ds = next(iter(bad.items()))
+            raise ConfigError(f"--input-shape {show(given)} contradicts {path}: its input {name!r} is [batch, {show(ds)}] "
+                              "('?' dynamic) and the flag sets only the dynamic dims; keep the static ones "
+                              f"({show(ds)} with each ? given) or drop --input-shape")
+        return
+    if dims and all(ds == list(given) for ds in dims.values()):
+        return
+    declared = "; ".join(f"{n!r} [batch, {show(ds)}]" for n, ds in dims.items()) or "not declared"
+    only = next(iter(dims.values())) if len(dims) == 1 else None
+    inputs_are = "inputs are" if len(dims) > 1 else "input is"
+    what = "fixed" if fills else "what it runs at (the flag sets only an ONNX file's dynamic dims)"
+    raise ConfigError(f"--input-shape {show(given)} contradicts {path}, whose {inputs_are} {declared}, {what}: profile.json "
+                      "would record the flag's shape for a measurement at the model's own; drop --input-shape"
+                      + (f" or give {show(only)}" if only and None not in only else ""))
+
+
 # ----- TensorRT --------------------------------------------------------------------------------
 
 
@@ -129,6 +162,12 @@ def engine_benches(path: Path, settings: ProfileSettings, model: str | None = No
                    input_shape: tuple[int, ...] | None = None) -> list[Bench]:
     model = model or path.stem
     info = {"path": str(path), "size_bytes": size_bytes(path)}
+    if settings.input_shape is not None:  # the engine runs at the shape it was built for (its stamp)
+        from distill_export.runtimes.tensorrt_engine import engine_stamp
+
+        declared = engine_stamp(path).get("input_shape", [])[1:]
+        if declared and all(isinstance(d, int) and d > 0 for d in declared):
+            check_given_shape(settings.input_shape, path, {"input": declared}, fills=False)
     out = []
     for backend in _selected(settings, "engine"):
         reason = unavailable(backend)
@@ -158,6 +197,7 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
         name = model or Path(str(path)).stem
         return [_skipped(name, "pytorch", b, unavailable(b), info) for b in selected]
     loaded = load_torch_model(path, weights, settings.sweep.max_call_s, factory)
+    check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=False)  # a checkpoint says its own
     name = model or loaded["model"]
     info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
     out = []
@@ -209,7 +249,8 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     else:
         if not shapes or any(d is None for s in shapes.values() for d in s):
             return {"module": module, "example": None, "model": kind, "params": count_params(module),
-                    "macs": None, "skip": f"the input shapes of {path} are not fixed; cannot build an input"}
+                    "macs": None, "input_shapes": shapes,
+                    "skip": f"the input shapes of {path} are not fixed; cannot build an input"}
         # Text inputs are hashed n-gram ids (B, L) into `buckets` embedding rows, not floats.
         kinds = (payload.get("arch_kwargs", {}).get("kinds") or {}) if not is_external_teacher(path) else {}
         buckets = (payload.get("arch_kwargs", {}).get("modalities") or {}) if kinds else {}
@@ -221,7 +262,8 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
                 for m, s in shapes.items()
             }
     return {"module": module, "example": example, "model": kind, "params": count_params(module),
-            "macs": count_macs(module, example(1)), "input_shape": student_shape}
+            "macs": count_macs(module, example(1)), "input_shape": student_shape,
+            "input_shapes": {"input": list(student_shape)} if student_shape is not None else shapes}
 
 
 # ----- run directories ---------------------------------------------------------------------------

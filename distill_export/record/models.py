@@ -95,7 +95,8 @@ class Dataset(Section):
     class_names: list[str] | None = None
     sizes: dict[str, int] = Field(default_factory=dict)  # split -> rows
     labeled_train_rows: int | None = None
-    label_fraction: float | None = None
+    label_fraction: float | None = None  # asked (data.label_fraction)
+    label_fraction_kept: float | None = None  # what trained: whole rows, at least one per class
     test_voices: list[str] | None = None  # the built-in demo only: voices held out of training
 
 
@@ -146,9 +147,10 @@ class Distill(Section):
     temperature: float | None = None
     alpha: float | None = None
     beta: float | None = None
-    label_fraction: float | None = 1.0
+    label_fraction: float | None = 1.0  # asked (data.label_fraction)
     rounds: int | None = None
     labeled_train_rows: int | None = None
+    label_fraction_kept: float | None = None  # what trained: whole rows, at least one per class
     train_rows: int | None = None
     kd_loss_impl: str | None = None
     processes: int | None = None

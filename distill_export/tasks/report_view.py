@@ -16,13 +16,23 @@ gates of each export.
 from __future__ import annotations
 
 from distill_export.record import RunRecord
-from distill_export.record.format import html_table, md_table, reads_record
+from distill_export.record.format import html_table, md_table, pct, reads_record
 
 MODELS = ("teacher", "baseline", "self_training", "student")
 
 
 def _num(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def labels_kept(d, floor: str) -> str:
+    """"5.0% of training labels", the fraction that trained; when whole rows and the floor
+    (`floor`, e.g. "at least one per class") made it another than data.label_fraction asked,
+    both: "1.0% of training labels (asked 0.5%; whole rows, at least one per class)"."""
+    asked, kept = d.label_fraction, getattr(d, "label_fraction_kept", None)
+    if asked is None or kept is None or pct(kept) == pct(asked):  # older reports record only the asked
+        return f"{pct(asked if kept is None else kept)} of training labels"
+    return f"{pct(kept)} of training labels (asked {pct(asked)}; whole rows, {floor})"
 
 
 def fit_sentence(record: RunRecord, headline: str = "accuracy") -> str:

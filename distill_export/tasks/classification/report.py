@@ -12,7 +12,7 @@ from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
 from distill_export.record.format import html_table, md_table, pct, reads_record
-from distill_export.tasks.report_view import fit_sentence, tune_sentence
+from distill_export.tasks.report_view import fit_sentence, labels_kept, tune_sentence
 
 MODELS = ("teacher", "baseline", "self_training", "student")  # the rows of the accuracy table, in order
 ACCURACY_HEADER = ["model", "accuracy", "macro F1", "macro precision", "macro recall"]
@@ -83,7 +83,7 @@ def _setting(d: Distill) -> str:
         desc = f"{method}: {shown}" if method != "terms" else shown
     else:  # older reports
         desc = f"T={d.temperature}, α={d.alpha}, β={d.beta}"
-    return f"{desc}; {pct(d.label_fraction)} of training labels"
+    return f"{desc}; {labels_kept(d, 'at least one per class')}"
 
 
 def _ci(c: PairedComparison | None) -> str:
@@ -162,7 +162,8 @@ def modality_gap_note(record: RunRecord) -> str:
     alone = only[0] if only else (next(iter(probe.values())) if len(probe) == 1 else None)
     if alone is None or teacher is None or base is None:
         return ""
-    lab = record.distill.label_fraction if record.distill else 1.0
+    d = record.distill
+    lab = (d.label_fraction_kept if d.label_fraction_kept is not None else d.label_fraction) if d else 1.0
     note = (f"The teacher scores {pct(teacher.accuracy)}; with only the student's modality it scores {pct(alone)}, "
             f"the baseline {pct(base.accuracy)}.")
     if alone <= base.accuracy + 0.01:

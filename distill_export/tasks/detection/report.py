@@ -12,7 +12,7 @@ from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
 from distill_export.record.format import html_table, md_table, pct, reads_record
-from distill_export.tasks.report_view import fit_sentence, tune_sentence
+from distill_export.tasks.report_view import fit_sentence, labels_kept, tune_sentence
 
 # The rows of the mAP table, in order, and what each is; any other model in the record follows.
 MODEL_LABELS = {
@@ -119,7 +119,7 @@ def summary_entries(record: RunRecord) -> list[tuple[str, str, str, str]]:
 def _setting(d: Distill) -> str:
     terms = " + ".join(f"{t.weight:g}·{t.name}" + (f"(threshold={t.threshold:g})" if t.threshold is not None else "")
                        for t in d.terms or [])
-    return f"{terms or 'no terms recorded'}; {pct(d.label_fraction)} of training labels"
+    return f"{terms or 'no terms recorded'}; {labels_kept(d, 'at least one image')}"
 
 
 def _stats(c: PairedComparison | None) -> str:
