@@ -94,7 +94,7 @@ def self_training_control(config, run: RunDir, data, device, needs, quiet) -> tu
     what the unlabeled rows give without the other modality."""
     from distill_export.nets.model_io import load_teacher, save_expert_teacher
     from distill_export.tasks import get_task
-    from distill_export.train_teacher import evaluate_teacher, train_teacher, unlabeled_pool_score
+    from distill_export.train_teacher import TeacherSource, evaluate_teacher, train_teacher, unlabeled_pool_score
 
     modality = config.data.student_modality
     path = run.file("control_teacher.pt")
@@ -107,11 +107,12 @@ def self_training_control(config, run: RunDir, data, device, needs, quiet) -> tu
                                  checkpoint=training_checkpoint(config, run, "control_teacher"))
     teacher = load_teacher(path, data).to(device)
     task = get_task(config.task)
-    teacher_metrics = evaluate_teacher(teacher, data, device, task)
+    source = TeacherSource(str(path), trained=True)  # its metrics are recorded: of finite outputs only
+    teacher_metrics = evaluate_teacher(teacher, data, device, task, source=source)
     student, info, _ = distill_rounds(config, run, data, device, teacher, path, needs, quiet, "control ",
                                        "control_teacher_outputs", with_experts=False)
     return {"teacher_accuracy": teacher_metrics[task.headline], "teacher_training": training,
-            "teacher_unlabeled_pool": unlabeled_pool_score(teacher, data, device, task),
+            "teacher_unlabeled_pool": unlabeled_pool_score(teacher, data, device, task, source),
             "student_training": info}, student
 
 

@@ -36,7 +36,8 @@ def stage_train_teacher(config: RunConfig, run: RunDir, quiet: bool = False, dat
         data, device = load_data(config)
     with timed(run, "train_teacher"):
         if config.teacher.path:
-            console.print(f"using teacher {config.teacher.path}")
+            if not quiet:  # -q: a refusal of this teacher is then the only line
+                console.print(f"using teacher {config.teacher.path}", highlight=False, soft_wrap=True)
             training = {"source": str(config.teacher.path)}
         else:
             training = train_teacher(config, data, device, run.file("teacher.pt"), quiet,
@@ -49,26 +50,34 @@ def record_teacher(config: RunConfig, run: RunDir, data, device, training: dict)
     also after `run --tune` swapped in the teacher fusion it chose (tune.py)."""
     from distill_export.nets.model_io import load_teacher
     from distill_export.tasks import get_task
-    from distill_export.train_teacher import evaluate_teacher, unlabeled_pool_score
+    from distill_export.files import sha256_file
+    from distill_export.train_teacher import TeacherSource, evaluate_teacher, unlabeled_pool_score
 
-    teacher = load_teacher(teacher_path(config, run), data, config.teacher.weights,
+    path = teacher_path(config, run)
+    teacher = load_teacher(path, data, config.teacher.weights,
                            strict=bool(config.teacher.path), max_call_s=config.validate.max_call_s).to(device)
     task = get_task(config.task)
-    metrics = evaluate_teacher(teacher, data, device, task)
+    source = TeacherSource(str(path), trained=not config.teacher.path)  # NaN outputs: refused, never recorded
+    metrics = evaluate_teacher(teacher, data, device, task, source=source)
     # The modality gap: what the teacher knows from the student's modality alone.
     others = [m for m in data.modalities if m != config.data.student_modality]
     probe = {
-        f"without_{m}": evaluate_teacher(teacher, data, device, task, drop=m)[task.headline] for m in others
+        f"without_{m}": evaluate_teacher(teacher, data, device, task, drop=m, source=source)[task.headline]
+        for m in others
     }
     if len(others) > 1:  # with 3+ modalities, also the student's modality alone
         student_only = f"only_{config.data.student_modality}"
-        probe[student_only] = evaluate_teacher(teacher, data, device, task, drop=tuple(others))[task.headline]
+        probe[student_only] = evaluate_teacher(teacher, data, device, task, drop=tuple(others),
+                                               source=source)[task.headline]
+    pool = unlabeled_pool_score(teacher, data, device, task, source)
     run.update_report(
         task=task_info(task),
         dataset={"name": data.name, "class_names": data.target_names, **data.info},
         metrics={"teacher": metrics},
         teacher={"training": training, "modality_probe": probe, "fusion": getattr(teacher, "fusion_name", "external"),
-                 "unlabeled_pool": unlabeled_pool_score(teacher, data, device, task)},
+                 "unlabeled_pool": pool,
+                 # the file these metrics describe: a stage that reads it again refuses another (run_outputs.py)
+                 "file_sha256": sha256_file(path) if path.is_file() else None},
     )
 
 

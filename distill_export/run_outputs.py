@@ -48,6 +48,10 @@ class RunOutputs:
             for file in self._stage_outputs(stage):
                 if not file.is_file():
                     return stage, file, "is missing"
+            if stage == "train_teacher":
+                changed = self._teacher_file_changed()
+                if changed:
+                    return stage, changed, "changed after train-teacher"
             if stage == "export" and self._student_changed():
                 return stage, self.file("student.pt"), "changed after export"
             if stage == "export" and self._teacher_changed():
@@ -83,6 +87,23 @@ class RunOutputs:
         student = self.file("student.pt")
         return bool(recorded) and student.is_file() and sha256_file(student) != recorded
 
+    def _teacher_file_changed(self) -> Path | None:
+        """The teacher file (the run's teacher.pt or the --teacher it loaded) when its content is
+        not what the teacher stage measured (report.json teacher.file_sha256; fifth audit ST4/ST5:
+        `distill` used the new file while the record kept the old one's metrics). Unknown (a run
+        made before the hash was recorded, a factory teacher, a missing file): None."""
+        from distill_export.files import sha256_file
+
+        recorded = (self.load_report().get("teacher") or {}).get("file_sha256")
+        if not recorded:
+            return None
+        try:
+            external = self.load_config().teacher.path
+        except ConfigError:
+            return None
+        teacher = Path(external) if external else self.file("teacher.pt")
+        return teacher if teacher.is_file() and sha256_file(teacher) != recorded else None
+
     def _teacher_changed(self) -> bool:
         """teacher.pt differs from the checkpoint the teacher's ONNX was exported from (export
         records its sha256 in report.json's teacher_exports): profile would time one teacher
@@ -99,7 +120,9 @@ class RunOutputs:
         found = self.outdated_output(needed)
         if found:
             stage, file, why = found
-            made = f"the {stage} stage made it" if why == "is missing" else "the exports were made from another checkpoint"
+            made = {"is missing": f"the {stage} stage made it",
+                    "changed after train-teacher": "the teacher stage measured another file: the run would mix two "
+                                                   "teachers"}.get(why, "the exports were made from another checkpoint")
             raise ConfigError(f"{file} {why} ({made}), so `{command}` cannot run; "
                               f"re-run {_NEXT[stage].format(run=self.path)}")
 
@@ -119,7 +142,8 @@ class RunOutputs:
         student changed after export, or an artifact changed after validate."""
         found = self.outdated_output(("train_teacher", "distill", "export"))
         if found:
-            return found[0], f"{found[1].relative_to(self.path)} {found[2]}"
+            file = found[1].relative_to(self.path) if found[1].is_relative_to(self.path) else found[1]  # --teacher
+            return found[0], f"{file} {found[2]}"
         stages = self.stages() or {}
         changed = self.changed_artifacts() if stages.get("validate", {}).get("status") == "done" else []
         return ("validate", f"{changed[0].relative_to(self.path)} changed after validate") if changed else None

@@ -206,10 +206,12 @@ def predict_batches(fn: Callable, inputs: dict[str, torch.Tensor], n_rows: int,
         yield f.float().cpu(), out.float().cpu()
 
 
-def check_finite(feats: torch.Tensor | None, logits: torch.Tensor, teacher, first_row: int | None = None) -> None:
+def check_finite(feats: torch.Tensor | None, logits: torch.Tensor, teacher, first_row: int | None = None,
+                 rows: str = "rows of a batch", then: str = "nothing was cached") -> None:
     """A teacher's outputs are finite (fourth audit B9): NaN logits were cached, then distilled
     into nothing (pseudo_label) or blamed on the student (hinton). A one-line CheckpointError
-    naming the teacher file, before anything is cached under a final name."""
+    naming the teacher file, before anything is cached under a final name. `rows` and `then`
+    word it for another caller (train_teacher.finite_outputs: before metrics are recorded)."""
     for name, out in (("logits", logits), ("features", feats)):
         if out is None or not out.is_floating_point() or out.numel() == 0:
             continue
@@ -218,8 +220,8 @@ def check_finite(feats: torch.Tensor | None, logits: torch.Tensor, teacher, firs
             where = "" if first_row is None else f", first at training row {first_row + int(bad.nonzero()[0])}"
             raise CheckpointError(
                 f"teacher {teacher}: its outputs are not finite ({name} hold NaN or inf on {int(bad.sum())} of "
-                f"{out.shape[0]} rows of a batch{where}); a teacher must give finite {name}: check its weights or "
-                "its export; nothing was cached")
+                f"{out.shape[0]} {rows}{where}); a teacher must give finite {name}: check its weights or "
+                f"its export; {then}")
 
 
 def finite_batches(batches: Batches, teacher) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from distill_export import distributed as ddp
@@ -30,17 +32,40 @@ def teacher_kwargs(data: Dataset, width: int, modality_dropout: float, modalitie
 
 
 def evaluate_teacher(teacher: FusionTeacher, data: Dataset, device, task,
-                     drop: str | tuple[str, ...] | None = None) -> dict:
+                     drop: str | tuple[str, ...] | None = None, source: TeacherSource | None = None) -> dict:
     """The task's test metrics; `drop` zeroes one modality's (or several) embedding (a probe of
-    the modality gap)."""
+    the modality gap). `source`: refuse outputs that are not finite (finite_outputs)."""
     inputs = {m: v.to(device) for m, v in data.test.inputs.items()}
     dropped = (drop,) if isinstance(drop, str) else tuple(drop or ())
     forward = lambda x: teacher.forward_features(x, drop=dropped)  # noqa: E731
     _, outputs = predict(forward, inputs, len(data.test))
+    finite_outputs(outputs, source, "test rows" + (f" with {'+'.join(dropped)} dropped" if dropped else ""))
     return task.evaluate(outputs.numpy(), data.test.labels.numpy(), data)
 
 
-def unlabeled_pool_score(teacher, data: Dataset, device, task) -> dict | None:
+@dataclass(frozen=True)
+class TeacherSource:
+    """The teacher file whose outputs are measured, and whether this run trained it."""
+
+    path: str
+    trained: bool = False
+
+
+def finite_outputs(outputs: torch.Tensor, source: TeacherSource | None, rows: str) -> None:
+    """Metrics of NaN or inf logits are not the teacher's (fifth audit W1: a .pt teacher whose
+    finite weights overflow on some rows was recorded at 14.5% and refused only later, at the
+    cache fill): one line naming the file, before anything is recorded. A trained teacher that
+    does this is a failed training."""
+    if source is None:
+        return
+    from distill_export.teacher_cache import check_finite
+
+    then = ("its training failed (it diverged: try a lower teacher.lr or fewer teacher.epochs); nothing was recorded"
+            if source.trained else "nothing was recorded")
+    check_finite(None, outputs, source.path, rows=rows, then=then)
+
+
+def unlabeled_pool_score(teacher, data: Dataset, device, task, source: TeacherSource | None = None) -> dict | None:
     """The teacher's headline metric on the training rows whose labels data.label_fraction hid:
     how good the pseudo-labels it hands the student are. None without such rows (all labels
     kept, or rows streamed from disk)."""
@@ -57,6 +82,7 @@ def unlabeled_pool_score(teacher, data: Dataset, device, task) -> dict | None:
     outputs = torch.cat([  # in chunks: a copy of every hidden row's clip would double the data's memory
         predict(teacher.forward_features, {m: data.train.inputs[m][part].to(device) for m in names}, len(part))[1]
         for part in rows.split(1024)])
+    finite_outputs(outputs, source, "unlabeled training rows")
     return {"rows": int(len(rows)), task.headline: task.evaluate(outputs.numpy(), hidden[rows].numpy(), data)[task.headline]}
 
 

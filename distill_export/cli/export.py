@@ -21,7 +21,7 @@ def export(run_dir: RunDirArg, overrides: dict = None, quiet: Quiet = False):
 
     rd, cfg = open_run(run_dir, overrides)
     with rd.lock():
-        rd.require_stages(("distill",), "export")
+        rd.require_stages(("train_teacher", "distill"), "export")  # the teacher's ONNX: of the file measured
         with rd.transaction():
             stage_export(cfg, rd, quiet)
             rd.save_config(cfg)

@@ -44,6 +44,17 @@ def load_failure(exc: BaseException) -> str:
 FORMAT = "distill-export/1"
 
 
+def quiet_load(path) -> Any:
+    """torch.load, weights only, without torch's warnings: a plain pickle file made it print
+    "Detected pickle protocol 4 ... please file an issue" and its source line before our one
+    refusal line (fifth audit SI_pickle/PK2). What is wrong with a file is said by the error."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def save_checkpoint(
     path: str | Path, model: nn.Module, kind: str, arch: str, arch_kwargs: dict, meta: dict
 ) -> None:
@@ -63,7 +74,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
 
     path = check_model_file(path, f"checkpoint {path}", CheckpointError)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = quiet_load(path)
     except Exception as exc:  # corrupt zip, pickle with code, truncated file...
         raise CheckpointError(f"{path} is not a readable checkpoint: {load_failure(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -96,9 +107,19 @@ def check_state_dict(state, what: str) -> None:
 def check_cast_fits(state: dict, own: dict, what: str, names: dict | None = None) -> None:
     """Every floating tensor stays finite once load_state_dict casts it to the model's dtype
     (`own`: the model's state_dict): 1e300 is finite in float64 and inf in float32. `names` maps
-    a key to the file's own name for it, for the message."""
+    a key to the file's own name for it, for the message. A complex, integer or bool tensor for
+    a floating weight is refused too (fifth audit SI_complex): the cast drops the imaginary part
+    with torch's warning, or turns a mask or an index into a weight; an integer buffer
+    (num_batches_tracked) takes integers."""
     for key, value in state.items():
         target = own.get(key)
+        if (isinstance(value, torch.Tensor) and isinstance(target, torch.Tensor) and target.is_floating_point()
+                and not value.is_floating_point()):
+            raise CheckpointError(
+                f"{what}: tensor {str((names or {}).get(key, key))[:80]!r} is {str(value.dtype).removeprefix('torch.')}"
+                f", the model's is {str(target.dtype).removeprefix('torch.')}: a weight must be a real floating "
+                "tensor (a cast would " + ("drop its imaginary part" if value.is_complex() else "turn it into another number type")
+                + "), refused")
         if not _cast_on_load(value, target):
             continue
         overflow = ~torch.isfinite(value.to(target.dtype))  # the values the model would hold
@@ -140,6 +161,6 @@ def read_state_file(path: Path, what: str) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return quiet_load(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise CheckpointError(f"{what} is not a readable state_dict: {load_failure(exc)}") from None

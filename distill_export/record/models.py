@@ -106,6 +106,8 @@ class Teacher(Section):
     fusion: str | None = None  # concat | late | external
     # the headline metric on the training rows whose labels label_fraction hid: pseudo-label quality
     unlabeled_pool: dict[str, float] | None = None
+    # sha256 of the teacher file these metrics describe (None: a factory, or a run made before it)
+    file_sha256: str | None = None
 
 
 class SelfTrainingControl(Section):
