@@ -140,3 +140,31 @@ def labels_only_models(config, run: RunDir, data, device, specs, quiet):
                if config.distill.self_training_control else None)
     return ({"student": baseline, "baseline": baseline}, kd_train, base_train, control,
             {"status": "not used", "reason": "labels_only: no term reads the teacher"})
+
+
+def draw_examples(config, run, data, device, task, teacher, outputs: dict) -> dict[str, str]:
+    """The task's picture of a few test inputs with the student's and the teacher's outputs
+    (Task.draw_examples), under plots/ for the report; {} when the task draws none."""
+    from distill_export.train import predict
+
+    from distill_export.tasks.base import Task
+
+    n = min(8, len(data.test))
+    if n == 0 or type(task).draw_examples is Task.draw_examples:  # the task draws none: no teacher pass
+        return {}
+    inputs = {m: v[:n].to(device) for m, v in data.test.inputs.items() if m in getattr(teacher, "modality_names", ())}
+    try:
+        _, teacher_out = predict(teacher.forward_features, inputs, n) if inputs else (None, None)
+    except (RuntimeError, TypeError):  # an external teacher that takes other inputs: the student alone
+        teacher_out = None
+    panels = {"student": outputs["student"][:n]}
+    if teacher_out is not None:
+        panels["teacher"] = teacher_out.numpy()
+    name = "detections.png"
+    from distill_export.files import own_folder
+
+    path = own_folder(run.file("plots")) / name
+    path.parent.mkdir(exist_ok=True)
+    drawn = task.draw_examples(data.test.inputs[config.data.student_modality][:n].numpy(), panels,
+                               data.test.labels[:n].numpy(), data, path)
+    return {"examples": name} if drawn else {}

@@ -67,7 +67,7 @@ def start_run(config: RunConfig, stages: tuple[str, ...] = RUN_STAGES):
 def open_run(run_dir: Path, overrides: dict | None = None):
     """(run, config) of a run directory an earlier stage wrote, `overrides` (dotted keys) applied."""
     from distill_export.config import apply_flags, validate_config
-    from distill_export.config_checks import check_flags_apply
+    from distill_export.flag_checks import check_flags_apply
 
     run = RunDir.existing(run_dir)
     config = run.load_config()

@@ -14,7 +14,8 @@ from rich.console import Console
 from distill_export.config import RunConfig
 from distill_export.errors import ParityError
 from distill_export.distill_runs import (
-    distill_rounds, labels_only_models, self_training_control, teacher_path, timed, training_checkpoint,
+    distill_rounds, draw_examples, labels_only_models, self_training_control, teacher_path, timed,
+    training_checkpoint,
 )
 from distill_export.launch import load_data
 from distill_export.rundir import RUN_STAGES, RunDir, records_stage
@@ -134,7 +135,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     def compare(a: str, b: str) -> dict:  # paired, on the same test rows
         return task.compare(outputs[a], outputs[b], targets, seed=config.seed)
 
-    figures = _draw_examples(config, run, data, device, task, teacher, outputs)
+    figures = draw_examples(config, run, data, device, task, teacher, outputs)
     fit = training_fit(teacher, models, data, modality, device, task, seed=config.seed)
     kd_vs_base = compare("student", "baseline")
     comparisons = {"student_vs_baseline": kd_vs_base}
@@ -177,34 +178,6 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         },
         **({"figures": figures} if figures else {}),
     )
-
-
-def _draw_examples(config, run: RunDir, data, device, task, teacher, outputs: dict) -> dict[str, str]:
-    """The task's picture of a few test inputs with the student's and the teacher's outputs
-    (Task.draw_examples), under plots/ for the report; {} when the task draws none."""
-    from distill_export.train import predict
-
-    from distill_export.tasks.base import Task
-
-    n = min(8, len(data.test))
-    if n == 0 or type(task).draw_examples is Task.draw_examples:  # the task draws none: no teacher pass
-        return {}
-    inputs = {m: v[:n].to(device) for m, v in data.test.inputs.items() if m in getattr(teacher, "modality_names", ())}
-    try:
-        _, teacher_out = predict(teacher.forward_features, inputs, n) if inputs else (None, None)
-    except (RuntimeError, TypeError):  # an external teacher that takes other inputs: the student alone
-        teacher_out = None
-    panels = {"student": outputs["student"][:n]}
-    if teacher_out is not None:
-        panels["teacher"] = teacher_out.numpy()
-    name = "detections.png"
-    from distill_export.files import own_folder
-
-    path = own_folder(run.file("plots")) / name
-    path.parent.mkdir(exist_ok=True)
-    drawn = task.draw_examples(data.test.inputs[config.data.student_modality][:n].numpy(), panels,
-                               data.test.labels[:n].numpy(), data, path)
-    return {"examples": name} if drawn else {}
 
 
 @records_stage("export")

@@ -42,7 +42,7 @@ def test_sc1_an_explicit_control_with_a_labels_only_objective_is_refused(tmp_pat
 
 def test_sc1_the_recipes_control_or_an_off_flag_with_labels_only_is_not_refused():
     from distill_export.cli.options import load
-    from distill_export.config_checks import check_flags_apply
+    from distill_export.flag_checks import check_flags_apply
 
     # the demo recipe turns the control on; labels_only then records it as skipped (distill_runs.py)
     assert load(None, None, {"distill.method": "labels_only"}).distill.self_training_control is True

@@ -250,7 +250,7 @@ FLAGS = {
     "task": (["--task", "flag_test_task"], "task", "flag_test_task"),  # registered below
     "epochs": (["--epochs", "3"], "distill.epochs", 3),
     "teacher_epochs": (["--teacher-epochs", "4"], "teacher.epochs", 4),
-    # (with a method that reads it: the recipe's pseudo_label has no temperature, config_checks._check_objective_flags)
+    # (with a method that reads it: the recipe's pseudo_label has no temperature, flag_checks._check_objective_flags)
     "temperature": (["--temperature", "2.5", "--method", "hinton"], "distill.temperature", 2.5),
     "alpha": (["--alpha", "0.3"], "distill.alpha", 0.3),
     "beta": (["--beta", "0.2"], "distill.beta", 0.2),
@@ -263,7 +263,7 @@ FLAGS = {
     "mix": (["--mix", "mixup"], "distill.mix", "mixup"),
     "tune": (["--tune", "5"], "distill.tune_trials", 5),
     "tune_minutes": (["--tune-minutes", "2.5"], "distill.tune_minutes", 2.5),
-    # (with a search: --tune-search alone is refused, config_checks.check_flags_apply)
+    # (with a search: --tune-search alone is refused, flag_checks.check_flags_apply)
     "tune_search": (["--tune-search", "terms,mix", "--tune", "5"], "distill.tune_search", "terms,mix"),
     "method": (["--method", "dkd"], "distill.method", "dkd"),
     "teacher_fusion": (["--teacher-fusion", "late"], "teacher.fusion", "late"),

@@ -146,8 +146,8 @@ def config_flags(command: str):
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
-    from distill_export.config_checks import (check_flags_apply, check_loaded_teacher_settings,
-                                              check_search_keeps_settings)
+    from distill_export.flag_checks import (check_flags_apply, check_loaded_teacher_settings,
+                                            check_search_keeps_settings)
     from distill_export.preflight import settle_teacher_fusion
 
     config = load_config(recipe or "avdigits", config_file, flags)

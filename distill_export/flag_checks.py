@@ -1,0 +1,131 @@
+"""Flags that cannot apply to this run are refused, not recorded as if they ran (issue 24):
+a setting a tune search would replace, a loaded teacher's training settings, a calibration flag
+without an INT8 format, an objective flag no term reads, a control with nothing to teach,
+--skip-bad-rows on a built-in dataset. cli/options.py and launch.py call these after the config
+is loaded, with the flags the user gave (`flags`, `given`)."""
+
+from __future__ import annotations
+
+from distill_export.config_checks import tune_search_spaces
+from distill_export.errors import ConfigError
+
+
+# A search space -> the settings it picks: (config key, the flag that sets it or None).
+_SEARCH_PICKS = {
+    "rounds": (("distill.rounds", "--rounds"),),
+    "mix": (("distill.mix", "--mix"), ("distill.mix_alpha", None)),
+    "fusion": (("teacher.fusion", "--teacher-fusion"),),
+}
+_PICKS_WHAT = {"rounds": "picks 1 to 3 rounds", "mix": "picks the batch mixing and its strength",
+               "fusion": "picks the teacher's fusion"}
+
+
+def check_search_keeps_settings(config, given) -> None:
+    """`run --tune` with a search space that picks a setting the user also set (given(key): a
+    flag or --config, not the defaults or the recipe) would replace that setting in silence, or
+    (the mixing) train the final student with one the search never tried."""
+    if not (config.distill.tune_trials or config.distill.tune_minutes):
+        return
+    spaces = tune_search_spaces(config.distill.tune_search)
+    for space, picks in _SEARCH_PICKS.items():
+        for key, flag in picks:
+            if space in spaces and given(key):
+                section, name = key.split(".")
+                shown = f"{flag} {getattr(getattr(config, section), name)} ({key})" if flag else key
+                drop = f"{flag} (or {key} from --config)" if flag else f"{key} from --config"
+                raise ConfigError(f"{shown} is set, but --tune-search includes {space} (distill.tune_search), "
+                                  f"which {_PICKS_WHAT[space]} and would replace it; drop {drop}, or drop "
+                                  f"{space} from --tune-search")
+
+
+def check_loaded_teacher_settings(config, given) -> None:
+    """teacher.epochs with a loaded teacher (--teacher) is read only by the teachers a run still
+    trains: the self-training control's and, from round 2, the re-fitted experts. With neither,
+    a given one (a flag or --config) would be recorded in config.yaml as if a teacher trained."""
+    if not config.teacher.path or not given("teacher.epochs"):
+        return
+    if config.distill.self_training_control or config.distill.rounds > 1:
+        return
+    raise ConfigError(f"--teacher-epochs {config.teacher.epochs} (teacher.epochs) cannot apply: --teacher "
+                      f"{config.teacher.path} is loaded, not trained, and no other teacher trains here (the "
+                      "self-training control is off and distill.rounds is 1); drop --teacher-epochs "
+                      "(or teacher.epochs from --config)")
+
+
+def check_flags_apply(config, flags: dict) -> None:
+    """A flag given for something this run will not do is refused, not recorded as if it ran:
+    the INT8 calibration settings without an INT8 format (a fresh audit found them in config.yaml
+    of an FP32-only export)."""
+    if flags.get("distill.tune_search") is not None and not (config.distill.tune_trials or config.distill.tune_minutes):
+        raise ConfigError("--tune-search sets what `run --tune` searches, but no search runs; add --tune N "
+                          "or --tune-minutes M, or drop --tune-search")
+    _check_objective_flags(config, flags)
+    _check_control_flag(config, flags)
+    if flags.get("data.skip_bad_rows") and config.data.source in BUILT_IN_SOURCES:
+        raise ConfigError(f"--skip-bad-rows (data.skip_bad_rows) skips bad rows of a manifest .csv/.jsonl, but "
+                          f"data.source {config.data.source} is a built-in dataset, not a manifest; "
+                          "drop --skip-bad-rows")
+    int8 = any("int8" in f for f in config.export.formats)
+    for key in ("export.calibration_samples", "export.calibration_method"):
+        if flags.get(key) is not None and not int8:
+            flag = "--" + key.split(".", 1)[1].replace("_", "-")
+            raise ConfigError(f"{flag} sets {key}, which only INT8 exports read, but export.formats "
+                              f"({','.join(config.export.formats)}) has none; add --format onnx-int8 or drop {flag}")
+
+
+# The data sources that are no user manifest (data/__init__.py load_dataset): their rows are
+# generated, so none fails validation and --skip-bad-rows has nothing to skip.
+BUILT_IN_SOURCES = ("avdigits", "moving_digits")
+
+
+def _check_control_flag(config, flags: dict) -> None:
+    """--self-training-control with a labels-only objective: no term reads a teacher, so a control
+    teacher has nothing to teach and the control would be recorded on, then skipped. Only the flag
+    is refused: a recipe's control (the demo's) with labels_only is recorded as skipped, with why."""
+    if not flags.get("distill.self_training_control"):
+        return
+    try:
+        from distill_export.methods import teacher_needs
+    except ImportError:  # a runtime-only install (no torch) trains nothing
+        return
+    if teacher_needs(config.distill):
+        return
+    objective = (f"--method {config.distill.method}" if flags.get("distill.method") is not None
+                 else f"distill.method {config.distill.method}" if not config.distill.terms else "distill.terms")
+    raise ConfigError(f"--self-training-control (distill.self_training_control) cannot apply: {objective} is labels "
+                      "only (no term reads a teacher), so a control teacher would have nothing to teach; drop "
+                      "--self-training-control or choose a method that distills (e.g. --method pseudo_label)")
+
+
+_OBJECTIVE_FLAGS = {"distill.temperature": "--temperature", "distill.alpha": "--alpha", "distill.beta": "--beta"}
+
+
+def _check_objective_flags(config, flags: dict) -> None:
+    """--temperature, --alpha or --beta that no term of the objective reads (methods/objective.py
+    settings_read) would be recorded in config.yaml and report.json as if it had shaped the run."""
+    given = [k for k in _OBJECTIVE_FLAGS if flags.get(k) is not None]
+    if not given:
+        return
+    try:
+        from distill_export.methods import PRESETS, settings_read
+    except ImportError:  # a runtime-only install (no torch) trains nothing
+        return
+    d = config.distill
+    read = settings_read(d)
+    for key in given:
+        name = key.split(".")[1]
+        if name in read:
+            continue
+        flag = _OBJECTIVE_FLAGS[key]
+        head = f"{flag} {getattr(d, name):g} sets {key}, but "
+        if d.terms:
+            terms = ", ".join(str(t.get("name")) for t in d.terms)
+            why = ("every term of distill.terms (" + terms + ") that takes a temperature sets its own"
+                   if name == "temperature" else
+                   f"distill.terms ({terms}) lists the objective with its own weights, so {key} is not read")
+            raise ConfigError(head + why + f"; drop {flag}, or pass --method to run a preset instead of distill.terms")
+        method = f"--method {d.method}" if flags.get("distill.method") is not None else f"distill.method {d.method}"
+        names = ", ".join(("ce", *PRESETS[d.method][0]))
+        why = ("no term of it takes a temperature" if name == "temperature"
+               else "it has no distillation term for ce to share the weight with")
+        raise ConfigError(head + f"{method} ({names}) does not read it: {why}; drop {flag} or choose another method")
