@@ -49,7 +49,7 @@ def _note_label_fraction(config, data: Dataset, targets) -> None:
     """Record the fraction of labelled training rows that kept their label (report.json
     dataset.label_fraction_kept), and say so when it is not the one asked: whole rows are kept,
     at least one per class (or one image), so 0.005 of 1000 rows over 10 classes keeps 1%."""
-    from distill_export.data.dataset import label_fraction_kept
+    from distill_export.data.dataset import kept_differs, label_fraction_kept
     from distill_export.data.manifest_rows import console
 
     def pct(x: float) -> str:  # as the report writes it (record/format.py)
@@ -57,7 +57,7 @@ def _note_label_fraction(config, data: Dataset, targets) -> None:
 
     kept = label_fraction_kept(data.train)
     data.info["label_fraction_kept"] = kept
-    if kept is None or pct(kept) == pct(config.label_fraction):
+    if not kept_differs(config.label_fraction, kept):
         return
     rows = int(data.train.labeled.sum())
     total = round(rows / kept)  # the labelled training rows before any label was hidden
