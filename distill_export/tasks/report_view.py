@@ -29,10 +29,9 @@ def labels_kept(d, floor: str) -> str:
     """"5.0% of training labels", the fraction that trained; when whole rows and the floor
     (`floor`, e.g. "at least one per class") made it another than data.label_fraction asked,
     both: "1.0% of training labels (asked 0.5%; whole rows, at least one per class)"."""
-    from distill_export.data.dataset import kept_differs
-
     asked, kept = d.label_fraction, getattr(d, "label_fraction_kept", None)
-    if not kept_differs(asked, kept):  # (older reports record only the asked)
+    # the rule of data.dataset.kept_differs, not imported: the report is rendered without torch
+    if asked is None or kept is None or not asked > 0 or abs(kept / asked - 1) <= 0.1:  # (older reports: no kept)
         return f"{pct(asked if kept is None else kept)} of training labels"
     return f"{pct(kept)} of training labels (asked {pct(asked)}; whole rows, {floor})"
 
