@@ -208,3 +208,19 @@ def test_an_extensible_pcm_wav_reads_or_names_its_format(tmp_path):
             audio.read_wav(path)
         msg = str(info.value)
         assert "WAVE_FORMAT_EXTENSIBLE" in msg and "pcm_s16le" in msg and str(path) in msg and "\n" not in msg
+
+
+def test_a_float_wav_is_named_with_how_to_convert_it(tmp_path):
+    """WAVE_FORMAT_IEEE_FLOAT (tag 3) is valid but not integer PCM: one line naming it (fifth
+    audit: it was "unknown format: 3")."""
+    import struct
+
+    data = np.linspace(-0.5, 0.5, 400, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 8000, 8000 * 4, 4, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path = tmp_path / "float.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(DataError) as info:
+        audio.read_wav(path)
+    msg = str(info.value)
+    assert "WAVE_FORMAT_IEEE_FLOAT" in msg and "pcm_s16le" in msg and str(path) in msg and "\n" not in msg

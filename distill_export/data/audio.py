@@ -87,6 +87,10 @@ def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[
     except FileNotFoundError:
         raise DataError(f"audio file not found: {path}") from None
     except (_wave.Error, EOFError, OSError) as e:
+        if "unknown format: 3" == str(e).strip():  # WAVE_FORMAT_IEEE_FLOAT: the stdlib reads integer PCM only
+            raise DataError(f"cannot read WAV file {path}: its samples are 32/64-bit float (WAVE_FORMAT_IEEE_FLOAT), "
+                            "and only integer PCM WAV is read; save it as PCM, e.g. ffmpeg -i IN -c:a pcm_s16le "
+                            "OUT.wav") from None
         if "unknown format: 65534" in str(e):  # this Python's wave module predates WAVE_FORMAT_EXTENSIBLE (3.12)
             raise DataError(f"cannot read WAV file {path}: it is WAVE_FORMAT_EXTENSIBLE, which Python "
                             f"{sys.version_info.major}.{sys.version_info.minor}'s wave module does not read (3.12+ "
