@@ -103,6 +103,10 @@ def main() -> None:
             # labelled training rows (capacity.training_fit): can this student fit the teacher?
             "fit_student": fit.get("student"), "fit_teacher_student_view": fit.get("teacher_student_view"),
             "fit_gap": fit.get("gap"), "fit_flagged": fit.get("flagged"),
+            # validation accuracy (best epoch): what a choice between settings may read; test is for the record
+            "val": {"baseline": (rep["distill"].get("baseline_training") or {}).get("best_val_accuracy"),
+                    "student": (rep["distill"].get("student_training") or {}).get("best_val_accuracy"),
+                    "self_training": (control.get("student_training") or {}).get("best_val_accuracy")},
             "seconds": round(time.perf_counter() - t0, 1),
         }
         results.append(row)
