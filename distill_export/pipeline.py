@@ -94,6 +94,9 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     from distill_export.tasks import get_task
     from distill_export.nets.model_io import load_teacher
 
+    from distill_export.preflight import check_cache_dir
+
+    check_cache_dir(config.distill.teacher_cache_dir)  # `distill RUN` too, before the data loads
     if data is None:
         data, device = load_data(config)
 

@@ -251,3 +251,33 @@ def test_a_jsonl_row_with_a_key_twice_is_refused(tmp_path):
     manifest.write_text("\n".join(lines) + "\n")
     assert refused(tmp_path, manifest) == (f"error: {manifest}:4: bad row: field 'label' appears twice (which one "
                                            "is meant?); fix it or pass --skip-bad-rows")
+
+
+# ----- EXIF orientation: the image as every viewer shows it -------------------------------------
+def sideways_jpeg(path: Path) -> Path:
+    """A 4 wide x 2 high JPEG, white on its left column, tagged orientation 6 (stored rotated: a
+    viewer turns it 90 degrees clockwise, so it shows 2 wide x 4 high, white along the top row)."""
+    pixels = np.zeros((2, 4), np.uint8)
+    pixels[:, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=100)
+    return path
+
+
+def test_an_exif_rotated_photo_decodes_upright(tmp_path):
+    path = sideways_jpeg(tmp_path / "phone.jpg")
+    upright = loaders.read_image(path)
+    assert (upright.height, upright.width) == (4, 2)
+    pixels = np.asarray(upright)
+    assert pixels[0].min() > 200 and pixels[1:].max() < 60  # the white stored column is now the top row
+    with Image.open(path) as im:
+        assert loaders.displayed_size(im) == (4, 2) and (im.height, im.width) == (2, 4)
+
+
+def test_an_exif_rotated_first_image_sets_the_upright_auto_size(tmp_path):
+    manifest, rows = image_manifest(tmp_path)
+    for row in rows:  # every image the same sideways photo: the column's auto size is its upright one
+        sideways_jpeg(manifest.parent / row["image"])
+    data = load_dataset(DataConfig(source=str(manifest)), seed=0)
+    assert data.modalities["image"].shape == (1, 4, 2)

@@ -16,8 +16,8 @@ app = typer.Typer()
 
 ProfileTargets = Annotated[list[Path], typer.Argument(metavar="TARGET", help="Run directories, .onnx files, TensorRT .engine files or checkpoints (.pt).", show_default=False)]
 TargetPreset = Annotated[Optional[str], typer.Option("--target", help="Hardware preset: {targets} (cpu-1t: one thread, like a small ARM core).")]
-Threads = Annotated[Optional[str], typer.Option("--threads", help="CPU thread counts to sweep, e.g. 1,2 (0 = all cores; default 1,2,4,all, capped at the core count).")]
-Batches = Annotated[Optional[str], typer.Option("--batch", help="Batch sizes to sweep (default 1,8,32,128).")]
+Threads = Annotated[Optional[str], typer.Option("--threads", help="CPU thread counts to sweep, e.g. 1,2 (0 = all cores; default 1,2,4,all, capped at the core count; a run directory: its profile.threads).")]
+Batches = Annotated[Optional[str], typer.Option("--batch", help="Batch sizes to sweep (default 1,8,32,128; a run directory: its profile.batches).")]
 Backends = Annotated[Optional[str], typer.Option("--backend", help="Backends by name (default: by --target/--device): {backends}.")]
 Device = Annotated[Optional[str], typer.Option("--device", help="{devices}.")]
 InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Per-sample input shape for files that do not fix it, e.g. 1,28,28.")]

@@ -125,17 +125,35 @@ def check_header(im, path: Path) -> None:
                         f"{', '.join(sorted(SUPPORTED_MODES))}); convert it to RGB, L or 16-bit gray")
 
 
+# EXIF orientations (0x0112) stored rotated by 90 degrees: the shown image is the stored one transposed.
+_AXES_SWAPPED = (5, 6, 7, 8)
+
+
+def displayed_size(im) -> tuple[int, int]:
+    """(H, W) of the image as a viewer shows it: its EXIF orientation applied (a phone photo is
+    often stored sideways with orientation 6), the size read_image returns and boxes refer to."""
+    try:
+        swapped = im.getexif().get(0x0112, 1) in _AXES_SWAPPED
+    except Exception:  # noqa: BLE001 - unreadable EXIF: PIL shows the pixels as stored, and so do we
+        swapped = False
+    return (im.width, im.height) if swapped else (im.height, im.width)
+
+
 def read_image(path: str | Path):
-    """Open and fully decode an image; return the PIL image (mode untouched). Its header is
-    checked first (open_image_header: size, mode), so an absurd image is refused undecoded."""
-    from PIL import Image
+    """Open and fully decode an image; return the PIL image (mode untouched), turned upright by
+    its EXIF orientation as every viewer shows it. Its header is checked first (open_image_header:
+    size, mode), so an absurd image is refused undecoded."""
+    from PIL import Image, ImageOps
 
     path = Path(path)
     im = open_image_header(path)
     try:
         with im:
             im.load()  # decode now: a truncated file fails here, not later
-            out = im.copy()
+            try:
+                out = ImageOps.exif_transpose(im)
+            except Exception:  # noqa: BLE001 - an unreadable EXIF block: the pixels as stored
+                out = im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"corrupt image {path}: {str(exc)[:120]}") from None
     out.info.setdefault("source", str(path))

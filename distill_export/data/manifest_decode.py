@@ -56,7 +56,7 @@ class Decoder:
 
         try:
             with Image.open(self.path(cell)) as im:  # the header only
-                return im.height, im.width
+                return loaders.displayed_size(im)
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"cannot read the size of {self.path(cell)}: {str(exc)[:100]}") from None
 
@@ -169,7 +169,7 @@ def fix_auto_sizes(path: Path, rows: list[Row], decoders: dict) -> None:
         for row in rows:
             try:
                 with loaders.open_image_header(dec.path(row.cells[m])) as im:
-                    h, w = im.height, im.width
+                    h, w = loaders.displayed_size(im)
             except (DataError, OSError):
                 continue
             try:

@@ -41,14 +41,16 @@ def profile_command(
     if run_dir is not None:
         from distill_export.rundir import RunDir
 
-        base = RunDir.existing(run_dir).load_config().profile  # the run's time budget
+        base = RunDir.existing(run_dir).load_config().profile  # the run's sweep and time budget
     for name, value in (("warmup_s", warmup_s), ("min_time_s", min_time_s), ("min_iters", min_iters),
                         ("max_call_s", max_call_s)):
         if value is not None:
             setattr(base, name, value)
     settings = make_settings(
         base, preset=preset, batches=parse_ints(batches, "--batch"), threads=parse_ints(threads, "--threads"),
-        backends=backends, device=device or "auto", standalone=True, input_shape=parse_shape(input_shape),
+        # a run directory's own profile.batches / profile.threads (config.yaml) unless flags say otherwise;
+        # files alone take the standalone sweep
+        backends=backends, device=device or "auto", standalone=run_dir is None, input_shape=parse_shape(input_shape),
     )
     result = profile_targets(targets, settings, progress)
     return result, save(result, run_dir, out)

@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict
 class ClassificationMetrics(BaseModel):
     """One model on the test split, as its task's evaluate() reports it: classification's
     fields are typed here, another task's metrics are kept as extra keys (record.task.headline
-    names the one a run is summed up by)."""
+    names the one a run is summed up by). A score is a finite number: NaN or inf here is a
+    corrupt (hand-edited) record, refused on load rather than rendered as "nan%"."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     accuracy: float | None = None
     macro_precision: float | None = None
@@ -27,9 +28,9 @@ class ClassificationMetrics(BaseModel):
 
 class PairedComparison(BaseModel):
     """A paired test of two classifiers on one test set (significance.compare: exact McNemar
-    with a paired-bootstrap interval). gain is a fraction, like accuracy."""
+    with a paired-bootstrap interval). gain is a fraction, like accuracy; every number finite."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     gain: float
     ci95: tuple[float, float] | None = None

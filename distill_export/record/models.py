@@ -345,7 +345,11 @@ class Tune(Section):
 
 
 class RunRecord(Section):
-    """The whole of report.json."""
+    """The whole of report.json. Its own numbers (kd_gain, its interval and p, the timings) are
+    finite: NaN or inf there is a corrupt record, refused on load (nested sections keep theirs:
+    a parity difference may be inf when an export overflows)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     schema_version: int = SCHEMA_VERSION
     task: TaskInfo = Field(default_factory=TaskInfo)  # files without one are classification runs
