@@ -232,7 +232,7 @@ def test_kd_gain_fusion_table_refuses_a_labels_only_config_in_one_line(tmp_path)
     tool = Path(__file__).resolve().parents[1] / "tools" / "kd_gain.py"
     proc = subprocess.run([sys.executable, str(tool), "--fusions", "late", "concat", "--config", str(config),
                            "--seeds", "0", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "labels only" in lines[0], lines
     assert config.read_bytes() == before and not (tmp_path / "out").exists()

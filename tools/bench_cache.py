@@ -130,7 +130,13 @@ def main() -> None:
     overrides = {"distill.epochs": 1}
     if args.data:
         overrides["data.source"] = args.data
-    cfg = load_config(args.recipe, None, overrides)
+    from distill_export.errors import DistillExportError
+
+    try:
+        cfg = load_config(args.recipe, None, overrides)
+    except DistillExportError as exc:  # e.g. an unknown --recipe: one line, not a traceback
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
     data = load_dataset(cfg.data, cfg.seed)
     if args.rows and args.rows < len(data.train):
         data.train = data.train.subset(torch.arange(args.rows))

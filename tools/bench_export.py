@@ -28,6 +28,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -280,6 +281,15 @@ def bench_size(args) -> None:
     from distill_export.files import check_tool_output
 
     check_tool_output(args.out, folder=False)  # a new file, outside any run: before any work
+    if not args.run:  # the student trained here: a bad --student is one line before any work
+        from distill_export.config import load_config
+        from distill_export.errors import DistillExportError
+
+        try:
+            load_config("avdigits", None, {"student.name": args.student, "distill.epochs": args.epochs, "seed": args.seed})
+        except DistillExportError as exc:
+            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            raise SystemExit(2) from None
     size = args.size
     real = mnist_images(size, args.calibration_rows + args.agreement_rows)
     if real is None:
@@ -418,6 +428,15 @@ def main() -> None:
     from distill_export.files import check_tool_output
 
     check_tool_output(args.out, folder=False)  # a new file, outside any run: before any work
+    if not args.run:  # the student trained here: a bad --student is one line before any work
+        from distill_export.config import load_config
+        from distill_export.errors import DistillExportError
+
+        try:
+            load_config("avdigits", None, {"student.name": args.student, "distill.epochs": args.epochs, "seed": args.seed})
+        except DistillExportError as exc:
+            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            raise SystemExit(2) from None
     from distill_export.export import ExportOptions, ExportSource, export_formats
     from distill_export.tasks.classification.metrics import classification_metrics
     from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx

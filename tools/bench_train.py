@@ -229,6 +229,14 @@ def main() -> None:
     from distill_export.files import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
+    from distill_export.config import load_config
+    from distill_export.errors import DistillExportError
+
+    try:  # a bad --student is one line before any image is written, not a child run's failure
+        load_config("avdigits", None, {"student.name": args.student})
+    except DistillExportError as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     sys.path.insert(0, str(REPO))
     import torch

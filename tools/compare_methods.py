@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -32,19 +33,15 @@ def main() -> None:
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
 
-    from distill_export.config import load_config
-    from distill_export.methods import presets_for_task
     from distill_export.pipeline import stage_distill
     from distill_export.rundir import RunDir
 
-    overrides = base_overrides(args.seed, args.label_fraction, args.set)
     out = Path(args.out)
+    overrides, configs = checked_configs(args, out)  # every method's config, before the teacher trains
     teacher_run, cfg, teacher_seconds = teacher_once(args.recipe, overrides, out)
     teacher_report = teacher_run.load_report()
     rows = []
-    for method in args.methods or [m for m in presets_for_task(cfg.task) if m != "labels_only"]:
-        cfg = load_config(args.recipe, None, {**overrides, "distill.method": method,
-                                              "teacher.path": str(teacher_run.file("teacher.pt"))})
+    for method, cfg in configs.items():
         run = RunDir.create(out / method)
         run.save_config(cfg)
         stage_distill(cfg, run, quiet=True)
@@ -83,14 +80,46 @@ def main() -> None:
     (out / "methods.md").write_text(text + "\n")
 
 
+def checked_configs(args, out: Path) -> tuple[dict, dict]:
+    """(overrides, {method: config}): the teacher's and every method's config through load_config's
+    checks before any training; a bad --set, --methods or --recipe is `error: <one line>`, exit 2."""
+    from distill_export.config import load_config
+    from distill_export.errors import DistillExportError
+    from distill_export.methods import presets_for_task
+
+    try:
+        overrides = base_overrides(args.seed, args.label_fraction, args.set)
+        task = load_config(args.recipe, None, overrides).task  # the teacher's config
+        methods = args.methods or [m for m in presets_for_task(task) if m != "labels_only"]
+        twice = sorted({m for m in methods if methods.count(m) > 1})
+        if twice:  # one run folder per method: the second would fail only after the first trained
+            raise DistillExportError(f"--methods gives {twice[0]} twice; each method needs its own run")
+        configs = {}
+        for method in methods:
+            try:
+                configs[method] = load_config(args.recipe, None, {**overrides, "distill.method": method,
+                                                                  "teacher.path": str(out / "teacher" / "teacher.pt")})
+            except DistillExportError as exc:
+                raise DistillExportError(f"method {method}: {exc}") from None
+    except (DistillExportError, yaml.YAMLError) as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return overrides, configs
+
+
 def base_overrides(seed: int, label_fraction: float | None, settings: list[str]) -> dict:
     """The config overrides every student of one comparison shares: the seed, no control, the
-    label fraction (None: the recipe's) and --set dotted.key=value items."""
+    label fraction (None: the recipe's) and --set dotted.key=value items (DistillExportError
+    for an item that is not one)."""
+    from distill_export.errors import DistillExportError
+
     overrides = {"seed": seed, "distill.self_training_control": False}
     if label_fraction is not None:
         overrides["data.label_fraction"] = label_fraction
     for item in settings:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise DistillExportError(f"--set {item!r} is not dotted.key=value")
         overrides[key] = yaml.safe_load(value)
     return overrides
 
@@ -101,8 +130,8 @@ def teacher_once(recipe: str, overrides: dict, out: Path):
     from distill_export.pipeline import stage_train_teacher
     from distill_export.rundir import RunDir
 
+    cfg = load_config(recipe, None, overrides)  # before the folder: a bad override leaves none
     teacher_run = RunDir.create(out / "teacher")
-    cfg = load_config(recipe, None, overrides)
     teacher_run.save_config(cfg)
     t0 = time.perf_counter()
     stage_train_teacher(cfg, teacher_run, quiet=True)

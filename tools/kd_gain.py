@@ -53,25 +53,14 @@ def main() -> None:
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
     if args.fusions is None and args.recipe == "captioned_digits":
         args.fusions = ["late", "concat"]
+
     if args.fusions:
-        return fusion_rows(args)
+        return fusion_rows(args, checked(fusion_configs, args))
 
-    from distill_export.config import load_config
-
-    overrides = {"distill.self_training_control": True}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    fractions = args.label_fractions
-    if fractions is None:
-        own = load_config(args.recipe, args.config, overrides).data.label_fraction
-        fractions = list(dict.fromkeys([own, 1.0]))
+    overrides, students, fractions, configs = checked(gain_configs, args)
     out = Path(args.out)
-    students = args.students or [load_config(args.recipe, args.config, overrides).student.name]
     results = []
-    for student, fraction, seed in ((st, f, s) for st in students for f in fractions for s in args.seeds):
-        cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": fraction,
-                                                     "student.name": student})
+    for (student, fraction, seed), cfg in configs.items():
         t0 = time.perf_counter()
         where = f"lf{fraction}-seed{seed}" if args.students is None else f"{student}-lf{fraction}-seed{seed}"
         run, rep = teacher_and_distill(cfg, out / where)
@@ -157,39 +146,94 @@ def teacher_and_distill(cfg, path: Path):
     return run, run.load_report()
 
 
+def checked(build, args):
+    """build(args): the config of every run, each through load_config's checks, before any
+    training; a bad --students, --set or --recipe is `error: <one line>` on stderr, exit 2."""
+    from distill_export.errors import DistillExportError
+
+    try:
+        return build(args)
+    except (DistillExportError, yaml.YAMLError) as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _overrides(args) -> dict:
+    from distill_export.errors import DistillExportError
+
+    for flag, values in (("--seeds", args.seeds), ("--label-fractions", args.label_fractions),
+                         ("--students", args.students), ("--fusions", args.fusions)):
+        twice = sorted({v for v in values or [] if values.count(v) > 1}, key=str)
+        if twice:  # one run folder per value: the second would fail only after the first trained
+            raise DistillExportError(f"{flag} gives {twice[0]} twice; each value needs its own runs")
     overrides = {}
     for item in args.set:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise DistillExportError(f"--set {item!r} is not dotted.key=value")
         overrides[key] = yaml.safe_load(value)
     return overrides
 
 
-def fusion_rows(args) -> None:
+def _config(args, overrides: dict, where: str):
+    from distill_export.config import load_config
+    from distill_export.errors import DistillExportError
+
+    try:
+        return load_config(args.recipe, args.config, overrides)
+    except DistillExportError as exc:
+        raise DistillExportError(f"{where}: {exc}") from None
+
+
+def gain_configs(args):
+    """(overrides, students, fractions, {(student, fraction, seed): config}) of the gain table."""
+    overrides = {"distill.self_training_control": True, **_overrides(args)}
+    base = _config(args, overrides, "--recipe/--config/--set")
+    fractions = args.label_fractions or list(dict.fromkeys([base.data.label_fraction, 1.0]))
+    students = args.students or [base.student.name]
+    configs = {(st, f, s): _config(args, {**overrides, "seed": s, "data.label_fraction": f, "student.name": st},
+                                   f"student {st}, label fraction {f:g}, seed {s}")
+               for st in students for f in fractions for s in args.seeds}
+    return overrides, students, fractions, configs
+
+
+def fusion_configs(args) -> dict:
+    """{"overrides", "configs": {(seed, fusion or "all_labels"): config}} of the fusion table."""
+    from distill_export.distill import labels_only
+    from distill_export.errors import DistillExportError
+    from distill_export.methods import term_specs
+
+    overrides = _overrides(args)
+    if labels_only(term_specs(_config(args, overrides, "--recipe/--config/--set").distill)):
+        # e.g. a tuned.yaml where tune found nothing that pays: no KD student, no control to tabulate
+        raise DistillExportError(f"{args.config or args.recipe}: the objective is labels only (no term reads the "
+                                 "teacher), so there is no distilled student to compare; the baseline row is all there would be")
+    configs = {}
+    for seed in args.seeds:
+        for i, fusion in enumerate(args.fusions):
+            configs[seed, fusion] = _config(args, {**overrides, "seed": seed, "teacher.fusion": fusion,
+                                                   "distill.self_training_control": i == 0}, f"fusion {fusion}, seed {seed}")
+        configs[seed, "all_labels"] = _config(args, {**overrides, "seed": seed, "data.label_fraction": 1.0},
+                                              f"all-labels reference, seed {seed}")
+    return {"overrides": overrides, "configs": configs}
+
+
+def fusion_rows(args, plan: dict) -> None:
     """Per seed: one run per fusion (teacher, baseline, KD student; the first also the control),
     then the all-labels reference (the baseline trained on every label). Rows = models."""
-    from distill_export.config import load_config
     from distill_export.distill import test_outputs, train_baseline
     from distill_export.launch import load_data
     from distill_export.nets.model_io import load_student
     from distill_export.tasks.classification.significance import compare
 
     out = Path(args.out)
-    overrides = _overrides(args)
-    from distill_export.distill import labels_only
-    from distill_export.methods import term_specs
-
-    if labels_only(term_specs(load_config(args.recipe, args.config, overrides).distill)):
-        # e.g. a tuned.yaml where tune found nothing that pays: no KD student, no control to tabulate
-        sys.exit(f"error: {args.config or args.recipe}: the objective is labels only (no term reads the teacher), "
-                 "so there is no distilled student to compare; the baseline row is all there would be")
+    overrides, configs = plan["overrides"], plan["configs"]
     runs = []
     for seed in args.seeds:
         row = {"seed": seed, "val": {}, "teacher": {}, "probe": {}, "seconds": {}}
         preds = {}
         for i, fusion in enumerate(args.fusions):
-            cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "teacher.fusion": fusion,
-                                                         "distill.self_training_control": i == 0})
+            cfg = configs[seed, fusion]
             t0 = time.perf_counter()
             run, rep = teacher_and_distill(cfg, out / f"{fusion}-seed{seed}")
             if i == 0:
@@ -213,7 +257,7 @@ def fusion_rows(args) -> None:
             row["seconds"][fusion] = round(time.perf_counter() - t0, 1)
         # The all-labels reference: the same student, steps and init, every training label.
         t0 = time.perf_counter()
-        cfg = load_config(args.recipe, args.config, {**overrides, "seed": seed, "data.label_fraction": 1.0})
+        cfg = configs[seed, "all_labels"]
         data, device = load_data(cfg)
         ref, ref_info = train_baseline(cfg, data, device, quiet=True)
         preds["all_labels"] = test_outputs(ref, data, cfg.data.student_modality, device).argmax(1)
