@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from distill_export.config_checks import _show, _suggest, validate_config
+from distill_export.config_checks import _show, _suggest, settle_default_fusion, validate_config
 from distill_export.errors import ConfigError
 
 
@@ -321,16 +321,30 @@ def load_config(
 ) -> RunConfig:
     """Defaults, then the recipe, then the user's YAML, then CLI flags (later wins)."""
     config = RunConfig()
+    layers = []  # what each of recipe, file and flags set, to tell a default from a choice
     if recipe:
         data = read_yaml(recipe_path(recipe))
         data.pop("description", None)
         apply_overrides(config, data, f"recipe {recipe}")
+        layers.append(data)
     if config_file:
-        apply_overrides(config, read_yaml(config_file), str(config_file))
+        layers.append(read_yaml(config_file))
+        apply_overrides(config, layers[-1], str(config_file))
     if overrides:
         apply_flags(config, overrides)
+        layers.append({k: v for k, v in overrides.items() if v is not None})
+    if not any(_sets(layer, "teacher.fusion") for layer in layers):
+        settle_default_fusion(config)  # e.g. --task detection alone: late, not classification's concat
     validate_config(config)
     return config
+
+
+def _sets(data, key: str) -> bool:
+    """Whether a config mapping sets the dotted `key`, nested ({teacher: {fusion: late}}) or dotted."""
+    if not isinstance(data, dict):
+        return False
+    head, _, rest = key.partition(".")
+    return key in data or (bool(rest) and _sets(data.get(head), rest))
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -274,6 +274,46 @@ def _check_teacher_weights(teacher) -> None:
 TUNE_SEARCH_SPACES = ("terms", "mix", "fusion", "rounds")
 
 
+# What a trial of each space may set that a task can refuse (Task.check_config): the space is
+# refused as that value is, before any folder or teacher (detection: no mixing, one round).
+_TRIAL_SETTINGS = {"mix": ("mix", "mixup"), "rounds": ("rounds", 2)}
+# The least time budget a search takes, in minutes: under it the study's clock would run out
+# before its first trial starts (optuna checks the clock before each trial), so nothing completes.
+MIN_TUNE_MINUTES = 0.01
+
+
+def check_tune_minutes(minutes: float | None, flag: str) -> None:
+    """A time budget (0 or None: no limit) below MIN_TUNE_MINUTES is refused naming `flag`."""
+    if minutes and minutes < MIN_TUNE_MINUTES:
+        raise ConfigError(f"{flag} {minutes:g} is below the least search budget, {MIN_TUNE_MINUTES:g} minutes: "
+                          f"no trial would start; give {flag} {MIN_TUNE_MINUTES:g} or more")
+
+
+def check_search_for_task(config, spaces, flag: str) -> None:
+    """Each search space against the run's task: a space whose trials would set a value the task
+    refuses (--mix, --rounds on detection) is refused with the task's own reason, naming `flag`."""
+    try:
+        from distill_export.tasks import get_task
+    except ImportError:  # a runtime-only install (no torch) never tunes
+        return
+    import copy
+
+    task = get_task(config.task)
+    for space in spaces:
+        if space not in _TRIAL_SETTINGS:
+            continue
+        key, value = _TRIAL_SETTINGS[space]
+        trial = copy.deepcopy(config)
+        setattr(trial.distill, key, value)
+        try:
+            task.check_config(trial)
+        except ConfigError as exc:
+            raise ConfigError(f"{flag} includes {space}, whose trials set distill.{key}, but task {config.task} "
+                              f"cannot take it ({exc}); drop {space} from {flag}") from None
+        except ImportError:  # no torch: nothing to train, nothing to check
+            return
+
+
 def tune_search_spaces(spec) -> tuple[str, ...]:
     """"terms" or "terms,mix" (a comma list, or a list) -> the checked tuple, "terms" first and always."""
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else (spec or [])) if n.strip()]
@@ -281,6 +321,19 @@ def tune_search_spaces(spec) -> tuple[str, ...]:
         if n not in TUNE_SEARCH_SPACES:
             raise ConfigError(f"tune search space {_show(n)} is unknown (choices: {', '.join(TUNE_SEARCH_SPACES)})")
     return tuple(dict.fromkeys(["terms", *names]))
+
+
+def settle_default_fusion(config) -> None:
+    """teacher.fusion that no recipe, file or flag set: the task's first fusion where the default
+    (concat, a classification fusion) is not one the task takes (detection: late)."""
+    try:
+        from distill_export.tasks import get_task
+
+        fusions = get_task(config.task).teacher_fusions
+    except (ImportError, ConfigError):  # no torch, or an unknown task: validate_config says so
+        return
+    if config.teacher.fusion not in fusions:
+        config.teacher.fusion = fusions[0]
 
 
 def _check_task(config) -> None:

@@ -6,7 +6,7 @@ is loaded, with the flags the user gave (`flags`, `given`)."""
 
 from __future__ import annotations
 
-from distill_export.config_checks import tune_search_spaces
+from distill_export.config_checks import check_search_for_task, check_tune_minutes, tune_search_spaces
 from distill_export.errors import ConfigError
 
 
@@ -36,6 +36,16 @@ def check_search_keeps_settings(config, given) -> None:
                 raise ConfigError(f"{shown} is set, but --tune-search includes {space} (distill.tune_search), "
                                   f"which {_PICKS_WHAT[space]} and would replace it; drop {drop}, or drop "
                                   f"{space} from --tune-search")
+
+
+def check_tune_fits_task(config) -> None:
+    """`run --tune`: a time budget too small to start a trial, or a search space whose trials the
+    task refuses (mix, rounds on detection), fails here, before the run's folder or teacher. Not
+    in validate_config: a run folder written before these checks still opens."""
+    if not (config.distill.tune_trials or config.distill.tune_minutes):
+        return
+    check_tune_minutes(config.distill.tune_minutes, "--tune-minutes")
+    check_search_for_task(config, tune_search_spaces(config.distill.tune_search), "--tune-search")
 
 
 def check_loaded_teacher_settings(config, given) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from distill_export.config_checks import tune_search_spaces
+from distill_export.config_checks import check_tune_minutes, tune_search_spaces
 from distill_export.confirm import LABELS_ONLY_TERMS, ConfirmSpec, confirm, confirmation_seeds, decision_line
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
@@ -35,12 +35,16 @@ MAX_TUNE_ROUNDS = 3  # search space "rounds": 1 to 3 distillation rounds (each o
 class TuneBudget:
     trials: int = 30
     minutes: float | None = None
+    # the flags that set them, for the messages: `tune`'s; `run --tune` passes its own
+    trials_flag: str = "--trials"
+    minutes_flag: str = "--minutes"
 
     def check(self) -> None:
         if not self.trials > 0:
-            raise ConfigError(f"tune budget: --trials must be > 0, got {self.trials}")
+            raise ConfigError(f"tune budget: {self.trials_flag} must be > 0, got {self.trials}")
         if self.minutes is not None and not (self.minutes > 0 and self.minutes < float("inf")):
-            raise ConfigError(f"tune budget: --minutes must be a finite number > 0, got {self.minutes}")
+            raise ConfigError(f"tune budget: {self.minutes_flag} must be a finite number > 0, got {self.minutes}")
+        check_tune_minutes(self.minutes, self.minutes_flag)
 
 
 def candidate_methods(names: list[str] | None, task: str | None = None) -> list[str]:
@@ -196,7 +200,10 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
                    timeout=None if budget.minutes is None else 60 * budget.minutes, callbacks=[progress])
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
-        raise ConfigError("tune: no trial completed within the budget; give it more --minutes")
+        # the clock ran out (a time budget) or every trial was pruned or diverged (the trial count)
+        flag = budget.minutes_flag if len(study.trials) < budget.trials else budget.trials_flag
+        raise ConfigError(f"tune: no trial completed within the budget ({len(study.trials)} started); "
+                          f"give it more {flag}")
     search_seconds = time.perf_counter() - start
     best = study.best_trial
     best_augment = best.user_attrs.get("augment")
@@ -325,7 +332,7 @@ def tune_before_distill(config, run, quiet: bool = False):
     if summary_file.exists() and chosen_file.exists():  # resumed after the search
         summary = json.loads(summary_file.read_text())
     else:
-        budget = TuneBudget(cfg.tune_trials or 100_000, cfg.tune_minutes or None)
+        budget = TuneBudget(cfg.tune_trials or 100_000, cfg.tune_minutes or None, "--tune", "--tune-minutes")
         summary = tune(config, run, None, budget, chosen_file, quiet, search=tune_search_spaces(cfg.tune_search))
     decision = summary["decision"]
     chosen = copy.deepcopy(config)

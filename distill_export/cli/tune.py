@@ -33,7 +33,7 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
     Writes the choice as YAML for `distill-export run --config` (labels only where no objective is
     confirmed above the baseline); the test split is not read.
     """
-    from distill_export.config_checks import tune_search_spaces
+    from distill_export.config_checks import check_search_for_task, tune_search_spaces
     from distill_export.confirm import ConfirmSpec
     from distill_export.launch import open_run
     from distill_export.tune import TuneBudget, candidate_methods, tune as run_tune
@@ -50,6 +50,7 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
 
         check_new_file(out_file, run_dir)
     rd, cfg = open_run(run_dir)
+    check_search_for_task(cfg, spaces, "--search")  # e.g. mix or rounds on a detection run: before any trial
     path = out_file or rd.file("tuned.yaml")
     with rd.lock():  # tune.json and the teacher cache are written into the run: one command at a time
         summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec, search=spaces)

@@ -33,11 +33,15 @@ NO_BOXES = ("none", "[]")
 Box = tuple[str, float, float, float, float]  # class name, x1, y1, x2, y2
 
 
+# A plain decimal number (ASCII digits, an optional exponent). Python's float() also takes "1_0"
+# (10), non-ASCII digits and surrounding spaces, which a manifest's writer never means.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
 def _num(text, what: str) -> float:
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        raise DataError(f"{what}: {text!r} is not a number") from None
+    if not isinstance(text, str) or not _DECIMAL.fullmatch(text):
+        raise DataError(f"{what}: {text!r} is not a number")
+    v = float(text)
     if not math.isfinite(v):
         raise DataError(f"{what}: {text!r} is not finite")
     return v

@@ -66,8 +66,10 @@ class Task:
         from distill_export.nets.students import check_student_task, student_names
 
         if config.teacher.fusion not in self.teacher_fusions:
+            # teacher.fusion's default (concat) is a classification fusion: say what to set
             raise ConfigError(f"teacher.fusion={config.teacher.fusion} is not a {self.name} teacher "
-                              f"(choices for task {self.name}: {', '.join(self.teacher_fusions)})")
+                              f"(choices for task {self.name}: {', '.join(self.teacher_fusions)}); set "
+                              f"--teacher-fusion {self.teacher_fusions[0]} (or teacher.fusion in --config)")
         # A user's factory says nothing about its task, nor does a task without built-in students.
         if ":" not in config.student.name and student_names(self.name):
             check_student_task(config.student.name, self.name)
