@@ -200,3 +200,21 @@ def test_tl_tools_refuse_a_bad_setting_in_one_line_before_any_work(tmp_path, too
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(needle), (proc.returncode, lines)
     assert snapshot(tmp_path) == before and not out.exists()
+
+
+@pytest.mark.parametrize("task, score", [("detection", "mAP50"), ("classification", "accuracy")])
+def test_tune_names_the_tasks_validation_score(tmp_path, monkeypatch, task, score):
+    """`tune RUN` sums up its best trial by the task's own validation score (it said "validation
+    accuracy 0.0%" on a detection run, whose trials score mAP50). The search itself is replaced:
+    only the CLI's summary line is under test."""
+    import distill_export.tune as tune_module
+
+    run = _detection_run(tmp_path)
+    if task == "classification":
+        (run / "config.yaml").write_text(yaml.safe_dump(load_config(None, None, {}).to_dict(), sort_keys=False))
+    summary = {"best": {"method": "det_kd", "val_accuracy": 0.425}, "completed": 1, "pruned": 0, "seconds": 1.0,
+               "confirmation": None, "decision": {"line": "distil"}}
+    monkeypatch.setattr(tune_module, "tune", lambda *a, **k: summary)
+    result = runner.invoke(app, ["tune", str(run), "--trials", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"det_kd, validation {score} 42.5%" in result.output, result.output

@@ -55,8 +55,11 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
     with rd.lock():  # tune.json and the teacher cache are written into the run: one command at a time
         summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec, search=spaces)
     best = summary["best"]
+    from distill_export.tasks import get_task
+
+    score = get_task(cfg.task).score_name  # accuracy, or mAP50 for detection (the trials' val score)
     out.print(f"best of {summary['completed']} trials ({summary['pruned']} pruned, {summary['seconds']:.0f} s): "
-              f"{best['method']}, validation accuracy {100 * best['val_accuracy']:.1f}%")
+              f"{best['method']}, validation {score} {100 * best['val_accuracy']:.1f}%")
     if summary["confirmation"] is not None:
         out.print(f"confirmation ({summary['confirm_seconds']:.0f} s): {summary['decision']['line']}", highlight=False)
     else:
