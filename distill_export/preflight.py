@@ -161,6 +161,38 @@ def check_models(config, data) -> None:
             raise ConfigError(f"teacher {config.teacher.path} returns logits only, so the feature term "
                               "cannot work: set --beta 0 (or drop the feature term), or return "
                               "(features, logits) from the teacher")
+        check_teacher_outputs(config.teacher.path, teacher, data)
+
+
+PROBE_ROWS = 8  # test rows a loaded teacher is tried on before the run directory exists
+
+
+def check_teacher_outputs(path, teacher, data) -> None:
+    """A loaded teacher's outputs on the first test rows are finite (sixth audit W3/W2): a file
+    whose finite weights overflow was refused only once the run folder existed (and under
+    --nproc, after torchrun started). Rows beyond these are still checked where they are
+    measured (train_teacher.finite_outputs). A one-line refusal of the call itself (a .pt2 over
+    its time limit) is raised; any other failure on the batch is left to the stage that runs
+    the teacher, as before: this probe only asks whether its outputs are finite."""
+    from distill_export.data.streaming import is_streamed
+    from distill_export.errors import CheckpointError, DistillExportError
+    from distill_export.train import predict
+
+    inputs, rows = data.test.inputs, min(PROBE_ROWS, len(data.test))
+    if rows == 0 or is_streamed(inputs):  # streamed columns decode in workers: the stage reads them
+        return
+    try:
+        with torch.no_grad():
+            _, logits = predict(teacher.forward_features, {m: v[:rows] for m, v in inputs.items()}, rows)
+    except DistillExportError:
+        raise
+    except Exception:  # noqa: BLE001 - see above: not this check's to word
+        return
+    bad = ~torch.isfinite(logits.float()).reshape(rows, -1).all(1)
+    if bool(bad.any()):
+        raise CheckpointError(f"teacher {path}: its outputs are not finite (logits hold NaN or inf on {int(bad.sum())} "
+                              f"of the first {rows} test rows); a teacher must give finite logits: check its weights "
+                              "or its export; nothing was recorded")
 
 
 def check_teacher_kinds(config, data) -> None:

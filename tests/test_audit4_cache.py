@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from _cli_checks import snapshot
 from distill_export.cli import app
+from distill_export import preflight
 from distill_export.errors import ConfigError
+from distill_export.preflight import PROBE_ROWS
 from distill_export.teacher_cache import FORMAT, check_own_folder
 
 runner = CliRunner()
@@ -118,7 +120,8 @@ def nan_programs(tmp_path_factory, tiny_run):
     dims = {m: int(torch.tensor(s).prod()) for m, s in shapes.items()}
     folder = tmp_path_factory.mktemp("nan_pt2")
     out = {}
-    for name, start in (("all", 0), ("rows", 3)):
+    # "late": finite on the rows preflight tries (preflight.check_teacher_outputs), NaN after them
+    for name, start in (("all", 0), ("rows", 3), ("late", PROBE_ROWS)):
         ep = torch.export.export(_NanFrom(dims, start), (), example,
                                  dynamic_shapes={m: {0: torch.export.Dim("b")} for m in example})
         torch.export.save(ep, str(folder / f"{name}.pt2"))
@@ -145,6 +148,8 @@ def test_nan_teacher_outputs_are_never_cached(nan_programs, tiny_config_file, tm
     import distill_export.train_teacher as stage
 
     run = tmp_path / "r"
+    # preflight tries the teacher's first test rows too (sixth audit W3): off, for this test's every command
+    monkeypatch.setattr(preflight, "check_teacher_outputs", lambda *args: None)
     with monkeypatch.context() as patch:
         patch.setattr(stage, "finite_outputs", lambda *args: None)
         result = runner.invoke(app, ["train-teacher", "--config", str(tiny_config_file), "--teacher",
@@ -165,13 +170,15 @@ def test_nan_teacher_outputs_are_never_cached(nan_programs, tiny_config_file, tm
 
 @pytest.mark.slow
 def test_nan_teacher_outputs_under_torchrun(nan_programs, tiny_config_file, tmp_path):
-    """B9 with --nproc 2: rank 0 fills the cache and meets the NaN; one line, exit 2, no cache."""
+    """B9 with --nproc 2: the ranks meet the NaN (past the rows preflight tries); one line, exit 2,
+    no cache, and no run folder left (sixth audit W2: the refusal removes the folder rank 0 made)."""
     out = tmp_path / "r"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "distill_export", "run", "--config", str(tiny_config_file),
-                           "--teacher", str(nan_programs["rows"]), "--method", "hinton", "--nproc", "2",
+                           "--teacher", str(nan_programs["late"]), "--method", "hinton", "--nproc", "2",
                            "--out", str(out), "-q"], capture_output=True, text=True, timeout=300, env=env)
     line = error_line(proc.stdout + proc.stderr, proc.returncode)
-    assert f"teacher {nan_programs['rows']}: its outputs are not finite" in line, line
+    assert f"teacher {nan_programs['late']}: its outputs are not finite" in line, line
     assert not list(out.glob("teacher_outputs/*.npy")) and not (out / "teacher_outputs" / "index.json").exists()
+    assert not out.exists()
 

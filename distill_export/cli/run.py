@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 import typer
 
@@ -47,7 +48,7 @@ def run(config: ConfigFile = None, recipe: Recipe = None, overrides: dict = None
             with launch.torchrun_rank(cfg) as (rd, data, device, main):
                 if main:
                     err.print(f"run directory: {rd.path} ({ddp.world()} processes, {ddp.backend_for(device.type)})")
-                with rd.lock():
+                with _discarded_if_refused(rd), rd.lock():
                     report = run_all(cfg, rd, quiet or not main, data=data, device=device)
                 if main:
                     _print_report(rd, report)
@@ -70,8 +71,21 @@ def run(config: ConfigFile = None, recipe: Recipe = None, overrides: dict = None
     cfg = load(recipe, config, overrides)
     rd, data, device = launch.start_run(cfg)  # the config, folder and data are checked before it is made
     err.print(f"run directory: {rd.path}")
-    with rd.lock():  # held while the run works: `run --resume` of it meanwhile is refused
+    with _discarded_if_refused(rd), rd.lock():  # the lock: `run --resume` of it meanwhile is refused
         _summarised(rd, lambda: run_all(cfg, rd, quiet, data=data, device=device, before_distill=tune_before_distill))
+
+
+@contextmanager
+def _discarded_if_refused(rd):
+    """A refusal (one-line error) before any stage finished removes the run folder this command
+    made (sixth audit W3: a teacher refused for non-finite outputs left config.yaml, state.json
+    and report.json that blocked --out next time, under a line saying nothing was recorded), as
+    train-teacher does. An interrupt or a crash keeps it: that is what --resume continues."""
+    try:
+        yield
+    except DistillExportError:
+        rd.discard()  # only if no stage is done: a finished stage is the user's to resume from
+        raise
 
 
 def _summarised(rd, stages) -> None:

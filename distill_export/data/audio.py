@@ -8,6 +8,7 @@ feature in the project is made by `log_mel(wave, **DEMO_AUDIO_SPEC)`.
 from __future__ import annotations
 
 import math
+import re
 import sys
 import wave as _wave
 from pathlib import Path
@@ -36,6 +37,17 @@ DEMO_AUDIO_SPEC: dict = {
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
 MAX_AUDIO_SECONDS = 60.0
+# Compressed WAV codecs (the header's format tag) the stdlib wave module cannot decode: named in
+# the refusal with how to convert, not as the module's "unknown format: 6".
+COMPRESSED_WAV = {
+    2: "Microsoft ADPCM (WAVE_FORMAT_ADPCM)",
+    6: "A-law (WAVE_FORMAT_ALAW)",
+    7: "mu-law (WAVE_FORMAT_MULAW)",
+    17: "IMA ADPCM (WAVE_FORMAT_IMA_ADPCM)",
+    49: "GSM 6.10 (WAVE_FORMAT_GSM610)",
+    80: "MPEG audio (WAVE_FORMAT_MPEG)",
+    85: "MP3 (WAVE_FORMAT_MPEGLAYER3)",
+}
 
 # Power floor: 10*log10(EPS) = -100 dB is the value of silence and of padding.
 EPS = 1e-10
@@ -95,6 +107,12 @@ def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[
             raise DataError(f"cannot read WAV file {path}: it is WAVE_FORMAT_EXTENSIBLE, which Python "
                             f"{sys.version_info.major}.{sys.version_info.minor}'s wave module does not read (3.12+ "
                             "reads its PCM kind); save it as plain PCM, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav") from None
+        codec = re.fullmatch(r"unknown format: (\d+)", str(e).strip())
+        if codec:  # sixth audit DW_alaw/DW_mulaw/DW_adpcm: the codec named, and how to convert
+            tag = int(codec.group(1))
+            raise DataError(f"cannot read WAV file {path}: its samples are "
+                            f"{COMPRESSED_WAV.get(tag, 'not integer PCM')}, format tag {tag}, and only integer PCM "
+                            "WAV (format tag 1) is read; save it as PCM, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav") from None
         reason = str(e)[:120] or ("the file ends inside its header" if isinstance(e, EOFError) else type(e).__name__)
         raise DataError(f"cannot read WAV file {path}: {reason}") from None
     if n_ch < 1 or sr <= 0:

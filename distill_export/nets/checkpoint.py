@@ -97,11 +97,29 @@ def check_state_dict(state, what: str) -> None:
                                   "tensor name (a string)")
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{what}: {key[:80]!r} is a {type(value).__name__}, not a tensor")
+        check_weight_kind(value, key, what)
         if (value.is_floating_point() or value.is_complex()) and value.layout == torch.strided \
                 and value.device.type != "meta" and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{what}: tensor {key[:80]!r} holds {bad} NaN or infinite value{'s' * (bad > 1)} "
                                   f"(of {value.numel()}); a diverged training or a damaged file, refused")
+
+
+def check_weight_kind(value: torch.Tensor, key: str, what: str) -> None:
+    """A weight is a dense tensor of a dtype the model computes in (sixth audit SI_f8, SI_sparse).
+    A sparse one (COO, CSR, ...) cannot be copied into a dense parameter: load_state_dict raised a
+    traceback. A float8 one is an 8-bit storage format of a quantized export, not trained weights:
+    torch has no isfinite for most float8 kinds (a traceback), and taking it as float32 would pass
+    the quantization off as the model; refused like the other dtypes check_cast_fits refuses."""
+    if value.layout != torch.strided:
+        layout = str(value.layout).removeprefix("torch.")
+        raise CheckpointError(f"{what}: tensor {key[:80]!r} is a sparse tensor (layout {layout}); a weight must be "
+                              "dense: save it with tensor.to_dense(), refused")
+    dtype = str(value.dtype).removeprefix("torch.")
+    if dtype.startswith("float8"):
+        raise CheckpointError(f"{what}: tensor {key[:80]!r} is {dtype}, an 8-bit storage format of quantized "
+                              "weights: distill-export loads float32, float16, bfloat16 or float64 weights; save it "
+                              "as one (tensor.float()) if that is what you mean, refused")
 
 
 def check_cast_fits(state: dict, own: dict, what: str, names: dict | None = None) -> None:

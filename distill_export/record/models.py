@@ -18,13 +18,14 @@ Stage state (which stages finished) is not here: rundir keeps it in state.json.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill_export.record.metrics import TaskComparison, TaskMetrics
 
 SCHEMA_VERSION = 1
+NonNegative = Annotated[float, Field(ge=0)]  # a time or a rate: >= 0 (and finite: LatencyRow's allow_inf_nan)
 
 
 class Section(BaseModel):
@@ -217,7 +218,11 @@ class Export(Section):
 
 class LatencyRow(Section):
     """One model on one backend at one (batch, threads) cell; a row that could not run has
-    `skipped` (and batch/threads null when the backend was unavailable altogether)."""
+    `skipped` (and batch/threads null when the backend was unavailable altogether). A time or a
+    throughput is finite and >= 0: a negative or NaN one is a corrupt (hand-edited) record,
+    refused on load (sixth audit RP_R5), never plotted on a log axis."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str
     format: str
@@ -230,17 +235,17 @@ class LatencyRow(Section):
     size_bytes: int | None = None
     params: int | None = None
     macs: int | None = None
-    mean_ms: float | None = None
-    std_ms: float | None = None
-    min_ms: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    max_ms: float | None = None
+    mean_ms: NonNegative | None = None
+    std_ms: NonNegative | None = None
+    min_ms: NonNegative | None = None
+    p50_ms: NonNegative | None = None
+    p90_ms: NonNegative | None = None
+    p95_ms: NonNegative | None = None
+    p99_ms: NonNegative | None = None
+    max_ms: NonNegative | None = None
     iterations: int | None = None
-    throughput: float | None = None  # samples/s
-    cpu_p50_ms: float | None = None  # one thread: the calling thread's CPU time per call
+    throughput: NonNegative | None = None  # samples/s
+    cpu_p50_ms: NonNegative | None = None  # one thread: the calling thread's CPU time per call
 
     @property
     def measured(self) -> bool:
