@@ -116,9 +116,10 @@ def _choose(target, trows, students, exports, teacher_skips, batch, tie_toleranc
         **base, "format": best["format"], "backend": best["backend"], "threads": best["threads"],
         "device": best.get("device", "cpu"), "path": art.get("path"), "precision": art.get("precision"),
         "p50_ms": best["p50_ms"], "accuracy": parity.get("accuracy"), "accuracy_drop": parity.get("accuracy_drop"),
-        "speedup_vs_fp32_onnx": same_fp32["p50_ms"] / best["p50_ms"] if same_fp32 else None,
+        # a 0 ms p50 (a clock tick too coarse) has no ratio: None, never inf (the record refuses it)
+        "speedup_vs_fp32_onnx": same_fp32["p50_ms"] / best["p50_ms"] if same_fp32 and best["p50_ms"] > 0 else None,
         "fp32_onnx_reference": f"student (onnx, {same_fp32['backend']})" if same_fp32 else None,
-        "speedup_vs_teacher": teacher["p50_ms"] / best["p50_ms"] if teacher else None,
+        "speedup_vs_teacher": teacher["p50_ms"] / best["p50_ms"] if teacher and best["p50_ms"] > 0 else None,
         "teacher_reference": f"teacher ({teacher['format']}, {teacher['backend']})" if teacher else None,
     }
     if "cpu_p50_ms" in best:

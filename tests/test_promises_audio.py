@@ -14,6 +14,7 @@ data/audio.py; tests/test_audio.py and tests/test_promises_more.py hold the rest
 from __future__ import annotations
 
 import math
+import struct
 import wave
 
 import numpy as np
@@ -151,10 +152,14 @@ def test_any_wave_form_is_accepted_and_a_wrong_shape_is_one_sentence():
 
 
 def test_unsupported_or_broken_files_are_one_sentence(tmp_path):
-    path = _wav(tmp_path / "w24.wav", np.zeros(30, np.uint8), 8000, 3)  # 24-bit PCM
+    path = tmp_path / "w48.wav"  # 48-bit PCM (the wave module writes 8-32 bits only: built by hand)
+    fmt, data = struct.pack("<HHIIHH", 1, 1, 8000, 48000, 6, 48), bytes(60)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     with pytest.raises(DataError) as err:
         audio.read_wav(path)
-    assert str(err.value) == f"cannot read WAV file {path}: unsupported sample width 24 bits"
+    assert str(err.value) == (f"cannot read WAV file {path}: unsupported sample width 48 bits (8, 16, 24 and 32-bit "
+                              "integer PCM are read); save it as such, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav")
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     with pytest.raises(DataError) as err:

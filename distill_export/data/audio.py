@@ -86,6 +86,14 @@ def _bytes_after_data_start(f, path: Path) -> int | None:
     return path.stat().st_size - start
 
 
+def _pcm24(raw: bytes) -> np.ndarray:
+    """24-bit little-endian signed samples -> float32 in [-1, 1): each 3 bytes become the top
+    three bytes of an int32 (an arithmetic shift back keeps the sign), then / 2**23."""
+    b = np.frombuffer(raw[: len(raw) // 3 * 3], dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+    value = (b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24)  # sign bit in the int32's top bit
+    return ((value >> 8).astype(np.float64) / 8388608.0).astype(np.float32)
+
+
 def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int]:
     """Read a PCM WAV file; return (mono float32 wave in [-1, 1], sample rate). Sample rates
     outside 1-384 kHz and clips longer than max_seconds are refused (DataError)."""
@@ -121,10 +129,13 @@ def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[
         x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
         x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 3:  # seventh audit DW_pcm24: common studio PCM, was refused
+        x = _pcm24(raw)
     elif width == 4:
         x = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
     else:
-        raise DataError(f"cannot read WAV file {path}: unsupported sample width {8 * width} bits")
+        raise DataError(f"cannot read WAV file {path}: unsupported sample width {8 * width} bits (8, 16, 24 and "
+                        "32-bit integer PCM are read); save it as such, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav")
     usable = (len(x) // n_ch) * n_ch
     if usable == 0:
         raise DataError(f"cannot read WAV file {path}: no audio samples")

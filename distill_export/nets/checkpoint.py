@@ -98,28 +98,47 @@ def check_state_dict(state, what: str) -> None:
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{what}: {key[:80]!r} is a {type(value).__name__}, not a tensor")
         check_weight_kind(value, key, what)
-        if (value.is_floating_point() or value.is_complex()) and value.layout == torch.strided \
-                and value.device.type != "meta" and not bool(torch.isfinite(value).all()):
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{what}: tensor {key[:80]!r} holds {bad} NaN or infinite value{'s' * (bad > 1)} "
                                   f"(of {value.numel()}); a diverged training or a damaged file, refused")
 
 
+# The dtypes a weight file may hold (seventh audit W_si_f4): the ones torch computes in on CPU and
+# the later checks understand. Anything else (float8, float4_e2m1fn_x2, uint16..uint64, complex32,
+# quantized qint8, bits8 ...) has no isfinite or copy_ kernel, or is a storage format, not weights.
+WEIGHT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
+                           torch.complex128, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                           torch.bool})
+
+
 def check_weight_kind(value: torch.Tensor, key: str, what: str) -> None:
-    """A weight is a dense tensor of a dtype the model computes in (sixth audit SI_f8, SI_sparse).
-    A sparse one (COO, CSR, ...) cannot be copied into a dense parameter: load_state_dict raised a
-    traceback. A float8 one is an 8-bit storage format of a quantized export, not trained weights:
-    torch has no isfinite for most float8 kinds (a traceback), and taking it as float32 would pass
-    the quantization off as the model; refused like the other dtypes check_cast_fits refuses."""
+    """A weight is a dense tensor with values, of a dtype the model computes in (sixth audit SI_f8,
+    SI_sparse; seventh W_si_f4, W_si_meta). A sparse one (COO, CSR, ...) cannot be copied into a
+    dense parameter: load_state_dict raised a traceback. A meta one has a shape and no data: "Cannot
+    copy out of meta tensor". A float8 or float4 one is a storage format of a quantized export, not
+    trained weights: torch has no isfinite for it (a traceback), and taking it as float32 would pass
+    the quantization off as the model. Complex, integer and bool tensors pass here: check_cast_fits
+    says which weight they cannot be."""
+    name = f"{what}: tensor {key[:80]!r}"
     if value.layout != torch.strided:
         layout = str(value.layout).removeprefix("torch.")
-        raise CheckpointError(f"{what}: tensor {key[:80]!r} is a sparse tensor (layout {layout}); a weight must be "
+        raise CheckpointError(f"{name} is a sparse tensor (layout {layout}); a weight must be "
                               "dense: save it with tensor.to_dense(), refused")
+    if value.device.type == "meta":
+        raise CheckpointError(f"{name} is on the meta device: it holds no values (a shape only, as a model built "
+                              "with device='meta' saves it); save the trained weights, refused")
     dtype = str(value.dtype).removeprefix("torch.")
-    if dtype.startswith("float8"):
-        raise CheckpointError(f"{what}: tensor {key[:80]!r} is {dtype}, an 8-bit storage format of quantized "
+    if value.dtype in WEIGHT_DTYPES:
+        return
+    if dtype.startswith(("float8", "float4")):
+        bits = "an 8" if dtype.startswith("float8") else "a 4"
+        raise CheckpointError(f"{name} is {dtype}, {bits}-bit storage format of quantized "
                               "weights: distill-export loads float32, float16, bfloat16 or float64 weights; save it "
                               "as one (tensor.float()) if that is what you mean, refused")
+    raise CheckpointError(f"{name} is {dtype}, a dtype distill-export does not load weights from (it loads "
+                          "float32, float16, bfloat16 or float64, and integer or bool buffers); save it as "
+                          "one (tensor.float()) if that is what you mean, refused")
 
 
 def check_cast_fits(state: dict, own: dict, what: str, names: dict | None = None) -> None:

@@ -193,7 +193,7 @@ def speedups(rows: list[dict], reference: str | None = None) -> list[dict]:
             if not like and r["backend"] == eager:
                 continue
             ref = ref_rows.get((ref_backend, r["batch"], r["threads"]))
-            if ref is None:
+            if ref is None or r["p50_ms"] <= 0:  # a 0 ms p50 has no ratio (inf; the record refuses it)
                 continue
             entry = {
                 "model": r["model"], "format": r["format"], "backend": r["backend"],

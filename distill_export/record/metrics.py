@@ -7,7 +7,9 @@ task that brings its own metrics type changes these two names and nothing else i
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ClassificationMetrics(BaseModel):
@@ -34,7 +36,7 @@ class PairedComparison(BaseModel):
 
     gain: float
     ci95: tuple[float, float] | None = None
-    p_value: float | None = None
+    p_value: Annotated[float, Field(ge=0, le=1)] | None = None  # RJ_pval2: 2.5 was accepted
     verdict: str | None = None  # "paid" | "hurt" | "no significant difference"
     discordant: tuple[int, int] | None = None  # (only the first right, only the second right)
 

@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from distill_export.record.metrics import TaskComparison, TaskMetrics
 
 SCHEMA_VERSION = 1
-NonNegative = Annotated[float, Field(ge=0)]  # a time or a rate: >= 0 (and finite: LatencyRow's allow_inf_nan)
+NonNegative = Annotated[float, Field(ge=0)]  # a time or a rate: >= 0 (and finite: the section's allow_inf_nan)
+Count = Annotated[int, Field(ge=0)]  # iterations, bytes, parameters: a negative one is a hand edit
+Probability = Annotated[float, Field(ge=0, le=1)]  # a p-value
 
 
 class Section(BaseModel):
@@ -210,7 +212,7 @@ class Export(Section):
     path: str | None = None  # relative to the run directory
     precision: str | None = None  # fp32 | fp16 | int8
     runtime: str | None = None  # onnxruntime | tensorrt
-    size_bytes: int | None = None
+    size_bytes: Count | None = None
     seconds: float | None = None
     details: dict[str, Any] = Field(default_factory=dict)
     parity: Parity | None = None
@@ -232,9 +234,9 @@ class LatencyRow(Section):
     threads: int | None = None
     skipped: str | None = None
     path: str | None = None
-    size_bytes: int | None = None
-    params: int | None = None
-    macs: int | None = None
+    size_bytes: Count | None = None
+    params: Count | None = None
+    macs: Count | None = None
     mean_ms: NonNegative | None = None
     std_ms: NonNegative | None = None
     min_ms: NonNegative | None = None
@@ -243,7 +245,7 @@ class LatencyRow(Section):
     p95_ms: NonNegative | None = None
     p99_ms: NonNegative | None = None
     max_ms: NonNegative | None = None
-    iterations: int | None = None
+    iterations: Count | None = None
     throughput: NonNegative | None = None  # samples/s
     cpu_p50_ms: NonNegative | None = None  # one thread: the calling thread's CPU time per call
 
@@ -253,7 +255,10 @@ class LatencyRow(Section):
 
 
 class Speedup(Section):
-    """p50 of the reference (the teacher) / p50 of the model, same run and cell."""
+    """p50 of the reference (the teacher) / p50 of the model, same run and cell: finite and >= 0
+    (seventh audit RJ_speedinf: Infinity was rendered "×inf")."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str
     format: str
@@ -263,8 +268,8 @@ class Speedup(Section):
     reference: str = "teacher"  # "teacher (<backend>)"
     reference_format: str | None = None
     like_for_like: bool = False  # the same runtime as the reference (migrate derives it for old files)
-    speedup: float
-    cpu_speedup: float | None = None
+    speedup: NonNegative
+    cpu_speedup: NonNegative | None = None
 
 
 class Machine(Section):
@@ -298,7 +303,10 @@ class Profile(Section):
 
 
 class Recommendation(Section):
-    """recommend.recommend: the artifact to ship on one target, or (format null) why none."""
+    """recommend.recommend: the artifact to ship on one target, or (format null) why none. Its
+    numbers are finite, times and speedups >= 0 (seventh audit RJ_recnan: "p50 nan ms")."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     target: str | None = None
     batch: int | None = None
@@ -310,13 +318,13 @@ class Recommendation(Section):
     device: str | None = None
     path: str | None = None
     precision: str | None = None
-    p50_ms: float | None = None
-    cpu_p50_ms: float | None = None
+    p50_ms: NonNegative | None = None
+    cpu_p50_ms: NonNegative | None = None
     accuracy: float | None = None
     accuracy_drop: float | None = None
-    speedup_vs_fp32_onnx: float | None = None
+    speedup_vs_fp32_onnx: NonNegative | None = None
     fp32_onnx_reference: str | None = None
-    speedup_vs_teacher: float | None = None
+    speedup_vs_teacher: NonNegative | None = None
     teacher_reference: str | None = None
     teacher_missing: str | None = None
 
@@ -351,20 +359,20 @@ class Tune(Section):
 
 class RunRecord(Section):
     """The whole of report.json. Its own numbers (kd_gain, its interval and p, the timings) are
-    finite: NaN or inf there is a corrupt record, refused on load (nested sections keep theirs:
-    a parity difference may be inf when an export overflows)."""
+    finite, a timing >= 0 and p in [0, 1]: anything else is a corrupt record, refused on load
+    (nested sections keep theirs: a parity difference may be inf when an export overflows)."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     schema_version: int = SCHEMA_VERSION
     task: TaskInfo = Field(default_factory=TaskInfo)  # files without one are classification runs
-    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
+    timings: dict[str, NonNegative] = Field(default_factory=dict)  # stage -> seconds
     dataset: Dataset | None = None
     metrics: dict[str, TaskMetrics] = Field(default_factory=dict)  # teacher, baseline, self_training, student
     teacher: Teacher | None = None
     kd_gain: float | None = None  # = comparisons.student_vs_baseline.gain, kept top-level for CI
     kd_gain_ci95: tuple[float, float] | None = None
-    kd_gain_p_value: float | None = None
+    kd_gain_p_value: Probability | None = None
     kd_verdict: str | None = None
     comparisons: dict[str, TaskComparison] = Field(default_factory=dict)
     distill: Distill | None = None
