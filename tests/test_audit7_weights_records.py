@@ -88,6 +88,7 @@ def test_a_float4_or_meta_student_init_tensor_is_named_in_one_line(world, tmp_pa
     line = one_line_error(cli(world, "run", "--student-init", str(path), "--out", str(tmp_path / "r"),
                               *(["--nproc", nproc] if nproc else [])))
     assert line.startswith(f"error: --student-init {path}: tensor '{KEY}' {says}"), line
+    assert "..." not in line and line.endswith("refused"), line  # whole: no quoted span shortened
     assert snapshot(tmp_path) == before and not (tmp_path / "r").exists()
 
 
@@ -114,6 +115,7 @@ def test_profile_names_a_float4_or_meta_weight_of_a_checkpoint(tmp_path, kind):
     line = one_line_error(runner.invoke(app, ["profile", str(path), "--batch", "1", "--threads", "1",
                                               "--out", str(tmp_path / "p"), "-q"]))
     assert line.startswith(f"error: {path}: tensor '{KEY}' {says}"), line
+    assert "..." not in line and line.endswith("refused"), line  # whole: no quoted span shortened
     assert snapshot(tmp_path) == before and not (tmp_path / "p").exists()
 
 
@@ -128,6 +130,7 @@ def test_a_teacher_with_a_float4_or_meta_weight_is_named_in_one_line(world, tmp_
     before = snapshot(tmp_path)
     line = one_line_error(cli(world, "train-teacher", "--teacher", str(path), "--out", str(tmp_path / "t")))
     assert line.startswith(f"error: {path}: tensor 'head.weight' {says}"), line
+    assert "..." not in line and line.endswith("refused"), line  # whole: no quoted span shortened
     assert snapshot(tmp_path) == before and not (tmp_path / "t").exists()
 
 

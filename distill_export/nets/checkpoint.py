@@ -127,7 +127,7 @@ def check_weight_kind(value: torch.Tensor, key: str, what: str) -> None:
                               "dense: save it with tensor.to_dense(), refused")
     if value.device.type == "meta":
         raise CheckpointError(f"{name} is on the meta device: it holds no values (a shape only, as a model built "
-                              "with device='meta' saves it); save the trained weights, refused")
+                              "on the meta device saves it); save the trained weights, refused")
     dtype = str(value.dtype).removeprefix("torch.")
     if value.dtype in WEIGHT_DTYPES:
         return
