@@ -13,6 +13,10 @@ from typing import Any
 
 from distill_export.errors import ConfigError
 
+# The smallest distillation temperature (distill.temperature, a term's temperature). Kept here as
+# a number: this module imports no torch, so methods/base.py repeats it (a test keeps them equal).
+MIN_TEMPERATURE = 0.01
+
 
 def _suggest(key: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(key, choices, n=1)
@@ -76,7 +80,9 @@ _RANGES_BY_NAME: dict[str, tuple] = {
     "batch_size": _AT_LEAST_1,
     "batch_sizes": _AT_LEAST_1,
     "batches": _AT_LEAST_1,
-    "temperature": (0.0, 1000.0, False, True),
+    # below ~0.01 the logits / T overflow to inf in float32 and training goes NaN (a subnormal
+    # -T 1e-320 passed and was blamed on the learning rate); methods.base.MIN_TEMPERATURE is the same
+    "temperature": (MIN_TEMPERATURE, 1000.0, True, True),
     "weight_decay": (0.0, 100.0, True, True),
     "weight": (0.0, 1e6, True, True),
     "seed": (0, 2**32 - 1, True, True),
@@ -205,8 +211,8 @@ def validate_config(config) -> None:
     _check_opset(config.export.opset)
     if not 0.0 < config.data.label_fraction <= 1.0:
         raise ConfigError(f"data.label_fraction must be in (0, 1], got {config.data.label_fraction}")
-    if config.distill.temperature <= 0:
-        raise ConfigError(f"distill.temperature must be > 0, got {config.distill.temperature}")
+    if config.distill.temperature < MIN_TEMPERATURE:
+        raise ConfigError(f"distill.temperature must be >= {MIN_TEMPERATURE}, got {config.distill.temperature}")
     if not 0.0 <= config.distill.alpha <= 1.0:
         raise ConfigError(f"distill.alpha must be in [0, 1], got {config.distill.alpha}")
     if config.distill.beta < 0:

@@ -1,7 +1,7 @@
 """Flags that cannot apply to this run are refused, not recorded as if they ran (issue 24):
 a setting a tune search would replace, a loaded teacher's training settings, a calibration flag
 without an INT8 format, an objective flag no term reads, a control with nothing to teach,
---skip-bad-rows on a built-in dataset. cli/options.py and launch.py call these after the config
+--skip-bad-rows or data.streaming=on on a built-in dataset. cli/options.py and launch.py call these after the config
 is loaded, with the flags the user gave (`flags`, `given`)."""
 
 from __future__ import annotations
@@ -86,6 +86,17 @@ def check_flags_apply(config, flags: dict) -> None:
 # The data sources that are no user manifest (data/__init__.py load_dataset): their rows are
 # generated, so none fails validation and --skip-bad-rows has nothing to skip.
 BUILT_IN_SOURCES = ("avdigits", "moving_digits")
+
+
+def check_streaming_applies(config, given) -> None:
+    """data.streaming=on decodes a manifest's files per sample in DataLoader workers
+    (data/manifest_decode.py); a built-in dataset is generated in memory and never streams, so a
+    given `on` would be recorded in config.yaml as if it had. Refused like --skip-bad-rows; `auto`
+    (the default) and `off` are true of every source."""
+    if config.data.streaming == "on" and config.data.source in BUILT_IN_SOURCES and given("data.streaming"):
+        raise ConfigError(f"data.streaming=on decodes a manifest's files in DataLoader workers, but data.source "
+                          f"{config.data.source} is a built-in dataset generated in memory, which never streams; "
+                          "drop data.streaming (or set it to auto) or give a manifest .csv/.jsonl as data.source")
 
 
 def _check_control_flag(config, flags: dict) -> None:

@@ -28,6 +28,9 @@ from distill_export.files import write_text
 console = Console(stderr=True, highlight=False)
 
 MAX_TUNE_ROUNDS = 3  # search space "rounds": 1 to 3 distillation rounds (each one a full training)
+# The first words tune writes into its YAML: a RUN/tuned.yaml that starts so is tune's own (rewritten
+# by the next `tune RUN`); one that does not was written or edited by a person and is never replaced.
+TUNE_HEADER = "# distill-export tune on the validation split"
 
 
 
@@ -230,7 +233,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     summary["confirmation"] = _confirm(train, completed, confirm_spec, config.seed, quiet)
     summary["confirm_seconds"] = round(time.perf_counter() - start - search_seconds, 1)
     summary["decision"] = decision = _decide(summary)
-    header = (f"# distill-export tune on the validation split ({len(completed)} completed trials"
+    header = (f"{TUNE_HEADER} ({len(completed)} completed trials"
               f"{_confirmed_words(summary)}). Use: distill-export run --config {out_path.name}\n"
               f"# {decision['line']}\n")
     body = {"method": "labels_only", "terms": decision["terms"]} if not decision["distill"] else {"terms": decision["terms"]}
@@ -245,6 +248,22 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     write_text(run.file("tune.json"), json.dumps(summary, indent=2))
     term_specs(_with_terms(config, decision["terms"]).distill)  # the written file loads
     return summary
+
+
+def check_default_output(path: Path) -> None:
+    """`tune RUN` without --out writes RUN/tuned.yaml: new, or a file an earlier tune wrote (its
+    header line). A folder, a link or a file without tune's header (a person's edit) is refused
+    before the search, naming --out, so neither the search nor the user's file is lost."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_file():
+        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"{path} (tune's default output) is {kind}; move it away or give --out NEW.yaml")
+    with open(path, "rb") as handle:
+        first = handle.read(len(TUNE_HEADER.encode()))
+    if first != TUNE_HEADER.encode():
+        raise ConfigError(f"{path} was not written by tune (no '{TUNE_HEADER}' header line, e.g. edited by hand) "
+                          f"and is never replaced; move it away or give --out NEW.yaml")
 
 
 def _confirm(train, completed: list, spec: ConfirmSpec, search_seed: int, quiet: bool) -> dict | None:

@@ -66,6 +66,10 @@ def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
     for flag in flags or []:
         key, sep, value = flag.partition("=")
         key = key.strip()
+        other = _gate_of_other_task(key, task) if key not in names else None
+        if other:  # fp32_agreement on a detection run: NAME=VALUE is right, the task is not
+            raise ConfigError(f"--gate {key} is a {other} gate, but this run's task is {task.name}; its gates: "
+                              f"{', '.join(names)}")
         if not sep or key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"did you mean {close[0]}?" if close else f"gates: {', '.join(names)}"
@@ -80,6 +84,14 @@ def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
             raise ConfigError(f"--gate {key}: {exc}") from None
         out[f"validate.{key}"] = number
     return out
+
+
+def _gate_of_other_task(name: str, task) -> str | None:
+    """The task whose gate `name` is (fp32_agreement on a detection run: classification), or None."""
+    from distill_export.tasks import get_task, task_names
+
+    return next((t for t in task_names() if t != task.name and name in {g.config_key for g in get_task(t).gates}),
+                None)
 
 
 def check_gates_apply(gates: dict[str, float], report: dict, task) -> None:

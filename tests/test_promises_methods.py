@@ -77,16 +77,17 @@ def test_every_term_keeps_its_documented_defaults():
 
 
 POSITIVE = "must be a finite number > 0"
+TEMPERATURE = "must be a finite number >= 0.01"  # methods.base.MIN_TEMPERATURE: smaller overflows (issue 24, N9)
 NON_NEGATIVE = "must be a finite number >= 0"
 OPEN_UNIT = "must be in (0, 1)"
 
 
 @pytest.mark.parametrize("name, key, bad, rule", [
-    ("kd", "temperature", 0.0, POSITIVE), ("ls_kd", "temperature", -1.0, POSITIVE),
-    ("selective_kd", "temperature", float("inf"), POSITIVE),
-    ("dkd", "temperature", 0.0, POSITIVE), ("dkd", "tckd_weight", -1.0, NON_NEGATIVE),
+    ("kd", "temperature", 0.0, TEMPERATURE), ("ls_kd", "temperature", -1.0, TEMPERATURE),
+    ("selective_kd", "temperature", float("inf"), TEMPERATURE),
+    ("dkd", "temperature", 0.0, TEMPERATURE), ("dkd", "tckd_weight", -1.0, NON_NEGATIVE),
     ("dkd", "nckd_weight", float("inf"), NON_NEGATIVE),
-    ("dist", "temperature", 0.0, POSITIVE), ("dist", "inter_weight", -1.0, NON_NEGATIVE),
+    ("dist", "temperature", 0.0, TEMPERATURE), ("dist", "inter_weight", -1.0, NON_NEGATIVE),
     ("dist", "intra_weight", -0.5, NON_NEGATIVE),
     ("pseudo_label", "threshold", 1.0, OPEN_UNIT), ("pseudo_boxes", "threshold", 0.0, OPEN_UNIT),
     ("heatmap_kd", "beta", 0.0, POSITIVE), ("heatmap_kd", "beta", 0.5, "must be >= 1"),

@@ -28,6 +28,10 @@ def distill(run_dir: RunDirArg, overrides: dict = None, quiet: Quiet = False):
             stage_distill(cfg, rd, quiet)  # export, validate, profile and report done before: stale now
             rd.save_config(cfg)  # only after success: config.yaml describes the artifacts beside it
     report = rd.load_report()
-    out.print(f"student {100 * report['metrics']['student']['accuracy']:.1f}%, baseline "
-              f"{100 * report['metrics']['baseline']['accuracy']:.1f}%, kd_gain {100 * report['kd_gain']:+.1f} points "
+    from distill_export.tasks import get_task
+
+    task = get_task(cfg.task)  # classification sums up by accuracy, detection by map50 (no 'accuracy' key)
+    metrics, name = report["metrics"], task.score_name
+    out.print(f"student {name} {100 * metrics['student'][task.headline]:.1f}%, baseline "
+              f"{100 * metrics['baseline'][task.headline]:.1f}%, kd_gain {100 * report['kd_gain']:+.1f} points "
               f"({report.get('kd_verdict', '')})")

@@ -16,7 +16,7 @@ app = typer.Typer()
 Trials = Annotated[int, typer.Option("--trials", help="Trials to run (budget).")]
 Minutes = Annotated[Optional[float], typer.Option("--minutes", help="Stop after this many minutes (budget).")]
 TuneMethods = Annotated[Optional[str], typer.Option("--methods", help="Comma-separated presets to search (default: every preset that uses the teacher): {methods}.")]
-TuneOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the best config (default RUN/tuned.yaml).")]
+TuneOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the best config (default RUN/tuned.yaml, rewritten only if an earlier tune wrote it).")]
 Search = Annotated[str, typer.Option("--search", help="What the trials vary: terms (the objective), or terms,mix (also the batch mixing and its strength; a mixing trial is scored against a baseline trained with the same mixing).")]
 ConfirmTop = Annotated[int, typer.Option("--confirm-top", help="Completed trials to re-train with fresh seeds after the search (best first).")]
 ConfirmSeeds = Annotated[int, typer.Option("--confirm-seeds", help="Fresh training seeds for each confirmed trial and the labels-only baseline; the objective is chosen by its mean. 0: off (the best trial's own score decides).")]
@@ -52,6 +52,10 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
     rd, cfg = open_run(run_dir)
     check_search_for_task(cfg, spaces, "--search")  # e.g. mix or rounds on a detection run: before any trial
     path = out_file or rd.file("tuned.yaml")
+    if out_file is None:  # the run's own tuned.yaml: rewritten only if an earlier tune wrote it
+        from distill_export.tune import check_default_output
+
+        check_default_output(Path(path))
     with rd.lock():  # tune.json and the teacher cache are written into the run: one command at a time
         summary = run_tune(cfg, rd, names, budget, Path(path), quiet, confirm_spec, search=spaces)
     best = summary["best"]

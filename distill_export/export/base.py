@@ -145,7 +145,16 @@ def format_spec(name: str) -> FormatSpec:
 def parse_formats(spec: list[str] | str) -> list[str]:
     """Requested formats in build order: each after the formats it is derived from."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [n.strip() for n in names if n.strip()]
+    shown = ",".join(str(n) for n in names)
+    names = [n.strip() if isinstance(n, str) else n for n in names]
+    # an empty or repeated name would be recorded in config.yaml as asked while one export ran
+    if "" in names:
+        raise ConfigError(f"export.formats (--format) {shown!r} has an empty format name; give comma-separated "
+                          f"names, e.g. onnx,onnx-fp16")
+    repeated = sorted({n for n in names if names.count(n) > 1}, key=names.index)
+    if repeated:
+        raise ConfigError(f"export.formats (--format) {shown!r} names {', '.join(map(str, repeated))} more than "
+                          f"once; give each format once")
     known = format_names()
     for n in names:
         if n not in known:

@@ -162,6 +162,19 @@ def _load_builtin_terms() -> None:
     import_members(__file__, __package__)
 
 
+# The smallest temperature a term takes: below it logits / T overflow float32 and the loss is NaN.
+# config_checks.MIN_TEMPERATURE is the same number (it cannot import this module: torch).
+MIN_TEMPERATURE = 0.01
+
+
+def check_temperature(value: float, term: str) -> float:
+    """A term's temperature: finite and at least MIN_TEMPERATURE, named with its term."""
+    value = float(value)
+    if not (MIN_TEMPERATURE <= value < float("inf")):
+        raise ConfigError(f"term {term}: temperature must be a finite number >= {MIN_TEMPERATURE}, got {value}")
+    return value
+
+
 def check_positive(name: str, value: float, term: str) -> float:
     value = float(value)
     if not (value > 0 and value < float("inf")):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_export.distributed import gather_rows, is_distributed, row_share
-from distill_export.methods.base import Term, TermInputs, check_non_negative, check_positive, register_term
+from distill_export.methods.base import Term, TermInputs, check_non_negative, check_temperature, register_term
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -36,7 +36,7 @@ class DIST(Term):
 
     def __init__(self, temperature: float = 1.0, inter_weight: float = 1.0, intra_weight: float = 1.0):
         super().__init__()
-        self.temperature = check_positive("temperature", temperature, self.name)
+        self.temperature = check_temperature(temperature, self.name)
         self.inter_weight = check_non_negative("inter_weight", inter_weight, self.name)
         self.intra_weight = check_non_negative("intra_weight", intra_weight, self.name)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill_export.methods.base import Term, TermInputs, check_non_negative, check_positive, register_term
+from distill_export.methods.base import Term, TermInputs, check_non_negative, check_temperature, register_term
 
 _MASK = 1000.0  # subtracted from the target logit (/T) to drop it from a softmax, as in the paper's code
 
@@ -51,7 +51,7 @@ class DecoupledKD(Term):
 
     def __init__(self, temperature: float = 4.0, tckd_weight: float = 1.0, nckd_weight: float = 8.0):
         super().__init__()
-        self.temperature = check_positive("temperature", temperature, self.name)
+        self.temperature = check_temperature(temperature, self.name)
         self.tckd_weight = check_non_negative("tckd_weight", tckd_weight, self.name)
         self.nckd_weight = check_non_negative("nckd_weight", nckd_weight, self.name)
 

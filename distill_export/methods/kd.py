@@ -14,7 +14,7 @@ import torch
 
 from distill_export.losses import kd_loss
 from distill_export.losses.kd import takes_fused_path
-from distill_export.methods.base import Term, TermInputs, check_positive, register_term
+from distill_export.methods.base import Term, TermInputs, check_temperature, register_term
 
 
 @register_term
@@ -28,7 +28,7 @@ class HintonKD(Term):
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
-        self.temperature = check_positive("temperature", temperature, self.name)
+        self.temperature = check_temperature(temperature, self.name)
 
     def loss(self, batch: TermInputs, slot: str, scale: float = 1.0) -> torch.Tensor:
         """scale × the term (scale: the objective's weight, on the fused path only)."""

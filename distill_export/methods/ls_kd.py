@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from distill_export.losses import kd_loss
-from distill_export.methods.base import Term, TermInputs, check_positive, register_term
+from distill_export.methods.base import Term, TermInputs, check_temperature, register_term
 
 
 def standardise(logits: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ class LogitStandardisedKD(Term):
 
     def __init__(self, temperature: float = 2.0):
         super().__init__()
-        self.temperature = check_positive("temperature", temperature, self.name)
+        self.temperature = check_temperature(temperature, self.name)
 
     def loss(self, batch: TermInputs, slot: str) -> torch.Tensor:
         return kd_loss(standardise(batch.student_logits), standardise(batch.teacher_logits), None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill_export.methods.base import Term, TermInputs, check_positive, register_term
+from distill_export.methods.base import Term, TermInputs, check_temperature, register_term
 from distill_export.methods.dkd import _MASK, target_classes
 
 
@@ -39,7 +39,7 @@ class SelectiveNonTargetKD(Term):
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
-        self.temperature = check_positive("temperature", temperature, self.name)
+        self.temperature = check_temperature(temperature, self.name)
 
     def loss(self, batch: TermInputs, slot: str) -> torch.Tensor:
         T = self.temperature
