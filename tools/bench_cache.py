@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import Parser, at_least  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -98,15 +100,15 @@ def rss_scaling(rows_list: list[int], out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="avdigits", help="data (and student) from this recipe")
     ap.add_argument("--data", default=None, help="a manifest instead of the recipe's data")
-    ap.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32], help="teacher widths to try")
-    ap.add_argument("--rows", type=int, default=2000, help="training rows used (0 = all)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--widths", type=at_least(1), nargs="+", default=[8, 16, 32], help="teacher widths to try")
+    ap.add_argument("--rows", type=at_least(0), default=2000, help="training rows used (0 = all)")
+    ap.add_argument("--repeats", type=at_least(1), default=3)
+    ap.add_argument("--threads", type=at_least(1), default=1)
     ap.add_argument("--out", default="bench-results/cache")
-    ap.add_argument("--rss-rows", type=int, nargs="+", default=None,
+    ap.add_argument("--rss-rows", type=at_least(1), nargs="+", default=None,
                     help="measure peak memory of the cache at these row counts instead")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
@@ -167,8 +169,14 @@ def main() -> None:
             load_s = timed(lambda: load(path, key, n))
 
         @torch.no_grad()
-        def online(rows, x_student):
-            return teacher.forward_features({m: v[rows] for m, v in inputs.items()})
+        def online(rows, x_student, mix=None):
+            """train_student's online teacher (teacher_cache.teacher_targets): the teacher on the
+            student's batch, the other modalities mixed the same way."""
+            batch = {m: v[rows] for m, v in inputs.items()}
+            if mix is not None:
+                batch = {m: mix.apply(v) for m, v in batch.items()}
+            batch[modality] = x_student
+            return teacher.forward_features(batch)
 
         cached_times, online_times = [], []
         if not results:  # warm-up: the first training call pays one-off allocation costs

@@ -37,6 +37,8 @@ import numpy as np
 
 FORMATS = ("onnx", "onnx-fp16", "onnx-int8")
 OV = "/openvino"  # suffix of the OpenVINO rows
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import Parser, at_least, positive  # noqa: E402
 
 
 def openvino_sessions(paths: dict[str, str], threads: int, batch: int | None = None) -> dict:
@@ -399,15 +401,15 @@ def bench_size(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="a run directory with student.pt (default: train one here)")
     ap.add_argument("--student", default="tiny_cnn", help="student to train when --run is not given")
-    ap.add_argument("--epochs", type=int, default=4, help="training epochs when --run is not given")
+    ap.add_argument("--epochs", type=at_least(1), default=4, help="training epochs when --run is not given")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per format and batch")
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--batches", type=at_least(1), nargs="+", default=[1, 32])
+    ap.add_argument("--threads", type=at_least(1), default=1)
+    ap.add_argument("--seconds", type=positive, default=3.0, help="timed seconds per format and batch")
+    ap.add_argument("--rounds", type=at_least(1), default=6)
     ap.add_argument("--calibration-method", default="minmax")
     ap.add_argument("--out", type=Path, default=Path("bench-results/export.json"))
     ap.add_argument("--size", type=int, help="every registry student at SIZExSIZEx3, random weights (stock stems)")
@@ -416,9 +418,9 @@ def main() -> None:
                     "(int8_recipes.INT8_RECIPES), interleaved at the smallest batch")
     ap.add_argument("--opt-levels", nargs="*", default=[], choices=OPT_LEVELS,
                     help="with --size: also run FP32 and each INT8 model at these ORT graph optimisation levels")
-    ap.add_argument("--calibration-rows", type=int, default=256,
+    ap.add_argument("--calibration-rows", type=at_least(1), default=256,
                     help="with --size: MNIST rows for BN statistics, the fitted head and INT8 calibration")
-    ap.add_argument("--agreement-rows", type=int, default=500, help="with --size: MNIST rows for INT8 vs FP32 top-1 agreement")
+    ap.add_argument("--agreement-rows", type=at_least(1), default=500, help="with --size: MNIST rows for INT8 vs FP32 top-1 agreement")
     args = ap.parse_args()
     if args.size:
         if args.size < 8:

@@ -56,8 +56,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
 
 from distill_export.losses.kd import kd_loss_reference  # noqa: E402
+from toolargs import Parser, at_least, positive  # noqa: E402  (tools/toolargs.py)
 
 TEMPERATURE = 4.0
 ALPHA = 0.5
@@ -387,16 +389,16 @@ def print_case(rows, ratio, base):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", help=f"comma list of NxC (default GPU {GPU_SHAPES}; CPU {CPU_SHAPES})")
     ap.add_argument("--dtypes", default="bf16,fp32", help="comma list of fp32, bf16, fp16")
     ap.add_argument("--impls", help="comma list of fused, eager, reference, compile, liger")
     ap.add_argument("--base", help="impl the ratios are relative to (default fused on GPU, compile on CPU)")
-    ap.add_argument("--reps", type=int, help="timed repetitions per impl (default 30 GPU, 10 CPU)")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--peak-gbps", type=float, help="device peak memory bandwidth in GB/s")
+    ap.add_argument("--reps", type=at_least(1), help="timed repetitions per impl (default 30 GPU, 10 CPU)")
+    ap.add_argument("--warmup", type=at_least(0), default=2)
+    ap.add_argument("--peak-gbps", type=positive, help="device peak memory bandwidth in GB/s")
     ap.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=at_least(1), help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default="bench-results", help="folder for bench_kd_loss.{csv,json}")
     args = ap.parse_args(argv)
     from distill_export.files import check_tool_output

@@ -26,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS, TARGET_AGREEMENT, TARGET_SPEEDUP = 60.0, 0.10, 3.0
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import Parser, at_least, int_list  # noqa: E402
 
 
 def ensure_demo(path: Path) -> Path:
@@ -42,11 +44,11 @@ def key(r: dict) -> tuple:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", nargs="?", type=Path)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--batch", default="1,8,32")
-    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--repeats", type=at_least(1), default=2)
+    ap.add_argument("--batch", type=int_list(1), default="1,8,32")
+    ap.add_argument("--threads", type=int_list(0), default="1,2", help="0 = torch's choice")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "profile")
     args = ap.parse_args()
     from distill_export.files import check_tool_output
@@ -54,14 +56,18 @@ def main() -> int:
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
 
     from distill_export.config import ProfileConfig
+    from distill_export.errors import ConfigError
     from distill_export.profiling import make_settings, profile_targets
     from distill_export.profiling.session import machine_info, versions
     from distill_export.rundir import RunDir
 
+    try:  # the profiler's own checks (the sweep's limits), before the demo run is built
+        settings = make_settings(ProfileConfig(), batches=[int(b) for b in args.batch.split(",")],
+                                 threads=[int(t) for t in args.threads.split(",")], device="cpu")
+    except ConfigError as exc:
+        ap.error(str(exc).splitlines()[0])
     run_dir = args.run_dir or ensure_demo(REPO / "bench-results" / "profile-demo")
     run = RunDir.existing(run_dir)
-    settings = make_settings(ProfileConfig(), batches=[int(b) for b in args.batch.split(",")],
-                             threads=[int(t) for t in args.threads.split(",")], device="cpu")
     print("machine:", json.dumps(machine_info()))
     print("versions:", json.dumps(versions()))
     exports = run.load_report().get("exports", {})

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import Parser, at_least  # noqa: E402
 HELD_OUT = 200  # val and test rows each
 SIZE = 96
 CLASSES = 10
@@ -208,20 +210,20 @@ def workers_throughput(manifest: Path, student: str, rows: int, workers_list: li
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, nargs="+", default=[10000, 40000], help="training rows for the memory runs")
-    ap.add_argument("--throughput-rows", type=int, default=2000)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=at_least(1), nargs="+", default=[10000, 40000], help="training rows for the memory runs")
+    ap.add_argument("--throughput-rows", type=at_least(1), default=2000)
     ap.add_argument("--student", default="mobilenet_v3_small")
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rss-workers", type=int, default=2, help="data.num_workers in the memory runs")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=at_least(0), nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rss-workers", type=at_least(0), default=2, help="data.num_workers in the memory runs")
+    ap.add_argument("--repeats", type=at_least(1), default=3)
+    ap.add_argument("--threads", type=at_least(1), default=1)
     ap.add_argument("--images", default=None, help="folder for the PNGs (default: a temporary one)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "overhead", "workers"])
     ap.add_argument("--quick", action="store_true", help="one repeat")
     ap.add_argument("--device", default="cpu", help="the overhead step's device (cpu or cuda)")
     ap.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast in the overhead step (CUDA)")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+    ap.add_argument("--batch-sizes", type=at_least(1), nargs="+", default=None,
                     help="the overhead step at each of these batch sizes (default: the config's, 64)")
     ap.add_argument("--out", default="bench-results/train")
     args = ap.parse_args()

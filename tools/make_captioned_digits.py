@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("~/.cache/distill-export/captioned_digits")
 sys.path.insert(0, str(REPO / "tools"))
 from prepare_avmnist import find, read_idx  # noqa: E402  (the same MNIST reader)
+from toolargs import Parser, at_least, non_negative, probability  # noqa: E402
 
 PHRASES = {  # attribute -> paraphrases (the first two share a keyword, the rest reword it)
     "loop": ["a closed loop", "one round loop", "an enclosed hole", "a ring shape"],
@@ -111,19 +112,19 @@ def text_only_accuracy(rows: list[dict]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", type=Path, default=REPO.parent / "shared/data/mnist",
                     help="folder with t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-per-class", type=int, default=300)
-    ap.add_argument("--val-per-class", type=int, default=50)
-    ap.add_argument("--test-per-class", type=int, default=100)
-    ap.add_argument("--p-drop", type=float, default=0.4, help="chance a true attribute is left out")
-    ap.add_argument("--false-rate", type=float, default=1.0, help="mean number of false attributes per caption")
-    ap.add_argument("--p-guess", type=float, default=0.35, help="chance the caption ends in a hedged guess")
-    ap.add_argument("--p-guess-right", type=float, default=0.5, help="chance the guess names the true digit")
-    ap.add_argument("--paraphrases", type=int, default=2, help="paraphrases used per attribute (at most)")
+    ap.add_argument("--train-per-class", type=at_least(1), default=300)
+    ap.add_argument("--val-per-class", type=at_least(1), default=50)
+    ap.add_argument("--test-per-class", type=at_least(1), default=100)
+    ap.add_argument("--p-drop", type=probability, default=0.4, help="chance a true attribute is left out")
+    ap.add_argument("--false-rate", type=non_negative, default=1.0, help="mean number of false attributes per caption")
+    ap.add_argument("--p-guess", type=probability, default=0.35, help="chance the caption ends in a hedged guess")
+    ap.add_argument("--p-guess-right", type=probability, default=0.5, help="chance the guess names the true digit")
+    ap.add_argument("--paraphrases", type=at_least(1), default=2, help="paraphrases used per attribute (at most)")
     ap.add_argument("--no-check", action="store_true", help="skip the text-only accuracy check")
     args = ap.parse_args(argv)
 

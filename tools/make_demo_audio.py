@@ -43,6 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from distill_export.data.audio import DEMO_AUDIO_SPEC, FLOOR_DB, log_mel, read_wav, resample  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import Parser, at_least  # noqa: E402
+
 DEFAULT_OUT = ROOT / "distill_export" / "data" / "assets" / "avdigits_audio.npz"
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # espeak-ng's own (non-mbrola) English voices: `espeak-ng --voices=en`.
@@ -202,10 +205,10 @@ def check(arrays: dict[str, np.ndarray], path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write (or, with --check, what to compare)")
     ap.add_argument("--check", action="store_true", help="regenerate in memory and compare with --out; write nothing")
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="synthesis processes")
+    ap.add_argument("--workers", type=at_least(1), default=min(4, os.cpu_count() or 1), help="synthesis processes")
     args = ap.parse_args(argv)
     if not args.check:  # a new file (the shipped asset too: delete it first to rebuild it), before any work
         from distill_export.files import check_tool_output

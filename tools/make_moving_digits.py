@@ -12,18 +12,23 @@ seeded: the same arguments write the same frames and the same manifest.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import Parser, at_least  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:
     from distill_export.data import moving_digits as md
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (created; must be empty or new)")
     parser.add_argument("--seed", type=int, default=md.DATA_SEED)
     for split, n in md.SIZES.items():
-        parser.add_argument(f"--{split}", type=int, default=n, help=f"clips in the {split} split (default {n})")
+        least = 0 if split == "calibration" else 1  # no calibration clips is a choice; an empty split is not
+        parser.add_argument(f"--{split}", type=at_least(least), default=n, help=f"clips in the {split} split (default {n})")
     args = parser.parse_args(argv)
     from distill_export.files import check_tool_output
 

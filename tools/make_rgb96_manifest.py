@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 import wave
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import Parser, at_least  # noqa: E402
 
 SIZE = 96
 COLORS = ((230, 40, 40), (40, 200, 60), (50, 80, 230), (220, 200, 40), (200, 60, 200), (40, 200, 210))
@@ -66,17 +70,15 @@ def make_manifest(out: Path, classes: int = 3, per_class: int = 8, seed: int = 0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--classes", type=int, default=3)
-    ap.add_argument("--per-class", type=int, default=8)
+    ap.add_argument("--classes", type=at_least(2, 10), default=3)
+    ap.add_argument("--per-class", type=at_least(3), default=8)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     from distill_export.files import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
-    if not 2 <= args.classes <= 10 or args.per_class < 3:
-        raise SystemExit("error: --classes must be 2..10 and --per-class at least 3")
     print(make_manifest(args.out, args.classes, args.per_class, args.seed))
 
 

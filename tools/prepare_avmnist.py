@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import Parser, at_least, finite, fraction  # noqa: E402
 DEFAULT_OUT = Path("~/.cache/distill-export/avmnist")
 TEST_SPEAKER = "yweweler"
 VAL_TAKES = range(0, 5)  # FSDD's conventional test takes, used here as val for train speakers
@@ -108,13 +110,13 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
 
 
 def main(argv=None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", type=Path, required=True, help="folder with t10k-images-idx3-ubyte(.gz) and labels")
     ap.add_argument("--fsdd", type=Path, required=True, help="FSDD recordings folder (WAV files)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--pca-variance", type=float, default=0.25, help="image variance kept by PCA")
-    ap.add_argument("--snr-db", type=float, default=-5.0, help="pink noise mixed into each clip")
-    ap.add_argument("--limit", type=int, default=0, help="use only this many images (tests); 0 = all")
+    ap.add_argument("--pca-variance", type=fraction, default=0.25, help="image variance kept by PCA")
+    ap.add_argument("--snr-db", type=finite, default=-5.0, help="pink noise mixed into each clip")
+    ap.add_argument("--limit", type=at_least(0), default=0, help="use only this many images (tests); 0 = all")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
