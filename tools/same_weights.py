@@ -43,9 +43,26 @@ def _load(path: str):
 
     check_model_file(path, path, CheckpointError)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt zip, pickle with code, truncated file
         raise CheckpointError(f"{path} is not a readable tensor file: {load_failure(exc)}") from None
+    _check_tensors(loaded, path)
+    return loaded
+
+
+def _check_tensors(value, path: str, key: str = "") -> None:
+    """Every tensor is one torch.equal can compare: dense, with values, of a loadable dtype (the
+    product's own check; a meta tensor made torch.equal raise NotImplementedError, eighth audit SW1)."""
+    from distill_export.nets.checkpoint import check_weight_kind
+
+    if isinstance(value, torch.Tensor):
+        check_weight_kind(value, key or "(the file itself)", path)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_tensors(v, path, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_tensors(v, path, f"{key}[{i}]")
 
 
 def main() -> int:

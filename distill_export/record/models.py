@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distill_export.record.metrics import TaskComparison, TaskMetrics
 
@@ -218,6 +218,11 @@ class Export(Section):
     parity: Parity | None = None
 
 
+_ORDER_STATISTICS = ("min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
+_NUMERIC_ROW_FIELDS = (*_ORDER_STATISTICS, "mean_ms", "std_ms", "throughput", "cpu_p50_ms", "iterations",
+                       "size_bytes", "params", "macs", "batch", "threads")
+
+
 class LatencyRow(Section):
     """One model on one backend at one (batch, threads) cell; a row that could not run has
     `skipped` (and batch/threads null when the backend was unavailable altogether). A time or a
@@ -248,6 +253,27 @@ class LatencyRow(Section):
     iterations: Count | None = None
     throughput: NonNegative | None = None  # samples/s
     cpu_p50_ms: NonNegative | None = None  # one thread: the calling thread's CPU time per call
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_not_booleans(cls, data):
+        """JSON `true` is not a time: pydantic would read it as 1 (eighth audit J1)."""
+        if isinstance(data, dict):
+            for key in _NUMERIC_ROW_FIELDS:
+                if isinstance(data.get(key), bool):
+                    raise ValueError(f"{key} is {str(data[key]).lower()}, not a number")
+        return data
+
+    @model_validator(mode="after")
+    def _order_statistics_ascend(self):
+        """min <= p50 <= p90 <= p95 <= p99 <= max, as measured (profiling.measure.latency_stats);
+        a p50 above its p90 is a hand edit, and the plot's p50-to-p90 bar cannot draw it (J10)."""
+        present = [(k, getattr(self, k)) for k in _ORDER_STATISTICS if getattr(self, k) is not None]
+        for (low_key, low), (high_key, high) in zip(present, present[1:]):
+            if low > high * (1 + 1e-9) + 1e-12:  # the slack: numpy's interpolation, not a real inversion
+                raise ValueError(f"{low_key} {low} is above {high_key} {high}: order statistics cannot decrease")
+        return self
+
 
     @property
     def measured(self) -> bool:
