@@ -11,6 +11,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Fraction = Annotated[float, Field(ge=0, le=1)]  # a share of rows: accuracy, precision, recall, F1
+
 
 class ClassificationMetrics(BaseModel):
     """One model on the test split, as its task's evaluate() reports it: classification's
@@ -20,10 +22,10 @@ class ClassificationMetrics(BaseModel):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    accuracy: float | None = None
-    macro_precision: float | None = None
-    macro_recall: float | None = None
-    macro_f1: float | None = None
+    accuracy: Fraction | None = None  # a share of test rows: 1.7 ("170.0%") is a hand edit (eighth audit)
+    macro_precision: Fraction | None = None
+    macro_recall: Fraction | None = None
+    macro_f1: Fraction | None = None
     confusion_matrix: list[list[int]] | None = None  # [true][predicted]
     n: int | None = None  # test rows
 
