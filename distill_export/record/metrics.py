@@ -45,3 +45,28 @@ class PairedComparison(BaseModel):
 
 TaskMetrics = ClassificationMetrics
 TaskComparison = PairedComparison
+
+
+# ----- a latency row's numbers (record/models.py LatencyRow) ----------------------------------------
+ORDER_STATISTICS = ("min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
+LATENCY_NUMBERS = (*ORDER_STATISTICS, "mean_ms", "std_ms", "throughput", "cpu_p50_ms", "iterations",
+                   "size_bytes", "params", "macs", "batch", "threads")
+
+
+def reject_booleans(data, keys):
+    """JSON `true` is not a number, though pydantic would read it as 1 (eighth audit J1)."""
+    if isinstance(data, dict):
+        for key in keys:
+            if isinstance(data.get(key), bool):
+                raise ValueError(f"{key} is {str(data[key]).lower()}, not a number")
+    return data
+
+
+def check_order_statistics(row):
+    """min <= p50 <= p90 <= p95 <= p99 <= max, as measured (profiling.measure.latency_stats); a
+    p50 above its p90 is a hand edit, and the plot's p50-to-p90 bar cannot draw it (J10)."""
+    present = [(k, getattr(row, k)) for k in ORDER_STATISTICS if getattr(row, k) is not None]
+    for (low_key, low), (high_key, high) in zip(present, present[1:]):
+        if low > high * (1 + 1e-9) + 1e-12:  # the slack: numpy's interpolation, not a real inversion
+            raise ValueError(f"{low_key} {low} is above {high_key} {high}: order statistics cannot decrease")
+    return row

@@ -22,7 +22,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distill_export.record.metrics import TaskComparison, TaskMetrics
+from distill_export.record.metrics import (LATENCY_NUMBERS, TaskComparison, TaskMetrics, check_order_statistics,
+                                           reject_booleans)
 
 SCHEMA_VERSION = 1
 NonNegative = Annotated[float, Field(ge=0)]  # a time or a rate: >= 0 (and finite: the section's allow_inf_nan)
@@ -218,16 +219,9 @@ class Export(Section):
     parity: Parity | None = None
 
 
-_ORDER_STATISTICS = ("min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
-_NUMERIC_ROW_FIELDS = (*_ORDER_STATISTICS, "mean_ms", "std_ms", "throughput", "cpu_p50_ms", "iterations",
-                       "size_bytes", "params", "macs", "batch", "threads")
-
-
 class LatencyRow(Section):
-    """One model on one backend at one (batch, threads) cell; a row that could not run has
-    `skipped` (and batch/threads null when the backend was unavailable altogether). A time or a
-    throughput is finite and >= 0: a negative or NaN one is a corrupt (hand-edited) record,
-    refused on load (sixth audit RP_R5), never plotted on a log axis."""
+    """One model on one backend at one (batch, threads) cell (`skipped`, batch/threads null: could
+    not run). Times and throughput are finite, >= 0 and ordered: else a corrupt (hand-edited) record."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
@@ -256,23 +250,12 @@ class LatencyRow(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _numbers_not_booleans(cls, data):
-        """JSON `true` is not a time: pydantic would read it as 1 (eighth audit J1)."""
-        if isinstance(data, dict):
-            for key in _NUMERIC_ROW_FIELDS:
-                if isinstance(data.get(key), bool):
-                    raise ValueError(f"{key} is {str(data[key]).lower()}, not a number")
-        return data
+    def _numbers_not_booleans(cls, data):  # JSON `true` is not a time (eighth audit J1)
+        return reject_booleans(data, LATENCY_NUMBERS)
 
     @model_validator(mode="after")
-    def _order_statistics_ascend(self):
-        """min <= p50 <= p90 <= p95 <= p99 <= max, as measured (profiling.measure.latency_stats);
-        a p50 above its p90 is a hand edit, and the plot's p50-to-p90 bar cannot draw it (J10)."""
-        present = [(k, getattr(self, k)) for k in _ORDER_STATISTICS if getattr(self, k) is not None]
-        for (low_key, low), (high_key, high) in zip(present, present[1:]):
-            if low > high * (1 + 1e-9) + 1e-12:  # the slack: numpy's interpolation, not a real inversion
-                raise ValueError(f"{low_key} {low} is above {high_key} {high}: order statistics cannot decrease")
-        return self
+    def _order_statistics_ascend(self):  # a p50 above its p90 is a hand edit (J10)
+        return check_order_statistics(self)
 
 
     @property
