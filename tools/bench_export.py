@@ -280,18 +280,7 @@ def bench_size(args) -> None:
     for r in args.int8_recipes:
         if r not in INT8_RECIPES:
             raise SystemExit(f"unknown INT8 recipe {r!r} (choices: {', '.join(INT8_RECIPES)})")
-    from distill_export.files import check_tool_output
-
-    check_tool_output(args.out, folder=False)  # a new file, outside any run: before any work
-    if not args.run:  # the student trained here: a bad --student is one line before any work
-        from distill_export.config import load_config
-        from distill_export.errors import DistillExportError
-
-        try:
-            load_config("avdigits", None, {"student.name": args.student, "distill.epochs": args.epochs, "seed": args.seed})
-        except DistillExportError as exc:
-            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-            raise SystemExit(2) from None
+    check_before_work(args)
     size = args.size
     real = mnist_images(size, args.calibration_rows + args.agreement_rows)
     if real is None:
@@ -400,6 +389,23 @@ def bench_size(args) -> None:
     print(f"wrote {args.out}")
 
 
+def check_before_work(args) -> None:
+    """--out is a new file outside any run, and (no --run) the student trained here is one the
+    config accepts: a bad value is one line, exit 2, before any training or export."""
+    from distill_export.files import check_tool_output
+
+    check_tool_output(args.out, folder=False)
+    if not args.run:
+        from distill_export.config import load_config
+        from distill_export.errors import DistillExportError
+
+        try:
+            load_config("avdigits", None, {"student.name": args.student, "distill.epochs": args.epochs, "seed": args.seed})
+        except DistillExportError as exc:
+            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
 def main() -> None:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="a run directory with student.pt (default: train one here)")
@@ -427,18 +433,7 @@ def main() -> None:
             print(f"error: --size must be at least 8, got {args.size}")
             raise SystemExit(2)
         return bench_size(args)
-    from distill_export.files import check_tool_output
-
-    check_tool_output(args.out, folder=False)  # a new file, outside any run: before any work
-    if not args.run:  # the student trained here: a bad --student is one line before any work
-        from distill_export.config import load_config
-        from distill_export.errors import DistillExportError
-
-        try:
-            load_config("avdigits", None, {"student.name": args.student, "distill.epochs": args.epochs, "seed": args.seed})
-        except DistillExportError as exc:
-            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-            raise SystemExit(2) from None
+    check_before_work(args)
     from distill_export.export import ExportOptions, ExportSource, export_formats
     from distill_export.tasks.classification.metrics import classification_metrics
     from distill_export.runtimes.onnx_runtime import onnx_session, run_onnx
