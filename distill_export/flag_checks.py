@@ -48,18 +48,26 @@ def check_tune_fits_task(config) -> None:
     check_search_for_task(config, tune_search_spaces(config.distill.tune_search), "--tune-search")
 
 
+# The teacher settings only a trained teacher reads (train_teacher.py), and the flag that sets one.
+_TEACHER_TRAINING = {"teacher.epochs": "--teacher-epochs", "teacher.lr": None, "teacher.batch_size": None,
+                     "teacher.width": None, "teacher.modality_dropout": None}
+
+
 def check_loaded_teacher_settings(config, given) -> None:
-    """teacher.epochs with a loaded teacher (--teacher) is read only by the teachers a run still
-    trains: the self-training control's and, from round 2, the re-fitted experts. With neither,
-    a given one (a flag or --config) would be recorded in config.yaml as if a teacher trained."""
-    if not config.teacher.path or not given("teacher.epochs"):
+    """teacher.epochs, lr, batch_size, width and modality_dropout with a loaded teacher (--teacher)
+    are read only by the teachers a run still trains: the self-training control's and, from round
+    2, the re-fitted experts. With neither, a given one (a flag or --config, not the recipe) would
+    be recorded in config.yaml as if a teacher trained with it (ninth round: width and lr too)."""
+    if not config.teacher.path or config.distill.self_training_control or config.distill.rounds > 1:
         return
-    if config.distill.self_training_control or config.distill.rounds > 1:
-        return
-    raise ConfigError(f"--teacher-epochs {config.teacher.epochs} (teacher.epochs) cannot apply: --teacher "
-                      f"{config.teacher.path} is loaded, not trained, and no other teacher trains here (the "
-                      "self-training control is off and distill.rounds is 1); drop --teacher-epochs "
-                      "(or teacher.epochs from --config)")
+    for key, flag in _TEACHER_TRAINING.items():
+        if given(key):
+            value = getattr(config.teacher, key.split(".")[1])
+            shown = f"{flag} {value} ({key})" if flag else f"{key} {value}"
+            drop = f"{flag} (or {key} from --config)" if flag else f"{key} from --config"
+            raise ConfigError(f"{shown} cannot apply: --teacher {config.teacher.path} is loaded, not trained, and "
+                              "no other teacher trains here (the self-training control is off and distill.rounds "
+                              f"is 1); drop {drop}")
 
 
 def check_flags_apply(config, flags: dict) -> None:

@@ -123,6 +123,14 @@ def check_header(im, path: Path) -> None:
     if im.mode not in SUPPORTED_MODES:
         raise DataError(f"image {path} has PIL mode {im.mode}, which is not read (supported: "
                         f"{', '.join(sorted(SUPPORTED_MODES))}); convert it to RGB, L or 16-bit gray")
+    if getattr(im, "is_animated", False):  # GIF, APNG, WebP, multi-page TIFF: PIL would give frame 0 alone
+        try:
+            frames = f"{im.n_frames} frames"
+        except (OSError, EOFError, ValueError):  # a truncated animation: still more than one picture
+            frames = "several frames"
+        raise DataError(f"image {path} is an animated or multi-page {im.format} with {frames}, and an image cell "
+                        "is one picture (frame 0 alone would be read in silence); save the frame you mean as its "
+                        "own file, or give the frames as a video column")
 
 
 # EXIF orientations (0x0112) stored rotated by 90 degrees: the shown image is the stored one transposed.

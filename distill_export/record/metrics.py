@@ -9,9 +9,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Fraction = Annotated[float, Field(ge=0, le=1)]  # a share of rows: accuracy, precision, recall, F1
+Probability = Annotated[float, Field(ge=0, le=1)]  # a p-value
+NonNegative = Annotated[float, Field(ge=0)]  # a time or a rate: >= 0 (and finite: the section's allow_inf_nan)
+Count = Annotated[int, Field(ge=0)]  # iterations, bytes, parameters, confusion cells: a negative one is a hand edit
+Batch = Annotated[int, Field(ge=1)]  # rows per call: a batch of 0 measured nothing (ninth round)
+
+
+def _ordered(interval: tuple[float, float]) -> tuple[float, float]:
+    """A 95% interval is (low, high): an inverted one rendered as "(+3.0 to +1.0)" (ninth round)."""
+    if interval[0] > interval[1]:
+        raise ValueError(f"interval ({interval[0]}, {interval[1]}) has its low end above its high end")
+    return interval
+
+
+Interval = Annotated[tuple[float, float], AfterValidator(_ordered)]
 
 
 class ClassificationMetrics(BaseModel):
@@ -26,8 +40,8 @@ class ClassificationMetrics(BaseModel):
     macro_precision: Fraction | None = None
     macro_recall: Fraction | None = None
     macro_f1: Fraction | None = None
-    confusion_matrix: list[list[int]] | None = None  # [true][predicted]
-    n: int | None = None  # test rows
+    confusion_matrix: list[list[Count]] | None = None  # [true][predicted]
+    n: Count | None = None  # test rows
 
 
 class PairedComparison(BaseModel):
@@ -37,8 +51,8 @@ class PairedComparison(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     gain: float
-    ci95: tuple[float, float] | None = None
-    p_value: Annotated[float, Field(ge=0, le=1)] | None = None  # RJ_pval2: 2.5 was accepted
+    ci95: Interval | None = None
+    p_value: Probability | None = None  # RJ_pval2: 2.5 was accepted
     verdict: str | None = None  # "paid" | "hurt" | "no significant difference"
     discordant: tuple[int, int] | None = None  # (only the first right, only the second right)
 

@@ -18,17 +18,14 @@ Stage state (which stages finished) is not here: rundir keeps it in state.json.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distill_export.record.metrics import (LATENCY_NUMBERS, TaskComparison, TaskMetrics, check_order_statistics,
-                                           reject_booleans)
+from distill_export.record.metrics import (LATENCY_NUMBERS, Batch, Count, Interval, NonNegative, Probability,
+                                           TaskComparison, TaskMetrics, check_order_statistics, reject_booleans)
 
 SCHEMA_VERSION = 1
-NonNegative = Annotated[float, Field(ge=0)]  # a time or a rate: >= 0 (and finite: the section's allow_inf_nan)
-Count = Annotated[int, Field(ge=0)]  # iterations, bytes, parameters: a negative one is a hand edit
-Probability = Annotated[float, Field(ge=0, le=1)]  # a p-value
 
 
 class Section(BaseModel):
@@ -229,7 +226,7 @@ class LatencyRow(Section):
     format: str
     backend: str
     device: str = "cpu"
-    batch: int | None = None
+    batch: Batch | None = None
     threads: int | None = None
     skipped: str | None = None
     path: str | None = None
@@ -272,7 +269,7 @@ class Speedup(Section):
     model: str
     format: str
     backend: str
-    batch: int
+    batch: Batch
     threads: int | None = None
     reference: str = "teacher"  # "teacher (<backend>)"
     reference_format: str | None = None
@@ -318,7 +315,7 @@ class Recommendation(Section):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     target: str | None = None
-    batch: int | None = None
+    batch: Batch | None = None
     excluded: dict[str, str] = Field(default_factory=dict)  # "<format> on <backend>" -> why not
     format: str | None = None
     reason: str | None = None
@@ -380,7 +377,7 @@ class RunRecord(Section):
     metrics: dict[str, TaskMetrics] = Field(default_factory=dict)  # teacher, baseline, self_training, student
     teacher: Teacher | None = None
     kd_gain: float | None = None  # = comparisons.student_vs_baseline.gain, kept top-level for CI
-    kd_gain_ci95: tuple[float, float] | None = None
+    kd_gain_ci95: Interval | None = None
     kd_gain_p_value: Probability | None = None
     kd_verdict: str | None = None
     comparisons: dict[str, TaskComparison] = Field(default_factory=dict)
