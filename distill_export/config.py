@@ -287,7 +287,7 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start}): not a YAML file") from None
     try:
         data = safe_yaml.load(text)  # data only: never a loader that builds objects
-    except safe_yaml.YamlLimitError as exc:
+    except safe_yaml.YamlRefused as exc:  # a bound, or a key given twice
         raise ConfigError(f"{what} {path} is refused: {exc}") from None
     except (yaml.YAMLError, RecursionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -38,6 +38,9 @@ def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir
     overwritten; a dangling symbolic link (it would write through to its target) counts as a file.
     Returns the path, `~` expanded."""
     target = Path(path).expanduser()
+    if not folder and str(path).endswith(("/", os.sep)):  # Path() drops the slash: `newdir/` became a file
+        raise ConfigError(f"{flag} {path} ends in '/', so it names a folder, and {flag} is a file; give the "
+                          f"file's name, e.g. {path}NAME")
     if folder:
         _check_free_folder(target, flag)
     elif target.exists() or target.is_symlink():

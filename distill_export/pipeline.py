@@ -17,6 +17,7 @@ from distill_export.distill_runs import (
     distill_rounds, draw_examples, labels_only_models, self_training_control, teacher_path, timed,
     training_checkpoint,
 )
+from distill_export.files import sha256_file
 from distill_export.launch import load_data
 from distill_export.rundir import RUN_STAGES, RunDir, records_stage
 
@@ -51,7 +52,6 @@ def record_teacher(config: RunConfig, run: RunDir, data, device, training: dict)
     also after `run --tune` swapped in the teacher fusion it chose (tune.py)."""
     from distill_export.nets.model_io import load_teacher
     from distill_export.tasks import get_task
-    from distill_export.files import sha256_file
     from distill_export.train_teacher import TeacherSource, evaluate_teacher, unlabeled_pool_score
 
     path = teacher_path(config, run)
@@ -155,6 +155,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         comparisons=comparisons,
         distill={
             "student": config.student.name,
+            "student_sha256": sha256_file(run.file("student.pt")),  # later stages refuse another student.pt (B5)
             "method": "labels_only" if labels_only(specs) else "terms" if config.distill.terms else config.distill.method,
             "distilled": kd_train["distilled"],
             "terms": kd_train["terms"],
@@ -187,7 +188,6 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
 def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export.nets.model_io import load_student
     from distill_export.export import ExportOptions, ExportSource, check_formats, export_formats
-    from distill_export.files import sha256_file
     from distill_export.tasks import get_task
     from distill_export.train import predict
     from distill_export.validate import PARITY_FILE, save_parity_data
@@ -258,8 +258,6 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
     entry = res.to_dict()
     entry["path"] = str(Path(entry["path"]).relative_to(run.path))
     if not config.teacher.path:  # our checkpoint: a teacher.pt replaced later is not this export's (run_outputs.py)
-        from distill_export.files import sha256_file
-
         entry["source_checkpoint_sha256"] = sha256_file(path)
     return entry
 
@@ -276,8 +274,6 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     parity = load_parity_data(run.file(PARITY_FILE))
     task = get_task(config.task)
     teacher_acc = report.get("metrics", {}).get("teacher", {}).get(task.headline)
-    from distill_export.files import sha256_file
-
     # What was validated, by content: profile, report and the recommendation refuse an artifact
     # replaced since (RunDir.require_unchanged_artifacts); `run --resume` validates it again.
     hashes = {fmt: sha256_file(art["path"]) for fmt, art in exports.items() if Path(art["path"]).is_file()}

@@ -52,6 +52,8 @@ class RunOutputs:
                 changed = self._teacher_file_changed()
                 if changed:
                     return stage, changed, "changed after train-teacher"
+            if stage == "distill" and self._student_changed_after_distill():
+                return stage, self.file("student.pt"), "changed after distill"
             if stage == "export" and self._student_changed():
                 return stage, self.file("student.pt"), "changed after export"
             if stage == "export" and self._teacher_changed():
@@ -84,6 +86,16 @@ class RunOutputs:
                 recorded = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
         except Exception:  # noqa: BLE001 - missing or unreadable (empty, not a zip): validate names it
             return False
+        student = self.file("student.pt")
+        return bool(recorded) and student.is_file() and sha256_file(student) != recorded
+
+    def _student_changed_after_distill(self) -> bool:
+        """student.pt is not the checkpoint distill measured (report.json distill.student_sha256;
+        ninth audit B5: a file copied over it before export was exported, validated and profiled
+        beside the old student's accuracy and kd_gain). Unknown (older runs): not changed."""
+        from distill_export.files import sha256_file
+
+        recorded = (self.load_report().get("distill") or {}).get("student_sha256")
         student = self.file("student.pt")
         return bool(recorded) and student.is_file() and sha256_file(student) != recorded
 
@@ -122,7 +134,9 @@ class RunOutputs:
             stage, file, why = found
             made = {"is missing": f"the {stage} stage made it",
                     "changed after train-teacher": "the teacher stage measured another file: the run would mix two "
-                                                   "teachers"}.get(why, "the exports were made from another checkpoint")
+                                                   "teachers",
+                    "changed after distill": "the distill stage measured another checkpoint: the run would mix two "
+                                             "students"}.get(why, "the exports were made from another checkpoint")
             raise ConfigError(f"{file} {why} ({made}), so `{command}` cannot run; "
                               f"re-run {_NEXT[stage].format(run=self.path)}")
 

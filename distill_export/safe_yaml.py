@@ -19,8 +19,16 @@ MAX_DEPTH = 64
 MAX_EXPANDED_NODES = 100_000  # scalars + collections, every alias expanded
 
 
-class YamlLimitError(yaml.YAMLError):
+class YamlRefused(yaml.YAMLError):
+    """A document refused though it parses; the message says why."""
+
+
+class YamlLimitError(YamlRefused):
     """A document over one of the bounds; the message says which."""
+
+
+class DuplicateKeyError(YamlRefused):
+    """A mapping with a key twice: PyYAML keeps the last in silence, dropping a setting (ninth audit B6)."""
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -41,6 +49,22 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        """The node's own keys, before merges (`<<: *base` then a key is an override, not a repeat)."""
+        seen: dict[Any, int] = {}  # key -> its line
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                                            f"{line}): which one is meant?")
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base constructor names it
+                continue
+        return super().construct_mapping(node, deep)
 
 
 def _expanded_size(node, memo: dict[int, int], active: set[int]) -> int:

@@ -3,13 +3,21 @@ cases that were left, settled:
 - teacher.lr / batch_size / width / modality_dropout in --config with a loaded teacher, the
   control off and one round, were recorded in config.yaml though no teacher trained with them;
 - a hand-edited report.json with an inverted 95% interval, a batch of 0 or a negative confusion
-  count rendered; it is now a corrupt record, one line, exit 2."""
+  count rendered; it is now a corrupt record, one line, exit 2;
+- an animated GIF was read as its first frame.
+And the ninth audit's bad cases: B1 booleans in report.json numbers, SW3/SW5 tools/same_weights.py
+on a list checkpoint and on NaN, B4 a manifest whose every row is bad, B5 student.pt replaced
+between distill and export, B6 a key given twice in a config YAML."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from _cli_checks import one_line_error, snapshot
@@ -18,6 +26,7 @@ from distill_export.cli.options import load
 from distill_export.errors import ConfigError
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 TEACHER = "torch.nn:Identity"  # a factory teacher: loaded, never trained
 
 
@@ -63,9 +72,35 @@ def _first_latency_row(record: dict) -> dict:
     (lambda r: r.update(kd_gain_ci95=[0.03, 0.01]), "low end above its high end"),
     (lambda r: _first_comparison(r).update(ci95=[0.05, -0.05]), "low end above its high end"),
     (lambda r: _first_latency_row(r).update(batch=0), "batch"),
+    (lambda r: _first_latency_row(r).update(iterations=0), "iterations"),  # ninth audit 6a
     (lambda r: r["metrics"]["student"]["confusion_matrix"][0].__setitem__(0, -3), "confusion_matrix"),
 ])
 def test_a_hand_edited_interval_batch_or_count_is_a_corrupt_record(run_copy, edit, needle):
+    path = run_copy / "report.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]), 2)
+    assert line.startswith(f"error: {path} is corrupt") and needle in line, line
+    assert snapshot(run_copy) == before
+
+
+def _first_parity(record: dict) -> dict:
+    return next(e["parity"] for e in record["exports"].values() if e.get("parity"))
+
+
+@pytest.mark.parametrize("edit, needle", [  # ninth audit B1: pydantic reads JSON true as 1
+    (lambda r: r["metrics"]["baseline"].update(accuracy=True), "accuracy is true, not a number"),
+    (lambda r: r.update(kd_gain=True), "kd_gain is true, not a number"),
+    (lambda r: _first_parity(r).update(top1_agreement=True), "top1_agreement is true, not a number"),
+    (lambda r: _first_comparison(r).update(p_value=False), "p_value is false, not a number"),
+    (lambda r: r["metrics"]["student"].update(n=True), "n is true, not a number"),
+    (lambda r: r["metrics"]["student"].update(map50=True), "map50 is true, not a number"),  # another task's score
+    (lambda r: r.update(kd_gain_ci95=[True, 0.2]), "kd_gain_ci95[0] is true, not a number"),
+    (lambda r: r["timings"].update(distill=True), "timings.distill is true, not a number"),
+])
+def test_a_boolean_where_a_number_belongs_is_a_corrupt_record(run_copy, edit, needle):
     path = run_copy / "report.json"
     record = json.loads(path.read_text())
     edit(record)
@@ -99,3 +134,98 @@ def test_an_animated_or_multi_page_image_is_refused_naming_the_file(tmp_path, su
     still = tmp_path / f"one.{suffix}"
     frames[1].save(still)
     assert read_image(still).convert("L").getpixel((0, 0)) == 255  # a single picture reads as before
+
+
+def _same_weights(*paths):
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "same_weights.py"), *map(str, paths)],
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout
+
+
+def test_sw3_same_weights_compares_a_checkpoint_that_is_a_list(tmp_path):
+    torch.save([torch.zeros(2), {"k": torch.ones(1)}], tmp_path / "a.pt")
+    torch.save([torch.zeros(2), {"k": torch.full((1,), 2.0)}], tmp_path / "b.pt")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "d.pt")
+    assert _same_weights(tmp_path / "a.pt", tmp_path / "a.pt") == (0, "identical\n")
+    assert _same_weights(tmp_path / "a.pt", tmp_path / "b.pt") == (1, "[1].k: tensors differ\n1 differences\n")
+    assert _same_weights(tmp_path / "a.pt", tmp_path / "d.pt") == (
+        1, "(the file itself): a list != a dict\n1 differences\n")
+
+
+def test_sw5_same_weights_compares_bits_so_a_nan_is_itself_and_minus_zero_is_not_zero(tmp_path):
+    torch.save({"w": torch.tensor([float("nan"), 1.0]), "meta": {"lr": float("nan")}}, tmp_path / "nan.pt")
+    torch.save({"w": torch.tensor([0.0])}, tmp_path / "zero.pt")
+    torch.save({"w": torch.tensor([-0.0])}, tmp_path / "minus_zero.pt")
+    assert _same_weights(tmp_path / "nan.pt", tmp_path / "nan.pt") == (0, "identical\n")
+    assert _same_weights(tmp_path / "zero.pt", tmp_path / "minus_zero.pt") == (1, "w: tensors differ\n1 differences\n")
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("label", 0.5, "line 1: field 'label' is 0.5"),
+    ("image", 123, "line 1: field 'image'"),
+])
+def test_b4_a_manifest_whose_every_row_is_bad_names_a_row_not_a_missing_column(tmp_path, field, value, needle):
+    from distill_export.data.manifest_rows import read_rows
+    from distill_export.errors import DataError
+
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"image": f"img/{i}.png", "label": str(i % 2)} for i in range(4)]
+    for row in rows:
+        row[field] = value
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as caught:
+        read_rows(manifest)
+    message = str(caught.value)
+    assert message.startswith(f"manifest {manifest} has no usable row: all 4 rows are bad") and needle in message
+    assert "no 'label' column" not in message
+
+
+@pytest.mark.parametrize("command", ["export", "validate", "profile", "report"])
+def test_b5_a_student_pt_replaced_after_distill_is_refused_by_every_later_stage(run_copy, command):
+    import shutil
+
+    shutil.copyfile(run_copy / "baseline.pt", run_copy / "student.pt")  # another checkpoint, same kind
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, [command, str(run_copy), "-q"] if command != "report"
+                                        else [command, str(run_copy)]), 2)
+    assert line.startswith(f"error: {run_copy / 'student.pt'} changed after distill (the distill stage measured "
+                           "another checkpoint: the run would mix two students)"), line
+    assert f"re-run `distill-export distill {run_copy}`" in line, line
+    assert snapshot(run_copy) == before
+
+
+def test_b5_the_distilled_checkpoint_is_recorded_by_its_hash(tiny_run):
+    from distill_export.files import sha256_file
+
+    record = json.loads((tiny_run / "report.json").read_text())
+    assert record["distill"]["student_sha256"] == sha256_file(tiny_run / "student.pt")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("distill: {epochs: 1}\ndistill: {epochs: 2}\n", "key 'distill' appears twice in one mapping (lines 1 and 2)"),
+    ("teacher: {epochs: 1, width: 8, epochs: 3}\n", "key 'epochs' appears twice in one mapping (lines 1 and 1)"),
+])
+def test_b6_a_key_given_twice_in_a_config_is_refused(tmp_path, text, needle):
+    config = tmp_path / "dup.yaml"
+    config.write_text(text)
+    before, out = snapshot(tmp_path), tmp_path / "r"
+    line = one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "-q"]), 2)
+    assert line == f"error: config {config} is refused: {needle}: which one is meant?", line
+    assert snapshot(tmp_path) == before and not out.exists()
+
+
+def test_b6_a_merge_key_then_an_override_is_not_a_repeat():
+    from distill_export import safe_yaml
+
+    text = "base: &b {epochs: 1, lr: 0.1}\nteacher:\n  <<: *b\n  epochs: 3\n"
+    assert safe_yaml.load(text)["teacher"] == {"epochs": 3, "lr": 0.1}
+
+
+def test_an_output_file_named_with_a_trailing_slash_is_refused(run_copy, tmp_path):
+    out = f"{tmp_path / 'newdir'}/"
+    before = snapshot(tmp_path)
+    line = one_line_error(runner.invoke(app, ["tune", str(run_copy), "--trials", "1", "--out", out, "-q"]), 2)
+    assert line == (f"error: --out {out} ends in '/', so it names a folder, and --out is a file; give the file's "
+                    f"name, e.g. {out}NAME"), line
+    assert snapshot(tmp_path) == before and not (tmp_path / "newdir").exists()

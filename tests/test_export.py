@@ -213,6 +213,10 @@ def test_corrupt_checkpoint_leaves_no_partial_file(exported_run, tmp_path):
     (run / "student.pt").write_bytes(b"PK\x03\x04 not really a zip")
     for f in FILES.values():
         (run / f).unlink()
+    # without distill's hash of student.pt (a run from before it): the loader itself must refuse
+    record = json.loads((run / "report.json").read_text())
+    del record["distill"]["student_sha256"]
+    (run / "report.json").write_text(json.dumps(record))
     result = runner.invoke(app, ["export", str(run), "--format", "onnx,onnx-int8"])
     assert result.exit_code == 2
     assert "student.pt is not a readable checkpoint" in result.output

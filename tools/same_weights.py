@@ -10,6 +10,7 @@ bit-identical. This compares what was saved, not the archive, so it works for bo
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -17,22 +18,37 @@ import torch
 from distill_export.errors import CheckpointError
 
 
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b), key=str):
-        where = f"{prefix}{key}"
-        if key not in a or key not in b:
-            out.append(f"{where}: only in {'first' if key in a else 'second'}")
-        elif isinstance(a[key], dict) and isinstance(b[key], dict):
-            out += differences(a[key], b[key], f"{where}.")
-        elif isinstance(a[key], torch.Tensor) or isinstance(b[key], torch.Tensor):
-            same = (isinstance(a[key], torch.Tensor) and isinstance(b[key], torch.Tensor)
-                    and a[key].dtype == b[key].dtype and a[key].shape == b[key].shape and torch.equal(a[key], b[key]))
-            if not same:
-                out.append(f"{where}: tensors differ")
-        elif a[key] != b[key]:
-            out.append(f"{where}: {a[key]!r} != {b[key]!r}")
-    return out
+def differences(a, b, where: str = "") -> list[str]:
+    """What differs between two loaded checkpoints: mappings key by key, lists and tuples item by
+    item (a checkpoint may be a bare list of tensors: ninth audit SW3), tensors bit for bit."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            at = f"{where}.{key}" if where else str(key)
+            if key not in a or key not in b:
+                out.append(f"{at}: only in {'first' if key in a else 'second'}")
+            else:
+                out += differences(a[key], b[key], at)
+        return out
+    at = where or "(the file itself)"
+    if any(isinstance(x, (dict, list, tuple)) for x in (a, b)) and type(a) is not type(b):
+        return [f"{at}: a {type(a).__name__} != a {type(b).__name__}"]  # not the whole contents printed
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{at}: {len(a)} items != {len(b)} items"]
+        return [line for i, (x, y) in enumerate(zip(a, b)) for line in differences(x, y, f"{where}[{i}]")]
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return [] if same_bits(a, b) else [f"{at}: tensors differ"]
+    same = a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    return [] if same else [f"{at}: {a!r} != {b!r}"]
+
+
+def same_bits(a, b) -> bool:
+    """Two tensors of one dtype and shape holding the same bytes: a NaN equals itself here, as it
+    does on disk (torch.equal compares values, and NaN != NaN made a file differ from itself: SW5)."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
 def _load(path: str):
@@ -51,7 +67,7 @@ def _load(path: str):
 
 
 def _check_tensors(value, path: str, key: str = "") -> None:
-    """Every tensor is one torch.equal can compare: dense, with values, of a loadable dtype (the
+    """Every tensor is one same_bits can compare: dense, with values, of a loadable dtype (the
     product's own check; a meta tensor made torch.equal raise NotImplementedError, eighth audit SW1)."""
     from distill_export.nets.checkpoint import check_weight_kind
 

@@ -51,7 +51,7 @@ def profile(
     run = _lone_run(targets, out_dir)  # profiling one run directory updates it in place
     with run.lock() if run is not None else contextlib.nullcontext():
         if run is not None:  # what is measured is the current export (a stale one is refused)
-            run.require_stages(("export",), "profile")
+            run.require_stages(("distill", "export"), "profile")  # student.pt replaced after distill: refused (B5)
             run.require_unchanged_artifacts("profile")  # the recommendation ranks by parity: of these files
         with run.transaction() if run is not None else contextlib.nullcontext():
             if run is not None:

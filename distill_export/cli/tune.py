@@ -16,7 +16,8 @@ app = typer.Typer()
 Trials = Annotated[int, typer.Option("--trials", help="Trials to run (budget).")]
 Minutes = Annotated[Optional[float], typer.Option("--minutes", help="Stop after this many minutes (budget).")]
 TuneMethods = Annotated[Optional[str], typer.Option("--methods", help="Comma-separated presets to search (default: every preset that uses the teacher): {methods}.")]
-TuneOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the best config (default RUN/tuned.yaml, rewritten only if an earlier tune wrote it).")]
+# a str, not a Path: Path("newdir/") drops the slash that says a folder was meant
+TuneOut = Annotated[Optional[str], typer.Option("--out", "-o", help="Where to write the best config (default RUN/tuned.yaml, rewritten only if an earlier tune wrote it).")]
 Search = Annotated[str, typer.Option("--search", help="What the trials vary: terms (the objective), or terms,mix (also the batch mixing and its strength; a mixing trial is scored against a baseline trained with the same mixing).")]
 ConfirmTop = Annotated[int, typer.Option("--confirm-top", help="Completed trials to re-train with fresh seeds after the search (best first).")]
 ConfirmSeeds = Annotated[int, typer.Option("--confirm-seeds", help="Fresh training seeds for each confirmed trial and the labels-only baseline; the objective is chosen by its mean. 0: off (the best trial's own score decides).")]
@@ -48,7 +49,8 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
     if out_file is not None:  # a user file or one of the run directory files is never replaced
         from distill_export.rundir import check_new_file
 
-        check_new_file(out_file, run_dir)
+        check_new_file(out_file, run_dir)  # the text as typed: a trailing '/' names a folder
+        out_file = Path(out_file).expanduser()
     rd, cfg = open_run(run_dir)
     check_search_for_task(cfg, spaces, "--search")  # e.g. mix or rounds on a detection run: before any trial
     path = out_file or rd.file("tuned.yaml")

@@ -30,7 +30,7 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     apply_overrides(cfg, gates, "--gate")
     validate_config(cfg)  # the gates pass the config's own checks before anything is written
     with rd.lock():
-        rd.require_stages(("export",), "validate")  # a stale export (distill ran again) is refused
+        rd.require_stages(("distill", "export"), "validate")  # a stale export, or student.pt replaced after distill (B5)
         with rd.transaction():
             results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure
             if not rd.missing_stages(None):  # a finished run: its report (stale now) shows the new parity

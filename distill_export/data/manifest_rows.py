@@ -150,6 +150,10 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
         columns, records = reader(path, problems)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from None
+    if not records and problems:  # JSONL columns come from good rows: no good row is no column (B4)
+        first = min(problems, key=lambda p: p.line)
+        raise DataError(f"manifest {path} has no usable row: all {len(problems)} rows are bad (first: line "
+                        f"{first.line}: {first.message})")
     if "label" not in columns and need_label:
         raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(columns) or 'none'})")
     modalities = [c for c in columns if c not in RESERVED]

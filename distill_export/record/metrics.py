@@ -7,15 +7,16 @@ task that brings its own metrics type changes these two names and nothing else i
 
 from __future__ import annotations
 
-from typing import Annotated
+import typing
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Fraction = Annotated[float, Field(ge=0, le=1)]  # a share of rows: accuracy, precision, recall, F1
 Probability = Annotated[float, Field(ge=0, le=1)]  # a p-value
 NonNegative = Annotated[float, Field(ge=0)]  # a time or a rate: >= 0 (and finite: the section's allow_inf_nan)
 Count = Annotated[int, Field(ge=0)]  # iterations, bytes, parameters, confusion cells: a negative one is a hand edit
-Batch = Annotated[int, Field(ge=1)]  # rows per call: a batch of 0 measured nothing (ninth round)
+Positive = Annotated[int, Field(ge=1)]  # a batch, the calls timed: 0 measured nothing (eleventh round)
 
 
 def _ordered(interval: tuple[float, float]) -> tuple[float, float]:
@@ -28,7 +29,52 @@ def _ordered(interval: tuple[float, float]) -> tuple[float, float]:
 Interval = Annotated[tuple[float, float], AfterValidator(_ordered)]
 
 
-class ClassificationMetrics(BaseModel):
+def _is_numeric(annotation) -> bool:
+    """Whether a field holds numbers only: its type names int or float (in lists, tuples, mappings
+    keyed by str, optional), and no bool, Any or nested section (which checks its own fields)."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) is Annotated:  # Annotated[T, Field(ge=0)]: T decides
+        return _is_numeric(typing.get_args(annotation)[0])
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if not args or annotation is Any or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return False
+    values = [a for a in args if a is not str] if typing.get_origin(annotation) is dict else args
+    return bool(values) and all(a is not Ellipsis and _is_numeric(a) for a in values)
+
+
+def refuse_booleans(value, path: str) -> None:
+    """A JSON true/false in a value (or the lists and mappings it holds) where a number belongs."""
+    if isinstance(value, bool):
+        raise ValueError(f"{path} is {str(value).lower()}, not a number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            refuse_booleans(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            refuse_booleans(item, f"{path}[{i}]")
+
+
+class RecordSection(BaseModel):
+    """A section of report.json. JSON `true` is not a number, though pydantic reads it as 1: a
+    hand-edited `accuracy: true` rendered "100.0%" and `kd_gain: true` "+100.00 points" (ninth
+    audit B1; the eighth's J1 for latency rows). Every field typed as numbers (int, float, and
+    their lists, tuples and mappings) refuses booleans here, for every section."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_not_booleans(cls, data):
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                key = field.alias or name
+                if key in data and _is_numeric(field.annotation):
+                    refuse_booleans(data[key], key)
+        return data
+
+
+class ClassificationMetrics(RecordSection):
     """One model on the test split, as its task's evaluate() reports it: classification's
     fields are typed here, another task's metrics are kept as extra keys (record.task.headline
     names the one a run is summed up by). A score is a finite number: NaN or inf here is a
@@ -43,8 +89,16 @@ class ClassificationMetrics(BaseModel):
     confusion_matrix: list[list[Count]] | None = None  # [true][predicted]
     n: Count | None = None  # test rows
 
+    @model_validator(mode="before")
+    @classmethod
+    def _other_tasks_numbers_not_booleans(cls, data):  # detection's map50, per_class.*.ap50, ...: numbers
+        if isinstance(data, dict):
+            for key in set(data) - set(cls.model_fields):
+                refuse_booleans(data[key], key)
+        return data
 
-class PairedComparison(BaseModel):
+
+class PairedComparison(RecordSection):
     """A paired test of two classifiers on one test set (significance.compare: exact McNemar
     with a paired-bootstrap interval). gain is a fraction, like accuracy; every number finite."""
 
@@ -63,19 +117,6 @@ TaskComparison = PairedComparison
 
 # ----- a latency row's numbers (record/models.py LatencyRow) ----------------------------------------
 ORDER_STATISTICS = ("min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
-LATENCY_NUMBERS = (*ORDER_STATISTICS, "mean_ms", "std_ms", "throughput", "cpu_p50_ms", "iterations",
-                   "size_bytes", "params", "macs", "batch", "threads")
-
-
-def reject_booleans(data, keys):
-    """JSON `true` is not a number, though pydantic would read it as 1 (eighth audit J1)."""
-    if isinstance(data, dict):
-        for key in keys:
-            if isinstance(data.get(key), bool):
-                raise ValueError(f"{key} is {str(data[key]).lower()}, not a number")
-    return data
-
-
 def check_order_statistics(row):
     """min <= p50 <= p90 <= p95 <= p99 <= max, as measured (profiling.measure.latency_stats); a
     p50 above its p90 is a hand edit, and the plot's p50-to-p90 bar cannot draw it (J10)."""

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from distill_export.record.metrics import (LATENCY_NUMBERS, Batch, Count, Interval, NonNegative, Probability,
-                                           TaskComparison, TaskMetrics, check_order_statistics, reject_booleans)
+from distill_export.record.metrics import (Count, Interval, NonNegative, Positive, Probability, RecordSection,
+                                           TaskComparison, TaskMetrics, check_order_statistics)
 
 SCHEMA_VERSION = 1
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Section(RecordSection):
+    """Every section keeps unknown keys and refuses booleans in its numbers (metrics.RecordSection)."""
 
 
 # ----- training histories -------------------------------------------------------------------------
@@ -143,6 +143,7 @@ class Fit(Section):
 
 class Distill(Section):
     student: str | None = None
+    student_sha256: str | None = None  # student.pt as distill wrote it (run_outputs checks it)
     method: str | None = None
     distilled: bool | None = None
     terms: list[Term] | None = None
@@ -226,7 +227,7 @@ class LatencyRow(Section):
     format: str
     backend: str
     device: str = "cpu"
-    batch: Batch | None = None
+    batch: Positive | None = None
     threads: int | None = None
     skipped: str | None = None
     path: str | None = None
@@ -241,14 +242,9 @@ class LatencyRow(Section):
     p95_ms: NonNegative | None = None
     p99_ms: NonNegative | None = None
     max_ms: NonNegative | None = None
-    iterations: Count | None = None
+    iterations: Positive | None = None
     throughput: NonNegative | None = None  # samples/s
     cpu_p50_ms: NonNegative | None = None  # one thread: the calling thread's CPU time per call
-
-    @model_validator(mode="before")
-    @classmethod
-    def _numbers_not_booleans(cls, data):  # JSON `true` is not a time (eighth audit J1)
-        return reject_booleans(data, LATENCY_NUMBERS)
 
     @model_validator(mode="after")
     def _order_statistics_ascend(self):  # a p50 above its p90 is a hand edit (J10)
@@ -269,7 +265,7 @@ class Speedup(Section):
     model: str
     format: str
     backend: str
-    batch: Batch
+    batch: Positive
     threads: int | None = None
     reference: str = "teacher"  # "teacher (<backend>)"
     reference_format: str | None = None
@@ -315,7 +311,7 @@ class Recommendation(Section):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     target: str | None = None
-    batch: Batch | None = None
+    batch: Positive | None = None
     excluded: dict[str, str] = Field(default_factory=dict)  # "<format> on <backend>" -> why not
     format: str | None = None
     reason: str | None = None
