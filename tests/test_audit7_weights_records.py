@@ -138,7 +138,7 @@ EDITS = {  # id: (the edit, the field the line names, what pydantic says)
     "RJ_speedinf": (lambda r: r["speedups"][0].update(speedup=float("inf")), "speedups.0.speedup", "finite number"),
     "RJ_recnan": (lambda r: r["recommended"][_first(r["recommended"])].update(p50_ms=float("nan")),
                   "recommended.{target}.p50_ms", "finite number"),
-    "RJ_itneg": (lambda r: r["latency"][0].update(iterations=-3), "latency.0.iterations", "greater than or equal to 0"),
+    "RJ_itneg": (lambda r: r["latency"][0].update(iterations=-3), "latency.0.iterations", "greater than or equal to 1"),
     "RJ_sizeneg": (lambda r: r["latency"][0].update(size_bytes=-1), "latency.0.size_bytes", "greater than or equal to 0"),
     "RJ_timneg": (lambda r: r["timings"].update(total=-1e9), "timings.total", "greater than or equal to 0"),
     "RJ_pval2": (lambda r: r.update(kd_gain_p_value=2.5), "kd_gain_p_value", "less than or equal to 1"),

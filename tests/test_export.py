@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from _cli_checks import forget_student_hash
 from distill_export.cli import app
 from distill_export.errors import BackendUnavailable, ConfigError, ExportError
 from distill_export.export import ExportOptions, ExportSource, export_formats, parse_formats
@@ -213,10 +214,7 @@ def test_corrupt_checkpoint_leaves_no_partial_file(exported_run, tmp_path):
     (run / "student.pt").write_bytes(b"PK\x03\x04 not really a zip")
     for f in FILES.values():
         (run / f).unlink()
-    # without distill's hash of student.pt (a run from before it): the loader itself must refuse
-    record = json.loads((run / "report.json").read_text())
-    del record["distill"]["student_sha256"]
-    (run / "report.json").write_text(json.dumps(record))
+    forget_student_hash(run)  # a run from before distill's hash: the loader itself must refuse
     result = runner.invoke(app, ["export", str(run), "--format", "onnx,onnx-int8"])
     assert result.exit_code == 2
     assert "student.pt is not a readable checkpoint" in result.output
