@@ -299,7 +299,27 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     if any(not isinstance(k, str) for k in data):
         raise ConfigError(f"{what} {path}: keys must be strings, got "
                           f"{_show(next(k for k in data if not isinstance(k, str)))}")
+    _check_one_spelling(data, f"{what} {path}")
     return data
+
+
+def _check_one_spelling(data: dict, origin: str) -> None:
+    """A setting given both nested (`teacher: {epochs: 1}`) and dotted (`teacher.epochs: 3`) in one
+    file: apply_overrides would keep whichever came last, in silence (tenth audit B4)."""
+    seen: dict[str, str] = {}  # dotted setting -> how it was spelled
+
+    def walk(mapping: dict, prefix: str, spelled: str) -> None:
+        for key, value in mapping.items():
+            name, shown = f"{prefix}{key}", f"{spelled}{key}"
+            if isinstance(value, dict) and value:
+                walk(value, f"{name}.", f"{shown}: ")
+            elif name in seen:
+                raise ConfigError(f"{origin} is refused: {name} is given twice (as '{seen[name]}' and as "
+                                  f"'{shown}'): which one is meant?")
+            else:
+                seen[name] = shown
+
+    walk(data, "", "")
 
 
 def recipe_names() -> list[str]:

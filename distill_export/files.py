@@ -38,9 +38,9 @@ def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir
     overwritten; a dangling symbolic link (it would write through to its target) counts as a file.
     Returns the path, `~` expanded."""
     target = Path(path).expanduser()
-    if not folder and str(path).endswith(("/", os.sep)):  # Path() drops the slash: `newdir/` became a file
-        raise ConfigError(f"{flag} {path} ends in '/', so it names a folder, and {flag} is a file; give the "
-                          f"file's name, e.g. {path}NAME")
+    if not folder and _names_a_folder(str(path)):  # Path() drops a final `/` or `/.`: `newdir/` became a file
+        raise ConfigError(f"{flag} '{path}' names a folder (it ends in '/' or '.', or is empty), and {flag} is a "
+                          f"file; give the file's name, e.g. {os.path.join(os.path.normpath(str(path) or '.'), 'NAME')}")
     if folder:
         _check_free_folder(target, flag)
     elif target.exists() or target.is_symlink():
@@ -55,6 +55,11 @@ def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir
     if not folder and not target.parent.is_dir():
         raise ConfigError(f"{flag} {target}: the folder {target.parent} does not exist")
     return target
+
+
+def _names_a_folder(text: str) -> bool:
+    """`DIR/`, `DIR/.`, `DIR/..`, `.` or empty: a spelling of a folder, never of a file's name."""
+    return text == "" or text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")
 
 
 def check_free(path: str | Path | None) -> None:

@@ -70,6 +70,28 @@ def check_loaded_teacher_settings(config, given) -> None:
                               f"is 1); drop {drop}")
 
 
+def check_method_with_terms(config, given) -> None:
+    """distill.method and distill.terms both in the user's --config: the terms run, so a method
+    whose own objective differs would be recorded in config.yaml but never run (tenth audit B5).
+    A method that names the same objective (tune writes `method: labels_only` with its terms)
+    agrees with them and passes. --method as a flag replaces the terms first (config.apply_flags)."""
+    if not (config.distill.terms and given("distill.method") and given("distill.terms")):
+        return
+    try:
+        import dataclasses
+
+        from distill_export.methods.objective import term_specs
+    except ImportError:  # a runtime-only install (no torch) trains nothing
+        return
+    preset = term_specs(dataclasses.replace(config.distill, terms=[]))
+    if [(s.name, s.weight, s.params) for s in preset] != [(s.name, s.weight, s.params) for s in term_specs(config.distill)]:
+        names = ", ".join(t.get("name", "?") if isinstance(t, dict) else str(t) for t in config.distill.terms)
+        raise ConfigError(f"distill.method {config.distill.method} and distill.terms ({names}) are both set in "
+                          f"--config, and the terms are what runs, so {config.distill.method} would be recorded but "
+                          "never run; drop distill.method, or drop distill.terms (or pass --method, which "
+                          "replaces them)")
+
+
 def check_flags_apply(config, flags: dict) -> None:
     """A flag given for something this run will not do is refused, not recorded as if it ran:
     the INT8 calibration settings without an INT8 format (a fresh audit found them in config.yaml

@@ -53,6 +53,10 @@ class _BoundedLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         """The node's own keys, before merges (`<<: *base` then a key is an override, not a repeat)."""
         seen: dict[Any, int] = {}  # key -> its line
+        merges = [k.start_mark.line + 1 for k, _ in node.value if k.tag == "tag:yaml.org,2002:merge"]
+        if len(merges) > 1:  # `<<` twice: PyYAML keeps the last merge's keys in silence (tenth audit B3)
+            raise DuplicateKeyError(f"the merge key '<<' appears twice in one mapping (lines {merges[0]} and "
+                                    f"{merges[1]}): merge a list instead, `<<: [*a, *b]`, if both are meant")
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue

@@ -12,6 +12,7 @@ between distill and export, B6 a key given twice in a config YAML."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -222,10 +223,12 @@ def test_b6_a_merge_key_then_an_override_is_not_a_repeat():
     assert safe_yaml.load(text)["teacher"] == {"epochs": 3, "lr": 0.1}
 
 
-def test_an_output_file_named_with_a_trailing_slash_is_refused(run_copy, tmp_path):
-    out = f"{tmp_path / 'newdir'}/"
+@pytest.mark.parametrize("ending", ["/", "/.", "/.."])  # the tenth audit's B8: `DIR/.` wrote a file DIR
+def test_an_output_file_named_with_a_trailing_slash_is_refused(run_copy, tmp_path, ending):
+    out = f"{tmp_path / 'newdir'}{ending}"
     before = snapshot(tmp_path)
     line = one_line_error(runner.invoke(app, ["tune", str(run_copy), "--trials", "1", "--out", out, "-q"]), 2)
-    assert line == (f"error: --out {out} ends in '/', so it names a folder, and --out is a file; give the file's "
-                    f"name, e.g. {out}NAME"), line
+    folder = os.path.normpath(out)
+    assert line == (f"error: --out '{out}' names a folder (it ends in '/' or '.', or is empty), and --out is a file; "
+                    f"give the file's name, e.g. {folder}/NAME"), line
     assert snapshot(tmp_path) == before and not (tmp_path / "newdir").exists()

@@ -147,8 +147,8 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
     from distill_export.flag_checks import (check_flags_apply, check_loaded_teacher_settings,
-                                            check_search_keeps_settings, check_streaming_applies,
-                                            check_tune_fits_task)
+                                            check_method_with_terms, check_search_keeps_settings,
+                                            check_streaming_applies, check_tune_fits_task)
     from distill_export.preflight import settle_teacher_fusion
 
     config = load_config(recipe or "avdigits", config_file, flags)
@@ -164,6 +164,7 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     check_tune_fits_task(config)  # e.g. --tune-search mix on detection, --tune-minutes 1e-9
     check_loaded_teacher_settings(config, given)  # --teacher-epochs with a loaded teacher and nothing to train
     check_streaming_applies(config, given)  # data.streaming=on with the built-in avdigits: nothing would stream
+    check_method_with_terms(config, given)  # distill.method dkd beside distill.terms [kd]: dkd would not run
     return config
 
 

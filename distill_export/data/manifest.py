@@ -70,6 +70,9 @@ BUILDERS = {
 def missing_manifest(path: str | Path) -> str:
     """The one-line error for a manifest that is not there, with the command that builds it."""
     path = Path(path)
+    if path.exists():  # there, but no regular file (a device, a FIFO, a folder): said as what it is
+        kind = "a folder" if path.is_dir() else "a device, FIFO or other special file"
+        return f"manifest {path} is not a regular file ({kind}); give a .csv or .jsonl file"
     for name, command in BUILDERS.items():
         if name in str(path):
             return f"manifest {path} does not exist; build it with: {command} --out {path.parent}"

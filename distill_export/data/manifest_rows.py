@@ -154,6 +154,8 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
         first = min(problems, key=lambda p: p.line)
         raise DataError(f"manifest {path} has no usable row: all {len(problems)} rows are bad (first: line "
                         f"{first.line}: {first.message})")
+    if not records and not columns:  # an empty file (or blank lines): no header, no row (tenth audit)
+        raise DataError(f"manifest {path} is empty: no header and no rows")
     if "label" not in columns and need_label:
         raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(columns) or 'none'})")
     modalities = [c for c in columns if c not in RESERVED]

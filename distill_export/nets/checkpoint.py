@@ -182,8 +182,12 @@ def load_state(model: nn.Module, state_dict: dict, path: str | Path) -> nn.Modul
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the model: {first[:200]}") from None
+        # torch's first line is "Error(s) in loading state_dict for Net:"; the keys are on the next
+        # ones (tenth audit B7: the message stopped at the colon), so they are joined into one line.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        what = "; ".join(lines[1:]) or lines[0] if lines else type(exc).__name__
+        raise CheckpointError(f"{path} does not fit the {type(model).__name__} model: "
+                              f"{what[:300]}{'...' if len(what) > 300 else ''}") from None
     return model
 
 

@@ -85,6 +85,8 @@ def parse_ints(spec: str | list[int] | None, what: str) -> list[int] | None:
     items = spec.split(",")
     if any(not v.strip() for v in items):  # "1,,2" or "1,": an empty item is a typo, not a skip
         raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r} (an empty item)")
+    if any("_" in v for v in items):  # int("1_0") is 10: a typo read as another number (tenth audit n2)
+        raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r} (no '_' inside a number)")
     try:
         return [int(v) for v in items]
     except ValueError:

@@ -108,7 +108,7 @@ class PairedComparison(RecordSection):
     ci95: Interval | None = None
     p_value: Probability | None = None  # RJ_pval2: 2.5 was accepted
     verdict: str | None = None  # "paid" | "hurt" | "no significant difference"
-    discordant: tuple[int, int] | None = None  # (only the first right, only the second right)
+    discordant: tuple[Count, Count] | None = None  # (only the first right, only the second right)
 
 
 TaskMetrics = ClassificationMetrics

@@ -94,11 +94,15 @@ class Training(Section):
 class Dataset(Section):
     name: str | None = None
     class_names: list[str] | None = None
-    sizes: dict[str, int] = Field(default_factory=dict)  # split -> rows
-    labeled_train_rows: int | None = None
+    sizes: dict[str, Count] = Field(default_factory=dict)  # split -> rows
+    labeled_train_rows: Count | None = None
     label_fraction: float | None = None  # asked (data.label_fraction)
     label_fraction_kept: float | None = None  # what trained: whole rows, at least one per class
     test_voices: list[str] | None = None  # the built-in demo only: voices held out of training
+    train_rows_subsampled_from: Count | None = None  # data.max_train_rows kept this many of them
+    pca_components: Count | None = None  # the AV-MNIST/demo image degradation, and the audio noise
+    pca_variance: float | None = None
+    audio_snr_db: float | None = None
 
 
 class Teacher(Section):
@@ -130,7 +134,7 @@ class TeacherCache(Section):
 class Fit(Section):
     """Scores on labelled training rows (capacity.training_fit): can the student fit the teacher?"""
 
-    rows: int | None = None
+    rows: Count | None = None
     teacher: float | None = None
     teacher_student_view: float | None = None  # the teacher with the other modalities zeroed
     student: float | None = None
@@ -152,12 +156,12 @@ class Distill(Section):
     alpha: float | None = None
     beta: float | None = None
     label_fraction: float | None = 1.0  # asked (data.label_fraction)
-    rounds: int | None = None
-    labeled_train_rows: int | None = None
+    rounds: Positive | None = None
+    labeled_train_rows: Count | None = None
     label_fraction_kept: float | None = None  # what trained: whole rows, at least one per class
-    train_rows: int | None = None
+    train_rows: Count | None = None
     kd_loss_impl: str | None = None
-    processes: int | None = None
+    processes: Positive | None = None
     streaming: bool | None = None
     student_training: Training | None = None
     baseline_training: Training | None = None
@@ -347,9 +351,9 @@ class TaskInfo(Section):
 class Tune(Section):
     """`run --tune`: the search and confirmation on validation that chose the objective (tune.py)."""
 
-    trials: int | None = None
-    completed: int | None = None
-    pruned: int | None = None
+    trials: Count | None = None
+    completed: Count | None = None
+    pruned: Count | None = None
     seconds: float | None = None
     baseline_val_accuracy: float | None = None
     best: dict[str, Any] | None = None  # the search's best trial: method, terms, val_accuracy
