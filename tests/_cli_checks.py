@@ -39,3 +39,33 @@ def forget_student_hash(run: Path) -> None:
     record = json.loads(path.read_text())
     record["distill"].pop("student_sha256", None)
     path.write_text(json.dumps(record))
+
+
+def assert_record_edit_refused(run: Path, edit, needle: str) -> None:
+    """A hand edit of run/report.json (`edit(record)` changes the dict in place) makes `report RUN`
+    refuse the file as corrupt in one line naming `needle`, with exit 2 and nothing written."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    path = Path(run) / "report.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+    before = snapshot(run)
+    line = one_line_error(CliRunner().invoke(app, ["report", str(run)]), 2)
+    assert line.startswith(f"error: {path} is corrupt") and needle in line, line
+    assert snapshot(run) == before
+
+
+def run_same_weights(*paths) -> tuple[int, str]:
+    """tools/same_weights.py on `paths` in a fresh process: (exit code, stdout), never a traceback."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "same_weights.py"
+    done = subprocess.run([sys.executable, str(tool), *map(str, paths)], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout

@@ -8,22 +8,19 @@ a manifest that is a device."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from _cli_checks import one_line_error, snapshot
+from _cli_checks import assert_record_edit_refused, one_line_error, run_same_weights, snapshot
 from distill_export.cli import app
 from distill_export.errors import ConfigError, DataError
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _first_comparison(record: dict) -> dict:
@@ -40,14 +37,7 @@ def _first_comparison(record: dict) -> dict:
     (lambda r: r["distill"].update(train_rows=-1), "train_rows"),
 ])
 def test_b1_b2_a_boolean_or_negative_count_in_the_record_is_corrupt(run_copy, edit, needle):
-    path = run_copy / "report.json"
-    record = json.loads(path.read_text())
-    edit(record)
-    path.write_text(json.dumps(record))
-    before = snapshot(run_copy)
-    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]), 2)
-    assert line.startswith(f"error: {path} is corrupt") and needle in line, line
-    assert snapshot(run_copy) == before
+    assert_record_edit_refused(run_copy, edit, needle)
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -126,20 +116,13 @@ def test_b7_a_checkpoint_that_does_not_fit_names_the_keys():
         load_state(model, state, "x.pt")
 
 
-def _same_weights(*paths):
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "same_weights.py"), *map(str, paths)],
-                          capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in done.stderr, done.stderr
-    return done.returncode, done.stdout
-
-
 def test_b9_same_weights_compares_plain_values_by_type_and_bits(tmp_path):
     for name, value in {"int": 1, "bool": True, "float": 1.0, "zero": 0.0, "minus_zero": -0.0}.items():
         torch.save({"w": value}, tmp_path / f"{name}.pt")
-    assert _same_weights(tmp_path / "int.pt", tmp_path / "int.pt") == (0, "identical\n")
-    assert _same_weights(tmp_path / "int.pt", tmp_path / "bool.pt") == (1, "w: 1 != True\n1 differences\n")
-    assert _same_weights(tmp_path / "int.pt", tmp_path / "float.pt") == (1, "w: 1 != 1.0\n1 differences\n")
-    assert _same_weights(tmp_path / "zero.pt", tmp_path / "minus_zero.pt") == (1, "w: 0.0 != -0.0\n1 differences\n")
+    assert run_same_weights(tmp_path / "int.pt", tmp_path / "int.pt") == (0, "identical\n")
+    assert run_same_weights(tmp_path / "int.pt", tmp_path / "bool.pt") == (1, "w: 1 != True\n1 differences\n")
+    assert run_same_weights(tmp_path / "int.pt", tmp_path / "float.pt") == (1, "w: 1 != 1.0\n1 differences\n")
+    assert run_same_weights(tmp_path / "zero.pt", tmp_path / "minus_zero.pt") == (1, "w: 0.0 != -0.0\n1 differences\n")
 
 
 def test_a_number_with_an_underscore_is_not_read_as_another_number():

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from _cli_checks import one_line_error, snapshot
+from _cli_checks import assert_record_edit_refused, one_line_error, run_same_weights, snapshot
 from distill_export.cli import app
 from distill_export.cli.options import load
 from distill_export.errors import ConfigError
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
 TEACHER = "torch.nn:Identity"  # a factory teacher: loaded, never trained
 
 
@@ -77,14 +73,7 @@ def _first_latency_row(record: dict) -> dict:
     (lambda r: r["metrics"]["student"]["confusion_matrix"][0].__setitem__(0, -3), "confusion_matrix"),
 ])
 def test_a_hand_edited_interval_batch_or_count_is_a_corrupt_record(run_copy, edit, needle):
-    path = run_copy / "report.json"
-    record = json.loads(path.read_text())
-    edit(record)
-    path.write_text(json.dumps(record))
-    before = snapshot(run_copy)
-    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]), 2)
-    assert line.startswith(f"error: {path} is corrupt") and needle in line, line
-    assert snapshot(run_copy) == before
+    assert_record_edit_refused(run_copy, edit, needle)
 
 
 def _first_parity(record: dict) -> dict:
@@ -102,14 +91,7 @@ def _first_parity(record: dict) -> dict:
     (lambda r: r["timings"].update(distill=True), "timings.distill is true, not a number"),
 ])
 def test_a_boolean_where_a_number_belongs_is_a_corrupt_record(run_copy, edit, needle):
-    path = run_copy / "report.json"
-    record = json.loads(path.read_text())
-    edit(record)
-    path.write_text(json.dumps(record))
-    before = snapshot(run_copy)
-    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]), 2)
-    assert line.startswith(f"error: {path} is corrupt") and needle in line, line
-    assert snapshot(run_copy) == before
+    assert_record_edit_refused(run_copy, edit, needle)
 
 
 def test_the_products_own_record_still_loads_and_renders(run_copy):
@@ -137,20 +119,13 @@ def test_an_animated_or_multi_page_image_is_refused_naming_the_file(tmp_path, su
     assert read_image(still).convert("L").getpixel((0, 0)) == 255  # a single picture reads as before
 
 
-def _same_weights(*paths):
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "same_weights.py"), *map(str, paths)],
-                          capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in done.stderr, done.stderr
-    return done.returncode, done.stdout
-
-
 def test_sw3_same_weights_compares_a_checkpoint_that_is_a_list(tmp_path):
     torch.save([torch.zeros(2), {"k": torch.ones(1)}], tmp_path / "a.pt")
     torch.save([torch.zeros(2), {"k": torch.full((1,), 2.0)}], tmp_path / "b.pt")
     torch.save({"w": torch.zeros(2)}, tmp_path / "d.pt")
-    assert _same_weights(tmp_path / "a.pt", tmp_path / "a.pt") == (0, "identical\n")
-    assert _same_weights(tmp_path / "a.pt", tmp_path / "b.pt") == (1, "[1].k: tensors differ\n1 differences\n")
-    assert _same_weights(tmp_path / "a.pt", tmp_path / "d.pt") == (
+    assert run_same_weights(tmp_path / "a.pt", tmp_path / "a.pt") == (0, "identical\n")
+    assert run_same_weights(tmp_path / "a.pt", tmp_path / "b.pt") == (1, "[1].k: tensors differ\n1 differences\n")
+    assert run_same_weights(tmp_path / "a.pt", tmp_path / "d.pt") == (
         1, "(the file itself): a list != a dict\n1 differences\n")
 
 
@@ -158,8 +133,8 @@ def test_sw5_same_weights_compares_bits_so_a_nan_is_itself_and_minus_zero_is_not
     torch.save({"w": torch.tensor([float("nan"), 1.0]), "meta": {"lr": float("nan")}}, tmp_path / "nan.pt")
     torch.save({"w": torch.tensor([0.0])}, tmp_path / "zero.pt")
     torch.save({"w": torch.tensor([-0.0])}, tmp_path / "minus_zero.pt")
-    assert _same_weights(tmp_path / "nan.pt", tmp_path / "nan.pt") == (0, "identical\n")
-    assert _same_weights(tmp_path / "zero.pt", tmp_path / "minus_zero.pt") == (1, "w: tensors differ\n1 differences\n")
+    assert run_same_weights(tmp_path / "nan.pt", tmp_path / "nan.pt") == (0, "identical\n")
+    assert run_same_weights(tmp_path / "zero.pt", tmp_path / "minus_zero.pt") == (1, "w: tensors differ\n1 differences\n")
 
 
 @pytest.mark.parametrize("field, value, needle", [
