@@ -55,7 +55,10 @@ def test_v0_report_loads_through_migrate():
     assert record.exports["onnx"].parity.runtimes["openvino"].skipped.startswith("OpenVINO is not installed")
     assert record.latency[0].measured and record.speedups[0].like_for_like is True
     assert record.recommended["cpu-1t"].format == "onnx"
-    assert record.dataset.model_extra["pca_components"] == 33  # a dataset's own details are kept
+    assert record.dataset.pca_components == 33  # typed since the tenth audit (B1)
+    own = _v0()
+    own["dataset"]["vocabulary_size"] = 5000
+    assert migrate(own).dataset.model_extra["vocabulary_size"] == 5000  # a dataset's own details are kept
     data, stages = upgrade(_v0())
     assert "stages" not in data and set(stages) == {"train_teacher", "distill", "export", "validate", "profile",
                                                     "report"}
