@@ -104,6 +104,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def plain_number(text: str, kind=float):
+    """A number as a person writes it: ASCII digits, no '_'. Python's int()/float() also read
+    "1_0" as 10 and Arabic-Indic "١" as 1, so a typo became another value in silence (tenth and
+    eleventh audits). Raises ValueError naming why."""
+    text = str(text).strip()
+    if "_" in text or not text.isascii():
+        raise ValueError(f"{text!r} is not a plain number (ASCII digits, no '_')")
+    return kind(text)
+
+
 def value_range(key: str) -> tuple | None:
     """(low, high, low_inclusive, high_inclusive) of a numeric key, or None: what validation allows."""
     return _range_for(key)

@@ -180,3 +180,42 @@ def _check_objective_flags(config, flags: dict) -> None:
         why = ("no term of it takes a temperature" if name == "temperature"
                else "it has no distillation term for ce to share the weight with")
         raise ConfigError(head + f"{method} ({names}) does not read it: {why}; drop {flag} or choose another method")
+
+
+def check_config_settings_apply(config, given) -> None:
+    """Settings in the user's --config (or a flag) that this run would never read are refused,
+    not written to config.yaml as if they had run (eleventh audit B6). Each line says what reads
+    the setting and what in this run keeps it from being read."""
+    int8 = any("int8" in f for f in config.export.formats)
+    for key in ("export.int8_recipe", "export.calibration_samples", "export.calibration_method"):
+        if given(key) and not int8:
+            raise ConfigError(f"{key} is read only by INT8 exports, but export.formats ({','.join(config.export.formats)}) "
+                              "has none; add onnx-int8 to the formats or drop it")
+    d = config.distill
+    if given("distill.mix_alpha") and d.mix == "none":
+        raise ConfigError(f"distill.mix_alpha {d.mix_alpha} is the strength of distill.mix, which is none here; set "
+                          "distill.mix (mixup, cutmix, mixup_cutmix) or drop distill.mix_alpha")
+    if given("distill.teacher_cache_dir") and d.teacher_cache_dir and (d.augment != "none" or d.mix != "none"):
+        raise ConfigError(f"distill.teacher_cache_dir {d.teacher_cache_dir} is never used here: with distill.augment "
+                          f"{d.augment} and distill.mix {d.mix} the teacher runs on each batch the student sees (no "
+                          "cache); drop distill.teacher_cache_dir")
+    if given("data.clip_frames") and config.data.source == "avdigits":
+        raise ConfigError(f"data.clip_frames {config.data.clip_frames} sets the frames of a video column, but "
+                          "data.source avdigits has no video; drop data.clip_frames")
+    if given("data.annotations") and config.data.annotations and config.task != "detection":
+        raise ConfigError(f"data.annotations {config.data.annotations} holds a detection run's boxes, but the task "
+                          f"is {config.task}; drop data.annotations or pass --task detection")
+    if given("distill.kd_impl") and d.kd_impl == "triton" and not _cuda_run(config):
+        raise ConfigError(f"distill.kd_impl triton is the fused CUDA kernel, but this run trains on the CPU "
+                          f"(device {config.device}), where the PyTorch reference runs; drop distill.kd_impl")
+
+
+def _cuda_run(config) -> bool:
+    """Whether training runs on CUDA (device cuda, or auto with a GPU)."""
+    if config.device == "cpu":
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return config.device.startswith("cuda") or torch.cuda.is_available()

@@ -19,6 +19,7 @@ from distill_export.distill_runs import (
 )
 from distill_export.files import sha256_file
 from distill_export.launch import load_data
+from distill_export.run_outputs import DISTILL_CHECKPOINTS
 from distill_export.rundir import RUN_STAGES, RunDir, records_stage
 
 console = Console(stderr=True)
@@ -155,7 +156,8 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
         comparisons=comparisons,
         distill={
             "student": config.student.name,
-            "student_sha256": sha256_file(run.file("student.pt")),  # later stages refuse another student.pt (B5)
+            # later stages refuse a checkpoint replaced since (ninth audit B5, eleventh B5)
+            "files_sha256": {name: sha256_file(run.file(name)) for name in DISTILL_CHECKPOINTS if run.file(name).is_file()},
             "method": "labels_only" if labels_only(specs) else "terms" if config.distill.terms else config.distill.method,
             "distilled": kd_train["distilled"],
             "terms": kd_train["terms"],

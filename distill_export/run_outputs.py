@@ -16,6 +16,8 @@ from distill_export.errors import ConfigError
 from distill_export.stage_graph import _NEXT, DEPENDENTS, RUN_STAGES
 
 PARITY_FILE = "parity_data.npz"  # validate.PARITY_FILE (validate is a layer above)
+# What distill writes and measures: its report numbers are of these files (files_sha256).
+DISTILL_CHECKPOINTS = ("student.pt", "baseline.pt", "control_teacher.pt")
 
 
 class RunOutputs:
@@ -52,8 +54,9 @@ class RunOutputs:
                 changed = self._teacher_file_changed()
                 if changed:
                     return stage, changed, "changed after train-teacher"
-            if stage == "distill" and self._student_changed_after_distill():
-                return stage, self.file("student.pt"), "changed after distill"
+            changed = self._changed_after_distill() if stage == "distill" else None
+            if changed:
+                return stage, changed, "changed after distill"
             if stage == "export" and self._student_changed():
                 return stage, self.file("student.pt"), "changed after export"
             if stage == "export" and self._teacher_changed():
@@ -89,15 +92,19 @@ class RunOutputs:
         student = self.file("student.pt")
         return bool(recorded) and student.is_file() and sha256_file(student) != recorded
 
-    def _student_changed_after_distill(self) -> bool:
-        """student.pt is not the checkpoint distill measured (report.json distill.student_sha256;
-        ninth audit B5: a file copied over it before export was exported, validated and profiled
-        beside the old student's accuracy and kd_gain). Unknown (older runs): not changed."""
+    def _changed_after_distill(self) -> Path | None:
+        """The first checkpoint distill wrote (student.pt, baseline.pt, control_teacher.pt) that
+        is not what it measured (report.json distill.files_sha256; ninth audit B5: a student.pt
+        copied over before export was exported beside the old student's accuracy; eleventh B5 the
+        same for baseline.pt). Unknown (older runs, a file gone: is_missing names it): None."""
         from distill_export.files import sha256_file
 
-        recorded = (self.load_report().get("distill") or {}).get("student_sha256")
-        student = self.file("student.pt")
-        return bool(recorded) and student.is_file() and sha256_file(student) != recorded
+        recorded = (self.load_report().get("distill") or {}).get("files_sha256") or {}
+        for name in DISTILL_CHECKPOINTS:
+            file = self.file(name)
+            if recorded.get(name) and file.is_file() and sha256_file(file) != recorded[name]:
+                return file
+        return None
 
     def _teacher_file_changed(self) -> Path | None:
         """The teacher file (the run's teacher.pt or the --teacher it loaded) when its content is
@@ -135,8 +142,8 @@ class RunOutputs:
             made = {"is missing": f"the {stage} stage made it",
                     "changed after train-teacher": "the teacher stage measured another file: the run would mix two "
                                                    "teachers",
-                    "changed after distill": "the distill stage measured another checkpoint: the run would mix two "
-                                             "students"}.get(why, "the exports were made from another checkpoint")
+                    "changed after distill": "the distill stage measured another checkpoint: the run would "
+                                             "describe other weights"}.get(why, "the exports were made from another checkpoint")
             raise ConfigError(f"{file} {why} ({made}), so `{command}` cannot run; "
                               f"re-run {_NEXT[stage].format(run=self.path)}")
 

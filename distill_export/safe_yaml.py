@@ -71,6 +71,25 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _plain_number(loader, node, construct):
+    """YAML 1.1 reads `017` as octal 15, `1:30` as 90 (base 60) and `1_000` as 1000: a value the
+    user did not write, kept in silence (eleventh audit B2). Those spellings are refused; plain
+    decimals, exponents and 0x hex read as before."""
+    text = loader.construct_scalar(node)
+    digits = text.lstrip("+-")
+    if "_" in text or ":" in text or (len(digits) > 1 and digits[0] == "0" and digits[1].isdigit()):
+        line = node.start_mark.line + 1
+        raise YamlRefused(f"line {line}: {text!r} is a YAML 1.1 number ({construct(loader, node)!r}: octal, base 60 "
+                          "or with '_'); write it as a plain decimal, or quote it if it is a name")
+    return construct(loader, node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: _plain_number(
+    loader, node, yaml.SafeLoader.construct_yaml_int))
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: _plain_number(
+    loader, node, yaml.SafeLoader.construct_yaml_float))
+
+
 def _expanded_size(node, memo: dict[int, int], active: set[int]) -> int:
     """Nodes in the document with every alias expanded; shared nodes are measured once."""
     key = id(node)

@@ -59,7 +59,7 @@ def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
     outside the config's own range for the key (nan, inf, < 0, an agreement > 1), fail."""
     import difflib
 
-    from distill_export.config_checks import check_value
+    from distill_export.config_checks import check_value, plain_number
 
     names = [g.config_key for g in task.gates]
     out = {}
@@ -75,9 +75,9 @@ def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
             hint = f"did you mean {close[0]}?" if close else f"gates: {', '.join(names)}"
             raise ConfigError(f"--gate expects NAME=VALUE, got {flag!r} ({hint})")
         try:
-            number = float(value)
+            number = plain_number(value)  # "1_0" is not 10 (eleventh audit B1)
         except ValueError:
-            raise ConfigError(f"--gate {key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"--gate {key}: expected a plain number (ASCII digits, no '_'), got {value!r}") from None
         try:
             check_value(f"validate.{key}", number)
         except ConfigError as exc:

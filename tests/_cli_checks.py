@@ -37,7 +37,7 @@ def forget_student_hash(run: Path) -> None:
 
     path = Path(run) / "report.json"
     record = json.loads(path.read_text())
-    record["distill"].pop("student_sha256", None)
+    record["distill"].pop("files_sha256", None)
     path.write_text(json.dumps(record))
 
 

@@ -128,7 +128,7 @@ def test_b9_same_weights_compares_plain_values_by_type_and_bits(tmp_path):
 def test_a_number_with_an_underscore_is_not_read_as_another_number():
     from distill_export.profiling.settings import parse_ints
 
-    with pytest.raises(ConfigError, match=r"--batch: expected comma-separated integers, got '1_0' \(no '_'"):
+    with pytest.raises(ConfigError, match=r"--batch: expected comma-separated integers \(ASCII digits, no '_'\), got '1_0'"):
         parse_ints("1_0", "--batch")
     assert parse_ints("1,10", "--batch") == [1, 10]
 

@@ -166,7 +166,7 @@ def test_b5_a_student_pt_replaced_after_distill_is_refused_by_every_later_stage(
     line = one_line_error(runner.invoke(app, [command, str(run_copy), "-q"] if command != "report"
                                         else [command, str(run_copy)]), 2)
     assert line.startswith(f"error: {run_copy / 'student.pt'} changed after distill (the distill stage measured "
-                           "another checkpoint: the run would mix two students)"), line
+                           "another checkpoint: the run would describe other weights)"), line
     assert f"re-run `distill-export distill {run_copy}`" in line, line
     assert snapshot(run_copy) == before
 
@@ -175,7 +175,8 @@ def test_b5_the_distilled_checkpoint_is_recorded_by_its_hash(tiny_run):
     from distill_export.files import sha256_file
 
     record = json.loads((tiny_run / "report.json").read_text())
-    assert record["distill"]["student_sha256"] == sha256_file(tiny_run / "student.pt")
+    assert record["distill"]["files_sha256"] == {name: sha256_file(tiny_run / name) for name in
+                                                 ("student.pt", "baseline.pt", "control_teacher.pt")}
 
 
 @pytest.mark.parametrize("text, needle", [

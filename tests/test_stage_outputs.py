@@ -71,7 +71,7 @@ def test_resume_distills_again_after_a_replaced_student(run_copy):
     assert "running distill, then export, validate, profile, report" in result.output, result.output
     assert "stale: student.pt changed after distill" in result.output, result.output
     record = json.loads((run_copy / "report.json").read_text())
-    assert record["distill"]["student_sha256"] == sha256_file(run_copy / "student.pt")
+    assert record["distill"]["files_sha256"]["student.pt"] == sha256_file(run_copy / "student.pt")
     assert sha256_file(run_copy / "student.pt") != sha256_file(run_copy / "baseline.pt")
     with np.load(run_copy / "parity_data.npz") as f:
         assert str(f["checkpoint_sha256"]) == sha256_file(run_copy / "student.pt")

@@ -40,8 +40,26 @@ class Flag:
         return self.names.split()[0].split("/")[0].lstrip("-").replace("-", "_")
 
     def annotation(self):
-        option = typer.Option(*self.names.split(), help=self.help, show_default=self.show_default)
+        # A number is parsed as a person writes it: click's int()/float() read "1_0" as 10 and
+        # "١" as 1 (eleventh audit), a typo run as another value.
+        parser = {"parser": _plain(self.type)} if self.type in (int, float) else {}
+        option = typer.Option(*self.names.split(), help=self.help, show_default=self.show_default, **parser)
         return Annotated[Optional[self.type], option]
+
+
+def _plain(kind):
+    from distill_export.config_checks import plain_number
+
+    def parse(text):
+        if isinstance(text, kind) and not isinstance(text, bool):  # a default, already a number
+            return text
+        try:
+            return plain_number(text, kind)
+        except ValueError:
+            raise typer.BadParameter(f"{str(text)!r} is not a plain {'integer' if kind is int else 'number'} "
+                                     "(ASCII digits, no '_')") from None
+    parse.__name__ = kind.__name__
+    return parse
 
 
 FLAGS = (
@@ -146,9 +164,10 @@ def config_flags(command: str):
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
-    from distill_export.flag_checks import (check_flags_apply, check_loaded_teacher_settings,
-                                            check_method_with_terms, check_search_keeps_settings,
-                                            check_streaming_applies, check_tune_fits_task)
+    from distill_export.flag_checks import (check_config_settings_apply, check_flags_apply,
+                                            check_loaded_teacher_settings, check_method_with_terms,
+                                            check_search_keeps_settings, check_streaming_applies,
+                                            check_tune_fits_task)
     from distill_export.preflight import settle_teacher_fusion
 
     config = load_config(recipe or "avdigits", config_file, flags)
@@ -165,6 +184,7 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     check_loaded_teacher_settings(config, given)  # --teacher-epochs with a loaded teacher and nothing to train
     check_streaming_applies(config, given)  # data.streaming=on with the built-in avdigits: nothing would stream
     check_method_with_terms(config, given)  # distill.method dkd beside distill.terms [kd]: dkd would not run
+    check_config_settings_apply(config, given)  # e.g. distill.mix_alpha with mix none, int8_recipe without INT8
     return config
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import asdict, dataclass, field
 
+from distill_export.config_checks import plain_number
 from distill_export.device import all_threads
 from distill_export.errors import BackendUnavailable, ConfigError
 from distill_export.profiling.measure import Sweep
@@ -85,12 +86,10 @@ def parse_ints(spec: str | list[int] | None, what: str) -> list[int] | None:
     items = spec.split(",")
     if any(not v.strip() for v in items):  # "1,,2" or "1,": an empty item is a typo, not a skip
         raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r} (an empty item)")
-    if any("_" in v for v in items):  # int("1_0") is 10: a typo read as another number (tenth audit n2)
-        raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r} (no '_' inside a number)")
     try:
-        return [int(v) for v in items]
+        return [plain_number(v, int) for v in items]  # int("1_0") is 10, int("١") is 1 (tenth audit n2)
     except ValueError:
-        raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r}") from None
+        raise ConfigError(f"{what}: expected comma-separated integers (ASCII digits, no '_'), got {spec!r}") from None
 
 
 def make_settings(

@@ -29,6 +29,20 @@ def _ordered(interval: tuple[float, float]) -> tuple[float, float]:
 Interval = Annotated[tuple[float, float], AfterValidator(_ordered)]
 
 
+def _inside_run(path: str) -> str:
+    """A run's own file, relative to its folder: `../R/student.onnx` made `validate` check and
+    record another run's export as this run's (eleventh audit B3)."""
+    from pathlib import PurePath
+
+    parts = PurePath(path).parts
+    if not path or PurePath(path).is_absolute() or ".." in parts or "\0" in path:
+        raise ValueError(f"path {path!r} is not a file inside the run directory")
+    return path
+
+
+RunPath = Annotated[str, AfterValidator(_inside_run)]  # exports.*.path, recommended.*.path
+
+
 def _is_numeric(annotation) -> bool:
     """Whether a field holds numbers only: its type names int or float (in lists, tuples, mappings
     keyed by str, optional), and no bool, Any or nested section (which checks its own fields)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
-from distill_export.record.metrics import (Count, Interval, NonNegative, Positive, Probability, RecordSection,
+from distill_export.record.metrics import (Count, Interval, NonNegative, Positive, Probability, RecordSection, RunPath,
                                            TaskComparison, TaskMetrics, check_order_statistics)
 
 SCHEMA_VERSION = 1
@@ -147,7 +147,7 @@ class Fit(Section):
 
 class Distill(Section):
     student: str | None = None
-    student_sha256: str | None = None  # student.pt as distill wrote it (run_outputs checks it)
+    files_sha256: dict[str, str] | None = None  # student.pt, baseline.pt, ... as distill wrote them (run_outputs)
     method: str | None = None
     distilled: bool | None = None
     terms: list[Term] | None = None
@@ -212,7 +212,7 @@ class Export(Section):
 
     skipped: str | None = None
     format: str | None = None
-    path: str | None = None  # relative to the run directory
+    path: RunPath | None = None  # relative to the run directory, inside it
     precision: str | None = None  # fp32 | fp16 | int8
     runtime: str | None = None  # onnxruntime | tensorrt
     size_bytes: Count | None = None
@@ -322,7 +322,7 @@ class Recommendation(Section):
     backend: str | None = None
     threads: int | None = None
     device: str | None = None
-    path: str | None = None
+    path: RunPath | None = None
     precision: str | None = None
     p50_ms: NonNegative | None = None
     cpu_p50_ms: NonNegative | None = None

@@ -84,6 +84,7 @@ def onnx_session(path: str | Path, threads: int = 0, providers: list[str] | None
     from distill_export.files import check_model_file
 
     path = check_model_file(path, f"ONNX file {path}", DataError)
+    check_external_data(path)
     available = ort.get_available_providers()
     providers = providers or ["CPUExecutionProvider"]
     for p in providers:
@@ -97,7 +98,7 @@ def onnx_session(path: str | Path, threads: int = 0, providers: list[str] | None
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: its errors are raised and said in one line below (eleventh audit B4)
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:
@@ -106,6 +107,33 @@ def onnx_session(path: str | Path, threads: int = 0, providers: list[str] | None
     check_declared_dims(session, path)  # no negative dim (ONNX Runtime shows it as dynamic)
     check_inputs(session, path)  # a batch axis each, and no input too large to allocate
     return session
+
+
+def check_external_data(path: Path) -> None:
+    """The files an ONNX model keeps its weights in (external data, `location` beside the model):
+    each a regular file inside the model's folder, checked before ONNX Runtime reads it. A FIFO
+    there blocked the read and a device never ended (eleventh audit B4)."""
+    try:
+        import onnx
+    except ImportError:
+        return
+    from distill_export.files import check_model_file
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - not parseable: ONNX Runtime says why, in one line below
+        return
+    folder = path.resolve().parent
+    for tensor in graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise DataError(f"{path}: initializer {tensor.name!r} keeps its data in {location!r}, outside the "
+                            "model's folder; external data must sit beside the model")
+        check_model_file(target, f"{path}: the external data file {location!r} of initializer {tensor.name!r}",
+                         DataError)
 
 
 def onnx_metadata(session) -> dict[str, str]:
