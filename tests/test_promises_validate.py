@@ -129,10 +129,10 @@ def test_gate_flags_refuse_with_a_sentence_that_helps():
     assert str(err.value) == f"--gate expects NAME=VALUE, got 'zzz=1' (gates: {', '.join(names)})"
     with pytest.raises(ConfigError) as err:
         validate.parse_gate_flags(["fp32_max_abs=1e-5=3"], task)  # the name ends at the first '='
-    assert str(err.value) == "--gate fp32_max_abs: expected a number, got '1e-5=3'"
+    assert str(err.value) == "--gate fp32_max_abs: expected a plain number (ASCII digits, no '_'), got '1e-5=3'"
     with pytest.raises(ConfigError) as err:
         validate.parse_gate_flags(["fp32_max_abs=abc"], task)
-    assert str(err.value) == "--gate fp32_max_abs: expected a number, got 'abc'"
+    assert str(err.value) == "--gate fp32_max_abs: expected a plain number (ASCII digits, no '_'), got 'abc'"
     with pytest.raises(ConfigError) as err:
         validate.parse_gate_flags(["int8_agreement=1.5"], task)  # outside the config's own range
     assert str(err.value).startswith("--gate int8_agreement: ") and "1.5" in str(err.value)

@@ -72,7 +72,7 @@ def test_gate_flags_parse_and_refuse_unknown_names():
         "validate.fp32_max_abs": 1e-5, "validate.int8_agreement": 0.99}
     with pytest.raises(ConfigError, match="did you mean fp16_agreement"):
         parse_gate_flags(["fp16_agrement=0.9"], TASK)
-    with pytest.raises(ConfigError, match="expected a number"):
+    with pytest.raises(ConfigError, match="expected a plain number"):
         parse_gate_flags(["fp16_agreement=high"], TASK)
 
 
