@@ -151,10 +151,12 @@ def _check_control_flag(config, flags: dict) -> None:
 _OBJECTIVE_FLAGS = {"distill.temperature": "--temperature", "distill.alpha": "--alpha", "distill.beta": "--beta"}
 
 
-def _check_objective_flags(config, flags: dict) -> None:
+def _check_objective_flags(config, flags: dict, in_config=None) -> None:
     """--temperature, --alpha or --beta that no term of the objective reads (methods/objective.py
-    settings_read) would be recorded in config.yaml and report.json as if it had shaped the run."""
-    given = [k for k in _OBJECTIVE_FLAGS if flags.get(k) is not None]
+    settings_read) would be recorded in config.yaml and report.json as if it had shaped the run.
+    in_config(key): the user's --config sets it (twelfth audit: `distill: {temperature: 9}` with
+    pseudo_label was recorded, where `-T 9` was refused)."""
+    given = [k for k in _OBJECTIVE_FLAGS if flags.get(k) is not None or (in_config and in_config(k))]
     if not given:
         return
     try:
@@ -167,8 +169,10 @@ def _check_objective_flags(config, flags: dict) -> None:
         name = key.split(".")[1]
         if name in read:
             continue
-        flag = _OBJECTIVE_FLAGS[key]
-        head = f"{flag} {getattr(d, name):g} sets {key}, but "
+        as_flag = flags.get(key) is not None
+        flag = _OBJECTIVE_FLAGS[key] if as_flag else f"{key} from --config"
+        head = (f"{_OBJECTIVE_FLAGS[key]} {getattr(d, name):g} sets {key}, but " if as_flag
+                else f"{key} {getattr(d, name):g} (in --config) is set, but ")
         if d.terms:
             terms = ", ".join(str(t.get("name")) for t in d.terms)
             why = ("every term of distill.terms (" + terms + ") that takes a temperature sets its own"
@@ -186,6 +190,7 @@ def check_config_settings_apply(config, given) -> None:
     """Settings in the user's --config (or a flag) that this run would never read are refused,
     not written to config.yaml as if they had run (eleventh audit B6). Each line says what reads
     the setting and what in this run keeps it from being read."""
+    _check_objective_flags(config, {}, given)  # a temperature, alpha or beta in --config that no term reads
     int8 = any("int8" in f for f in config.export.formats)
     for key in ("export.int8_recipe", "export.calibration_samples", "export.calibration_method"):
         if given(key) and not int8:

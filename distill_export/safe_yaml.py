@@ -72,15 +72,16 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 def _plain_number(loader, node, construct):
-    """YAML 1.1 reads `017` as octal 15, `1:30` as 90 (base 60) and `1_000` as 1000: a value the
+    """YAML 1.1 reads `017` as octal 15, `0b11` as 3, `1:30` as 90 (base 60) and `1_000` as 1000: a value the
     user did not write, kept in silence (eleventh audit B2). Those spellings are refused; plain
     decimals, exponents and 0x hex read as before."""
     text = loader.construct_scalar(node)
     digits = text.lstrip("+-")
-    if "_" in text or ":" in text or (len(digits) > 1 and digits[0] == "0" and digits[1].isdigit()):
+    if ("_" in text or ":" in text or (len(digits) > 1 and digits[0] == "0" and digits[1].isdigit())
+            or digits.lower().startswith("0b")):  # 0b11: YAML 1.1 binary (twelfth audit)
         line = node.start_mark.line + 1
-        raise YamlRefused(f"line {line}: {text!r} is a YAML 1.1 number ({construct(loader, node)!r}: octal, base 60 "
-                          "or with '_'); write it as a plain decimal, or quote it if it is a name")
+        raise YamlRefused(f"line {line}: {text!r} is a YAML 1.1 number ({construct(loader, node)!r}: octal, binary, "
+                          "base 60 or with '_'); write it as a plain decimal, or quote it if it is a name")
     return construct(loader, node)
 
 

@@ -48,7 +48,7 @@ def test_b2_a_yaml_1_1_number_is_refused_not_read_as_another_value(tmp_path, tex
 
 def test_b2_plain_numbers_still_read(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("seed: 17\ndistill: {temperature: 1.5, epochs: 0x2, lr: 1.0e-3}\n")
+    config.write_text("seed: 17\ndistill: {method: hinton, temperature: 1.5, epochs: 0x2, lr: 1.0e-3}\n")
     loaded = load(None, config, {})
     assert (loaded.seed, loaded.distill.temperature, loaded.distill.epochs, loaded.distill.lr) == (17, 1.5, 2, 1e-3)
 

@@ -1,0 +1,48 @@
+"""Twelfth hostile audit (issue 24; docs/reliability.md, "Fourteenth round"): 2 bad findings,
+each now refused in one line with exit 2 and no run folder:
+- a temperature or alpha in --config that no term of the method reads was recorded as if it had
+  run, where the same value as a flag (-T, --alpha) was refused;
+- a YAML 1.1 binary number (`seed: 0b11`, read as 3)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from _cli_checks import one_line_error, snapshot
+from distill_export.cli import app
+from distill_export.cli.options import load
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("text, line", [
+    ("distill: {method: pseudo_label, temperature: 9}\n",
+     "error: distill.temperature 9 (in --config) is set, but distill.method pseudo_label (ce, pseudo_label) does not "
+     "read it: no term of it takes a temperature; drop distill.temperature from --config or choose another method"),
+    ("distill: {method: labels_only, alpha: 0.3}\n",
+     "error: distill.alpha 0.3 (in --config) is set, but distill.method labels_only (ce) does not read it: it has no "
+     "distillation term for ce to share the weight with; drop distill.alpha from --config or choose another method"),
+])
+def test_an_objective_setting_in_config_that_no_term_reads_is_refused(tmp_path, text, line):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    before, out = snapshot(tmp_path), tmp_path / "r"
+    assert one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "-q"]), 2) == line
+    assert snapshot(tmp_path) == before and not out.exists()
+
+
+def test_an_objective_setting_in_config_that_a_term_reads_passes(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("distill: {method: hinton, temperature: 2, alpha: 0.7}\n")
+    loaded = load(None, config, {})
+    assert (loaded.distill.temperature, loaded.distill.alpha) == (2.0, 0.7)
+
+
+def test_a_yaml_1_1_binary_number_is_refused(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 0b11\n")
+    before, out = snapshot(tmp_path), tmp_path / "r"
+    line = one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "-q"]), 2)
+    assert line.startswith(f"error: config {config} is refused: line 1: '0b11' is a YAML 1.1 number (3: "), line
+    assert snapshot(tmp_path) == before and not out.exists()
