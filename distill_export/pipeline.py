@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from distill_export.config import RunConfig
-from distill_export.errors import ParityError
+from distill_export.errors import ConfigError, ParityError
 from distill_export.distill_runs import (
     distill_rounds, draw_examples, labels_only_models, self_training_control, teacher_path, timed,
     training_checkpoint,
@@ -195,6 +195,7 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
     from distill_export.validate import PARITY_FILE, save_parity_data
 
     check_formats(config.export.formats)  # e.g. TensorRT without a GPU: fail before any work
+    _check_export_targets(run)  # a folder at RUN/student.onnx: named now, not after the export
     student_path = run.require("student.pt", "distill")
     # a missing or corrupt checkpoint fails before the data loads; a factory arch only if it is the run's student.name
     student, meta = load_student(student_path, factory=config.student.name)
@@ -229,6 +230,22 @@ def stage_export(config: RunConfig, run: RunDir, quiet: bool = False, data=None,
     run.update_report(exports=exports)
     with timed(run, "export_teacher"):
         run.update_report(teacher_exports={"onnx": _export_teacher(config, run, data, options)})
+
+
+# The files the export stage writes into the run (export/*.py, validate's parity files).
+EXPORT_OUTPUTS = ("student.onnx", "student-fp16.onnx", "student-int8.onnx", "teacher.onnx", "parity_data.npz",
+                  "teacher_parity_data.npz", *(f"student-trt-{p}.engine" for p in ("fp32", "fp16", "int8")))
+
+
+def _check_export_targets(run: RunDir) -> None:
+    """Export writes each file to a temporary name and renames it into place: a folder or a
+    symbolic link of the user's at that name (never one the product wrote) made the export run in
+    full, then fail naming the temporary file (thirteenth audit B2). Refused before any work."""
+    for name in EXPORT_OUTPUTS:
+        path = run.file(name)
+        if path.is_symlink() or path.is_dir():
+            what = "a symbolic link" if path.is_symlink() else "a folder"
+            raise ConfigError(f"{path} is {what}, where export writes its {name}; move it away and run export again")
 
 
 def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:

@@ -119,7 +119,18 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
     for a in arrays.values():
         if a.ndim == 0 or a.shape[0] != rows:
             return None, f"cache holds {a.shape[0] if a.ndim else 0} rows, the training set has {rows}"
+    for name, a in arrays.items():  # outputs are checked finite before they are written, so this is an edit
+        bad = _non_finite(a)
+        if bad:  # thirteenth audit B1: a NaN logits.npy was a "hit", its rows dropped or blamed on the lr
+            return None, f"{outputs[name]['file']} holds {bad} NaN or inf values (changed after it was written)"
     return {name: torch.from_numpy(a) for name, a in arrays.items()}, "hit"
+
+
+def _non_finite(array: np.ndarray, chunk: int = 65536) -> int:
+    """How many values of a (memory-mapped) array are NaN or inf, read a chunk of rows at a time."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return 0
+    return sum(int(np.count_nonzero(~np.isfinite(array[i:i + chunk]))) for i in range(0, array.shape[0], chunk))
 
 
 OWN_FILES = {INDEX_FILE, *(f"{name}.npy" for name in ALL_OUTPUTS)}  # what write() leaves in its folder

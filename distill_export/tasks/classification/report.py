@@ -119,7 +119,8 @@ def kd_verdict(record: RunRecord) -> str:
     control = record.comparisons.get("student_vs_self_training")
     if control is not None:
         st = record.comparisons.get("self_training_vs_baseline")
-        text += (f" Self-training control (an image-only teacher of the same size, same rows and terms): "
+        # "same size" held only for a teacher trained here; a loaded one may be any size (thirteenth audit B3)
+        text += (f" Self-training control (an image-only teacher built with teacher.width, same rows and terms): "
                  f"{100 * (st.gain if st else 0):+.1f} points over the baseline; the teacher's other modalities "
                  f"added {100 * control.gain:+.1f} points over it ({_ci(control)}).")
     return f"{text} Setting: {setting}."

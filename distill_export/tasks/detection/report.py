@@ -156,7 +156,7 @@ def kd_verdict(record: RunRecord) -> str:
     control = record.comparisons.get("student_vs_self_training")
     if control is not None:
         st = record.comparisons.get("self_training_vs_baseline")
-        text += (" Self-training control (a one-frame teacher of the same size, same rows and terms): "
+        text += (" Self-training control (a one-frame teacher built with teacher.width, same rows and terms): "
                  f"{100 * (st.gain if st else 0):+.1f} points over the baseline; the teacher's other modalities added "
                  f"{100 * control.gain:+.1f} points over it ({_stats(control)}; {control.verdict or 'not tested'}).")
     return f"{text} Setting: {_setting(d)}."
