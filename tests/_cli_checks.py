@@ -69,3 +69,18 @@ def run_same_weights(*paths) -> tuple[int, str]:
     done = subprocess.run([sys.executable, str(tool), *map(str, paths)], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, done.stdout
+
+
+def refused_config(folder: Path, text: str, command: str = "run", name: str = "c.yaml") -> tuple[str, Path]:
+    """`distill-export COMMAND --config F --out R -q` with F holding `text` is refused: one line,
+    exit 2, nothing in `folder` changed and no run folder R. Returns (the line, F)."""
+    from typer.testing import CliRunner
+
+    from distill_export.cli import app
+
+    config, out = Path(folder) / name, Path(folder) / "r"
+    config.write_text(text)
+    before = snapshot(folder)
+    line = one_line_error(CliRunner().invoke(app, [command, "--config", str(config), "--out", str(out), "-q"]), 2)
+    assert snapshot(folder) == before and not out.exists()
+    return line, config

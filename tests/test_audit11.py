@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from _cli_checks import assert_record_edit_refused, one_line_error, snapshot
+from _cli_checks import assert_record_edit_refused, one_line_error, refused_config, snapshot
 from distill_export.cli import app
 from distill_export.cli.options import load
 from distill_export.errors import ConfigError, DataError
@@ -38,12 +38,8 @@ def test_b1_a_gate_or_a_numeric_flag_written_with_an_underscore_is_refused(run_c
 @pytest.mark.parametrize("text, shown", [("seed: 017\n", "'017'"), ("distill: {temperature: 1:30}\n", "'1:30'"),
                                          ("distill: {epochs: 1_0}\n", "'1_0'")])
 def test_b2_a_yaml_1_1_number_is_refused_not_read_as_another_value(tmp_path, text, shown):
-    config = tmp_path / "c.yaml"
-    config.write_text(text)
-    before, out = snapshot(tmp_path), tmp_path / "r"
-    line = one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "-q"]), 2)
+    line, config = refused_config(tmp_path, text)
     assert line.startswith(f"error: config {config} is refused: line 1: {shown} is a YAML 1.1 number"), line
-    assert snapshot(tmp_path) == before and not out.exists()
 
 
 def test_b2_plain_numbers_still_read(tmp_path):
@@ -99,12 +95,8 @@ def test_b5_a_checkpoint_distill_measured_and_replaced_since_is_refused(run_copy
     ("device: cpu\ndistill: {kd_impl: triton}\n", "distill.kd_impl triton is the fused CUDA kernel"),
 ])
 def test_b6_a_config_setting_this_run_never_reads_is_refused(tmp_path, text, message):
-    config = tmp_path / "c.yaml"
-    config.write_text(text)
-    before, out = snapshot(tmp_path), tmp_path / "r"
-    line = one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "-q"]), 2)
+    line, config = refused_config(tmp_path, text)
     assert line.startswith(f"error: {message}"), line
-    assert snapshot(tmp_path) == before and not out.exists()
 
 
 def test_b6_the_same_settings_pass_where_they_are_read(tmp_path):

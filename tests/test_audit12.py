@@ -7,13 +7,9 @@ each now refused in one line with exit 2 and no run folder:
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
-from _cli_checks import one_line_error, snapshot
-from distill_export.cli import app
+from _cli_checks import refused_config
 from distill_export.cli.options import load
-
-runner = CliRunner()
 
 
 @pytest.mark.parametrize("text, line", [
@@ -25,11 +21,7 @@ runner = CliRunner()
      "distillation term for ce to share the weight with; drop distill.alpha from --config or choose another method"),
 ])
 def test_an_objective_setting_in_config_that_no_term_reads_is_refused(tmp_path, text, line):
-    config = tmp_path / "c.yaml"
-    config.write_text(text)
-    before, out = snapshot(tmp_path), tmp_path / "r"
-    assert one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "-q"]), 2) == line
-    assert snapshot(tmp_path) == before and not out.exists()
+    assert refused_config(tmp_path, text)[0] == line
 
 
 def test_an_objective_setting_in_config_that_a_term_reads_passes(tmp_path):
@@ -40,9 +32,5 @@ def test_an_objective_setting_in_config_that_a_term_reads_passes(tmp_path):
 
 
 def test_a_yaml_1_1_binary_number_is_refused(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text("seed: 0b11\n")
-    before, out = snapshot(tmp_path), tmp_path / "r"
-    line = one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "-q"]), 2)
+    line, config = refused_config(tmp_path, "seed: 0b11\n")
     assert line.startswith(f"error: config {config} is refused: line 1: '0b11' is a YAML 1.1 number (3: "), line
-    assert snapshot(tmp_path) == before and not out.exists()
