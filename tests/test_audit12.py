@@ -34,3 +34,20 @@ def test_an_objective_setting_in_config_that_a_term_reads_passes(tmp_path):
 def test_a_yaml_1_1_binary_number_is_refused(tmp_path):
     line, config = refused_config(tmp_path, "seed: 0b11\n")
     assert line.startswith(f"error: config {config} is refused: line 1: '0b11' is a YAML 1.1 number (3: "), line
+
+
+def test_a_runs_own_config_yaml_reused_as_config_is_not_refused(tiny_run, tmp_path):
+    """config.yaml records every key, the recipe's values included (temperature 4 beside
+    pseudo_label, mix_alpha beside mix none, int8_recipe without INT8): what only repeats the
+    recipe sets nothing, so the "cannot apply" checks read what differs from the recipe."""
+    import yaml
+
+    from distill_export.config import load_config
+
+    loaded = load(None, tiny_run / "config.yaml", {})
+    assert loaded.to_dict() == load_config("avdigits", tiny_run / "config.yaml", {}).to_dict()
+    demo = tmp_path / "demo.yaml"
+    demo.write_text(yaml.safe_dump(load_config("avdigits").to_dict()))
+    assert load(None, demo, {}).distill.temperature == load_config("avdigits").distill.temperature
+    assert refused_config(tmp_path, "distill: {method: pseudo_label, temperature: 9}\n")[0].startswith(
+        "error: distill.temperature 9 (in --config) is set")  # a value the recipe does not have still counts

@@ -172,9 +172,12 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
 
     config = load_config(recipe or "avdigits", config_file, flags)
     from_file = read_yaml(config_file) if config_file else {}
+    # What the recipe alone gives: a --config that repeats it (a run's own config.yaml, which
+    # records every key) sets nothing new, so nothing in it is refused as "cannot apply".
+    recipe_only = load_config(recipe or "avdigits", None, {}) if from_file else None
 
-    def given(key: str) -> bool:  # the user set it (a flag or --config), not the defaults or the recipe
-        return flags.get(key) is not None or _in_yaml(from_file, key)
+    def given(key: str) -> bool:  # the user set it (a flag, or --config to another value than the recipe's)
+        return flags.get(key) is not None or (_in_yaml(from_file, key) and _value(config, key) != _value(recipe_only, key))
 
     fusion_key = next(f.key for f in FLAGS if f.param == "teacher_fusion")  # the key --teacher-fusion sets
     settle_teacher_fusion(config, given(fusion_key))  # with a loaded teacher: refused, or recorded as it ran
@@ -185,6 +188,13 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     check_streaming_applies(config, given)  # data.streaming=on with the built-in avdigits: nothing would stream
     check_method_with_terms(config, given)  # distill.method dkd beside distill.terms [kd]: dkd would not run
     check_config_settings_apply(config, given)  # e.g. distill.mix_alpha with mix none, int8_recipe without INT8
+    return config
+
+
+def _value(config, key: str):
+    """The dotted `key` of a RunConfig (distill.mix_alpha -> config.distill.mix_alpha)."""
+    for part in key.split("."):
+        config = getattr(config, part)
     return config
 
 
