@@ -105,7 +105,7 @@ def check_flags_apply(config, flags: dict) -> None:
         raise ConfigError(f"--skip-bad-rows (data.skip_bad_rows) skips bad rows of a manifest .csv/.jsonl, but "
                           f"data.source {config.data.source} is a built-in dataset, not a manifest; "
                           "drop --skip-bad-rows")
-    int8 = any("int8" in f for f in config.export.formats)
+    int8 = _exports_int8(config)
     for key in ("export.calibration_samples", "export.calibration_method"):
         if flags.get(key) is not None and not int8:
             flag = "--" + key.split(".", 1)[1].replace("_", "-")
@@ -191,7 +191,7 @@ def check_config_settings_apply(config, given) -> None:
     not written to config.yaml as if they had run (eleventh audit B6). Each line says what reads
     the setting and what in this run keeps it from being read."""
     _check_objective_flags(config, {}, given)  # a temperature, alpha or beta in --config that no term reads
-    int8 = any("int8" in f for f in config.export.formats)
+    int8 = _exports_int8(config)
     for key in ("export.int8_recipe", "export.calibration_samples", "export.calibration_method"):
         if given(key) and not int8:
             raise ConfigError(f"{key} is read only by INT8 exports, but export.formats ({','.join(config.export.formats)}) "
@@ -213,6 +213,11 @@ def check_config_settings_apply(config, given) -> None:
     if given("distill.kd_impl") and d.kd_impl == "triton" and not _cuda_run(config):
         raise ConfigError(f"distill.kd_impl triton is the fused CUDA kernel, but this run trains on the CPU "
                           f"(device {config.device}), where the PyTorch reference runs; drop distill.kd_impl")
+
+
+def _exports_int8(config) -> bool:
+    """Whether an INT8 format is asked for: the only exports that read the calibration settings."""
+    return any("int8" in f for f in config.export.formats)
 
 
 def _cuda_run(config) -> bool:
