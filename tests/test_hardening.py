@@ -258,3 +258,40 @@ def test_sigterm_handler_is_restored_after_a_command(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     runner.invoke(app, ["run", "--seed", "-1", "--out", str(tmp_path / "r")])
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("interruption, code, line", [("Terminated", 143, "terminated (SIGTERM)"),
+                                                      ("KeyboardInterrupt", 130, "interrupted")])
+def test_an_interruption_python_wraps_is_still_one_line(capsys, interruption, code, line):
+    """SIGTERM during an import that runs __set_name__ (torch._dynamo's does) reaches the command
+    as "RuntimeError: Error calling __set_name__" with the Terminated as its cause; CI once
+    printed that traceback (exit 1) instead of one line and exit 143."""
+    import typer
+
+    from distill_export.cli import guard
+
+    exc_type = guard.Terminated if interruption == "Terminated" else KeyboardInterrupt
+
+    class Stops:
+        def __set_name__(self, owner, name):
+            raise exc_type()
+
+    @guard.guarded
+    def command():
+        type("Imported", (), {"attr": Stops()})  # the wrapping Python does, not a mock of it
+
+    with pytest.raises(typer.Exit) as stopped:
+        command()
+    assert stopped.value.exit_code == code
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_an_error_without_an_interruption_is_not_swallowed():
+    from distill_export.cli import guard
+
+    @guard.guarded
+    def command():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        command()

@@ -67,6 +67,27 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _interruption_inside(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM that `exc` wraps, if any. Python wraps an exception raised in some
+    places in another: SIGTERM during an import that runs `__set_name__` (torch._dynamo does)
+    surfaces as "RuntimeError: Error calling __set_name__", with the Terminated as its cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _stop(interruption: BaseException):
+    if isinstance(interruption, Terminated):
+        _quiet_in_rank() or err.print("terminated (SIGTERM)")
+        raise typer.Exit(143) from None
+    _quiet_in_rank() or err.print("interrupted")
+    raise typer.Exit(130) from None
+
+
 def guarded(fn):
     """The command `fn` with the failures above turned into one line and an exit code."""
 
@@ -82,12 +103,8 @@ def guarded(fn):
             return fn(*args, **kwargs)
         except DistillExportError as exc:
             _fail(str(exc), exc.exit_code)
-        except Terminated:
-            _quiet_in_rank() or err.print("terminated (SIGTERM)")
-            raise typer.Exit(143) from None
-        except KeyboardInterrupt:
-            _quiet_in_rank() or err.print("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:  # Terminated (SIGTERM) is one
+            _stop(exc)
         except MemoryError:
             _fail("out of memory; try a smaller batch size, fewer rows (data.max_train_rows) or a smaller model", 2)
         except json.JSONDecodeError as exc:
@@ -96,6 +113,11 @@ def guarded(fn):
             _fail(f"invalid YAML: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", 2)
         except OSError as exc:
             _fail(_os_error(exc), 2)
+        except Exception as exc:
+            interruption = _interruption_inside(exc)
+            if interruption is None:
+                raise
+            _stop(interruption)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
