@@ -58,16 +58,30 @@ def check_loaded_teacher_settings(config, given) -> None:
     are read only by the teachers a run still trains: the self-training control's and, from round
     2, the re-fitted experts. With neither, a given one (a flag or --config, not the recipe) would
     be recorded in config.yaml as if a teacher trained with it (ninth round: width and lr too)."""
-    if not config.teacher.path or config.distill.self_training_control or config.distill.rounds > 1:
+    if not config.teacher.path or config.distill.rounds > 1:
         return
+    distills = _objective_reads_teacher(config)
+    if config.distill.self_training_control and distills:
+        return
+    # fourteenth audit B4: a labels-only objective skips the control, so no teacher trains either
+    control = "the self-training control is off" if not config.distill.self_training_control else \
+        "the self-training control is skipped, since the objective is labels only"
     for key, flag in _TEACHER_TRAINING.items():
         if given(key):
             value = getattr(config.teacher, key.split(".")[1])
             shown = f"{flag} {value} ({key})" if flag else f"{key} {value}"
             drop = f"{flag} (or {key} from --config)" if flag else f"{key} from --config"
             raise ConfigError(f"{shown} cannot apply: --teacher {config.teacher.path} is loaded, not trained, and "
-                              "no other teacher trains here (the self-training control is off and distill.rounds "
-                              f"is 1); drop {drop}")
+                              f"no other teacher trains here ({control} and distill.rounds is 1); drop {drop}")
+
+
+def _objective_reads_teacher(config) -> bool:
+    """True when some term of the objective reads the teacher (so a control teacher would train)."""
+    try:
+        from distill_export.methods import teacher_needs
+    except ImportError:  # a runtime-only install (no torch) trains nothing
+        return True
+    return bool(teacher_needs(config.distill))
 
 
 def check_method_with_terms(config, given) -> None:
@@ -133,13 +147,7 @@ def _check_control_flag(config, flags: dict) -> None:
     """--self-training-control with a labels-only objective: no term reads a teacher, so a control
     teacher has nothing to teach and the control would be recorded on, then skipped. Only the flag
     is refused: a recipe's control (the demo's) with labels_only is recorded as skipped, with why."""
-    if not flags.get("distill.self_training_control"):
-        return
-    try:
-        from distill_export.methods import teacher_needs
-    except ImportError:  # a runtime-only install (no torch) trains nothing
-        return
-    if teacher_needs(config.distill):
+    if not flags.get("distill.self_training_control") or _objective_reads_teacher(config):
         return
     objective = (f"--method {config.distill.method}" if flags.get("distill.method") is not None
                  else f"distill.method {config.distill.method}" if not config.distill.terms else "distill.terms")

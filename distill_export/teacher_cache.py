@@ -43,7 +43,8 @@ from distill_export.files import atomic_path, own_folder, write_json
 
 CACHE_DIR = "teacher_outputs"
 INDEX_FILE = "index.json"
-FORMAT = "distill-export/teacher-cache/2"
+FORMAT = "distill-export/teacher-cache/3"  # /3: each output records its shape and dtype
+SPOT_ROWS = 8  # a cache hit is compared with the teacher run on this many first rows
 STATS_ROWS = 1024  # online mode: rows whose teacher features give the standardisation stats
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -119,6 +120,11 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
     for a in arrays.values():
         if a.ndim == 0 or a.shape[0] != rows:
             return None, f"cache holds {a.shape[0] if a.ndim else 0} rows, the training set has {rows}"
+    for name, a in arrays.items():
+        held = (str(a.dtype), list(a.shape))
+        if held != ("float32", outputs[name].get("shape")):  # fourteenth audit B1: same bytes, other layout
+            return None, (f"{outputs[name]['file']} holds {held[0]} {tuple(held[1])}, the index says float32 "
+                          f"{tuple(outputs[name].get('shape') or ())} (changed after it was written)")
     for name, a in arrays.items():  # outputs are checked finite before they are written, so this is an edit
         bad = _non_finite(a)
         if bad:  # thirteenth audit B1: a NaN logits.npy was a "hit", its rows dropped or blamed on the lr
@@ -195,7 +201,8 @@ def write(path: Path, key: CacheKey, rows: int, batches: Batches, needs=ALL_OUTP
             done += n
         if done != rows:
             raise ValueError(f"the teacher produced {done} rows, expected {rows}")
-    outputs = {name: {"file": f"{name}.npy", "bytes": (path / f"{name}.npy").stat().st_size} for name in needs}
+    outputs = {name: {"file": f"{name}.npy", "bytes": (path / f"{name}.npy").stat().st_size,
+                      "dtype": "float32", "shape": [rows, *widths[name]]} for name in needs}
     write_json(path / INDEX_FILE, {**key.metadata(), "rows": rows, "outputs": outputs})
 
 
@@ -245,10 +252,13 @@ def finite_batches(batches: Batches, teacher) -> Iterator[tuple[torch.Tensor, to
 
 
 def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], Batches],
-                   use_cache: bool = True, needs=ALL_OUTPUTS) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
+                   use_cache: bool = True, needs=ALL_OUTPUTS,
+                   first_rows: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
     """(features, logits, info): from the cache on a hit, else computed batch by batch (and
     stored, then read back memory-mapped). compute() yields (features, logits) per batch in row
-    order. An output no term needs is None (and not stored)."""
+    order. An output no term needs is None (and not stored). first_rows() gives the teacher's
+    (features, logits) on the first few rows: a hit that disagrees with them is a miss."""
     from distill_export import distributed as ddp
 
     needs = tuple(n for n in ALL_OUTPUTS if n in needs)
@@ -261,7 +271,7 @@ def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], B
         # under its key: every rank distills from rank 0's teacher outputs, as one process would.
         # Multi-node runs keep the run directory on a shared file system (docs/scale.md).
         if ddp.is_main():
-            result = _fill(path, key, rows, compute, needs)
+            result = _fill(path, key, rows, compute, needs, first_rows)
             ddp.broadcast_object((str(path.resolve()), key))  # other ranks may have another working directory
             return result
         where, main_key = ddp.broadcast_object(None)
@@ -270,12 +280,33 @@ def cached_outputs(path: Path, key: CacheKey, rows: int, compute: Callable[[], B
             raise OSError(f"teacher cache {where}: rank {ddp.rank()} cannot read what rank 0 wrote ({problem}); "
                           "under torchrun on several machines the run directory must be on a shared file system")
         return stored.get("features"), stored.get("logits"), {"status": "read from rank 0", "path": where}
-    return _fill(path, key, rows, compute, needs)
+    return _fill(path, key, rows, compute, needs, first_rows)
 
 
-def _fill(path: Path, key: CacheKey, rows: int, compute: Callable[[], Batches], needs):
+def disagreement(stored: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> str | None:
+    """Why the cached outputs of the first rows are not the teacher's (None: they are). A cache
+    written on another device or in bf16 differs a little, so values get a loose tolerance:
+    this catches an edited or foreign cache, not rounding."""
+    for name, new in fresh.items():
+        if name not in stored:
+            continue
+        old = stored[name][: new.shape[0]]
+        if tuple(old.shape) != tuple(new.shape):
+            return f"{name}.npy rows are {tuple(old.shape[1:])}, the teacher gives {tuple(new.shape[1:])}"
+        scale = float(new.abs().max()) + 1.0
+        if not torch.allclose(old.float(), new.float(), rtol=0.05, atol=0.05 * scale):
+            worst = float((old.float() - new.float()).abs().max())
+            return f"{name}.npy differs from the teacher's outputs on its first rows (by up to {worst:.3g})"
+    return None
+
+
+def _fill(path: Path, key: CacheKey, rows: int, compute: Callable[[], Batches], needs, first_rows=None):
     """One process: the cache's outputs on a hit, else computed, stored and read back."""
     hit, why = load(path, key, rows, needs)
+    if hit is not None and first_rows is not None:
+        feats, logits = first_rows()
+        why = disagreement(hit, {"features": feats, "logits": logits}) or why
+        hit = hit if why == "hit" else None
     if hit is not None:
         console.print(f"teacher outputs: cache hit ({path})")
         return hit.get("features"), hit.get("logits"), {"status": "hit", "path": str(path)}
@@ -347,6 +378,6 @@ def teacher_targets(config, run, data, forward, device, teacher_names, view: tup
     feats, logits, info = cached_outputs(
         path, key, len(data.train),
         lambda: finite_batches(predict_batches(forward, train_inputs, len(data.train)), spec), use_cache=config.distill.teacher_cache,
-        needs=needs,
+        needs=needs, first_rows=lambda: next(predict_batches(forward, train_inputs, SPOT_ROWS, batch_size=SPOT_ROWS)),
     )
     return TeacherTargets(logits, feats, info=info)

@@ -120,3 +120,13 @@ def run_copy(tiny_run, tmp_path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy)
     return copy
+
+
+@pytest.fixture(autouse=True)
+def _no_interruption_left_over():
+    """A test that raises SIGTERM's or Ctrl-C's handler in this process (and catches what it
+    raises) leaves it unreported; a real process would have ended. The next test starts clean."""
+    from distill_export import interrupts
+
+    yield
+    interrupts.reported_all()

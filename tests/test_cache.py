@@ -15,7 +15,7 @@ from _byo_fixtures import synthetic_dataset
 from distill_export.config import RunConfig
 from distill_export.data.augment import random_shift
 from distill_export.rundir import RunDir
-from distill_export.teacher_cache import CACHE_DIR, INDEX_FILE, teacher_targets
+from distill_export.teacher_cache import CACHE_DIR, INDEX_FILE, SPOT_ROWS, teacher_targets
 
 
 class CountingTeacher:
@@ -50,7 +50,8 @@ def test_miss_then_hit(run):
     assert first.info["status"] == "miss" and t.rows == len(data.train)
     assert run.file(CACHE_DIR).joinpath(INDEX_FILE).is_file()
     second = targets(run, data, t)
-    assert second.info["status"] == "hit" and t.rows == len(data.train)  # no second forward
+    # no second pass over the rows: the teacher sees only the SPOT_ROWS a hit is checked against
+    assert second.info["status"] == "hit" and t.rows == len(data.train) + SPOT_ROWS
     assert torch.equal(first.logits, second.logits) and torch.equal(first.feats, second.feats)
     assert first.online is None and first.augment is None
 
@@ -93,7 +94,7 @@ def test_shared_cache_dir_across_runs(tmp_path, run):
     other = RunDir.create(tmp_path / "run2")
     other.file("teacher.pt").write_bytes(b"teacher v1")  # the same teacher, another run
     t = CountingTeacher()
-    assert targets(other, data, t, cfg).info["status"] == "hit" and t.rows == 0
+    assert targets(other, data, t, cfg).info["status"] == "hit" and t.rows == SPOT_ROWS
 
 
 def test_disabled_and_augmented(run):
@@ -200,7 +201,7 @@ def test_same_teacher_saved_twice_keeps_the_key_and_a_changed_weight_misses(tmp_
     assert targets(run_a, data, CountingTeacher(), cfg).info["status"] == "miss"
     cfg.teacher.path = str(b)
     t = CountingTeacher()
-    assert targets(RunDir.create(tmp_path / "run_b"), data, t, cfg).info["status"] == "hit" and t.rows == 0
+    assert targets(RunDir.create(tmp_path / "run_b"), data, t, cfg).info["status"] == "hit" and t.rows == SPOT_ROWS
 
     cfg.distill.teacher_cache_dir = None  # the run's own folder from here on
     run_c = RunDir.create(tmp_path / "run_c")

@@ -270,7 +270,9 @@ def test_an_interruption_python_wraps_is_still_one_line(capsys, interruption, co
 
     from distill_export.cli import guard
 
-    exc_type = guard.Terminated if interruption == "Terminated" else KeyboardInterrupt
+    from distill_export.interrupts import Terminated
+
+    exc_type = Terminated if interruption == "Terminated" else KeyboardInterrupt
 
     class Stops:
         def __set_name__(self, owner, name):

@@ -171,7 +171,7 @@ def test_validate_runner_stops_a_runaway_student(tmp_path):
 
 def test_sigterm_during_a_call_is_honoured_in_process():
     """The CLI's SIGTERM handler raises Terminated; it runs while a call is in flight."""
-    from distill_export.cli.guard import Terminated, _on_sigterm
+    from distill_export.interrupts import Terminated, raise_terminated as _on_sigterm
     from distill_export.runtimes.onnx_bounds import bounded_run
     from distill_export.runtimes.onnx_runtime import onnx_session
 

@@ -18,7 +18,7 @@ CASES = [
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    code = ("import sys; from distill_export.cli import main; sys.argv = ['distill-export', *sys.argv[1:]]; main()")
+    code = ("import sys; from distill_export.entry import main; sys.argv = ['distill-export', *sys.argv[1:]]; main()")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -33,7 +33,7 @@ def test_a_usage_error_is_one_line_and_exit_2(args, named):
 
 def test_every_kind_of_usage_error_and_help_in_one_process(capsys):
     """The other kinds through the same main() in-process (no interpreter start each)."""
-    from distill_export.cli import main
+    from distill_export.entry import main
 
     for args, named in CASES[2:]:
         sys_argv = sys.argv

@@ -46,7 +46,7 @@ RSS_WRAPPER = (
     "atexit.register(lambda: print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
     " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr, flush=True))\n"
     "sys.argv = ['distill-export', *sys.argv[1:]]\n"
-    "from distill_export.cli import main\n"
+    "from distill_export.entry import main\n"
     "main()\n"
 )
 

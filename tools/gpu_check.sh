@@ -128,7 +128,7 @@ step demo "$T_DEMO" bash -c '
     if command -v distill-export >/dev/null 2>&1; then
         distill-export run --device cuda --out "$0/demo-run" --quiet
     else
-        "$1" -c "import sys; from distill_export.cli import main; sys.argv[0] = \"distill-export\"; sys.exit(main())" \
+        "$1" -c "import sys; from distill_export.entry import main; sys.argv[0] = \"distill-export\"; sys.exit(main())" \
             run --device cuda --out "$0/demo-run" --quiet
     fi' "$OUT" "$PY"
 if [ -f "$OUT/demo-run/report.json" ]; then

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from distill_export import interrupts
 from distill_export.cli import distill, export, profile, report, run, train_teacher, tune, validate
 
 app = typer.Typer(
@@ -42,4 +43,7 @@ def main() -> None:
     except typer.Abort:  # Ctrl-C at a prompt
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
+    interruption = interrupts.unreported()
+    if interruption is not None:  # Ctrl-C or SIGTERM before a command's guard ran: typer exits 130 silently
+        code = interrupts.report(interruption)
     sys.exit(code if isinstance(code, int) else 0)

@@ -2,6 +2,6 @@
 
 import sys
 
-from distill_export.cli import main
+from distill_export.entry import main
 
 sys.exit(main())

@@ -14,16 +14,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from distill_export.errors import DistillExportError
+from distill_export import interrupts
+from distill_export.interrupts import interruption_inside, raise_terminated
 
 err = Console(stderr=True)
 out = Console()
 
 _LONG_QUOTED = re.compile(r"'([^'\n]{%d,})'|\"([^\"\n]{%d,})\"" % (81, 81))
 MAX_MESSAGE = 1000
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, like Ctrl-C, so the same cleanup runs."""
 
 
 def one_line(message: str) -> str:
@@ -55,37 +53,19 @@ def _fail(message: str, code: int):
     raise typer.Exit(code)
 
 
-def _quiet_in_rank() -> bool:
-    """True in a rank of `run --nproc N`: torchrun stops the other ranks with SIGTERM when one
-    fails, and the launcher says why in one line."""
-    from distill_export import rank_errors
-
-    return rank_errors.collecting()
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
-def _interruption_inside(exc: BaseException) -> BaseException | None:
-    """The Ctrl-C or SIGTERM that `exc` wraps, if any. Python wraps an exception raised in some
-    places in another: SIGTERM during an import that runs `__set_name__` (torch._dynamo does)
-    surfaces as "RuntimeError: Error calling __set_name__", with the Terminated as its cause."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _stop(interruption: BaseException):
-    if isinstance(interruption, Terminated):
-        _quiet_in_rank() or err.print("terminated (SIGTERM)")
-        raise typer.Exit(143) from None
-    _quiet_in_rank() or err.print("interrupted")
-    raise typer.Exit(130) from None
+def _fail_for(exc: BaseException):
+    """The one line and exit code for a failure a user can act on; anything else is re-raised (a bug)."""
+    if isinstance(exc, DistillExportError):
+        _fail(str(exc), exc.exit_code)
+    if isinstance(exc, MemoryError):
+        _fail("out of memory; try a smaller batch size, fewer rows (data.max_train_rows) or a smaller model", 2)
+    if isinstance(exc, json.JSONDecodeError):
+        _fail(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", 2)
+    if isinstance(exc, yaml.YAMLError):
+        _fail(f"invalid YAML: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", 2)
+    if isinstance(exc, OSError):
+        _fail(_os_error(exc), 2)
+    raise exc
 
 
 def guarded(fn):
@@ -98,26 +78,19 @@ def guarded(fn):
 
         previous = None
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            previous = signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return fn(*args, **kwargs)
-        except DistillExportError as exc:
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt as exc:  # Terminated (SIGTERM) is one
-            _stop(exc)
-        except MemoryError:
-            _fail("out of memory; try a smaller batch size, fewer rows (data.max_train_rows) or a smaller model", 2)
-        except json.JSONDecodeError as exc:
-            _fail(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", 2)
-        except yaml.YAMLError as exc:
-            _fail(f"invalid YAML: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", 2)
-        except OSError as exc:
-            _fail(_os_error(exc), 2)
-        except Exception as exc:
-            interruption = _interruption_inside(exc)
-            if interruption is None:
-                raise
-            _stop(interruption)
+        except (typer.Exit, SystemExit):
+            raise
+        except BaseException as exc:
+            # A Ctrl-C or SIGTERM first: whether Python wrapped it (an import's __set_name__) or a
+            # library swallowed it mid-import and something failed after (numpy half-imported:
+            # "module 'numpy' has no attribute 'matrix'"), the user asked the command to stop.
+            interruption = interruption_inside(exc) or interrupts.unreported()
+            if interruption is not None:
+                raise typer.Exit(interrupts.report(interruption)) from None
+            _fail_for(exc)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -205,3 +205,19 @@ def read_state_file(path: Path, what: str) -> dict[str, torch.Tensor]:
         return quiet_load(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise CheckpointError(f"{what} is not a readable state_dict: {load_failure(exc)}") from None
+
+
+def class_order_mismatch(declared, names) -> str | None:
+    """How a checkpoint's declared class names (its output columns, in order) differ from the
+    data's; None when they agree or the file declares none (older checkpoints, .pt2, factories)."""
+    if declared is None:
+        return None
+    if not isinstance(declared, list) or not all(isinstance(n, str) for n in declared):
+        return f"its meta.class_names is a {type(declared).__name__}, not a list of class names"
+    names = list(names)
+    if declared == names:
+        return None
+    if len(declared) != len(names):
+        return f"it declares {len(declared)} class names for the data's {len(names)} classes"
+    i = next(i for i, (a, b) in enumerate(zip(declared, names)) if a != b)
+    return f"its output column {i} is class {declared[i]!r}, the data's column {i} is class {names[i]!r}"

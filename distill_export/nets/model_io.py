@@ -11,7 +11,8 @@ import torch
 
 from distill_export.data import Dataset
 from distill_export.errors import CheckpointError, DataError
-from distill_export.nets.checkpoint import check_state_dict, load_checkpoint, load_state, save_checkpoint
+from distill_export.nets.checkpoint import (check_state_dict, class_order_mismatch, load_checkpoint, load_state,
+                                           save_checkpoint)
 from distill_export.nets.external import is_external_teacher, load_external_teacher
 from distill_export.nets.saved_arch import check_fits, check_input_shapes, student_arch
 from distill_export.nets.students import SplitNet, create_student, student_names
@@ -46,7 +47,7 @@ def new_student(config, data: Dataset) -> SplitNet:
     model = create_student(config.student.name, data.num_outputs, in_channels=spec.shape[0],
                            input_size=input_size(spec))
     if config.student.init_weights:
-        init_student(model, config.student.init_weights, config.student.name)
+        init_student(model, config.student.init_weights, config.student.name, data.target_names)
     return model
 
 
@@ -118,10 +119,20 @@ def load_teacher(path, data: Dataset | None = None, weights=None, strict: bool =
             raise CheckpointError(
                 f"teacher {path} predicts {kw['num_classes']} classes, the data has {data.num_outputs}"
             )
+        check_class_order(f"teacher {path}", payload.get("meta", {}).get("class_names"), data.target_names)
         missing = set(kw["modalities"]) - set(data.modalities)
         if missing:
             raise CheckpointError(f"teacher {path} needs modalities the data lacks: {sorted(missing)}")
     return model.eval()
+
+
+def check_class_order(what: str, declared, names) -> None:
+    """A teacher whose columns are other classes (another label order, other labels) would teach
+    the wrong classes in silence (fourteenth audit B3): refused in one line."""
+    why = class_order_mismatch(declared, names)
+    if why is not None:
+        raise CheckpointError(f"{what} was trained on other classes than the data's: {why}; train a "
+                              "teacher on this data (train-teacher), or give it data with the same labels")
 
 
 def check_teacher_columns(path, arch_kwargs: dict, data: Dataset) -> None:

@@ -37,17 +37,27 @@ _told: set[tuple[str, int]] = set()  # (file, classes) whose head replacement wa
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], object]:
+    """(the file's state_dict, the class names its head declares: our checkpoints' meta.class_names, else None)."""
     from distill_export.nets.checkpoint import check_state_dict, read_state_file
 
     state = read_state_file(path, f"--student-init {path}")
+    meta = state.get("meta") if isinstance(state, dict) else None
+    declared = meta.get("class_names") if isinstance(meta, dict) else None
     for wrapper in ("state_dict", "model"):  # our checkpoints and timm's training checkpoints
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"--student-init {path} holds no state_dict (a dict of tensors)")
     check_state_dict(state, f"--student-init {path}")  # string keys, finite values
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}, declared
+
+
+def _tell(path: Path, classes: int, line: str) -> None:
+    """Say it once per file and class count (the student, its baseline and preflight all load it)."""
+    if (str(path.resolve()), classes) not in _told:
+        _told.add((str(path.resolve()), classes))
+        console.print(line)
 
 
 def _as_ours(state: dict[str, torch.Tensor], model: nn.Module, path: Path, name: str) -> dict[str, torch.Tensor]:
@@ -168,21 +178,27 @@ def _fold_bn_eps(state: dict[str, torch.Tensor], model: nn.Module, file_eps: flo
             state[f"{prefix}.weight"] = (weight.double() * ((var + bn.eps) / (var + file_eps)).sqrt()).to(weight.dtype)
 
 
-def init_student(model: nn.Module, path, name: str) -> nn.Module:
-    """Load the file's weights into `model` (a registry or factory student), in place."""
+def init_student(model: nn.Module, path, name: str, class_names=None) -> nn.Module:
+    """Load the file's weights into `model` (a registry or factory student), in place.
+    class_names: the data's, in the head's order; a head declared for other classes is replaced."""
     from distill_export.nets.checkpoint import check_cast_fits
+    from distill_export.nets.checkpoint import class_order_mismatch
 
     path = Path(path)
-    raw = read_state_dict(path)
+    raw, declared = read_state_dict(path)
     state = _as_ours(raw, model, path, name)
     own = model.state_dict()
     head = [k for k in own if k.startswith(HEAD_PREFIX)]
     if head and any(state[k].shape != own[k].shape for k in head):
         classes, file_classes = own[f"{HEAD_PREFIX}weight"].shape[0], state[f"{HEAD_PREFIX}weight"].shape[0]
-        if (str(path.resolve()), classes) not in _told:
-            _told.add((str(path.resolve()), classes))
-            console.print(f"student init: {path.name} has a {file_classes}-class head and the data has {classes} "
-                          "classes: the head is replaced (newly initialised), the rest is loaded")
+        _tell(path, classes, f"student init: {path.name} has a {file_classes}-class head and the data has {classes} "
+                             "classes: the head is replaced (newly initialised), the rest is loaded")
+        state.update({k: own[k] for k in head})
+    elif head and class_names is not None and class_order_mismatch(declared, class_names):
+        # fourteenth audit B3: the same count of other classes (another label order) was loaded as is
+        _tell(path, len(class_names), f"student init: {path.name}'s head is for other classes "
+                                      f"({class_order_mismatch(declared, class_names)}): the head is replaced "
+                                      "(newly initialised), the rest is loaded")
         state.update({k: own[k] for k in head})
     for k, v in state.items():
         if v.shape != own[k].shape:

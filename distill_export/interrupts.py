@@ -1,0 +1,87 @@
+"""Ctrl-C and SIGTERM as exceptions. SIGTERM is raised where the program is, like Ctrl-C's
+KeyboardInterrupt, so the same cleanup runs; both end in one line and exit 130 or 143, printed
+by cli/guard.py during a command and by entry.py while the CLI is still importing.
+
+No torch, typer or rich here: entry.py installs the handler before those imports (seconds on a cold
+disk), so a signal in that window is one line too."""
+
+from __future__ import annotations
+
+import sys
+
+from distill_export import rank_errors
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is."""
+
+
+# The interruptions raised and not yet reported. Typer turns a KeyboardInterrupt raised while it
+# parses (before a command's guard runs) into a silent exit 130, SIGTERM included; the console
+# script reads this afterwards to print the line and use the signal's own code.
+_unreported: list[KeyboardInterrupt] = []
+
+
+def raise_terminated(signum, frame):
+    """The SIGTERM handler."""
+    _unreported.append(Terminated())
+    raise _unreported[-1]
+
+
+def raise_interrupted(signum, frame):
+    """The SIGINT handler: Python's own (KeyboardInterrupt), remembered like SIGTERM."""
+    _unreported.append(KeyboardInterrupt())
+    raise _unreported[-1]
+
+
+def install() -> None:
+    """Both handlers, in the main thread; a SIGINT the parent ignores (nohup, a background job) stays ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, raise_interrupted)
+
+
+def report(interruption: KeyboardInterrupt) -> int:
+    """Print its one line (none in a rank of `run --nproc N`: the launcher says why, once) and
+    mark every interruption so far reported; returns the exit code."""
+    line, code = line_and_code(interruption)
+    if not rank_errors.collecting():
+        print(line, file=sys.stderr, flush=True)
+    reported_all()
+    return code
+
+
+def reported_all() -> None:
+    """Forget the interruptions raised so far (reported, or handled by whoever caught them)."""
+    _unreported.clear()
+
+
+def unreported() -> KeyboardInterrupt | None:
+    """The first interruption raised since the last report, if any."""
+    return _unreported[0] if _unreported else None
+
+
+def interruption_inside(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that `exc` is or wraps, if any. Python wraps an exception raised in
+    some places: SIGTERM during an import that runs `__set_name__` (torch._dynamo's does) surfaces
+    as "RuntimeError: Error calling __set_name__" with the Terminated as its cause, and click turns
+    Ctrl-C while it parses into Abort, with the KeyboardInterrupt as its cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def line_and_code(interruption: KeyboardInterrupt) -> tuple[str, int]:
+    """What the user sees and the exit code: 143 = 128 + SIGTERM, 130 = 128 + SIGINT, as a shell reports."""
+    if isinstance(interruption, Terminated):
+        return "terminated (SIGTERM)", 143
+    return "interrupted", 130
