@@ -229,7 +229,10 @@ def launch_torchrun(nproc: int, argv: list[str]) -> None:
         # torch.distributed.run's agent, run by agent_main below: no PATH lookup, and no traceback
         cmd = [sys.executable, "-c", "from distill_export.distributed import agent_main; agent_main()",
                "--standalone", f"--nproc-per-node={nproc}", "-m", "distill_export", *argv]
-        agent = subprocess.Popen(cmd, env={**os.environ, rank_errors.ENV: folder})
+        # torchrun's own default (one OpenMP thread per rank) set here, so its 4-line warning about
+        # setting it does not print under -q (fifteenth audit); a user's OMP_NUM_THREADS is kept
+        env = {"OMP_NUM_THREADS": "1", **os.environ, rank_errors.ENV: folder}
+        agent = subprocess.Popen(cmd, env=env)
         try:
             code = agent.wait()
         except BaseException:  # SIGTERM or Ctrl-C here: the agent stops the ranks, then we go

@@ -43,7 +43,7 @@ from distill_export.files import atomic_path, own_folder, write_json
 
 CACHE_DIR = "teacher_outputs"
 INDEX_FILE = "index.json"
-FORMAT = "distill-export/teacher-cache/3"  # /3: each output records its shape and dtype
+FORMAT = "distill-export/teacher-cache/3"  # /3: each output records its shape, dtype and sha256
 SPOT_ROWS = 8  # a cache hit is compared with the teacher run on this many first rows
 STATS_ROWS = 1024  # online mode: rows whose teacher features give the standardisation stats
 
@@ -109,6 +109,8 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
             return None, f"the cache lacks the teacher's {' and '.join(missing)}"
         arrays = {}
         for name in needs:
+            if outputs[name]["file"] != f"{name}.npy":  # fifteenth audit: "../../other/logits.npy" was read
+                return None, f"index.json names {str(outputs[name]['file'])[:80]!r} for the {name}, not {name}.npy in its folder"
             file = path / outputs[name]["file"]
             if file.stat().st_size != outputs[name]["bytes"]:
                 return None, f"unreadable cache ({file.name} has {file.stat().st_size} bytes, the index says " \
@@ -125,11 +127,27 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
         if held != ("float32", outputs[name].get("shape")):  # fourteenth audit B1: same bytes, other layout
             return None, (f"{outputs[name]['file']} holds {held[0]} {tuple(held[1])}, the index says float32 "
                           f"{tuple(outputs[name].get('shape') or ())} (changed after it was written)")
-    for name, a in arrays.items():  # outputs are checked finite before they are written, so this is an edit
+    for name in arrays:  # fifteenth audit B1: an edit past the rows a hit is checked on was a hit
+        try:
+            digest = _sha256(path / outputs[name]["file"])
+        except OSError as exc:
+            return None, f"unreadable cache ({str(exc)[:80]})"
+        if digest != outputs[name].get("sha256"):
+            return None, f"{outputs[name]['file']} changed after it was written (its sha256 is not the index's)"
+    for name, a in arrays.items():  # outputs are checked finite before they are written: an edit (index too)
         bad = _non_finite(a)
         if bad:  # thirteenth audit B1: a NaN logits.npy was a "hit", its rows dropped or blamed on the lr
             return None, f"{outputs[name]['file']} holds {bad} NaN or inf values (changed after it was written)"
     return {name: torch.from_numpy(a) for name, a in arrays.items()}, "hit"
+
+
+def _sha256(file: Path, block: int = 1 << 24) -> str:
+    """The file's sha256, read 16 MiB at a time (a cache can be larger than memory)."""
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _non_finite(array: np.ndarray, chunk: int = 65536) -> int:
@@ -202,7 +220,8 @@ def write(path: Path, key: CacheKey, rows: int, batches: Batches, needs=ALL_OUTP
         if done != rows:
             raise ValueError(f"the teacher produced {done} rows, expected {rows}")
     outputs = {name: {"file": f"{name}.npy", "bytes": (path / f"{name}.npy").stat().st_size,
-                      "dtype": "float32", "shape": [rows, *widths[name]]} for name in needs}
+                      "dtype": "float32", "shape": [rows, *widths[name]], "sha256": _sha256(path / f"{name}.npy")}
+               for name in needs}
     write_json(path / INDEX_FILE, {**key.metadata(), "rows": rows, "outputs": outputs})
 
 

@@ -31,6 +31,14 @@ def test_b1_a_cache_edited_to_hold_nan_is_a_miss_that_says_why(tmp_path):
     edited[1, 0] = np.nan
     np.save(logits, edited)
     stored, why = teacher_cache.load(folder, key, rows)
+    assert stored is None and why == "logits.npy changed after it was written (its sha256 is not the index's)", why
+    # the index edited to match (its sha256 too, fifteenth audit): the values are still checked finite
+    import json
+
+    index = json.loads((folder / "index.json").read_text())
+    index["outputs"]["logits"]["sha256"] = teacher_cache._sha256(logits)
+    (folder / "index.json").write_text(json.dumps(index))
+    stored, why = teacher_cache.load(folder, key, rows)
     assert stored is None and why == "logits.npy holds 1 NaN or inf values (changed after it was written)", why
 
 

@@ -55,7 +55,8 @@ def test_b1_an_index_edited_to_match_is_caught_by_the_teachers_first_rows(tmp_pa
     wide = torch.cat([logits, torch.zeros(ROWS, 10)], 1)  # the index and the array agree on (12, 20)
     np.save(folder / "logits.npy", wide.numpy())
     index = json.loads((folder / "index.json").read_text())
-    index["outputs"]["logits"].update(shape=[ROWS, 20], bytes=(folder / "logits.npy").stat().st_size)
+    index["outputs"]["logits"].update(shape=[ROWS, 20], bytes=(folder / "logits.npy").stat().st_size,
+                                      sha256=teacher_cache._sha256(folder / "logits.npy"))
     (folder / "index.json").write_text(json.dumps(index))
     assert teacher_cache.load(folder, KEY, ROWS)[1] == "hit"  # the files alone agree
     _, again, info = fill(folder, feats, logits)

@@ -154,11 +154,14 @@ def test_a_two_process_run_writes_one_report_with_the_same_keys(tmp_path, tmp_pa
     cfg.write_text("teacher: {epochs: 10}\ndistill: {epochs: 20, self_training_control: false}\n"
                    "profile: {batches: [1], threads: [1], warmup_s: 0.01, min_time_s: 0.05, min_iters: 5}\n")
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # OMP_NUM_THREADS unset, as on a user's shell: the launcher gives each rank one thread
+    # (torchrun's default) without torchrun's 4-line warning under --quiet (fifteenth audit)
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "distill_export", "run", "--nproc", "2", "--device", "cpu",
                            "--config", str(cfg), "--data", str(manifest), "--out", str(out), "--quiet"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OMP_NUM_THREADS" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
     # rank 0 alone runs the teacher over the training rows and writes the cache; rank 1 reads it
     assert (proc.stdout + proc.stderr).count("teacher outputs: cache miss") == 1, proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "tiny.yaml"]  # rank 1 left nothing
