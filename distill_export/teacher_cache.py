@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 
 from distill_export.errors import CheckpointError, ConfigError
-from distill_export.files import atomic_path, own_folder, write_json
+from distill_export.files import atomic_path, own_folder, sha256_file, write_json
 
 CACHE_DIR = "teacher_outputs"
 INDEX_FILE = "index.json"
@@ -129,7 +129,7 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
                           f"{tuple(outputs[name].get('shape') or ())} (changed after it was written)")
     for name in arrays:  # fifteenth audit B1: an edit past the rows a hit is checked on was a hit
         try:
-            digest = _sha256(path / outputs[name]["file"])
+            digest = sha256_file(path / outputs[name]["file"])
         except OSError as exc:
             return None, f"unreadable cache ({str(exc)[:80]})"
         if digest != outputs[name].get("sha256"):
@@ -139,15 +139,6 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
         if bad:  # thirteenth audit B1: a NaN logits.npy was a "hit", its rows dropped or blamed on the lr
             return None, f"{outputs[name]['file']} holds {bad} NaN or inf values (changed after it was written)"
     return {name: torch.from_numpy(a) for name, a in arrays.items()}, "hit"
-
-
-def _sha256(file: Path, block: int = 1 << 24) -> str:
-    """The file's sha256, read 16 MiB at a time (a cache can be larger than memory)."""
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _non_finite(array: np.ndarray, chunk: int = 65536) -> int:
@@ -220,7 +211,7 @@ def write(path: Path, key: CacheKey, rows: int, batches: Batches, needs=ALL_OUTP
         if done != rows:
             raise ValueError(f"the teacher produced {done} rows, expected {rows}")
     outputs = {name: {"file": f"{name}.npy", "bytes": (path / f"{name}.npy").stat().st_size,
-                      "dtype": "float32", "shape": [rows, *widths[name]], "sha256": _sha256(path / f"{name}.npy")}
+                      "dtype": "float32", "shape": [rows, *widths[name]], "sha256": sha256_file(path / f"{name}.npy")}
                for name in needs}
     write_json(path / INDEX_FILE, {**key.metadata(), "rows": rows, "outputs": outputs})
 

@@ -19,6 +19,7 @@ runner = CliRunner()
 
 def test_b1_a_cache_edited_to_hold_nan_is_a_miss_that_says_why(tmp_path):
     from distill_export import teacher_cache
+    from distill_export.files import sha256_file
 
     key = teacher_cache.CacheKey(teacher="t", data="d", preprocessing="p")
     rows = 4
@@ -36,7 +37,7 @@ def test_b1_a_cache_edited_to_hold_nan_is_a_miss_that_says_why(tmp_path):
     import json
 
     index = json.loads((folder / "index.json").read_text())
-    index["outputs"]["logits"]["sha256"] = teacher_cache._sha256(logits)
+    index["outputs"]["logits"]["sha256"] = sha256_file(logits)
     (folder / "index.json").write_text(json.dumps(index))
     stored, why = teacher_cache.load(folder, key, rows)
     assert stored is None and why == "logits.npy holds 1 NaN or inf values (changed after it was written)", why

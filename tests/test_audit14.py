@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from distill_export import teacher_cache
+from distill_export.files import sha256_file
 
 KEY = teacher_cache.CacheKey(teacher="t", data="d", preprocessing="p")
 ROWS = 12
@@ -56,7 +57,7 @@ def test_b1_an_index_edited_to_match_is_caught_by_the_teachers_first_rows(tmp_pa
     np.save(folder / "logits.npy", wide.numpy())
     index = json.loads((folder / "index.json").read_text())
     index["outputs"]["logits"].update(shape=[ROWS, 20], bytes=(folder / "logits.npy").stat().st_size,
-                                      sha256=teacher_cache._sha256(folder / "logits.npy"))
+                                      sha256=sha256_file(folder / "logits.npy"))
     (folder / "index.json").write_text(json.dumps(index))
     assert teacher_cache.load(folder, KEY, ROWS)[1] == "hit"  # the files alone agree
     _, again, info = fill(folder, feats, logits)
