@@ -236,3 +236,21 @@ def test_kd_gain_fusion_table_refuses_a_labels_only_config_in_one_line(tmp_path)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "labels only" in lines[0], lines
     assert config.read_bytes() == before and not (tmp_path / "out").exists()
+
+
+def test_kd_gain_refuses_what_run_refuses_before_any_training(tmp_path):
+    """--set distill.rounds=2 --set distill.augment=shift trained nothing and ended in a ConfigError
+    traceback from the first run's data stage; `run` refuses it before any folder (check_config)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "kd_gain.py"
+    proc = subprocess.run([sys.executable, str(tool), "--seeds", "3", "--set", "distill.rounds=2", "--set",
+                           "distill.augment=shift", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert lines[0] == ("error: --recipe/--config/--set: distill.rounds > 1 needs distill.augment=none (the targets "
+                        "of later rounds are fixed logits, computed once on the un-augmented rows)"), lines
+    assert not (tmp_path / "out").exists()

@@ -179,8 +179,12 @@ def _config(args, overrides: dict, where: str):
     from distill_export.config import load_config
     from distill_export.errors import DistillExportError
 
+    from distill_export.preflight import check_config
+
     try:
-        return load_config(args.recipe, args.config, overrides)
+        config = load_config(args.recipe, args.config, overrides)
+        check_config(config)  # what `run` refuses before any folder (rounds > 1 with augment), before any training
+        return config
     except DistillExportError as exc:
         raise DistillExportError(f"{where}: {exc}") from None
 
