@@ -88,6 +88,27 @@ def differences(saved, wanted, prefix: str = "") -> list[str]:
     return [prefix[:-1]]
 
 
+# The stage whose work a config section shapes: a hand edit of config.yaml after that stage is done
+# would be recorded beside what it made (a width-8 teacher recorded as width 12).
+_SECTION_STAGE = {"data": "train_teacher", "teacher": "train_teacher", "seed": "train_teacher", "task": "train_teacher",
+                  "student": "distill", "distill": "distill", "export": "export", "validate": "validate"}
+
+
+def _check_hand_edits(run: RunDir, run_dir: Path, saved: RunConfig) -> None:
+    """A key of config.yaml edited by hand after the stage that reads it was done is refused;
+    one for a stage still to run is what the resume runs with (resume_summary says which)."""
+    written = run.written_config()
+    if written is None:
+        return
+    stages = run.stages() or {}
+    for key in differences(written, saved.to_dict()):
+        stage = _SECTION_STAGE.get(key.split(".")[0])
+        if stage and stages.get(stage, {}).get("status") == "done":
+            raise DistillExportError(f"--resume {run_dir}: {key} in its config.yaml was edited after the {stage} "
+                                     "stage ran with the value it had, so the run would record a setting that did "
+                                     "not run; restore it, or start a new run with `--out NEW`")
+
+
 def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dict):
     """(run, config) of the run to resume; overrides (dotted keys) or a config file that change
     its config.yaml are refused, naming the keys."""
@@ -97,6 +118,7 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
         raise DistillExportError("--resume continues the run in its own directory; drop --out")
     run = RunDir.resumable(run_dir)
     saved = run.load_config()
+    _check_hand_edits(run, run_dir, saved)
     if recipe or config_file:  # a whole config: compare all of it
         wanted = load_config(recipe or "avdigits", config_file, overrides)
     else:  # flags only: they must agree with the run's values

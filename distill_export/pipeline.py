@@ -22,7 +22,7 @@ from distill_export.launch import load_data
 from distill_export.run_outputs import DISTILL_CHECKPOINTS
 from distill_export.rundir import RUN_STAGES, RunDir, records_stage
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # a path with :fire: in it stays as typed (seventeenth audit)
 log = logging.getLogger(__name__)
 
 

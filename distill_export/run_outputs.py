@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill_export.errors import ConfigError
-from distill_export.stage_graph import _NEXT, DEPENDENTS, RUN_STAGES
+from distill_export.stage_graph import _NEXT, DEPENDENTS, RUN_STAGES, STATE_FILE
 
 PARITY_FILE = "parity_data.npz"  # validate.PARITY_FILE (validate is a layer above)
 # What distill writes and measures: its report numbers are of these files (files_sha256).
@@ -58,6 +58,8 @@ class RunOutputs:
             if changed:
                 return stage, changed, "changed after distill"
             if stage == "export" and self._student_changed():
+                if self._student_is_distills():  # seventeenth audit B3: it was the parity file that changed
+                    return stage, self.file(PARITY_FILE), "is from another student.pt"
                 return stage, self.file("student.pt"), "changed after export"
             if stage == "export" and self._teacher_changed():
                 return stage, self.file("teacher.pt"), "changed after export"
@@ -91,6 +93,35 @@ class RunOutputs:
             return False
         student = self.file("student.pt")
         return bool(recorded) and student.is_file() and sha256_file(student) != recorded
+
+    def _state(self) -> dict:
+        from distill_export.record import store
+
+        state = store.read_json(self.file(STATE_FILE)) if self.file(STATE_FILE).exists() else {}
+        return state if isinstance(state, dict) else {}
+
+    def record_written_config(self) -> None:
+        """config.yaml as the product wrote it (state.json written_config): `run --resume` can tell
+        a hand edit, and refuse one that changes what a stage already done ran with (seventeenth audit B2)."""
+        from distill_export.files import write_json
+        from distill_export.safe_yaml import load as load_yaml
+
+        if self.file(STATE_FILE).exists():
+            written = load_yaml(self.file("config.yaml").read_text())
+            write_json(self.file(STATE_FILE), {**self._state(), "written_config": written})
+
+    def written_config(self) -> dict | None:
+        """The config the product last wrote to config.yaml; None for a run made before it was kept."""
+        written = self._state().get("written_config")
+        return written if isinstance(written, dict) else None
+
+    def _student_is_distills(self) -> bool:
+        """student.pt is the checkpoint distill measured (report.json distill.files_sha256)."""
+        from distill_export.files import sha256_file
+
+        recorded = ((self.load_report().get("distill") or {}).get("files_sha256") or {}).get("student.pt")
+        student = self.file("student.pt")
+        return bool(recorded) and student.is_file() and sha256_file(student) == recorded
 
     def _changed_after_distill(self) -> Path | None:
         """The first checkpoint distill wrote (student.pt, baseline.pt, control_teacher.pt) that
@@ -143,7 +174,9 @@ class RunOutputs:
                     "changed after train-teacher": "the teacher stage measured another file: the run would mix two "
                                                    "teachers",
                     "changed after distill": "the distill stage measured another checkpoint: the run would "
-                                             "describe other weights"}.get(why, "the exports were made from another checkpoint")
+                                             "describe other weights",
+                    "is from another student.pt": "its inputs and reference outputs were computed from another "
+                                                  "checkpoint than this run's student.pt"}.get(why, "the exports were made from another checkpoint")
             raise ConfigError(f"{file} {why} ({made}), so `{command}` cannot run; "
                               f"re-run {_NEXT[stage].format(run=self.path)}")
 

@@ -34,7 +34,6 @@ from distill_export.files import check_free, check_new_file, check_output, ensur
 from distill_export.record import SCHEMA_VERSION, RunRecord
 from distill_export.record import store
 
-
 from distill_export.stage_graph import (  # noqa: F401  (RUN_STAGES and the tables are imported from here)
     _NEXT, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES, STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS,
     STAGE_TIMINGS, STATE_FILE, _stale_why,
@@ -108,8 +107,8 @@ class RunDir(RunOutputs):
             stages = store.read_json(self.file("report.json")).get("stages")
         return stages if isinstance(stages, dict) else None
 
-    def set_stages(self, stages: dict) -> None:
-        write_json(self.file(STATE_FILE), {"stages": stages})
+    def set_stages(self, stages: dict) -> None:  # the other keys (written_config) kept
+        write_json(self.file(STATE_FILE), {**self._state(), "stages": stages})
 
     def mark_stage(self, name: str) -> None:
         stages = dict(self.stages() or {})
@@ -342,6 +341,7 @@ class RunDir(RunOutputs):
 
     def save_config(self, config: RunConfig) -> None:
         write_text(self.file("config.yaml"), yaml.safe_dump(config.to_dict(), sort_keys=False))
+        self.record_written_config()
 
     def load_config(self) -> RunConfig:
         from distill_export.config import read_yaml

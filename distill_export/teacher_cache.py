@@ -47,7 +47,7 @@ FORMAT = "distill-export/teacher-cache/3"  # /3: each output records its shape, 
 SPOT_ROWS = 8  # a cache hit is compared with the teacher run on this many first rows
 STATS_ROWS = 1024  # online mode: rows whose teacher features give the standardisation stats
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (features (B, D), logits (B, C)) per batch, in row order
 

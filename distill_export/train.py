@@ -101,7 +101,7 @@ def _load_checkpoint(ckpt: Checkpoint, key: str) -> dict | None:
     except Exception as exc:  # a damaged file is not fatal: the training starts again
         from distill_export.nets.checkpoint import load_failure
 
-        Console(stderr=True).print(f"warning: {ckpt.path} is unreadable ({load_failure(exc)[:120]}); training from the start",
+        Console(stderr=True, markup=False, emoji=False).print(f"warning: {ckpt.path} is unreadable ({load_failure(exc)[:120]}); training from the start",
                                    highlight=False, soft_wrap=True)
         return None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("key") != key:

@@ -25,7 +25,7 @@ from distill_export.confirm import LABELS_ONLY_TERMS, ConfirmSpec, confirm, conf
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 MAX_TUNE_ROUNDS = 3  # search space "rounds": 1 to 3 distillation rounds (each one a full training)
 # The first words tune writes into its YAML: a RUN/tuned.yaml that starts so is tune's own (rewritten

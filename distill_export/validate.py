@@ -145,6 +145,13 @@ def load_parity_data(path: str | Path) -> dict:
             data["checkpoint_sha256"] = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
+    arrays = {"x": data["x"], **(data["reference"] if isinstance(data["reference"], dict) else
+                                 {"reference": data["reference"]})}
+    for name, array in arrays.items():  # export writes finite arrays: a NaN here would fail every gate
+        bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
+        if bad:  # seventeenth audit B4: blamed on the export (exit 1) and written into the report
+            raise DataError(f"{path} holds {bad} NaN or inf values in its {name!r} array (export writes finite "
+                            "ones: the file changed after export); re-run `distill-export export`")
     if not isinstance(data["reference"], dict):
         data["logits"] = data["reference"]
     return data

@@ -17,8 +17,9 @@ from distill_export.errors import DistillExportError
 from distill_export import interrupts
 from distill_export.interrupts import interruption_inside, raise_terminated
 
-err = Console(stderr=True)
-out = Console()
+# emoji off: rich turns ":fire:" in a path (or "csv:100:" in a row reference) into an emoji (seventeenth audit B1)
+err = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 _LONG_QUOTED = re.compile(r"'([^'\n]{%d,})'|\"([^\"\n]{%d,})\"" % (81, 81))
 MAX_MESSAGE = 1000

@@ -22,7 +22,7 @@ CALIBRATION = "calibration"  # optional split: unlabeled rows the INT8 export ca
 HELD_OUT_FRACTION = {"val": 0.1, "test": 0.1}  # per class, when there is no split column
 _EXTRA = "\0extra"  # DictReader's key for fields beyond the header
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 @dataclass

@@ -34,7 +34,7 @@ HEAD_PREFIX = "head."
 TIMM_BN_EPS = {"mobilenet_v3_small": 1e-5}
 _told: set[tuple[str, int]] = set()  # (file, classes) whose head replacement was logged: the
 # student, its baseline and the preflight check all start from the same file; one line says it
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], object]:
