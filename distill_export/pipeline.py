@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from distill_export.config import RunConfig
 from distill_export.errors import ConfigError, ParityError
@@ -22,7 +23,7 @@ from distill_export.launch import load_data
 from distill_export.run_outputs import DISTILL_CHECKPOINTS
 from distill_export.rundir import RUN_STAGES, RunDir, records_stage
 
-console = Console(stderr=True, emoji=False)  # a path with :fire: in it stays as typed (seventeenth audit)
+console = Console(stderr=True, markup=False, emoji=False)  # paths as typed: "[/]" is not markup, ":fire:" no emoji
 log = logging.getLogger(__name__)
 
 
@@ -269,8 +270,8 @@ def _export_teacher(config: RunConfig, run: RunDir, data, options) -> dict:
         res = export_teacher_onnx(teacher, inputs, run.path, options, str(config.teacher.path or "teacher.pt"))
     except (DistillExportError, RuntimeError, ValueError, TypeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-        console.print(f"[yellow]warning:[/] the teacher was not exported to ONNX, so it is profiled on PyTorch "
-                      f"only: {reason}", highlight=False)
+        console.print(Text.assemble(("warning:", "yellow"), f" the teacher was not exported to ONNX, so it is profiled on "
+                                    f"PyTorch only: {reason}"), highlight=False)
         return {"skipped": reason}
     save_teacher_parity_data(run.file(TEACHER_PARITY_FILE), {m: v.numpy() for m, v in inputs.items()},
                              data.test.labels.numpy(), logits.numpy())
@@ -317,12 +318,12 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
                                                            config.validate, task)
             teacher_onnx["parity"]["artifact_sha256"] = digest
         except DistillExportError as exc:  # e.g. a deleted npz: the student's gates still count
-            console.print(f"[yellow]warning:[/] the teacher's ONNX was not validated: {exc}", highlight=False)
+            console.print(Text.assemble(("warning:", "yellow"), f" the teacher's ONNX was not validated: {exc}"), highlight=False)
             teacher_onnx["parity"] = None
         run.update_report(teacher_exports={**report["teacher_exports"], "onnx": teacher_onnx})
         if teacher_onnx["parity"] and not teacher_onnx["parity"]["passed"]:
-            console.print("[yellow]warning:[/] the teacher's ONNX fails its FP32 parity gates: "
-                          + "; ".join(failed_gates({"teacher onnx": teacher_onnx["parity"]})), highlight=False)
+            console.print(Text.assemble(("warning:", "yellow"), " the teacher's ONNX fails its FP32 parity gates: "
+                                        + "; ".join(failed_gates({"teacher onnx": teacher_onnx["parity"]}))), highlight=False)
     if run.load_report().get("latency"):  # profiled before: parity decides what is recommended
         from distill_export.recommend import update_run
 

@@ -147,6 +147,10 @@ def load_parity_data(path: str | Path) -> dict:
         raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
     arrays = {"x": data["x"], **(data["reference"] if isinstance(data["reference"], dict) else
                                  {"reference": data["reference"]})}
+    rows = {name: int(np.shape(a)[0]) if np.ndim(a) else 0 for name, a in {**arrays, "labels": data["labels"]}.items()}
+    if len(set(rows.values())) > 1:  # eighteenth audit: a cut x was blamed on student.onnx's output shape
+        raise DataError(f"{path} holds arrays of different row counts ({', '.join(f'{k} {v}' for k, v in rows.items())}; "
+                        "export writes them together); re-run `distill-export export`")
     for name, array in arrays.items():  # export writes finite arrays: a NaN here would fail every gate
         bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
         if bad:  # seventeenth audit B4: blamed on the export (exit 1) and written into the report
@@ -328,11 +332,12 @@ def gate_rows(results: dict[str, dict]) -> list[list[str]]:
 
 def print_gates(results: dict[str, dict], console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="Parity gates (worst case over batch sizes)")
     for col in ("format", "gate", "value", "limit", "result"):
         table.add_column(col)
     for row in gate_rows(results):
         style = "green" if row[-1] == "PASS" else "bold red"
-        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
+        table.add_row(*row[:-1], Text.assemble((row[-1], style)))  # styled word, unstyled padding
     console.print(table)

@@ -11,15 +11,16 @@ import re
 import typer
 import yaml
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from distill_export.errors import DistillExportError
 from distill_export import interrupts
 from distill_export.interrupts import interruption_inside, raise_terminated
 
-# emoji off: rich turns ":fire:" in a path (or "csv:100:" in a row reference) into an emoji (seventeenth audit B1)
-err = Console(stderr=True, emoji=False)
-out = Console(emoji=False)
+# Text as given: rich reads "[/]" or "[red]" in a path as markup (a MarkupError traceback, or a
+# path printed wrong: eighteenth audit) and ":fire:" as an emoji (seventeenth audit B1).
+err = Console(stderr=True, markup=False, emoji=False)
+out = Console(markup=False, emoji=False)
 
 _LONG_QUOTED = re.compile(r"'([^'\n]{%d,})'|\"([^\"\n]{%d,})\"" % (81, 81))
 MAX_MESSAGE = 1000
@@ -50,7 +51,7 @@ def _fail(message: str, code: int):
 
     if rank_errors.write(one_line(message), code):  # a rank of `run --nproc N`: its launcher prints it once
         raise typer.Exit(code)
-    err.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -91,15 +91,13 @@ def print_summary(record: RunRecord, console) -> None:
     print_deployment(record, console)
     for line in task_view(record).terminal_lines(record):
         console.print(line)
-    from rich.markup import escape
-
     # One line per backend and reason (e.g. OpenVINO not installed: the teacher's and the student's ONNX)
     skipped: dict[tuple[str, str], list[str]] = {}
     for r in record.latency:
         if r.skipped is not None and r.batch is None:
             skipped.setdefault((r.backend, r.skipped), []).append(f"{r.model} ({r.format})")
-    for (backend, reason), models in skipped.items():  # escaped: "[openvino]" in a reason is not markup
-        console.print(escape(f"not profiled: {', '.join(models)} on {backend}: {reason}"), highlight=False)
+    for (backend, reason), models in skipped.items():  # markup off: "[openvino]" in a reason is not markup
+        console.print(f"not profiled: {', '.join(models)} on {backend}: {reason}", highlight=False, markup=False)
 
 
 @reads_record
