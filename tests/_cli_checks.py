@@ -84,3 +84,20 @@ def refused_config(folder: Path, text: str, command: str = "run", name: str = "c
     line = one_line_error(CliRunner().invoke(app, [command, "--config", str(config), "--out", str(out), "-q"]), 2)
     assert snapshot(folder) == before and not out.exists()
     return line, config
+
+
+def guarded_stderr(capsys, exc: BaseException) -> tuple[int, str]:
+    """(exit code, stderr) of a command that raises `exc` through the CLI's guard (cli/guard.py)."""
+    import typer
+
+    from distill_export.cli import guard
+
+    @guard.guarded
+    def command():
+        raise exc
+
+    try:
+        command()
+    except typer.Exit as stopped:
+        return stopped.exit_code, capsys.readouterr().err
+    raise AssertionError(f"the guard let {exc!r} pass without an exit code")

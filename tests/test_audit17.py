@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from _cli_checks import one_line_error, snapshot
+from _cli_checks import guarded_stderr, one_line_error, snapshot
 from distill_export.cli import app
 
 runner = CliRunner()
@@ -32,18 +32,9 @@ def test_b1_a_shortcode_in_a_path_is_printed_as_typed(args, shown, tmp_path, mon
 
 
 def test_b1_a_row_reference_keeps_its_number(capsys):
-    import typer
-
-    from distill_export.cli import guard
     from distill_export.errors import DataError
 
-    @guard.guarded
-    def command():
-        raise DataError("m.csv:100: bad row")
-
-    with pytest.raises(typer.Exit):
-        command()
-    assert capsys.readouterr().err.strip() == "error: m.csv:100: bad row"
+    assert guarded_stderr(capsys, DataError("m.csv:100: bad row")) == (2, "error: m.csv:100: bad row\n")
 
 
 def _as_if_killed_after_the_teacher(run):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from _cli_checks import one_line_error, snapshot
+from _cli_checks import guarded_stderr, one_line_error, snapshot
 from distill_export.cli import app
 
 runner = CliRunner()
@@ -20,8 +20,8 @@ runner = CliRunner()
 
 @pytest.fixture
 def bracket_run(run_copy, tmp_path):
-    """The tiny run under a name rich would read as markup."""
-    target = tmp_path / "P[/]Q[red]"
+    """The tiny run under a name rich would read as markup and an emoji shortcode."""
+    target = tmp_path / "P[/]Q[red]:fire:"
     shutil.move(str(run_copy), target)
     return target
 
@@ -36,18 +36,10 @@ def test_a_run_named_with_markup_is_reported_and_validated(bracket_run):
 
 
 def test_an_error_naming_a_markup_path_is_printed_as_typed(capsys):
-    import typer
-
-    from distill_export.cli import guard
     from distill_export.errors import DataError
 
-    @guard.guarded
-    def command():
-        raise DataError("x[/]y[red]/config.yaml is missing")
-
-    with pytest.raises(typer.Exit):
-        command()
-    assert capsys.readouterr().err.strip() == "error: x[/]y[red]/config.yaml is missing"
+    assert guarded_stderr(capsys, DataError("x[/]y[red]/config.yaml is missing")) == \
+        (2, "error: x[/]y[red]/config.yaml is missing\n")
 
 
 def test_advice_in_brackets_is_printed_whole(bracket_run):
