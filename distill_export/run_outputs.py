@@ -100,15 +100,13 @@ class RunOutputs:
         state = store.read_json(self.file(STATE_FILE)) if self.file(STATE_FILE).exists() else {}
         return state if isinstance(state, dict) else {}
 
-    def record_written_config(self) -> None:
+    def record_written_config(self, config: dict) -> None:
         """config.yaml as the product wrote it (state.json written_config): `run --resume` can tell
         a hand edit, and refuse one that changes what a stage already done ran with (seventeenth audit B2)."""
         from distill_export.files import write_json
-        from distill_export.safe_yaml import load as load_yaml
 
         if self.file(STATE_FILE).exists():
-            written = load_yaml(self.file("config.yaml").read_text())
-            write_json(self.file(STATE_FILE), {**self._state(), "written_config": written})
+            write_json(self.file(STATE_FILE), {**self._state(), "written_config": config})
 
     def written_config(self) -> dict | None:
         """The config the product last wrote to config.yaml; None for a run made before it was kept."""

@@ -102,7 +102,7 @@ class RunDir(RunOutputs):
     def stages(self) -> dict | None:
         """The stage record, or None for a run made before stages were recorded."""
         if self.file(STATE_FILE).exists():
-            stages = store.read_json(self.file(STATE_FILE)).get("stages")
+            stages = self._state().get("stages")
         else:  # made before state.json: the state is still in report.json (record/migrate.py)
             stages = store.read_json(self.file("report.json")).get("stages")
         return stages if isinstance(stages, dict) else None
@@ -340,8 +340,8 @@ class RunDir(RunOutputs):
         return p
 
     def save_config(self, config: RunConfig) -> None:
-        write_text(self.file("config.yaml"), yaml.safe_dump(config.to_dict(), sort_keys=False))
-        self.record_written_config()
+        write_text(self.file("config.yaml"), yaml.safe_dump(written := config.to_dict(), sort_keys=False))
+        self.record_written_config(written)
 
     def load_config(self) -> RunConfig:
         from distill_export.config import read_yaml

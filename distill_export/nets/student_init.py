@@ -194,10 +194,10 @@ def init_student(model: nn.Module, path, name: str, class_names=None) -> nn.Modu
         _tell(path, classes, f"student init: {path.name} has a {file_classes}-class head and the data has {classes} "
                              "classes: the head is replaced (newly initialised), the rest is loaded")
         state.update({k: own[k] for k in head})
-    elif head and class_names is not None and class_order_mismatch(declared, class_names):
+    elif head and class_names is not None and (why := class_order_mismatch(declared, class_names)):
         # fourteenth audit B3: the same count of other classes (another label order) was loaded as is
         _tell(path, len(class_names), f"student init: {path.name}'s head is for other classes "
-                                      f"({class_order_mismatch(declared, class_names)}): the head is replaced "
+                                      f"({why}): the head is replaced "
                                       "(newly initialised), the rest is loaded")
         state.update({k: own[k] for k in head})
     for k, v in state.items():
