@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distill_export.config import RunConfig
+from distill_export.config_edits import check_hand_edits, differences
 from distill_export.errors import ConfigError, DistillExportError
 from distill_export.rundir import RUN_STAGES, RunDir
 
@@ -64,49 +65,21 @@ def start_run(config: RunConfig, stages: tuple[str, ...] = RUN_STAGES):
     return run, data, device
 
 
-def open_run(run_dir: Path, overrides: dict | None = None):
-    """(run, config) of a run directory an earlier stage wrote, `overrides` (dotted keys) applied."""
+def open_run(run_dir: Path, overrides: dict | None = None, command: str | None = None):
+    """(run, config) of a run directory an earlier stage wrote, `overrides` (dotted keys) applied.
+    command: the stage the caller runs again; a hand edit of config.yaml for a done stage before
+    it is refused (config_edits)."""
     from distill_export.config import apply_flags, validate_config
     from distill_export.flag_checks import check_flags_apply
 
     run = RunDir.existing(run_dir)
     config = run.load_config()
+    if command is not None:
+        check_hand_edits(run, run_dir, config.to_dict(), command)
     apply_flags(config, overrides or {})  # --method replaces the run's distill.terms
     validate_config(config)
     check_flags_apply(config, overrides or {})
     return run, config
-
-
-def differences(saved, wanted, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (`out` is where, not what)."""
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-        keys = [k for k in dict.fromkeys([*saved, *wanted]) if not (prefix == "" and k == "out")]
-        return [d for k in keys for d in differences(saved.get(k), wanted.get(k), f"{prefix}{k}.")]
-    if saved == wanted or (isinstance(saved, (list, tuple)) and isinstance(wanted, (list, tuple))
-                           and list(saved) == list(wanted)):
-        return []
-    return [prefix[:-1]]
-
-
-# The stage whose work a config section shapes: a hand edit of config.yaml after that stage is done
-# would be recorded beside what it made (a width-8 teacher recorded as width 12).
-_SECTION_STAGE = {"data": "train_teacher", "teacher": "train_teacher", "seed": "train_teacher", "task": "train_teacher",
-                  "student": "distill", "distill": "distill", "export": "export", "validate": "validate"}
-
-
-def _check_hand_edits(run: RunDir, run_dir: Path, saved: RunConfig) -> None:
-    """A key of config.yaml edited by hand after the stage that reads it was done is refused;
-    one for a stage still to run is what the resume runs with (resume_summary says which)."""
-    written = run.written_config()
-    if written is None:
-        return
-    stages = run.stages() or {}
-    for key in differences(written, saved.to_dict()):
-        stage = _SECTION_STAGE.get(key.split(".")[0])
-        if stage and stages.get(stage, {}).get("status") == "done":
-            raise DistillExportError(f"--resume {run_dir}: {key} in its config.yaml was edited after the {stage} "
-                                     "stage ran with the value it had, so the run would record a setting that did "
-                                     "not run; restore it, or start a new run with `--out NEW`")
 
 
 def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dict):
@@ -118,7 +91,7 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
         raise DistillExportError("--resume continues the run in its own directory; drop --out")
     run = RunDir.resumable(run_dir)
     saved = run.load_config()
-    _check_hand_edits(run, run_dir, saved)
+    check_hand_edits(run, run_dir, saved.to_dict())
     if recipe or config_file:  # a whole config: compare all of it
         wanted = load_config(recipe or "avdigits", config_file, overrides)
     else:  # flags only: they must agree with the run's values

@@ -20,7 +20,7 @@ def distill(run_dir: RunDirArg, overrides: dict = None, quiet: Quiet = False):
     from distill_export.pipeline import stage_distill
     from distill_export.preflight import check_rounds_config
 
-    rd, cfg = open_run(run_dir, overrides)
+    rd, cfg = open_run(run_dir, overrides, command="distill")
     check_rounds_config(cfg)  # what rounds cannot serve, before the transaction backs anything up
     with rd.lock():  # a second command on this run is refused, not interleaved
         rd.require_stages(("train_teacher",), "distill")

@@ -19,7 +19,7 @@ def export(run_dir: RunDirArg, overrides: dict = None, quiet: Quiet = False):
     from distill_export.launch import open_run
     from distill_export.pipeline import stage_export
 
-    rd, cfg = open_run(run_dir, overrides)
+    rd, cfg = open_run(run_dir, overrides, command="export")
     with rd.lock():
         rd.require_stages(("train_teacher", "distill"), "export")  # the teacher's ONNX: of the file measured
         with rd.transaction():

@@ -16,13 +16,14 @@ app = typer.Typer()
 def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     """Stage 4: parity of every export against the PyTorch student; exit 1 if a gate fails."""
     from distill_export.config import apply_overrides, validate_config
+    from distill_export.config_edits import accept_hand_edits
     from distill_export.errors import ParityError
     from distill_export.launch import open_run
     from distill_export.pipeline import stage_report, stage_validate
     from distill_export.report import print_parity
     from distill_export.validate import check_gates_apply, failed_gates, parse_gate_flags, print_gates
 
-    rd, cfg = open_run(run_dir)
+    rd, cfg = open_run(run_dir, None, command="validate")
     from distill_export.tasks import get_task
 
     gates = parse_gate_flags(gate, get_task(cfg.task))
@@ -35,6 +36,7 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
             results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure
             if not rd.missing_stages(None):  # a finished run: its report (stale now) shows the new parity
                 stage_report(rd)
+            accept_hand_edits(rd, rd.load_config().to_dict(), ("validate",))  # it ran with config.yaml's validate.*
     print_parity(rd.load_report(), out)
     print_gates(results, out)
     if failed := failed_gates(results):

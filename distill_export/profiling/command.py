@@ -39,9 +39,12 @@ def profile_command(
                           f"models of run {run_dir} take the run's own input shape: drop --input-shape")
     base = ProfileConfig()
     if run_dir is not None:
+        from distill_export.config_edits import check_hand_edits
         from distill_export.rundir import RunDir
 
-        base = RunDir.existing(run_dir).load_config().profile  # the run's sweep and time budget
+        run = RunDir.existing(run_dir)
+        base = run.load_config().profile  # the run's sweep and time budget
+        check_hand_edits(run, run_dir, run.load_config().to_dict(), "profile")  # e.g. teacher.path edited after distill
     for name, value in (("warmup_s", warmup_s), ("min_time_s", min_time_s), ("min_iters", min_iters),
                         ("max_call_s", max_call_s)):
         if value is not None:
@@ -66,7 +69,10 @@ def save(result: ProfileResult, run_dir: Path | None, out: Path | None) -> list[
 
         run = RunDir.existing(run_dir)
         run.update_report(latency=result.rows, speedups=result.speedups, profile=result.meta)
+        from distill_export.config_edits import accept_hand_edits
         from distill_export.recommend import update_run
+
+        accept_hand_edits(run, run.load_config().to_dict(), ("profile",))  # it ran with config.yaml's profile.*
 
         update_run(run)
         write_reports(run)
