@@ -91,19 +91,31 @@ class SplitNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-@register_student
-def tiny_cnn(num_classes: int, in_channels: int = 1, small_input: bool = True) -> SplitNet:
-    """Three conv blocks (8-16-32 channels), ~6K parameters: the demo's default student."""
+def _three_block_cnn(num_classes: int, in_channels: int, width: int) -> SplitNet:
+    """conv-bn-relu blocks of width, 2*width, 4*width channels, two 2x2 max-pools, global average."""
     backbone = nn.Sequential(
-        conv_bn(in_channels, 8),
+        conv_bn(in_channels, width),
         nn.MaxPool2d(2),
-        conv_bn(8, 16),
+        conv_bn(width, 2 * width),
         nn.MaxPool2d(2),
-        conv_bn(16, 32),
+        conv_bn(2 * width, 4 * width),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     )
-    return SplitNet(backbone, nn.Linear(32, num_classes))
+    return SplitNet(backbone, nn.Linear(4 * width, num_classes))
+
+
+@register_student
+def tiny_cnn(num_classes: int, in_channels: int = 1, small_input: bool = True) -> SplitNet:
+    """Three conv blocks (8-16-32 channels), ~6K parameters: the demo's default student."""
+    return _three_block_cnn(num_classes, in_channels, 8)
+
+
+@register_student
+def small_cnn(num_classes: int, in_channels: int = 1, small_input: bool = True) -> SplitNet:
+    """tiny_cnn twice as wide (16-32-64 channels), ~24K parameters, ~4x its MACs: the next step
+    up when tiny_cnn cannot fit what the teacher knows (the report's fit check)."""
+    return _three_block_cnn(num_classes, in_channels, 16)
 
 
 @register_student
