@@ -82,3 +82,48 @@ def test_no_edit_no_refusal_and_out_or_device_are_not_edits(run_copy):
     assert differences({"out": "a", "seed": 0}, {"out": "b", "seed": 0}) == []
     assert differences({"a": {"b": [1, 2]}}, {"a": {"b": (1, 2)}}) == []
     assert differences({"a": {"b": 1}}, {"a": {"b": 2, "c": 3}}) == ["a.b", "a.c"]
+
+
+# ----- a NaN or infinity anywhere in report.json is a corrupt record ---------------------------
+
+def _float_leaves(value, where=()):
+    if isinstance(value, float):
+        yield where
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _float_leaves(child, (*where, key))
+
+
+def test_every_number_of_a_real_report_refuses_nan_and_infinity(tiny_run, tmp_path):
+    """The eighteenth audit's leftover: a NaN parity difference hand-edited into report.json was
+    rendered PASS (the typed models leave parity open). Every float leaf of a real run's report,
+    set to NaN or -inf in turn, makes the record corrupt, naming its key."""
+    from distill_export.record import store
+    from distill_export.record.migrate import RecordError
+
+    record = json.loads((tiny_run / "report.json").read_text())
+    leaves = list(_float_leaves(record))
+    assert len(leaves) > 20 and any("parity" in map(str, leaf) for leaf in leaves)
+    path = tmp_path / "report.json"
+    for i, leaf in enumerate(leaves):
+        edited = json.loads(json.dumps(record))
+        target = edited
+        for key in leaf[:-1]:
+            target = target[key]
+        target[leaf[-1]] = float("nan") if i % 2 else float("-inf")
+        path.write_text(json.dumps(edited))
+        with pytest.raises(RecordError, match=r"is corrupt: ") as caught:
+            store.load(path)
+        assert ".".join(map(str, leaf)) in str(caught.value), (leaf, caught.value)
+
+
+def test_report_refuses_a_nan_parity_difference_in_one_line(run_copy):
+    record = json.loads((run_copy / "report.json").read_text())
+    parity = next(art["parity"] for art in record["exports"].values() if art.get("parity"))
+    key = next(k for k, v in parity.items() if isinstance(v, float))
+    parity[key] = float("nan")
+    (run_copy / "report.json").write_text(json.dumps(record))
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]), 2)
+    assert line.startswith(f"error: {run_copy / 'report.json'} is corrupt: exports.") and f"parity.{key}: nan" in line, line
+    assert snapshot(run_copy) == before

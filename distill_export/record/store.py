@@ -6,6 +6,7 @@ RunDir.update_report is the one writer and calls `write_sections`; nothing else 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from distill_export.errors import ConfigError
@@ -35,9 +36,29 @@ def load(path: Path) -> tuple[dict, RunRecord, dict | None]:
     """(current-version JSON, its typed record, stage state found in an old file or None)."""
     data, stages = upgrade_named(read_json(path), path)
     try:
-        return data, validate(data), stages
+        record = validate(data)
     except RecordError as exc:
         raise RecordError(f"{path} is corrupt: {exc}") from None
+    try:
+        where = _first_non_finite(data)  # in a section the typed models leave open
+    except RecursionError:
+        raise ConfigError(f"{path} is corrupt (nested too deeply)") from None
+    if where is not None:
+        raise RecordError(f"{path} is corrupt: {where[0]}: {where[1]} (the product writes finite numbers only); "
+                          "restore it or re-run the stage that writes it")
+    return data, record, stages
+
+
+def _first_non_finite(value, where: str = "") -> tuple[str, float] | None:
+    """(dotted key, value) of the first NaN or infinity in parsed JSON (json.loads reads NaN,
+    Infinity); None if every number is finite. A hand-edited NaN parity difference was drawn PASS."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(top)", value
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        if (found := _first_non_finite(child, f"{where}.{key}" if where else str(key))) is not None:
+            return found
+    return None
 
 
 def upgrade_named(raw: dict, path: Path) -> tuple[dict, dict | None]:
