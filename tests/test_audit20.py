@@ -127,3 +127,17 @@ def test_report_refuses_a_nan_parity_difference_in_one_line(run_copy):
     line = one_line_error(runner.invoke(app, ["report", str(run_copy)]), 2)
     assert line.startswith(f"error: {run_copy / 'report.json'} is corrupt: exports.") and f"parity.{key}: nan" in line, line
     assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("second", ["student.onnx", "sub/../student.onnx"])
+def test_profile_refuses_a_target_given_twice(tiny_run, tmp_path, monkeypatch, second):
+    """An audit's leftover: `profile A A` measured A twice and listed its rows twice."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_run / "student.onnx", "student.onnx")
+    (tmp_path / "sub").mkdir()
+    line = one_line_error(runner.invoke(app, ["profile", "student.onnx", second]), 2)
+    same = "student.onnx is given twice" if second == "student.onnx" else f"student.onnx and {second} are the same path"
+    assert line == f"error: {same}; name each target once", line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx", "sub"]

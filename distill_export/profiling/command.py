@@ -21,6 +21,18 @@ def parse_shape(spec: str | None) -> tuple[int, ...] | None:
     return tuple(dims) if dims else None
 
 
+def _check_each_once(targets: list[Path]) -> None:
+    try:
+        resolved = [Path(t).resolve() for t in targets]
+    except (OSError, ValueError):  # an unreadable path: the target checks name it
+        return
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            first = targets[resolved.index(path)]
+            same = f"{targets[i]} is given twice" if str(first) == str(targets[i]) else f"{first} and {targets[i]} are the same path"
+            raise ConfigError(f"{same}; name each target once")
+
+
 def profile_command(
     targets: list[Path], *, preset: str | None = None, threads: str | None = None, batches: str | None = None,
     backends: str | None = None, device: str | None = None, input_shape: str | None = None,
@@ -33,6 +45,7 @@ def profile_command(
 
     if out is not None:  # a new or empty folder outside any run, checked before anything is measured
         check_output(out, folder=True, flag="--out")
+    _check_each_once(targets)  # the same model twice would be measured and listed twice (an audit's leftover)
     run_dir = targets[0] if len(targets) == 1 and Path(targets[0]).is_dir() else None
     if run_dir is not None and input_shape is not None:  # it would be recorded but not used (a fresh audit)
         raise ConfigError(f"--input-shape {input_shape} is for model files that do not say their input; the "
