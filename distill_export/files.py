@@ -109,8 +109,21 @@ def _write_failed(final: Path, exc: OSError) -> ConfigError:
     """One line naming the file a write was for: a full disk says so in words."""
     if exc.errno == errno.ENOSPC:
         return ConfigError(f"cannot write {final}: no space left on the device; free some space and run the "
-                           "command again (a run continues with `distill-export run --resume RUN`)")
+                           "command again")
     return ConfigError(f"cannot write {final}: {exc.strerror or exc}")
+
+
+def full_disk_inside(exc: BaseException) -> OSError | None:
+    """The ENOSPC (or EDQUOT) OSError that `exc` is or that it was raised while handling
+    (__cause__/__context__): torch.save on a full disk ends in torch's RuntimeError 'unexpected
+    pos' from its zip writer, with the real cause underneath (twentieth audit B8)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -131,10 +144,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+    except Exception as exc:
+        full = full_disk_inside(exc)  # torch's zip writer fails again in __exit__: RuntimeError over ENOSPC
+        if full is None:
             raise
-        raise _write_failed(final, exc) from None  # the file named, not the temporary one (or none)
+        raise _write_failed(final, full) from None  # the file named, not the temporary one (or none)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

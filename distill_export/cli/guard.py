@@ -67,6 +67,10 @@ def _fail_for(exc: BaseException):
         _fail(f"invalid YAML: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", 2)
     if isinstance(exc, OSError):
         _fail(_os_error(exc), 2)
+    from distill_export.files import full_disk_inside
+
+    if (full := full_disk_inside(exc)) is not None:  # a library's error raised over a full disk's
+        _fail(_os_error(full), 2)
     raise exc
 
 
