@@ -205,6 +205,8 @@ def check_teacher_kinds(config, data) -> None:
 
     task = get_task(config.task)
     if type(task).build_teacher is not Task.build_teacher:  # a task with its own teacher (detection)
+        if not config.teacher.path:
+            task.build_teacher(config, data)  # it refuses a column it cannot read before anything trains
         return
     trained = [] if config.teacher.path else sorted(data.modalities)
     if config.distill.self_training_control:  # the control's teacher reads the student's modality

@@ -187,3 +187,39 @@ def test_b8_the_guard_finds_a_full_disk_under_any_library_error(capsys):
         2, "error: no space left on the device ('big.bin'); free some space or choose another --out\n")
     with pytest.raises(RuntimeError):  # a RuntimeError with no full disk under it stays a bug
         guarded_stderr(capsys, RuntimeError("a bug"))
+
+
+# ----- B2: a detection manifest with a column its teacher does not read --------------------------
+
+def test_b2_a_detection_column_the_teacher_cannot_read_is_refused_before_training(tmp_path, monkeypatch):
+    """A detection manifest with an audio column: the teacher trained without it, then its own
+    data was refused ('column audio is not one teacher was built for'), the run folder left behind
+    and `run --resume` refusing forever. Now refused before anything trains, no folder made."""
+    pytest.importorskip("av")
+    import csv
+
+    from _byo_fixtures import tone, write_wav
+    from _video_fixtures import make_video_manifest
+
+    monkeypatch.chdir(tmp_path)
+    manifest = make_video_manifest(tmp_path, per_split=(4, 2, 2), boxes=True)
+    rows = list(csv.DictReader(manifest.open()))
+    for i, row in enumerate(rows):
+        row["audio"] = f"wav/{i}.wav"
+        write_wav(tmp_path / row["audio"], tone(400, seed=i))
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "det.yaml").write_text(yaml.safe_dump({
+        "task": "detection", "data": {"source": "manifest.csv", "student_modality": "image", "clip_frames": 5,
+                                          "label_fraction": 0.5},
+        "teacher": {"fusion": "late", "width": 8, "epochs": 1}, "student": {"name": "centernet_tiny"},
+        "distill": {"method": "det_kd", "epochs": 1}}))
+    for command in ("run", "train-teacher"):
+        result = runner.invoke(app, [command, "--config", "det.yaml", "--out", "R", "-q"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        line = result.output.strip().splitlines()[-1]  # after the data line (rows, memory)
+        assert "epoch" not in result.output and line == ("error: column 'audio' (audio) is not read by a detection teacher, which reads 'video' "
+                        "alone; drop the column"), line
+        assert not (tmp_path / "R").exists()

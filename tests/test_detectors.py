@@ -34,7 +34,8 @@ def fake_data(classes: int = C, frames: int = 5, size: int = 64):
     """What the nets read of a Dataset: modalities (image, video) and the output count."""
     mods = {"image": ModalitySpec("image", (1, size, size), 0.2, 0.3),
             "video": ModalitySpec("video", (frames, 1, size, size), 0.2, 0.3, kind="video")}
-    return SimpleNamespace(modalities=mods, num_outputs=classes, name="moving_shapes", info={},
+    return SimpleNamespace(modalities=mods, num_outputs=classes, name="moving_shapes",
+                           info={"frame_of": {"image": "video"}},  # as a manifest says: the clip's target frame
                            target_names=[f"shape{i}" for i in range(classes)])
 
 

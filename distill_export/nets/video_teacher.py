@@ -165,6 +165,11 @@ def detection_teacher_spec(data, width: int, fusion: str, modalities=None, stude
                               f"{student_modality!r}; the data gives {', '.join(sorted(specs))}")
         m, fusion = student_modality, "frame"
         frames, channels = 1, int(specs[m].shape[0])
+    derived = (getattr(data, "info", None) or {}).get("frame_of") or {}  # image: the centre frame of the clip
+    unread = sorted(x for x in specs if x != m and derived.get(x) != m)
+    if modalities is None and unread:  # it would train without them, then refuse its own data (twentieth audit B2)
+        raise ConfigError(f"column {unread[0]!r} ({specs[unread[0]].kind}) is not read by a detection teacher, "
+                          f"which reads {m!r} alone; drop the column")
     arch = DETECTION_TEACHER_FUSIONS[fusion][0]
     return arch, {"modalities": {m: channels}, "num_classes": int(data.num_outputs), "width": int(width),
                   "frames": frames, "kinds": {m: specs[m].kind}}
