@@ -26,8 +26,8 @@ def _tool():
 def test_bad_size_or_student_is_one_line_and_exit_2(args, needle):
     proc = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {needle}")
+    lines = proc.stderr.strip().splitlines()  # on stderr, as every other refusal (it was on stdout)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {needle}") and not proc.stdout.strip()
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "resnet18", "tiny_cnn"])

@@ -36,7 +36,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least  # noqa: E402
+from toolargs import Parser, at_least, one_line_errors  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -99,6 +99,7 @@ def rss_scaling(rows_list: list[int], out: Path) -> None:
     (out / "bench_cache_rss.json").write_text(json.dumps({"results": results, "ratios": ratios}, indent=2))
 
 
+@one_line_errors
 def main() -> None:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="avdigits", help="data (and student) from this recipe")

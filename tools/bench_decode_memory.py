@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import one_line_errors  # noqa: E402
+
 SIZE, CLASSES = 96, 10
 
 DECODE = """
@@ -80,6 +83,7 @@ def measure_epoch(manifest: Path, run_dir: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[5000, 20000])

@@ -38,7 +38,7 @@ import numpy as np
 FORMATS = ("onnx", "onnx-fp16", "onnx-int8")
 OV = "/openvino"  # suffix of the OpenVINO rows
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least, positive  # noqa: E402
+from toolargs import Parser, at_least, positive, one_line_errors  # noqa: E402
 
 
 def openvino_sessions(paths: dict[str, str], threads: int, batch: int | None = None) -> dict:
@@ -147,7 +147,7 @@ def stock_student(name: str, num_classes: int = 10, size: int = 224):
     from distill_export.nets.students import create_student, student_names
 
     if name not in student_names():
-        print(f"error: unknown student {name!r} (choices: {', '.join(student_names())})")
+        print(f"error: unknown student {name!r} (choices: {', '.join(student_names())})", file=sys.stderr)
         raise SystemExit(2)
     return create_student(name, num_classes, in_channels=3, input_size=size)
 
@@ -160,7 +160,7 @@ def check_size(name: str, size: int) -> None:
         with torch.inference_mode():
             stock_student(name).eval()(torch.zeros(1, 3, size, size))
     except RuntimeError as exc:
-        print(f"error: student {name} cannot take {size}x{size}x3 input: {str(exc).splitlines()[0][:160]}")
+        print(f"error: student {name} cannot take {size}x{size}x3 input: {str(exc).splitlines()[0][:160]}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -390,22 +390,25 @@ def bench_size(args) -> None:
 
 
 def check_before_work(args) -> None:
-    """--out is a new file outside any run, and (no --run) the student trained here is one the
-    config accepts: a bad value is one line, exit 2, before any training or export."""
+    """--out is a new file outside any run; --run is a classification run directory, or (no --run)
+    the student trained here is one the config accepts. A bad value is a DistillExportError, one
+    line and exit 2 through main's one_line_errors, before any training, loading or export."""
+    from distill_export.errors import ConfigError
     from distill_export.files import check_tool_output
+    from distill_export.rundir import RunDir
 
     check_tool_output(args.out, folder=False)
-    if not args.run:
+    if args.run:  # twentieth audit B5: a detection run was loaded as classification, then an IndexError
+        task = RunDir.existing(args.run).load_config().task
+        if task != "classification":
+            raise ConfigError(f"{args.run} is a {task} run; bench_export measures classification students")
+    else:
         from distill_export.config import load_config
-        from distill_export.errors import DistillExportError
 
-        try:
-            load_config("avdigits", None, {"student.name": args.student, "distill.epochs": args.epochs, "seed": args.seed})
-        except DistillExportError as exc:
-            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-            raise SystemExit(2) from None
+        load_config("avdigits", None, {"student.name": args.student, "distill.epochs": args.epochs, "seed": args.seed})
 
 
+@one_line_errors
 def main() -> None:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="a run directory with student.pt (default: train one here)")
@@ -430,7 +433,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.size:
         if args.size < 8:
-            print(f"error: --size must be at least 8, got {args.size}")
+            print(f"error: --size must be at least 8, got {args.size}", file=sys.stderr)
             raise SystemExit(2)
         return bench_size(args)
     check_before_work(args)

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
 
 from distill_export.losses.kd import kd_loss_reference  # noqa: E402
-from toolargs import Parser, at_least, positive  # noqa: E402  (tools/toolargs.py)
+from toolargs import Parser, at_least, positive, one_line_errors  # noqa: E402  (tools/toolargs.py)
 
 TEMPERATURE = 4.0
 ALPHA = 0.5
@@ -388,6 +388,7 @@ def print_case(rows, ratio, base):
         )
 
 
+@one_line_errors
 def main(argv=None) -> int:
     ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", help=f"comma list of NxC (default GPU {GPU_SHAPES}; CPU {CPU_SHAPES})")

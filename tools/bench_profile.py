@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS, TARGET_AGREEMENT, TARGET_SPEEDUP = 60.0, 0.10, 3.0
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least, int_list  # noqa: E402
+from toolargs import Parser, at_least, int_list, one_line_errors  # noqa: E402
 
 
 def ensure_demo(path: Path) -> Path:
@@ -43,6 +43,7 @@ def key(r: dict) -> tuple:
     return (r["model"], r["format"], r["backend"], r["batch"], r["threads"])
 
 
+@one_line_errors
 def main() -> int:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", nargs="?", type=Path)

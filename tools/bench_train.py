@@ -35,7 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least  # noqa: E402
+from toolargs import Parser, at_least, one_line_errors  # noqa: E402
 HELD_OUT = 200  # val and test rows each
 SIZE = 96
 CLASSES = 10
@@ -209,6 +209,7 @@ def workers_throughput(manifest: Path, student: str, rows: int, workers_list: li
     return out
 
 
+@one_line_errors
 def main() -> None:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=at_least(1), nargs="+", default=[10000, 40000], help="training rows for the memory runs")

@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import one_line_errors  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -38,6 +41,7 @@ def resource_usage(cubin: bytes | None) -> str:
     return f"regs={found[1]} stack={found[2]} local(spill)={found[4]}" if found else out.strip()[-120:]
 
 
+@one_line_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)

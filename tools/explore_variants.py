@@ -21,7 +21,11 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import one_line_errors  # noqa: E402
 
+
+@one_line_errors
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+", help="YAML mappings: {name: ..., dotted.key: value, ...}")

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("~/.cache/distill-export/captioned_digits")
 sys.path.insert(0, str(REPO / "tools"))
 from prepare_avmnist import find, read_idx  # noqa: E402  (the same MNIST reader)
-from toolargs import Parser, at_least, non_negative, probability  # noqa: E402
+from toolargs import Parser, at_least, non_negative, probability, one_line_errors  # noqa: E402
 
 PHRASES = {  # attribute -> paraphrases (the first two share a keyword, the rest reword it)
     "loop": ["a closed loop", "one round loop", "an enclosed hole", "a ring shape"],
@@ -111,6 +111,7 @@ def text_only_accuracy(rows: list[dict]) -> dict[str, float]:
     return acc
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> Path:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", type=Path, default=REPO.parent / "shared/data/mnist",

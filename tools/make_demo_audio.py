@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from distill_export.data.audio import DEMO_AUDIO_SPEC, FLOOR_DB, log_mel, read_wav, resample  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least  # noqa: E402
+from toolargs import Parser, at_least, one_line_errors  # noqa: E402
 
 DEFAULT_OUT = ROOT / "distill_export" / "data" / "assets" / "avdigits_audio.npz"
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -204,6 +204,7 @@ def check(arrays: dict[str, np.ndarray], path: Path) -> int:
     return 0
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write (or, with --check, what to compare)")

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least  # noqa: E402
+from toolargs import Parser, at_least, one_line_errors  # noqa: E402
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> Path:
     from distill_export.data import moving_digits as md
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least  # noqa: E402
+from toolargs import Parser, at_least, one_line_errors  # noqa: E402
 
 SIZE = 96
 COLORS = ((230, 40, 40), (40, 200, 60), (50, 80, 230), (220, 200, 40), (200, 60, 200), (40, 200, 210))
@@ -69,6 +69,7 @@ def make_manifest(out: Path, classes: int = 3, per_class: int = 8, seed: int = 0
     return manifest
 
 
+@one_line_errors
 def main() -> None:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)

@@ -36,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least, finite, fraction  # noqa: E402
+from toolargs import Parser, at_least, finite, fraction, one_line_errors  # noqa: E402
 DEFAULT_OUT = Path("~/.cache/distill-export/avmnist")
 TEST_SPEAKER = "yweweler"
 VAL_TAKES = range(0, 5)  # FSDD's conventional test takes, used here as val for train speakers
@@ -109,6 +109,7 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
         f.writeframes(pcm.tobytes())
 
 
+@one_line_errors
 def main(argv=None) -> Path:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", type=Path, required=True, help="folder with t10k-images-idx3-ubyte(.gz) and labels")

@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
+from pathlib import Path
 
 import torch
 
 from distill_export.errors import CheckpointError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
+from toolargs import one_line_errors  # noqa: E402
 
 
 def differences(a, b, where: str = "") -> list[str]:
@@ -88,6 +92,7 @@ def _check_tensors(value, path: str, key: str = "") -> None:
             _check_tensors(v, path, f"{key}[{i}]")
 
 
+@one_line_errors
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("first")

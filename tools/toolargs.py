@@ -3,11 +3,13 @@
 Each check is an argparse `type=`: a bad value is refused while the command line is parsed,
 before any training, export or file is written. `Parser` prints that refusal as the house
 error, one line `error: argument --flag: ...` on stderr and exit 2 (argparse's own adds a usage
-line and the script's name)."""
+line and the script's name). `one_line_errors` wraps each tool's main so that the product's own
+refusals (a DistillExportError from anywhere in the tool's work) are that same line too."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 
@@ -18,6 +20,30 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's contract: never returns
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def one_line_errors(main):
+    """Decorate a tool's main: a DistillExportError raised anywhere under it (RunDir.create on an
+    unwritable --out, RunDir.existing on a folder that is no run, a bad config) is bad input, so
+    it is `error: <its first line>` on stderr and exit 2 (the error's own exit_code, as the CLI
+    does: a broken parity gate stays 1), never a traceback. The twentieth audit found tools that
+    caught it only around their up-front checks (B4, B6). Any other exception is a bug and keeps
+    its traceback. main's return value is passed through (some return a Path to their tests)."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Exception as exc:
+            # distill_export.errors is looked up, not imported: a tool that never imported the
+            # product (make_demo_audio without a checkout on sys.path) cannot raise its errors.
+            errors = sys.modules.get("distill_export.errors")
+            if errors is None or not isinstance(exc, errors.DistillExportError):
+                raise
+            text = str(exc).strip()
+            print(f"error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
+            raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    return wrapped
 
 
 def _number(text: str, kind):

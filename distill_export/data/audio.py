@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import sys
 import wave as _wave
 from pathlib import Path
@@ -106,6 +107,12 @@ def read_wav(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[
             raw = f.readframes(min(n, int(max_seconds * sr) + 1))
     except FileNotFoundError:
         raise DataError(f"audio file not found: {path}") from None
+    except (RuntimeError, struct.error):
+        # twentieth audit B1: the stdlib chunk reader raises a bare RuntimeError when a chunk's size
+        # runs past the RIFF data (an odd-sized chunk without its pad byte misaligns the next header);
+        # struct.error is its other raw way out on a short header in some Python versions.
+        raise DataError(f"cannot read WAV file {path}: a chunk's size runs past the end of the RIFF data (a corrupt "
+                        "header, e.g. an odd-sized chunk without its pad byte)") from None
     except (_wave.Error, EOFError, OSError) as e:
         if "unknown format: 3" == str(e).strip():  # WAVE_FORMAT_IEEE_FLOAT: the stdlib reads integer PCM only
             raise DataError(f"cannot read WAV file {path}: its samples are 32/64-bit float (WAVE_FORMAT_IEEE_FLOAT), "
