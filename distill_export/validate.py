@@ -210,7 +210,7 @@ def validate_artifact(
     for bs in cfg.batch_sizes:
         outputs = run(x, bs)
         check_output_shapes(artifact["path"], outputs, reference)
-        per_batch[str(bs)] = task.parity_metrics(outputs, reference, labels)
+        per_batch[str(bs)] = task.parity(outputs, reference, labels)
     worst = task.worst_case(per_batch)
     gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for(artifact["precision"], cfg, task)]
     result = {
@@ -301,7 +301,7 @@ def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:
             out = run_onnx_inputs(session, parity["inputs"], bs)
         if out.shape != raw.shape:
             raise DataError(f"{path} returned outputs of shape {out.shape}, expected {raw.shape}")
-        per_batch[str(bs)] = task.parity_metrics(task.decode(out), reference, labels)
+        per_batch[str(bs)] = task.parity(task.decode(out), reference, labels)
     worst = task.worst_case(per_batch)
     gates = [Gate(n, worst[n], lim, kind) for n, kind, lim in gates_for("fp32", cfg, task)]
     return {**worst, "per_batch": per_batch, "gates": {g.name: g.to_dict() for g in gates},

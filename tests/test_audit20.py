@@ -97,7 +97,7 @@ def _float_leaves(value, where=()):
 def test_every_number_of_a_real_report_refuses_nan_and_infinity(tiny_run, tmp_path):
     """The eighteenth audit's leftover: a NaN parity difference hand-edited into report.json was
     rendered PASS (the typed models leave parity open). Every float leaf of a real run's report,
-    set to NaN or -inf in turn, makes the record corrupt, naming its key."""
+    set to NaN in turn, makes the record corrupt, naming its key."""
     from distill_export.record import store
     from distill_export.record.migrate import RecordError
 
@@ -105,12 +105,12 @@ def test_every_number_of_a_real_report_refuses_nan_and_infinity(tiny_run, tmp_pa
     leaves = list(_float_leaves(record))
     assert len(leaves) > 20 and any("parity" in map(str, leaf) for leaf in leaves)
     path = tmp_path / "report.json"
-    for i, leaf in enumerate(leaves):
+    for leaf in leaves:
         edited = json.loads(json.dumps(record))
         target = edited
         for key in leaf[:-1]:
             target = target[key]
-        target[leaf[-1]] = float("nan") if i % 2 else float("-inf")
+        target[leaf[-1]] = float("nan")
         path.write_text(json.dumps(edited))
         with pytest.raises(RecordError, match=r"is corrupt: ") as caught:
             store.load(path)
@@ -223,3 +223,23 @@ def test_b2_a_detection_column_the_teacher_cannot_read_is_refused_before_trainin
         assert "epoch" not in result.output and line == ("error: column 'audio' (audio) is not read by a detection teacher, which reads 'video' "
                         "alone; drop the column"), line
         assert not (tmp_path / "R").exists()
+
+
+def test_a_nan_output_is_the_worst_parity_never_a_nan_that_hides():
+    """A NaN compares false with every gate and every other batch size: max([0.1, nan]) was 0.1,
+    so an export that returned NaN at batch 32 could pass on its batch-1 numbers. Task.parity
+    makes a NaN metric the worst of its direction, so report.json never holds a NaN."""
+    import numpy as np
+
+    from distill_export.tasks import get_task
+
+    task = get_task("classification")
+    reference = np.array([[1.0, 2.0], [3.0, 0.5]], np.float32)
+    good = task.parity(reference + 1e-6, reference, np.array([1, 0]))
+    broken = reference.copy()
+    broken[1, 0] = np.nan
+    bad = task.parity(broken, reference, np.array([1, 0]))
+    assert bad["max_abs_diff"] == bad["mean_abs_diff"] == float("inf") and bad["min_cosine"] == float("-inf")
+    worst = task.worst_case({"1": good, "32": bad})
+    assert worst["max_abs_diff"] == float("inf") and worst["min_cosine"] == float("-inf")
+    assert task.worst_case({"32": bad, "1": good})["max_abs_diff"] == float("inf")

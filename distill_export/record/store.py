@@ -40,23 +40,25 @@ def load(path: Path) -> tuple[dict, RunRecord, dict | None]:
     except RecordError as exc:
         raise RecordError(f"{path} is corrupt: {exc}") from None
     try:
-        where = _first_non_finite(data)  # in a section the typed models leave open
+        where = _first_nan(data)  # in a section the typed models leave open
     except RecursionError:
         raise ConfigError(f"{path} is corrupt (nested too deeply)") from None
     if where is not None:
-        raise RecordError(f"{path} is corrupt: {where[0]}: {where[1]} (the product writes finite numbers only); "
+        raise RecordError(f"{path} is corrupt: {where[0]}: {where[1]} (the product never writes NaN); "
                           "restore it or re-run the stage that writes it")
     return data, record, stages
 
 
-def _first_non_finite(value, where: str = "") -> tuple[str, float] | None:
-    """(dotted key, value) of the first NaN or infinity in parsed JSON (json.loads reads NaN,
-    Infinity); None if every number is finite. A hand-edited NaN parity difference was drawn PASS."""
-    if isinstance(value, float) and not math.isfinite(value):
+def _first_nan(value, where: str = "") -> tuple[str, float] | None:
+    """(dotted key, value) of the first NaN in parsed JSON (json.loads reads NaN); None if there is
+    none. A hand-edited NaN parity difference was drawn PASS. (An infinity can be the product's:
+    an FP16 export that overflows is infinitely far from its reference; the typed sections refuse
+    one where it cannot be.)"""
+    if isinstance(value, float) and math.isnan(value):
         return where or "(top)", value
     children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, child in children:
-        if (found := _first_non_finite(child, f"{where}.{key}" if where else str(key))) is not None:
+        if (found := _first_nan(child, f"{where}.{key}" if where else str(key))) is not None:
             return found
     return None
 

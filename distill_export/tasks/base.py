@@ -139,6 +139,15 @@ class Task:
         """Value metrics of an exported model's outputs against the PyTorch student's."""
         raise NotImplementedError
 
+    def parity(self, candidate, reference, targets) -> dict:
+        """parity_metrics with a NaN (an export whose outputs hold NaN) made the worst value of its
+        direction, +inf for a lower-is-better metric and -inf for a higher one: a NaN compares false
+        with every gate and every other batch size, so max([0.1, nan]) hid it, and report.json never
+        holds one (a NaN there is a hand edit, refused on load)."""
+        worst = {"higher": float("-inf")}
+        return {k: worst.get(self.parity_better.get(k, "lower"), float("inf")) if isinstance(v, float) and v != v else v
+                for k, v in self.parity_metrics(candidate, reference, targets).items()}
+
     def worst_case(self, per_batch: dict[str, dict]) -> dict:
         """The parity metrics the gates judge: the worst over batch sizes, per metric."""
         pick = {"higher": min, "lower": max, "same": lambda values: values[0]}

@@ -67,7 +67,7 @@ class ClassificationTask(Task):
         diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
         dot = (candidate * reference).sum(1)
         norms = np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1)
-        cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
+        cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-30), np.where(np.isnan(norms), np.nan, 1.0))  # NaN: Task.parity
         ref_acc = self.score(reference, targets) if len(targets) else 0.0
         acc = self.score(candidate, targets) if len(targets) else 0.0
         return {
