@@ -76,6 +76,8 @@ def open_run(run_dir: Path, overrides: dict | None = None, command: str | None =
     config = run.load_config()
     if command is not None:
         check_hand_edits(run, run_dir, config.to_dict(), command)
+    if command in ("distill", "export"):  # they read the data again
+        run.check_same_data(config.data.source)
     apply_flags(config, overrides or {})  # --method replaces the run's distill.terms
     validate_config(config)
     check_flags_apply(config, overrides or {})
@@ -92,6 +94,7 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
     run = RunDir.resumable(run_dir)
     saved = run.load_config()
     check_hand_edits(run, run_dir, saved.to_dict())
+    run.check_same_data(saved.data.source)  # after the teacher stage: the manifest it read
     if recipe or config_file:  # a whole config: compare all of it
         wanted = load_config(recipe or "avdigits", config_file, overrides)
     else:  # flags only: they must agree with the run's values

@@ -4,9 +4,9 @@ Layout: config.yaml, teacher.pt, baseline.pt, student.pt, student*.onnx, report.
 run record, distill_export/record: each stage writes its own sections through `update_report`,
 the one writer), state.json (stage state), report.md, report.html, plots/.
 
-Stage state lives in state.json (stage_graph.py says how stages depend on each other and go stale). A run is claimed by creating
-report.json exclusively (O_EXCL), so two concurrent `run --out X` cannot both win; `report` and
-the stage commands read the state to know which stages finished. config.yaml is written by a
+Stage state lives in state.json (stage_graph.py: how stages depend on each other and go stale; run_identity.py:
+the run's id and its manifest's hash). A run is claimed by creating report.json exclusively (O_EXCL), so two
+concurrent `run --out X` cannot both win; the stage commands read the state to know which stages finished. config.yaml is written by a
 stage command only after it succeeds, and `transaction()` puts the directory back as it was when
 a stage command fails.
 
@@ -31,14 +31,10 @@ import yaml
 from distill_export.config import RunConfig, config_from_dict
 from distill_export.errors import ConfigError
 from distill_export.files import check_free, check_new_file, check_output, ensure_writable_dir, write_json, write_text  # noqa: F401
-from distill_export.record import SCHEMA_VERSION, RunRecord
-from distill_export.record import store
-
-from distill_export.stage_graph import (  # noqa: F401  (RUN_STAGES and the tables are imported from here)
-    _NEXT, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES, STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS,
-    STAGE_TIMINGS, STATE_FILE, _stale_why,
-)
-
+from distill_export.record import SCHEMA_VERSION, RunRecord, store
+from distill_export.stage_graph import (_NEXT, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES,  # noqa: F401
+    STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS, STAGE_TIMINGS, STATE_FILE, _stale_why)  # tables imported from here
+from distill_export.run_identity import RunIdentity, new_run_id
 from distill_export.run_outputs import PARITY_FILE, RunOutputs  # noqa: F401  (PARITY_FILE is imported from here)
 
 
@@ -51,7 +47,7 @@ class RunClaimed(ConfigError):
 
 
 @dataclass
-class RunDir(RunOutputs):
+class RunDir(RunOutputs, RunIdentity):
     path: Path
 
     @classmethod
@@ -87,9 +83,10 @@ class RunDir(RunOutputs):
         except OSError as exc:
             raise ConfigError(f"--out {target} cannot be written: {exc.strerror or exc}") from None
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"schema_version": SCHEMA_VERSION}, indent=2) + "\n")
+            f.write(json.dumps({"schema_version": SCHEMA_VERSION, "run_id": (run_id := new_run_id())}, indent=2) + "\n")
         run = cls(target)
         run.set_stages({s: {"status": "pending"} for s in stages})
+        run._set_state(run_id=run_id)
         return run
 
     def discard(self) -> None:
@@ -132,6 +129,8 @@ class RunDir(RunOutputs):
             entry["config"] = config.to_dict()
         self.set_stages({**stages, name: entry, **{s: {"status": "stale", "after": name} for s in stale}})
         self._forget([name, *stale])
+        if name == "train_teacher" and config is not None:  # later stages refuse a manifest changed since
+            self.record_data(config.data.source)
         return stale
 
     def _forget(self, stages: list[str]) -> None:
@@ -356,11 +355,11 @@ class RunDir(RunOutputs):
     # ----- the run record (report.json) ---------------------------------------------------------
     def load_report(self) -> dict:
         """report.json as JSON in the current schema (any older version migrated; {} if none)."""
-        return store.load(self.file("report.json"))[0]
+        return self._own_record()[0]  # another run's report.json is refused (run_identity)
 
     def load_record(self) -> RunRecord:
         """report.json as the typed run record (record/models.py), any older version migrated."""
-        return store.load(self.file("report.json"))[1]
+        return self._own_record()[1]
 
     def update_report(self, **sections) -> dict:
         """The one writer of report.json: merge top-level sections (dicts, lists or typed models;

@@ -243,3 +243,50 @@ def test_a_nan_output_is_the_worst_parity_never_a_nan_that_hides():
     worst = task.worst_case({"1": good, "32": bad})
     assert worst["max_abs_diff"] == float("inf") and worst["min_cosine"] == float("-inf")
     assert task.worst_case({"32": bad, "1": good})["max_abs_diff"] == float("inf")
+
+
+# ----- B7: another run's report.json; B3: a manifest changed after the teacher stage ---------------
+
+def test_b7_a_report_json_from_another_run_is_named(run_copy, tiny_run):
+    """report.json copied in from another run was blamed on student.pt ('changed after distill',
+    unchanged), and the advice (re-run distill) kept the foreign record's teacher and timings."""
+    state = json.loads((tiny_run / "state.json").read_text())
+    record = json.loads((tiny_run / "report.json").read_text())
+    assert len(state["run_id"]) == 16 and record["run_id"] == state["run_id"]  # kept through every stage
+    record["run_id"] = "0123456789abcdef"  # as another run's report.json says
+    (run_copy / "report.json").write_text(json.dumps(record))
+    before = snapshot(run_copy)
+    for command in (["validate"], ["report"], ["export"], ["profile"], ["distill"]):
+        line = one_line_error(runner.invoke(app, [*command, str(run_copy)]), 2)
+        assert line == (f"error: {run_copy / 'report.json'} is from another run (its run_id '0123456789abcdef' is not "
+                        f"this run's '{state['run_id']}', in state.json): restore this run's report.json, or start "
+                        "a new run with `--out NEW`"), (command, line)
+    assert snapshot(run_copy) == before
+
+
+def test_b3_a_manifest_changed_after_the_teacher_stage_is_refused(tmp_path, monkeypatch):
+    """Boxes moved (or labels edited) in the manifest after train-teacher: distill trained on the
+    new rows while the report kept the teacher's scores on the old ones. Now distill, export, tune
+    and `run --resume` refuse, naming the manifest; restored, it runs."""
+    from _byo_fixtures import make_manifest
+
+    monkeypatch.chdir(tmp_path)
+    make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"teacher": {"epochs": 1}, "distill": {"epochs": 1}}))
+    result = runner.invoke(app, ["train-teacher", "--data", "m/manifest.csv", "--config", "c.yaml", "--out", "R", "-q"])
+    assert result.exit_code == 0, result.output
+    manifest = tmp_path / "m" / "manifest.csv"
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b"cat", b"dog", 1))  # one label changed
+    before = snapshot(tmp_path / "R")
+    for command in (["distill", "R"], ["tune", "R", "--trials", "1"], ["run", "--resume", "R"]):
+        result = runner.invoke(app, [*command, "-q"] if command[0] != "tune" else command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (command, result.output)
+        line = result.output.strip().splitlines()[-1]
+        assert line.startswith("error: R: its manifest m/manifest.csv changed after the teacher stage read it "
+                               "(sha256 ") and "so the run would mix two datasets" in line, (command, line)
+    assert snapshot(tmp_path / "R") == before
+    manifest.write_bytes(original)
+    from distill_export.rundir import RunDir
+
+    RunDir.existing(tmp_path / "R").check_same_data("m/manifest.csv")  # restored: nothing to refuse

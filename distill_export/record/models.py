@@ -371,6 +371,7 @@ class RunRecord(Section):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     schema_version: int = SCHEMA_VERSION
+    run_id: str | None = None  # = state.json's: a report.json copied from another run is refused (run_identity)
     task: TaskInfo = Field(default_factory=TaskInfo)  # files without one are classification runs
     timings: dict[str, NonNegative] = Field(default_factory=dict)  # stage -> seconds
     dataset: Dataset | None = None
@@ -394,4 +395,4 @@ class RunRecord(Section):
     figures: dict[str, str] = Field(default_factory=dict)
 
 
-SECTIONS = tuple(name for name in RunRecord.model_fields if name != "schema_version")
+SECTIONS = tuple(name for name in RunRecord.model_fields if name not in ("schema_version", "run_id"))

@@ -1,0 +1,70 @@
+"""Which run a run directory's files belong to, and which data its stages read (a mixin of RunDir).
+
+state.json holds a run_id made when the run is claimed, also written into report.json: a
+report.json copied in from another run is refused, naming it (twentieth audit B7: it was blamed
+on student.pt, which had not changed, and the advice given, re-running distill, kept the foreign
+record's teacher section and timings).
+
+state.json also holds the sha256 of the manifest the run read. A stage that reads the data again
+after the teacher stage (distill, tune, export, `run --resume`) refuses a manifest changed since
+(B3: boxes moved after the teacher was trained and scored; the report put the teacher's mAP on the
+old boxes beside the student's on the new). Built-in sources (avdigits, moving_digits, ...) are
+made by the code from the seed and have no file to hash; the files a manifest names (images,
+audio) are not hashed here (the teacher cache checks the inputs it serves).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from distill_export.errors import ConfigError
+from distill_export.stage_graph import STATE_FILE
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class RunIdentity:
+    def _set_state(self, **keys) -> None:
+        from distill_export.files import write_json
+
+        if self.file(STATE_FILE).exists():
+            write_json(self.file(STATE_FILE), {**self._state(), **keys})
+
+    def _own_record(self) -> tuple:
+        """store.load of report.json, refused when its run_id is not state.json's (runs made
+        before run_id was kept have none: not checked)."""
+        from distill_export.record import store
+
+        loaded = store.load(self.file("report.json"))
+        ours, theirs = self._state().get("run_id"), loaded[0].get("run_id")
+        if ours and theirs and ours != theirs:
+            raise ConfigError(f"{self.file('report.json')} is from another run (its run_id {str(theirs)[:40]!r} is not "
+                              f"this run's {ours!r}, in state.json): restore this run's report.json, or start a new "
+                              "run with `--out NEW`")
+        return loaded
+
+    def record_data(self, source: str) -> None:
+        """The manifest's sha256, as the stages about to run read it."""
+        from distill_export.files import sha256_file
+
+        if Path(source).is_file():
+            self._set_state(data={"source": source, "sha256": sha256_file(source)})
+
+    def check_same_data(self, source: str) -> None:
+        """Refuse a manifest changed since the teacher stage read it (nothing to check for a
+        built-in source, a run made before the hash was kept, or a teacher stage not done)."""
+        from distill_export.files import sha256_file
+
+        recorded = self._state().get("data")
+        done = (self.stages() or {}).get("train_teacher", {}).get("status") == "done"
+        if not done or not isinstance(recorded, dict) or recorded.get("source") != source or not Path(source).is_file():
+            return
+        now = sha256_file(source)
+        if now != recorded.get("sha256"):
+            raise ConfigError(f"{self.path}: its manifest {source} changed after the teacher stage read it (sha256 "
+                              f"{now[:12]}..., was {str(recorded.get('sha256'))[:12]}...): the teacher was trained and "
+                              "scored on the rows and labels of before, so the run would mix two datasets; restore "
+                              "the manifest, or start a new run with `--out NEW`")
