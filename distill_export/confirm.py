@@ -126,7 +126,7 @@ def decision_line(confirmation: dict) -> str:
     teacher = f" from the {win['teacher_fusion']}-fusion teacher" if win.get("teacher_fusion") else ""
     teacher += f" in {win['rounds']} rounds" if win.get("rounds") else ""
     numbers = (f"{win['method']}{teacher}{with_aug} (trial {win['number']}) {100 * win['mean_val_accuracy']:.1f}% vs labels-only "
-               f"baseline{with_aug} {base:.1f}% mean val accuracy over {n} fresh seeds, {100 * win['mean_gain']:+.1f} points, "
+               f"baseline{with_aug} {base:.1f}% mean val {confirmation.get('metric', 'accuracy')} over {n} fresh seeds, {100 * win['mean_gain']:+.1f} points, "
                f"paired p={confirmation['p_value']:.2g}")
     if confirmation["distill"]:
         return f"confirmed: {numbers}"

@@ -231,6 +231,10 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
                 for t in study.trials],
     }
     summary["confirmation"] = _confirm(train, completed, confirm_spec, config.seed, quiet)
+    if summary["confirmation"] is not None:  # the decision line names the task's score (mAP50 for detection)
+        from distill_export.tasks import get_task
+
+        summary["confirmation"]["metric"] = get_task(config.task).score_name
     summary["confirm_seconds"] = round(time.perf_counter() - start - search_seconds, 1)
     summary["decision"] = decision = _decide(summary)
     header = (f"{TUNE_HEADER} ({len(completed)} completed trials"

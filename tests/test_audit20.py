@@ -290,3 +290,16 @@ def test_b3_a_manifest_changed_after_the_teacher_stage_is_refused(tmp_path, monk
     from distill_export.rundir import RunDir
 
     RunDir.existing(tmp_path / "R").check_same_data("m/manifest.csv")  # restored: nothing to refuse
+
+
+def test_a3_the_decision_line_names_the_tasks_score():
+    """Detection `tune` said 'mean val accuracy' where it meant mAP50 (the search line said mAP50)."""
+    from distill_export.confirm import decision_line
+
+    win = {"number": 0, "method": "heatmap_kd", "mean_val_accuracy": 0.4, "mean_gain": 0.1, "augment": None}
+    confirmation = {"candidates": [win], "winner": 0, "seeds": [1, 2, 3], "p_value": 0.01, "distill": True,
+                    "baseline": {"mean_val_accuracy": 0.3}, "metric": "mAP50"}
+    assert decision_line(confirmation) == ("confirmed: heatmap_kd (trial 0) 40.0% vs labels-only baseline 30.0% "
+                                           "mean val mAP50 over 3 fresh seeds, +10.0 points, paired p=0.01")
+    del confirmation["metric"]  # a tune.json written before: classification's word
+    assert "mean val accuracy over 3" in decision_line(confirmation)
