@@ -157,6 +157,12 @@ def test_b5_distill_on_a_run_refuses_it_too(tmp_path, monkeypatch):
         def load_config(self):
             return load_config("avdigits", None, {})
 
+        def written_config(self):  # a run made before hand edits of config.yaml were checked
+            return None
+
+        def check_same_data(self, source):  # a built-in source: no manifest to hash
+            return None
+
     monkeypatch.setattr(RunDir, "existing", classmethod(lambda cls, path: FakeRun()))
     line = one_line_error(runner.invoke(app, ["distill", str(tmp_path), "-T", "8", "--method", "pseudo_label", "-q"]))
     assert line.startswith("error: --temperature 8 sets distill.temperature, but --method pseudo_label"), line
