@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -55,7 +56,8 @@ def done_run(tmp_path) -> RunDir:
 
 def test_a_run_is_claimed_once(tmp_path, monkeypatch):
     run = RunDir.create(tmp_path / "a" / "r", fresh=True, stages=("train_teacher", "distill"))
-    assert _report(run) == {"schema_version": 1}
+    run_id = json.loads(run.file("state.json").read_text())["run_id"]  # the same in both files (run_identity)
+    assert _report(run) == {"schema_version": 1, "run_id": run_id} and re.fullmatch(r"[0-9a-f]{16}", run_id)
     assert _state(run) == {"train_teacher": {"status": "pending"}, "distill": {"status": "pending"}}
     assert run.missing_stages() == ["train_teacher", "distill"]
     with pytest.raises(ConfigError):
@@ -292,7 +294,7 @@ def test_a_claim_takes_an_empty_folder_and_writes_its_record_as_every_report_jso
         run = RunDir.create(tmp_path / "empty", fresh=True, stages=("train_teacher",))
     finally:
         os.umask(old)
-    write_json(tmp_path / "same.json", {"schema_version": 1})
+    write_json(tmp_path / "same.json", {"schema_version": 1, "run_id": json.loads(run.file("state.json").read_text())["run_id"]})
     assert run.file("report.json").read_bytes() == (tmp_path / "same.json").read_bytes()
     assert os.stat(run.file("report.json")).st_mode & 0o777 == 0o644  # a plain file: 0o666 less the umask
     monkeypatch.setattr("distill_export.rundir.check_output", lambda *a, **k: None)

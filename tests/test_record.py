@@ -125,7 +125,8 @@ def test_the_writer_checks_sections_and_leaves_the_file_on_error(tmp_path):
 
 def test_a_claimed_run_keeps_its_state_apart_from_its_record(tmp_path):
     run = RunDir.create(tmp_path / "r", fresh=True, stages=("train_teacher", "distill"))
-    assert json.loads(run.file("report.json").read_text()) == {"schema_version": SCHEMA_VERSION}
+    run_id = json.loads(run.file("state.json").read_text())["run_id"]
+    assert json.loads(run.file("report.json").read_text()) == {"schema_version": SCHEMA_VERSION, "run_id": run_id}
     run.mark_stage("train_teacher")
     assert run.missing_stages() == ["distill"]
     assert "stages" not in run.load_report()

@@ -201,6 +201,9 @@ def test_fusion_search_with_a_loaded_teacher_is_one_line(run_copy):
     cfg = yaml.safe_load((run_copy / "config.yaml").read_text())
     cfg.setdefault("teacher", {})["path"] = str(run_copy / "teacher.pt")
     (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    state = json.loads((run_copy / "state.json").read_text())  # as a run made with --teacher wrote it
+    state["written_config"]["teacher"]["path"] = cfg["teacher"]["path"]
+    (run_copy / "state.json").write_text(json.dumps(state))
     _one_line_error(runner.invoke(app, ["tune", str(run_copy), "--search", "terms,fusion", "--trials", "1"]),
                     "tune --search fusion trains a teacher of each fusion, but this run's teacher is a loaded file")
     assert not (run_copy / "tune.json").exists()
