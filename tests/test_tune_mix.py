@@ -263,3 +263,28 @@ def test_the_teachers_reported_score_is_their_validation_score(run_copy):
 
     assert score(data.val) != score(data.test)  # else this test could not tell them apart
     assert pool.val_score(pool.own) == score(data.val)
+
+
+def test_a_mixing_winner_must_also_beat_the_runs_own_baseline():
+    """The gap docs/results named (AV-MNIST, all labels): mixup costs the baseline 3 points and the
+    teacher gives 2 back. Against its own mixing's baseline the candidate wins (+2, every seed);
+    against what a user trains without a teacher (the run's own baseline) it loses 1: labels only."""
+    mixup = {"mix": "mixup", "mix_alpha": 0.4}
+
+    def score(terms, seed, augment=None):
+        base = 0.80 - (0.03 if augment else 0.0) + 0.001 * seed
+        return base if terms is None else base + 0.02 + 0.0005 * seed
+
+    cand = {"number": 0, "method": "hinton", "terms": [{"name": "kd"}], "search_val_accuracy": 0.9, "augment": mixup}
+    out = confirm([cand], score, [1, 2, 3])
+    win = out["candidates"][0]
+    assert win["mean_gain"] == pytest.approx(0.021) and out["p_value"] < 0.05  # the teacher's share is real
+    assert win["mean_gain_vs_run_baseline"] == pytest.approx(-0.009) and out["distill"] is False
+    line = decision_line(out)
+    assert line.startswith("distillation is not expected to pay here (labels only)") and line.endswith(
+        "; but -0.9 points against the run's own labels-only baseline without that augmentation (80.2%)"), line
+
+    def helps(terms, seed, augment=None):  # the teacher gives back more than mixup costs: distil
+        return score(terms, seed, augment) + (0.02 if terms is not None else 0.0)
+
+    assert confirm([cand], helps, [1, 2, 3])["distill"] is True
