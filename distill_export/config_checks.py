@@ -332,7 +332,11 @@ def check_search_for_task(config, spaces, flag: str) -> None:
 
 def tune_search_spaces(spec) -> tuple[str, ...]:
     """"terms" or "terms,mix" (a comma list, or a list) -> the checked tuple, "terms" first and always."""
-    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else (spec or [])) if n.strip()]
+    items = [str(n).strip() for n in (spec.split(",") if isinstance(spec, str) else (spec or []))]
+    if not items or "" in items:  # "," or "" would search the terms alone and record ',' (twenty-first audit B8)
+        raise ConfigError(f"tune search spaces {_show(spec)} has an empty item: name each space once, comma-separated "
+                          f"(choices: {', '.join(TUNE_SEARCH_SPACES)}; e.g. terms,mix)")
+    names = items
     for n in names:
         if n not in TUNE_SEARCH_SPACES:
             raise ConfigError(f"tune search space {_show(n)} is unknown (choices: {', '.join(TUNE_SEARCH_SPACES)})")

@@ -33,11 +33,14 @@ def differences(saved, wanted, prefix: str = "") -> list[str]:
     return [prefix[:-1]]
 
 
-def check_hand_edits(run, run_dir: Path, config_yaml: dict, command: str | None = None) -> None:
+def check_hand_edits(run, run_dir: Path, config_yaml: dict, command: str | None = None,
+                     written: dict | None = None, flag: bool = False) -> None:
     """Refuse a key of config.yaml (`config_yaml`, as read) edited by hand after a done stage
     that `command` does not run again. command: the stage a stage command runs (its own edits and
-    later stages' are what it runs with); None for `run --resume`, which runs no done stage again."""
-    written = run.written_config()
+    later stages' are what it runs with); None for `run --resume`, which runs no done stage again.
+    written (default: state.json's written_config) and flag=True: the same check for a stage
+    command's flags, against config.yaml as read (twenty-first audit B1: `distill RUN --seed 5`)."""
+    written = written if written is not None else run.written_config()
     if written is None:  # a run made before written_config was kept
         return
     stages = run.stages() or {}
@@ -48,10 +51,12 @@ def check_hand_edits(run, run_dir: Path, config_yaml: dict, command: str | None 
             continue
         who = f"--resume {run_dir}" if command is None else f"{run_dir}"
         again = ("start a new run with `--out NEW`" if command is None or stage == "train_teacher"
+                 else f"pass it to `distill-export {stage} {run_dir}`" if flag
                  else f"run `distill-export {stage} {run_dir}` first, which runs it with the edit")
-        raise DistillExportError(f"{who}: {key} in its config.yaml was edited after the {stage} stage ran with "
-                                 "the value it had, so the run would record a setting that did not run; "
-                                 f"restore it, or {again}")
+        what, undo = ((f"a flag sets {key}, which the {stage} stage ran with another value", "drop the flag") if flag
+                      else (f"{key} in its config.yaml was edited after the {stage} stage ran with the value it had",
+                            "restore it"))
+        raise DistillExportError(f"{who}: {what}, so the run would record a setting that did not run; {undo}, or {again}")
 
 
 def accept_hand_edits(run, config_yaml: dict, sections: tuple[str, ...]) -> None:

@@ -126,14 +126,15 @@ def setting(cand: dict) -> dict:
 
 
 def decision_line(confirmation: dict) -> str:
-    """One line on what the confirmation found (console and the YAML header)."""
+    """One line on what the confirmation found (console and the YAML header). Trials are numbered
+    from 1, as the search prints them (tune.json keeps optuna's 0-based `number`)."""
     win = next(c for c in confirmation["candidates"] if c["number"] == confirmation["winner"])
     n = len(confirmation["seeds"])
     base = 100 * win.get("baseline_mean_val_accuracy", confirmation["baseline"]["mean_val_accuracy"])
     with_aug = f" with {augment_words(win['augment'])}" if win.get("augment") else ""
     teacher = f" from the {win['teacher_fusion']}-fusion teacher" if win.get("teacher_fusion") else ""
     teacher += f" in {win['rounds']} rounds" if win.get("rounds") else ""
-    numbers = (f"{win['method']}{teacher}{with_aug} (trial {win['number']}) {100 * win['mean_val_accuracy']:.1f}% vs labels-only "
+    numbers = (f"{win['method']}{teacher}{with_aug} (trial {win['number'] + 1}) {100 * win['mean_val_accuracy']:.1f}% vs labels-only "
                f"baseline{with_aug} {base:.1f}% mean val {confirmation.get('metric', 'accuracy')} over {n} fresh seeds, {100 * win['mean_gain']:+.1f} points, "
                f"paired p={confirmation['p_value']:.2g}")
     if confirmation["distill"]:

@@ -7,6 +7,7 @@ disk), so a signal in that window is one line too."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 from distill_export import rank_errors
@@ -75,9 +76,17 @@ def interruption_inside(exc: BaseException | None) -> KeyboardInterrupt | None:
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):
             return exc
+        if isinstance(exc, RuntimeError) and (killed := _WORKER_KILLED.search(str(exc))):
+            return Terminated() if killed.group(1) == "Terminated" else KeyboardInterrupt()
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+# torch's DataLoader turns the death of a worker into this RuntimeError (its SIGCHLD handler), and a
+# signal sent to the whole process group (torchrun passing SIGTERM on to its ranks) can reach the
+# worker before its rank: it is then the user's SIGTERM or Ctrl-C, not a crash (twenty-first audit B6).
+_WORKER_KILLED = re.compile(r"DataLoader worker \(pid[^)]*\) is killed by signal: (Terminated|Interrupt)")
 
 
 def line_and_code(interruption: KeyboardInterrupt) -> tuple[str, int]:

@@ -40,10 +40,12 @@ class RunIdentity:
 
         loaded = store.load(self.file("report.json"))
         ours, theirs = self._state().get("run_id"), loaded[0].get("run_id")
-        if ours and theirs and ours != theirs:
-            raise ConfigError(f"{self.file('report.json')} is from another run (its run_id {str(theirs)[:40]!r} is not "
-                              f"this run's {ours!r}, in state.json): restore this run's report.json, or start a new "
-                              "run with `--out NEW`")
+        present = self.file("report.json").exists()  # a missing one: the commands say so in their words
+        if ours and present and theirs != ours:  # a record without one, beside a state that has one, is not ours either (B7)
+            which = (f"its run_id {str(theirs)[:40]!r} is not this run's {ours!r}, in state.json" if theirs else
+                     f"it has no run_id, where this run's state.json has {ours!r}")
+            raise ConfigError(f"{self.file('report.json')} is from another run ({which}): restore this run's "
+                              "report.json, or start a new run with `--out NEW`")
         return loaded
 
     def record_data(self, source: str) -> None:
@@ -54,13 +56,13 @@ class RunIdentity:
             self._set_state(data={"source": source, "sha256": sha256_file(source)})
 
     def check_same_data(self, source: str) -> None:
-        """Refuse a manifest changed since the teacher stage read it (nothing to check for a
-        built-in source, a run made before the hash was kept, or a teacher stage not done)."""
+        """Refuse a manifest changed since the teacher stage read it, done or stopped midway: its
+        epoch checkpoints were trained on the rows of before (twenty-first audit B2). Nothing to
+        check for a built-in source or a run made before the hash was kept."""
         from distill_export.files import sha256_file
 
         recorded = self._state().get("data")
-        done = (self.stages() or {}).get("train_teacher", {}).get("status") == "done"
-        if not done or not isinstance(recorded, dict) or recorded.get("source") != source or not Path(source).is_file():
+        if not isinstance(recorded, dict) or recorded.get("source") != source or not Path(source).is_file():
             return
         now = sha256_file(source)
         if now != recorded.get("sha256"):

@@ -284,7 +284,7 @@ def _confirm(train, completed: list, spec: ConfirmSpec, search_seed: int, quiet:
               rounds: int | None = None) -> float:
         acc = train(terms, seed, augment=augment, teacher_fusion=teacher_fusion, rounds=rounds)
         if not quiet:
-            name = "baseline" if terms is None else next(f"{c['method']} (trial {c['number']})"
+            name = "baseline" if terms is None else next(f"{c['method']} (trial {c['number'] + 1})"
                                                           for c in candidates if c["terms"] is terms)
             console.print(f"confirm seed {seed}: {name} val {100 * acc:.1f}%")
         return acc

@@ -299,7 +299,7 @@ def test_a3_the_decision_line_names_the_tasks_score():
     win = {"number": 0, "method": "heatmap_kd", "mean_val_accuracy": 0.4, "mean_gain": 0.1, "augment": None}
     confirmation = {"candidates": [win], "winner": 0, "seeds": [1, 2, 3], "p_value": 0.01, "distill": True,
                     "baseline": {"mean_val_accuracy": 0.3}, "metric": "mAP50"}
-    assert decision_line(confirmation) == ("confirmed: heatmap_kd (trial 0) 40.0% vs labels-only baseline 30.0% "
+    assert decision_line(confirmation) == ("confirmed: heatmap_kd (trial 1) 40.0% vs labels-only baseline 30.0% "
                                            "mean val mAP50 over 3 fresh seeds, +10.0 points, paired p=0.01")
     del confirmation["metric"]  # a tune.json written before: classification's word
     assert "mean val accuracy over 3" in decision_line(confirmation)
