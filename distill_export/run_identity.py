@@ -62,8 +62,12 @@ class RunIdentity:
         from distill_export.files import sha256_file
 
         recorded = self._state().get("data")
-        if not isinstance(recorded, dict) or recorded.get("source") != source or not Path(source).is_file():
+        if not isinstance(recorded, dict) or recorded.get("source") != source:
             return
+        if not Path(source).is_file():  # config.yaml keeps the path as given: relative to where the run began
+            where = "" if Path(source).is_absolute() else (" from this folder: config.yaml names it relative to the "
+                                                            "folder the run was made in, so run the command from there")
+            raise ConfigError(f"{self.path}: its manifest {source} does not exist{where} (or restore the manifest)")
         now = sha256_file(source)
         if now != recorded.get("sha256"):
             raise ConfigError(f"{self.path}: its manifest {source} changed after the teacher stage read it (sha256 "

@@ -94,3 +94,21 @@ def test_b8_a_tune_search_with_an_empty_item_is_refused(tmp_path, monkeypatch, s
     line = one_line_error(runner.invoke(app, ["run", "--tune", "2", "--tune-search", spaces, "--out", "R"]), 2)
     assert line.startswith(f"error: tune search spaces {spaces!r} has an empty item: name each space once"), line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a3_a_run_opened_from_another_folder_says_where_its_manifest_is(tmp_path, monkeypatch):
+    """config.yaml keeps data.source as given (relative to where the run began): from another
+    folder `export RUN` said only 'manifest d1/manifest.csv does not exist'."""
+    from _byo_fixtures import make_manifest
+
+    monkeypatch.chdir(tmp_path)
+    make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"teacher": {"epochs": 1}, "distill": {"epochs": 1}}))
+    result = runner.invoke(app, ["train-teacher", "--data", "m/manifest.csv", "--config", "c.yaml", "--out", "R", "-q"])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    line = one_line_error(runner.invoke(app, ["distill", "../R", "-q"]), 2)
+    assert line == ("error: ../R: its manifest m/manifest.csv does not exist from this folder: config.yaml names it "
+                    "relative to the folder the run was made in, so run the command from there (or restore the "
+                    "manifest)"), line
