@@ -25,10 +25,21 @@ from distill_export.nets.students import SplitNet, create_student
 from distill_export.train import TrainSpec, predict, train_loop
 
 
-def test_outputs(model: nn.Module, data: Dataset, modality: str, device) -> np.ndarray:
-    """(N_test, K) the student's outputs on the test split (read once, at the end of a run)."""
+def test_outputs(model: nn.Module, data: Dataset, modality: str, device, name: str = "student") -> np.ndarray:
+    """(N_test, K) the student's outputs on the test split (read once, at the end of a run).
+    Outputs that are not finite are refused in one line naming the model (`name`): NaN rows were
+    scored as class 0 and the model saved and exported (twenty-first audit B3: a loss that stays
+    finite, since training uses batch statistics, while eval-mode running statistics give NaN)."""
     x = data.test.inputs[modality].to(device)
     _, outputs = predict(model.forward_features, x, len(data.test))
+    bad = ~torch.isfinite(outputs).reshape(outputs.shape[0], -1).all(1) if outputs.numel() else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        from distill_export.errors import TrainingDiverged
+
+        raise TrainingDiverged(f"training of {name!r} ended with outputs that are not finite (NaN or inf on "
+                               f"{int(bad.sum())} of {len(bad)} test rows); it is not scored and nothing was saved "
+                               "under a final name: check its initial weights (--student-init) or lower its "
+                               "learning rate")
     return outputs.numpy()
 
 

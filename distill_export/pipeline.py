@@ -128,7 +128,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     # The test split, read once, at the end: every comparison below uses these predictions.
     task = get_task(config.task)
     targets = data.test.labels.numpy()
-    outputs = {name: test_outputs(m, data, modality, device) for name, m in models.items()}
+    outputs = {name: test_outputs(m, data, modality, device, name) for name, m in models.items()}
     metrics = {name: task.evaluate(out, targets, data) for name, out in outputs.items()}
     teacher_name = (str(config.teacher.path) if config.teacher.path
                     else f"{teacher_arch(teacher)}({'+'.join(getattr(teacher, 'modality_names', sorted(data.modalities)))})")

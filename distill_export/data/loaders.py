@@ -114,7 +114,29 @@ def open_image_header(path: Path):
     return im
 
 
+# PNG colour types whose 16-bit samples PIL decodes to 8 bits, dropping the low byte (Pillow has
+# no 16-bit-per-channel colour mode): colour type -> what the file is. 16-bit gray (type 0) opens
+# as mode I;16 and keeps its range. Read from the IHDR chunk itself (bit depth at byte 24, colour
+# type at byte 25 of the file): PIL reports these as plain RGB/RGBA (twenty-first audit B5).
+_PNG_WIDE_COLOUR = {2: "16-bit-per-channel colour (RGB)", 6: "16-bit-per-channel colour (RGBA)",
+                    4: "16-bit gray with alpha"}
+
+
+def check_png_depth(path: Path) -> None:
+    """Refuse a PNG whose 16-bit samples PIL would read as 8 bits (a dark picture becomes all 0)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
+        return  # not a PNG with its IHDR first: PIL refuses it or it is another format
+    depth, colour = head[24], head[25]
+    if depth == 16 and colour in _PNG_WIDE_COLOUR:
+        raise DataError(f"image {path} is a {_PNG_WIDE_COLOUR[colour]} PNG, which the decoder reads as 8 bits "
+                        "(the low byte of each sample would be dropped): save it as 8-bit colour or 16-bit gray")
+
+
 def check_header(im, path: Path) -> None:
+    if im.format == "PNG":
+        check_png_depth(path)
     if im.width == 0 or im.height == 0:
         raise DataError(f"image has no pixels: {path}")
     if im.width * im.height > MAX_IMAGE_PIXELS:

@@ -48,7 +48,50 @@ def new_student(config, data: Dataset) -> SplitNet:
                            input_size=input_size(spec))
     if config.student.init_weights:
         init_student(model, config.student.init_weights, config.student.name, data.target_names)
+        check_init_outputs(model, data, config.data.student_modality, config.student.init_weights)
     return model
+
+
+PROBE_ROWS = 2  # training rows the loaded student is run on: enough to see NaN, cheap at every load
+
+
+def check_init_outputs(model, data: Dataset, modality: str, path) -> None:
+    """The last guard on --student-init (twenty-first audit B3), as preflight.check_teacher_outputs
+    is for a teacher file: finite weights can still give NaN or inf in eval mode (running
+    statistics that overflow), which training (batch statistics) hides until the student is scored.
+    Streamed columns decode in workers: the end-of-run check (distill.test_outputs) covers them.
+    A forward that fails is not this probe's to word: the stage that runs the student says it."""
+    from distill_export.data.streaming import is_streamed
+    from distill_export.errors import DistillExportError
+
+    column = data.train.inputs.get(modality)
+    rows = min(PROBE_ROWS, len(data.train))
+    if column is None or rows == 0 or is_streamed(column):
+        return
+    was_training = model.training
+    model.eval()  # running statistics, as the student is scored and exported
+    try:
+        with torch.no_grad():
+            x = column[:rows]  # what predict() feeds it, batch by batch
+            outputs = model.forward_features(x.to(next(model.parameters()).device))
+    except DistillExportError:
+        raise
+    except Exception:  # noqa: BLE001 - see above
+        return
+    finally:
+        model.train(was_training)
+    if not all(bool(torch.isfinite(t).all()) for t in _tensors(outputs) if t.is_floating_point()):
+        raise CheckpointError(f"--student-init {path}: the outputs of the student are not finite (NaN or inf on the first "
+                              f"{rows} training rows with these weights loaded); check its weights (BatchNorm "
+                              "running statistics, overflowing values), refused")
+
+
+def _tensors(out):
+    """The tensors in a forward's result: (features, logits), or a detector's maps in a tuple or dict."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    return [t for item in items for t in _tensors(item)]
 
 
 def input_size(spec) -> int:

@@ -50,7 +50,40 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], object]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"--student-init {path} holds no state_dict (a dict of tensors)")
     check_state_dict(state, f"--student-init {path}")  # string keys, finite values
+    check_running_vars(state, path)
     return {k.removeprefix("module."): v for k, v in state.items()}, declared
+
+
+def check_running_vars(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A BatchNorm running variance is never negative (twenty-first audit B3): in eval mode the
+    layer divides by sqrt(var + eps), so a negative entry makes every output NaN, while training
+    (batch statistics) goes on and the NaN student was scored and exported. Checked on the file's
+    own names (ours, torchvision's, timm's all end in running_var), before timm's eps is folded."""
+    for key, value in state.items():
+        if key.endswith("running_var") and value.is_floating_point() and bool((value < 0).any()):
+            bad = int((value < 0).sum())
+            raise CheckpointError(f"--student-init {path}: tensor {key[:80]!r} holds {bad} negative value"
+                                  f"{'s' * (bad > 1)} (of {value.numel()}); a BatchNorm running variance is never "
+                                  "negative (the outputs of the student would be NaN), refused")
+
+
+def _check_head(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """The file's head is one Linear layer that reads the backbone the file also holds: head.bias
+    has one entry per row of head.weight, and head.weight the student's input features. Only its
+    class count may differ (the head is then replaced). Twenty-first audit B4: a (3, 32) weight with
+    a (4,) bias was "a 3-class head for 3 classes: replaced", a line that contradicts itself."""
+    weight, mine = state.get(f"{HEAD_PREFIX}weight"), own.get(f"{HEAD_PREFIX}weight")
+    if weight is None or mine is None:
+        return  # a head named otherwise (a factory student's): the key-by-key shape check below
+    fits = f"--student-init {path} does not fit student {name}"
+    if weight.dim() != mine.dim() or weight.shape[1:] != mine.shape[1:]:
+        raise CheckpointError(f"{fits}: {HEAD_PREFIX}weight has shape {tuple(weight.shape)}, the student's is "
+                              f"{tuple(mine.shape)} (only a head's class count, its first dimension, may differ)")
+    bias = state.get(f"{HEAD_PREFIX}bias")
+    if bias is not None and tuple(bias.shape) != tuple(weight.shape[:1]):
+        raise CheckpointError(f"{fits}: its head is inconsistent: {HEAD_PREFIX}bias has shape {tuple(bias.shape)} "
+                              f"and {HEAD_PREFIX}weight {tuple(weight.shape)} has {weight.shape[0]} rows (one bias "
+                              "per class)")
 
 
 def _tell(path: Path, classes: int, line: str) -> None:
@@ -189,6 +222,7 @@ def init_student(model: nn.Module, path, name: str, class_names=None) -> nn.Modu
     state = _as_ours(raw, model, path, name)
     own = model.state_dict()
     head = [k for k in own if k.startswith(HEAD_PREFIX)]
+    _check_head(state, own, path, name)
     if head and any(state[k].shape != own[k].shape for k in head):
         classes, file_classes = own[f"{HEAD_PREFIX}weight"].shape[0], state[f"{HEAD_PREFIX}weight"].shape[0]
         _tell(path, classes, f"student init: {path.name} has a {file_classes}-class head and the data has {classes} "
