@@ -87,6 +87,19 @@ def open_run(run_dir: Path, overrides: dict | None = None, command: str | None =
     return run, config
 
 
+def _same_file(a: dict, b: dict, key: str) -> bool:
+    """A file setting written another way (`./m.csv` for `m.csv`, or absolute) names the same file:
+    not a change (twenty-first audit A4). config.yaml keeps the run's own spelling."""
+    if key not in ("data.source", "teacher.path", "student.init_weights"):
+        return False
+    section, name = key.split(".")
+    x, y = (a.get(section) or {}).get(name), (b.get(section) or {}).get(name)
+    try:
+        return isinstance(x, str) and isinstance(y, str) and Path(x).is_file() and Path(x).samefile(y)
+    except (OSError, ValueError):
+        return False
+
+
 def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dict):
     """(run, config) of the run to resume; overrides (dotted keys) or a config file that change
     its config.yaml are refused, naming the keys."""
@@ -104,7 +117,7 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
         wanted = apply_flags(config_from_dict(saved.to_dict()), overrides)
         validate_config(wanted)
     a, b = saved.to_dict(), wanted.to_dict()
-    diff = differences(a, b)
+    diff = [k for k in differences(a, b) if not _same_file(a, b, k)]
     if diff:
         def value(d, key):
             for part in key.split("."):

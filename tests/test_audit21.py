@@ -112,3 +112,27 @@ def test_a3_a_run_opened_from_another_folder_says_where_its_manifest_is(tmp_path
     assert line == ("error: ../R: its manifest m/manifest.csv does not exist from this folder: config.yaml names it "
                     "relative to the folder the run was made in, so run the command from there (or restore the "
                     "manifest)"), line
+
+
+def test_a4_resume_takes_the_same_manifest_written_another_way(tmp_path, monkeypatch):
+    """`run --resume R --data ./m/manifest.csv` was refused ("data.source: run 'm/manifest.csv',
+    given './m/manifest.csv'"): the same file. Another file is still a change."""
+    from pathlib import Path
+
+    from _byo_fixtures import make_manifest
+    from distill_export.errors import DistillExportError
+    from distill_export.launch import resume_config
+
+    monkeypatch.chdir(tmp_path)
+    make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"teacher": {"epochs": 1}, "distill": {"epochs": 1}}))
+    result = runner.invoke(app, ["train-teacher", "--data", "m/manifest.csv", "--config", "c.yaml", "--out", "R", "-q"])
+    assert result.exit_code == 0, result.output
+    state = json.loads((tmp_path / "R" / "state.json").read_text())
+    state["stages"]["train_teacher"] = {"status": "pending"}  # as if killed in its teacher stage
+    (tmp_path / "R" / "state.json").write_text(json.dumps(state))
+    for spelling in ("./m/manifest.csv", str(tmp_path / "m" / "manifest.csv")):
+        assert resume_config(Path("R"), None, None, {"data.source": spelling})[1].data.source == "m/manifest.csv"
+    (tmp_path / "other.csv").write_bytes((tmp_path / "m" / "manifest.csv").read_bytes())
+    with pytest.raises(DistillExportError, match="data.source: run 'm/manifest.csv', given 'other.csv'"):
+        resume_config(Path("R"), None, None, {"data.source": "other.csv"})
