@@ -163,6 +163,9 @@ def test_b5_distill_on_a_run_refuses_it_too(tmp_path, monkeypatch):
         def check_same_data(self, source):  # a built-in source: no manifest to hash
             return None
 
+        def stages(self):  # nothing recorded done: no flag changes what a stage ran with
+            return {}
+
     monkeypatch.setattr(RunDir, "existing", classmethod(lambda cls, path: FakeRun()))
     line = one_line_error(runner.invoke(app, ["distill", str(tmp_path), "-T", "8", "--method", "pseudo_label", "-q"]))
     assert line.startswith("error: --temperature 8 sets distill.temperature, but --method pseudo_label"), line

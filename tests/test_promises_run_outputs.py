@@ -39,7 +39,8 @@ def run(tmp_path) -> RunDir:
         run.file(name).write_text(name)
     np.savez(run.file("parity_data.npz"), checkpoint_sha256=np.array(sha256_file(run.file("student.pt"))))
     sha = {n: sha256_file(run.file(n)) for n in ("student.onnx", "student_int8.onnx", "teacher.onnx")}
-    rep = {"schema_version": 1, "metrics": {"teacher": {"accuracy": 0.9}, "student": {"accuracy": 0.8}},
+    rep = {"schema_version": 1, "run_id": json.loads(run.file("state.json").read_text())["run_id"],  # the claim's
+           "metrics": {"teacher": {"accuracy": 0.9}, "student": {"accuracy": 0.8}},
            "exports": {"onnx": {"path": "student.onnx", "parity": {"passed": True, "artifact_sha256": sha["student.onnx"]}},
                        "onnx_int8": {"path": "student_int8.onnx",
                                      "parity": {"passed": True, "artifact_sha256": sha["student_int8.onnx"]}},
