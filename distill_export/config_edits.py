@@ -21,6 +21,10 @@ SECTION_STAGE = {"data": "train_teacher", "teacher": "train_teacher", "seed": "t
                  "task": "train_teacher", "student": "distill", "distill": "distill", "export": "export",
                  "validate": "validate", "profile": "profile"}
 
+# Keys that say how a stage runs, not what it makes: editing them after the stage changes nothing
+# it recorded (twenty-second audit A1: data.num_workers).
+NOT_SHAPING = {"data.num_workers"}
+
 
 def differences(saved, wanted, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts (`out` is where, not what)."""
@@ -46,7 +50,7 @@ def check_hand_edits(run, run_dir: Path, config_yaml: dict, command: str | None 
     stages = run.stages() or {}
     first_rerun = RUN_STAGES.index(command) if command else len(RUN_STAGES)
     for key in differences(written, config_yaml):
-        stage = SECTION_STAGE.get(key.split(".")[0])
+        stage = None if key in NOT_SHAPING else SECTION_STAGE.get(key.split(".")[0])
         if stage is None or RUN_STAGES.index(stage) >= first_rerun or stages.get(stage, {}).get("status") != "done":
             continue
         who = f"--resume {run_dir}" if command is None else f"{run_dir}"

@@ -238,16 +238,19 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     summary["confirm_seconds"] = round(time.perf_counter() - start - search_seconds, 1)
     summary["decision"] = decision = _decide(summary)
     header = (f"{TUNE_HEADER} ({len(completed)} completed trials"
-              f"{_confirmed_words(summary)}). Use: distill-export run --config {out_path.name}\n"
+              f"{_confirmed_words(summary)}). Use: distill-export run --config {out_path.name} --out NEW\n"
               f"# {decision['line']}\n")
     body = {"method": "labels_only", "terms": decision["terms"]} if not decision["distill"] else {"terms": decision["terms"]}
     if decision["distill"] and decision.get("augment"):
         body.update(decision["augment"])  # distill.mix and distill.mix_alpha: the mixing it was confirmed with
     if decision["distill"] and "rounds" in search:  # unsearched, a recipe's own distill.rounds still applies
         body["rounds"] = decision.get("rounds") or 1
-    chosen_yaml = {"distill": body}
+    # The run's whole config with the choice in it: `run --config tuned.yaml` alone ran the choice on
+    # the built-in demo (twenty-second audit B2). Not its folder, and no second search.
+    chosen_yaml = {**config.to_dict(), "out": None}
+    chosen_yaml["distill"] = {**chosen_yaml["distill"], **body, "tune_trials": 0, "tune_minutes": 0.0}
     if decision["distill"] and decision.get("teacher_fusion"):  # a new run trains that teacher
-        chosen_yaml = {"teacher": {"fusion": decision["teacher_fusion"]}, **chosen_yaml}
+        chosen_yaml["teacher"] = {**chosen_yaml["teacher"], "fusion": decision["teacher_fusion"]}
     write_text(out_path, header + yaml.safe_dump(chosen_yaml, sort_keys=False))
     write_text(run.file("tune.json"), json.dumps(summary, indent=2))
     term_specs(_with_terms(config, decision["terms"]).distill)  # the written file loads

@@ -134,7 +134,10 @@ def test_no_confirmed_gain_writes_labels_only_and_run_loads_it(run_copy, tmp_pat
     assert all(g < 0 for c in summary["confirmation"]["candidates"] for g in c["gains_vs_baseline"])
     text = out.read_text()
     assert "distillation is not expected to pay here" in text.splitlines()[1]
-    assert yaml.safe_load(text)["distill"] == {"method": "labels_only", "terms": [{"name": "ce", "weight": 1.0}]}
+    written = yaml.safe_load(text)
+    assert (written["distill"]["method"], written["distill"]["terms"]) == ("labels_only", [{"name": "ce", "weight": 1.0}])
+    run_config = yaml.safe_load((run_copy / "config.yaml").read_text())  # the whole run's, not the demo's
+    assert written["data"] == run_config["data"] and written["out"] is None and written["distill"]["tune_trials"] == 0
     from distill_export.distill import labels_only
     from distill_export.methods import term_specs
 

@@ -70,4 +70,4 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
         out.print(f"confirmation ({summary['confirm_seconds']:.0f} s): {summary['decision']['line']}", highlight=False)
     else:
         out.print(summary["decision"]["line"], highlight=False)
-    out.print(f"config: {path}  (use: distill-export run --config {path})", highlight=False)
+    out.print(f"config: {path}  (use: distill-export run --config {path} --out NEW)", highlight=False)

@@ -134,9 +134,38 @@ def check_png_depth(path: Path) -> None:
                         "(the low byte of each sample would be dropped): save it as 8-bit colour or 16-bit gray")
 
 
-def check_header(im, path: Path) -> None:
+def _ppm_maxval(path: Path) -> int | None:
+    """The maxval of a colour PPM (P3/P6: magic, width, height, maxval; '#' comments between)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:2] not in (b"P3", b"P6"):
+        return None
+    tokens = [t for line in head[2:].splitlines() for t in line.split(b"#")[0].split()]
+    return int(tokens[2]) if len(tokens) >= 3 and tokens[2].isdigit() else None
+
+
+def check_wide_colour(im, path: Path) -> None:
+    """Refuse a colour image with more than 8 bits per sample that PIL reads as 8 (the low byte
+    dropped: a 0-255 picture stored in 16 bits becomes all 0): PNG from its IHDR, a PPM from its
+    maxval, a TIFF from its BitsPerSample (twenty-first audit B5, twenty-second B3)."""
     if im.format == "PNG":
         check_png_depth(path)
+        return
+    wide = None
+    if im.format == "PPM" and (maxval := _ppm_maxval(path)) is not None and maxval > 255:
+        wide = f"a colour PPM with maxval {maxval} (16 bits per sample)"
+    elif im.format == "TIFF" and im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB"):
+        bits = getattr(im, "tag_v2", {}).get(258) or ()
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        if any(isinstance(b, int) and b > 8 for b in bits):
+            wide = f"a {max(bits)}-bit-per-channel colour TIFF"
+    if wide:
+        raise DataError(f"image {path} is {wide}, which the decoder reads as 8 bits (the low byte of each sample "
+                        "would be dropped): save it as 8-bit colour or 16-bit gray")
+
+
+def check_header(im, path: Path) -> None:
+    check_wide_colour(im, path)
     if im.width == 0 or im.height == 0:
         raise DataError(f"image has no pixels: {path}")
     if im.width * im.height > MAX_IMAGE_PIXELS:

@@ -92,8 +92,10 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
         ) from None
     detail = "; ".join(f"{k}: {error_reason(e)}" for k, e in errors)
     other = " or the dynamo exporter" if len(errors) == 1 else ""
+    # An opset above what an exporter knows needs a lower one, not a higher (twenty-second audit B4).
+    direction = "lower" if "Unsupported onnx_opset_version" in detail else "higher"
     raise ExportError(
-        f"cannot export student {name} to onnx (opset {options.opset}): {detail}; try a higher --opset{other}"
+        f"cannot export student {name} to onnx (opset {options.opset}): {detail}; try a {direction} --opset{other}"
     ) from None
 
 
