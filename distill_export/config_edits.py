@@ -21,9 +21,9 @@ SECTION_STAGE = {"data": "train_teacher", "teacher": "train_teacher", "seed": "t
                  "task": "train_teacher", "student": "distill", "distill": "distill", "export": "export",
                  "validate": "validate", "profile": "profile"}
 
-# Keys that say how a stage runs, not what it makes: editing them after the stage changes nothing
-# it recorded (twenty-second audit A1: data.num_workers).
-NOT_SHAPING = {"data.num_workers"}
+# Keys that say how a stage's data loader runs, not what it makes: editing them after the stage
+# changes nothing it recorded (twenty-second audit A1, twenty-third B2).
+NOT_SHAPING = {"data.num_workers", "data.pin_memory", "data.persistent_workers"}
 
 
 def differences(saved, wanted, prefix: str = "") -> list[str]:

@@ -24,6 +24,7 @@ from distill_export.config_checks import check_tune_minutes, tune_search_spaces
 from distill_export.confirm import LABELS_ONLY_TERMS, ConfirmSpec, confirm, confirmation_seeds, decision_line
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
+from distill_export.tasks import get_task
 
 console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
@@ -232,8 +233,6 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     }
     summary["confirmation"] = _confirm(train, completed, confirm_spec, config.seed, quiet)
     if summary["confirmation"] is not None:  # the decision line names the task's score (mAP50 for detection)
-        from distill_export.tasks import get_task
-
         summary["confirmation"]["metric"] = get_task(config.task).score_name
     summary["confirm_seconds"] = round(time.perf_counter() - start - search_seconds, 1)
     summary["decision"] = decision = _decide(summary)
@@ -245,8 +244,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         body.update(decision["augment"])  # distill.mix and distill.mix_alpha: the mixing it was confirmed with
     if decision["distill"] and "rounds" in search:  # unsearched, a recipe's own distill.rounds still applies
         body["rounds"] = decision.get("rounds") or 1
-    # The run's whole config with the choice in it: `run --config tuned.yaml` alone ran the choice on
-    # the built-in demo (twenty-second audit B2). Not its folder, and no second search.
+    # The run's whole config with the choice, no folder, no second search (B2: the choice alone ran on the demo)
     chosen_yaml = {**config.to_dict(), "out": None}
     chosen_yaml["distill"] = {**chosen_yaml["distill"], **body, "tune_trials": 0, "tune_minutes": 0.0}
     if decision["distill"] and decision.get("teacher_fusion"):  # a new run trains that teacher

@@ -55,7 +55,7 @@ def test_b3_a_16_bit_colour_ppm_or_tiff_is_refused_not_read_as_8_bits(tmp_path, 
     wide = tmp_path / f"wide.{kind}"
     if kind == "ppm":
         wide.write_bytes(b"P6\n# a comment\n8 8\n65535\n" + rgb.astype(">u2").tobytes())
-        what = "a colour PPM with maxval 65535 (16 bits per sample)"
+        what = "a colour PPM with maxval 65535 (more than 8 bits per sample)"
     else:
         _tiff_rgb16(wide, rgb)
         what = "a 16-bit-per-channel colour TIFF"
@@ -77,11 +77,13 @@ def test_b4_an_opset_above_the_exporters_says_lower(run_copy):
     assert snapshot(run_copy) == before
 
 
-def test_a1_an_edit_of_how_a_stage_runs_is_no_edit_of_what_it_made(run_copy):
-    """data.num_workers edited after the teacher stage was refused as a change to what it ran with."""
+@pytest.mark.parametrize(("key", "value"), [("num_workers", 1), ("pin_memory", "false"), ("persistent_workers", False)])
+def test_a1_an_edit_of_how_a_stage_runs_is_no_edit_of_what_it_made(run_copy, key, value):
+    """data.num_workers (and, the twenty-third audit's B2, pin_memory and persistent_workers)
+    edited after the teacher stage was refused as a change to what it ran with."""
     from distill_export.launch import open_run
 
     config = yaml.safe_load((run_copy / "config.yaml").read_text())
-    config["data"]["num_workers"] = 1
+    config["data"][key] = value
     (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    assert open_run(run_copy, None, command="export")[1].data.num_workers == 1
+    assert getattr(open_run(run_copy, None, command="export")[1].data, key) == value

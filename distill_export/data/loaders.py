@@ -153,7 +153,7 @@ def check_wide_colour(im, path: Path) -> None:
         return
     wide = None
     if im.format == "PPM" and (maxval := _ppm_maxval(path)) is not None and maxval > 255:
-        wide = f"a colour PPM with maxval {maxval} (16 bits per sample)"
+        wide = f"a colour PPM with maxval {maxval} (more than 8 bits per sample)"
     elif im.format == "TIFF" and im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB"):
         bits = getattr(im, "tag_v2", {}).get(258) or ()
         bits = bits if isinstance(bits, tuple) else (bits,)

@@ -179,16 +179,24 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     from distill_export.nets.pt2_safety import check_pt2_archive, weights_only_loads
 
     check_pt2_archive(path)  # torch.export.load unpickles with weights_only=False: refuse such entries first
-    quiet = logging.getLogger("torch.export")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; we say it in one line
+    # torch logs the cause as a warning, then raises "check the warnings above": we keep the cause
+    # for our one line and print nothing of torch's (twenty-third audit B3).
+    quiet, said = logging.getLogger("torch.export"), []
+    saved = quiet.level, quiet.propagate, quiet.handlers
+    keep = logging.Handler(logging.WARNING)
+    keep.emit = lambda record: said.append(str(record.exc_info[1]) if record.exc_info else record.getMessage())
+    quiet.setLevel(logging.WARNING)
+    quiet.propagate, quiet.handlers = False, [keep]
     try:
         with weights_only_loads():
             ep = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path} is not a torch.export program (.pt2): {load_failure(exc)}") from None
+        cause = next((line.strip() for text in said for line in text.splitlines() if line.strip()), "")
+        raise CheckpointError(f"{path} is not a torch.export program (.pt2): "
+                              f"{cause[:300] if cause else load_failure(exc)}") from None
     finally:
-        quiet.setLevel(level)
+        quiet.setLevel(saved[0])
+        quiet.propagate, quiet.handlers = saved[1], saved[2]
     from distill_export.nets.pt2_graph import check_program_graph
 
     check_program_graph(ep, path)  # loading runs no node; refuse file, I/O or in-place-input operators before any does

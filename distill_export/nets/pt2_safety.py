@@ -167,6 +167,23 @@ def check_pt2_archive(path) -> None:
                 _check_sample_inputs(z.read(present[sample]), sample, path)
             if present[f"models/{model}.json"].file_size > MAX_JSON_BYTES:
                 raise _refuse(path, f"models/{model}.json is larger than {MAX_JSON_BYTES} bytes")
+            _check_expressions(z, present[f"models/{model}.json"], path)
+
+
+def _check_expressions(z: zipfile.ZipFile, info: zipfile.ZipInfo, path) -> None:
+    """torch sympifies (evaluates) each shape expression of the program: only what torch.export.save
+    writes passes (pt2_exprs)."""
+    from distill_export.nets.pt2_exprs import bad_part, expressions
+
+    try:
+        program = json.loads(z.read(info))
+    except (ValueError, RecursionError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable .pt2: {_entry(info.filename)} is not valid JSON "
+                              f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+    for expr in expressions(program):
+        if (bad := bad_part(expr)) is not None:
+            raise _refuse(path, f"a shape expression in {_entry(info.filename)} holds {bad}, which torch.export.save "
+                                "does not write (torch would evaluate it as Python)")
 
 
 @contextmanager
