@@ -5,9 +5,8 @@ It never reads the test split: each trial trains a student against the run's tea
 scored by its best validation accuracy. Then a confirmation stage (confirm.py) re-trains the
 top trials and the labels-only baseline with fresh seeds and picks by the mean; where no
 objective is confirmed above the baseline, tune writes a labels-only objective (don't distill).
-The choice is written as YAML that `distill-export run --config` takes, so the test split is
-read once, by that run.
-"""
+The choice is written as YAML that `distill-export run --config` takes (the test split is read
+once, by that run)."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from distill_export.confirm import LABELS_ONLY_TERMS, ConfirmSpec, confirm, conf
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
 from distill_export.tasks import get_task
+from distill_export.tune_record import resumed_summary
 
 console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
@@ -347,14 +347,14 @@ def _with_terms(config, terms: list[dict]):
 def tune_before_distill(config, run, quiet: bool = False):
     """`run --tune N`: search and confirm the objective on validation after the teacher, then distil
     with the choice (labels only where nothing was confirmed above the baseline). The run's
-    config.yaml and report.json say what was chosen and why; a resumed run reuses the choice.
-    Returns the config to distil with."""
+    config.yaml and report.json say what was chosen and why; a resumed run reuses the choice
+    (tune_record checks it). Returns the config to distil with."""
     cfg = config.distill
     if not (cfg.tune_trials or cfg.tune_minutes):
         return config
     summary_file, chosen_file = run.file("tune.json"), run.file("tuned.yaml")
     if summary_file.exists() and chosen_file.exists():  # resumed after the search
-        summary = json.loads(summary_file.read_text())
+        summary = resumed_summary(summary_file, config)
     else:
         budget = TuneBudget(cfg.tune_trials or 100_000, cfg.tune_minutes or None, "--tune", "--tune-minutes")
         summary = tune(config, run, None, budget, chosen_file, quiet, search=tune_search_spaces(cfg.tune_search))

@@ -143,7 +143,7 @@ def load_parity_data(path: str | Path) -> dict:
         with np.load(path) as f:
             data = {"x": f["x"], "labels": f["labels"], "reference": _reference_from(f)}
             data["checkpoint_sha256"] = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, MemoryError) as exc:  # MemoryError: a header declaring a huge shape
         raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
     arrays = {"x": data["x"], **(data["reference"] if isinstance(data["reference"], dict) else
                                  {"reference": data["reference"]})}

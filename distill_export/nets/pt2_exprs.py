@@ -28,6 +28,9 @@ _TOKEN = re.compile(
     r"\s+|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|'(?P<quoted>[A-Za-z_][A-Za-z0-9_]*)'"
     r"|[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|\*\*|//|<=|>=|==|!=|[-+*/%(),=<>&|~]")
 MAX_EXPR_CHARS = 10_000
+MAX_DIGITS = 15
+MAX_EXPONENT = 64
+_POWERS = {"Pow", "PowByNatural", "FloatPow"}
 
 
 def bad_part(expr) -> str | None:
@@ -38,15 +41,24 @@ def bad_part(expr) -> str | None:
         return f"{len(expr)} characters"
     if "__" in expr:
         return "'__'"
-    pos = 0
+    pos, powers, numbers = 0, 0, []
     while pos < len(expr):
         m = _TOKEN.match(expr, pos)
         if m is None:
             return repr(expr[pos:pos + 20])
-        name = m.group("name")
+        name, text = m.group("name"), m.group(0)
         if name is not None and name not in _FUNCTIONS and not _GENERATED.match(name) and not _SYMBOL.match(name):
             return repr(name)
+        powers += text == "**" or name in _POWERS
+        if text[0].isdigit():
+            numbers.append(text)
         pos = m.end()
+    # sympy evaluates numbers exactly: 9**9**9**9 passed the names and ran forever (twenty-fourth
+    # audit B1). A shape needs one small power at most (s0**2), and no huge literal.
+    if any(len(n) > MAX_DIGITS for n in numbers):
+        return f"a number of more than {MAX_DIGITS} digits"
+    if powers > 1 or (powers and any(float(n) > MAX_EXPONENT for n in numbers)):
+        return "a power beyond what a shape needs"
     return None
 
 

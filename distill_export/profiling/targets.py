@@ -244,6 +244,11 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
             kind = "baseline" if meta.get("role") == "baseline" else "student"
         else:
             raise CheckpointError(f"{path} holds a {kind!r}; the profiler runs teacher and student checkpoints")
+    from distill_export.runtimes.onnx_bounds import check_feed_size
+
+    for name, dims in ({"input": student_shape} if student_shape is not None else shapes).items():
+        if dims and all(isinstance(d, int) for d in dims):  # a .pt2 declaring 1x100000x100000 (twenty-fourth audit B2)
+            check_feed_size(path, name, (1, *dims), 4)
     if student_shape is not None:
         example = lambda b: torch.randn(b, *student_shape, generator=gen)  # noqa: E731
     else:
