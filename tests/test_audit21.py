@@ -15,6 +15,22 @@ from distill_export.cli import app
 runner = CliRunner()
 
 
+def _teacher_run(tmp_path, monkeypatch, killed: bool = False) -> None:
+    """In tmp_path (the cwd from here): m/manifest.csv and run R of its teacher stage (1 epoch);
+    killed: state.json as if the process died in that stage."""
+    from _byo_fixtures import make_manifest
+
+    monkeypatch.chdir(tmp_path)
+    make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"teacher": {"epochs": 1}, "distill": {"epochs": 1}}))
+    result = runner.invoke(app, ["train-teacher", "--data", "m/manifest.csv", "--config", "c.yaml", "--out", "R", "-q"])
+    assert result.exit_code == 0, result.output
+    if killed:
+        state = json.loads((tmp_path / "R" / "state.json").read_text())
+        state["stages"]["train_teacher"] = {"status": "pending"}  # as if killed in its teacher stage
+        (tmp_path / "R" / "state.json").write_text(json.dumps(state))
+
+
 def test_b1_a_stage_commands_flag_for_a_done_earlier_stage_is_refused(run_copy):
     """`distill RUN --seed 5` ran (cache hit on the seed-0 teacher) and recorded seed 5, where the
     same edit typed into config.yaml is refused: the seed picks the labeled rows the teacher saw."""
@@ -36,16 +52,7 @@ def test_b2_resume_refuses_a_manifest_changed_after_the_teacher_stage_began(tmp_
     """A run killed in its teacher stage, the manifest's labels then swapped: `run --resume`
     continued the teacher from its epoch checkpoint on the new labels, and recorded only the new
     manifest's hash. Now refused, naming the manifest."""
-    from _byo_fixtures import make_manifest
-
-    monkeypatch.chdir(tmp_path)
-    make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"teacher": {"epochs": 1}, "distill": {"epochs": 1}}))
-    result = runner.invoke(app, ["train-teacher", "--data", "m/manifest.csv", "--config", "c.yaml", "--out", "R", "-q"])
-    assert result.exit_code == 0, result.output
-    state = json.loads((tmp_path / "R" / "state.json").read_text())
-    state["stages"]["train_teacher"] = {"status": "pending"}  # as if killed in its teacher stage
-    (tmp_path / "R" / "state.json").write_text(json.dumps(state))
+    _teacher_run(tmp_path, monkeypatch, killed=True)
     manifest = tmp_path / "m" / "manifest.csv"
     manifest.write_bytes(manifest.read_bytes().replace(b"cat", b"dog", 1))
     before = snapshot(tmp_path / "R")
@@ -99,13 +106,7 @@ def test_b8_a_tune_search_with_an_empty_item_is_refused(tmp_path, monkeypatch, s
 def test_a3_a_run_opened_from_another_folder_says_where_its_manifest_is(tmp_path, monkeypatch):
     """config.yaml keeps data.source as given (relative to where the run began): from another
     folder `export RUN` said only 'manifest d1/manifest.csv does not exist'."""
-    from _byo_fixtures import make_manifest
-
-    monkeypatch.chdir(tmp_path)
-    make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"teacher": {"epochs": 1}, "distill": {"epochs": 1}}))
-    result = runner.invoke(app, ["train-teacher", "--data", "m/manifest.csv", "--config", "c.yaml", "--out", "R", "-q"])
-    assert result.exit_code == 0, result.output
+    _teacher_run(tmp_path, monkeypatch)
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
     line = one_line_error(runner.invoke(app, ["distill", "../R", "-q"]), 2)
@@ -119,18 +120,10 @@ def test_a4_resume_takes_the_same_manifest_written_another_way(tmp_path, monkeyp
     given './m/manifest.csv'"): the same file. Another file is still a change."""
     from pathlib import Path
 
-    from _byo_fixtures import make_manifest
     from distill_export.errors import DistillExportError
     from distill_export.launch import resume_config
 
-    monkeypatch.chdir(tmp_path)
-    make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"teacher": {"epochs": 1}, "distill": {"epochs": 1}}))
-    result = runner.invoke(app, ["train-teacher", "--data", "m/manifest.csv", "--config", "c.yaml", "--out", "R", "-q"])
-    assert result.exit_code == 0, result.output
-    state = json.loads((tmp_path / "R" / "state.json").read_text())
-    state["stages"]["train_teacher"] = {"status": "pending"}  # as if killed in its teacher stage
-    (tmp_path / "R" / "state.json").write_text(json.dumps(state))
+    _teacher_run(tmp_path, monkeypatch, killed=True)
     for spelling in ("./m/manifest.csv", str(tmp_path / "m" / "manifest.csv")):
         assert resume_config(Path("R"), None, None, {"data.source": spelling})[1].data.source == "m/manifest.csv"
     (tmp_path / "other.csv").write_bytes((tmp_path / "m" / "manifest.csv").read_bytes())
