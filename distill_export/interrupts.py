@@ -62,6 +62,14 @@ def reported_all() -> None:
     _unreported.clear()
 
 
+def raise_pending() -> None:
+    """Raise again a Ctrl-C or SIGTERM that something swallowed (a library's broad except, a
+    __del__): called at safe points (each training epoch), so the command still stops soon. CI
+    once saw a SIGTERM land early in `run` and the run finish its every stage before exit 143."""
+    if _unreported:
+        raise _unreported[0]
+
+
 def unreported() -> KeyboardInterrupt | None:
     """The first interruption raised since the last report, if any."""
     return _unreported[0] if _unreported else None

@@ -30,6 +30,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from distill_export.interrupts import raise_pending
+
 
 @dataclass
 class TrainSpec:
@@ -175,6 +177,7 @@ def train_loop(
         task = progress.add_task(label, total=spec.epochs * steps_per_epoch, status="",
                                  completed=start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, spec.epochs):
+            raise_pending()  # a SIGTERM or Ctrl-C something below swallowed: stop now
             for m in modules:
                 m.train()
             passes = -(-per_epoch // n_rows)

@@ -92,3 +92,24 @@ def test_b4_b6_a_tune_json_that_tune_did_not_write_is_named_on_resume(tmp_path, 
         resumed_summary(path, RunConfig())
     assert str(caught.value).startswith(f"{path} is not the tune.json tune wrote (") and why in str(caught.value)
     assert str(caught.value).endswith("restore it, or delete it and tuned.yaml so that `run --resume` searches again")
+
+
+def test_a_swallowed_sigterm_stops_training_at_the_next_epoch():
+    """CI once saw SIGTERM land early in `run` and the run finish every stage before exit 143:
+    something swallowed the Terminated. The training loop raises it again at each epoch."""
+    import torch
+    from torch import nn
+
+    from distill_export import interrupts
+    from distill_export.train import TrainSpec, train_loop
+
+    try:
+        interrupts.raise_terminated(15, None)
+    except interrupts.Terminated:
+        pass  # swallowed, as a library's broad except would
+    model = nn.Linear(2, 2)
+    spec = TrainSpec(epochs=2, lr=0.1, batch_size=2)
+    with pytest.raises(interrupts.Terminated):
+        train_loop([model], lambda rows: model(torch.zeros(len(rows), 2)).sum(), 4, lambda: 0.5, spec, "m",
+                   quiet=True)
+    interrupts.reported_all()
