@@ -56,8 +56,9 @@ def profile_command(
         from distill_export.rundir import RunDir
 
         run = RunDir.existing(run_dir)
-        base = run.load_config().profile  # the run's sweep and time budget
-        check_hand_edits(run, run_dir, run.load_config().to_dict(), "profile")  # e.g. teacher.path edited after distill
+        run_config = run.load_config()
+        check_hand_edits(run, run_dir, run_config.to_dict(), "profile")  # e.g. teacher.path edited after distill
+        base = run_config.profile  # the run's sweep and time budget
     for name, value in (("warmup_s", warmup_s), ("min_time_s", min_time_s), ("min_iters", min_iters),
                         ("max_call_s", max_call_s)):
         if value is not None:
