@@ -77,7 +77,7 @@ def open_run(run_dir: Path, overrides: dict | None = None, command: str | None =
     if command is not None:
         check_hand_edits(run, run_dir, config.to_dict(), command)
     if command in ("distill", "export"):  # they read the data again
-        run.check_same_data(config.data.source)
+        run.check_same_data(config.data.source, config.data.annotations)
     before = config.to_dict()
     apply_flags(config, overrides or {})  # --method replaces the run's distill.terms
     if command is not None:  # e.g. `distill RUN --seed 5`: the teacher stage ran with seed 0 (before the
@@ -111,7 +111,7 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
     run = RunDir.resumable(run_dir)
     saved = run.load_config()
     check_hand_edits(run, run_dir, saved.to_dict())
-    run.check_same_data(saved.data.source)  # the manifest the teacher stage read (or began to)
+    run.check_same_data(saved.data.source, saved.data.annotations)  # the manifest the teacher stage read (or began to)
     if recipe or config_file:  # a whole config: compare all of it
         wanted = load_config(recipe or "avdigits", config_file, overrides)
     else:  # flags only: they must agree with the run's values

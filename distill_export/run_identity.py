@@ -48,19 +48,22 @@ class RunIdentity:
                               "report.json, or start a new run with `--out NEW`")
         return loaded
 
-    def record_data(self, source: str) -> None:
-        """The manifest's sha256, as the stages about to run read it."""
+    def record_data(self, source: str, annotations: str = "") -> None:
+        """The sha256 of the manifest (and of its COCO annotations file), as the stages about to
+        run read them."""
         from distill_export.files import sha256_file
 
         if Path(source).is_file():
-            self._set_state(data={"source": source, "sha256": sha256_file(source)})
+            state = {"source": source, "sha256": sha256_file(source)}
+            if (file := _annotations_file(source, annotations)) is not None and file.is_file():
+                state["annotations"] = {"path": str(file), "sha256": sha256_file(file)}
+            self._set_state(data=state)
 
-    def check_same_data(self, source: str) -> None:
-        """Refuse a manifest changed since the teacher stage read it, done or stopped midway: its
-        epoch checkpoints were trained on the rows of before (twenty-first audit B2). Nothing to
-        check for a built-in source or a run made before the hash was kept."""
-        from distill_export.files import sha256_file
-
+    def check_same_data(self, source: str, annotations: str = "") -> None:
+        """Refuse a manifest (or data.annotations file) changed since the teacher stage read it,
+        done or stopped midway: its epoch checkpoints were trained on the rows of before
+        (twenty-first audit B2; the boxes of a COCO file, twenty-fifth). Nothing to check for a
+        built-in source or a run made before the hash was kept."""
         recorded = self._state().get("data")
         if not isinstance(recorded, dict) or recorded.get("source") != source:
             return
@@ -68,9 +71,28 @@ class RunIdentity:
             where = "" if Path(source).is_absolute() else (" from this folder: config.yaml names it relative to the "
                                                             "folder the run was made in, so run the command from there")
             raise ConfigError(f"{self.path}: its manifest {source} does not exist{where} (or restore the manifest)")
-        now = sha256_file(source)
-        if now != recorded.get("sha256"):
-            raise ConfigError(f"{self.path}: its manifest {source} changed after the teacher stage read it (sha256 "
-                              f"{now[:12]}..., was {str(recorded.get('sha256'))[:12]}...): the teacher was trained and "
+        self._same_file(Path(source), recorded.get("sha256"), "manifest")
+        kept = recorded.get("annotations")
+        if isinstance(kept, dict) and (file := _annotations_file(source, annotations)) is not None:
+            if not file.is_file():
+                raise ConfigError(f"{self.path}: its annotations file {file} (data.annotations) does not exist; "
+                                  "restore it")
+            self._same_file(file, kept.get("sha256"), "annotations file")
+
+    def _same_file(self, file: Path, recorded, what: str) -> None:
+        from distill_export.files import sha256_file
+
+        now = sha256_file(file)
+        if now != recorded:
+            raise ConfigError(f"{self.path}: its {what} {file} changed after the teacher stage read it (sha256 "
+                              f"{now[:12]}..., was {str(recorded)[:12]}...): the teacher was trained and "
                               "scored on the rows and labels of before, so the run would mix two datasets; restore "
-                              "the manifest, or start a new run with `--out NEW`")
+                              f"the {what}, or start a new run with `--out NEW`")
+
+
+def _annotations_file(source: str, annotations: str) -> Path | None:
+    """data.annotations as the manifest reader resolves it: relative to the manifest's folder."""
+    if not annotations:
+        return None
+    file = Path(annotations).expanduser()
+    return file if file.is_absolute() else Path(source).parent / file

@@ -130,7 +130,7 @@ class RunDir(RunOutputs, RunIdentity):
         self.set_stages({**stages, name: entry, **{s: {"status": "stale", "after": name} for s in stale}})
         self._forget([name, *stale])
         if name == "train_teacher" and config is not None:  # later stages refuse a manifest changed since
-            self.record_data(config.data.source)
+            self.record_data(config.data.source, config.data.annotations)
         return stale
 
     def _forget(self, stages: list[str]) -> None:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from distill_export.errors import ConfigError
 
+# What tune_before_distill records from the summary into report.json.
+_RECORDED = ("trials", "completed", "pruned", "seconds", "baseline_val_accuracy", "best")
+
 
 def resumed_summary(path: Path, config) -> dict:
     """tune.json's summary, refused in one line naming it when it is not what tune wrote."""
@@ -30,7 +33,30 @@ def resumed_summary(path: Path, config) -> dict:
         trial = copy.deepcopy(config)
         trial.distill.terms = decision["terms"]
         term_specs(trial.distill)  # an unknown term or a bad weight, as tune itself checks its choice
+        _check_rest(summary, decision, trial)
     except (ConfigError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ConfigError(f"{path} is not the tune.json tune wrote ({exc}); restore it, or delete it and tuned.yaml "
                           "so that `run --resume` searches again") from None
     return summary
+
+
+def _check_rest(summary: dict, decision: dict, trial) -> None:
+    """Everything else `run --resume` reads from tune.json (twenty-fifth audit: the mixing, the
+    rounds, the line and the trial counts were read unchecked): as the config checks it."""
+    from distill_export.config import apply_overrides
+    from distill_export.config_checks import validate_config
+
+    if missing := [key for key in _RECORDED if key not in summary]:
+        raise ConfigError(f"it has no {', '.join(missing)}")
+    if not isinstance(decision.get("line"), str):
+        raise ConfigError("its decision has no line")
+    chosen = {}
+    if augment := decision.get("augment"):
+        if not isinstance(augment, dict):
+            raise ConfigError("its decision's augment is not a mapping")
+        chosen.update({"distill.mix": augment["mix"], "distill.mix_alpha": augment["mix_alpha"]})
+    if decision.get("rounds") is not None:
+        chosen["distill.rounds"] = decision["rounds"]
+    if decision.get("teacher_fusion") is not None:
+        chosen["teacher.fusion"] = decision["teacher_fusion"]
+    validate_config(apply_overrides(trial, chosen, origin="its decision"))

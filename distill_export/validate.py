@@ -134,8 +134,11 @@ def _reference_from(f) -> object:
     return {k[5:]: f[k] for k in names} if names else f["logits"]
 
 
-def load_parity_data(path: str | Path) -> dict:
-    """{"x", "labels", "reference" (an array or {output name: array}), "checkpoint_sha256"}."""
+def load_parity_data(path: str | Path, student: str | Path | None = None) -> dict:
+    """{"x", "labels", "reference" (an array or {output name: array}), "checkpoint_sha256"}.
+
+    With `student` (the run's student.pt), x must hold rows of the shape the student takes.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} is missing; run `distill-export export` first")
@@ -156,9 +159,25 @@ def load_parity_data(path: str | Path) -> dict:
         if bad:  # seventeenth audit B4: blamed on the export (exit 1) and written into the report
             raise DataError(f"{path} holds {bad} NaN or inf values in its {name!r} array (export writes finite "
                             "ones: the file changed after export); re-run `distill-export export`")
+    if student is not None:
+        _check_rows_fit(path, data["x"], Path(student))
     if not isinstance(data["reference"], dict):
         data["logits"] = data["reference"]
     return data
+
+
+def _check_rows_fit(path: Path, x, student: Path) -> None:
+    """A hand-edited x of another shape was blamed on student.onnx and the run's data (twenty-fifth
+    audit B3): export writes x from the run's data, in the shape student.pt takes."""
+    from distill_export.nets.checkpoint import load_checkpoint
+
+    if not student.is_file():
+        return  # the stage that needs student.pt says so
+    row = (load_checkpoint(student, kind="student").get("meta") or {}).get("input_shape")
+    if isinstance(row, list) and list(np.shape(x)[1:]) != row:
+        raise DataError(f"{path} holds inputs x of shape {list(np.shape(x))}, where {student.name} takes "
+                        f"[batch, {', '.join(map(str, row))}] (export writes x from the run's data: the file "
+                        "changed after export); re-run `distill-export export`")
 
 
 def check_output_shapes(path, outputs, reference) -> None:

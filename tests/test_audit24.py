@@ -81,8 +81,9 @@ def test_b4_b6_a_tune_json_that_tune_did_not_write_is_named_on_resume(tmp_path, 
     from distill_export.errors import ConfigError
     from distill_export.tune_record import resumed_summary
 
-    summary = {"decision": {"distill": True, "method": "hinton", "terms": [{"name": "ce", "weight": 0.5},
-                                                                          {"name": "kd", "weight": 0.5}]}}
+    summary = {"decision": {"distill": True, "method": "hinton", "line": "hinton chosen", "terms": [
+        {"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}]},
+        "trials": 2, "completed": 2, "pruned": 0, "seconds": 1.0, "baseline_val_accuracy": 0.5, "best": None}
     path = tmp_path / "tune.json"
     path.write_text(json.dumps(summary))
     assert resumed_summary(path, RunConfig())["decision"]["method"] == "hinton"  # what tune writes: reused

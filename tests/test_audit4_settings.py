@@ -160,7 +160,7 @@ def test_b5_distill_on_a_run_refuses_it_too(tmp_path, monkeypatch):
         def written_config(self):  # a run made before hand edits of config.yaml were checked
             return None
 
-        def check_same_data(self, source):  # a built-in source: no manifest to hash
+        def check_same_data(self, source, annotations=""):  # a built-in source: no manifest to hash
             return None
 
         def stages(self):  # nothing recorded done: no flag changes what a stage ran with

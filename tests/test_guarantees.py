@@ -340,7 +340,7 @@ def test_every_cli_flag_lands_on_its_config_key(command, param, monkeypatch, tmp
         def written_config(self):  # a run made before hand edits of config.yaml were checked
             return None
 
-        def check_same_data(self, source):  # a built-in source: no manifest to hash
+        def check_same_data(self, source, annotations=""):  # a built-in source: no manifest to hash
             return None
 
         def stages(self):  # nothing recorded done: no flag changes what a stage ran with

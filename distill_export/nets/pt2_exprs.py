@@ -30,36 +30,69 @@ _TOKEN = re.compile(
 MAX_EXPR_CHARS = 10_000
 MAX_DIGITS = 15
 MAX_EXPONENT = 64
+MAX_OPERANDS = 64  # names and numbers in one expression
+MAX_DEPTH = 32  # nested parentheses
+MAX_MINMAX_TERMS = 8  # operands inside one Max(...) or Min(...), nested ones included
+# sympy's cost, measured: ~0.3 ms an operand of a sum, ~0.5 ms per k**2 for a Max of k terms
+# (it compares every pair). A budget for the whole program: ~30-50 s at worst, where a real
+# program with dynamic shapes spends a few thousand.
+MAX_PROGRAM_COST = 100_000
 _POWERS = {"Pow", "PowByNatural", "FloatPow"}
+_MINMAX = {"Max", "Min"}
 
 
 def bad_part(expr) -> str | None:
     """What in `expr` torch.export.save would not write (None: nothing)."""
+    return scan(expr)[0]
+
+
+def scan(expr) -> tuple[str | None, int]:
+    """(what torch.export.save would not write or None, sympy's cost of parsing it in operand units)."""
     if not isinstance(expr, str):
-        return f"a {type(expr).__name__}, not a string"
+        return f"a {type(expr).__name__}, not a string", 0
     if len(expr) > MAX_EXPR_CHARS:
-        return f"{len(expr)} characters"
+        return f"{len(expr)} characters", 0
     if "__" in expr:
-        return "'__'"
-    pos, powers, numbers = 0, 0, []
+        return "'__'", 0
+    pos, powers, numbers, operands, cost = 0, 0, [], 0, 0
+    calls: list[list] = []  # open parentheses: [is a Max/Min, operands inside]
+    previous = None
     while pos < len(expr):
         m = _TOKEN.match(expr, pos)
         if m is None:
-            return repr(expr[pos:pos + 20])
+            return repr(expr[pos:pos + 20]), 0
         name, text = m.group("name"), m.group(0)
         if name is not None and name not in _FUNCTIONS and not _GENERATED.match(name) and not _SYMBOL.match(name):
-            return repr(name)
+            return repr(name), 0
         powers += text == "**" or name in _POWERS
         if text[0].isdigit():
             numbers.append(text)
+        if text[0].isdigit() or name is not None or m.group("quoted"):
+            operands += 1
+            for call in calls:
+                call[1] += call[0]
+        elif text == "(":
+            calls.append([previous in _MINMAX, 0])
+            if len(calls) > MAX_DEPTH:
+                return f"parentheses nested deeper than {MAX_DEPTH}", 0
+        elif text == ")" and calls:
+            is_minmax, inside = calls.pop()
+            if inside > MAX_MINMAX_TERMS:
+                return f"a Max or Min of more than {MAX_MINMAX_TERMS} terms", 0
+            cost += inside * inside
+        if not text.isspace():
+            previous = name
         pos = m.end()
+    if operands > MAX_OPERANDS:
+        return f"more than {MAX_OPERANDS} terms", 0
     # sympy evaluates numbers exactly: 9**9**9**9 passed the names and ran forever (twenty-fourth
-    # audit B1). A shape needs one small power at most (s0**2), and no huge literal.
-    if any(len(n) > MAX_DIGITS for n in numbers):
-        return f"a number of more than {MAX_DIGITS} digits"
+    # audit B1), and so did Integer(1e999999999) (twenty-fifth B1). A shape needs one small power
+    # at most (s0**2), and no huge literal.
+    if any(len(n) > MAX_DIGITS or float(n) >= 10.0 ** MAX_DIGITS for n in numbers):
+        return f"a number of more than {MAX_DIGITS} digits", 0
     if powers > 1 or (powers and any(float(n) > MAX_EXPONENT for n in numbers)):
-        return "a power beyond what a shape needs"
-    return None
+        return "a power beyond what a shape needs", 0
+    return None, operands + cost
 
 
 def expressions(value):

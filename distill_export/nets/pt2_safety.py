@@ -173,17 +173,24 @@ def check_pt2_archive(path) -> None:
 def _check_expressions(z: zipfile.ZipFile, info: zipfile.ZipInfo, path) -> None:
     """torch sympifies (evaluates) each shape expression of the program: only what torch.export.save
     writes passes (pt2_exprs)."""
-    from distill_export.nets.pt2_exprs import bad_part, expressions
+    from distill_export.nets.pt2_exprs import MAX_PROGRAM_COST, expressions, scan
 
     try:
         program = json.loads(z.read(info))
     except (ValueError, RecursionError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable .pt2: {_entry(info.filename)} is not valid JSON "
                               f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+    total = 0
     for expr in expressions(program):
-        if (bad := bad_part(expr)) is not None:
+        bad, cost = scan(expr)
+        if bad is not None:
             raise _refuse(path, f"a shape expression in {_entry(info.filename)} holds {bad}, which torch.export.save "
                                 "does not write (torch would evaluate it as Python)")
+        total += cost
+        if total > MAX_PROGRAM_COST:
+            # 1,800-term Max expressions passed one by one and kept sympy busy without end (twenty-fifth audit B2)
+            raise _refuse(path, f"the shape expressions in {_entry(info.filename)} would take sympy too long to "
+                                f"parse (more than {MAX_PROGRAM_COST} operand units; torch.export.save writes few)")
 
 
 @contextmanager
