@@ -165,3 +165,17 @@ def test_a_coco_annotations_file_changed_after_the_teacher_stage_is_refused(tmp_
         run.check_same_data("m/manifest.csv", "instances.json")
     coco.write_bytes(original)
     run.check_same_data("m/manifest.csv", "instances.json")
+
+
+def test_a2_same_weights_names_a_pt2_for_what_it_is(clean, tmp_path):
+    """tools/same_weights.py F.pt2 teacher.pt repeated torch's 'checkpoint file is corrupted'."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "same_weights.py"
+    done = subprocess.run([sys.executable, str(tool), str(clean), str(clean)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {clean} is a torch.export program (.pt2), not a checkpoint: this tool compares .pt files "
+        "(e.g. RUN/student.pt, RUN/teacher.pt)"), done.stderr

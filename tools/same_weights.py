@@ -69,6 +69,9 @@ def _load(path: str):
     from distill_export.nets.checkpoint import load_failure
 
     check_model_file(path, path, CheckpointError)
+    if Path(path).suffix == ".pt2":  # torch's words were "the checkpoint file is corrupted" (twenty-fifth audit A2)
+        raise CheckpointError(f"{path} is a torch.export program (.pt2), not a checkpoint: this tool compares "
+                              ".pt files (e.g. RUN/student.pt, RUN/teacher.pt)")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt zip, pickle with code, truncated file
