@@ -221,7 +221,16 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {kind}, got {_show(value)}") from None
     if isinstance(current, str) and isinstance(value, (dict, list)):
         raise ConfigError(f"{where}: expected a string, got {_show(value)}")
+    if isinstance(current, str) and isinstance(value, bool):
+        if where.endswith(_ON_OFF_FIELDS):  # `streaming: on`, as docs/scale.md writes it (twenty-sixth audit B6)
+            return "on" if value else "off"
+        raise ConfigError(f"{where}: expected a string, got {str(value).lower()} (YAML reads a bare yes, no, on or "
+                          "off as true or false; quote it)")
     return str(value) if isinstance(current, str) else value
+
+
+# Fields whose values are on/off: YAML 1.1 reads a bare `on` or `off` as a boolean.
+_ON_OFF_FIELDS = ("streaming",)
 
 
 def _optional_str(config, key: str) -> bool:

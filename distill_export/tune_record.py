@@ -50,6 +50,9 @@ def _check_rest(summary: dict, decision: dict, trial) -> None:
         raise ConfigError(f"it has no {', '.join(missing)}")
     if not isinstance(decision.get("line"), str):
         raise ConfigError("its decision has no line")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in decision["line"]):  # escape codes reach the terminal
+        raise ConfigError("its decision line holds control characters")
+    _check_types(summary, decision)
     chosen = {}
     if augment := decision.get("augment"):
         if not isinstance(augment, dict):
@@ -60,3 +63,23 @@ def _check_rest(summary: dict, decision: dict, trial) -> None:
     if decision.get("teacher_fusion") is not None:
         chosen["teacher.fusion"] = decision["teacher_fusion"]
     validate_config(apply_overrides(trial, chosen, origin="its decision"))
+
+
+def _check_types(summary: dict, decision: dict) -> None:
+    """The values report.json's tune section will hold, as its model checks them (twenty-sixth
+    audit B7: `"seconds": "forever"` was a schema traceback from update_report), and finite."""
+    import math
+
+    from pydantic import ValidationError
+
+    from distill_export.record.models import Tune
+
+    section = {key: summary[key] for key in _RECORDED}
+    try:
+        Tune.model_validate({**section, "decision": decision})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    for key in ("seconds", "baseline_val_accuracy"):
+        if isinstance(section[key], float) and not math.isfinite(section[key]):
+            raise ConfigError(f"{key} is {section[key]}")

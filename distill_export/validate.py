@@ -117,10 +117,24 @@ def save_parity_data(path: str | Path, x: np.ndarray, labels: np.ndarray, refere
     student (Task.decode of its raw outputs): one array (`logits`) or {output name: array}."""
     from distill_export.files import atomic_path
 
+    arrays = {"x": x.astype(np.float32), "labels": labels, **_reference_arrays(reference),
+              "checkpoint_sha256": np.array(checkpoint_sha256)}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, x=x.astype(np.float32), labels=labels, **_reference_arrays(reference),
-                     checkpoint_sha256=np.array(checkpoint_sha256))
+            np.savez(f, **arrays, content_sha256=np.array(_content_sha256(arrays)))
+
+
+def _content_sha256(arrays: dict) -> str:
+    """What export wrote, by name, dtype, shape and bytes: a hand-edited reference array was
+    blamed on student.onnx (twenty-sixth audit B9)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
 
 
 def _reference_arrays(reference) -> dict[str, np.ndarray]:
@@ -146,6 +160,8 @@ def load_parity_data(path: str | Path, student: str | Path | None = None) -> dic
         with np.load(path) as f:
             data = {"x": f["x"], "labels": f["labels"], "reference": _reference_from(f)}
             data["checkpoint_sha256"] = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
+            written = str(f["content_sha256"]) if "content_sha256" in f.files else None  # None: made before it was kept
+            content = {k: f[k] for k in f.files if k != "content_sha256"} if written else {}
     except (OSError, ValueError, KeyError, MemoryError) as exc:  # MemoryError: a header declaring a huge shape
         raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
     arrays = {"x": data["x"], **(data["reference"] if isinstance(data["reference"], dict) else
@@ -161,6 +177,9 @@ def load_parity_data(path: str | Path, student: str | Path | None = None) -> dic
                             "ones: the file changed after export); re-run `distill-export export`")
     if student is not None:
         _check_rows_fit(path, data["x"], Path(student))
+    if written and _content_sha256(content) != written:  # after the checks that say what changed
+        raise DataError(f"{path} changed after export (its arrays are not the ones export wrote: an array edited, "
+                        "added or removed); re-run `distill-export export`")
     if not isinstance(data["reference"], dict):
         data["logits"] = data["reference"]
     return data

@@ -11,7 +11,6 @@ its peak RSS (ru_maxrss). Prints one line per measurement and the ratios.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import one_line_errors  # noqa: E402
+from toolargs import Parser, one_line_errors  # noqa: E402
 
 SIZE, CLASSES = 96, 10
 
@@ -85,7 +84,7 @@ def measure_epoch(manifest: Path, run_dir: Path) -> dict:
 
 @one_line_errors
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[5000, 20000])
     ap.add_argument("--epoch", action="store_true", help="also measure one epoch of `distill-export run`")
     ap.add_argument("--keep", type=Path, default=None, help="write the manifests here (kept) instead of a temp folder")

@@ -38,7 +38,6 @@ rewritten after every shape so an interrupted run keeps what it measured.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as _dt
 import json
@@ -59,13 +58,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
 
 from distill_export.losses.kd import kd_loss_reference  # noqa: E402
-from toolargs import Parser, at_least, positive, one_line_errors  # noqa: E402  (tools/toolargs.py)
+from toolargs import Parser, at_least, choice_list, one_line_errors, positive, shape_list  # noqa: E402  (tools/toolargs.py)
 
 TEMPERATURE = 4.0
 ALPHA = 0.5
 GPU_SHAPES = "8192x1000,8192x32768,4096x128256"
 CPU_SHAPES = "256x1000,32x32768"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+IMPLS = ("fused", "eager", "reference", "compile", "liger")
 
 # Vendor datasheet peak DRAM bandwidth, GB/s. Matched as a substring of
 # torch.cuda.get_device_name(), longest key first; override with --peak-gbps.
@@ -391,14 +391,14 @@ def print_case(rows, ratio, base):
 @one_line_errors
 def main(argv=None) -> int:
     ap = Parser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shapes", help=f"comma list of NxC (default GPU {GPU_SHAPES}; CPU {CPU_SHAPES})")
-    ap.add_argument("--dtypes", default="bf16,fp32", help="comma list of fp32, bf16, fp16")
-    ap.add_argument("--impls", help="comma list of fused, eager, reference, compile, liger")
+    ap.add_argument("--shapes", type=shape_list, help=f"comma list of NxC (default GPU {GPU_SHAPES}; CPU {CPU_SHAPES})")
+    ap.add_argument("--dtypes", type=choice_list(tuple(DTYPES)), default="bf16,fp32", help="comma list of fp32, bf16, fp16")
+    ap.add_argument("--impls", type=choice_list(IMPLS), help="comma list of " + ", ".join(IMPLS))
     ap.add_argument("--base", help="impl the ratios are relative to (default fused on GPU, compile on CPU)")
     ap.add_argument("--reps", type=at_least(1), help="timed repetitions per impl (default 30 GPU, 10 CPU)")
     ap.add_argument("--warmup", type=at_least(0), default=2)
     ap.add_argument("--peak-gbps", type=positive, help="device peak memory bandwidth in GB/s")
-    ap.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    ap.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="auto, cuda or cpu")
     ap.add_argument("--threads", type=at_least(1), help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default="bench-results", help="folder for bench_kd_loss.{csv,json}")
     args = ap.parse_args(argv)
@@ -413,10 +413,12 @@ def main(argv=None) -> int:
     else:
         device = torch.device(args.device)
     on_cuda = device.type == "cuda"
-    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in (args.shapes or (GPU_SHAPES if on_cuda else CPU_SHAPES)).split(",")]
-    dtypes = [DTYPES[d.strip()] for d in args.dtypes.split(",")]
+    shapes = args.shapes or shape_list(GPU_SHAPES if on_cuda else CPU_SHAPES)
+    dtypes = [DTYPES[d] for d in args.dtypes]
     reps = args.reps or (30 if on_cuda else 10)
-    impls = build_impls(device, args.impls.split(",") if args.impls else None)
+    impls = build_impls(device, args.impls)
+    if args.base and args.base not in impls:
+        ap.error(f"--base {args.base} is not among the implementations run here ({', '.join(impls) or 'none'})")
     base = args.base or ("fused" if "fused" in impls else "compile" if "compile" in impls else next(iter(impls)))
     peak = lookup_peak_gbps(device, args.peak_gbps)
     info = machine_info(device)

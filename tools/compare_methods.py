@@ -20,12 +20,12 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import one_line_errors  # noqa: E402
+from toolargs import Parser, one_line_errors  # noqa: E402
 
 
 @one_line_errors
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="avdigits")
     ap.add_argument("--label-fraction", type=float, default=None, help="default: the recipe's")
     ap.add_argument("--seed", type=int, default=0)

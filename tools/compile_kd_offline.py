@@ -9,7 +9,6 @@ Needs triton with its NVIDIA backend; TRITON_INTERPRET must be unset.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import one_line_errors  # noqa: E402
+from toolargs import Parser, one_line_errors  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,7 +42,7 @@ def resource_usage(cubin: bytes | None) -> str:
 
 @one_line_errors
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--quick", action="store_true", help="one variant per kernel")
     args = ap.parse_args()

@@ -30,14 +30,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import one_line_errors  # noqa: E402
+from toolargs import Parser, one_line_errors  # noqa: E402
 
 COLUMNS = ("teacher", "control_teacher", "baseline", "self_training", "student", "kd_gain", "cross_modal_gain")
 
 
 @one_line_errors
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="avdigits")
     ap.add_argument("--config", default=None, help="a YAML config applied over the recipe")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -26,7 +26,6 @@ npz keys:
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess

@@ -11,7 +11,6 @@ seeded: the same arguments write the same frames and the same manifest.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path

@@ -9,7 +9,6 @@ bit-identical. This compares what was saved, not the archive, so it works for bo
 
 from __future__ import annotations
 
-import argparse
 import struct
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from distill_export.errors import CheckpointError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import one_line_errors  # noqa: E402
+from toolargs import Parser, one_line_errors  # noqa: E402
 
 
 def differences(a, b, where: str = "") -> list[str]:
@@ -97,7 +96,7 @@ def _check_tensors(value, path: str, key: str = "") -> None:
 
 @one_line_errors
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("first")
     parser.add_argument("second")
     args = parser.parse_args()

@@ -84,6 +84,32 @@ def int_list(minimum: int):
     return check
 
 
+def choice_list(choices):
+    """A comma list of names, each one of `choices` ("bf16,fp32")."""
+    def check(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item")
+        unknown = [item for item in items if item not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown[0]!r}; choose from {', '.join(choices)}")
+        return items
+    check.__name__ = "comma list"
+    return check
+
+
+def shape_list(text: str) -> list[tuple[int, ...]]:
+    """A comma list of shapes written NxC ("256x1000,32x32768"), each dim an integer >= 1."""
+    one = at_least(1)
+    shapes = []
+    for item in text.split(","):
+        dims = item.strip().lower().split("x")
+        if len(dims) != 2:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not NxC (e.g. 256x1000)")
+        shapes.append(tuple(one(d) for d in dims))
+    return shapes
+
+
 def positive(text: str) -> float:
     """A finite number > 0 (seconds, bandwidths)."""
     value = _number(text, float)

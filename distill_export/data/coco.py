@@ -22,6 +22,7 @@ category_id not in the categories is a one-line DataError (the last names the ro
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -36,13 +37,24 @@ def _norm(name: str) -> str:
     return os.path.normpath(str(name).replace("\\", "/")) if name else ""
 
 
+def _finite_number(value) -> bool:
+    """A coordinate: a finite int or float (10**400 overflowed float() in a traceback: B3)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _load(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"COCO annotation file {path} does not exist (data.annotations)")
     try:
         coco = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read COCO annotation file {path}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, an integer of 4,300+ digits;
+        # RecursionError: arrays nested 100,000 deep (twenty-sixth audit B4)
+        raise DataError(f"cannot read COCO annotation file {path}: {str(exc).splitlines()[0][:200] or type(exc).__name__}") from None
     if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")):
         raise DataError(f"{path} is not a COCO annotation file: it needs lists 'images', 'annotations' and 'categories'")
     return coco
@@ -112,7 +124,7 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
             boxes[a["image_id"]] = None
             continue
         bbox = a.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
             problems.append(Problem(row.line, f"COCO annotation id {a.get('id')}: bbox {bbox!r} is not [x, y, width, height]"))
             boxes[a["image_id"]] = None
             continue

@@ -99,6 +99,11 @@ def check_labels(codec, rows: list[Row], sampled_out: set[str], config, decoders
                                               "a box of it"))
         else:
             problems.append(Problem(row.line, f"unknown label {row.label!r}: no training row has it"))
+    train = [r for r in ok if r.split == "train" and r.label is not None]
+    if spatial and train and not any(codec.count(r.label) for r in train):
+        # every COCO annotation iscrowd: a teacher trained on no object, reported as done (twenty-sixth audit B5)
+        raise DataError(f"none of the {len(train)} training rows has a box to learn from"
+                        + (" (COCO annotations marked iscrowd are not trained on)" if fixed is not None else ""))
     return ok, known
 
 

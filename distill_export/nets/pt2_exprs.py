@@ -20,16 +20,21 @@ _FUNCTIONS = frozenset("""
     Symbol Integer Rational Float Max Min Abs Pow Mul Add Eq Ne Lt Le Gt Ge StrictLessThan
     StrictGreaterThan LessThan GreaterThan And Or Not Piecewise ITE floor ceiling sqrt oo zoo
     True False true false positive negative integer nonnegative nonpositive real finite zero
-    nonzero even odd
+    nonzero even odd precision
 """.split())
 _GENERATED = re.compile(r"(OpaqueUnaryFn|BitwiseFn)_[A-Za-z0-9_]+$")  # torch's generated sympy functions
 _SYMBOL = re.compile(r"[a-z]{1,3}[0-9]+$")  # s0, u3, ps1, zuf0, ...
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
 _TOKEN = re.compile(
     r"\s+|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|'(?P<quoted>[A-Za-z_][A-Za-z0-9_]*)'"
-    r"|[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|\*\*|//|<=|>=|==|!=|[-+*/%(),=<>&|~]")
+    rf"|'-?(?P<quoted_number>{_NUMBER})'"  # Float('1.5', precision=53), as sympy.srepr writes it
+    rf"|(?P<number>{_NUMBER})|\*\*|//|<=|>=|==|!=|[-+*/%(),=<>&|~]")
 MAX_EXPR_CHARS = 10_000
 MAX_DIGITS = 15
 MAX_EXPONENT = 64
+MAX_DECIMAL_EXPONENT = 30  # 1e-99999999999 kept mpmath busy for 10 minutes (twenty-sixth audit B2)
+MAX_PRECISION = 1000  # Float(2, 9999999): sqrt(2) to ten million digits took 40 s (B1)
+_PRECISION_ARGS = {"Float", "RoundDecimal"}  # their arguments after the first: digits or bits
 MAX_OPERANDS = 128  # symbols and numbers in one expression (mobilenet_v3 with dynamic H, W: 10 at most)
 MAX_DEPTH = 32  # nested parentheses
 MAX_MINMAX_TERMS = 8  # arguments of one Max(...) or Min(...), those of a Max inside it included
@@ -56,7 +61,7 @@ def scan(expr) -> tuple[str | None, int]:
     if "__" in expr:
         return "'__'", 0
     pos, powers, numbers, operands, cost = 0, 0, [], 0, 0
-    calls: list[list] = []  # open parentheses: [is a Max/Min, its arguments (flattened)]
+    calls: list[list] = []  # open parentheses: [the function called or None, its arguments so far]
     previous = previous_text = None
     while pos < len(expr):
         m = _TOKEN.match(expr, pos)
@@ -69,20 +74,23 @@ def scan(expr) -> tuple[str | None, int]:
             # Max(*(s1, ..., s1799)) or (Max)(...): arguments no count can see; torch writes neither
             return repr(f"{previous_text}{text}"), 0
         powers += text == "**" or name in _POWERS
-        if text[0].isdigit():
-            numbers.append(text)
-        if text[0].isdigit() or m.group("quoted") or (name is not None and _SYMBOL.match(name)):
+        number = m.group("number") or m.group("quoted_number")
+        if number:
+            numbers.append(number)
+            if calls and calls[-1][0] in _PRECISION_ARGS and calls[-1][1] > 1 and float(number) > MAX_PRECISION:
+                return f"a {calls[-1][0]} precision of more than {MAX_PRECISION}", 0
+        if number or m.group("quoted") or (name is not None and _SYMBOL.match(name)):
             operands += 1
         elif text == "(":
-            calls.append([previous in _MINMAX, 1])
+            calls.append([previous, 1])
             if len(calls) > MAX_DEPTH:
                 return f"parentheses nested deeper than {MAX_DEPTH}", 0
         elif text == "," and calls:
             calls[-1][1] += 1
         elif text == ")" and calls:
-            is_minmax, args = calls.pop()
-            if is_minmax:
-                if calls and calls[-1][0]:  # Max(a, Max(b, c)) is Max(a, b, c) to sympy
+            function, args = calls.pop()
+            if function in _MINMAX:
+                if calls and calls[-1][0] in _MINMAX:  # Max(a, Max(b, c)) is Max(a, b, c) to sympy
                     calls[-1][1] += args - 1
                 elif args > MAX_MINMAX_TERMS:
                     return f"a Max or Min of more than {MAX_MINMAX_TERMS} terms", 0
@@ -96,11 +104,19 @@ def scan(expr) -> tuple[str | None, int]:
     # sympy evaluates numbers exactly: 9**9**9**9 passed the names and ran forever (twenty-fourth
     # audit B1), and so did Integer(1e999999999) (twenty-fifth B1). A shape needs one small power
     # at most (s0**2), and no huge literal.
+    if any(abs(_exponent(n)) > MAX_DECIMAL_EXPONENT for n in numbers):
+        return f"a number with a decimal exponent beyond {MAX_DECIMAL_EXPONENT}", 0
     if any(len(n) > MAX_DIGITS or float(n) >= 10.0 ** MAX_DIGITS for n in numbers):
         return f"a number of more than {MAX_DIGITS} digits", 0
     if powers > 1 or (powers and any(float(n) > MAX_EXPONENT for n in numbers)):
         return "a power beyond what a shape needs", 0
     return None, operands + cost
+
+
+def _exponent(number: str) -> int:
+    """The decimal exponent written in a number: 3 for 1.5e3, 0 for 42."""
+    head, _, tail = number.lower().partition("e")
+    return int(tail) if tail else 0
 
 
 def expressions(value):

@@ -196,8 +196,9 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     if not live:  # no torch (an edge box), or no GPU for the GPU backends
         name = model or Path(str(path)).stem
         return [_skipped(name, "pytorch", b, unavailable(b), info) for b in selected]
-    loaded = load_torch_model(path, weights, settings.sweep.max_call_s, factory)
-    check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=False)  # a checkpoint says its own
+    loaded = load_torch_model(path, weights, settings.sweep.max_call_s, factory, fill=settings.input_shape)
+    # A checkpoint says its own shape; a .pt2 with dynamic dims takes the flag's there (twenty-sixth audit B8)
+    check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=loaded["dynamic"])
     name = model or loaded["model"]
     info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
     out = []
@@ -210,10 +211,13 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     return out
 
 
-def load_torch_model(path, weights=None, max_call_s: float | None = None, factory: str | None = None) -> dict:
+def load_torch_model(path, weights=None, max_call_s: float | None = None, factory: str | None = None,
+                     fill: tuple[int, ...] | None = None) -> dict:
     """{"module", "example"(batch -> input), "model" (teacher|student|baseline), "params", "macs",
-    "input_shape" (students), "skip" (why it cannot be timed, e.g. unknown input shapes)}.
-    max_call_s: a .pt2's per-call limit (profile.max_call_s), from its first call (the MAC count) on."""
+    "input_shape" (students), "input_shapes" (as declared), "dynamic" (a declared dim is not fixed),
+    "skip" (why it cannot be timed, e.g. unknown input shapes)}.
+    max_call_s: a .pt2's per-call limit (profile.max_call_s), from its first call (the MAC count) on.
+    fill: --input-shape, the per-sample dims fed where a program's are dynamic."""
     import torch
 
     from distill_export.nets.checkpoint import load_checkpoint
@@ -226,7 +230,7 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
         is_external_teacher = lambda p: False  # noqa: E731
 
     gen = torch.Generator().manual_seed(0)
-    student_shape = None
+    student_shape, shapes = None, {}
     if is_external_teacher(path):
         module, kind = load_teacher(path, None, weights, max_call_s=max_call_s), "teacher"
         shapes = dict(getattr(module, "input_shapes", {}) or {})
@@ -246,6 +250,11 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
             raise CheckpointError(f"{path} holds a {kind!r}; the profiler runs teacher and student checkpoints")
     from distill_export.runtimes.onnx_bounds import check_feed_size
 
+    declared = shapes
+    dynamic = any(d is None for s in shapes.values() for d in s)
+    if dynamic and fill is not None:
+        shapes = {m: [g if d is None else d for d, g in zip(s, fill)] if len(s) == len(fill) else s
+                  for m, s in shapes.items()}
     for name, dims in ({"input": student_shape} if student_shape is not None else shapes).items():
         if dims and all(isinstance(d, int) for d in dims):  # a .pt2 declaring 1x100000x100000 (twenty-fourth audit B2)
             check_feed_size(path, name, (1, *dims), 4)
@@ -254,8 +263,9 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     else:
         if not shapes or any(d is None for s in shapes.values() for d in s):
             return {"module": module, "example": None, "model": kind, "params": count_params(module),
-                    "macs": None, "input_shapes": shapes,
-                    "skip": f"the input shapes of {path} are not fixed; cannot build an input"}
+                    "macs": None, "input_shapes": declared, "dynamic": dynamic,
+                    "skip": f"the input shapes of {path} are not fixed; give --input-shape (one sample's dims) "
+                            "to profile it"}
         # Text inputs are hashed n-gram ids (B, L) into `buckets` embedding rows, not floats.
         kinds = (payload.get("arch_kwargs", {}).get("kinds") or {}) if not is_external_teacher(path) else {}
         buckets = (payload.get("arch_kwargs", {}).get("modalities") or {}) if kinds else {}
@@ -267,8 +277,8 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
                 for m, s in shapes.items()
             }
     return {"module": module, "example": example, "model": kind, "params": count_params(module),
-            "macs": count_macs(module, example(1)), "input_shape": student_shape,
-            "input_shapes": {"input": list(student_shape)} if student_shape is not None else shapes}
+            "macs": count_macs(module, example(1)), "input_shape": student_shape, "dynamic": dynamic,
+            "input_shapes": {"input": list(student_shape)} if student_shape is not None else declared}
 
 
 # ----- run directories ---------------------------------------------------------------------------
