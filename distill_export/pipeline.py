@@ -291,7 +291,7 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     exports = {
         fmt: {**art, "path": str(run.file(art["path"]))} for fmt, art in report.get("exports", {}).items()
     }
-    parity = load_parity_data(run.file(PARITY_FILE), run.file("student.pt"))
+    parity = load_parity_data(run.file(PARITY_FILE), run)
     task = get_task(config.task)
     teacher_acc = report.get("metrics", {}).get("teacher", {}).get(task.headline)
     # What was validated, by content: profile, report and the recommendation refuse an artifact

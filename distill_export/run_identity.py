@@ -90,6 +90,26 @@ class RunIdentity:
                               f"the {what}, or start a new run with `--out NEW`")
 
 
+    def record_outputs(self, stage: str) -> None:
+        """After export: parity_data.npz's sha256 (validate refuses the file changed since: an array
+        edited, added or removed was blamed on student.onnx, twenty-sixth and -seventh audits)."""
+        from distill_export.files import sha256_file
+        from distill_export.run_outputs import PARITY_FILE
+
+        if stage == "export" and self.file(PARITY_FILE).is_file():
+            self._set_state(parity_sha256=sha256_file(self.file(PARITY_FILE)))
+
+    def check_parity_file(self, path: Path) -> None:
+        """`path` (the run's parity_data.npz) is the file export wrote, when export recorded it."""
+        from distill_export.errors import DataError
+        from distill_export.files import sha256_file
+
+        recorded = self._state().get("parity_sha256")
+        if recorded and path.is_file() and sha256_file(path) != recorded:
+            raise DataError(f"{path} changed after export (it is not the file export wrote: an array edited, added "
+                            "or removed); re-run `distill-export export`")
+
+
 def _annotations_file(source: str, annotations: str) -> Path | None:
     """data.annotations as the manifest reader resolves it: relative to the manifest's folder."""
     if not annotations:

@@ -111,6 +111,7 @@ class RunDir(RunOutputs, RunIdentity):
         stages = dict(self.stages() or {})
         stages[name] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.set_stages(stages)
+        self.record_outputs(name)
 
     def begin_stage(self, name: str, config: RunConfig | None = None) -> list[str]:
         """`name` starts (again): it is pending until it finishes, and every stage made from its

@@ -117,24 +117,10 @@ def save_parity_data(path: str | Path, x: np.ndarray, labels: np.ndarray, refere
     student (Task.decode of its raw outputs): one array (`logits`) or {output name: array}."""
     from distill_export.files import atomic_path
 
-    arrays = {"x": x.astype(np.float32), "labels": labels, **_reference_arrays(reference),
-              "checkpoint_sha256": np.array(checkpoint_sha256)}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays, content_sha256=np.array(_content_sha256(arrays)))
-
-
-def _content_sha256(arrays: dict) -> str:
-    """What export wrote, by name, dtype, shape and bytes: a hand-edited reference array was
-    blamed on student.onnx (twenty-sixth audit B9)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()
+            np.savez(f, x=x.astype(np.float32), labels=labels, **_reference_arrays(reference),
+                     checkpoint_sha256=np.array(checkpoint_sha256))
 
 
 def _reference_arrays(reference) -> dict[str, np.ndarray]:
@@ -148,10 +134,10 @@ def _reference_from(f) -> object:
     return {k[5:]: f[k] for k in names} if names else f["logits"]
 
 
-def load_parity_data(path: str | Path, student: str | Path | None = None) -> dict:
+def load_parity_data(path: str | Path, run=None) -> dict:
     """{"x", "labels", "reference" (an array or {output name: array}), "checkpoint_sha256"}.
 
-    With `student` (the run's student.pt), x must hold rows of the shape the student takes.
+    With `run` (the RunDir whose file it is), the file must be the one export wrote.
     """
     path = Path(path)
     if not path.is_file():
@@ -160,8 +146,6 @@ def load_parity_data(path: str | Path, student: str | Path | None = None) -> dic
         with np.load(path) as f:
             data = {"x": f["x"], "labels": f["labels"], "reference": _reference_from(f)}
             data["checkpoint_sha256"] = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
-            written = str(f["content_sha256"]) if "content_sha256" in f.files else None  # None: made before it was kept
-            content = {k: f[k] for k in f.files if k != "content_sha256"} if written else {}
     except (OSError, ValueError, KeyError, MemoryError) as exc:  # MemoryError: a header declaring a huge shape
         raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
     arrays = {"x": data["x"], **(data["reference"] if isinstance(data["reference"], dict) else
@@ -175,28 +159,11 @@ def load_parity_data(path: str | Path, student: str | Path | None = None) -> dic
         if bad:  # seventeenth audit B4: blamed on the export (exit 1) and written into the report
             raise DataError(f"{path} holds {bad} NaN or inf values in its {name!r} array (export writes finite "
                             "ones: the file changed after export); re-run `distill-export export`")
-    if student is not None:
-        _check_rows_fit(path, data["x"], Path(student))
-    if written and _content_sha256(content) != written:  # after the checks that say what changed
-        raise DataError(f"{path} changed after export (its arrays are not the ones export wrote: an array edited, "
-                        "added or removed); re-run `distill-export export`")
+    if run is not None:  # after the checks above, which say what changed
+        run.check_parity_file(path)
     if not isinstance(data["reference"], dict):
         data["logits"] = data["reference"]
     return data
-
-
-def _check_rows_fit(path: Path, x, student: Path) -> None:
-    """A hand-edited x of another shape was blamed on student.onnx and the run's data (twenty-fifth
-    audit B3): export writes x from the run's data, in the shape student.pt takes."""
-    from distill_export.nets.checkpoint import load_checkpoint
-
-    if not student.is_file():
-        return  # the stage that needs student.pt says so
-    row = (load_checkpoint(student, kind="student").get("meta") or {}).get("input_shape")
-    if isinstance(row, list) and list(np.shape(x)[1:]) != row:
-        raise DataError(f"{path} holds inputs x of shape {list(np.shape(x))}, where {student.name} takes "
-                        f"[batch, {', '.join(map(str, row))}] (export writes x from the run's data: the file "
-                        "changed after export); re-run `distill-export export`")
 
 
 def check_output_shapes(path, outputs, reference) -> None:
