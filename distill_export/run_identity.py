@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from distill_export.errors import ConfigError
-from distill_export.stage_graph import STATE_FILE
+from distill_export.stage_graph import PARITY_FILE, STATE_FILE
 
 
 def new_run_id() -> str:
@@ -94,7 +94,6 @@ class RunIdentity:
         """After export: parity_data.npz's sha256 (validate refuses the file changed since: an array
         edited, added or removed was blamed on student.onnx, twenty-sixth and -seventh audits)."""
         from distill_export.files import sha256_file
-        from distill_export.run_outputs import PARITY_FILE
 
         if stage == "export" and self.file(PARITY_FILE).is_file():
             self._set_state(parity_sha256=sha256_file(self.file(PARITY_FILE)))

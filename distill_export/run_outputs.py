@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill_export.errors import ConfigError
-from distill_export.stage_graph import _NEXT, DEPENDENTS, RUN_STAGES, STATE_FILE
+from distill_export.stage_graph import _NEXT, DEPENDENTS, PARITY_FILE, RUN_STAGES, STATE_FILE  # noqa: F401  (PARITY_FILE: imported from here)
 
-PARITY_FILE = "parity_data.npz"  # validate.PARITY_FILE (validate is a layer above)
 # What distill writes and measures: its report numbers are of these files (files_sha256).
 DISTILL_CHECKPOINTS = ("student.pt", "baseline.pt", "control_teacher.pt")
 

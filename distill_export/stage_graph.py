@@ -19,6 +19,7 @@ from distill_export.config_checks import value_range
 RUN_STAGES = ("train_teacher", "distill", "export", "validate", "profile", "report")
 BACKUP_DIR = ".stage-backup"  # hard links of the files as they were before a stage command
 STATE_FILE = "state.json"  # stage state: {"stages": {stage: {"status", "finished"}}}
+PARITY_FILE = "parity_data.npz"  # export's reference for validate (validate.PARITY_FILE)
 CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a stage is unfinished
 # The trainings each stage checkpoints (deleted when the stage is recorded done).
 STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),

@@ -50,6 +50,9 @@ def _check_rest(summary: dict, decision: dict, trial) -> None:
         raise ConfigError(f"it has no {', '.join(missing)}")
     if not isinstance(decision.get("line"), str):
         raise ConfigError("its decision has no line")
+    if not decision["distill"] and any(isinstance(t, dict) and t.get("name") != "ce" for t in decision["terms"]):
+        # tune writes labels only as CE alone; kd here trained a KD student under a labels-only record (T1)
+        raise ConfigError("its decision is labels only (distill: false) yet names distillation terms")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in decision["line"]):  # escape codes reach the terminal
         raise ConfigError("its decision line holds control characters")
     _check_types(summary, decision)
@@ -79,7 +82,8 @@ def _check_types(summary: dict, decision: dict) -> None:
         Tune.model_validate({**section, "decision": decision})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        where, message = ".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {message}" if where else message) from None
     for key in ("seconds", "baseline_val_accuracy"):
         if isinstance(section[key], float) and not math.isfinite(section[key]):
             raise ConfigError(f"{key} is {section[key]}")

@@ -28,7 +28,9 @@ MAX_MESSAGE = 1000
 
 def one_line(message: str) -> str:
     """The message on one line, quoted values cut to 80 characters, the whole to MAX_MESSAGE."""
-    text = " ".join(str(message).split())
+    from distill_export.record.format import printable
+
+    text = printable(" ".join(str(message).split()))  # ESC[2J from a class name cleared the terminal (D4)
     text = _LONG_QUOTED.sub(lambda m: (lambda q, v: f"{q}{v[:77]}...{q}")(m.group(0)[0], m.group(1) or m.group(2)), text)
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 

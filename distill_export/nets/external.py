@@ -202,11 +202,12 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     check_program_graph(ep, path)  # loading runs no node; refuse file, I/O or in-place-input operators before any does
     names = list(ep.graph_signature.user_inputs)
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    shapes = {}
+    shapes, ranges = {}, {}
     for name in names:
         val = placeholders[name].meta.get("val") if name in placeholders else None
         if val is not None and hasattr(val, "shape"):
             shapes[name] = tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:])
+            ranges[name] = tuple(_dim_range(ep, d) for d in val.shape)  # the batch dim first
     in_spec = ep.module_call_graph[0].signature.in_spec if ep.module_call_graph[0].signature else None
     positional = False
     children = list(in_spec.children()) if in_spec is not None else []
@@ -221,7 +222,20 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
         module = ep.module()
     teacher = ExternalTeacher(module, names, str(path), positional=positional, exported=True, input_shapes=shapes)
     teacher.max_call_s = DEFAULT_MAX_CALL_S if max_call_s is None else float(max_call_s)
+    teacher.input_ranges = ranges  # the dynamic dims' (min, max): guards are off, so profile checks a shape it feeds
     return teacher
+
+
+def _dim_range(ep, dim) -> tuple[int, int] | None:
+    """A dynamic dim's (min, max) from the program's range constraints (None: static or unknown)."""
+    if isinstance(dim, int):
+        return None
+    try:
+        bounds = ep.range_constraints[dim.node.expr]
+        low, high = int(bounds.lower), bounds.upper
+        return low, int(high) if high.is_finite else None
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def load_factory_teacher(spec: str, weights=None, data=None) -> ExternalTeacher:

@@ -30,7 +30,8 @@ _TOKEN = re.compile(
     rf"|'-?(?P<quoted_number>{_NUMBER})'"  # Float('1.5', precision=53), as sympy.srepr writes it
     rf"|(?P<number>{_NUMBER})|\*\*|//|<=|>=|==|!=|[-+*/%(),=<>&|~]")
 MAX_EXPR_CHARS = 10_000
-MAX_DIGITS = 15
+MAX_DIGITS = 15  # before the decimal point
+MAX_NUMBER_CHARS = 40  # a whole literal, fraction and exponent included
 MAX_EXPONENT = 64
 MAX_DECIMAL_EXPONENT = 30  # 1e-99999999999 kept mpmath busy for 10 minutes (twenty-sixth audit B2)
 MAX_PRECISION = 1000  # Float(2, 9999999): sqrt(2) to ten million digits took 40 s (B1)
@@ -38,13 +39,15 @@ _PRECISION_ARGS = {"Float", "RoundDecimal"}  # their arguments after the first: 
 MAX_OPERANDS = 128  # symbols and numbers in one expression (mobilenet_v3 with dynamic H, W: 10 at most)
 MAX_DEPTH = 32  # nested parentheses
 MAX_MINMAX_TERMS = 8  # arguments of one Max(...) or Min(...), those of a Max inside it included
-# sympy's cost, measured: ~0.3 ms a term of a sum, ~0.4 ms per k**2 for a Max of k terms (it
-# compares every pair). A budget for the whole program, about a minute of sympy at worst (SIGTERM
-# works there: it is Python): a mobilenet_v3_small exported with dynamic batch, height and width
-# costs 3,240 (693 expressions), so a program 60 times its size still loads.
+# sympy's cost in units: a symbol, number or constant, a call or parenthesis, and k**2 for a Max of
+# k terms (it compares every pair); ~0.3-0.4 ms a unit at worst, measured. A budget for the whole
+# program, about a minute of sympy at worst (SIGTERM works there: it is Python): a
+# mobilenet_v3_small exported with dynamic batch, height and width costs 10,734 (693
+# expressions), so a program 18 times its size still loads.
 MAX_PROGRAM_COST = 200_000
 _POWERS = {"Pow", "PowByNatural", "FloatPow"}
 _MINMAX = {"Max", "Min"}
+_CONSTANTS = {"oo", "zoo", "true", "false", "True", "False"}  # values: they cost sympy work like a number
 
 
 def bad_part(expr) -> str | None:
@@ -79,10 +82,11 @@ def scan(expr) -> tuple[str | None, int]:
             numbers.append(number)
             if calls and calls[-1][0] in _PRECISION_ARGS and calls[-1][1] > 1 and float(number) > MAX_PRECISION:
                 return f"a {calls[-1][0]} precision of more than {MAX_PRECISION}", 0
-        if number or m.group("quoted") or (name is not None and _SYMBOL.match(name)):
+        if number or m.group("quoted") or (name is not None and (_SYMBOL.match(name) or name in _CONSTANTS)):
             operands += 1
         elif text == "(":
             calls.append([previous, 1])
+            cost += 1  # a call sympy evaluates: sqrt( nested 31 deep cost 3 ms (twenty-seventh audit P1)
             if len(calls) > MAX_DEPTH:
                 return f"parentheses nested deeper than {MAX_DEPTH}", 0
         elif text == "," and calls:
@@ -106,11 +110,18 @@ def scan(expr) -> tuple[str | None, int]:
     # at most (s0**2), and no huge literal.
     if any(abs(_exponent(n)) > MAX_DECIMAL_EXPONENT for n in numbers):
         return f"a number with a decimal exponent beyond {MAX_DECIMAL_EXPONENT}", 0
-    if any(len(n) > MAX_DIGITS or float(n) >= 10.0 ** MAX_DIGITS for n in numbers):
+    if any(len(_integer_part(n)) > MAX_DIGITS or len(n) > MAX_NUMBER_CHARS or float(n) >= 10.0 ** MAX_DIGITS
+           for n in numbers):
         return f"a number of more than {MAX_DIGITS} digits", 0
     if powers > 1 or (powers and any(float(n) > MAX_EXPONENT for n in numbers)):
         return "a power beyond what a shape needs", 0
     return None, operands + cost
+
+
+def _integer_part(number: str) -> str:
+    """The digits before the point: a double's repr has 17 after it (Float('0.69999999999999996'),
+    as torch writes interpolate's scale 0.7; refused as 19 digits by the twenty-sixth round: P2)."""
+    return number.lower().partition("e")[0].partition(".")[0]
 
 
 def _exponent(number: str) -> int:

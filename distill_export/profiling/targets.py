@@ -199,6 +199,8 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     loaded = load_torch_model(path, weights, settings.sweep.max_call_s, factory, fill=settings.input_shape)
     # A checkpoint says its own shape; a .pt2 with dynamic dims takes the flag's there (twenty-sixth audit B8)
     check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=loaded["dynamic"])
+    for name, bounds in (getattr(loaded["module"], "input_ranges", {}) or {}).items():
+        _check_range(path, "--batch", settings.sweep.batches, name, 0, bounds[0] if bounds else None)
     name = model or loaded["model"]
     info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
     out = []
@@ -255,6 +257,7 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     if dynamic and fill is not None:
         shapes = {m: [g if d is None else d for d, g in zip(s, fill)] if len(s) == len(fill) else s
                   for m, s in shapes.items()}
+        _check_ranges(path, fill, shapes, getattr(module, "input_ranges", {}) or {})
     for name, dims in ({"input": student_shape} if student_shape is not None else shapes).items():
         if dims and all(isinstance(d, int) for d in dims):  # a .pt2 declaring 1x100000x100000 (twenty-fourth audit B2)
             check_feed_size(path, name, (1, *dims), 4)
@@ -279,6 +282,26 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     return {"module": module, "example": example, "model": kind, "params": count_params(module),
             "macs": count_macs(module, example(1)), "input_shape": student_shape, "dynamic": dynamic,
             "input_shapes": {"input": list(student_shape)} if student_shape is not None else declared}
+
+
+def _check_ranges(path, fill, shapes: dict, ranges: dict) -> None:
+    """--input-shape inside each dynamic dim's range: the program's guards are off after loading, and
+    128x128 was timed for a program exported for 4..64 (twenty-seventh audit PR1)."""
+    flag = f"--input-shape {','.join(map(str, fill))}"
+    for name, dims in shapes.items():
+        for i, (size, bounds) in enumerate(zip(dims, ranges.get(name, ())[1:])):
+            _check_range(path, flag, [size], name, i + 1, bounds)
+
+
+def _check_range(path, flag: str, sizes: list[int], name: str, dim: int, bounds) -> None:
+    """Each of `sizes` for dim `dim` of input `name` within the program's (min, max) for it."""
+    if bounds is None:
+        return
+    low, high = bounds
+    for size in sizes:
+        if size < low or (high is not None and size > high):
+            raise ConfigError(f"{flag if flag != '--batch' else f'--batch {size}'} is outside what {path} was exported "
+                              f"for: its input {name!r} takes dim {dim} from {low} to {high if high is not None else 'any'}")
 
 
 # ----- run directories ---------------------------------------------------------------------------

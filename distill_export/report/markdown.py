@@ -6,7 +6,7 @@ from pathlib import Path
 
 from distill_export.record import RunRecord
 from distill_export.report.view import task_view
-from distill_export.record.format import md_table
+from distill_export.record.format import md_table, md_text
 from distill_export.report.tables import (
     LATENCY_HEADER,
     SPEEDUP_HEADER,
@@ -27,7 +27,7 @@ def render_markdown(record: RunRecord, plots: list[Path], note: str = "") -> str
     parts = ["# distill-export report", ""]
     if given(ds):
         parts.append(
-            f"Dataset **{ds.name}**: {dataset_sizes(ds)}, {ds.labeled_train_rows} labeled training rows."
+            f"Dataset **{md_text(ds.name)}**: {dataset_sizes(ds)}, {ds.labeled_train_rows} labeled training rows."
             # Only the built-in demo holds voices out (data/avdigits.py records them).
             + (" Test audio voices are never seen in training." if ds.test_voices else "")
         )

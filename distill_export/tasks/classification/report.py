@@ -11,7 +11,7 @@ import html
 from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
-from distill_export.record.format import html_table, md_table, pct, reads_record
+from distill_export.record.format import html_table, md_table, md_text, pct, reads_record
 from distill_export.tasks.report_view import fit_sentence, labels_kept, tune_sentence
 
 MODELS = ("teacher", "baseline", "self_training", "student")  # the rows of the accuracy table, in order
@@ -196,7 +196,7 @@ def markdown_sections(record: RunRecord) -> list[str]:
         if fit_sentence(record):
             parts += [fit_sentence(record), ""]
         if tune_sentence(record):
-            parts += [tune_sentence(record), ""]
+            parts += [md_text(tune_sentence(record)), ""]  # its decision line is tune.json's text
     if teacher_fusion_line(record):
         parts += [teacher_fusion_line(record), ""]
     if _probe_line(record):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from distill_export.files import atomic_path
+from distill_export.record.format import printable
 from distill_export.tasks.detection.matching import Detections, gt_arrays
 
 CELL_INCHES = 2.2  # one frame's panel
@@ -47,7 +48,8 @@ def _frames(frames: np.ndarray) -> np.ndarray:
 def _box(ax, box, color: str, text: str, patches) -> None:
     x1, y1, x2, y2 = (float(v) for v in box)
     ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.2))
-    ax.text(x1, y1 - 0.5, text, color="white", fontsize=6, va="bottom", clip_on=True,
+    # parse_math off: a class named `$\foo$` was TeX to matplotlib, a traceback (twenty-seventh audit D2)
+    ax.text(x1, y1 - 0.5, printable(text), color="white", fontsize=6, va="bottom", clip_on=True, parse_math=False,
             bbox={"facecolor": color, "edgecolor": "none", "pad": 0.5, "alpha": 0.85})
 
 

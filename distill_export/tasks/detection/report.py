@@ -11,7 +11,7 @@ import html
 from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
-from distill_export.record.format import html_table, md_table, pct, reads_record
+from distill_export.record.format import html_table, md_table, md_text, pct, reads_record
 from distill_export.tasks.report_view import fit_sentence, labels_kept, tune_sentence
 
 # The rows of the mAP table, in order, and what each is; any other model in the record follows.
@@ -175,7 +175,7 @@ def markdown_sections(record: RunRecord) -> list[str]:
         if fit_sentence(record, "mAP50"):
             parts += [fit_sentence(record, "mAP50"), ""]
         if tune_sentence(record):
-            parts += [tune_sentence(record), ""]
+            parts += [md_text(tune_sentence(record)), ""]  # its decision line is tune.json's text
     header, rows = per_class_table(record)
     if rows:
         parts += ["### AP50 per class", "", md_table(header, rows), ""]
