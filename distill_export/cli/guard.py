@@ -57,12 +57,20 @@ def _fail(message: str, code: int):
     raise typer.Exit(code)
 
 
+_ALLOCATOR = re.compile(r"can't allocate memory|CUDA out of memory")
+
+
 def _fail_for(exc: BaseException):
     """The one line and exit code for a failure a user can act on; anything else is re-raised (a bug)."""
     if isinstance(exc, DistillExportError):
         _fail(str(exc), exc.exit_code)
-    if isinstance(exc, MemoryError):
-        _fail("out of memory; try a smaller batch size, fewer rows (data.max_train_rows) or a smaller model", 2)
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _ALLOCATOR.search(str(exc))):
+        # torch's allocator raises RuntimeError ("DefaultCPUAllocator: can't allocate memory: you tried
+        # to allocate 25594880256 bytes"): a traceback from profile at 3000x3000 (twenty-eighth audit B4)
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        what = f" (an allocation of {int(asked.group(1)) / 2**30:.1f} GiB failed)" if asked else ""
+        _fail(f"out of memory{what}; try a smaller batch size, fewer rows (data.max_train_rows), a smaller "
+              "--input-shape or a smaller model", 2)
     if isinstance(exc, json.JSONDecodeError):
         _fail(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", 2)
     if isinstance(exc, yaml.YAMLError):

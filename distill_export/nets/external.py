@@ -226,16 +226,22 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     return teacher
 
 
-def _dim_range(ep, dim) -> tuple[int, int] | None:
-    """A dynamic dim's (min, max) from the program's range constraints (None: static or unknown)."""
+def _dim_range(ep, dim) -> tuple[int, int | None, str] | None:
+    """A dynamic dim's (min, max or None when unbounded, its symbol) from the program's range
+    constraints (None: static or unknown). Dims that share a symbol must be equal."""
     if isinstance(dim, int):
         return None
     try:
-        bounds = ep.range_constraints[dim.node.expr]
-        low, high = int(bounds.lower), bounds.upper
-        return low, int(high) if high.is_finite else None
+        symbol = dim.node.expr
+        bounds = ep.range_constraints[symbol]
+        low = int(bounds.lower)
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
+    try:  # torch's int_oo says is_finite and cannot be an int (twenty-eighth audit B2)
+        high = int(bounds.upper)
+    except Exception:  # noqa: BLE001 - int_oo: TypeError, OverflowError or sympy's AttributeError by version
+        high = None
+    return low, high, str(symbol)
 
 
 def load_factory_teacher(spec: str, weights=None, data=None) -> ExternalTeacher:

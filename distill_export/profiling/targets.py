@@ -196,7 +196,8 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     if not live:  # no torch (an edge box), or no GPU for the GPU backends
         name = model or Path(str(path)).stem
         return [_skipped(name, "pytorch", b, unavailable(b), info) for b in selected]
-    loaded = load_torch_model(path, weights, settings.sweep.max_call_s, factory, fill=settings.input_shape)
+    loaded = load_torch_model(path, weights, settings.sweep.max_call_s, factory, fill=settings.input_shape,
+                              max_batch=max(settings.sweep.batches or [1]))
     # A checkpoint says its own shape; a .pt2 with dynamic dims takes the flag's there (twenty-sixth audit B8)
     check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=loaded["dynamic"])
     for name, bounds in (getattr(loaded["module"], "input_ranges", {}) or {}).items():
@@ -214,7 +215,7 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
 
 
 def load_torch_model(path, weights=None, max_call_s: float | None = None, factory: str | None = None,
-                     fill: tuple[int, ...] | None = None) -> dict:
+                     fill: tuple[int, ...] | None = None, max_batch: int = 1) -> dict:
     """{"module", "example"(batch -> input), "model" (teacher|student|baseline), "params", "macs",
     "input_shape" (students), "input_shapes" (as declared), "dynamic" (a declared dim is not fixed),
     "skip" (why it cannot be timed, e.g. unknown input shapes)}.
@@ -260,7 +261,7 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
         _check_ranges(path, fill, shapes, getattr(module, "input_ranges", {}) or {})
     for name, dims in ({"input": student_shape} if student_shape is not None else shapes).items():
         if dims and all(isinstance(d, int) for d in dims):  # a .pt2 declaring 1x100000x100000 (twenty-fourth audit B2)
-            check_feed_size(path, name, (1, *dims), 4)
+            check_feed_size(path, name, (max_batch, *dims), 4)  # the largest batch the sweep feeds (B4)
     if student_shape is not None:
         example = lambda b: torch.randn(b, *student_shape, generator=gen)  # noqa: E731
     else:
@@ -285,19 +286,27 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
 
 
 def _check_ranges(path, fill, shapes: dict, ranges: dict) -> None:
-    """--input-shape inside each dynamic dim's range: the program's guards are off after loading, and
-    128x128 was timed for a program exported for 4..64 (twenty-seventh audit PR1)."""
+    """--input-shape inside each dynamic dim's range, and dims exported as one symbol (H == W) given
+    equal: the program's guards are off after loading, and 128x128 (twenty-seventh audit PR1) or
+    16x20 (twenty-eighth B6) was timed for a program exported for neither."""
     flag = f"--input-shape {','.join(map(str, fill))}"
+    seen: dict[str, tuple[str, int, int]] = {}
     for name, dims in shapes.items():
         for i, (size, bounds) in enumerate(zip(dims, ranges.get(name, ())[1:])):
+            if size is None or bounds is None:  # a flag of another rank: check_given_shape names it
+                continue
             _check_range(path, flag, [size], name, i + 1, bounds)
+            first = seen.setdefault(bounds[2], (name, i + 1, size))
+            if first[2] != size:
+                raise ConfigError(f"{flag} gives {first[0]!r} dim {first[1]} and {name!r} dim {i + 1} different sizes "
+                                  f"({first[2]}, {size}); {path} was exported with them equal")
 
 
 def _check_range(path, flag: str, sizes: list[int], name: str, dim: int, bounds) -> None:
     """Each of `sizes` for dim `dim` of input `name` within the program's (min, max) for it."""
     if bounds is None:
         return
-    low, high = bounds
+    low, high = bounds[0], bounds[1]
     for size in sizes:
         if size < low or (high is not None and size > high):
             raise ConfigError(f"{flag if flag != '--batch' else f'--batch {size}'} is outside what {path} was exported "

@@ -33,11 +33,17 @@ def printable(text) -> str:
     return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], str(text))
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+
+
 def md_text(text) -> str:
-    """A user's string (a class, a dataset, a decision line) as Markdown shows it: printable, a
-    `|` that would split a table cell escaped, and an HTML tag start made text (`<img onerror=...>`
-    is live in viewers that pass inline HTML: D1, D3). `p < 0.05` stays as written."""
-    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", printable(text).replace("|", "\\|"))
+    """A user's string (a class, a dataset, a decision line) shown as written in Markdown:
+    printable, `&` and an HTML tag start as entities (`<img onerror=...>` is live in viewers that
+    pass inline HTML: twenty-seventh audit D1, D3), and Markdown's own characters backslash-escaped
+    (`__my_data__` rendered as bold, `a|b` split a table cell: twenty-eighth B3). `p < 0.05` stays."""
+    text = printable(text).replace("&", "&amp;")
+    text = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:

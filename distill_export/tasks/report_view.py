@@ -56,8 +56,9 @@ def fit_sentence(record: RunRecord, headline: str = "accuracy") -> str:
     return text
 
 
-def tune_sentence(record: RunRecord) -> str:
-    """How `run --tune` chose the objective, in one sentence ("" without a search)."""
+def tune_sentence(record: RunRecord, escape=str) -> str:
+    """How `run --tune` chose the objective, in one sentence ("" without a search). escape: for the
+    decision line, tune.json's text (record.format.md_text in report.md)."""
     tune = record.tune
     if tune is None or not tune.decision:
         return ""
@@ -71,7 +72,7 @@ def tune_sentence(record: RunRecord) -> str:
                     f"validation scores: {scores}).")
     return (f"Objective chosen by `run --tune` on the validation split ({tune.completed} of {tune.trials} trials "
             f"completed, then the best re-trained with fresh seeds against the labels-only baseline): {chosen}; "
-            f"{tune.decision.get('line', '')}.{teachers}")
+            f"{escape(tune.decision.get('line', ''))}.{teachers}")
 
 
 class GenericReportView:

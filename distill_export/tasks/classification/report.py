@@ -196,7 +196,7 @@ def markdown_sections(record: RunRecord) -> list[str]:
         if fit_sentence(record):
             parts += [fit_sentence(record), ""]
         if tune_sentence(record):
-            parts += [md_text(tune_sentence(record)), ""]  # its decision line is tune.json's text
+            parts += [tune_sentence(record, md_text), ""]  # its decision line is tune.json's text
     if teacher_fusion_line(record):
         parts += [teacher_fusion_line(record), ""]
     if _probe_line(record):

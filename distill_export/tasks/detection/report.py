@@ -175,7 +175,7 @@ def markdown_sections(record: RunRecord) -> list[str]:
         if fit_sentence(record, "mAP50"):
             parts += [fit_sentence(record, "mAP50"), ""]
         if tune_sentence(record):
-            parts += [md_text(tune_sentence(record)), ""]  # its decision line is tune.json's text
+            parts += [tune_sentence(record, md_text), ""]  # its decision line is tune.json's text
     header, rows = per_class_table(record)
     if rows:
         parts += ["### AP50 per class", "", md_table(header, rows), ""]
