@@ -39,7 +39,7 @@ def square_unbounded(tmp_path_factory):
 @pytest.mark.parametrize(("shape", "batch", "message"), [
     ("1,4,4", "1", "--input-shape 1,4,4 is outside what {p} was exported for: its input 'input' takes dim 2 from 16 "
                    "to any"),  # B2: an unbounded dim went unchecked (int_oo)
-    ("1,16,20", "1", "--input-shape 1,16,20 gives 'input' dim 2 and 'input' dim 3 different sizes (16, 20); {p} was "
+    ("1,16,20", "1", "--input-shape 1,16,20 at --batch 1 gives 'input' dim 2 and 'input' dim 3 different sizes (16, 20); {p} was "
                      "exported with them equal"),  # B6
     ("1,16", "1", "--input-shape 1,16 contradicts {p}"),  # B5: a TypeError traceback
     ("1,9999,9999", "64", "input 'input' of shape [64, 1, 9999, 9999] needs"),  # B4: the batch the sweep feeds
@@ -66,6 +66,7 @@ def test_b4_an_allocation_torch_refuses_is_one_line(capsys):
 @pytest.mark.parametrize(("text", "shown"), [
     ("__my_data__", r"\_\_my\_data\_\_"), ("a\\|b", "a\\\\\\|b"), ("[click](http://x)", r"\[click\](http://x)"),
     ("a &lt;b&gt;", "a &amp;lt;b&amp;gt;"), ("**dog**", r"\*\*dog\*\*"), ("p < 0.05", "p < 0.05"),
+    ("~~old~~", r"\~\~old\~\~"),  # GFM strikethrough (twenty-ninth audit B2)
 ])
 def test_b3_markdown_characters_in_user_strings_are_escaped(text, shown):
     """`__my_data__` rendered as bold 'my_data'; `a\\|b` left its pipe bare (the backslash doubled)."""

@@ -202,12 +202,14 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     check_program_graph(ep, path)  # loading runs no node; refuse file, I/O or in-place-input operators before any does
     names = list(ep.graph_signature.user_inputs)
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    shapes, ranges = {}, {}
+    shapes, ranges, exprs = {}, {}, {}
     for name in names:
         val = placeholders[name].meta.get("val") if name in placeholders else None
         if val is not None and hasattr(val, "shape"):
             shapes[name] = tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:])
             ranges[name] = tuple(_dim_range(ep, d) for d in val.shape)  # the batch dim first
+            exprs[name] = tuple(None if isinstance(d, int) else getattr(getattr(d, "node", None), "expr", None)
+                                for d in val.shape)
     in_spec = ep.module_call_graph[0].signature.in_spec if ep.module_call_graph[0].signature else None
     positional = False
     children = list(in_spec.children()) if in_spec is not None else []
@@ -223,6 +225,7 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     teacher = ExternalTeacher(module, names, str(path), positional=positional, exported=True, input_shapes=shapes)
     teacher.max_call_s = DEFAULT_MAX_CALL_S if max_call_s is None else float(max_call_s)
     teacher.input_ranges = ranges  # the dynamic dims' (min, max): guards are off, so profile checks a shape it feeds
+    teacher.input_exprs = exprs  # each dim's sympy expression: s0, or 2*s1 for a dim derived from another
     return teacher
 
 

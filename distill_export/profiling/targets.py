@@ -197,7 +197,7 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
         name = model or Path(str(path)).stem
         return [_skipped(name, "pytorch", b, unavailable(b), info) for b in selected]
     loaded = load_torch_model(path, weights, settings.sweep.max_call_s, factory, fill=settings.input_shape,
-                              max_batch=max(settings.sweep.batches or [1]))
+                              batches=list(settings.sweep.batches or [1]))
     # A checkpoint says its own shape; a .pt2 with dynamic dims takes the flag's there (twenty-sixth audit B8)
     check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=loaded["dynamic"])
     for name, bounds in (getattr(loaded["module"], "input_ranges", {}) or {}).items():
@@ -215,12 +215,12 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
 
 
 def load_torch_model(path, weights=None, max_call_s: float | None = None, factory: str | None = None,
-                     fill: tuple[int, ...] | None = None, max_batch: int = 1) -> dict:
+                     fill: tuple[int, ...] | None = None, batches: list[int] | None = None) -> dict:
     """{"module", "example"(batch -> input), "model" (teacher|student|baseline), "params", "macs",
     "input_shape" (students), "input_shapes" (as declared), "dynamic" (a declared dim is not fixed),
     "skip" (why it cannot be timed, e.g. unknown input shapes)}.
     max_call_s: a .pt2's per-call limit (profile.max_call_s), from its first call (the MAC count) on.
-    fill: --input-shape, the per-sample dims fed where a program's are dynamic."""
+    fill: --input-shape, the per-sample dims fed where a program's are dynamic; batches: the sweep's."""
     import torch
 
     from distill_export.nets.checkpoint import load_checkpoint
@@ -258,10 +258,11 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     if dynamic and fill is not None:
         shapes = {m: [g if d is None else d for d, g in zip(s, fill)] if len(s) == len(fill) else s
                   for m, s in shapes.items()}
-        _check_ranges(path, fill, shapes, getattr(module, "input_ranges", {}) or {})
+        _check_ranges(path, fill, shapes, getattr(module, "input_ranges", {}) or {},
+                      getattr(module, "input_exprs", {}) or {}, batches or [1])
     for name, dims in ({"input": student_shape} if student_shape is not None else shapes).items():
         if dims and all(isinstance(d, int) for d in dims):  # a .pt2 declaring 1x100000x100000 (twenty-fourth audit B2)
-            check_feed_size(path, name, (max_batch, *dims), 4)  # the largest batch the sweep feeds (B4)
+            check_feed_size(path, name, (max(batches or [1]), *dims), 4)  # the largest batch the sweep feeds (B4)
     if student_shape is not None:
         example = lambda b: torch.randn(b, *student_shape, generator=gen)  # noqa: E731
     else:
@@ -285,21 +286,42 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
             "input_shapes": {"input": list(student_shape)} if student_shape is not None else declared}
 
 
-def _check_ranges(path, fill, shapes: dict, ranges: dict) -> None:
-    """--input-shape inside each dynamic dim's range, and dims exported as one symbol (H == W) given
-    equal: the program's guards are off after loading, and 128x128 (twenty-seventh audit PR1) or
-    16x20 (twenty-eighth B6) was timed for a program exported for neither."""
+def _check_ranges(path, fill, shapes: dict, ranges: dict, exprs: dict | None = None, batches=(1,)) -> None:
+    """--input-shape inside each dynamic dim's range, and the dims' relations kept (guards are off after
+    loading): 128x128 (27th audit PR1), 16x20 for H == W (28th B6), 8x20 for W == 2*H (29th B1) were timed."""
     flag = f"--input-shape {','.join(map(str, fill))}"
-    seen: dict[str, tuple[str, int, int]] = {}
     for name, dims in shapes.items():
         for i, (size, bounds) in enumerate(zip(dims, ranges.get(name, ())[1:])):
-            if size is None or bounds is None:  # a flag of another rank: check_given_shape names it
-                continue
-            _check_range(path, flag, [size], name, i + 1, bounds)
-            first = seen.setdefault(bounds[2], (name, i + 1, size))
+            if size is not None and bounds is not None:  # None: a flag of another rank (check_given_shape)
+                _check_range(path, flag, [size], name, i + 1, bounds)
+    for batch in batches:
+        _check_relations(path, flag, shapes, exprs or {}, batch)
+
+
+def _check_relations(path, flag: str, shapes: dict, exprs: dict, batch: int) -> None:
+    """Dims exported as one symbol given one size, the batch included (twenty-ninth B3), and a
+    derived dim (2*h) given what it derives to."""
+    import sympy
+
+    fed = [(name, i, expr, size) for name, per_dim in exprs.items()
+           for i, (expr, size) in enumerate(zip(per_dim, [batch, *shapes.get(name, [])]))
+           if expr is not None and size is not None]
+    where = lambda name, i: "the batch" if i == 0 else f"{name!r} dim {i}"  # noqa: E731
+    given = f"{flag} at --batch {batch}"
+    known: dict = {}
+    for name, i, expr, size in fed:
+        if isinstance(expr, sympy.Symbol):
+            first = known.setdefault(expr, (name, i, size))
             if first[2] != size:
-                raise ConfigError(f"{flag} gives {first[0]!r} dim {first[1]} and {name!r} dim {i + 1} different sizes "
+                raise ConfigError(f"{given} gives {where(*first[:2])} and {where(name, i)} different sizes "
                                   f"({first[2]}, {size}); {path} was exported with them equal")
+    values = {symbol: v[2] for symbol, v in known.items()}
+    for name, i, expr, size in fed:
+        if not isinstance(expr, sympy.Symbol):
+            want = expr.subs(values)
+            if want.is_number and int(want) != size:
+                raise ConfigError(f"{given} gives {where(name, i)} the size {size}, but {path} was exported with "
+                                  f"it equal to {expr} = {int(want)} (from the other dims)")
 
 
 def _check_range(path, flag: str, sizes: list[int], name: str, dim: int, bounds) -> None:

@@ -33,7 +33,7 @@ def printable(text) -> str:
     return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], str(text))
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+_MD_SPECIAL = re.compile(r"([\\`*_~\[\]|])")  # ~: GFM strikethrough (twenty-ninth audit B2)
 
 
 def md_text(text) -> str:
