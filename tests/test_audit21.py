@@ -31,12 +31,15 @@ def _teacher_run(tmp_path, monkeypatch, killed: bool = False) -> None:
         (tmp_path / "R" / "state.json").write_text(json.dumps(state))
 
 
-def test_b1_a_stage_commands_flag_for_a_done_earlier_stage_is_refused(run_copy):
+@pytest.mark.parametrize(("flag", "key"), [(["--seed", "5"], "seed"), (["--task", "detection"], "task")])
+def test_b1_a_stage_commands_flag_for_a_done_earlier_stage_is_refused(run_copy, flag, key):
     """`distill RUN --seed 5` ran (cache hit on the seed-0 teacher) and recorded seed 5, where the
-    same edit typed into config.yaml is refused: the seed picks the labeled rows the teacher saw."""
+    same edit typed into config.yaml is refused: the seed picks the labeled rows the teacher saw.
+    `distill RUN --task detection` said 'set --teacher-fusion late (or teacher.fusion in --config)':
+    distill takes neither. The task is the teacher stage's: named as such first (twenty-second audit B1)."""
     before = snapshot(run_copy)
-    line = one_line_error(runner.invoke(app, ["distill", str(run_copy), "--seed", "5", "-q"]), 2)
-    assert line == (f"error: {run_copy}: a flag sets seed, which the train_teacher stage ran with another value, so "
+    line = one_line_error(runner.invoke(app, ["distill", str(run_copy), *flag, "-q"]), 2)
+    assert line == (f"error: {run_copy}: a flag sets {key}, which the train_teacher stage ran with another value, so "
                     "the run would record a setting that did not run; drop the flag, or start a new run with "
                     "`--out NEW`"), line
     assert snapshot(run_copy) == before

@@ -15,15 +15,7 @@ from distill_export.cli import app
 runner = CliRunner()
 
 
-def test_b1_a_flag_for_the_teacher_stage_is_named_before_the_configs_own_advice(run_copy):
-    """`distill RUN --task detection` said 'set --teacher-fusion late (or teacher.fusion in
-    --config)': distill takes neither. The task is the teacher stage's: named as such first."""
-    before = snapshot(run_copy)
-    line = one_line_error(runner.invoke(app, ["distill", str(run_copy), "--task", "detection", "-q"]), 2)
-    assert line == (f"error: {run_copy}: a flag sets task, which the train_teacher stage ran with another value, so "
-                    "the run would record a setting that did not run; drop the flag, or start a new run with "
-                    "`--out NEW`"), line
-    assert snapshot(run_copy) == before
+# B1 (`distill RUN --task detection`) is a case of test_audit21.py::test_b1_a_stage_commands_flag_*.
 
 
 def _tiff_rgb16(path, rgb: np.ndarray) -> None:

@@ -229,14 +229,13 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     return teacher
 
 
-def _dim_range(ep, dim) -> tuple[int, int | None, str] | None:
-    """A dynamic dim's (min, max or None when unbounded, its symbol) from the program's range
-    constraints (None: static or unknown). Dims that share a symbol must be equal."""
+def _dim_range(ep, dim) -> tuple[int, int | None] | None:
+    """A dynamic dim's (min, max or None when unbounded) from the program's range constraints
+    (None: static or unknown)."""
     if isinstance(dim, int):
         return None
     try:
-        symbol = dim.node.expr
-        bounds = ep.range_constraints[symbol]
+        bounds = ep.range_constraints[dim.node.expr]
         low = int(bounds.lower)
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
@@ -244,7 +243,7 @@ def _dim_range(ep, dim) -> tuple[int, int | None, str] | None:
         high = int(bounds.upper)
     except Exception:  # noqa: BLE001 - int_oo: TypeError, OverflowError or sympy's AttributeError by version
         high = None
-    return low, high, str(symbol)
+    return low, high
 
 
 def load_factory_teacher(spec: str, weights=None, data=None) -> ExternalTeacher:

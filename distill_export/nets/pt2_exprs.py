@@ -78,14 +78,14 @@ def scan(expr) -> tuple[str | None, int]:
             return repr(f"{previous_text}{text}"), 0
         powers += text == "**" or name in _POWERS
         number = m.group("number") or m.group("quoted_number")
-        if (calls and calls[-1][0] in _PRECISION_ARGS and calls[-1][1] > 1 and not number and not text.isspace()
-                and text not in (",", ")", "=") and name != "precision"):
+        precision = calls[-1][0] if calls and calls[-1][0] in _PRECISION_ARGS and calls[-1][1] > 1 else None
+        if precision and not number and not text.isspace() and text not in (",", ")", "=") and name != "precision":
             # Float(2, (9999999)) or Float(2, 999*999): a precision is a plain number (twenty-eighth audit B1)
-            return f"a {calls[-1][0]} precision that is not a plain number", 0
+            return f"a {precision} precision that is not a plain number", 0
         if number:
             numbers.append(number)
-            if calls and calls[-1][0] in _PRECISION_ARGS and calls[-1][1] > 1 and float(number) > MAX_PRECISION:
-                return f"a {calls[-1][0]} precision of more than {MAX_PRECISION}", 0
+            if precision and float(number) > MAX_PRECISION:
+                return f"a {precision} precision of more than {MAX_PRECISION}", 0
         if number or m.group("quoted") or (name is not None and (_SYMBOL.match(name) or name in _CONSTANTS)):
             operands += 1
         elif text == "(":

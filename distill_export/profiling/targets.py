@@ -328,7 +328,7 @@ def _check_range(path, flag: str, sizes: list[int], name: str, dim: int, bounds)
     """Each of `sizes` for dim `dim` of input `name` within the program's (min, max) for it."""
     if bounds is None:
         return
-    low, high = bounds[0], bounds[1]
+    low, high = bounds
     for size in sizes:
         if size < low or (high is not None and size > high):
             raise ConfigError(f"{flag if flag != '--batch' else f'--batch {size}'} is outside what {path} was exported "
