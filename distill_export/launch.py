@@ -8,7 +8,7 @@
     relaunch_under_torchrun / torchrun_rank   --nproc N: the command again under torchrun (once
                                preflight_for_ranks has run start_run's checks here), and one rank of it
 
-The command line (cli/) parses options and calls these; pipeline.py's stages call load_data when
+The command line (cli/) parses options and calls these; pipeline/'s stages call load_data when
 they run alone.
 """
 

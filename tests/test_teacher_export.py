@@ -124,7 +124,7 @@ def test_an_unexportable_teacher_is_one_line_naming_the_operator(tmp_path):
 def test_pipeline_records_why_the_teacher_was_not_exported(tiny_run, tmp_path, monkeypatch):
     """A teacher the exporters refuse: one warning line, {"skipped": reason}, and its ONNX rows
     on every ONNX backend say why; the PyTorch rows are unaffected."""
-    from distill_export import pipeline
+    from distill_export.pipeline import export_stage as pipeline
     from distill_export.data import load_dataset
     from distill_export.export import teacher_onnx
     from distill_export.rundir import RunDir

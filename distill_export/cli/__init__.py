@@ -1,6 +1,6 @@
 """The `distill-export` command line: one module per command, composed here.
 
-Commands parse options and call the library (launch.py starts runs, pipeline.py runs stages);
+Commands parse options and call the library (launch.py starts runs, pipeline/ runs stages);
 options.py maps each flag to its config key once; guard.py turns typed errors into one-line
 messages and exit codes (2: bad input, 1: a parity gate failed).
 """
