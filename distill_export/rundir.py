@@ -4,11 +4,13 @@ Layout: config.yaml, teacher.pt, baseline.pt, student.pt, student*.onnx, report.
 run record, distill_export/record: each stage writes its own sections through `update_report`,
 the one writer), state.json (stage state), report.md, report.html, plots/.
 
-Stage state lives in state.json (stage_graph.py: how stages depend on each other and go stale; run_identity.py:
-the run's id and its manifest's hash). A run is claimed by creating report.json exclusively (O_EXCL), so two
-concurrent `run --out X` cannot both win; the stage commands read the state to know which stages finished. config.yaml is written by a
-stage command only after it succeeds, and `transaction()` puts the directory back as it was when
-a stage command fails.
+Stage state lives in state.json. The pieces of RunDir: stage_graph.py (how stages depend on each
+other and go stale), run_identity.py (the run's id and its data's hash), run_outputs.py (outputs
+changed since their stage), run_resume.py (`run --resume`), run_guard.py (the lock and the
+transaction). A run is claimed by creating report.json exclusively (O_EXCL), so two concurrent
+`run --out X` cannot both win; the stage commands read the state to know which stages finished.
+config.yaml is written by a stage command only after it succeeds, and `transaction()` puts the
+directory back as it was when a stage command fails.
 
 Training stages write a checkpoint per epoch under checkpoints/ (train.Checkpoint); a stage's
 checkpoints are deleted once it is recorded done. `run --resume` (`RunDir.resumable`) skips the
@@ -22,7 +24,6 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ from distill_export.files import check_free, check_new_file, check_output, ensur
 from distill_export.record import SCHEMA_VERSION, RunRecord, store
 from distill_export.stage_graph import (_NEXT, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES,  # noqa: F401
     STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS, STAGE_TIMINGS, STATE_FILE, _stale_why)  # tables imported from here
+from distill_export.run_guard import RunGuard
 from distill_export.run_identity import RunIdentity, new_run_id
+from distill_export.run_resume import RunResume
 from distill_export.run_outputs import PARITY_FILE, RunOutputs  # noqa: F401  (PARITY_FILE is imported from here)
 
 
@@ -47,7 +50,7 @@ class RunClaimed(ConfigError):
 
 
 @dataclass
-class RunDir(RunOutputs, RunIdentity):
+class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
     path: Path
 
     @classmethod
@@ -178,81 +181,6 @@ class RunDir(RunOutputs, RunIdentity):
         except OSError:
             pass  # another stage's checkpoints are still there
 
-    @classmethod
-    def resumable(cls, path: str | Path) -> "RunDir":
-        """A run that `run --resume` can continue: one made by `run`, with unfinished stages."""
-        path = Path(path)
-        if not path.is_dir():
-            what = "is a file, not a run directory" if path.exists() else "no such run directory"
-            raise ConfigError(f"--resume {path}: {what}")
-        if not (path / "report.json").is_file():
-            raise ConfigError(f"--resume {path} is not a run directory (no report.json)")
-        run = cls(path)
-        stages = run.stages()
-        if not (path / "config.yaml").is_file():
-            raise ConfigError(f"--resume {path}: the run was stopped before it wrote config.yaml, so there is "
-                              "nothing to resume; start a new run (`distill-export run --out NEW`)")
-        if stages is None:
-            raise ConfigError(f"--resume {path}: the run does not record its stages (made by an older version); "
-                              "start a new run")
-        if not run.missing_stages(RUN_STAGES) and not run.outdated_stage():  # outdated: stale_if_outdated
-            raise ConfigError(f"--resume {path}: the run already finished (every stage is done); "
-                              f"its report is {path / 'report.md'}")
-        return run
-
-    def resume_plan(self) -> tuple[list[str], list[str]]:
-        """(stages reused, stages to run): the done prefix is reused, the rest runs in order."""
-        missing = self.missing_stages(RUN_STAGES)
-        first = RUN_STAGES.index(missing[0]) if missing else len(RUN_STAGES)
-        return list(RUN_STAGES[:first]), list(RUN_STAGES[first:])
-
-    def resume_summary(self, restarts: dict[str, str] | None = None) -> str:
-        """One line: what is reused, where training continues, what runs after. `restarts`:
-        {checkpoint label: why} for checkpoints the training will not continue (launch.resume_restarts):
-        those are said to restart from epoch 1, never to continue."""
-        from distill_export.train import checkpoint_progress
-
-        restarts = restarts or {}
-        reused, todo = self.resume_plan()
-        parts = [f"resuming {self.path}:", f"{', '.join(reused)} done (reused);" if reused else "no stage done;"]
-        if todo:
-            found, again = [], []
-            for label in STAGE_CHECKPOINTS.get(todo[0], ()):
-                progress = checkpoint_progress(self.checkpoint_path(label)) if self.checkpoint_path(label).is_file() else None
-                if label in restarts:
-                    at = f" at epoch {progress[0]}/{progress[1]}" if progress else ""
-                    again.append(f"{label}{at} restarts from epoch 1: {restarts[label]}")
-                elif progress:
-                    found.append(f"{label} at epoch {progress[0]}/{progress[1]}")
-            where = f" from checkpoints ({', '.join(found)})" if found else ""
-            where += f" ({'; '.join(again)})" if again else ""
-            stages = self.stages() or {}
-            stale = [s for s in todo if stages.get(s, {}).get("status") == "stale"]
-            parts.append(f"running {todo[0]}{where}" + (f", then {', '.join(todo[1:])}" if todo[1:] else "")
-                         + (f" ({', '.join(stale)} stale: {_stale_why(stages[stale[0]], 'them')})" if stale else ""))
-        return " ".join(parts)
-
-    @contextmanager
-    def lock(self):
-        """Hold an exclusive lock on the run directory while a command works in it (`run` and
-        every stage command), so a second command on the same run is refused, not interleaved
-        (the lock dies with the process)."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            yield self
-            return
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise ConfigError(f"{self.path} is in use by another distill-export process (another command "
-                                  "holds the run's lock); wait for it to finish or stop it first") from None
-            yield self
-        finally:
-            os.close(fd)
-
     def missing_stages(self, needed: tuple[str, ...] | None = None) -> list[str]:
         """Stages (planned ones, or `needed`) that have not finished; [] for an unrecorded run."""
         stages = self.stages()
@@ -278,41 +206,6 @@ class RunDir(RunOutputs, RunIdentity):
             raise ConfigError(f"{self.path} is unfinished: stage{'s' * (len(missing) > 1)} {', '.join(missing)} "
                               f"did not finish, so `{command}` cannot run; next: {hint}")
         self.require_current_outputs(needed, command)  # done, but its file is gone or student.pt changed
-
-    @contextmanager
-    def transaction(self):
-        """Run a stage command so that, if it fails, the directory is left exactly as it was:
-        every file is hard-linked aside first (writes here are atomic renames, so the links keep
-        the old contents); on an error the files are put back and the ones the stage added are
-        removed. Ctrl-C/SIGTERM keep what the stage wrote (a later resume may want it)."""
-        backup = self.path / BACKUP_DIR
-        shutil.rmtree(backup, ignore_errors=True)  # left by a stage that was killed
-        before = self._files()
-        dirs_before = {p for p in self.path.rglob("*") if p.is_dir() and BACKUP_DIR not in p.parts}
-        for rel in before:
-            dst = backup / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(self.path / rel, dst)
-            except OSError:
-                shutil.copy2(self.path / rel, dst)
-        try:
-            yield self
-        except Exception:
-            for rel in self._files() - before:
-                (self.path / rel).unlink(missing_ok=True)
-            for rel in before:
-                os.replace(backup / rel, self.path / rel)
-            added = {p for p in self.path.rglob("*") if p.is_dir() and BACKUP_DIR not in p.parts} - dirs_before
-            for d in sorted(added, key=lambda p: len(p.parts), reverse=True):
-                shutil.rmtree(d, ignore_errors=True)
-            raise
-        finally:
-            shutil.rmtree(backup, ignore_errors=True)
-
-    def _files(self) -> set[Path]:
-        return {p.relative_to(self.path) for p in self.path.rglob("*")
-                if (p.is_file() or p.is_symlink()) and BACKUP_DIR not in p.relative_to(self.path).parts}
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":

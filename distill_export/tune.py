@@ -20,10 +20,11 @@ import yaml
 from rich.console import Console
 
 from distill_export.config_checks import check_tune_minutes, tune_search_spaces
-from distill_export.confirm import LABELS_ONLY_TERMS, ConfirmSpec, confirm, confirmation_seeds, decision_line
+from distill_export.confirm import ConfirmSpec
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
 from distill_export.tasks import get_task
+from distill_export.tune_decision import confirm_top, confirmed_words, decide
 from distill_export.tune_record import resumed_summary
 
 console = Console(stderr=True, highlight=False, markup=False, emoji=False)
@@ -231,13 +232,13 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         "all": [{"number": t.number, "state": t.state.name, "params": t.params, "val_accuracy": t.value}
                 for t in study.trials],
     }
-    summary["confirmation"] = _confirm(train, completed, confirm_spec, config.seed, quiet)
+    summary["confirmation"] = confirm_top(train, completed, confirm_spec, config.seed, quiet)
     if summary["confirmation"] is not None:  # the decision line names the task's score (mAP50 for detection)
         summary["confirmation"]["metric"] = get_task(config.task).score_name
     summary["confirm_seconds"] = round(time.perf_counter() - start - search_seconds, 1)
-    summary["decision"] = decision = _decide(summary)
+    summary["decision"] = decision = decide(summary)
     header = (f"{TUNE_HEADER} ({len(completed)} completed trials"
-              f"{_confirmed_words(summary)}). Use: distill-export run --config {out_path.name} --out NEW\n"
+              f"{confirmed_words(summary)}). Use: distill-export run --config {out_path.name} --out NEW\n"
               f"# {decision['line']}\n")
     body = {"method": "labels_only", "terms": decision["terms"]} if not decision["distill"] else {"terms": decision["terms"]}
     if decision["distill"] and decision.get("augment"):
@@ -269,66 +270,6 @@ def check_default_output(path: Path) -> None:
     if first != TUNE_HEADER.encode():
         raise ConfigError(f"{path} was not written by tune (no '{TUNE_HEADER}' header line, e.g. edited by hand) "
                           f"and is never replaced; move it away or give --out NEW.yaml")
-
-
-def _confirm(train, completed: list, spec: ConfirmSpec, search_seed: int, quiet: bool) -> dict | None:
-    """The top completed trials and the baseline re-trained with fresh seeds (confirm.py)."""
-    if spec.seeds == 0:
-        return None
-    top = sorted(completed, key=lambda t: t.value, reverse=True)[: spec.top]
-    candidates = [{"number": t.number, "method": t.params["method"], "terms": t.user_attrs["terms"],
-                   "search_val_accuracy": t.value, "augment": t.user_attrs.get("augment"),
-                   "teacher_fusion": t.user_attrs.get("teacher_fusion"), "rounds": t.user_attrs.get("rounds")}
-                  for t in top]
-
-    def score(terms, seed: int, augment: dict | None = None, teacher_fusion: str | None = None,
-              rounds: int | None = None) -> float:
-        acc = train(terms, seed, augment=augment, teacher_fusion=teacher_fusion, rounds=rounds)
-        if not quiet:
-            name = "baseline" if terms is None else next(f"{c['method']} (trial {c['number'] + 1})"
-                                                          for c in candidates if c["terms"] is terms)
-            console.print(f"confirm seed {seed}: {name} val {100 * acc:.1f}%")
-        return acc
-
-    return confirm(candidates, score, confirmation_seeds(search_seed, spec.seeds))
-
-
-def _decide(summary: dict) -> dict:
-    """What tune writes: the confirmed winner, or labels only. Without confirmation
-    (--confirm-seeds 0) the search's best trial against the one baseline run, which favours
-    distilling (that score is the biased maximum of the trials)."""
-    conf = summary["confirmation"]
-    if conf is not None:
-        win = next(c for c in conf["candidates"] if c["number"] == conf["winner"])
-        distill, method, terms, line = conf["distill"], win["method"], win["terms"], decision_line(conf)
-        augment, fusion, rounds = win.get("augment"), win.get("teacher_fusion"), win.get("rounds")
-    else:
-        best = summary["best"]
-        distill, method, terms, augment = summary["beats_baseline"], best["method"], best["terms"], best.get("augment")
-        fusion, rounds = best.get("teacher_fusion"), best.get("rounds")
-        line = versus_baseline(best["val_accuracy"], best.get("baseline_val_accuracy", summary["baseline_val_accuracy"]))
-    if not distill:
-        return {"distill": False, "method": "labels_only", "terms": LABELS_ONLY_TERMS, "line": line}
-    return {"distill": True, "method": method, "terms": terms, "line": line,
-            **({"augment": augment} if augment else {}), **({"teacher_fusion": fusion} if fusion else {}),
-            **({"rounds": rounds} if rounds else {})}
-
-
-def _confirmed_words(summary: dict) -> str:
-    conf = summary["confirmation"]
-    if conf is None:
-        return "; not confirmed: the best trial's own score"
-    return (f"; top {len(conf['candidates'])} and the labels-only baseline re-trained with "
-            f"{len(conf['seeds'])} fresh seeds, chosen by the mean")
-
-
-def versus_baseline(best: float, baseline: float) -> str:
-    """One line comparing the best objective with the labels-only baseline on validation."""
-    gap = 100 * (best - baseline)
-    if gap > 0:
-        return f"labels-only baseline on validation: {100 * baseline:.1f}% ({gap:+.1f} points for the best objective)"
-    return (f"no objective beat the labels-only baseline on validation ({100 * best:.1f}% vs "
-            f"{100 * baseline:.1f}%): distillation is unlikely to pay on this data")
 
 
 def _same_mixing(augment: dict, distill_config) -> bool:

@@ -188,7 +188,7 @@ def test_p2b_dynamic_dims_take_the_flag_and_the_files_own_shape_is_accepted(tmp_
 
 
 def test_p1_a_checkpoint_with_several_or_unknown_inputs_takes_no_input_shape():
-    from distill_export.profiling.targets import check_given_shape
+    from distill_export.profiling.input_shapes import check_given_shape
 
     two = {"image": [1, 28, 28], "audio": [1, 32, 32]}
     with pytest.raises(ConfigError, match=r"whose inputs are 'image' \[batch, 1,28,28\]; 'audio' \[batch, 1,32,32\], "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from distill_export.errors import CheckpointError, ConfigError, DataError
 from distill_export.files import check_model_file
+from distill_export.profiling.input_shapes import check_given_shape, check_range, check_ranges
 from distill_export.profiling.measure import Bench
 from distill_export.profiling.modelinfo import onnx_info, size_bytes
 from distill_export.profiling.settings import ProfileSettings
@@ -124,37 +125,6 @@ def onnx_input_shape(path: Path) -> tuple[int, ...] | None:
     return tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
-def check_given_shape(given: tuple[int, ...] | None, path, inputs: dict[str, list], fills: bool) -> None:
-    """--input-shape against a model file's declared per-sample inputs (name -> dims; a dim that is
-    not a positive int is dynamic). fills: the runtime feeds the flag's dims to an input with a
-    dynamic dim (ONNX), which must keep its static ones; otherwise (checkpoints, engines) the flag
-    is never fed, so it must equal every input. A contradiction would be recorded in profile.json
-    as the shape measured while the model ran at its own: refused in one line."""
-    if given is None:
-        return
-    dims = {n: [d if isinstance(d, int) and d > 0 else None for d in ds] for n, ds in inputs.items()}
-    show = lambda ds: ",".join("?" if d is None else str(d) for d in ds)  # noqa: E731
-    flexible = {n: ds for n, ds in dims.items() if None in ds} if fills else {}
-    if flexible:  # the flag fills their dynamic dims; the fully static inputs keep their own
-        bad = {n: ds for n, ds in flexible.items()
-               if len(ds) != len(given) or any(d is not None and d != g for d, g in zip(ds, given))}
-        if bad:
-            name, ds = next(iter(bad.items()))
-            raise ConfigError(f"--input-shape {show(given)} contradicts {path}: its input {name!r} is [batch, {show(ds)}] "
-                              "('?' dynamic) and the flag sets only the dynamic dims; keep the static ones "
-                              f"({show(ds)} with each ? given) or drop --input-shape")
-        return
-    if dims and all(ds == list(given) for ds in dims.values()):
-        return
-    declared = "; ".join(f"{n!r} [batch, {show(ds)}]" for n, ds in dims.items()) or "not declared"
-    only = next(iter(dims.values())) if len(dims) == 1 else None
-    inputs_are = "inputs are" if len(dims) > 1 else "input is"
-    what = "fixed" if fills else "what it runs at (the flag sets only an ONNX file's dynamic dims)"
-    raise ConfigError(f"--input-shape {show(given)} contradicts {path}, whose {inputs_are} {declared}, {what}: profile.json "
-                      "would record the flag's shape for a measurement at the model's own; drop --input-shape"
-                      + (f" or give {show(only)}" if only and None not in only else ""))
-
-
 # ----- TensorRT --------------------------------------------------------------------------------
 
 
@@ -201,7 +171,7 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     # A checkpoint says its own shape; a .pt2 with dynamic dims takes the flag's there (twenty-sixth audit B8)
     check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=loaded["dynamic"])
     for name, bounds in (getattr(loaded["module"], "input_ranges", {}) or {}).items():
-        _check_range(path, "--batch", settings.sweep.batches, name, 0, bounds[0] if bounds else None)
+        check_range(path, "--batch", settings.sweep.batches, name, 0, bounds[0] if bounds else None)
     name = model or loaded["model"]
     info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
     out = []
@@ -258,7 +228,7 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     if dynamic and fill is not None:
         shapes = {m: [g if d is None else d for d, g in zip(s, fill)] if len(s) == len(fill) else s
                   for m, s in shapes.items()}
-        _check_ranges(path, fill, shapes, getattr(module, "input_ranges", {}) or {},
+        check_ranges(path, fill, shapes, getattr(module, "input_ranges", {}) or {},
                       getattr(module, "input_exprs", {}) or {}, batches or [1])
     for name, dims in ({"input": student_shape} if student_shape is not None else shapes).items():
         if dims and all(isinstance(d, int) for d in dims):  # a .pt2 declaring 1x100000x100000 (twenty-fourth audit B2)
@@ -284,55 +254,6 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     return {"module": module, "example": example, "model": kind, "params": count_params(module),
             "macs": count_macs(module, example(1)), "input_shape": student_shape, "dynamic": dynamic,
             "input_shapes": {"input": list(student_shape)} if student_shape is not None else declared}
-
-
-def _check_ranges(path, fill, shapes: dict, ranges: dict, exprs: dict | None = None, batches=(1,)) -> None:
-    """--input-shape inside each dynamic dim's range, and the dims' relations kept (guards are off after
-    loading): 128x128 (27th audit PR1), 16x20 for H == W (28th B6), 8x20 for W == 2*H (29th B1) were timed."""
-    flag = f"--input-shape {','.join(map(str, fill))}"
-    for name, dims in shapes.items():
-        for i, (size, bounds) in enumerate(zip(dims, ranges.get(name, ())[1:])):
-            if size is not None and bounds is not None:  # None: a flag of another rank (check_given_shape)
-                _check_range(path, flag, [size], name, i + 1, bounds)
-    for batch in batches:
-        _check_relations(path, flag, shapes, exprs or {}, batch)
-
-
-def _check_relations(path, flag: str, shapes: dict, exprs: dict, batch: int) -> None:
-    """Dims exported as one symbol given one size, the batch included (twenty-ninth B3), and a
-    derived dim (2*h) given what it derives to."""
-    import sympy
-
-    fed = [(name, i, expr, size) for name, per_dim in exprs.items()
-           for i, (expr, size) in enumerate(zip(per_dim, [batch, *shapes.get(name, [])]))
-           if expr is not None and size is not None]
-    where = lambda name, i: "the batch" if i == 0 else f"{name!r} dim {i}"  # noqa: E731
-    given = f"{flag} at --batch {batch}"
-    known: dict = {}
-    for name, i, expr, size in fed:
-        if isinstance(expr, sympy.Symbol):
-            first = known.setdefault(expr, (name, i, size))
-            if first[2] != size:
-                raise ConfigError(f"{given} gives {where(*first[:2])} and {where(name, i)} different sizes "
-                                  f"({first[2]}, {size}); {path} was exported with them equal")
-    values = {symbol: v[2] for symbol, v in known.items()}
-    for name, i, expr, size in fed:
-        if not isinstance(expr, sympy.Symbol):
-            want = expr.subs(values)
-            if want.is_number and int(want) != size:
-                raise ConfigError(f"{given} gives {where(name, i)} the size {size}, but {path} was exported with "
-                                  f"it equal to {expr} = {int(want)} (from the other dims)")
-
-
-def _check_range(path, flag: str, sizes: list[int], name: str, dim: int, bounds) -> None:
-    """Each of `sizes` for dim `dim` of input `name` within the program's (min, max) for it."""
-    if bounds is None:
-        return
-    low, high = bounds
-    for size in sizes:
-        if size < low or (high is not None and size > high):
-            raise ConfigError(f"{flag if flag != '--batch' else f'--batch {size}'} is outside what {path} was exported "
-                              f"for: its input {name!r} takes dim {dim} from {low} to {high if high is not None else 'any'}")
 
 
 # ----- run directories ---------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""What keeps a run directory whole while a command works in it: an exclusive lock (a second
+command on the same run is refused) and a transaction (a failed stage command leaves the
+directory as it was). A mixin of RunDir (rundir.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from distill_export.errors import ConfigError
+from distill_export.stage_graph import BACKUP_DIR
+
+
+class RunGuard:
+    @contextmanager
+    def lock(self):
+        """Hold an exclusive lock on the run directory while a command works in it (`run` and
+        every stage command), so a second command on the same run is refused, not interleaved
+        (the lock dies with the process)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield self
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ConfigError(f"{self.path} is in use by another distill-export process (another command "
+                                  "holds the run's lock); wait for it to finish or stop it first") from None
+            yield self
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def transaction(self):
+        """Run a stage command so that, if it fails, the directory is left exactly as it was:
+        every file is hard-linked aside first (writes here are atomic renames, so the links keep
+        the old contents); on an error the files are put back and the ones the stage added are
+        removed. Ctrl-C/SIGTERM keep what the stage wrote (a later resume may want it)."""
+        backup = self.path / BACKUP_DIR
+        shutil.rmtree(backup, ignore_errors=True)  # left by a stage that was killed
+        before = self._files()
+        dirs_before = {p for p in self.path.rglob("*") if p.is_dir() and BACKUP_DIR not in p.parts}
+        for rel in before:
+            dst = backup / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self.path / rel, dst)
+            except OSError:
+                shutil.copy2(self.path / rel, dst)
+        try:
+            yield self
+        except Exception:
+            for rel in self._files() - before:
+                (self.path / rel).unlink(missing_ok=True)
+            for rel in before:
+                os.replace(backup / rel, self.path / rel)
+            added = {p for p in self.path.rglob("*") if p.is_dir() and BACKUP_DIR not in p.parts} - dirs_before
+            for d in sorted(added, key=lambda p: len(p.parts), reverse=True):
+                shutil.rmtree(d, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(backup, ignore_errors=True)
+
+    def _files(self) -> set[Path]:
+        return {p.relative_to(self.path) for p in self.path.rglob("*")
+                if (p.is_file() or p.is_symlink()) and BACKUP_DIR not in p.relative_to(self.path).parts}
