@@ -181,6 +181,10 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    # Not a setting (no annotation: not a field, never written to config.yaml): the dotted keys
+    # that a check after the data loads must know the user set (a flag or --config), not the
+    # recipe; cli/options.load fills it. Empty for a config read back from a run.
+    given_keys = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

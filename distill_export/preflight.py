@@ -110,6 +110,31 @@ def check_data(config, data) -> None:
     check_models(config, data)  # a student/teacher that cannot fit the data fails before training
     check_student_fits(config, data)  # e.g. a data.image_size too small for the student's strides
     check_rounds_supported(config, data)  # distill.rounds > 1 on streamed data or under torchrun
+    settle_control(config, data)  # the self-training control of a teacher that reads the student's modality alone
+
+
+def settle_control(config, data) -> None:
+    """The self-training control is a teacher of the student's modality alone, distilled the same
+    way: what the unlabeled rows give without the teacher's other modalities. Where the data has no
+    other modality, the teacher reads the student's alone and the control would be that teacher
+    again, its comparison crediting modalities that do not exist (thirtieth audit B6). Refused where
+    the user set it (config.given_keys); turned off with a note where the recipe did, so config.yaml
+    and report.json say it did not run."""
+    if not config.distill.self_training_control or set(data.modalities) != {config.data.student_modality}:
+        return
+    why = (f"the data has no column but the student's {config.data.student_modality!r}, so the teacher reads it "
+           "alone and the control would be the teacher again")
+    if "distill.self_training_control" in config.given_keys:
+        raise ConfigError(f"--self-training-control (distill.self_training_control) cannot apply: {why}; drop it "
+                          "or add the teacher's other modalities to the data")
+    config.distill.self_training_control = False
+    from distill_export import distributed as ddp
+
+    if ddp.is_main():
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True).print(
+            f"note: the self-training control is off (distill.self_training_control: false): {why}")
 
 
 # ----- the student and the teacher against the data ------------------------------------------

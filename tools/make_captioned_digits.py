@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("~/.cache/distill-export/captioned_digits")
 sys.path.insert(0, str(REPO / "tools"))
 from prepare_avmnist import find, read_idx  # noqa: E402  (the same MNIST reader)
-from toolargs import Parser, at_least, non_negative, probability, one_line_errors  # noqa: E402
+from toolargs import Parser, at_least, fail, non_negative, one_line_errors, probability  # noqa: E402
 
 PHRASES = {  # attribute -> paraphrases (the first two share a keyword, the rest reword it)
     "loop": ["a closed loop", "one round loop", "an enclosed hole", "a ring shape"],
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     out = args.out.expanduser().resolve()
     if out == REPO or REPO in out.parents:
-        sys.exit(f"error: --out {out} lies inside the repository; write data outside it")
+        fail(f"--out {out} lies inside the repository; write data outside it")
     from distill_export.files import check_tool_output
 
     check_tool_output(out, folder=True)  # new or empty, outside any run: nothing of the user's overwritten
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> Path:
     for digit in range(10):
         idx = rng.permutation(np.flatnonzero(labels == digit))
         if len(idx) < need:
-            sys.exit(f"error: digit {digit} has {len(idx)} images, fewer than the {need} asked for")
+            fail(f"digit {digit} has {len(idx)} images, fewer than the {need} asked for")
         start = 0
         for split, n in counts.items():
             picks += [(split, int(i)) for i in idx[start : start + n]]

@@ -36,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least, finite, fraction, one_line_errors  # noqa: E402
+from toolargs import Parser, at_least, fail, finite, fraction, one_line_errors  # noqa: E402
 DEFAULT_OUT = Path("~/.cache/distill-export/avmnist")
 TEST_SPEAKER = "yweweler"
 VAL_TAKES = range(0, 5)  # FSDD's conventional test takes, used here as val for train speakers
@@ -58,7 +58,7 @@ def find(folder: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (folder / name).is_file():
             return folder / name
-    sys.exit(f"error: {folder} has no {stem}(.gz)")
+    fail(f"{folder} has no {stem}(.gz)")
 
 
 def list_clips(folder: Path) -> list[tuple[Path, int, str, int]]:
@@ -68,7 +68,7 @@ def list_clips(folder: Path) -> list[tuple[Path, int, str, int]]:
         if m:
             clips.append((p, int(m.group(1)), m.group(2), int(m.group(3))))
     if not clips:
-        sys.exit(f"error: no FSDD clips ({{digit}}_{{speaker}}_{{index}}.wav) in {folder}")
+        fail(f"no FSDD clips ({{digit}}_{{speaker}}_{{index}}.wav) in {folder}")
     return clips
 
 
@@ -128,7 +128,7 @@ def main(argv=None) -> Path:
 
     out = args.out.expanduser().resolve()
     if out == REPO or REPO in out.parents:
-        sys.exit(f"error: --out {out} is inside the repository; the dataset must live outside it")
+        fail(f"--out {out} is inside the repository; the dataset must live outside it")
     from distill_export.files import check_tool_output
 
     check_tool_output(out, folder=True)  # new or empty, outside any run: nothing of the user's overwritten
@@ -151,7 +151,7 @@ def main(argv=None) -> Path:
     clips = list_clips(args.fsdd)
     speakers = sorted({c[2] for c in clips})
     if TEST_SPEAKER not in speakers:
-        sys.exit(f"error: FSDD speaker {TEST_SPEAKER} (the test speaker) not in {args.fsdd}")
+        fail(f"FSDD speaker {TEST_SPEAKER} (the test speaker) not in {args.fsdd}")
     pool_of = {
         "test": [c for c in clips if c[2] == TEST_SPEAKER],
         "val": [c for c in clips if c[2] != TEST_SPEAKER and c[3] in VAL_TAKES],
@@ -166,7 +166,7 @@ def main(argv=None) -> Path:
         for j, i in enumerate(parts[split]):
             digit = int(labels[i])
             if not by_digit[digit]:
-                sys.exit(f"error: no FSDD clip of digit {digit} for the {split} split")
+                fail(f"no FSDD clip of digit {digit} for the {split} split")
             path, _, speaker, take = by_digit[digit][rng.integers(len(by_digit[digit]))]
             if path not in cache:
                 cache[path] = read_wav(path)

@@ -22,6 +22,13 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def fail(message: str):
+    """Bad input found by a tool's own checks (a missing data folder): `error: <message>` on
+    stderr and exit 2, as the CLI does. sys.exit("error: ...") exits 1 (thirtieth audit B1, B2)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def one_line_errors(main):
     """Decorate a tool's main: a DistillExportError raised anywhere under it (RunDir.create on an
     unwritable --out, RunDir.existing on a folder that is no run, a bad config) is bad input, so

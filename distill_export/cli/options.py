@@ -161,6 +161,10 @@ def config_flags(command: str):
     return decorate
 
 
+# Settings a check after the data loads turns off where they cannot apply, unless the user set them.
+DATA_SETTLED_KEYS = ("distill.self_training_control",)
+
+
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
@@ -188,6 +192,7 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     check_streaming_applies(config, given)  # data.streaming=on with the built-in avdigits: nothing would stream
     check_method_with_terms(config, given)  # distill.method dkd beside distill.terms [kd]: dkd would not run
     check_config_settings_apply(config, given)  # e.g. distill.mix_alpha with mix none, int8_recipe without INT8
+    config.given_keys = frozenset(key for key in DATA_SETTLED_KEYS if given(key))  # preflight.settle_control
     return config
 
 

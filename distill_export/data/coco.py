@@ -128,6 +128,11 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
             problems.append(Problem(row.line, f"COCO annotation id {a.get('id')}: bbox {bbox!r} is not [x, y, width, height]"))
             boxes[a["image_id"]] = None
             continue
+        wrong = _bbox_geometry([float(v) for v in bbox], row.size)
+        if wrong:  # named here, as COCO writes it: after conversion only the row's x1 y1 x2 y2 is left (30th B4)
+            problems.append(Problem(row.line, f"COCO annotation id {a.get('id')} in {path.name}: bbox {bbox!r} {wrong}"))
+            boxes[a["image_id"]] = None
+            continue
         if boxes[a["image_id"]] is not None:
             x, y, w, h = (float(v) for v in bbox)
             boxes[a["image_id"]].append([cat_name[a["category_id"]], x, y, x + w, y + h])
@@ -140,6 +145,21 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
                 r.label = json.dumps(boxes[image_id])
                 r.id = str(image_id)
     return cat_ids, names
+
+
+def _bbox_geometry(bbox: list[float], size: tuple[int, int] | None) -> str | None:
+    """What is wrong with an [x, y, width, height] box, or None: no area, or (the image's declared
+    (H, W) known) outside the image beyond the rounding data/boxes.py clips."""
+    from distill_export.data.boxes import EDGE_TOLERANCE
+
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return "has zero or negative width or height"
+    if size is not None:
+        t = EDGE_TOLERANCE
+        if x < -t or y < -t or x + w > size[1] + t or y + h > size[0] + t:
+            return f"lies outside its {size[1]}x{size[0]} image ([x, y, width, height], in pixels)"
+    return None
 
 
 # ----- writing ---------------------------------------------------------------------------

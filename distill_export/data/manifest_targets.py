@@ -75,8 +75,9 @@ def check_labels(codec, rows: list[Row], sampled_out: set[str], config, decoders
                                     f"{decoders[column].path(row.cells[column])} is {size[1]}x{size[0]}")
                 row.size = size
                 codec.check(row.label, row.size)
-            except DataError as exc:
-                problems.append(Problem(row.line, str(exc)))
+            except DataError as exc:  # a COCO row's boxes are the file's, converted to x1 y1 x2 y2: say whose
+                coco = getattr(codec, "fixed_names", None) is not None and not str(exc).startswith("the COCO image")
+                problems.append(Problem(row.line, f"COCO image id {row.id}: {exc}" if coco else str(exc)))
                 continue
         good.append(row)
     fixed = getattr(codec, "fixed_names", None)

@@ -69,12 +69,41 @@ def _check_relations(path, flag: str, shapes: dict, exprs: dict, batch: int) -> 
                 raise ConfigError(f"{given} gives {where(*first[:2])} and {where(name, i)} different sizes "
                                   f"({first[2]}, {size}); {path} was exported with them equal")
     values = {symbol: v[2] for symbol, v in known.items()}
-    for name, i, expr, size in fed:
-        if not isinstance(expr, sympy.Symbol):
-            want = expr.subs(values)
-            if want.is_number and int(want) != size:
-                raise ConfigError(f"{given} gives {where(name, i)} the size {size}, but {path} was exported with "
-                                  f"it equal to {expr} = {int(want)} (from the other dims)")
+    derived = [(name, i, expr, size) for name, i, expr, size in fed if not isinstance(expr, sympy.Symbol)]
+    _solve_roots(derived, values, lambda name, i, expr, size: (
+        f"{given} gives {where(name, i)} the size {size}, but {path} was exported with it equal to {expr}, "
+        f"which no whole number makes {size}"))
+    for name, i, expr, size in derived:
+        want = expr.subs(values)
+        if want.is_number and int(want) != size:
+            raise ConfigError(f"{given} gives {where(name, i)} the size {size}, but {path} was exported with "
+                              f"it equal to {expr} = {int(want)} (from the other dims)")
+
+
+def _solve_roots(derived: list, values: dict, no_root) -> None:
+    """Values for the symbols that are no dim themselves (H = h+1, W = 2*h: thirtieth audit B3),
+    from the derived dims linear in one unknown symbol, until none is left to solve; `values` gains
+    them. A dim no whole number of its symbol gives (2*h fed 17) is refused: no_root(dim) -> message.
+    Non-linear expressions (h//2, Max) are left unsolved: their relation is then not checked."""
+    import sympy
+
+    solved = True
+    while solved:
+        solved = False
+        for name, i, expr, size in derived:
+            unknown = expr.free_symbols - values.keys()
+            if len(unknown) != 1:
+                continue
+            symbol = next(iter(unknown))
+            poly = sympy.Poly(expr.subs(values), symbol) if expr.subs(values).is_polynomial(symbol) else None
+            if poly is None or poly.degree() != 1:
+                continue
+            slope, offset = poly.all_coeffs()
+            root = (size - offset) / slope
+            if not root.is_integer:
+                raise ConfigError(no_root(name, i, expr, size))
+            values[symbol] = int(root)
+            solved = True
 
 
 def check_range(path, flag: str, sizes: list[int], name: str, dim: int, bounds) -> None:

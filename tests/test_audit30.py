@@ -1,0 +1,117 @@
+"""Thirty-first round (issue 24): what the thirtieth fresh audit found."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from _cli_checks import one_line_error
+from distill_export.cli import app
+from test_audit29 import _profile, _program
+
+runner = CliRunner()
+
+
+def test_b3_dims_derived_from_a_symbol_that_is_no_dim_are_held_to_it(tmp_path):
+    """H = h+1 and W = 2*h, h itself no dim: --input-shape 1,9,18 was timed (torch's guard refuses it);
+    h is now solved from H, so W must be 16."""
+    h = torch.export.Dim("h", min=4, max=32)
+    path = _program(tmp_path / "phantom.pt2", torch.randn(2, 1, 9, 16),
+                    {0: torch.export.Dim("b", min=1, max=64), 2: h + 1, 3: 2 * h})
+    line = one_line_error(_profile(path, "1,9,18", "1"), 2)
+    assert line.startswith("error: --input-shape 1,9,18 at --batch 1 gives 'x' dim 3 the size 18, but ") and \
+        line.endswith("= 16 (from the other dims)"), line
+    assert _profile(path, "1,9,16", "1").exit_code == 0
+    assert _profile(path, "1,11,20", "1").exit_code == 0  # h = 10 from H, W = 20
+
+
+def test_b3_a_derived_dim_no_whole_number_gives_is_refused(tmp_path):
+    """W = 2*h alone (h no dim): an odd W has no h."""
+    h = torch.export.Dim("h", min=4, max=32)
+    path = _program(tmp_path / "even.pt2", torch.randn(2, 1, 8, 16), {0: torch.export.Dim("b", min=1, max=64), 3: 2 * h})
+    line = one_line_error(_profile(path, "1,8,17", "1"), 2)
+    assert "gives 'x' dim 3 the size 17" in line and "which no whole number makes 17" in line, line
+    assert _profile(path, "1,8,18", "1").exit_code == 0
+
+
+# ----- B6: the self-training control of a teacher that reads the student's modality alone -----------
+
+
+@pytest.fixture(scope="module")
+def image_only(tmp_path_factory):
+    from _byo_fixtures import make_manifest
+
+    return make_manifest(tmp_path_factory.mktemp("audit30_image_only"), per_class=6, modalities=("image",))
+
+
+def test_b6_a_control_the_user_asks_for_is_refused_when_the_teacher_reads_the_student_modality_alone(image_only, tmp_path):
+    """The control would be the teacher again, and the report credited 'the teacher's other
+    modalities' with +0.0 points: refused before any folder is made."""
+    from _cli_checks import snapshot
+
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, ["run", "--data", str(image_only), "--self-training-control", "--label-fraction", "1",
+                                 "--out", str(tmp_path / "r"), "-q"])
+    # refused once the data has loaded (the data's own line comes first): one error line, exit 2
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
+    line = errors[0]
+    assert line.startswith("error: --self-training-control (distill.self_training_control) cannot apply: the data has "
+                           "no column but the student's 'image'"), line
+    assert snapshot(tmp_path) == before
+
+
+def test_b6_a_recipe_control_is_turned_off_with_a_note_and_config_yaml_says_so(image_only, tmp_path):
+    """The default recipe sets the control: with image-only data it is off, said in one note line,
+    and config.yaml records false (what ran)."""
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train-teacher", "--data", str(image_only), "--teacher-epochs", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    notes = [x for x in result.output.splitlines() if x.startswith("note: the self-training control is off")]
+    assert len(notes) == 1, result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["distill"]["self_training_control"] is False
+
+
+# ----- B4: a COCO box with no area or outside its image, named in the COCO file's terms -------------
+
+
+@pytest.mark.parametrize(("bbox", "why"), [
+    ([0, 0, 0, 6], "has zero or negative width or height"),
+    ([5, 5, -3, 4], "has zero or negative width or height"),
+    ([12, 0, 10, 6], "lies outside its 16x16 image"),
+])
+def test_b4_a_coco_box_without_area_or_outside_its_image_names_the_annotation(tmp_path, bbox, why):
+    """Named the manifest row (which holds no box) with an x1 y1 x2 y2 box that is in no file."""
+    from distill_export.errors import DataError
+    from test_audit26 import _coco_case
+    from test_boxes import load
+
+    manifest = _coco_case(tmp_path, lambda coco: coco["annotations"][0].update(bbox=bbox))
+    with pytest.raises(DataError) as caught:
+        load(manifest, annotations="instances.json")
+    assert f"COCO annotation id 1 in instances.json: bbox {bbox} {why}" in str(caught.value), str(caught.value)
+
+
+# ----- B1, B2: a tool's own refusals exit 2, as the CLI's do ------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["--mnist", "--fsdd"])
+def test_b1_b2_prepare_avmnist_with_a_missing_folder_exits_2(tmp_path, missing):
+    """It exited 1 (sys.exit with a message); the empty --mnist folder is named before --fsdd."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = {"--mnist": str(tmp_path / "mnist"), "--fsdd": str(tmp_path / "fsdd")}
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "fsdd").mkdir()
+    argv[missing] = str(tmp_path / "nonexistent")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "prepare_avmnist.py"
+    done = subprocess.run([sys.executable, str(tool), *[x for kv in argv.items() for x in kv], "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (done.returncode, done.stderr)
+    assert done.stderr.startswith("error: ") and str(tmp_path) in done.stderr, done.stderr  # the folder it lacks
+    assert not (tmp_path / "o").exists()
