@@ -115,3 +115,34 @@ def test_b1_b2_prepare_avmnist_with_a_missing_folder_exits_2(tmp_path, missing):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (done.returncode, done.stderr)
     assert done.stderr.startswith("error: ") and str(tmp_path) in done.stderr, done.stderr  # the folder it lacks
     assert not (tmp_path / "o").exists()
+
+
+# ----- B5: a faithful export whose TopK cut swaps near-tied peaks -------------------------------------
+
+
+def _full_topk(scores, seed=0):
+    """One image, K = len(scores) detections (all slots peaks: the TopK cut left others out)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 40, (len(scores), 2))
+    boxes = np.concatenate([xy, xy + 8], axis=1)[None]
+    return {"boxes": boxes, "scores": np.asarray(scores, float)[None], "classes": np.zeros((1, len(scores)), int)}
+
+
+def test_b5_near_ties_at_the_topk_cut_are_not_judged_a_confident_loss_still_is():
+    import numpy as np
+
+    from distill_export.tasks.detection.parity import match_detections
+
+    ref_scores = np.linspace(0.1258, 0.1016, 20)  # an untrained heatmap's peaks, all near the prior 0.1
+    reference = _full_topk(ref_scores)
+    candidate = _full_topk(ref_scores + 1e-4)
+    candidate["boxes"][0, -5:] += 30  # the five lowest replaced by near-ties from below the cut (other places)
+    m = match_detections(candidate, reference)
+    assert m["matched"] == m["reference_count"] and 0 < m["reference_count"] < 20, m  # only those clear of the cut
+    confident = _full_topk([0.9, *ref_scores[1:]])
+    lost = _full_topk([0.9, *ref_scores[1:]])
+    lost["boxes"][0, 0] += 30  # the one confident detection moved away: still a failure
+    m = match_detections(lost, confident)
+    assert m["matched"] < m["reference_count"], m
