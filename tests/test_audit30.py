@@ -146,3 +146,18 @@ def test_b5_near_ties_at_the_topk_cut_are_not_judged_a_confident_loss_still_is()
     lost["boxes"][0, 0] += 30  # the one confident detection moved away: still a failure
     m = match_detections(lost, confident)
     assert m["matched"] < m["reference_count"], m
+
+
+def test_a1_confident_detections_the_reference_does_not_have_fail_the_gate():
+    """A file whose heatmap bias made every background peak confident passed at 0 of 0 judged."""
+    import numpy as np
+
+    from distill_export.tasks import get_task
+
+    task = get_task("detection")
+    quiet = _full_topk(np.linspace(0.05, 0.01, 20))  # the student: nothing above the 0.1 threshold
+    loud = _full_topk(np.linspace(0.999, 0.99, 20))  # the edited export: 20 confident detections
+    targets = np.full((1, 1, 5), -1.0)  # one labeled image without boxes
+    m = task.parity_metrics(loud, quiet, targets)
+    assert m["matched_detections"] == 0.0 and m["extra_count"] == 20 and m["reference_count"] == 0, m
+    assert task.parity_metrics(quiet, quiet, targets)["matched_detections"] == 1.0  # 0 of 0 either way: equal

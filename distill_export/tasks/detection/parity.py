@@ -3,9 +3,10 @@
 Never by index: the decode's TopK orders near-ties arbitrarily, and an FP16 or INT8 heatmap
 that moves a score by 1e-4 swaps two detections' places, so index-aligned boxes differed by
 46 px in the prototype while every detection was still there. Instead, each confident
-reference detection (score >= SCORE_THRESHOLD, a box with area, and clear of the TopK's cut by
-CUT_MARGIN where the cut left peaks out), best first, takes the unmatched candidate
-detection of the same class with the highest IoU, if that IoU >= MATCH_IOU; the share of
+reference detection (score >= SCORE_THRESHOLD, a box with area, and clear by CUT_MARGIN of the
+candidate's TopK cut where that cut left peaks out), best first, takes the unmatched candidate
+detection of the same class and a score within SCORE_TOLERANCE with the highest IoU, if that IoU
+>= MATCH_IOU; the share of
 reference detections matched is the gate, and the score and box differences are measured on
 the matched pairs only.
 """
@@ -18,11 +19,15 @@ from distill_export.tasks.detection.matching import Detections, box_iou
 
 SCORE_THRESHOLD = 0.1  # reference detections below this are not judged (near-zero peaks come and go)
 MATCH_IOU = 0.9  # a candidate box this close to the reference's is the same detection
-# An image whose K slots are all peaks had more, cut by the TopK: a reference detection within this
-# of the lowest one kept may be displaced by a near-tie just below the cut, so it is not judged
+# An image whose K candidate slots are all peaks had more, cut by the TopK: a reference detection
+# within this of the candidate's lowest kept score may be left out by a faithful candidate (its
+# score moved by a rounding, a near-tie took its slot), so it is not judged
 # (thirtieth audit B5: an untrained heatmap's 20 peaks at 0.10-0.13, 1e-4 apart, failed a faithful
 # FP16 export at 86.7%). FP16 moves a score by ~1e-4, INT8 by up to ~1e-2.
 CUT_MARGIN = 0.02
+# A partner must also say the same confidence: a background peak at the same place turned from
+# 0.10 to 0.997 (a heatmap bias +8) is another detection (thirtieth audit A1), not a rounding.
+SCORE_TOLERANCE = 0.1
 
 
 def match_detections(candidate, reference, score_threshold: float = SCORE_THRESHOLD,
@@ -32,12 +37,11 @@ def match_detections(candidate, reference, score_threshold: float = SCORE_THRESH
     cand, ref = Detections.of(candidate), Detections.of(reference).ordered()
     if cand.scores.shape[0] != ref.scores.shape[0]:
         raise ValueError(f"candidate has {cand.scores.shape[0]} images, reference {ref.scores.shape[0]}")
-    full = (ref.scores > 0).all(axis=1, keepdims=True)  # (N, 1): the TopK left peaks out (0 is padding)
-    cut = np.where(full, ref.scores[:, -1:], -np.inf) if ref.scores.shape[1] else np.zeros((len(full), 1))
-    # (N, Kr); a box without area is no detection, one at the cut may be a near-tie's place
-    judged = (ref.scores >= score_threshold) & ref.valid & (ref.scores > cut + CUT_MARGIN)
+    # (N, Kr); a box without area is no detection; one the candidate's cut may have left out is not judged
+    judged = (ref.scores >= score_threshold) & ref.valid & (ref.scores > _cut(cand) + CUT_MARGIN)
     iou = box_iou(ref.boxes, cand.boxes)  # (N, Kr, Kc)
     same = ref.classes[:, :, None] == cand.classes[:, None, :]
+    same &= np.abs(ref.scores[:, :, None] - cand.scores[:, None, :]) <= SCORE_TOLERANCE
     iou = np.where(same & judged[..., None] & (iou >= iou_threshold), iou, -1.0)
     N, Kr = judged.shape
     rows = np.arange(N)
@@ -60,3 +64,12 @@ def match_detections(candidate, reference, score_threshold: float = SCORE_THRESH
         "max_score_diff": float(score_diff.max()) if score_diff.size else 0.0,
         "max_box_diff_px": float(box_diff.max()) if box_diff.size else 0.0,
     }
+
+
+def _cut(dets: Detections) -> np.ndarray:
+    """(N, 1): each image's lowest kept score where all K slots are peaks (the TopK left others
+    out; a score of 0 is the decode's padding), else -inf (nothing was cut)."""
+    if not dets.scores.shape[1]:
+        return np.full((len(dets.scores), 1), -np.inf)
+    full = (dets.scores > 0).all(axis=1, keepdims=True)
+    return np.where(full, dets.scores.min(axis=1, keepdims=True), -np.inf)

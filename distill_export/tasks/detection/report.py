@@ -79,7 +79,8 @@ def parity_rows(record: RunRecord) -> list[list[str]]:
             continue
         get = lambda key: getattr(p, key, None)  # noqa: E731  (detection's parity keys are extras)
         matched = get("matched_detections")
-        counts = f" ({get('matched_count')}/{get('reference_count')})" if get("reference_count") is not None else ""
+        extra = f" + {get('extra_count')} extra" if get("extra_count") else ""  # the candidate's, matching none
+        counts = f" ({get('matched_count')}/{get('reference_count')}{extra})" if get("reference_count") is not None else ""
         gates = ", ".join(f"{k} {'PASS' if g.passed else 'FAIL'}" for k, g in p.gates.items())
         size = f"{(art.size_bytes or 0) / 1024:.1f} KiB"
         rows.append([fmt, art.precision or "", size, _num(get("map50_delta"), ".4f"),
