@@ -45,7 +45,10 @@ STAGE_SECTIONS = {"distill": ("kd_gain", "kd_gain_ci95", "kd_gain_p_value", "kd_
                   "profile": ("latency", "speedups", "profile", "recommended"), "report": ()}
 STAGE_TIMINGS = {"distill": ("distill", "baseline", "self_training_control"), "export": ("export", "export_teacher"),
                  "validate": ("validate",), "profile": ("profile",)}
-STAGE_FILES = {"profile": ("latency.csv",), "report": ("report.md", "report.html")}
+# the report's plots go with it: a re-export left the old latency plots beside no report (thirtieth audit A3);
+# plots/ also holds the distill stage's figures (Task.draw_examples), which stay
+STAGE_FILES = {"profile": ("latency.csv",), "report": ("report.md", "report.html", *(
+    f"plots/{name}.png" for name in ("latency_vs_batch", "accuracy_vs_latency", "training_curves")))}
 # What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
 _NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
          "distill": "`distill-export distill {run}`",

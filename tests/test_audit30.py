@@ -161,3 +161,33 @@ def test_a1_confident_detections_the_reference_does_not_have_fail_the_gate():
     m = task.parity_metrics(loud, quiet, targets)
     assert m["matched_detections"] == 0.0 and m["extra_count"] == 20 and m["reference_count"] == 0, m
     assert task.parity_metrics(quiet, quiet, targets)["matched_detections"] == 1.0  # 0 of 0 either way: equal
+
+
+def test_a2_a_text_file_given_as_weights_is_said_to_be_no_tensor_file(tmp_path):
+    """same_weights (and every weights load) said 'not a readable tensor file: 105' (pickle's KeyError)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hi\n")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "same_weights.py"
+    done = subprocess.run([sys.executable, str(tool), str(text), str(text)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {text} is not a readable tensor file: its bytes are neither a PyTorch zip archive nor a pickle"), done.stderr
+
+
+def test_a3_a_stage_run_again_withdraws_the_report_plots_and_keeps_the_distill_figures(tiny_run, tmp_path):
+    """A re-export dropped report.md and latency.csv but left the latency plots of the old profile."""
+    import shutil
+
+    from distill_export.rundir import RunDir
+
+    run = RunDir.existing(shutil.copytree(tiny_run, tmp_path / "run"))
+    plots = run.file("plots")
+    assert (plots / "latency_vs_batch.png").is_file() and (plots / "accuracy_vs_latency.png").is_file()
+    figures = {p.name for p in plots.glob("*.png")} - {"latency_vs_batch.png", "accuracy_vs_latency.png",
+                                                       "training_curves.png"}
+    run.begin_stage("export")
+    left = {p.name for p in plots.glob("*.png")}
+    assert left == figures and not run.file("report.md").exists(), left

@@ -24,6 +24,9 @@ def load_failure(exc: BaseException) -> str:
     pickle operation or global, or the error's first line."""
     import re
 
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], int):  # pickle's opcode table: KeyError(105)
+        # for a text file (thirtieth audit A2); a zip's missing member is a KeyError of its name
+        return "its bytes are neither a PyTorch zip archive nor a pickle"
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch's bold face (ANSI escapes)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
