@@ -18,7 +18,7 @@ from distill_export.errors import ConfigError
 from distill_export.tasks.base import Gate, Task, register_task
 from distill_export.tasks.detection.matching import Detections, fast_map, labeled_images
 from distill_export.tasks.detection.metrics import detection_metrics
-from distill_export.tasks.detection.parity import match_detections
+from distill_export.tasks.detection.parity import extra_detections, match_detections
 from distill_export.tasks.detection.significance import compare as paired_compare
 
 _DECODE_ROWS = 512  # images per decode call
@@ -184,8 +184,7 @@ class DetectionTask(Task):
         m = match_detections(cand, ref)
         # and the other way: the candidate's confident detections that match none of the reference's
         # (a heatmap bias turned every background peak confident passed at 0 of 0: thirtieth audit A1)
-        back = match_detections(ref, cand)
-        extra = back["reference_count"] - back["matched"]
+        extra = extra_detections(cand, ref)
         targets = _numpy(targets)
         labeled = targets.ndim == 3 and len(targets) and labeled_images(targets).any()
         if labeled:
