@@ -159,7 +159,10 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
         store.rewrite(self.file("report.json"), drop)
         for stage in stages:
             for name in STAGE_FILES.get(stage, ()):
-                self.file(name).unlink(missing_ok=True)
+                path = self.file(name)
+                if path.parent != self.path and (path.parent.is_symlink() or not path.parent.is_dir()):
+                    continue  # plots/ as a link to a user's folder: never delete through it (report refuses it)
+                path.unlink(missing_ok=True)
 
     # ----- training checkpoints and resume -----------------------------------------------------
     def checkpoint_path(self, label: str) -> Path:

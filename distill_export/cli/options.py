@@ -161,10 +161,6 @@ def config_flags(command: str):
     return decorate
 
 
-# Settings a check after the data loads turns off where they cannot apply, unless the user set them.
-DATA_SETTLED_KEYS = ("distill.self_training_control",)
-
-
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
@@ -192,7 +188,9 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     check_streaming_applies(config, given)  # data.streaming=on with the built-in avdigits: nothing would stream
     check_method_with_terms(config, given)  # distill.method dkd beside distill.terms [kd]: dkd would not run
     check_config_settings_apply(config, given)  # e.g. distill.mix_alpha with mix none, int8_recipe without INT8
-    config.given_keys = frozenset(key for key in DATA_SETTLED_KEYS if given(key))  # preflight.settle_control
+    # what a check after the data loads turns off where it cannot apply, unless the user set it
+    control_key = next(f.key for f in FLAGS if f.param == "self_training_control")  # preflight.settle_control
+    config.given_keys = frozenset(key for key in (control_key,) if given(key))
     return config
 
 
