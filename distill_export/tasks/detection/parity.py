@@ -23,6 +23,7 @@ MATCH_IOU = 0.9  # a candidate box this close to the reference's is the same det
 # 0.997 (a heatmap bias +8) is another detection (thirtieth audit A1), not a rounding. FP16 moves a
 # score by ~1e-3, INT8 by up to ~0.08 (moving digits, 2026-12-06).
 SCORE_TOLERANCE = 0.1
+_EDGE = 1e-9  # 0.55 - 0.45 is 0.10000000000000003 in floats: a difference of the tolerance is inside it
 # An image whose K candidate slots are all peaks had more, cut by the TopK: a faithful candidate may
 # leave out a reference detection near that cut (its score moved, a near-tie from below took its
 # slot), which happens only within twice the export's score noise of the cut (cut_margin): such a
@@ -42,10 +43,10 @@ def match_detections(candidate, reference, score_threshold: float = SCORE_THRESH
     if cand.scores.shape[0] != ref.scores.shape[0]:
         raise ValueError(f"candidate has {cand.scores.shape[0]} images, reference {ref.scores.shape[0]}")
     # (N, Kr); a box without area is no detection; one the candidate's cut may have left out is not judged
-    judged = (ref.scores >= score_threshold) & ref.valid & (ref.scores > _cut(cand) + cut_margin)
+    judged = (ref.scores >= score_threshold) & ref.valid & (ref.scores > _cut(cand, ref) + cut_margin)
     iou = box_iou(ref.boxes, cand.boxes)  # (N, Kr, Kc)
     same = ref.classes[:, :, None] == cand.classes[:, None, :]
-    same &= np.abs(ref.scores[:, :, None] - cand.scores[:, None, :]) <= SCORE_TOLERANCE
+    same &= np.abs(ref.scores[:, :, None] - cand.scores[:, None, :]) <= SCORE_TOLERANCE + _EDGE
     iou = np.where(same & judged[..., None] & (iou >= iou_threshold), iou, -1.0)
     N, Kr = judged.shape
     rows = np.arange(N)
@@ -79,13 +80,18 @@ def cut_margin(candidate, reference) -> float:
     return min(SCORE_TOLERANCE, max(MIN_CUT_MARGIN, 2 * noise))
 
 
-def _cut(dets: Detections) -> np.ndarray:
-    """(N, 1): each image's lowest kept score where all K slots are peaks (the TopK left others
-    out; a score of 0 is the decode's padding), else -inf (nothing was cut)."""
-    if not dets.scores.shape[1]:
-        return np.full((len(dets.scores), 1), -np.inf)
-    full = (dets.scores > 0).all(axis=1, keepdims=True)
-    return np.where(full, dets.scores.min(axis=1, keepdims=True), -np.inf)
+def _cut(*sides: Detections) -> np.ndarray:
+    """(N, 1): where both sides' TopK were full (all K slots peaks: others were left out; a score
+    of 0 is the decode's padding), the lower of their lowest kept scores, else -inf (one side cut
+    nothing, so nothing near a cut is excused). Both: an export that fills its slots with copies of
+    one confident detection must not excuse the student's others (thirty-first audit B4)."""
+    cuts = []
+    for dets in sides:
+        if not dets.scores.shape[1]:
+            return np.full((len(dets.scores), 1), -np.inf)
+        full = (dets.scores > 0).all(axis=1, keepdims=True)
+        cuts.append(np.where(full, dets.scores.min(axis=1, keepdims=True), -np.inf))
+    return np.minimum.reduce(cuts)
 
 
 def extra_detections(candidate, reference, score_threshold: float = SCORE_THRESHOLD,
@@ -95,9 +101,9 @@ def extra_detections(candidate, reference, score_threshold: float = SCORE_THRESH
     the export sees and the student does not. Not one-to-one: a second peak on an object the
     student detects (the decode has no NMS; INT8 noise makes one beside a peak) is that object."""
     cand, ref = Detections.of(candidate), Detections.of(reference)
-    judged = (cand.scores >= score_threshold) & cand.valid & (cand.scores > _cut(ref) + cut_margin)  # (N, Kc)
+    judged = (cand.scores >= score_threshold) & cand.valid & (cand.scores > _cut(ref, cand) + cut_margin)  # (N, Kc)
     same = cand.classes[:, :, None] == ref.classes[:, None, :]
-    same &= np.abs(cand.scores[:, :, None] - ref.scores[:, None, :]) <= SCORE_TOLERANCE
+    same &= np.abs(cand.scores[:, :, None] - ref.scores[:, None, :]) <= SCORE_TOLERANCE + _EDGE
     same &= ref.valid[:, None, :]
     seen = (np.where(same, box_iou(cand.boxes, ref.boxes), 0.0) >= iou_threshold).any(axis=2)  # (N, Kc)
     return int((judged & ~seen).sum())
