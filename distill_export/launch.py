@@ -80,6 +80,7 @@ def open_run(run_dir: Path, overrides: dict | None = None, command: str | None =
         run.check_same_data(config.data.source, config.data.annotations)
     before = config.to_dict()
     apply_flags(config, overrides or {})  # --method replaces the run's distill.terms
+    config.given_keys = frozenset(overrides or {})  # a flag of this command is the user's (preflight.settle_control)
     if command is not None:  # e.g. `distill RUN --seed 5`: the teacher stage ran with seed 0 (before the
         # config's own checks, whose advice names flags this command does not take: `--task detection`)
         check_hand_edits(run, run_dir, config.to_dict(), command, written=before, flag=True)

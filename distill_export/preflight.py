@@ -111,6 +111,18 @@ def check_data(config, data) -> None:
     check_student_fits(config, data)  # e.g. a data.image_size too small for the student's strides
     check_rounds_supported(config, data)  # distill.rounds > 1 on streamed data or under torchrun
     settle_control(config, data)  # the self-training control of a teacher that reads the student's modality alone
+    if config.distill.tune_trials or config.distill.tune_minutes:  # `run --tune N`
+        from distill_export.config_checks import tune_search_spaces
+
+        check_fusion_search(config, data, tune_search_spaces(config.distill.tune_search), "--tune-search")
+
+
+def check_fusion_search(config, data, spaces: tuple[str, ...], flag: str) -> None:
+    """A fusion search on data whose only column is the student modality trains one teacher per
+    fusion of that one modality, and recorded the pick as a finding (thirty-first audit B5)."""
+    if "fusion" in spaces and set(data.modalities) == {config.data.student_modality}:
+        raise ConfigError(f"{flag} fusion cannot apply: the only column of the data is the student modality "
+                          f"{config.data.student_modality!r}, so there are no modalities to fuse; drop fusion from {flag}")
 
 
 def settle_control(config, data) -> None:
@@ -122,11 +134,12 @@ def settle_control(config, data) -> None:
     and report.json say it did not run."""
     if not config.distill.self_training_control or set(data.modalities) != {config.data.student_modality}:
         return
-    why = (f"the data has no column but the student's {config.data.student_modality!r}, so the teacher reads it "
-           "alone and the control would be the teacher again")
+    # (no apostrophes: cli/guard elides a long 'quoted' span, and "student's ... teacher's" is one)
+    why = (f"the only column of the data is the student modality {config.data.student_modality!r}, so the teacher "
+           "reads it alone and the control would be that teacher again")
     if "distill.self_training_control" in config.given_keys:
-        raise ConfigError(f"--self-training-control (distill.self_training_control) cannot apply: {why}; drop it "
-                          "or add the teacher's other modalities to the data")
+        raise ConfigError(f"--self-training-control (distill.self_training_control) cannot apply: {why}; drop it, "
+                          "or give the data the other modalities of the teacher")
     config.distill.self_training_control = False
     from distill_export import distributed as ddp
 

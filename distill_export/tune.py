@@ -133,6 +133,9 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         run.require("teacher.pt", "train-teacher")
     search = tune_search_spaces(search)
     data, device = load_data(config)
+    from distill_export.preflight import check_fusion_search
+
+    check_fusion_search(config, data, search, "--search")  # `tune RUN`; `run --tune` was checked with its data
     pool = TeacherPool(config, run, data, device)
     fusions = pool.fusions() if "fusion" in search else [pool.own]
     pool.targets(config)

@@ -59,8 +59,9 @@ def test_b6_a_control_the_user_asks_for_is_refused_when_the_teacher_reads_the_st
     errors = [x for x in result.output.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
     line = errors[0]
-    assert line.startswith("error: --self-training-control (distill.self_training_control) cannot apply: the data has "
-                           "no column but the student's 'image'"), line
+    assert line == ("error: --self-training-control (distill.self_training_control) cannot apply: the only column "
+                    "of the data is the student modality 'image', so the teacher reads it alone and the control would "
+                    "be that teacher again; drop it, or give the data the other modalities of the teacher"), line
     assert snapshot(tmp_path) == before
 
 

@@ -34,6 +34,8 @@ class Row:
     id: str | None = None  # the `id` cell (matches a COCO image id, data/coco.py)
     size: tuple[int, int] | None = None  # box labels: the (H, W) of the frame the boxes are in
     slots: dict[str, int] = field(default_factory=dict)  # modality -> its row in the split's storage
+    # box labels from a COCO file: (its name, the annotation id of each box in order), for messages
+    sources: tuple[str, list] | None = None
 
 
 @dataclass

@@ -57,6 +57,22 @@ def apply_annotations(config, path: Path, rows: list[Row], decoders: dict, codec
     return codec.with_names(names), {"annotations": str(file), "category_ids": cat_ids}
 
 
+def _check_coco_boxes(codec, row: Row) -> None:
+    """A COCO row's boxes against its frame, named as the COCO file writes them (annotation id,
+    [x, y, width, height]): the row holds no box, and its x1 y1 x2 y2 is in no file (thirtieth audit
+    B4). After the declared size was compared with the file's, so a wrong width is named as such."""
+    from distill_export.data.boxes import check_inside
+
+    name, ids = row.sources
+    for (c, x1, y1, x2, y2), annotation in zip(codec.boxes(row.label), ids):
+        try:
+            check_inside([(c, x1, y1, x2, y2)], row.size)
+        except DataError:
+            shown = ", ".join(f"{v:g}" for v in (x1, y1, x2 - x1, y2 - y1))
+            raise DataError(f"COCO annotation id {annotation} in {name}: bbox [{shown}] lies "
+                            f"outside its {row.size[1]}x{row.size[0]} image ([x, y, width, height], in pixels)") from None
+
+
 def check_labels(codec, rows: list[Row], sampled_out: set[str], config, decoders: dict,
                  problems: list[Problem]) -> tuple[list[Row], set[str]]:
     """(the rows whose label cells are good and name known classes, the known classes). Known:
@@ -74,10 +90,11 @@ def check_labels(codec, rows: list[Row], sampled_out: set[str], config, decoders
                     raise DataError(f"the COCO image (id {row.id}) is {row.size[1]}x{row.size[0]}, its file "
                                     f"{decoders[column].path(row.cells[column])} is {size[1]}x{size[0]}")
                 row.size = size
+                if row.sources is not None:
+                    _check_coco_boxes(codec, row)
                 codec.check(row.label, row.size)
-            except DataError as exc:  # a COCO row's boxes are the file's, converted to x1 y1 x2 y2: say whose
-                coco = getattr(codec, "fixed_names", None) is not None and not str(exc).startswith("the COCO image")
-                problems.append(Problem(row.line, f"COCO image id {row.id}: {exc}" if coco else str(exc)))
+            except DataError as exc:
+                problems.append(Problem(row.line, str(exc)))
                 continue
         good.append(row)
     fixed = getattr(codec, "fixed_names", None)
