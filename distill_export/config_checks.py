@@ -209,16 +209,17 @@ def _check_opset(opset: int) -> None:
         newest = int(onnx.defs.onnx_opset_version())
     except Exception:  # noqa: BLE001 - no onnx (a runtime-only install): the export stage says so
         return
-    if opset > newest:
-        raise ConfigError(f"export.opset must be at most {newest} (the newest the installed onnx "
+    low = _RANGES["export.opset"][0]
+    if isinstance(opset, int) and not low <= opset <= newest:  # the table's [17, 99] named 99, then refused it
+        raise ConfigError(f"export.opset must be in [{low}, {newest}] ({newest}: the newest the installed onnx "
                           f"{onnx.__version__} knows), got {opset}")
 
 
 def validate_config(config) -> None:
     """A RunConfig (config.py, which imports this module) can run: one ConfigError otherwise."""
+    _check_opset(config.export.opset)  # its range with the installed onnx's newest, before the table's
     check_numbers(config)  # every number finite and in range, named by its key, before anything else
     check_strings(config)  # no NUL byte in a path (or any string): one line, not an os call's traceback
-    _check_opset(config.export.opset)
     if not 0.0 < config.data.label_fraction <= 1.0:
         raise ConfigError(f"data.label_fraction must be in (0, 1], got {config.data.label_fraction}")
     if config.distill.temperature < MIN_TEMPERATURE:

@@ -111,18 +111,32 @@ def check_data(config, data) -> None:
     check_student_fits(config, data)  # e.g. a data.image_size too small for the student's strides
     check_rounds_supported(config, data)  # distill.rounds > 1 on streamed data or under torchrun
     settle_control(config, data)  # the self-training control of a teacher that reads the student's modality alone
+    check_fusion_given(config, data)  # --teacher-fusion late with nothing to fuse
     if config.distill.tune_trials or config.distill.tune_minutes:  # `run --tune N`
         from distill_export.config_checks import tune_search_spaces
 
-        check_fusion_search(config, data, tune_search_spaces(config.distill.tune_search), "--tune-search")
+        # the flag and the key: it may come from --config (thirty-second audit A7)
+        check_fusion_search(config, data, tune_search_spaces(config.distill.tune_search),
+                            "--tune-search (distill.tune_search)")
+
+
+def check_fusion_given(config, data) -> None:
+    """--teacher-fusion for a teacher trained on data whose only column is the student modality:
+    no modalities to fuse, yet the report described a late fusion (thirty-second audit B4). The
+    task's default fusion is not refused (config.given_keys: what the user set)."""
+    if ("teacher.fusion" in config.given_keys and not config.teacher.path
+            and set(data.modalities) == {config.data.student_modality}):
+        raise ConfigError(f"--teacher-fusion {config.teacher.fusion} (teacher.fusion) cannot apply: the only column "
+                          f"of the data is the student modality {config.data.student_modality!r}, so there are no "
+                          "modalities to fuse; drop --teacher-fusion")
 
 
 def check_fusion_search(config, data, spaces: tuple[str, ...], flag: str) -> None:
     """A fusion search on data whose only column is the student modality trains one teacher per
     fusion of that one modality, and recorded the pick as a finding (thirty-first audit B5)."""
     if "fusion" in spaces and set(data.modalities) == {config.data.student_modality}:
-        raise ConfigError(f"{flag} fusion cannot apply: the only column of the data is the student modality "
-                          f"{config.data.student_modality!r}, so there are no modalities to fuse; drop fusion from {flag}")
+        raise ConfigError(f"fusion in {flag} cannot apply: the only column of the data is the student modality "
+                          f"{config.data.student_modality!r}, so there are no modalities to fuse; drop it from {flag}")
 
 
 def settle_control(config, data) -> None:

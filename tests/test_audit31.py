@@ -106,10 +106,11 @@ def test_b5_a_fusion_search_is_refused_where_there_is_one_modality(image_only_ru
     manifest, run = image_only_run
     line = _refused(runner.invoke(app, ["run", "--data", str(manifest), "--tune", "2", "--tune-search", "fusion",
                                         "--out", str(tmp_path / "r"), "-q"]))
-    assert line == ("error: --tune-search fusion cannot apply: the only column of the data is the student modality "
-                    "'image', so there are no modalities to fuse; drop fusion from --tune-search"), line
+    assert line == ("error: fusion in --tune-search (distill.tune_search) cannot apply: the only column of the data "
+                    "is the student modality 'image', so there are no modalities to fuse; drop it from --tune-search "
+                    "(distill.tune_search)"), line
     assert not (tmp_path / "r").exists()
     before = snapshot(run)
     line = _refused(runner.invoke(app, ["tune", str(run), "--trials", "1", "--search", "fusion"]))
-    assert line.startswith("error: --search fusion cannot apply"), line
+    assert line.startswith("error: fusion in --search cannot apply"), line
     assert snapshot(run) == before

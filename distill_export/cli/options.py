@@ -190,7 +190,7 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     check_config_settings_apply(config, given)  # e.g. distill.mix_alpha with mix none, int8_recipe without INT8
     # what a check after the data loads turns off where it cannot apply, unless the user set it
     control_key = next(f.key for f in FLAGS if f.param == "self_training_control")  # preflight.settle_control
-    config.given_keys = frozenset(key for key in (control_key,) if given(key))
+    config.given_keys = frozenset(key for key in (control_key, fusion_key) if given(key))
     return config
 
 

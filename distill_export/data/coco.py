@@ -94,6 +94,7 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
     for key, matched in row_index.items():
         by_base.setdefault(os.path.basename(key), []).extend(matched)
     images: dict = {}  # COCO image id -> matched rows
+    claimed: dict = {}  # id(row) -> the COCO image id that describes it
     for n, im in enumerate(coco["images"]):
         if not isinstance(im, dict) or "id" not in im:
             raise DataError(f"{path}: images[{n}] has no 'id'")
@@ -109,12 +110,18 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
         images[im["id"]] = matched
         for side in ("width", "height"):  # 0, -4 or 16.5 blamed every box as outside (thirty-first audit B2)
             value = im.get(side)
-            if side in im and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # 32.0 is 32
+            if side in im and (isinstance(value, bool) or not whole or value <= 0):
                 raise DataError(f"{path}: image id {im['id']}: {side} {value!r} is not a positive whole number of "
                                 "pixels (COCO gives each image's width and height)")
+        for r in matched:  # two images naming one file were blamed as 'a label cell and COCO' (32nd audit B5)
+            if id(r) in claimed:
+                raise DataError(f"{path}: images id {claimed[id(r)]} and id {im['id']} both describe the manifest's "
+                                f"{r.cells.get(column, r.id)!r} (line {r.line}); each image must be listed once")
+            claimed[id(r)] = im["id"]
         if "width" in im and "height" in im:
             for r in matched:
-                r.size = (im["height"], im["width"])  # checked against the file (manifest_targets.check_labels)
+                r.size = (int(im["height"]), int(im["width"]))  # checked against the file (check_labels)
     boxes: dict = {i: [] for i in images}
     annotation_ids: dict = {}  # image id -> the annotation id of each of its boxes, in order
     for a in coco["annotations"]:

@@ -18,7 +18,7 @@ from distill_export.errors import ConfigError
 from distill_export.tasks.base import Gate, Task, register_task
 from distill_export.tasks.detection.matching import Detections, fast_map, labeled_images
 from distill_export.tasks.detection.metrics import detection_metrics
-from distill_export.tasks.detection.parity import cut_margin, extra_detections, match_detections
+from distill_export.tasks.detection.parity import extra_detections, match_detections
 from distill_export.tasks.detection.significance import compare as paired_compare
 
 _DECODE_ROWS = 512  # images per decode call
@@ -181,11 +181,10 @@ class DetectionTask(Task):
         "classes"}: matched detections (parity.py), and |ΔmAP50| against the labeled targets
         (0 when there are none)."""
         cand, ref = self._detections(candidate)[0], self._detections(reference)[0]
-        margin = cut_margin(cand, ref)  # near the TopK cut, a faithful export may keep other peaks
-        m = match_detections(cand, ref, cut_margin=margin)
+        m = match_detections(cand, ref)
         # and the other way: the candidate's confident detections the reference has not (a heatmap
         # bias that turned every background peak confident passed at 0 of 0: thirtieth audit A1)
-        extra = extra_detections(cand, ref, cut_margin=margin)
+        extra = extra_detections(cand, ref)
         targets = _numpy(targets)
         labeled = targets.ndim == 3 and len(targets) and labeled_images(targets).any()
         if labeled:
