@@ -39,7 +39,7 @@ def test_b4_an_export_filling_its_slots_with_one_detection_fails_the_gate(copies
 
 
 def test_a4_a_score_difference_of_exactly_the_tolerance_is_inside_it():
-    student, export = _dets([(1, 0.55, 10, 10, 30, 30)]), _dets([(1, 0.45, 10, 10, 30, 30)])
+    student, export = _dets([(1, 0.55, 10, 10, 30, 30)]), _dets([(1, 0.50, 10, 10, 30, 30)])  # the tolerance 0.05
     m = get_task("detection").parity_metrics(export, student, np.full((1, 1, 5), -1.0))
     assert m["matched_detections"] == 1.0 and m["extra_count"] == 0, m
 

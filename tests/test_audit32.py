@@ -91,3 +91,32 @@ def test_a5_the_opset_range_is_the_one_accepted():
     config.export.opset = 16
     with pytest.raises(ConfigError, match=rf"export.opset must be in \[17, {onnx.defs.onnx_opset_version()}\]"):
         validate_config(config)
+
+
+# ----- the thirty-third audit: COCO values of the wrong type, and scores no decode makes ------------
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda c: c["images"][0].update(id=[1]), r"images\[0\] has the id \[1\], not a number or a string"),
+    (lambda c: c["annotations"][0].update(category_id=[7]), r"COCO annotation id 1: category_id \[7\] is not in"),
+    (lambda c: c["annotations"][0].update(image_id=[100]), r"annotation id 1: image_id \[100\] is not among"),
+    (lambda c: c["annotations"][0].update(iscrowd="0"), r"COCO annotation id 1: iscrowd '0' is not 0 or 1"),
+])
+def test_a33_b1_b4_coco_values_of_the_wrong_type_are_named(tmp_path, edit, match):
+    """Lists as ids were TypeError tracebacks; iscrowd "0" (true in Python) dropped the box as a crowd."""
+    from distill_export.errors import DataError
+
+    with pytest.raises(DataError, match=match) as caught:
+        _load_coco(tmp_path, edit)
+    assert "\n" not in str(caught.value)
+
+
+def test_a33_b5_scores_lowered_below_the_threshold_or_below_zero_fail():
+    """Every score lowered by 0.099: the matched pairs stayed within the old 0.1 tolerance, the empty
+    slots read -0.099, and the gate passed with no export detection above the 0.1 threshold."""
+    student = _dets([(1, 0.14, 10, 10, 30, 30), (1, 0.15, 40, 40, 60, 60)])
+    export = {**student, "scores": student["scores"] - 0.099}
+    m = get_task("detection").parity_metrics(export, student, NO_LABELS)
+    assert m["matched_detections"] < 0.2 and m["extra_count"] == 18, m  # the 18 empty slots at -0.099
+    export = {**student, "scores": np.where(student["scores"] > 0, student["scores"] - 0.06, 0.0)}
+    assert get_task("detection").parity_metrics(export, student, NO_LABELS)["matched_count"] == 0

@@ -47,6 +47,11 @@ def _finite_number(value) -> bool:
         return False
 
 
+def _scalar(value) -> bool:
+    """An id COCO can hold: a number or a string (a list or an object is no id, and unhashable)."""
+    return isinstance(value, (int, float, str))
+
+
 def _load(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"COCO annotation file {path} does not exist (data.annotations)")
@@ -98,6 +103,8 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
     for n, im in enumerate(coco["images"]):
         if not isinstance(im, dict) or "id" not in im:
             raise DataError(f"{path}: images[{n}] has no 'id'")
+        if not _scalar(im["id"]):  # [1] was a traceback: unhashable (thirty-third audit B1)
+            raise DataError(f"{path}: images[{n}] has the id {im['id']!r}, not a number or a string")
         key = str(im["id"]) if by_id else _norm(im.get("file_name", ""))
         matched = row_index.get(key, [])
         if not matched and not by_id and "/" not in key and len({id(r) for r in by_base.get(key, [])}) == 1:
@@ -125,13 +132,18 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
     boxes: dict = {i: [] for i in images}
     annotation_ids: dict = {}  # image id -> the annotation id of each of its boxes, in order
     for a in coco["annotations"]:
-        if not isinstance(a, dict) or a.get("image_id") not in images:
+        if not isinstance(a, dict) or not _scalar(a.get("image_id")) or a.get("image_id") not in images:
             raise DataError(f"{path}: annotation id {a.get('id') if isinstance(a, dict) else a!r}: image_id "
                             f"{a.get('image_id') if isinstance(a, dict) else None!r} is not among the file's images")
-        if a.get("iscrowd", 0):
-            continue
         row = images[a["image_id"]][0]
-        if a.get("category_id") not in cat_name:
+        crowd = a.get("iscrowd", 0)
+        if isinstance(crowd, str) or crowd not in (0, 1):  # "0" is true in Python: its box was dropped (33rd B4)
+            problems.append(Problem(row.line, f"COCO annotation id {a.get('id')}: iscrowd {crowd!r} is not 0 or 1"))
+            boxes[a["image_id"]] = None
+            continue
+        if crowd:
+            continue
+        if not _scalar(a.get("category_id")) or a.get("category_id") not in cat_name:
             problems.append(Problem(row.line, f"COCO annotation id {a.get('id')}: category_id {a.get('category_id')!r} "
                                               f"is not in the file's categories ({', '.join(map(str, cat_ids))})"))
             boxes[a["image_id"]] = None
