@@ -120,3 +120,37 @@ def test_a33_b5_scores_lowered_below_the_threshold_or_below_zero_fail():
     assert m["matched_detections"] < 0.2 and m["extra_count"] == 18, m  # the 18 empty slots at -0.099
     export = {**student, "scores": np.where(student["scores"] > 0, student["scores"] - 0.06, 0.0)}
     assert get_task("detection").parity_metrics(export, student, NO_LABELS)["matched_count"] == 0
+
+
+# ----- the thirty-fourth audit ------------------------------------------------------------------------
+
+
+def test_a34_b1_every_tune_string_in_report_md_is_escaped():
+    """decision.method, teacher_fusion and the teachers' names reached report.md raw (only the line was escaped)."""
+    from distill_export.record import migrate
+    from distill_export.record.format import md_text
+    from distill_export.tasks.report_view import tune_sentence
+
+    record = migrate({"tune": {"trials": 2, "completed": 2, "decision": {
+        "distill": True, "method": "<img src=x onerror=alert(1)>", "line": "ok", "teacher_fusion": "<i>late</i>"},
+        "teachers": {"<script>alert(1)</script>": {"val_score": 0.5, "own": True}, "late": {"val_score": 0.4}}}})
+    text = tune_sentence(record, md_text)
+    assert "<img" not in text and "<i>" not in text and "<script>" not in text, text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text or "&lt;img" in text, text
+
+
+def test_a34_b2_a_coco_category_name_that_is_a_list_is_refused(tmp_path):
+    from distill_export.errors import DataError
+
+    with pytest.raises(DataError, match=r"category .* needs an integer 'id' and a 'name' \(a string\)"):
+        _load_coco(tmp_path, lambda c: c["categories"][0].update(name=["x"]))
+
+
+def test_a34_b3_coco_results_keep_a_string_image_id(tmp_path):
+    import json
+
+    from distill_export.data.coco import write_coco_results
+
+    boxes, scores, classes = np.array([[[1.0, 2, 5, 6]]]), np.array([[0.9]]), np.array([[0]])
+    path = write_coco_results(tmp_path / "res.json", boxes, scores, classes, ["img-eight"], [7])
+    assert json.loads(path.read_text())[0]["image_id"] == "img-eight"

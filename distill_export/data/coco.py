@@ -69,8 +69,11 @@ def categories(coco: dict, path: Path) -> tuple[list[int], list[str]]:
     """(category ids sorted, their names): the class vocabulary, in category-id order."""
     cats = {}
     for c in coco["categories"]:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not str(c.get("name", "")).strip():
-            raise DataError(f"{path}: category {c!r} needs an integer 'id' and a 'name'")
+        name = c.get("name", "") if isinstance(c, dict) else ""
+        # a list or an object as a name became its Python repr as a class name (thirty-fourth audit B2)
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(name, (str, int, float)) \
+                or isinstance(name, bool) or not str(name).strip():
+            raise DataError(f"{path}: category {c!r} needs an integer 'id' and a 'name' (a string)")
         if c["id"] in cats:
             raise DataError(f"{path}: category id {c['id']} appears twice")
         cats[c["id"]] = str(c["name"]).strip()
@@ -192,7 +195,9 @@ def write_coco_results(path: str | Path, boxes, scores, classes, image_ids, cate
         for (x1, y1, x2, y2), s, c in zip(boxes[n], scores[n], classes[n]):
             if float(s) < min_score:
                 continue
-            out.append({"image_id": int(image_id), "category_id": int(category_ids[int(c)]),
+            # an image id as the file gives it: a string id is COCO's too (thirty-fourth audit B3)
+            out.append({"image_id": image_id if isinstance(image_id, str) else int(image_id),
+                        "category_id": int(category_ids[int(c)]),
                         "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3),
                                  round(float(y2 - y1), 3)],
                         "score": round(float(s), 6)})

@@ -57,16 +57,19 @@ def fit_sentence(record: RunRecord, headline: str = "accuracy") -> str:
 
 
 def tune_sentence(record: RunRecord, escape=str) -> str:
-    """How `run --tune` chose the objective, in one sentence ("" without a search). escape: for the
-    decision line, tune.json's text (record.format.md_text in report.md)."""
+    """How `run --tune` chose the objective, in one sentence ("" without a search). escape: for
+    tune.json's strings (the method, the fusions, the decision line; record.format.md_text in report.md)."""
     tune = record.tune
     if tune is None or not tune.decision:
         return ""
-    chosen = tune.decision.get("method", "?") if tune.decision.get("distill") else "labels only (no distillation)"
+    # every string from tune.json goes through escape, not the decision line alone (thirty-fourth audit B1)
+    chosen = escape(str(tune.decision.get("method", "?"))) if tune.decision.get("distill") else \
+        "labels only (no distillation)"
     teachers = ""
     if tune.teachers and len(tune.teachers) > 1:  # the search drew the teacher fusion too
         fusion = tune.decision.get("teacher_fusion") or next((f for f, t in tune.teachers.items() if t.get("own")), "?")
-        scores = ", ".join(f"{f} {100 * t['val_score']:.1f}%" + (" (the run's)" if t.get("own") else "")
+        fusion = escape(str(fusion))
+        scores = ", ".join(f"{escape(str(f))} {100 * t['val_score']:.1f}%" + (" (the run's)" if t.get("own") else "")
                            for f, t in tune.teachers.items())
         teachers = (f" Teacher: {fusion} fusion, chosen by its students' validation accuracy (the teachers' own "
                     f"validation scores: {scores}).")
