@@ -116,3 +116,14 @@ def test_no_module_outside_tasks_classification_knows_about_classes():
             if pattern.search(code) and not code.strip().startswith(('"', "'")):
                 found.append(f"{rel}:{i}: {line.strip()}")
     assert found == [], "\n".join(found)
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """pyproject lists the packages by hand: a new folder left out installs without it, and only a
+    non-editable install shows it (the pipeline/ package broke `validate` there, 2026-12-06)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(root).parts) for p in (root / "distill_export").rglob("__init__.py")}
+    assert folders - listed == set(), f"add to [tool.setuptools] packages: {sorted(folders - listed)}"
