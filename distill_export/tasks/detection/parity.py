@@ -46,7 +46,7 @@ def match_detections(candidate, reference, score_threshold: float = SCORE_THRESH
     cand, ref = Detections.of(candidate), Detections.of(reference).ordered()
     if cand.scores.shape[0] != ref.scores.shape[0]:
         raise ValueError(f"candidate has {cand.scores.shape[0]} images, reference {ref.scores.shape[0]}")
-    # (N, Kr); a box without area is no detection; one the candidate's cut may have left out is not judged
+    # (N, Kr); a box without area is no detection; one at the TopK cut (the lower of both sides') is not judged
     judged = (ref.scores >= score_threshold) & ref.valid & (ref.scores > _cut(cand, ref) + cut_margin)
     iou = box_iou(ref.boxes, cand.boxes)  # (N, Kr, Kc)
     same = ref.classes[:, :, None] == cand.classes[:, None, :]
