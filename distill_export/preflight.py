@@ -16,8 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from distill_export.errors import ConfigError
+
+console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def check_config(config) -> None:
@@ -124,19 +127,18 @@ def check_fusion_given(config, data) -> None:
     """--teacher-fusion for a teacher trained on data whose only column is the student modality:
     no modalities to fuse, yet the report described a late fusion (thirty-second audit B4). The
     task's default fusion is not refused (config.given_keys: what the user set)."""
-    if ("teacher.fusion" in config.given_keys and not config.teacher.path
-            and set(data.modalities) == {config.data.student_modality}):
-        raise ConfigError(f"--teacher-fusion {config.teacher.fusion} (teacher.fusion) cannot apply: the only column "
-                          f"of the data is the student modality {config.data.student_modality!r}, so there are no "
-                          "modalities to fuse; drop --teacher-fusion")
+    only = _only_student_column(config, data)
+    if "teacher.fusion" in config.given_keys and not config.teacher.path and only:
+        raise ConfigError(f"--teacher-fusion {config.teacher.fusion} (teacher.fusion) cannot apply: {only}, so there "
+                          "are no modalities to fuse; drop --teacher-fusion")
 
 
 def check_fusion_search(config, data, spaces: tuple[str, ...], flag: str) -> None:
     """A fusion search on data whose only column is the student modality trains one teacher per
     fusion of that one modality, and recorded the pick as a finding (thirty-first audit B5)."""
-    if "fusion" in spaces and set(data.modalities) == {config.data.student_modality}:
-        raise ConfigError(f"fusion in {flag} cannot apply: the only column of the data is the student modality "
-                          f"{config.data.student_modality!r}, so there are no modalities to fuse; drop it from {flag}")
+    only = _only_student_column(config, data)
+    if "fusion" in spaces and only:
+        raise ConfigError(f"fusion in {flag} cannot apply: {only}, so there are no modalities to fuse; drop it from {flag}")
 
 
 def settle_control(config, data) -> None:
@@ -146,11 +148,10 @@ def settle_control(config, data) -> None:
     again, its comparison crediting modalities that do not exist (thirtieth audit B6). Refused where
     the user set it (config.given_keys); turned off with a note where the recipe did, so config.yaml
     and report.json say it did not run."""
-    if not config.distill.self_training_control or set(data.modalities) != {config.data.student_modality}:
+    only = _only_student_column(config, data)
+    if not config.distill.self_training_control or not only:
         return
-    # (no apostrophes: cli/guard elides a long 'quoted' span, and "student's ... teacher's" is one)
-    why = (f"the only column of the data is the student modality {config.data.student_modality!r}, so the teacher "
-           "reads it alone and the control would be that teacher again")
+    why = f"{only}, so the teacher reads it alone and the control would be that teacher again"
     if "distill.self_training_control" in config.given_keys:
         raise ConfigError(f"--self-training-control (distill.self_training_control) cannot apply: {why}; drop it, "
                           "or give the data the other modalities of the teacher")
@@ -158,10 +159,15 @@ def settle_control(config, data) -> None:
     from distill_export import distributed as ddp
 
     if ddp.is_main():
-        from rich.console import Console
+        console.print(f"note: the self-training control is off (distill.self_training_control: false): {why}")
 
-        Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True).print(
-            f"note: the self-training control is off (distill.self_training_control: false): {why}")
+
+def _only_student_column(config, data) -> str | None:
+    """Where the data's only column is the student modality, the phrase that says so, else None.
+    (No apostrophes: cli/guard elides a long 'quoted' span, and "student's ... teacher's" is one.)"""
+    if set(data.modalities) != {config.data.student_modality}:
+        return None
+    return f"the only column of the data is the student modality {config.data.student_modality!r}"
 
 
 # ----- the student and the teacher against the data ------------------------------------------

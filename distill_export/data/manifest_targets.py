@@ -90,9 +90,10 @@ def check_labels(codec, rows: list[Row], sampled_out: set[str], config, decoders
                     raise DataError(f"the COCO image (id {row.id}) is {row.size[1]}x{row.size[0]}, its file "
                                     f"{decoders[column].path(row.cells[column])} is {size[1]}x{size[0]}")
                 row.size = size
-                if row.sources is not None:
+                if row.sources is not None:  # named by annotation id; the same check_inside as codec.check
                     _check_coco_boxes(codec, row)
-                codec.check(row.label, row.size)
+                else:
+                    codec.check(row.label, row.size)
             except DataError as exc:
                 problems.append(Problem(row.line, str(exc)))
                 continue

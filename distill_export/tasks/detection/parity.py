@@ -4,11 +4,10 @@ Never by index: the decode's TopK orders near-ties arbitrarily, and an FP16 or I
 that moves a score by 1e-4 swaps two detections' places, so index-aligned boxes differed by
 46 px in the prototype while every detection was still there. Instead, each confident
 reference detection (score >= SCORE_THRESHOLD, a box with area, and clear by CUT_MARGIN of the
-TopK cuts where both cuts left peaks out), best first, takes the unmatched candidate
-detection of the same class and a score within SCORE_TOLERANCE with the highest IoU, if that IoU
->= MATCH_IOU; the share of
-reference detections matched is the gate, and the score and box differences are measured on
-the matched pairs only.
+TopK cuts where both cuts left peaks out), best first, takes the unmatched candidate detection
+of the same class and a score within SCORE_TOLERANCE with the highest IoU, if that IoU >=
+MATCH_IOU; the share of reference detections matched is the gate, and the score and box
+differences are measured on the matched pairs only. extra_detections counts the other way.
 """
 
 from __future__ import annotations
@@ -46,12 +45,9 @@ def match_detections(candidate, reference, score_threshold: float = SCORE_THRESH
     cand, ref = Detections.of(candidate), Detections.of(reference).ordered()
     if cand.scores.shape[0] != ref.scores.shape[0]:
         raise ValueError(f"candidate has {cand.scores.shape[0]} images, reference {ref.scores.shape[0]}")
-    # (N, Kr); a box without area is no detection; one at the TopK cut (the lower of both sides') is not judged
-    judged = (ref.scores >= score_threshold) & ref.valid & (ref.scores > _cut(cand, ref) + cut_margin)
+    judged = _judged(ref, cand, score_threshold, cut_margin)  # (N, Kr)
     iou = box_iou(ref.boxes, cand.boxes)  # (N, Kr, Kc)
-    same = ref.classes[:, :, None] == cand.classes[:, None, :]
-    same &= np.abs(ref.scores[:, :, None] - cand.scores[:, None, :]) <= SCORE_TOLERANCE + _EDGE
-    iou = np.where(same & judged[..., None] & (iou >= iou_threshold), iou, -1.0)
+    iou = np.where(_agree(ref, cand) & judged[..., None] & (iou >= iou_threshold), iou, -1.0)
     N, Kr = judged.shape
     rows = np.arange(N)
     used = np.zeros(cand.scores.shape, bool)  # (N, Kc)
@@ -73,6 +69,18 @@ def match_detections(candidate, reference, score_threshold: float = SCORE_THRESH
         "max_score_diff": float(score_diff.max()) if score_diff.size else 0.0,
         "max_box_diff_px": float(box_diff.max()) if box_diff.size else 0.0,
     }
+
+
+def _judged(dets: Detections, other: Detections, score_threshold: float, cut_margin: float) -> np.ndarray:
+    """(N, K) the detections of `dets` judged against `other`: confident, a box with area, and not
+    at the TopK cut (the lower of both sides')."""
+    return (dets.scores >= score_threshold) & dets.valid & (dets.scores > _cut(dets, other) + cut_margin)
+
+
+def _agree(a: Detections, b: Detections) -> np.ndarray:
+    """(N, Ka, Kb) pairs that may be one detection: the same class and a score within the tolerance."""
+    same = a.classes[:, :, None] == b.classes[:, None, :]
+    return same & (np.abs(a.scores[:, :, None] - b.scores[:, None, :]) <= SCORE_TOLERANCE + _EDGE)
 
 
 def _cut(*sides: Detections) -> np.ndarray:
@@ -97,10 +105,8 @@ def extra_detections(candidate, reference, score_threshold: float = SCORE_THRESH
     score outside [0, 1]. Not one-to-one: a second peak on an object the
     student detects (the decode has no NMS; INT8 noise makes one beside a peak) is that object."""
     cand, ref = Detections.of(candidate), Detections.of(reference)
-    judged = (cand.scores >= score_threshold) & cand.valid & (cand.scores > _cut(ref, cand) + cut_margin)  # (N, Kc)
-    same = cand.classes[:, :, None] == ref.classes[:, None, :]
-    same &= np.abs(cand.scores[:, :, None] - ref.scores[:, None, :]) <= SCORE_TOLERANCE + _EDGE
-    same &= ref.valid[:, None, :]
+    judged = _judged(cand, ref, score_threshold, cut_margin)  # (N, Kc)
+    same = _agree(cand, ref) & ref.valid[:, None, :]
     seen = (np.where(same, box_iou(cand.boxes, ref.boxes), 0.0) >= iou_threshold).any(axis=2)  # (N, Kc)
     # a NaN or inf score or box, or a score outside [0, 1], is no detection to match, and the student's
     # sigmoid decode makes none: counted (NaN boxes beside a faithful detection passed: thirty-second

@@ -53,8 +53,8 @@ class DetectionTask(Task):
         Gate("int8_map50_delta", "int8", "map50_delta", "max", 0.02),
         Gate("int8_matched", "int8", "matched_detections", "min", 0.95),
     )
-    parity_better = {"matched_detections": "higher", "matched_count": "higher", "reference_count": "same", "extra_count": "lower",
-                     "max_score_diff": "lower", "max_box_diff_px": "lower", "map50": "higher",
+    parity_better = {"matched_detections": "higher", "matched_count": "higher", "reference_count": "same",
+                     "extra_count": "lower", "max_score_diff": "lower", "max_box_diff_px": "lower", "map50": "higher",
                      "reference_map50": "same", "map50_delta": "lower"}
 
     def report_view(self):
