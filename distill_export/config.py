@@ -286,10 +286,11 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     bytes, nesting, aliases and alias expansion (safe_yaml.py); every failure is one line."""
     from distill_export import safe_yaml
 
+    from distill_export.files import read_regular
+
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            raw = f.read(safe_yaml.MAX_BYTES + 1)
+        raw = read_regular(path, f"{what} {path}", safe_yaml.MAX_BYTES + 1)  # a FIFO is refused, not waited on
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if len(raw) > safe_yaml.MAX_BYTES:

@@ -17,7 +17,6 @@ from distill_export.errors import ConfigError
 
 # ----- output paths: one rule for every command and tool that writes where it is told ----------
 # A run directory holds state.json, or report.json beside config.yaml (rundir.py's layout).
-_RUN_MARKERS = ("report.json", "state.json", "config.yaml")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -30,7 +29,8 @@ def _enclosing_run(target: Path) -> Path | None:
     return next((p for p in resolved.parents if is_run_dir(p)), None)
 
 
-def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir: str | Path | None = None) -> Path:
+def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir: str | Path | None = None,
+                 resume_hint: bool = True) -> Path:
     """Where a command is told to write, checked before any work, the same way for every command:
     a file (folder=False) must be new, in a folder that exists; a folder (folder=True) must be new
     or empty (its missing parents are made). Neither may lie inside a run directory (`run_dir`, or
@@ -42,7 +42,7 @@ def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir
         raise ConfigError(f"{flag} '{path}' names a folder (it ends in '/' or '.', or is empty), and {flag} is a "
                           f"file; give the file's name, e.g. {os.path.join(os.path.normpath(str(path) or '.'), 'NAME')}")
     if folder:
-        _check_free_folder(target, flag)
+        _check_free_folder(target, flag, resume_hint)
     elif target.exists() or target.is_symlink():
         raise ConfigError(f"{flag} {target} already exists and is never overwritten; choose a new path")
     inside = None
@@ -81,13 +81,13 @@ def check_tool_output(path: str | Path, *, folder: bool, flag: str = "--out") ->
     import sys
 
     try:
-        return check_output(path, folder=folder, flag=flag)
+        return check_output(path, folder=folder, flag=flag, resume_hint=False)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def _check_free_folder(target: Path, flag: str) -> None:
+def _check_free_folder(target: Path, flag: str, resume_hint: bool = True) -> None:
     """A folder to write into: new, or empty; never a run, never a folder of the user's files."""
     if not target.exists():
         if target.is_symlink():
@@ -96,9 +96,13 @@ def _check_free_folder(target: Path, flag: str) -> None:
     if not target.is_dir():
         raise ConfigError(f"{flag} {target} is a file, not a folder; choose another {flag}")
     names = sorted(p.name for p in target.iterdir())
-    if set(_RUN_MARKERS) & set(names):
-        raise ConfigError(f"{flag} {target} already holds a run; choose a new {flag} or delete it "
-                          f"(an interrupted run continues with `distill-export run --resume {target}`)")
+    if is_run_dir(target):
+        # `run --resume` is advice for `run`'s own --out, not for a tool's (thirty-fifth audit A5)
+        resume = f" (an interrupted run continues with `distill-export run --resume {target}`)" if resume_hint else ""
+        raise ConfigError(f"{flag} {target} already holds a run; choose a new {flag} or delete it{resume}")
+    if {"report.json", "state.json"} & set(names):  # a run claimed the folder and stopped before its config
+        raise ConfigError(f"{flag} {target} holds the start of a run that never wrote its config.yaml; delete it "
+                          f"or choose a new {flag}")
     if names:
         shown = ", ".join(repr(n[:40]) for n in names[:3]) + (", ..." if len(names) > 3 else "")
         raise ConfigError(f"{flag} {target} is not empty and is not a run directory ({len(names)} entries: {shown}); "
@@ -181,6 +185,18 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def npz_failure(exc: BaseException) -> str:
+    """Why np.load failed, in words that never suggest unsafe loading: for bytes that are neither
+    .npy nor .npz numpy assumes a pickle and says to load it with `allow_pickle=` or `pickle.load()`
+    (thirty-fifth audit B1). No file of ours holds a pickle, so say what the file is not."""
+    text = str(exc)
+    if "Object arrays" in text:
+        return "it holds object arrays (pickled Python objects), which are never loaded"
+    if "pickle" in text.lower():
+        return "it is not a NumPy .npy or .npz file"
+    return (text.splitlines() or [""])[0][:200] or type(exc).__name__
+
+
 MAX_MODEL_BYTES = 64 << 30  # a model file larger than this is not one of ours (a sparse or runaway file)
 _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                 (stat.S_ISSOCK, "a socket"))
@@ -243,6 +259,21 @@ def not_a_regular_file(path: str | Path, what: str) -> str | None:
     return f"{what} {path} is not a regular file ({next((w for test, w in _NOT_REGULAR if test(mode)), 'a special file')})"
 
 
+def read_regular(path: str | Path, what: str = "", limit: int = -1) -> bytes:
+    """The bytes of a regular file (symlinks followed; at most `limit`), else one ConfigError line
+    "<what or path> is not a regular file (a FIFO)". Opened without blocking and checked on the open
+    descriptor: a FIFO as --config or state.json blocked the open for ever (thirty-fifth audit B5,
+    B6), a device never ends. A missing file is the OSError open() raises, as before."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer: open returns at once
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else next((w for test, w in _NOT_REGULAR if test(mode)),
+                                                                  "a special file")
+            raise ConfigError(f"{what or path} is not a regular file ({kind})")
+        return f.read(limit)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -300,4 +331,7 @@ def own_folder(path: str | Path) -> Path:
     if path.is_symlink():
         raise ConfigError(f"{path} is a symbolic link (to {os.readlink(path)[:120]}); the run writes its files there "
                           "only into a folder of its own: remove the link and run the command again")
+    if path.exists() and not path.is_dir():  # a FIFO or a file: "File exists" named the plot (35th audit A2)
+        raise ConfigError(f"{path} is not a folder; the run writes its files into a folder there: remove it and run "
+                          "the command again")
     return path

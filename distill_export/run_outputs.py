@@ -47,8 +47,8 @@ class RunOutputs:
             if stages.get(stage, {}).get("status") != "done":
                 continue
             for file in self._stage_outputs(stage):
-                if not file.is_file():
-                    return stage, file, "is missing"
+                if not file.is_file():  # a FIFO or a folder in its place is said as such (35th audit A2)
+                    return stage, file, "is missing" if not file.exists() else "is not a regular file"
             if stage == "train_teacher":
                 changed = self._teacher_file_changed()
                 if changed:
@@ -168,6 +168,7 @@ class RunOutputs:
         if found:
             stage, file, why = found
             made = {"is missing": f"the {stage} stage made it",
+                    "is not a regular file": f"the {stage} stage made a file there",
                     "changed after train-teacher": "the teacher stage measured another file: the run would mix two "
                                                    "teachers",
                     "changed after distill": "the distill stage measured another checkpoint: the run would "

@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 
 from distill_export.errors import CheckpointError, ConfigError
-from distill_export.files import atomic_path, own_folder, sha256_file, write_json
+from distill_export.files import atomic_path, npz_failure, own_folder, read_regular, sha256_file, write_json
 
 CACHE_DIR = "teacher_outputs"
 INDEX_FILE = "index.json"
@@ -118,7 +118,7 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
             # "c": copy-on-write mapping; pages are read on first touch and the file is never written.
             arrays[name] = np.load(file, mmap_mode="c", allow_pickle=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return None, f"unreadable cache ({str(exc)[:80]})"
+        return None, f"unreadable cache ({npz_failure(exc)[:80]})"
     for a in arrays.values():
         if a.ndim == 0 or a.shape[0] != rows:
             return None, f"cache holds {a.shape[0] if a.ndim else 0} rows, the training set has {rows}"
@@ -131,7 +131,7 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
         try:
             digest = sha256_file(path / outputs[name]["file"])
         except OSError as exc:
-            return None, f"unreadable cache ({str(exc)[:80]})"
+            return None, f"unreadable cache ({npz_failure(exc)[:80]})"
         if digest != outputs[name].get("sha256"):
             return None, f"{outputs[name]['file']} changed after it was written (its sha256 is not the index's)"
     for name, a in arrays.items():  # outputs are checked finite before they are written: an edit (index too)
@@ -171,7 +171,7 @@ def check_own_folder(path: Path) -> None:
                               "and run the command again")
     index = path / INDEX_FILE
     try:
-        written = json.loads(index.read_text()) if index.exists() else None
+        written = json.loads(read_regular(index)) if index.exists() else None  # a FIFO: refused, never waited on
     except (OSError, ValueError):
         written = None  # damaged bytes, not another program's JSON: an unreadable cache, a miss rewritten
     if written is not None:

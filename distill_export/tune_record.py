@@ -78,6 +78,8 @@ def _check_types(summary: dict, decision: dict) -> None:
     from distill_export.record.models import Tune
 
     section = {key: summary[key] for key in _RECORDED}
+    if "teachers" in summary:  # copied into report.json too (thirty-fifth audit B2)
+        section["teachers"] = summary["teachers"]
     try:
         Tune.model_validate({**section, "decision": decision})
     except ValidationError as exc:

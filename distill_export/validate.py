@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from distill_export.errors import ConfigError, DataError
+from distill_export.files import npz_failure
 
 PARITY_FILE = "parity_data.npz"
 
@@ -147,7 +148,7 @@ def load_parity_data(path: str | Path, run=None) -> dict:
             data = {"x": f["x"], "labels": f["labels"], "reference": _reference_from(f)}
             data["checkpoint_sha256"] = str(f["checkpoint_sha256"]) if "checkpoint_sha256" in f.files else ""
     except (OSError, ValueError, KeyError, MemoryError) as exc:  # MemoryError: a header declaring a huge shape
-        raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
+        raise DataError(f"{path} is not readable parity data ({npz_failure(exc)}); re-run `distill-export export`") from None
     arrays = {"x": data["x"], **(data["reference"] if isinstance(data["reference"], dict) else
                                  {"reference": data["reference"]})}
     rows = {name: int(np.shape(a)[0]) if np.ndim(a) else 0 for name, a in {**arrays, "labels": data["labels"]}.items()}
@@ -288,7 +289,7 @@ def load_teacher_parity_data(path: str | Path) -> dict:
             return {"inputs": {k[3:]: f[k] for k in f.files if k.startswith("x__")},
                     "labels": f["labels"], "logits": f["logits"]}
     except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path} is not readable parity data ({exc}); re-run `distill-export export`") from None
+        raise DataError(f"{path} is not readable parity data ({npz_failure(exc)}); re-run `distill-export export`") from None
 
 
 def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:

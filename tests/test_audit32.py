@@ -97,7 +97,7 @@ def test_a5_the_opset_range_is_the_one_accepted():
 
 
 @pytest.mark.parametrize(("edit", "match"), [
-    (lambda c: c["images"][0].update(id=[1]), r"images\[0\] has the id \[1\], not a number or a string"),
+    (lambda c: c["images"][0].update(id=[1]), r"images\[0\] has the id \[1\], not a whole number or a string"),
     (lambda c: c["annotations"][0].update(category_id=[7]), r"COCO annotation id 1: category_id \[7\] is not in"),
     (lambda c: c["annotations"][0].update(image_id=[100]), r"annotation id 1: image_id \[100\] is not among"),
     (lambda c: c["annotations"][0].update(iscrowd="0"), r"COCO annotation id 1: iscrowd '0' is not 0 or 1"),

@@ -266,11 +266,6 @@ def test_chunked_statistics_equal_the_float64_ones():
     assert mf._chunked_mean_std(torch.full((1, 1), 4.0)) == (4.0, 1.0)
 
 
-def test_coco_image_ids_are_numbers_when_they_are_numbers():
-    ids = ("12", "-3", "007", "a1", "X7", "1.5", None)
-    assert [mf._int_or_str(v) for v in ids] == [12, -3, 7, "a1", "X7", "1.5", None]
-
-
 def test_a_text_column_with_wordllama_not_installed_is_one_sentence(tmp_path):
     import importlib.util
 

@@ -48,8 +48,28 @@ def _os_error(exc: OSError) -> str:
     return f"{exc.strerror or type(exc).__name__}{where}"
 
 
+# A library's advice to load a file unsafely (torch: "weights_only set to False", numpy: "the
+# `allow_pickle=` keyword argument or `pickle.load()`") would run a hostile file's payload: the
+# sentence that holds it, and what follows, is never printed, whichever message carried it
+# (thirty-fifth audit B1; the loaders rewrite their own messages first, files.npz_failure).
+_UNSAFE_ADVICE = re.compile(r"weights_only\s*(?:set\s*to|=)\s*False|allow_pickle|pickle\.load", re.IGNORECASE)
+
+
+def without_unsafe_advice(message: str) -> str:
+    hit = _UNSAFE_ADVICE.search(message)
+    if hit is None:
+        return message
+    head = message[: hit.start()]
+    # the advice's sentence starts after the last ". " or "(" before it
+    cut = max(head.rfind(". ") + 2 if ". " in head else 0, head.rfind("(") + 1)
+    kept = message[:cut].rstrip()
+    return kept + ")" * max(kept.count("(") - kept.count(")"), 0)
+
+
 def _fail(message: str, code: int):
     from distill_export import rank_errors
+
+    message = without_unsafe_advice(message)
 
     if rank_errors.write(one_line(message), code):  # a rank of `run --nproc N`: its launcher prints it once
         raise typer.Exit(code)

@@ -30,7 +30,7 @@ import numpy as np
 
 from distill_export.data.manifest_rows import Problem, Row
 from distill_export.errors import DataError
-from distill_export.files import atomic_path
+from distill_export.files import atomic_path, read_regular
 
 
 def _norm(name: str) -> str:
@@ -52,11 +52,19 @@ def _scalar(value) -> bool:
     return isinstance(value, (int, float, str))
 
 
+def _image_id(value) -> bool:
+    """An image id a results file can give back: a string, an integer or a whole finite float (5.0
+    is 5); NaN, inf or 2.5 cannot be written as COCO's integer id (thirty-fifth audit)."""
+    if isinstance(value, float):
+        return math.isfinite(value) and value.is_integer()
+    return _scalar(value)
+
+
 def _load(path: Path) -> dict:
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"COCO annotation file {path} does not exist (data.annotations)")
-    try:
-        coco = json.loads(path.read_text(encoding="utf-8-sig"))
+    try:  # read_regular: a FIFO or a folder is named as what it is, never waited on
+        coco = json.loads(read_regular(path, f"COCO annotation file {path}").decode("utf-8-sig"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, an integer of 4,300+ digits;
         # RecursionError: arrays nested 100,000 deep (twenty-sixth audit B4)
         raise DataError(f"cannot read COCO annotation file {path}: {str(exc).splitlines()[0][:200] or type(exc).__name__}") from None
@@ -106,8 +114,8 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
     for n, im in enumerate(coco["images"]):
         if not isinstance(im, dict) or "id" not in im:
             raise DataError(f"{path}: images[{n}] has no 'id'")
-        if not _scalar(im["id"]):  # [1] was a traceback: unhashable (thirty-third audit B1)
-            raise DataError(f"{path}: images[{n}] has the id {im['id']!r}, not a number or a string")
+        if not _image_id(im["id"]):  # [1] was a traceback: unhashable (thirty-third audit B1)
+            raise DataError(f"{path}: images[{n}] has the id {im['id']!r}, not a whole number or a string")
         key = str(im["id"]) if by_id else _norm(im.get("file_name", ""))
         matched = row_index.get(key, [])
         if not matched and not by_id and "/" not in key and len({id(r) for r in by_base.get(key, [])}) == 1:
@@ -172,7 +180,7 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
                 problems.append(Problem(r.line, "has both a label cell and COCO annotations (data.annotations); keep one"))
             elif boxes[image_id] is not None and r.line not in bad:
                 r.label = json.dumps(boxes[image_id])
-                r.id = str(image_id)
+                r.id, r.coco_id = str(image_id), image_id
                 r.sources = (path.name, annotation_ids.get(image_id, []))
     return cat_ids, names
 
@@ -188,13 +196,13 @@ def write_coco_results(path: str | Path, boxes, scores, classes, image_ids, cate
 
     boxes (N, K, 4) x1 y1 x2 y2 px, scores (N, K), classes (N, K) class indices (torch or numpy);
     image_ids (N,) the COCO image id of each image; category_ids: class index -> category id.
-    Detections scoring below min_score are left out."""
+    Detections scoring below min_score, or with a non-finite box or score, are left out."""
     boxes, scores, classes = (_numpy(a) for a in (boxes, scores, classes))
     out = []
     for n, image_id in enumerate(image_ids):
         for (x1, y1, x2, y2), s, c in zip(boxes[n], scores[n], classes[n]):
-            if float(s) < min_score:
-                continue
+            if not (float(s) >= min_score and np.isfinite([x1, y1, x2, y2, s]).all()):
+                continue  # a NaN score or an inf box is no detection, and not JSON (thirty-fifth audit A4)
             # an image id as the file gives it: a string id is COCO's too (thirty-fourth audit B3)
             out.append({"image_id": image_id if isinstance(image_id, str) else int(image_id),
                         "category_id": int(category_ids[int(c)]),
@@ -203,7 +211,7 @@ def write_coco_results(path: str | Path, boxes, scores, classes, image_ids, cate
                         "score": round(float(s), 6)})
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(out))
+        tmp.write_text(json.dumps(out, allow_nan=False))  # strict JSON, as every COCO tool reads it
     return path
 
 

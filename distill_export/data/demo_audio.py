@@ -14,6 +14,7 @@ import torch
 
 from distill_export.data.audio import DEMO_AUDIO_SPEC, EPS, FLOOR_DB
 from distill_export.errors import DataError
+from distill_export.files import npz_failure
 
 ASSET = Path(__file__).resolve().parent / "assets" / "avdigits_audio.npz"
 
@@ -41,7 +42,7 @@ def load_demo_audio(path: str | Path | None = None) -> DemoAudio:
     except FileNotFoundError:
         raise DataError(f"demo audio asset missing: {path} (run tools/make_demo_audio.py)") from None
     except (OSError, ValueError) as e:
-        raise DataError(f"demo audio asset unreadable: {path}: {e}") from None
+        raise DataError(f"demo audio asset unreadable: {path}: {npz_failure(e)}") from None
     for k, v in DEMO_AUDIO_SPEC.items():
         if k in a and not np.isclose(a[k], v):
             raise DataError(f"demo audio asset {path} was built with {k}={a[k]}, code expects {v}; "

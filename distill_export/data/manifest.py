@@ -284,13 +284,17 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     if any(spec.kind == "video" for spec in specs.values()):
         data.info["preprocessing"]["clip_frames"] = int(getattr(config, "clip_frames", 5))
     if coco is not None:  # what a COCO results file needs: category ids, the held-out splits' image ids
-        data.info["coco"] = {**coco, "image_ids": {s: [_int_or_str(r.id) for r in per_split[s]]
+        data.info["coco"] = {**coco, "image_ids": {s: [_coco_id(r) for r in per_split[s]]
                                                    for s in splits_here if s != "train"}}
     return data
 
 
-def _int_or_str(value: str | None):
-    return int(value) if value is not None and value.lstrip("-").isdigit() else value
+def _coco_id(row):
+    """The row's COCO image id as the annotation file gives it: an id from the file's text would
+    turn "007" into 7 (no image in a COCO evaluator) and "\u00b2" into a traceback (35th audit B3, B4)."""
+    if row.coco_id is not None:
+        return int(row.coco_id) if isinstance(row.coco_id, float) else row.coco_id
+    return row.id
 
 
 def _chunked_mean_std(x: torch.Tensor, rows: int = 256) -> tuple[float, float]:

@@ -36,6 +36,8 @@ class Row:
     slots: dict[str, int] = field(default_factory=dict)  # modality -> its row in the split's storage
     # box labels from a COCO file: (its name, the annotation id of each box in order), for messages
     sources: tuple[str, list] | None = None
+    # the COCO image id as the annotation file gives it (int, float or str): "007" stays "007" (35th audit B4)
+    coco_id: int | float | str | None = None
 
 
 @dataclass
@@ -61,7 +63,7 @@ def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[str], list[tupl
         if len(set(columns)) != len(columns):
             raise DataError(f"{path}:1: duplicate column names in the header: {columns}")
         reader.fieldnames = columns
-        for rec in reader:
+        for rec in _csv_records(reader, problems):
             line = reader.line_num
             if _EXTRA in rec:
                 n = len(columns) + len(rec[_EXTRA])
@@ -72,6 +74,23 @@ def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[str], list[tupl
                 continue
             records.append((line, rec))
     return columns, records
+
+
+def _csv_records(reader: csv.DictReader, problems: list[Problem]):
+    """The reader's records; a record csv cannot parse (a cell over its 131,072-character limit) is
+    a bad row named by its line, skippable like any other, not the whole manifest refused in
+    csv's words (thirty-fifth audit A3). The reader has read `line_num` lines before the bad one."""
+    failed_at = None
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if failed_at == reader.line_num:  # no progress: the rest cannot be read
+                raise
+            failed_at = reader.line_num
+            problems.append(Problem(reader.line_num + 1, f"cannot be read as CSV ({exc})"))
 
 
 _JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list (JSON array)",

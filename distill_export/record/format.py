@@ -52,10 +52,16 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def html_table(header: list[str], rows: list[list[str]]) -> str:
+def html_text(text) -> str:
+    """A user's string in report.html: printable (an ESC byte in a class name recoloured the
+    terminal of whoever ran `cat report.html`: thirty-fifth audit A1), then HTML-escaped."""
     import html
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return html.escape(printable(text))
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html_text(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

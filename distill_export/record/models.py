@@ -189,6 +189,13 @@ class TaskInfo(Section):
     score_name: str = "accuracy"  # what the validation score is (the training curves)
 
 
+class TuneTeacher(Section):
+    """One teacher a `tune --search ...,fusion` trial drew from (tune.py writes own and val_score)."""
+
+    own: bool = False  # the run's own teacher
+    val_score: Probability  # its validation score (accuracy or mAP): the reason shown, not the choice
+
+
 class Tune(Section):
     """`run --tune`: the search and confirmation on validation that chose the objective (tune.py)."""
 
@@ -201,7 +208,7 @@ class Tune(Section):
     decision: dict[str, Any] | None = None  # distill (bool), method, terms, line (the reason in words)
     confirmation: dict[str, Any] | None = None
     # search space "fusion": each teacher the trials drew from -> own (the run's), val_score
-    teachers: dict[str, Any] | None = None
+    teachers: dict[str, TuneTeacher] | None = None  # a string score was a report traceback (35th audit B2)
 
 
 class RunRecord(Section):

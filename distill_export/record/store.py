@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from distill_export.errors import ConfigError
-from distill_export.files import _jsonable, write_json
+from distill_export.files import _jsonable, read_regular, write_json
 from distill_export.record.migrate import RecordError, upgrade, validate
 from distill_export.record.models import SECTIONS, RunRecord
 
@@ -20,7 +20,7 @@ def read_json(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path).decode("utf-8"))  # a FIFO state.json: refused, not waited on
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise ConfigError(f"{path} is corrupt (not valid JSON{where}); restore it or re-run the stage "

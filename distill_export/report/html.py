@@ -3,12 +3,11 @@ no scripts, no fonts, no network fetches; plots by relative path."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 from distill_export.record import RunRecord
 from distill_export.report.view import task_view
-from distill_export.record.format import html_table
+from distill_export.record.format import html_table, html_text
 from distill_export.report.tables import (
     LATENCY_HEADER,
     SPEEDUP_HEADER,
@@ -28,12 +27,12 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0
 
 
 def _items(lines: list[str]) -> str:
-    return "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>"
+    return "<ul>" + "".join(f"<li>{html_text(x)}</li>" for x in lines) + "</ul>"
 
 
 @reads_record
 def render_html(record: RunRecord, plots: list[Path], note: str = "") -> str:
-    esc = html.escape
+    esc = html_text
     ds = record.dataset
     sections = ["<h1>distill-export report</h1>"]
     if given(ds):

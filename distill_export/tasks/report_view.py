@@ -16,7 +16,7 @@ gates of each export.
 from __future__ import annotations
 
 from distill_export.record import RunRecord
-from distill_export.record.format import html_table, md_table, pct, reads_record
+from distill_export.record.format import html_table, html_text, md_table, pct, reads_record
 
 MODELS = ("teacher", "baseline", "self_training", "student")
 
@@ -67,9 +67,9 @@ def tune_sentence(record: RunRecord, escape=str) -> str:
         "labels only (no distillation)"
     teachers = ""
     if tune.teachers and len(tune.teachers) > 1:  # the search drew the teacher fusion too
-        fusion = tune.decision.get("teacher_fusion") or next((f for f, t in tune.teachers.items() if t.get("own")), "?")
+        fusion = tune.decision.get("teacher_fusion") or next((f for f, t in tune.teachers.items() if t.own), "?")
         fusion = escape(str(fusion))
-        scores = ", ".join(f"{escape(str(f))} {100 * t['val_score']:.1f}%" + (" (the run's)" if t.get("own") else "")
+        scores = ", ".join(f"{escape(str(f))} {100 * t.val_score:.1f}%" + (" (the run's)" if t.own else "")
                            for f, t in tune.teachers.items())
         teachers = (f" Teacher: {fusion} fusion, chosen by its students' validation accuracy (the teachers' own "
                     f"validation scores: {scores}).")
@@ -139,12 +139,10 @@ class GenericReportView:
         return out
 
     def html_sections(self, record: RunRecord) -> list[str]:
-        import html
-
         header, rows = self.metric_rows(record)
-        out = [f"<h2>Test metrics ({html.escape(record.task.name)})</h2>", html_table(header, rows)]
+        out = [f"<h2>Test metrics ({html_text(record.task.name)})</h2>", html_table(header, rows)]
         if self.verdict(record):
-            out.append(f"<p>{html.escape(self.verdict(record))}</p>")
+            out.append(f"<p>{html_text(self.verdict(record))}</p>")
         return out
 
     def terminal_lines(self, record: RunRecord) -> list[str]:

@@ -6,12 +6,10 @@ report modules call only the names below."""
 
 from __future__ import annotations
 
-import html
-
 from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
-from distill_export.record.format import html_table, md_table, md_text, pct, reads_record
+from distill_export.record.format import html_table, html_text, md_table, md_text, pct, reads_record
 from distill_export.tasks.report_view import fit_sentence, labels_kept, tune_sentence
 
 MODELS = ("teacher", "baseline", "self_training", "student")  # the rows of the accuracy table, in order
@@ -209,7 +207,7 @@ def markdown_sections(record: RunRecord) -> list[str]:
 
 def html_sections(record: RunRecord) -> list[str]:
     """report.html's accuracy, verdict and parity sections (HTML fragments)."""
-    esc = html.escape
+    esc = html_text
     sections = []
     if accuracy_rows(record):
         sections += ["<h2>Accuracy (test split)</h2>", html_table(ACCURACY_HEADER, accuracy_rows(record))]

@@ -6,12 +6,10 @@ It reads the run record only (report.json), never a model; the names are the vie
 
 from __future__ import annotations
 
-import html
-
 from distill_export.record import RunRecord
 from distill_export.record.metrics import PairedComparison
 from distill_export.record.models import Distill, Export
-from distill_export.record.format import html_table, md_table, md_text, pct, reads_record
+from distill_export.record.format import html_table, html_text, md_table, md_text, pct, reads_record
 from distill_export.tasks.report_view import fit_sentence, labels_kept, tune_sentence
 
 # The rows of the mAP table, in order, and what each is; any other model in the record follows.
@@ -195,9 +193,9 @@ def html_sections(record: RunRecord) -> list[str]:
                      "<p>mAP in points (COCO's 101-point AP, area 'all', faster-coco-eval).</p>"]
     if record.kd_gain is not None:
         sections.append(f"<p><b>kd_gain</b> = {100 * record.kd_gain:+.2f} mAP50 points. "
-                        f"{html.escape(kd_verdict(record))}</p>")
+                        f"{html_text(kd_verdict(record))}</p>")
         if fit_sentence(record, "mAP50"):
-            sections.append(f"<p>{html.escape(fit_sentence(record, 'mAP50'))}</p>".replace("**", ""))
+            sections.append(f"<p>{html_text(fit_sentence(record, 'mAP50'))}</p>".replace("**", ""))
     header, rows = per_class_table(record)
     if rows:
         sections += ["<h3>AP50 per class</h3>", html_table(header, rows)]

@@ -1,0 +1,252 @@
+"""Thirty-sixth round (issue 24): what the thirty-fifth fresh audit found."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from distill_export.cli import app
+from distill_export.errors import ConfigError, DataError
+
+runner = CliRunner()
+
+UNSAFE = ("allow_pickle", "pickle.load", "weights_only", "unsafely")
+
+
+# ----- B1: a file that is not an .npz never earns advice to unpickle it ---------------------------
+
+
+@pytest.mark.parametrize("loader", ["load_parity_data", "load_teacher_parity_data"])
+def test_a35_b1_a_text_file_as_parity_data_is_named_without_unsafe_advice(tmp_path, loader):
+    """numpy's message claimed the 6-byte text file held pickled data and suggested `allow_pickle=`
+    or `pickle.load()` (the np.load form of weights_only=False)."""
+    from distill_export import validate
+
+    path = tmp_path / "parity_data.npz"
+    path.write_text("hello\n")
+    with pytest.raises(DataError) as caught:
+        getattr(validate, loader)(path)
+    message = str(caught.value)
+    assert "is not readable parity data (it is not a NumPy .npy or .npz file)" in message, message
+    assert not any(word in message for word in UNSAFE), message
+
+
+def test_a35_b1_an_npz_of_object_arrays_is_named_as_never_loaded(tmp_path):
+    from distill_export import validate
+
+    path = tmp_path / "parity_data.npz"
+    np.savez(path, x=np.array([{"a": 1}], dtype=object), labels=np.zeros(1), reference=np.zeros((1, 2)))
+    with pytest.raises(DataError, match=r"holds object arrays \(pickled Python objects\), which are never loaded"):
+        validate.load_parity_data(path)
+
+
+@pytest.mark.parametrize(("message", "kept"), [
+    ("x.npz is not readable (This file contains pickled (object) data. If you trust the file you can load it "
+     "unsafely using the `allow_pickle=` keyword argument or `pickle.load()`.); re-run export",
+     "x.npz is not readable (This file contains pickled (object) data.)"),
+    ("cannot load a.pt: Weights only load failed. Re-running torch.load with weights_only set to False will likely "
+     "succeed, but it can result in arbitrary code execution.", "cannot load a.pt: Weights only load failed."),
+    ("a plain message. Nothing to cut.", "a plain message. Nothing to cut."),
+])
+def test_a35_b1_the_error_line_never_carries_a_librarys_unsafe_advice(message, kept):
+    """The backstop in cli/guard for any message a loader did not rewrite itself."""
+    from distill_export.cli.guard import without_unsafe_advice
+
+    assert without_unsafe_advice(message) == kept
+
+
+# ----- B2: tune.json's teachers are checked like the rest of it ------------------------------------
+
+
+def _summary(teachers) -> dict:
+    return {"decision": {"distill": True, "method": "hinton", "line": "hinton chosen", "teacher_fusion": "late",
+                         "terms": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}]},
+            "trials": 2, "completed": 2, "pruned": 0, "seconds": 1.0, "baseline_val_accuracy": 0.5, "best": None,
+            "teachers": teachers}
+
+
+@pytest.mark.parametrize(("teachers", "why"), [
+    ({"concat": {"own": True, "val_score": "high"}, "late": {"val_score": 0.4}}, "teachers.concat.val_score"),
+    ({"concat": {"own": True, "val_score": 0.5}, "late": ["x"]}, "teachers.late"),
+    ({"concat": {"own": True, "val_score": 7.0}, "late": {"val_score": 0.4}}, "teachers.concat.val_score"),
+])
+def test_a35_b2_a_tune_json_with_bad_teachers_is_refused_on_resume(tmp_path, teachers, why):
+    """A string score ran every stage, then the report stage died on `:.1f` (a traceback, exit 1)."""
+    from distill_export.config import RunConfig
+    from distill_export.tune_record import resumed_summary
+
+    path = tmp_path / "tune.json"
+    path.write_text(json.dumps(_summary({"concat": {"own": True, "val_score": 0.5}, "late": {"val_score": 0.4}})))
+    assert resumed_summary(path, RunConfig())["teachers"]["late"]["val_score"] == 0.4  # what tune writes
+    path.write_text(json.dumps(_summary(teachers)))
+    with pytest.raises(ConfigError) as caught:
+        resumed_summary(path, RunConfig())
+    assert str(caught.value).startswith(f"{path} is not the tune.json tune wrote (") and why in str(caught.value)
+
+
+def test_a35_b2_report_json_with_a_bad_teacher_entry_is_refused_on_load():
+    """A hand-edited report.json `tune.teachers` was an AttributeError traceback from `report RUN`."""
+    from distill_export.record import migrate
+    from distill_export.record.migrate import RecordError
+    from distill_export.tasks.report_view import tune_sentence
+
+    with pytest.raises(RecordError, match=r"tune\.teachers\.late: Input should be a valid dictionary"):
+        migrate({"tune": _summary({"concat": {"own": True, "val_score": 0.5}, "late": ["x"]})})
+    record = migrate({"tune": _summary({"concat": {"own": True, "val_score": 0.5}, "late": {"val_score": 0.4}})})
+    assert "(the teachers' own validation scores: concat 50.0% (the run's), late 40.0%)" in tune_sentence(record)
+
+
+# ----- B3, B4: a COCO image id is written back as the file gives it --------------------------------
+
+
+def _image_ids(tmp_path, new_id):
+    from test_audit32 import _load_coco
+
+    def edit(coco):
+        old = coco["images"][-1]["id"]
+        coco["images"][-1]["id"] = new_id
+        for a in coco["annotations"]:
+            if a["image_id"] == old:
+                a["image_id"] = new_id
+    data = _load_coco(tmp_path, edit)
+    return [i for ids in data.info["coco"]["image_ids"].values() for i in ids]
+
+
+@pytest.mark.parametrize("new_id", ["007", "\u00b2", "--5", "-0", 9.0, "img-9"])
+def test_a35_b3_b4_coco_image_ids_come_back_as_the_file_gives_them(tmp_path, new_id):
+    """"007" became 7 (no image in a COCO evaluator), "\u00b2" and "--5" a ValueError traceback."""
+    ids = _image_ids(tmp_path, new_id)
+    expected = int(new_id) if isinstance(new_id, float) else new_id
+    assert expected in ids and all(type(i) is int for i in ids if i != expected), ids  # the others: ints, as given
+
+
+@pytest.mark.parametrize("new_id", [float("nan"), 2.5, float("inf")])
+def test_a35_b4_a_coco_image_id_no_results_file_can_hold_is_refused(tmp_path, new_id):
+    with pytest.raises(DataError, match=r"images\[\d+\] has the id .*, not a whole number or a string"):
+        _image_ids(tmp_path, new_id)
+
+
+# ----- B5, B6: a FIFO where a file is read is named, never waited on -------------------------------
+
+
+def test_a35_b5_a_fifo_as_config_is_refused_at_once(tmp_path):
+    """`run --config FIFO` (and kd_gain.py --config) blocked for ever in read_yaml."""
+    import os
+
+    from distill_export.config import read_yaml
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ConfigError, match=r"^config .*fifo is not a regular file \(a FIFO\)$"):
+        read_yaml(tmp_path / "fifo")
+    with pytest.raises(ConfigError, match=r"^config /dev/zero is not a regular file \(a character device\)$"):
+        read_yaml("/dev/zero")
+
+
+def test_a35_b6_a_fifo_as_a_run_file_is_refused_at_once(tmp_path):
+    """A FIFO state.json hung every stage command; a FIFO instances.json was 'does not exist'."""
+    import os
+
+    from distill_export.data.coco import _load
+    from distill_export.record.store import read_json
+
+    os.mkfifo(tmp_path / "state.json")
+    with pytest.raises(ConfigError, match=r"state.json is not a regular file \(a FIFO\)$"):
+        read_json(tmp_path / "state.json")
+    os.mkfifo(tmp_path / "instances.json")
+    with pytest.raises(ConfigError, match=r"^COCO annotation file .*instances.json is not a regular file \(a FIFO\)$"):
+        _load(tmp_path / "instances.json")
+
+
+# ----- the arguable cases mended: A1, A3, A4, A5 --------------------------------------------------
+
+
+def test_a35_a1_a_control_character_in_report_html_is_shown_as_an_escape():
+    """An ESC byte in a class name reached report.html raw (`cat report.html` recoloured the terminal)."""
+    from distill_export.record.format import html_table
+
+    table = html_table(["class"], [["b\x1b[31mRED <i>"]])
+    assert "\x1b" not in table and "b\\x1b[31mRED &lt;i&gt;" in table, table
+
+
+def test_a35_a3_a_csv_cell_over_the_csv_limit_is_a_bad_row_named_by_line(tmp_path):
+    """A 1 MB cell refused the whole manifest in csv's words ('field larger than field limit'),
+    with no line number and no way to skip it."""
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.csv"
+    path.write_text("image,label\na.png,1\n" + "x" * 200_000 + ".png,2\nc.png,3\n")
+    _, _, rows, problems = read_rows(path)
+    assert [r.line for r in rows] == [2, 4]
+    assert [(p.line, p.message) for p in problems] == [
+        (3, "cannot be read as CSV (field larger than field limit (131072))")]
+
+
+def test_a35_a4_coco_results_leave_out_non_finite_detections(tmp_path):
+    from distill_export.data.coco import write_coco_results
+
+    boxes = np.array([[[1.0, 2, 5, 6], [0, 0, np.inf, 3], [1, 1, 2, 2]]])
+    path = write_coco_results(tmp_path / "r.json", boxes, np.array([[0.9, 0.8, np.nan]]), np.zeros((1, 3)), ["i"], [7])
+    assert json.loads(path.read_text()) == [{"image_id": "i", "category_id": 7, "bbox": [1.0, 2.0, 4.0, 4.0],
+                                             "score": 0.9}]
+
+
+def test_a35_a5_a_tool_refusing_a_run_folder_does_not_advise_run_resume(tmp_path, capsys):
+    from distill_export.files import check_tool_output
+
+    (tmp_path / "state.json").write_text("{}")
+    with pytest.raises(SystemExit) as caught:
+        check_tool_output(tmp_path, folder=True)
+    line = capsys.readouterr().err.strip()
+    assert caught.value.code == 2 and line == f"error: --out {tmp_path} already holds a run; choose a new --out or delete it"
+
+
+def test_a35_b7_a_user_folder_holding_a_config_yaml_is_not_called_a_run(tmp_path):
+    """Called 'already holds a run ... continues with run --resume', which then said it is no run."""
+    from distill_export.files import check_free
+
+    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match=r"is not empty and is not a run directory \(1 entries: 'config.yaml'\)"):
+        check_free(tmp_path)
+    (tmp_path / "config.yaml").unlink()
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds the start of a run that never wrote its config.yaml; delete it"):
+        check_free(tmp_path)
+
+
+def test_a35_a2_a_fifo_in_place_of_a_run_file_or_folder_is_said_as_such(run_copy):
+    """A FIFO student.onnx was "missing"; a FIFO plots/ was "cannot write plots/latency_vs_batch.png: File exists"."""
+    import os
+
+    (run_copy / "student.onnx").rename(run_copy.parent / "kept.onnx")
+    os.mkfifo(run_copy / "student.onnx")
+    line = _one_line(runner.invoke(app, ["validate", str(run_copy)]))
+    assert line.startswith(f"error: {run_copy}/student.onnx is not a regular file (the export stage made a file "
+                           "there), so `validate` cannot run"), line
+    (run_copy.parent / "kept.onnx").replace(run_copy / "student.onnx")
+    shutil.rmtree(run_copy / "plots", ignore_errors=True)
+    os.mkfifo(run_copy / "plots")
+    assert _one_line(runner.invoke(app, ["report", str(run_copy)])) == (
+        f"error: {run_copy}/plots is not a folder; the run writes its files into a folder there: remove it and run "
+        "the command again")
+
+
+def test_a35_b1_b6_validate_on_a_text_parity_file_or_a_fifo_state_json_is_one_line(run_copy):
+    import os
+
+    (run_copy / "parity_data.npz").write_text("hello\n")
+    line = _one_line(runner.invoke(app, ["validate", str(run_copy)]))
+    assert "parity_data.npz is not readable parity data (it is not a NumPy .npy or .npz file)" in line, line
+    (run_copy / "state.json").unlink()
+    os.mkfifo(run_copy / "state.json")
+    assert _one_line(runner.invoke(app, ["validate", str(run_copy)])) == \
+        f"error: {run_copy}/state.json is not a regular file (a FIFO)"
+
+
+def _one_line(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.output)
+    return lines[0]
