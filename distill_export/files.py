@@ -259,19 +259,33 @@ def not_a_regular_file(path: str | Path, what: str) -> str | None:
     return f"{what} {path} is not a regular file ({next((w for test, w in _NOT_REGULAR if test(mode)), 'a special file')})"
 
 
+def _kind(mode: int) -> str:
+    return "a directory" if stat.S_ISDIR(mode) else next((w for test, w in _NOT_REGULAR if test(mode)), "a special file")
+
+
 def read_regular(path: str | Path, what: str = "", limit: int = -1) -> bytes:
     """The bytes of a regular file (symlinks followed; at most `limit`), else one ConfigError line
     "<what or path> is not a regular file (a FIFO)". Opened without blocking and checked on the open
     descriptor: a FIFO as --config or state.json blocked the open for ever (thirty-fifth audit B5,
     B6), a device never ends. A missing file is the OSError open() raises, as before."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer: open returns at once
+    mode = os.fstat(fd).st_mode  # before fdopen, which refuses a folder as "Is a directory: 4" (36th B3)
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ConfigError(f"{what or path} is not a regular file ({_kind(mode)})")
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else next((w for test, w in _NOT_REGULAR if test(mode)),
-                                                                  "a special file")
-            raise ConfigError(f"{what or path} is not a regular file ({kind})")
         return f.read(limit)
+
+
+def refuse_special(path: Path) -> None:
+    """A run file that is there but is not a regular file (a FIFO, a folder) is said as what it is,
+    not as missing (thirty-sixth audit B1, B2): ConfigError "P is not a regular file (a FIFO)"."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # missing, or unreadable: the caller's own check names it
+        return
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path} is not a regular file ({_kind(mode)})")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -39,7 +39,8 @@ import torch
 from rich.console import Console
 
 from distill_export.errors import CheckpointError, ConfigError
-from distill_export.files import atomic_path, npz_failure, own_folder, read_regular, sha256_file, write_json
+from distill_export.files import (atomic_path, npz_failure, own_folder, read_regular, refuse_special, sha256_file,
+                                  write_json)
 
 CACHE_DIR = "teacher_outputs"
 INDEX_FILE = "index.json"
@@ -165,6 +166,8 @@ def check_own_folder(path: Path) -> None:
     for entry in sorted(path.iterdir()):
         name = entry.name
         leftover = name.startswith(tuple(f".{own}." for own in OWN_FILES)) and name.endswith(".tmp")  # atomic_path's
+        if name in OWN_FILES and not entry.is_symlink() and not entry.is_file():  # a FIFO index.json (36th A1)
+            refuse_special(entry)
         if (name not in OWN_FILES and not leftover) or entry.is_symlink() or not entry.is_file():
             raise ConfigError(f"{path} holds {name[:80]!r}, which the teacher-output cache does not write: it is not a "
                               "cache made by distill-export; move that folder away (or set distill.teacher_cache_dir) "

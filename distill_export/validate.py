@@ -83,7 +83,9 @@ def parse_gate_flags(flags: list[str] | None, task) -> dict[str, float]:
             check_value(f"validate.{key}", number)
         except ConfigError as exc:
             raise ConfigError(f"--gate {key}: {exc}") from None
-        out[f"validate.{key}"] = number
+        if f"validate.{key}" in out and out[f"validate.{key}"] != number:  # the last one won in silence (36th A2)
+            raise ConfigError(f"--gate {key} is given twice ({out[f'validate.{key}']:g} and {number:g}); give it once")
+        out[f"validate.{key}"] = number + 0.0  # -0 is 0: shown as "<= 0", not "<= -0" (thirty-sixth audit A3)
     return out
 
 

@@ -250,3 +250,44 @@ def _one_line(result) -> str:
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.output)
     return lines[0]
+
+
+# ----- the thirty-sixth audit -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["report"], ["export", "--format", "onnx"], ["validate"], ["run", "--resume"]])
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a36_b1_b3_report_json_that_is_a_fifo_or_a_folder_is_said_as_such(run_copy, command, kind):
+    """`report` called a FIFO report.json "missing" and advised a new run; `run --resume` said "no
+    report.json"; a folder there was "Is a directory ('4')", naming no file."""
+    import os
+
+    (run_copy / "report.json").unlink()
+    os.mkfifo(run_copy / "report.json") if kind == "fifo" else (run_copy / "report.json").mkdir()
+    args = [*command, str(run_copy)] if command[0] == "run" else [command[0], str(run_copy), *command[1:]]
+    line = _one_line(runner.invoke(app, args))
+    what = "a FIFO" if kind == "fifo" else "a directory"
+    assert line == f"error: {run_copy}/report.json is not a regular file ({what})", (args, line)
+
+
+def test_a36_a1_a_fifo_index_json_in_the_teacher_cache_is_said_as_such(tmp_path):
+    """Was "holds 'index.json', which the teacher-output cache does not write" (its own file name)."""
+    import os
+
+    from distill_export.teacher_cache import INDEX_FILE, check_own_folder
+
+    os.mkfifo(tmp_path / INDEX_FILE)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/{INDEX_FILE} is not a regular file \(a FIFO\)$"):
+        check_own_folder(tmp_path)
+
+
+def test_a36_a2_a3_a_gate_given_twice_is_refused_and_minus_zero_is_zero():
+    from distill_export.tasks import get_task
+    from distill_export.validate import parse_gate_flags
+
+    task = get_task("classification")
+    with pytest.raises(ConfigError, match=r"^--gate fp32_max_abs is given twice \(0.001 and 0.01\); give it once$"):
+        parse_gate_flags(["fp32_max_abs=1e-3", "fp32_max_abs=1e-2"], task)
+    assert parse_gate_flags(["fp32_max_abs=1e-3", "fp32_max_abs=0.001"], task) == {"validate.fp32_max_abs": 1e-3}
+    gate = parse_gate_flags(["int8_max_accuracy_drop=-0"], task)["validate.int8_max_accuracy_drop"]
+    assert gate == 0 and str(gate) == "0.0"

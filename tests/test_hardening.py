@@ -162,7 +162,7 @@ def test_huge_and_binary_config_files(tmp_path):
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
     assert "not UTF-8" in one_line_error(runner.invoke(app, ["run", "--config", str(binary)]), 2)
-    assert "cannot read" in one_line_error(runner.invoke(app, ["run", "--config", str(tmp_path)]), 2)
+    assert "is not a regular file (a directory)" in one_line_error(runner.invoke(app, ["run", "--config", str(tmp_path)]), 2)
 
 
 @pytest.mark.parametrize("text", [
