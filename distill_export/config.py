@@ -285,7 +285,6 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML mapping from a user file: data only (no tags that build objects), bounded in
     bytes, nesting, aliases and alias expansion (safe_yaml.py); every failure is one line."""
     from distill_export import safe_yaml
-
     from distill_export.files import read_regular
 
     path = Path(path)

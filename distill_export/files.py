@@ -17,8 +17,6 @@ from distill_export.errors import ConfigError
 
 # ----- output paths: one rule for every command and tool that writes where it is told ----------
 # A run directory holds state.json, or report.json beside config.yaml (rundir.py's layout).
-
-
 def is_run_dir(path: Path) -> bool:
     return (path / "state.json").is_file() or ((path / "report.json").is_file() and (path / "config.yaml").is_file())
 
@@ -202,6 +200,10 @@ _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
                 (stat.S_ISSOCK, "a socket"))
 
 
+def _kind(mode: int) -> str:
+    return "a directory" if stat.S_ISDIR(mode) else next((w for test, w in _NOT_REGULAR if test(mode)), "a special file")
+
+
 def check_model_file(path: str | Path, name: str, error=ConfigError) -> Path:
     """A model path (.onnx, .pt2, --teacher, --student-init...) before any byte of it is read: a
     regular file (symlinks followed) of a sane size, else one `error` line "<name> ...". A FIFO would
@@ -217,8 +219,7 @@ def check_model_file(path: str | Path, name: str, error=ConfigError) -> Path:
     if stat.S_ISDIR(info.st_mode):
         raise error(f"{name} is a directory, not a model file")
     if not stat.S_ISREG(info.st_mode):
-        what = next((w for test, w in _NOT_REGULAR if test(info.st_mode)), "a special file")
-        raise error(f"{name} is not a regular file ({what})")
+        raise error(f"{name} is not a regular file ({_kind(info.st_mode)})")
     if info.st_size == 0:
         raise error(f"{name} is empty (0 bytes)")
     if info.st_size > MAX_MODEL_BYTES:
@@ -256,11 +257,7 @@ def not_a_regular_file(path: str | Path, what: str) -> str | None:
         return None
     if stat.S_ISDIR(mode):
         return f"{what} {path} is a directory"
-    return f"{what} {path} is not a regular file ({next((w for test, w in _NOT_REGULAR if test(mode)), 'a special file')})"
-
-
-def _kind(mode: int) -> str:
-    return "a directory" if stat.S_ISDIR(mode) else next((w for test, w in _NOT_REGULAR if test(mode)), "a special file")
+    return f"{what} {path} is not a regular file ({_kind(mode)})"
 
 
 def read_regular(path: str | Path, what: str = "", limit: int = -1) -> bytes:

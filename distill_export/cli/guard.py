@@ -70,7 +70,6 @@ def _fail(message: str, code: int):
     from distill_export import rank_errors
 
     message = without_unsafe_advice(message)
-
     if rank_errors.write(one_line(message), code):  # a rank of `run --nproc N`: its launcher prints it once
         raise typer.Exit(code)
     err.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False, soft_wrap=True)
