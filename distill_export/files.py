@@ -15,98 +15,6 @@ from typing import Iterator
 from distill_export.errors import ConfigError
 
 
-# ----- output paths: one rule for every command and tool that writes where it is told ----------
-# A run directory holds state.json, or report.json beside config.yaml (rundir.py's layout).
-def is_run_dir(path: Path) -> bool:
-    return (path / "state.json").is_file() or ((path / "report.json").is_file() and (path / "config.yaml").is_file())
-
-
-def _enclosing_run(target: Path) -> Path | None:
-    """The run directory `target` lies inside (itself excluded), or None."""
-    resolved = target.resolve()
-    return next((p for p in resolved.parents if is_run_dir(p)), None)
-
-
-def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir: str | Path | None = None,
-                 resume_hint: bool = True) -> Path:
-    """Where a command is told to write, checked before any work, the same way for every command:
-    a file (folder=False) must be new, in a folder that exists; a folder (folder=True) must be new
-    or empty (its missing parents are made). Neither may lie inside a run directory (`run_dir`, or
-    any folder holding a run), whose files belong to its stages. A user's file or folder is never
-    overwritten; a dangling symbolic link (it would write through to its target) counts as a file.
-    Returns the path, `~` expanded."""
-    target = Path(path).expanduser()
-    if not folder and _names_a_folder(str(path)):  # Path() drops a final `/` or `/.`: `newdir/` became a file
-        raise ConfigError(f"{flag} '{path}' names a folder (it ends in '/' or '.', or is empty), and {flag} is a "
-                          f"file; give the file's name, e.g. {os.path.join(os.path.normpath(str(path) or '.'), 'NAME')}")
-    if folder:
-        _check_free_folder(target, flag, resume_hint)
-    elif target.exists() or target.is_symlink():
-        raise ConfigError(f"{flag} {target} already exists and is never overwritten; choose a new path")
-    inside = None
-    if run_dir is not None and target.resolve().is_relative_to(Path(run_dir).expanduser().resolve()):
-        inside = Path(run_dir)
-    inside = inside or _enclosing_run(target)
-    if inside is not None:
-        raise ConfigError(f"{flag} {target} is inside the run directory {inside}, whose files belong to its stages; "
-                          f"choose a path outside it")
-    if not folder and not target.parent.is_dir():
-        raise ConfigError(f"{flag} {target}: the folder {target.parent} does not exist")
-    return target
-
-
-def _names_a_folder(text: str) -> bool:
-    """`DIR/`, `DIR/.`, `DIR/..`, `.` or empty: a spelling of a folder, never of a file's name."""
-    return text == "" or text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")
-
-
-def check_free(path: str | Path | None) -> None:
-    """run's --out, cheap, before any data loads (RunDir's claim repeats it, atomically): new, or an
-    empty folder; never a run, never a folder of the user's files, never inside a run."""
-    if path is not None:
-        check_output(Path(path), folder=True)
-
-
-def check_new_file(path: str | Path, run_dir: str | Path, flag: str = "--out") -> None:
-    """An output file a command is told to write (tune --out): a new path in an existing folder,
-    outside the run directory (whose files belong to its stages), checked before any work."""
-    check_output(path, folder=False, flag=flag, run_dir=run_dir)
-
-
-def check_tool_output(path: str | Path, *, folder: bool, flag: str = "--out") -> Path:
-    """check_output for the scripts under tools/: a refusal is `error: <one line>` on stderr and
-    exit 2, before the script does any work."""
-    import sys
-
-    try:
-        return check_output(path, folder=folder, flag=flag, resume_hint=False)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _check_free_folder(target: Path, flag: str, resume_hint: bool = True) -> None:
-    """A folder to write into: new, or empty; never a run, never a folder of the user's files."""
-    if not target.exists():
-        if target.is_symlink():
-            raise ConfigError(f"{flag} {target} is a dangling symbolic link; choose another {flag}")
-        return
-    if not target.is_dir():
-        raise ConfigError(f"{flag} {target} is a file, not a folder; choose another {flag}")
-    names = sorted(p.name for p in target.iterdir())
-    if is_run_dir(target):
-        # `run --resume` is advice for `run`'s own --out, not for a tool's (thirty-fifth audit A5)
-        resume = f" (an interrupted run continues with `distill-export run --resume {target}`)" if resume_hint else ""
-        raise ConfigError(f"{flag} {target} already holds a run; choose a new {flag} or delete it{resume}")
-    if {"report.json", "state.json"} & set(names):  # a run claimed the folder and stopped before its config
-        raise ConfigError(f"{flag} {target} holds the start of a run that never wrote its config.yaml; delete it "
-                          f"or choose a new {flag}")
-    if names:
-        shown = ", ".join(repr(n[:40]) for n in names[:3]) + (", ..." if len(names) > 3 else "")
-        raise ConfigError(f"{flag} {target} is not empty and is not a run directory ({len(names)} entries: {shown}); "
-                          f"it is written only when new or empty, so nothing in it is overwritten: choose another {flag}")
-
-
 def _write_failed(final: Path, exc: OSError) -> ConfigError:
     """One line naming the file a write was for: a full disk says so in words."""
     if exc.errno == errno.ENOSPC:
@@ -124,6 +32,8 @@ def full_disk_inside(exc: BaseException) -> OSError | None:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return exc
+        if "[Errno 28] No space left on device" in str(exc):  # an exporter's C++ error keeps only the text (37th B4)
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -145,7 +55,10 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, final)
+        try:
+            os.replace(tmp_path, final)
+        except OSError as exc:  # a folder there: "Is a directory" named the temporary file (37th audit B3)
+            raise _write_failed(final, exc) from None
     except Exception as exc:
         full = full_disk_inside(exc)  # torch's zip writer fails again in __exit__: RuntimeError over ENOSPC
         if full is None:
@@ -283,6 +196,22 @@ def refuse_special(path: Path) -> None:
         return
     if not stat.S_ISREG(mode):
         raise ConfigError(f"{path} is not a regular file ({_kind(mode)})")
+
+
+# A run's own files, by suffix: one that is a FIFO, a folder or a device was read as "missing" or
+# failed in os.replace naming a temporary file (thirty-sixth audit B1-B3, thirty-seventh B1-B3).
+_RUN_FILE_SUFFIXES = (".json", ".yaml", ".pt", ".pt2", ".onnx", ".npz", ".csv", ".md", ".html", ".engine", ".xml",
+                      ".bin", ".data")
+
+
+def refuse_special_run_files(run: Path) -> None:
+    """Every file of a run folder (by its suffix) that is there but is not a regular file, refused
+    in one line naming it, before a command reads or replaces any of them (refuse_special)."""
+    if not run.is_dir():
+        return
+    for entry in sorted(run.iterdir()):
+        if entry.suffix.lower() in _RUN_FILE_SUFFIXES and not entry.name.startswith("."):
+            refuse_special(entry)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -13,6 +13,14 @@ from distill_export.errors import ConfigError
 from distill_export.stage_graph import BACKUP_DIR
 
 
+def _read_only(path: Path) -> bool:
+    """A folder on a file system mounted read-only (os.access says writable for root there)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (not POSIX): the write itself will say
+        return False
+
+
 class RunGuard:
     @contextmanager
     def lock(self):
@@ -43,6 +51,10 @@ class RunGuard:
         removed. Ctrl-C/SIGTERM keep what the stage wrote (a later resume may want it)."""
         backup = self.path / BACKUP_DIR
         shutil.rmtree(backup, ignore_errors=True)  # left by a stage that was killed
+        if not os.access(self.path, os.W_OK) or _read_only(self.path):  # was "Read-only file system
+            # ('RUN/.stage-backup')", naming an internal folder (thirty-seventh audit A4)
+            raise ConfigError(f"{self.path} cannot be written (a read-only folder or file system); a stage command "
+                              "writes its results into the run directory")
         before = self._files()
         dirs_before = {p for p in self.path.rglob("*") if p.is_dir() and BACKUP_DIR not in p.parts}
         for rel in before:

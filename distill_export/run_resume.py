@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill_export.errors import ConfigError
-from distill_export.files import refuse_special
+from distill_export.files import refuse_special_run_files
 from distill_export.stage_graph import RUN_STAGES, STAGE_CHECKPOINTS, _stale_why
 
 
@@ -18,8 +18,7 @@ class RunResume:
         if not path.is_dir():
             what = "is a file, not a run directory" if path.exists() else "no such run directory"
             raise ConfigError(f"--resume {path}: {what}")
-        for name in ("report.json", "config.yaml", "state.json"):  # a FIFO or a folder is no missing file
-            refuse_special(path / name)
+        refuse_special_run_files(path)  # a FIFO or a folder in place of a run file is no missing file
         if not (path / "report.json").is_file():
             raise ConfigError(f"--resume {path} is not a run directory (no report.json)")
         run = cls(path)

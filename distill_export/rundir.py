@@ -31,7 +31,8 @@ import yaml
 
 from distill_export.config import RunConfig, config_from_dict
 from distill_export.errors import ConfigError
-from distill_export.files import check_free, check_new_file, check_output, ensure_writable_dir, refuse_special, write_json, write_text  # noqa: F401
+from distill_export.files import ensure_writable_dir, refuse_special_run_files, write_json, write_text
+from distill_export.output_paths import check_free, check_new_file, check_output  # noqa: F401
 from distill_export.record import SCHEMA_VERSION, RunRecord, store
 from distill_export.stage_graph import (_NEXT, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES,  # noqa: F401
     STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS, STAGE_TIMINGS, STATE_FILE, _stale_why)  # tables imported from here
@@ -213,8 +214,7 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
         path = Path(path)
-        for name in ("config.yaml", "report.json", "state.json"):  # a FIFO or a folder is no missing file
-            refuse_special(path / name)
+        refuse_special_run_files(path)  # a FIFO or a folder in place of a run file is no missing file
         if not (path / "config.yaml").is_file():
             raise ConfigError(f"{path} is not a run directory (no config.yaml); run `distill-export run` or `train-teacher` first")
         return cls(path)

@@ -195,7 +195,7 @@ def test_a35_a4_coco_results_leave_out_non_finite_detections(tmp_path):
 
 
 def test_a35_a5_a_tool_refusing_a_run_folder_does_not_advise_run_resume(tmp_path, capsys):
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
     (tmp_path / "state.json").write_text("{}")
     with pytest.raises(SystemExit) as caught:
@@ -206,7 +206,7 @@ def test_a35_a5_a_tool_refusing_a_run_folder_does_not_advise_run_resume(tmp_path
 
 def test_a35_b7_a_user_folder_holding_a_config_yaml_is_not_called_a_run(tmp_path):
     """Called 'already holds a run ... continues with run --resume', which then said it is no run."""
-    from distill_export.files import check_free
+    from distill_export.output_paths import check_free
 
     (tmp_path / "config.yaml").write_text("seed: 1\n")
     with pytest.raises(ConfigError, match=r"is not empty and is not a run directory \(1 entries: 'config.yaml'\)"):
@@ -224,8 +224,7 @@ def test_a35_a2_a_fifo_in_place_of_a_run_file_or_folder_is_said_as_such(run_copy
     (run_copy / "student.onnx").rename(run_copy.parent / "kept.onnx")
     os.mkfifo(run_copy / "student.onnx")
     line = _one_line(runner.invoke(app, ["validate", str(run_copy)]))
-    assert line.startswith(f"error: {run_copy}/student.onnx is not a regular file (the export stage made a file "
-                           "there), so `validate` cannot run"), line
+    assert line == f"error: {run_copy}/student.onnx is not a regular file (a FIFO)", line
     (run_copy.parent / "kept.onnx").replace(run_copy / "student.onnx")
     shutil.rmtree(run_copy / "plots", ignore_errors=True)
     os.mkfifo(run_copy / "plots")
@@ -291,3 +290,132 @@ def test_a36_a2_a3_a_gate_given_twice_is_refused_and_minus_zero_is_zero():
     assert parse_gate_flags(["fp32_max_abs=1e-3", "fp32_max_abs=0.001"], task) == {"validate.fp32_max_abs": 1e-3}
     gate = parse_gate_flags(["int8_max_accuracy_drop=-0"], task)["validate.int8_max_accuracy_drop"]
     assert gate == 0 and str(gate) == "0.0"
+
+
+# ----- the thirty-seventh audit -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "command"), [("teacher.onnx", "profile"), ("teacher_parity_data.npz", "validate"),
+                                               ("latency.csv", "report"), ("report.md", "report")])
+def test_a37_b1_b3_any_run_file_that_is_a_folder_is_named_by_every_command(run_copy, name, command):
+    """A FIFO or folder teacher.onnx was "removed after validate"; teacher_parity_data.npz "missing"
+    (a warning, exit 0); a folder latency.csv "Is a directory ('.latency.csv.t8y1eyr7.tmp')"."""
+    (run_copy / name).unlink()
+    (run_copy / name).mkdir()
+    assert _one_line(runner.invoke(app, [command, str(run_copy)])) == \
+        f"error: {run_copy}/{name} is not a regular file (a directory)"
+
+
+def test_a37_b3_a_write_over_a_folder_names_the_file_not_the_temporary_one(tmp_path):
+    from distill_export.files import write_text
+
+    (tmp_path / "plot.png").mkdir()
+    with pytest.raises(ConfigError, match=rf"^cannot write {tmp_path}/plot.png: Is a directory$"):
+        write_text(tmp_path / "plot.png", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temporary file left
+
+
+def test_a37_a2_a3_a_null_annotation_or_a_key_given_twice_in_a_coco_file_is_named(tmp_path):
+    """null was "annotation id None: image_id None is not among the file's images"; a second
+    "images" key won in silence and the annotations were blamed."""
+    from test_audit32 import _load_coco
+
+    with pytest.raises(DataError, match=r"instances.json: annotations\[0\] is null, not an object$"):
+        _load_coco(tmp_path / "a", lambda c: c["annotations"].__setitem__(0, None))
+    with pytest.raises(DataError, match=r"cannot read COCO annotation file .*instances.json: the key 'images' is "
+                                        r"given twice in one object"):
+        _load_coco(tmp_path / "b", lambda c: json.dumps(c)[:-1] + ', "images": []}')
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a37_b4_a_full_disk_while_exporting_is_the_disk_not_the_exporter(tmp_path, exporter):
+    """Was "cannot export student ... torchscript: [Errno 28] No space left on device; try a higher
+    --opset or the dynamo exporter": advice that cannot help. Here the full disk is an exporter's
+    error that keeps only the text (as torch's C++ writer does)."""
+    import torch
+
+    from distill_export.export.base import ExportOptions
+    from distill_export.export.onnx import _torch_export
+    from distill_export.files import atomic_path
+
+    class WritesToAFullDisk(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("PytorchStreamWriter failed writing file: [Errno 28] No space left on device")
+
+    final = tmp_path / "student.onnx"
+    with pytest.raises(ConfigError, match=rf"^cannot write {final}: no space left on the device; free some space"):
+        with atomic_path(final) as tmp:
+            _torch_export(WritesToAFullDisk(), torch.zeros(2, 3), tmp, "x", ExportOptions(exporter=exporter), "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _tool_decorator():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from toolargs import one_line_errors
+
+    return one_line_errors
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a37_b6_a_data_tool_on_a_full_disk_is_one_line_and_leaves_its_out_as_it_was(tmp_path, capsys, existed):
+    """make_moving_digits on a full disk: a 19-line traceback (exit 1) and four .mkv files left
+    behind with no manifest, so the same command run again was refused as 'not empty'."""
+    import errno
+
+    from distill_export.output_paths import check_tool_output
+
+    out = tmp_path / "md"
+    if existed:
+        out.mkdir()
+
+    @_tool_decorator()
+    def generate():
+        target = check_tool_output(out, folder=True, remove_on_failure=True)
+        (target / "clips").mkdir(parents=True)
+        (target / "clips" / "00000.mkv").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device", str(target / "clips" / "00001.mkv"))
+
+    with pytest.raises(SystemExit) as caught:
+        generate()
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: No space left on device ({out}/clips/00001.mkv)"
+    assert (list(out.iterdir()) == []) if existed else not out.exists()
+
+
+def test_a37_b5_profile_out_on_a_full_disk_leaves_nothing_behind(tmp_path):
+    """profile --out left profile.json and latency.csv without profile.html, and its advised
+    retry was refused as 'not empty'."""
+    import errno
+
+    from distill_export.output_paths import check_output, removed_on_failure
+
+    out = check_output(tmp_path / "p", folder=True)
+    with pytest.raises(OSError), removed_on_failure(out):
+        out.mkdir()
+        (out / "profile.json").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert not out.exists()
+    check_output(out, folder=True)  # the same command can run again
+
+
+def test_a37_a4_a_read_only_run_folder_is_named_not_its_backup_folder(tiny_run, tmp_path):
+    """Was "Read-only file system ('RUN/.stage-backup')", naming an internal folder."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount(8) to make a read-only file system")
+    try:
+        shutil.copytree(tiny_run, mount / "run")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        assert _one_line(runner.invoke(app, ["report", str(mount / "run")])) == (
+            f"error: {mount}/run cannot be written (a read-only folder or file system); a stage command writes its "
+            "results into the run directory")
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

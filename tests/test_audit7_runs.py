@@ -95,8 +95,9 @@ def test_tu12_tune_refuses_a_default_output_it_did_not_write_before_the_search(t
     _no_search(monkeypatch)
     before = snapshot(tmp_path)
     line = one_line_error(runner.invoke(app, ["tune", str(run), "--trials", "1", "--confirm-seeds", "0"]))
-    assert line.startswith(f"error: {target} ") and "--out NEW.yaml" in line, line
-    assert {"folder": "is a folder", "symlink": "is a symbolic link", "edited": "was not written by tune"}[kind] in line
+    assert line.startswith(f"error: {target} "), line
+    assert {"folder": "is not a regular file (a directory)", "symlink": "is a symbolic link; move it away or give "
+            "--out NEW.yaml", "edited": "was not written by tune"}[kind] in line  # a folder: refused on opening the run
     assert ".tmp" not in line and snapshot(tmp_path) == before
 
 

@@ -1,6 +1,6 @@
 """One rule for every command that writes where it is told (issue 24): `run`, `train-teacher`,
 `tune`, `profile --out` and the scripts under tools/ check their output path before any work,
-through files.check_output. A file output must be new, in a folder that exists; a folder output
+through output_paths.check_output. A file output must be new, in a folder that exists; a folder output
 must be new or empty. Neither may lie inside a run directory. A refusal is one line, exit 2, and
 every file under the test's folder keeps its hash. docs/reliability.md lists the cases."""
 
@@ -75,7 +75,7 @@ def test_tune_out_follows_the_same_rule(place, target, needle):
 
 def test_a_missing_parent_is_made_for_a_folder_and_refused_for_a_file(tmp_path):
     from distill_export.errors import ConfigError
-    from distill_export.files import check_output
+    from distill_export.output_paths import check_output
 
     assert check_output(tmp_path / "a" / "b", folder=True) == tmp_path / "a" / "b"  # made by the writer
     assert not (tmp_path / "a").exists()  # the check itself makes nothing

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from distill_export import files, validate
+from distill_export.errors import ConfigError
 from distill_export.config import ValidateConfig
 from distill_export.tasks import get_task
 from distill_export.tasks.classification import report as cls_report
@@ -81,7 +82,7 @@ def test_interrupted_write_leaves_the_old_file_or_none(tmp_path, monkeypatch, po
         def refuse(src, dst):
             raise OSError("disk gone")
         monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises((RuntimeError, OSError)):
+    with pytest.raises((RuntimeError, OSError, ConfigError)):  # a failed rename: "cannot write FINAL: ..."
         with files.atomic_path(final) as tmp:
             assert tmp.parent == final.parent and tmp != final
             _crash_inside(tmp, point if point != "at_rename" else "none")
@@ -101,7 +102,7 @@ def test_torch_save_is_atomic_and_reproducible(tmp_path, monkeypatch):
     files.torch_save({"w": torch.arange(4)}, tmp_path / "other.pt")
     assert (tmp_path / "other.pt").read_bytes() == first  # same object, same bytes
     monkeypatch.setattr(os, "replace", lambda s, d: (_ for _ in ()).throw(OSError("no")))
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match=f"^cannot write {final}: no$"):  # the final file named, not the temporary
         files.torch_save({"w": torch.zeros(1000)}, final)
     assert final.read_bytes() == first and _names(tmp_path) == {"w.pt", "other.pt"}
 

@@ -113,7 +113,7 @@ def main() -> None:
                     help="measure peak memory of the cache at these row counts instead")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
     if args.rss_rows:

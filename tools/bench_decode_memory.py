@@ -93,7 +93,7 @@ def main(argv=None) -> None:
         print(f"error: --rows {min(args.rows)}: give at least 10 rows per manifest", file=sys.stderr)
         raise SystemExit(2)
     if args.keep is not None:  # a new or empty folder outside any run: never a user's files (issue 24)
-        from distill_export.files import check_tool_output
+        from distill_export.output_paths import check_tool_output
 
         check_tool_output(args.keep, folder=True, flag="--keep")
     with tempfile.TemporaryDirectory() as tmp:

@@ -394,7 +394,7 @@ def check_before_work(args) -> None:
     the student trained here is one the config accepts. A bad value is a DistillExportError, one
     line and exit 2 through main's one_line_errors, before any training, loading or export."""
     from distill_export.errors import ConfigError
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
     from distill_export.rundir import RunDir
 
     check_tool_output(args.out, folder=False)

@@ -402,7 +402,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=at_least(1), help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default="bench-results", help="folder for bench_kd_loss.{csv,json}")
     args = ap.parse_args(argv)
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
     if args.threads:

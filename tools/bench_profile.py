@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int_list(0), default="1,2", help="0 = torch's choice")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "profile")
     args = ap.parse_args()
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
 

@@ -229,7 +229,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench-results/train")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
     from distill_export.config import load_config

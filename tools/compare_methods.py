@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="dotted.key=value overrides")
     ap.add_argument("--out", default="bench-results/methods")
     args = ap.parse_args()
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
 

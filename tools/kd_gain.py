@@ -52,7 +52,7 @@ def main() -> None:
                     help="one KD row per teacher fusion (the first also trains the self-training control); "
                          "default for the captioned_digits recipe: late concat")
     args = ap.parse_args()
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
     if args.fusions is None and args.recipe == "captioned_digits":

@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> Path:
     out = args.out.expanduser().resolve()
     if out == REPO or REPO in out.parents:
         fail(f"--out {out} lies inside the repository; write data outside it")
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
-    check_tool_output(out, folder=True)  # new or empty, outside any run: nothing of the user's overwritten
+    check_tool_output(out, folder=True, remove_on_failure=True)  # new or empty, outside any run: nothing of the user's overwritten
     t0 = time.perf_counter()
     images = read_idx(find(args.mnist, "t10k-images-idx3-ubyte"))  # (10000, 28, 28) uint8
     labels = read_idx(find(args.mnist, "t10k-labels-idx1-ubyte"))  # (10000,)

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=at_least(1), default=min(4, os.cpu_count() or 1), help="synthesis processes")
     args = ap.parse_args(argv)
     if not args.check:  # a new file (the shipped asset too: delete it first to rebuild it), before any work
-        from distill_export.files import check_tool_output
+        from distill_export.output_paths import check_tool_output
 
         check_tool_output(args.out, folder=False)
     if shutil.which("espeak-ng") is None:

@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> Path:
         least = 0 if split == "calibration" else 1  # no calibration clips is a choice; an empty split is not
         parser.add_argument(f"--{split}", type=at_least(least), default=n, help=f"clips in the {split} split (default {n})")
     args = parser.parse_args(argv)
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
-    out = check_tool_output(args.out, folder=True)  # new or empty, outside any run: before any work
+    out = check_tool_output(args.out, folder=True, remove_on_failure=True)  # new or empty, outside any run: before any work
     t0 = time.perf_counter()
     manifest = md.generate(out, args.seed, {s: getattr(args, s) for s in md.SIZES})
     n = sum(getattr(args, s) for s in md.SIZES)

@@ -77,9 +77,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=at_least(3), default=8)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
-    check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
+    check_tool_output(args.out, folder=True, remove_on_failure=True)  # new or empty folder, outside any run: before any work
     print(make_manifest(args.out, args.classes, args.per_class, args.seed))
 
 

@@ -129,9 +129,9 @@ def main(argv=None) -> Path:
     out = args.out.expanduser().resolve()
     if out == REPO or REPO in out.parents:
         fail(f"--out {out} is inside the repository; the dataset must live outside it")
-    from distill_export.files import check_tool_output
+    from distill_export.output_paths import check_tool_output
 
-    check_tool_output(out, folder=True)  # new or empty, outside any run: nothing of the user's overwritten
+    check_tool_output(out, folder=True, remove_on_failure=True)  # new or empty, outside any run: nothing of the user's overwritten
     images = read_idx(find(args.mnist, "t10k-images-idx3-ubyte")).astype(np.float32) / 255.0  # (N, 28, 28)
     labels = read_idx(find(args.mnist, "t10k-labels-idx1-ubyte")).astype(np.int64)
     rng = np.random.default_rng(args.seed)

@@ -34,14 +34,28 @@ def one_line_errors(main):
     unwritable --out, RunDir.existing on a folder that is no run, a bad config) is bad input, so
     it is `error: <its first line>` on stderr and exit 2 (the error's own exit_code, as the CLI
     does: a broken parity gate stays 1), never a traceback. The twentieth audit found tools that
-    caught it only around their up-front checks (B4, B6). Any other exception is a bug and keeps
-    its traceback. main's return value is passed through (some return a Path to their tests)."""
+    caught it only around their up-front checks (B4, B6). An OSError (a full disk) is one line and
+    exit 2 as well; on any failure, what a data generator wrote into its --out is removed again
+    (output_paths.check_tool_output's remove_on_failure). Any other exception is a bug and keeps its
+    traceback. main's return value is passed through (some return a Path to their tests)."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:
+            outputs = sys.modules.get("distill_export.output_paths")  # loaded once the tool checked its --out
+            if outputs is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+                outputs.remove_partial()  # a data generator's half-written --out (thirty-seventh audit B6)
+            files = sys.modules.get("distill_export.files")
+            if not isinstance(exc, Exception):
+                raise
+            full = files.full_disk_inside(exc) if files is not None else None
+            if full is not None or isinstance(exc, OSError):  # a full disk: one line, not a traceback (B6)
+                error = full or exc
+                where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+                print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+                raise SystemExit(2) from None
             # distill_export.errors is looked up, not imported: a tool that never imported the
             # product (make_demo_audio without a checkout on sys.path) cannot raise its errors.
             errors = sys.modules.get("distill_export.errors")

@@ -31,8 +31,8 @@ ProfileOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write p
 def _lone_run(targets: list[Path], out_dir: Path | None):
     from distill_export.rundir import RunDir
 
-    if out_dir is None and len(targets) == 1 and Path(targets[0]).is_dir() and (Path(targets[0]) / "config.yaml").is_file():
-        return RunDir(Path(targets[0]))
+    if out_dir is None and len(targets) == 1 and Path(targets[0]).is_dir() and (Path(targets[0]) / "config.yaml").exists():
+        return RunDir.existing(Path(targets[0]))  # existing: a FIFO or a folder in place of a run file is named
     return None
 
 

@@ -60,11 +60,23 @@ def _image_id(value) -> bool:
     return _scalar(value)
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose key is given twice is refused: the last "images" won in silence, and the
+    annotations were blamed (thirty-seventh audit A3)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key[:80]!r} is given twice in one object")
+        out[key] = value
+    return out
+
+
 def _load(path: Path) -> dict:
     if not path.exists():
         raise DataError(f"COCO annotation file {path} does not exist (data.annotations)")
     try:  # read_regular: a FIFO or a folder is named as what it is, never waited on
-        coco = json.loads(read_regular(path, f"COCO annotation file {path}").decode("utf-8-sig"))
+        coco = json.loads(read_regular(path, f"COCO annotation file {path}").decode("utf-8-sig"),
+                          object_pairs_hook=_unique_keys)
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, an integer of 4,300+ digits;
         # RecursionError: arrays nested 100,000 deep (twenty-sixth audit B4)
         raise DataError(f"cannot read COCO annotation file {path}: {str(exc).splitlines()[0][:200] or type(exc).__name__}") from None
@@ -142,10 +154,12 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
                 r.size = (int(im["height"]), int(im["width"]))  # checked against the file (check_labels)
     boxes: dict = {i: [] for i in images}
     annotation_ids: dict = {}  # image id -> the annotation id of each of its boxes, in order
-    for a in coco["annotations"]:
-        if not isinstance(a, dict) or not _scalar(a.get("image_id")) or a.get("image_id") not in images:
-            raise DataError(f"{path}: annotation id {a.get('id') if isinstance(a, dict) else a!r}: image_id "
-                            f"{a.get('image_id') if isinstance(a, dict) else None!r} is not among the file's images")
+    for n, a in enumerate(coco["annotations"]):
+        if not isinstance(a, dict):  # null was "annotation id None: image_id None is not among..." (37th A2)
+            raise DataError(f"{path}: annotations[{n}] is {json.dumps(a)[:80]}, not an object")
+        if not _scalar(a.get("image_id")) or a.get("image_id") not in images:
+            raise DataError(f"{path}: annotation id {a.get('id')}: image_id {a.get('image_id')!r} is not among the "
+                            "file's images")
         row = images[a["image_id"]][0]
         crowd = a.get("iscrowd", 0)
         if isinstance(crowd, str) or crowd not in (0, 1):  # "0" is true in Python: its box was dropped (33rd B4)

@@ -74,6 +74,16 @@ def prune_opset_imports(model) -> None:
     model.opset_import.extend(keep)
 
 
+def raise_if_disk_full(exc: BaseException) -> None:
+    """A full disk while exporting is the disk's fault, not the exporter's: its OSError goes up as
+    is (atomic_path then names the file, the CLI says "no space left") instead of advice about
+    opsets and exporters that cannot help (thirty-seventh audit B4)."""
+    from distill_export.files import full_disk_inside
+
+    if (full := full_disk_inside(exc)) is not None:
+        raise full from None
+
+
 def error_reason(exc: BaseException) -> str:
     """The most telling line of an exporter's exception (its summary, not its advice)."""
     text = _ANSI.sub("", str(exc)).strip()

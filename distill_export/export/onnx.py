@@ -20,6 +20,7 @@ from distill_export.export.common import (
     model_name,
     nonstandard_ops,
     quiet_output,
+    raise_if_disk_full,
     unsupported_operator,
 )
 from distill_export.files import atomic_path
@@ -69,6 +70,7 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
             program.save(str(path), external_data=False)
             return "dynamo", None
         except Exception as exc:  # any failure in the new exporter: try the old one
+            raise_if_disk_full(exc)
             errors.append(("dynamo", exc))
             log.warning("dynamo ONNX exporter failed for %s (%s); falling back to TorchScript", name, error_reason(exc))
     try:
@@ -82,6 +84,7 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
             )
         return "torchscript", (error_reason(errors[0][1]) if errors else None)
     except Exception as exc:
+        raise_if_disk_full(exc)
         errors.append(("torchscript", exc))
     op = next((o for _, e in errors if (o := unsupported_operator(e))), None)
     tried = " and ".join(k for k, _ in errors)
@@ -130,6 +133,7 @@ def export_onnx(source: ExportSource, options: ExportOptions) -> ExportResult:
             if tail:
                 proto = append_tail(proto, source, options)
         except Exception as exc:
+            raise_if_disk_full(exc)
             raise ExportError(
                 f"the onnx export of student {name} (by the {exporter} exporter) failed its check: "
                 f"{error_reason(exc)}; try --opset {max(options.opset + 1, 18)}"

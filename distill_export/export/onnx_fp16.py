@@ -12,7 +12,7 @@ import warnings
 from distill_export.errors import ExportError
 from distill_export.export.base import ExportOptions, ExportResult, ExportSource, register_format
 from distill_export.export.common import (
-    error_reason, fp32_artifact, join_tail, model_name, nonstandard_ops, set_metadata, split_tail,
+    error_reason, fp32_artifact, join_tail, model_name, nonstandard_ops, raise_if_disk_full, set_metadata, split_tail,
 )
 from distill_export.files import atomic_path
 
@@ -38,6 +38,7 @@ def export_onnx_fp16(source: ExportSource, options: ExportOptions) -> ExportResu
                              "fp16_io": str(not options.fp16_keep_io_types).lower()})
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
+        raise_if_disk_full(exc)
         raise ExportError(
             f"cannot convert student {name} to onnx-fp16: {error_reason(exc)}; use the FP32 onnx, "
             "or onnx-int8 for a smaller model"

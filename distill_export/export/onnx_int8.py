@@ -22,6 +22,7 @@ from distill_export.export.common import (
     nonstandard_ops,
     prune_opset_imports,
     quantize_qdq,
+    raise_if_disk_full,
     set_metadata,
 )
 from distill_export.export.int8_recipes import recipe_for
@@ -50,6 +51,7 @@ def export_onnx_int8(source: ExportSource, options: ExportOptions) -> ExportResu
                                  "calibration_samples": str(len(cal))})
             onnx.checker.check_model(model, full_check=True)
         except Exception as exc:
+            raise_if_disk_full(exc)
             raise ExportError(
                 f"cannot quantise student {name} to onnx-int8 ({options.calibration_method} calibration): "
                 f"{error_reason(exc)}; try --calibration-method minmax, or onnx-fp16"

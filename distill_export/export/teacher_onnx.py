@@ -27,6 +27,7 @@ from distill_export.export.common import (
     finalize_onnx,
     nonstandard_ops,
     quiet_output,
+    raise_if_disk_full,
     unsupported_operator,
 )
 from distill_export.files import atomic_path
@@ -67,6 +68,7 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
             program.save(str(path), external_data=False)
             return "dynamo", None
         except Exception as exc:  # noqa: BLE001 - any failure of the new exporter: try the old one
+            raise_if_disk_full(exc)
             errors.append(("dynamo", exc))
             log.debug("dynamo ONNX exporter failed for the teacher (%s); trying TorchScript", error_reason(exc))
     try:
@@ -78,6 +80,7 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
                               do_constant_folding=True)
         return "torchscript", (error_reason(errors[0][1]) if errors else None)
     except Exception as exc:  # noqa: BLE001
+        raise_if_disk_full(exc)
         errors.append(("torchscript", exc))
     op = next((o for _, e in errors if (o := unsupported_operator(e))), None)
     tried = " and ".join(k for k, _ in errors)
@@ -105,6 +108,7 @@ def export_teacher_onnx(teacher, example: dict, out_dir: Path, options: ExportOp
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. an external program that will not re-trace
+            raise_if_disk_full(exc)
             raise ExportError(f"cannot export the teacher to onnx: {error_reason(exc)}") from None
         props = {
             "model": "teacher", "teacher": teacher_name, "input_names": json.dumps(names),
@@ -116,6 +120,7 @@ def export_teacher_onnx(teacher, example: dict, out_dir: Path, options: ExportOp
         try:
             proto = finalize_onnx(tmp, props, options.simplify, options.dynamic_batch)
         except Exception as exc:  # noqa: BLE001
+            raise_if_disk_full(exc)
             raise ExportError(f"the onnx export of the teacher (by the {exporter} exporter) failed its check: "
                               f"{error_reason(exc)}") from None
         if bad := nonstandard_ops(proto):

@@ -41,7 +41,7 @@ def profile_command(
 ) -> tuple[ProfileResult, list[Path]]:
     """Returns the result and the files written."""
     from distill_export.config import ProfileConfig
-    from distill_export.files import check_output
+    from distill_export.output_paths import check_output
 
     if out is not None:  # a new or empty folder outside any run, checked before anything is measured
         check_output(out, folder=True, flag="--out")
@@ -93,6 +93,8 @@ def save(result: ProfileResult, run_dir: Path | None, out: Path | None) -> list[
         written += [run.file("report.json"), run.file("latency.csv"), run.file("report.html")]
     elif out is not None:
         from distill_export.files import ensure_writable_dir
+        from distill_export.output_paths import removed_on_failure
 
-        written += write_profile_outputs(ensure_writable_dir(out), result.rows, result.speedups, result.meta)
+        with removed_on_failure(Path(out)):  # a full disk leaves no half of profile.json, latency.csv, plots
+            written += write_profile_outputs(ensure_writable_dir(out), result.rows, result.speedups, result.meta)
     return written
