@@ -115,12 +115,22 @@ def check_data(config, data) -> None:
     check_rounds_supported(config, data)  # distill.rounds > 1 on streamed data or under torchrun
     settle_control(config, data)  # the self-training control of a teacher that reads the student's modality alone
     check_fusion_given(config, data)  # --teacher-fusion late with nothing to fuse
+    check_text_encoder(config, data)  # data.text_encoder on data without text
     if config.distill.tune_trials or config.distill.tune_minutes:  # `run --tune N`
         from distill_export.config_checks import tune_search_spaces
 
         # the flag and the key: it may come from --config (thirty-second audit A7)
         check_fusion_search(config, data, tune_search_spaces(config.distill.tune_search),
                             "--tune-search (distill.tune_search)")
+
+
+def check_text_encoder(config, data) -> None:
+    """data.text_encoder other than the default on data with no text column encodes nothing, yet
+    config.yaml and report.json named it (wordllama, not even installed: thirty-eighth audit B4)."""
+    kinds = {spec.kind for spec in data.modalities.values()}
+    if config.data.text_encoder != "hashed" and not kinds & {"text", "vector"}:
+        raise ConfigError(f"data.text_encoder={config.data.text_encoder} applies to text columns, and the data has "
+                          f"none (modalities: {', '.join(sorted(data.modalities))}); drop the setting")
 
 
 def check_fusion_given(config, data) -> None:

@@ -27,6 +27,10 @@ class RunGuard:
         """Hold an exclusive lock on the run directory while a command works in it (`run` and
         every stage command), so a second command on the same run is refused, not interleaved
         (the lock dies with the process)."""
+        if not os.access(self.path, os.W_OK) or _read_only(self.path):  # was "Read-only file system
+            # ('RUN/.stage-backup')", or tune's after its cache pass (thirty-seventh A4, thirty-eighth A8)
+            raise ConfigError(f"{self.path} cannot be written (a read-only folder or file system); a stage command "
+                              "writes its results into the run directory")
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
@@ -51,10 +55,6 @@ class RunGuard:
         removed. Ctrl-C/SIGTERM keep what the stage wrote (a later resume may want it)."""
         backup = self.path / BACKUP_DIR
         shutil.rmtree(backup, ignore_errors=True)  # left by a stage that was killed
-        if not os.access(self.path, os.W_OK) or _read_only(self.path):  # was "Read-only file system
-            # ('RUN/.stage-backup')", naming an internal folder (thirty-seventh audit A4)
-            raise ConfigError(f"{self.path} cannot be written (a read-only folder or file system); a stage command "
-                              "writes its results into the run directory")
         before = self._files()
         dirs_before = {p for p in self.path.rglob("*") if p.is_dir() and BACKUP_DIR not in p.parts}
         for rel in before:

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from distill_export.cli import app
@@ -332,8 +333,6 @@ def test_a37_b4_a_full_disk_while_exporting_is_the_disk_not_the_exporter(tmp_pat
     """Was "cannot export student ... torchscript: [Errno 28] No space left on device; try a higher
     --opset or the dynamo exporter": advice that cannot help. Here the full disk is an exporter's
     error that keeps only the text (as torch's C++ writer does)."""
-    import torch
-
     from distill_export.export.base import ExportOptions
     from distill_export.export.onnx import _torch_export
     from distill_export.files import atomic_path
@@ -415,6 +414,124 @@ def test_a37_a4_a_read_only_run_folder_is_named_not_its_backup_folder(tiny_run, 
         shutil.copytree(tiny_run, mount / "run")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         assert _one_line(runner.invoke(app, ["report", str(mount / "run")])) == (
+            f"error: {mount}/run cannot be written (a read-only folder or file system); a stage command writes its "
+            "results into the run directory")
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+# ----- the thirty-eighth audit -------------------------------------------------------------------------
+
+
+class _Rows(torch.nn.Module):
+    """A teacher program whose row count is not its batch's: always `rows` rows of `classes` scores."""
+
+    def __init__(self, dims: dict[str, int], rows: int | None, classes: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(sum(dims.values()), classes)
+        self.rows = rows
+
+    def forward(self, image, audio):
+        z = self.fc(torch.cat([image.flatten(1), audio.flatten(1)], 1))  # (B, classes)
+        return z if self.rows is None else z.mean(0, keepdim=True).expand(self.rows, z.shape[1])
+
+
+@pytest.mark.parametrize(("rows", "classes", "shape", "n"), [(3, 10, (3, 10), 2), (None, 7, (2, 7), 2)])
+def test_a38_b1_b2_a_teacher_with_the_wrong_rows_or_classes_is_refused_naming_its_shape(
+        tiny_run, tiny_config_file, tmp_path, rows, classes, shape, n):
+    """A program that always returned 3 rows passed (its class count was right) and was an
+    IndexError traceback in the metrics; a wrong class count said "for 2 rows" of a 3-row batch."""
+    shapes = torch.load(tiny_run / "teacher.pt", weights_only=True)["meta"]["input_shapes"]
+    example = {m: torch.randn(4, *s) for m, s in sorted(shapes.items())}
+    dims = {m: int(torch.tensor(s).prod()) for m, s in shapes.items()}
+    program = torch.export.export(_Rows(dims, rows, classes), (), example,
+                                  dynamic_shapes={m: {0: torch.export.Dim("b")} for m in example})
+    torch.export.save(program, str(tmp_path / "t.pt2"))
+    line = _one_line(runner.invoke(app, ["train-teacher", "--config", str(tiny_config_file), "--teacher",
+                                         str(tmp_path / "t.pt2"), "--out", str(tmp_path / "t"), "-q"]))
+    assert line.startswith(f"error: teacher {tmp_path}/t.pt2 returns logits of shape {shape} for {n} rows; it must "
+                           f"return ({n}, 10): one score per class for each row"), line
+    assert not (tmp_path / "t").exists()
+
+
+def test_a38_b3_a_jsonl_caption_with_a_lone_surrogate_is_a_bad_row(tmp_path):
+    """"the \\ud800 meow" was a UnicodeEncodeError traceback from the text hashing."""
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"image": "a.png", "text": "the \\ud800 meow", "label": "cat"}\n'
+                    '{"image": "b.png", "text": "a dog", "label": "dog"}\n')
+    _, _, rows, problems = read_rows(path)
+    assert [r.line for r in rows] == [2]
+    assert [(p.line, p.message) for p in problems] == [
+        (1, "field 'text' holds '\\ud800', a lone surrogate escape that is no character")]
+
+
+def test_a38_b4_a_text_encoder_on_data_without_text_is_refused(tmp_path):
+    """config.yaml and report.json named wordllama (not even installed) for data with no text."""
+    from _byo_fixtures import make_manifest
+    from test_audit31 import _refused
+
+    manifest = make_manifest(tmp_path / "d", modalities=("image", "audio"))
+    (tmp_path / "wl.yaml").write_text("data:\n  text_encoder: wordllama\n")
+    line = _refused(runner.invoke(app, ["train-teacher", "--data", str(manifest), "--config",
+                                                   str(tmp_path / "wl.yaml"), "--out", str(tmp_path / "t"), "-q"]))
+    assert line == ("error: data.text_encoder=wordllama applies to text columns, and the data has none (modalities: "
+                    "audio, image); drop the setting"), line
+    assert not (tmp_path / "t").exists()
+
+
+def test_a38_b5_the_smallest_label_fraction_named_is_the_smallest_taken():
+    """"the smallest fraction that keeps 3 rows (one per class) is 0.25: pass at least that", yet
+    0.042 of 12 rows ran (it rounds to one row; the one-per-class floor keeps 3)."""
+    from distill_export.data.dataset import check_fraction_keeps
+
+    with pytest.raises(ConfigError, match=r"the smallest fraction it takes is 0.0417, and any fraction keeps at least "
+                                          r"3 rows \(one per class\): pass at least that"):
+        check_fraction_keeps(0.04, 12, 3, "one per class")
+    check_fraction_keeps(0.0417, 12, 3, "one per class")  # taken, as the message says
+    with pytest.raises(ConfigError, match=r"the smallest fraction it takes is 0.0501,"):
+        check_fraction_keeps(0.05, 10, 2, "one per class")  # half a row rounds to 0
+    check_fraction_keeps(0.0501, 10, 2, "one per class")
+
+
+def test_a38_b6_a_pt2_program_as_student_init_is_named_as_such(tmp_path):
+    """Was "not a readable state_dict: PytorchStreamReader failed locating file data.pkl ... your
+    checkpoint file is corrupted", cut mid-word: a sound file blamed."""
+    from distill_export.errors import CheckpointError
+    from distill_export.nets.checkpoint import read_state_file
+
+    program = torch.export.export(torch.nn.Linear(3, 2), (torch.randn(2, 3),))
+    torch.export.save(program, str(tmp_path / "p.pt2"))
+    with pytest.raises(CheckpointError) as caught:
+        read_state_file(tmp_path / "p.pt2", "--student-init p.pt2")
+    assert str(caught.value) == ("--student-init p.pt2 is a torch.export program (.pt2), not a state_dict: it takes "
+                                 "weights (a .pt state_dict or .safetensors file); a .pt2 can be a --teacher")
+
+
+def test_a38_a7_a_null_coco_image_or_category_is_named_as_null(tmp_path):
+    from test_audit32 import _load_coco
+
+    with pytest.raises(DataError, match=r"instances.json: images\[0\] is null, not an object$"):
+        _load_coco(tmp_path / "a", lambda c: c["images"].__setitem__(0, None))
+    with pytest.raises(DataError, match=r"instances.json: categories\[0\] is null, not an object$"):
+        _load_coco(tmp_path / "b", lambda c: c["categories"].__setitem__(0, None))
+
+
+def test_a38_a8_tune_on_a_read_only_run_is_refused_before_any_work(tiny_run, tmp_path):
+    """tune ran its teacher-cache pass, then failed on 'Read-only file system (RUN/teacher_outputs/index.json)'."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount(8) to make a read-only file system")
+    try:
+        shutil.copytree(tiny_run, mount / "run")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        assert _one_line(runner.invoke(app, ["tune", str(mount / "run"), "--trials", "1", "-q"])) == (
             f"error: {mount}/run cannot be written (a read-only folder or file system); a stage command writes its "
             "results into the run directory")
     finally:

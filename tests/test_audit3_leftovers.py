@@ -120,8 +120,8 @@ def test_n6_a_label_fraction_that_keeps_no_row_is_refused_before_the_run(tmp_pat
     line = one_line_error(runner.invoke(app, ["run", "--out", str(out), "--label-fraction", "1e-300", "--quiet",
                                               "--config", str(_rows_config(tmp_path))]), 2)
     assert line == ("error: --label-fraction 1e-300 (data.label_fraction) keeps no row of the 200 labelled training "
-                    "rows (1e-300 x 200 rounds to 0); the smallest fraction that keeps 10 rows (one per class) is "
-                    "0.05: pass at least that, or 1 for every label"), line
+                    "rows (1e-300 x 200 rounds to 0); the smallest fraction it takes is 0.00251, and any fraction "
+                    "keeps at least 10 rows (one per class): pass at least that, or 1 for every label"), line
     assert not out.exists()
 
 
@@ -144,11 +144,11 @@ def test_n6_the_smallest_fraction_named_keeps_the_rows_it_promises():
     from distill_export.data.boxes import BoxTargets
     from distill_export.data.dataset import IGNORE_INDEX, check_fraction_keeps, keep_label_fraction
 
-    labels = torch.arange(7).repeat(500)  # 3,500 rows, 7 classes: 7 / 3500 = 0.002 exactly
-    with pytest.raises(ConfigError, match=r"is 0\.002: pass at least"):
+    labels = torch.arange(7).repeat(500)  # 3,500 rows, 7 classes: half a row is 0.000143 of them
+    with pytest.raises(ConfigError, match=r"it takes is 0\.000143, and any fraction keeps at least 7 rows"):
         keep_label_fraction(labels, 1e-4, seed=0)
-    assert int((keep_label_fraction(labels, 0.002, seed=0) != IGNORE_INDEX).sum()) == 7
-    with pytest.raises(ConfigError, match=r"keeps 1 row \(one image\) is 0\.334"):
+    assert int((keep_label_fraction(labels, 0.000143, seed=0) != IGNORE_INDEX).sum()) == 7  # the floor
+    with pytest.raises(ConfigError, match=r"it takes is 0\.167, and any fraction keeps at least 1 row \(one image\)"):
         check_fraction_keeps(0.1, 3, 1, "one image")
     boxes = torch.zeros(4, 1, 5)
     with pytest.raises(ConfigError, match="keeps no row of the 4 labelled"):

@@ -88,10 +88,12 @@ def _load(path: Path) -> dict:
 def categories(coco: dict, path: Path) -> tuple[list[int], list[str]]:
     """(category ids sorted, their names): the class vocabulary, in category-id order."""
     cats = {}
-    for c in coco["categories"]:
-        name = c.get("name", "") if isinstance(c, dict) else ""
+    for n, c in enumerate(coco["categories"]):
+        if not isinstance(c, dict):  # null was "category None needs an integer 'id'" (thirty-eighth audit A7)
+            raise DataError(f"{path}: categories[{n}] is {json.dumps(c)[:80]}, not an object")
+        name = c.get("name", "")
         # a list or an object as a name became its Python repr as a class name (thirty-fourth audit B2)
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(name, (str, int, float)) \
+        if not isinstance(c.get("id"), int) or not isinstance(name, (str, int, float)) \
                 or isinstance(name, bool) or not str(name).strip():
             raise DataError(f"{path}: category {c!r} needs an integer 'id' and a 'name' (a string)")
         if c["id"] in cats:
@@ -124,7 +126,9 @@ def apply_annotations(path: Path, rows: list[Row], column: str, problems: list[P
     images: dict = {}  # COCO image id -> matched rows
     claimed: dict = {}  # id(row) -> the COCO image id that describes it
     for n, im in enumerate(coco["images"]):
-        if not isinstance(im, dict) or "id" not in im:
+        if not isinstance(im, dict):  # null was "has no 'id'" (thirty-eighth audit A7)
+            raise DataError(f"{path}: images[{n}] is {json.dumps(im)[:80]}, not an object")
+        if "id" not in im:
             raise DataError(f"{path}: images[{n}] has no 'id'")
         if not _image_id(im["id"]):  # [1] was a traceback: unhashable (thirty-third audit B1)
             raise DataError(f"{path}: images[{n}] has the id {im['id']!r}, not a whole number or a string")

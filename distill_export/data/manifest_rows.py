@@ -102,7 +102,13 @@ def _field_problem(rec: dict) -> str | None:
     integer, `label` a string, an integer or an integer-valued number (3.0 reads as 3; 1.5 is
     refused); null is an empty cell. Anything else is refused, never turned into its repr."""
     for key, value in rec.items():
-        if value is None or isinstance(value, str):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a JSON "\ud800" escape: no character (thirty-eighth audit B3)
+                return f"field {key!r} holds {value[exc.start]!r}, a lone surrogate escape that is no character"
+            continue
+        if value is None:
             continue
         kind = _JSON_TYPES.get(type(value), type(value).__name__)
         if key == "label" and type(value) is int:

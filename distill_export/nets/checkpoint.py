@@ -207,7 +207,22 @@ def read_state_file(path: Path, what: str) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         return quiet_load(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        if _is_export_program(path):  # was "failed locating file data.pkl ... likely corrupted" (38th B6)
+            raise CheckpointError(f"{what} is a torch.export program (.pt2), not a state_dict: it takes weights (a "
+                                  ".pt state_dict or .safetensors file); a .pt2 can be a --teacher") from None
         raise CheckpointError(f"{what} is not a readable state_dict: {load_failure(exc)}") from None
+
+
+def _is_export_program(path: Path) -> bool:
+    """A zip whose archive_format member says pt2 (what torch.export.save writes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            member = next((n for n in z.namelist() if n.split("/", 1)[-1] == "archive_format"), None)
+            return member is not None and z.read(member).strip() == b"pt2"
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def class_order_mismatch(declared, names) -> str | None:

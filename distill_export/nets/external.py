@@ -298,12 +298,15 @@ def check_teacher(teacher: ExternalTeacher, data) -> None:
             hint = (" (it ran on a batch of 2: exported with a fixed batch size? re-export with a dynamic batch, "
                     "torch.export's dynamic_shapes)") if n == 3 else ""
             raise CheckpointError(f"teacher {src} fails on a batch of the data ({shapes}){hint}: {first[:200]}") from None
-    if logits.ndim != 2 or logits.shape[1] != data.num_outputs:
-        raise CheckpointError(f"teacher {src} returns logits of shape {tuple(logits.shape)} for 2 rows; the data "
-                              f"has {data.num_outputs} classes ({', '.join(data.target_names[:12])})")
-    if logits.is_floating_point() and not bool(torch.isfinite(logits).all()):  # NaN logits would be cached, then distilled
-        raise CheckpointError(f"teacher {src}: its outputs are not finite (NaN or inf logits on the first rows of the "
-                              "training data); a teacher must give finite logits: check its weights or its export")
+        # one row per sample, on each batch: a program that always returned 3 rows passed the check on
+        # its class count, then was an IndexError in the metrics (thirty-eighth audit B1, B2)
+        if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] != data.num_outputs:
+            raise CheckpointError(f"teacher {src} returns logits of shape {tuple(logits.shape)} for {n} rows; it must "
+                                  f"return ({n}, {data.num_outputs}): one score per class for each row (the data has "
+                                  f"{data.num_outputs} classes: {', '.join(data.target_names[:12])})")
+        if logits.is_floating_point() and not bool(torch.isfinite(logits).all()):  # NaN logits would be cached
+            raise CheckpointError(f"teacher {src}: its outputs are not finite (NaN or inf logits on the first rows of "
+                                  "the training data); a teacher must give finite logits: check its weights or its export")
 
 
 def teacher_identity(spec, weights=None) -> str:
