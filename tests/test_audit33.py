@@ -536,3 +536,64 @@ def test_a38_a8_tune_on_a_read_only_run_is_refused_before_any_work(tiny_run, tmp
             "results into the run directory")
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+# ----- the thirty-ninth audit -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("header", "why"), [
+    ("image,caption.en,label,split", "it holds '.', which separates the parts of a model's layer names"),
+    ("image, ,label,split", "it is empty"),
+])
+def test_a39_b1_b4_a_column_name_that_cannot_name_a_modality_is_refused(tmp_path, header, why):
+    """"caption.en" (CSV) or "" and "\\ud800" (JSONL keys) were KeyError or UnicodeEncodeError
+    tracebacks when the teacher was built, and under --nproc 2 one per rank."""
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.csv"
+    path.write_text(header + "\na.png,a cat,cat,train\n")
+    column = header.split(",")[1].strip()
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == f"manifest {path}: the column {column!r} cannot name a modality: {why}; rename it"
+
+
+def test_a39_b1_a_jsonl_key_with_a_lone_surrogate_is_refused(tmp_path):
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"image": "a.png", "\\ud800": "1", "label": "cat"}\n')
+    with pytest.raises(DataError, match=r"the column '\\ud800' cannot name a modality: it holds a lone surrogate"):
+        read_rows(path)
+
+
+def test_a39_b5_a_jsonl_integer_of_5000_digits_is_a_bad_row(tmp_path):
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"image": "a.png", "label": ' + "9" * 5000 + '}\n{"image": "b.png", "label": "dog"}\n')
+    _, _, rows, problems = read_rows(path)
+    assert [r.line for r in rows] == [2] and [p.line for p in problems] == [1]
+    assert problems[0].message.startswith("not readable JSON: Exceeds the limit (4300 digits)"), problems[0].message
+
+
+class _IntLogits(torch.nn.Module):
+    def __init__(self, dims: dict[str, int]):
+        super().__init__()
+        self.fc = torch.nn.Linear(sum(dims.values()), 10)
+
+    def forward(self, image, audio):
+        return self.fc(torch.cat([image.flatten(1), audio.flatten(1)], 1)).long()  # (B, 10) int64
+
+
+def test_a39_a4_a_teacher_with_integer_outputs_is_refused(tiny_run, tiny_config_file, tmp_path):
+    shapes = torch.load(tiny_run / "teacher.pt", weights_only=True)["meta"]["input_shapes"]
+    example = {m: torch.randn(4, *s) for m, s in sorted(shapes.items())}
+    dims = {m: int(torch.tensor(s).prod()) for m, s in shapes.items()}
+    program = torch.export.export(_IntLogits(dims), (), example,
+                                  dynamic_shapes={m: {0: torch.export.Dim("b")} for m in example})
+    torch.export.save(program, str(tmp_path / "t.pt2"))
+    line = _one_line(runner.invoke(app, ["train-teacher", "--config", str(tiny_config_file), "--teacher",
+                                         str(tmp_path / "t.pt2"), "--out", str(tmp_path / "t"), "-q"]))
+    assert line == (f"error: teacher {tmp_path}/t.pt2 returns int64 outputs; a teacher returns floating-point "
+                    "scores, one per class"), line

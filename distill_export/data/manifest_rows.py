@@ -153,6 +153,9 @@ def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tu
             except json.JSONDecodeError as exc:
                 problems.append(Problem(line, f"not valid JSON: {exc.msg}"))
                 continue
+            except (ValueError, RecursionError) as exc:  # a 5,000-digit integer (39th audit B5), nesting
+                problems.append(Problem(line, f"not readable JSON: {(str(exc).splitlines() or [''])[0][:120]}"))
+                continue
             if isinstance(rec, _Duplicate):
                 problems.append(Problem(line, f"field {rec.key!r} appears twice (which one is meant?)"))
                 continue
@@ -188,6 +191,9 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
     modalities = [c for c in columns if c not in RESERVED]
     if not modalities:
         raise DataError(f"manifest {path} has no modality column, only {', '.join(columns)}")
+    for m in modalities:  # a column names the teacher's encoder, its ONNX input and report keys
+        if why := _column_problem(m):  # "caption.en" or "" was a KeyError traceback (thirty-ninth audit B1-B4)
+            raise DataError(f"manifest {path}: the column {m!r} cannot name a modality: {why}; rename it")
     rows = []
     for line, rec in records:
         label = _cell(rec.get("label"))
@@ -195,6 +201,21 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
         rows.append(Row(line, {m: _cell(rec.get(m)) for m in modalities}, label or None, split,
                         id=_cell(rec.get("id")) or None))
     return modalities, columns, rows, problems
+
+
+def _column_problem(name: str) -> str | None:
+    """Why a column's name cannot name a modality (a model's layer and input), or None."""
+    if not name.strip():
+        return "it is empty"
+    if "." in name:
+        return "it holds '.', which separates the parts of a model's layer names"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it holds a lone surrogate escape, which is no character"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        return "it holds a control character"
+    return None
 
 
 # ----- checks --------------------------------------------------------------------------------

@@ -300,11 +300,14 @@ def check_teacher(teacher: ExternalTeacher, data) -> None:
             raise CheckpointError(f"teacher {src} fails on a batch of the data ({shapes}){hint}: {first[:200]}") from None
         # one row per sample, on each batch: a program that always returned 3 rows passed the check on
         # its class count, then was an IndexError in the metrics (thirty-eighth audit B1, B2)
+        if not logits.is_floating_point():  # bool or int64 "logits" were taken in silence (39th audit A4)
+            raise CheckpointError(f"teacher {src} returns {str(logits.dtype).removeprefix('torch.')} outputs; a teacher "
+                                  "returns floating-point scores, one per class")
         if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] != data.num_outputs:
             raise CheckpointError(f"teacher {src} returns logits of shape {tuple(logits.shape)} for {n} rows; it must "
                                   f"return ({n}, {data.num_outputs}): one score per class for each row (the data has "
                                   f"{data.num_outputs} classes: {', '.join(data.target_names[:12])})")
-        if logits.is_floating_point() and not bool(torch.isfinite(logits).all()):  # NaN logits would be cached
+        if not bool(torch.isfinite(logits).all()):  # NaN logits would be cached
             raise CheckpointError(f"teacher {src}: its outputs are not finite (NaN or inf logits on the first rows of "
                                   "the training data); a teacher must give finite logits: check its weights or its export")
 
