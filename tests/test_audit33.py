@@ -400,8 +400,10 @@ def test_a37_b5_profile_out_on_a_full_disk_leaves_nothing_behind(tmp_path):
     check_output(out, folder=True)  # the same command can run again
 
 
-def test_a37_a4_a_read_only_run_folder_is_named_not_its_backup_folder(tiny_run, tmp_path):
-    """Was "Read-only file system ('RUN/.stage-backup')", naming an internal folder."""
+@pytest.mark.parametrize("command", [["report"], ["tune", "--trials", "1", "-q"]])
+def test_a37_a4_a38_a8_a_read_only_run_folder_is_named_before_any_work(tiny_run, tmp_path, command):
+    """Was "Read-only file system ('RUN/.stage-backup')", naming an internal folder; tune ran its
+    teacher-cache pass first, then failed on RUN/teacher_outputs/index.json."""
     import os
     import subprocess
 
@@ -413,7 +415,7 @@ def test_a37_a4_a_read_only_run_folder_is_named_not_its_backup_folder(tiny_run, 
     try:
         shutil.copytree(tiny_run, mount / "run")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-        assert _one_line(runner.invoke(app, ["report", str(mount / "run")])) == (
+        assert _one_line(runner.invoke(app, [command[0], str(mount / "run"), *command[1:]])) == (
             f"error: {mount}/run cannot be written (a read-only folder or file system); a stage command writes its "
             "results into the run directory")
     finally:
@@ -517,25 +519,6 @@ def test_a38_a7_a_null_coco_image_or_category_is_named_as_null(tmp_path):
     with pytest.raises(DataError, match=r"instances.json: categories\[0\] is null, not an object$"):
         _load_coco(tmp_path / "b", lambda c: c["categories"].__setitem__(0, None))
 
-
-def test_a38_a8_tune_on_a_read_only_run_is_refused_before_any_work(tiny_run, tmp_path):
-    """tune ran its teacher-cache pass, then failed on 'Read-only file system (RUN/teacher_outputs/index.json)'."""
-    import os
-    import subprocess
-
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root and mount(8) to make a read-only file system")
-    try:
-        shutil.copytree(tiny_run, mount / "run")
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-        assert _one_line(runner.invoke(app, ["tune", str(mount / "run"), "--trials", "1", "-q"])) == (
-            f"error: {mount}/run cannot be written (a read-only folder or file system); a stage command writes its "
-            "results into the run directory")
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
 
 
 # ----- the thirty-ninth audit -------------------------------------------------------------------------
