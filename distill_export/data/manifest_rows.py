@@ -114,8 +114,11 @@ def _field_problem(rec: dict) -> str | None:
         if key == "label" and type(value) is int:
             continue
         if key == "label" and type(value) is float:
-            if value.is_integer():
+            if value.is_integer() and abs(value) < 2**53:  # past 2**53 a float is no exact integer (40th B5)
                 continue
+            if value.is_integer():
+                return (f"field 'label' is {value!r}, a number past 2**53, which a float does not hold exactly: write "
+                        "it as an integer or a string")
             return f"field 'label' is {value!r}, a non-integer number: a label is a string or an integer"
         if key == "id" and type(value) is int:
             continue
@@ -162,6 +165,13 @@ def _read_jsonl(path: Path, problems: list[Problem]) -> tuple[list[str], list[tu
             if not isinstance(rec, dict):
                 problems.append(Problem(line, "not a JSON object"))
                 continue
+            names = [str(k).strip() for k in rec]  # stripped as a CSV header is: "image " is image (40th B2, B3)
+            if len(set(names)) != len(names):
+                same = next(n for n in names if names.count(n) > 1)
+                problems.append(Problem(line, f"two fields name the column {same!r} (names are read without "
+                                              "surrounding spaces)"))
+                continue
+            rec = dict(zip(names, rec.values()))
             wrong = _field_problem(rec)
             if wrong:
                 problems.append(Problem(line, wrong))
@@ -203,12 +213,27 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
     return modalities, columns, rows, problems
 
 
+# An exported graph's output names: an input of the same name made the ONNX export recurse (40th B8).
+OUTPUT_NAMES = ("logits", "heads", "boxes", "scores", "classes")
+
+
 def _column_problem(name: str) -> str | None:
     """Why a column's name cannot name a modality (a model's layer and input), or None."""
     if not name.strip():
         return "it is empty"
     if "." in name:
         return "it holds '.', which separates the parts of a model's layer names"
+    if "/" in name or "\\" in name:  # teacher.<column>.pt checkpoint files (fortieth audit B6)
+        return "it holds a path separator, and file names are made from it"
+    if name in OUTPUT_NAMES:
+        return f"an exported model's outputs are named {', '.join(OUTPUT_NAMES)}"
+    try:
+        import torch
+
+        if hasattr(torch.nn.ModuleDict(), name):  # "training", "forward": a KeyError traceback (40th B1, B7)
+            return "it is the name of an attribute of a PyTorch module"
+    except ImportError:  # the runtime-only install reads no manifests to train on
+        pass
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
