@@ -82,7 +82,7 @@ def check_tool_output(path: str | Path, *, folder: bool, flag: str = "--out", re
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if folder and remove_on_failure:
-        _PARTIAL.append((target, {p.name for p in target.iterdir()} if target.is_dir() else None))
+        _PARTIAL.append((target, _entries(target)))
     return target
 
 
@@ -93,31 +93,37 @@ _PARTIAL: list[tuple[Path, set[str] | None]] = []
 
 
 def remove_partial() -> None:
-    """Remove what was written into the registered --out folders: the folder itself when the command
-    made it, else every entry it did not hold when checked."""
+    """Remove what was written into the registered --out folders (check_tool_output)."""
+    while _PARTIAL:
+        _remove_new(*_PARTIAL.pop())
+
+
+def _remove_new(folder: Path, before: set[str] | None) -> None:
+    """The folder itself when the command made it (before is None), else every entry it did not hold."""
     import shutil
 
-    while _PARTIAL:
-        folder, before = _PARTIAL.pop()
-        if before is None:
-            shutil.rmtree(folder, ignore_errors=True)
-            continue
-        for entry in folder.iterdir() if folder.is_dir() else ():
-            if entry.name not in before:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.name not in before:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _entries(folder: Path) -> set[str] | None:
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else None
 
 
 @contextlib.contextmanager
 def removed_on_failure(folder: Path) -> Iterator[Path]:
     """`folder` (checked new or empty) for a command to fill; if the command fails, what it wrote is
-    removed (remove_partial), so the same command can run again."""
-    _PARTIAL.append((folder, {p.name for p in folder.iterdir()} if folder.is_dir() else None))
+    removed, so the same command can run again."""
+    before = _entries(folder)
     try:
         yield folder
     except BaseException:
-        remove_partial()
+        _remove_new(folder, before)
         raise
-    _PARTIAL.clear()
 
 
 def _check_free_folder(target: Path, flag: str, resume_hint: bool = True) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from _cli_checks import one_line_error
 from distill_export.cli import app
 from distill_export.errors import ConfigError, DataError
 
@@ -224,32 +225,27 @@ def test_a35_a2_a_fifo_in_place_of_a_run_file_or_folder_is_said_as_such(run_copy
 
     (run_copy / "student.onnx").rename(run_copy.parent / "kept.onnx")
     os.mkfifo(run_copy / "student.onnx")
-    line = _one_line(runner.invoke(app, ["validate", str(run_copy)]))
+    line = one_line_error(runner.invoke(app, ["validate", str(run_copy)]))
     assert line == f"error: {run_copy}/student.onnx is not a regular file (a FIFO)", line
     (run_copy.parent / "kept.onnx").replace(run_copy / "student.onnx")
     shutil.rmtree(run_copy / "plots", ignore_errors=True)
     os.mkfifo(run_copy / "plots")
-    assert _one_line(runner.invoke(app, ["report", str(run_copy)])) == (
+    assert one_line_error(runner.invoke(app, ["report", str(run_copy)])) == (
         f"error: {run_copy}/plots is not a folder; the run writes its files into a folder there: remove it and run "
         "the command again")
 
 
-def test_a35_b1_b6_validate_on_a_text_parity_file_or_a_fifo_state_json_is_one_line(run_copy):
+def test_a35_b1_b6_validate_on_a_text_parity_file_or_a_fifo_state_json_isone_line_error(run_copy):
     import os
 
     (run_copy / "parity_data.npz").write_text("hello\n")
-    line = _one_line(runner.invoke(app, ["validate", str(run_copy)]))
+    line = one_line_error(runner.invoke(app, ["validate", str(run_copy)]))
     assert "parity_data.npz is not readable parity data (it is not a NumPy .npy or .npz file)" in line, line
     (run_copy / "state.json").unlink()
     os.mkfifo(run_copy / "state.json")
-    assert _one_line(runner.invoke(app, ["validate", str(run_copy)])) == \
+    assert one_line_error(runner.invoke(app, ["validate", str(run_copy)])) == \
         f"error: {run_copy}/state.json is not a regular file (a FIFO)"
 
-
-def _one_line(result) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.output)
-    return lines[0]
 
 
 # ----- the thirty-sixth audit -------------------------------------------------------------------------
@@ -265,7 +261,7 @@ def test_a36_b1_b3_report_json_that_is_a_fifo_or_a_folder_is_said_as_such(run_co
     (run_copy / "report.json").unlink()
     os.mkfifo(run_copy / "report.json") if kind == "fifo" else (run_copy / "report.json").mkdir()
     args = [*command, str(run_copy)] if command[0] == "run" else [command[0], str(run_copy), *command[1:]]
-    line = _one_line(runner.invoke(app, args))
+    line = one_line_error(runner.invoke(app, args))
     what = "a FIFO" if kind == "fifo" else "a directory"
     assert line == f"error: {run_copy}/report.json is not a regular file ({what})", (args, line)
 
@@ -303,7 +299,7 @@ def test_a37_b1_b3_any_run_file_that_is_a_folder_is_named_by_every_command(run_c
     (a warning, exit 0); a folder latency.csv "Is a directory ('.latency.csv.t8y1eyr7.tmp')"."""
     (run_copy / name).unlink()
     (run_copy / name).mkdir()
-    assert _one_line(runner.invoke(app, [command, str(run_copy)])) == \
+    assert one_line_error(runner.invoke(app, [command, str(run_copy)])) == \
         f"error: {run_copy}/{name} is not a regular file (a directory)"
 
 
@@ -415,7 +411,7 @@ def test_a37_a4_a38_a8_a_read_only_run_folder_is_named_before_any_work(tiny_run,
     try:
         shutil.copytree(tiny_run, mount / "run")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-        assert _one_line(runner.invoke(app, [command[0], str(mount / "run"), *command[1:]])) == (
+        assert one_line_error(runner.invoke(app, [command[0], str(mount / "run"), *command[1:]])) == (
             f"error: {mount}/run cannot be written (a read-only folder or file system); a stage command writes its "
             "results into the run directory")
     finally:
@@ -449,7 +445,7 @@ def test_a38_b1_b2_a_teacher_with_the_wrong_rows_or_classes_is_refused_naming_it
     program = torch.export.export(_Rows(dims, rows, classes), (), example,
                                   dynamic_shapes={m: {0: torch.export.Dim("b")} for m in example})
     torch.export.save(program, str(tmp_path / "t.pt2"))
-    line = _one_line(runner.invoke(app, ["train-teacher", "--config", str(tiny_config_file), "--teacher",
+    line = one_line_error(runner.invoke(app, ["train-teacher", "--config", str(tiny_config_file), "--teacher",
                                          str(tmp_path / "t.pt2"), "--out", str(tmp_path / "t"), "-q"]))
     assert line.startswith(f"error: teacher {tmp_path}/t.pt2 returns logits of shape {shape} for {n} rows; it must "
                            f"return ({n}, 10): one score per class for each row"), line
@@ -581,7 +577,7 @@ def test_a39_a4_a40_b4_a_teacher_with_integer_or_bfloat16_outputs_is_refused(tin
     program = torch.export.export(_CastLogits(dims, dtype), (), example,
                                   dynamic_shapes={m: {0: torch.export.Dim("b")} for m in example})
     torch.export.save(program, str(tmp_path / "t.pt2"))
-    line = _one_line(runner.invoke(app, ["train-teacher", "--config", str(tiny_config_file), "--teacher",
+    line = one_line_error(runner.invoke(app, ["train-teacher", "--config", str(tiny_config_file), "--teacher",
                                          str(tmp_path / "t.pt2"), "--out", str(tmp_path / "t"), "-q"]))
     assert line == (f"error: teacher {tmp_path}/t.pt2 returns {name} outputs; a teacher returns float32, float16 or "
                     "float64 scores, one per class"), line
