@@ -4,7 +4,10 @@
 # network; wheels/ is git-ignored, so it travels only when named):
 #
 #     pip download liger-kernel --no-deps -d wheels/          # here, once (pure Python, ~0.9 MB)
-#     run(command="OUT=$OUT bash tools/gpu_check.sh", carry=["wheels"], timeout_s=600)
+#     (plus, as py3.12 manylinux wheels: pydantic, pydantic_core, annotated-types, typing-inspection,
+#     onnxslim, onnxconverter-common, optuna, alembic, colorlog, sqlalchemy, mako, mlxtend,
+#     faster-coco-eval, jsonschema and its three helpers: the image lacks them)
+#     run(command="OUT=/tmp/g PACK=$OUT/gpu-results.tgz bash tools/gpu_check.sh", carry=["wheels"], timeout_s=600)
 #
 # Writes under $OUT (default ./gpu-results), in this order of priority (a step whose limit no
 # longer fits in what is left of BUDGET_S is cut short or skipped, and says so in summary.txt):
@@ -69,13 +72,15 @@ step() {
 # --- 1. machine and versions ------------------------------------------------------------
 step nvidia_smi 20 bash -c 'nvidia-smi; echo; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv'
 
-# Liger-Kernel from the carried wheel, into a folder on PYTHONPATH (no resolver, no network).
-LIGER_DIR="$OUT/.liger"
-if ls wheels/liger_kernel-*.whl >/dev/null 2>&1; then
-    step liger_install 40 "$PY" -m pip install --no-deps --no-index --target "$LIGER_DIR" wheels/liger_kernel-*.whl
-    export PYTHONPATH="$PYTHONPATH:$LIGER_DIR"
+# Carried wheels (Liger-Kernel and the project's dependencies the image lacks: pydantic, onnxslim,
+# onnxconverter-common, optuna, mlxtend, faster-coco-eval, ...) into a folder on PYTHONPATH (no
+# resolver, no network).
+SITE_DIR="${SITE_DIR:-/tmp/distill-export-site}"  # not under $OUT: only a few files come back from there
+if ls wheels/*.whl >/dev/null 2>&1; then
+    step wheels 60 "$PY" -m pip install -q --no-deps --no-index --no-compile --target "$SITE_DIR" wheels/*.whl
+    export PYTHONPATH="$PYTHONPATH:$SITE_DIR"
 else
-    echo "liger        no wheels/liger_kernel-*.whl carried: the benchmark skips Liger" >>"$OUT/summary.txt"
+    echo "wheels       no wheels/*.whl carried: the benchmark skips Liger, and imports the image lacks fail" >>"$OUT/summary.txt"
 fi
 
 step versions 30 "$PY" - <<'EOF'
@@ -101,10 +106,10 @@ fi
 
 # --- 2. fused KD kernel tests, natively on CUDA -------------------------------------------
 # --noconftest: these tests need no shared fixture. pyproject's addopts ask for `-n auto`;
-# here 4 workers if pytest-xdist is on the image (the Triton compiles run in parallel; the
+# here 8 workers (KD_WORKERS) if pytest-xdist is on the image (the Triton compiles run in parallel; the
 # tests are small and share the GPU well), else one process.
 PYTEST_OPTS=(-o addopts= -o required_plugins= -p no:cacheprovider --noconftest -q -rfEs)
-if "$PY" -c "import xdist" >/dev/null 2>&1; then PAR=(-n 4); else PAR=(-p no:xdist); fi
+if "$PY" -c "import xdist" >/dev/null 2>&1; then PAR=(-n "${KD_WORKERS:-8}"); else PAR=(-p no:xdist); fi
 step kd_tests "$T_TESTS" "$PY" -m pytest "${PYTEST_OPTS[@]}" "${PAR[@]}" \
     tests/test_kd_triton.py tests/test_kd_triton_numerics.py tests/test_kd_loss.py tests/test_methods.py \
     --junitxml="$OUT/junit-kd.xml"
@@ -148,6 +153,13 @@ if [ "${RUN_EXTRA:-0}" = 1 ]; then
         --out "$OUT/late-teacher" --quiet
     step ddp_smoke 120 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m distill_export run \
         --device cuda --epochs 2 --teacher-epochs 2 --no-self-training-control --out "$OUT/ddp-run" --quiet
+fi
+
+# PACK=FILE: everything above in one archive (the device tool brings back only a few files), without
+# model files.
+if [ -n "${PACK:-}" ]; then
+    tar czf "$PACK" --exclude='*.onnx' --exclude='*.pt' --exclude='*.npy' --exclude='*.npz' \
+        -C "$(dirname "$OUT")" "$(basename "$OUT")"
 fi
 
 echo
