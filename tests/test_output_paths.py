@@ -99,7 +99,7 @@ TOOLS = {
     "make_captioned_digits": (True, ["--mnist", "nowhere"], True),
     "prepare_avmnist": (True, ["--mnist", "nowhere", "--fsdd", "nowhere"], True),
     "bench_export": (False, [], False), "make_demo_audio": (False, [], True),
-    "explore_variants": (True, ["{name: a}"], False),
+    "explore_variants": (True, ["{name: a}"], False), "profile_host": (True, [], False),
 }
 TOOL_CASES = [(tool, target, needle) for tool, (folder, _, _) in TOOLS.items()
               for target, needle in (FOLDER_CASES if folder else FILE_CASES)]

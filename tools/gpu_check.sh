@@ -25,6 +25,8 @@
 #   6. the other `-m gpu` tests;
 #   7. with RUN_EXTRA=1 only: the late-fusion teacher and a 1-GPU torchrun smoke run (both
 #      passed on 2026-12-04).
+#   8. tools/profile_host.py: where the host time goes (the training step against the minimal
+#      loop, one fused KD call), as operator and cProfile tables;
 # and summary.txt, one line per step: name, exit code, seconds, command. Every step runs even
 # if an earlier one failed. TensorRT and onnxruntime-gpu cannot be installed there: their checks
 # skip unless the image has them.
@@ -35,7 +37,7 @@ PY="${PYTHON:-python3}"
 BUDGET_S="${BUDGET_S:-540}"
 T_TESTS="${T_TESTS:-170}"     # native Triton compiles dominate; several pytest workers if xdist is there
 T_BENCH="${T_BENCH:-150}"     # writes partial results after every shape
-T_SCALE="${T_SCALE:-100}"     # per amp setting, both batch sizes
+T_SCALE="${T_SCALE:-100}"     # per amp setting, both batch sizes (the first also writes the PNGs)
 T_DEMO="${T_DEMO:-75}"
 T_GPU_TESTS="${T_GPU_TESTS:-40}"
 
@@ -52,6 +54,9 @@ START=$(date +%s)
 step() {
     local name=$1 limit=$2
     shift 2
+    if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then
+        return 0  # STEPS="a b": only those steps (a rerun of what changed)
+    fi
     local left=$(( BUDGET_S - ($(date +%s) - START) ))
     if [ "$left" -lt 15 ]; then
         printf '%-12s skipped: budget spent (%ss of %ss)\n' "$name" "$(( BUDGET_S - left ))" "$BUDGET_S" >>"$OUT/summary.txt"
@@ -126,6 +131,8 @@ for amp in bf16 off; do
         --batch-sizes 64 256 --throughput-rows 4096 --repeats 2 --images "$OUT/bench-train-images" \
         --out "$OUT/bench-train-$name"
 done
+# --- 4b. where the host time goes: the training step vs the minimal loop, one fused KD call -----
+step profile_host "${T_PROFILE:-60}" "$PY" tools/profile_host.py --out "$OUT/profile" --images "$OUT/bench-train-images"
 rm -rf "$OUT/bench-train-images"  # thousands of PNGs: not worth bringing back
 
 # --- 5. end-to-end demo on CUDA (target <= 25 s) --------------------------------------------
@@ -144,7 +151,8 @@ else
 fi
 
 # --- 6. other checks that need a GPU (export/TensorRT tests skip cleanly without TensorRT) -----
-step gpu_tests "$T_GPU_TESTS" "$PY" -m pytest "${PYTEST_OPTS[@]}" -p no:xdist tests -m gpu \
+# (with the conftest: the export tests' fixtures build a tiny run)
+step gpu_tests "$T_GPU_TESTS" "$PY" -m pytest -o addopts= -o required_plugins= -p no:cacheprovider -q -rfEs -p no:xdist tests -m gpu \
     --ignore=tests/test_kd_triton.py --ignore=tests/test_kd_triton_numerics.py --junitxml="$OUT/junit-gpu.xml"
 
 # --- 7. optional: late-fusion teacher, 1-GPU torchrun smoke run ------------------------------
