@@ -621,3 +621,79 @@ def test_a40_b2_b3_b5_jsonl_keys_are_stripped_and_huge_float_labels_refused(tmp_
     assert problems[0].message == "two fields name the column 'image' (names are read without surrounding spaces)"
     assert problems[1].message == ("field 'label' is 9007199254740992.0, a number past 2**53, which a float does not "
                                    "hold exactly: write it as an integer or a string")
+
+
+# ----- the forty-first audit ------------------------------------------------------------------------
+
+
+class _CatRelu(torch.nn.Module):
+    """A graph whose FX values are named cat, relu and linear (what the dynamo exporter keeps)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, *xs):
+        return self.fc(torch.relu(torch.cat([x.flatten(1) for x in xs], 1)))
+
+
+@pytest.mark.parametrize("names", [["relu"], ["cat", "linear"], ["distill_export_input_1", "x"]])
+def test_a41_b1_b2_an_input_named_like_a_value_inside_the_graph_exports(tmp_path, names):
+    """A column named `cat`, `linear` or `relu` (a value the dynamo exporter names inside the graph)
+    made the ONNX check recurse: the teacher was silently not exported, and the student's export
+    failed advising a higher opset. The inputs are now exported under placeholders and renamed."""
+    import onnx
+    import onnxruntime as ort
+
+    from distill_export.export.base import ExportOptions
+    from distill_export.export.common import finalize_onnx
+    from distill_export.export.teacher_onnx import _export
+
+    model = _CatRelu().eval()
+    sample = tuple(torch.randn(2, 8 // len(names)) for _ in names)
+    path = tmp_path / "m.onnx"
+    assert _export(model, sample, names, path, ExportOptions()) == ("dynamo", None)
+    proto = finalize_onnx(path, {}, simplify=True)
+    assert [i.name for i in proto.graph.input] == names
+    onnx.save(proto, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: x.numpy() for n, x in zip(names, sample)})[0]
+    np.testing.assert_allclose(got, model(*sample).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a41_b3_a3_a4_invisible_characters_and_reserved_names_in_another_case(tmp_path):
+    """`label` + U+200B became a text modality holding the label (a leak to the teacher); `Split` a
+    text modality while the file's splits were ignored; `\\ufefflabel` was 'no label column' with
+    the column printed as if it were `label`."""
+    from distill_export.data.manifest_rows import read_rows
+
+    cases = {
+        "label\u200b": "the column 'label\\u200b' cannot name a modality: it holds a control or invisible "
+                       "character (U+200B); rename it",
+        "Split": "the column 'Split' cannot name a modality: it differs from the reserved column 'split' only "
+                 "in case; rename it",
+    }
+    for key, message in cases.items():
+        path = tmp_path / "m.jsonl"
+        path.write_text(json.dumps({"image": "a.png", "label": "cat", key: "train"}) + "\n")
+        with pytest.raises(DataError) as caught:
+            read_rows(path)
+        assert str(caught.value) == f"manifest {path}: {message}"
+    path.write_text(json.dumps({"image": "a.png", "\ufefflabel": "cat"}) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == (f"manifest {path} has no 'label' column (columns: image, '\\ufefflabel'); the "
+                                 "column '\\ufefflabel' holds an invisible character")
+
+
+def test_a41_a1_a2_coco_results_leave_out_padding_classes_and_keep_huge_widths(tmp_path):
+    """Class -1 (padding) was written as the last category; a float32 width that overflows to inf
+    was a ValueError from json, with nothing written."""
+    from distill_export.data.coco import write_coco_results
+
+    boxes = np.array([[[0, 0, 5, 5], [1, 1, 4, 4], [-3e38, 0, 3e38, 5]]], "f4")
+    path = write_coco_results(tmp_path / "r.json", boxes, np.array([[0.9, 0.8, 0.7]], "f4"),
+                              np.array([[0, -1, 2]]), [7], [10, 20, 30])
+    got = json.loads(path.read_text())
+    assert [(d["category_id"], d["score"]) for d in got] == [(10, 0.9), (30, 0.7)]
+    assert got[1]["bbox"][2] == pytest.approx(6e38, rel=1e-6)

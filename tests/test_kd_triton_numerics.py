@@ -222,6 +222,25 @@ def test_no_host_sync_in_forward_and_backward(device, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("grad_output", [1.0, 3.0])
+def test_eager_path_equals_the_op(device, grad_output):
+    """Eager calls run _FusedKD (no torch.library dispatch), torch.compile traces the op: the same
+    kernels, so loss and gradient are bitwise equal, with grad_output 1 and with one to scale by."""
+    s, t, y = _inputs(6, 70, device, torch.bfloat16, seed=12)
+    eager_x, op_x = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    eager = kd_triton.kd_loss_fused(eager_x, t, y, temperature=2.0, alpha=0.5, scale=WEIGHT)
+    (eager * grad_output).backward()
+    rows, _ = torch.ops.distill_export.kd_loss_rows(op_x, t, y, 2.0, 0.5, -100, True, WEIGHT, True)
+    op = rows.sum()
+    (op * grad_output).backward()
+    assert torch.equal(eager.detach(), op.detach())
+    assert torch.equal(eager_x.grad, op_x.grad)
+    assert eager.grad_fn is not None and "FusedKD" in type(eager.grad_fn).__name__ or any(
+        "FusedKD" in type(f[0]).__name__ for f in eager.grad_fn.next_functions if f[0] is not None)
+
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     """Schema, fake (meta) implementation and autograd registration, checked by torch. Not
     test_aot_dispatch_dynamic: opcheck calls the op alone, so its second output, the gradient

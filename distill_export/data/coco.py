@@ -214,13 +214,17 @@ def write_coco_results(path: str | Path, boxes, scores, classes, image_ids, cate
 
     boxes (N, K, 4) x1 y1 x2 y2 px, scores (N, K), classes (N, K) class indices (torch or numpy);
     image_ids (N,) the COCO image id of each image; category_ids: class index -> category id.
-    Detections scoring below min_score, or with a non-finite box or score, are left out."""
+    Detections scoring below min_score, with a non-finite box or score, or with a class index
+    outside category_ids (-1 pads a fixed number of detections) are left out."""
     boxes, scores, classes = (_numpy(a) for a in (boxes, scores, classes))
+    boxes = boxes.astype(np.float64)  # a float32 width x2 - x1 can overflow to inf (forty-first audit A2)
     out = []
     for n, image_id in enumerate(image_ids):
         for (x1, y1, x2, y2), s, c in zip(boxes[n], scores[n], classes[n]):
             if not (float(s) >= min_score and np.isfinite([x1, y1, x2, y2, s]).all()):
                 continue  # a NaN score or an inf box is no detection, and not JSON (thirty-fifth audit A4)
+            if not 0 <= int(c) < len(category_ids):
+                continue  # -1 had named the last category (Python's negative index; forty-first audit A1)
             # an image id as the file gives it: a string id is COCO's too (thirty-fourth audit B3)
             out.append({"image_id": image_id if isinstance(image_id, str) else int(image_id),
                         "category_id": int(category_ids[int(c)]),

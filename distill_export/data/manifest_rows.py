@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,7 +198,10 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
     if not records and not columns:  # an empty file (or blank lines): no header, no row (tenth audit)
         raise DataError(f"manifest {path} is empty: no header and no rows")
     if "label" not in columns and need_label:
-        raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(columns) or 'none'})")
+        near = next((c for c in columns if _visible(c) == "label"), None)  # "\ufefflabel" read as "label"
+        hint = f"; the column {near!r} holds an invisible character" if near is not None else ""
+        raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(map(_column_shown, columns)) or 'none'})"
+                        f"{hint}")
     modalities = [c for c in columns if c not in RESERVED]
     if not modalities:
         raise DataError(f"manifest {path} has no modality column, only {', '.join(columns)}")
@@ -238,9 +242,26 @@ def _column_problem(name: str) -> str | None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "it holds a lone surrogate escape, which is no character"
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
-        return "it holds a control character"
+    if hidden := next((c for c in name if _invisible(c)), None):
+        # a zero-width space after "label" made a second, invisible label column (41st audit B3)
+        return f"it holds a control or invisible character (U+{ord(hidden):04X})"
+    if name.lower() in RESERVED:  # "Split" was a text modality, and the file's splits were ignored (41st A3)
+        return f"it differs from the reserved column {name.lower()!r} only in case"
     return None
+
+
+def _invisible(char: str) -> bool:
+    """Control, format (zero-width space, BOM), private-use and unassigned characters."""
+    return unicodedata.category(char) in ("Cc", "Cf", "Co", "Cn")
+
+
+def _visible(name: str) -> str:
+    return "".join(c for c in name if not _invisible(c)).strip()
+
+
+def _column_shown(name: str) -> str:
+    """A column name as a message shows it: as written, or repr'd when it holds an invisible character."""
+    return repr(name) if any(_invisible(c) for c in name) else name
 
 
 # ----- checks --------------------------------------------------------------------------------

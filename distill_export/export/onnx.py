@@ -23,6 +23,7 @@ from distill_export.export.common import (
     raise_if_disk_full,
     unsupported_operator,
 )
+from distill_export.export.onnx_names import placeholders, rename_inputs
 from distill_export.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,16 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
     if options.prefer_dynamo:
         try:
             dims = ({"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if options.dynamic_batch else None)
+            (placeholder,) = placeholders(1)  # the input's name may be an inner value's (onnx_names.py)
             with warnings.catch_warnings(), quiet_output("dynamo"):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
                     model, (sample,), dynamo=True, opset_version=options.opset,
-                    input_names=[input_name], output_names=[output_name],
+                    input_names=[placeholder], output_names=[output_name],
                     dynamic_shapes=dims, verbose=False, report=False,
                 )
             program.save(str(path), external_data=False)
+            rename_inputs(path, {placeholder: input_name})
             return "dynamo", None
         except Exception as exc:  # any failure in the new exporter: try the old one
             raise_if_disk_full(exc)

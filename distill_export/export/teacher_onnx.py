@@ -30,6 +30,7 @@ from distill_export.export.common import (
     raise_if_disk_full,
     unsupported_operator,
 )
+from distill_export.export.onnx_names import placeholders, rename_inputs
 from distill_export.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,15 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
         try:
             batch = torch.export.Dim("batch", min=1, max=65536)
             dims = ({"xs": tuple({0: batch} for _ in names)} if options.dynamic_batch else None)
+            temporary = placeholders(len(names))  # a modality's name may be an inner value's (onnx_names.py)
             with warnings.catch_warnings(), quiet_output("dynamo"):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
-                    wrapper, sample, dynamo=True, opset_version=options.opset, input_names=names,
+                    wrapper, sample, dynamo=True, opset_version=options.opset, input_names=temporary,
                     output_names=[OUTPUT_NAME], dynamic_shapes=dims, verbose=False, report=False,
                 )
             program.save(str(path), external_data=False)
+            rename_inputs(path, dict(zip(temporary, names)))
             return "dynamo", None
         except Exception as exc:  # noqa: BLE001 - any failure of the new exporter: try the old one
             raise_if_disk_full(exc)

@@ -157,13 +157,13 @@ def _tuned(name: str):
 # --- the custom op ------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("distill_export::kd_loss_rows", mutates_args=())
-def kd_loss_rows(s: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor], temperature: float, alpha: float,
-                 ignore_index: int, mean: bool, scale: float, compute_grad: bool, regime: str = "",
-                 block_size: int = 0, chunk_size: int = 0, rows_per_tile: int = 0,
-                 max_programs: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _rows(s: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor], temperature: float, alpha: float,
+          ignore_index: int, mean: bool, scale: float, compute_grad: bool, regime: str = "",
+          block_size: int = 0, chunk_size: int = 0, rows_per_tile: int = 0,
+          max_programs: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-row losses (N,) fp32, scale·∂(Σ rows)/∂s (N, C) in s's dtype, or (0,) without grad).
-    mean: the rows carry 1/N (KD) and 1/n_labeled (CE), so their sum is the mean reduction."""
+    mean: the rows carry 1/N (KD) and 1/n_labeled (CE), so their sum is the mean reduction.
+    The body of the op kd_loss_rows and of the eager _FusedKD."""
     n_rows, n_classes = s.shape
     if s.stride(1) != 1:  # the class axis must be unit-stride for vector loads; the row stride is free
         s = s.contiguous()
@@ -210,6 +210,16 @@ def kd_loss_rows(s: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor
     return loss, grad
 
 
+@torch.library.custom_op("distill_export::kd_loss_rows", mutates_args=())
+def kd_loss_rows(s: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor], temperature: float, alpha: float,
+                 ignore_index: int, mean: bool, scale: float, compute_grad: bool, regime: str = "",
+                 block_size: int = 0, chunk_size: int = 0, rows_per_tile: int = 0,
+                 max_programs: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """_rows as a torch.library op: what torch.compile traces (one opaque node)."""
+    return _rows(s, t, labels, temperature, alpha, ignore_index, mean, scale, compute_grad, regime, block_size,
+                 chunk_size, rows_per_tile, max_programs)
+
+
 @kd_loss_rows.register_fake
 def _(s, t, labels, temperature, alpha, ignore_index, mean, scale, compute_grad, regime="", block_size=0,
       chunk_size=0, rows_per_tile=0, max_programs=0):
@@ -217,14 +227,19 @@ def _(s, t, labels, temperature, alpha, ignore_index, mean, scale, compute_grad,
     return loss, s.new_empty(s.shape if compute_grad else (0,))
 
 
-@torch.library.custom_op("distill_export::kd_scale_grad_", mutates_args=("grad",))
-def kd_scale_grad_(grad: torch.Tensor, grad_rows: torch.Tensor) -> None:
+def _scale_grad(grad: torch.Tensor, grad_rows: torch.Tensor) -> None:
     """grad (N, C) *= grad_rows (N,) in fp32, per row, only where grad_rows ≠ 1 (decided on the device)."""
     if grad.numel() == 0:
         return
     block = min(4096, max(triton.next_power_of_2(grad.shape[1]), 2))
     K._kd_scale_grad_kernel[(grad.shape[0], triton.cdiv(grad.shape[1], block))](
         grad, grad_rows, grad.shape[1], grad.stride(0), grad_rows.stride(0), BLOCK=block, num_warps=4)
+
+
+@torch.library.custom_op("distill_export::kd_scale_grad_", mutates_args=("grad",))
+def kd_scale_grad_(grad: torch.Tensor, grad_rows: torch.Tensor) -> None:
+    """_scale_grad as a torch.library op (declaring that it writes grad)."""
+    _scale_grad(grad, grad_rows)
 
 
 @kd_scale_grad_.register_fake
@@ -238,18 +253,38 @@ def _setup_context(ctx, inputs, output):
     ctx.used = False
 
 
-def _backward(ctx, grad_rows, _grad_of_grad):
+def _scaled_grad(ctx, grad_rows, scale_grad) -> tuple:
     if not torch.compiler.is_compiling():  # (the saved buffer's version check would also refuse, less clearly)
         if ctx.used:
             raise RuntimeError("fused KD loss: backward can run once per forward (its gradient buffer is scaled "
                                "in place); use impl='reference' for retain_graph or double backward")
         ctx.used = True
     (grad,) = ctx.saved_tensors
-    kd_scale_grad_(grad, grad_rows)  # (N, C) · (N,): a no-op where grad_rows == 1
+    scale_grad(grad, grad_rows)  # (N, C) · (N,): a no-op where grad_rows == 1
     return (grad,) + (None,) * 13
 
 
+def _backward(ctx, grad_rows, _grad_of_grad):
+    return _scaled_grad(ctx, grad_rows, kd_scale_grad_)
+
+
 torch.library.register_autograd("distill_export::kd_loss_rows", _backward, setup_context=_setup_context)
+
+
+class _FusedKD(torch.autograd.Function):
+    """The same forward and backward as the op, for eager calls. torch.library's dispatch (schema
+    defaults, the ADInplaceOrView and autograd wrappers) was half the host time of a fused call
+    on an H100 (tools/profile_host.py, 2026-12-06); a small-C loss is bound by that time."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        loss, grad = _rows(*args)
+        _setup_context(ctx, args, (loss, grad))
+        return loss, grad
+
+    @staticmethod
+    def backward(ctx, grad_rows, _grad_of_grad):
+        return _scaled_grad(ctx, grad_rows, _scale_grad)
 
 
 def kd_loss_fused(
@@ -301,9 +336,10 @@ def kd_loss_fused(
     if t.dtype not in _FLOAT_DTYPES:
         t = t.float()
     compute_grad = torch.is_grad_enabled() and s.requires_grad
-    rows, _ = kd_loss_rows(s, t.detach(), labels, float(temperature), float(alpha), int(ignore_index),
-                           reduction == "mean", float(scale), compute_grad, regime, block_size, chunk_size,
-                           rows_per_tile, max_programs)
+    # torch.compile traces the op (one opaque node); eager calls skip its dispatch (_FusedKD)
+    op = kd_loss_rows if torch.compiler.is_compiling() else _FusedKD.apply
+    rows, _ = op(s, t.detach(), labels, float(temperature), float(alpha), int(ignore_index), reduction == "mean",
+                 float(scale), compute_grad, regime, block_size, chunk_size, rows_per_tile, max_programs)
     return rows if reduction == "none" else rows.sum()
 
 
