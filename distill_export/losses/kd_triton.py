@@ -24,9 +24,10 @@ Regimes (the kernels are in kd_kernels.py):
   one-kernel scheme needs programs to wait on each other, which Triton's interpreter cannot
   run; this two-kernel form reads s and t twice.)
 
-The op is a ``torch.library`` custom op (``distill_export::kd_loss_rows``) with a fake
-(meta) implementation and a registered backward, so ``torch.compile`` and CUDA graphs treat
-it as one opaque node. On CUDA each kernel is autotuned per (C's power-of-two bucket, the
+Under ``torch.compile`` it is a ``torch.library`` custom op (``distill_export::kd_loss_rows``)
+with a fake (meta) implementation and a registered backward, traced as one opaque node; eager
+calls run the same forward and backward as a plain ``autograd.Function`` (``_FusedKD``), whose
+dispatch costs half as much host time. On CUDA each kernel is autotuned per (C's power-of-two bucket, the
 dtypes, CE on/off); under ``TRITON_INTERPRET=1`` (CPU tests) a fixed configuration runs.
 No host synchronisation: n_labeled is counted on the device and read through a pointer.
 """
