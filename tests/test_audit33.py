@@ -697,3 +697,153 @@ def test_a41_a1_a2_coco_results_leave_out_padding_classes_and_keep_huge_widths(t
     got = json.loads(path.read_text())
     assert [(d["category_id"], d["score"]) for d in got] == [(10, 0.9), (30, 0.7)]
     assert got[1]["bbox"][2] == pytest.approx(6e38, rel=1e-6)
+
+
+# ----- the forty-second audit -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("exporter", "name"), [
+    ("dynamo", "mean_scale"),  # the INT8 quantiser's scale of the inner value `mean` (B1)
+    ("dynamo", "node_linear_cast_to_logits"),  # the fp16 converter's output cast (B2)
+    ("torchscript", "onnx::Conv_37"),  # a TorchScript initializer: the input became `onnx::Conv_37.1` (B3)
+])
+def test_a42_b1_b2_b3_every_format_keeps_an_input_named_like_a_converters_value(tmp_path, exporter, name):
+    """An input (a manifest column) named like a value that the INT8 quantiser, the fp16 converter
+    or the TorchScript exporter makes failed those exports (B1, B2), or was renamed while the
+    metadata kept the column's name (B3). Every format now names its input as the column."""
+    import onnx
+    import onnxruntime as ort
+
+    from distill_export.export import export_formats
+    from distill_export.export.base import ExportOptions, ExportSource
+    from test_int8_recipes import META, _DwNet
+
+    torch.manual_seed(0)
+    model = _DwNet().eval()
+    x = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    results = export_formats(ExportSource(model, {**META, "input_name": name}, "0" * 64, tmp_path, calibration=x),
+                             ["onnx", "onnx-fp16", "onnx-int8"], ExportOptions(exporter=exporter))
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    for fmt, tolerance in (("onnx", 1e-4), ("onnx-fp16", 0.05), ("onnx-int8", 0.5)):
+        proto = onnx.load(results[fmt].path)
+        assert [i.name for i in proto.graph.input] == [name], fmt
+        assert {p.key: p.value for p in proto.metadata_props}["input_name"] == name, fmt
+        got = ort.InferenceSession(results[fmt].path, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+        np.testing.assert_allclose(got, expected, atol=tolerance, err_msg=fmt)
+
+
+@pytest.mark.parametrize(("column", "why"), [
+    ("label\u3164", "it holds a control or invisible character (U+3164)"),  # a Hangul filler (B5)
+    ("label\u2800", "it holds a control or invisible character (U+2800)"),  # the blank Braille pattern (B5)
+    ("\uff4c\uff41\uff42\uff45\uff4c", "it reads as the reserved column 'label'"),  # fullwidth (A2)
+    ("\u017fplit", "it reads as the reserved column 'split'"),  # long s (A2)
+    ("a" * 201, "it is 201 bytes long, and file names are made from it (at most 200)"),  # A6
+])
+def test_a42_b5_a2_a6_columns_that_read_as_another_or_cannot_name_a_file(tmp_path, column, why):
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", column: "x"}) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == f"manifest {path}: the column {column!r} cannot name a modality: {why}; rename it"
+
+
+def test_a42_b6_a3_a_new_emoji_is_a_column_and_a_duplicate_header_names_its_spellings(tmp_path):
+    """U+1FAE8 (Unicode 15) was 'a control or invisible character' (Python 3.11's tables call it
+    unassigned); a header 'label' beside 'label\\xa0' was 'duplicate ... [image, label, label]'."""
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", "x\U0001FAE8": "hi"}) + "\n")
+    assert read_rows(path)[0] == ["image", "x\U0001FAE8"]
+    path = tmp_path / "m.csv"
+    path.write_text("image,label,label\u00a0\na.png,cat,cat\n")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == (f"{path}:1: duplicate column names in the header: 'label' is given twice, written "
+                                 "'label' and 'label\\xa0' (names are read without surrounding spaces)")
+
+
+def test_a42_b7_a5_coco_results_check_widths_classes_and_ids(tmp_path):
+    """A float64 width past float's range was a ValueError from json with nothing written; a NaN
+    class a ValueError, 0.5 category 0; one id for two images dropped the second in silence."""
+    from distill_export.data.coco import write_coco_results
+
+    boxes = np.array([[[-1e308, 0, 1e308, 1], [0, 0, 2, 2], [0, 0, 3, 3], [0, 0, 4, 4]]])
+    path = write_coco_results(tmp_path / "r.json", boxes, np.array([[0.9, 0.8, 0.7, 0.6]]),
+                              np.array([[0, np.nan, 0.5, 1.0]]), [7], [3, 4])
+    assert json.loads(path.read_text()) == [{"image_id": 7, "category_id": 4, "bbox": [0.0, 0.0, 4.0, 4.0],
+                                             "score": 0.6}]
+    with pytest.raises(ValueError, match="1 image ids for 2 images"):
+        write_coco_results(tmp_path / "s.json", np.zeros((2, 1, 4)), np.ones((2, 1)), np.zeros((2, 1)), [7], [3])
+    assert not (tmp_path / "s.json").exists()
+
+
+def _one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def _run_tool(name: str, argv: list[str], monkeypatch) -> int:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    monkeypatch.syspath_prepend(str(tools))
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", tools / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    return exit_.value.code
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["--device", "bogus"], "error: argument --device: invalid choice: 'bogus' (choose from 'cpu', 'cuda')"),
+    (["--throughput-rows", "9"], "error: argument --throughput-rows: must be an integer >= 10, got 9"),
+    pytest.param(["--device", "cuda"], "error: --device cuda: no GPU is visible here (use --device cpu)",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
+])
+def test_a42_b4_b8_b9_bench_train_refuses_before_writing_and_never_into_the_users_folder(tmp_path, monkeypatch,
+                                                                                         capsys, argv, line):
+    """--device bogus was refused after 2,002 PNGs and after replacing the user's --images
+    folder's manifest_N.csv; --device cuda without a GPU was a traceback; 9 rows (10 classes) was 41
+    lines of bad rows in the tool's own manifest, advising --skip-bad-rows."""
+    images = tmp_path / "mine"
+    images.mkdir()
+    (images / "manifest_20.csv").write_text("my data\n")
+    code = _run_tool("bench_train", ["--images", str(images), "--skip", "memory", "workers", "--quick",
+                                     "--throughput-rows", "20", "--out", str(tmp_path / "out"), *argv], monkeypatch)
+    assert code == 2
+    assert _one_line(capsys.readouterr().err) == line
+    assert sorted(p.name for p in images.iterdir()) == ["manifest_20.csv"]
+    assert (images / "manifest_20.csv").read_text() == "my data\n"
+
+
+def test_a42_b4_bench_train_writes_its_manifest_outside_the_images_folder(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    import bench_train
+
+    (tmp_path / "manifest_10.csv").write_text("my data\n")
+    path = bench_train.write_manifest(tmp_path, 10)
+    assert path.parent != tmp_path and (tmp_path / "manifest_10.csv").read_text() == "my data\n"
+    assert path.read_text().splitlines()[1] == f"{tmp_path.resolve()}/img/train_0.png,0,train"
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["--device", "cpu", "--amp", "bf16"],
+     "error: --amp bf16 is CUDA autocast; with --device cpu both loops run fp32 (drop --amp)"),
+    (["--device", "cpu", "--images", "{place}/afile"], "error: Not a directory ({place}/afile/img)"),
+])
+def test_a42_a1_a4_profile_host_records_what_runs_and_leaves_no_out_behind(tmp_path, monkeypatch, capsys, argv, line):
+    """--amp bf16 (then the default) was recorded for loops that ran fp32 on CPU; a failure left
+    the new --out folder behind, so the same command was refused next time."""
+    (tmp_path / "afile").write_text("hi\n")
+    argv = [a.replace("{place}", str(tmp_path)) for a in argv]
+    assert _run_tool("profile_host", [*argv, "--out", str(tmp_path / "out")], monkeypatch) == 2
+    assert _one_line(capsys.readouterr().err) == line.replace("{place}", str(tmp_path))
+    assert not (tmp_path / "out").exists()

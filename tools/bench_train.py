@@ -37,7 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least, one_line_errors  # noqa: E402
+from toolargs import Parser, at_least, fail, one_line_errors  # noqa: E402
 HELD_OUT = 200  # val and test rows each
 SIZE = 96
 CLASSES = 10
@@ -71,15 +71,18 @@ def write_images(folder: Path, n_train: int) -> None:
 
 
 def write_manifest(folder: Path, n_train: int) -> Path:
-    path = folder / f"manifest_{n_train}.csv"
+    """A manifest of write_images' PNGs (absolute paths), in a new temporary folder: never a file
+    in the user's --images folder (forty-second audit B4)."""
+    path = Path(tempfile.mkdtemp(prefix="bench-train-manifest-")) / f"manifest_{n_train}.csv"
+    images = folder.resolve() / "img"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "label", "split"])
         for i in range(n_train):
-            w.writerow([f"img/train_{i}.png", i % CLASSES, "train"])
+            w.writerow([images / f"train_{i}.png", i % CLASSES, "train"])
         for split in ("val", "test"):
             for i in range(HELD_OUT):
-                w.writerow([f"img/{split}_{i}.png", i % CLASSES, split])
+                w.writerow([images / f"{split}_{i}.png", i % CLASSES, split])
     return path
 
 
@@ -258,8 +261,10 @@ def workers_throughput(manifest: Path, student: str, rows: int, workers_list: li
 @one_line_errors
 def main() -> None:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=at_least(1), nargs="+", default=[10000, 40000], help="training rows for the memory runs")
-    ap.add_argument("--throughput-rows", type=at_least(1), default=2000)
+    # at least one training row per class (fewer failed on the tool's own manifest: 42nd audit B9)
+    ap.add_argument("--rows", type=at_least(CLASSES), nargs="+", default=[10000, 40000],
+                    help="training rows for the memory runs")
+    ap.add_argument("--throughput-rows", type=at_least(CLASSES), default=2000)
     ap.add_argument("--student", default="mobilenet_v3_small")
     ap.add_argument("--workers", type=at_least(0), nargs="+", default=[0, 1, 2])
     ap.add_argument("--rss-workers", type=at_least(0), default=2, help="data.num_workers in the memory runs")
@@ -268,7 +273,7 @@ def main() -> None:
     ap.add_argument("--images", default=None, help="folder for the PNGs (default: a temporary one)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "overhead", "workers"])
     ap.add_argument("--quick", action="store_true", help="one repeat")
-    ap.add_argument("--device", default="cpu", help="the overhead step's device (cpu or cuda)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the overhead step's device")
     ap.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast in the overhead step (CUDA)")
     ap.add_argument("--batch-sizes", type=at_least(1), nargs="+", default=None,
                     help="the overhead step at each of these batch sizes (default: the config's, 64)")
@@ -290,6 +295,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
+    if args.device == "cuda" and "overhead" not in args.skip and not torch.cuda.is_available():
+        fail("--device cuda: no GPU is visible here (use --device cpu)")  # before any PNG (42nd audit B8)
     torch.set_num_threads(args.threads)
     folder = Path(args.images) if args.images else Path(tempfile.mkdtemp(prefix="bench-train-"))
     write_images(folder, max([*args.rows, args.throughput_rows]))

@@ -105,9 +105,9 @@ def main() -> None:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--images", default=None, help="bench_train.py's PNG folder (reused; default: a temporary one)")
-    ap.add_argument("--rows", type=at_least(64), default=1024)
+    ap.add_argument("--rows", type=at_least(64), default=1024)  # (at least the 10 classes, and a batch)
     ap.add_argument("--batch-size", type=at_least(1), default=64)
-    ap.add_argument("--amp", default="bf16", choices=["off", "bf16"])
+    ap.add_argument("--amp", default=None, choices=["off", "bf16"], help="default: bf16 on CUDA, off on CPU")
     ap.add_argument("--kd-calls", type=at_least(1), default=200)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help="cpu: the training tables only, to check this script without a GPU")
@@ -115,7 +115,11 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from distill_export.output_paths import check_tool_output
 
-    check_tool_output(args.out, folder=True)  # new or empty, outside any run: before any work
+    if args.device == "cpu" and args.amp == "bf16":  # autocast is CUDA's here (42nd audit A1)
+        fail("--amp bf16 is CUDA autocast; with --device cpu both loops run fp32 (drop --amp)")
+    amp = args.amp or ("bf16" if args.device == "cuda" else "off")
+    # new or empty, outside any run, before any work; removed again if the tool fails (42nd audit A4)
+    check_tool_output(args.out, folder=True, remove_on_failure=True)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -126,7 +130,7 @@ def main() -> None:
     write_images(images, args.rows)
     if args.device == "cuda":
         profile_kd_call(out, args.kd_calls)
-    profile_training(out, images, args.rows, args.batch_size, args.amp, args.device)
+    profile_training(out, images, args.rows, args.batch_size, amp, args.device)
 
 
 if __name__ == "__main__":

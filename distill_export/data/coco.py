@@ -214,17 +214,21 @@ def write_coco_results(path: str | Path, boxes, scores, classes, image_ids, cate
 
     boxes (N, K, 4) x1 y1 x2 y2 px, scores (N, K), classes (N, K) class indices (torch or numpy);
     image_ids (N,) the COCO image id of each image; category_ids: class index -> category id.
-    Detections scoring below min_score, with a non-finite box or score, or with a class index
-    outside category_ids (-1 pads a fixed number of detections) are left out."""
+    Detections scoring below min_score, with a box, width, height or score that is not finite,
+    or with a class that is not an index into category_ids (-1 pads a fixed number of
+    detections) are left out. image_ids must give one id per image."""
     boxes, scores, classes = (_numpy(a) for a in (boxes, scores, classes))
-    boxes = boxes.astype(np.float64)  # a float32 width x2 - x1 can overflow to inf (forty-first audit A2)
+    if len(image_ids) != len(boxes):
+        raise ValueError(f"write_coco_results: {len(image_ids)} image ids for {len(boxes)} images")
     out = []
     for n, image_id in enumerate(image_ids):
-        for (x1, y1, x2, y2), s, c in zip(boxes[n], scores[n], classes[n]):
-            if not (float(s) >= min_score and np.isfinite([x1, y1, x2, y2, s]).all()):
-                continue  # a NaN score or an inf box is no detection, and not JSON (thirty-fifth audit A4)
-            if not 0 <= int(c) < len(category_ids):
-                continue  # -1 had named the last category (Python's negative index; forty-first audit A1)
+        for (x1, y1, x2, y2), s, c in zip(boxes[n].astype(np.float64), scores[n], classes[n]):
+            with np.errstate(over="ignore", invalid="ignore"):
+                size = np.array([x1, y1, x2 - x1, y2 - y1, s], dtype=np.float64)
+            if not (float(s) >= min_score and np.isfinite(size).all()):
+                continue  # NaN, inf, or a width past float's range: no detection, and not JSON (35th A4, 42nd B7)
+            if not (np.isfinite(c) and float(c) == int(c) and 0 <= int(c) < len(category_ids)):
+                continue  # -1 had named the last category, 0.5 category 0 (41st audit A1, 42nd A5)
             # an image id as the file gives it: a string id is COCO's too (thirty-fourth audit B3)
             out.append({"image_id": image_id if isinstance(image_id, str) else int(image_id),
                         "category_id": int(category_ids[int(c)]),

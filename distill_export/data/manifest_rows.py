@@ -60,9 +60,14 @@ def _read_csv(path: Path, problems: list[Problem]) -> tuple[list[str], list[tupl
     records = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, restkey=_EXTRA)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
+        raw = list(reader.fieldnames or [])
+        columns = [c.strip() for c in raw]
         if len(set(columns)) != len(columns):
-            raise DataError(f"{path}:1: duplicate column names in the header: {columns}")
+            twice = next(c for c in columns if columns.count(c) > 1)
+            spelled = [r for r, c in zip(raw, columns) if c == twice]  # "label" and "label\xa0" (42nd audit A3)
+            how = "" if len(set(spelled)) == 1 else f", written {' and '.join(map(repr, spelled))}"
+            raise DataError(f"{path}:1: duplicate column names in the header: {twice!r} is given twice{how} "
+                            "(names are read without surrounding spaces)")
         reader.fieldnames = columns
         for rec in _csv_records(reader, problems):
             line = reader.line_num
@@ -242,17 +247,38 @@ def _column_problem(name: str) -> str | None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "it holds a lone surrogate escape, which is no character"
+    if (size := len(name.encode("utf-8"))) > MAX_COLUMN_BYTES:  # teacher.<column>.pt (42nd audit A6)
+        return f"it is {size} bytes long, and file names are made from it (at most {MAX_COLUMN_BYTES})"
     if hidden := next((c for c in name if _invisible(c)), None):
         # a zero-width space after "label" made a second, invisible label column (41st audit B3)
         return f"it holds a control or invisible character (U+{ord(hidden):04X})"
-    if name.lower() in RESERVED:  # "Split" was a text modality, and the file's splits were ignored (41st A3)
-        return f"it differs from the reserved column {name.lower()!r} only in case"
+    reads = _reads_as(name)
+    if reads in RESERVED:  # "Split" was a text modality, and the file's splits were ignored (41st A3)
+        if name.lower() == reads:
+            return f"it differs from the reserved column {reads!r} only in case"
+        return f"it reads as the reserved column {reads!r}"  # fullwidth "ｌａｂｅｌ", "ſplit" (42nd A2)
     return None
 
 
+MAX_COLUMN_BYTES = 200
+# Letters and symbols that draw as nothing: the Hangul fillers and the blank Braille pattern
+# ("label" + U+3164 read as "label" and fed the label to the teacher: 42nd audit B5).
+BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
 def _invisible(char: str) -> bool:
-    """Control, format (zero-width space, BOM), private-use and unassigned characters."""
-    return unicodedata.category(char) in ("Cc", "Cf", "Co", "Cn")
+    """Control, format (zero-width space, BOM) and private-use characters, and BLANKS. Not
+    'unassigned': Python's Unicode tables lag the standard, and a new emoji read as unassigned
+    (42nd audit B6)."""
+    return char in BLANKS or unicodedata.category(char) in ("Cc", "Cf", "Co")
+
+
+def _reads_as(name: str) -> str:
+    """The name as a reader sees it: compatibility forms folded (NFKC: fullwidth letters), marks
+    that draw nothing (variation selectors, the grapheme joiner) dropped, case folded."""
+    folded = unicodedata.normalize("NFKC", name)
+    shown = "".join(c for c in folded if not (unicodedata.category(c) == "Mn" and unicodedata.combining(c) == 0))
+    return shown.casefold().strip()
 
 
 def _visible(name: str) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from distill_export.errors import ExportError
 from distill_export.export.base import ExportOptions, ExportSource
 from distill_export.export.int8_recipes import DEFAULT_RECIPE, INT8_RECIPES, Int8Recipe
+from distill_export.export.onnx_names import rename_inputs, to_placeholders
 
 log = logging.getLogger(__name__)
 OUTPUT_NAME = "logits"
@@ -209,13 +210,18 @@ def quantize_qdq(fp32_path: Path, out_path: Path, calibration: np.ndarray, optio
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="int8-") as work, contextlib.redirect_stdout(io.StringIO()):
         # (the Entropy/Percentile calibrators print their progress: keep stdout to ours)
         recipe = recipe or INT8_RECIPES[DEFAULT_RECIPE]
         per_channel = options.int8_per_channel if recipe.per_channel is None else recipe.per_channel
+        # the quantiser names values after the inputs (`relu_scale`): it sees placeholders (42nd audit B1)
+        source = onnx.load(str(fp32_path))
+        back = to_placeholders(source)
+        input_name = next(iter(back))
+        placeheld = Path(work) / "in.onnx"
+        onnx.save(source, str(placeheld))
         pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(placeheld), str(pre), skip_symbolic_shape=True)
         pre_model = onnx.load(str(pre))
         keep = classifier_nodes(pre_model) if options.int8_fp32_classifier else []
         keep += tail_nodes(pre_model)  # a task's post-processing (a detector's decode) stays FP32
@@ -231,6 +237,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, calibration: np.ndarray, optio
             nodes_to_exclude=keep,
             extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
         )
+        rename_inputs(out_path, back)
     return {
         "quantizer": "onnxruntime.quantization.quantize_static",
         "recipe": recipe.name,

@@ -77,14 +77,16 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
             errors.append(("dynamo", exc))
             log.warning("dynamo ONNX exporter failed for %s (%s); falling back to TorchScript", name, error_reason(exc))
     try:
-        axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if options.dynamic_batch else None
+        (placeholder,) = placeholders(1)  # TorchScript renames an input its initializers' name takes
+        axes = {placeholder: {0: "batch"}, output_name: {0: "batch"}} if options.dynamic_batch else None
         with warnings.catch_warnings(), quiet_output("TorchScript"):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, (sample,), str(path), dynamo=False, opset_version=options.opset,
-                input_names=[input_name], output_names=[output_name], dynamic_axes=axes,
+                input_names=[placeholder], output_names=[output_name], dynamic_axes=axes,
                 do_constant_folding=True,
             )
+        rename_inputs(path, {placeholder: input_name})
         return "torchscript", (error_reason(errors[0][1]) if errors else None)
     except Exception as exc:
         raise_if_disk_full(exc)

@@ -14,6 +14,7 @@ from distill_export.export.base import ExportOptions, ExportResult, ExportSource
 from distill_export.export.common import (
     error_reason, fp32_artifact, join_tail, model_name, nonstandard_ops, raise_if_disk_full, set_metadata, split_tail,
 )
+from distill_export.export.onnx_names import rename_model_inputs, to_placeholders
 from distill_export.files import atomic_path
 
 
@@ -30,10 +31,12 @@ def export_onnx_fp16(source: ExportSource, options: ExportOptions) -> ExportResu
             warnings.simplefilter("ignore")  # "the value is truncated" for tiny weights: expected
             # A task's tail (a detector's decode) stays FP32: half-precision peaks tie and boxes
             # move. Only the body is converted (its output cast back to FP32), then the tail rejoins.
+            back = to_placeholders(fp32)  # the converter names casts after the inputs (42nd audit B2)
             body, tail = split_tail(fp32)
             model = float16.convert_float_to_float16(body, keep_io_types=options.fp16_keep_io_types or tail is not None)
             if tail is not None:
                 model = join_tail(model, tail)
+            rename_model_inputs(model, back)
         set_metadata(model, {**props, "format": "onnx-fp16", "precision": "fp16",
                              "fp16_io": str(not options.fp16_keep_io_types).lower()})
         onnx.checker.check_model(model, full_check=True)

@@ -54,7 +54,8 @@ def export_onnx_int8(source: ExportSource, options: ExportOptions) -> ExportResu
             raise_if_disk_full(exc)
             raise ExportError(
                 f"cannot quantise student {name} to onnx-int8 ({options.calibration_method} calibration): "
-                f"{error_reason(exc)}; try --calibration-method minmax, or onnx-fp16"
+                f"{error_reason(exc)}; try "
+                + ("--calibration-method minmax, or onnx-fp16" if options.calibration_method != "minmax" else "onnx-fp16")
             ) from None
         if bad := nonstandard_ops(model):  # QOperator: QLinearAdd, QLinearMul ... (ONNX Runtime only)
             raise ExportError(

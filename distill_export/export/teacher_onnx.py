@@ -75,12 +75,14 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
             errors.append(("dynamo", exc))
             log.debug("dynamo ONNX exporter failed for the teacher (%s); trying TorchScript", error_reason(exc))
     try:
-        axes = ({**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None)
+        temporary = placeholders(len(names))  # TorchScript renames an input its initializers' name takes
+        axes = ({**{n: {0: "batch"} for n in temporary}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None)
         with warnings.catch_warnings(), quiet_output("TorchScript"):
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapper, sample, str(path), dynamo=False, opset_version=options.opset,
-                              input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                              input_names=temporary, output_names=[OUTPUT_NAME], dynamic_axes=axes,
                               do_constant_folding=True)
+        rename_inputs(path, dict(zip(temporary, names)))
         return "torchscript", (error_reason(errors[0][1]) if errors else None)
     except Exception as exc:  # noqa: BLE001
         raise_if_disk_full(exc)
