@@ -57,7 +57,7 @@ BAD = [  # (tool, arguments before --out, flag, what the message says), one per 
     ("bench_export.py", ["--run", "RB", "--batches", "0"], "--batches", "must be an integer >= 1, got 0"),  # B9
     ("bench_kd_loss.py", ["--device", "cpu", "--threads", "-1"], "--threads", "must be an integer >= 1"),  # B8
     ("bench_kd_loss.py", ["--device", "cpu", "--reps", "0"], "--reps", "must be an integer >= 1, got 0"),  # B3
-    ("bench_train.py", ["--rows", "-5"], "--rows", "must be an integer >= 1, got -5"),  # B1
+    ("bench_train.py", ["--rows", "-5"], "--rows", "must be an integer >= 10, got -5"),  # B1 (10: the classes)
     ("bench_cache.py", ["--repeats", "0"], "--repeats", "must be an integer >= 1, got 0"),
     ("make_captioned_digits.py", ["--p-drop", "2"], "--p-drop", "must be a probability in [0, 1], got 2"),  # B7
     ("make_captioned_digits.py", ["--false-rate", "nan"], "--false-rate", "is not a finite number"),
