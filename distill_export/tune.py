@@ -250,7 +250,9 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         body["rounds"] = decision.get("rounds") or 1
     # The run's whole config with the choice, no folder, no second search (B2: the choice alone ran on the demo)
     chosen_yaml = {**config.to_dict(), "out": None}
-    chosen_yaml["distill"] = {**chosen_yaml["distill"], **body, "tune_trials": 0, "tune_minutes": 0.0}
+    # tune_search: the search that ran, not the run's own value (forty-third audit A2)
+    chosen_yaml["distill"] = {**chosen_yaml["distill"], **body, "tune_trials": 0, "tune_minutes": 0.0,
+                              "tune_search": ",".join(search)}
     if decision["distill"] and decision.get("teacher_fusion"):  # a new run trains that teacher
         chosen_yaml["teacher"] = {**chosen_yaml["teacher"], "fusion": decision["teacher_fusion"]}
     write_text(out_path, header + yaml.safe_dump(chosen_yaml, sort_keys=False))

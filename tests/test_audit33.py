@@ -735,8 +735,8 @@ def test_a42_b1_b2_b3_every_format_keeps_an_input_named_like_a_converters_value(
 @pytest.mark.parametrize(("column", "why"), [
     ("label\u3164", "it holds a control or invisible character (U+3164)"),  # a Hangul filler (B5)
     ("label\u2800", "it holds a control or invisible character (U+2800)"),  # the blank Braille pattern (B5)
-    ("\uff4c\uff41\uff42\uff45\uff4c", "it reads as the reserved column 'label'"),  # fullwidth (A2)
-    ("\u017fplit", "it reads as the reserved column 'split'"),  # long s (A2)
+    ("\uff4c\uff41\uff42\uff45\uff4c", "its letters spell the reserved column 'label'"),  # fullwidth (A2)
+    ("\u017fplit", "its letters spell the reserved column 'split'"),  # long s (A2)
     ("a" * 201, "it is 201 bytes long, and file names are made from it (at most 200)"),  # A6
 ])
 def test_a42_b5_a2_a6_columns_that_read_as_another_or_cannot_name_a_file(tmp_path, column, why):
@@ -847,3 +847,34 @@ def test_a42_a1_a4_profile_host_records_what_runs_and_leaves_no_out_behind(tmp_p
     assert _run_tool("profile_host", [*argv, "--out", str(tmp_path / "out")], monkeypatch) == 2
     assert _one_line(capsys.readouterr().err) == line.replace("{place}", str(tmp_path))
     assert not (tmp_path / "out").exists()
+
+
+# ----- the forty-third audit ------------------------------------------------------------------------
+
+
+def test_a43_b1_a1_a3_column_names_read_by_their_letters(tmp_path):
+    """B1: `label` + U+1D159 (a symbol that draws nothing) fed the label to the teacher as text.
+    A1: Persian and Hindi words spelt with a zero-width (non-)joiner were refused as invisible.
+    A3: `image` beside fullwidth `ｉｍａｇｅ` were two modalities (every row then bad)."""
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", "label\U0001D159": "cat"}) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == (f"manifest {path}: the column 'label\U0001D159' cannot name a modality: its letters "
+                                 "spell the reserved column 'label'; rename it")
+    words = ["تصویر\u200cها", "क्\u200dष", "👩\u200d💻"]
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", **{w: "x" for w in words}}) + "\n")
+    assert read_rows(path)[0] == ["image", *words]
+    path.write_text(json.dumps({"image": "a.png", "label": "cat"}) + "\n"
+                    + json.dumps({"\uff49\uff4d\uff41\uff47\uff45": "b.png", "label": "dog"}) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == (f"manifest {path}: the columns 'image' and '\uff49\uff4d\uff41\uff47\uff45' read as "
+                                 "one name; rename one")
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", "lab\u200del": "cat", "x": "\u200d"}) + "\n")
+    with pytest.raises(DataError) as caught:  # a joiner between letters is allowed, but still read through
+        read_rows(path)
+    assert str(caught.value).endswith("the column 'lab\\u200del' cannot name a modality: its letters spell the "
+                                      "reserved column 'label'; rename it")

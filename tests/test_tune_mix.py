@@ -90,6 +90,8 @@ def test_tune_searches_the_mixing_and_pairs_each_candidate_with_its_baseline(run
         paired = next(b for b in conf["baselines"] if b["augment"] == cand["augment"])
         assert cand["gains_vs_baseline"] == pytest.approx([a - b for a, b in zip(cand["val_accuracies"], paired["val_accuracies"])])
     written = yaml.safe_load(out.read_text())["distill"]
+    # the search that ran, with no second search in a run of it (forty-third audit A2: the run's "terms")
+    assert (written["tune_search"], written["tune_trials"]) == ("terms,mix", 0)
     cfg = load_config("avdigits", out)  # what `run --config best.yaml` loads
     decision = summary["decision"]
     if decision["distill"] and decision.get("augment"):

@@ -213,6 +213,12 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
     for m in modalities:  # a column names the teacher's encoder, its ONNX input and report keys
         if why := _column_problem(m):  # "caption.en" or "" was a KeyError traceback (thirty-ninth audit B1-B4)
             raise DataError(f"manifest {path}: the column {m!r} cannot name a modality: {why}; rename it")
+    seen: dict[str, str] = {}
+    for m in modalities:  # "image" beside fullwidth "ｉｍａｇｅ": two modalities, one name to a reader (43rd A3)
+        folded = unicodedata.normalize("NFKC", m).casefold()
+        if folded in seen:
+            raise DataError(f"manifest {path}: the columns {seen[folded]!r} and {m!r} read as one name; rename one")
+        seen[folded] = m
     rows = []
     for line, rec in records:
         label = _cell(rec.get("label"))
@@ -249,14 +255,15 @@ def _column_problem(name: str) -> str | None:
         return "it holds a lone surrogate escape, which is no character"
     if (size := len(name.encode("utf-8"))) > MAX_COLUMN_BYTES:  # teacher.<column>.pt (42nd audit A6)
         return f"it is {size} bytes long, and file names are made from it (at most {MAX_COLUMN_BYTES})"
-    if hidden := next((c for c in name if _invisible(c)), None):
+    if hidden := next((c for i, c in enumerate(name) if _invisible(c) and not _joins(name, i)), None):
         # a zero-width space after "label" made a second, invisible label column (41st audit B3)
         return f"it holds a control or invisible character (U+{ord(hidden):04X})"
-    reads = _reads_as(name)
-    if reads in RESERVED:  # "Split" was a text modality, and the file's splits were ignored (41st A3)
-        if name.lower() == reads:
-            return f"it differs from the reserved column {reads!r} only in case"
-        return f"it reads as the reserved column {reads!r}"  # fullwidth "ｌａｂｅｌ", "ſplit" (42nd A2)
+    spelled = _letters(name)
+    if spelled in RESERVED:  # "Split" was a text modality, and the file's splits were ignored (41st A3)
+        if name.lower() == spelled:
+            return f"it differs from the reserved column {spelled!r} only in case"
+        # fullwidth "ｌａｂｅｌ", "ſplit" (42nd A2), "label" + a symbol that draws nothing (43rd B1)
+        return f"its letters spell the reserved column {spelled!r}"
     return None
 
 
@@ -273,12 +280,22 @@ def _invisible(char: str) -> bool:
     return char in BLANKS or unicodedata.category(char) in ("Cc", "Cf", "Co")
 
 
-def _reads_as(name: str) -> str:
-    """The name as a reader sees it: compatibility forms folded (NFKC: fullwidth letters), marks
-    that draw nothing (variation selectors, the grapheme joiner) dropped, case folded."""
-    folded = unicodedata.normalize("NFKC", name)
-    shown = "".join(c for c in folded if not (unicodedata.category(c) == "Mn" and unicodedata.combining(c) == 0))
-    return shown.casefold().strip()
+# Zero-width (non-)joiners shape words in Persian, Hindi and emoji sequences (43rd audit A1):
+# allowed between two characters that draw, refused at a name's ends or beside a space.
+JOINERS = frozenset("\u200c\u200d")
+
+
+def _joins(name: str, i: int) -> bool:
+    return (name[i] in JOINERS and 0 < i < len(name) - 1
+            and not name[i - 1].isspace() and not name[i + 1].isspace()
+            and not _invisible(name[i - 1]) and not _invisible(name[i + 1]))
+
+
+def _letters(name: str) -> str:
+    """The name's letters and digits, compatibility forms folded (NFKC: fullwidth letters) and case
+    folded: what is left to read once symbols, marks and blanks (which may draw nothing) are gone."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in folded if unicodedata.category(c)[0] in "LN" and c not in BLANKS)
 
 
 def _visible(name: str) -> str:
