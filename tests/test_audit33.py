@@ -871,10 +871,51 @@ def test_a43_b1_a1_a3_column_names_read_by_their_letters(tmp_path):
                     + json.dumps({"\uff49\uff4d\uff41\uff47\uff45": "b.png", "label": "dog"}) + "\n")
     with pytest.raises(DataError) as caught:
         read_rows(path)
-    assert str(caught.value) == (f"manifest {path}: the columns 'image' and '\uff49\uff4d\uff41\uff47\uff45' read as "
-                                 "one name; rename one")
+    assert str(caught.value) == (f"manifest {path}: the columns 'image' and '\uff49\uff4d\uff41\uff47\uff45' "
+                                 "('\\uff49\\uff4d\\uff41\\uff47\\uff45') read as one name; rename one")
     path.write_text(json.dumps({"image": "a.png", "label": "cat", "lab\u200del": "cat", "x": "\u200d"}) + "\n")
     with pytest.raises(DataError) as caught:  # a joiner between letters is allowed, but still read through
         read_rows(path)
     assert str(caught.value).endswith("the column 'lab\\u200del' cannot name a modality: its letters spell the "
                                       "reserved column 'label'; rename it")
+
+
+# ----- the forty-fourth audit -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("second", "escaped"), [
+    ("im\u200cage", "im\\u200cage"),  # a joiner between two letters (B1)
+    ("image\u034f", "image\\u034f"),  # the combining grapheme joiner, which draws nothing (B1)
+    ("\u0456mage", "\\u0456mage"),  # a Cyrillic і (A1)
+])
+def test_a44_b1_a1_two_columns_that_read_as_one_name_are_refused(tmp_path, second, escaped):
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.csv"
+    path.write_text(f"image,{second},label\na.png,b.png,cat\n")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == (f"manifest {path}: the columns 'image' and {second!r} ('{escaped}') read as one "
+                                 "name; rename one")
+
+
+def test_a44_a1_a2_b2_lookalike_labels_refused_flags_kept_and_spellings_shown(tmp_path):
+    """A1: `lаbеl` with Cyrillic а and е fed the label to the teacher; B2: the flag of Scotland
+    (🏴 and tag letters) was 'a control or invisible character'; A2: two spellings of `café`
+    were refused with both printed alike."""
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", "l\u0430b\u0435l": "cat"}) + "\n")
+    with pytest.raises(DataError, match="its letters spell the reserved column 'label'"):
+        read_rows(path)
+    flag = "\U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F"
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", flag: "x"}) + "\n")
+    assert read_rows(path)[0] == ["image", flag]
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", "x\U000E0067": "x"}) + "\n")  # a tag alone
+    with pytest.raises(DataError, match="invisible character \\(U\\+E0067\\)"):
+        read_rows(path)
+    path.write_text(json.dumps({"caf\u00e9": "a.png", "cafe\u0301": "b.png", "label": "cat"}) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert "the columns 'caf\u00e9' ('caf\\xe9') and 'cafe\u0301' ('cafe\\u0301') read as one name" in str(caught.value)

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import csv
 import json
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
+from distill_export.data.column_names import (  # noqa: F401 (RESERVED: manifest_rows.RESERVED for its readers)
+    RESERVED, column_problem, column_shown, read_alike, shown, visible,
+)
 from distill_export.errors import DataError
 from distill_export.files import unusable_path
 
-RESERVED = ("label", "split", "id")
 SPLITS = ("train", "val", "test")
 CALIBRATION = "calibration"  # optional split: unlabeled rows the INT8 export calibrates on, never trained on
 HELD_OUT_FRACTION = {"val": 0.1, "test": 0.1}  # per class, when there is no split column
@@ -203,22 +204,19 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
     if not records and not columns:  # an empty file (or blank lines): no header, no row (tenth audit)
         raise DataError(f"manifest {path} is empty: no header and no rows")
     if "label" not in columns and need_label:
-        near = next((c for c in columns if _visible(c) == "label"), None)  # "\ufefflabel" read as "label"
+        near = next((c for c in columns if visible(c) == "label"), None)  # "\ufefflabel" read as "label"
         hint = f"; the column {near!r} holds an invisible character" if near is not None else ""
-        raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(map(_column_shown, columns)) or 'none'})"
+        raise DataError(f"manifest {path} has no 'label' column (columns: {', '.join(map(column_shown, columns)) or 'none'})"
                         f"{hint}")
     modalities = [c for c in columns if c not in RESERVED]
     if not modalities:
         raise DataError(f"manifest {path} has no modality column, only {', '.join(columns)}")
     for m in modalities:  # a column names the teacher's encoder, its ONNX input and report keys
-        if why := _column_problem(m):  # "caption.en" or "" was a KeyError traceback (thirty-ninth audit B1-B4)
+        if why := column_problem(m):  # "caption.en" or "" was a KeyError traceback (thirty-ninth audit B1-B4)
             raise DataError(f"manifest {path}: the column {m!r} cannot name a modality: {why}; rename it")
-    seen: dict[str, str] = {}
-    for m in modalities:  # "image" beside fullwidth "ｉｍａｇｅ": two modalities, one name to a reader (43rd A3)
-        folded = unicodedata.normalize("NFKC", m).casefold()
-        if folded in seen:
-            raise DataError(f"manifest {path}: the columns {seen[folded]!r} and {m!r} read as one name; rename one")
-        seen[folded] = m
+    if pair := read_alike(modalities):  # "image" beside fullwidth "ｉｍａｇｅ" (43rd audit A3, 44th B1)
+        raise DataError(f"manifest {path}: the columns {shown(pair[0])} and {shown(pair[1])} read as one name; "
+                        "rename one")
     rows = []
     for line, rec in records:
         label = _cell(rec.get("label"))
@@ -226,85 +224,6 @@ def read_rows(path: Path, need_label: bool = True) -> tuple[list[str], list[str]
         rows.append(Row(line, {m: _cell(rec.get(m)) for m in modalities}, label or None, split,
                         id=_cell(rec.get("id")) or None))
     return modalities, columns, rows, problems
-
-
-# An exported graph's output names: an input of the same name made the ONNX export recurse (40th B8).
-OUTPUT_NAMES = ("logits", "heads", "boxes", "scores", "classes")
-
-
-def _column_problem(name: str) -> str | None:
-    """Why a column's name cannot name a modality (a model's layer and input), or None."""
-    if not name.strip():
-        return "it is empty"
-    if "." in name:
-        return "it holds '.', which separates the parts of a model's layer names"
-    if "/" in name or "\\" in name:  # teacher.<column>.pt checkpoint files (fortieth audit B6)
-        return "it holds a path separator, and file names are made from it"
-    if name in OUTPUT_NAMES:
-        return f"an exported model's outputs are named {', '.join(OUTPUT_NAMES)}"
-    try:
-        import torch
-
-        if hasattr(torch.nn.ModuleDict(), name):  # "training", "forward": a KeyError traceback (40th B1, B7)
-            return "it is the name of an attribute of a PyTorch module"
-    except ImportError:  # the runtime-only install reads no manifests to train on
-        pass
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "it holds a lone surrogate escape, which is no character"
-    if (size := len(name.encode("utf-8"))) > MAX_COLUMN_BYTES:  # teacher.<column>.pt (42nd audit A6)
-        return f"it is {size} bytes long, and file names are made from it (at most {MAX_COLUMN_BYTES})"
-    if hidden := next((c for i, c in enumerate(name) if _invisible(c) and not _joins(name, i)), None):
-        # a zero-width space after "label" made a second, invisible label column (41st audit B3)
-        return f"it holds a control or invisible character (U+{ord(hidden):04X})"
-    spelled = _letters(name)
-    if spelled in RESERVED:  # "Split" was a text modality, and the file's splits were ignored (41st A3)
-        if name.lower() == spelled:
-            return f"it differs from the reserved column {spelled!r} only in case"
-        # fullwidth "ｌａｂｅｌ", "ſplit" (42nd A2), "label" + a symbol that draws nothing (43rd B1)
-        return f"its letters spell the reserved column {spelled!r}"
-    return None
-
-
-MAX_COLUMN_BYTES = 200
-# Letters and symbols that draw as nothing: the Hangul fillers and the blank Braille pattern
-# ("label" + U+3164 read as "label" and fed the label to the teacher: 42nd audit B5).
-BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-
-
-def _invisible(char: str) -> bool:
-    """Control, format (zero-width space, BOM) and private-use characters, and BLANKS. Not
-    'unassigned': Python's Unicode tables lag the standard, and a new emoji read as unassigned
-    (42nd audit B6)."""
-    return char in BLANKS or unicodedata.category(char) in ("Cc", "Cf", "Co")
-
-
-# Zero-width (non-)joiners shape words in Persian, Hindi and emoji sequences (43rd audit A1):
-# allowed between two characters that draw, refused at a name's ends or beside a space.
-JOINERS = frozenset("\u200c\u200d")
-
-
-def _joins(name: str, i: int) -> bool:
-    return (name[i] in JOINERS and 0 < i < len(name) - 1
-            and not name[i - 1].isspace() and not name[i + 1].isspace()
-            and not _invisible(name[i - 1]) and not _invisible(name[i + 1]))
-
-
-def _letters(name: str) -> str:
-    """The name's letters and digits, compatibility forms folded (NFKC: fullwidth letters) and case
-    folded: what is left to read once symbols, marks and blanks (which may draw nothing) are gone."""
-    folded = unicodedata.normalize("NFKC", name).casefold()
-    return "".join(c for c in folded if unicodedata.category(c)[0] in "LN" and c not in BLANKS)
-
-
-def _visible(name: str) -> str:
-    return "".join(c for c in name if not _invisible(c)).strip()
-
-
-def _column_shown(name: str) -> str:
-    """A column name as a message shows it: as written, or repr'd when it holds an invisible character."""
-    return repr(name) if any(_invisible(c) for c in name) else name
 
 
 # ----- checks --------------------------------------------------------------------------------
