@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from distill_export.config_checks import _show, _suggest, settle_default_fusion, validate_config
+from distill_export.config_checks import _show, _suggest, check_gates_apply, settle_default_fusion, validate_config
 from distill_export.errors import ConfigError
 
 
@@ -369,6 +369,8 @@ def load_config(
     if not any(_sets(layer, "teacher.fusion") for layer in layers):
         settle_default_fusion(config)  # e.g. --task detection alone: late, not classification's concat
     validate_config(config)
+    if config_file:
+        check_gates_apply(config, read_yaml(config_file), str(config_file), ValidateConfig(), _sets)
     return config
 
 

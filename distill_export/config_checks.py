@@ -367,3 +367,21 @@ def _check_task(config) -> None:
         task.check_config(config)  # e.g. a classifier student or teacher.fusion=concat for detection
     except ImportError:  # no torch: nothing to train, nothing to check
         return
+
+
+def check_gates_apply(config, data: dict, where: str, defaults, sets) -> None:
+    """A --config that sets another task's gate to a value of its own (fp32_map50_delta on a
+    classification run) would be recorded and never read (forty-fifth audit G2). A whole config
+    written back (tuned.yaml) holds every gate at its default: those are let be. defaults: a
+    ValidateConfig(); sets(data, dotted_key): whether the mapping sets the key (config.py)."""
+    from distill_export.tasks import get_task, task_names
+
+    own = {g.config_key for g in get_task(config.task).gates}
+    for task in task_names():
+        for gate in get_task(task).gates:
+            key = gate.config_key
+            if key in own or not sets(data, f"validate.{key}") or not hasattr(defaults, key):
+                continue
+            if getattr(config.validate, key) != getattr(defaults, key):
+                raise ConfigError(f"{where}: validate.{key} is a gate of the {task} task, but this run's task is "
+                                  f"{config.task}, which never reads it; drop it")

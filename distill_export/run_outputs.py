@@ -61,6 +61,8 @@ class RunOutputs:
                     return stage, self.file(PARITY_FILE), "is from another student.pt"
                 return stage, self.file("student.pt"), "changed after export"
             if stage == "export" and self._teacher_changed():
+                if changed := self._teacher_file_changed():  # not export's to fix (forty-fifth audit P15)
+                    return "train_teacher", changed, "changed after train-teacher"
                 return stage, self.file("teacher.pt"), "changed after export"
         return None
 

@@ -919,3 +919,56 @@ def test_a44_a1_a2_b2_lookalike_labels_refused_flags_kept_and_spellings_shown(tm
     with pytest.raises(DataError) as caught:
         read_rows(path)
     assert "the columns 'caf\u00e9' ('caf\\xe9') and 'cafe\u0301' ('cafe\\u0301') read as one name" in str(caught.value)
+
+
+# ----- the forty-fifth audit ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["L\u0410\u0412\u0415L",  # Cyrillic capitals А В Е (C1)
+                                    "L\u0391\u0392\u0395L",  # Greek capitals Α Β Ε (C1)
+                                    "\u029f\u1d00\u0299\u1d07\u029f"])  # Latin small capitals ʟᴀʙᴇʟ (C3)
+def test_a45_c1_c3_capital_and_small_capital_lookalikes_of_label_are_refused(tmp_path, column):
+    from distill_export.data.manifest_rows import read_rows
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "label": "cat", column: "cat"}) + "\n")
+    with pytest.raises(DataError, match="its letters spell the reserved column 'label'"):
+        read_rows(path)
+
+
+def test_a45_c2_columns_that_differ_by_a_capital_lookalike_read_as_one(tmp_path):
+    from distill_export.data.column_names import read_alike
+
+    assert read_alike(["TEXT", "\u0422EXT"]) == ("TEXT", "\u0422EXT")
+    assert read_alike(["\u0412\u0430\u0441\u044f", "image"]) is None  # a Russian name is a name
+
+
+def test_a45_g2_another_tasks_gate_in_a_config_is_refused(tmp_path):
+    """validate.fp32_map50_delta: 0.5 in a classification run's --config was recorded and never read;
+    a whole config written back (every gate at its default) still loads."""
+    from distill_export.config import load_config
+
+    bad = tmp_path / "g.yaml"
+    bad.write_text("validate:\n  fp32_map50_delta: 0.5\n")
+    line = one_line_error(runner.invoke(app, ["run", "--config", str(bad), "--out", str(tmp_path / "r")]))
+    assert line == (f"error: {bad}: validate.fp32_map50_delta is a gate of the detection task, but this run's task "
+                    "is classification, which never reads it; drop it"), line
+    assert not (tmp_path / "r").exists()
+    whole = tmp_path / "whole.yaml"
+    whole.write_text(__import__("yaml").safe_dump(load_config("avdigits").to_dict()))
+    assert load_config(None, whole).validate.fp32_map50_delta == 0.001
+
+
+def test_a45_p15_a_teacher_changed_after_train_teacher_names_the_fix_that_runs(run_copy):
+    """profile and validate said "re-run `distill-export export`", which then refused and named
+    `run --resume`: every command now names `run --resume`."""
+    path = run_copy / "teacher.pt"
+    saved = torch.load(path, weights_only=True)
+    key = next(k for k, v in saved["state_dict"].items() if v.is_floating_point())
+    saved["state_dict"][key] = saved["state_dict"][key] + 1.0
+    torch.save(saved, path)
+    for command in ("profile", "validate", "export"):
+        line = one_line_error(runner.invoke(app, [command, str(run_copy)]))
+        assert line == (f"error: {path} changed after train-teacher (the teacher stage measured another file: the "
+                        f"run would mix two teachers), so `{command}` cannot run; re-run `distill-export run --resume "
+                        f"{run_copy}` (or start a new run: `distill-export run --out NEW`)"), line

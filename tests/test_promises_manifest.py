@@ -69,8 +69,11 @@ def test_a_missing_recipe_manifest_says_how_to_build_it(tmp_path):
         path = tmp_path / name / "manifest.csv"
         with pytest.raises(DataError) as err:
             mf.resolve_manifest(str(path))
-        assert str(err.value) == f"manifest {path} does not exist; build it with: {command} --out {path.parent}"
+        assert str(err.value) == (f"manifest {path} does not exist; build it in a checkout of distill-export with: "
+                                  f"{command} --out {path.parent} (docs/byo-data.md)")
     assert mf.missing_manifest("elsewhere/m.csv") == "manifest elsewhere/m.csv does not exist"
+    # a user's file whose path holds a recipe's name is no recipe's manifest (forty-fifth audit R2)
+    assert mf.missing_manifest("nope/avmnist_mine/mydata.jsonl") == "manifest nope/avmnist_mine/mydata.jsonl does not exist"
 
 
 def test_a_manifest_without_rows_or_without_any_label_is_refused(tmp_path):

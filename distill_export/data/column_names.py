@@ -21,8 +21,11 @@ BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 # Zero-width (non-)joiners shape words in Persian, Hindi and emoji sequences (43rd audit A1).
 JOINERS = frozenset("\u200c\u200d")
 BLACK_FLAG, TAGS = "\U0001F3F4", range(0xE0020, 0xE0080)  # 🏴 + tag letters + cancel tag: a region's flag
-# Cyrillic and Greek letters drawn like Latin ones ("lаbеl" with Cyrillic а and е: 44th audit A1).
-LOOKALIKES = str.maketrans("аеорсухѕіјԁӏɩιοα", "aeopcyxsijdllioa")
+# Cyrillic and Greek letters drawn like Latin ones ("lаbеl" with Cyrillic а and е: 44th audit A1),
+# capitals first: case folding turns Cyrillic "В" into "в", which looks like no Latin letter (45th C1).
+CAPITAL_LOOKALIKES = str.maketrans("АВЕКМНОРСТХЅІЈӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧ", "ABEKMHOPCTXSIJlABEZHIKMNOPTYX")
+# (and Latin small capitals, "ʟᴀʙᴇʟ": 45th audit C3)
+LOOKALIKES = str.maketrans("аеорсухѕіјԁӏɩιοαʟᴀʙᴇɪᴅꜱᴘᴛ", "aeopcyxsijdllioalabeidspt")
 
 
 def column_problem(name: str) -> str | None:
@@ -84,7 +87,7 @@ def _drawn(name: str, i: int) -> bool:
 
 def _read(name: str) -> str:
     """NFKC (fullwidth forms), case folded, look-alike letters mapped to Latin."""
-    return unicodedata.normalize("NFKC", name).casefold().translate(LOOKALIKES)
+    return unicodedata.normalize("NFKC", name).translate(CAPITAL_LOOKALIKES).casefold().translate(LOOKALIKES)
 
 
 def letters(name: str) -> str:

@@ -60,10 +60,11 @@ def resolve_manifest(source: str) -> Path:
     return path
 
 
-# The shipped recipes' manifests are built by a tool: a missing one says which.
+# The shipped recipes' manifests are built by a tool of a checkout (tools/ is not in the wheel),
+# from data the user has (the MNIST test set, FSDD): a missing one says which (45th audit R1).
 BUILDERS = {
-    "avmnist": "python tools/prepare_avmnist.py --mnist ../shared/data/mnist --fsdd ../shared/data/fsdd/recordings",
-    "captioned_digits": "python tools/make_captioned_digits.py --mnist ../shared/data/mnist",
+    "avmnist": "python tools/prepare_avmnist.py --mnist MNIST_DIR --fsdd FSDD_RECORDINGS_DIR",
+    "captioned_digits": "python tools/make_captioned_digits.py --mnist MNIST_DIR",
 }
 
 
@@ -73,9 +74,10 @@ def missing_manifest(path: str | Path) -> str:
     if path.exists():  # there, but no regular file (a device, a FIFO, a folder): said as what it is
         kind = "a folder" if path.is_dir() else "a device, FIFO or other special file"
         return f"manifest {path} is not a regular file ({kind}); give a .csv or .jsonl file"
-    for name, command in BUILDERS.items():
-        if name in str(path):
-            return f"manifest {path} does not exist; build it with: {command} --out {path.parent}"
+    # a recipe's own place, <name>/manifest.csv; not any path holding the name (45th audit R2)
+    if path.name == "manifest.csv" and (command := BUILDERS.get(path.parent.name)):
+        return (f"manifest {path} does not exist; build it in a checkout of distill-export with: {command} "
+                f"--out {path.parent} (docs/byo-data.md)")
     return f"manifest {path} does not exist"
 
 
