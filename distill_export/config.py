@@ -382,6 +382,11 @@ def _sets(data, key: str) -> bool:
     return key in data or (bool(rest) and _sets(data.get(head), rest))
 
 
+def check_run_gates(config: RunConfig, data: dict) -> None:
+    """check_gates_apply on a run's own config.yaml (hand-edited), as on a --config."""
+    check_gates_apply(config, data, "", ValidateConfig(), _sets)
+
+
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Rebuild a RunConfig saved in a run directory."""
     return apply_overrides(RunConfig(), data, "run config")

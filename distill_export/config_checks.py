@@ -234,8 +234,8 @@ def validate_config(config) -> None:
         # The terms are torch modules. A runtime-only install (validate/profile ONNX files on an
         # edge box, no torch) never trains, so it has no objective to check.
         term_specs = None
-    if term_specs is not None:
-        term_specs(config.distill)  # unknown terms/presets, bad weights or hyperparameters fail now
+    if term_specs is not None:  # unknown terms/presets, bad weights or hyperparameters fail now
+        _check_alpha_leaves_a_term(config.distill, term_specs(config.distill))
     _check_task(config)
     if term_specs is not None:
         check_objective_for_task(config.distill, config.task)  # e.g. dkd (or hinton) for detection
@@ -372,7 +372,8 @@ def _check_task(config) -> None:
 def check_gates_apply(config, data: dict, where: str, defaults, sets) -> None:
     """A --config that sets another task's gate to a value of its own (fp32_map50_delta on a
     classification run) would be recorded and never read (forty-fifth audit G2). A whole config
-    written back (tuned.yaml) holds every gate at its default: those are let be. defaults: a
+    written back (tuned.yaml) holds every gate at its default: those are let be. where: the file
+    named first in the message ("": the caller names it). defaults: a
     ValidateConfig(); sets(data, dotted_key): whether the mapping sets the key (config.py)."""
     from distill_export.tasks import get_task, task_names
 
@@ -383,5 +384,14 @@ def check_gates_apply(config, data: dict, where: str, defaults, sets) -> None:
             if key in own or not sets(data, f"validate.{key}") or not hasattr(defaults, key):
                 continue
             if getattr(config.validate, key) != getattr(defaults, key):
-                raise ConfigError(f"{where}: validate.{key} is a gate of the {task} task, but this run's task is "
+                raise ConfigError(f"{where + ': ' if where else ''}validate.{key} is a gate of the {task} task, but this run's task is "
                                   f"{config.task}, which never reads it; drop it")
+
+
+def _check_alpha_leaves_a_term(distill, specs) -> None:
+    """alpha 1 weighs a preset's distillation terms 1 - alpha = 0, so they are dropped: `--method hinton
+    --alpha 1` trained on labels alone while config.yaml said hinton (forty-sixth audit A1, A2)."""
+    if not distill.terms and distill.method != "labels_only" and all(s.name == "ce" for s in specs):
+        raise ConfigError(f"--alpha {distill.alpha:g} (distill.alpha) leaves method {distill.method} no distillation "
+                          "term (they weigh 1 - alpha = 0), so it would train on the labels alone; give an alpha "
+                          "below 1, or --method labels_only")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from distill_export.config import RunConfig, config_from_dict
+from distill_export.config import RunConfig, check_run_gates, config_from_dict
 from distill_export.errors import ConfigError
 from distill_export.files import ensure_writable_dir, refuse_special_run_files, write_json, write_text
 from distill_export.output_paths import check_free, check_new_file, check_output  # noqa: F401
@@ -152,9 +152,9 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
                         if isinstance(data.get(key), dict):
                             data[key] = {f: {k: v for k, v in (e or {}).items() if k != "parity"}
                                          for f, e in data[key].items()}
-                if isinstance(data.get("timings"), dict):
+                if isinstance(data.get("timings"), dict):  # `run`'s total timed the stages dropped too (46th T1)
                     data["timings"] = {k: v for k, v in data["timings"].items()
-                                       if k not in STAGE_TIMINGS.get(stage, ())}
+                                       if k not in STAGE_TIMINGS.get(stage, ()) and k != "total"}
             return data
 
         store.rewrite(self.file("report.json"), drop)
@@ -247,7 +247,9 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
         path = self.file("config.yaml")
         data = read_yaml(path, what="run config")  # bounded safe YAML; a corrupt file is named in one line
         try:
-            return config_from_dict(data)
+            config = config_from_dict(data)
+            check_run_gates(config, data)  # another task's gate edited in: never read (46th audit G7)
+            return config
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 

@@ -972,3 +972,48 @@ def test_a45_p15_a_teacher_changed_after_train_teacher_names_the_fix_that_runs(r
         assert line == (f"error: {path} changed after train-teacher (the teacher stage measured another file: the "
                         f"run would mix two teachers), so `{command}` cannot run; re-run `distill-export run --resume "
                         f"{run_copy}` (or start a new run: `distill-export run --out NEW`)"), line
+
+
+# ----- the forty-sixth audit ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--method", "hinton", "--alpha", "1", "--temperature", "3"], ["--alpha", "1"]])
+def test_a46_a1_a2_alpha_1_with_a_distilling_method_is_refused(run_copy, argv):
+    """It trained on the labels alone (report.json: labels_only) while config.yaml kept the method."""
+    before = (run_copy / "config.yaml").read_text()
+    line = one_line_error(runner.invoke(app, ["distill", str(run_copy), "--epochs", "1", *argv]))
+    method = "hinton" if "hinton" in argv else "pseudo_label"
+    assert line == (f"error: --alpha 1 (distill.alpha) leaves method {method} no distillation term (they weigh "
+                    "1 - alpha = 0), so it would train on the labels alone; give an alpha below 1, or --method "
+                    "labels_only"), line
+    assert (run_copy / "config.yaml").read_text() == before
+
+
+def test_a46_p3_g7_t1_tune_checks_the_teacher_resume_the_gates_and_totals_go_with_their_stages(run_copy):
+    """P3: tune on a run whose teacher.pt was replaced wrote tune.json from the other teacher; G7: another
+    task's gate edited into config.yaml was kept on resume; T1: `run`'s total stayed after its stages were
+    dropped."""
+    from distill_export.rundir import RunDir
+
+    run = RunDir.existing(run_copy)
+    run.update_report(timings={"total": 30.0})  # what `run` writes at its end
+    assert "total" in json.loads((run_copy / "report.json").read_text())["timings"]
+    run._forget(["profile"])
+    assert "total" not in json.loads((run_copy / "report.json").read_text())["timings"]
+
+    config = run_copy / "config.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("fp32_map50_delta: 0.001", "fp32_map50_delta: 0.5"))
+    line = one_line_error(runner.invoke(app, ["validate", str(run_copy)]))
+    assert line == (f"error: {config}: validate.fp32_map50_delta is a gate of the detection task, but this run's "
+                    "task is classification, which never reads it; drop it"), line
+    config.write_text(text)
+
+    path = run_copy / "teacher.pt"
+    saved = torch.load(path, weights_only=True)
+    key = next(k for k, v in saved["state_dict"].items() if v.is_floating_point())
+    saved["state_dict"][key] = saved["state_dict"][key] + 1.0
+    torch.save(saved, path)
+    line = one_line_error(runner.invoke(app, ["tune", str(run_copy), "--trials", "1", "--confirm-seeds", "0"]))
+    assert line.startswith(f"error: {path} changed after train-teacher") and "run --resume" in line, line
+    assert not (run_copy / "tune.json").exists()

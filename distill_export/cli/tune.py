@@ -52,6 +52,8 @@ def tune(run_dir: RunDirArg, trials: Trials = 30, minutes: Minutes = None, metho
         check_new_file(out_file, run_dir)  # the text as typed: a trailing '/' names a folder
         out_file = Path(out_file).expanduser()
     rd, cfg = open_run(run_dir, None, command="distill")
+    # a teacher.pt replaced after train-teacher: the trials would learn from another teacher (46th audit P3)
+    rd.require_stages(("train_teacher",), "tune")
     check_search_for_task(cfg, spaces, "--search")  # e.g. mix or rounds on a detection run: before any trial
     path = out_file or rd.file("tuned.yaml")
     if out_file is None:  # the run's own tuned.yaml: rewritten only if an earlier tune wrote it
