@@ -152,9 +152,9 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
                         if isinstance(data.get(key), dict):
                             data[key] = {f: {k: v for k, v in (e or {}).items() if k != "parity"}
                                          for f, e in data[key].items()}
-                if isinstance(data.get("timings"), dict):  # `run`'s total timed the stages dropped too (46th T1)
-                    data["timings"] = {k: v for k, v in data["timings"].items()
-                                       if k not in STAGE_TIMINGS.get(stage, ()) and k != "total"}
+                timed = STAGE_TIMINGS.get(stage, ())  # `run`'s total timed those too (46th audit T1)
+                if isinstance(data.get("timings"), dict) and timed:
+                    data["timings"] = {k: v for k, v in data["timings"].items() if k not in (*timed, "total")}
             return data
 
         store.rewrite(self.file("report.json"), drop)
