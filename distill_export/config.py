@@ -14,7 +14,10 @@ from typing import Any
 
 import yaml
 
-from distill_export.config_checks import _show, _suggest, check_gates_apply, settle_default_fusion, validate_config
+from distill_export.config_checks import (
+    _show, _suggest, sets_key, settle_default_fusion, validate_config,
+)
+from distill_export.flag_checks import check_gates_of_task
 from distill_export.errors import ConfigError
 
 
@@ -360,31 +363,19 @@ def load_config(
         data.pop("description", None)
         apply_overrides(config, data, f"recipe {recipe}")
         layers.append(data)
-    if config_file:
-        layers.append(read_yaml(config_file))
-        apply_overrides(config, layers[-1], str(config_file))
+    user_file = read_yaml(config_file) if config_file else None
+    if user_file is not None:
+        layers.append(user_file)
+        apply_overrides(config, user_file, str(config_file))
     if overrides:
         apply_flags(config, overrides)
         layers.append({k: v for k, v in overrides.items() if v is not None})
-    if not any(_sets(layer, "teacher.fusion") for layer in layers):
+    if not any(sets_key(layer, "teacher.fusion") for layer in layers):
         settle_default_fusion(config)  # e.g. --task detection alone: late, not classification's concat
     validate_config(config)
-    if config_file:
-        check_gates_apply(config, read_yaml(config_file), str(config_file), ValidateConfig(), _sets)
+    if user_file is not None:
+        check_gates_of_task(config, user_file, str(config_file))
     return config
-
-
-def _sets(data, key: str) -> bool:
-    """Whether a config mapping sets the dotted `key`, nested ({teacher: {fusion: late}}) or dotted."""
-    if not isinstance(data, dict):
-        return False
-    head, _, rest = key.partition(".")
-    return key in data or (bool(rest) and _sets(data.get(head), rest))
-
-
-def check_run_gates(config: RunConfig, data: dict) -> None:
-    """check_gates_apply on a run's own config.yaml (hand-edited), as on a --config."""
-    check_gates_apply(config, data, "", ValidateConfig(), _sets)
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -369,23 +369,12 @@ def _check_task(config) -> None:
         return
 
 
-def check_gates_apply(config, data: dict, where: str, defaults, sets) -> None:
-    """A --config that sets another task's gate to a value of its own (fp32_map50_delta on a
-    classification run) would be recorded and never read (forty-fifth audit G2). A whole config
-    written back (tuned.yaml) holds every gate at its default: those are let be. where: the file
-    named first in the message ("": the caller names it). defaults: a
-    ValidateConfig(); sets(data, dotted_key): whether the mapping sets the key (config.py)."""
-    from distill_export.tasks import get_task, task_names
-
-    own = {g.config_key for g in get_task(config.task).gates}
-    for task in task_names():
-        for gate in get_task(task).gates:
-            key = gate.config_key
-            if key in own or not sets(data, f"validate.{key}") or not hasattr(defaults, key):
-                continue
-            if getattr(config.validate, key) != getattr(defaults, key):
-                raise ConfigError(f"{where + ': ' if where else ''}validate.{key} is a gate of the {task} task, but this run's task is "
-                                  f"{config.task}, which never reads it; drop it")
+def sets_key(data, key: str) -> bool:
+    """Whether a config mapping sets the dotted `key`, nested ({teacher: {fusion: late}}) or dotted."""
+    if not isinstance(data, dict):
+        return False
+    head, _, rest = key.partition(".")
+    return key in data or (bool(rest) and sets_key(data.get(head), rest))
 
 
 def _check_alpha_leaves_a_term(distill, specs) -> None:

@@ -1,12 +1,12 @@
 """Flags that cannot apply to this run are refused, not recorded as if they ran (issue 24):
 a setting a tune search would replace, a loaded teacher's training settings, a calibration flag
 without an INT8 format, an objective flag no term reads, a control with nothing to teach,
---skip-bad-rows or data.streaming=on on a built-in dataset. cli/options.py and launch.py call these after the config
+--skip-bad-rows or data.streaming=on on a built-in dataset, another task's gate. cli/options.py and launch.py call these after the config
 is loaded, with the flags the user gave (`flags`, `given`)."""
 
 from __future__ import annotations
 
-from distill_export.config_checks import check_search_for_task, check_tune_minutes, tune_search_spaces
+from distill_export.config_checks import check_search_for_task, check_tune_minutes, sets_key, tune_search_spaces
 from distill_export.errors import ConfigError
 
 
@@ -237,3 +237,22 @@ def _cuda_run(config) -> bool:
     except ImportError:
         return False
     return config.device.startswith("cuda") or torch.cuda.is_available()
+
+
+def check_gates_of_task(config, data: dict, where: str = "") -> None:
+    """A --config or a run's config.yaml (`data`, as read) that sets another task's gate to a value
+    of its own (fp32_map50_delta on a classification run) would be recorded and never read (45th
+    audit G2, 46th G7). A whole config written back (tuned.yaml) holds every gate at its default:
+    those are let be. where: the file named first in the message ("": the caller names it)."""
+    from distill_export.tasks import get_task, task_names
+
+    own = {g.config_key for g in get_task(config.task).gates}
+    defaults = type(config.validate)()
+    for task in task_names():
+        for gate in get_task(task).gates:
+            key = gate.config_key
+            if key in own or not sets_key(data, f"validate.{key}") or not hasattr(defaults, key):
+                continue
+            if getattr(config.validate, key) != getattr(defaults, key):
+                raise ConfigError(f"{where + ': ' if where else ''}validate.{key} is a gate of the {task} task, but "
+                                  f"this run's task is {config.task}, which never reads it; drop it")

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from distill_export.config import RunConfig, check_run_gates, config_from_dict
+from distill_export.config import RunConfig, config_from_dict
+from distill_export.flag_checks import check_gates_of_task
 from distill_export.errors import ConfigError
 from distill_export.files import ensure_writable_dir, refuse_special_run_files, write_json, write_text
 from distill_export.output_paths import check_free, check_new_file, check_output  # noqa: F401
@@ -248,7 +249,7 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
         data = read_yaml(path, what="run config")  # bounded safe YAML; a corrupt file is named in one line
         try:
             config = config_from_dict(data)
-            check_run_gates(config, data)  # another task's gate edited in: never read (46th audit G7)
+            check_gates_of_task(config, data)  # another task's gate edited in: never read (46th audit G7)
             return config
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None

@@ -112,16 +112,14 @@ def peak_rss(manifest: Path, student: str, workers: int, threads: int) -> dict:
 
 
 def _setup_in_memory(manifest: Path, student: str, rows: int, streaming: str = "off", workers: int = 0,
-                     device: str = "cpu", amp: str = "off", batch_size: int | None = None, epochs: int = 1,
-                     channels_last: bool = True):
+                     device: str = "cpu", amp: str = "off", batch_size: int | None = None, epochs: int = 1):
     from distill_export.config import load_config
     from distill_export.data import load_dataset
 
     overrides = {
         "data.source": str(manifest), "data.image_size": SIZE, "data.streaming": streaming,
         "data.num_workers": workers, "data.max_train_rows": rows, "student.name": student, "device": device,
-        "distill.method": "hinton", "distill.epochs": epochs, "distill.amp": amp,
-        "distill.channels_last": channels_last}
+        "distill.method": "hinton", "distill.epochs": epochs, "distill.amp": amp}
     if batch_size:
         overrides["distill.batch_size"] = batch_size
     config = load_config("avdigits", None, overrides)
@@ -134,8 +132,9 @@ TOOL_EPOCHS = 3  # the tool's steady rate: epochs 2..3 (after its setup and firs
 def runners(manifest: Path, student: str, rows: int, device: str = "cpu", amp: str = "off",
             batch_size: int | None = None):
     """(training rows, variants {name: config}, tool(config) -> (first, steady) samples/s, minimal() -> samples/s):
-    the loops throughput() times (tools/profile_train.py profiles them)."""
+    the loops throughput() times (tools/profile_host.py profiles them)."""
     import contextlib
+    import copy
 
     import torch
     import torch.nn.functional as F
@@ -147,8 +146,8 @@ def runners(manifest: Path, student: str, rows: int, device: str = "cpu", amp: s
 
     config, data = _setup_in_memory(manifest, student, rows, device=device, amp=amp, batch_size=batch_size,
                                     epochs=TOOL_EPOCHS)
-    nchw_config, _ = _setup_in_memory(manifest, student, rows, device=device, amp=amp, batch_size=batch_size,
-                                      epochs=TOOL_EPOCHS, channels_last=False)
+    nchw_config = copy.deepcopy(config)  # the same run, NCHW (the data is decoded once)
+    nchw_config.distill.channels_last = False
     dev = torch.device(device)
     n = len(data.train)
     teacher_logits = torch.randn(n, data.num_outputs, generator=torch.Generator().manual_seed(0)).to(dev)

@@ -58,10 +58,11 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
 
     name = name or type(model).__name__
     errors: list[tuple[str, BaseException]] = []
+    # exported as a placeholder, renamed after: the input's name may be an inner value's (onnx_names.py)
+    (placeholder,) = placeholders(1)
     if options.prefer_dynamo:
         try:
             dims = ({"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if options.dynamic_batch else None)
-            (placeholder,) = placeholders(1)  # the input's name may be an inner value's (onnx_names.py)
             with warnings.catch_warnings(), quiet_output("dynamo"):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
@@ -77,7 +78,6 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
             errors.append(("dynamo", exc))
             log.warning("dynamo ONNX exporter failed for %s (%s); falling back to TorchScript", name, error_reason(exc))
     try:
-        (placeholder,) = placeholders(1)  # TorchScript renames an input its initializers' name takes
         axes = {placeholder: {0: "batch"}, output_name: {0: "batch"}} if options.dynamic_batch else None
         with warnings.catch_warnings(), quiet_output("TorchScript"):
             warnings.simplefilter("ignore")

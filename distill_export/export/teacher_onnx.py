@@ -56,11 +56,12 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
     import torch
 
     errors: list[tuple[str, BaseException]] = []
+    # exported as placeholders, renamed after: a modality's name may be an inner value's (onnx_names.py)
+    temporary = placeholders(len(names))
     if options.prefer_dynamo:
         try:
             batch = torch.export.Dim("batch", min=1, max=65536)
             dims = ({"xs": tuple({0: batch} for _ in names)} if options.dynamic_batch else None)
-            temporary = placeholders(len(names))  # a modality's name may be an inner value's (onnx_names.py)
             with warnings.catch_warnings(), quiet_output("dynamo"):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
@@ -75,7 +76,6 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
             errors.append(("dynamo", exc))
             log.debug("dynamo ONNX exporter failed for the teacher (%s); trying TorchScript", error_reason(exc))
     try:
-        temporary = placeholders(len(names))  # TorchScript renames an input its initializers' name takes
         axes = ({**{n: {0: "batch"} for n in temporary}, OUTPUT_NAME: {0: "batch"}} if options.dynamic_batch else None)
         with warnings.catch_warnings(), quiet_output("TorchScript"):
             warnings.simplefilter("ignore")
