@@ -51,6 +51,19 @@ class RunClaimed(ConfigError):
     """The directory was claimed by another run between our check and our claim."""
 
 
+CLAIM_GRACE_S = 10.0  # a claim younger than this, still without its config.yaml, is being written
+
+
+def _claimed_just_now(target: Path) -> bool:
+    """Another process has just claimed `target` (_claim's report.json, made with O_EXCL) and has not
+    written config.yaml yet: a race lost, said as such, not as an abandoned start."""
+    try:
+        age = time.time() - (target / "report.json").stat().st_mtime
+    except OSError:
+        return False
+    return age < CLAIM_GRACE_S and not (target / "config.yaml").exists()
+
+
 @dataclass
 class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
     path: Path
@@ -76,7 +89,13 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
 
     @classmethod
     def _claim(cls, target: Path, stages: tuple[str, ...]) -> "RunDir":
-        check_output(target, folder=True)  # never a run, a user's folder, or inside a run
+        try:
+            check_output(target, folder=True)  # never a run, a user's folder, or inside a run
+        except ConfigError:
+            if _claimed_just_now(target):  # not "a run that never wrote its config.yaml": it is writing it
+                raise RunClaimed(f"--out {target} already holds a run (another run claimed it just now); "
+                                 "choose a new --out") from None
+            raise
         try:
             target.mkdir(parents=True, exist_ok=True)
             fd = os.open(target / "report.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -286,3 +286,23 @@ def test_train_teacher_that_fails_leaves_no_folder(tmp_path, monkeypatch):
     assert "teacher training failed" in one_line_error(
         runner.invoke(app, ["train-teacher", "--out", str(out), "--quiet"]), 2)
     assert not out.exists()
+
+
+def test_a_claim_being_written_is_a_lost_race_and_an_old_one_an_abandoned_start(tmp_path):
+    """The race above lost now and then with "holds the start of a run that never wrote its
+    config.yaml; delete it": the winner had claimed the folder (report.json) and was writing its
+    config. A claim younger than CLAIM_GRACE_S is said as the race it is; an older one as before."""
+    import os
+
+    from distill_export.rundir import CLAIM_GRACE_S, RUN_STAGES, RunDir
+
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "report.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"already holds a run \(another run claimed it just now\)"):
+        RunDir.create(target, fresh=True, stages=RUN_STAGES)
+    old = time.time() - CLAIM_GRACE_S - 5
+    os.utime(target / "report.json", (old, old))
+    with pytest.raises(ConfigError, match=r"holds the start of a run that never wrote its config.yaml"):
+        RunDir.create(target, fresh=True, stages=RUN_STAGES)
+    assert sorted(p.name for p in target.iterdir()) == ["report.json"]
