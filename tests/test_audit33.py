@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from _cli_checks import one_line_error
@@ -1017,3 +1018,25 @@ def test_a46_p3_g7_t1_tune_checks_the_teacher_resume_the_gates_and_totals_go_wit
     line = one_line_error(runner.invoke(app, ["tune", str(run_copy), "--trials", "1", "--confirm-seeds", "0"]))
     assert line.startswith(f"error: {path} changed after train-teacher") and "run --resume" in line, line
     assert not (run_copy / "tune.json").exists()
+
+
+# ----- the forty-seventh audit ----------------------------------------------------------------------
+
+
+def test_a46_c1_an_edit_made_before_its_stage_ran_is_what_the_resumed_run_recorded(run_copy):
+    """config.yaml edited before distill first ran, then `run --resume`: distill ran with the edit, yet
+    later commands called it an edit made after the distill stage ran (state.json kept the old config)."""
+    state = json.loads((run_copy / "state.json").read_text())
+    for stage in ("distill", "export", "validate", "profile", "report"):
+        state["stages"][stage] = {"status": "pending"}  # as if killed after the teacher stage
+    (run_copy / "state.json").write_text(json.dumps(state))
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    config["distill"]["temperature"] = 3.0
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = runner.invoke(app, ["run", "--resume", str(run_copy), "-q"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((run_copy / "state.json").read_text())["written_config"]
+    assert written["distill"]["temperature"] == 3.0
+    assert json.loads((run_copy / "report.json").read_text())["distill"]["temperature"] == 3.0
+    result = runner.invoke(app, ["validate", str(run_copy)])
+    assert result.exit_code == 0, result.output

@@ -27,6 +27,9 @@ def run_all(config: RunConfig, run: RunDir, quiet: bool = False, data=None, devi
     for stage in reused:  # killed between recording a stage and deleting its checkpoints
         run.drop_checkpoints(stage)
     if resume:
+        # the stages still to run run with config.yaml as it stands: an edit of their sections made
+        # before they first ran is what they record (launch.resume_config refused edits of done stages)
+        run.record_written_config(config.to_dict())  # 46th audit C1
         run.update_report(resumed=[*run.load_report().get("resumed", []),
                                    {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_stage": todo[0]}])
     else:
