@@ -49,15 +49,17 @@ def check_tune_fits_task(config) -> None:
 
 
 # The teacher settings only a trained teacher reads (train_teacher.py), and the flag that sets one.
-_TEACHER_TRAINING = {"teacher.epochs": "--teacher-epochs", "teacher.lr": None, "teacher.batch_size": None,
+TEACHER_TRAINING = {"teacher.epochs": "--teacher-epochs", "teacher.lr": None, "teacher.batch_size": None,
                      "teacher.width": None, "teacher.modality_dropout": None}
 
 
-def check_loaded_teacher_settings(config, given) -> None:
+def check_loaded_teacher_settings(config, given, run_dir=None) -> None:
     """teacher.epochs, lr, batch_size, width and modality_dropout with a loaded teacher (--teacher)
     are read only by the teachers a run still trains: the self-training control's and, from round
     2, the re-fitted experts. With neither, a given one (a flag or --config, not the recipe) would
-    be recorded in config.yaml as if a teacher trained with it (ninth round: width and lr too)."""
+    be recorded in config.yaml as if a teacher trained with it (ninth round: width and lr too).
+    run_dir: the run whose train-teacher took them (given: its state.json given_teacher_keys), for
+    a distill that no longer trains the teacher they were given for (46th audit L5)."""
     if not config.teacher.path or config.distill.rounds > 1:
         return
     distills = _objective_reads_teacher(config)
@@ -66,13 +68,16 @@ def check_loaded_teacher_settings(config, given) -> None:
     # fourteenth audit B4: a labels-only objective skips the control, so no teacher trains either
     control = "the self-training control is off" if not config.distill.self_training_control else \
         "the self-training control is skipped, since the objective is labels only"
-    for key, flag in _TEACHER_TRAINING.items():
+    for key, flag in TEACHER_TRAINING.items():
         if given(key):
             value = getattr(config.teacher, key.split(".")[1])
             shown = f"{flag} {value} ({key})" if flag else f"{key} {value}"
             drop = f"{flag} (or {key} from --config)" if flag else f"{key} from --config"
+            fix = (f"drop {drop}" if run_dir is None else
+                   f"{run_dir} took it for the teacher this distill would train; keep the self-training control "
+                   f"(or give distill.rounds above 1), or start a new run without {flag or key}")
             raise ConfigError(f"{shown} cannot apply: --teacher {config.teacher.path} is loaded, not trained, and "
-                              f"no other teacher trains here ({control} and distill.rounds is 1); drop {drop}")
+                              f"no other teacher trains here ({control} and distill.rounds is 1); {fix}")
 
 
 def _objective_reads_teacher(config) -> bool:

@@ -86,6 +86,10 @@ def open_run(run_dir: Path, overrides: dict | None = None, command: str | None =
         check_hand_edits(run, run_dir, config.to_dict(), command, written=before, flag=True)
     validate_config(config)
     check_flags_apply(config, overrides or {})
+    if command == "distill":  # e.g. --no-self-training-control: train-teacher took --teacher-epochs for the control
+        from distill_export.flag_checks import check_loaded_teacher_settings
+
+        check_loaded_teacher_settings(config, run.given_teacher_keys().__contains__, run_dir)
     return run, config
 
 
@@ -131,6 +135,10 @@ def resume_config(run_dir: Path, recipe: str | None, config_file, overrides: dic
         raise DistillExportError(f"--resume {run_dir}: the config differs from the run's config.yaml in "
                                  f"{len(diff)} key{'s' * (len(diff) > 1)} ({shown}{more}); resume without "
                                  "them, or start a new run with `--out NEW`")
+    if (run.stages() or {}).get("distill", {}).get("status") != "done":  # config.yaml edited to drop the control
+        from distill_export.flag_checks import check_loaded_teacher_settings
+
+        check_loaded_teacher_settings(saved, run.given_teacher_keys().__contains__, run_dir)
     return run, saved
 
 

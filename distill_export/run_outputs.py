@@ -109,6 +109,20 @@ class RunOutputs:
         if self.file(STATE_FILE).exists():
             write_json(self.file(STATE_FILE), {**self._state(), "written_config": config})
 
+    def record_given_teacher_keys(self, keys) -> None:
+        """The loaded teacher's training settings the user gave (teacher.epochs, ...: read only by a
+        teacher the run trains, the control's): a later distill that trains none refuses them (L5)."""
+        from distill_export.files import write_json
+
+        state = self._state()
+        given = sorted({*state.get("given_teacher_keys", []), *(k for k in keys if k.startswith("teacher."))})
+        if given != state.get("given_teacher_keys", []) and self.file(STATE_FILE).exists():
+            write_json(self.file(STATE_FILE), {**state, "given_teacher_keys": given})
+
+    def given_teacher_keys(self) -> frozenset:
+        keys = self._state().get("given_teacher_keys")
+        return frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, list) else frozenset()
+
     def written_config(self) -> dict | None:
         """The config the product last wrote to config.yaml; None for a run made before it was kept."""
         written = self._state().get("written_config")

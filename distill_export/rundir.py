@@ -260,6 +260,7 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
     def save_config(self, config: RunConfig) -> None:
         write_text(self.file("config.yaml"), yaml.safe_dump(written := config.to_dict(), sort_keys=False))
         self.record_written_config(written)
+        self.record_given_teacher_keys(config.given_keys)
 
     def load_config(self) -> RunConfig:
         from distill_export.config import read_yaml

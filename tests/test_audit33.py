@@ -1040,3 +1040,26 @@ def test_a46_c1_an_edit_made_before_its_stage_ran_is_what_the_resumed_run_record
     assert json.loads((run_copy / "report.json").read_text())["distill"]["temperature"] == 3.0
     result = runner.invoke(app, ["validate", str(run_copy)])
     assert result.exit_code == 0, result.output
+
+
+def test_a46_l5_a_loaded_teachers_training_setting_left_unread_by_a_later_distill_is_refused(tmp_path, run_copy):
+    """train-teacher --teacher T --teacher-epochs 3 is accepted (the self-training control trains with
+    it); a later `distill --no-self-training-control` trained no teacher and left it recorded."""
+    out = tmp_path / "loaded"
+    config = tmp_path / "tiny.yaml"
+    config.write_text((run_copy / "config.yaml").read_text())
+    result = runner.invoke(app, ["train-teacher", "--config", str(config), "--teacher", str(run_copy / "teacher.pt"),
+                                 "--teacher-epochs", "3", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "teacher.epochs" in json.loads((out / "state.json").read_text())["given_teacher_keys"]
+    before = (out / "config.yaml").read_text()
+    line = one_line_error(runner.invoke(app, ["distill", str(out), "--no-self-training-control"]))
+    assert line == (f"error: --teacher-epochs 3 (teacher.epochs) cannot apply: --teacher {run_copy / 'teacher.pt'} "
+                    "is loaded, not trained, and no other teacher trains here (the self-training control is off and "
+                    f"distill.rounds is 1); {out} took it for the teacher this distill would train; keep the "
+                    "self-training control (or give distill.rounds above 1), or start a new run without "
+                    "--teacher-epochs"), line
+    assert (out / "config.yaml").read_text() == before
+    (out / "config.yaml").write_text(before.replace("self_training_control: true", "self_training_control: false"))
+    line = one_line_error(runner.invoke(app, ["run", "--resume", str(out)]))
+    assert line.startswith("error: --teacher-epochs 3 (teacher.epochs) cannot apply"), line

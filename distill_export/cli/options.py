@@ -164,7 +164,7 @@ def config_flags(command: str):
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import load_config, read_yaml
-    from distill_export.flag_checks import (check_config_settings_apply, check_flags_apply,
+    from distill_export.flag_checks import (TEACHER_TRAINING, check_config_settings_apply, check_flags_apply,
                                             check_loaded_teacher_settings, check_method_with_terms,
                                             check_search_keeps_settings, check_streaming_applies,
                                             check_tune_fits_task)
@@ -190,7 +190,8 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     check_config_settings_apply(config, given)  # e.g. distill.mix_alpha with mix none, int8_recipe without INT8
     # what a check after the data loads turns off where it cannot apply, unless the user set it
     control_key = next(f.key for f in FLAGS if f.param == "self_training_control")  # preflight.settle_control
-    config.given_keys = frozenset(key for key in (control_key, fusion_key) if given(key))
+    # (and the loaded teacher's training settings, which a later distill may leave unread: run_outputs)
+    config.given_keys = frozenset(key for key in (control_key, fusion_key, *TEACHER_TRAINING) if given(key))
     return config
 
 
