@@ -379,7 +379,12 @@ def sets_key(data, key: str) -> bool:
 
 def _check_alpha_leaves_a_term(distill, specs) -> None:
     """alpha 1 weighs a preset's distillation terms 1 - alpha = 0, so they are dropped: `--method hinton
-    --alpha 1` trained on labels alone while config.yaml said hinton (forty-sixth audit A1, A2)."""
+    --alpha 1` trained on labels alone while config.yaml said hinton (forty-sixth audit A1, A2). An
+    explicit term of weight 0 is dropped as well, while config.yaml would list it (47th audit Z1)."""
+    for i, term in enumerate(distill.terms or []):  # specs passed: each weight reads as a float
+        if float(term.get("weight", 1.0)) == 0:
+            raise ConfigError(f"distill.terms[{i}] ({_show(term.get('name'), 40)}) has weight 0, so it would never "
+                              "run while config.yaml lists it; give it a weight above 0, or drop it from distill.terms")
     if not distill.terms and distill.method != "labels_only" and all(s.name == "ce" for s in specs):
         raise ConfigError(f"--alpha {distill.alpha:g} (distill.alpha) leaves method {distill.method} no distillation "
                           "term (they weigh 1 - alpha = 0), so it would train on the labels alone; give an alpha "

@@ -1063,3 +1063,16 @@ def test_a46_l5_a_loaded_teachers_training_setting_left_unread_by_a_later_distil
     (out / "config.yaml").write_text(before.replace("self_training_control: true", "self_training_control: false"))
     line = one_line_error(runner.invoke(app, ["run", "--resume", str(out)]))
     assert line.startswith("error: --teacher-epochs 3 (teacher.epochs) cannot apply"), line
+
+
+@pytest.mark.parametrize("weight", [0.0, "0"])
+def test_a47_z1_an_explicit_term_of_weight_0_is_refused(run_copy, tmp_path, weight):
+    """terms [kd 0.0, ce 1.0] trained on the labels alone (report.json: labels_only, control skipped)
+    while config.yaml listed kd and pseudo_label."""
+    config = tmp_path / "t0.yaml"
+    config.write_text(yaml.safe_dump({"distill": {"terms": [{"name": "kd", "weight": weight, "temperature": 4},
+                                                            {"name": "ce", "weight": 1.0}]}}))
+    line = one_line_error(runner.invoke(app, ["train-teacher", "--config", str(config), "--out", str(tmp_path / "r")]))
+    assert line == ("error: distill.terms[0] ('kd') has weight 0, so it would never run while config.yaml lists it; "
+                    "give it a weight above 0, or drop it from distill.terms"), line
+    assert not (tmp_path / "r").exists()
