@@ -386,6 +386,7 @@ def _check_alpha_leaves_a_term(distill, specs) -> None:
             raise ConfigError(f"distill.terms[{i}] ({_show(term.get('name'), 40)}) has weight 0, so it would never "
                               "run while config.yaml lists it; give it a weight above 0, or drop it from distill.terms")
     if not distill.terms and distill.method != "labels_only" and all(s.name == "ce" for s in specs):
-        raise ConfigError(f"--alpha {distill.alpha:g} (distill.alpha) leaves method {distill.method} no distillation "
+        # (named by its key: it may come from --config, not the flag: 47th audit L3)
+        raise ConfigError(f"distill.alpha {distill.alpha:g} (--alpha) leaves method {distill.method} no distillation "
                           "term (they weigh 1 - alpha = 0), so it would train on the labels alone; give an alpha "
-                          "below 1, or --method labels_only")
+                          "below 1, or method labels_only")

@@ -88,20 +88,23 @@ def loaded_teacher_fusion(spec) -> str | None:
         return None
 
 
-def settle_teacher_fusion(config, given: bool) -> None:
+def settle_teacher_fusion(config, given) -> None:
     """teacher.fusion with a teacher that is loaded (--teacher), not trained: the fusion that runs
-    is the loaded teacher's. A fusion the user gave (--teacher-fusion, or teacher.fusion in
-    --config) that differs from it is refused; otherwise the config takes the loaded teacher's, so
-    config.yaml and the report describe the teacher that ran."""
+    is the loaded teacher's. A fusion the user gave (given: "--config" for teacher.fusion in
+    --config, another true value for --teacher-fusion) that differs from it is refused; otherwise
+    the config takes the loaded teacher's, so config.yaml and the report describe the teacher that ran."""
     if not config.teacher.path:
         return
     fusion = loaded_teacher_fusion(config.teacher.path)
     if given and fusion != config.teacher.fusion:
         what = (f"a {fusion} teacher" if fusion
                 else "a program or factory whose fusion is its own (teacher.fusion applies to a teacher this run trains)")
-        raise ConfigError(f"--teacher-fusion {config.teacher.fusion} (teacher.fusion) cannot apply: --teacher "
-                          f"{config.teacher.path} is loaded, not trained, and is {what}; drop --teacher-fusion"
-                          + (f" or pass --teacher-fusion {fusion}" if fusion else ""))
+        setting, drop, instead = ((f"teacher.fusion {config.teacher.fusion} in --config", "drop teacher.fusion from "
+                                   "--config", f" or set it to {fusion}") if given == "--config" else  # 47th audit L3
+                                  (f"--teacher-fusion {config.teacher.fusion} (teacher.fusion)", "drop --teacher-fusion",
+                                   f" or pass --teacher-fusion {fusion}"))
+        raise ConfigError(f"{setting} cannot apply: --teacher {config.teacher.path} is loaded, not trained, and is "
+                          f"{what}; {drop}" + (instead if fusion else ""))
     from distill_export.tasks import get_task
 
     if fusion and fusion in get_task(config.task).teacher_fusions:

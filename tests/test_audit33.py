@@ -984,8 +984,8 @@ def test_a46_a1_a2_alpha_1_with_a_distilling_method_is_refused(run_copy, argv):
     before = (run_copy / "config.yaml").read_text()
     line = one_line_error(runner.invoke(app, ["distill", str(run_copy), "--epochs", "1", *argv]))
     method = "hinton" if "hinton" in argv else "pseudo_label"
-    assert line == (f"error: --alpha 1 (distill.alpha) leaves method {method} no distillation term (they weigh "
-                    "1 - alpha = 0), so it would train on the labels alone; give an alpha below 1, or --method "
+    assert line == (f"error: distill.alpha 1 (--alpha) leaves method {method} no distillation term (they weigh "
+                    "1 - alpha = 0), so it would train on the labels alone; give an alpha below 1, or method "
                     "labels_only"), line
     assert (run_copy / "config.yaml").read_text() == before
 
@@ -1076,3 +1076,18 @@ def test_a47_z1_an_explicit_term_of_weight_0_is_refused(run_copy, tmp_path, weig
     assert line == ("error: distill.terms[0] ('kd') has weight 0, so it would never run while config.yaml lists it; "
                     "give it a weight above 0, or drop it from distill.terms"), line
     assert not (tmp_path / "r").exists()
+
+
+def test_a47_l3_a_loaded_teachers_fusion_from_config_is_named_as_it_came(run_copy, tmp_path):
+    """teacher.fusion: late in a --config beside a loaded concat teacher was refused as
+    `--teacher-fusion late ...; drop --teacher-fusion`, a flag that was not given."""
+    config = tmp_path / "late.yaml"
+    config.write_text("teacher:\n  fusion: late\n")
+    teacher = run_copy / "teacher.pt"
+    line = one_line_error(runner.invoke(app, ["train-teacher", "--config", str(config), "--teacher", str(teacher),
+                                              "--out", str(tmp_path / "r")]))
+    assert line == (f"error: teacher.fusion late in --config cannot apply: --teacher {teacher} is loaded, not "
+                    "trained, and is a concat teacher; drop teacher.fusion from --config or set it to concat"), line
+    line = one_line_error(runner.invoke(app, ["train-teacher", "--teacher-fusion", "late", "--teacher", str(teacher),
+                                              "--out", str(tmp_path / "r")]))
+    assert line.startswith("error: --teacher-fusion late (teacher.fusion) cannot apply"), line

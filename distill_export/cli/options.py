@@ -180,7 +180,8 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
         return flags.get(key) is not None or (_in_yaml(from_file, key) and _value(config, key) != _value(recipe_only, key))
 
     fusion_key = next(f.key for f in FLAGS if f.param == "teacher_fusion")  # the key --teacher-fusion sets
-    settle_teacher_fusion(config, given(fusion_key))  # with a loaded teacher: refused, or recorded as it ran
+    fusion_given = given(fusion_key) and ("--config" if flags.get(fusion_key) is None else "flag")
+    settle_teacher_fusion(config, fusion_given)  # with a loaded teacher: refused, or recorded as it ran
     check_flags_apply(config, flags)  # e.g. --calibration-samples without an INT8 format
     check_search_keeps_settings(config, given)  # e.g. --rounds 3 that --tune-search rounds would replace
     check_tune_fits_task(config)  # e.g. --tune-search mix on detection, --tune-minutes 1e-9
