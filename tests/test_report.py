@@ -115,6 +115,16 @@ def test_tradeoff_has_teacher_student_and_each_export_at_batch_1_fewest_threads(
     }
 
 
+def test_tradeoff_has_the_teachers_export_with_its_parity_accuracy():
+    """47th audit M1: teacher.onnx was profiled and scored, yet left off accuracy_vs_latency.png."""
+    report = synthetic_report()
+    report["teacher_exports"] = {"onnx": {**report["exports"]["onnx"], "path": "teacher.onnx"}}
+    report["teacher_exports"]["onnx"]["parity"] = {**report["exports"]["onnx"]["parity"], "accuracy": 0.96}
+    points = {label: (ms, acc) for label, ms, acc in tradeoff_points(report)}
+    assert points["teacher (onnx, onnxruntime-cpu)"] == (0.4, 0.96)
+    assert len(points) == 4
+
+
 def test_terminal_summary_has_accuracy_parity_p50_and_speedups():
     console = Console(record=True, width=200)
     print_summary(synthetic_report(), console)
