@@ -1091,3 +1091,27 @@ def test_a47_l3_a_loaded_teachers_fusion_from_config_is_named_as_it_came(run_cop
     line = one_line_error(runner.invoke(app, ["train-teacher", "--teacher-fusion", "late", "--teacher", str(teacher),
                                               "--out", str(tmp_path / "r")]))
     assert line.startswith("error: --teacher-fusion late (teacher.fusion) cannot apply"), line
+
+
+@pytest.mark.parametrize(("tool", "argv"), [("bench_profile", ["nope", "--repeats", "1"]), ("bench_export", ["--run", "nope"])])
+def test_a47_b1_a_missing_run_is_named_before_the_default_out(tmp_path, monkeypatch, capsys, tool, argv):
+    """After one call made the default --out, a missing run was refused as `--out ... is not empty`;
+    bench_export's default --out was refused while bench-results/ did not exist."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bench-results" / "profile").mkdir(parents=True)
+    (tmp_path / "bench-results" / "profile" / "bench_profile.json").write_text("{}")
+    assert _run_tool(tool, argv, monkeypatch) == 2
+    assert _one_line(capsys.readouterr().err) == ("error: nope is not a run directory (no config.yaml); run "
+                                                  "`distill-export run` or `train-teacher` first")
+
+
+def test_a47_b1_bench_export_makes_its_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    import argparse
+
+    import bench_export
+
+    bench_export.check_before_work(argparse.Namespace(run=None, out=bench_export.DEFAULT_OUT, student="tiny_cnn",
+                                                      epochs=1, seed=0))
+    assert (tmp_path / "bench-results").is_dir() and not (tmp_path / "bench-results" / "export.json").exists()

@@ -389,6 +389,9 @@ def bench_size(args) -> None:
     print(f"wrote {args.out}")
 
 
+DEFAULT_OUT = Path("bench-results/export.json")
+
+
 def check_before_work(args) -> None:
     """--out is a new file outside any run; --run is a classification run directory, or (no --run)
     the student trained here is one the config accepts. A bad value is a DistillExportError, one
@@ -397,6 +400,10 @@ def check_before_work(args) -> None:
     from distill_export.output_paths import check_tool_output
     from distill_export.rundir import RunDir
 
+    if args.run:  # the run named first: a missing one is the problem, not --out (47th audit B1)
+        RunDir.existing(args.run)
+    if args.out == DEFAULT_OUT:  # the default's folder is the tool's to make (it was refused as missing)
+        DEFAULT_OUT.parent.mkdir(parents=True, exist_ok=True)
     check_tool_output(args.out, folder=False)
     if args.run:  # twentieth audit B5: a detection run was loaded as classification, then an IndexError
         task = RunDir.existing(args.run).load_config().task
@@ -420,7 +427,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=positive, default=3.0, help="timed seconds per format and batch")
     ap.add_argument("--rounds", type=at_least(1), default=6)
     ap.add_argument("--calibration-method", default="minmax")
-    ap.add_argument("--out", type=Path, default=Path("bench-results/export.json"))
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--size", type=int, help="every registry student at SIZExSIZEx3, random weights (stock stems)")
     ap.add_argument("--students", nargs="+", help="with --size: these students only (default: every registry name)")
     ap.add_argument("--int8-recipes", nargs="*", default=[], help="with --size: extra INT8 recipes to measure "

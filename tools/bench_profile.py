@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS, TARGET_AGREEMENT, TARGET_SPEEDUP = 60.0, 0.10, 3.0
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
 from toolargs import Parser, at_least, int_list, one_line_errors  # noqa: E402
@@ -50,24 +49,27 @@ def main() -> int:
     ap.add_argument("--repeats", type=at_least(1), default=2)
     ap.add_argument("--batch", type=int_list(1), default="1,8,32")
     ap.add_argument("--threads", type=int_list(0), default="1,2", help="0 = torch's choice")
-    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "profile")
+    ap.add_argument("--out", type=Path, default=Path("bench-results/profile"))
     args = ap.parse_args()
     from distill_export.output_paths import check_tool_output
 
+    from distill_export.rundir import RunDir
+
+    if args.run_dir is not None:  # a missing run is named first, not --out (47th audit B1)
+        RunDir.existing(args.run_dir)
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
 
     from distill_export.config import ProfileConfig
     from distill_export.errors import ConfigError
     from distill_export.profiling import make_settings, profile_targets
     from distill_export.profiling.session import machine_info, versions
-    from distill_export.rundir import RunDir
 
     try:  # the profiler's own checks (the sweep's limits), before the demo run is built
         settings = make_settings(ProfileConfig(), batches=[int(b) for b in args.batch.split(",")],
                                  threads=[int(t) for t in args.threads.split(",")], device="cpu")
     except ConfigError as exc:
         ap.error(str(exc).splitlines()[0])
-    run_dir = args.run_dir or ensure_demo(REPO / "bench-results" / "profile-demo")
+    run_dir = args.run_dir or ensure_demo(Path("bench-results/profile-demo"))
     run = RunDir.existing(run_dir)
     print("machine:", json.dumps(machine_info()))
     print("versions:", json.dumps(versions()))
