@@ -1115,3 +1115,39 @@ def test_a47_b1_bench_export_makes_its_default_folder(tmp_path, monkeypatch):
     bench_export.check_before_work(argparse.Namespace(run=None, out=bench_export.DEFAULT_OUT, student="tiny_cnn",
                                                       epochs=1, seed=0))
     assert (tmp_path / "bench-results").is_dir() and not (tmp_path / "bench-results" / "export.json").exists()
+
+
+def test_a47_f2_a_factory_teacher_without_weights_gets_a_note_with_its_score(tmp_path, monkeypatch):
+    """`--teacher pkg:factory` with no --teacher-weights taught with the factory's fresh weights, and
+    nothing said so."""
+    import sys
+    import textwrap
+
+    from _byo_fixtures import make_manifest
+
+    (tmp_path / "fresh_teacher.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class Fresh(nn.Module):
+            def __init__(self, num_classes):
+                super().__init__()
+                self.fc = nn.LazyLinear(num_classes)
+            def forward(self, image, audio):
+                return self.fc(torch.cat([image.flatten(1), audio.flatten(1)], 1))
+
+        def make(num_classes=3):
+            return Fresh(num_classes)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    manifest = make_manifest(tmp_path / "d", modalities=("image", "audio"))
+    try:
+        result = runner.invoke(app, ["train-teacher", "--data", str(manifest), "--teacher", "fresh_teacher:make",
+                                     "--out", str(tmp_path / "r")])
+    finally:
+        sys.modules.pop("fresh_teacher", None)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: teacher fresh_teacher:make")]
+    assert len(notes) == 1 and "no --teacher-weights" in notes[0], result.output
+    score = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["teacher"]["accuracy"]
+    assert notes[0].endswith(f"test accuracy {score:.3f}"), notes[0]

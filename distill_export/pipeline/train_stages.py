@@ -65,6 +65,13 @@ def record_teacher(config: RunConfig, run: RunDir, data, device, training: dict)
                  # the file these metrics describe: a stage that reads it again refuses another (run_outputs.py)
                  "file_sha256": sha256_file(path) if path.is_file() else None},
     )
+    from distill_export.nets.external import is_factory
+
+    if config.teacher.path and is_factory(str(config.teacher.path)) and not config.teacher.weights:
+        # 47th audit F2: nothing says whether the factory loads weights; its test score tells
+        console.print(f"note: teacher {config.teacher.path} is built by its factory with no --teacher-weights, so its "
+                      f"weights are the factory's own (random unless it loads some): test {task.headline} "
+                      f"{metrics[task.headline]:.3f}", highlight=False, soft_wrap=True, markup=False)
 
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
