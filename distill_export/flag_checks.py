@@ -223,9 +223,26 @@ def check_config_settings_apply(config, given) -> None:
     if given("data.annotations") and config.data.annotations and config.task != "detection":
         raise ConfigError(f"data.annotations {config.data.annotations} holds a detection run's boxes, but the task "
                           f"is {config.task}; drop data.annotations or pass --task detection")
+    _check_modality_dropout_read(config, given)
     if given("distill.kd_impl") and d.kd_impl == "triton" and not _cuda_run(config):
         raise ConfigError(f"distill.kd_impl triton is the fused CUDA kernel, but this run trains on the CPU "
                           f"(device {config.device}), where the PyTorch reference runs; drop distill.kd_impl")
+
+
+def _check_modality_dropout_read(config, given) -> None:
+    """teacher.modality_dropout is read by the concat classification teacher alone: late fusion's
+    experts see one modality each, and the detection teachers have none to drop (47th audit MD1).
+    Not refused where `run --tune` searches the fusion: its concat trials read it."""
+    searched = (config.distill.tune_trials or config.distill.tune_minutes) and \
+        "fusion" in tune_search_spaces(config.distill.tune_search)
+    if not given("teacher.modality_dropout") or config.teacher.path or searched:
+        return  # a loaded teacher's training settings: check_loaded_teacher_settings
+    why = (f"the {config.task} teachers drop no modality" if config.task != "classification"
+           else "late fusion trains one expert per modality, with none to drop" if config.teacher.fusion == "late"
+           else None)
+    if why:
+        raise ConfigError(f"teacher.modality_dropout {config.teacher.modality_dropout} is read by the concat teacher "
+                          f"alone, and {why} (teacher.fusion {config.teacher.fusion}); drop teacher.modality_dropout")
 
 
 def _exports_int8(config) -> bool:

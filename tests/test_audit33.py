@@ -1151,3 +1151,13 @@ def test_a47_f2_a_factory_teacher_without_weights_gets_a_note_with_its_score(tmp
     assert len(notes) == 1 and "no --teacher-weights" in notes[0], result.output
     score = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["teacher"]["accuracy"]
     assert notes[0].endswith(f"test accuracy {score:.3f}"), notes[0]
+
+
+def test_a47_md1_modality_dropout_that_no_teacher_reads_is_refused(tmp_path):
+    """teacher.modality_dropout 0.9 with late fusion was recorded in config.yaml; the experts never read it."""
+    config = tmp_path / "mdl.yaml"
+    config.write_text("teacher:\n  modality_dropout: 0.9\n  fusion: late\n")
+    line = one_line_error(runner.invoke(app, ["train-teacher", "--config", str(config), "--out", str(tmp_path / "r")]))
+    assert line == ("error: teacher.modality_dropout 0.9 is read by the concat teacher alone, and late fusion trains "
+                    "one expert per modality, with none to drop (teacher.fusion late); drop teacher.modality_dropout"), line
+    assert not (tmp_path / "r").exists()
