@@ -89,6 +89,7 @@ def make_key(teacher_id: str, data, names, view: tuple[str, ...] = ()) -> CacheK
 
 
 ALL_OUTPUTS = ("features", "logits")
+_OTHER = {"teacher": "another teacher", "data": "other training inputs", "preprocessing": "other preprocessing"}
 
 
 def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -102,8 +103,8 @@ def load(path: Path, key: CacheKey, rows: int, needs=ALL_OUTPUTS) -> tuple[dict[
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             return None, f"{path.name} is not a teacher cache of this version"
         changed = [part for part in ("teacher", "data", "preprocessing") if index.get(part) != getattr(key, part)]
-        if changed:
-            return None, f"the {' and the '.join(changed)} changed"
+        if changed:  # said of the cache: the teacher may be unchanged and the cache another's (47th audit K6)
+            return None, f"it was made for {' and '.join(_OTHER[part] for part in changed)}"
         outputs = index.get("outputs") or {}
         missing = [name for name in needs if name not in outputs]
         if missing:
