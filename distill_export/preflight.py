@@ -137,13 +137,17 @@ def check_text_encoder(config, data) -> None:
 
 
 def check_fusion_given(config, data) -> None:
-    """--teacher-fusion for a teacher trained on data whose only column is the student modality:
-    no modalities to fuse, yet the report described a late fusion (thirty-second audit B4). The
-    task's default fusion is not refused (config.given_keys: what the user set)."""
+    """--teacher-fusion (or teacher.modality_dropout) for a teacher trained on data whose only column
+    is the student modality: no modalities to fuse (or drop), yet the report described a late
+    fusion (thirty-second audit B4). The task's defaults are not refused (config.given_keys: what
+    the user set)."""
     only = _only_student_column(config, data)
     if "teacher.fusion" in config.given_keys and not config.teacher.path and only:
         raise ConfigError(f"--teacher-fusion {config.teacher.fusion} (teacher.fusion) cannot apply: {only}, so there "
                           "are no modalities to fuse; drop --teacher-fusion")
+    if "teacher.modality_dropout" in config.given_keys and not config.teacher.path and only:  # 47th audit MD2
+        raise ConfigError(f"teacher.modality_dropout {config.teacher.modality_dropout} cannot apply: {only}, so the "
+                          "teacher has no modality to drop; drop teacher.modality_dropout")
 
 
 def check_fusion_search(config, data, spaces: tuple[str, ...], flag: str) -> None:

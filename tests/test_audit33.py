@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from _cli_checks import one_line_error
+from test_audit31 import _refused
 from distill_export.cli import app
 from distill_export.errors import ConfigError, DataError
 
@@ -1160,4 +1161,17 @@ def test_a47_md1_modality_dropout_that_no_teacher_reads_is_refused(tmp_path):
     line = one_line_error(runner.invoke(app, ["train-teacher", "--config", str(config), "--out", str(tmp_path / "r")]))
     assert line == ("error: teacher.modality_dropout 0.9 is read by the concat teacher alone, and late fusion trains "
                     "one expert per modality, with none to drop (teacher.fusion late); drop teacher.modality_dropout"), line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a47_md2_modality_dropout_on_one_modality_data_is_refused(tmp_path):
+    from _byo_fixtures import make_manifest
+
+    manifest = make_manifest(tmp_path / "d", modalities=("image",))
+    config = tmp_path / "md9.yaml"
+    config.write_text("teacher:\n  modality_dropout: 0.9\n")
+    line = _refused(runner.invoke(app, ["train-teacher", "--data", str(manifest), "--config", str(config),
+                                        "--out", str(tmp_path / "r")]))
+    assert line == ("error: teacher.modality_dropout 0.9 cannot apply: the only column of the data is the student "
+                    "modality 'image', so the teacher has no modality to drop; drop teacher.modality_dropout"), line
     assert not (tmp_path / "r").exists()
