@@ -114,10 +114,10 @@ class RunOutputs:
         teacher the run trains, the control's): a later distill that trains none refuses them (L5)."""
         from distill_export.files import write_json
 
-        state = self._state()
-        given = sorted({*state.get("given_teacher_keys", []), *(k for k in keys if k.startswith("teacher."))})
-        if given != state.get("given_teacher_keys", []) and self.file(STATE_FILE).exists():
-            write_json(self.file(STATE_FILE), {**state, "given_teacher_keys": given})
+        before = sorted(self.given_teacher_keys())
+        given = sorted({*before, *(k for k in keys if k.startswith("teacher."))})
+        if given != before and self.file(STATE_FILE).exists():
+            write_json(self.file(STATE_FILE), {**self._state(), "given_teacher_keys": given})
 
     def given_teacher_keys(self) -> frozenset:
         keys = self._state().get("given_teacher_keys")

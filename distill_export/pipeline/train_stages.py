@@ -73,6 +73,7 @@ def record_teacher(config: RunConfig, run: RunDir, data, device, training: dict)
                       f"weights are the factory's own (random unless it loads some): test {task.headline} "
                       f"{metrics[task.headline]:.3f}", highlight=False, soft_wrap=True, markup=False)
 
+
 @records_stage("distill")
 def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None, device=None) -> None:
     from distill_export import distributed as ddp
