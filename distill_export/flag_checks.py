@@ -224,6 +224,7 @@ def check_config_settings_apply(config, given) -> None:
         raise ConfigError(f"data.annotations {config.data.annotations} holds a detection run's boxes, but the task "
                           f"is {config.task}; drop data.annotations or pass --task detection")
     _check_modality_dropout_read(config, given)
+    _check_teacher_target_settings_read(config, given)
     if given("distill.kd_impl") and d.kd_impl == "triton" and not _cuda_run(config):
         raise ConfigError(f"distill.kd_impl triton is the fused CUDA kernel, but this run trains on the CPU "
                           f"(device {config.device}), where the PyTorch reference runs; drop distill.kd_impl")
@@ -243,6 +244,40 @@ def _check_modality_dropout_read(config, given) -> None:
     if why:
         raise ConfigError(f"teacher.modality_dropout {config.teacher.modality_dropout} is read by the concat teacher "
                           f"alone, and {why} (teacher.fusion {config.teacher.fusion}); drop teacher.modality_dropout")
+
+
+# How the teacher's targets are made: read only when some term of the objective reads the teacher.
+_TEACHER_TARGETS = ("distill.teacher_view", "distill.teacher_cache", "distill.teacher_cache_dir")
+
+
+def _check_teacher_target_settings_read(config, given) -> None:
+    """distill.teacher_view / teacher_cache / teacher_cache_dir with an objective that reads no
+    teacher, or distill.kd_impl with no term that runs the KD loss: config.yaml would record how
+    targets were made, or which kernel ran, where none were (found before the 48th audit). Not
+    refused under `run --tune`, whose trials read the teacher."""
+    if config.distill.tune_trials or config.distill.tune_minutes:
+        return
+    try:
+        from distill_export.methods.objective import term_class, term_specs
+    except ImportError:  # a runtime-only install (no torch) trains nothing
+        return
+    specs = term_specs(config.distill)
+    objective = "distill.terms" if config.distill.terms else f"distill.method {config.distill.method}"
+    names = ", ".join(s.name for s in specs)
+    if not _objective_reads_teacher(config):
+        for key in filter(given, _TEACHER_TARGETS):
+            raise ConfigError(f"{key} {_value(config, key)} sets how the teacher's targets are made, but {objective} "
+                              f"({names}) reads no teacher; drop {key}")
+    if given("distill.kd_impl") and not any(hasattr(term_class(s.name), "impl") for s in specs):
+        raise ConfigError(f"distill.kd_impl {config.distill.kd_impl} picks the KD loss's kernel, but {objective} "
+                          f"({names}) has no term that runs it (kd, ls_kd); drop distill.kd_impl")
+
+
+def _value(config, key: str):
+    """A dotted key's value as YAML writes it (false, not False)."""
+    section, name = key.split(".")
+    value = getattr(getattr(config, section), name)
+    return str(value).lower() if isinstance(value, bool) else value
 
 
 def _exports_int8(config) -> bool:

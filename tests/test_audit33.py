@@ -1175,3 +1175,36 @@ def test_a47_md2_modality_dropout_on_one_modality_data_is_refused(tmp_path):
     assert line == ("error: teacher.modality_dropout 0.9 cannot apply: the only column of the data is the student "
                     "modality 'image', so the teacher has no modality to drop; drop teacher.modality_dropout"), line
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("distill", "line"), [
+    ({"method": "labels_only", "teacher_view": "student"},
+     "distill.teacher_view student sets how the teacher's targets are made, but distill.method labels_only (ce) "
+     "reads no teacher; drop distill.teacher_view"),
+    ({"method": "labels_only", "teacher_cache": False},
+     "distill.teacher_cache false sets how the teacher's targets are made, but distill.method labels_only (ce) "
+     "reads no teacher; drop distill.teacher_cache"),
+    ({"terms": [{"name": "ce"}], "teacher_cache_dir": "cache"},
+     "distill.teacher_cache_dir cache sets how the teacher's targets are made, but distill.terms (ce) reads no "
+     "teacher; drop distill.teacher_cache_dir"),
+    ({"method": "pseudo_label", "kd_impl": "reference"},
+     "distill.kd_impl reference picks the KD loss's kernel, but distill.method pseudo_label (ce, pseudo_label) has "
+     "no term that runs it (kd, ls_kd); drop distill.kd_impl"),
+])
+def test_teacher_target_settings_no_term_reads_are_refused(tmp_path, distill, line):
+    """Found before the 48th audit: how the teacher's targets are made (its view, the cache) with an
+    objective that reads no teacher, and the KD kernel with no KD term, were recorded as if they ran."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"distill": distill}))
+    got = one_line_error(runner.invoke(app, ["train-teacher", "--config", str(config), "--out", str(tmp_path / "r")]))
+    assert got == f"error: {line}", got
+    assert not (tmp_path / "r").exists()
+
+
+def test_teacher_target_settings_an_objective_reads_are_accepted(tmp_path):
+    from distill_export.cli.options import load
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"distill": {"method": "hinton", "teacher_view": "student", "kd_impl": "reference",
+                                                  "teacher_cache": False}}))
+    assert load(None, config, {}).distill.teacher_view == "student"

@@ -346,6 +346,9 @@ def test_every_cli_flag_lands_on_its_config_key(command, param, monkeypatch, tmp
         def stages(self):  # nothing recorded done: no flag changes what a stage ran with
             return {}
 
+        def given_teacher_keys(self):  # no loaded teacher's training setting given to train-teacher
+            return frozenset()
+
         def require_stages(self, *a):
             seen["cfg"] = stage_config
             raise _Stop()
