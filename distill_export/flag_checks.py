@@ -141,11 +141,22 @@ def check_streaming_applies(config, given) -> None:
     """data.streaming=on decodes a manifest's files per sample in DataLoader workers
     (data/manifest_decode.py); a built-in dataset is generated in memory and never streams, so a
     given `on` would be recorded in config.yaml as if it had. Refused like --skip-bad-rows; `auto`
-    (the default) and `off` are true of every source."""
+    (the default) and `off` are true of every source. Also the data settings this source never
+    reads: the auto threshold, and the demo's own preprocessing (found before the 48th audit)."""
     if config.data.streaming == "on" and config.data.source in BUILT_IN_SOURCES and given("data.streaming"):
         raise ConfigError(f"data.streaming=on decodes a manifest's files in DataLoader workers, but data.source "
                           f"{config.data.source} is a built-in dataset generated in memory, which never streams; "
                           "drop data.streaming (or set it to auto) or give a manifest .csv/.jsonl as data.source")
+    d = config.data
+    if given("data.stream_above_mb") and (d.streaming != "auto" or d.source in BUILT_IN_SOURCES):
+        why = (f"data.source {d.source} is a built-in dataset, which never streams" if d.source in BUILT_IN_SOURCES
+               else f"data.streaming is {d.streaming}, which decides without it")
+        raise ConfigError(f"data.stream_above_mb {d.stream_above_mb} is the size above which data.streaming auto "
+                          f"streams a manifest, but {why}; drop data.stream_above_mb")
+    for key in ("data.pca_variance", "data.audio_snr_db"):  # the built-in demo's own preprocessing
+        if given(key) and d.source != "avdigits":
+            raise ConfigError(f"{key} {_value(config, key)} shapes the built-in avdigits data alone, but data.source is "
+                              f"{d.source}; drop {key}")
 
 
 def _check_control_flag(config, flags: dict) -> None:

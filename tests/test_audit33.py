@@ -1208,3 +1208,24 @@ def test_teacher_target_settings_an_objective_reads_are_accepted(tmp_path):
     config.write_text(yaml.safe_dump({"distill": {"method": "hinton", "teacher_view": "student", "kd_impl": "reference",
                                                   "teacher_cache": False}}))
     assert load(None, config, {}).distill.teacher_view == "student"
+
+
+@pytest.mark.parametrize(("data", "line"), [
+    ({"streaming": "off", "source": "m.csv", "stream_above_mb": 10},
+     "data.stream_above_mb 10 is the size above which data.streaming auto streams a manifest, but data.streaming is "
+     "off, which decides without it; drop data.stream_above_mb"),
+    ({"stream_above_mb": 10},
+     "data.stream_above_mb 10 is the size above which data.streaming auto streams a manifest, but data.source avdigits "
+     "is a built-in dataset, which never streams; drop data.stream_above_mb"),
+    ({"source": "m.csv", "pca_variance": 0.5},
+     "data.pca_variance 0.5 shapes the built-in avdigits data alone, but data.source is m.csv; drop data.pca_variance"),
+])
+def test_data_settings_this_source_never_reads_are_refused(tmp_path, data, line):
+    from distill_export.cli.options import load
+    from distill_export.errors import ConfigError
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": data}))
+    with pytest.raises(ConfigError) as refused:
+        load(None, config, {})
+    assert str(refused.value) == line
