@@ -1229,3 +1229,10 @@ def test_data_settings_this_source_never_reads_are_refused(tmp_path, data, line)
     with pytest.raises(ConfigError) as refused:
         load(None, config, {})
     assert str(refused.value) == line
+
+
+def test_a48_s1_a_factory_whose_signature_cannot_be_read_is_one_line(tmp_path):
+    """`--teacher builtins:dict` (a builtin type: inspect.signature raises) was a ValueError traceback."""
+    line = one_line_error(runner.invoke(app, ["train-teacher", "--teacher", "builtins:dict", "--out", str(tmp_path / "r")]))
+    assert line.startswith("error: teacher factory builtins:dict: its signature cannot be read (ValueError: "), line
+    assert line.endswith("is unknown; wrap it in a Python function"), line

@@ -71,7 +71,11 @@ def import_factory(spec: str, what: str):
 
 def call_factory(fn, spec: str, what: str, **available) -> nn.Module:
     """Call fn with the keyword arguments it accepts; it must return an nn.Module."""
-    params = inspect.signature(fn).parameters
+    try:
+        params = inspect.signature(fn).parameters
+    except (ValueError, TypeError) as exc:  # a builtin or extension type (48th audit S1: builtins:dict)
+        raise ConfigError(f"{what} {spec}: its signature cannot be read ({type(exc).__name__}: {str(exc)[:120]}), so "
+                          f"which of {', '.join(available)} it takes is unknown; wrap it in a Python function") from None
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs = available
     else:
