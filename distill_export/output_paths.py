@@ -131,6 +131,11 @@ def _check_free_folder(target: Path, flag: str, resume_hint: bool = True) -> Non
     if not target.exists():
         if target.is_symlink():
             raise ConfigError(f"{flag} {target} is a dangling symbolic link; choose another {flag}")
+        # its missing parents are made: one that is a file is said now, not after the work (48th audit T1)
+        blocked = next((p for p in target.parents if (p.exists() or p.is_symlink()) and not p.is_dir()), None)
+        if blocked is not None:
+            raise ConfigError(f"{flag} {target}: {blocked} is a file, not a folder, so the folder cannot be made; "
+                              f"choose another {flag}")
         return
     if not target.is_dir():
         raise ConfigError(f"{flag} {target} is a file, not a folder; choose another {flag}")

@@ -1236,3 +1236,51 @@ def test_a48_s1_a_factory_whose_signature_cannot_be_read_is_one_line(tmp_path):
     line = one_line_error(runner.invoke(app, ["train-teacher", "--teacher", "builtins:dict", "--out", str(tmp_path / "r")]))
     assert line.startswith("error: teacher factory builtins:dict: its signature cannot be read (ValueError: "), line
     assert line.endswith("is unknown; wrap it in a Python function"), line
+
+
+def test_a48_d1_max_train_rows_that_draws_a_class_out_says_so(tmp_path, capsys):
+    """max_train_rows 2 on 3 classes left a class with no training row, in silence."""
+    from _byo_fixtures import make_manifest
+
+    from distill_export.config import DataConfig
+    from distill_export.data import load_dataset
+
+    manifest = make_manifest(tmp_path / "d", modalities=("image",))
+    load_dataset(DataConfig(source=str(manifest), max_train_rows=2), seed=0)
+    notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note: data.max_train_rows 2")]
+    assert len(notes) == 1 and "keeps no training row of" in notes[0], notes  # of 1 or 2 classes, as drawn
+    assert notes[0].endswith("; raise data.max_train_rows"), notes
+    load_dataset(DataConfig(source=str(manifest), max_train_rows=11), seed=0)
+    assert "note: data.max_train_rows" not in capsys.readouterr().err
+
+
+def test_a48_s3_a_student_factory_with_lazy_parameters_is_refused_up_front(tmp_path, monkeypatch):
+    """nn.LazyLinear passed the shape check (on another instance), then training raised from
+    _checkpoint_key: `Can't access the shape of an uninitialized parameter`."""
+    import sys
+
+    (tmp_path / "lazy_student.py").write_text("import torch.nn as nn\n\ndef make(num_classes):\n"
+                                              "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from distill_export.errors import ConfigError
+    from distill_export.nets.students import create_student
+
+    try:
+        with pytest.raises(ConfigError) as refused:
+            create_student("lazy_student:make", 3)
+    finally:
+        sys.modules.pop("lazy_student", None)
+    assert str(refused.value) == ("student factory lazy_student:make has a lazy parameter (1.weight, e.g. nn.LazyLinear) "
+                                  "whose shape is set by the first batch, but training needs every shape up front; give "
+                                  "the layer its sizes")
+
+
+def test_a48_t1_an_out_folder_below_a_file_is_refused_before_the_work(tmp_path, monkeypatch, capsys):
+    """A file named bench-results in the current folder: bench_profile refused only after the whole
+    benchmark, with `Not a directory (bench-results/profile)`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bench-results").write_text("mine\n")
+    assert _run_tool("bench_profile", ["--repeats", "1"], monkeypatch) == 2
+    assert _one_line(capsys.readouterr().err) == ("error: --out bench-results/profile: bench-results is a file, not a "
+                                                  "folder, so the folder cannot be made; choose another --out")
+    assert (tmp_path / "bench-results").read_text() == "mine\n"

@@ -131,6 +131,7 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
         subsampled_from = len(train_rows)
         sampled_out = {r.label for r in train_rows if id(r) not in keep and r.label is not None}
         good = [r for r in good if r.split != "train" or id(r) in keep]
+        _note_classes_drawn_out(targets, train_rows, keep, max_train)
 
     fix_auto_sizes(path, good, decoders)  # data.image_size=0: from the first header, before decoding
     fix_float_scales(good, decoders)  # mode-F images: one scale per column, before decoding
@@ -290,6 +291,22 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
                                                    for s in splits_here if s != "train"}}
     return data
 
+
+
+def _note_classes_drawn_out(targets, train_rows: list[Row], keep: set[int], max_train: int) -> None:
+    """max_train_rows draws training rows uniformly: a rare class can lose every one, and the
+    student is then never trained on it (48th audit D1). Said, for class labels (a box codec's
+    cells are parsed later, where a bad one is a bad row)."""
+    if getattr(targets, "classes", None) is not None:
+        return
+    lost = sorted({r.label for r in train_rows if r.label is not None}
+                  - {r.label for r in train_rows if id(r) in keep and r.label is not None})
+    if lost:
+        shown = ", ".join(repr(c) for c in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        console.print(f"note: data.max_train_rows {max_train} keeps no training row of {len(lost)} class"
+                      f"{'es' * (len(lost) > 1)} ({shown}): the student is never trained on "
+                      f"{'them' if len(lost) > 1 else 'it'}; raise data.max_train_rows", highlight=False,
+                      soft_wrap=True, markup=False)
 
 def _coco_id(row):
     """The row's COCO image id as the annotation file gives it: an id from the file's text would
