@@ -244,10 +244,11 @@ def check_config_settings_apply(config, given) -> None:
 def _check_modality_dropout_read(config, given) -> None:
     """teacher.modality_dropout is read by the concat classification teacher alone: late fusion's
     experts see one modality each, and the detection teachers have none to drop (47th audit MD1).
-    Not refused where `run --tune` searches the fusion: its concat trials read it."""
+    Not refused where `run --tune` searches the fusion (its concat trials read it), nor at 0, which
+    says what runs: no dropout."""
     searched = (config.distill.tune_trials or config.distill.tune_minutes) and \
         "fusion" in tune_search_spaces(config.distill.tune_search)
-    if not given("teacher.modality_dropout") or config.teacher.path or searched:
+    if not given("teacher.modality_dropout") or config.teacher.modality_dropout == 0 or config.teacher.path or searched:
         return  # a loaded teacher's training settings: check_loaded_teacher_settings
     why = (f"the {config.task} teachers drop no modality" if config.task != "classification"
            else "late fusion trains one expert per modality, with none to drop" if config.teacher.fusion == "late"

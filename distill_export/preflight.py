@@ -145,7 +145,8 @@ def check_fusion_given(config, data) -> None:
     if "teacher.fusion" in config.given_keys and not config.teacher.path and only:
         raise ConfigError(f"--teacher-fusion {config.teacher.fusion} (teacher.fusion) cannot apply: {only}, so there "
                           "are no modalities to fuse; drop --teacher-fusion")
-    if "teacher.modality_dropout" in config.given_keys and not config.teacher.path and only:  # 47th audit MD2
+    if "teacher.modality_dropout" in config.given_keys and config.teacher.modality_dropout and not config.teacher.path \
+            and only:  # 47th audit MD2 (0 says what runs: no dropout)
         raise ConfigError(f"teacher.modality_dropout {config.teacher.modality_dropout} cannot apply: {only}, so the "
                           "teacher has no modality to drop; drop teacher.modality_dropout")
 

@@ -1284,3 +1284,12 @@ def test_a48_t1_an_out_folder_below_a_file_is_refused_before_the_work(tmp_path, 
     assert _one_line(capsys.readouterr().err) == ("error: --out bench-results/profile: bench-results is a file, not a "
                                                   "folder, so the folder cannot be made; choose another --out")
     assert (tmp_path / "bench-results").read_text() == "mine\n"
+
+
+def test_a47_md1_modality_dropout_0_with_late_fusion_is_accepted(tmp_path):
+    """0 says what runs (no dropout): the 48th audit found it refused with late fusion."""
+    from distill_export.cli.options import load
+
+    config = tmp_path / "md0.yaml"
+    config.write_text("teacher:\n  modality_dropout: 0\n  fusion: late\n")
+    assert load(None, config, {}).teacher.modality_dropout == 0
