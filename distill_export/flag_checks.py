@@ -235,10 +235,10 @@ def check_config_settings_apply(config, given) -> None:
         raise ConfigError(f"data.annotations {config.data.annotations} holds a detection run's boxes, but the task "
                           f"is {config.task}; drop data.annotations or pass --task detection")
     _check_modality_dropout_read(config, given)
-    _check_teacher_target_settings_read(config, given)
     if given("distill.kd_impl") and d.kd_impl == "triton" and not _cuda_run(config):
         raise ConfigError(f"distill.kd_impl triton is the fused CUDA kernel, but this run trains on the CPU "
                           f"(device {config.device}), where the PyTorch reference runs; drop distill.kd_impl")
+    _check_teacher_target_settings_read(config, given)
 
 
 def _check_modality_dropout_read(config, given) -> None:

@@ -1293,3 +1293,17 @@ def test_a47_md1_modality_dropout_0_with_late_fusion_is_accepted(tmp_path):
     config = tmp_path / "md0.yaml"
     config.write_text("teacher:\n  modality_dropout: 0\n  fusion: late\n")
     assert load(None, config, {}).teacher.modality_dropout == 0
+
+
+@pytest.mark.parametrize("recipe", ["avmnist", "captioned_digits", "rgb96", "moving_digits"])
+def test_a_runs_own_config_of_another_recipe_is_accepted_as_config(tmp_path, recipe):
+    """`run --config RUN/tuned.yaml` (documented) of an AV-MNIST run, without --recipe: its recorded
+    pca_variance 0.25 (RunConfig's default) differs from avdigits' 0.75, and was refused as set."""
+    from distill_export.cli.options import load
+    from distill_export.config import load_config
+
+    recorded = load_config(recipe, None, {}).to_dict()
+    recorded["out"] = None
+    config = tmp_path / "tuned.yaml"
+    config.write_text(yaml.safe_dump(recorded, sort_keys=False))
+    assert load(None, config, {}).data.source == recorded["data"]["source"]

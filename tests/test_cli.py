@@ -160,7 +160,7 @@ def test_unwritable_out_is_named(tmp_path):
     blocker.write_text("x")
     result = runner.invoke(app, ["run", "--out", str(blocker / "sub")])
     assert result.exit_code == 2
-    assert "cannot be written" in _error(result)
+    assert f"{blocker} is a file, not a folder, so the folder cannot be made" in _error(result)
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04garbage"])

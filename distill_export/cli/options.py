@@ -163,7 +163,7 @@ def config_flags(command: str):
 
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
-    from distill_export.config import load_config, read_yaml
+    from distill_export.config import RunConfig, load_config, read_yaml
     from distill_export.flag_checks import (TEACHER_TRAINING, check_config_settings_apply, check_flags_apply,
                                             check_loaded_teacher_settings, check_method_with_terms,
                                             check_search_keeps_settings, check_streaming_applies,
@@ -175,9 +175,13 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     # What the recipe alone gives: a --config that repeats it (a run's own config.yaml, which
     # records every key) sets nothing new, so nothing in it is refused as "cannot apply".
     recipe_only = load_config(recipe or "avdigits", None, {}) if from_file else None
+    defaults = RunConfig()
 
-    def given(key: str) -> bool:  # the user set it (a flag, or --config to another value than the recipe's)
-        return flags.get(key) is not None or (_in_yaml(from_file, key) and _value(config, key) != _value(recipe_only, key))
+    def given(key: str) -> bool:  # the user set it: a flag, or --config to another value than the recipe's and
+        # RunConfig's own default (a run's config.yaml or tuned.yaml from another recipe records every key at
+        # that default: `run --config tuned.yaml` of an AV-MNIST run was refused for pca_variance 0.25)
+        return flags.get(key) is not None or (_in_yaml(from_file, key) and _value(config, key) != _value(recipe_only, key)
+                                              and _value(config, key) != _value(defaults, key))
 
     fusion_key = next(f.key for f in FLAGS if f.param == "teacher_fusion")  # the key --teacher-fusion sets
     fusion_given = given(fusion_key) and ("--config" if flags.get(fusion_key) is None else "flag")
