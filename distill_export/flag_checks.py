@@ -270,19 +270,31 @@ def _check_teacher_target_settings_read(config, given) -> None:
     if config.distill.tune_trials or config.distill.tune_minutes:
         return
     try:
-        from distill_export.methods.objective import term_class, term_specs
+        unread = settings_no_term_reads(config)
     except ImportError:  # a runtime-only install (no torch) trains nothing
         return
-    specs = term_specs(config.distill)
+    from distill_export.methods.objective import term_specs
+
     objective = "distill.terms" if config.distill.terms else f"distill.method {config.distill.method}"
-    names = ", ".join(s.name for s in specs)
-    if not _objective_reads_teacher(config):
-        for key in filter(given, _TEACHER_TARGETS):
-            raise ConfigError(f"{key} {_value(config, key)} sets how the teacher's targets are made, but {objective} "
-                              f"({names}) reads no teacher; drop {key}")
-    if given("distill.kd_impl") and not any(hasattr(term_class(s.name), "impl") for s in specs):
-        raise ConfigError(f"distill.kd_impl {config.distill.kd_impl} picks the KD loss's kernel, but {objective} "
-                          f"({names}) has no term that runs it (kd, ls_kd); drop distill.kd_impl")
+    names = ", ".join(s.name for s in term_specs(config.distill))
+    for key in filter(given, unread):
+        if key == "distill.kd_impl":
+            raise ConfigError(f"distill.kd_impl {config.distill.kd_impl} picks the KD loss's kernel, but {objective} "
+                              f"({names}) has no term that runs it (kd, ls_kd); drop distill.kd_impl")
+        raise ConfigError(f"{key} {_value(config, key)} sets how the teacher's targets are made, but {objective} "
+                          f"({names}) reads no teacher; drop {key}")
+
+
+def settings_no_term_reads(config) -> list[str]:
+    """The distill keys the objective of `config` never reads: how the teacher's targets are made
+    (where no term reads the teacher), and kd_impl (where no term runs the KD loss). tune resets
+    them in tuned.yaml when its choice leaves them unread (49th audit T1)."""
+    from distill_export.methods.objective import term_class, term_specs
+
+    unread = [] if _objective_reads_teacher(config) else list(_TEACHER_TARGETS)
+    if not any(hasattr(term_class(s.name), "impl") for s in term_specs(config.distill)):
+        unread.append("distill.kd_impl")
+    return unread
 
 
 def _value(config, key: str):

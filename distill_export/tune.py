@@ -19,10 +19,12 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from distill_export.config import RunConfig
 from distill_export.config_checks import check_tune_minutes, tune_search_spaces
 from distill_export.confirm import ConfirmSpec
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
+from distill_export.flag_checks import settings_no_term_reads
 from distill_export.tasks import get_task
 from distill_export.tune_decision import confirm_top, confirmed_words, decide
 from distill_export.tune_record import resumed_summary
@@ -253,6 +255,12 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
     # tune_search: the search that ran, not the run's own value (forty-third audit A2)
     chosen_yaml["distill"] = {**chosen_yaml["distill"], **body, "tune_trials": 0, "tune_minutes": 0.0,
                               "tune_search": ",".join(search)}
+    # settings the chosen objective never reads (labels_only won: the teacher's view and cache) go back
+    # to their defaults, so `run --config tuned.yaml` does not refuse them as unread (49th audit T1)
+    defaults = RunConfig().distill
+    for key in settings_no_term_reads(_with_terms(config, decision["terms"])):
+        name = key.split(".")[1]
+        chosen_yaml["distill"][name] = getattr(defaults, name)
     if decision["distill"] and decision.get("teacher_fusion"):  # a new run trains that teacher
         chosen_yaml["teacher"] = {**chosen_yaml["teacher"], "fusion": decision["teacher_fusion"]}
     write_text(out_path, header + yaml.safe_dump(chosen_yaml, sort_keys=False))

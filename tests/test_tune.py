@@ -257,3 +257,25 @@ def test_kd_gain_refuses_what_run_refuses_before_any_training(tmp_path):
     assert lines[0] == ("error: --recipe/--config/--set: distill.rounds > 1 needs distill.augment=none (the targets "
                         "of later rounds are fixed logits, computed once on the un-augmented rows)"), lines
     assert not (tmp_path / "out").exists()
+
+
+def test_a_labels_only_choice_resets_the_settings_it_never_reads(run_copy, tmp_path, monkeypatch):
+    """49th audit T1: a run with teacher_view student, teacher_cache false and kd_impl reference; tune
+    chose labels_only and kept them, so the documented `run --config tuned.yaml` refused them as unread."""
+    from distill_export.cli.options import load
+
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    config["distill"].update(teacher_view="student", teacher_cache=False, kd_impl="reference")
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    state = json.loads((run_copy / "state.json").read_text())
+    state["written_config"] = config  # as if the run had been made with them
+    (run_copy / "state.json").write_text(json.dumps(state))
+    _fake_trainers(monkeypatch, lambda a, seed: 0.5 + 0.1 * a + 0.001 * seed, lambda seed: 0.3 if seed == 0 else 0.7)
+    out = tmp_path / "t.yaml"
+    result = runner.invoke(app, ["tune", str(run_copy), "--trials", "2", "--methods", "hinton",
+                                 "--confirm-seeds", "2", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load(out.read_text())["distill"]
+    assert (written["method"], written["teacher_view"], written["teacher_cache"], written["kd_impl"]) == \
+        ("labels_only", "full", True, "auto")
+    assert load(None, out, {}).distill.method == "labels_only"  # `run --config t.yaml` accepts it
