@@ -48,6 +48,9 @@ def check_output(path: str | Path, *, folder: bool, flag: str = "--out", run_dir
         raise ConfigError(f"{flag} {target} is inside the run directory {inside}, whose files belong to its stages; "
                           f"choose a path outside it")
     if not folder and not target.parent.is_dir():
+        blocked = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:  # 49th audit O1: a file on the way was said to be a missing folder
+            raise ConfigError(f"{flag} {target}: {blocked} is a file, not a folder; choose another {flag}")
         raise ConfigError(f"{flag} {target}: the folder {target.parent} does not exist")
     return target
 

@@ -1270,9 +1270,36 @@ def test_a48_s3_a_student_factory_with_lazy_parameters_is_refused_up_front(tmp_p
             create_student("lazy_student:make", 3)
     finally:
         sys.modules.pop("lazy_student", None)
-    assert str(refused.value) == ("student factory lazy_student:make has a lazy parameter (1.weight, e.g. nn.LazyLinear) "
-                                  "whose shape is set by the first batch, but training needs every shape up front; give "
-                                  "the layer its sizes")
+    assert str(refused.value) == ("student factory lazy_student:make has a lazy parameter or buffer (1.weight, e.g. "
+                                  "nn.LazyLinear) whose shape is set by the first batch, but training needs every shape "
+                                  "up front; give the layer its sizes")
+
+
+def test_a49_s1_a_student_factory_with_a_lazy_buffer_only_is_refused_up_front(tmp_path, monkeypatch):
+    """nn.LazyBatchNorm2d(affine=False) has lazy buffers and no lazy parameter: it passed the 48th round's check."""
+    import sys
+
+    (tmp_path / "lazy_bn.py").write_text("import torch.nn as nn\n\ndef make(num_classes, in_channels=1):\n"
+                                         "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), "
+                                         "nn.LazyBatchNorm2d(affine=False), nn.Flatten(), nn.Linear(4 * 64, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from distill_export.errors import ConfigError
+    from distill_export.nets.students import create_student
+
+    try:
+        with pytest.raises(ConfigError) as refused:
+            create_student("lazy_bn:make", 3)
+    finally:
+        sys.modules.pop("lazy_bn", None)
+    assert "has a lazy parameter or buffer (1.running_mean, e.g. nn.LazyLinear)" in str(refused.value)
+
+
+def test_a49_o1_a_file_on_the_way_to_an_output_file_is_named(tmp_path, run_copy):
+    (tmp_path / "afile").write_text("hi\n")
+    line = one_line_error(runner.invoke(app, ["tune", str(run_copy), "--trials", "1", "--out",
+                                              str(tmp_path / "afile" / "t.yaml")]))
+    assert line == (f"error: --out {tmp_path / 'afile' / 't.yaml'}: {tmp_path / 'afile'} is a file, not a folder; "
+                    "choose another --out"), line
 
 
 def test_a48_t1_an_out_folder_below_a_file_is_refused_before_the_work(tmp_path, monkeypatch, capsys):

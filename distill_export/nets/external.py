@@ -391,8 +391,9 @@ def create_factory_student(spec: str, num_classes: int, in_channels: int = 1) ->
     net = call_factory(fn, spec, "student factory", num_classes=num_classes, in_channels=in_channels)
     from torch.nn.parameter import is_lazy
 
-    lazy = next((name for name, p in net.named_parameters() if is_lazy(p)), None)
-    if lazy:  # its shape comes from the first batch: the checkpoint key and the optimiser need it (48th audit S3)
-        raise ConfigError(f"student factory {spec} has a lazy parameter ({lazy}, e.g. nn.LazyLinear) whose shape is "
-                          "set by the first batch, but training needs every shape up front; give the layer its sizes")
+    lazy = next((name for name, p in [*net.named_parameters(), *net.named_buffers()] if is_lazy(p)), None)
+    if lazy:  # its shape comes from the first batch: the checkpoint key and the optimiser need it (48th S3, 49th S1)
+        raise ConfigError(f"student factory {spec} has a lazy parameter or buffer ({lazy}, e.g. nn.LazyLinear) whose "
+                          "shape is set by the first batch, but training needs every shape up front; give the layer "
+                          "its sizes")
     return FactoryStudent(net)
