@@ -1334,3 +1334,36 @@ def test_a_runs_own_config_of_another_recipe_is_accepted_as_config(tmp_path, rec
     config = tmp_path / "tuned.yaml"
     config.write_text(yaml.safe_dump(recorded, sort_keys=False))
     assert load(None, config, {}).data.source == recorded["data"]["source"]
+
+
+@pytest.mark.parametrize("recipe", ["avmnist", "rgb96", "captioned_digits"])
+def test_a49_t2_a_default_runs_config_beside_a_recipe_is_accepted(tmp_path, recipe):
+    """`--recipe avmnist --config RUN/config.yaml` of a default run (pca_variance 0.75, the avdigits
+    recipe's, recorded on a manifest) was refused for settings the product wrote itself."""
+    from distill_export.cli.options import load
+    from distill_export.config import load_config
+
+    recorded = load_config("avdigits", None, {"data.source": "m.csv"}).to_dict()
+    recorded["out"] = None
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(recorded, sort_keys=False))
+    assert load(recipe, config, {}).data.source == "m.csv"
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_a49_i1_i2_a_tool_interrupted_ends_in_one_line_and_the_signals_code(tmp_path, sig, code, line):
+    """Ctrl-C in bench_export/bench_profile was a KeyboardInterrupt traceback; SIGTERM ended with no line."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    script = tmp_path / "slow_tool.py"
+    script.write_text(f"import sys, time\nsys.path.insert(0, {str(tools)!r})\nfrom toolargs import one_line_errors\n\n"
+                      "@one_line_errors\ndef main():\n    print('ready', flush=True)\n    time.sleep(60)\n\nmain()\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code and _one_line(err) == line, (proc.returncode, err)

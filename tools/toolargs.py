@@ -41,6 +41,12 @@ def one_line_errors(main):
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        import signal
+        import threading
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():  # SIGTERM raised where the tool is, as Ctrl-C
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return main(*args, **kwargs)
         except BaseException as exc:
@@ -48,6 +54,10 @@ def one_line_errors(main):
             if outputs is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None)):
                 outputs.remove_partial()  # a data generator's half-written --out (thirty-seventh audit B6)
             files = sys.modules.get("distill_export.files")
+            if isinstance(exc, KeyboardInterrupt):  # one line and the shell's code, as the CLI (49th audit I1, I2)
+                terminated = isinstance(exc, _Terminated)
+                print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+                raise SystemExit(143 if terminated else 130) from None
             if not isinstance(exc, Exception):
                 raise
             full = files.full_disk_inside(exc) if files is not None else None
@@ -64,7 +74,18 @@ def one_line_errors(main):
             text = str(exc).strip()
             print(f"error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
             raise SystemExit(getattr(exc, "exit_code", 2)) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return wrapped
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the tool is (the product's interrupts.Terminated; a tool may run without it)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def _number(text: str, kind):

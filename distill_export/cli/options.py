@@ -175,13 +175,14 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     # What the recipe alone gives: a --config that repeats it (a run's own config.yaml, which
     # records every key) sets nothing new, so nothing in it is refused as "cannot apply".
     recipe_only = load_config(recipe or "avdigits", None, {}) if from_file else None
-    defaults = RunConfig()
+    default_recipe, defaults = (load_config("avdigits", None, {}) if from_file else None), RunConfig()
 
-    def given(key: str) -> bool:  # the user set it: a flag, or --config to another value than the recipe's and
-        # RunConfig's own default (a run's config.yaml or tuned.yaml from another recipe records every key at
-        # that default: `run --config tuned.yaml` of an AV-MNIST run was refused for pca_variance 0.25)
-        return flags.get(key) is not None or (_in_yaml(from_file, key) and _value(config, key) != _value(recipe_only, key)
-                                              and _value(config, key) != _value(defaults, key))
+    def given(key: str) -> bool:  # the user set it: a flag, or --config to another value than the recipe's,
+        # the default recipe's and RunConfig's own default. A run's config.yaml or tuned.yaml records every key,
+        # from its own recipe or those defaults: `run --config tuned.yaml` of an AV-MNIST run was refused for
+        # pca_variance 0.25, and `--recipe avmnist --config RUN/config.yaml` of a default run for 0.75 (49th audit)
+        return flags.get(key) is not None or (_in_yaml(from_file, key) and all(
+            _value(config, key) != _value(other, key) for other in (recipe_only, default_recipe, defaults)))
 
     fusion_key = next(f.key for f in FLAGS if f.param == "teacher_fusion")  # the key --teacher-fusion sets
     fusion_given = given(fusion_key) and ("--config" if flags.get(fusion_key) is None else "flag")
