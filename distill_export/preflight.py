@@ -332,7 +332,8 @@ def check_rounds_config(config) -> None:
     if not needs:  # labels only (the labels_only preset, or terms that are CE only): no teacher, no round
         raise ConfigError(f"distill.rounds={config.distill.rounds} needs a term that reads the teacher, but the "
                           f"objective (distill.method {config.distill.method}, or distill.terms) is labels only, so no "
-                          "round would run; use distill.rounds=1 or a teacher term (kd, dist, pseudo_label, ...)")
+                          "round would run; pass --rounds 1 (it overrides a recipe's or --config's distill.rounds) "
+                          "or use a teacher term (kd, dist, pseudo_label, ...)")
     if "features" in needs:
         raise ConfigError("distill.rounds > 1: the teacher of later rounds is a product of classifiers with no "
                           "feature layer to match; use terms that read teacher logits (kd, dist, pseudo_label, ...)")

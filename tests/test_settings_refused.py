@@ -63,6 +63,8 @@ def test_rounds_with_a_labels_only_objective_is_refused(tmp_path, flags, config)
     before = snapshot(tmp_path)
     line = one_line_error(runner.invoke(app, args), 2)
     assert "distill.rounds" in line and "labels only" in line
+    # the fix works wherever rounds came from (a recipe's, too: 49th audit R1)
+    assert "pass --rounds 1 (it overrides a recipe's or --config's distill.rounds)" in line, line
     assert not (tmp_path / "r").exists() and snapshot(tmp_path) == before
 
 
