@@ -1254,13 +1254,19 @@ def test_a48_d1_max_train_rows_that_draws_a_class_out_says_so(tmp_path, capsys):
     assert "note: data.max_train_rows" not in capsys.readouterr().err
 
 
-def test_a48_s3_a_student_factory_with_lazy_parameters_is_refused_up_front(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("body", "lazy"), [
+    ("nn.Flatten(), nn.LazyLinear(num_classes)", "1.weight"),  # 48th audit S3
+    # lazy buffers and no lazy parameter: they passed the 48th round's check (49th audit S1)
+    ("nn.Conv2d(in_channels, 4, 3, padding=1), nn.LazyBatchNorm2d(affine=False), nn.Flatten(), "
+     "nn.Linear(4 * 64, num_classes)", "1.running_mean"),
+])
+def test_a48_s3_a49_s1_a_student_factory_with_lazy_parts_is_refused_up_front(tmp_path, monkeypatch, body, lazy):
     """nn.LazyLinear passed the shape check (on another instance), then training raised from
     _checkpoint_key: `Can't access the shape of an uninitialized parameter`."""
     import sys
 
-    (tmp_path / "lazy_student.py").write_text("import torch.nn as nn\n\ndef make(num_classes):\n"
-                                              "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    (tmp_path / "lazy_student.py").write_text("import torch.nn as nn\n\ndef make(num_classes, in_channels=1):\n"
+                                              f"    return nn.Sequential({body})\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from distill_export.errors import ConfigError
     from distill_export.nets.students import create_student
@@ -1270,28 +1276,9 @@ def test_a48_s3_a_student_factory_with_lazy_parameters_is_refused_up_front(tmp_p
             create_student("lazy_student:make", 3)
     finally:
         sys.modules.pop("lazy_student", None)
-    assert str(refused.value) == ("student factory lazy_student:make has a lazy parameter or buffer (1.weight, e.g. "
+    assert str(refused.value) == (f"student factory lazy_student:make has a lazy parameter or buffer ({lazy}, e.g. "
                                   "nn.LazyLinear) whose shape is set by the first batch, but training needs every shape "
                                   "up front; give the layer its sizes")
-
-
-def test_a49_s1_a_student_factory_with_a_lazy_buffer_only_is_refused_up_front(tmp_path, monkeypatch):
-    """nn.LazyBatchNorm2d(affine=False) has lazy buffers and no lazy parameter: it passed the 48th round's check."""
-    import sys
-
-    (tmp_path / "lazy_bn.py").write_text("import torch.nn as nn\n\ndef make(num_classes, in_channels=1):\n"
-                                         "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), "
-                                         "nn.LazyBatchNorm2d(affine=False), nn.Flatten(), nn.Linear(4 * 64, num_classes))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    from distill_export.errors import ConfigError
-    from distill_export.nets.students import create_student
-
-    try:
-        with pytest.raises(ConfigError) as refused:
-            create_student("lazy_bn:make", 3)
-    finally:
-        sys.modules.pop("lazy_bn", None)
-    assert "has a lazy parameter or buffer (1.running_mean, e.g. nn.LazyLinear)" in str(refused.value)
 
 
 def test_a49_o1_a_file_on_the_way_to_an_output_file_is_named(tmp_path, run_copy):
