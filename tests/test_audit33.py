@@ -1354,3 +1354,15 @@ def test_a49_i1_i2_a_tool_interrupted_ends_in_one_line_and_the_signals_code(tmp_
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == code and _one_line(err) == line, (proc.returncode, err)
+
+
+def test_a_hand_written_config_at_a_default_value_still_counts_as_set(tmp_path):
+    """Only a whole recorded config (config.yaml, tuned.yaml) is read leniently: a hand-written one that
+    names pca_variance 0.25 (RunConfig's default) on a manifest is still refused as unread."""
+    from distill_export.cli.options import load
+    from distill_export.errors import ConfigError
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": "m.csv", "pca_variance": 0.25}}))
+    with pytest.raises(ConfigError, match=r"^data.pca_variance 0.25 shapes the built-in avdigits data alone"):
+        load(None, config, {})

@@ -175,14 +175,15 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     # What the recipe alone gives: a --config that repeats it (a run's own config.yaml, which
     # records every key) sets nothing new, so nothing in it is refused as "cannot apply".
     recipe_only = load_config(recipe or "avdigits", None, {}) if from_file else None
-    default_recipe, defaults = (load_config("avdigits", None, {}) if from_file else None), RunConfig()
+    # A run's config.yaml or tuned.yaml records every key, from its own recipe or the defaults: in such a
+    # file a value of the default recipe or of RunConfig is no one's setting (`run --config tuned.yaml` of
+    # an AV-MNIST run was refused for pca_variance 0.25, `--recipe avmnist --config RUN/config.yaml` of a
+    # default run for 0.75: 49th audit). A hand-written --config sets what it names.
+    recorded = [load_config("avdigits", None, {}), RunConfig()] if _records_every_key(from_file) else []
 
-    def given(key: str) -> bool:  # the user set it: a flag, or --config to another value than the recipe's,
-        # the default recipe's and RunConfig's own default. A run's config.yaml or tuned.yaml records every key,
-        # from its own recipe or those defaults: `run --config tuned.yaml` of an AV-MNIST run was refused for
-        # pca_variance 0.25, and `--recipe avmnist --config RUN/config.yaml` of a default run for 0.75 (49th audit)
+    def given(key: str) -> bool:  # the user set it: a flag, or --config to another value than the recipe's
         return flags.get(key) is not None or (_in_yaml(from_file, key) and all(
-            _value(config, key) != _value(other, key) for other in (recipe_only, default_recipe, defaults)))
+            _value(config, key) != _value(other, key) for other in (recipe_only, *recorded)))
 
     fusion_key = next(f.key for f in FLAGS if f.param == "teacher_fusion")  # the key --teacher-fusion sets
     fusion_given = given(fusion_key) and ("--config" if flags.get(fusion_key) is None else "flag")
@@ -206,6 +207,17 @@ def _value(config, key: str):
     for part in key.split("."):
         config = getattr(config, part)
     return config
+
+
+def _records_every_key(data: dict) -> bool:
+    """Whether a --config mapping names every key a run's config.yaml records (RunConfig.to_dict)."""
+    from distill_export.config import RunConfig
+
+    def keys(d: dict, prefix: str = ""):
+        for k, v in d.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else (f"{prefix}{k}",)
+
+    return bool(data) and all(_in_yaml(data, key) for key in keys(RunConfig().to_dict()))
 
 
 def _in_yaml(data: dict, key: str) -> bool:
