@@ -250,6 +250,8 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         body.update(decision["augment"])  # distill.mix and distill.mix_alpha: the mixing it was confirmed with
     if decision["distill"] and "rounds" in search:  # unsearched, a recipe's own distill.rounds still applies
         body["rounds"] = decision.get("rounds") or 1
+    if not decision["distill"]:  # labels only runs no round: a run's rounds 2 was refused by `run --config` (50th T2)
+        body["rounds"] = 1
     # The run's whole config with the choice, no folder, no second search (B2: the choice alone ran on the demo)
     chosen_yaml = {**config.to_dict(), "out": None}
     # tune_search: the search that ran, not the run's own value (forty-third audit A2)

@@ -259,13 +259,16 @@ def test_kd_gain_refuses_what_run_refuses_before_any_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_labels_only_choice_resets_the_settings_it_never_reads(run_copy, tmp_path, monkeypatch):
-    """49th audit T1: a run with teacher_view student, teacher_cache false and kd_impl reference; tune
-    chose labels_only and kept them, so the documented `run --config tuned.yaml` refused them as unread."""
+@pytest.mark.parametrize("edit", [{"teacher_view": "student", "teacher_cache": False, "kd_impl": "reference"},
+                                  {"rounds": 2}])
+def test_a_labels_only_choice_resets_the_settings_it_never_reads(run_copy, tmp_path, monkeypatch, edit):
+    """49th audit T1: a run with teacher_view student, teacher_cache false and kd_impl reference (and,
+    50th T2, rounds 2); tune chose labels_only and kept them, so the documented `run --config
+    tuned.yaml` refused them as unread."""
     from distill_export.cli.options import load
 
     config = yaml.safe_load((run_copy / "config.yaml").read_text())
-    config["distill"].update(teacher_view="student", teacher_cache=False, kd_impl="reference")
+    config["distill"].update(edit)
     (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     state = json.loads((run_copy / "state.json").read_text())
     state["written_config"] = config  # as if the run had been made with them
@@ -276,6 +279,6 @@ def test_a_labels_only_choice_resets_the_settings_it_never_reads(run_copy, tmp_p
                                  "--confirm-seeds", "2", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     written = yaml.safe_load(out.read_text())["distill"]
-    assert (written["method"], written["teacher_view"], written["teacher_cache"], written["kd_impl"]) == \
-        ("labels_only", "full", True, "auto")
+    assert (written["method"], written["teacher_view"], written["teacher_cache"], written["kd_impl"], written["rounds"]) \
+        == ("labels_only", "full", True, "auto", 1)  # rounds 2 too: labels only runs no round (50th audit T2)
     assert load(None, out, {}).distill.method == "labels_only"  # `run --config t.yaml` accepts it
