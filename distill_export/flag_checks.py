@@ -50,7 +50,7 @@ def check_tune_fits_task(config) -> None:
 
 # The teacher settings only a trained teacher reads (train_teacher.py), and the flag that sets one.
 TEACHER_TRAINING = {"teacher.epochs": "--teacher-epochs", "teacher.lr": None, "teacher.batch_size": None,
-                     "teacher.width": None, "teacher.modality_dropout": None}
+                    "teacher.width": None, "teacher.modality_dropout": None}
 
 
 def check_loaded_teacher_settings(config, given, run_dir=None) -> None:

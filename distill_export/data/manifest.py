@@ -292,7 +292,6 @@ def build_manifest_dataset(config, seed: int, targets: TargetCodec | None = None
     return data
 
 
-
 def _note_classes_drawn_out(targets, train_rows: list[Row], keep: set[int], max_train: int) -> None:
     """max_train_rows draws training rows uniformly: a rare class can lose every one, and the
     student is then never trained on it (48th audit D1). Said, for class labels (a box codec's
@@ -307,6 +306,7 @@ def _note_classes_drawn_out(targets, train_rows: list[Row], keep: set[int], max_
                       f"{'es' * (len(lost) > 1)} ({shown}): the student is never trained on "
                       f"{'them' if len(lost) > 1 else 'it'}; raise data.max_train_rows", highlight=False,
                       soft_wrap=True, markup=False)
+
 
 def _coco_id(row):
     """The row's COCO image id as the annotation file gives it: an id from the file's text would
