@@ -60,10 +60,7 @@ def check_loaded_teacher_settings(config, given, run_dir=None) -> None:
     be recorded in config.yaml as if a teacher trained with it (ninth round: width and lr too).
     run_dir: the run whose train-teacher took them (given: its state.json given_teacher_keys), for
     a distill that no longer trains the teacher they were given for (46th audit L5)."""
-    if not config.teacher.path or config.distill.rounds > 1:
-        return
-    distills = _objective_reads_teacher(config)
-    if config.distill.self_training_control and distills:
+    if not loaded_teacher_settings_unread(config):
         return
     # fourteenth audit B4: a labels-only objective skips the control, so no teacher trains either
     control = "the self-training control is off" if not config.distill.self_training_control else \
@@ -78,6 +75,15 @@ def check_loaded_teacher_settings(config, given, run_dir=None) -> None:
                    f"(or give distill.rounds above 1), or start a new run without {flag or key}")
             raise ConfigError(f"{shown} cannot apply: --teacher {config.teacher.path} is loaded, not trained, and "
                               f"no other teacher trains here ({control} and distill.rounds is 1); {fix}")
+
+
+def loaded_teacher_settings_unread(config) -> bool:
+    """A loaded teacher (teacher.path) and no teacher the run trains: no self-training control (off,
+    or skipped by a labels-only objective) and one round. TEACHER_TRAINING's keys are then unread;
+    tune resets them in tuned.yaml when its choice makes it so (51st audit B1)."""
+    if not config.teacher.path or config.distill.rounds > 1:
+        return False
+    return not (config.distill.self_training_control and _objective_reads_teacher(config))
 
 
 def _objective_reads_teacher(config) -> bool:

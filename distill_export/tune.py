@@ -24,7 +24,7 @@ from distill_export.config_checks import check_tune_minutes, tune_search_spaces
 from distill_export.confirm import ConfirmSpec
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
-from distill_export.flag_checks import settings_no_term_reads
+from distill_export.flag_checks import TEACHER_TRAINING, loaded_teacher_settings_unread, settings_no_term_reads
 from distill_export.tasks import get_task
 from distill_export.tune_decision import confirm_top, confirmed_words, decide
 from distill_export.tune_record import resumed_summary
@@ -259,10 +259,14 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
                               "tune_search": ",".join(search)}
     # settings the chosen objective never reads (labels_only won: the teacher's view and cache) go back
     # to their defaults, so `run --config tuned.yaml` does not refuse them as unread (49th audit T1)
-    defaults = RunConfig().distill
-    for key in settings_no_term_reads(_with_terms(config, decision["terms"])):
-        name = key.split(".")[1]
-        chosen_yaml["distill"][name] = getattr(defaults, name)
+    defaults, chosen = RunConfig(), _with_terms(config, decision["terms"])
+    chosen.distill.rounds = chosen_yaml["distill"]["rounds"]
+    unread = settings_no_term_reads(chosen)
+    if loaded_teacher_settings_unread(chosen):  # a loaded teacher's training settings: the control read them (51st B1)
+        unread += list(TEACHER_TRAINING)
+    for key in unread:
+        section, name = key.split(".")
+        chosen_yaml[section] = {**chosen_yaml[section], name: getattr(getattr(defaults, section), name)}
     if decision["distill"] and decision.get("teacher_fusion"):  # a new run trains that teacher
         chosen_yaml["teacher"] = {**chosen_yaml["teacher"], "fusion": decision["teacher_fusion"]}
     write_text(out_path, header + yaml.safe_dump(chosen_yaml, sort_keys=False))

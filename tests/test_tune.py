@@ -259,16 +259,20 @@ def test_kd_gain_refuses_what_run_refuses_before_any_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("edit", [{"teacher_view": "student", "teacher_cache": False, "kd_impl": "reference"},
-                                  {"rounds": 2}])
+@pytest.mark.parametrize("edit", [{"distill": {"teacher_view": "student", "teacher_cache": False, "kd_impl": "reference"}},
+                                  {"distill": {"rounds": 2}},
+                                  {"teacher": {"path": "RUN/teacher.pt", "epochs": 1, "lr": 0.123}}])
 def test_a_labels_only_choice_resets_the_settings_it_never_reads(run_copy, tmp_path, monkeypatch, edit):
     """49th audit T1: a run with teacher_view student, teacher_cache false and kd_impl reference (and,
-    50th T2, rounds 2); tune chose labels_only and kept them, so the documented `run --config
-    tuned.yaml` refused them as unread."""
+    50th T2, rounds 2; 51st B1, a loaded teacher's training settings, which only the control read);
+    tune chose labels_only and kept them, so the documented `run --config tuned.yaml` refused them."""
     from distill_export.cli.options import load
+    from distill_export.config import RunConfig
 
     config = yaml.safe_load((run_copy / "config.yaml").read_text())
-    config["distill"].update(edit)
+    for section, values in edit.items():
+        config[section].update({k: v.replace("RUN", str(run_copy)) if isinstance(v, str) else v
+                                for k, v in values.items()})
     (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     state = json.loads((run_copy / "state.json").read_text())
     state["written_config"] = config  # as if the run had been made with them
@@ -281,4 +285,7 @@ def test_a_labels_only_choice_resets_the_settings_it_never_reads(run_copy, tmp_p
     written = yaml.safe_load(out.read_text())["distill"]
     assert (written["method"], written["teacher_view"], written["teacher_cache"], written["kd_impl"], written["rounds"]) \
         == ("labels_only", "full", True, "auto", 1)  # rounds 2 too: labels only runs no round (50th audit T2)
+    if "teacher" in edit:
+        teacher = yaml.safe_load(out.read_text())["teacher"]
+        assert (teacher["epochs"], teacher["lr"]) == (RunConfig().teacher.epochs, RunConfig().teacher.lr)
     assert load(None, out, {}).distill.method == "labels_only"  # `run --config t.yaml` accepts it
