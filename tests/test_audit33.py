@@ -1366,3 +1366,26 @@ def test_a_hand_written_config_at_a_default_value_still_counts_as_set(tmp_path):
     config.write_text(yaml.safe_dump({"data": {"source": "m.csv", "pca_variance": 0.25}}))
     with pytest.raises(ConfigError, match=r"^data.pca_variance 0.25 shapes the built-in avdigits data alone"):
         load(None, config, {})
+
+
+# ----- the fifty-second audit -----------------------------------------------------------------------
+
+
+def test_a52_f3_profile_after_a_reexport_renders_no_report_the_report_stage_refuses(run_copy):
+    """export again (validate, profile, report stale), then profile: it wrote a full report.md/html,
+    "recommended: none" with nothing validated, while `report` refused as validate was stale."""
+    result = runner.invoke(app, ["export", str(run_copy), "--format", "onnx", "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["profile", str(run_copy), "--threads", "1", "--batch", "1", "--min-time", "0.05", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (f"note: report.md and report.html are not written: stage validate is not done; next: `distill-export "
+            f"validate {run_copy}`") in result.output, result.output
+    assert not (run_copy / "report.md").exists() and not (run_copy / "report.html").exists()
+    record = json.loads((run_copy / "report.json").read_text())
+    assert record["latency"] and "recommendation" not in record
+    state = json.loads((run_copy / "state.json").read_text())["stages"]
+    assert (state["validate"]["status"], state["profile"]["status"], state["report"]["status"]) == \
+        ("stale", "done", "stale")
+    result = runner.invoke(app, ["validate", str(run_copy)])  # the complete record renders its report
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "report.md").is_file()

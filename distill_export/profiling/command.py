@@ -88,9 +88,13 @@ def save(result: ProfileResult, run_dir: Path | None, out: Path | None) -> list[
 
         accept_hand_edits(run, run.load_config().to_dict(), ("profile",))  # it ran with config.yaml's profile.*
 
-        update_run(run)
-        write_reports(run)
-        written += [run.file("report.json"), run.file("latency.csv"), run.file("report.html")]
+        written.append(run.file("report.json"))
+        if not [s for s in run.missing_stages(None) if s != "profile"]:  # the record is complete once profile is
+            update_run(run)
+            write_reports(run)
+            written += [run.file("latency.csv"), run.file("report.md"), run.file("report.html")]
+        # else (validate stale after a re-export): no report the `report` stage would refuse to make, and no
+        # recommendation ranked by parity that is not there (52nd audit F3); cli/profile says what to run
     elif out is not None:
         from distill_export.files import ensure_writable_dir
         from distill_export.output_paths import removed_on_failure
