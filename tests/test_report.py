@@ -151,3 +151,14 @@ def test_skipped_rows_of_one_backend_and_reason_share_a_line_and_keep_their_brac
     print_summary(report, console)
     text = console.export_text()
     assert f"not profiled: teacher (onnx), student (onnx) on openvino-cpu: {why}" in text  # not eaten as markup
+
+
+def test_a_column_name_in_the_modality_probe_is_escaped_in_report_md(tmp_path):
+    """52nd audit F1: `without_<svg onload=alert(2)>*x*` went into report.md raw (report.html escaped it)."""
+    report = synthetic_report()
+    report["teacher"] = {"fusion": "concat", "modality_probe": {"without_<svg onload=alert(2)>*x*": 0.5}}
+    write_json(tmp_path / "report.json", report)
+    write_reports(RunDir(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    assert "without\\_&lt;svg onload=alert(2)>\\*x\\*: 50.0%" in text, [x for x in text.splitlines() if "without" in x]
+    assert "<svg" not in text

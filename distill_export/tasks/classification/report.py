@@ -127,23 +127,24 @@ def kd_verdict(record: RunRecord) -> str:
 
 
 @reads_record
-def teacher_fusion_line(record: RunRecord) -> str:
+def teacher_fusion_line(record: RunRecord, name=str) -> str:
     """Which teacher fusion ran ("" for reports from before teacher.fusion existed)."""
     fusion = record.teacher.fusion if record.teacher else None
     if not fusion:
         return ""
-    return f"Teacher fusion: {FUSION_WORDS.get(fusion, fusion)}.{rounds_sentence(record)}"
+    return f"Teacher fusion: {FUSION_WORDS.get(fusion, fusion)}.{rounds_sentence(record, name)}"
 
 
 @reads_record
-def rounds_sentence(record: RunRecord) -> str:
-    """What the later distillation rounds taught from ("" with one round)."""
+def rounds_sentence(record: RunRecord, name=str) -> str:
+    """What the later distillation rounds taught from ("" with one round). name: how a modality
+    (a user's column name) is written: md_text in report.md (52nd audit F1)."""
     training = record.distill.student_training if record.distill else None
     history = (training.rounds if training else None) or []
     if len(history) < 2:
         return ""
     last = history[-1].teacher
-    experts = ", ".join(f"{m} expert {pct(e.best_val_accuracy)} val" for m, e in last.experts.items())
+    experts = ", ".join(f"{name(m)} expert {pct(e.best_val_accuracy)} val" for m, e in last.experts.items())
     per_round = ", ".join(f"round {h.round} {pct(h.best_val_accuracy)}" for h in history)
     return (f" {len(history)} distillation rounds: from round 2 the teacher is the previous round's student times "
             f"an expert of each other modality re-fitted on the rows that student labeled (co-training; round "
@@ -179,12 +180,13 @@ def modality_gap_note(record: RunRecord) -> str:
 _modality_gap_note = modality_gap_note  # the name tests and tools imported from report.py
 
 
-def _probe_line(record: RunRecord) -> str:
+def _probe_line(record: RunRecord, name=str) -> str:
+    """name: how a probe (`without_<a user's column>`) is written: md_text in report.md (52nd audit F1)."""
     probe = record.teacher.modality_probe if record.teacher else {}
     if not probe:
         return ""
     return ("Teacher accuracy with one modality zeroed (the modality gap): "
-            + ", ".join(f"{k}: {pct(v)}" for k, v in probe.items()))
+            + ", ".join(f"{name(k)}: {pct(v)}" for k, v in probe.items()))
 
 
 def markdown_sections(record: RunRecord) -> list[str]:
@@ -198,9 +200,9 @@ def markdown_sections(record: RunRecord) -> list[str]:
         if tune_sentence(record):
             parts += [tune_sentence(record, md_text), ""]  # its decision line is tune.json's text
     if teacher_fusion_line(record):
-        parts += [teacher_fusion_line(record), ""]
+        parts += [teacher_fusion_line(record, md_text), ""]
     if _probe_line(record):
-        parts += [_probe_line(record), ""]
+        parts += [_probe_line(record, md_text), ""]
     if parity_rows(record):
         parts += ["## Exports and parity (vs the PyTorch student)", "",
                   md_table(PARITY_HEADER, parity_rows(record)), ""]
