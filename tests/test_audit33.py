@@ -1389,3 +1389,17 @@ def test_a52_f3_profile_after_a_reexport_renders_no_report_the_report_stage_refu
     result = runner.invoke(app, ["validate", str(run_copy)])  # the complete record renders its report
     assert result.exit_code == 0, result.output
     assert (run_copy / "report.md").is_file()
+
+
+def test_a52_f2_models_of_one_name_in_folders_of_one_name_are_told_apart(tmp_path):
+    """p1/a/student.onnx, p2/a/student.onnx and p3/student@a.onnx were all `student@a`: one plot series."""
+    from types import SimpleNamespace
+
+    from distill_export.profiling.targets import _dedupe
+
+    paths = [tmp_path / "p1" / "a" / "student.onnx", tmp_path / "p2" / "a" / "student.onnx",
+             tmp_path / "p3" / "student@a.onnx", tmp_path / "r5" / "teacher.onnx"]
+    benches = [SimpleNamespace(model=p.stem, fmt="onnx", backend="ort-cpu", info={"path": str(p)}) for p in paths]
+    names = [b.model for b in _dedupe(benches)]
+    assert len(set(names)) == 4, names
+    assert names[:2] == ["student@p1/a", "student@p2/a"] and names[3] == "teacher", names

@@ -75,13 +75,22 @@ def _skipped(model: str, fmt: str, backend: Backend, reason: str, info: dict) ->
 
 
 def _dedupe(benches: list[Bench]) -> list[Bench]:
-    """Two targets giving the same (model, format, backend): tell them apart by their folder."""
-    seen: dict[tuple, int] = {}
-    for b in benches:
-        seen[(b.model, b.fmt, b.backend)] = seen.get((b.model, b.fmt, b.backend), 0) + 1
-    for b in benches:
-        if seen[(b.model, b.fmt, b.backend)] > 1 and "path" in b.info:
-            b.model = f"{b.model}@{Path(b.info['path']).parent.name or '.'}"
+    """Two targets giving the same (model, format, backend): tell them apart by their folder, and by
+    as many folders above it as it takes (p1/a/student.onnx and p2/a/student.onnx are student@p1/a and
+    student@p2/a; one folder named both `student@a` and a third model: 52nd audit F2), else by number."""
+    from collections import Counter
+
+    base = [b.model for b in benches]
+    for depth in range(1, 65):
+        counts = Counter((b.model, b.fmt, b.backend) for b in benches)
+        clashing = [i for i, b in enumerate(benches) if counts[(b.model, b.fmt, b.backend)] > 1]
+        if not clashing:
+            return benches
+        for i in (i for i in clashing if "path" in benches[i].info):
+            folders = Path(benches[i].info["path"]).resolve().parent.parts[1:]  # absolute: two files differ
+            benches[i].model = f"{base[i]}@{'/'.join(folders[-depth:]) or '.'}"
+    for n, i in enumerate(clashing, 1):  # the same file twice is refused before (_check_each_once)
+        benches[i].model = f"{base[i]}#{n}"
     return benches
 
 
