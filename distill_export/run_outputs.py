@@ -181,6 +181,12 @@ class RunOutputs:
         """Refuse `command` when a stage it builds on lost its output or (export) was made from
         another student.pt; one line naming the file and the command that makes it again."""
         found = self.outdated_output(needed)
+        if found and found[2] == "changed after train-teacher" and not found[1].is_absolute() \
+                and not found[1].is_relative_to(self.path):  # a relative --teacher: read from here (52nd F4, A5)
+            raise ConfigError(f"{found[1]} (teacher.path, read from the current folder {Path.cwd()}) is not the file the "
+                              f"teacher stage measured, so `{command}` cannot run; run it from the folder the run was "
+                              "started in (or, if the file changed, re-run "
+                              f"`distill-export run --resume {self.path}` there)")
         if found:
             stage, file, why = found
             made = {"is missing": f"the {stage} stage made it",

@@ -1403,3 +1403,26 @@ def test_a52_f2_models_of_one_name_in_folders_of_one_name_are_told_apart(tmp_pat
     names = [b.model for b in _dedupe(benches)]
     assert len(set(names)) == 4, names
     assert names[:2] == ["student@p1/a", "student@p2/a"] and names[3] == "teacher", names
+
+
+def test_a52_f4_a_relative_teacher_read_from_another_folder_is_not_timed(run_copy, tmp_path, monkeypatch):
+    """A run made with a relative --teacher, profiled with --out from a folder holding another file of
+    that name, timed the other teacher; validate blamed a change and advised run --resume."""
+    state = json.loads((run_copy / "report.json").read_text())
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "t").mkdir(parents=True)
+    (elsewhere / "t" / "teacher.pt").write_bytes((run_copy / "teacher.pt").read_bytes() + b"other")
+    config["teacher"]["path"] = "t/teacher.pt"  # as `--teacher t/teacher.pt` records it
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    written = json.loads((run_copy / "state.json").read_text())
+    written["written_config"] = config
+    (run_copy / "state.json").write_text(json.dumps(written))
+    assert state["teacher"]["file_sha256"]
+    monkeypatch.chdir(elsewhere)
+    for argv in (["profile", str(run_copy), "--out", str(tmp_path / "o")], ["validate", str(run_copy)]):
+        line = one_line_error(runner.invoke(app, argv))
+        assert line.startswith(f"error: t/teacher.pt (teacher.path, read from the current folder {elsewhere}) is not "
+                               "the file the teacher stage measured"), line
+        assert "run it from the folder the run was started in" in line, line
+    assert not (tmp_path / "o").exists()
