@@ -1426,3 +1426,21 @@ def test_a52_f4_a_relative_teacher_read_from_another_folder_is_not_timed(run_cop
                                "the file the teacher stage measured"), line
         assert "run it from the folder the run was started in" in line, line
     assert not (tmp_path / "o").exists()
+
+
+def test_a52_a2_a_formula_like_model_name_is_inert_in_latency_csv(tmp_path):
+    from distill_export.report import write_latency_csv
+
+    write_latency_csv([{"model": '=HYPERLINK("http:evil")', "format": "onnx", "p50_ms": -0.5}], tmp_path / "l.csv")
+    assert (tmp_path / "l.csv").read_text().splitlines()[1] == '"\'=HYPERLINK(""http:evil"")",onnx,-0.5'
+
+
+def test_a52_a3_a_hard_link_to_a_target_is_one_target(tmp_path):
+    import os
+
+    from distill_export.profiling.command import _check_each_once
+
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    os.link(tmp_path / "m.onnx", tmp_path / "hard.onnx")
+    with pytest.raises(ConfigError, match=r"are the same file \(a hard link\); name each target once$"):
+        _check_each_once([tmp_path / "m.onnx", tmp_path / "hard.onnx"])

@@ -31,6 +31,16 @@ def _check_each_once(targets: list[Path]) -> None:
             first = targets[resolved.index(path)]
             same = f"{targets[i]} is given twice" if str(first) == str(targets[i]) else f"{first} and {targets[i]} are the same path"
             raise ConfigError(f"{same}; name each target once")
+        hard = next((t for t, r in zip(targets[:i], resolved[:i]) if _same_file(r, path)), None)
+        if hard is not None:  # a hard link: two paths, one file (52nd audit A3)
+            raise ConfigError(f"{hard} and {targets[i]} are the same file (a hard link); name each target once")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.is_file() and b.is_file() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def profile_command(

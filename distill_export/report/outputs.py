@@ -23,8 +23,14 @@ def write_latency_csv(rows: list[dict], path: Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{k: _inert(v) for k, v in r.items()} for r in rows])
     write_text(path, buf.getvalue())
+
+
+def _inert(value):
+    """A text cell a spreadsheet would run as a formula (a model named from its file, `=HYPERLINK(...)`)
+    gets a leading apostrophe, OWASP's advice against CSV injection (52nd audit A2); numbers stay."""
+    return f"'{value}" if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def write_reports(run) -> None:
