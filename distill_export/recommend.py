@@ -94,7 +94,10 @@ def _choose(target, trows, students, exports, teacher_skips, batch, tie_toleranc
             candidates.append(r)
     base = {"target": target, "batch": batch, "excluded": excluded}
     if not candidates:
-        return {**base, "format": None, "reason": "no export passed every parity gate and was as fast as the FP32 ONNX"}
+        # the FP32 ONNX is the speed bar even when it failed its own gates: say so (52nd audit A1)
+        failed_bar = bar is not None and excluded.get(f"onnx on {bar['backend']}", "").startswith("failed parity")
+        return {**base, "format": None, "reason": "no export passed every parity gate and was as fast as the FP32 ONNX"
+                + (", which itself failed its parity gates" if failed_bar else "")}
     fastest = min(r["p50_ms"] for r in candidates)
     tied = [r for r in candidates if r["p50_ms"] <= fastest * (1 + tie_tolerance)]
 

@@ -170,4 +170,4 @@ def test_when_nothing_qualifies_the_summary_says_why():
     assert rec["cpu-1t"]["format"] is None and rec["cpu-1t"]["target"] == "cpu-1t"
     line = recommendation_lines({"recommended": rec})[0]
     assert line == ("recommended for cpu-1t: none (no export passed every parity gate and was as fast as "
-                    "the FP32 ONNX)")
+                    "the FP32 ONNX, which itself failed its parity gates)")  # said since the 52nd audit (A1)

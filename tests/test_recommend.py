@@ -77,6 +77,7 @@ def test_never_an_artifact_slower_than_fp32_onnx_even_when_fp32_failed_its_gates
     rep = _report([_row("student", "onnx", ORT, 1.0), _row("student", "onnx-int8", ORT, 1.2)], exports)
     r = recommend(rep)["cpu-1t"]
     assert r["format"] is None and "no export passed" in r["reason"]
+    assert r["reason"].endswith("as fast as the FP32 ONNX, which itself failed its parity gates")  # 52nd audit A1
     assert r["excluded"]["onnx-int8 on onnxruntime-cpu"].startswith("slower than the FP32 ONNX here (1.2 ms vs 1 ms")
     assert recommendation_lines({"recommended": {"cpu-1t": r}}) == [f"recommended for cpu-1t: none ({r['reason']})"]
 
