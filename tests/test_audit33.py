@@ -831,8 +831,9 @@ def test_a42_b4_bench_train_writes_its_manifest_outside_the_images_folder(tmp_pa
     import bench_train
 
     (tmp_path / "manifest_10.csv").write_text("my data\n")
-    path = bench_train.write_manifest(tmp_path, 10)
-    assert path.parent != tmp_path and (tmp_path / "manifest_10.csv").read_text() == "my data\n"
+    (tmp_path / "scratch").mkdir()
+    path = bench_train.write_manifest(tmp_path, 10, tmp_path / "scratch")
+    assert path.parent == tmp_path / "scratch" and (tmp_path / "manifest_10.csv").read_text() == "my data\n"
     assert path.read_text().splitlines()[1] == f"{tmp_path.resolve()}/img/train_0.png,0,train"
 
 
@@ -1444,3 +1445,31 @@ def test_a52_a3_a_hard_link_to_a_target_is_one_target(tmp_path):
     os.link(tmp_path / "m.onnx", tmp_path / "hard.onnx")
     with pytest.raises(ConfigError, match=r"are the same file \(a hard link\); name each target once$"):
         _check_each_once([tmp_path / "m.onnx", tmp_path / "hard.onnx"])
+
+
+def test_bench_train_leaves_no_scratch_folder_behind(tmp_path, monkeypatch, capsys):
+    """Every manifest went into its own temporary folder (and the PNGs, without --images, into another),
+    none of them removed: 28 such folders had piled up in /tmp by the ninth session's end."""
+    import tempfile
+
+    from distill_export.errors import DataError
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    import sys
+
+    import bench_train
+
+    def fail_midway(args, folder, scratch, torch):
+        bench_train.write_manifest(folder, 10, scratch)
+        raise DataError("stopped midway")
+
+    monkeypatch.setattr(bench_train, "measure", fail_midway)
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--quick", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_:
+        bench_train.main()
+    assert exit_.value.code == 2
+    assert "stopped midway" in capsys.readouterr().err
+    assert list(scratch_root.iterdir()) == []

@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,10 +71,11 @@ def write_images(folder: Path, n_train: int) -> None:
         Image.fromarray(img).save(path)
 
 
-def write_manifest(folder: Path, n_train: int) -> Path:
-    """A manifest of write_images' PNGs (absolute paths), in a new temporary folder: never a file
-    in the user's --images folder (forty-second audit B4)."""
-    path = Path(tempfile.mkdtemp(prefix="bench-train-manifest-")) / f"manifest_{n_train}.csv"
+def write_manifest(folder: Path, n_train: int, into: Path) -> Path:
+    """A manifest of write_images' PNGs (absolute paths), in `into` (the tool's scratch folder, removed
+    at its end): never a file in the user's --images folder (forty-second audit B4), nor a folder left
+    behind in /tmp (a temporary folder per manifest stayed after every call)."""
+    path = Path(into) / f"manifest_{n_train}.csv"
     images = folder.resolve() / "img"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -297,19 +299,26 @@ def main() -> None:
     if args.device == "cuda" and "overhead" not in args.skip and not torch.cuda.is_available():
         fail("--device cuda: no GPU is visible here (use --device cpu)")  # before any PNG (42nd audit B8)
     torch.set_num_threads(args.threads)
-    folder = Path(args.images) if args.images else Path(tempfile.mkdtemp(prefix="bench-train-"))
+    scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))  # its PNGs (without --images) and manifests
+    try:
+        measure(args, Path(args.images) if args.images else scratch / "images", scratch, torch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measure(args, folder: Path, scratch: Path, torch) -> None:
     write_images(folder, max([*args.rows, args.throughput_rows]))
     result = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                           "platform": platform.platform(), "cpu": platform.processor(), "threads": args.threads},
               "image": [3, SIZE, SIZE], "student": args.student}
     if "memory" not in args.skip:
-        memory = {str(n): peak_rss(write_manifest(folder, n), args.student, args.rss_workers, args.threads)
+        memory = {str(n): peak_rss(write_manifest(folder, n, scratch), args.student, args.rss_workers, args.threads)
                   for n in args.rows}
         small, large = memory[str(min(args.rows))], memory[str(max(args.rows))]
         result["memory"] = {"runs": memory, "workers": args.rss_workers,
                             "main_rss_ratio": round(large["main_mib"] / small["main_mib"], 3), "target_ratio": 1.25}
     repeats = 1 if args.quick else args.repeats
-    manifest = write_manifest(folder, args.throughput_rows)
+    manifest = write_manifest(folder, args.throughput_rows, scratch)
     if "overhead" not in args.skip:
         runs = [throughput(manifest, args.student, args.throughput_rows, repeats, args.device, args.amp, bs)
                 for bs in (args.batch_sizes or [None])]

@@ -19,6 +19,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -61,8 +62,8 @@ def _op_tables(fn, device: str) -> tuple[str, int, float]:
     return tables, launches, seconds
 
 
-def profile_training(out: Path, images: Path, rows: int, batch_size: int, amp: str, device: str = "cuda") -> None:
-    n, variants, tool, minimal = runners(write_manifest(images, rows), "mobilenet_v3_small", rows, device, amp,
+def profile_training(out: Path, images: Path, rows: int, batch_size: int, amp: str, device: str, scratch: Path) -> None:
+    n, variants, tool, minimal = runners(write_manifest(images, rows, scratch), "mobilenet_v3_small", rows, device, amp,
                                          batch_size)
     config = variants["tool"]
     minimal()  # warm: autotuning, cuDNN, lazy imports
@@ -126,11 +127,15 @@ def main() -> None:
         fail("tools/profile_host.py profiles CUDA host time and needs a GPU; none is visible")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    images = Path(args.images) if args.images else Path(tempfile.mkdtemp(prefix="profile-host-"))
-    write_images(images, args.rows)
-    if args.device == "cuda":
-        profile_kd_call(out, args.kd_calls)
-    profile_training(out, images, args.rows, args.batch_size, amp, args.device)
+    scratch = Path(tempfile.mkdtemp(prefix="profile-host-"))  # its PNGs (without --images) and manifest, removed at the end
+    try:
+        images = Path(args.images) if args.images else scratch / "images"
+        write_images(images, args.rows)
+        if args.device == "cuda":
+            profile_kd_call(out, args.kd_calls)
+        profile_training(out, images, args.rows, args.batch_size, amp, args.device, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
