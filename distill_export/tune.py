@@ -271,7 +271,7 @@ def tune(config, run, methods: list[str] | None, budget: TuneBudget, out_path: P
         chosen_yaml["teacher"] = {**chosen_yaml["teacher"], "fusion": decision["teacher_fusion"]}
     write_text(out_path, header + yaml.safe_dump(chosen_yaml, sort_keys=False))
     write_text(run.file("tune.json"), json.dumps(summary, indent=2))
-    term_specs(_with_terms(config, decision["terms"]).distill)  # the written file loads
+    term_specs(chosen.distill)  # the written file loads
     return summary
 
 

@@ -55,7 +55,8 @@ def one_line_errors(main):
                 outputs.remove_partial()  # a data generator's half-written --out (thirty-seventh audit B6)
             files = sys.modules.get("distill_export.files")
             if isinstance(exc, KeyboardInterrupt):  # one line and the shell's code, as the CLI (49th audit I1, I2)
-                terminated = isinstance(exc, _Terminated) or type(exc).__name__ == "Terminated"  # or the product's
+                product = sys.modules.get("distill_export.interrupts")  # its SIGTERM, if the product is loaded
+                terminated = isinstance(exc, _Terminated) or (product is not None and isinstance(exc, product.Terminated))
                 print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
                 raise SystemExit(143 if terminated else 130) from None
             if not isinstance(exc, Exception):

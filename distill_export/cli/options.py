@@ -164,6 +164,7 @@ def config_flags(command: str):
 def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import RunConfig, load_config, read_yaml
+    from distill_export.config_checks import sets_key
     from distill_export.flag_checks import (TEACHER_TRAINING, check_config_settings_apply, check_flags_apply,
                                             check_loaded_teacher_settings, check_method_with_terms,
                                             check_search_keeps_settings, check_streaming_applies,
@@ -179,10 +180,13 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     # file a value of the default recipe or of RunConfig is no one's setting (`run --config tuned.yaml` of
     # an AV-MNIST run was refused for pca_variance 0.25, `--recipe avmnist --config RUN/config.yaml` of a
     # default run for 0.75: 49th audit). A hand-written --config sets what it names.
-    recorded = [load_config("avdigits", None, {}), RunConfig()] if _records_every_key(from_file) else []
+    recorded = []
+    if _records_every_key(from_file):
+        default_recipe = recipe_only if (recipe or "avdigits") == "avdigits" else load_config("avdigits", None, {})
+        recorded = [default_recipe, RunConfig()]
 
     def given(key: str) -> bool:  # the user set it: a flag, or --config to another value than the recipe's
-        return flags.get(key) is not None or (_in_yaml(from_file, key) and all(
+        return flags.get(key) is not None or (sets_key(from_file, key) and all(
             _value(config, key) != _value(other, key) for other in (recipe_only, *recorded)))
 
     fusion_key = next(f.key for f in FLAGS if f.param == "teacher_fusion")  # the key --teacher-fusion sets
@@ -212,22 +216,13 @@ def _value(config, key: str):
 def _records_every_key(data: dict) -> bool:
     """Whether a --config mapping names every key a run's config.yaml records (RunConfig.to_dict)."""
     from distill_export.config import RunConfig
+    from distill_export.config_checks import sets_key
 
     def keys(d: dict, prefix: str = ""):
         for k, v in d.items():
             yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else (f"{prefix}{k}",)
 
-    return bool(data) and all(_in_yaml(data, key) for key in keys(RunConfig().to_dict()))
-
-
-def _in_yaml(data: dict, key: str) -> bool:
-    """Whether a config mapping sets the dotted `key`, nested ({distill: {rounds: 2}}) or dotted."""
-    if not isinstance(data, dict):
-        return False
-    if key in data:
-        return True
-    head, _, rest = key.partition(".")
-    return bool(rest) and _in_yaml(data.get(head), rest)
+    return bool(data) and all(sets_key(data, key) for key in keys(RunConfig().to_dict()))
 
 
 # ----- options that set no config key ---------------------------------------------------------

@@ -49,9 +49,9 @@ def profile(
     from distill_export.report import print_latency
 
     run = _lone_run(targets, out_dir)  # profiling one run directory updates it in place
-    measured = run or _lone_run(targets, None)  # with --out too, its checks apply: no other teacher timed (52nd F4)
-    if run is None and measured is not None:  # (its done stages' files: an unfinished run still profiles to --out)
-        measured.require_unchanged_artifacts("profile")
+    # with --out too, the run's done stages' files are checked: no other teacher timed (52nd audit F4)
+    if run is None and (measured := _lone_run(targets, None)) is not None:
+        measured.require_unchanged_artifacts("profile")  # (an unfinished run still profiles to --out)
     with run.lock() if run is not None else contextlib.nullcontext():
         if run is not None:  # what is measured is the current export (a stale one is refused)
             run.require_stages(("distill", "export"), "profile")  # student.pt replaced after distill: refused (B5)
