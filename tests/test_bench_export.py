@@ -1,4 +1,4 @@
-"""tools/bench_export.py --size: bad input is one line and exit 2; the stock-stem students at
+"""tools/bench_export.py --size (bench_export_size.py): bad input is one line and exit 2; the stock-stem students at
 real size give logits of the right shape and leave the registry's small-input students alone."""
 
 from __future__ import annotations
@@ -36,6 +36,6 @@ def test_stock_students_take_rgb_at_real_size_and_the_registry_keeps_its_small_s
 
     tool = _tool()
     with torch.inference_mode():
-        assert tool.stock_student(name).eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+        assert tool.bench_export_size.stock_student(name).eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
         # The registry's students still take 28x28 single-channel digits (stride-1 stems).
         assert create_student(name, 10, 1).eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
