@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill_export.errors import ConfigError
-from distill_export.stage_graph import _NEXT, DEPENDENTS, PARITY_FILE, RUN_STAGES, STATE_FILE  # noqa: F401  (PARITY_FILE: imported from here)
+from distill_export.stage_graph import NEXT_COMMAND, DEPENDENTS, PARITY_FILE, RUN_STAGES, STATE_FILE  # noqa: F401  (PARITY_FILE: imported from here)
 
 # What distill writes and measures: its report numbers are of these files (files_sha256).
 DISTILL_CHECKPOINTS = ("student.pt", "baseline.pt", "control_teacher.pt")
@@ -198,7 +198,7 @@ class RunOutputs:
                     "is from another student.pt": "its inputs and reference outputs were computed from another "
                                                   "checkpoint than this run's student.pt"}.get(why, "the exports were made from another checkpoint")
             raise ConfigError(f"{file} {why} ({made}), so `{command}` cannot run; "
-                              f"re-run {_NEXT[stage].format(run=self.path)}")
+                              f"re-run {NEXT_COMMAND[stage].format(run=self.path)}")
 
     def require_unchanged_artifacts(self, command: str) -> None:
         """Refuse `command`, which would report or rank by the recorded parity, when an artifact

@@ -35,7 +35,7 @@ from distill_export.errors import ConfigError
 from distill_export.files import ensure_writable_dir, refuse_special_run_files, write_json, write_text
 from distill_export.output_paths import check_free, check_new_file, check_output  # noqa: F401
 from distill_export.record import SCHEMA_VERSION, RunRecord, store
-from distill_export.stage_graph import (_NEXT, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES,  # noqa: F401
+from distill_export.stage_graph import (NEXT_COMMAND, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES,  # noqa: F401
     STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS, STAGE_TIMINGS, STATE_FILE, _stale_why)  # tables imported from here
 from distill_export.run_guard import RunGuard
 from distill_export.run_identity import RunIdentity, new_run_id
@@ -223,10 +223,10 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
                               f"{'are' if len(stale) > 1 else 'is'} stale "
                               f"({_stale_why(stages[stale[0]], 'them' if len(stale) > 1 else 'it')}), "
                               f"so `{command}` cannot run; next: "
-                              + _NEXT[stale[0]].format(run=self.path)
+                              + NEXT_COMMAND[stale[0]].format(run=self.path)
                               + f" (or `distill-export run --resume {self.path}` to run every stale stage again)")
         if missing:
-            hint = _NEXT[missing[0]].format(run=self.path)
+            hint = NEXT_COMMAND[missing[0]].format(run=self.path)
             raise ConfigError(f"{self.path} is unfinished: stage{'s' * (len(missing) > 1)} {', '.join(missing)} "
                               f"did not finish, so `{command}` cannot run; next: {hint}")
         self.require_current_outputs(needed, command)  # done, but its file is gone or student.pt changed

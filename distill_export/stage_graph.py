@@ -49,8 +49,8 @@ STAGE_TIMINGS = {"distill": ("distill", "baseline", "self_training_control"), "e
 # plots/ also holds the distill stage's figures (Task.draw_examples), which stay
 STAGE_FILES = {"profile": ("latency.csv",), "report": ("report.md", "report.html", *(
     f"plots/{name}.png" for name in ("latency_vs_batch", "accuracy_vs_latency", "training_curves")))}
-# What to type when a stage is missing (the teacher stage cannot be re-entered: start anew).
-_NEXT = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
+# What to type when a stage is missing or stale (the teacher stage cannot be re-entered: start anew).
+NEXT_COMMAND = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
          "distill": "`distill-export distill {run}`",
          "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
          "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}

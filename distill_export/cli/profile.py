@@ -70,11 +70,11 @@ def profile(
                 if not run.missing_stages(None):  # save() rendered the reports from a complete record
                     run.mark_stage("report")
                 else:  # e.g. validate stale after a re-export: save() rendered nothing (52nd audit F3)
-                    from distill_export.stage_graph import _NEXT
+                    from distill_export.stage_graph import NEXT_COMMAND
 
                     first = run.missing_stages(None)[0]
                     err.print(f"note: report.md and report.html are not written: stage {first} is not done; next: "
-                              + _NEXT[first].format(run=run.path), highlight=False, soft_wrap=True, markup=False)
+                              + NEXT_COMMAND[first].format(run=run.path), highlight=False, soft_wrap=True, markup=False)
     print_latency({"latency": result.rows, "speedups": result.speedups, "profile": result.meta}, out)
     if written:
         out.print("written: " + ", ".join(str(p) for p in written), highlight=False)
