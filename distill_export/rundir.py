@@ -36,7 +36,7 @@ from distill_export.files import ensure_writable_dir, refuse_special_run_files, 
 from distill_export.output_paths import check_free, check_new_file, check_output  # noqa: F401
 from distill_export.record import SCHEMA_VERSION, RunRecord, store
 from distill_export.stage_graph import (NEXT_COMMAND, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES,  # noqa: F401
-    STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS, STAGE_TIMINGS, STATE_FILE, _stale_why)  # tables imported from here
+    STAGE_CHECKPOINTS, STAGE_FILES, STAGE_SECTIONS, STAGE_TIMINGS, STATE_FILE, _stale_why, checked_stages)  # tables imported from here
 from distill_export.run_guard import RunGuard
 from distill_export.run_identity import RunIdentity, new_run_id
 from distill_export.run_resume import RunResume
@@ -122,11 +122,11 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
     # ----- stage state -------------------------------------------------------------------------
     def stages(self) -> dict | None:
         """The stage record, or None for a run made before stages were recorded."""
-        if self.file(STATE_FILE).exists():
-            stages = self._state().get("stages")
-        else:  # made before state.json: the state is still in report.json (record/migrate.py)
-            stages = store.read_json(self.file("report.json")).get("stages")
-        return stages if isinstance(stages, dict) else None
+        if self.file(STATE_FILE).exists():  # every version that wrote state.json wrote its stages
+            return checked_stages(self._state().get("stages"), self.file(STATE_FILE))
+        # made before state.json: the state is still in report.json (record/migrate.py)
+        stages = store.read_json(self.file("report.json")).get("stages")
+        return None if stages is None else checked_stages(stages, self.file("report.json"))
 
     def set_stages(self, stages: dict) -> None:  # the other keys (written_config) kept
         write_json(self.file(STATE_FILE), {**self._state(), "stages": stages})

@@ -14,6 +14,7 @@ a stage command refuses to build on a stale stage and `run --resume` runs it aga
 from __future__ import annotations
 
 from distill_export.config_checks import value_range
+from distill_export.errors import ConfigError
 
 
 RUN_STAGES = ("train_teacher", "distill", "export", "validate", "profile", "report")
@@ -54,6 +55,26 @@ NEXT_COMMAND = {"train_teacher": "`distill-export run --resume {run}` (or start 
          "distill": "`distill-export distill {run}`",
          "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
          "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}
+
+
+STATUSES = ("pending", "done", "stale")
+
+
+def checked_stages(stages, where) -> dict:
+    """A run's stage record as the product writes it, {stage: {"status": one of STATUSES, ...}}.
+    Any other shape is a hand edit, refused in one line naming the field: a string entry was an
+    AttributeError traceback, and a list was read as a run of a version without stages, so that no
+    stage was checked and validate dropped the other stages' records (fifty-fourth audit B2, B3)."""
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{where} is corrupt: `stages` must be a mapping of stage name to its state, "
+                          f"got {type(stages).__name__}; restore it or start a new run")
+    for name, entry in stages.items():
+        status = entry.get("status") if isinstance(entry, dict) else None
+        if status not in STATUSES or not isinstance(name, str):
+            got = f"status {status!r}" if isinstance(entry, dict) else type(entry).__name__
+            raise ConfigError(f"{where} is corrupt: `stages.{str(name)[:40]}` must be a mapping with a status "
+                              f"({', '.join(STATUSES)}), got {got[:80]}; restore it or start a new run")
+    return stages
 
 
 def _stale_why(entry: dict, them: str) -> str:

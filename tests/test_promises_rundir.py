@@ -435,6 +435,11 @@ def test_resume_refusals_are_one_line_saying_what_to_do(tmp_path, done_run):
     assert str(info.value) == (f"--resume {done_run.path}: the run already finished (every stage is done); "
                                f"its report is {done_run.path / 'report.md'}")
     done_run.file("state.json").write_text(json.dumps({"stages": ["train_teacher"]}))  # not a stage record
+    with pytest.raises(ConfigError) as info:  # a hand edit, not an older version (fifty-fourth audit B3)
+        RunDir.resumable(done_run.path)
+    assert str(info.value).startswith(f"{done_run.file('state.json')} is corrupt: `stages` must be a mapping")
+    done_run.file("state.json").unlink()  # an older version's run: no state.json, no stages in report.json
+    assert "stages" not in json.loads(done_run.file("report.json").read_text())
     assert done_run.stages() is None
     with pytest.raises(ConfigError) as info:
         RunDir.resumable(done_run.path)
