@@ -204,6 +204,12 @@ def check_models(config, data) -> None:
     if spec.kind in ("text", "vector") and not is_factory(name):
         raise ConfigError(f"student modality {modality!r} is {spec.kind}; the built-in students take images or "
                           f"spectrograms: pass --student package.module:factory for a {spec.kind} student")
+    if spec.kind == "video" and not is_factory(name):  # a (T, C, H, W) clip per row: conv2d traceback (53rd B1)
+        from distill_export.data.manifest_decode import frame_modality
+
+        raise ConfigError(f"student modality {modality!r} is video (clips of shape {tuple(spec.shape)}); the built-in "
+                          f"students take one image per row: use --student-modality {frame_modality(modality)} (each "
+                          "clip at its target frame), or pass --student package.module:factory for a clip student")
     if config.distill.augment != "none" and spec.kind not in ("image", "audio"):
         raise ConfigError(f"distill.augment={config.distill.augment} shifts images/spectrograms, not {spec.kind}")
     if config.distill.mix != "none" and spec.kind not in ("image", "audio"):

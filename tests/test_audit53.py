@@ -34,3 +34,23 @@ def test_a54_b2_b3_a_hand_edited_stage_record_is_named_and_nothing_changes(run_c
     line = one_line_error(runner.invoke(app, [command, str(run_copy)]))
     assert line.startswith(f"error: {state} is corrupt: {named}"), line
     assert snapshot(run_copy) == before
+
+
+# ----- 53rd B1: a video column as the student modality -------------------------------------------
+
+
+def test_a53_b1_a_video_student_modality_is_refused_before_any_training(tmp_path, monkeypatch):
+    """`--student-modality video` (the manifest's own column) reached conv2d with (B, T, C, H, W) clips:
+    a traceback, once the teacher stage was recorded done (and under --nproc 2, from both ranks)."""
+    from _video_fixtures import make_video_manifest
+    from test_audit31 import _refused
+
+    monkeypatch.chdir(tmp_path)
+    manifest = make_video_manifest(tmp_path / "vd", per_split=(6, 2, 2), boxes=True, unlabeled=2)
+    line = _refused(runner.invoke(app, ["run", "--task", "detection", "--student", "centernet_tiny", "--method", "det_kd",
+                                        "--label-fraction", "0.5", "--data", str(manifest), "--student-modality", "video",
+                                        "--epochs", "1", "--teacher-epochs", "1", "--out", "n1", "-q"]))
+    assert line == ("error: student modality 'video' is video (clips of shape (5, 1, 16, 16)); the built-in students "
+                    "take one image per row: use --student-modality image (each clip at its target frame), or pass "
+                    "--student package.module:factory for a clip student"), line
+    assert not (tmp_path / "n1").exists()
