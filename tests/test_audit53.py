@@ -54,3 +54,79 @@ def test_a53_b1_a_video_student_modality_is_refused_before_any_training(tmp_path
                     "take one image per row: use --student-modality image (each clip at its target frame), or pass "
                     "--student package.module:factory for a clip student"), line
     assert not (tmp_path / "n1").exists()
+
+
+# ----- 54th B1, A1, B6, B7: a number in report.json that its own sources contradict --------------
+
+
+def _edit_report(run, edit) -> None:
+    path = run / "report.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _set(keys: str, value):
+    def edit(data):
+        *head, last = keys.split(".")
+        for key in head:
+            data = data[key]
+        data[last] = value
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda d: _set("metrics.student.accuracy", d["metrics"]["student"]["accuracy"] + 0.25)(d),
+     "metrics.student: Value error, accuracy "),
+    (lambda d: _set("metrics.student.macro_f1", 0.999)(d), "metrics.student: Value error, macro_f1 0.999 is not"),
+    (lambda d: _set("metrics.student.n", d["metrics"]["student"]["n"] + 1)(d), "metrics.student: Value error, n "),
+    (_set("metrics.student.confusion_matrix", [[1, 2], [3]]), "confusion_matrix is not square"),
+    (_set("metrics.baseline", {"confusion_matrix": [[1, 0], [0, 1]]}), "metrics.baseline.confusion_matrix has 2 rows for "
+                                                                      "the dataset's"),
+    (lambda d: _set("kd_gain", d["kd_gain"] + 0.5)(d), "kd_gain "),
+    (lambda d: _set("comparisons.student_vs_baseline.gain", d["kd_gain"] + 0.5)(d),
+     "comparisons.student_vs_baseline.gain "),
+])
+def test_a54_b1_a_hand_edited_score_its_sources_contradict_is_refused(run_copy, edit, named):
+    """report.json's accuracy 0.99 beside its own confusion matrix with 0 of 3 right was rendered as
+    measured ("student | 99.0%") next to kd_gain +0.00; a ragged matrix was accepted."""
+    _edit_report(run_copy, edit)
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]))
+    assert line.startswith(f"error: {run_copy / 'report.json'} is corrupt: ") and named in line, line
+    assert snapshot(run_copy) == before
+
+
+def _detection_record() -> dict:
+    per_class = {"<i>x</i>": {"ap50": 0.5, "ap50_95": 0.25, "n_objects": 2},
+                 "a|b": {"ap50": 0.25, "ap50_95": 0.125, "n_objects": 1}}
+    metrics = {"map50": 0.375, "map50_95": 0.1875, "per_class": per_class, "n_images": 3, "n_objects": 3}
+    return {"task": {"name": "detection", "headline": "map50"}, "dataset": {"class_names": list(per_class)},
+            "metrics": {"student": metrics, "baseline": json.loads(json.dumps(metrics))}}
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (_set("metrics.student.per_class.a|b.ap50", "x"), "metrics.student.per_class.a|b.ap50: Input should be a valid number"),
+    (_set("metrics.student.map50", 7.5), "metrics.student.map50: Input should be less than or equal to 1"),
+    (_set("metrics.student.map50_95", float("inf")), "metrics.student.map50_95: Input should be a finite number"),
+    (_set("metrics.student.n_images", -1), "metrics.student.n_images: Input should be greater than or equal to 0"),
+    (_set("metrics.student.map50", 0.9), "map50 0.9 is not the mean of the per-class ap50 (0.375000)"),
+    (_set("metrics.student.n_objects", 4), "n_objects 4 is not the per-class counts' sum 3"),
+    (_set("metrics.student.per_class.zzz", {"ap50": None, "ap50_95": None, "n_objects": 0}),
+     "metrics.student.per_class does not list the dataset's classes (differs in ['zzz'])"),
+])
+def test_a54_b6_b7_detection_metrics_are_typed_and_agree(tmp_path, edit, named):
+    """A string AP was a report traceback; mAP50 7.5 rendered as 750.0, inf and -1 as themselves, and a
+    class the dataset lacks got a row: detection's numbers were extra keys, checked for booleans only."""
+    from distill_export.errors import DistillExportError
+    from distill_export.record import store
+
+    path = tmp_path / "report.json"
+    good = _detection_record()
+    path.write_text(json.dumps(good))
+    store.load(path)  # the record as written loads
+    edit(good)
+    path.write_text(json.dumps(good))
+    with pytest.raises(DistillExportError) as caught:
+        store.load(path)
+    assert str(caught.value).startswith(f"{path} is corrupt: ") and named in str(caught.value), str(caught.value)

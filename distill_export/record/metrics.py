@@ -1,8 +1,8 @@
 """The task's payloads in the run record: what `metrics.<model>` and `comparisons.<pair>` hold.
 
-Today the one task is classification. This module is the seam the task registry will take over
-(tasks/classification/): `TaskMetrics` and `TaskComparison` are the names models.py uses, so a
-task that brings its own metrics type changes these two names and nothing else in the record.
+`TaskMetrics` types both tasks' fields (classification's and detection's) and `TaskComparison`
+the paired tests: the names models.py uses, so a task that brings its own metrics type changes
+these two names and nothing else in the record.
 """
 
 from __future__ import annotations
@@ -125,7 +125,75 @@ class PairedComparison(RecordSection):
     discordant: tuple[Count, Count] | None = None  # (only the first right, only the second right)
 
 
-TaskMetrics = ClassificationMetrics
+def _near(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6
+
+
+class DetectionClass(RecordSection):
+    """One class of a detection model's test metrics (tasks/detection/metrics.py); an AP is None
+    for a class with no ground-truth box."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    ap50: Fraction | None = None
+    ap50_95: Fraction | None = None
+    n_objects: Count | None = None
+
+
+class TestMetrics(ClassificationMetrics):
+    """One model on the test split, of either task: classification's fields, and detection's
+    (mAPs are fractions, counts >= 0). Each number is also what the others it is made from give:
+    accuracy and the macro scores from the confusion matrix, a mAP from the per-class APs, a total
+    from the per-class counts. A hand edit of one of them (accuracy 0.99 beside a matrix with none
+    right) was rendered as measured (fifty-fourth audit B1, B6, B7)."""
+
+    map50: Fraction | None = None
+    map50_95: Fraction | None = None
+    n_images: Count | None = None
+    n_objects: Count | None = None
+    per_class: dict[str, DetectionClass] | None = None
+
+    @model_validator(mode="after")
+    def _numbers_agree(self):
+        if self.confusion_matrix is not None:
+            _check_confusion(self)
+        if self.per_class is not None:
+            _check_per_class(self)
+        return self
+
+
+def _check_confusion(m: TestMetrics) -> None:
+    cm = m.confusion_matrix
+    if any(len(row) != len(cm) for row in cm):
+        raise ValueError(f"confusion_matrix is not square ({len(cm)} rows of lengths {[len(r) for r in cm][:10]})")
+    total, right = sum(map(sum, cm)), sum(cm[i][i] for i in range(len(cm)))
+    if m.n is not None and m.n != total:
+        raise ValueError(f"n {m.n} is not the confusion matrix's {total} rows")
+    if m.accuracy is not None and total and not _near(m.accuracy, right / total):
+        raise ValueError(f"accuracy {m.accuracy} is not the confusion matrix's {right}/{total}")
+    # macro scores as classification_metrics makes them: a class with no prediction or row scores 0
+    predicted, actual = [sum(row[j] for row in cm) for j in range(len(cm))], [sum(row) for row in cm]
+    precision = [cm[i][i] / predicted[i] if predicted[i] else 0.0 for i in range(len(cm))]
+    recall = [cm[i][i] / actual[i] if actual[i] else 0.0 for i in range(len(cm))]
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall)]
+    for name, scores in (("macro_precision", precision), ("macro_recall", recall), ("macro_f1", f1)):
+        value = getattr(m, name)
+        if value is not None and cm and not _near(value, sum(scores) / len(scores)):
+            raise ValueError(f"{name} {value} is not the confusion matrix's {sum(scores) / len(scores):.6f}")
+
+
+def _check_per_class(m: TestMetrics) -> None:
+    counts = [c.n_objects for c in m.per_class.values()]
+    if m.n_objects is not None and None not in counts and m.n_objects != sum(counts):
+        raise ValueError(f"n_objects {m.n_objects} is not the per-class counts' sum {sum(counts)}")
+    for name, key in (("map50", "ap50"), ("map50_95", "ap50_95")):
+        aps = [getattr(c, key) for c in m.per_class.values() if getattr(c, key) is not None]
+        value, mean = getattr(m, name), (sum(aps) / len(aps) if aps else 0.0)
+        if value is not None and not _near(value, mean):
+            raise ValueError(f"{name} {value} is not the mean of the per-class {key} ({mean:.6f})")
+
+
+TaskMetrics = TestMetrics
 TaskComparison = PairedComparison
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from distill_export.record.deploy import Export, LatencyRow, Profile, Recommendation, Speedup
 from distill_export.record.metrics import (Count, Interval, NonNegative, Positive, Probability, RecordSection,
@@ -241,6 +241,31 @@ class RunRecord(Section):
     resumed: list[Resumed] = Field(default_factory=list)
     # name -> a PNG under plots/ that a stage drew (Task.draw_examples: test frames with boxes)
     figures: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sections_agree(self):
+        """Numbers one section derives from another agree with it (fifty-fourth audit B1, B7):
+        a confusion matrix or per-class table has the dataset's classes, a comparison's gain is the
+        difference of its two models' accuracies, and kd_gain is student_vs_baseline's gain."""
+        names = self.dataset.class_names if self.dataset is not None else None
+        for model, m in self.metrics.items():
+            if names is not None and m.confusion_matrix is not None and len(m.confusion_matrix) != len(names):
+                raise ValueError(f"metrics.{model}.confusion_matrix has {len(m.confusion_matrix)} rows for the "
+                                 f"dataset's {len(names)} classes")
+            if names is not None and m.per_class is not None and set(m.per_class) != set(names):
+                extra = sorted(set(m.per_class) ^ set(names), key=str)[:3]
+                raise ValueError(f"metrics.{model}.per_class does not list the dataset's classes (differs in {extra})")
+        for pair, c in self.comparisons.items():
+            a, _, b = pair.partition("_vs_")
+            ma, mb = self.metrics.get(a), self.metrics.get(b)
+            if ma is not None and mb is not None and None not in (ma.accuracy, mb.accuracy) \
+                    and abs(c.gain - (ma.accuracy - mb.accuracy)) > 1e-6:
+                raise ValueError(f"comparisons.{pair}.gain {c.gain} is not metrics.{a}.accuracy - metrics.{b}.accuracy "
+                                 f"({ma.accuracy - mb.accuracy:.6f})")
+        paired = self.comparisons.get("student_vs_baseline")
+        if self.kd_gain is not None and paired is not None and abs(self.kd_gain - paired.gain) > 1e-9:
+            raise ValueError(f"kd_gain {self.kd_gain} is not comparisons.student_vs_baseline.gain {paired.gain}")
+        return self
 
 
 SECTIONS = tuple(name for name in RunRecord.model_fields if name not in ("schema_version", "run_id"))

@@ -61,9 +61,9 @@ def per_class_table(record: RunRecord) -> tuple[list[str], list[list[str]]]:
     classes: dict[str, int] = {}
     for m in models:
         for name, c in _metric(record, m, "per_class").items():
-            classes.setdefault(name, int(c.get("n_objects") or 0))
+            classes.setdefault(name, int(c.n_objects or 0))
     header = ["class", "objects", *(f"AP50 {m}" for m in models)]
-    rows = [[name, str(n), *(_map((_metric(record, m, "per_class").get(name) or {}).get("ap50")) for m in models)]
+    rows = [[name, str(n), *(_map(getattr(_metric(record, m, "per_class").get(name), "ap50", None)) for m in models)]
             for name, n in classes.items()]
     return header, rows
 
