@@ -132,11 +132,11 @@ def _choose(target, trows, students, exports, teacher_skips, batch, tie_toleranc
     return rec
 
 
-def update_run(run) -> dict[str, dict]:
+def update_run(run, command: str = "recommend") -> dict[str, dict]:
     """Recompute `recommended` in a run directory's report.json (replacing the section, not
     merging it, so a target that is no longer profiled does not linger). Refused when an artifact
     changed after validate: its parity would speak for another file."""
-    run.require_unchanged_artifacts("recommend")
+    run.require_unchanged_artifacts(command)
     recommended = recommend(run.load_report())
     run.replace_report(recommended=recommended)
     return recommended

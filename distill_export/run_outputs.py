@@ -50,6 +50,8 @@ class RunOutputs:
                 if not file.is_file():  # a FIFO or a folder in its place is said as such (35th audit A2)
                     return stage, file, "is missing" if not file.exists() else "is not a regular file"
             if stage == "train_teacher":
+                if missing := self._loaded_teacher_missing():
+                    return stage, missing, "is missing"
                 changed = self._teacher_file_changed()
                 if changed:
                     return stage, changed, "changed after train-teacher"
@@ -167,6 +169,17 @@ class RunOutputs:
         teacher = Path(external) if external else self.file("teacher.pt")
         return teacher if teacher.is_file() and sha256_file(teacher) != recorded else None
 
+    def _loaded_teacher_missing(self) -> Path | None:
+        """The --teacher file the teacher stage measured (report.json teacher.file_sha256), when it
+        is gone: from another folder a relative one was only "checkpoint ... does not exist"."""
+        if not (self.load_report().get("teacher") or {}).get("file_sha256"):
+            return None
+        try:
+            external = self.load_config().teacher.path
+        except ConfigError:
+            return None
+        return Path(external) if external and not Path(external).exists() else None
+
     def _teacher_changed(self) -> bool:
         """teacher.pt differs from the checkpoint the teacher's ONNX was exported from (export
         records its sha256 in report.json's teacher_exports): profile would time one teacher
@@ -181,12 +194,16 @@ class RunOutputs:
         """Refuse `command` when a stage it builds on lost its output or (export) was made from
         another student.pt; one line naming the file and the command that makes it again."""
         found = self.outdated_output(needed)
-        if found and found[2] == "changed after train-teacher" and not found[1].is_absolute() \
+        if found and found[0] == "train_teacher" and not found[1].is_absolute() \
                 and not found[1].is_relative_to(self.path):  # a relative --teacher: read from here (52nd F4, A5)
-            raise ConfigError(f"{found[1]} (teacher.path, read from the current folder {Path.cwd()}) is not the file the "
-                              f"teacher stage measured, so `{command}` cannot run; run it from the folder the run was "
-                              "started in (or, if the file changed, re-run "
-                              f"`distill-export run --resume {self.path}` there)")
+            what, then = (("does not exist there", "") if found[2] == "is missing" else
+                          ("is not the file the teacher stage measured", " (or, if the file changed, re-run "
+                           f"`distill-export run --resume {self.path}` there)"))
+            raise ConfigError(f"{found[1]} (teacher.path, read from the current folder {Path.cwd()}) {what}, so "
+                              f"`{command}` cannot run; run it from the folder the run was started in{then}")
+        if found and found[0] == "train_teacher" and found[2] == "is missing" and found[1] != self.file("teacher.pt"):
+            raise ConfigError(f"{found[1]} (teacher.path, the teacher this run was made with) is missing, so "
+                              f"`{command}` cannot run; put it back, or start a new run")
         if found:
             stage, file, why = found
             made = {"is missing": f"the {stage} stage made it",

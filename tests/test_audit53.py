@@ -130,3 +130,43 @@ def test_a54_b6_b7_detection_metrics_are_typed_and_agree(tmp_path, edit, named):
     with pytest.raises(DistillExportError) as caught:
         store.load(path)
     assert str(caught.value).startswith(f"{path} is corrupt: ") and named in str(caught.value), str(caught.value)
+
+
+# ----- 53rd A1, A2: a relative --teacher read from another folder ---------------------------------
+
+
+def _relative_teacher_run(run_copy, tmp_path, other: bytes | None):
+    """run_copy as if made with `--teacher t/teacher.pt`; a folder `elsewhere` holding `other` there."""
+    import yaml
+
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    config["teacher"]["path"] = "t/teacher.pt"
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    state = json.loads((run_copy / "state.json").read_text())
+    state["written_config"] = config
+    (run_copy / "state.json").write_text(json.dumps(state))
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "t").mkdir(parents=True)
+    if other is not None:
+        (elsewhere / "t" / "teacher.pt").write_bytes(other)
+    return elsewhere
+
+
+@pytest.mark.parametrize("command", ["validate", "profile", "report"])
+def test_a53_a2_a_missing_relative_teacher_says_where_it_was_read(run_copy, tmp_path, monkeypatch, command):
+    """From a folder without the file it was only "checkpoint t/teacher.pt does not exist"."""
+    monkeypatch.chdir(_relative_teacher_run(run_copy, tmp_path, None))
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, [command, str(run_copy)]))
+    assert line == (f"error: t/teacher.pt (teacher.path, read from the current folder {tmp_path / 'elsewhere'}) does not "
+                    f"exist there, so `{command}` cannot run; run it from the folder the run was started in"), line
+    assert snapshot(run_copy) == before
+
+
+def test_a53_a1_validate_names_itself_and_refuses_before_any_work(run_copy, tmp_path, monkeypatch):
+    """validate checked every export, then its recommendation step refused "so `recommend` cannot run"."""
+    monkeypatch.chdir(_relative_teacher_run(run_copy, tmp_path, (run_copy / "teacher.pt").read_bytes() + b"other"))
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["validate", str(run_copy)]))
+    assert "is not the file the teacher stage measured, so `validate` cannot run" in line, line
+    assert snapshot(run_copy) == before

@@ -32,6 +32,8 @@ def validate(run_dir: RunDirArg, gate: Gate = None, quiet: Quiet = False):
     validate_config(cfg)  # the gates pass the config's own checks before anything is written
     with rd.lock():
         rd.require_stages(("distill", "export"), "validate")  # a stale export, or student.pt replaced after distill (B5)
+        # the teacher too, before any work: recommend (at validate's end) refused it, naming itself (53rd A1)
+        rd.require_current_outputs(("train_teacher",), "validate")
         with rd.transaction():
             results = stage_validate(cfg, rd, quiet)  # a failed gate is a result (exit 1 below), not a failure
             if not rd.missing_stages(None):  # a finished run: its report (stale now) shows the new parity

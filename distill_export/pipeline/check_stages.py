@@ -58,7 +58,7 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     if run.load_report().get("latency"):  # profiled before: parity decides what is recommended
         from distill_export.recommend import update_run
 
-        update_run(run)
+        update_run(run, "validate")
     return results
 
 @records_stage("profile")
@@ -71,7 +71,7 @@ def stage_profile(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     run.update_report(latency=result.rows, speedups=result.speedups, profile=result.meta)
     from distill_export.recommend import update_run
 
-    update_run(run)  # the fastest gate-passing artifact per profiled target
+    update_run(run, "profile")  # the fastest gate-passing artifact per profiled target
     return result.rows
 
 

@@ -100,7 +100,7 @@ def save(result: ProfileResult, run_dir: Path | None, out: Path | None) -> list[
 
         written.append(run.file("report.json"))
         if not [s for s in run.missing_stages(None) if s != "profile"]:  # the record is complete once profile is
-            update_run(run)
+            update_run(run, "profile")
             write_reports(run)
             written += [run.file("latency.csv"), run.file("report.md"), run.file("report.html")]
         # else (validate stale after a re-export): no report the `report` stage would refuse to make, and no
