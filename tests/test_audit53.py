@@ -170,3 +170,26 @@ def test_a53_a1_validate_names_itself_and_refuses_before_any_work(run_copy, tmp_
     line = one_line_error(runner.invoke(app, ["validate", str(run_copy)]))
     assert "is not the file the teacher stage measured, so `validate` cannot run" in line, line
     assert snapshot(run_copy) == before
+
+
+# ----- 54th B5: the opset asked is the opset written -----------------------------------------------
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_a54_b5_the_onnx_file_has_the_opset_asked(tmp_path, opset):
+    """`export --opset 17` with the dynamo exporter wrote opset 18 (its down-conversion failed, with a log
+    line only) while report.json and config.yaml said 17. The file now has the asked opset, from
+    TorchScript when dynamo cannot keep it."""
+    import onnx
+    import torch
+
+    from distill_export.export.base import ExportOptions
+    from distill_export.export.onnx import _torch_export
+    from distill_export.nets.students import create_student
+
+    model = create_student("tiny_cnn", 3, in_channels=1).eval()
+    path = tmp_path / "m.onnx"
+    exporter, why = _torch_export(model, torch.zeros(1, 1, 28, 28), path, "x", ExportOptions(opset=opset))
+    written = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
+    assert written[""] == opset, (written, exporter, why)
+    assert (why is None) == (exporter == "dynamo"), (exporter, why)
