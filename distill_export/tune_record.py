@@ -56,16 +56,31 @@ def _check_rest(summary: dict, decision: dict, trial) -> None:
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in decision["line"]):  # escape codes reach the terminal
         raise ConfigError("its decision line holds control characters")
     _check_types(summary, decision)
+    if summary["best"] is not None:
+        _check_preset("best trial", summary["best"])
+    _check_preset("decision", decision)
     chosen = {}
-    if augment := decision.get("augment"):
-        if not isinstance(augment, dict):
-            raise ConfigError("its decision's augment is not a mapping")
+    if augment := decision.get("augment"):  # a mapping: _check_types
         chosen.update({"distill.mix": augment["mix"], "distill.mix_alpha": augment["mix_alpha"]})
     if decision.get("rounds") is not None:
         chosen["distill.rounds"] = decision["rounds"]
     if decision.get("teacher_fusion") is not None:
         chosen["teacher.fusion"] = decision["teacher_fusion"]
     validate_config(apply_overrides(trial, chosen, origin="its decision"))
+
+
+def _check_preset(where: str, chosen: dict) -> None:
+    """A distilling choice is a preset and its terms, as tune.suggest_terms builds them: method
+    'bogus' with ce + ls_kd trained a KD student recorded three ways (fifty-fourth audit B8)."""
+    from distill_export.methods import PRESETS
+
+    method = chosen.get("method")
+    if method not in PRESETS:
+        raise ConfigError(f"its {where}'s method {str(method)[:40]!r} is not a preset ({', '.join(PRESETS)})")
+    names = sorted({t["name"] for t in chosen["terms"]} - {"ce"})
+    if names != sorted(PRESETS[method][0]):
+        raise ConfigError(f"its {where}'s terms ({', '.join(names) or 'ce alone'}) are not method {method}'s "
+                          f"({', '.join(PRESETS[method][0])})")
 
 
 def _check_types(summary: dict, decision: dict) -> None:

@@ -134,7 +134,7 @@ SUMMARY = {"decision": {"distill": True, "method": "hinton", "line": "hinton cho
     (lambda s: s["decision"]["augment"].pop("mix"), "'mix'"),
     (lambda s: s["decision"]["augment"].update(mix="blend"), "distill.mix"),
     (lambda s: s["decision"]["augment"].update(mix_alpha=-1), "mix_alpha"),
-    (lambda s: s["decision"].update(augment="mixup"), "its decision's augment is not a mapping"),
+    (lambda s: s["decision"].update(augment="mixup"), "decision.augment: Input should be a valid dictionary"),
     (lambda s: s["decision"].update(rounds="two"), "rounds"),
     (lambda s: s["decision"].update(teacher_fusion="sideways"), "fusion"),
 ])

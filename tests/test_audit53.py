@@ -193,3 +193,57 @@ def test_a54_b5_the_onnx_file_has_the_opset_asked(tmp_path, opset):
     written = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
     assert written[""] == opset, (written, exporter, why)
     assert (why is None) == (exporter == "dynamo"), (exporter, why)
+
+
+# ----- 54th B4, B8, A3: a tune record of other types or another method -------------------------------
+
+
+def _tune_summary() -> dict:
+    terms = [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "temperature": 4.0}]
+    return {"decision": {"distill": True, "method": "hinton", "line": "hinton chosen", "terms": terms},
+            "trials": 2, "completed": 2, "pruned": 0, "seconds": 1.0, "baseline_val_accuracy": 0.5,
+            "best": {"method": "hinton", "terms": terms, "val_accuracy": 0.6}}
+
+
+@pytest.mark.parametrize(("edit", "why"), [
+    (lambda s: s["decision"].update(method="bogus"), "its decision's method 'bogus' is not a preset"),
+    (lambda s: s["decision"].update(method="dist"), "its decision's terms (kd) are not method dist's"),
+    (lambda s: s["best"].update(val_accuracy=5), "best.val_accuracy: Input should be less than or equal to 1"),
+    (lambda s: s["best"].update(method=["x"]), "best.method: Input should be a valid string"),
+    (lambda s: s["decision"].update(distill=False, terms=[{"name": "ce", "weight": 1.0}]),
+     "a labels-only decision (distill false) with method 'hinton'"),
+    (lambda s: s.update(completed=9), "completed 9 is more than the 2 trials"),
+    (lambda s: s.update(seconds=-5), "seconds: Input should be greater than or equal to 0"),
+])
+def test_a54_b8_a_tune_json_choice_that_tune_cannot_write_is_named_on_resume(tmp_path, edit, why):
+    """Method 'bogus' with ce + ls_kd trained a KD student that config.yaml called labels_only and
+    report.md called 'bogus'; a best trial's val_accuracy 5 was recorded."""
+    from distill_export.config import RunConfig
+    from distill_export.errors import ConfigError
+    from distill_export.tune_record import resumed_summary
+
+    path = tmp_path / "tune.json"
+    summary = _tune_summary()
+    path.write_text(json.dumps(summary))
+    assert resumed_summary(path, RunConfig())["decision"]["method"] == "hinton"
+    edit(summary)
+    path.write_text(json.dumps(summary))
+    with pytest.raises(ConfigError) as caught:
+        resumed_summary(path, RunConfig())
+    assert str(caught.value).startswith(f"{path} is not the tune.json tune wrote (") and why in str(caught.value), \
+        str(caught.value)
+
+
+@pytest.mark.parametrize(("tune", "named"), [
+    ({"trials": 2, "completed": 1, "seconds": -5, "decision": {"distill": "yes", "method": ["a"], "line": 5}},
+     "tune.seconds: Input should be greater than or equal to 0"),
+    ({"trials": 2, "completed": 9, "decision": {"distill": True, "method": "bogus", "line": "x"}},
+     "tune.decision.terms: Field required"),
+])
+def test_a54_b4_a_report_tune_section_of_other_types_is_refused(run_copy, tune, named):
+    """A tune section of the wrong types was rendered: "...trials completed ...): \\['a'\\]; 5." """
+    _edit_report(run_copy, _set("tune", tune))
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]))
+    assert line.startswith(f"error: {run_copy / 'report.json'} is corrupt: {named}"), line
+    assert snapshot(run_copy) == before

@@ -196,19 +196,56 @@ class TuneTeacher(Section):
     val_score: Probability  # its validation score (accuracy or mAP): the reason shown, not the choice
 
 
+class TuneTrial(Section):
+    """The search's best trial (tune.py): a preset, its terms and its validation score."""
+
+    method: str
+    terms: list[Term]
+    val_accuracy: Probability  # accuracy or mAP: a fraction
+
+
+class TuneDecision(Section):
+    """What tune chose (tune_decision.decide): labels only (distill false: method labels_only, CE
+    alone), or a searched preset with its terms; `line` says why. A list for the method, a number for the line, or a
+    labels-only decision naming a preset were rendered as the choice (fifty-fourth audit B4)."""
+
+    distill: bool
+    method: str
+    terms: list[Term]
+    line: str
+    augment: dict[str, Any] | None = None  # distill.mix and distill.mix_alpha
+    teacher_fusion: str | None = None
+    rounds: Positive | None = None
+
+    @model_validator(mode="after")
+    def _labels_only_is_ce_alone(self):
+        if not self.distill and (self.method != "labels_only" or [t.name for t in self.terms] != ["ce"]):
+            raise ValueError(f"a labels-only decision (distill false) with method {self.method!r} and terms "
+                             f"{', '.join(t.name for t in self.terms)}")
+        return self
+
+
 class Tune(Section):
     """`run --tune`: the search and confirmation on validation that chose the objective (tune.py)."""
 
     trials: Count | None = None
     completed: Count | None = None
     pruned: Count | None = None
-    seconds: float | None = None
-    baseline_val_accuracy: float | None = None
-    best: dict[str, Any] | None = None  # the search's best trial: method, terms, val_accuracy
-    decision: dict[str, Any] | None = None  # distill (bool), method, terms, line (the reason in words)
+    seconds: NonNegative | None = None
+    baseline_val_accuracy: Probability | None = None
+    best: TuneTrial | None = None  # the search's best trial: method, terms, val_accuracy
+    decision: TuneDecision | None = None  # distill, method, terms, line (the reason in words)
     confirmation: dict[str, Any] | None = None
     # search space "fusion": each teacher the trials drew from -> own (the run's), val_score
     teachers: dict[str, TuneTeacher] | None = None  # a string score was a report traceback (35th audit B2)
+
+    @model_validator(mode="after")
+    def _counts_within_trials(self):
+        for name in ("completed", "pruned"):
+            value = getattr(self, name)
+            if None not in (value, self.trials) and value > self.trials:
+                raise ValueError(f"{name} {value} is more than the {self.trials} trials")
+        return self
 
 
 class RunRecord(Section):

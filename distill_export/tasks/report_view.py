@@ -60,14 +60,13 @@ def tune_sentence(record: RunRecord, escape=str) -> str:
     """How `run --tune` chose the objective, in one sentence ("" without a search). escape: for
     tune.json's strings (the method, the fusions, the decision line; record.format.md_text in report.md)."""
     tune = record.tune
-    if tune is None or not tune.decision:
+    if tune is None or tune.decision is None:
         return ""
     # every string from tune.json goes through escape, not the decision line alone (thirty-fourth audit B1)
-    chosen = escape(str(tune.decision.get("method", "?"))) if tune.decision.get("distill") else \
-        "labels only (no distillation)"
+    chosen = escape(tune.decision.method) if tune.decision.distill else "labels only (no distillation)"
     teachers = ""
     if tune.teachers and len(tune.teachers) > 1:  # the search drew the teacher fusion too
-        fusion = tune.decision.get("teacher_fusion") or next((f for f, t in tune.teachers.items() if t.own), "?")
+        fusion = tune.decision.teacher_fusion or next((f for f, t in tune.teachers.items() if t.own), "?")
         fusion = escape(str(fusion))
         scores = ", ".join(f"{escape(str(f))} {100 * t.val_score:.1f}%" + (" (the run's)" if t.own else "")
                            for f, t in tune.teachers.items())
@@ -75,7 +74,7 @@ def tune_sentence(record: RunRecord, escape=str) -> str:
                     f"validation scores: {scores}).")
     return (f"Objective chosen by `run --tune` on the validation split ({tune.completed} of {tune.trials} trials "
             f"completed, then the best re-trained with fresh seeds against the labels-only baseline): {chosen}; "
-            f"{escape(tune.decision.get('line', ''))}.{teachers}")
+            f"{escape(tune.decision.line)}.{teachers}")
 
 
 class GenericReportView:
