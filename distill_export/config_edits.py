@@ -37,6 +37,14 @@ def differences(saved, wanted, prefix: str = "") -> list[str]:
     return [prefix[:-1]]
 
 
+def _shown(config: dict, key: str) -> str:
+    from distill_export.config_checks import _show
+
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return _show(config, 40)
+
+
 def check_hand_edits(run, run_dir: Path, config_yaml: dict, command: str | None = None,
                      written: dict | None = None, flag: bool = False) -> None:
     """Refuse a key of config.yaml (`config_yaml`, as read) edited by hand after a done stage
@@ -57,9 +65,10 @@ def check_hand_edits(run, run_dir: Path, config_yaml: dict, command: str | None 
         again = ("start a new run with `--out NEW`" if command is None or stage == "train_teacher"
                  else f"pass it to `distill-export {stage} {run_dir}`" if flag
                  else f"run `distill-export {stage} {run_dir}` first, which runs it with the edit")
+        # both values, and where the first is kept: a hand edit of state.json was blamed on config.yaml (54th B10)
         what, undo = ((f"a flag sets {key}, which the {stage} stage ran with another value", "drop the flag") if flag
-                      else (f"{key} in its config.yaml was edited after the {stage} stage ran with the value it had",
-                            "restore it"))
+                      else (f"{key} in its config.yaml ({_shown(config_yaml, key)}) is not the value the {stage} stage "
+                            f"ran with ({_shown(written, key)}, as state.json records it)", "restore it"))
         raise DistillExportError(f"{who}: {what}, so the run would record a setting that did not run; {undo}, or {again}")
 
 

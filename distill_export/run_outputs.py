@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill_export.errors import ConfigError
-from distill_export.stage_graph import NEXT_COMMAND, DEPENDENTS, PARITY_FILE, RUN_STAGES, STATE_FILE  # noqa: F401  (PARITY_FILE: imported from here)
+from distill_export.stage_graph import NEXT_COMMAND, DEPENDENTS, PARITY_FILE, RUN_STAGES, STATE_FILE, checked_state  # noqa: F401  (PARITY_FILE: imported from here)
 
 # What distill writes and measures: its report numbers are of these files (files_sha256).
 DISTILL_CHECKPOINTS = ("student.pt", "baseline.pt", "control_teacher.pt")
@@ -100,8 +100,9 @@ class RunOutputs:
     def _state(self) -> dict:
         from distill_export.record import store
 
-        state = store.read_json(self.file(STATE_FILE)) if self.file(STATE_FILE).exists() else {}
-        return state if isinstance(state, dict) else {}
+        if not self.file(STATE_FILE).exists():
+            return {}
+        return checked_state(store.read_json(self.file(STATE_FILE)), self.file(STATE_FILE))  # a dict: read_json
 
     def record_written_config(self, config: dict) -> None:
         """config.yaml as the product wrote it (state.json written_config): `run --resume` can tell
@@ -122,13 +123,11 @@ class RunOutputs:
             write_json(self.file(STATE_FILE), {**self._state(), "given_teacher_keys": given})
 
     def given_teacher_keys(self) -> frozenset:
-        keys = self._state().get("given_teacher_keys")
-        return frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, list) else frozenset()
+        return frozenset(self._state().get("given_teacher_keys") or ())  # a list of names: checked_state
 
     def written_config(self) -> dict | None:
         """The config the product last wrote to config.yaml; None for a run made before it was kept."""
-        written = self._state().get("written_config")
-        return written if isinstance(written, dict) else None
+        return self._state().get("written_config")  # a dict or None: checked_state
 
     def _student_is_distills(self) -> bool:
         """student.pt is the checkpoint distill measured (report.json distill.files_sha256)."""

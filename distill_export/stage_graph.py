@@ -77,6 +77,22 @@ def checked_stages(stages, where) -> dict:
     return stages
 
 
+# state.json's other keys and their types (rundir, run_outputs, run_identity write them): another
+# type is a hand edit. `written_config: "x"` turned the config-edit check off (fifty-fourth audit B9);
+# `run_id: 5` was blamed on report.json (A2).
+STATE_TYPES = {"schema_version": int, "run_id": str, "written_config": dict, "given_teacher_keys": list, "data": dict}
+
+
+def checked_state(state: dict, where) -> dict:
+    for key, kind in STATE_TYPES.items():
+        value = state.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                  or (kind is list and not all(isinstance(v, str) for v in value))):
+            raise ConfigError(f"{where} is corrupt: `{key}` must be a {'list of names' if kind is list else kind.__name__}"
+                              f", got {type(value).__name__}; restore it or start a new run")
+    return state
+
+
 def _stale_why(entry: dict, them: str) -> str:
     """Why a stage is stale: a file changed after it (`changed`), or an earlier stage ran again."""
     if entry.get("why"):  # stale_if_outdated

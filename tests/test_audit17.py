@@ -51,8 +51,8 @@ def test_b2_resume_refuses_a_hand_edit_of_what_a_done_stage_ran_with(run_copy):
     (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     before = snapshot(run_copy)
     line = one_line_error(runner.invoke(app, ["run", "--resume", str(run_copy), "-q"]), 2)
-    assert line == (f"error: --resume {run_copy}: teacher.width in its config.yaml was edited after the "
-                    "train_teacher stage ran with the value it had, so the run would record a setting that did not "
+    assert line == (f"error: --resume {run_copy}: teacher.width in its config.yaml (12) is not the "
+                    "value the train_teacher stage ran with (8, as state.json records it), so the run would record a setting that did not "
                     "run; restore it, or start a new run with `--out NEW`"), line
     assert snapshot(run_copy) == before
 

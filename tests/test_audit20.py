@@ -20,6 +20,10 @@ from distill_export.cli import app
 runner = CliRunner()
 
 
+def _written(run, section: str, key: str):
+    return json.loads((run / "state.json").read_text())["written_config"][section][key]
+
+
 def _edit(run, section: str, key: str, value) -> None:
     config = yaml.safe_load((run / "config.yaml").read_text())
     config[section][key] = value
@@ -39,8 +43,8 @@ def test_a_stage_command_refuses_an_edit_of_what_an_earlier_done_stage_ran_with(
     _edit(run_copy, section, key, value)
     before = snapshot(run_copy)
     line = one_line_error(runner.invoke(app, [command, str(run_copy)]), 2)
-    assert line == (f"error: {run_copy}: {section}.{key} in its config.yaml was edited after the {stage} stage ran "
-                    "with the value it had, so the run would record a setting that did not run; restore it, or "
+    assert line == (f"error: {run_copy}: {section}.{key} in its config.yaml ({value!r}) is not the value the {stage} "
+                    f"stage ran with ({_written(run_copy, section, key)!r}, as state.json records it), so the run would record a setting that did not run; restore it, or "
                     + again.format(run=run_copy)), line
     assert snapshot(run_copy) == before
 
@@ -51,7 +55,7 @@ def test_an_edit_for_the_stage_a_command_runs_is_what_it_runs_with(run_copy):
     _edit(run_copy, "distill", "epochs", 2)
     _edit(run_copy, "export", "opset", 17)  # a later stage: distill makes it stale, the edit is for its re-run
     assert open_run(run_copy, None, command="distill")[1].distill.epochs == 2
-    with pytest.raises(Exception, match="distill.epochs in its config.yaml was edited after the distill stage"):
+    with pytest.raises(Exception, match=r"distill.epochs in its config.yaml \(2\) is not the value the distill stage ran with \(1, "):
         open_run(run_copy, None, command="export")
 
 

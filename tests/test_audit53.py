@@ -247,3 +247,38 @@ def test_a54_b4_a_report_tune_section_of_other_types_is_refused(run_copy, tune, 
     line = one_line_error(runner.invoke(app, ["report", str(run_copy)]))
     assert line.startswith(f"error: {run_copy / 'report.json'} is corrupt: {named}"), line
     assert snapshot(run_copy) == before
+
+
+# ----- 54th B9, B10, A2: state.json's other keys -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    ("written_config", "x", "`written_config` must be a dict, got str"),
+    ("run_id", 5, "`run_id` must be a str, got int"),
+    ("given_teacher_keys", [1], "`given_teacher_keys` must be a list of names, got list"),
+    ("data", [], "`data` must be a dict, got list"),
+])
+def test_a54_b9_a2_a_state_key_of_another_type_is_named(run_copy, key, value, named):
+    """`written_config: "x"` turned the config.yaml edit check off (export, validate and profile then ran
+    with an edited teacher.epochs); `run_id: 5` was blamed on report.json."""
+    state = run_copy / "state.json"
+    data = json.loads(state.read_text())
+    data[key] = value
+    state.write_text(json.dumps(data))
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["export", str(run_copy)]))
+    assert line == f"error: {state} is corrupt: {named}; restore it or start a new run", line
+    assert snapshot(run_copy) == before
+
+
+def test_a54_b10_an_edit_of_the_recorded_config_shows_both_values(run_copy):
+    """An edit of state.json's written_config was said to be an edit of config.yaml, with advice to
+    restore config.yaml (which was untouched). The line now gives both values and where each is."""
+    state = run_copy / "state.json"
+    data = json.loads(state.read_text())
+    epochs = data["written_config"]["distill"]["epochs"]
+    data["written_config"]["distill"]["epochs"] = "many"
+    state.write_text(json.dumps(data))
+    line = one_line_error(runner.invoke(app, ["validate", str(run_copy)]))
+    assert line.startswith(f"error: {run_copy}: distill.epochs in its config.yaml ({epochs}) is not the value the "
+                           "distill stage ran with ('many', as state.json records it)"), line
