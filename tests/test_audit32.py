@@ -132,7 +132,8 @@ def test_a34_b1_every_tune_string_in_report_md_is_escaped():
     from distill_export.tasks.report_view import tune_sentence
 
     record = migrate({"tune": {"trials": 2, "completed": 2, "decision": {
-        "distill": True, "method": "<img src=x onerror=alert(1)>", "line": "ok", "teacher_fusion": "<i>late</i>"},
+        "distill": True, "method": "<img src=x onerror=alert(1)>", "line": "ok", "teacher_fusion": "<i>late</i>",
+        "terms": [{"name": "ce", "weight": 1.0}]},
         "teachers": {"<script>alert(1)</script>": {"val_score": 0.5, "own": True}, "late": {"val_score": 0.4}}}})
     text = tune_sentence(record, md_text)
     assert "<img" not in text and "<i>" not in text and "<script>" not in text, text

@@ -115,6 +115,20 @@ class Speedup(RecordSection):
     cpu_speedup: NonNegative | None = None
 
 
+def check_speedups(latency: list[LatencyRow], speedups: list[Speedup]) -> None:
+    """Each speedup is the ratio of its two latency rows' p50s, as profiling.measure.speedups
+    made it: a hand-edited 1e300 was rendered as a 301-digit ratio beside rows giving x1.2
+    (fifty-fourth audit A4). A row no longer in the record leaves its speedup unchecked."""
+    rows = {(r.model, r.format, r.backend, r.batch, r.threads): r.p50_ms for r in latency if r.p50_ms}
+    for i, s in enumerate(speedups):
+        ref_model, _, ref_backend = s.reference.rpartition(" (")
+        ref = rows.get((ref_model, s.reference_format, ref_backend.removesuffix(")"), s.batch, s.threads))
+        own = rows.get((s.model, s.format, s.backend, s.batch, s.threads))
+        if ref and own and abs(s.speedup - ref / own) > 1e-6 * max(1.0, ref / own):
+            raise ValueError(f"speedups[{i}].speedup {s.speedup:.6g} is not the p50 ratio of its latency rows "
+                             f"({ref / own:.6g})")
+
+
 class Machine(RecordSection):
     platform: str | None = None
     machine: str | None = None

@@ -75,9 +75,10 @@ def validate(data: dict) -> RunRecord:
         return RunRecord.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in first["loc"])
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise RecordError(f"{where}: {first['msg']}{more}") from None
+        message = first["msg"].removeprefix("Value error, ")  # our validators' words name their keys
+        raise RecordError(f"{where}: {message}{more}" if where else f"{message}{more}") from None
 
 
 def migrate(raw: dict) -> RunRecord:

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
-from distill_export.record.deploy import Export, LatencyRow, Profile, Recommendation, Speedup
+from distill_export.record.deploy import Export, LatencyRow, Profile, Recommendation, Speedup, check_speedups
 from distill_export.record.metrics import (Count, Interval, NonNegative, Positive, Probability, RecordSection,
                                            TaskComparison, TaskMetrics)
 
@@ -299,6 +299,7 @@ class RunRecord(Section):
                     and abs(c.gain - (ma.accuracy - mb.accuracy)) > 1e-6:
                 raise ValueError(f"comparisons.{pair}.gain {c.gain} is not metrics.{a}.accuracy - metrics.{b}.accuracy "
                                  f"({ma.accuracy - mb.accuracy:.6f})")
+        check_speedups(self.latency, self.speedups)
         paired = self.comparisons.get("student_vs_baseline")
         if self.kd_gain is not None and paired is not None and abs(self.kd_gain - paired.gain) > 1e-9:
             raise ValueError(f"kd_gain {self.kd_gain} is not comparisons.student_vs_baseline.gain {paired.gain}")
