@@ -35,13 +35,14 @@ LABELS_ONLY_TERMS = [{"name": "ce", "weight": 1.0}]
 class ConfirmSpec:
     top: int = 3  # completed search trials to re-train (best first)
     seeds: int = 3  # fresh training seeds per objective and for the baseline; 0 turns the stage off
+    MOST = 100  # ClassVar: a bound on both
 
-    def check(self) -> None:
-        if self.top < 1:
-            raise ConfigError(f"tune: --confirm-top must be >= 1, got {self.top}")
-        if self.seeds < 0 or self.seeds == 1:
-            raise ConfigError(f"tune: --confirm-seeds must be 0 (off) or >= 2 (a paired test needs two seeds), "
-                              f"got {self.seeds}")
+    def check(self) -> None:  # at most MOST: each is a training per candidate (54th audit A5: 99999999 ran)
+        if not 1 <= self.top <= self.MOST:
+            raise ConfigError(f"tune: --confirm-top must be in [1, {self.MOST}], got {self.top}")
+        if self.seeds < 0 or self.seeds == 1 or self.seeds > self.MOST:
+            raise ConfigError(f"tune: --confirm-seeds must be 0 (off) or in [2, {self.MOST}] (a paired test needs two "
+                              f"seeds), got {self.seeds}")
 
 
 def confirmation_seeds(search_seed: int, n: int) -> list[int]:

@@ -20,7 +20,7 @@ import yaml
 from rich.console import Console
 
 from distill_export.config import RunConfig
-from distill_export.config_checks import check_tune_minutes, tune_search_spaces
+from distill_export.config_checks import check_tune_minutes, tune_search_spaces, value_range
 from distill_export.confirm import ConfirmSpec
 from distill_export.errors import ConfigError, TrainingDiverged
 from distill_export.files import write_text
@@ -47,8 +47,9 @@ class TuneBudget:
     minutes_flag: str = "--minutes"
 
     def check(self) -> None:
-        if not self.trials > 0:
-            raise ConfigError(f"tune budget: {self.trials_flag} must be > 0, got {self.trials}")
+        most = value_range("distill.tune_trials")[1]  # run --tune's bound too (54th audit A5: 1e20 ran)
+        if not 0 < self.trials <= most:
+            raise ConfigError(f"tune budget: {self.trials_flag} must be in [1, {most}], got {self.trials}")
         if self.minutes is not None and not (self.minutes > 0 and self.minutes < float("inf")):
             raise ConfigError(f"tune budget: {self.minutes_flag} must be a finite number > 0, got {self.minutes}")
         check_tune_minutes(self.minutes, self.minutes_flag)

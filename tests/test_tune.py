@@ -199,13 +199,15 @@ def test_confirm_picks_by_the_fresh_seeds_mean_and_tests_the_pair():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--trials", "0"], "--trials must be > 0"),
-    (["--trials", "-3"], "--trials must be > 0"),
+    (["--trials", "0"], "--trials must be in [1, 100000], got 0"),
+    (["--trials", "-3"], "--trials must be in [1, 100000], got -3"),
+    (["--trials", "99999999999999999999"], "--trials must be in [1, 100000]"),  # 54th audit A5: it ran
     (["--minutes", "0"], "--minutes must be"),
     (["--minutes", "nan"], "--minutes must be"),
     (["--methods", "hinton,bogus"], "unknown distillation method 'bogus'"),
-    (["--confirm-seeds", "1"], "--confirm-seeds must be 0 (off) or >= 2"),
-    (["--confirm-top", "0"], "--confirm-top must be >= 1"),
+    (["--confirm-seeds", "1"], "--confirm-seeds must be 0 (off) or in [2, 100]"),
+    (["--confirm-seeds", "99999999"], "--confirm-seeds must be 0 (off) or in [2, 100]"),  # A5: it started
+    (["--confirm-top", "0"], "--confirm-top must be in [1, 100]"),
 ])
 def test_tune_bad_budget_or_method_is_one_line(run_copy, args, needle):
     before = sorted(p.name for p in run_copy.iterdir())
