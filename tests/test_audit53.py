@@ -292,3 +292,19 @@ def test_a54_a4_a_speedup_its_latency_rows_contradict_is_refused(run_copy):
     assert line.startswith(f"error: {run_copy / 'report.json'} is corrupt: speedups[0].speedup 1e+300 is not the p50 "
                            "ratio of its latency rows ("), line
     assert snapshot(run_copy) == before
+
+
+def test_a54_a7_a_stage_figure_gone_from_the_run_is_said_in_the_report(tmp_path):
+    """A deleted plots/detections.png (drawn by distill, not report) was left out of the report in silence."""
+    pytest.importorskip("matplotlib")
+    from distill_export.record import as_record
+    from distill_export.report.plots import make_plots
+
+    record = as_record({"figures": {"detections": "detections.png"}})
+    plots, note = make_plots(record, tmp_path)
+    assert tmp_path / "detections.png" not in plots
+    assert note == ("figure plots/detections.png (drawn by the distill stage) missing from the run folder, so left "
+                    "out; `distill-export distill RUN` draws it again"), note
+    (tmp_path / "detections.png").write_bytes(b"\x89PNG")
+    plots, note = make_plots(record, tmp_path)
+    assert tmp_path / "detections.png" in plots and note == ""

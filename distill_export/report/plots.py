@@ -171,4 +171,8 @@ def make_plots(record: RunRecord, out: Path) -> tuple[list[Path], str]:
         warnings.simplefilter("ignore")  # (sixth audit RP_R5); a plot it could not draw well is still drawn
         plots = [p for p in (plot_latency(record, out), plot_tradeoff(record, out), plot_training(record, out)) if p]
     plots += [out / name for name in record.figures.values() if (out / name).is_file()]  # drawn by a stage
-    return plots, ""
+    gone = [name for name in record.figures.values() if not (out / name).is_file()]
+    # a figure only a stage draws, deleted since, was left out in silence (fifty-fourth audit A7)
+    return plots, (f"figure{'s' * (len(gone) > 1)} {', '.join(f'plots/{n}' for n in gone)} (drawn by the distill "
+                   "stage) missing from the run folder, so left out; `distill-export distill RUN` draws "
+                   f"{'them' if len(gone) > 1 else 'it'} again" if gone else "")
