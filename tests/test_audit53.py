@@ -84,7 +84,7 @@ def _set(keys: str, value):
     (_set("metrics.baseline", {"confusion_matrix": [[1, 0], [0, 1]]}), "metrics.baseline.confusion_matrix has 2 rows for "
                                                                       "the dataset's"),
     (lambda d: _set("kd_gain", d["kd_gain"] + 0.5)(d), "kd_gain "),
-    (lambda d: _set("comparisons.student_vs_baseline.gain", d["kd_gain"] + 0.5)(d),
+    (lambda d: _set("comparisons.student_vs_baseline.gain", d["kd_gain"] + 0.001)(d),  # within its CI, same verdict
      "comparisons.student_vs_baseline.gain "),
 ])
 def test_a54_b1_a_hand_edited_score_its_sources_contradict_is_refused(run_copy, edit, named):
@@ -308,3 +308,52 @@ def test_a54_a7_a_stage_figure_gone_from_the_run_is_said_in_the_report(tmp_path)
     (tmp_path / "detections.png").write_bytes(b"\x89PNG")
     plots, note = make_plots(record, tmp_path)
     assert tmp_path / "detections.png" in plots and note == ""
+
+
+# ----- 55th B1-B3: a comparison whose numbers contradict each other -------------------------------
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (_set("comparisons.student_vs_baseline.ci95", [0.5, 0.9]), "does not hold its own gain"),
+    (_set("comparisons.student_vs_baseline.verdict", "paid"), "comparisons.student_vs_baseline: verdict 'paid' is not "
+                                                             "what gain"),
+    (lambda d: _set("comparisons.student_vs_baseline.p_value", 0.001)(d) or _set(
+        "comparisons.student_vs_baseline.verdict", "paid" if d["kd_gain"] > 0 else "hurt")(d),
+     "comparisons.student_vs_baseline: p_value 0.001 is not McNemar's for the discordant counts"),
+    (_set("kd_gain_ci95", [0.5, 0.9]), "kd_gain_ci95 (0.5, 0.9) is not comparisons.student_vs_baseline.ci95"),
+    (_set("kd_verdict", "paid"), "kd_verdict paid is not comparisons.student_vs_baseline.verdict"),
+])
+def test_a55_b2_b3_a_comparison_its_own_numbers_contradict_is_refused(run_copy, edit, named):
+    """A 95% CI of +50 to +90 beside a gain of +0.00, "Distillation paid ... McNemar p=1", and p=0.001 beside
+    no discordant row were rendered."""
+    _edit_report(run_copy, edit)
+    before = snapshot(run_copy)
+    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]))
+    assert line.startswith(f"error: {run_copy / 'report.json'} is corrupt: ") and named in line, line
+    assert snapshot(run_copy) == before
+
+
+def test_a55_b1_a_detection_gain_is_the_difference_of_its_maps(tmp_path):
+    """A detection gain of 0.5 between two mAP50s of 0 rendered "+50.00 mAP50 points"."""
+    from distill_export.errors import DistillExportError
+    from distill_export.record import store
+
+    record = _detection_record()
+    record["comparisons"] = {"student_vs_baseline": {"gain": 0.125, "ci95": [0.1, 0.15], "p_value": 0.0005,
+                                                     "verdict": "paid", "map50_a": 0.5, "map50_b": 0.375}}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(record))
+    store.load(path)
+    record["comparisons"]["student_vs_baseline"]["gain"] = 0.5
+    path.write_text(json.dumps(record))
+    with pytest.raises(DistillExportError, match=r"gain 0.5 is not map50_a - map50_b \(0.125000\)"):
+        store.load(path)
+
+
+def test_the_mcnemar_p_the_record_checks_is_scipys():
+    from scipy.stats import binomtest
+
+    from distill_export.record.metrics import mcnemar_p
+
+    for a, b in [(0, 1), (3, 9), (20, 20), (500, 430), (7, 0), (3000, 2800)]:
+        assert mcnemar_p(a, b) == pytest.approx(binomtest(a, a + b, 0.5).pvalue, rel=1e-9), (a, b)

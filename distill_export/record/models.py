@@ -300,9 +300,13 @@ class RunRecord(Section):
                 raise ValueError(f"comparisons.{pair}.gain {c.gain} is not metrics.{a}.accuracy - metrics.{b}.accuracy "
                                  f"({ma.accuracy - mb.accuracy:.6f})")
         check_speedups(self.latency, self.speedups)
-        paired = self.comparisons.get("student_vs_baseline")
-        if self.kd_gain is not None and paired is not None and abs(self.kd_gain - paired.gain) > 1e-9:
-            raise ValueError(f"kd_gain {self.kd_gain} is not comparisons.student_vs_baseline.gain {paired.gain}")
+        paired = self.comparisons.get("student_vs_baseline")  # kd_gain* repeat it at the top level, for CI
+        mirrors = (("kd_gain", "gain"), ("kd_gain_ci95", "ci95"), ("kd_gain_p_value", "p_value"), ("kd_verdict", "verdict"))
+        for top, key in mirrors if paired is not None else ():
+            mine, theirs = getattr(self, top), getattr(paired, key)
+            if None not in (mine, theirs) and mine != theirs and not (
+                    isinstance(mine, float) and abs(mine - theirs) <= 1e-9):
+                raise ValueError(f"{top} {mine} is not comparisons.student_vs_baseline.{key} {theirs}")
         return self
 
 

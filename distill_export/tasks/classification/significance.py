@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-ALPHA = 0.05  # significance level of the verdict
+from distill_export.record.metrics import ALPHA, verdict_of as verdict  # noqa: F401  (one rule: the record checks it)
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
@@ -38,13 +38,6 @@ def paired_bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, n_resample
     ])  # (R,)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
-
-
-def verdict(gain: float, p_value: float) -> str:
-    """'paid', 'hurt' or 'no significant difference' at ALPHA."""
-    if p_value < ALPHA:
-        return "paid" if gain > 0 else "hurt"
-    return "no significant difference"
 
 
 def compare(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:

@@ -20,16 +20,10 @@ import numpy as np
 from distill_export.tasks.detection.matching import (Detections, Records, ap_per_class, labeled_images, match,
                                                       mean_ap)
 
-ALPHA = 0.05  # significance level of the verdict (classification's)
+from distill_export.record.metrics import ALPHA, verdict_of as verdict  # noqa: E402,F401  (one rule: the record checks it)
+
 N_BOOT = 2000  # resamples of the test images
 _CHUNK_CELLS = 3_000_000  # resamples x records per block: about 24 MB per float64 array
-
-
-def verdict(gain: float, p_value: float) -> str:
-    """'paid', 'hurt' or 'no significant difference' at ALPHA (classification's words)."""
-    if p_value < ALPHA:
-        return "paid" if gain > 0 else "hurt"
-    return "no significant difference"
 
 
 def draw_counts(n_images: int, n_boot: int, seed: int) -> np.ndarray:
