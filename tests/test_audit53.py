@@ -357,3 +357,11 @@ def test_the_mcnemar_p_the_record_checks_is_scipys():
 
     for a, b in [(0, 1), (3, 9), (20, 20), (500, 430), (7, 0), (3000, 2800)]:
         assert mcnemar_p(a, b) == pytest.approx(binomtest(a, a + b, 0.5).pvalue, rel=1e-9), (a, b)
+
+
+def test_a55_a1_discordant_counts_are_what_the_test_rows_allow(run_copy):
+    """discordant [500, 0] beside 3 test rows was accepted (its p now has to match too)."""
+    n = json.loads((run_copy / "report.json").read_text())["metrics"]["student"]["n"]
+    _edit_report(run_copy, _set("comparisons.student_vs_baseline.discordant", [n + 1, 0]))
+    line = one_line_error(runner.invoke(app, ["report", str(run_copy)]))
+    assert "is corrupt: " in line and "discordant" in line, line

@@ -299,6 +299,11 @@ class RunRecord(Section):
                     and abs(c.gain - (ma.accuracy - mb.accuracy)) > 1e-6:
                 raise ValueError(f"comparisons.{pair}.gain {c.gain} is not metrics.{a}.accuracy - metrics.{b}.accuracy "
                                  f"({ma.accuracy - mb.accuracy:.6f})")
+            rows = ma.n if ma is not None else None
+            if c.discordant is not None and rows and (sum(c.discordant) > rows or abs(
+                    c.gain - (c.discordant[0] - c.discordant[1]) / rows) > 1e-6):
+                raise ValueError(f"comparisons.{pair}.discordant {list(c.discordant)} is not what {rows} test rows and "
+                                 f"gain {c.gain} allow")
         check_speedups(self.latency, self.speedups)
         paired = self.comparisons.get("student_vs_baseline")  # kd_gain* repeat it at the top level, for CI
         mirrors = (("kd_gain", "gain"), ("kd_gain_ci95", "ci95"), ("kd_gain_p_value", "p_value"), ("kd_verdict", "verdict"))
