@@ -379,5 +379,8 @@ def load_config(
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig saved in a run directory."""
+    """Rebuild a RunConfig saved in a run directory (a mapping; anything else is a ConfigError,
+    not an AttributeError from the library call: fifty-sixth audit A4)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config is a mapping of sections, got {type(data).__name__}")
     return apply_overrides(RunConfig(), data, "run config")

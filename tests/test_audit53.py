@@ -365,3 +365,11 @@ def test_a55_a1_discordant_counts_are_what_the_test_rows_allow(run_copy):
     _edit_report(run_copy, _set("comparisons.student_vs_baseline.discordant", [n + 1, 0]))
     line = one_line_error(runner.invoke(app, ["report", str(run_copy)]))
     assert "is corrupt: " in line and "discordant" in line, line
+
+
+def test_a56_a4_a_run_config_that_is_not_a_mapping_is_the_products_error():
+    from distill_export.config import config_from_dict
+    from distill_export.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="a run config is a mapping of sections, got str"):
+        config_from_dict("x")
