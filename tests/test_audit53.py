@@ -373,3 +373,28 @@ def test_a56_a4_a_run_config_that_is_not_a_mapping_is_the_products_error():
 
     with pytest.raises(ConfigError, match="a run config is a mapping of sections, got str"):
         config_from_dict("x")
+
+
+def test_a55_b6_the_teachers_onnx_has_the_opset_asked(tmp_path):
+    """`export RUN --opset 17`: the student fell back to TorchScript at 17, but teacher.onnx was written at
+    opset 18 by dynamo and recorded as 17, then profiled as the run's teacher. A net dynamo cannot convert
+    down (tiny_cnn, as the 54th audit's student) through the teacher's exporter."""
+    import onnx
+    import torch
+
+    from distill_export.export.base import ExportOptions
+    from distill_export.export.teacher_onnx import _export
+    from distill_export.nets.students import create_student
+
+    class Positional(torch.nn.Module):  # as teacher_onnx._positional: the modalities as *xs
+        def __init__(self):
+            super().__init__()
+            self.net = create_student("tiny_cnn", 3, in_channels=1)
+
+        def forward(self, *xs):
+            return self.net(xs[0])
+
+    path = tmp_path / "teacher.onnx"
+    exporter, why = _export(Positional().eval(), (torch.zeros(2, 1, 28, 28),), ["image"], path, ExportOptions(opset=17))
+    assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""] == 17, (exporter, why)
+    assert exporter == "torchscript" and why == "it wrote opset 18, not the asked 17", (exporter, why)

@@ -343,3 +343,15 @@ def join_tail(body, tail):
 def tail_nodes(model) -> list[str]:
     """Names of the task tail's nodes (append_tail): what FP16 and INT8 keep in FP32."""
     return [n.name for n in model.graph.node if n.name.startswith(TAIL_PREFIX)]
+
+
+def check_opset_kept(path: Path, opset: int) -> None:
+    """Below 18 the dynamo exporter converts its opset-18 graph down, and keeps 18 when that fails,
+    with a log line only: the file and report.json's `opset` disagreed (fifty-fourth audit B5). Such
+    a file is a dynamo failure: the TorchScript exporter writes the asked opset."""
+    import onnx
+
+    written = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                    if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ValueError(f"it wrote opset {written}, not the asked {opset}")

@@ -15,6 +15,7 @@ from distill_export.export.common import (
     HEADS_NAME,
     OUTPUT_NAME,
     append_tail,
+    check_opset_kept,
     error_reason,
     finalize_onnx,
     model_name,
@@ -50,18 +51,6 @@ def metadata_props(meta: dict, checkpoint_sha256: str, task_meta: dict | None = 
     return props
 
 
-def _check_opset_kept(path: Path, opset: int) -> None:
-    """Below 18 the dynamo exporter converts its opset-18 graph down, and keeps 18 when that fails,
-    with a log line only: the file and report.json's `opset` disagreed (fifty-fourth audit B5). Such
-    a file is a dynamo failure: the TorchScript exporter writes the asked opset."""
-    import onnx
-
-    written = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
-                    if o.domain in ("", "ai.onnx")), None)
-    if written != opset:
-        raise ValueError(f"it wrote opset {written}, not the asked {opset}")
-
-
 def _torch_export(model, sample, path: Path, input_name: str, options: ExportOptions,
                   name: str = "", output_name: str = OUTPUT_NAME) -> tuple[str, str | None]:
     """Export to `path`; returns which exporter succeeded ("dynamo" or "torchscript") and,
@@ -83,7 +72,7 @@ def _torch_export(model, sample, path: Path, input_name: str, options: ExportOpt
                     dynamic_shapes=dims, verbose=False, report=False,
                 )
             program.save(str(path), external_data=False)
-            _check_opset_kept(path, options.opset)
+            check_opset_kept(path, options.opset)
             rename_inputs(path, {placeholder: input_name})
             return "dynamo", None
         except Exception as exc:  # any failure in the new exporter: try the old one

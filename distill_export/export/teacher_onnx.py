@@ -23,6 +23,7 @@ from distill_export.errors import ExportError
 from distill_export.export.base import ExportOptions, ExportResult
 from distill_export.export.common import (
     OUTPUT_NAME,
+    check_opset_kept,
     error_reason,
     finalize_onnx,
     nonstandard_ops,
@@ -69,6 +70,7 @@ def _export(wrapper, sample: tuple, names: list[str], path: Path, options: Expor
                     output_names=[OUTPUT_NAME], dynamic_shapes=dims, verbose=False, report=False,
                 )
             program.save(str(path), external_data=False)
+            check_opset_kept(path, options.opset)  # else TorchScript: the asked opset (55th audit B6)
             rename_inputs(path, dict(zip(temporary, names)))
             return "dynamo", None
         except Exception as exc:  # noqa: BLE001 - any failure of the new exporter: try the old one
