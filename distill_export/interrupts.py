@@ -47,6 +47,33 @@ def install() -> None:
         signal.signal(signal.SIGINT, raise_interrupted)
 
 
+class deferred:
+    """Hold Ctrl-C and SIGTERM for a few writes that must land together (report.json and its
+    digest in state.json), then raise the first one that came. Outside the main thread, or where
+    the handlers are not the product's, it holds nothing."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._held: list[int] = []
+        self._before = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) in (raise_terminated, raise_interrupted, signal.default_int_handler):
+                self._before[sig] = signal.signal(sig, lambda signum, frame: self._held.append(signum))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        if self._held:  # the first signal that came, as its own handler would have raised it
+            self._before[self._held[0]](self._held[0], None)
+
+
 def report(interruption: KeyboardInterrupt) -> int:
     """Print its one line (none in a rank of `run --nproc N`: the launcher says why, once) and
     mark every interruption so far reported; returns the exit code."""

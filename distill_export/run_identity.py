@@ -11,6 +11,12 @@ after the teacher stage (distill, tune, export, `run --resume`) refuses a manife
 old boxes beside the student's on the new). Built-in sources (avdigits, moving_digits, ...) are
 made by the code from the seed and have no file to hash; the files a manifest names (images,
 audio) are not hashed here (the teacher cache checks the inputs it serves).
+
+And it holds the sha256 of report.json as the product last wrote it (record_sha256). A report.json
+that is not that file was changed by hand: its numbers are shown as the file says, never as
+measured without saying so. The mark (record_edited) stays once a stage has written over such a
+file, so a later write does not make the edit look measured (fifty-fifth audit B4-B8: a tune
+decision, a recommendation or an export's accuracy edited in report.json was rendered as measured).
 """
 
 from __future__ import annotations
@@ -47,6 +53,38 @@ class RunIdentity:
             raise ConfigError(f"{self.file('report.json')} is from another run ({which}): restore this run's "
                               "report.json, or start a new run with `--out NEW`")
         return loaded
+
+    def _record_digest(self) -> str | None:
+        from distill_export.files import sha256_file
+
+        path = self.file("report.json")
+        return sha256_file(path) if path.is_file() else None
+
+    def record_edited(self) -> str | None:
+        """Why report.json is not (only) what the product wrote, or None: changed since its last
+        write, or changed before a write that kept the edit. Runs made before the digest: None."""
+        state = self._state()
+        if state.get("record_edited"):
+            return state["record_edited"]
+        recorded = state.get("record_sha256")
+        if recorded and self._record_digest() not in (None, recorded):
+            return "changed after distill-export last wrote it"
+        return None
+
+    def write_record(self, write) -> object:
+        """write() writes report.json; its digest goes to state.json with it, Ctrl-C and SIGTERM held
+        between the two (a kill there would make the product's own write look like an edit)."""
+        import time
+
+        from distill_export import interrupts
+
+        with interrupts.deferred():
+            edited = self.record_edited()
+            result = write()
+            mark = {"record_edited": f"{edited}; found {time.strftime('%Y-%m-%d %H:%M')}"} if edited and \
+                not self._state().get("record_edited") else {}
+            self._set_state(record_sha256=self._record_digest(), **mark)
+        return result
 
     def record_data(self, source: str, annotations: str = "") -> None:
         """The sha256 of the manifest (and of its COCO annotations file), as the stages about to

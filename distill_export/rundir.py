@@ -177,7 +177,7 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
                     data["timings"] = {k: v for k, v in data["timings"].items() if k not in (*timed, "total")}
             return data
 
-        store.rewrite(self.file("report.json"), drop)
+        self.write_record(lambda: store.rewrite(self.file("report.json"), drop))
         for stage in stages:
             for name in STAGE_FILES.get(stage, ()):
                 path = self.file(name)
@@ -298,7 +298,7 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
             if not self.file(STATE_FILE).exists():
                 self.set_stages(stages)
 
-        return store.write_sections(self.file("report.json"), sections, replace, keep_stages)[0]
+        return self.write_record(lambda: store.write_sections(self.file("report.json"), sections, replace, keep_stages))[0]
 
 
 def records_stage(name: str):

@@ -80,7 +80,8 @@ def checked_stages(stages, where) -> dict:
 # state.json's other keys and their types (rundir, run_outputs, run_identity write them): another
 # type is a hand edit. `written_config: "x"` turned the config-edit check off (fifty-fourth audit B9);
 # `run_id: 5` was blamed on report.json (A2).
-STATE_TYPES = {"schema_version": int, "run_id": str, "written_config": dict, "given_teacher_keys": list, "data": dict}
+STATE_TYPES = {"schema_version": int, "run_id": str, "written_config": dict, "given_teacher_keys": list, "data": dict,
+               "record_sha256": str, "record_edited": str}
 
 
 def checked_state(state: dict, where) -> dict:

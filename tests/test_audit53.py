@@ -398,3 +398,49 @@ def test_a55_b6_the_teachers_onnx_has_the_opset_asked(tmp_path):
     exporter, why = _export(Positional().eval(), (torch.zeros(2, 1, 28, 28),), ["image"], path, ExportOptions(opset=17))
     assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""] == 17, (exporter, why)
     assert exporter == "torchscript" and why == "it wrote opset 18, not the asked 17", (exporter, why)
+
+
+# ----- 55th B4, B5, B7, B8, A1, A2: a hand edit the record's own checks cannot see -----------------
+
+
+def test_a55_a_hand_edited_report_json_is_said_first_and_stays_said(run_copy):
+    """A recommendation, an export's accuracy or a tune decision edited in report.json, consistent with
+    the rest, was rendered as measured. state.json keeps report.json's digest as the product wrote it:
+    the report says first that the file was edited, and a later stage's write keeps saying it."""
+    run = run_copy
+    assert json.loads((run / "state.json").read_text())["record_sha256"]
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0 and "warning:" not in result.output and "Warning" not in (run / "report.md").read_text()
+    _edit_report(run, lambda d: next(iter(d["recommended"].values())).update(accuracy_drop=-0.5))
+    result = runner.invoke(app, ["report", str(run)])
+    warning = f"{run / 'report.json'} was edited by hand (changed after distill-export last wrote it; found "
+    assert result.exit_code == 0 and f"warning: {warning}" in " ".join(result.output.split()), result.output
+    from distill_export.record.format import md_text
+
+    assert (run / "report.md").read_text().splitlines()[2].startswith(f"> **Warning:** {md_text(warning)}")
+    assert runner.invoke(app, ["validate", str(run), "-q"]).exit_code in (0, 1)  # writes report.json again
+    assert json.loads((run / "state.json").read_text())["record_edited"].startswith("changed after")
+    assert "<b>Warning:</b>" in (run / "report.html").read_text()
+
+
+def test_signals_are_held_while_report_json_and_its_digest_are_written():
+    """A SIGTERM between the two writes would make the product's own write look like a hand edit."""
+    import os
+    import signal
+
+    from distill_export import interrupts
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    interrupts.install()
+    try:
+        done = []
+        with pytest.raises(interrupts.Terminated):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("the second write")
+        assert done == ["the second write"]
+        assert signal.getsignal(signal.SIGTERM) is interrupts.raise_terminated  # the product's handler again
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        interrupts.reported_all()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from distill_export.cli.guard import guarded, out
+from distill_export.cli.guard import err, guarded, out
 from distill_export.cli.help import HelpCommand
 from distill_export.cli.options import RunDirArg
 
@@ -30,3 +30,7 @@ def report(run_dir: RunDirArg):
         with rd.transaction():
             stage_report(rd)
     out.print(f"report: {rd.file('report.md')}")
+    from distill_export.report.outputs import edited_warning
+
+    if warning := edited_warning(rd):  # said in the report too, first
+        err.print(f"warning: {warning}", soft_wrap=True)

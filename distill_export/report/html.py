@@ -31,10 +31,10 @@ def _items(lines: list[str]) -> str:
 
 
 @reads_record
-def render_html(record: RunRecord, plots: list[Path], note: str = "") -> str:
+def render_html(record: RunRecord, plots: list[Path], note: str = "", warning: str = "") -> str:
     esc = html_text
     ds = record.dataset
-    sections = ["<h1>distill-export report</h1>"]
+    sections = ["<h1>distill-export report</h1>"] + ([f"<p><b>Warning:</b> {esc(warning)}</p>"] if warning else [])
     if given(ds):
         sections.append(f"<p>Dataset <b>{esc(str(ds.name))}</b>: {esc(dataset_sizes(ds))}, "
                         f"{esc(str(ds.labeled_train_rows))} labeled training rows.</p>")

@@ -22,9 +22,10 @@ from distill_export.report.tables import (
 
 
 @reads_record
-def render_markdown(record: RunRecord, plots: list[Path], note: str = "") -> str:
+def render_markdown(record: RunRecord, plots: list[Path], note: str = "", warning: str = "") -> str:
+    """warning: said first, before any number (report.json edited by hand: RunIdentity.record_edited)."""
     ds = record.dataset
-    parts = ["# distill-export report", ""]
+    parts = ["# distill-export report", ""] + ([f"> **Warning:** {md_text(warning)}", ""] if warning else [])
     if given(ds):
         parts.append(
             f"Dataset **{md_text(ds.name)}**: {dataset_sizes(ds)}, {ds.labeled_train_rows} labeled training rows."

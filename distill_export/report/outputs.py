@@ -39,8 +39,16 @@ def write_reports(run) -> None:
     record = as_record(data)
     plots, note = plots_mod.make_plots(record, own_folder(run.file("plots")))  # never through a link out of the run
     write_latency_csv(data.get("latency", []), run.file("latency.csv"))
-    write_text(run.file("report.md"), render_markdown(record, plots, note))
-    write_text(run.file("report.html"), render_html(record, plots, note))
+    warning = edited_warning(run)
+    write_text(run.file("report.md"), render_markdown(record, plots, note, warning))
+    write_text(run.file("report.html"), render_html(record, plots, note, warning))
+
+
+def edited_warning(run) -> str:
+    """What the report says first when its report.json is not what the product wrote ("" when it is)."""
+    why = run.record_edited()
+    return (f"{run.file('report.json')} was edited by hand ({why}); the numbers below are as that file says, "
+            "not all as measured; a new run measures them again (distill-export run --out NEW)" if why else "")
 
 
 def write_profile_outputs(out: Path, rows: list[dict], speedups: list[dict], meta: dict) -> list[Path]:
