@@ -52,9 +52,9 @@ STAGE_FILES = {"profile": ("latency.csv",), "report": ("report.md", "report.html
     f"plots/{name}.png" for name in ("latency_vs_batch", "accuracy_vs_latency", "training_curves")))}
 # What to type when a stage is missing or stale (the teacher stage cannot be re-entered: start anew).
 NEXT_COMMAND = {"train_teacher": "`distill-export run --resume {run}` (or start a new run: `distill-export run --out NEW`)",
-         "distill": "`distill-export distill {run}`",
-         "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
-         "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}
+                "distill": "`distill-export distill {run}`",
+                "export": "`distill-export export {run}`", "validate": "`distill-export validate {run}`",
+                "profile": "`distill-export profile {run}`", "report": "`distill-export report {run}`"}
 
 
 STATUSES = ("pending", "done", "stale")
@@ -85,6 +85,7 @@ STATE_TYPES = {"schema_version": int, "run_id": str, "written_config": dict, "gi
 
 
 def checked_state(state: dict, where) -> dict:
+    """state.json as read (a JSON object), refused in one line naming a key of STATE_TYPES of another type."""
     for key, kind in STATE_TYPES.items():
         value = state.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)

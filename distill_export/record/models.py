@@ -206,8 +206,8 @@ class TuneTrial(Section):
 
 class TuneDecision(Section):
     """What tune chose (tune_decision.decide): labels only (distill false: method labels_only, CE
-    alone), or a searched preset with its terms; `line` says why. A list for the method, a number for the line, or a
-    labels-only decision naming a preset were rendered as the choice (fifty-fourth audit B4)."""
+    alone), or a searched preset with its terms; `line` says why. A list for the method, a number
+    for the line, or a labels-only decision naming a preset were rendered as the choice (54th B4)."""
 
     distill: bool
     method: str
