@@ -444,3 +444,122 @@ def test_signals_are_held_while_report_json_and_its_digest_are_written():
         for sig, handler in before.items():
             signal.signal(sig, handler)
         interrupts.reported_all()
+
+
+# ----- 58th: the tools ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tool", "argv", "line"), [
+    ("bench_export", ["--size", "8", "--students", "tiny_cnn", "--int8-recipes", "bogus"],
+     "error: argument --int8-recipes: unknown INT8 recipe 'bogus' (choices: "),  # B1: exit 1, no `error:`
+    ("bench_export", ["--run", "{tmp}/nope", "--int8-recipes", "bogus"], "error: argument --int8-recipes: unknown INT8"),  # B3
+    ("bench_export", ["--size", "0"], "error: --size must be at least 8, got 0"),  # B2: ran the run mode, exit 0
+    ("bench_export", ["--batches", "1", "1"], "error: argument --batches: a batch is named twice (1 1)"),  # A2
+    ("compare_methods", ["--seed", "0", "--set", "seed=3"], "error: --set seed=... is set by --seed: give it there"),  # B7
+    ("kd_gain", ["--seeds", "0", "--set", "seed=7"], "error: --set seed=... is set per run by --seeds: give it there"),  # B8
+    ("kd_gain", ["--label-fractions", "0.5", "--set", "data.label_fraction=0.2"],
+     "error: --set data.label_fraction=... is set per run by --label-fractions: give it there"),  # B8
+    ("explore_variants", ["{name: w, teacher.width: 64}"],
+     "error: variant 'w' sets teacher.width, but every variant distills from the one teacher trained first: "),  # B11
+    ("explore_variants", ["{name: " + "a" * 300 + "}"], "error: variant name 'aaaa"),  # B10: after the teacher trained
+    ("bench_train", ["--rows", "10", "20", "--quick", "--skip", "workers", "overhead"],
+     "error: --rows 10: the runs label 0.05 of their training rows, which keeps no row of 10"),  # B12
+    ("bench_cache", ["--rss-rows", "100", "--recipe", "bogus", "--widths", "4"],
+     "error: --recipe, --widths do not apply with --rss-rows"),  # B15: accepted and ignored
+])
+def test_a58_the_tools_refuse_in_one_line_before_any_work(tmp_path, monkeypatch, capsys, tool, argv, line):
+    from test_audit33 import _one_line, _run_tool
+
+    out = tmp_path / ("o.json" if tool == "bench_export" else "o")
+    code = _run_tool(tool, [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(out)], monkeypatch)
+    said = _one_line(capsys.readouterr().err)
+    assert code == 2 and said.startswith(line), (code, said)
+    assert not out.exists()
+
+
+def test_a58_a1_prepare_avmnist_refuses_a_limit_that_leaves_a_split_empty(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from test_audit33 import _one_line, _run_tool
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (data / "mnist").is_dir() or not (data / "fsdd").is_dir():
+        pytest.skip("../shared/data (MNIST, FSDD) is absent")
+    fsdd = next(p for p in (data / "fsdd" / "recordings", data / "fsdd") if p.is_dir())
+    code = _run_tool("prepare_avmnist", ["--mnist", str(data / "mnist"), "--fsdd", str(fsdd), "--limit", "12",
+                                         "--out", str(tmp_path / "o")], monkeypatch)
+    assert code == 2 and _one_line(capsys.readouterr().err).startswith(
+        "error: --limit 12 leaves the val and test splits empty"), code
+    assert not (tmp_path / "o").exists()
+
+
+def test_a58_b13_b14_a_pt2_file_is_named_by_its_file_and_its_fixed_batch_kept(tmp_path):
+    """A .pt2 with a fixed batch of 2, profiled at batch 1, was a shape traceback (guards are off); every
+    .pt2 given as a file was labelled `teacher`, and speedups over it said to be over a teacher."""
+    import torch
+
+    from distill_export.errors import ConfigError
+    from distill_export.profiling import make_settings
+    from distill_export.profiling.targets import checkpoint_benches
+    from distill_export.config import ProfileConfig
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 3)
+
+        def forward(self, x):
+            return self.lin(x.reshape(x.shape[0], -1))
+
+    fixed, dynamic = tmp_path / "fixed.pt2", tmp_path / "dyn.pt2"
+    torch.export.save(torch.export.export(Flat().eval(), (torch.zeros(2, 1, 8, 8),)), str(fixed))
+    batch = torch.export.Dim("b", min=1, max=64)
+    torch.export.save(torch.export.export(Flat().eval(), (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},)),
+                      str(dynamic))
+    settings = make_settings(ProfileConfig(), batches=[1, 4], threads=[1], device="cpu")
+    with pytest.raises(ConfigError, match=r"--batch 1 cannot be fed to .*fixed.pt2: it was exported with a fixed "
+                                          r"batch of 2 \(input 'x'\); give 2, or export it again with a dynamic batch"):
+        checkpoint_benches(fixed, settings)
+    assert {b.model for b in checkpoint_benches(dynamic, settings)} == {"dyn"}
+
+
+def test_a58_b5_bench_profile_refuses_a_run_whose_files_disagree(run_copy, tmp_path, monkeypatch, capsys):
+    """baseline.pt copied over student.pt: `profile` refused it, bench_profile timed the baseline's weights
+    beside the distilled student's export and drew speedups between them."""
+    import shutil
+
+    from test_audit33 import _one_line, _run_tool
+
+    shutil.copy(run_copy / "baseline.pt", run_copy / "student.pt")
+    code = _run_tool("bench_profile", [str(run_copy), "--repeats", "1", "--out", str(tmp_path / "bp")], monkeypatch)
+    said = _one_line(capsys.readouterr().err)
+    assert code == 2 and said.startswith(f"error: {run_copy / 'student.pt'} changed after distill"), said
+    assert not (tmp_path / "bp").exists()
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["--size", "8", "--run", "r", "--epochs", "3"], "error: --run, --epochs do not apply with --size: drop them"),
+    (["--students", "tiny_cnn"], "error: --students does not apply without --size: drop it"),
+])
+def test_a58_b17_bench_export_refuses_the_other_modes_flags(tmp_path, monkeypatch, capsys, argv, line):
+    from test_audit33 import _one_line, _run_tool
+
+    assert _run_tool("bench_export", argv + ["--out", str(tmp_path / "o.json")], monkeypatch) == 2
+    assert _one_line(capsys.readouterr().err) == line
+
+
+def test_a58_a4_a5_a6_helper_module_and_variant_yaml(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_audit33 import _one_line, _run_tool
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    done = subprocess.run([sys.executable, str(tools / "bench_export_size.py")], capture_output=True, text=True)
+    assert done.returncode == 2 and _one_line(done.stderr).startswith("error: bench_export_size.py is the --size mode")
+    for variant, said in (("{name: a, name: b}", "error: variant 1 ('{name: a, name: b}') is not YAML: key 'name' "
+                                                 "appears twice"),
+                          ("{name: a", "error: variant 1 ('{name: a') is not YAML: ")):
+        assert _run_tool("explore_variants", ["--out", str(tmp_path / "o"), variant], monkeypatch) == 2
+        assert _one_line(capsys.readouterr().err).startswith(said)

@@ -112,6 +112,11 @@ def main() -> None:
     ap.add_argument("--rss-rows", type=at_least(1), nargs="+", default=None,
                     help="measure peak memory of the cache at these row counts instead")
     args = ap.parse_args()
+    if args.rss_rows:  # that mode reads none of the others: they were accepted and ignored (58th audit B15)
+        given = [f"--{k.replace('_', '-')}" for k in ("recipe", "data", "widths", "rows", "repeats", "threads")
+                 if getattr(args, k) != ap.get_default(k)]
+        if given:
+            ap.error(f"{', '.join(given)} do not apply with --rss-rows (it measures the cache's own arrays): drop them")
     sys.path.insert(0, str(REPO))
     from distill_export.output_paths import check_tool_output
 

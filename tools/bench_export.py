@@ -48,6 +48,8 @@ def student_from_run(run_dir: Path):
     from distill_export.rundir import RunDir
 
     run = RunDir.existing(run_dir)
+    # student.pt as distill made it (a baseline.pt copied over it was benchmarked as the student: 58th B16)
+    run.require_stages(("distill",), "bench_export")
     cfg = run.load_config()
     model, meta = load_student(run.require("student.pt", "distill"))
     data = load_dataset(cfg.data, cfg.seed)
@@ -143,10 +145,23 @@ def main() -> None:
                     help="with --size: MNIST rows for BN statistics, the fitted head and INT8 calibration")
     ap.add_argument("--agreement-rows", type=at_least(1), default=500, help="with --size: MNIST rows for INT8 vs FP32 top-1 agreement")
     args = ap.parse_args()
-    if args.size:
+    from distill_export.export.int8_recipes import INT8_RECIPES
+
+    # checked before any work, in both modes (58th audit B1-B3: exit 1 without `error:`, a KeyError traceback
+    # after the exports, and --size 0 taken as no --size); a batch named twice was one column printed twice (A2)
+    if bad := next((r for r in args.int8_recipes if r not in INT8_RECIPES), None):
+        ap.error(f"argument --int8-recipes: unknown INT8 recipe {bad!r} (choices: {', '.join(INT8_RECIPES)})")
+    if len(set(args.batches)) < len(args.batches):
+        ap.error(f"argument --batches: a batch is named twice ({' '.join(map(str, args.batches))})")
+    # each mode's own flags: the other mode's were accepted and ignored (58th audit B17)
+    others = (("run", "student", "epochs", "calibration_method") if args.size is not None else
+              ("students", "opt_levels", "calibration_rows", "agreement_rows"))
+    if given := [f"--{k.replace('_', '-')}" for k in others if getattr(args, k) != ap.get_default(k)]:
+        ap.error(f"{', '.join(given)} do{'es' * (len(given) == 1)} not apply "
+                 f"{'with --size' if args.size is not None else 'without --size'}: drop {'them' if len(given) > 1 else 'it'}")
+    if args.size is not None:
         if args.size < 8:
-            print(f"error: --size must be at least 8, got {args.size}", file=sys.stderr)
-            raise SystemExit(2)
+            ap.error(f"--size must be at least 8, got {args.size}")
         return bench_export_size.bench_size(args, check_before_work)
     check_before_work(args)
     from distill_export.export import ExportOptions, ExportSource, export_formats
@@ -187,7 +202,7 @@ def main() -> None:
     print(f"\nmachine: {info['cpu']} ({info['cores']} cores, load {info['load_avg_1m']:.1f}); "
           f"torch {info['torch']}, onnx {info['onnx']}, onnxruntime {info['onnxruntime']}, openvino {info['openvino']}")
     print(f"student: {meta.get('student')} input {shape}; ORT CPU, {args.threads} thread(s); "
-          f"calibration {args.calibration_method}, {options.calibration_samples} rows")
+          f"calibration {args.calibration_method}, {len(source.calibration)} rows")
     print(f"export time, all CPU formats: {export_total:.2f} s "
           f"({', '.join(f'{f} {results[f].seconds:.2f}' for f in FORMATS)}; exporter {results['onnx'].details['exporter']})")
     header = f"{'format':<22} {'size KiB':>9} {'accuracy':>9} {'drop pts':>9} {'agree':>7}"
@@ -215,6 +230,7 @@ def main() -> None:
         "machine": info, "student": meta.get("student"), "input_shape": ["B", *meta["input_shape"]],
         "threads": args.threads, "batches": args.batches, "export_seconds_total": export_total,
         "exporter": results["onnx"].details["exporter"], "calibration_method": args.calibration_method,
+        "calibration_rows": len(source.calibration),  # the training rows there are, up to calibration_samples (B4)
         "rows": rows,
     }, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -71,6 +71,10 @@ def main() -> int:
         ap.error(str(exc).splitlines()[0])
     run_dir = args.run_dir or ensure_demo(Path("bench-results/profile-demo"))
     run = RunDir.existing(run_dir)
+    # the checks `distill-export profile RUN` makes: a student.pt replaced after distill was timed beside the
+    # distilled student's export, and speedups drawn between them (58th audit B5)
+    run.require_stages(("distill", "export"), "bench_profile")
+    run.require_unchanged_artifacts("bench_profile")
     print("machine:", json.dumps(machine_info()))
     print("versions:", json.dumps(versions()))
     exports = run.load_report().get("exports", {})
@@ -79,15 +83,16 @@ def main() -> int:
           f"and {settings.sweep.min_iters} calls per model and cell")
 
     sessions = []
-    for i in range(args.repeats):
-        start = time.perf_counter()
-        result = profile_targets([run.path], settings)
-        wall = time.perf_counter() - start
-        sessions.append({"wall_s": wall, "load_average_1m": os.getloadavg()[0], "rows": result.rows,
-                         "speedups": result.speedups})
-        shapes = sorted({(r["model"], r["format"]) for r in result.rows if "p50_ms" in r})
-        print(f"session {i + 1}: {wall:.1f} s (target <= {TARGET_SECONDS:.0f} s), load {os.getloadavg()[0]:.1f}, "
-              f"{len(result.rows)} rows for {shapes}")
+    with run.lock():  # a distill running in the run would make stale the files timed here (58th audit B16)
+        for i in range(args.repeats):
+            start = time.perf_counter()
+            result = profile_targets([run.path], settings)
+            wall = time.perf_counter() - start
+            sessions.append({"wall_s": wall, "load_average_1m": os.getloadavg()[0], "rows": result.rows,
+                             "speedups": result.speedups})
+            shapes = sorted({(r["model"], r["format"]) for r in result.rows if "p50_ms" in r})
+            print(f"session {i + 1}: {wall:.1f} s (target <= {TARGET_SECONDS:.0f} s), load {os.getloadavg()[0]:.1f}, "
+                  f"{len(result.rows)} rows for {shapes}")
 
     # Agreement of medians between the first two sessions, row by row (wall p50; and the
     # per-call CPU time p50 on one thread, which other processes' load does not inflate).
@@ -103,11 +108,12 @@ def main() -> int:
                 cx, cy = a[k]["cpu_p50_ms"], b[k]["cpu_p50_ms"]
                 g |= {"cpu_p50_ms_1": cx, "cpu_p50_ms_2": cy, "cpu_rel_diff": max(cx, cy) / min(cx, cy) - 1}
             agreement.append(g)
-    speed = [s for s in sessions[0]["speedups"] if s["batch"] == 1 and s["threads"] == min(settings.sweep.threads)]
+    first = min(settings.sweep.batches)  # the smallest batch swept: `--batch 8` printed a batch-1 heading, empty (A3)
+    speed = [s for s in sessions[0]["speedups"] if s["batch"] == first and s["threads"] == min(settings.sweep.threads)]
     # Ratios measured within one session cancel load that changes between sessions.
     ratio_agreement = []
     if len(sessions) >= 2:
-        skey = lambda s: (s["format"], s["backend"], s["batch"], s["threads"])  # noqa: E731
+        skey = lambda s: (s["model"], s["format"], s["backend"], s["batch"], s["threads"], s["reference"])  # noqa: E731
         a = {skey(s): s["speedup"] for s in sessions[0]["speedups"]}
         b = {skey(s): s["speedup"] for s in sessions[1]["speedups"]}
         ratio_agreement = [{"key": list(k), "speedup_1": a[k], "speedup_2": b[k],
@@ -132,18 +138,20 @@ def main() -> int:
               f"between sessions; 1-thread rows: "
               f"{sum(g['rel_diff'] <= TARGET_AGREEMENT for g in agreement if g['threads'] == 1)}/"
               f"{sum(g['threads'] == 1 for g in agreement)} medians within {100 * TARGET_AGREEMENT:.0f}%")
-    print(f"\nspeedup vs the teacher (pytorch eager) at batch 1, {min(settings.sweep.threads)} thread, session 1:")
+    # each line names its reference: like for like (the teacher on the same runtime) or the teacher on PyTorch
+    # eager; two lines for one export looked alike with different numbers (58th audit B6)
+    print(f"\nspeedup vs the teacher at batch {first}, {min(settings.sweep.threads)} thread, session 1:")
     for s in speed:
         flag = "ok " if s["speedup"] >= TARGET_SPEEDUP else "LOW"
         cpu = f" (CPU time: x{s['cpu_speedup']:.2f})" if "cpu_speedup" in s else ""
-        print(f"  {flag} student {s['format']:10s} {s['backend']:16s} x{s['speedup']:.2f}{cpu}")
+        print(f"  {flag} {s['model']} {s['format']:10s} {s['backend']:16s} x{s['speedup']:.2f}{cpu} vs {s['reference']}")
     walls = [s["wall_s"] for s in sessions]
     print(f"\nwall per session: {', '.join(f'{w:.1f} s' for w in walls)} (target <= {TARGET_SECONDS:.0f} s)")
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {"machine": machine_info(), "versions": versions(), "run_dir": str(run.path),
                "settings": settings.to_dict(), "sessions": sessions, "agreement": agreement, "speedup_agreement": ratio_agreement,
-               "speedups_b1": speed,
+               "speedups_first_batch": {"batch": first, "rows": speed},
                "targets": {"seconds": TARGET_SECONDS, "agreement": TARGET_AGREEMENT, "speedup": TARGET_SPEEDUP}}
     (args.out / "bench_profile.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(args.out / "bench_profile.csv", "w", newline="") as f:

@@ -288,7 +288,14 @@ def main() -> None:
     from distill_export.errors import DistillExportError
 
     try:  # a bad --student is one line before any image is written, not a child run's failure
-        load_config("avdigits", None, {"student.name": args.student})
+        fraction = load_config("avdigits", None, {"student.name": args.student}).data.label_fraction
+        # a child run's label fraction must keep a row (the product rounds fraction x rows), or the run
+        # failed after the PNGs were written (58th audit B12)
+        least = next(n for n in range(CLASSES, 10**7) if round(fraction * n) >= 1)
+        for flag, rows in [("--rows", r) for r in args.rows] + [("--throughput-rows", args.throughput_rows)]:
+            if rows < least:
+                raise DistillExportError(f"{flag} {rows}: the runs label {fraction:g} of their training rows, which "
+                                         f"keeps no row of {rows} ({fraction:g} x {rows} rounds to 0); give at least {least}")
     except DistillExportError as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None

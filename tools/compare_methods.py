@@ -62,8 +62,12 @@ def main() -> None:
         })
         print(json.dumps(rows[-1]), flush=True)
     fraction = cfg.data.label_fraction
+    kept = teacher_report.get("dataset", {}).get("label_fraction_kept") or (rep["distill"].get("label_fraction_kept")
+                                                                           if rows else None)
+    labels = (f"{100 * fraction:g}% of training labels" if kept in (None, fraction) else
+              f"{100 * kept:.3g}% of training labels kept ({100 * fraction:g}% asked: whole rows, one per class at least)")
     lines = [
-        f"Methods on {args.recipe}, {100 * fraction:g}% of training labels, seed {args.seed}, "
+        f"Methods on {args.recipe}, {labels}, seed {args.seed}, "
         f"teacher {100 * teacher_report['metrics']['teacher']['accuracy']:.1f}% (trained once, "
         f"{teacher_seconds:.0f} s); {platform.node()} {platform.machine()}, {time.strftime('%Y-%m-%d')}.",
         "Choose by validation accuracy; the test column is read once per student. Seconds: the student's "
@@ -120,10 +124,15 @@ def base_overrides(seed: int, label_fraction: float | None, settings: list[str])
     overrides = {"seed": seed, "distill.self_training_control": False}
     if label_fraction is not None:
         overrides["data.label_fraction"] = label_fraction
+    # keys a flag sets: `--set seed=3` ran seed 3 while the table said --seed's 0 (58th audit B7)
+    flagged = {"seed": "--seed", "distill.method": "--methods",
+               **({"data.label_fraction": "--label-fraction"} if label_fraction is not None else {})}
     for item in settings:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise DistillExportError(f"--set {item!r} is not dotted.key=value")
+        if key in flagged:
+            raise DistillExportError(f"--set {key}=... is set by {flagged[key]}: give it there")
         overrides[key] = yaml.safe_load(value)
     return overrides
 

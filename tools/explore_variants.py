@@ -94,9 +94,14 @@ def checked_variants(texts: list[str]) -> dict[str, dict]:
     DistillExportError: a name such as ../escaped would write a run outside --out."""
     from distill_export.errors import DistillExportError
 
+    from distill_export import safe_yaml
+
     variants: dict[str, dict] = {}
-    for text in texts:
-        v = yaml.safe_load(text)
+    for i, text in enumerate(texts, 1):
+        try:  # the product's YAML: a key given twice is refused, not the last one kept (58th audit A6)
+            v = safe_yaml.load(text)
+        except yaml.YAMLError as exc:  # named: "while parsing a flow mapping" alone said not which (A5)
+            raise DistillExportError(f"variant {i} ({text[:60]!r}) is not YAML: {str(exc).splitlines()[0]}") from None
         if not (isinstance(v, dict) and v.get("name")):
             raise DistillExportError(f'each variant is a YAML mapping with a name, e.g. "{{name: a, distill.epochs: 3}}", '
                                      f"got {text[:80]!r}")
@@ -104,8 +109,16 @@ def checked_variants(texts: list[str]) -> dict[str, dict]:
         if not isinstance(name, str) or name in (".", "..") or any(c in name for c in "/\\\0") or name in RESERVED:
             raise DistillExportError(f"variant name {str(name)[:80]!r} is not a plain folder name under --out (no /, \\, "
                                      f"'.', '..', {', '.join(RESERVED)})")
+        if len(name.encode()) > 200:  # a 300-character name failed as "--out ... File name too long" after the teacher
+            raise DistillExportError(f"variant name {name[:40]!r}... is {len(name.encode())} bytes long; a folder name "
+                                     "takes at most 200")
         if name in variants:
             raise DistillExportError(f"variant name {name!r} is given twice; each variant needs its own folder")
+        # every variant distills from the one teacher trained before them: a teacher.* override was recorded in
+        # the variant's config.yaml and row while the student learned from the shared teacher (58th audit B11)
+        if teacher_keys := sorted(k for k in v if str(k).split(".")[0] == "teacher"):
+            raise DistillExportError(f"variant {name!r} sets {', '.join(map(str, teacher_keys))}, but every variant "
+                                     "distills from the one teacher trained first: set it with --set for all of them")
         variants[name] = v
     return variants
 

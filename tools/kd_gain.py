@@ -76,6 +76,8 @@ def main() -> None:
         fit = rep["distill"].get("fit") or {}
         row = {
             "student_name": student, "label_fraction": fraction, "seed": seed, "method": rep["distill"]["method"],
+            # whole rows, at least one per class: 5% of 12 rows keeps 25% (the table said 5%; 58th audit B9)
+            "label_fraction_kept": rep["distill"].get("label_fraction_kept"),
             "terms": rep["distill"]["terms"],
             "teacher": rep["metrics"]["teacher"][metric],
             "teacher_modality_probe": rep["teacher"]["modality_probe"],
@@ -127,7 +129,10 @@ def main() -> None:
                         **{k: {"mean": m, "std": s} for k, (m, s) in stat.items()},
                         "kd_gain_min": min(100 * r["kd_gain"] for r in rows),
                         "fit_gap_mean": statistics.mean(gaps) if gaps else None, "fit_flagged": flagged})
-        lines.append(f"| {student} | {100 * fraction:g}% | " + " | ".join("n/a" if m is None else f"{m:.1f} ± {s:.1f}"
+        kept = sorted({r["label_fraction_kept"] for r in rows if r["label_fraction_kept"] is not None})
+        shown = (f"{100 * fraction:g}%" if not kept or kept == [fraction] else
+                 f"{'/'.join(f'{100 * k:.3g}%' for k in kept)} ({100 * fraction:g}% asked)")
+        lines.append(f"| {student} | {shown} | " + " | ".join("n/a" if m is None else f"{m:.1f} ± {s:.1f}"
                                                                          for m, s in stat.values())
                      + f" | {fit} | {verdicts} |")
     text = "\n".join(lines)
@@ -171,10 +176,16 @@ def _overrides(args) -> dict:
         if twice:  # one run folder per value: the second would fail only after the first trained
             raise DistillExportError(f"{flag} gives {twice[0]} twice; each value needs its own runs")
     overrides = {}
+    # keys a flag sets per run: a --set of one was recorded in the table's overrides while every run
+    # used the flag's value (58th audit B8)
+    per_run = {"seed": "--seeds", "data.label_fraction": "--label-fractions", "student.name": "--students",
+               **({"teacher.fusion": "--fusions"} if args.fusions else {})}
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise DistillExportError(f"--set {item!r} is not dotted.key=value")
+        if key in per_run:
+            raise DistillExportError(f"--set {key}=... is set per run by {per_run[key]}: give it there")
         overrides[key] = yaml.safe_load(value)
     return overrides
 

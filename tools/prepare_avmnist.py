@@ -142,6 +142,9 @@ def main(argv=None) -> Path:
     else:
         source_index = np.arange(len(labels))
     parts = split_images(labels, rng)
+    if empty := [split for split in ("train", "val", "test") if len(parts[split]) == 0]:  # the product refused it after
+        fail(f"--limit {args.limit} leaves the {' and '.join(empty)} split{'s' * (len(empty) > 1)} empty (10% of each "
+             "digit's images, rounded, for val and test): give a larger --limit")  # (58th audit A1)
 
     flat = images.reshape(len(images), -1)
     train_img, (val_img, test_img), n_components = pca_degrade(

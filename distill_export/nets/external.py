@@ -211,7 +211,8 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
         val = placeholders[name].meta.get("val") if name in placeholders else None
         if val is not None and hasattr(val, "shape"):
             shapes[name] = tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:])
-            ranges[name] = tuple(_dim_range(ep, d) for d in val.shape)  # the batch dim first
+            fixed = (val.shape[0],) * 2 if val.shape and isinstance(val.shape[0], int) else None  # its own range (guards are off: 58th B13)
+            ranges[name] = (fixed or _dim_range(ep, val.shape[0]), *(_dim_range(ep, d) for d in val.shape[1:]))  # batch first
             exprs[name] = tuple(None if isinstance(d, int) else getattr(getattr(d, "node", None), "expr", None)
                                 for d in val.shape)
     in_spec = ep.module_call_graph[0].signature.in_spec if ep.module_call_graph[0].signature else None

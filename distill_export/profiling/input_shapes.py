@@ -112,6 +112,10 @@ def check_range(path, flag: str, sizes: list[int], name: str, dim: int, bounds) 
         return
     low, high = bounds
     for size in sizes:
+        if low == high and size != low:
+            raise ConfigError(f"{flag if flag != '--batch' else f'--batch {size}'} cannot be fed to {path}: it was "
+                              f"exported with a fixed {'batch' if dim == 0 else f'dim {dim}'} of {low} (input {name!r}); "
+                              f"give {low}, or export it again with a dynamic {'batch' if dim == 0 else 'dim'}")
         if size < low or (high is not None and size > high):
             raise ConfigError(f"{flag if flag != '--batch' else f'--batch {size}'} is outside what {path} was exported "
                               f"for: its input {name!r} takes dim {dim} from {low} to {high if high is not None else 'any'}")

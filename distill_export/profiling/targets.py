@@ -181,7 +181,9 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=loaded["dynamic"])
     for name, bounds in (getattr(loaded["module"], "input_ranges", {}) or {}).items():
         check_range(path, "--batch", settings.sweep.batches, name, 0, bounds[0] if bounds else None)
-    name = model or loaded["model"]
+    # a .pt2 given as a file is named by it, as an ONNX file is: any program was called "teacher", and the
+    # speedups over it were said to be over a teacher (fifty-eighth audit B14)
+    name = model or (Path(str(path)).stem if is_file and str(path).endswith(".pt2") else loaded["model"])
     info = {**info, "params": loaded["params"], "macs": loaded["macs"]}
     out = []
     for backend in selected:
