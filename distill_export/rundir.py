@@ -110,7 +110,7 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
             f.write(json.dumps({"schema_version": SCHEMA_VERSION, "run_id": (run_id := new_run_id())}, indent=2) + "\n")
         run = cls(target)
         run.set_stages({s: {"status": "pending"} for s in stages})
-        run._set_state(run_id=run_id)
+        run._set_state(run_id=run_id, record_sha256=run._record_digest())  # from the first byte (57th audit)
         return run
 
     def discard(self) -> None:
