@@ -178,8 +178,9 @@ def _overrides(args) -> dict:
     overrides = {}
     # keys a flag sets per run: a --set of one was recorded in the table's overrides while every run
     # used the flag's value (58th audit B8)
-    per_run = {"seed": "--seeds", "data.label_fraction": "--label-fractions", "student.name": "--students",
-               **({"teacher.fusion": "--fusions"} if args.fusions else {})}
+    per_run = {"seed": "--seeds", **({"data.label_fraction": "--label-fractions"} if args.label_fractions else {}),
+               **({"student.name": "--students"} if args.students else {}),
+               **({"teacher.fusion": "--fusions"} if args.fusions else {})}  # without the flag, --set is the base
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq or not key:
