@@ -494,8 +494,9 @@ def test_a58_a1_prepare_avmnist_refuses_a_limit_that_leaves_a_split_empty(tmp_pa
 
 
 def test_a58_b13_b14_a_pt2_file_is_named_by_its_file_and_its_fixed_batch_kept(tmp_path):
-    """A .pt2 with a fixed batch of 2, profiled at batch 1, was a shape traceback (guards are off); every
-    .pt2 given as a file was labelled `teacher`, and speedups over it said to be over a teacher."""
+    """A .pt2 with a fixed batch of 2, profiled at batch 1, was a shape traceback (guards are off); its other
+    cells are now skipped, as an ONNX file's are (59th A4). Every .pt2 given as a file was labelled
+    `teacher`, and speedups over it said to be over a teacher."""
     import torch
 
     from distill_export.errors import ConfigError
@@ -516,11 +517,76 @@ def test_a58_b13_b14_a_pt2_file_is_named_by_its_file_and_its_fixed_batch_kept(tm
     batch = torch.export.Dim("b", min=1, max=64)
     torch.export.save(torch.export.export(Flat().eval(), (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},)),
                       str(dynamic))
-    settings = make_settings(ProfileConfig(), batches=[1, 4], threads=[1], device="cpu")
-    with pytest.raises(ConfigError, match=r"--batch 1 cannot be fed to .*fixed.pt2: it was exported with a fixed "
-                                          r"batch of 2 \(input 'x'\); give 2, or export it again with a dynamic batch"):
-        checkpoint_benches(fixed, settings)
+    from distill_export.profiling.measure import run_sweep
+
+    settings = make_settings(ProfileConfig(), batches=[1, 2], threads=[1], device="cpu")
+    settings.sweep.warmup_s, settings.sweep.min_time_s, settings.sweep.min_iters = 0.0, 0.01, 2
+    rows = {r["batch"]: r for r in run_sweep(checkpoint_benches(fixed, settings), settings.sweep)}
+    assert rows[1]["skipped"] == "fixed.pt2 has a fixed batch of 2" and "p50_ms" in rows[2], rows  # as ONNX's cells
     assert {b.model for b in checkpoint_benches(dynamic, settings)} == {"dyn"}
+
+
+@pytest.mark.parametrize(("dtype", "forward"), [("int64", "embed"), ("float16", "half")])
+def test_a59_b7_a_pt2_input_is_fed_in_its_own_dtype(tmp_path, dtype, forward):
+    """An int64 (ids) or float16 input was fed float32: a traceback from the embedding or a dtype mismatch."""
+    import torch
+
+    from distill_export.config import ProfileConfig
+    from distill_export.profiling import make_settings
+    from distill_export.profiling.measure import run_sweep
+    from distill_export.profiling.targets import checkpoint_benches
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 3)
+
+        def forward(self, x):
+            return self.embed(x).mean(1) if forward == "embed" else x.float() * 2
+
+    path = tmp_path / "m.pt2"
+    batch = torch.export.Dim("b", min=1, max=64)
+    program = torch.export.export(Net().eval(), (torch.zeros(2, 5, dtype=getattr(torch, dtype)),),
+                                  dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    settings = make_settings(ProfileConfig(), batches=[1, 3], threads=[1], device="cpu")
+    settings.sweep.warmup_s, settings.sweep.min_time_s, settings.sweep.min_iters = 0.0, 0.01, 2
+    assert all("p50_ms" in r for r in run_sweep(checkpoint_benches(path, settings), settings.sweep))
+
+
+def test_a59_b8_b9_a_pt2_without_inputs_or_with_unknown_dims_is_one_line(tmp_path):
+    import torch
+
+    from distill_export.config import ProfileConfig
+    from distill_export.errors import ConfigError  # noqa: F401  (pytest.raises below)
+    from distill_export.profiling import make_settings
+    from distill_export.profiling.targets import checkpoint_benches
+
+    class NoInput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self):
+            return self.p * 2
+
+    class Seq(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.lin(x).mean(1)
+
+    torch.export.save(torch.export.export(NoInput().eval(), ()), str(tmp_path / "none.pt2"))
+    dims = ({0: torch.export.Dim("b", min=1, max=64), 1: torch.export.Dim("t", min=2, max=100)},)
+    torch.export.save(torch.export.export(Seq().eval(), (torch.zeros(2, 5, 8),), dynamic_shapes=dims),
+                      str(tmp_path / "seq.pt2"))
+    settings = make_settings(ProfileConfig(), batches=[1], threads=[1], device="cpu")
+    with pytest.raises(ConfigError, match=r"none.pt2 takes no inputs: there is no batch to feed it"):
+        checkpoint_benches(tmp_path / "none.pt2", settings)
+    with pytest.raises(ConfigError, match=r"the input shapes of .*seq.pt2 are not fixed; give --input-shape"):
+        checkpoint_benches(tmp_path / "seq.pt2", settings)
 
 
 def test_a58_b5_bench_profile_refuses_a_run_whose_files_disagree(run_copy, tmp_path, monkeypatch, capsys):

@@ -206,11 +206,11 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     check_program_graph(ep, path)  # loading runs no node; refuse file, I/O or in-place-input operators before any does
     names = list(ep.graph_signature.user_inputs)
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    shapes, ranges, exprs = {}, {}, {}
+    shapes, ranges, exprs, dtypes = {}, {}, {}, {}
     for name in names:
         val = placeholders[name].meta.get("val") if name in placeholders else None
         if val is not None and hasattr(val, "shape"):
-            shapes[name] = tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:])
+            shapes[name], dtypes[name] = tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:]), val.dtype
             fixed = (val.shape[0],) * 2 if val.shape and isinstance(val.shape[0], int) else None  # its own range (guards are off: 58th B13)
             ranges[name] = (fixed or _dim_range(ep, val.shape[0]), *(_dim_range(ep, d) for d in val.shape[1:]))  # batch first
             exprs[name] = tuple(None if isinstance(d, int) else getattr(getattr(d, "node", None), "expr", None)
@@ -220,9 +220,8 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     children = list(in_spec.children()) if in_spec is not None else []
     if len(children) == 2:  # (args, kwargs)
         positional = children[0].num_children > 0 and not children[1].context
-    # check_teacher compares every static input dim with the data before the first call;
-    # the program's own guards are skipped because a program exported from forward(**inputs)
-    # carries guards that cannot be evaluated after loading.
+    # guards off: a program exported from forward(**inputs) has guards that cannot be evaluated after
+    # loading; check_teacher compares every static input dim with the data before the first call
     try:
         module = ep.module(check_guards=False)
     except TypeError:  # an older torch without the switch
@@ -231,6 +230,7 @@ def load_export_program(path, max_call_s: float | None = None) -> ExternalTeache
     teacher.max_call_s = DEFAULT_MAX_CALL_S if max_call_s is None else float(max_call_s)
     teacher.input_ranges = ranges  # the dynamic dims' (min, max): guards are off, so profile checks a shape it feeds
     teacher.input_exprs = exprs  # each dim's sympy expression: s0, or 2*s1 for a dim derived from another
+    teacher.input_dtypes = dtypes  # profile feeds each input its own dtype (an int64 one was fed floats: 59th B7)
     return teacher
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from distill_export.errors import CheckpointError, ConfigError, DataError
+from distill_export.errors import BackendUnavailable, CheckpointError, ConfigError, DataError
 from distill_export.files import check_model_file
 from distill_export.profiling.input_shapes import check_given_shape, check_range, check_ranges
 from distill_export.profiling.measure import Bench
@@ -180,7 +180,10 @@ def checkpoint_benches(path: Path | str, settings: ProfileSettings, model: str |
     # A checkpoint says its own shape; a .pt2 with dynamic dims takes the flag's there (twenty-sixth audit B8)
     check_given_shape(settings.input_shape, path, loaded["input_shapes"], fills=loaded["dynamic"])
     for name, bounds in (getattr(loaded["module"], "input_ranges", {}) or {}).items():
-        check_range(path, "--batch", settings.sweep.batches, name, 0, bounds[0] if bounds else None)
+        if bounds and bounds[0] and bounds[0][0] != bounds[0][1]:  # a fixed batch: its other cells skipped, as ONNX's
+            check_range(path, "--batch", settings.sweep.batches, name, 0, bounds[0])
+    if model is None and loaded.get("skip"):  # a file given to profile: one line, as for an ONNX file (59th B9)
+        raise ConfigError(loaded["skip"])
     # a .pt2 given as a file is named by it, as an ONNX file is: any program was called "teacher", and the
     # speedups over it were said to be over a teacher (fifty-eighth audit B14)
     name = model or (Path(str(path)).stem if is_file and str(path).endswith(".pt2") else loaded["model"])
@@ -218,6 +221,8 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
     if is_external_teacher(path):
         module, kind = load_teacher(path, None, weights, max_call_s=max_call_s), "teacher"
         shapes = dict(getattr(module, "input_shapes", {}) or {})
+        if Path(str(path)).is_file() and not getattr(module, "modality_names", True):  # was "give --input-shape" (59th B8)
+            raise ConfigError(f"{path} takes no inputs: there is no batch to feed it, so nothing to time")
     else:
         payload = load_checkpoint(path)
         kind = payload["kind"]
@@ -256,15 +261,30 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
         kinds = (payload.get("arch_kwargs", {}).get("kinds") or {}) if not is_external_teacher(path) else {}
         buckets = (payload.get("arch_kwargs", {}).get("modalities") or {}) if kinds else {}
 
+        dtypes = getattr(module, "input_dtypes", {}) or {}  # a .pt2's own: integer ids get zeros, as ONNX's do
+        fixed = {r[0][0] for r in (getattr(module, "input_ranges", {}) or {}).values() if r and r[0] and r[0][0] == r[0][1]}
+
         def example(b):
+            if fixed and b not in fixed:  # a skipped cell, as an ONNX file's fixed batch (59th A4)
+                raise BackendUnavailable(f"{Path(str(path)).name} has a fixed batch of {min(fixed)}")
             return {
                 m: torch.randint(1, max(2, int(buckets.get(m, 2))), (b, *s), generator=gen)
-                if kinds.get(m) == "text" else torch.randn(b, *s, generator=gen)
+                if kinds.get(m) == "text" else _random(b, s, dtypes.get(m), gen)
                 for m, s in shapes.items()
             }
+    first = min(fixed) if student_shape is None and fixed else 1
     return {"module": module, "example": example, "model": kind, "params": count_params(module),
-            "macs": count_macs(module, example(1)), "input_shape": student_shape, "dynamic": dynamic,
+            "macs": count_macs(module, example(first)), "input_shape": student_shape, "dynamic": dynamic,
             "input_shapes": {"input": list(student_shape)} if student_shape is not None else declared}
+
+
+def _random(batch: int, shape, dtype, gen):
+    """(batch, *shape) of the input's dtype: floats drawn, integer and bool inputs zeros (ids, masks)."""
+    import torch
+
+    if dtype is None or dtype.is_floating_point:
+        return torch.randn(batch, *shape, generator=gen).to(dtype or torch.float32)
+    return torch.zeros(batch, *shape, dtype=dtype)
 
 
 # ----- run directories ---------------------------------------------------------------------------

@@ -18,7 +18,8 @@ Example = Callable[[int], "torch.Tensor | dict[str, torch.Tensor]"]  # batch -> 
 def _to(x, device: str, dtype, channels_last: bool):
     if isinstance(x, dict):
         return {k: _to(v, device, dtype, channels_last) for k, v in x.items()}
-    x = x.to(device=device, dtype=dtype)
+    # float32 inputs take the backend's dtype; ids, masks and a program's own half inputs keep theirs (59th B7)
+    x = x.to(device=device, dtype=dtype) if x.dtype == torch.float32 else x.to(device=device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
