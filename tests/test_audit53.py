@@ -499,7 +499,6 @@ def test_a58_b13_b14_a_pt2_file_is_named_by_its_file_and_its_fixed_batch_kept(tm
     `teacher`, and speedups over it said to be over a teacher."""
     import torch
 
-    from distill_export.errors import ConfigError
     from distill_export.profiling import make_settings
     from distill_export.profiling.targets import checkpoint_benches
     from distill_export.config import ProfileConfig
@@ -558,7 +557,7 @@ def test_a59_b8_b9_a_pt2_without_inputs_or_with_unknown_dims_is_one_line(tmp_pat
     import torch
 
     from distill_export.config import ProfileConfig
-    from distill_export.errors import ConfigError  # noqa: F401  (pytest.raises below)
+    from distill_export.errors import ConfigError
     from distill_export.profiling import make_settings
     from distill_export.profiling.targets import checkpoint_benches
 
