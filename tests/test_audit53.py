@@ -454,7 +454,7 @@ def test_signals_are_held_while_report_json_and_its_digest_are_written():
      "error: argument --int8-recipes: unknown INT8 recipe 'bogus' (choices: "),  # B1: exit 1, no `error:`
     ("bench_export", ["--run", "{tmp}/nope", "--int8-recipes", "bogus"], "error: argument --int8-recipes: unknown INT8"),  # B3
     ("bench_export", ["--size", "0"], "error: --size must be at least 8, got 0"),  # B2: ran the run mode, exit 0
-    ("bench_export", ["--batches", "1", "1"], "error: argument --batches: a batch is named twice (1 1)"),  # A2
+    ("bench_export", ["--batches", "1", "1"], "error: argument --batches: a value is named twice (1 1)"),  # A2
     ("compare_methods", ["--seed", "0", "--set", "seed=3"], "error: --set seed=... is set by --seed: give it there"),  # B7
     ("kd_gain", ["--seeds", "0", "--set", "seed=7"], "error: --set seed=... is set per run by --seeds: give it there"),  # B8
     ("kd_gain", ["--label-fractions", "0.5", "--set", "data.label_fraction=0.2"],
@@ -462,10 +462,28 @@ def test_signals_are_held_while_report_json_and_its_digest_are_written():
     ("explore_variants", ["{name: w, teacher.width: 64}"],
      "error: variant 'w' sets teacher.width, but every variant distills from the one teacher trained first: "),  # B11
     ("explore_variants", ["{name: " + "a" * 300 + "}"], "error: variant name 'aaaa"),  # B10: after the teacher trained
-    ("bench_train", ["--rows", "10", "20", "--quick", "--skip", "workers", "overhead"],
+    ("bench_train", ["--rows", "10", "20", "--skip", "workers", "overhead"],
      "error: --rows 10: the runs label 0.05 of their training rows, which keeps no row of 10"),  # B12
     ("bench_cache", ["--rss-rows", "100", "--recipe", "bogus", "--widths", "4"],
      "error: --recipe, --widths do not apply with --rss-rows"),  # B15: accepted and ignored
+    # the fifty-ninth audit: the same classes in the same tools
+    ("bench_export", ["--run", "r", "--student", "resnet18"],
+     "error: --student does not apply with --run (it measures the run's student): drop it"),  # B1
+    ("bench_export", ["--calibration-method", "bogus"], "error: argument --calibration-method: invalid choice"),  # B2
+    ("bench_export", ["--size", "8", "--students", "tiny_cnn", "tiny_cnn"],
+     "error: argument --students: a value is named twice (tiny_cnn tiny_cnn)"),  # A6
+    ("kd_gain", ["--fusions", "late", "--label-fractions", "0.5"],
+     "error: --label-fractions does not apply with --fusions"),  # B3
+    ("kd_gain", ["--fusions", "late", "--set", "distill.self_training_control=false"],
+     "error: --set distill.self_training_control=... is set per run by --fusions (on for its first fusion): drop it"),  # B5
+    ("explore_variants", ["{name: bad, data.source: /nonexist.csv}"], "error: variant 'bad' sets data.source, but"),  # B6
+    ("compare_methods", ["--set", "teacher.path=x.pt"], "error: --set teacher.path=... is set by the tool"),  # B16
+    ("bench_train", ["--skip", "memory", "overhead", "workers"],
+     "error: --skip memory overhead workers leaves nothing to measure"),  # B15
+    ("bench_train", ["--skip", "memory", "overhead", "--device", "cuda", "--rows", "20"],
+     "error: --rows, --device belong to a step --skip leaves out: drop them"),  # B15
+    ("profile_host", ["--device", "cpu", "--kd-calls", "5"], "error: --kd-calls does not apply with --device cpu"),  # B11
+    ("make_captioned_digits", ["--false-rate", "1e30"], "error: argument --false-rate: must be a number in [0, 100]"),  # B18
 ])
 def test_a58_the_tools_refuse_in_one_line_before_any_work(tmp_path, monkeypatch, capsys, tool, argv, line):
     from test_audit33 import _one_line, _run_tool
@@ -628,3 +646,53 @@ def test_a58_a4_a5_a6_helper_module_and_variant_yaml(tmp_path, monkeypatch, caps
                           ("{name: a", "error: variant 1 ('{name: a') is not YAML: ")):
         assert _run_tool("explore_variants", ["--out", str(tmp_path / "o"), variant], monkeypatch) == 2
         assert _one_line(capsys.readouterr().err).startswith(said)
+
+
+@pytest.mark.parametrize(("tool", "argv", "line"), [
+    ("bench_decode_memory", ["--rows", "10", "20"], "error: --rows 10 20: give at least 100 rows per manifest"),  # B10
+    ("compile_kd_offline", ["--arch", "0", "--quick"], "error: argument --arch: must be an integer in 50..200, got 0"),
+])
+def test_a59_tools_without_an_out_folder_refuse_in_one_line(tmp_path, monkeypatch, capsys, tool, argv, line):
+    """59th audit B10 (exit 1 after the manifest, a list repr), B13 (an LLVM abort, exit 134), B12 (espeak-ng
+    missing said without `error:`, exit 1; with it, every clip built before --out was looked at)."""
+    from test_audit33 import _one_line, _run_tool
+
+    code = _run_tool(tool, [a.replace("{tmp}", str(tmp_path)) for a in argv], monkeypatch)
+    said = _one_line(capsys.readouterr().err)
+    assert code == 2 and said.startswith(line.replace("{tmp}", str(tmp_path))), (code, said)
+
+
+def test_a59_b17_kd_gain_refuses_a_config_key_a_flag_sets_per_run(tmp_path, monkeypatch, capsys):
+    from test_audit33 import _one_line, _run_tool
+
+    config = tmp_path / "kc.yaml"
+    config.write_text("seed: 7\ndata:\n  label_fraction: 0.5\n")
+    code = _run_tool("kd_gain", ["--config", str(config), "--seeds", "0", "--out", str(tmp_path / "o")], monkeypatch)
+    assert code == 2 and _one_line(capsys.readouterr().err) == (
+        f"error: --config {config} sets seed, which --seeds sets per run: give it there")
+
+
+def test_a59_b14_bench_train_never_writes_its_images_into_a_run(run_copy, tmp_path, monkeypatch, capsys):
+    from test_audit33 import _one_line, _run_tool
+
+    before = snapshot(run_copy)
+    code = _run_tool("bench_train", ["--throughput-rows", "20", "--skip", "memory", "overhead",
+                                     "--images", str(run_copy / "img"), "--out", str(tmp_path / "o")], monkeypatch)
+    assert code == 2 and _one_line(capsys.readouterr().err) == (
+        f"error: --images {run_copy / 'img'} is inside the run {run_copy.resolve()}; give a folder outside any run")
+    assert snapshot(run_copy) == before
+
+
+def test_a59_b12_make_demo_audio_check_looks_at_out_first(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_audit33 import _one_line
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "make_demo_audio.py"
+    done = subprocess.run([sys.executable, str(tool), "--check", "--out", str(tmp_path / "nope.npz")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and _one_line(done.stderr) == (
+        f"error: --out {tmp_path / 'nope.npz'} does not exist: nothing to --check against"), done.stderr
+

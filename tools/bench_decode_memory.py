@@ -65,7 +65,8 @@ def measure_decode(manifest: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", DECODE, str(manifest)], capture_output=True, text=True, env=env)
     if out.returncode:
-        raise SystemExit(f"decode of {manifest} failed: {out.stderr.strip().splitlines()[-1:]}")
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: decode of {manifest} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -89,8 +90,11 @@ def main(argv=None) -> None:
     ap.add_argument("--epoch", action="store_true", help="also measure one epoch of `distill-export run`")
     ap.add_argument("--keep", type=Path, default=None, help="write the manifests here (kept) instead of a temp folder")
     args = ap.parse_args(argv)
-    if min(args.rows) < 10:  # the manifest draws train/val/test 80/10/10: fewer rows leave a split empty
-        print(f"error: --rows {min(args.rows)}: give at least 10 rows per manifest", file=sys.stderr)
+    # the manifest draws each row's split 80/10/10 at random: below 100 rows a split was often empty, and the
+    # child decode failed after the PNGs were written (59th audit B10); a size twice measured nothing new
+    if min(args.rows) < 100 or len(set(args.rows)) < len(args.rows):
+        why = "give at least 100 rows per manifest" if min(args.rows) < 100 else "a size is named twice"
+        print(f"error: --rows {' '.join(map(str, args.rows))}: {why}", file=sys.stderr)
         raise SystemExit(2)
     if args.keep is not None:  # a new or empty folder outside any run: never a user's files (issue 24)
         from distill_export.output_paths import check_tool_output

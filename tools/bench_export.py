@@ -48,11 +48,12 @@ def student_from_run(run_dir: Path):
     from distill_export.rundir import RunDir
 
     run = RunDir.existing(run_dir)
-    # student.pt as distill made it (a baseline.pt copied over it was benchmarked as the student: 58th B16)
-    run.require_stages(("distill",), "bench_export")
-    cfg = run.load_config()
-    model, meta = load_student(run.require("student.pt", "distill"))
-    data = load_dataset(cfg.data, cfg.seed)
+    with run.lock():  # a distill running there is "in use", not "unfinished ... next: distill" (60th audit B2)
+        # student.pt as distill made it (a baseline.pt copied over it was benchmarked as the student: 58th B16)
+        run.require_stages(("distill",), "bench_export")
+        cfg = run.load_config()
+        model, meta = load_student(run.require("student.pt", "distill"))
+        data = load_dataset(cfg.data, cfg.seed)
     mod = cfg.data.student_modality
     return (model, meta, sha256_file(run.file("student.pt")), data.test.inputs[mod].numpy(),
             data.test.labels.numpy(), data.train.inputs[mod].numpy())
@@ -133,7 +134,9 @@ def main() -> None:
     ap.add_argument("--threads", type=at_least(1), default=1)
     ap.add_argument("--seconds", type=positive, default=3.0, help="timed seconds per format and batch")
     ap.add_argument("--rounds", type=at_least(1), default=6)
-    ap.add_argument("--calibration-method", default="minmax")
+    from distill_export.export.base import CALIBRATION_METHODS
+
+    ap.add_argument("--calibration-method", default="minmax", choices=CALIBRATION_METHODS)  # before training (59th B2)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--size", type=int, help="every registry student at SIZExSIZEx3, random weights (stock stems)")
     ap.add_argument("--students", nargs="+", help="with --size: these students only (default: every registry name)")
@@ -151,14 +154,16 @@ def main() -> None:
     # after the exports, and --size 0 taken as no --size); a batch named twice was one column printed twice (A2)
     if bad := next((r for r in args.int8_recipes if r not in INT8_RECIPES), None):
         ap.error(f"argument --int8-recipes: unknown INT8 recipe {bad!r} (choices: {', '.join(INT8_RECIPES)})")
-    if len(set(args.batches)) < len(args.batches):
-        ap.error(f"argument --batches: a batch is named twice ({' '.join(map(str, args.batches))})")
+    for flag, values in (("--batches", args.batches), ("--students", args.students or [])):  # A2; 59th A6
+        if len(set(values)) < len(values):
+            ap.error(f"argument {flag}: a value is named twice ({' '.join(map(str, values))})")
     # each mode's own flags: the other mode's were accepted and ignored (58th audit B17)
-    others = (("run", "student", "epochs", "calibration_method") if args.size is not None else
-              ("students", "opt_levels", "calibration_rows", "agreement_rows"))
+    size_only = ("students", "opt_levels", "calibration_rows", "agreement_rows")
+    others, mode = ((("run", "student", "epochs", "calibration_method"), "with --size") if args.size is not None else
+                    ((*size_only, "student", "epochs", "seed"), "with --run (it measures the run's student)")
+                    if args.run else (size_only, "without --size"))  # --run vs a student trained here: 59th B1
     if given := [f"--{k.replace('_', '-')}" for k in others if getattr(args, k) != ap.get_default(k)]:
-        ap.error(f"{', '.join(given)} do{'es' * (len(given) == 1)} not apply "
-                 f"{'with --size' if args.size is not None else 'without --size'}: drop {'them' if len(given) > 1 else 'it'}")
+        ap.error(f"{', '.join(given)} do{'es' * (len(given) == 1)} not apply {mode}: drop {'them' if len(given) > 1 else 'it'}")
     if args.size is not None:
         if args.size < 8:
             ap.error(f"--size must be at least 8, got {args.size}")

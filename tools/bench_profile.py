@@ -71,10 +71,11 @@ def main() -> int:
         ap.error(str(exc).splitlines()[0])
     run_dir = args.run_dir or ensure_demo(Path("bench-results/profile-demo"))
     run = RunDir.existing(run_dir)
-    # the checks `distill-export profile RUN` makes: a student.pt replaced after distill was timed beside the
-    # distilled student's export, and speedups drawn between them (58th audit B5)
-    run.require_stages(("distill", "export"), "bench_profile")
-    run.require_unchanged_artifacts("bench_profile")
+    with run.lock():  # a distill running there is "in use", not "unfinished ... next: distill" (60th audit B2)
+        # the checks `distill-export profile RUN` makes: a student.pt replaced after distill was timed beside the
+        # distilled student's export, and speedups drawn between them (58th audit B5)
+        run.require_stages(("distill", "export"), "bench_profile")
+        run.require_unchanged_artifacts("bench_profile")
     print("machine:", json.dumps(machine_info()))
     print("versions:", json.dumps(versions()))
     exports = run.load_report().get("exports", {})
@@ -119,7 +120,10 @@ def main() -> int:
         ratio_agreement = [{"key": list(k), "speedup_1": a[k], "speedup_2": b[k],
                             "rel_diff": max(a[k], b[k]) / min(a[k], b[k]) - 1} for k in sorted(set(a) & set(b), key=str)]
 
-    print("\nmedian agreement between sessions 1 and 2 (max/min - 1):")
+    if len(sessions) < 2:  # a "sessions 1 and 2" heading over 0/0 rows with --repeats 1 (59th audit A3)
+        print("\n--repeats 1: one session, no agreement between sessions measured")
+    else:
+        print("\nmedian agreement between sessions 1 and 2 (max/min - 1):")
     for g in agreement:
         flag = "ok " if g["rel_diff"] <= TARGET_AGREEMENT else "OFF"
         print(f"  {flag} {g['model']:8s} {g['format']:10s} {g['backend']:16s} b{g['batch']:<4d} {g['threads']}t "
@@ -127,7 +131,8 @@ def main() -> int:
               + (f"   cpu {g['cpu_p50_ms_1']:8.3f} {g['cpu_p50_ms_2']:8.3f} ms {100 * g['cpu_rel_diff']:5.1f}%"
                  if "cpu_rel_diff" in g else ""))
     within = sum(g["rel_diff"] <= TARGET_AGREEMENT for g in agreement)
-    print(f"  {within}/{len(agreement)} rows within {100 * TARGET_AGREEMENT:.0f}% (wall p50)")
+    if len(sessions) >= 2:
+        print(f"  {within}/{len(agreement)} rows within {100 * TARGET_AGREEMENT:.0f}% (wall p50)")
     cpu_rows = [g for g in agreement if "cpu_rel_diff" in g]
     if cpu_rows:
         print(f"  {sum(g['cpu_rel_diff'] <= TARGET_AGREEMENT for g in cpu_rows)}/{len(cpu_rows)} one-thread rows "

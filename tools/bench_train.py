@@ -280,10 +280,26 @@ def main() -> None:
                     help="the overhead step at each of these batch sizes (default: the config's, 64)")
     ap.add_argument("--out", default="bench-results/train")
     args = ap.parse_args()
+    # every step skipped measured nothing (exit 0), and a skipped step's flags were ignored (59th audit B15)
+    steps = {"memory": ("rows", "rss_workers"), "overhead": ("device", "amp", "batch_sizes"), "workers": ("workers",)}
+    if set(args.skip) >= set(steps):
+        ap.error("--skip memory overhead workers leaves nothing to measure")
+    if {"overhead", "workers"} <= set(args.skip):
+        steps["overhead+workers"] = ("throughput_rows", "repeats", "quick")
+    if given := [f"--{k.replace('_', '-')}" for step, keys in steps.items() if set(step.split("+")) <= set(args.skip)
+                 for k in keys if getattr(args, k) != ap.get_default(k)]:
+        ap.error(f"{', '.join(given)} belong{'s' * (len(given) == 1)} to a step --skip leaves out: drop "
+                 f"{'them' if len(given) > 1 else 'it'}")
     sys.path.insert(0, str(REPO))
     from distill_export.output_paths import check_tool_output
 
     check_tool_output(args.out, folder=True)  # new or empty folder, outside any run: before any work
+    if args.images:  # reused across runs (not new), but never a run's folder: 420 PNGs went into one (59th B14)
+        from distill_export.output_paths import _enclosing_run, is_run_dir
+
+        inside = Path(args.images) if is_run_dir(Path(args.images)) else _enclosing_run(Path(args.images))
+        if inside is not None:
+            fail(f"--images {args.images} is {'a run folder' if inside == Path(args.images) else f'inside the run {inside}'}; give a folder outside any run")
     from distill_export.config import load_config
     from distill_export.errors import DistillExportError
 

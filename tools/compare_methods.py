@@ -125,14 +125,16 @@ def base_overrides(seed: int, label_fraction: float | None, settings: list[str])
     if label_fraction is not None:
         overrides["data.label_fraction"] = label_fraction
     # keys a flag sets: `--set seed=3` ran seed 3 while the table said --seed's 0 (58th audit B7)
-    flagged = {"seed": "--seed", "distill.method": "--methods",
+    flagged = {"seed": "--seed", "distill.method": "--methods", "teacher.path": "the tool (the teacher it trains first, "
+               "in OUT/teacher)",  # it failed after the teacher stage, blaming that file (59th audit B16)
                **({"data.label_fraction": "--label-fraction"} if label_fraction is not None else {})}
     for item in settings:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise DistillExportError(f"--set {item!r} is not dotted.key=value")
         if key in flagged:
-            raise DistillExportError(f"--set {key}=... is set by {flagged[key]}: give it there")
+            raise DistillExportError(f"--set {key}=... is set by {flagged[key]}: "
+                                     + ("give it there" if flagged[key].startswith("--") else "drop it"))
         overrides[key] = yaml.safe_load(value)
     return overrides
 

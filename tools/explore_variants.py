@@ -116,7 +116,9 @@ def checked_variants(texts: list[str]) -> dict[str, dict]:
             raise DistillExportError(f"variant name {name!r} is given twice; each variant needs its own folder")
         # every variant distills from the one teacher trained before them: a teacher.* override was recorded in
         # the variant's config.yaml and row while the student learned from the shared teacher (58th audit B11)
-        if teacher_keys := sorted(k for k in v if str(k).split(".")[0] == "teacher"):
+        # data, seed and task too: the teacher was trained and scored on the base data (a variant's missing
+        # manifest failed after the teacher and the variants before it trained: 59th audit B6)
+        if teacher_keys := sorted(k for k in v if str(k).split(".")[0] in ("teacher", "data", "seed", "task")):
             raise DistillExportError(f"variant {name!r} sets {', '.join(map(str, teacher_keys))}, but every variant "
                                      "distills from the one teacher trained first: set it with --set for all of them")
         variants[name] = v

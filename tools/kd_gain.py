@@ -108,7 +108,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     lines = [
-        f"KD gain on {args.recipe} (overrides: {overrides}), seeds {args.seeds}; "
+        f"KD gain on {args.recipe}{f' with --config {args.config}' if args.config else ''} (overrides: {overrides}), seeds {args.seeds}; "
         f"{platform.node()} {platform.machine()}, {time.strftime('%Y-%m-%d')}. Test {results[0]['metric'] if results else 'accuracy'} (%), mean ± std.",
         "",
         "| student | labels kept | teacher (all modalities) | control teacher (student's modality) | baseline (labels only) "
@@ -138,7 +138,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "overrides": overrides, "runs": results,
+    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "config": args.config, "overrides": overrides, "runs": results,
                                                   "summary": summary}, indent=2))
     (out / "kd_gain.md").write_text(text + "\n")
 
@@ -175,18 +175,37 @@ def _overrides(args) -> dict:
         twice = sorted({v for v in values or [] if values.count(v) > 1}, key=str)
         if twice:  # one run folder per value: the second would fail only after the first trained
             raise DistillExportError(f"{flag} gives {twice[0]} twice; each value needs its own runs")
+    if args.fusions and (unread := [f for f, v in (("--label-fractions", args.label_fractions),
+                                                     ("--students", args.students)) if v]):
+        raise DistillExportError(f"{', '.join(unread)} do{'es' * (len(unread) == 1)} not apply with --fusions (the "
+                                 "fusion table runs the config's label fraction and student): drop it")  # 59th B3
     overrides = {}
     # keys a flag sets per run: a --set of one was recorded in the table's overrides while every run
     # used the flag's value (58th audit B8)
     per_run = {"seed": "--seeds", **({"data.label_fraction": "--label-fractions"} if args.label_fractions else {}),
                **({"student.name": "--students"} if args.students else {}),
-               **({"teacher.fusion": "--fusions"} if args.fusions else {})}  # without the flag, --set is the base
+               **({"teacher.fusion": "--fusions", "distill.self_training_control": "--fusions (on for its first fusion)"}
+                  if args.fusions else {})}  # without the flag, --set is the base (59th B5)
+    if args.config:  # the same keys in --config were dropped in silence, and the table named no config (59th B17)
+        from distill_export import safe_yaml
+
+        try:
+            given = safe_yaml.load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            given = {}  # unreadable: load_config names it
+        for key in per_run:
+            section, _, leaf = key.partition(".")
+            value = given.get(section) if leaf else given
+            if isinstance(value, dict) and (leaf or section) in value:
+                raise DistillExportError(f"--config {args.config} sets {key}, which {per_run[key]} sets per run: "
+                                         "give it there")
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise DistillExportError(f"--set {item!r} is not dotted.key=value")
         if key in per_run:
-            raise DistillExportError(f"--set {key}=... is set per run by {per_run[key]}: give it there")
+            raise DistillExportError(f"--set {key}=... is set per run by {per_run[key]}: "
+                                     + ("drop it" if key == "distill.self_training_control" else "give it there"))
         overrides[key] = yaml.safe_load(value)
     return overrides
 
@@ -268,6 +287,7 @@ def fusion_rows(args, plan: dict) -> None:
                 preds["baseline"] = test_outputs(load_student(run.file("baseline.pt"))[0], data, cfg.data.student_modality, device).argmax(1)
                 labels = data.test.labels.numpy()
                 label_fraction = cfg.data.label_fraction
+                kept = rep["distill"].get("label_fraction_kept")  # whole rows, one per class at least (59th B4)
             row[f"kd_{fusion}"] = rep["metrics"]["student"]["accuracy"]
             row["val"][f"kd_{fusion}"] = rep["distill"]["student_training"]["best_val_accuracy"]
             row["teacher"][fusion] = rep["metrics"]["teacher"]["accuracy"]
@@ -298,7 +318,9 @@ def fusion_rows(args, plan: dict) -> None:
     names += [("all_labels", "all-labels reference")]
     seeds = [r["seed"] for r in runs]
     lines = [
-        f"{args.recipe}, labels kept: {label_fraction:g} (overrides: {overrides}); {platform.node()} "
+        f"{args.recipe}{f' with --config {args.config}' if args.config else ''}, labels kept: "
+        f"{label_fraction:g}" + ("" if kept in (None, label_fraction) else f" asked, {kept:.3g} kept") +
+        f" (overrides: {overrides}); {platform.node()} "
         f"{platform.machine()}, {time.strftime('%Y-%m-%d')}. Test accuracy (%); validation accuracy in brackets.",
         "",
         "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
@@ -328,7 +350,7 @@ def fusion_rows(args, plan: dict) -> None:
     text = "\n".join(lines)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "overrides": overrides, "fusions": args.fusions,
+    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "config": args.config, "overrides": overrides, "fusions": args.fusions,
                                                   "runs": runs}, indent=2, default=float))
     (out / "kd_gain.md").write_text(text + "\n")
 

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -214,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         from distill_export.output_paths import check_tool_output
 
         check_tool_output(args.out, folder=False)
+    elif not args.out.is_file() or not zipfile.is_zipfile(args.out):  # before minutes of synthesis (59th audit B12)
+        print(f"error: --out {args.out} {'is not an .npz archive' if args.out.is_file() else 'does not exist'}: "
+              "nothing to --check against", file=sys.stderr)
+        return 2
     if shutil.which("espeak-ng") is None:
-        print("espeak-ng not found on PATH: apt-get install espeak-ng", file=sys.stderr)
-        return 1
+        print("error: espeak-ng not found on PATH: apt-get install espeak-ng", file=sys.stderr)
+        return 2
 
     t0 = time.perf_counter()
     arrays = build(args.workers)

@@ -118,6 +118,8 @@ def main() -> None:
 
     if args.device == "cpu" and args.amp == "bf16":  # autocast is CUDA's here (42nd audit A1)
         fail("--amp bf16 is CUDA autocast; with --device cpu both loops run fp32 (drop --amp)")
+    if args.device == "cpu" and args.kd_calls != ap.get_default("kd_calls"):  # accepted and unused (59th B11)
+        fail("--kd-calls does not apply with --device cpu (the fused KD call is profiled on CUDA only): drop it")
     amp = args.amp or ("bf16" if args.device == "cuda" else "off")
     # new or empty, outside any run, before any work; removed again if the tool fails (42nd audit A4)
     check_tool_output(args.out, folder=True, remove_on_failure=True)

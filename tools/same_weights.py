@@ -65,14 +65,14 @@ def _load(path: str):
     """A tensor file read as data (weights_only), through the product's checks: a regular file,
     and a failure said in its own words (load_failure) instead of torch's unsafe-loading advice."""
     from distill_export.files import check_model_file
-    from distill_export.nets.checkpoint import load_failure
+    from distill_export.nets.checkpoint import load_failure, quiet_load
 
     check_model_file(path, path, CheckpointError)
     if Path(path).suffix == ".pt2":  # torch's words were "the checkpoint file is corrupted" (twenty-fifth audit A2)
         raise CheckpointError(f"{path} is a torch.export program (.pt2), not a checkpoint: this tool compares "
                               ".pt files (e.g. RUN/student.pt, RUN/teacher.pt)")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = quiet_load(path)  # torch's pickle-protocol warning printed 2 lines before ours (60th audit B1)
     except Exception as exc:  # noqa: BLE001 - corrupt zip, pickle with code, truncated file
         raise CheckpointError(f"{path} is not a readable tensor file: {load_failure(exc)}") from None
     _check_tensors(loaded, path)
