@@ -124,8 +124,8 @@ def test_tools_check_their_output_before_any_work(place, tool, target, needle, m
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--rows", "30", "--keep", "{place}/folder"], "error: --keep"),  # a user's folder with a file in it
-    (["--rows", "30", "--keep", "{place}/run"], "error: --keep"),  # a run directory
+    (["--rows", "100", "--keep", "{place}/folder"], "error: --keep"),  # a user's folder with a file in it
+    (["--rows", "100", "--keep", "{place}/run"], "error: --keep"),  # a run directory
     (["--rows", "-5"], "error: --rows -5"),
 ])
 def test_bench_decode_memory_checks_keep_and_rows_before_any_work(place, argv, needle, capsys):
