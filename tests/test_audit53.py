@@ -484,6 +484,14 @@ def test_signals_are_held_while_report_json_and_its_digest_are_written():
      "error: --rows, --device belong to a step --skip leaves out: drop them"),  # B15
     ("profile_host", ["--device", "cpu", "--kd-calls", "5"], "error: --kd-calls does not apply with --device cpu"),  # B11
     ("make_captioned_digits", ["--false-rate", "1e30"], "error: argument --false-rate: must be a number in [0, 100]"),  # B18
+    # the sixty-first audit
+    ("bench_export", ["--size", "8", "--students", "centernet_tiny"],
+     "error: unknown student 'centernet_tiny' (--size measures classification students: "),  # B1: a traceback after work
+    ("bench_cache", ["--rss-rows", "100", "100"], "error: argument --rss-rows: a value is named twice (100 100)"),  # B2
+    ("bench_cache", ["--widths", "4", "4"], "error: argument --widths: a value is named twice (4 4)"),  # B2
+    ("bench_train", ["--rows", "20", "20"], "error: argument --rows: a value is named twice (20 20)"),  # A3
+    ("bench_export", ["--size", "8", "--int8-recipes", "qdq", "qdq"],
+     "error: argument --int8-recipes: a value is named twice (qdq qdq)"),  # A1
 ])
 def test_a58_the_tools_refuse_in_one_line_before_any_work(tmp_path, monkeypatch, capsys, tool, argv, line):
     from test_audit33 import _one_line, _run_tool
@@ -695,4 +703,20 @@ def test_a59_b12_make_demo_audio_check_looks_at_out_first(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and _one_line(done.stderr) == (
         f"error: --out {tmp_path / 'nope.npz'} does not exist: nothing to --check against"), done.stderr
+
+
+def test_a62_b2_parity_of_huge_logits_is_computed_in_float64_without_warnings():
+    """Logits near 1e34 (a run at lr 100) overflowed float32 products: numpy RuntimeWarnings with their
+    source lines on screen, and min_cosine -Infinity in report.json for two outputs that agree."""
+    import warnings
+
+    import numpy as np
+
+    from distill_export.tasks.classification.task import ClassificationTask
+
+    logits = np.array([[3.5e34, -3e34, 1e30], [1.0, 2.0, 3.0]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        metrics = ClassificationTask().parity_metrics(logits, logits * np.float32(1.0000001), np.array([0, 2]))
+    assert 0.999999 <= metrics["min_cosine"] <= 1.0, metrics
 

@@ -36,7 +36,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least, one_line_errors  # noqa: E402
+from toolargs import Parser, at_least, named_once, one_line_errors  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--rss-rows", type=at_least(1), nargs="+", default=None,
                     help="measure peak memory of the cache at these row counts instead")
     args = ap.parse_args()
+    named_once(ap, args, "rss_rows", "widths")
     if args.rss_rows:  # that mode reads none of the others: they were accepted and ignored (58th audit B15)
         given = [f"--{k.replace('_', '-')}" for k in ("recipe", "data", "widths", "rows", "repeats", "threads")
                  if getattr(args, k) != ap.get_default(k)]

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ helpers, also when loaded by path
-from toolargs import Parser, at_least, positive, one_line_errors  # noqa: E402
+from toolargs import Parser, at_least, named_once, positive, one_line_errors  # noqa: E402
 from bench_export_common import FORMATS, OV, machine, openvino_sessions  # noqa: E402
 import bench_export_size  # noqa: E402
 
@@ -138,8 +138,8 @@ def main() -> None:
 
     ap.add_argument("--calibration-method", default="minmax", choices=CALIBRATION_METHODS)  # before training (59th B2)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--size", type=int, help="every registry student at SIZExSIZEx3, random weights (stock stems)")
-    ap.add_argument("--students", nargs="+", help="with --size: these students only (default: every registry name)")
+    ap.add_argument("--size", type=int, help="every classification student of the registry at SIZExSIZEx3, random weights (stock stems)")
+    ap.add_argument("--students", nargs="+", help="with --size: these students only (default: every classification student)")
     ap.add_argument("--int8-recipes", nargs="*", default=[], help="with --size: extra INT8 recipes to measure "
                     "(int8_recipes.INT8_RECIPES), interleaved at the smallest batch")
     ap.add_argument("--opt-levels", nargs="*", default=[], choices=bench_export_size.OPT_LEVELS,
@@ -154,9 +154,7 @@ def main() -> None:
     # after the exports, and --size 0 taken as no --size); a batch named twice was one column printed twice (A2)
     if bad := next((r for r in args.int8_recipes if r not in INT8_RECIPES), None):
         ap.error(f"argument --int8-recipes: unknown INT8 recipe {bad!r} (choices: {', '.join(INT8_RECIPES)})")
-    for flag, values in (("--batches", args.batches), ("--students", args.students or [])):  # A2; 59th A6
-        if len(set(values)) < len(values):
-            ap.error(f"argument {flag}: a value is named twice ({' '.join(map(str, values))})")
+    named_once(ap, args, "batches", "students", "int8_recipes", "opt_levels")
     # each mode's own flags: the other mode's were accepted and ignored (58th audit B17)
     size_only = ("students", "opt_levels", "calibration_rows", "agreement_rows")
     others, mode = ((("run", "student", "epochs", "calibration_method"), "with --size") if args.size is not None else

@@ -24,8 +24,11 @@ def stock_student(name: str, num_classes: int = 10, size: int = 224):
     stem (stride 2, and the maxpool); tiny_cnn is the registry's own (it takes any size)."""
     from distill_export.nets.students import create_student, student_names
 
-    if name not in student_names():
-        print(f"error: unknown student {name!r} (choices: {', '.join(student_names())})", file=sys.stderr)
+    # classification students: a detector has no classifier head to fit, and the default list reached one
+    # after the others' work, an AttributeError traceback (61st audit B1)
+    if name not in student_names("classification"):
+        print(f"error: unknown student {name!r} (--size measures classification students: "
+              f"{', '.join(student_names('classification'))})", file=sys.stderr)
         raise SystemExit(2)
     return create_student(name, num_classes, in_channels=3, input_size=size)
 
@@ -153,7 +156,7 @@ def bench_size(args, check_before_work) -> None:
     from distill_export.export.int8_recipes import INT8_RECIPES, recipe_for
     from distill_export.nets.students import student_names
 
-    students = args.students or student_names()
+    students = args.students or student_names("classification")
     for name in students:
         check_size(name, args.size)
     # the recipes: checked by bench_export.main before any work

@@ -38,7 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, at_least, fail, one_line_errors  # noqa: E402
+from toolargs import Parser, at_least, fail, named_once, one_line_errors  # noqa: E402
 HELD_OUT = 200  # val and test rows each
 SIZE = 96
 CLASSES = 10
@@ -280,6 +280,7 @@ def main() -> None:
                     help="the overhead step at each of these batch sizes (default: the config's, 64)")
     ap.add_argument("--out", default="bench-results/train")
     args = ap.parse_args()
+    named_once(ap, args, "rows", "workers", "batch_sizes")
     # every step skipped measured nothing (exit 0), and a skipped step's flags were ignored (59th audit B15)
     steps = {"memory": ("rows", "rss_workers"), "overhead": ("device", "amp", "batch_sizes"), "workers": ("workers",)}
     if set(args.skip) >= set(steps):

@@ -188,3 +188,12 @@ def fraction(text: str) -> float:
 def finite(text: str) -> float:
     """Any finite number (a signal-to-noise ratio in dB)."""
     return _number(text, float)
+
+
+def named_once(ap, args, *names: str) -> None:
+    """Each list flag names a value once: a value given twice was measured twice, or one measurement
+    printed twice (58th audit A2, 61st B2, A1, A3). One line, exit 2, before any work."""
+    for name in names:
+        values = getattr(args, name) or []
+        if len(set(values)) < len(values):
+            ap.error(f"argument --{name.replace('_', '-')}: a value is named twice ({' '.join(map(str, values))})")

@@ -63,7 +63,14 @@ class OnnxRuntime(Runtime):
                 raise BackendUnavailable(f"{Path(path).name} has a fixed batch of {fixed}")
             feed = random_feed(sess, path, batch, input_shape)
             bounded_run(sess, feed, path)  # the timed calls repeat this one: a runaway stops here
-            return lambda: sess.run(None, feed)
+
+            def call():  # a later call can still fail (a 4 GiB Tile output once memory is short: 62nd audit B1)
+                try:
+                    return sess.run(None, feed)
+                except Exception as exc:  # noqa: BLE001 - ONNX Runtime's Fail, RuntimeException, ...
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise DataError(f"{path}: ONNX Runtime failed to run the model: {first[:300]}") from None
+            return call
 
         return Timer(make)
 
