@@ -118,7 +118,7 @@ def check_data(config, data) -> None:
     check_rounds_supported(config, data)  # distill.rounds > 1 on streamed data or under torchrun
     settle_control(config, data)  # the self-training control of a teacher that reads the student's modality alone
     check_fusion_given(config, data)  # --teacher-fusion late with nothing to fuse
-    check_text_encoder(config, data)  # data.text_encoder on data without text
+    check_column_settings(config, data)  # data.text_encoder without text, clip_frames without video, ...
     if config.distill.tune_trials or config.distill.tune_minutes:  # `run --tune N`
         from distill_export.config_checks import tune_search_spaces
 
@@ -127,13 +127,22 @@ def check_data(config, data) -> None:
                             "--tune-search (distill.tune_search)")
 
 
-def check_text_encoder(config, data) -> None:
-    """data.text_encoder other than the default on data with no text column encodes nothing, yet
-    config.yaml and report.json named it (wordllama, not even installed: thirty-eighth audit B4)."""
-    kinds = {spec.kind for spec in data.modalities.values()}
+COLUMN_SETTINGS = {"data.clip_frames": "video", "data.max_audio_seconds": "audio"}  # read by columns of that kind
+
+
+def check_column_settings(config, data) -> None:
+    """A setting of a kind of column the data has none of reads nothing, yet config.yaml and report.json
+    named it: data.text_encoder (wordllama, not even installed: thirty-eighth audit B4), and, where the
+    user gave them, data.clip_frames without a video column and data.max_audio_seconds without audio
+    (the sixty-third audit B1, A1: only the built-in demo's clip_frames was refused)."""
+    kinds, have = {spec.kind for spec in data.modalities.values()}, ", ".join(sorted(data.modalities))
     if config.data.text_encoder != "hashed" and not kinds & {"text", "vector"}:
         raise ConfigError(f"data.text_encoder={config.data.text_encoder} applies to text columns, and the data has "
-                          f"none (modalities: {', '.join(sorted(data.modalities))}); drop the setting")
+                          f"none (modalities: {have}); drop the setting")
+    for key, kind in COLUMN_SETTINGS.items():
+        if key in config.given_keys and kind not in kinds:
+            raise ConfigError(f"{key} {getattr(config.data, key.split('.')[1])} applies to {kind} columns, and the "
+                              f"data has none (modalities: {have}); drop {key}")
 
 
 def check_fusion_given(config, data) -> None:

@@ -720,3 +720,24 @@ def test_a62_b2_parity_of_huge_logits_is_computed_in_float64_without_warnings():
         metrics = ClassificationTask().parity_metrics(logits, logits * np.float32(1.0000001), np.array([0, 2]))
     assert 0.999999 <= metrics["min_cosine"] <= 1.0, metrics
 
+
+
+@pytest.mark.parametrize(("modalities", "setting", "line"), [
+    (("image", "audio"), "clip_frames: 3", "error: data.clip_frames 3 applies to video columns, and the data has none "
+                                           "(modalities: audio, image); drop data.clip_frames"),
+    (("image", "text"), "max_audio_seconds: 5.0", "error: data.max_audio_seconds 5.0 applies to audio columns, and the "
+                                                  "data has none (modalities: image, text); drop data.max_audio_seconds"),
+])
+def test_a63_b1_a_column_setting_without_its_column_is_refused(tmp_path, monkeypatch, modalities, setting, line):
+    """data.clip_frames on a manifest without video was recorded in config.yaml (only the built-in demo's was
+    refused); data.max_audio_seconds without audio likewise (63rd audit B1, A1)."""
+    from _byo_fixtures import make_manifest
+    from test_audit31 import _refused
+
+    monkeypatch.chdir(tmp_path)
+    manifest = make_manifest(tmp_path / "m", per_class=6, modalities=modalities)
+    (tmp_path / "c.yaml").write_text(f"data:\n  {setting}\n")
+    said = _refused(runner.invoke(app, ["train-teacher", "--data", str(manifest), "--student-modality", "image",
+                                        "--teacher-epochs", "1", "--config", "c.yaml", "--out", "t"]))
+    assert said == line, said
+    assert not (tmp_path / "t").exists()

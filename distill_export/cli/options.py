@@ -165,6 +165,7 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     """The config of a new run: defaults, the recipe (default avdigits), --config, then the flags."""
     from distill_export.config import RunConfig, load_config, read_yaml
     from distill_export.config_checks import sets_key
+    from distill_export.preflight import COLUMN_SETTINGS
     from distill_export.flag_checks import (TEACHER_TRAINING, check_config_settings_apply, check_flags_apply,
                                             check_loaded_teacher_settings, check_method_with_terms,
                                             check_search_keeps_settings, check_streaming_applies,
@@ -202,7 +203,8 @@ def load(recipe: str | None, config_file: Path | None, flags: dict):
     # what a check after the data loads turns off where it cannot apply, unless the user set it
     control_key = next(f.key for f in FLAGS if f.param == "self_training_control")  # preflight.settle_control
     # (and the loaded teacher's training settings, which a later distill may leave unread: run_outputs)
-    config.given_keys = frozenset(key for key in (control_key, fusion_key, *TEACHER_TRAINING) if given(key))
+    config.given_keys = frozenset(key for key in (control_key, fusion_key, *TEACHER_TRAINING, *COLUMN_SETTINGS)
+                                  if given(key))
     return config
 
 
