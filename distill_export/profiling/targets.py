@@ -262,7 +262,8 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
         buckets = (payload.get("arch_kwargs", {}).get("modalities") or {}) if kinds else {}
 
         dtypes = getattr(module, "input_dtypes", {}) or {}  # a .pt2's own: integer ids get zeros, as ONNX's do
-        fixed = {r[0][0] for r in (getattr(module, "input_ranges", {}) or {}).values() if r and r[0] and r[0][0] == r[0][1]}
+        ranges = getattr(module, "input_ranges", {}) or {}
+        fixed = {r[0][0] for r in ranges.values() if r and r[0] and r[0][0] == r[0][1]}  # the batch a program fixes
 
         def example(b):
             if fixed and b not in fixed:  # a skipped cell, as an ONNX file's fixed batch (59th A4)
@@ -272,7 +273,7 @@ def load_torch_model(path, weights=None, max_call_s: float | None = None, factor
                 if kinds.get(m) == "text" else _random(b, s, dtypes.get(m), gen)
                 for m, s in shapes.items()
             }
-    first = min(fixed) if student_shape is None and fixed else 1
+    first = min(fixed) if student_shape is None and fixed else 1  # `fixed`: set where student_shape is None
     return {"module": module, "example": example, "model": kind, "params": count_params(module),
             "macs": count_macs(module, example(first)), "input_shape": student_shape, "dynamic": dynamic,
             "input_shapes": {"input": list(student_shape)} if student_shape is not None else declared}

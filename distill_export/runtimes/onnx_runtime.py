@@ -70,6 +70,7 @@ class OnnxRuntime(Runtime):
                 except Exception as exc:  # noqa: BLE001 - ONNX Runtime's Fail, RuntimeException, ...
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                     raise DataError(f"{path}: ONNX Runtime failed to run the model: {first[:300]}") from None
+
             return call
 
         return Timer(make)
