@@ -741,3 +741,12 @@ def test_a63_b1_a_column_setting_without_its_column_is_refused(tmp_path, monkeyp
                                         "--teacher-epochs", "1", "--config", "c.yaml", "--out", "t"]))
     assert said == line, said
     assert not (tmp_path / "t").exists()
+
+
+def test_a64_b1_a_named_backend_no_target_is_for_is_refused(run_copy, tmp_path):
+    """`profile RUN/student.onnx --backend torch-cpu,ort-cpu` ran ONNX Runtime alone and recorded both backends."""
+    line = one_line_error(runner.invoke(app, ["profile", str(run_copy / "student.onnx"), "--backend", "torch-cpu,ort-cpu",
+                                              "--batch", "1", "--threads", "1", "--out", str(tmp_path / "p")]))
+    assert line == "error: --backend torch-cpu runs none of the targets (it runs torch files or runs); drop it from " \
+                   "--backend", line
+    assert not (tmp_path / "p").exists()

@@ -55,6 +55,11 @@ def benches_for_targets(targets: list[str | Path], settings: ProfileSettings) ->
                 names = [b.name for b in backends().values() if b.runs == kind]
                 raise ConfigError(f"no selected backend runs {path.name}; add one of {', '.join(names)} to --backend")
         benches += found
+    if settings.explicit:  # a named backend no target is for was recorded in settings, and ran nothing (64th B1)
+        used, known = {b.backend for b in benches}, backends()
+        if idle := [n for n in settings.backends if known[n].label not in used]:
+            raise ConfigError(f"--backend {', '.join(idle)} runs none of the targets (it runs {known[idle[0]].runs} "
+                              "files or runs); drop it from --backend")
     return _dedupe(benches)
 
 
