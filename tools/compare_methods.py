@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, one_line_errors  # noqa: E402
+from toolargs import Parser, dotted_sets, one_line_errors  # noqa: E402
 
 
 @one_line_errors
@@ -128,15 +128,9 @@ def base_overrides(seed: int, label_fraction: float | None, settings: list[str])
     flagged = {"seed": "--seed", "distill.method": "--methods", "teacher.path": "the tool (the teacher it trains first, "
                "in OUT/teacher)",  # it failed after the teacher stage, blaming that file (59th audit B16)
                **({"data.label_fraction": "--label-fraction"} if label_fraction is not None else {})}
-    for item in settings:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise DistillExportError(f"--set {item!r} is not dotted.key=value")
-        if key in flagged:
-            raise DistillExportError(f"--set {key}=... is set by {flagged[key]}: "
-                                     + ("give it there" if flagged[key].startswith("--") else "drop it"))
-        overrides[key] = yaml.safe_load(value)
-    return overrides
+    taken = {key: f"is set by {who}: " + ("give it there" if who.startswith("--") else "drop it")
+             for key, who in flagged.items()}
+    return {**overrides, **dotted_sets(settings, taken, DistillExportError)}
 
 
 def teacher_once(recipe: str, overrides: dict, out: Path):

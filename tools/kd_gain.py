@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/toolargs.py, also when loaded by path
-from toolargs import Parser, one_line_errors  # noqa: E402
+from toolargs import Parser, dotted_sets, one_line_errors  # noqa: E402
 
 COLUMNS = ("teacher", "control_teacher", "baseline", "self_training", "student", "kd_gain", "cross_modal_gain")
 
@@ -179,7 +179,6 @@ def _overrides(args) -> dict:
                                                      ("--students", args.students)) if v]):
         raise DistillExportError(f"{', '.join(unread)} do{'es' * (len(unread) == 1)} not apply with --fusions (the "
                                  "fusion table runs the config's label fraction and student): drop it")  # 59th B3
-    overrides = {}
     # keys a flag sets per run: a --set of one was recorded in the table's overrides while every run
     # used the flag's value (58th audit B8)
     per_run = {"seed": "--seeds", **({"data.label_fraction": "--label-fractions"} if args.label_fractions else {}),
@@ -199,15 +198,9 @@ def _overrides(args) -> dict:
             if isinstance(value, dict) and (leaf or section) in value:
                 raise DistillExportError(f"--config {args.config} sets {key}, which {per_run[key]} sets per run: "
                                          "give it there")
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise DistillExportError(f"--set {item!r} is not dotted.key=value")
-        if key in per_run:
-            raise DistillExportError(f"--set {key}=... is set per run by {per_run[key]}: "
-                                     + ("drop it" if key == "distill.self_training_control" else "give it there"))
-        overrides[key] = yaml.safe_load(value)
-    return overrides
+    taken = {key: f"is set per run by {flag}: " + ("drop it" if key == "distill.self_training_control" else "give it there")
+             for key, flag in per_run.items()}
+    return dotted_sets(args.set, taken, DistillExportError)
 
 
 def _config(args, overrides: dict, where: str):

@@ -197,3 +197,19 @@ def named_once(ap, args, *names: str) -> None:
         values = getattr(args, name) or []
         if len(set(values)) < len(values):
             ap.error(f"argument --{name.replace('_', '-')}: a value is named twice ({' '.join(map(str, values))})")
+
+
+def dotted_sets(items: list[str], taken: dict[str, str], error) -> dict:
+    """{dotted.key: value} of --set items, each value read as safe YAML; a key in `taken` is refused
+    with its words there (what sets it, and what to do), as `error(message)`."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise error(f"--set {item!r} is not dotted.key=value")
+        if key in taken:
+            raise error(f"--set {key}=... {taken[key]}")
+        out[key] = yaml.safe_load(value)
+    return out
