@@ -105,11 +105,37 @@ def main() -> int:
     except CheckpointError as exc:  # one line, never torch's "weights_only=False" advice
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    unwrapped = _one_container(a, b)
+    if unwrapped is not None:  # 64th audit T2: a .pt checkpoint beside its bare state_dict (e.g. safetensors)
+        a, b, note = unwrapped
     diff = differences(a, b)
     for line in diff:
         print(line)
+    if unwrapped is not None:
+        print(note)
+        print("same weights, other containers" if not diff else f"{len(diff)} differences in the weights")
+        return 1  # the files do not hold the same things: the exit says so, the line says what is the same
     print("identical" if not diff else f"{len(diff)} differences")
     return 0 if not diff else 1
+
+
+def _is_bare_state_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _one_container(a, b):
+    """When one file is the product's checkpoint ({"state_dict": ..., "arch": ..., "meta": ...})
+    and the other a bare name-to-tensor mapping, their weights compared, not their containers:
+    key-by-key, every tensor was "only in" one of them. None when both are of one kind."""
+    wrapped = [isinstance(x, dict) and _is_bare_state_dict(x.get("state_dict")) for x in (a, b)]
+    bare = [_is_bare_state_dict(x) for x in (a, b)]
+    if not ((wrapped[0] and bare[1]) or (bare[0] and wrapped[1])):
+        return None
+    which, checkpoint = ("first", a) if wrapped[0] else ("second", b)
+    extra = sorted(str(k) for k in checkpoint if k != "state_dict")
+    note = (f"the {which} is a checkpoint and the other a bare state_dict: compared their weights; "
+            f"only the {which} holds {', '.join(extra) or 'no other keys'}")
+    return (a["state_dict"] if wrapped[0] else a), (b["state_dict"] if wrapped[1] else b), note
 
 
 if __name__ == "__main__":

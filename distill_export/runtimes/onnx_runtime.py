@@ -141,8 +141,10 @@ def check_external_data(path: Path) -> None:
                             "with a NUL byte, which no file system holds")
         target = (folder / location).resolve()
         if not target.is_relative_to(folder):
-            raise DataError(f"{path}: initializer {tensor.name!r} keeps its data in {location!r}, outside the "
-                            "model's folder; external data must sit beside the model")
+            # 64th audit T3: a link beside the model was called "outside the model's folder" with no word of the link
+            via = f" (a link to {target})" if (folder / location).is_symlink() else ""
+            raise DataError(f"{path}: initializer {tensor.name!r} keeps its data in {location!r}{via}, outside the "
+                            "model's folder; external data must sit beside the model, not be linked from it")
         check_model_file(target, f"{path}: the external data file {location!r} of initializer {tensor.name!r}",
                          DataError)
 
