@@ -163,6 +163,14 @@ def check_streaming_applies(config, given) -> None:
         if given(key) and d.source != "avdigits":
             raise ConfigError(f"{key} {_value(config, key)} shapes the built-in avdigits data alone, but data.source is "
                               f"{d.source}; drop {key}")
+    if given("data.persistent_workers") and not d.num_workers:  # 65th audit A3
+        raise ConfigError(f"data.persistent_workers {_value(config, 'data.persistent_workers')} keeps DataLoader "
+                          "workers alive between epochs, but data.num_workers is 0 (no workers); drop "
+                          "data.persistent_workers or set data.num_workers")
+    for key, auto in (("data.image_size", 0), ("data.image_mode", "auto"), ("data.max_audio_seconds", None)):
+        if given(key) and d.source == "avdigits" and _value(config, key) != auto:  # 65th audit B1
+            raise ConfigError(f"{key} {_value(config, key)} sets how a manifest's files are decoded, but data.source "
+                              f"avdigits is the built-in demo, generated already decoded; drop {key}")
 
 
 def _check_control_flag(config, flags: dict) -> None:

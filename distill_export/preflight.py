@@ -127,22 +127,25 @@ def check_data(config, data) -> None:
                             "--tune-search (distill.tune_search)")
 
 
-COLUMN_SETTINGS = {"data.clip_frames": "video", "data.max_audio_seconds": "audio"}  # read by columns of that kind
+COLUMN_SETTINGS = {"data.clip_frames": ("video",), "data.max_audio_seconds": ("audio",),
+                   "data.image_size": ("image", "video"), "data.image_mode": ("image", "video")}
+_AUTO = {"data.image_size": 0, "data.image_mode": "auto"}  # true of any data: never refused
 
 
 def check_column_settings(config, data) -> None:
     """A setting of a kind of column the data has none of reads nothing, yet config.yaml and report.json
-    named it: data.text_encoder (wordllama, not even installed: thirty-eighth audit B4), and, where the
-    user gave them, data.clip_frames without a video column and data.max_audio_seconds without audio
-    (the sixty-third audit B1, A1: only the built-in demo's clip_frames was refused)."""
+    named it: data.text_encoder (thirty-eighth audit B4), and where the user gave them, clip_frames
+    without video, max_audio_seconds without audio (63rd B1, A1), image_size/image_mode without
+    image or video (65th B1)."""
     kinds, have = {spec.kind for spec in data.modalities.values()}, ", ".join(sorted(data.modalities))
     if config.data.text_encoder != "hashed" and not kinds & {"text", "vector"}:
         raise ConfigError(f"data.text_encoder={config.data.text_encoder} applies to text columns, and the data has "
                           f"none (modalities: {have}); drop the setting")
-    for key, kind in COLUMN_SETTINGS.items():
-        if key in config.given_keys and kind not in kinds:
-            raise ConfigError(f"{key} {getattr(config.data, key.split('.')[1])} applies to {kind} columns, and the "
-                              f"data has none (modalities: {have}); drop {key}")
+    for key, read_by in COLUMN_SETTINGS.items():
+        value = getattr(config.data, key.split(".")[1])
+        if key in config.given_keys and not kinds & set(read_by) and _AUTO.get(key, object()) != value:
+            raise ConfigError(f"{key} {value} applies to {' or '.join(read_by)} columns, and the data has none "
+                              f"(modalities: {have}); drop {key}")
 
 
 def check_fusion_given(config, data) -> None:

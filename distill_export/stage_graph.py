@@ -67,13 +67,13 @@ def checked_stages(stages, where) -> dict:
     stage was checked and validate dropped the other stages' records (fifty-fourth audit B2, B3)."""
     if not isinstance(stages, dict):
         raise ConfigError(f"{where} is corrupt: `stages` must be a mapping of stage name to its state, "
-                          f"got {type(stages).__name__}; restore it or start a new run")
+                          f"got {type(stages).__name__}; restore it from a copy or start a new run")
     for name, entry in stages.items():
         status = entry.get("status") if isinstance(entry, dict) else None
         if status not in STATUSES or not isinstance(name, str):
             got = f"status {status!r}" if isinstance(entry, dict) else type(entry).__name__
             raise ConfigError(f"{where} is corrupt: `stages.{str(name)[:40]}` must be a mapping with a status "
-                              f"({', '.join(STATUSES)}), got {got[:80]}; restore it or start a new run")
+                              f"({', '.join(STATUSES)}), got {got[:80]}; restore it from a copy or start a new run")
     return stages
 
 
@@ -91,7 +91,7 @@ def checked_state(state: dict, where) -> dict:
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
                                   or (kind is list and not all(isinstance(v, str) for v in value))):
             raise ConfigError(f"{where} is corrupt: `{key}` must be a {'list of names' if kind is list else kind.__name__}"
-                              f", got {type(value).__name__}; restore it or start a new run")
+                              f", got {type(value).__name__}; restore it from a copy or start a new run")
     return state
 
 

@@ -267,7 +267,7 @@ def test_a54_b9_a2_a_state_key_of_another_type_is_named(run_copy, key, value, na
     state.write_text(json.dumps(data))
     before = snapshot(run_copy)
     line = one_line_error(runner.invoke(app, ["export", str(run_copy)]))
-    assert line == f"error: {state} is corrupt: {named}; restore it or start a new run", line
+    assert line == f"error: {state} is corrupt: {named}; restore it from a copy or start a new run", line
     assert snapshot(run_copy) == before
 
 

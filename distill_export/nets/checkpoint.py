@@ -79,7 +79,9 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     try:
         payload = quiet_load(path)
     except Exception as exc:  # corrupt zip, pickle with code, truncated file...
-        raise CheckpointError(f"{path} is not a readable checkpoint: {load_failure(exc)}") from None
+        other = other_format(path)
+        raise CheckpointError(f"{path} is {other}, not a distill-export checkpoint" if other else
+                              f"{path} is not a readable checkpoint: {load_failure(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a distill-export checkpoint (no '{FORMAT}' format tag)")
     if kind and payload.get("kind") != kind:
@@ -210,7 +212,31 @@ def read_state_file(path: Path, what: str) -> dict[str, torch.Tensor]:
         if _is_export_program(path):  # was "failed locating file data.pkl ... likely corrupted" (38th B6)
             raise CheckpointError(f"{what} is a torch.export program (.pt2), not a state_dict: it takes weights (a "
                                   ".pt state_dict or .safetensors file); a .pt2 can be a --teacher") from None
+        other = other_format(path)
+        if other:  # 65th audit A2: an .npz was a C++ "enforce fail", an .onnx "never unpickles code"
+            raise CheckpointError(f"{what} is {other}, not a state_dict: it takes a .pt state_dict or a "
+                                  ".safetensors file") from None
         raise CheckpointError(f"{what} is not a readable state_dict: {load_failure(exc)}") from None
+
+
+def other_format(path: Path) -> str | None:
+    """What a file torch.load refused is, when its first bytes or name say: a NumPy array or
+    archive, or an ONNX model. None otherwise (the load's own failure says why)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head.startswith(b"\x93NUMPY"):
+            return "a NumPy array (.npy)"
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+            if names and all(n.endswith(".npy") for n in names):
+                return "a NumPy archive (.npz)"
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return "an ONNX model" if Path(path).suffix.lower() == ".onnx" else None
 
 
 def _is_export_program(path: Path) -> bool:

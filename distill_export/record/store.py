@@ -14,6 +14,10 @@ from distill_export.files import _jsonable, read_regular, write_json
 from distill_export.record.migrate import RecordError, upgrade, validate
 from distill_export.record.models import SECTIONS, RunRecord
 
+# Every stage command reads the run's records before it writes them, so re-running one cannot mend
+# a corrupt file (65th audit B2: that advice was refused by the stage it named).
+RESTORE = "restore it from a copy or start a new run"
+
 
 def read_json(path: Path) -> dict:
     """The file's JSON object ({} when there is no file), as written (any version)."""
@@ -23,12 +27,11 @@ def read_json(path: Path) -> dict:
         data = json.loads(read_regular(path).decode("utf-8"))  # a FIFO state.json: refused, not waited on
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise ConfigError(f"{path} is corrupt (not valid JSON{where}); restore it or re-run the stage "
-                          "that writes it") from None
+        raise ConfigError(f"{path} is corrupt (not valid JSON{where}); {RESTORE}") from None
     except RecursionError:
-        raise ConfigError(f"{path} is corrupt (nested too deeply)") from None
+        raise ConfigError(f"{path} is corrupt (nested too deeply); {RESTORE}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} is corrupt: expected a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{path} is corrupt: expected a JSON object, got {type(data).__name__}; {RESTORE}")
     return data
 
 
@@ -38,14 +41,14 @@ def load(path: Path) -> tuple[dict, RunRecord, dict | None]:
     try:
         record = validate(data)
     except RecordError as exc:
-        raise RecordError(f"{path} is corrupt: {exc}") from None
+        raise RecordError(f"{path} is corrupt: {exc}; {RESTORE}") from None
     try:
         where = _first_nan(data)  # in a section the typed models leave open
     except RecursionError:
-        raise ConfigError(f"{path} is corrupt (nested too deeply)") from None
+        raise ConfigError(f"{path} is corrupt (nested too deeply); {RESTORE}") from None
     if where is not None:
         raise RecordError(f"{path} is corrupt: {where[0]}: {where[1]} (the product never writes NaN); "
-                          "restore it or re-run the stage that writes it")
+                          f"{RESTORE}")
     return data, record, stages
 
 
