@@ -45,6 +45,22 @@ def install() -> None:
     signal.signal(signal.SIGTERM, raise_terminated)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, raise_interrupted)
+    if not getattr(sys.unraisablehook, "_keeps_interruptions", False):
+        sys.unraisablehook = _quiet_about_interruptions(sys.unraisablehook)
+
+
+def _quiet_about_interruptions(previous):
+    """A signal whose handler runs inside a __del__ or a weakref callback (torch's) raises where
+    Python can only print it: "Exception ignored in ..." and a 6-line traceback, and the command
+    went on (66th audit B3). The interruption is in _unreported, so raise_pending stops the command
+    at its next safe point; only other unraisable errors are printed."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and unraisable.exc_value in _unreported:
+            return
+        previous(unraisable)
+
+    hook._keeps_interruptions = True
+    return hook
 
 
 class deferred:
@@ -91,7 +107,8 @@ def reported_all() -> None:
 
 def raise_pending() -> None:
     """Raise again a Ctrl-C or SIGTERM that something swallowed (a library's broad except, a
-    __del__): called at safe points (each training epoch), so the command still stops soon. CI
+    __del__): called at safe points (each training epoch, each stage's start and end), so the
+    command still stops soon. CI
     once saw a SIGTERM land early in `run` and the run finish its every stage before exit 143."""
     if _unreported:
         raise _unreported[0]

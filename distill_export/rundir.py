@@ -33,6 +33,7 @@ from distill_export.config import RunConfig, config_from_dict
 from distill_export.flag_checks import check_gates_of_task
 from distill_export.errors import ConfigError
 from distill_export.files import ensure_writable_dir, refuse_special_run_files, write_json, write_text
+from distill_export.interrupts import raise_pending
 from distill_export.output_paths import check_free, check_new_file, check_output  # noqa: F401
 from distill_export.record import SCHEMA_VERSION, RunRecord, store
 from distill_export.stage_graph import (NEXT_COMMAND, BACKUP_DIR, CHECKPOINT_DIR, DEPENDENTS, RUN_STAGES,  # noqa: F401
@@ -132,6 +133,7 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
         write_json(self.file(STATE_FILE), {**self._state(), "stages": stages})
 
     def mark_stage(self, name: str) -> None:
+        raise_pending()  # a Ctrl-C swallowed inside the stage (a weakref callback) leaves it unfinished
         stages = dict(self.stages() or {})
         stages[name] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.set_stages(stages)
@@ -145,6 +147,7 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
         `run --resume` runs it again. A training stage records the config it starts with, so a
         resume can say which settings changed since its checkpoints were written. Returns the
         stages made stale."""
+        raise_pending()  # nor does a swallowed one let the next stage start (66th audit B3)
         stages = self.stages()
         if stages is None or name not in RUN_STAGES:
             return []

@@ -188,3 +188,121 @@ def test_a65_a2_a_student_init_of_another_format_is_named_by_its_format(run_copy
     assert line == f"error: --student-init {path} is {kind}, not a state_dict: it takes a .pt state_dict or a " \
                    ".safetensors file", line
     assert snapshot(run_copy) == before
+
+
+def test_a66_b3_a_ctrl_c_swallowed_in_a_weakref_callback_is_silent_and_still_stops_the_command():
+    """Ctrl-C whose handler ran inside a torch weakref callback was printed as "Exception ignored in"
+    with a traceback, and `run` went on through profile and report (66th audit B3)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import gc, sys, weakref
+        from distill_export import interrupts
+        interrupts.install()
+        class Thing: pass
+        thing = Thing()
+        ref = weakref.ref(thing, lambda r: interrupts.raise_interrupted(2, None))  # Ctrl-C lands in the callback
+        del thing; gc.collect()
+        print("went on", flush=True)
+        try:
+            interrupts.raise_pending()
+        except KeyboardInterrupt:
+            print("stopped at the safe point", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split("\n")[:2] == ["went on", "stopped at the safe point"], done.stdout
+    assert done.stderr == "", done.stderr
+
+
+def test_a66_b3_a_pending_interruption_marks_no_stage_done_and_starts_none(run_copy):
+    import json
+
+    from distill_export import interrupts
+    from distill_export.rundir import RunDir
+
+    run = RunDir(run_copy)
+    state = (run_copy / "state.json").read_bytes()
+    interrupts._unreported.append(KeyboardInterrupt())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run.mark_stage("report")
+        with pytest.raises(KeyboardInterrupt):
+            run.begin_stage("profile")
+    finally:
+        interrupts.reported_all()
+    assert (run_copy / "state.json").read_bytes() == state
+    assert json.loads(state)["stages"]["report"]["status"] == "done"
+
+
+def _alpha_video(path, frames_with_alpha, pix_fmt):
+    """FFV1 frames with an alpha channel: (T, H, W, 4) RGBA uint8 written as `pix_fmt`."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=10)
+        stream.width, stream.height = frames_with_alpha.shape[2], frames_with_alpha.shape[1]
+        stream.pix_fmt = pix_fmt
+        for f in frames_with_alpha:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgba").reformat(format=pix_fmt)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(("pix_fmt", "rgb"), [("bgra", True), ("ya8", False)])
+def test_a66_b1_a_video_with_alpha_decodes_like_its_frames_saved_as_png(tmp_path, pix_fmt, rgb):
+    """An FFV1 `bgra` or `ya8` video decoded to the colour under its alpha (max 0.79 under alpha 0),
+    where the same frames as RGBA/LA PNGs in a frame folder decode over black (66th audit B1)."""
+    pytest.importorskip("av")
+    from PIL import Image
+
+    from _video_fixtures import clip_frames
+    from distill_export.data.video import ClipReader
+
+    colour = clip_frames(5, seed=2, rgb=True) if rgb else np.repeat(clip_frames(5, seed=2)[..., None], 3, axis=-1)
+    alpha = np.full(colour.shape[:3] + (1,), 255, np.uint8)
+    alpha[:, :, :8] = 0  # the left half transparent
+    if rgb:  # (swscale's rgba -> ya8 writes alpha 128 as 129: half alpha is checked on bgra alone)
+        alpha[:, :, 8:12] = 128
+    rgba = np.concatenate([colour, alpha], axis=-1)
+    video = _alpha_video(tmp_path / "c.mkv", rgba, pix_fmt)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, f in enumerate(rgba):
+        image = Image.fromarray(f, "RGBA")
+        (image if rgb else image.convert("LA")).save(folder / f"{t:03d}.png")
+    from_video = ClipReader(5, None, "auto").read(video, None)
+    from_folder = ClipReader(5, None, "auto").read(folder, None)
+    assert from_video[0].shape == from_folder[0].shape == (5, 3 if rgb else 1, 16, 16)
+    assert from_video[0][..., :8].max() == 0.0
+    assert np.array_equal(from_video[0], from_folder[0]) and np.array_equal(from_video[1], from_folder[1])
+
+
+def test_a66_b2_a_coco_category_no_training_row_has_a_box_of_is_a_bad_row(tmp_path):
+    """A COCO category with boxes on val/test images only was accepted (a class nothing trains on);
+    the same data in label cells is refused, naming the row (66th audit B2)."""
+    pytest.importorskip("av")
+    import json
+
+    from _video_fixtures import make_video_manifest
+    from test_boxes import _coco, load
+
+    from distill_export.data.manifest import ManifestError
+
+    manifest = make_video_manifest(tmp_path, boxes=True)
+    load(manifest)  # label cells: every class has a training box
+    coco = _coco(manifest)
+    train_ids = {100 + n for n in range(6)}  # the first six rows are the training split
+    for a in coco["annotations"]:
+        if a["image_id"] in train_ids and a["category_id"] == 7:
+            a["category_id"] = 3  # "a" keeps boxes on val/test images only
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    with pytest.raises(ManifestError) as caught:
+        load(manifest, annotations="instances.json")
+    said = [str(p) for p in caught.value.problems]
+    assert said and all("COCO category 'a' in its boxes: no training row has a box of it" in p for p in said), said
+    lines = sorted(p.line for p in caught.value.problems)
+    assert lines == [8, 10], lines  # rows 6 and 8 (val, test) hold class a; line = row + 2 (the header)

@@ -98,21 +98,24 @@ def check_labels(codec, rows: list[Row], sampled_out: set[str], config, decoders
                 problems.append(Problem(row.line, str(exc)))
                 continue
         good.append(row)
+    trained = set().union(*(label_classes(codec, r.label) for r in good if r.split == "train" and r.label is not None))
+    for label in sampled_out:
+        try:
+            trained |= label_classes(codec, label)
+        except DataError:  # a malformed cell of a row left out: not read
+            pass
     fixed = getattr(codec, "fixed_names", None)
-    if fixed is not None:
-        known = set(fixed)
-    else:
-        known = set().union(*(label_classes(codec, r.label) for r in good if r.split == "train" and r.label is not None))
-        for label in sampled_out:
-            try:
-                known |= label_classes(codec, label)
-            except DataError:  # a malformed cell of a row left out: not read
-                pass
+    # COCO's classes are all its categories (the results file's ids), but a box of one no training
+    # row has a box of is as bad a row as in a label cell (66th audit B2: it was trained on nothing)
+    known = set(fixed) if fixed is not None else trained
     ok = []
     for row in good:
-        missing = sorted(label_classes(codec, row.label) - known) if row.label is not None else []
+        missing = sorted(label_classes(codec, row.label) - trained) if row.label is not None else []
         if not missing:
             ok.append(row)
+        elif fixed is not None:
+            problems.append(Problem(row.line, f"COCO category {missing[0]!r} in its boxes: no training row has a "
+                                              "box of it"))
         elif spatial:
             problems.append(Problem(row.line, f"unknown class {missing[0]!r} in its boxes: no training row has "
                                               "a box of it"))

@@ -9,7 +9,8 @@ frame is repeated, so the target is always the clip's centre frame (index clip_f
 A video needs at least clip_frames frames.
 
 Frames are read as 8-bit gray or RGB (data.image_mode; auto: gray when the stream is gray, or
-every decoded pixel has R = G = B), resized like images, and scaled to [0, 1] exactly as
+every decoded pixel has R = G = B), a pixel format with alpha composited over black (as an RGBA
+or LA PNG is), resized like images, and scaled to [0, 1] exactly as
 loaders.image_to_array scales a PNG: a frame of a video and the same frame saved as a PNG give
 the same array. A folder's frame files are decoded by the image columns' per-mode rules
 (loaders.image_to_array: alpha over black, 16-bit / 65535, mode F in [0, 1] or all of the clip in
@@ -146,10 +147,12 @@ class ClipReader:
                 if not container.streams.video:
                     raise DataError(f"no video stream in {path}")
                 stream = container.streams.video[0]
-                gray_stream = (stream.codec_context.pix_fmt or "").startswith(GRAY_PIX_FMTS)
+                pix_fmt = stream.codec_context.pix_fmt or ""
+                gray_stream = pix_fmt.startswith(GRAY_PIX_FMTS)
                 fmt = "gray" if self.mode == "grayscale" or (self.mode == "auto" and gray_stream) else "rgb24"
+                alpha = _has_alpha(av, pix_fmt)
                 for frame in container.decode(stream):
-                    a = frame.to_ndarray(format=fmt)
+                    a = _over_black(frame.to_ndarray(format="rgba"), fmt) if alpha else frame.to_ndarray(format=fmt)
                     frames.append(a[..., None] if a.ndim == 2 else a)
                     if need is not None and len(frames) >= need:
                         ended = False
@@ -180,6 +183,24 @@ class ClipReader:
             out[t] = _frame_uint8(images[t], rgb, scale)
             images[t] = None
         return out, n
+
+
+def _has_alpha(av, pix_fmt: str) -> bool:
+    try:
+        return any(c.is_alpha for c in av.VideoFormat(pix_fmt).components)
+    except (ValueError, TypeError):  # a format PyAV does not name: decoded as before, without alpha
+        return False
+
+
+def _over_black(rgba: np.ndarray, fmt: str) -> np.ndarray:
+    """(H, W, 4) uint8 -> (H, W) or (H, W, 3): composited over black and converted by PIL, as an
+    RGBA or LA PNG is (loaders.image_to_array); the colour under a transparent pixel was kept
+    (66th audit B1)."""
+    from PIL import Image
+
+    rgba_image = Image.fromarray(rgba, mode="RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", rgba_image.size, (0, 0, 0, 255)), rgba_image)
+    return np.asarray(flat.convert("L" if fmt == "gray" else "RGB"), dtype=np.uint8)
 
 
 def _folder_float_scale(images) -> float | None:
