@@ -306,3 +306,72 @@ def test_a66_b2_a_coco_category_no_training_row_has_a_box_of_is_a_bad_row(tmp_pa
     assert said and all("COCO category 'a' in its boxes: no training row has a box of it" in p for p in said), said
     lines = sorted(p.line for p in caught.value.problems)
     assert lines == [8, 10], lines  # rows 6 and 8 (val, test) hold class a; line = row + 2 (the header)
+
+
+@pytest.mark.parametrize("suffix", ["#abc", "#1.5", "#+2", "#"])
+def test_a66_a2_a_malformed_frame_index_is_named_not_the_file_it_follows(tmp_path, suffix):
+    pytest.importorskip("av")
+    from _video_fixtures import clip_frames
+    from distill_export.data.video import ClipReader, write_video
+
+    video = write_video(tmp_path / "c.mkv", clip_frames(5))
+    cell = tmp_path / f"c.mkv{suffix}"
+    with pytest.raises(DataError) as caught:
+        ClipReader(5, None, "auto").read(cell, None)
+    assert str(caught.value) == (f"{cell}: {suffix!r} is not a frame index: after '#' write the 0-based index of the "
+                                 f"target frame as a whole number (e.g. {video}#2), or nothing for the centre frame")
+    with pytest.raises(DataError, match="video file not found"):
+        ClipReader(5, None, "auto").read(tmp_path / "missing.mkv#abc", None)
+
+
+def test_a66_a5_frame_files_numbered_without_padding_keep_their_order(tmp_path):
+    """frame_0 ... frame_10 sorted as text put frame_10 after frame_1: the centre frame was frame_4."""
+    pytest.importorskip("av")
+    from _byo_fixtures import write_png
+    from distill_export.data.video import ClipReader
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(11):
+        write_png(folder / f"frame_{t}.png", np.full((8, 8), 200 + t, np.uint8))
+    clip, frame = ClipReader(5, None, "auto").read(folder, None)
+    assert [round(float(f.max()) * 255) for f in clip] == [203, 204, 205, 206, 207]
+    assert round(float(frame.max()) * 255) == 205
+
+
+def test_a66_a4_a_detection_tie_is_broken_by_the_map50_change_and_said_so():
+    """Detection parity has no accuracy_drop: every tie went to precision while report.md said
+    "the smaller accuracy drop wins" (66th audit A4)."""
+    from types import SimpleNamespace
+
+    from distill_export.recommend import recommend, tie_break
+
+    def export(path, precision, delta):
+        return {"path": path, "precision": precision, "runtime": "onnxruntime", "size_bytes": 100,
+                "parity": {"map50_delta": delta, "gates": {}, "passed": True}}
+
+    rows = [{"model": "student", "format": f, "backend": "onnxruntime-cpu", "device": "cpu", "batch": 1,
+             "threads": 1, "p50_ms": p} for f, p in (("onnx", 1.0), ("onnx-fp16", 0.99), ("onnx-int8", 0.98))]
+    exports = {"onnx": export("student.onnx", "fp32", 0.02), "onnx-fp16": export("student-fp16.onnx", "fp16", 0.0),
+               "onnx-int8": export("student-int8.onnx", "int8", 0.05)}
+    best = recommend({"exports": exports, "latency": rows})["cpu-1t"]
+    assert best["format"] == "onnx-fp16", best  # tied within 5%: the smallest |ΔmAP50|, not fp32 by precision
+    assert best["excluded"]["onnx on onnxruntime-cpu"].endswith("lost on score drop/precision")
+    assert tie_break(SimpleNamespace(task=SimpleNamespace(name="detection"))) == "the smaller |ΔmAP50| wins"
+    assert tie_break(SimpleNamespace(task=SimpleNamespace(name="classification"))) == "the smaller accuracy drop wins"
+
+
+def test_a66_a3_kd_gain_names_the_data_that_ran_not_only_the_base_recipe(monkeypatch):
+    """`kd_gain.py --config det.yaml` on a user's manifest titled its table "KD gain on avdigits"."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    monkeypatch.syspath_prepend(str(tools))
+    spec = importlib.util.spec_from_file_location("tool_kd_gain_a66", tools / "kd_gain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = SimpleNamespace(recipe="avdigits", config="det.yaml")
+    assert module.described(args, "v/manifest.csv") == "v/manifest.csv (recipe avdigits with --config det.yaml)"
+    assert module.described(SimpleNamespace(recipe="avdigits", config=None), "avdigits") == "avdigits"

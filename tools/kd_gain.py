@@ -108,7 +108,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     lines = [
-        f"KD gain on {args.recipe}{f' with --config {args.config}' if args.config else ''} (overrides: {overrides}), seeds {args.seeds}; "
+        f"KD gain on {described(args, next(iter(configs.values())).data.source)} (overrides: {overrides}), seeds {args.seeds}; "
         f"{platform.node()} {platform.machine()}, {time.strftime('%Y-%m-%d')}. Test {results[0]['metric'] if results else 'accuracy'} (%), mean ± std.",
         "",
         "| student | labels kept | teacher (all modalities) | control teacher (student's modality) | baseline (labels only) "
@@ -138,7 +138,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "config": args.config, "overrides": overrides, "runs": results,
+    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "config": args.config,
+                                                  "data": next(iter(configs.values())).data.source,
+                                                  "overrides": overrides, "runs": results,
                                                   "summary": summary}, indent=2))
     (out / "kd_gain.md").write_text(text + "\n")
 
@@ -201,6 +203,13 @@ def _overrides(args) -> dict:
     taken = {key: f"is set per run by {flag}: " + ("drop it" if key == "distill.self_training_control" else "give it there")
              for key, flag in per_run.items()}
     return dotted_sets(args.set, taken, DistillExportError)
+
+
+def described(args, source: str) -> str:
+    """The data that ran and where its settings came from: with --config naming a manifest, the
+    table said "KD gain on avdigits" (the base recipe) for the user's video data (66th audit A3)."""
+    settings = args.recipe + (f" with --config {args.config}" if args.config else "")
+    return settings if source == args.recipe else f"{source} (recipe {settings})"
 
 
 def _config(args, overrides: dict, where: str):
@@ -311,7 +320,7 @@ def fusion_rows(args, plan: dict) -> None:
     names += [("all_labels", "all-labels reference")]
     seeds = [r["seed"] for r in runs]
     lines = [
-        f"{args.recipe}{f' with --config {args.config}' if args.config else ''}, labels kept: "
+        f"{described(args, next(iter(configs.values())).data.source)}, labels kept: "
         f"{label_fraction:g}" + ("" if kept in (None, label_fraction) else f" asked, {kept:.3g} kept") +
         f" (overrides: {overrides}); {platform.node()} "
         f"{platform.machine()}, {time.strftime('%Y-%m-%d')}. Test accuracy (%); validation accuracy in brackets.",
@@ -343,7 +352,9 @@ def fusion_rows(args, plan: dict) -> None:
     text = "\n".join(lines)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "config": args.config, "overrides": overrides, "fusions": args.fusions,
+    (out / "kd_gain.json").write_text(json.dumps({"recipe": args.recipe, "config": args.config,
+                                                  "data": next(iter(configs.values())).data.source,
+                                                  "overrides": overrides, "fusions": args.fusions,
                                                   "runs": runs}, indent=2, default=float))
     (out / "kd_gain.md").write_text(text + "\n")
 

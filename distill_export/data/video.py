@@ -1,5 +1,5 @@
 """Video cells: a clip around a target frame, from a video file (decoded with PyAV) or a folder
-of image frames (sorted by file name).
+of image frames (sorted by file name, numbers as numbers: frame_2 before frame_10).
 
 A cell is a path, optionally followed by ``#<index>``, the 0-based target frame
 (``clips/0001.mkv#2``, ``frames/0001#7``); without it the target is the centre frame
@@ -21,6 +21,7 @@ Every problem is a DataError naming the file, not the row: the manifest reader a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,11 @@ def clip_window(n: int, index: int, clip_frames: int) -> list[int]:
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    """A folder's frames in natural order: numbers compared as numbers, so frame_2 comes before
+    frame_10 (as text it came after frame_1, and the centre frame moved: 66th audit A5)."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS),
+                  key=lambda p: ([(0, int(part), "") if part.isdigit() else (1, 0, part)
+                                  for part in re.split(r"(\d+)", p.name)], p.name))  # then 01 before 1
 
 
 class ClipReader:
@@ -132,7 +137,7 @@ class ClipReader:
             return self._decode_folder(path, index)
         problem = not_a_regular_file(path, "video file")
         if problem:
-            raise DataError(problem)
+            raise DataError(_bad_index(path) or problem)
         if path.stat().st_size == 0:
             raise DataError(f"video file is empty: {path}")
         return self._decode_video(path, index)
@@ -183,6 +188,16 @@ class ClipReader:
             out[t] = _frame_uint8(images[t], rgb, scale)
             images[t] = None
         return out, n
+
+
+def _bad_index(path: Path) -> str | None:
+    """`clips/1.mkv#abc` (or #1.5, #+2) where clips/1.mkv exists: the suffix is no frame index, and
+    "video file not found" blamed a file that is there (66th audit A2)."""
+    head, sep, tail = str(path).rpartition("#")
+    if not sep or not head or not Path(head).exists():
+        return None
+    return (f"{path}: {'#' + tail!r} is not a frame index: after '#' write the 0-based index of the "
+            f"target frame as a whole number (e.g. {head}#2), or nothing for the centre frame")
 
 
 def _has_alpha(av, pix_fmt: str) -> bool:

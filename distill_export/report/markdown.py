@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill_export.record import RunRecord
+from distill_export.recommend import tie_break
 from distill_export.report.view import task_view
 from distill_export.record.format import md_table, md_text
 from distill_export.report.tables import (
@@ -46,7 +47,7 @@ def render_markdown(record: RunRecord, plots: list[Path], note: str = "", warnin
     if recommendation_lines(record):
         parts += ["## Recommended artifact per target", "",
                   "The fastest export that passed every parity gate, never one slower than the FP32 ONNX "
-                  "(artifacts within 5% of the fastest count as tied; the smaller accuracy drop wins):", ""]
+                  f"(artifacts within 5% of the fastest count as tied; {tie_break(record)}):", ""]
         parts += [f"- {line}" for line in recommendation_lines(record)] + [""]
     for p in plots:
         parts += [f"[![{p.stem}](plots/{p.name})](plots/{p.name})", ""]

@@ -94,13 +94,14 @@ def plot_tradeoff(record: RunRecord, out: Path) -> Path | None:
     fewest = min(r.threads for r in record.latency if r.measured and r.batch == 1)
     from matplotlib.ticker import NullFormatter
 
+    score = task_view(record).SCORE_LABEL  # "test accuracy (%)", "test mAP50 (%)": the title's words too (66th A4)
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
     for i, (label, x, y) in enumerate(points):
         ax.scatter(x, 100 * y, s=55, color=plt.get_cmap("tab10")(i % 10), marker="os^DvP*X"[i % 8], label=label)
     xs = [x for _, x, _ in points]
     ax.set(xscale="log", xlim=(min(xs) / 1.8, max(xs) * 1.8),
-           xlabel=f"p50 latency, batch 1, {fewest} CPU thread(s) (ms, log scale)", ylabel=task_view(record).SCORE_LABEL,
-           title="accuracy vs latency (up and left is better)")
+           xlabel=f"p50 latency, batch 1, {fewest} CPU thread(s) (ms, log scale)", ylabel=score,
+           title=f"{score.removeprefix('test ').removesuffix(' (%)')} vs latency (up and left is better)")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
