@@ -45,7 +45,7 @@ class RunGuard:
                                   "holds the run's lock); wait for it to finish or stop it first") from None
             # a backup only lives inside a transaction, under this lock: one found now is a killed
             # stage's, which `run --resume` (no transaction) left behind (65th audit A1)
-            shutil.rmtree(self.path / BACKUP_DIR, ignore_errors=True)
+            shutil.rmtree(Path(self.path) / BACKUP_DIR, ignore_errors=True)
             yield self
         finally:
             os.close(fd)
