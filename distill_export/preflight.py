@@ -319,8 +319,7 @@ def check_student_fits(config, data) -> None:
     from distill_export.nets.model_io import input_size
     from distill_export.nets.students import create_student
 
-    name = config.student.name
-    spec = data.modalities[config.data.student_modality]
+    name, spec = config.student.name, data.modalities[config.data.student_modality]
     if ":" in name or spec.kind not in ("image", "audio"):  # factories: check_models checks them
         return
     x = data.train.inputs[config.data.student_modality][:2]
@@ -330,8 +329,9 @@ def check_student_fits(config, data) -> None:
         try:
             model(x)
         except RuntimeError as exc:
-            raise ConfigError(f"student {name} cannot take {config.data.student_modality} inputs of shape "
-                              f"{tuple(spec.shape)} (data.image_size={config.data.image_size}): "
+            auto = " (auto: the first image's size)" if not config.data.image_size and spec.kind == "image" else ""
+            raise ConfigError(f"student {name} cannot take {config.data.student_modality} inputs of shape "  # 67th A1
+                              f"{tuple(spec.shape)} (data.image_size={config.data.image_size}{auto}): "
                               f"{str(exc).splitlines()[0][:160]}; use a larger data.image_size or another "
                               "--student") from None
 

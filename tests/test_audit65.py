@@ -375,3 +375,23 @@ def test_a66_a3_kd_gain_names_the_data_that_ran_not_only_the_base_recipe(monkeyp
     args = SimpleNamespace(recipe="avdigits", config="det.yaml")
     assert module.described(args, "v/manifest.csv") == "v/manifest.csv (recipe avdigits with --config det.yaml)"
     assert module.described(SimpleNamespace(recipe="avdigits", config=None), "avdigits") == "avdigits"
+
+
+def test_a67_a1_a_tiny_first_image_setting_the_automatic_size_is_named(tmp_path, monkeypatch):
+    """A 2x2 first image set the size of every image (data.image_size 0); the refusal said
+    "data.image_size=0" without saying where that size came from (67th audit A1)."""
+    from typer.testing import CliRunner
+
+    from _byo_fixtures import make_manifest, read_rows, write_png
+    from distill_export.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    manifest = make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
+    first = read_rows(manifest)[0]["image"]
+    write_png(manifest.parent / first, np.zeros((2, 2), np.uint8))
+    result = CliRunner().invoke(app, ["train-teacher", "--data", str(manifest), "--student-modality", "image",
+                                      "--teacher-epochs", "1", "--out", "t"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = [ln for ln in result.output.splitlines() if ln.startswith("error:")][-1]
+    assert "inputs of shape (1, 2, 2) (data.image_size=0 (auto: the first image's size)): " in line, line
+    assert not (tmp_path / "t").exists()
