@@ -40,10 +40,11 @@ class RunResume:
         first = RUN_STAGES.index(missing[0]) if missing else len(RUN_STAGES)
         return list(RUN_STAGES[:first]), list(RUN_STAGES[first:])
 
-    def resume_summary(self, restarts: dict[str, str] | None = None) -> str:
+    def resume_summary(self, restarts: dict[str, str] | None = None, tunes: bool = False) -> str:
         """One line: what is reused, where training continues, what runs after. `restarts`:
         {checkpoint label: why} for checkpoints the training will not continue (launch.resume_restarts):
-        those are said to restart from epoch 1, never to continue."""
+        those are said to restart from epoch 1, never to continue. tunes: the run searches with
+        `run --tune` before distilling (said whether its search is reused or runs again)."""
         from distill_export.train import checkpoint_progress
 
         restarts = restarts or {}
@@ -64,4 +65,9 @@ class RunResume:
             stale = [s for s in todo if stages.get(s, {}).get("status") == "stale"]
             parts.append(f"running {todo[0]}{where}" + (f", then {', '.join(todo[1:])}" if todo[1:] else "")
                          + (f" ({', '.join(stale)} stale: {_stale_why(stages[stale[0]], 'them')})" if stale else ""))
+            if tunes and todo[0] == "distill":  # 68th audit A1: an interrupted search started over unsaid
+                searched = self.file("tune.json").is_file() and self.file("tuned.yaml").is_file()
+                parts.append("(the run --tune choice is reused from tune.json)" if searched else
+                             "(the run --tune search runs from its first trial: a search stopped before it "
+                             "finished keeps no trials)")
         return " ".join(parts)

@@ -286,6 +286,11 @@ class RunDir(RunOutputs, RunIdentity, RunResume, RunGuard):
         """report.json as the typed run record (record/models.py), any older version migrated."""
         return self._own_record()[1]
 
+    def drop_report_sections(self, names: tuple[str, ...]) -> None:
+        """Remove whole sections from report.json (e.g. a `tune` record that no longer describes the run)."""
+        self.write_record(lambda: store.rewrite(self.file("report.json"),
+                                                lambda data: {k: v for k, v in data.items() if k not in names}))
+
     def update_report(self, **sections) -> dict:
         """The one writer of report.json: merge top-level sections (dicts, lists or typed models;
         dict sections merge one level deep), check the result against the record's models and

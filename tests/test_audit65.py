@@ -395,3 +395,63 @@ def test_a67_a1_a_tiny_first_image_setting_the_automatic_size_is_named(tmp_path,
     line = [ln for ln in result.output.splitlines() if ln.startswith("error:")][-1]
     assert "inputs of shape (1, 2, 2) (data.image_size=0 (auto: the first image's size)): " in line, line
     assert not (tmp_path / "t").exists()
+
+
+def _with_tune_record(run_copy, terms, distill=True, method="pseudo_label"):
+    from distill_export.rundir import RunDir
+
+    run = RunDir(run_copy)
+    decision = {"distill": distill, "method": method, "terms": terms, "line": "chosen on validation"}
+    run.update_report(tune={"trials": 2, "completed": 2, "pruned": 0, "seconds": 1.0, "baseline_val_accuracy": 0.5,
+                            "decision": decision})
+    return run
+
+
+def test_a68_b1_a_distill_that_overrides_the_tune_choice_drops_the_tune_record(run_copy):
+    """`distill RUN --method dist` after `run --tune` chose labels only kept report.json's tune
+    section: report.md said "Objective chosen by run --tune: labels only" beside the dist objective
+    that ran (68th audit B1)."""
+    from rich.console import Console
+
+    from distill_export.launch import open_run
+    from distill_export.tune_override import drop_if_overridden, overridden
+
+    run = _with_tune_record(run_copy, [{"name": "ce", "weight": 1.0}], distill=False, method="labels_only")
+    _, config = open_run(run_copy, {"distill.method": "dist"}, command="distill")
+    assert overridden(config, run.load_report()["tune"]["decision"]) == "the objective"
+    console = Console(record=True, width=300)
+    drop_if_overridden(config, run, console)
+    assert "tune" not in run.load_report()
+    assert console.export_text().startswith("note: the objective differs from what run --tune chose (labels_only)")
+    assert run.record_edited() is None  # the product's own write: no "edited" mark
+
+
+def test_a68_b1_a_distill_that_runs_the_tune_choice_keeps_the_record(run_copy):
+    from rich.console import Console
+
+    from distill_export.launch import open_run
+    from distill_export.methods import term_specs
+    from distill_export.tune_override import drop_if_overridden
+
+    _, config = open_run(run_copy, None, command="distill")
+    terms = [{"name": s.name, "weight": s.weight, **s.params} for s in term_specs(config.distill)]
+    run = _with_tune_record(run_copy, terms)
+    console = Console(record=True, width=300)
+    drop_if_overridden(config, run, console)
+    assert run.load_report()["tune"]["decision"]["terms"] == terms and console.export_text() == ""
+
+
+def test_a68_a1_resume_says_whether_the_tune_search_is_reused_or_runs_again(run_copy):
+    """A `run --tune 5000` stopped on trial 302 resumed with "running distill, then ..." and ran
+    every trial again, unsaid (68th audit A1)."""
+    from distill_export.rundir import RunDir
+
+    run = RunDir(run_copy)
+    run.begin_stage("distill")
+    again = run.resume_summary(None, tunes=True)
+    assert again.endswith("(the run --tune search runs from its first trial: a search stopped before it finished "
+                          "keeps no trials)"), again
+    (run_copy / "tune.json").write_text("{}")
+    (run_copy / "tuned.yaml").write_text("{}\n")
+    assert run.resume_summary(None, tunes=True).endswith("(the run --tune choice is reused from tune.json)")
+    assert "run --tune" not in run.resume_summary(None)

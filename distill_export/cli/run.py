@@ -65,7 +65,9 @@ def run(config: ConfigFile = None, recipe: Recipe = None, overrides: dict = None
         with rd.lock():  # a run still going in that directory is not resumed under its feet
             rd.stale_if_outdated()  # a stage's file gone or changed by hand: that stage and what follows run again
             # before any work, and honest: a checkpoint of other settings restarts, and says so
-            err.print(rd.resume_summary(launch.resume_restarts(rd, cfg)), highlight=False, soft_wrap=True, markup=False)
+            tunes = bool(cfg.distill.tune_trials or cfg.distill.tune_minutes)
+            err.print(rd.resume_summary(launch.resume_restarts(rd, cfg), tunes), highlight=False, soft_wrap=True,
+                      markup=False)
             _summarised(rd, lambda: run_all(cfg, rd, quiet, resume=True, before_distill=tune_before_distill))
         return
     cfg = load(recipe, config, overrides)

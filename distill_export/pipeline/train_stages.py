@@ -13,6 +13,7 @@ from distill_export.launch import load_data
 from distill_export.pipeline.common import console, task_info
 from distill_export.run_outputs import DISTILL_CHECKPOINTS
 from distill_export.rundir import RunDir, records_stage
+from distill_export.tune_override import drop_if_overridden
 
 
 @records_stage("train_teacher")
@@ -89,6 +90,7 @@ def stage_distill(config: RunConfig, run: RunDir, quiet: bool = False, data=None
     from distill_export.preflight import check_cache_dir
 
     check_cache_dir(config.distill.teacher_cache_dir)  # `distill RUN` too, before the data loads
+    drop_if_overridden(config, run, console)  # a run --tune record the settings of this distill override
     if data is None:
         data, device = load_data(config)
 
