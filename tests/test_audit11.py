@@ -56,18 +56,10 @@ def test_b3_an_export_path_outside_the_run_is_a_corrupt_record(run_copy, path):
 
 
 def test_b4_onnx_external_data_that_is_a_fifo_is_named(tmp_path):
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.ones((1, 4), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [weight])
-    model = tmp_path / "m.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model),
-                    save_as_external_data=True, location="w.bin", size_threshold=0)
     from distill_export.runtimes.onnx_runtime import onnx_session
+    from test_audit65 import _external_data_model
 
+    model = _external_data_model(tmp_path)
     assert onnx_session(model).run(None, {"x": np.zeros((2, 4), np.float32)})[0].sum() == 8.0  # a real file loads
     (tmp_path / "w.bin").unlink()
     os.mkfifo(tmp_path / "w.bin")
