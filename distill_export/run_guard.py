@@ -5,6 +5,7 @@ directory as it was). A mixin of RunDir (rundir.py)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,21 @@ def _read_only(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):  # no statvfs (not POSIX): the write itself will say
         return False
+
+
+# files.atomic_path's temporary files: ".<final name>.<8 random characters>.tmp"
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _remove_temporary_files(run: Path) -> None:
+    """A process killed inside an atomic write leaves its temporary file; under the run's lock no
+    other write is under way, so one found now is a dead process's (never a final name)."""
+    for folder, dirs, files in os.walk(run):  # links to folders are not followed: only the run's own
+        dirs[:] = [d for d in dirs if d != BACKUP_DIR]
+        for name in files:
+            path = Path(folder) / name
+            if _TEMPORARY.match(name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
 
 
 class RunGuard:
@@ -46,6 +62,7 @@ class RunGuard:
             # a backup only lives inside a transaction, under this lock: one found now is a killed
             # stage's, which `run --resume` (no transaction) left behind (65th audit A1)
             shutil.rmtree(Path(self.path) / BACKUP_DIR, ignore_errors=True)
+            _remove_temporary_files(Path(self.path))  # and its half-written files (69th audit A1)
             yield self
         finally:
             os.close(fd)

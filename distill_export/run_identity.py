@@ -27,6 +27,9 @@ from pathlib import Path
 from distill_export.errors import ConfigError
 from distill_export.stage_graph import PARITY_FILE, STATE_FILE
 
+# the files export writes for validate, and the state.json key of each one's sha256
+PARITY_DIGESTS = {PARITY_FILE: "parity_sha256", "teacher_parity_data.npz": "teacher_parity_sha256"}
+
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
@@ -129,19 +132,24 @@ class RunIdentity:
 
 
     def record_outputs(self, stage: str) -> None:
-        """After export: parity_data.npz's sha256 (validate refuses the file changed since: an array
-        edited, added or removed was blamed on student.onnx, twenty-sixth and -seventh audits)."""
+        """After export: the parity files' sha256 (validate refuses a file changed since: an array
+        edited, added or removed was blamed on student.onnx, twenty-sixth and -seventh audits, and
+        on teacher.onnx, the seventieth's B1, B2)."""
         from distill_export.files import sha256_file
 
-        if stage == "export" and self.file(PARITY_FILE).is_file():
-            self._set_state(parity_sha256=sha256_file(self.file(PARITY_FILE)))
+        if stage != "export":
+            return
+        for name, key in PARITY_DIGESTS.items():
+            if self.file(name).is_file():
+                self._set_state(**{key: sha256_file(self.file(name))})
 
     def check_parity_file(self, path: Path) -> None:
-        """`path` (the run's parity_data.npz) is the file export wrote, when export recorded it."""
+        """`path` (the run's parity_data.npz or teacher_parity_data.npz) is the file export wrote,
+        when export recorded it."""
         from distill_export.errors import DataError
         from distill_export.files import sha256_file
 
-        recorded = self._state().get("parity_sha256")
+        recorded = self._state().get(PARITY_DIGESTS.get(path.name, "parity_sha256"))
         if recorded and path.is_file() and sha256_file(path) != recorded:
             raise DataError(f"{path} changed after export (it is not the file export wrote: an array edited, added "
                             "or removed); re-run `distill-export export`")

@@ -81,7 +81,7 @@ def checked_stages(stages, where) -> dict:
 # type is a hand edit. `written_config: "x"` turned the config-edit check off (fifty-fourth audit B9);
 # `run_id: 5` was blamed on report.json (A2).
 STATE_TYPES = {"schema_version": int, "run_id": str, "written_config": dict, "given_teacher_keys": list, "data": dict,
-               "record_sha256": str, "record_edited": str}
+               "record_sha256": str, "record_edited": str, "parity_sha256": str, "teacher_parity_sha256": str}
 
 
 def checked_state(state: dict, where) -> dict:

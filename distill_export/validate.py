@@ -282,16 +282,39 @@ def save_teacher_parity_data(path: str | Path, inputs: dict[str, np.ndarray], la
                      **{f"x__{m}": v for m, v in inputs.items()})
 
 
-def load_teacher_parity_data(path: str | Path) -> dict:
+def load_teacher_parity_data(path: str | Path, run=None) -> dict:
+    """{"inputs": {modality: array}, "labels", "logits"}; with `run`, the file export wrote."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} is missing; run `distill-export export` first")
     try:
         with np.load(path) as f:
-            return {"inputs": {k[3:]: f[k] for k in f.files if k.startswith("x__")},
+            data = {"inputs": {k[3:]: f[k] for k in f.files if k.startswith("x__")},
                     "labels": f["labels"], "logits": f["logits"]}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, MemoryError) as exc:
         raise DataError(f"{path} is not readable parity data ({npz_failure(exc)}); re-run `distill-export export`") from None
+    check_teacher_parity_data(path, data, run)
+    return data
+
+
+def check_teacher_parity_data(path: Path, data: dict, run=None) -> None:
+    """As load_parity_data checks the student's: finite arrays, then the file export wrote (a NaN
+    input or replaced logits were blamed on teacher.onnx, and Infinity written into report.json:
+    70th audit B1, B2). TamperedParity: refused, never a warning about the teacher."""
+    for name, array in {**{f"x__{m}": v for m, v in data["inputs"].items()}, "logits": data["logits"]}.items():
+        bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
+        if bad:
+            raise TamperedParity(f"{path} holds {bad} NaN or inf values in its {name!r} array (export writes finite "
+                                 "ones: the file changed after export); re-run `distill-export export`")
+    if run is not None:
+        try:
+            run.check_parity_file(path)
+        except DataError as exc:
+            raise TamperedParity(str(exc)) from None
+
+
+class TamperedParity(DataError):
+    """A parity file that is not what export wrote: refused, not reported as the export's failure."""
 
 
 def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:

@@ -455,3 +455,93 @@ def test_a68_a1_resume_says_whether_the_tune_search_is_reused_or_runs_again(run_
     (run_copy / "tuned.yaml").write_text("{}\n")
     assert run.resume_summary(None, tunes=True).endswith("(the run --tune choice is reused from tune.json)")
     assert "run --tune" not in run.resume_summary(None)
+
+
+def _edit_npz(path, change):
+    with np.load(path) as f:
+        arrays = dict(f)
+    change(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda z: z[next(k for k in z if k.startswith("x__"))].flat.__setitem__(0, np.nan),
+     "holds 1 NaN or inf values in its 'x__"),
+    (lambda z: z.__setitem__("logits", z["logits"] * 0 + 5), "changed after export"),
+])
+def test_a70_b1_b2_a_teacher_parity_file_changed_after_export_is_refused(run_copy, change, says):
+    """A NaN written into teacher_parity_data.npz, or its logits replaced, was validated as the
+    teacher's ONNX failing its gates (exit 0), with Infinity written into report.json (70th B1, B2)."""
+    from typer.testing import CliRunner
+
+    from _cli_checks import one_line_error, snapshot
+    from distill_export.cli import app
+
+    parity = run_copy / "teacher_parity_data.npz"
+    _edit_npz(parity, change)
+    before = snapshot(run_copy)
+    line = one_line_error(CliRunner().invoke(app, ["validate", str(run_copy), "-q"]))
+    assert line.startswith(f"error: {parity} ") and says in line, line
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("backend", ["", ",", " ", "ort-cpu,"])
+def test_a70_b3_a1_an_empty_backend_item_is_refused(run_copy, tmp_path, backend):
+    """`--backend ""` said "RUN has nothing to profile yet; run distill" of a finished run, and
+    `--backend ort-cpu,` dropped the empty item (70th audit B3, A1)."""
+    from typer.testing import CliRunner
+
+    from _cli_checks import one_line_error
+    from distill_export.cli import app
+
+    line = one_line_error(CliRunner().invoke(app, ["profile", str(run_copy), "--backend", backend,
+                                                   "--out", str(tmp_path / "p")]))
+    assert line == f"error: --backend: expected comma-separated backend names, got {backend!r} (an empty item)", line
+    assert not (tmp_path / "p").exists()
+
+
+def test_a70_a3_threads_that_replace_a_presets_are_noted():
+    from distill_export.config import ProfileConfig
+    from distill_export.profiling.settings import make_settings
+
+    settings = make_settings(ProfileConfig(), preset="cpu-4t", threads=[1])
+    assert settings.notes[0] == "--threads 1 replaces the cpu-4t preset's threads (4)", settings.notes
+    assert not any("preset" in n for n in make_settings(ProfileConfig(), preset="cpu-4t").notes)
+
+
+def test_a69_a1_a_killed_writes_temporary_file_is_removed_under_the_lock(run_copy, tmp_path):
+    """`kill -9` in an export left `.teacher.onnx.bm9h20or.tmp` in the run, which no later command removed."""
+    from distill_export.rundir import RunDir
+
+    left = [run_copy / ".teacher.onnx.bm9h20or.tmp", run_copy / "plots" / ".latency.png.a1b2c3d4.tmp"]
+    for path in left:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+    kept = [run_copy / ".notes.tmp", run_copy / "mine.tmp"]  # not the product's pattern: the user's
+    for path in kept:
+        path.write_text("mine")
+    outside = tmp_path / ".x.onnx.abcdefgh.tmp"
+    outside.write_bytes(b"")
+    (run_copy / "linked").symlink_to(tmp_path)
+    with RunDir(run_copy).lock():
+        assert not any(p.exists() for p in left)
+    assert all(p.read_text() == "mine" for p in kept) and outside.exists()
+
+
+def test_a70_a2_a_refused_student_init_says_nothing_of_loading_first(tmp_path, capsys):
+    """A torchvision RGB resnet18 for a gray 3-class student printed "the head is replaced ..., the
+    rest is loaded", then refused the stem, naming the student's key only (70th audit A2)."""
+    import torch
+
+    from distill_export.errors import CheckpointError
+    from distill_export.nets.student_init import init_student
+    from distill_export.nets.students import create_student
+
+    torchvision = pytest.importorskip("torchvision")
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "tv18.pt")
+    gray = create_student("resnet18", 3, 1, 32)
+    with pytest.raises(CheckpointError, match=r"conv1\.weight \(the student's backbone\.0\.weight\) has shape"):
+        init_student(gray, tmp_path / "tv18.pt", "resnet18")
+    out = capsys.readouterr()
+    assert "the rest is loaded" not in out.out + out.err

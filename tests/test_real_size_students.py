@@ -95,8 +95,9 @@ def test_mismatched_keys_and_shapes_are_one_line_errors(tmp_path):
     assert "keys are not in the architecture" in msg and "missing" in msg
 
     gray = create_student("resnet18", 10, 1, 96)  # RGB weights for a grayscale student: the stem differs
-    with pytest.raises(CheckpointError, match=r"backbone\.0\.weight has shape \(64, 3, 7, 7\), the student's is "
-                                              r"\(64, 1, 7, 7\)"):
+    # the file's key first, then the student's (70th audit A2: only the student's was named)
+    with pytest.raises(CheckpointError, match=r"conv1\.weight \(the student's backbone\.0\.weight\) has shape "
+                                              r"\(64, 3, 7, 7\), the student's is \(64, 1, 7, 7\)"):
         init_student(gray, tmp_path / "r18.pt", "resnet18")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="is not a readable state_dict"):

@@ -223,22 +223,26 @@ def init_student(model: nn.Module, path, name: str, class_names=None) -> nn.Modu
     own = model.state_dict()
     head = [k for k in own if k.startswith(HEAD_PREFIX)]
     _check_head(state, own, path, name)
+    note = None
     if head and any(state[k].shape != own[k].shape for k in head):
         classes, file_classes = own[f"{HEAD_PREFIX}weight"].shape[0], state[f"{HEAD_PREFIX}weight"].shape[0]
-        _tell(path, classes, f"student init: {path.name} has a {file_classes}-class head and the data has {classes} "
-                             "classes: the head is replaced (newly initialised), the rest is loaded")
-        state.update({k: own[k] for k in head})
+        note = (classes, f"student init: {path.name} has a {file_classes}-class head and the data has {classes} "
+                         "classes: the head is replaced (newly initialised), the rest is loaded")
     elif head and class_names is not None and (why := class_order_mismatch(declared, class_names)):
         # fourteenth audit B3: the same count of other classes (another label order) was loaded as is
-        _tell(path, len(class_names), f"student init: {path.name}'s head is for other classes "
-                                      f"({why}): the head is replaced "
-                                      "(newly initialised), the rest is loaded")
+        note = (len(class_names), f"student init: {path.name}'s head is for other classes ({why}): the head is "
+                                  "replaced (newly initialised), the rest is loaded")
+    if note is not None:
         state.update({k: own[k] for k in head})
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise CheckpointError(f"--student-init {path} does not fit student {name}: {k} has shape "
-                                  f"{tuple(v.shape)}, the student's is {tuple(own[k].shape)}")
     file_keys = {id(v): k for k, v in raw.items()}  # a renamed tensor is the same object: name the file's key
+    for k, v in state.items():  # before the note: "the rest is loaded" was said, then refused (70th A2)
+        if v.shape != own[k].shape:
+            theirs = file_keys.get(id(v), k)
+            named = k if theirs == k else f"{theirs} (the student's {k})"
+            raise CheckpointError(f"--student-init {path} does not fit student {name}: {named} has shape "
+                                  f"{tuple(v.shape)}, the student's is {tuple(own[k].shape)}")
     check_cast_fits(state, own, f"--student-init {path}", {k: file_keys.get(id(v), k) for k, v in state.items()})
+    if note is not None:
+        _tell(path, *note)
     model.load_state_dict({**own, **state})  # own: a detector's neck and heads (init_fresh), unchanged
     return model

@@ -38,16 +38,19 @@ def stage_validate(config: RunConfig, run: RunDir, quiet: bool = False) -> dict:
     teacher_onnx = (report.get("teacher_exports") or {}).get("onnx") or {}
     if teacher_onnx.get("path"):
         # The teacher's ONNX is not shipped: a failed gate is reported, not fatal, and its rows stay.
-        from distill_export.validate import TEACHER_PARITY_FILE, load_teacher_parity_data, validate_teacher_onnx
+        from distill_export.validate import (TEACHER_PARITY_FILE, TamperedParity, load_teacher_parity_data,
+                                             validate_teacher_onnx)
 
         from distill_export.errors import DistillExportError
 
         try:
-            teacher_parity = load_teacher_parity_data(run.file(TEACHER_PARITY_FILE))
+            teacher_parity = load_teacher_parity_data(run.file(TEACHER_PARITY_FILE), run)
             digest = sha256_file(run.file(teacher_onnx["path"])) if run.file(teacher_onnx["path"]).is_file() else None
             teacher_onnx["parity"] = validate_teacher_onnx(run.file(teacher_onnx["path"]), teacher_parity,
                                                            config.validate, task)
             teacher_onnx["parity"]["artifact_sha256"] = digest
+        except TamperedParity:  # changed after export: refused (the stage's files are put back)
+            raise
         except DistillExportError as exc:  # e.g. a deleted npz: the student's gates still count
             console.print(Text.assemble(("warning:", "yellow"), f" the teacher's ONNX was not validated: {exc}"), highlight=False)
             teacher_onnx["parity"] = None

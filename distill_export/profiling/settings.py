@@ -110,11 +110,15 @@ def make_settings(
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"unknown target preset {preset!r} ({hint}choices: {', '.join(PRESETS)})")
     p = PRESETS.get(preset) if preset else None
+    threads_given = threads is not None
     if batches is None:
         batches = STANDALONE_BATCHES if standalone else list(config.batches)
     if threads is None:
         threads = list(p.threads) if p else (STANDALONE_THREADS if standalone else list(config.threads))
     resolved_threads, notes = resolve_threads(_nonempty(threads))
+    if p is not None and threads_given and list(threads) != list(p.threads):  # 70th audit A3: unsaid
+        notes.insert(0, f"--threads {','.join(map(str, threads))} replaces the {p.name} preset's threads "
+                        f"({','.join(map(str, p.threads))})")
 
     explicit = backends is not None
     if explicit:
@@ -173,6 +177,8 @@ def _require_some_gpu(names: list[str]) -> None:
 
 def parse_backends(spec: str | list[str]) -> list[str]:
     names = spec.split(",") if isinstance(spec, str) else list(spec)
+    if any(not str(n).strip() for n in names):  # "" was "nothing to profile yet"; "ort-cpu," dropped an item (70th B3, A1)
+        raise ConfigError(f"--backend: expected comma-separated backend names, got {spec!r} (an empty item)")
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     known = known_backends()
     for n in names:
