@@ -545,3 +545,36 @@ def test_a70_a2_a_refused_student_init_says_nothing_of_loading_first(tmp_path, c
         init_student(gray, tmp_path / "tv18.pt", "resnet18")
     out = capsys.readouterr()
     assert "the rest is loaded" not in out.out + out.err
+
+
+@pytest.mark.parametrize(("text", "key", "precision"), [
+    ("validate:\n  int8_agreement: 0.5\n", "int8_agreement", "int8"),
+    ("validate:\n  int8_max_accuracy_drop: 0.5\n", "int8_max_accuracy_drop", "int8"),
+    ("validate:\n  fp16_agreement: 0.2\n", "fp16_agreement", "fp16"),
+])
+def test_a71_b1_a_gate_for_a_precision_no_format_makes_is_refused(tmp_path, text, key, precision):
+    """`validate: {int8_agreement: 0.5}` in a --config with onnx alone was recorded and never judged."""
+    from _cli_checks import refused_config
+    from distill_export.cli.options import load
+
+    line, _ = refused_config(tmp_path, text)
+    assert line == (f"error: validate.{key} judges {precision} exports, but export.formats (onnx) makes none; add "
+                    f"the {precision} format or drop validate.{key}"), line
+    config = tmp_path / "ok.yaml"
+    config.write_text(text + f"export:\n  formats: [onnx, onnx-{precision}]\n")
+    assert load(None, config, {}).export.formats == ["onnx", f"onnx-{precision}"]
+
+
+def test_a71_a1_a_teacher_checkpoint_as_student_init_is_named_as_one(run_copy):
+    from typer.testing import CliRunner
+
+    from _cli_checks import one_line_error, snapshot
+    from distill_export.cli import app
+
+    before = snapshot(run_copy)
+    teacher = run_copy / "teacher.pt"
+    line = one_line_error(CliRunner().invoke(app, ["distill", str(run_copy), "--student-init", str(teacher),
+                                                   "--epochs", "1"]))
+    assert line == f"error: --student-init {teacher} is a distill-export teacher checkpoint, not a student's " \
+                   "weights: give a run's student.pt (or baseline.pt) or a state_dict", line
+    assert snapshot(run_copy) == before

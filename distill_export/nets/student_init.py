@@ -41,7 +41,13 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], object]:
     """(the file's state_dict, the class names its head declares: our checkpoints' meta.class_names, else None)."""
     from distill_export.nets.checkpoint import check_state_dict, read_state_file
 
+    from distill_export.nets.checkpoint import FORMAT
+
     state = read_state_file(path, f"--student-init {path}")
+    if isinstance(state, dict) and state.get("format") == FORMAT and state.get("kind") not in (None, "student"):
+        # 71st audit A1: a run's teacher.pt was "64 of its keys are not in the architecture"
+        raise CheckpointError(f"--student-init {path} is a distill-export {state['kind']} checkpoint, not a "
+                              "student's weights: give a run's student.pt (or baseline.pt) or a state_dict")
     meta = state.get("meta") if isinstance(state, dict) else None
     declared = meta.get("class_names") if isinstance(meta, dict) else None
     for wrapper in ("state_dict", "model"):  # our checkpoints and timm's training checkpoints
