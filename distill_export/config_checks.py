@@ -249,10 +249,9 @@ def validate_config(config) -> None:
     if "fusion" in spaces and config.teacher.path and (config.distill.tune_trials or config.distill.tune_minutes):
         raise ConfigError(f"distill.tune_search includes fusion, which trains a teacher of each fusion, but the "
                           f"teacher is a loaded file (teacher.path {config.teacher.path}); drop fusion from the search")
-    if config.data.image_size < 0 or config.data.max_train_rows < 0:
-        raise ConfigError("data.image_size and data.max_train_rows must be >= 0")
-    if config.data.num_workers < 0 or config.data.stream_above_mb < 0:
-        raise ConfigError("data.num_workers and data.stream_above_mb must be >= 0")
+    for key in ("image_size", "max_train_rows", "num_workers", "stream_above_mb"):  # 72nd A4: the key named
+        if getattr(config.data, key) < 0:
+            raise ConfigError(f"data.{key} must be >= 0, got {getattr(config.data, key)}")
     if config.data.clip_frames % 2 == 0:
         raise ConfigError(f"data.clip_frames must be odd (the clip is centred on its target frame), "
                           f"got {config.data.clip_frames}")

@@ -164,9 +164,9 @@ def check_streaming_applies(config, given) -> None:
             raise ConfigError(f"{key} {_value(config, key)} shapes the built-in avdigits data alone, but data.source is "
                               f"{d.source}; drop {key}")
     if given("data.persistent_workers") and not d.num_workers:  # 65th audit A3
-        raise ConfigError(f"data.persistent_workers {_value(config, 'data.persistent_workers')} keeps DataLoader "
-                          "workers alive between epochs, but data.num_workers is 0 (no workers); drop "
-                          "data.persistent_workers or set data.num_workers")
+        raise ConfigError(f"data.persistent_workers {_value(config, 'data.persistent_workers')} sets whether "
+                          "DataLoader workers stay alive between epochs, but data.num_workers is 0 (no workers); "
+                          "drop data.persistent_workers or set data.num_workers")
     for key, auto in (("data.image_size", 0), ("data.image_mode", "auto"), ("data.max_audio_seconds", None)):
         if given(key) and d.source == "avdigits" and _value(config, key) != auto:  # 65th audit B1
             raise ConfigError(f"{key} {_value(config, key)} sets how a manifest's files are decoded, but data.source "
@@ -238,6 +238,9 @@ def check_config_settings_apply(config, given) -> None:
     if given("distill.mix_alpha") and d.mix == "none":
         raise ConfigError(f"distill.mix_alpha {d.mix_alpha} is the strength of distill.mix, which is none here; set "
                           "distill.mix (mixup, cutmix, mixup_cutmix) or drop distill.mix_alpha")
+    if given("distill.teacher_cache_dir") and d.teacher_cache_dir and not d.teacher_cache:  # 72nd audit B1
+        raise ConfigError(f"distill.teacher_cache_dir {d.teacher_cache_dir} is never used here: distill.teacher_cache "
+                          "is false (no cache); drop distill.teacher_cache_dir or set distill.teacher_cache true")
     if given("distill.teacher_cache_dir") and d.teacher_cache_dir and (d.augment != "none" or d.mix != "none"):
         raise ConfigError(f"distill.teacher_cache_dir {d.teacher_cache_dir} is never used here: with distill.augment "
                           f"{d.augment} and distill.mix {d.mix} the teacher runs on each batch the student sees (no "
@@ -249,6 +252,9 @@ def check_config_settings_apply(config, given) -> None:
         raise ConfigError(f"data.annotations {config.data.annotations} holds a detection run's boxes, but the task "
                           f"is {config.task}; drop data.annotations or pass --task detection")
     _check_modality_dropout_read(config, given)
+    if given("data.pin_memory") and config.data.pin_memory == "true" and not _cuda_run(config):  # 72nd B4
+        raise ConfigError(f"data.pin_memory true pins batches for their copy to a GPU, but this run trains on the CPU "
+                          f"(device {config.device}), where torch ignores it; drop data.pin_memory (auto pins on CUDA)")
     if given("distill.kd_impl") and d.kd_impl == "triton" and not _cuda_run(config):
         raise ConfigError(f"distill.kd_impl triton is the fused CUDA kernel, but this run trains on the CPU "
                           f"(device {config.device}), where the PyTorch reference runs; drop distill.kd_impl")

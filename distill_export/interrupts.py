@@ -25,12 +25,14 @@ _unreported: list[KeyboardInterrupt] = []
 
 def raise_terminated(signum, frame):
     """The SIGTERM handler."""
+    _signalled.append(True)
     _unreported.append(Terminated())
     raise _unreported[-1]
 
 
 def raise_interrupted(signum, frame):
     """The SIGINT handler: Python's own (KeyboardInterrupt), remembered like SIGTERM."""
+    _signalled.append(True)
     _unreported.append(KeyboardInterrupt())
     raise _unreported[-1]
 
@@ -47,6 +49,25 @@ def install() -> None:
         signal.signal(signal.SIGINT, raise_interrupted)
     if not getattr(sys.unraisablehook, "_keeps_interruptions", False):
         sys.unraisablehook = _quiet_about_interruptions(sys.unraisablehook)
+    if not getattr(sys.excepthook, "_keeps_interruptions", False):
+        sys.excepthook = _quiet_about_killed_workers(sys.excepthook)
+
+
+_signalled: list[bool] = []  # a Ctrl-C or SIGTERM reached this process (reported or not)
+
+
+def _quiet_about_killed_workers(previous):
+    """SIGTERM sent to a `--nproc` rank's process group kills its DataLoader workers too; torch's
+    SIGCHLD handler then raises "DataLoader worker (pid N) is killed by signal: Terminated" inside
+    a weakref finalizer at exit, which Python hands to sys.excepthook: an 11-line traceback per rank
+    before the one line (72nd audit B2). After a signal, that error is the signal's, already said."""
+    def hook(kind, value, tb):
+        if _signalled and _WORKER_KILLED.search(str(value)):
+            return
+        previous(kind, value, tb)
+
+    hook._keeps_interruptions = True
+    return hook
 
 
 def _quiet_about_interruptions(previous):

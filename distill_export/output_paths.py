@@ -154,3 +154,20 @@ def _check_free_folder(target: Path, flag: str, resume_hint: bool = True) -> Non
         shown = ", ".join(repr(n[:40]) for n in names[:3]) + (", ..." if len(names) > 3 else "")
         raise ConfigError(f"{flag} {target} is not empty and is not a run directory ({len(names)} entries: {shown}); "
                           f"it is written only when new or empty, so nothing in it is overwritten: choose another {flag}")
+
+
+def check_cache_dir(folder: str | None) -> None:
+    """distill.teacher_cache_dir must be a folder or a path one can be made at: a file there (or
+    above it) is refused now, not after the teacher trained, when the cache is first written."""
+    if not folder:
+        return
+    path = Path(folder).expanduser()
+    if run := next((at for at in (path, *path.parents) if at.is_dir() and is_run_dir(at)), None):  # 72nd B3, A5
+        raise ConfigError(f"distill.teacher_cache_dir {folder} is inside the run directory {run}, whose folders are "
+                          "its own; give a folder outside every run (or leave it unset to cache inside this run)")
+    for at in (path, *path.parents):
+        if at.is_dir():
+            return
+        if at.exists() or at.is_symlink():
+            raise ConfigError(f"distill.teacher_cache_dir {folder}: {at} is not a folder; give a folder "
+                              f"(it is made if missing) or leave it unset to cache inside the run directory")

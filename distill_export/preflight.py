@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 
 from distill_export.errors import ConfigError
+from distill_export.output_paths import check_cache_dir  # noqa: F401  (imported from here too)
 
 console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
@@ -54,20 +55,6 @@ def check_config(config) -> None:
             from distill_export.nets.pt2_safety import check_pt2_archive
 
             check_pt2_archive(teacher)  # a .pt2 that would unpickle code is refused before anything is made
-
-
-def check_cache_dir(folder: str | None) -> None:
-    """distill.teacher_cache_dir must be a folder or a path one can be made at: a file there (or
-    above it) is refused now, not after the teacher trained, when the cache is first written."""
-    if not folder:
-        return
-    path = Path(folder).expanduser()
-    for at in (path, *path.parents):
-        if at.is_dir():
-            return
-        if at.exists() or at.is_symlink():
-            raise ConfigError(f"distill.teacher_cache_dir {folder}: {at} is not a folder; give a folder "
-                              f"(it is made if missing) or leave it unset to cache inside the run directory")
 
 
 def loaded_teacher_fusion(spec) -> str | None:

@@ -92,4 +92,5 @@ def summary(folder: Path, nproc: int, returncode: int) -> tuple[str, int]:
             name = f"signal {-exitcode}"
         hint = " (out of memory? the system's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
         return f"rank {rank} of {nproc} was killed by {name}{hint}", 1
-    return f"rank {rank} of {nproc} failed with exit code {exitcode}; its output is above", 1
+    by_signal = {143: " (SIGTERM: it was terminated)", 130: " (SIGINT: it was interrupted)"}.get(exitcode, "")
+    return f"rank {rank} of {nproc} failed with exit code {exitcode}{by_signal}; its output is above", 1

@@ -156,8 +156,7 @@ def test_a65_a3_persistent_workers_without_workers_is_refused(tmp_path):
     from distill_export.cli.options import load
 
     line, _ = refused_config(tmp_path, "data:\n  persistent_workers: false\n")
-    assert line == ("error: data.persistent_workers false keeps DataLoader workers alive between epochs, but "
-                    "data.num_workers is 0 (no workers); drop data.persistent_workers or set data.num_workers"), line
+    assert line.startswith("error: data.persistent_workers false sets whether DataLoader workers stay alive"), line
     config = tmp_path / "w.yaml"
     config.write_text("data:\n  persistent_workers: false\n  num_workers: 1\n")
     assert load(None, config, {}).data.persistent_workers is False
@@ -578,3 +577,68 @@ def test_a71_a1_a_teacher_checkpoint_as_student_init_is_named_as_one(run_copy):
     assert line == f"error: --student-init {teacher} is a distill-export teacher checkpoint, not a student's " \
                    "weights: give a run's student.pt (or baseline.pt) or a state_dict", line
     assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("distill:\n  teacher_cache: false\n  teacher_cache_dir: cache9\n",
+     "error: distill.teacher_cache_dir cache9 is never used here: distill.teacher_cache is false (no cache); drop "
+     "distill.teacher_cache_dir or set distill.teacher_cache true"),
+    ("device: cpu\ndata:\n  pin_memory: 'true'\n",
+     "error: data.pin_memory true pins batches for their copy to a GPU, but this run trains on the CPU (device cpu), "
+     "where torch ignores it; drop data.pin_memory (auto pins on CUDA)"),
+    ("data:\n  num_workers: -1\n", "error: data.num_workers must be >= 0, got -1"),
+    ("data:\n  stream_above_mb: -5\n", "error: data.stream_above_mb must be >= 0, got -5"),
+    ("data:\n  persistent_workers: false\n",
+     "error: data.persistent_workers false sets whether DataLoader workers stay alive between epochs, but "
+     "data.num_workers is 0 (no workers); drop data.persistent_workers or set data.num_workers"),
+])
+def test_a72_b1_b4_a3_a4_settings_that_cannot_apply_are_refused_naming_the_key(tmp_path, text, says):
+    from _cli_checks import refused_config
+
+    line, _ = refused_config(tmp_path, text)
+    assert line == says, line
+
+
+def test_a72_b3_a5_a_cache_folder_inside_a_run_is_refused(tiny_run, tmp_path):
+    """`teacher_cache_dir: r5/teacher_outputs` wrote into another run's cache, which that run then
+    refused as "not a cache made by distill-export" (72nd audit B3, A5)."""
+    from distill_export.errors import ConfigError
+    from distill_export.preflight import check_cache_dir
+
+    for inside in (tiny_run, tiny_run / "teacher_outputs", tiny_run / "new" / "deeper"):
+        with pytest.raises(ConfigError, match=rf"is inside the run directory {tiny_run}, whose folders are its own"):
+            check_cache_dir(str(inside))
+    check_cache_dir(str(tmp_path / "cache"))  # outside every run
+
+
+def test_a72_a1_a_rank_ended_by_sigterm_is_said_so(tmp_path):
+    from distill_export import rank_errors
+
+    (tmp_path / rank_errors.AGENT).write_text('{"rank": 1, "exitcode": 143}')
+    assert rank_errors.summary(tmp_path, 2, 1)[0] == ("rank 1 of 2 failed with exit code 143 (SIGTERM: it was "
+                                                      "terminated); its output is above")
+
+
+def test_a72_b2_a_dataloader_worker_killed_after_a_signal_prints_no_traceback():
+    """SIGTERM to a `--nproc 2` run with DataLoader workers: each rank printed torch's "DataLoader
+    worker (pid N) is killed by signal: Terminated" traceback (a weakref finalizer's, through
+    sys.excepthook) before the one line (72nd audit B2)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        from distill_export import interrupts
+        interrupts.install()
+        killed = RuntimeError("DataLoader worker (pid 5) is killed by signal: Terminated. ")
+        sys.excepthook(RuntimeError, killed, None)  # before any signal: printed
+        try:
+            interrupts.raise_terminated(15, None)
+        except KeyboardInterrupt:
+            pass
+        sys.excepthook(RuntimeError, killed, None)  # after SIGTERM: the signal's, already said
+        sys.excepthook(ValueError, ValueError("other"), None)  # anything else: printed
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stderr.count("is killed by signal") == 1 and "ValueError: other" in done.stderr, done.stderr
