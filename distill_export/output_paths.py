@@ -159,10 +159,15 @@ def _check_free_folder(target: Path, flag: str, resume_hint: bool = True) -> Non
 def check_cache_dir(folder: str | None) -> None:
     """distill.teacher_cache_dir must be a folder or a path one can be made at: a file there (or
     above it) is refused now, not after the teacher trained, when the cache is first written."""
+    if folder is not None and not str(folder).strip():  # 74th audit A3: "" was recorded, the run's own cache used
+        raise ConfigError("distill.teacher_cache_dir is empty; give a folder, or leave it unset (null) to cache "
+                          "inside the run directory")
     if not folder:
         return
     path = Path(folder).expanduser()
-    if run := next((at for at in (path, *path.parents) if at.is_dir() and is_run_dir(at)), None):  # 72nd B3, A5
+    # the path as written and as resolved: a link to another run's cache led into it (74th audit B1)
+    candidates = [path, *path.parents, path.resolve(), *path.resolve().parents]
+    if run := next((at for at in candidates if at.is_dir() and is_run_dir(at)), None):  # 72nd B3, A5
         raise ConfigError(f"distill.teacher_cache_dir {folder} is inside the run directory {run}, whose folders are "
                           "its own; give a folder outside every run (or leave it unset to cache inside this run)")
     for at in (path, *path.parents):

@@ -642,3 +642,43 @@ def test_a72_b2_a_dataloader_worker_killed_after_a_signal_prints_no_traceback():
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stderr.count("is killed by signal") == 1 and "ValueError: other" in done.stderr, done.stderr
+
+
+def test_a74_b1_a3_a_link_into_a_run_or_an_empty_cache_folder_is_refused(tiny_run, tmp_path):
+    from distill_export.errors import ConfigError
+    from distill_export.preflight import check_cache_dir
+
+    link = tmp_path / "lnk_cache"
+    link.symlink_to(tiny_run / "teacher_outputs")
+    with pytest.raises(ConfigError, match=r"is inside the run directory .*, whose folders are its own"):
+        check_cache_dir(str(link))
+    with pytest.raises(ConfigError, match=r"^distill.teacher_cache_dir is empty; give a folder, or leave it unset"):
+        check_cache_dir("")
+
+
+def test_a74_b2_a1_a2_write_coco_results_refuses_what_it_cannot_write_whole(tmp_path):
+    """Scores or classes shorter than the boxes were cut by zip (2 of 6 detections written); other
+    bad arguments were raw TypeErrors; min_score NaN wrote [] (74th audit B2, A1, A2)."""
+    from distill_export.data.coco import write_coco_results
+
+    boxes = np.zeros((2, 3, 4))
+    boxes[..., 2:] = 5
+    scores, classes = np.ones((2, 3)), np.zeros((2, 3))
+    out = tmp_path / "x.json"
+    for args, says in [
+        ((boxes, scores, np.zeros((2, 1)), [1, 2], [7]), r"classes must be \(N, K\) = \(2, 3\)"),
+        ((boxes, np.ones((1, 1)), classes, [1, 2], [7]), r"scores must be \(N, K\) = \(2, 3\)"),
+        ((boxes[0], scores, classes, [1, 2], [7]), r"boxes must be \(N, K, 4\)"),
+        ((boxes, scores, classes, [None, 2], [7]), r"image id None is not a whole number or a string"),
+        ((boxes, scores, classes, [float("inf"), 2], [7]), r"image id inf is not"),
+        ((boxes, scores, classes, [1, 2], ["x"]), r"category id 'x' is not a whole number$"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            write_coco_results(out, *args)
+    with pytest.raises(ValueError, match=r"min_score must be a finite number, got nan"):
+        write_coco_results(out, boxes, scores, classes, [1, 2], [7], min_score=float("nan"))
+    assert not out.exists()
+    import json
+
+    write_coco_results(out, boxes, scores, classes, [1, "b"], [7])
+    assert len(json.loads(out.read_text())) == 6

@@ -208,6 +208,37 @@ def _numpy(a) -> np.ndarray:
     return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
+def _check_results_args(boxes, scores, classes, image_ids, category_ids, min_score) -> None:
+    """One ValueError naming the argument, before anything is written: scores or classes shorter
+    than the boxes were cut by zip (74th audit B2), and other shapes or ids were raw TypeErrors."""
+    if boxes.ndim != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"write_coco_results: boxes must be (N, K, 4), got shape {boxes.shape}")
+    for name, array in (("scores", scores), ("classes", classes)):
+        if array.shape != boxes.shape[:2]:
+            raise ValueError(f"write_coco_results: {name} must be (N, K) = {boxes.shape[:2]} like the boxes, "
+                             f"got shape {array.shape}")
+    if len(image_ids) != len(boxes):
+        raise ValueError(f"write_coco_results: {len(image_ids)} image ids for {len(boxes)} images")
+    for name, ids in (("image id", image_ids), ("category id", category_ids)):
+        bad = [i for i in ids if not _is_id(i, allow_str=name == "image id")]
+        if bad:  # a string image id is COCO's too (thirty-fourth audit B3)
+            raise ValueError(f"write_coco_results: {name} {bad[0]!r} is not a whole number" +
+                             (" or a string" if name == "image id" else ""))
+    if not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
+        raise ValueError(f"write_coco_results: min_score must be a finite number, got {min_score!r}")
+
+
+def _is_id(value, allow_str: bool) -> bool:
+    if allow_str and isinstance(value, str):
+        return True
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(float(value)) and float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def write_coco_results(path: str | Path, boxes, scores, classes, image_ids, category_ids, min_score: float = 0.0) -> Path:
     """Detections as a COCO results file, written atomically:
     ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
@@ -218,8 +249,7 @@ def write_coco_results(path: str | Path, boxes, scores, classes, image_ids, cate
     or with a class that is not an index into category_ids (-1 pads a fixed number of
     detections) are left out. image_ids must give one id per image."""
     boxes, scores, classes = (_numpy(a) for a in (boxes, scores, classes))
-    if len(image_ids) != len(boxes):
-        raise ValueError(f"write_coco_results: {len(image_ids)} image ids for {len(boxes)} images")
+    _check_results_args(boxes, scores, classes, image_ids, category_ids, min_score)
     out = []
     for n, image_id in enumerate(image_ids):
         for (x1, y1, x2, y2), s, c in zip(boxes[n].astype(np.float64), scores[n], classes[n]):
