@@ -307,7 +307,11 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise ConfigError(f"{what} {path} is refused: {exc}") from None
     except (yaml.YAMLError, RecursionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"{what} {path} is not valid YAML: {first[:160]}") from None
+        mark = getattr(exc, "problem_mark", None)  # where the parser stopped (73rd audit A1: not said)
+        problem = getattr(exc, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        said = f"{first}: {problem}" if problem and problem not in first else first
+        raise ConfigError(f"{what} {path} is not valid YAML{where}: {said[:160]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -289,8 +289,12 @@ def _check_modality_dropout_read(config, given) -> None:
     says what runs: no dropout."""
     searched = (config.distill.tune_trials or config.distill.tune_minutes) and \
         "fusion" in tune_search_spaces(config.distill.tune_search)
-    if not given("teacher.modality_dropout") or config.teacher.modality_dropout == 0 or config.teacher.path or searched:
-        return  # a loaded teacher's training settings: check_loaded_teacher_settings
+    if not given("teacher.modality_dropout") or config.teacher.modality_dropout == 0 or searched:
+        return
+    if config.teacher.path:  # 73rd audit B1: recorded, and stored in control_teacher.pt, never read
+        raise ConfigError(f"teacher.modality_dropout {config.teacher.modality_dropout} cannot apply: --teacher "
+                          f"{config.teacher.path} is loaded, and the teachers this run trains (the self-training control, "
+                          "a later round's experts) each see one modality, with none to drop; drop teacher.modality_dropout")
     why = (f"the {config.task} teachers drop no modality" if config.task != "classification"
            else "late fusion trains one expert per modality, with none to drop" if config.teacher.fusion == "late"
            else None)

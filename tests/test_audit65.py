@@ -682,3 +682,30 @@ def test_a74_b2_a1_a2_write_coco_results_refuses_what_it_cannot_write_whole(tmp_
 
     write_coco_results(out, boxes, scores, classes, [1, "b"], [7])
     assert len(json.loads(out.read_text())) == 6
+
+
+def test_a73_b1_modality_dropout_beside_a_loaded_teacher_is_refused(tiny_run, tmp_path, monkeypatch):
+    """A loaded teacher trains nothing that drops a modality (the control sees the student's alone,
+    round-2 experts one each), yet teacher.modality_dropout 0.2 was recorded (73rd audit B1)."""
+    from typer.testing import CliRunner
+
+    from _byo_fixtures import make_manifest
+    from distill_export.cli import app
+    from test_audit31 import _refused
+
+    monkeypatch.chdir(tmp_path)
+    manifest = make_manifest(tmp_path / "m", per_class=6, modalities=("image", "audio"))
+    (tmp_path / "md.yaml").write_text("teacher:\n  modality_dropout: 0.2\n")
+    said = _refused(CliRunner().invoke(app, ["run", "--data", str(manifest), "--teacher", str(tiny_run / "teacher.pt"),
+                                             "--config", "md.yaml", "--out", "r", "--epochs", "1"]))
+    assert said.startswith("error: teacher.modality_dropout 0.2 cannot apply: --teacher ") and said.endswith(
+        "each see one modality, with none to drop; drop teacher.modality_dropout"), said
+    assert not (tmp_path / "r").exists()
+
+
+def test_a73_a1_invalid_yaml_is_told_with_where_the_parser_stopped(tmp_path):
+    from _cli_checks import refused_config
+
+    line, config = refused_config(tmp_path, "distill:\n  epochs: 1\n distill:\n")
+    assert line == (f"error: config {config} is not valid YAML at line 3, column 2: while parsing a block mapping: "
+                    "expected <block end>, but found '<block mapping start>'"), line
