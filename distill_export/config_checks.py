@@ -89,6 +89,7 @@ _RANGES_BY_NAME: dict[str, tuple] = {
 }
 _SECONDS = (0.0, 86_400.0, True, True)  # keys ending in _s
 _NONEMPTY = {"validate.batch_sizes", "profile.batches", "profile.threads", "export.formats"}
+_NO_REPEATS = {"validate.batch_sizes", "profile.batches", "profile.threads"}  # [1, 1] ran batch 1 once
 
 
 # ----- string choices -------------------------------------------------------------------------
@@ -176,6 +177,8 @@ def check_numbers(config, prefix: str = "") -> None:
         elif isinstance(value, list):
             if key in _NONEMPTY and not value:
                 raise ConfigError(f"{key} must not be empty")
+            if key in _NO_REPEATS and (twice := [v for i, v in enumerate(value) if v in value[:i]]):
+                raise ConfigError(f"{key} names {twice[0]!r} twice; each is measured once")  # 75th audit A1
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 for v in value:
                     _check_number(key, v, _range_for(key))

@@ -709,3 +709,27 @@ def test_a73_a1_invalid_yaml_is_told_with_where_the_parser_stopped(tmp_path):
     line, config = refused_config(tmp_path, "distill:\n  epochs: 1\n distill:\n")
     assert line == (f"error: config {config} is not valid YAML at line 3, column 2: while parsing a block mapping: "
                     "expected <block end>, but found '<block mapping start>'"), line
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("profile:\n  batches: [1, 1]\n", "error: profile.batches names 1 twice; each is measured once"),
+    ("validate:\n  batch_sizes: [4, 2, 4]\n", "error: validate.batch_sizes names 4 twice; each is measured once"),
+])
+def test_a75_a1_a_value_named_twice_in_a_measured_list_is_refused(tmp_path, text, says):
+    """`profile: {batches: [1, 1]}` kept [1, 1] in config.yaml beside [1] in report.json (75th audit A1)."""
+    from _cli_checks import refused_config
+
+    line, _ = refused_config(tmp_path, text)
+    assert line == says, line
+
+
+def test_a75_a1_a_flag_value_named_twice_is_refused(run_copy, tmp_path):
+    from typer.testing import CliRunner
+
+    from _cli_checks import one_line_error
+    from distill_export.cli import app
+
+    line = one_line_error(CliRunner().invoke(app, ["profile", str(run_copy), "--batch", "1,1", "--out",
+                                                   str(tmp_path / "p")]))
+    assert line.endswith("1 is named twice in '1,1'; each is measured once"), line
+    assert not (tmp_path / "p").exists()

@@ -297,8 +297,8 @@ def test_a_streamed_training_split_holds_what_memory_would_and_lists_bad_rows(tm
 
     path = make_manifest(tmp_path / "d", modalities=("image", "audio", "text"), unlabeled=2)
     memory, streamed = load(path, streaming="off"), load(path, streaming="on")
-    assert (f"{path}: 14 training rows, ~0 MB held decoded (data.streaming=on): streamed from disk in DataLoader "
-            "workers") in capsys.readouterr().err  # the choice is logged, naming the manifest
+    assert (f"{path}: 14 training rows, ~0 MB held decoded (data.streaming=on): streamed from disk, decoded per "
+            "batch in this process (data.num_workers 0)") in capsys.readouterr().err  # the choice, naming the manifest
     assert streamed.info["streaming"] is True and memory.info["streaming"] is False
     assert torch.equal(streamed.train.labels, memory.train.labels) and len(streamed.train) == len(memory.train)
     for m, spec in memory.modalities.items():

@@ -251,7 +251,9 @@ def choose_streaming(config, path: Path, rows: list[Row], decoders: dict) -> boo
     streaming = mode == "on" or mb > limit
     why = "data.streaming=on" if mode == "on" else f"{'over' if streaming else 'within'} data.stream_above_mb={limit}"
     console.print(f"{path}: {len(train)} training rows, ~{mb:.0f} MB held decoded ({why}): "
-                  + ("streamed from disk in DataLoader workers" if streaming else "decoded into memory"))
+                  + (("streamed from disk in DataLoader workers" if int(getattr(config, "num_workers", 0) or 0) else
+                      "streamed from disk, decoded per batch in this process (data.num_workers 0)")  # 75th A2
+                     if streaming else "decoded into memory"))
     return streaming
 
 

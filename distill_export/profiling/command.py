@@ -74,7 +74,8 @@ def profile_command(
         if value is not None:
             setattr(base, name, value)
     settings = make_settings(
-        base, preset=preset, batches=parse_ints(batches, "--batch"), threads=parse_ints(threads, "--threads"),
+        base, preset=preset, batches=parse_ints(batches, "--batch", distinct=True),
+        threads=parse_ints(threads, "--threads", distinct=True),
         # a run directory's own profile.batches / profile.threads (config.yaml) unless flags say otherwise;
         # files alone take the standalone sweep
         backends=backends, device=device or "auto", standalone=run_dir is None, input_shape=parse_shape(input_shape),

@@ -78,7 +78,8 @@ def _positive(name: str, values: list[int]) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def parse_ints(spec: str | list[int] | None, what: str) -> list[int] | None:
+def parse_ints(spec: str | list[int] | None, what: str, distinct: bool = False) -> list[int] | None:
+    """Comma-separated integers; distinct: a list of settings to measure, where one named twice ran once."""
     if spec is None:
         return None
     if isinstance(spec, list):
@@ -87,9 +88,12 @@ def parse_ints(spec: str | list[int] | None, what: str) -> list[int] | None:
     if any(not v.strip() for v in items):  # "1,,2" or "1,": an empty item is a typo, not a skip
         raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r} (an empty item)")
     try:
-        return [plain_number(v, int) for v in items]  # int("1_0") is 10, int("١") is 1 (tenth audit n2)
+        values = [plain_number(v, int) for v in items]  # int("1_0") is 10, int("١") is 1 (tenth audit n2)
     except ValueError:
         raise ConfigError(f"{what}: expected comma-separated integers (ASCII digits, no '_'), got {spec!r}") from None
+    if distinct and (twice := [v for i, v in enumerate(values) if v in values[:i]]):  # "1,1" ran once (75th A1)
+        raise ConfigError(f"{what}: {twice[0]} is named twice in {spec!r}; each is measured once")
+    return values
 
 
 def make_settings(
