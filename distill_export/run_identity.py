@@ -25,10 +25,10 @@ import uuid
 from pathlib import Path
 
 from distill_export.errors import ConfigError
-from distill_export.stage_graph import PARITY_FILE, STATE_FILE
+from distill_export.stage_graph import PARITY_FILE, STATE_FILE, TEACHER_PARITY_FILE
 
 # the files export writes for validate, and the state.json key of each one's sha256
-PARITY_DIGESTS = {PARITY_FILE: "parity_sha256", "teacher_parity_data.npz": "teacher_parity_sha256"}
+PARITY_DIGESTS = {PARITY_FILE: "parity_sha256", TEACHER_PARITY_FILE: "teacher_parity_sha256"}
 
 
 def new_run_id() -> str:

@@ -21,6 +21,7 @@ RUN_STAGES = ("train_teacher", "distill", "export", "validate", "profile", "repo
 BACKUP_DIR = ".stage-backup"  # hard links of the files as they were before a stage command
 STATE_FILE = "state.json"  # stage state: {"stages": {stage: {"status", "finished"}}}
 PARITY_FILE = "parity_data.npz"  # export's reference for validate (validate.PARITY_FILE)
+TEACHER_PARITY_FILE = "teacher_parity_data.npz"  # the same for the teacher's ONNX
 CHECKPOINT_DIR = "checkpoints"  # per-epoch training state, <label>.pt, while a stage is unfinished
 # The trainings each stage checkpoints (deleted when the stage is recorded done).
 STAGE_CHECKPOINTS = {"train_teacher": ("teacher",),

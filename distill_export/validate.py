@@ -20,8 +20,7 @@ import numpy as np
 
 from distill_export.errors import ConfigError, DataError
 from distill_export.files import npz_failure
-
-PARITY_FILE = "parity_data.npz"
+from distill_export.stage_graph import PARITY_FILE, TEACHER_PARITY_FILE  # noqa: F401  (imported from here too)
 
 
 @dataclass
@@ -157,16 +156,21 @@ def load_parity_data(path: str | Path, run=None) -> dict:
     if len(set(rows.values())) > 1:  # eighteenth audit: a cut x was blamed on student.onnx's output shape
         raise DataError(f"{path} holds arrays of different row counts ({', '.join(f'{k} {v}' for k, v in rows.items())}; "
                         "export writes them together); re-run `distill-export export`")
-    for name, array in arrays.items():  # export writes finite arrays: a NaN here would fail every gate
-        bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
-        if bad:  # seventeenth audit B4: blamed on the export (exit 1) and written into the report
-            raise DataError(f"{path} holds {bad} NaN or inf values in its {name!r} array (export writes finite "
-                            "ones: the file changed after export); re-run `distill-export export`")
+    check_finite(path, arrays)  # seventeenth audit B4: a NaN was blamed on the export (exit 1), written into the report
     if run is not None:  # after the checks above, which say what changed
         run.check_parity_file(path)
     if not isinstance(data["reference"], dict):
         data["logits"] = data["reference"]
     return data
+
+
+def check_finite(path: Path, arrays: dict[str, np.ndarray], error: type[DataError] = DataError) -> None:
+    """Export writes finite arrays into a parity file: a NaN or inf in one would fail every gate."""
+    for name, array in arrays.items():
+        bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
+        if bad:
+            raise error(f"{path} holds {bad} NaN or inf values in its {name!r} array (export writes finite "
+                        "ones: the file changed after export); re-run `distill-export export`")
 
 
 def check_output_shapes(path, outputs, reference) -> None:
@@ -268,7 +272,6 @@ def runtime_results(results: dict[str, dict]) -> dict[str, dict]:
             for rt, r in (res.get("runtimes") or {}).items() if "gates" in r}
 
 
-TEACHER_PARITY_FILE = "teacher_parity_data.npz"
 
 
 def save_teacher_parity_data(path: str | Path, inputs: dict[str, np.ndarray], labels: np.ndarray,
@@ -280,6 +283,10 @@ def save_teacher_parity_data(path: str | Path, inputs: dict[str, np.ndarray], la
         with open(tmp, "wb") as f:
             np.savez(f, labels=labels, logits=reference_logits.astype(np.float32),
                      **{f"x__{m}": v for m, v in inputs.items()})
+
+
+class TamperedParity(DataError):
+    """A parity file that is not what export wrote: refused, not reported as the export's failure."""
 
 
 def load_teacher_parity_data(path: str | Path, run=None) -> dict:
@@ -301,20 +308,13 @@ def check_teacher_parity_data(path: Path, data: dict, run=None) -> None:
     """As load_parity_data checks the student's: finite arrays, then the file export wrote (a NaN
     input or replaced logits were blamed on teacher.onnx, and Infinity written into report.json:
     70th audit B1, B2). TamperedParity: refused, never a warning about the teacher."""
-    for name, array in {**{f"x__{m}": v for m, v in data["inputs"].items()}, "logits": data["logits"]}.items():
-        bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
-        if bad:
-            raise TamperedParity(f"{path} holds {bad} NaN or inf values in its {name!r} array (export writes finite "
-                                 "ones: the file changed after export); re-run `distill-export export`")
+    check_finite(path, {**{f"x__{m}": v for m, v in data["inputs"].items()}, "logits": data["logits"]}, TamperedParity)
     if run is not None:
         try:
             run.check_parity_file(path)
         except DataError as exc:
             raise TamperedParity(str(exc)) from None
 
-
-class TamperedParity(DataError):
-    """A parity file that is not what export wrote: refused, not reported as the export's failure."""
 
 
 def validate_teacher_onnx(path: str | Path, parity: dict, cfg, task) -> dict:
